@@ -1,0 +1,52 @@
+"""Every knob of Stepgrid in one place, read from environment variables or `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_SIZE, MAX_STEPS, WorkerConfig
+
+
+class Settings(BaseSettings):
+    """Operator settings. Server admins can only tighten the ceilings below, never raise them."""
+
+    model_config = SettingsConfigDict(env_prefix="STEPGRID_", env_file=".env", extra="ignore")
+
+    discord_token: SecretStr | None = None
+    dev_guild_id: int | None = Field(default=None, description="Sync commands to this guild only (instant).")
+
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    device: str = "auto"
+    dtype: str = "auto"
+    model_cache_dir: Path | None = None
+    max_batch_lanes: int = 8
+    compile_unet: bool = False
+
+    database_path: Path = Path("data/stepgrid.sqlite3")
+
+    queue_max_length: int = 100
+    worker_hang_seconds: float = 120.0
+
+    # Global ceilings (the operator's); per-server limits may only be tighter.
+    max_steps: int = MAX_STEPS
+    default_steps: int = 30
+    default_scheduler: str = DEFAULT_SCHEDULER
+    max_grid_cells: int = MAX_COMPARE_CELLS
+    max_image_size: int = MAX_SIZE
+    max_compute_per_request: int = 1024 * 1024 * 600  # width x height x total steps
+    daily_steps_per_user: int = 5000
+    max_concurrent_jobs_per_user: int = 3
+
+    def worker_config(self) -> WorkerConfig:
+        """The part of the settings a GPU worker needs."""
+        return WorkerConfig(
+            model=self.model,
+            device=self.device,
+            dtype=self.dtype,
+            max_batch_lanes=self.max_batch_lanes,
+            cache_dir=str(self.model_cache_dir) if self.model_cache_dir else None,
+            compile=self.compile_unet,
+        )
