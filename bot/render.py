@@ -1,0 +1,151 @@
+"""Turn generated images into things Discord can show: labelled grids that fit the upload limit.
+
+Pillow only (no discord import), so the offline CLI can use the same grid as the bot.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable, Sequence
+from functools import cache
+
+from PIL import Image, ImageDraw, ImageFont
+
+from inference.protocol import GeneratedImage
+
+log = logging.getLogger(__name__)
+
+BACKGROUND = (17, 18, 20)
+CAPTION_BACKGROUND = (32, 34, 37)
+CAPTION_TEXT = (236, 237, 239)
+
+# Columns per cell count: the guide's 3 x 2 for six cells, never more than four across so that
+# cells stay large in Discord's preview.
+_COLUMNS = {1: 1, 2: 2, 3: 3, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4, 9: 3, 10: 4, 11: 4, 12: 4}
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def default_caption(image: GeneratedImage) -> str:
+    """The guide's label: "30 steps · 2.4s"."""
+    return f"{image.steps} steps · {image.seconds:.1f}s"
+
+
+def grid_shape(cells: int) -> tuple[int, int]:
+    """(columns, rows) of a grid of `cells` images."""
+    if cells < 1:
+        raise ValueError(f"a grid needs at least one image; got {cells}")
+    columns = _COLUMNS.get(cells, 4)
+    return columns, math.ceil(cells / columns)
+
+
+@cache
+def _font(size: int) -> Font:
+    try:
+        return ImageFont.load_default(size=size)
+    except ImportError:  # Pillow built without FreeType: a small bitmap font still reads
+        log.warning("Pillow has no FreeType; grid captions use the small bitmap font")
+        return ImageFont.load_default()
+
+
+def grid_png(
+    images: Sequence[GeneratedImage],
+    *,
+    caption: Callable[[GeneratedImage], str] | None = None,
+) -> bytes:
+    """Compose the images, at full resolution, into one grid with a caption strip under each cell."""
+    if not images:
+        raise ValueError("a grid needs at least one image")
+    label = caption or default_caption
+    cells = [Image.open(io.BytesIO(image.png)).convert("RGB") for image in images]
+    cell_width = max(cell.width for cell in cells)
+    cell_height = max(cell.height for cell in cells)
+    strip = max(28, round(cell_width * 0.075))
+    gap = max(4, cell_width // 128)
+    font = _font(max(12, round(strip * 0.58)))
+    columns, rows = grid_shape(len(cells))
+
+    slot_height = cell_height + strip
+    canvas = Image.new(
+        "RGB",
+        (columns * cell_width + (columns + 1) * gap, rows * slot_height + (rows + 1) * gap),
+        BACKGROUND,
+    )
+    draw = ImageDraw.Draw(canvas)
+    for index, (cell, image) in enumerate(zip(cells, images, strict=True)):
+        column, row = index % columns, index // columns
+        left = gap + column * (cell_width + gap)
+        top = gap + row * (slot_height + gap)
+        # Smaller cells sit centred in their slot; compare grids have equal sizes anyway.
+        canvas.paste(cell, (left + (cell_width - cell.width) // 2, top + (cell_height - cell.height) // 2))
+        strip_top = top + cell_height
+        strip_box = (left, strip_top, left + cell_width - 1, strip_top + strip - 1)
+        draw.rectangle(strip_box, fill=CAPTION_BACKGROUND)
+        draw.text(
+            (left + cell_width / 2, strip_top + strip / 2),
+            _fit_text(draw, label(image), font, cell_width - 2 * gap),
+            font=font,
+            fill=CAPTION_TEXT,
+            anchor="mm",
+        )
+    return _encode(canvas, "PNG")
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int) -> str:
+    """Shorten a caption with an ellipsis until it fits the cell's width."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+# --- fitting Discord's upload limit ----------------------------------------------------------
+
+_LOSSY_QUALITIES = (95, 90, 85, 80, 70, 60)
+_MIN_SIDE = 64
+
+
+def fit_attachment(png: bytes, limit: int) -> tuple[bytes, str]:
+    """Return (bytes, extension without dot) no larger than `limit`.
+
+    PNG as is when it fits; else lossless WebP; else JPEG at decreasing quality; else the image
+    downscaled until a good-quality JPEG fits. Raises ValueError only if even a tiny image won't.
+    """
+    if limit <= 0:
+        raise ValueError(f"the attachment limit must be positive; got {limit}")
+    if len(png) <= limit:
+        return png, "png"
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    rgb = image.convert("RGB")
+
+    webp = _encode(image, "WEBP", lossless=True, method=4)
+    if len(webp) <= limit:
+        log.info("attachment re-encoded as lossless WebP: %d -> %d bytes", len(png), len(webp))
+        return webp, "webp"
+    for quality in _LOSSY_QUALITIES:
+        jpeg = _encode(rgb, "JPEG", quality=quality, optimize=True)
+        if len(jpeg) <= limit:
+            log.info("attachment re-encoded as JPEG q%d: %d -> %d bytes", quality, len(png), len(jpeg))
+            return jpeg, "jpg"
+    # Estimate the scale from the size at the last quality (bytes grow with pixel count), then
+    # shrink further until it fits.
+    scale = min(0.9, math.sqrt(limit / len(jpeg)) * 0.95)
+    while True:
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        smaller = _encode(rgb.resize(size, Image.Resampling.LANCZOS), "JPEG", quality=85, optimize=True)
+        if len(smaller) <= limit:
+            log.info("attachment downscaled to %dx%d: %d -> %d bytes", *size, len(png), len(smaller))
+            return smaller, "jpg"
+        if min(size) <= _MIN_SIDE:
+            raise ValueError(f"cannot fit an image into {limit} bytes")
+        scale *= 0.8
+
+
+def _encode(image: Image.Image, format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()

@@ -1,0 +1,159 @@
+"""Grids and attachment fitting: pure Pillow, no Discord."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from PIL import Image
+
+from bot.render import CAPTION_BACKGROUND, default_caption, fit_attachment, grid_png, grid_shape
+from inference.protocol import GeneratedImage
+
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
+
+
+def solid(colour: tuple[int, int, int], width: int = 96, height: int = 64, steps: int = 30) -> GeneratedImage:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    png = buffer.getvalue()
+    return GeneratedImage(png=png, seed=7, steps=steps, width=width, height=height, seconds=2.44)
+
+
+def noisy_png(width: int, height: int, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    image = Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def smooth_png(width: int, height: int) -> bytes:
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=0)
+    return buffer.getvalue()
+
+
+def open_png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_default_caption_reads_like_the_guide() -> None:
+    assert default_caption(solid((0, 0, 0), steps=30)) == "30 steps · 2.4s"
+
+
+def test_six_cells_make_three_columns_and_two_rows() -> None:
+    assert grid_shape(6) == (3, 2)
+
+
+@pytest.mark.parametrize("cells", range(2, 13))
+def test_grid_shape_holds_every_cell_without_an_empty_row(cells: int) -> None:
+    columns, rows = grid_shape(cells)
+    assert columns * rows >= cells
+    assert columns * (rows - 1) < cells
+    assert columns <= 4
+
+
+def test_grid_keeps_every_cell_at_full_resolution_in_reading_order() -> None:
+    steps = (5, 10, 20, 30, 40, 50)
+    images = [solid(colour, steps=n) for colour, n in zip(COLOURS, steps, strict=True)]
+    grid = open_png(grid_png(images))
+    assert grid.format == "PNG"
+    assert grid.width >= 3 * 96
+    assert grid.height >= 2 * 64
+
+    found = []
+    for colour in COLOURS:
+        box = _bounding_box_of(grid, colour)
+        found.append(box)
+        left, top, right, bottom = box
+        assert (right - left, bottom - top) == (96, 64)
+    lefts = sorted({box[0] for box in found})
+    tops = sorted({box[1] for box in found})
+    assert len(lefts) == 3
+    assert len(tops) == 2
+    expected_order = [(lefts[i % 3], tops[i // 3]) for i in range(6)]
+    assert [(box[0], box[1]) for box in found] == expected_order
+
+
+def test_each_cell_has_a_dark_caption_strip_with_light_text_under_it() -> None:
+    grid = open_png(grid_png([solid(COLOURS[0]), solid(COLOURS[1])]))
+    left, _, right, bottom = _bounding_box_of(grid, COLOURS[0])
+    strip = grid.crop((left, bottom, right, bottom + 20))
+    pixels = list(strip.getdata())
+    assert pixels.count(CAPTION_BACKGROUND) > len(pixels) // 2
+    assert any(min(pixel) > 180 for pixel in pixels), "no caption text drawn"
+
+
+def test_custom_caption_is_called_for_each_image() -> None:
+    images = [solid(colour) for colour in COLOURS[:3]]
+    seen: list[GeneratedImage] = []
+
+    def caption(image: GeneratedImage) -> str:
+        seen.append(image)
+        return "a caption far too long to fit under a ninety-six pixel cell, so it gets shortened"
+
+    grid_png(images, caption=caption)
+    assert seen == images
+
+
+def test_an_empty_grid_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        grid_png([])
+
+
+def test_a_png_that_fits_is_returned_unchanged() -> None:
+    png = noisy_png(64, 64)
+    assert fit_attachment(png, len(png)) == (png, "png")
+
+
+def test_lossless_webp_is_tried_before_lossy_encodings() -> None:
+    png = smooth_png(512, 512)
+    data, extension = fit_attachment(png, len(png) - 1)
+    assert extension == "webp"
+    assert len(data) < len(png)
+    assert open_png(data).tobytes() == open_png(png).convert("RGB").tobytes()
+
+
+def test_noise_too_big_for_lossless_becomes_jpeg_at_full_size() -> None:
+    png = noisy_png(256, 256)
+    data, extension = fit_attachment(png, len(png) // 3)
+    assert extension == "jpg"
+    assert len(data) <= len(png) // 3
+    assert open_png(data).size == (256, 256)
+
+
+def test_a_tight_limit_downscales_instead_of_failing() -> None:
+    png = noisy_png(512, 512)
+    limit = 20_000
+    data, extension = fit_attachment(png, limit)
+    assert extension == "jpg"
+    assert len(data) <= limit
+    image = open_png(data)
+    assert image.width < 512
+    assert image.width / image.height == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("limit", [5_000, 40_000, 150_000, 700_000])
+def test_fit_attachment_never_exceeds_the_limit(limit: int) -> None:
+    data, _ = fit_attachment(noisy_png(480, 320, seed=limit), limit)
+    assert len(data) <= limit
+
+
+def _bounding_box_of(image: Image.Image, colour: tuple[int, int, int]) -> tuple[int, int, int, int]:
+    mask = Image.eval(image.convert("RGB"), lambda _: 0)  # same size, black
+    pixels = image.load()
+    assert pixels is not None
+    mask_pixels = mask.load()
+    assert mask_pixels is not None
+    for y in range(image.height):
+        for x in range(image.width):
+            if pixels[x, y] == colour:
+                mask_pixels[x, y] = (255, 255, 255)
+    box = mask.getbbox()
+    assert box is not None, f"{colour} not in grid"
+    return box
