@@ -98,9 +98,7 @@ def validate(request: Request) -> None:
     if not request.prompt.strip():
         raise InvalidRequest("The prompt is empty: describe the image you want.")
     if request.scheduler not in SCHEDULER_NAMES:
-        raise InvalidRequest(
-            f"Unknown scheduler {request.scheduler!r}; choose one of: {', '.join(SCHEDULER_NAMES)}."
-        )
+        raise InvalidRequest(f"Unknown scheduler {request.scheduler!r}; choose one of: {', '.join(SCHEDULER_NAMES)}.")
     if isinstance(request, CompareStepsRequest):
         cells = len(request.steps)
         if not MIN_COMPARE_CELLS <= cells <= MAX_COMPARE_CELLS:

@@ -3,9 +3,40 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import multiprocessing as mp
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
-from inference.protocol import JobEvent, Request
+from inference.protocol import (
+    TERMINAL_EVENTS,
+    CancelJob,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobResult,
+    JobStarted,
+    Request,
+    Shutdown,
+    SubmitJob,
+    WorkerConfig,
+    WorkerFailed,
+    WorkerReady,
+    validate,
+)
+from inference.worker import worker_main
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -52,3 +83,314 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def position(self, job_id: str) -> int | None:
         """1-based place among waiting jobs, or None when running or unknown."""
+
+
+@dataclass(eq=False)
+class _Job:
+    job_id: str
+    user_id: str
+    request: Request
+    seq: int
+    submitted_at: float
+    events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
+    attempts: int = 0
+    isolate: bool = False  # after a crash, run alone so a job that kills the worker harms no other
+    started_at: float | None = None
+    position: int | None = None
+    finished: bool = False
+
+    @property
+    def lanes(self) -> int:
+        return len(self.request.lane_steps)
+
+
+class ModelUnavailable(RuntimeError):
+    """The worker cannot load its model; restarting won't help. The message says what to fix."""
+
+
+class LocalJobQueue(JobQueue):
+    """Pending jobs in this process (fair across users); GPU work in one spawned worker process.
+
+    A supervisor restarts a crashed or hung worker with backoff and re-runs its jobs, each alone,
+    at most `max_attempts` times in all. The event loop never blocks: a reader thread turns pipe
+    messages into loop callbacks.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        max_length: int = 100,
+        hang_seconds: float = 120.0,
+        max_attempts: int = 2,
+        worker_target: Callable[[Connection, WorkerConfig], None] = worker_main,
+    ) -> None:
+        self.config = config
+        self.max_length = max_length
+        self.hang_seconds = hang_seconds
+        self.max_attempts = max_attempts
+        self._target = worker_target
+        self._jobs: dict[str, _Job] = {}
+        self._pending: list[_Job] = []
+        self._running: dict[str, _Job] = {}
+        self._seq = itertools.count()
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._generation = 0
+        self._ready = asyncio.Event()
+        self._exited = asyncio.Event()
+        self._fatal: str | None = None
+        self._last_event_at = 0.0
+        self._crashes = 0
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self.worker_info: WorkerReady | None = None
+        self.restarts = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._supervisor = asyncio.create_task(self._supervise(), name="stepgrid-worker-supervisor")
+
+    async def wait_ready(self) -> None:
+        ready = asyncio.ensure_future(self._ready.wait())
+        supervisor = self._supervisor
+        assert supervisor is not None, "start() first"
+        await asyncio.wait({ready, supervisor}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._fatal:
+            raise ModelUnavailable(self._fatal)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(Shutdown())
+            await asyncio.to_thread(self._process.join, 10)
+        self._kill_worker()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        for job in [*self._running.values(), *self._pending]:
+            self._finish(job, JobFailed(job.job_id, "Stepgrid is shutting down; this job did not run.", retryable=True))
+
+    # -- the public queue API ---------------------------------------------------------------
+
+    def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
+        validate(request)
+        if self._fatal:
+            raise ModelUnavailable(self._fatal)
+        if len(self._pending) >= self.max_length:
+            raise QueueFull(len(self._pending), self.max_length)
+        job = _Job(job_id or uuid.uuid4().hex, user_id, request, next(self._seq), time.monotonic())
+        if job.job_id in self._jobs:
+            raise ValueError(f"job id {job.job_id} is already in use")
+        self._jobs[job.job_id] = job
+        self._pending.append(job)
+        self._update_positions()
+        self._dispatch()
+        return job.job_id
+
+    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        job = self._jobs[job_id]
+        while True:
+            event = await job.events.get()
+            yield event
+            if isinstance(event, TERMINAL_EVENTS):
+                self._jobs.pop(job_id, None)
+                return
+
+    def cancel(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or job.finished:
+            return False
+        if job in self._pending:
+            self._pending.remove(job)
+            self._finish(job, JobFailed(job_id, "Cancelled.", cancelled=True))
+            self._update_positions()
+        elif job_id in self._running and self._conn is not None:
+            self._conn.send(CancelJob(job_id))  # the worker drops its lanes and answers
+        return True
+
+    def position(self, job_id: str) -> int | None:
+        job = self._jobs.get(job_id)
+        return job.position if job else None
+
+    # -- ordering and dispatch ----------------------------------------------------------------
+
+    def _fair_order(self) -> list[_Job]:
+        """Retried jobs first, then round-robin over users: each user's k-th job after every
+        other user's (k-1)-th, ties by arrival."""
+        per_user: dict[str, int] = {}
+        keyed = []
+        for job in sorted(self._pending, key=lambda j: j.seq):
+            ordinal = per_user.get(job.user_id, 0)
+            per_user[job.user_id] = ordinal + 1
+            keyed.append(((not job.isolate, ordinal, job.seq), job))
+        return [job for _, job in sorted(keyed, key=lambda item: item[0])]
+
+    def _update_positions(self) -> None:
+        self._pending = self._fair_order()
+        for place, job in enumerate(self._pending, start=1):
+            if job.position != place:
+                job.position = place
+                job.events.put_nowait(JobQueued(job.job_id, place))
+
+    def _dispatch(self) -> None:
+        if not self._ready.is_set() or self._conn is None:
+            return
+        while self._pending:
+            if any(job.isolate for job in self._running.values()):
+                return
+            job = self._pending[0]
+            busy_lanes = sum(j.lanes for j in self._running.values())
+            if self._running and (job.isolate or busy_lanes + job.lanes > self.config.max_batch_lanes):
+                return
+            self._pending.pop(0)
+            job.position = None
+            job.attempts += 1
+            job.started_at = job.started_at or time.monotonic()
+            self._running[job.job_id] = job
+            self._last_event_at = time.monotonic()
+            self._conn.send(SubmitJob(job.job_id, job.request))
+            job.events.put_nowait(JobStarted(job.job_id, job.attempts))
+        self._update_positions()
+
+    def _finish(self, job: _Job, event: JobEvent) -> None:
+        job.finished = True
+        self._running.pop(job.job_id, None)
+        job.events.put_nowait(event)
+
+    # -- worker messages (called on the loop by the reader thread) -----------------------------
+
+    def _on_message(self, generation: int, message: object) -> None:
+        if generation != self._generation:
+            return  # a message from a worker that has since been replaced
+        self._last_event_at = time.monotonic()
+        if isinstance(message, WorkerReady):
+            self.worker_info = message
+            self._ready.set()
+            self._dispatch()
+        elif isinstance(message, WorkerFailed):
+            self._fatal = message.message
+        elif isinstance(message, JobResult | JobFailed | JobProgress):
+            job = self._running.get(message.job_id)
+            if job is None:
+                return
+            if isinstance(message, JobProgress):
+                job.events.put_nowait(message)
+            elif isinstance(message, JobResult):
+                self._crashes = 0
+                queue_seconds = (job.started_at or job.submitted_at) - job.submitted_at
+                self._finish(job, dataclasses.replace(message, queue_seconds=queue_seconds))
+            elif message.retryable and job.attempts < self.max_attempts:
+                self._retry_alone(job)
+            else:
+                self._finish(job, message)
+            self._dispatch()
+
+    def _retry_alone(self, job: _Job) -> None:
+        self._running.pop(job.job_id, None)
+        job.isolate = True
+        self._pending.append(job)
+        self._update_positions()
+
+    # -- the supervisor -----------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            self._spawn()
+            watchdog = asyncio.create_task(self._watch_for_hang())
+            try:
+                await self._exited.wait()
+            finally:
+                watchdog.cancel()
+            if self._closing:
+                return
+            self._on_worker_exit()
+            if self._fatal:
+                self._fail_everything(self._fatal)
+                return
+            self._crashes += 1
+            self.restarts += 1
+            delay = min(30.0, 0.5 * 2 ** (self._crashes - 1))
+            log.warning("GPU worker exited; restarting in %.1fs", delay)
+            await asyncio.sleep(delay)
+
+    def _spawn(self) -> None:
+        context = mp.get_context("spawn")
+        parent_conn, child_conn = context.Pipe(duplex=True)
+        self._generation += 1
+        self._ready.clear()
+        self._exited.clear()
+        process = context.Process(target=self._target, args=(child_conn, self.config), name="stepgrid-worker")
+        process.start()
+        child_conn.close()  # so that the worker's death reads as EOF here
+        self._process, self._conn = process, parent_conn
+        threading.Thread(
+            target=self._read_pipe, args=(parent_conn, self._generation), name="stepgrid-pipe", daemon=True
+        ).start()
+        log.info("started GPU worker pid %s (model %s)", process.pid, self.config.model)
+
+    def _read_pipe(self, conn: Connection, generation: int) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            self._loop.call_soon_threadsafe(self._on_message, generation, message)
+        self._loop.call_soon_threadsafe(self._on_pipe_closed, generation)
+
+    def _on_pipe_closed(self, generation: int) -> None:
+        if generation == self._generation:
+            self._exited.set()
+
+    async def _watch_for_hang(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.hang_seconds / 4))
+            silent = time.monotonic() - self._last_event_at
+            if self._running and silent > self.hang_seconds:
+                log.error("GPU worker sent nothing for %.0fs while running jobs; killing it", silent)
+                self._kill_worker()
+                return
+
+    def _kill_worker(self) -> None:
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(5)
+
+    def _on_worker_exit(self) -> None:
+        self._kill_worker()
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        self._ready.clear()
+        crashed = list(self._running.values())
+        self._running.clear()
+        for job in crashed:
+            if job.attempts >= self.max_attempts:
+                message = (
+                    f"The GPU worker crashed {job.attempts} times while running this job, so it was "
+                    "stopped. Try fewer steps, a smaller size, or a different scheduler."
+                )
+                self._finish(job, JobFailed(job.job_id, message))
+            else:
+                job.isolate = True
+                self._pending.append(job)
+        self._update_positions()
+
+    def _fail_everything(self, message: str) -> None:
+        for job in [*self._running.values(), *self._pending]:
+            self._finish(job, JobFailed(job.job_id, message))
+        self._pending.clear()

@@ -1,0 +1,604 @@
+"""The only module that imports diffusers: model loading, schedulers and the batched lane engine.
+
+Every denoising run is a *lane* (its own scheduler instance, latents and seeded generator). Each
+engine iteration stacks the active lanes of one size into ONE UNet call with per-sample timesteps,
+then steps each lane with its own scheduler. Lanes join and leave between iterations.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from inference.imaging import encode_png, latent_preview_png
+from inference.protocol import (
+    SCHEDULER_NAMES,
+    GeneratedImage,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobResult,
+    Request,
+    WorkerConfig,
+)
+
+log = logging.getLogger(__name__)
+
+# diffusers attaches pipeline components and scheduler methods dynamically, so type checkers
+# can't see them: these aliases name what is meant without pretending to check it.
+Pipeline = Any  # a StableDiffusionPipeline
+Scheduler = Any  # a SchedulerMixin subclass
+
+TEST_MODELS = ("tiny", "sd15-arch")
+PREVIEW_INTERVAL_S = 1.5
+
+# A1111 name -> (diffusers scheduler class, from_config overrides).
+SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "Euler": (EulerDiscreteScheduler, {}),
+    "Euler a": (EulerAncestralDiscreteScheduler, {}),
+    "Heun": (HeunDiscreteScheduler, {}),
+    "DPM2": (KDPM2DiscreteScheduler, {}),
+    "DPM2 a": (KDPM2AncestralDiscreteScheduler, {}),
+    "DPM++ 2M": (DPMSolverMultistepScheduler, {}),
+    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ SDE": (DPMSolverSDEScheduler, {}),
+    "DDIM": (DDIMScheduler, {}),
+    "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
+    "LMS": (LMSDiscreteScheduler, {}),
+    "UniPC": (UniPCMultistepScheduler, {}),
+}
+assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "protocol.SCHEDULER_NAMES and SCHEDULERS must agree"
+
+
+def make_scheduler(base_config: Any, name: str, seed: int) -> Scheduler:
+    """A fresh scheduler for one lane; the pipeline's own scheduler is never touched."""
+    cls, overrides = SCHEDULERS[name]
+    if cls is DPMSolverSDEScheduler:
+        # Its Brownian-tree noise is seeded per instance, so each lane stays reproducible.
+        overrides = {**overrides, "noise_sampler_seed": seed}
+    scheduler: Scheduler = cls.from_config(base_config, **overrides)
+    return scheduler
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+# --- devices and loading ---------------------------------------------------------------------
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """CUDA fp16 when present, else CPU fp32; either can be overridden."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dtype == "auto":
+        return dev, torch.float16 if dev.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype must be one of {', '.join(['auto', *dtypes])}; got {dtype!r}.")
+    return dev, dtypes[dtype]
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    """A CLIP-style vocabulary of single bytes, written locally so no tokenizer download is needed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for char in chars:
+            vocab[char + suffix] = len(vocab)
+    return vocab
+
+
+def _random_weight_components(architecture: str) -> dict[str, Any]:
+    """Configs for the built-in random-weight test models: "tiny" (fast on CPU) or "sd15-arch"."""
+    torch.manual_seed(0)
+    if architecture == "tiny":
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 16, 16, 16),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            norm_num_groups=8,
+            layers_per_block=1,
+            sample_size=256,
+        )
+        text_config = CLIPTextConfig(
+            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+            num_attention_heads=4, num_hidden_layers=2, vocab_size=1000, max_position_embeddings=77,
+        )  # fmt: skip
+    elif architecture == "sd15-arch":
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=512,
+        )
+        text_config = CLIPTextConfig(
+            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=768, intermediate_size=3072,
+            num_attention_heads=12, num_hidden_layers=12, vocab_size=49408, max_position_embeddings=77,
+            projection_dim=768, hidden_act="quick_gelu",
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown test architecture {architecture!r}")
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    )  # fmt: skip
+    tokenizer = CLIPTokenizer(vocab=_byte_level_vocab(), merges=[], model_max_length=77)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": CLIPTextModel(text_config),
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "stepgrid"
+
+
+def ensure_test_model(architecture: str, cache_dir: Path) -> Path:
+    """Build a random-weight test model once and save it with `save_pretrained`."""
+    folder = cache_dir / f"{architecture}-random-weights"
+    if (folder / "model_index.json").exists():
+        return folder
+    log.info("building the random-weight test model %r in %s (not a real model)", architecture, folder)
+    pipe: Pipeline = StableDiffusionPipeline(**_random_weight_components(architecture))
+    tmp = folder.with_name(folder.name + ".tmp")
+    pipe.save_pretrained(tmp)
+    (tmp / "STEPGRID_TEST_MODEL.json").write_text(json.dumps({"random_weights": True}))
+    tmp.replace(folder)
+    return folder
+
+
+@dataclass
+class LoadedModel:
+    pipe: Pipeline
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    is_test_model: bool
+    load_seconds: float
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message is safe to show an operator."""
+
+
+def load_model(config: WorkerConfig) -> LoadedModel:
+    """Load the configured model through `from_pretrained` (hub id, local folder or a test model)."""
+    started = time.perf_counter()
+    device, dtype = resolve_device(config.device, config.dtype)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    is_test_model = config.model in TEST_MODELS
+    source = str(ensure_test_model(config.model, cache_dir)) if is_test_model else config.model
+    try:
+        pipe: Pipeline = DiffusionPipeline.from_pretrained(
+            source,
+            dtype=dtype,
+            cache_dir=str(cache_dir / "hub") if not is_test_model else None,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"Could not load model {config.model!r}: {reason}. Set STEPGRID_MODEL to a local diffusers "
+            "folder, a reachable hub id, or 'tiny' for the random-weight test model."
+        ) from exc
+    if type(pipe).__name__ != StableDiffusionPipeline.__name__:
+        raise ModelLoadError(
+            f"Model {config.model!r} is a {type(pipe).__name__}; Stepgrid runs Stable Diffusion 1.x/2.x models."
+        )
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if device.type == "cuda":
+        pipe.unet.to(memory_format=torch.channels_last)
+    return LoadedModel(pipe, config.model, device, dtype, is_test_model, time.perf_counter() - started)
+
+
+# --- conditioning ------------------------------------------------------------------------------
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of one job, row 0 unconditional, row 1 conditional.
+
+    `added` holds extra UNet conditioning (SDXL's pooled text embeddings and time ids would go
+    there, each with the same two rows), so the batching code needs no change for it.
+    """
+
+    embeds: torch.Tensor
+    added: dict[str, torch.Tensor] = field(default_factory=dict)
+    truncated: bool = False
+
+
+@torch.no_grad()
+def encode_conditioning(pipe: Pipeline, prompt: str, negative_prompt: str) -> Conditioning:
+    """Encode prompt and negative prompt; over-long prompts are cut to the tokenizer's limit."""
+    tokenizer = pipe.tokenizer
+    limit = tokenizer.model_max_length
+    truncated = len(tokenizer(prompt, truncation=False).input_ids) > limit
+    cond, uncond = pipe.encode_prompt(
+        prompt,
+        device=pipe.device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=negative_prompt or None,
+    )
+    return Conditioning(embeds=torch.cat([uncond, cond]), truncated=truncated)
+
+
+# --- lanes and the engine ----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Lane:
+    job: EngineJob
+    index: int
+    steps: int
+    seed: int
+    scheduler: Scheduler
+    timesteps: list[torch.Tensor]
+    latents: torch.Tensor
+    generator: torch.Generator
+    step_kwargs: dict[str, Any]
+    delay: int  # engine iterations to wait so that a job's lanes finish together
+    position: int = 0
+    started_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.timesteps)
+
+    @property
+    def progress_steps(self) -> int:
+        """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
+        return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
+
+
+@dataclass(eq=False)
+class EngineJob:
+    job_id: str
+    request: Request
+    conditioning: Conditioning
+    order: int
+    lanes: list[Lane] = field(default_factory=list)
+    images: dict[int, GeneratedImage | None] = field(default_factory=dict)
+    pending_encodes: int = 0
+    gpu_seconds: float = 0.0
+    last_preview_at: float = 0.0
+    failed: bool = False
+
+    @property
+    def group(self) -> tuple[int, int]:
+        return (self.request.height, self.request.width)
+
+
+class BatchError(RuntimeError):
+    """An engine iteration failed; the jobs in that batch were removed from the engine."""
+
+    def __init__(self, job_ids: list[str], *, out_of_memory: bool) -> None:
+        super().__init__(f"{'out of memory' if out_of_memory else 'error'} in a batch of jobs {job_ids}")
+        self.job_ids = job_ids
+        self.out_of_memory = out_of_memory
+
+
+Emit = Callable[[JobEvent], None]
+
+
+class LaneEngine:
+    """Continuous batching of denoising lanes over one loaded pipeline."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        emit: Emit,
+        *,
+        max_batch_lanes: int = 8,
+        encoder: ThreadPoolExecutor | None = None,
+        previews: bool = True,
+    ) -> None:
+        self.model = model
+        self.pipe = model.pipe
+        self.emit = emit
+        self.max_batch_lanes = max_batch_lanes
+        self.previews = previews
+        self._encoder = encoder or ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
+        self._owns_encoder = encoder is None
+        self._jobs: dict[str, EngineJob] = {}
+        self._order = itertools.count()
+        self._group_turn = 0
+        self._encodes: set[Future[None]] = set()
+        self._results_lock = threading.Lock()  # job image bookkeeping is shared with encoder threads
+        self._vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    # -- admission ---------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return not self._jobs
+
+    @property
+    def active_lanes(self) -> int:
+        return sum(len(job.lanes) for job in self._jobs.values())
+
+    def job_ids(self) -> list[str]:
+        return list(self._jobs)
+
+    @torch.no_grad()
+    def add_job(self, job_id: str, request: Request) -> None:
+        """Turn a validated request into lanes; they start at the next iteration."""
+        conditioning = encode_conditioning(self.pipe, request.prompt, request.negative_prompt)
+        job = EngineJob(job_id, request, conditioning, next(self._order))
+        lanes = [self._make_lane(job, i, steps, seed) for i, (steps, seed) in enumerate(
+            zip(request.lane_steps, request.lane_seeds, strict=True))]  # fmt: skip
+        longest = max(len(lane.timesteps) for lane in lanes)
+        for lane in lanes:
+            lane.delay = longest - len(lane.timesteps)  # right-align: all cells finish together
+        job.lanes = lanes
+        self._jobs[job_id] = job
+
+    def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int) -> Lane:
+        request, device = job.request, self.model.device
+        scheduler = make_scheduler(self.pipe.scheduler.config, request.scheduler, seed)
+        scheduler.set_timesteps(steps, device=device)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        scale = self._vae_scale
+        shape = (1, self.pipe.unet.config.in_channels, request.height // scale, request.width // scale)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=self.model.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs: dict[str, Any] = {}
+        if _accepts(scheduler.step, "generator"):
+            step_kwargs["generator"] = generator
+        return Lane(
+            job=job,
+            index=index,
+            steps=steps,
+            seed=seed,
+            scheduler=scheduler,
+            timesteps=list(scheduler.timesteps),
+            latents=latents,
+            generator=generator,
+            step_kwargs=step_kwargs,
+            delay=0,
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        """Drop a job's lanes; it is answered as cancelled."""
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return False
+        job.failed = True
+        self.emit(JobFailed(job_id, "Cancelled.", cancelled=True))
+        return True
+
+    def drop(self, job_ids: Iterable[str]) -> None:
+        """Forget jobs without answering them (the caller answers)."""
+        for job_id in job_ids:
+            job = self._jobs.pop(job_id, None)
+            if job is not None:
+                job.failed = True
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[Lane]:
+        groups: dict[tuple[int, int], list[Lane]] = {}
+        for job in sorted(self._jobs.values(), key=lambda j: j.order):
+            for lane in job.lanes:
+                groups.setdefault(job.group, []).append(lane)
+        if not groups:
+            return []
+        keys = sorted(groups)
+        key = keys[self._group_turn % len(keys)]
+        self._group_turn += 1
+        waiting = [lane for lane in groups[key] if lane.delay > 0]
+        ready = [lane for lane in groups[key] if lane.delay == 0]
+        if not ready:  # only delayed lanes: start the soonest now rather than idle
+            soonest = min(lane.delay for lane in waiting)
+            for lane in waiting:
+                lane.delay -= soonest
+            ready = [lane for lane in groups[key] if lane.delay == 0]
+            waiting = [lane for lane in groups[key] if lane.delay > 0]
+        for lane in waiting:
+            lane.delay -= 1
+        return ready[: self.max_batch_lanes]
+
+    def step(self) -> int:
+        """Run one UNet call over a batch of lanes and advance them; returns the lanes run."""
+        lanes = self._next_batch()
+        if not lanes:
+            return 0
+        started = time.perf_counter()
+        try:
+            self._denoise(lanes)
+            elapsed = time.perf_counter() - started
+            for job in {lane.job for lane in lanes}:
+                job.gpu_seconds += elapsed * sum(lane.job is job for lane in lanes) / len(lanes)
+            self._report_progress(lanes)
+            finished = [lane for lane in lanes if lane.done]
+            if finished:
+                self._finish(finished)
+        except Exception as exc:
+            job_ids = sorted({lane.job.job_id for lane in lanes})
+            self.drop(job_ids)
+            out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
+            if out_of_memory:
+                torch.cuda.empty_cache()
+            raise BatchError(job_ids, out_of_memory=out_of_memory) from exc
+        return len(lanes)
+
+    @torch.no_grad()
+    def _denoise(self, lanes: list[Lane]) -> None:
+        now = time.perf_counter()
+        timesteps = []
+        model_inputs = []
+        for lane in lanes:
+            if lane.started_at is None:
+                lane.started_at = now
+            t = lane.timesteps[lane.position]
+            timesteps.append(t)
+            model_inputs.append(lane.scheduler.scale_model_input(lane.latents, t))
+        x = torch.cat(model_inputs)
+        t_batch = torch.stack([t.to(torch.float32) for t in timesteps]).to(self.model.device)
+        embeds = torch.cat([lane.job.conditioning.embeds[0:1] for lane in lanes]
+                           + [lane.job.conditioning.embeds[1:2] for lane in lanes])  # fmt: skip
+        added = {
+            key: torch.cat([lane.job.conditioning.added[key][0:1] for lane in lanes]
+                           + [lane.job.conditioning.added[key][1:2] for lane in lanes])
+            for key in lanes[0].job.conditioning.added
+        }  # fmt: skip
+        noise = self.pipe.unet(
+            torch.cat([x, x]),
+            torch.cat([t_batch, t_batch]),
+            encoder_hidden_states=embeds,
+            added_cond_kwargs=added or None,
+            return_dict=False,
+        )[0]
+        uncond, cond = noise.chunk(2)
+        guidance = torch.tensor(
+            [lane.job.request.guidance for lane in lanes], device=noise.device, dtype=noise.dtype
+        ).view(-1, 1, 1, 1)
+        guided = uncond + guidance * (cond - uncond)
+        for i, lane in enumerate(lanes):
+            lane.latents = lane.scheduler.step(
+                guided[i : i + 1], timesteps[i], lane.latents, return_dict=False, **lane.step_kwargs
+            )[0]
+            lane.position += 1
+
+    def _report_progress(self, lanes: list[Lane]) -> None:
+        now = time.perf_counter()
+        for job in {lane.job: None for lane in lanes}:
+            job_total = sum(lane.steps for lane in job.lanes)
+            job_done = sum(lane.progress_steps for lane in job.lanes)
+            preview = None
+            if self.previews and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
+                job.last_preview_at = now
+                latents = max(job.lanes, key=lambda ln: ln.position).latents[0]
+                preview = latent_preview_png(latents.float().cpu().numpy())
+            for lane in lanes:
+                if lane.job is job:
+                    self.emit(JobProgress(job.job_id, lane.index, lane.progress_steps, lane.steps,
+                                          job_done, job_total, preview))  # fmt: skip
+                    preview = None
+
+    @torch.no_grad()
+    def _finish(self, lanes: list[Lane]) -> None:
+        latents = torch.cat([lane.latents for lane in lanes])
+        images = self.decode(latents)
+        now = time.perf_counter()
+        for lane, pixels in zip(lanes, images, strict=True):
+            job = lane.job
+            with self._results_lock:
+                job.lanes.remove(lane)
+                job.images[lane.index] = None
+                job.pending_encodes += 1
+            seconds = now - (lane.started_at or now)
+            future = self._encoder.submit(self._encode, job, lane.index, lane.seed, lane.steps, pixels, seconds)
+            self._encodes.add(future)
+            future.add_done_callback(self._encodes.discard)
+            if not job.lanes:
+                self._jobs.pop(job.job_id, None)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """VAE-decode a batch of latents to uint8 HxWx3 arrays."""
+        vae = self.pipe.vae
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+    def _encode(self, job: EngineJob, index: int, seed: int, steps: int, pixels: np.ndarray, seconds: float) -> None:
+        png = encode_png(Image.fromarray(pixels))
+        request = job.request
+        image = GeneratedImage(png, seed, steps, request.width, request.height, seconds)
+        with self._results_lock:
+            job.images[index] = image
+            job.pending_encodes -= 1
+            if job.failed or job.pending_encodes or job.lanes:
+                return
+            images = tuple(img for _, img in sorted(job.images.items()) if img is not None)
+        self.emit(
+            JobResult(
+                job.job_id,
+                images=images,
+                gpu_seconds=job.gpu_seconds,
+                prompt_truncated=job.conditioning.truncated,
+                is_test_model=self.model.is_test_model,
+            )
+        )
+
+    def run_until_idle(self) -> None:
+        """Step until every lane is done and every image is encoded (benchmarks and tests)."""
+        while not self.idle:
+            self.step()
+        self.wait_encodes()
+
+    def wait_encodes(self) -> None:
+        for future in list(self._encodes):
+            future.result()
+
+    def close(self) -> None:
+        if self._owns_encoder:
+            self._encoder.shutdown(wait=True)

@@ -1,0 +1,135 @@
+"""GPU worker process main: load the pipeline once, warm up, report ready, run jobs, emit events.
+
+Started by `LocalJobQueue` with the spawn context (CUDA can't be re-initialised in a forked child).
+It talks to the bot over one duplex pipe: requests in, events out. Between engine iterations it
+takes new jobs and cancellations, so lanes join and leave a running batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+from inference.protocol import (
+    CancelJob,
+    GenerateRequest,
+    JobEvent,
+    JobFailed,
+    Shutdown,
+    SubmitJob,
+    WorkerConfig,
+    WorkerFailed,
+    WorkerReady,
+)
+
+if TYPE_CHECKING:  # the bot imports this module to name the spawn target: keep torch out of it
+    from inference.pipeline import LaneEngine
+
+log = logging.getLogger(__name__)
+
+OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
+INTERNAL_ERROR_MESSAGE = "The GPU worker hit an internal error on this request (ref {ref})."
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def worker_main(conn: Connection, config: WorkerConfig) -> None:
+    """Process entry point (spawn target)."""
+    logging.basicConfig(
+        level=os.environ.get("STEPGRID_LOG_LEVEL", "INFO"),
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_libraries()
+    send_lock = threading.Lock()
+
+    def send(event: JobEvent | WorkerReady | WorkerFailed) -> None:
+        # Encoder threads send results while the main thread sends progress.
+        with send_lock:
+            conn.send(event)
+
+    from inference.pipeline import LaneEngine, ModelLoadError, load_model
+
+    try:
+        model = load_model(config)
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        send(WorkerFailed(str(exc)))
+        return
+    engine = LaneEngine(model, send, max_batch_lanes=config.max_batch_lanes)
+    if config.warmup:
+        warm_up(engine)
+    log.info(
+        "ready: model %s on %s (%s) in %.1fs%s",
+        model.name, model.device, str(model.dtype).removeprefix("torch."), model.load_seconds,
+        " — RANDOM-WEIGHT TEST MODEL, images are noise" if model.is_test_model else "",
+    )  # fmt: skip
+    send(WorkerReady(model.name, str(model.device), str(model.dtype).removeprefix("torch."),
+                     model.load_seconds, model.is_test_model))  # fmt: skip
+    try:
+        _serve(conn, engine, send)
+    finally:
+        engine.close()
+
+
+def warm_up(engine: LaneEngine) -> None:
+    """Run one short job so the first user doesn't pay for lazy initialisation."""
+    real_emit = engine.emit
+    engine.emit = lambda event: None
+    try:
+        started = time.perf_counter()
+        engine.add_job("warm-up", GenerateRequest("warm-up", steps=2, scheduler="Euler"))
+        engine.run_until_idle()
+        log.info("warm-up took %.1fs", time.perf_counter() - started)
+    finally:
+        engine.emit = real_emit
+
+
+def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent], None]) -> None:
+    from inference.pipeline import BatchError
+
+    def handle(message: object) -> bool:
+        if isinstance(message, SubmitJob):
+            try:
+                engine.add_job(message.job_id, message.request)
+            except Exception:
+                log.exception("could not start job %s", message.job_id)
+                send(JobFailed(message.job_id, INTERNAL_ERROR_MESSAGE.format(ref=message.job_id[:8])))
+        elif isinstance(message, CancelJob):
+            engine.cancel(message.job_id)
+        elif isinstance(message, Shutdown):
+            return False
+        return True
+
+    while True:
+        try:
+            if engine.idle and not handle(conn.recv()):
+                return
+            while conn.poll():
+                if not handle(conn.recv()):
+                    return
+        except EOFError:  # the bot went away
+            return
+        try:
+            engine.step()
+        except BatchError as exc:
+            log.error("batch failed for jobs %s", exc.job_ids, exc_info=exc.__cause__)
+            for job_id in exc.job_ids:
+                event: JobEvent
+                if exc.out_of_memory:
+                    event = JobFailed(job_id, OUT_OF_MEMORY_MESSAGE, retryable=True)
+                else:
+                    event = JobFailed(job_id, INTERNAL_ERROR_MESSAGE.format(ref=job_id[:8]))
+                send(event)
