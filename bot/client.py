@@ -1,0 +1,158 @@
+"""The Stepgrid bot: a `commands.Bot` whose setup_hook starts the job queue, loads cogs and syncs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.errors import report_error
+from bot.jobs import EDIT_INTERVAL, TOKEN_LIFETIME, JobService, JobStore, RequestPolicy, SettingsPolicy
+from bot.views import JobButton
+from inference.queue import JobQueue
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS: tuple[str, ...] = ("bot.cogs.imagine", "bot.cogs.compare")
+
+
+class StepgridTree(app_commands.CommandTree["Stepgrid"]):
+    """The command tree; its on_error is the one place command errors become replies."""
+
+    async def on_error(self, interaction: discord.Interaction[Stepgrid], error: app_commands.AppCommandError) -> None:
+        await report_error(interaction, error)
+
+
+class Stepgrid(commands.Bot):
+    """The bot. Everything it talks to can be injected, so tests can run it against fakes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queue: JobQueue | None = None,
+        store: JobStore | None = None,
+        policy: RequestPolicy | None = None,
+        extensions: Sequence[str] = EXTENSIONS,
+        sync_commands: bool = True,
+        edit_interval: float | None = None,
+        token_lifetime: float | None = None,
+        **options: object,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # channels and permissions for interactions; no message content
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=StepgridTree,
+            help_command=None,
+            **options,  # type: ignore[arg-type]
+        )
+        self.settings = settings
+        self.queue = queue if queue is not None else default_queue(settings)
+        self.jobs = JobService(
+            self.queue,
+            store=store,
+            policy=policy if policy is not None else SettingsPolicy(settings),
+            edit_interval=EDIT_INTERVAL if edit_interval is None else edit_interval,
+            token_lifetime=TOKEN_LIFETIME if token_lifetime is None else token_lifetime,
+        )
+        self._extensions = tuple(extensions)
+        self._sync_commands = sync_commands
+        self._ready_watch: asyncio.Task[None] | None = None
+        self._queue_started = False
+
+    async def setup_hook(self) -> None:
+        await self.queue.start()
+        self._queue_started = True
+        self._ready_watch = asyncio.create_task(self._log_when_ready(), name="stepgrid-wait-ready")
+        # Buttons of results posted before a restart still resolve: their custom ids carry the job.
+        self.add_dynamic_items(JobButton)
+        for extension in self._extensions:
+            await self.load_extension(extension)
+        if self._sync_commands:
+            await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        """Register the slash commands: to the dev guild (instant) when set, else globally."""
+        guild_id = self.settings.dev_guild_id
+        if guild_id is not None:
+            guild = discord.Object(guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to guild %s", len(synced), guild_id)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d commands globally (may take up to an hour to show)", len(synced))
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (%s) to %d server(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def close(self) -> None:
+        """Answer every job (the queue fails what is pending), then disconnect."""
+        if self._ready_watch is not None:
+            self._ready_watch.cancel()
+        try:
+            if self._queue_started:
+                await self.queue.close()
+            await self.jobs.close()
+        finally:
+            await super().close()
+
+    async def _log_when_ready(self) -> None:
+        try:
+            await self.queue.wait_ready()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the GPU worker could not start; commands will say the model is loading")
+            return
+        log.info("the GPU worker is ready")
+
+
+def default_queue(settings: Settings) -> JobQueue:
+    """The local queue with one spawned GPU worker, as configured."""
+    from inference.queue import LocalJobQueue
+
+    queue: JobQueue = LocalJobQueue(
+        settings.worker_config(),
+        max_length=settings.queue_max_length,
+        hang_seconds=settings.worker_hang_seconds,
+    )
+    return queue
+
+
+class TokenError(Exception):
+    """The Discord token is missing or was rejected; the message is safe to print."""
+
+
+async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
+    """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
+    if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
+        raise TokenError("No Discord token: set STEPGRID_DISCORD_TOKEN in the environment or .env.")
+    bot = Stepgrid(settings, queue=queue)
+    async with bot:
+        try:
+            await bot.start(settings.discord_token.get_secret_value().strip())
+        except discord.LoginFailure:
+            raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
+
+
+def run(settings: Settings | None = None) -> int:
+    """`stepgrid run`: returns the exit status (2 for a missing or rejected token)."""
+    import sys
+
+    discord.utils.setup_logging(root=True)
+    try:
+        asyncio.run(run_bot(settings or Settings()))
+    except TokenError as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,70 @@
+"""`/compare-steps`: one prompt and seed rendered at several step counts, as one labelled grid."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.jobs import random_seed, resolve_size, resolve_step_list
+from bot.views import SCHEDULER_CHOICES, size_autocomplete
+from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, CompareStepsRequest
+
+if TYPE_CHECKING:
+    from bot.client import Stepgrid
+
+MAX_PROMPT_CHARS = 1500
+
+
+class CompareSteps(commands.Cog):
+    """The `/compare-steps` command."""
+
+    def __init__(self, bot: Stepgrid) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="compare-steps", description="Render one prompt and seed at several step counts, side by side."
+    )
+    @app_commands.describe(
+        prompt="What to draw",
+        steps="Step counts separated by commas, 2 to 12 of them (default 5,10,20,30,40,50)",
+        scheduler="Sampler / scheduler",
+        seed="Seed shared by every cell (random when left out)",
+        negative_prompt="What to keep out of the image",
+        guidance="How closely to follow the prompt (classifier-free guidance scale)",
+        size="Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
+    )
+    @app_commands.choices(scheduler=SCHEDULER_CHOICES)
+    @app_commands.autocomplete(size=size_autocomplete)
+    @app_commands.guild_only()
+    async def compare_steps(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        steps: app_commands.Range[str, 1, 100] | None = None,
+        scheduler: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        size: str | None = None,
+    ) -> None:
+        jobs = self.bot.jobs
+        defaults = await jobs.defaults(interaction.guild_id)
+        width, height = resolve_size(size, defaults)
+        request = CompareStepsRequest(
+            prompt=prompt.strip(),
+            steps=resolve_step_list(steps),
+            scheduler=defaults.scheduler if scheduler is None else scheduler,
+            seed=random_seed() if seed is None else seed,
+            guidance=defaults.guidance if guidance is None else guidance,
+            width=width,
+            height=height,
+            negative_prompt=(negative_prompt or "").strip(),
+        )
+        await jobs.start(interaction, request, command="compare-steps")
+
+
+async def setup(bot: Stepgrid) -> None:
+    await bot.add_cog(CompareSteps(bot))

@@ -1,0 +1,80 @@
+"""`/imagine`: one prompt, one to four images, with live progress."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.jobs import random_seed, resolve_size
+from bot.views import SCHEDULER_CHOICES, size_autocomplete
+from inference.protocol import (
+    MAX_COUNT,
+    MAX_GUIDANCE,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_COUNT,
+    MIN_GUIDANCE,
+    MIN_STEPS,
+    GenerateRequest,
+)
+
+if TYPE_CHECKING:
+    from bot.client import Stepgrid
+
+MAX_PROMPT_CHARS = 1500
+
+
+class Imagine(commands.Cog):
+    """The `/imagine` command."""
+
+    def __init__(self, bot: Stepgrid) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Generate images from a prompt with Stable Diffusion.")
+    @app_commands.describe(
+        prompt="What to draw",
+        negative_prompt="What to keep out of the image",
+        steps="Denoising steps (more is slower, not always better)",
+        scheduler="Sampler / scheduler",
+        seed="Seed for a repeatable image (random when left out)",
+        guidance="How closely to follow the prompt (classifier-free guidance scale)",
+        size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
+        count="How many images (consecutive seeds)",
+    )
+    @app_commands.choices(scheduler=SCHEDULER_CHOICES)
+    @app_commands.autocomplete(size=size_autocomplete)
+    @app_commands.guild_only()
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+        steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
+        scheduler: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        size: str | None = None,
+        count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
+    ) -> None:
+        jobs = self.bot.jobs
+        defaults = await jobs.defaults(interaction.guild_id)
+        width, height = resolve_size(size, defaults)
+        request = GenerateRequest(
+            prompt=prompt.strip(),
+            negative_prompt=(negative_prompt or "").strip(),
+            steps=defaults.steps if steps is None else steps,
+            scheduler=defaults.scheduler if scheduler is None else scheduler,
+            seed=random_seed() if seed is None else seed,
+            guidance=defaults.guidance if guidance is None else guidance,
+            width=width,
+            height=height,
+            count=1 if count is None else count,
+        )
+        await jobs.start(interaction, request, command="imagine")
+
+
+async def setup(bot: Stepgrid) -> None:
+    await bot.add_cog(Imagine(bot))
