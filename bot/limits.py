@@ -1,0 +1,415 @@
+"""Per-server limits: combining them with the operator's ceilings, validating changes, checking requests.
+
+Pure logic, no database: `bot.db` stores `ServerLimits`, the cogs call `check_request` before
+anything is queued.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot.config import Settings
+from bot.errors import UserFacingError
+from inference.protocol import (
+    MIN_COMPARE_CELLS,
+    MIN_SIZE,
+    MIN_STEPS,
+    SCHEDULER_NAMES,
+    CompareStepsRequest,
+    Request,
+    total_steps,
+)
+
+MAX_BANNED_WORDS = 200
+MAX_BANNED_WORD_LENGTH = 100
+
+
+class LimitExceeded(UserFacingError):
+    """A request is over one of the server's limits; nothing was queued.
+
+    `limit` is the field's name, `asked` what the request needs, `allowed` the server's value.
+    """
+
+    def __init__(self, message: str, *, limit: str, asked: Any = None, allowed: Any = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.asked = asked
+        self.allowed = allowed
+
+
+class InvalidLimit(UserFacingError):
+    """A `/limits set` value is out of range; the message names the field and the allowed range."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """A server's own settings as stored; None means "the operator's value"."""
+
+    max_steps: int | None = None
+    default_steps: int | None = None
+    allowed_schedulers: tuple[str, ...] | None = None
+    default_scheduler: str | None = None
+    max_grid_cells: int | None = None
+    max_image_size: int | None = None
+    max_compute_per_request: int | None = None
+    daily_steps_per_user: int | None = None
+    max_concurrent_jobs_per_user: int | None = None
+    banned_words: tuple[str, ...] | None = None
+
+    def with_changes(self, changes: dict[str, Any]) -> ServerLimits:
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+LIMIT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ServerLimits))
+
+# How each field reads in messages and in `/limits show`.
+LIMIT_LABELS: dict[str, str] = {
+    "max_steps": "max steps",
+    "default_steps": "default steps",
+    "allowed_schedulers": "allowed schedulers",
+    "default_scheduler": "default scheduler",
+    "max_grid_cells": "max grid cells",
+    "max_image_size": "max image size",
+    "max_compute_per_request": "compute budget per request",
+    "daily_steps_per_user": "daily steps per member",
+    "max_concurrent_jobs_per_user": "concurrent jobs per member",
+    "banned_words": "banned words",
+}
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    """The limits that apply in one server: its own values, never looser than the operator's."""
+
+    max_steps: int
+    default_steps: int
+    allowed_schedulers: tuple[str, ...]
+    default_scheduler: str
+    max_grid_cells: int
+    max_image_size: int
+    max_compute_per_request: int
+    daily_steps_per_user: int
+    max_concurrent_jobs_per_user: int
+    banned_words: tuple[str, ...]
+
+    @classmethod
+    def combine(cls, server: ServerLimits | None, settings: Settings) -> EffectiveLimits:
+        """Tighten the operator's ceilings with the server's values (a server can't loosen them)."""
+        server = server or ServerLimits()
+
+        def tighter(own: int | None, ceiling: int) -> int:
+            return ceiling if own is None else min(own, ceiling)
+
+        max_steps = tighter(server.max_steps, settings.max_steps)
+        default_steps = min(server.default_steps or settings.default_steps, max_steps)
+        allowed = SCHEDULER_NAMES
+        if server.allowed_schedulers is not None:
+            allowed = tuple(name for name in SCHEDULER_NAMES if name in server.allowed_schedulers) or allowed
+        for candidate in (server.default_scheduler, settings.default_scheduler):
+            if candidate in allowed:
+                default_scheduler = candidate
+                break
+        else:
+            default_scheduler = allowed[0]
+        return cls(
+            max_steps=max_steps,
+            default_steps=max(default_steps, MIN_STEPS),
+            allowed_schedulers=allowed,
+            default_scheduler=default_scheduler,
+            max_grid_cells=tighter(server.max_grid_cells, settings.max_grid_cells),
+            max_image_size=tighter(server.max_image_size, settings.max_image_size),
+            max_compute_per_request=tighter(server.max_compute_per_request, settings.max_compute_per_request),
+            daily_steps_per_user=tighter(server.daily_steps_per_user, settings.daily_steps_per_user),
+            max_concurrent_jobs_per_user=tighter(
+                server.max_concurrent_jobs_per_user, settings.max_concurrent_jobs_per_user
+            ),
+            banned_words=server.banned_words or (),
+        )
+
+
+# --- validating `/limits set` ------------------------------------------------------------------
+
+
+def validate_limit_change(field: str, value: Any, current: ServerLimits, settings: Settings) -> Any:
+    """Check one new value against the ceilings and the server's other settings; return it normalised.
+
+    None resets the field to the operator's value. Raises InvalidLimit naming the field and the
+    allowed range, e.g. "default_steps must be 1 to 40 (this server's max steps); got 50."
+    """
+    return validate_limit_changes({field: value}, current, settings)[field]
+
+
+def validate_limit_changes(changes: dict[str, Any], current: ServerLimits, settings: Settings) -> dict[str, Any]:
+    """Validate several changes made together, each checked against the state with all of them applied."""
+    for field in changes:
+        if field not in LIMIT_FIELDS:
+            raise InvalidLimit(f"Unknown setting {field!r}; the settings are: {', '.join(LIMIT_FIELDS)}.", field=field)
+    normalised = {field: _normalise(field, value, settings) for field, value in changes.items()}
+    proposed = current.with_changes(normalised)
+    for field, value in normalised.items():
+        if value is not None:
+            _check_consistent(field, value, proposed, settings)
+    return normalised
+
+
+def _normalise(field: str, value: Any, settings: Settings) -> Any:
+    """Type, spelling and the operator's ceilings: everything that doesn't depend on other settings."""
+    if value is None:
+        return None
+    ceilings = {
+        "max_steps": (MIN_STEPS, settings.max_steps, "the operator's ceiling"),
+        "default_steps": (MIN_STEPS, settings.max_steps, "the operator's max steps"),
+        "max_grid_cells": (MIN_COMPARE_CELLS, settings.max_grid_cells, "the operator's ceiling"),
+        "max_image_size": (MIN_SIZE, settings.max_image_size, "the operator's ceiling"),
+        "max_compute_per_request": (1, settings.max_compute_per_request, "the operator's ceiling"),
+        "daily_steps_per_user": (1, settings.daily_steps_per_user, "the operator's ceiling"),
+        "max_concurrent_jobs_per_user": (1, settings.max_concurrent_jobs_per_user, "the operator's ceiling"),
+    }
+    if field in ceilings:
+        low, high, note = ceilings[field]
+        return _int_in_range(field, value, low, high, high_note=note)
+    if field == "default_scheduler":
+        return _scheduler_name(field, value)
+    if field == "allowed_schedulers":
+        names = {_scheduler_name(field, item) for item in _as_items(field, value)}
+        if not names:
+            raise InvalidLimit(
+                "allowed_schedulers needs at least one scheduler; reset it to allow them all.", field=field
+            )
+        return tuple(name for name in SCHEDULER_NAMES if name in names)
+    if field == "banned_words":
+        words = tuple(dict.fromkeys(word for word in map(_normalise_word, _as_items(field, value)) if word))
+        if len(words) > MAX_BANNED_WORDS:
+            raise InvalidLimit(
+                f"banned_words may hold at most {MAX_BANNED_WORDS} words; got {len(words)}.", field=field
+            )
+        if any(len(word) > MAX_BANNED_WORD_LENGTH for word in words):
+            raise InvalidLimit(
+                f"Each banned word may be at most {MAX_BANNED_WORD_LENGTH} characters long.", field=field
+            )
+        return words or None
+    raise AssertionError(f"no validation for {field}")  # pragma: no cover - LIMIT_FIELDS is exhaustive
+
+
+def _check_consistent(field: str, value: Any, proposed: ServerLimits, settings: Settings) -> None:
+    """Rules between settings: a default within its maximum, a default scheduler that is allowed."""
+    effective = EffectiveLimits.combine(proposed, settings)
+    if field == "max_steps" and proposed.default_steps is not None and value < proposed.default_steps:
+        low = proposed.default_steps
+        raise InvalidLimit(
+            f"max_steps must be {low} to {settings.max_steps} (at least this server's default steps, {low}); "
+            f"got {value}.",
+            field=field,
+        )
+    if field == "default_steps" and value > effective.max_steps:
+        raise InvalidLimit(
+            f"default_steps must be {MIN_STEPS} to {effective.max_steps} (this server's max steps); got {value}.",
+            field=field,
+        )
+    if field == "default_scheduler" and value not in effective.allowed_schedulers:
+        raise InvalidLimit(
+            f"default_scheduler must be one of this server's allowed schedulers "
+            f"({', '.join(effective.allowed_schedulers)}); got {value}.",
+            field=field,
+        )
+    if field == "allowed_schedulers" and proposed.default_scheduler not in (None, *value):
+        raise InvalidLimit(
+            f"allowed_schedulers must include this server's default scheduler ({proposed.default_scheduler}); "
+            f"change the default first or allow it.",
+            field=field,
+        )
+
+
+def _int_in_range(
+    field: str,
+    value: Any,
+    low: int,
+    high: int,
+    *,
+    low_note: str = "",
+    high_note: str = "the operator's ceiling",
+) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidLimit(f"{field} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field)
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidLimit(
+            f"{field} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field
+        ) from None
+    if not low <= number <= high:
+        why = f" ({high_note})" if number > high else ""
+        raise InvalidLimit(f"{field} must be {low:,} to {high:,}{why}; got {number:,}.", field=field)
+    return number
+
+
+def _as_items(field: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, Iterable) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value if item.strip()]
+    raise InvalidLimit(f"{field} must be a comma-separated list; got {value!r}.", field=field)
+
+
+def _scheduler_name(field: str, value: Any) -> str:
+    if isinstance(value, str):
+        wanted = value.strip().casefold()
+        for name in SCHEDULER_NAMES:
+            if name.casefold() == wanted:
+                return name
+    raise InvalidLimit(f"{field}: unknown scheduler {value!r}; known: {', '.join(SCHEDULER_NAMES)}.", field=field)
+
+
+def _normalise_word(word: str) -> str:
+    return " ".join(word.casefold().split())
+
+
+# --- checking a request ------------------------------------------------------------------------
+
+
+def next_quota_reset(now: datetime) -> datetime:
+    """When daily quotas reset: the next midnight UTC."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today + timedelta(days=1)
+
+
+def day_start(now: datetime) -> datetime:
+    """The start (midnight UTC) of the quota day containing `now`."""
+    return next_quota_reset(now) - timedelta(days=1)
+
+
+def format_duration(delta: timedelta) -> str:
+    """'3 h 12 min', '45 min', rounded up to the minute so that it never says 0."""
+    minutes = max(1, math.ceil(delta.total_seconds() / 60))
+    hours, minutes = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def format_amount(value: int, *, like: int | None = None) -> str:
+    """7,900,000 -> '7.9M'; with more digits where needed to tell `value` from `like` apart."""
+    if value < 10_000:
+        return f"{value:,}"
+    scale, suffix = (1_000_000_000, "G") if value >= 1_000_000_000 else (1_000_000, "M")
+    if value < 1_000_000:
+        scale, suffix = 1_000, "k"
+    for decimals in range(1, 4):
+        text = f"{value / scale:.{decimals}f}"
+        if like is None or text != f"{like / scale:.{decimals}f}":
+            return text + suffix
+    return f"{value:,}"
+
+
+def compute_cost(request: Request) -> int:
+    """The compute budget a request uses: width × height × steps, summed over every image or cell."""
+    return request.width * request.height * total_steps(request)
+
+
+def banned_word_in(text: str, banned_words: Sequence[str]) -> str | None:
+    """The first banned word or phrase found as a whole word in `text`, or None."""
+    folded = " ".join(text.casefold().split())
+    for word in banned_words:
+        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", folded):
+            return word
+    return None
+
+
+def check_request(
+    request: Request,
+    limits: EffectiveLimits,
+    *,
+    steps_used_today: int,
+    active_jobs: int,
+    now: datetime | None = None,
+) -> None:
+    """Raise LimitExceeded naming the limit, the value asked and the value allowed; None if it may be queued.
+
+    `active_jobs` counts the member's jobs queued or running, not including this one.
+    """
+    if banned_word_in(request.prompt, limits.banned_words):
+        # Never echo the list: it would publish it, and show how to get around it.
+        raise LimitExceeded(
+            "Your prompt contains a word or phrase this server doesn't allow; please rephrase it.",
+            limit="banned_words",
+        )
+    if request.scheduler not in limits.allowed_schedulers:
+        raise LimitExceeded(
+            f"This server doesn't allow the {request.scheduler} scheduler; "
+            f"it allows: {', '.join(limits.allowed_schedulers)}.",
+            limit="allowed_schedulers",
+            asked=request.scheduler,
+            allowed=limits.allowed_schedulers,
+        )
+    most_steps = max(request.lane_steps)
+    if most_steps > limits.max_steps:
+        raise LimitExceeded(
+            f"This server allows at most {limits.max_steps} steps; you asked for {most_steps}.",
+            limit="max_steps",
+            asked=most_steps,
+            allowed=limits.max_steps,
+        )
+    if isinstance(request, CompareStepsRequest) and len(request.steps) > limits.max_grid_cells:
+        raise LimitExceeded(
+            f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {len(request.steps)}.",
+            limit="max_grid_cells",
+            asked=len(request.steps),
+            allowed=limits.max_grid_cells,
+        )
+    if max(request.width, request.height) > limits.max_image_size:
+        size = limits.max_image_size
+        raise LimitExceeded(
+            f"This server allows images of at most {size}×{size}; you asked for {request.width}×{request.height}.",
+            limit="max_image_size",
+            asked=max(request.width, request.height),
+            allowed=size,
+        )
+    cost = compute_cost(request)
+    if cost > limits.max_compute_per_request:
+        budget = limits.max_compute_per_request
+        lanes = len(request.lane_steps)
+        over = ""
+        if lanes > 1:
+            over = f" over {lanes} cells" if isinstance(request, CompareStepsRequest) else f" over {lanes} images"
+        raise LimitExceeded(
+            f"This request needs {format_amount(cost, like=budget)} pixel-steps "
+            f"({request.width}×{request.height} × {total_steps(request)} steps{over}); "
+            f"this server allows {format_amount(budget, like=cost)} per request.",
+            limit="max_compute_per_request",
+            asked=cost,
+            allowed=budget,
+        )
+    if active_jobs >= limits.max_concurrent_jobs_per_user:
+        allowed = limits.max_concurrent_jobs_per_user
+        raise LimitExceeded(
+            f"This server allows {allowed} job{'s' if allowed != 1 else ''} at a time per member; "
+            f"you already have {active_jobs} queued or running. Try again when one has finished.",
+            limit="max_concurrent_jobs_per_user",
+            asked=active_jobs + 1,
+            allowed=allowed,
+        )
+    needed = total_steps(request)
+    quota = limits.daily_steps_per_user
+    if steps_used_today + needed > quota:
+        now = now or datetime.now(UTC)
+        resets_at = next_quota_reset(now)
+        raise LimitExceeded(
+            f"You have used {steps_used_today:,} of your {quota:,} daily steps; "
+            f"this request needs {needed:,}. "
+            f"Your quota resets in {format_duration(resets_at - now)} ({resets_at:%H:%M} UTC).",
+            limit="daily_steps_per_user",
+            asked=steps_used_today + needed,
+            allowed=quota,
+        )

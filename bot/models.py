@@ -1,0 +1,193 @@
+"""SQLAlchemy models: the job ledger, per-server limits and their audit trail.
+
+The schema is owned by Alembic (`migrations/`); a test checks these models match the migrations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeDecorator
+
+from inference.protocol import CompareStepsRequest, GenerateRequest, Request
+
+COMMAND_IMAGINE = "imagine"
+COMMAND_COMPARE_STEPS = "compare-steps"
+COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS)
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC (SQLite has no time zones), always handed back as an aware UTC datetime."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware (UTC) datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+# Named constraints so that batch migrations on SQLite can find and alter them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    """One accepted `/imagine` or `/compare-steps` (or button click): a ledger row from queued to finished."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_guild_user_created", "guild_id", "user_id", "created_at"),
+        Index("ix_jobs_status", "status"),
+        Index("ix_jobs_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)  # None in DMs
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    command: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Denormalised from params so that usage queries stay plain SQL.
+    scheduler: Mapped[str] = mapped_column(String(32))
+    images: Mapped[int] = mapped_column(Integer)
+    steps_requested: Mapped[int] = mapped_column(Integer)
+
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    queue_seconds: Mapped[float | None] = mapped_column(Float)
+    gpu_seconds: Mapped[float | None] = mapped_column(Float)
+    steps_run: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    # What a restarted bot needs to answer: the interaction (valid for 15 minutes), else the channel.
+    application_id: Mapped[int | None] = mapped_column(BigInteger)
+    interaction_token: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    message_channel_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    def to_request(self) -> Request:
+        """Rebuild the exact request this job was accepted with."""
+        return params_to_request(self.command, self.params)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.command} {self.status} user={self.user_id} guild={self.guild_id}>"
+
+
+class GuildLimits(Base):
+    """A server's own limits. NULL means "use the operator's ceiling/default"."""
+
+    __tablename__ = "guild_limits"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    max_steps: Mapped[int | None] = mapped_column(Integer)
+    default_steps: Mapped[int | None] = mapped_column(Integer)
+    allowed_schedulers: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    default_scheduler: Mapped[str | None] = mapped_column(String(32))
+    max_grid_cells: Mapped[int | None] = mapped_column(Integer)
+    max_image_size: Mapped[int | None] = mapped_column(Integer)
+    max_compute_per_request: Mapped[int | None] = mapped_column(BigInteger)
+    daily_steps_per_user: Mapped[int | None] = mapped_column(Integer)
+    max_concurrent_jobs_per_user: Mapped[int | None] = mapped_column(Integer)
+    banned_words: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class LimitsChange(Base):
+    """Audit trail: one row per field changed by `/limits set` or `/limits reset`."""
+
+    __tablename__ = "limits_changes"
+    __table_args__ = (Index("ix_limits_changes_guild_changed", "guild_id", "changed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("guild_limits.guild_id"))
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    field: Mapped[str] = mapped_column(String(64))
+    old_value: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    new_value: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+def in_guild(guild_id: int | None) -> ColumnElement[bool]:
+    """Filter for jobs of one server (None: direct messages)."""
+    return Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
+
+
+# --- request <-> params ----------------------------------------------------------------------
+
+
+def command_of(request: Request) -> str:
+    """The ledger's command name for a request."""
+    return COMMAND_COMPARE_STEPS if isinstance(request, CompareStepsRequest) else COMMAND_IMAGINE
+
+
+def request_to_params(request: Request) -> dict[str, Any]:
+    """Every field of the request as JSON-safe values (tuples become lists)."""
+    params: dict[str, Any] = {}
+    for f in dataclasses.fields(request):
+        value = getattr(request, f.name)
+        params[f.name] = list(value) if isinstance(value, tuple) else value
+    return params
+
+
+def params_to_request(command: str, params: dict[str, Any]) -> Request:
+    """Rebuild the request stored by `request_to_params`; fields this version doesn't know are ignored."""
+    cls: type[GenerateRequest] | type[CompareStepsRequest]
+    if command == COMMAND_IMAGINE:
+        cls = GenerateRequest
+    elif command == COMMAND_COMPARE_STEPS:
+        cls = CompareStepsRequest
+    else:
+        raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {name: value for name, value in params.items() if name in known}
+    if cls is CompareStepsRequest and "steps" in kwargs:
+        kwargs["steps"] = tuple(kwargs["steps"])
+    return cls(**kwargs)
