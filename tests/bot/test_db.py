@@ -100,7 +100,7 @@ async def test_foreign_keys_are_enforced(db: Database) -> None:
 
 
 async def test_the_database_folder_is_created(db: Database, db_path: Path) -> None:
-    assert db_path.is_file()
+    assert await asyncio.to_thread(db_path.is_file)
 
 
 # --- the writer ----------------------------------------------------------------------------------
