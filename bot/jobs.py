@@ -525,6 +525,11 @@ class JobService:
             command=command,
             parent_job_id=parent_job_id,
         )
+        try:
+            await self.store.record(record)
+        except BaseException:
+            self.queue.cancel(job_id)
+            raise
         log.info("job %s accepted: %s from user %s", job_id, command, record.user_id)
         target = ReplyTarget(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
         task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{job_id}")
@@ -575,7 +580,6 @@ class JobService:
         )
         state = ProgressState()
         try:
-            await self.store.record(record)
             position = self.queue.position(job_id)
             if position is not None:
                 state.position = position
