@@ -1,0 +1,412 @@
+"""Per-server limits: tighter than the operator's, validated with clear messages, enforced before queuing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.config import Settings
+from bot.errors import UserFacingError
+from bot.limits import (
+    LIMIT_FIELDS,
+    LIMIT_LABELS,
+    EffectiveLimits,
+    InvalidLimit,
+    LimitExceeded,
+    ServerLimits,
+    banned_word_in,
+    check_request,
+    compute_cost,
+    format_amount,
+    format_duration,
+    next_quota_reset,
+    validate_limit_change,
+    validate_limit_changes,
+)
+from bot.models import GuildLimits
+from inference.protocol import SCHEDULER_NAMES, CompareStepsRequest, GenerateRequest, Request, total_steps
+
+SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
+EVENING = datetime(2026, 3, 14, 20, 48, tzinfo=UTC)
+
+
+def limits(**server: object) -> EffectiveLimits:
+    return EffectiveLimits.combine(ServerLimits(**server), SETTINGS)  # type: ignore[arg-type]
+
+
+def refusal(request: Request, effective: EffectiveLimits, *, used: int = 0, active: int = 0) -> LimitExceeded:
+    with pytest.raises(LimitExceeded) as caught:
+        check_request(request, effective, steps_used_today=used, active_jobs=active, now=EVENING)
+    return caught.value
+
+
+# --- combining with the operator's ceilings -------------------------------------------------------
+
+
+def test_a_server_without_settings_gets_the_operators_values() -> None:
+    effective = EffectiveLimits.combine(None, SETTINGS)
+
+    assert effective.max_steps == SETTINGS.max_steps
+    assert effective.default_steps == SETTINGS.default_steps
+    assert effective.allowed_schedulers == SCHEDULER_NAMES
+    assert effective.default_scheduler == SETTINGS.default_scheduler
+    assert effective.daily_steps_per_user == SETTINGS.daily_steps_per_user
+    assert effective.banned_words == ()
+
+
+def test_a_server_value_above_the_ceiling_is_cut_down_to_it() -> None:
+    # E.g. the operator lowered a ceiling after the server had set its value.
+    operator = Settings(_env_file=None, max_steps=50, max_grid_cells=6, daily_steps_per_user=1000)  # type: ignore[call-arg]
+    server = ServerLimits(max_steps=80, default_steps=70, max_grid_cells=12, daily_steps_per_user=5000)
+
+    effective = EffectiveLimits.combine(server, operator)
+
+    assert (effective.max_steps, effective.default_steps) == (50, 50)
+    assert effective.max_grid_cells == 6
+    assert effective.daily_steps_per_user == 1000
+
+
+def test_a_lower_server_max_also_lowers_the_operators_default() -> None:
+    assert limits(max_steps=20).default_steps == 20
+
+
+def test_the_default_scheduler_is_always_an_allowed_one() -> None:
+    assert limits(allowed_schedulers=("DDIM", "Heun")).default_scheduler == "Heun"
+    assert limits(allowed_schedulers=("DDIM", "Heun"), default_scheduler="DDIM").default_scheduler == "DDIM"
+    assert limits(allowed_schedulers=("Euler a",)).default_scheduler == "Euler a"
+
+
+def test_every_limit_field_is_a_guild_limits_column_with_a_label() -> None:
+    columns = set(GuildLimits.__table__.columns.keys())
+
+    assert set(LIMIT_FIELDS) <= columns
+    assert set(LIMIT_LABELS) == set(LIMIT_FIELDS)
+
+
+# --- validating changes ----------------------------------------------------------------------------
+
+
+def test_default_steps_above_the_servers_max_names_the_field_and_range() -> None:
+    with pytest.raises(InvalidLimit) as caught:
+        validate_limit_change("default_steps", 50, ServerLimits(max_steps=40), SETTINGS)
+
+    assert str(caught.value) == "default_steps must be 1 to 40 (this server's max steps); got 50."
+    assert caught.value.field == "default_steps"
+    assert isinstance(caught.value, UserFacingError)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_steps", 151, "max_steps must be 1 to 150 (the operator's ceiling); got 151."),
+        ("max_steps", 0, "max_steps must be 1 to 150; got 0."),
+        ("max_grid_cells", 13, "max_grid_cells must be 2 to 12 (the operator's ceiling); got 13."),
+        ("max_grid_cells", 1, "max_grid_cells must be 2 to 12; got 1."),
+        ("max_image_size", 2048, "max_image_size must be 256 to 1,024 (the operator's ceiling); got 2,048."),
+        ("daily_steps_per_user", -5, "daily_steps_per_user must be 1 to 5,000; got -5."),
+        ("max_concurrent_jobs_per_user", 0, "max_concurrent_jobs_per_user must be 1 to 3; got 0."),
+        ("max_steps", "lots", "max_steps must be a whole number from 1 to 150; got 'lots'."),
+        ("max_steps", True, "max_steps must be a whole number from 1 to 150; got True."),
+    ],
+)
+def test_out_of_range_numbers_are_refused_with_the_range(field: str, value: object, message: str) -> None:
+    with pytest.raises(InvalidLimit) as caught:
+        validate_limit_change(field, value, ServerLimits(), SETTINGS)
+
+    assert str(caught.value) == message
+
+
+def test_max_steps_below_the_servers_default_is_refused() -> None:
+    with pytest.raises(InvalidLimit) as caught:
+        validate_limit_change("max_steps", 20, ServerLimits(default_steps=30), SETTINGS)
+
+    assert str(caught.value) == "max_steps must be 30 to 150 (at least this server's default steps, 30); got 20."
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_steps": 20, "default_steps": 15},
+        {"default_steps": 15, "max_steps": 20},
+    ],
+)
+def test_max_and_default_can_move_together_in_either_order(changes: dict[str, int]) -> None:
+    current = ServerLimits(max_steps=40, default_steps=30)
+
+    assert validate_limit_changes(changes, current, SETTINGS) == {"max_steps": 20, "default_steps": 15}
+
+
+def test_numbers_typed_as_text_are_accepted() -> None:
+    assert validate_limit_change("max_steps", "40", ServerLimits(), SETTINGS) == 40
+
+
+def test_scheduler_names_are_matched_case_insensitively_and_kept_in_canonical_order() -> None:
+    names = validate_limit_change("allowed_schedulers", "unipc, EULER, euler a, Euler", ServerLimits(), SETTINGS)
+
+    assert names == ("Euler", "Euler a", "UniPC")
+
+
+def test_an_unknown_scheduler_is_refused_with_the_known_names() -> None:
+    with pytest.raises(InvalidLimit, match=r"unknown scheduler 'Euler b'; known: Euler, Euler a, Heun"):
+        validate_limit_change("default_scheduler", "Euler b", ServerLimits(), SETTINGS)
+
+
+def test_the_default_scheduler_must_be_allowed() -> None:
+    with pytest.raises(InvalidLimit, match=r"^default_scheduler must be one of this server's allowed schedulers"):
+        validate_limit_change("default_scheduler", "Heun", ServerLimits(allowed_schedulers=("Euler",)), SETTINGS)
+    with pytest.raises(InvalidLimit, match=r"must include this server's default scheduler \(Heun\)"):
+        validate_limit_change("allowed_schedulers", ["Euler"], ServerLimits(default_scheduler="Heun"), SETTINGS)
+
+    both = validate_limit_changes(
+        {"allowed_schedulers": ["Euler"], "default_scheduler": "euler"},
+        ServerLimits(default_scheduler="Heun"),
+        SETTINGS,
+    )
+    assert both == {"allowed_schedulers": ("Euler",), "default_scheduler": "Euler"}
+
+
+def test_an_empty_scheduler_list_is_refused() -> None:
+    with pytest.raises(InvalidLimit, match="at least one scheduler"):
+        validate_limit_change("allowed_schedulers", " , ", ServerLimits(), SETTINGS)
+
+
+def test_banned_words_are_folded_and_deduplicated() -> None:
+    words = validate_limit_change("banned_words", "Gore,  gore , War   Crimes,", ServerLimits(), SETTINGS)
+
+    assert words == ("gore", "war crimes")
+    assert validate_limit_change("banned_words", "", ServerLimits(), SETTINGS) is None
+
+
+def test_none_resets_a_field() -> None:
+    assert validate_limit_change("max_steps", None, ServerLimits(max_steps=20), SETTINGS) is None
+
+
+def test_an_unknown_setting_is_refused_with_the_list_of_settings() -> None:
+    with pytest.raises(InvalidLimit, match=r"Unknown setting 'max_stepz'; the settings are: max_steps, default_steps"):
+        validate_limit_change("max_stepz", 10, ServerLimits(), SETTINGS)
+
+
+# --- checking requests -----------------------------------------------------------------------------
+
+
+def test_too_many_steps_is_refused_naming_limit_asked_and_allowed() -> None:
+    error = refusal(GenerateRequest(prompt="a cat", steps=50), limits(max_steps=40))
+
+    assert str(error) == "This server allows at most 40 steps; you asked for 50."
+    assert (error.limit, error.asked, error.allowed) == ("max_steps", 50, 40)
+    assert isinstance(error, UserFacingError)
+
+
+def test_a_grid_cell_with_too_many_steps_is_refused() -> None:
+    error = refusal(CompareStepsRequest(prompt="a cat", steps=(10, 20, 30)), limits(max_steps=20))
+
+    assert str(error) == "This server allows at most 20 steps; you asked for 30."
+
+
+def test_a_grid_with_too_many_cells_is_refused() -> None:
+    request = CompareStepsRequest(prompt="a cat", steps=(1, 2, 3, 4, 5, 6, 7, 8))
+
+    error = refusal(request, limits(max_grid_cells=6))
+
+    assert str(error) == "This server allows grids of at most 6 cells; you asked for 8."
+
+
+def test_a_scheduler_the_server_does_not_allow_is_refused() -> None:
+    error = refusal(GenerateRequest(prompt="a cat", scheduler="Heun"), limits(allowed_schedulers=("Euler", "DDIM")))
+
+    assert str(error) == "This server doesn't allow the Heun scheduler; it allows: Euler, DDIM."
+
+
+def test_an_image_too_large_is_refused() -> None:
+    error = refusal(GenerateRequest(prompt="a cat", width=1024, height=512), limits(max_image_size=768))
+
+    assert str(error) == "This server allows images of at most 768×768; you asked for 1024×512."
+
+
+def test_a_request_over_the_compute_budget_shows_the_arithmetic() -> None:
+    request = CompareStepsRequest(prompt="a cat")  # 5+10+20+30+40+50 = 155 steps
+
+    error = refusal(request, limits(max_compute_per_request=5_200_000))
+
+    assert str(error) == (
+        "This request needs 40.6M pixel-steps (512×512 × 155 steps over 6 cells); this server allows 5.2M per request."
+    )
+    assert (error.asked, error.allowed) == (512 * 512 * 155, 5_200_000)
+
+
+def test_the_compute_budget_counts_every_image() -> None:
+    request = GenerateRequest(prompt="a cat", steps=30, count=4)
+
+    assert compute_cost(request) == 512 * 512 * 120
+    error = refusal(request, limits(max_compute_per_request=20_000_000))
+    assert "(512×512 × 120 steps over 4 images)" in str(error)
+
+
+def test_budget_figures_get_more_digits_when_they_would_read_the_same() -> None:
+    assert format_amount(5_250_000, like=5_200_000) == "5.25M"
+    assert format_amount(5_242_881, like=5_242_880) == "5,242,881"
+    assert format_amount(7_900_000) == "7.9M"
+    assert format_amount(9_999) == "9,999"
+
+
+def test_a_banned_word_is_refused_without_echoing_the_list() -> None:
+    effective = limits(banned_words=("gore", "war crimes"))
+
+    error = refusal(GenerateRequest(prompt="a painting of War   Crimes, oil"), effective)
+
+    assert "war crimes" not in str(error).lower()
+    assert "gore" not in str(error)
+    assert error.limit == "banned_words"
+
+
+def test_banned_words_match_whole_words_only() -> None:
+    assert banned_word_in("A CAT on a mat", ["cat"]) == "cat"
+    assert banned_word_in("a category of mats", ["cat"]) is None
+    assert banned_word_in("a scat", ["cat"]) is None
+
+
+def test_the_negative_prompt_may_name_banned_words() -> None:
+    # People put the very things they don't want in the negative prompt.
+    request = GenerateRequest(prompt="a beach", negative_prompt="gore")
+
+    check_request(request, limits(banned_words=("gore",)), steps_used_today=0, active_jobs=0)
+
+
+def test_too_many_jobs_at_once_is_refused() -> None:
+    error = refusal(GenerateRequest(prompt="a cat"), limits(max_concurrent_jobs_per_user=2), active=2)
+
+    assert str(error) == (
+        "This server allows 2 jobs at a time per member; you already have 2 queued or running. "
+        "Try again when one has finished."
+    )
+
+
+def test_the_daily_quota_says_when_it_resets() -> None:
+    request = CompareStepsRequest(prompt="a cat")
+
+    error = refusal(request, limits(), used=4_950)
+
+    assert str(error) == (
+        "You have used 4,950 of your 5,000 daily steps; this request needs 155. "
+        "Your quota resets in 3 h 12 min (00:00 UTC)."
+    )
+    assert (error.limit, error.asked, error.allowed) == ("daily_steps_per_user", 5_105, 5_000)
+
+
+def test_a_request_that_exactly_fills_the_quota_is_allowed() -> None:
+    check_request(GenerateRequest(prompt="a cat", steps=30), limits(), steps_used_today=4_970, active_jobs=0)
+
+
+def test_the_quota_resets_at_the_next_midnight_utc() -> None:
+    assert next_quota_reset(EVENING) == datetime(2026, 3, 15, tzinfo=UTC)
+    assert next_quota_reset(datetime(2026, 3, 15, tzinfo=UTC)) == datetime(2026, 3, 16, tzinfo=UTC)
+    assert format_duration(timedelta(hours=3, minutes=11, seconds=1)) == "3 h 12 min"
+    assert format_duration(timedelta(seconds=20)) == "1 min"
+    assert format_duration(timedelta(hours=2)) == "2 h"
+
+
+# --- properties ------------------------------------------------------------------------------------
+
+sizes = st.integers(32, 128).map(lambda n: n * 8)
+prompts = st.sampled_from(["a cat", "a lighthouse at dusk", "gore", "a category of war crimes", "oil painting"])
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Request:
+    common = {
+        "prompt": draw(prompts),
+        "scheduler": draw(st.sampled_from(SCHEDULER_NAMES)),
+        "width": draw(sizes),
+        "height": draw(sizes),
+    }
+    if draw(st.booleans()):
+        return GenerateRequest(steps=draw(st.integers(1, 150)), count=draw(st.integers(1, 4)), **common)
+    steps = draw(st.lists(st.integers(1, 150), min_size=2, max_size=12, unique=True))
+    return CompareStepsRequest(steps=tuple(steps), **common)
+
+
+@st.composite
+def server_limits(draw: st.DrawFn) -> ServerLimits:
+    def maybe(strategy: st.SearchStrategy[object]) -> object:
+        return draw(st.none() | strategy)
+
+    return ServerLimits(
+        max_steps=maybe(st.integers(1, 150)),  # type: ignore[arg-type]
+        allowed_schedulers=maybe(st.lists(st.sampled_from(SCHEDULER_NAMES), min_size=1, unique=True).map(tuple)),  # type: ignore[arg-type]
+        max_grid_cells=maybe(st.integers(2, 12)),  # type: ignore[arg-type]
+        max_image_size=maybe(st.integers(256, 1024)),  # type: ignore[arg-type]
+        max_compute_per_request=maybe(st.integers(1, 10**9)),  # type: ignore[arg-type]
+        daily_steps_per_user=maybe(st.integers(1, 5000)),  # type: ignore[arg-type]
+        max_concurrent_jobs_per_user=maybe(st.integers(1, 3)),  # type: ignore[arg-type]
+        banned_words=maybe(st.lists(st.sampled_from(["gore", "war crimes", "cat"]), min_size=1).map(tuple)),  # type: ignore[arg-type]
+    )
+
+
+def broken_limits(request: Request, effective: EffectiveLimits, used: int, active: int) -> set[str]:
+    """An independent statement of every limit, to compare check_request against."""
+    words = set(request.prompt.split())
+    broken = {
+        "banned_words": any(w in words or (" " in w and w in request.prompt) for w in effective.banned_words),
+        "allowed_schedulers": request.scheduler not in effective.allowed_schedulers,
+        "max_steps": max(request.lane_steps) > effective.max_steps,
+        "max_grid_cells": isinstance(request, CompareStepsRequest) and len(request.steps) > effective.max_grid_cells,
+        "max_image_size": request.width > effective.max_image_size or request.height > effective.max_image_size,
+        "max_compute_per_request": request.width * request.height * total_steps(request)
+        > effective.max_compute_per_request,
+        "max_concurrent_jobs_per_user": active >= effective.max_concurrent_jobs_per_user,
+        "daily_steps_per_user": used + total_steps(request) > effective.daily_steps_per_user,
+    }
+    return {name for name, is_broken in broken.items() if is_broken}
+
+
+@given(request=requests(), server=server_limits(), used=st.integers(0, 6000), active=st.integers(0, 4))
+def test_a_request_is_refused_exactly_when_it_breaks_a_limit_and_the_refusal_names_one_it_breaks(
+    request: Request, server: ServerLimits, used: int, active: int
+) -> None:
+    effective = EffectiveLimits.combine(server, SETTINGS)
+    broken = broken_limits(request, effective, used, active)
+
+    try:
+        check_request(request, effective, steps_used_today=used, active_jobs=active, now=EVENING)
+    except LimitExceeded as error:
+        assert error.limit in broken
+    else:
+        assert not broken
+
+
+@given(request=requests(), server=server_limits())
+def test_a_request_within_every_limit_is_never_refused(request: Request, server: ServerLimits) -> None:
+    # Loosen the server's limits just enough to fit the request, within the operator's ceilings.
+    effective = EffectiveLimits.combine(server, SETTINGS)
+    fitting = EffectiveLimits(
+        max_steps=max(effective.max_steps, *request.lane_steps),
+        default_steps=effective.default_steps,
+        allowed_schedulers=(*effective.allowed_schedulers, request.scheduler),
+        default_scheduler=effective.default_scheduler,
+        max_grid_cells=max(effective.max_grid_cells, len(request.lane_steps)),
+        max_image_size=max(effective.max_image_size, request.width, request.height),
+        max_compute_per_request=max(effective.max_compute_per_request, compute_cost(request)),
+        daily_steps_per_user=max(effective.daily_steps_per_user, total_steps(request)),
+        max_concurrent_jobs_per_user=effective.max_concurrent_jobs_per_user,
+        banned_words=tuple(w for w in effective.banned_words if not banned_word_in(request.prompt, [w])),
+    )
+
+    check_request(request, fitting, steps_used_today=0, active_jobs=0, now=EVENING)
+
+
+@given(server=server_limits())
+def test_a_server_can_only_tighten_the_operators_ceilings(server: ServerLimits) -> None:
+    effective = EffectiveLimits.combine(server, SETTINGS)
+
+    assert effective.max_steps <= SETTINGS.max_steps
+    assert effective.default_steps <= effective.max_steps
+    assert effective.max_grid_cells <= SETTINGS.max_grid_cells
+    assert effective.max_image_size <= SETTINGS.max_image_size
+    assert effective.max_compute_per_request <= SETTINGS.max_compute_per_request
+    assert effective.daily_steps_per_user <= SETTINGS.daily_steps_per_user
+    assert effective.max_concurrent_jobs_per_user <= SETTINGS.max_concurrent_jobs_per_user
+    assert effective.default_scheduler in effective.allowed_schedulers
+    assert set(effective.allowed_schedulers) <= set(SCHEDULER_NAMES)
