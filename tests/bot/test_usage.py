@@ -1,0 +1,162 @@
+"""Usage figures: a member's own, a server's over a period, and the operator's CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings
+from bot.db import Database
+from bot.limits import EffectiveLimits, ServerLimits
+from bot.usage import CSV_COLUMNS, export_csv, member_usage, period_start, server_usage
+from inference.protocol import CompareStepsRequest, GenerateRequest, Request
+
+GUILD, OTHER_GUILD = 1000, 2000
+ALICE, BOB, CAROL = 11, 22, 33
+NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOON - timedelta(days=10))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "stepgrid.sqlite3"
+
+
+@pytest.fixture
+async def db(db_path: Path, clock: FakeClock) -> AsyncIterator[Database]:
+    database = Database(db_path, Settings(_env_file=None), clock=clock)  # type: ignore[call-arg]
+    await database.start()
+    yield database
+    await database.close()
+
+
+async def finished(
+    db: Database,
+    request: Request,
+    *,
+    user: int,
+    guild: int | None = GUILD,
+    status: str = "done",
+    steps_run: int | None = None,
+    gpu_seconds: float = 1.0,
+) -> str:
+    job = await db.record_job(request, user_id=user, channel_id=5, guild_id=guild)
+    if status == "queued":
+        return job.id
+    await db.mark_running(job.id)
+    run = sum(request.lane_steps) if steps_run is None else steps_run
+    if status == "done":
+        await db.mark_done(job.id, gpu_seconds=gpu_seconds, queue_seconds=0.5, steps_run=run)
+    elif status == "failed":
+        await db.mark_failed(job.id, "The worker crashed.", gpu_seconds=gpu_seconds, steps_run=run)
+    elif status == "cancelled":
+        await db.mark_cancelled(job.id, gpu_seconds=gpu_seconds, steps_run=run)
+    return job.id
+
+
+async def test_a_member_sees_their_images_steps_gpu_time_and_remaining_quota(db: Database, clock: FakeClock) -> None:
+    await finished(db, GenerateRequest(prompt="old", steps=20, count=2), user=ALICE, gpu_seconds=2.0)
+    clock.now = NOON
+    await finished(db, CompareStepsRequest(prompt="a grid", steps=(5, 10)), user=ALICE, gpu_seconds=1.5)
+    await finished(db, GenerateRequest(prompt="x", steps=30), user=ALICE, status="failed", steps_run=10)
+    await finished(db, GenerateRequest(prompt="x", steps=40), user=ALICE, status="queued")
+    await finished(db, GenerateRequest(prompt="bob's", steps=50), user=BOB)
+    await finished(db, GenerateRequest(prompt="elsewhere", steps=50), user=ALICE, guild=OTHER_GUILD)
+    limits = EffectiveLimits.combine(ServerLimits(daily_steps_per_user=100), Settings(_env_file=None))  # type: ignore[call-arg]
+
+    usage = await member_usage(db, GUILD, ALICE, limits)
+
+    assert usage.jobs == 4
+    assert usage.images == 2 + 2  # delivered: the failed and queued jobs made none
+    assert usage.steps == 40 + 15 + 10
+    assert usage.gpu_seconds == pytest.approx(2.0 + 1.5 + 1.0)
+    assert usage.steps_today == 15 + 10 + 40  # the queued job's steps are reserved
+    assert (usage.daily_quota, usage.quota_remaining) == (100, 35)
+    assert usage.resets_at == datetime(2026, 3, 15, tzinfo=UTC)
+
+
+async def test_a_member_with_no_jobs_has_their_whole_quota(db: Database) -> None:
+    limits = EffectiveLimits.combine(None, Settings(_env_file=None))  # type: ignore[call-arg]
+
+    usage = await member_usage(db, GUILD, CAROL, limits)
+
+    assert (usage.jobs, usage.images, usage.steps, usage.gpu_seconds) == (0, 0, 0, 0.0)
+    assert usage.quota_remaining == limits.daily_steps_per_user
+
+
+async def test_server_usage_totals_top_members_and_schedulers_over_a_period(db: Database, clock: FakeClock) -> None:
+    await finished(db, GenerateRequest(prompt="too old", steps=99), user=CAROL)
+    clock.now = NOON - timedelta(days=2)
+    await finished(db, GenerateRequest(prompt="a", steps=30, scheduler="Heun"), user=ALICE)
+    await finished(db, CompareStepsRequest(prompt="b", steps=(5, 10, 20), scheduler="Heun"), user=BOB)
+    await finished(
+        db, GenerateRequest(prompt="c", steps=10, scheduler="DDIM"), user=BOB, status="cancelled", steps_run=4
+    )
+    await finished(
+        db, GenerateRequest(prompt="d", steps=10, scheduler="DDIM"), user=ALICE, status="failed", steps_run=0
+    )
+    await finished(db, GenerateRequest(prompt="e", steps=10), user=CAROL, guild=OTHER_GUILD)
+    clock.now = NOON
+
+    usage = await server_usage(db, GUILD, since=period_start("7 days", NOON))
+
+    assert (usage.jobs, usage.images, usage.steps, usage.members, usage.failed, usage.cancelled) == (4, 4, 69, 2, 1, 1)
+    assert usage.gpu_seconds == pytest.approx(4.0)
+    assert [(u.user_id, u.jobs, u.steps) for u in usage.top_users] == [(BOB, 2, 39), (ALICE, 2, 30)]
+    assert [(s.scheduler, s.jobs, s.steps) for s in usage.top_schedulers] == [("Heun", 2, 65), ("DDIM", 2, 4)]
+
+    everything = await server_usage(db, GUILD, since=period_start("all time", NOON))
+    assert (everything.jobs, everything.members) == (5, 3)
+    assert [u.user_id for u in (await server_usage(db, GUILD, since=None, top=1)).top_users] == [CAROL]
+
+
+def test_periods_start_where_their_names_say() -> None:
+    assert period_start("today", NOON) == datetime(2026, 3, 14, tzinfo=UTC)
+    assert period_start("7 days", NOON) == NOON - timedelta(days=7)
+    assert period_start("all time", NOON) is None
+    with pytest.raises(ValueError, match="unknown period"):
+        period_start("fortnight", NOON)
+
+
+async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database, db_path: Path) -> None:
+    done = await finished(
+        db, CompareStepsRequest(prompt="=HYPERLINK(1)", steps=(5, 10), seed=9), user=ALICE, gpu_seconds=1.25
+    )
+    failed = await finished(db, GenerateRequest(prompt="a, b", steps=30), user=BOB, status="failed", steps_run=3)
+    queued = await finished(db, GenerateRequest(prompt="dm", steps=30), user=BOB, guild=None, status="queued")
+
+    out = io.StringIO()
+    count = export_csv(db_path, out)  # while the bot's database is still open
+
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert count == len(rows) == 3
+    assert tuple(rows[0]) == CSV_COLUMNS
+    by_id = {row["id"]: row for row in rows}
+    assert set(by_id) == {done, failed, queued}
+    assert by_id[done]["status"] == "done"
+    assert (by_id[done]["steps"], by_id[done]["steps_run"], by_id[done]["gpu_seconds"]) == ("5;10", "15", "1.250")
+    assert by_id[done]["prompt"] == "'=HYPERLINK(1)"  # never a formula in a spreadsheet
+    assert (by_id[failed]["error"], by_id[failed]["prompt"]) == ("The worker crashed.", "a, b")
+    assert (by_id[queued]["guild_id"], by_id[queued]["finished_at"], by_id[queued]["steps_run"]) == ("", "", "")
+
+
+def test_exporting_a_missing_database_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="No database at"):
+        export_csv(tmp_path / "nope.sqlite3", io.StringIO())
