@@ -41,7 +41,7 @@ from bot.models import (
     request_to_params,
     utcnow,
 )
-from inference.protocol import Request, total_steps
+from inference.protocol import JobFailed, JobResult, Request, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,13 @@ class Database:
         job_id: str | None = None,
         application_id: int | None = None,
         interaction_token: str | None = None,
+        origin: str | None = None,
+        parent_job_id: str | None = None,
     ) -> Job:
-        """Record an accepted request as a queued job (before it is submitted to the queue)."""
+        """Record an accepted request as a queued job (before it is submitted to the queue).
+
+        `origin` says what started it (the command, or a button action on `parent_job_id`'s result).
+        """
         job = Job(
             id=job_id or uuid.uuid4().hex,
             guild_id=guild_id,
@@ -244,6 +249,8 @@ class Database:
             created_at=self.clock(),
             application_id=application_id,
             interaction_token=interaction_token,
+            origin=origin or command_of(request),
+            parent_job_id=parent_job_id,
         )
 
         async def insert(session: AsyncSession) -> Job:
@@ -309,6 +316,19 @@ class Database:
             queue_seconds=queue_seconds,
             steps_run=steps_run,
         )
+
+    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> bool:
+        """Record a job's final event from the queue: done, failed or cancelled, with its figures."""
+        if isinstance(outcome, JobResult):
+            return await self.mark_done(
+                job_id,
+                gpu_seconds=outcome.gpu_seconds,
+                queue_seconds=outcome.queue_seconds,
+                steps_run=sum(image.steps for image in outcome.images),
+            )
+        if outcome.cancelled:
+            return await self.mark_cancelled(job_id)
+        return await self.mark_failed(job_id, outcome.message)
 
     async def set_message(
         self,

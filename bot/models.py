@@ -92,6 +92,10 @@ class Job(Base):
     images: Mapped[int] = mapped_column(Integer)
     steps_requested: Mapped[int] = mapped_column(Integer)
 
+    # What started it: the slash command, or a button ("reroll", "more-steps", ...) on `parent_job_id`'s result.
+    origin: Mapped[str | None] = mapped_column(String(32))
+    parent_job_id: Mapped[str | None] = mapped_column(String(32))
+
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

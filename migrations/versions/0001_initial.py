@@ -47,6 +47,8 @@ def upgrade() -> None:
         sa.Column("scheduler", sa.String(length=32), nullable=False),
         sa.Column("images", sa.Integer(), nullable=False),
         sa.Column("steps_requested", sa.Integer(), nullable=False),
+        sa.Column("origin", sa.String(length=32), nullable=True),
+        sa.Column("parent_job_id", sa.String(length=32), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),

@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.db import Database, JobNotFound
 from bot.limits import InvalidLimit, ServerLimits
 from bot.models import Job, LimitsChange
-from inference.protocol import CompareStepsRequest, GenerateRequest
+from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
 
 GUILD, OTHER_GUILD = 1000, 2000
 ALICE, BOB = 11, 22
@@ -256,6 +256,38 @@ async def test_a_job_cancelled_while_running_keeps_the_steps_it_ran(db: Database
     stored = await db.get_job(job.id)
     assert stored is not None
     assert (stored.status, stored.steps_run, stored.gpu_seconds) == ("cancelled", 7, 0.2)
+
+
+async def test_the_queues_final_event_is_recorded_with_its_figures(db: Database) -> None:
+    image = GeneratedImage(png=b"", seed=1, steps=20, width=512, height=512, seconds=0.5)
+    done, failed, cancelled = (await record(db), await record(db), await record(db))
+
+    await db.mark_finished(done.id, JobResult(done.id, images=(image, image), gpu_seconds=1.5, queue_seconds=2.0))
+    await db.mark_finished(failed.id, JobFailed(failed.id, "The model could not load."))
+    await db.mark_finished(cancelled.id, JobFailed(cancelled.id, "Cancelled.", cancelled=True))
+
+    rows = {job.id: job for job in await all_jobs(db)}
+    assert (rows[done.id].status, rows[done.id].steps_run, rows[done.id].gpu_seconds) == ("done", 40, 1.5)
+    assert rows[done.id].queue_seconds == 2.0
+    assert (rows[failed.id].status, rows[failed.id].error) == ("failed", "The model could not load.")
+    assert rows[cancelled.id].status == "cancelled"
+
+
+async def test_a_button_job_remembers_what_started_it(db: Database) -> None:
+    parent = await record(db)
+    child = await db.record_job(
+        GenerateRequest(prompt="a lighthouse", seed=99),
+        user_id=BOB,
+        channel_id=CHANNEL,
+        guild_id=GUILD,
+        origin="reroll",
+        parent_job_id=parent.id,
+    )
+
+    stored = await db.get_job(child.id)
+    assert stored is not None
+    assert (stored.command, stored.origin, stored.parent_job_id) == ("imagine", "reroll", parent.id)
+    assert (await db.get_job(parent.id)).origin == "imagine"  # type: ignore[union-attr]
 
 
 async def test_a_finished_job_ignores_a_late_status_change(db: Database) -> None:
