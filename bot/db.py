@@ -191,7 +191,7 @@ class Database:
 
     async def write(self, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run `operation` in its own transaction on the writer task; returns its result or raises its error."""
-        if self._writer is None or self._closing:
+        if self._writer is None or self._writer.done() or self._closing:
             raise RuntimeError("the database is not running (call start() first)")
         item = _Write(operation)
         await self._writes.put(item)
