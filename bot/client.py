@@ -11,8 +11,18 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.db import Database, DatabaseTooNew
 from bot.errors import report_error
-from bot.jobs import EDIT_INTERVAL, TOKEN_LIFETIME, JobService, JobStore, RequestPolicy, SettingsPolicy
+from bot.jobs import (
+    EDIT_INTERVAL,
+    TOKEN_LIFETIME,
+    DatabaseJobStore,
+    DatabasePolicy,
+    JobService,
+    JobStore,
+    RequestPolicy,
+    SettingsPolicy,
+)
 from bot.views import JobButton
 from inference.queue import JobQueue
 
@@ -36,6 +46,7 @@ class Stepgrid(commands.Bot):
         settings: Settings,
         *,
         queue: JobQueue | None = None,
+        database: Database | None = None,
         store: JobStore | None = None,
         policy: RequestPolicy | None = None,
         extensions: Sequence[str] = EXTENSIONS,
@@ -55,6 +66,10 @@ class Stepgrid(commands.Bot):
         )
         self.settings = settings
         self.queue = queue if queue is not None else default_queue(settings)
+        self.database = database
+        if database is not None:
+            store = store if store is not None else DatabaseJobStore(database)
+            policy = policy if policy is not None else DatabasePolicy(database, settings)
         self.jobs = JobService(
             self.queue,
             store=store,
@@ -135,12 +150,17 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
         raise TokenError("No Discord token: set STEPGRID_DISCORD_TOKEN in the environment or .env.")
-    bot = Stepgrid(settings, queue=queue)
-    async with bot:
-        try:
-            await bot.start(settings.discord_token.get_secret_value().strip())
-        except discord.LoginFailure:
-            raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
+    database = Database(settings.database_path, settings)
+    await database.start()  # applies migrations; refuses a database newer than this code
+    try:
+        bot = Stepgrid(settings, queue=queue, database=database)
+        async with bot:
+            try:
+                await bot.start(settings.discord_token.get_secret_value().strip())
+            except discord.LoginFailure:
+                raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
+    finally:
+        await database.close()
 
 
 def run(settings: Settings | None = None) -> int:
@@ -150,7 +170,7 @@ def run(settings: Settings | None = None) -> int:
     discord.utils.setup_logging(root=True)
     try:
         asyncio.run(run_bot(settings or Settings()))
-    except TokenError as error:
+    except (TokenError, DatabaseTooNew) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import discord
 
@@ -33,6 +33,8 @@ from bot.errors import (
     new_reference,
     send_ephemeral,
 )
+from bot.limits import EffectiveLimits, check_request
+from bot.models import params_to_request
 from bot.views import (
     MessageUpdate,
     details_embed,
@@ -62,6 +64,9 @@ from inference.protocol import (
 )
 from inference.queue import JobQueue, QueueFull
 from inference.queue import ModelUnavailable as WorkerCannotLoad
+
+if TYPE_CHECKING:
+    from bot.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -667,3 +672,77 @@ def resolve_step_list(text: str | None) -> tuple[int, ...]:
         return parse_step_list(text)
     except InvalidRequest as error:
         raise InvalidOption(str(error)) from None
+
+
+# --- backed by the database -------------------------------------------------------------------
+
+
+class DatabaseJobStore:
+    """A JobStore on the job ledger: buttons resolve after a restart, every job has its row."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def record(self, job: JobRecord) -> None:
+        await self.database.record_job(
+            job.request,
+            user_id=job.user_id,
+            channel_id=job.channel_id or 0,
+            guild_id=job.guild_id,
+            job_id=job.job_id,
+        )
+
+    async def get_params(self, job_id: str) -> JobRecord | None:
+        row = await self.database.get_job(job_id)
+        if row is None:
+            return None
+        return JobRecord(
+            job_id=row.id,
+            request=params_to_request(row.command, row.params),
+            user_id=row.user_id,
+            guild_id=row.guild_id,
+            channel_id=row.channel_id,
+            command=row.command,
+            created_at=row.created_at,
+        )
+
+    async def mark_running(self, job_id: str) -> None:
+        await self.database.mark_running(job_id)
+
+    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
+        if isinstance(outcome, JobResult):
+            await self.database.mark_done(
+                job_id,
+                gpu_seconds=outcome.gpu_seconds,
+                queue_seconds=outcome.queue_seconds,
+                steps_run=sum(image.steps for image in outcome.images),
+            )
+        elif outcome.cancelled:
+            await self.database.mark_cancelled(job_id)
+        else:
+            await self.database.mark_failed(job_id, outcome.message)
+
+
+class DatabasePolicy:
+    """Each server's limits from the database, tightened to the operator's ceilings in Settings."""
+
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self.database = database
+        self.settings = settings
+
+    async def limits(self, guild_id: int | None) -> EffectiveLimits:
+        """The limits that apply in this server (the operator's alone in DMs)."""
+        server = await self.database.get_limits(guild_id) if guild_id is not None else None
+        return EffectiveLimits.combine(server, self.settings)
+
+    async def defaults(self, guild_id: int | None) -> RequestDefaults:
+        limits = await self.limits(guild_id)
+        return RequestDefaults(steps=limits.default_steps, scheduler=limits.default_scheduler)
+
+    async def check(self, request: Request, *, guild_id: int | None, user_id: int) -> None:
+        check_request(
+            request,
+            await self.limits(guild_id),
+            steps_used_today=await self.database.steps_used_today(guild_id, user_id),
+            active_jobs=await self.database.active_jobs(guild_id, user_id),
+        )

@@ -12,6 +12,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -20,8 +21,11 @@ import pytest
 from PIL import Image
 
 from bot.config import Settings
+from bot.db import Database
 from bot.errors import InvalidOption, JobNotFound, ModelLoading, NotYourJob, QueueBusy, UserFacingError
 from bot.jobs import (
+    DatabaseJobStore,
+    DatabasePolicy,
     JobRecord,
     JobService,
     MemoryJobStore,
@@ -831,3 +835,61 @@ def test_job_records_keep_the_full_request() -> None:
     record = JobRecord("abc", IMAGINE, OWNER, 42, 77, "imagine")
     assert record.request is IMAGINE
     assert record.created_at.tzinfo is not None
+
+
+# --- the database-backed store and policy -----------------------------------------------------
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    async with Database(tmp_path / "stepgrid.sqlite3", settings) as database:
+        yield database
+
+
+def database_harness(database: Database) -> Harness:
+    harness = Harness()
+    harness.store = DatabaseJobStore(database)  # type: ignore[assignment]
+    harness.service = JobService(
+        harness.queue,
+        store=harness.store,
+        policy=DatabasePolicy(database, database.settings),
+        clock=harness.clock,
+        sleep=harness.clock.sleep,
+    )
+    return harness
+
+
+async def test_the_ledger_has_the_job_from_acceptance_to_its_result(database: Database) -> None:
+    harness = database_harness(database)
+    job_id, _, task = await harness.start(IMAGINE)
+    row = await database.get_job(job_id)
+    assert row is not None and row.status == "queued"
+    harness.queue.emit(JobStarted(job_id, 1))
+    harness.queue.emit(result_for(job_id, IMAGINE))
+    await task
+    row = await database.get_job(job_id)
+    assert row is not None
+    assert (row.status, row.steps_run, row.gpu_seconds, row.user_id) == ("done", 20, 1.25, OWNER)
+
+
+async def test_buttons_resolve_from_the_database_in_a_new_service(database: Database) -> None:
+    harness = database_harness(database)
+    job_id = await finished_job(harness)
+    restarted = database_harness(database)
+    click = restarted.interaction(user_id=OTHER)
+    await restarted.service.handle_button(click.as_interaction(), "more", job_id)
+    (new_id,) = restarted.queue.job_ids
+    assert restarted.queue.requests[new_id] == GenerateRequest(**{**IMAGINE.__dict__, "steps": 25})
+
+
+async def test_a_server_limit_refuses_before_queueing(database: Database) -> None:
+    await database.set_limits(42, OWNER, max_steps=20)
+    harness = database_harness(database)
+    interaction = harness.interaction()
+    request = GenerateRequest(**{**IMAGINE.__dict__, "steps": 30})
+    with pytest.raises(UserFacingError, match=r"This server allows at most 20 steps; you asked for 30\."):
+        await harness.service.start(interaction.as_interaction(), request, command="imagine")
+    assert harness.queue.requests == {}
+    assert interaction.recorder.calls == []
+    assert (await harness.service.defaults(42)).steps == 20
