@@ -690,6 +690,8 @@ class DatabaseJobStore:
             channel_id=job.channel_id or 0,
             guild_id=job.guild_id,
             job_id=job.job_id,
+            origin=job.command,
+            parent_job_id=job.parent_job_id,
         )
 
     async def get_params(self, job_id: str) -> JobRecord | None:
@@ -702,25 +704,16 @@ class DatabaseJobStore:
             user_id=row.user_id,
             guild_id=row.guild_id,
             channel_id=row.channel_id,
-            command=row.command,
+            command=row.origin or row.command,
             created_at=row.created_at,
+            parent_job_id=row.parent_job_id,
         )
 
     async def mark_running(self, job_id: str) -> None:
         await self.database.mark_running(job_id)
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
-        if isinstance(outcome, JobResult):
-            await self.database.mark_done(
-                job_id,
-                gpu_seconds=outcome.gpu_seconds,
-                queue_seconds=outcome.queue_seconds,
-                steps_run=sum(image.steps for image in outcome.images),
-            )
-        elif outcome.cancelled:
-            await self.database.mark_cancelled(job_id)
-        else:
-            await self.database.mark_failed(job_id, outcome.message)
+        await self.database.mark_finished(job_id, outcome)
 
 
 class DatabasePolicy:
