@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 import discord
+import yarl
 from discord import app_commands
 from discord.ext import commands
 
@@ -23,12 +24,13 @@ from bot.jobs import (
     RequestPolicy,
     SettingsPolicy,
 )
+from bot.recovery import recover_jobs
 from bot.views import JobButton
 from inference.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS: tuple[str, ...] = ("bot.cogs.imagine", "bot.cogs.compare")
+EXTENSIONS: tuple[str, ...] = ("bot.cogs.imagine", "bot.cogs.compare", "bot.cogs.limits", "bot.cogs.usage")
 
 
 class StepgridTree(app_commands.CommandTree["Stepgrid"]):
@@ -90,6 +92,9 @@ class Stepgrid(commands.Bot):
         self.add_dynamic_items(JobButton)
         for extension in self._extensions:
             await self.load_extension(extension)
+        if self.database is not None:
+            # Jobs a crash left queued or running: logged in now, so their answers can be sent.
+            await recover_jobs(self, self.database, self.jobs)
         if self._sync_commands:
             await self.sync_commands()
 
@@ -142,6 +147,16 @@ def default_queue(settings: Settings) -> JobQueue:
     return queue
 
 
+def point_at_discord(settings: Settings) -> None:
+    """Use another Discord API/gateway when configured (a self-hosted proxy, or a fake in tests)."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+        log.info("using the Discord API at %s", discord.http.Route.BASE)
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+        log.info("using the Discord gateway at %s", settings.discord_gateway_url)
+
+
 class TokenError(Exception):
     """The Discord token is missing or was rejected; the message is safe to print."""
 
@@ -154,6 +169,7 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     await database.start()  # applies migrations; refuses a database newer than this code
     try:
         bot = Stepgrid(settings, queue=queue, database=database)
+        point_at_discord(settings)
         async with bot:
             try:
                 await bot.start(settings.discord_token.get_secret_value().strip())

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
 
     discord_token: SecretStr | None = None
     dev_guild_id: int | None = Field(default=None, description="Sync commands to this guild only (instant).")
+    # Where Discord is: only for a self-hosted proxy or tests (None: discord.com).
+    discord_api_base: str | None = Field(default=None, description="REST base URL, e.g. http://127.0.0.1:8080/api/v10")
+    discord_gateway_url: str | None = Field(default=None, description="Gateway URL, e.g. ws://127.0.0.1:8080/gateway")
 
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     device: str = "auto"

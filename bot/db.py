@@ -227,6 +227,7 @@ class Database:
         job_id: str | None = None,
         application_id: int | None = None,
         interaction_token: str | None = None,
+        message_id: int | None = None,
         origin: str | None = None,
         parent_job_id: str | None = None,
     ) -> Job:
@@ -249,6 +250,8 @@ class Database:
             created_at=self.clock(),
             application_id=application_id,
             interaction_token=interaction_token,
+            message_id=message_id,
+            message_channel_id=channel_id if message_id is not None else None,
             origin=origin or command_of(request),
             parent_job_id=parent_job_id,
         )

@@ -97,6 +97,10 @@ class JobRecord:
     command: str  # "imagine", "compare-steps", or the button action that started it
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     parent_job_id: str | None = None
+    # How to answer after a restart: the interaction's webhook and the message its defer created.
+    application_id: int | None = None
+    interaction_token: str | None = None
+    message_id: int | None = None
 
 
 class JobStore(Protocol):
@@ -327,12 +331,21 @@ class ThrottledEditor(Generic[T]):
 # --- where the job's message lives ------------------------------------------------------------
 
 
-class ReplyTarget:
-    """The job's one message: the interaction's response until its token dies, then the channel."""
+class _JobMessage:
+    """The job's one message: the interaction's response until its token dies, then the channel.
 
-    def __init__(self, interaction: discord.Interaction, *, owner_id: int, deadline: float, clock: Clock) -> None:
-        self._interaction = interaction
+    Subclasses say how to reach the interaction's response (a live interaction, or the webhook of
+    one stored before a restart); the fallback to the channel is shared.
+    """
+
+    def __init__(
+        self, client: discord.Client, *, owner_id: int, channel_id: int | None, guild_id: int | None,
+        deadline: float, clock: Clock,
+    ) -> None:  # fmt: skip
+        self._client = client
         self._owner_id = owner_id
+        self._channel_id = channel_id
+        self._guild_id = guild_id
         self._deadline = deadline
         self._clock = clock
         self._token_dead = False
@@ -346,25 +359,35 @@ class ReplyTarget:
     @property
     def attachment_limit(self) -> int:
         """The largest attachment this target accepts, in bytes."""
-        limit = self._interaction.filesize_limit
-        guild = self._interaction.guild
+        limit = self._interaction_limit()
+        guild = self._guild()
         return min(limit, guild.filesize_limit) if guild is not None and self.on_channel else limit
+
+    def _interaction_limit(self) -> int:
+        return discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+    def _guild(self) -> discord.Guild | None:
+        return self._client.get_guild(self._guild_id) if self._guild_id is not None else None
+
+    async def _edit_original(self, update: MessageUpdate) -> None:
+        raise NotImplementedError
+
+    async def _delete_original(self) -> None:
+        raise NotImplementedError
+
+    async def _send_ephemeral(self, text: str) -> None:
+        raise NotImplementedError
 
     async def show(self, update: MessageUpdate) -> None:
         """Make the job's message look like `update`."""
         if not self.on_channel:
             try:
-                await self._interaction.edit_original_response(
-                    content=update.content,
-                    embeds=list(update.embeds),
-                    attachments=[file.to_file() for file in update.files],
-                    view=update.view,
-                )
+                await self._edit_original(update)
                 return
             except discord.HTTPException as error:
                 if error.code not in _DEAD_TOKEN_CODES:
                     raise
-                log.info("interaction %s token is dead; posting to the channel", self._interaction.id)
+                log.info("the interaction token of %r is dead; posting to the channel", self)
                 self._token_dead = True
         await self._show_in_channel(update)
 
@@ -372,11 +395,11 @@ class ReplyTarget:
         """Remove the job's message; tell its owner `text` (when given) in a message only they see."""
         if not self.on_channel:
             with contextlib.suppress(discord.HTTPException):
-                await self._interaction.delete_original_response()
+                await self._delete_original()
             if text is None:
                 return
             try:
-                await self._interaction.followup.send(text, ephemeral=True)
+                await self._send_ephemeral(text)
                 return
             except discord.HTTPException as error:
                 if error.code not in _DEAD_TOKEN_CODES:
@@ -406,13 +429,93 @@ class ReplyTarget:
             )
 
     def _channel(self) -> discord.PartialMessageable:
-        channel_id = self._interaction.channel_id
-        if channel_id is None:
-            raise RuntimeError("the interaction has no channel to post in")
-        return self._interaction.client.get_partial_messageable(channel_id, guild_id=self._interaction.guild_id)
+        if self._channel_id is None:
+            raise RuntimeError("the job has no channel to post in")
+        return self._client.get_partial_messageable(self._channel_id, guild_id=self._guild_id)
 
     def _mentions(self) -> discord.AllowedMentions:
         return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self._owner_id)])
+
+
+class ReplyTarget(_JobMessage):
+    """The message of a job started by an interaction this process received."""
+
+    def __init__(self, interaction: discord.Interaction, *, owner_id: int, deadline: float, clock: Clock) -> None:
+        super().__init__(
+            interaction.client, owner_id=owner_id, channel_id=interaction.channel_id,
+            guild_id=interaction.guild_id, deadline=deadline, clock=clock,
+        )  # fmt: skip
+        self._interaction = interaction
+
+    def __repr__(self) -> str:
+        return f"<interaction {self._interaction.id}>"
+
+    def _interaction_limit(self) -> int:
+        return self._interaction.filesize_limit
+
+    def _guild(self) -> discord.Guild | None:
+        return self._interaction.guild
+
+    async def _edit_original(self, update: MessageUpdate) -> None:
+        await self._interaction.edit_original_response(
+            content=update.content,
+            embeds=list(update.embeds),
+            attachments=[file.to_file() for file in update.files],
+            view=update.view,
+        )
+
+    async def _delete_original(self) -> None:
+        await self._interaction.delete_original_response()
+
+    async def _send_ephemeral(self, text: str) -> None:
+        await self._interaction.followup.send(text, ephemeral=True)
+
+
+class StoredReplyTarget(_JobMessage):
+    """The message of a job accepted before a restart, reached through the stored interaction webhook.
+
+    Without a stored token and message id (or once the token is too old) it posts to the channel.
+    """
+
+    def __init__(
+        self, client: discord.Client, record: JobRecord, *, deadline: float, clock: Clock,
+    ) -> None:  # fmt: skip
+        usable = record.application_id is not None and record.interaction_token and record.message_id is not None
+        super().__init__(
+            client, owner_id=record.user_id, channel_id=record.channel_id, guild_id=record.guild_id,
+            deadline=deadline if usable else float("-inf"), clock=clock,
+        )  # fmt: skip
+        self._message_id = record.message_id or 0
+        self._job_id = record.job_id
+        self._webhook: discord.Webhook | None = None
+        if usable:
+            # What Interaction.followup builds: an application webhook bound to the client's state,
+            # so that views with buttons may be attached.
+            data = {"id": record.application_id, "type": 3, "token": record.interaction_token}
+            self._webhook = discord.Webhook.from_state(data=data, state=client._connection)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<stored interaction of job {self._job_id}>"
+
+    def _hook(self) -> discord.Webhook:
+        if self._webhook is None:  # pragma: no cover - on_channel is True then
+            raise RuntimeError("no stored interaction")
+        return self._webhook
+
+    async def _edit_original(self, update: MessageUpdate) -> None:
+        await self._hook().edit_message(
+            self._message_id,
+            content=update.content,
+            embeds=list(update.embeds),
+            attachments=[file.to_file() for file in update.files],
+            view=update.view,
+        )
+
+    async def _delete_original(self) -> None:
+        await self._hook().delete_message(self._message_id)
+
+    async def _send_ephemeral(self, text: str) -> None:
+        await self._hook().send(text, ephemeral=True)
 
 
 # --- one job ----------------------------------------------------------------------------------
@@ -517,7 +620,7 @@ class JobService:
             raise InvalidOption(str(error)) from None
         deadline = self._clock() + self.token_lifetime
         try:
-            await interaction.response.defer(thinking=True)
+            response = await interaction.response.defer(thinking=True)
         except BaseException:
             self.queue.cancel(job_id)
             raise
@@ -529,6 +632,9 @@ class JobService:
             channel_id=interaction.channel_id,
             command=command,
             parent_job_id=parent_job_id,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+            message_id=response.message_id if response is not None else None,
         )
         try:
             await self.store.record(record)
@@ -537,7 +643,48 @@ class JobService:
             raise
         log.info("job %s accepted: %s from user %s", job_id, command, record.user_id)
         target = ReplyTarget(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
-        task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{job_id}")
+        return self._spawn_driver(record, target)
+
+    def resume(self, client: discord.Client, record: JobRecord, *, token_age: float) -> asyncio.Task[None]:
+        """Queue a job accepted before a restart again and drive it to its answer.
+
+        The answer edits the job's original message while its interaction token (`token_age`
+        seconds old) lives, else it goes to the job's channel with a mention. If the queue refuses
+        the job, the user is told it failed.
+        """
+        target = StoredReplyTarget(
+            client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
+        )
+        try:
+            self.queue.submit(record.request, user_id=str(record.user_id), job_id=record.job_id)
+        except (QueueFull, WorkerCannotLoad, InvalidRequest) as error:
+            reason = "the model failed to load" if isinstance(error, WorkerCannotLoad) else str(error)
+            return self.answer_failed(client, record, f"it could not be queued again after a restart ({reason})",
+                                      token_age=token_age)  # fmt: skip
+        log.info("job %s re-queued after a restart", record.job_id)
+        return self._spawn_driver(record, target)
+
+    def answer_failed(
+        self, client: discord.Client, record: JobRecord, reason: str, *, token_age: float
+    ) -> asyncio.Task[None]:
+        """Record a job accepted before a restart as failed and tell its owner why."""
+        target = StoredReplyTarget(
+            client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
+        )
+        failure = JobFailed(record.job_id, reason)
+
+        async def answer() -> None:
+            await self.store.mark_finished(record.job_id, failure)
+            log.info("job %s answered as failed after a restart: %s", record.job_id, reason)
+            await self._quietly(target.fail(_failure_text(failure)))
+
+        return self._track(record.job_id, asyncio.create_task(answer(), name=f"stepgrid-job-{record.job_id}"))
+
+    def _spawn_driver(self, record: JobRecord, target: _JobMessage) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{record.job_id}")
+        return self._track(record.job_id, task)
+
+    def _track(self, job_id: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
         return task
@@ -578,7 +725,7 @@ class JobService:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _drive(self, record: JobRecord, target: ReplyTarget) -> None:
+    async def _drive(self, record: JobRecord, target: _JobMessage) -> None:
         job_id = record.job_id
         editor: ThrottledEditor[MessageUpdate] = ThrottledEditor(
             target.show, interval=self.edit_interval, clock=self._clock, sleep=self._sleep
@@ -618,7 +765,7 @@ class JobService:
             self._cancelled_by.pop(job_id, None)
 
     async def _finish_with_result(
-        self, record: JobRecord, result: JobResult, target: ReplyTarget, editor: ThrottledEditor[MessageUpdate]
+        self, record: JobRecord, result: JobResult, target: _JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
         files = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
         await editor.finish(result_message(record, result, files))
@@ -626,7 +773,7 @@ class JobService:
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
 
     async def _finish_with_failure(
-        self, record: JobRecord, failure: JobFailed, target: ReplyTarget, editor: ThrottledEditor[MessageUpdate]
+        self, record: JobRecord, failure: JobFailed, target: _JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
         await editor.stop()
         await self.store.mark_finished(record.job_id, failure)
@@ -692,6 +839,9 @@ class DatabaseJobStore:
             job_id=job.job_id,
             origin=job.command,
             parent_job_id=job.parent_job_id,
+            application_id=job.application_id,
+            interaction_token=job.interaction_token,
+            message_id=job.message_id,
         )
 
     async def get_params(self, job_id: str) -> JobRecord | None:
@@ -707,6 +857,9 @@ class DatabaseJobStore:
             command=row.origin or row.command,
             created_at=row.created_at,
             parent_job_id=row.parent_job_id,
+            application_id=row.application_id,
+            interaction_token=row.interaction_token,
+            message_id=row.message_id,
         )
 
     async def mark_running(self, job_id: str) -> None:

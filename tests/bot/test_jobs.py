@@ -279,6 +279,8 @@ class FakeInteraction:
     ) -> None:
         self.recorder = recorder
         self.id = next(self._ids)
+        self.application_id = 555
+        self.token = f"token-{self.id}"
         self.user = discord.Object(user_id)
         self.guild_id = 42
         self.guild = None

@@ -202,11 +202,13 @@ async def make_bot() -> Stepgrid:
     return bot
 
 
-async def test_setup_hook_starts_the_queue_and_loads_both_commands() -> None:
+async def test_setup_hook_starts_the_queue_and_loads_every_command() -> None:
     bot = await make_bot()
     try:
         assert cast(ScriptedQueue, bot.queue).started
-        assert sorted(command.name for command in bot.tree.get_commands()) == ["compare-steps", "imagine"]
+        assert sorted(command.name for command in bot.tree.get_commands()) == [
+            "compare-steps", "imagine", "limits", "limits-reset", "limits-set", "usage", "usage-server",
+        ]  # fmt: skip
         assert sorted(bot.extensions) == sorted(EXTENSIONS)
     finally:
         await bot.close()

@@ -1,0 +1,108 @@
+"""Start-up recovery: every job a crash left queued or running is run again or answered as failed.
+
+A job accepted is a job answered, even across `kill -9`: the ledger row holds the full request and
+how to reach the user (the interaction's webhook while its token lives, else the channel).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from bot.jobs import JobRecord
+from bot.models import JobStatus, params_to_request
+
+if TYPE_CHECKING:
+    import discord
+
+    from bot.db import Database
+    from bot.jobs import JobService
+    from bot.models import Job
+
+log = logging.getLogger(__name__)
+
+# A job that has started this many times without finishing took the bot down with it each time.
+MAX_ATTEMPTS = 2
+# Older than this, a surprise image is no longer an answer anyone waits for.
+MAX_AGE = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What start-up recovery did, by job id."""
+
+    requeued: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+
+def record_of(job: Job) -> JobRecord:
+    """The JobRecord of a ledger row, with what is needed to answer it."""
+    return JobRecord(
+        job_id=job.id,
+        request=params_to_request(job.command, job.params),
+        user_id=job.user_id,
+        guild_id=job.guild_id,
+        channel_id=job.channel_id,
+        command=job.origin or job.command,
+        created_at=job.created_at,
+        parent_job_id=job.parent_job_id,
+        application_id=job.application_id,
+        interaction_token=job.interaction_token,
+        message_id=job.message_id,
+    )
+
+
+def why_not_rerun(
+    job: Job, *, now: datetime, max_attempts: int = MAX_ATTEMPTS, max_age: timedelta = MAX_AGE
+) -> str | None:
+    """The reason a leftover job is answered as failed instead of run again, or None to run it."""
+    if job.attempts >= max_attempts:
+        return (
+            f"Stepgrid stopped {job.attempts} times while running this job, so it was not run again. "
+            "Try fewer steps or a smaller size."
+        )
+    if now - job.created_at > max_age:
+        return "Stepgrid restarted and this job had waited too long to run now; please run the command again."
+    return None
+
+
+async def recover_jobs(
+    client: discord.Client,
+    database: Database,
+    jobs: JobService,
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+    max_age: timedelta = MAX_AGE,
+) -> Recovered:
+    """Re-queue (oldest first) or fail every job left queued or running; their drivers answer them."""
+    now = database.clock()
+    requeued: list[str] = []
+    failed: list[str] = []
+    for job in await database.unfinished_jobs():
+        token_age = (now - job.created_at).total_seconds()
+        try:
+            record = record_of(job)
+        except (TypeError, ValueError):
+            log.exception("job %s has parameters this version can't read; answering it as failed", job.id)
+            await database.mark_failed(job.id, "Stepgrid was updated and could not read this job again.")
+            failed.append(job.id)
+            continue
+        reason = why_not_rerun(job, now=now, max_attempts=max_attempts, max_age=max_age)
+        if reason is not None:
+            jobs.answer_failed(client, record, reason, token_age=token_age)
+            failed.append(job.id)
+            continue
+        if job.status == JobStatus.RUNNING.value:
+            await database.mark_queued(job.id)
+        jobs.resume(client, record, token_age=token_age)
+        requeued.append(job.id)
+    if requeued or failed:
+        log.warning(
+            "recovered %d job(s) left by the last run: %d re-queued, %d answered as failed",
+            len(requeued) + len(failed),
+            len(requeued),
+            len(failed),
+        )
+    return Recovered(requeued=tuple(requeued), failed=tuple(failed))
