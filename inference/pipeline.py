@@ -213,6 +213,15 @@ def ensure_test_model(architecture: str, cache_dir: Path) -> Path:
     return folder
 
 
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """diffusers' loading errors run to paragraphs; the first sentence says what went wrong."""
+    first = text.strip().split("\n")[0]
+    for end in (". ", " ("):
+        if end in first:
+            first = first[: first.index(end)]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
 @dataclass
 class LoadedModel:
     pipe: Pipeline
@@ -243,7 +252,7 @@ def load_model(config: WorkerConfig) -> LoadedModel:
             requires_safety_checker=False,
         )
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        reason = _first_sentence(str(exc)) or type(exc).__name__
         raise ModelLoadError(
             f"Could not load model {config.model!r}: {reason}. Set STEPGRID_MODEL to a local diffusers "
             "folder, a reachable hub id, or 'tiny' for the random-weight test model."

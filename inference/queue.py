@@ -133,6 +133,7 @@ class LocalJobQueue(JobQueue):
         self._jobs: dict[str, _Job] = {}
         self._pending: list[_Job] = []
         self._running: dict[str, _Job] = {}
+        self._turns: list[str] = []  # users with waiting jobs, in the order they are served next
         self._seq = itertools.count()
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -229,15 +230,16 @@ class LocalJobQueue(JobQueue):
     # -- ordering and dispatch ----------------------------------------------------------------
 
     def _fair_order(self) -> list[_Job]:
-        """Retried jobs first, then round-robin over users: each user's k-th job after every
-        other user's (k-1)-th, ties by arrival."""
-        per_user: dict[str, int] = {}
-        keyed = []
+        """Retried jobs first, then round-robin over users in `_turns` order, one job per user a round."""
+        retries = sorted((job for job in self._pending if job.isolate), key=lambda j: j.seq)
+        per_user: dict[str, list[_Job]] = {}
         for job in sorted(self._pending, key=lambda j: j.seq):
-            ordinal = per_user.get(job.user_id, 0)
-            per_user[job.user_id] = ordinal + 1
-            keyed.append(((not job.isolate, ordinal, job.seq), job))
-        return [job for _, job in sorted(keyed, key=lambda item: item[0])]
+            if not job.isolate:
+                per_user.setdefault(job.user_id, []).append(job)
+        self._turns = [user for user in self._turns if user in per_user]
+        self._turns += [user for user in per_user if user not in self._turns]
+        rounds = itertools.zip_longest(*(per_user[user] for user in self._turns))
+        return retries + [job for round_ in rounds for job in round_ if job is not None]
 
     def _update_positions(self) -> None:
         self._pending = self._fair_order()
@@ -251,12 +253,15 @@ class LocalJobQueue(JobQueue):
             return
         while self._pending:
             if any(job.isolate for job in self._running.values()):
-                return
+                break
             job = self._pending[0]
             busy_lanes = sum(j.lanes for j in self._running.values())
             if self._running and (job.isolate or busy_lanes + job.lanes > self.config.max_batch_lanes):
-                return
+                break
             self._pending.pop(0)
+            if job.user_id in self._turns and not job.isolate:  # served: to the back of the line
+                self._turns.remove(job.user_id)
+                self._turns.append(job.user_id)
             job.position = None
             job.attempts += 1
             job.started_at = job.started_at or time.monotonic()

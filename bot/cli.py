@@ -1,0 +1,227 @@
+"""The `stepgrid` command: run the bot, or generate images offline through the same worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from bot.config import Settings
+from inference.protocol import (
+    DEFAULT_COMPARE_STEPS,
+    MAX_SEED,
+    SCHEDULER_NAMES,
+    CompareStepsRequest,
+    GenerateRequest,
+    InvalidRequest,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobResult,
+    Request,
+    parse_size,
+    parse_step_list,
+    validate,
+)
+from inference.queue import LocalJobQueue, ModelUnavailable
+
+TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument("--scheduler", default=settings.default_scheduler, help=", ".join(SCHEDULER_NAMES))
+    parser.add_argument("--seed", type=int, default=None, help="default: random")
+    parser.add_argument("--negative", default="", help="negative prompt")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance, 0-30")
+    parser.add_argument("--size", default="512", help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024")
+    parser.add_argument("--model", default=settings.model, help="hub id, local folder, or 'tiny' (test model)")
+    parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = _Parser(prog="stepgrid", description="A Discord bot for Stable Diffusion that shows what steps do.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    commands.add_parser("run", help="start the Discord bot and its GPU worker")
+
+    imagine = commands.add_parser("imagine", help="generate images offline")
+    _add_generation_options(imagine, settings)
+    imagine.add_argument("--steps", type=int, default=settings.default_steps, help="1-150")
+    imagine.add_argument("--count", type=int, default=1, help="1-4 images (seeds seed, seed+1, ...)")
+
+    compare = commands.add_parser("compare-steps", help="one labelled grid of the same image at several step counts")
+    _add_generation_options(compare, settings)
+    compare.add_argument("--steps", default=",".join(map(str, DEFAULT_COMPARE_STEPS)), help="e.g. 5,10,20,30")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_commands.add_parser("upgrade", help="apply migrations to the configured database")
+
+    usage = commands.add_parser("usage", help="export the usage ledger")
+    usage.add_argument("--csv", action="store_true", required=True, help="one CSV row per job on stdout")
+    return parser
+
+
+def request_from_args(args: argparse.Namespace) -> Request:
+    """Build and validate the request; raises InvalidRequest with a one-line reason."""
+    width, height = parse_size(args.size)
+    seed = args.seed if args.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    common = {
+        "prompt": args.prompt,
+        "scheduler": args.scheduler,
+        "seed": seed,
+        "guidance": args.guidance,
+        "width": width,
+        "height": height,
+        "negative_prompt": args.negative,
+    }
+    request: Request
+    if args.command == "compare-steps":
+        request = CompareStepsRequest(steps=parse_step_list(args.steps), **common)
+    else:
+        request = GenerateRequest(steps=args.steps, count=args.count, **common)
+    validate(request)
+    return request
+
+
+class ProgressBar:
+    """One line redrawn in place, only when what it shows changes."""
+
+    def __init__(self, out: TextIO, width: int = 30) -> None:
+        self.out = out
+        self.width = width
+        self._shown = ""
+
+    def update(self, done: int, total: int) -> None:
+        filled = round(self.width * done / total) if total else self.width
+        text = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} steps"
+        if text != self._shown:
+            self._shown = text
+            self.out.write(f"\r{text}")
+            self.out.flush()
+
+
+async def generate(request: Request, settings: Settings, *, out: TextIO = sys.stderr) -> JobResult:
+    """Run one request through a LocalJobQueue and its spawned worker, drawing a progress bar."""
+    queue = LocalJobQueue(settings.worker_config(), hang_seconds=settings.worker_hang_seconds)
+    await queue.start()
+    try:
+        out.write(f"loading {settings.model} ...\n")
+        await queue.wait_ready()
+        info = queue.worker_info
+        if info is not None:
+            note = f" — {TEST_MODEL_NOTE}" if info.is_test_model else ""
+            out.write(f"model {info.model} on {info.device} ({info.dtype}){note}\n")
+        job_id = queue.submit(request, user_id="cli")
+        bar = ProgressBar(out)
+        async for event in queue.events(job_id):
+            if isinstance(event, JobQueued) and event.position > 1:
+                out.write(f"queued at position {event.position}\n")
+            elif isinstance(event, JobProgress):
+                bar.update(event.job_step, event.job_total)
+            elif isinstance(event, JobResult):
+                out.write("\n")
+                return event
+            elif isinstance(event, JobFailed):
+                out.write("\n")
+                raise GenerationFailed(event.message)
+        raise GenerationFailed("the job ended without a result")
+    finally:
+        await queue.close()
+
+
+class GenerationFailed(RuntimeError):
+    pass
+
+
+def write_outputs(request: Request, result: JobResult, output: Path) -> list[Path]:
+    """Write the image (or numbered images, or the labelled grid) and return the paths."""
+    from bot.render import grid_png
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(request, CompareStepsRequest):
+        output.write_bytes(grid_png(result.images))
+        return [output]
+    if len(result.images) == 1:
+        output.write_bytes(result.images[0].png)
+        return [output]
+    paths = []
+    for number, image in enumerate(result.images, start=1):
+        path = output.with_name(f"{output.stem}-{number}{output.suffix or '.png'}")
+        path.write_bytes(image.png)
+        paths.append(path)
+    return paths
+
+
+def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        request = request_from_args(args)
+    except InvalidRequest as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
+    settings = settings.model_copy(update={"model": args.model, "device": args.device, "dtype": args.dtype})
+    if not args.verbose:
+        # Read by the spawned worker; every failure still reaches the user as one line from here.
+        os.environ.setdefault("STEPGRID_LOG_LEVEL", "CRITICAL")
+    started = time.perf_counter()
+    try:
+        result = asyncio.run(generate(request, settings))
+    except (GenerationFailed, ModelUnavailable) as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 1
+    paths = write_outputs(request, result, args.output)
+    steps = ",".join(str(image.steps) for image in result.images)
+    note = f" ({TEST_MODEL_NOTE})" if result.is_test_model else ""
+    truncated = " The prompt was cut to the model's 77-token limit." if result.prompt_truncated else ""
+    print(
+        f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {request.seed}, "
+        f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    settings = Settings()
+    args = build_parser(settings).parse_args(argv)
+    if args.command == "run":
+        from bot.client import run
+
+        return run(settings)
+    if args.command == "db":
+        from bot.db import DatabaseTooNew, upgrade_database
+
+        try:
+            upgrade_database(settings.database_path)
+        except DatabaseTooNew as error:
+            print(f"stepgrid: {error}", file=sys.stderr)
+            return 2
+        print(f"database {settings.database_path} is at the latest schema")
+        return 0
+    if args.command == "usage":
+        from bot.usage import export_csv
+
+        export_csv(settings.database_path, sys.stdout)
+        return 0
+    return _generate_command(args, settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

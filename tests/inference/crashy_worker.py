@@ -1,0 +1,28 @@
+"""A real worker that dies or hangs on demand, to test the supervisor. Spawned like the real one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+
+from inference.protocol import Request, WorkerConfig
+from inference.worker import worker_main
+
+
+def crashy_worker_main(conn: Connection, config: WorkerConfig) -> None:
+    """worker_main, except that a prompt containing CRASH kills the process and HANG freezes it."""
+    from inference import pipeline
+
+    real_add_job = pipeline.LaneEngine.add_job
+
+    def add_job(self: pipeline.LaneEngine, job_id: str, request: Request) -> None:
+        if "CRASH" in request.prompt:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if "HANG" in request.prompt:
+            threading.Event().wait()
+        real_add_job(self, job_id, request)
+
+    pipeline.LaneEngine.add_job = add_job  # type: ignore[method-assign]
+    worker_main(conn, config)

@@ -1,0 +1,183 @@
+"""The lane engine on the real tiny pipeline (random weights, fp32 CPU): batching must not change
+any lane's result, for every scheduler, and each lane is a true N-step run."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inference.pipeline import SCHEDULERS, Lane, LaneEngine, LoadedModel, load_model, make_scheduler
+from inference.protocol import (
+    SCHEDULER_NAMES,
+    CompareStepsRequest,
+    GenerateRequest,
+    JobEvent,
+    JobProgress,
+    JobResult,
+    WorkerConfig,
+)
+
+SIZE = 256
+STEPS = 6
+
+
+class RecordingEngine(LaneEngine):
+    """The real engine, also keeping each lane's final latents and the size of each UNet batch."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.events: list[JobEvent] = []
+        super().__init__(model, self.events.append, max_batch_lanes=16, previews=False)
+        self.final_latents: dict[tuple[str, int], torch.Tensor] = {}
+        self.batch_sizes: list[int] = []
+
+    def _denoise(self, lanes: list[Lane]) -> None:
+        self.batch_sizes.append(len(lanes))
+        super()._denoise(lanes)
+
+    def _finish(self, lanes: list[Lane]) -> None:
+        for lane in lanes:
+            self.final_latents[(lane.job.job_id, lane.index)] = lane.latents.clone()
+        super()._finish(lanes)
+
+    def result(self, job_id: str) -> JobResult:
+        return next(e for e in self.events if isinstance(e, JobResult) and e.job_id == job_id)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    cache = tmp_path_factory.mktemp("tiny-model")
+    return load_model(WorkerConfig(model="tiny", cache_dir=str(cache)))
+
+
+def _run_alone(model: LoadedModel, request: GenerateRequest) -> torch.Tensor:
+    engine = RecordingEngine(model)
+    engine.add_job("alone", request)
+    engine.run_until_idle()
+    assert set(engine.batch_sizes) == {1}
+    return engine.final_latents[("alone", 0)]
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_the_tiny_model_is_saved_and_loaded_through_from_pretrained(tiny: LoadedModel, tmp_path: Path) -> None:
+    assert tiny.is_test_model
+    assert type(tiny.pipe).__name__ == "StableDiffusionPipeline"
+    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
+    assert tiny.pipe.tokenizer.model_max_length == 77
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_a_lane_in_a_batch_equals_the_same_lane_alone(tiny: LoadedModel, scheduler: str) -> None:
+    request = GenerateRequest("a red fox in snow", steps=STEPS, scheduler=scheduler, seed=1234,
+                              guidance=6.0, width=SIZE, height=SIZE, negative_prompt="blurry")  # fmt: skip
+    alone = _run_alone(tiny, request)
+
+    engine = RecordingEngine(tiny)
+    engine.add_job("neighbour-a", GenerateRequest("a castle", steps=STEPS + 3, scheduler="Euler a", seed=9,
+                                                  width=SIZE, height=SIZE, count=2))  # fmt: skip
+    engine.add_job("subject", request)
+    engine.add_job("neighbour-b", CompareStepsRequest("a boat", steps=(2, 4, STEPS), scheduler="DPM++ 2M",
+                                                      seed=5, guidance=3.0, width=SIZE, height=SIZE))  # fmt: skip
+    engine.run_until_idle()
+
+    assert max(engine.batch_sizes) >= 4, "the subject must have shared UNet calls with other lanes"
+    assert _relative_error(engine.final_latents[("subject", 0)], alone) <= 1e-4
+    image = Image.open(io.BytesIO(engine.result("subject").images[0].png))
+    assert image.size == (SIZE, SIZE) and image.mode == "RGB"
+    assert np.asarray(image).std() > 0  # a real decoded image, not a blank
+
+
+def test_same_seed_gives_the_same_image_and_another_seed_does_not(tiny: LoadedModel) -> None:
+    request = GenerateRequest("a lighthouse", steps=4, scheduler="Euler a", seed=42, width=SIZE, height=SIZE)
+    first = _run_alone(tiny, request)
+    again = _run_alone(tiny, request)
+    other = _run_alone(tiny, GenerateRequest("a lighthouse", steps=4, scheduler="Euler a", seed=43,
+                                             width=SIZE, height=SIZE))  # fmt: skip
+    assert torch.equal(first, again)
+    assert _relative_error(other, first) > 0.1
+
+
+@pytest.mark.parametrize("scheduler", ["Euler", "DPM++ 2M Karras", "Heun"])
+def test_a_lane_matches_the_plain_diffusers_pipeline_call(tiny: LoadedModel, scheduler: str) -> None:
+    """Each lane is exactly what StableDiffusionPipeline.__call__ computes for that scheduler."""
+    request = GenerateRequest("a red fox", steps=5, scheduler=scheduler, seed=77, guidance=7.5,
+                              width=SIZE, height=SIZE)  # fmt: skip
+    ours = _run_alone(tiny, request)
+    pipe = tiny.pipe
+    plain = type(pipe)(**{**pipe.components, "scheduler": make_scheduler(pipe.scheduler.config, scheduler, 77)})
+    plain.set_progress_bar_config(disable=True)
+    theirs = plain(
+        "a red fox", num_inference_steps=5, guidance_scale=7.5, height=SIZE, width=SIZE,
+        generator=torch.Generator("cpu").manual_seed(77), output_type="latent",
+    ).images  # fmt: skip
+    assert _relative_error(ours, theirs) <= 1e-4
+    assert pipe.scheduler.__class__.__name__ == "PNDMScheduler", "the pipeline's own scheduler is never mutated"
+
+
+def test_compare_steps_lanes_are_honest_n_step_runs_that_finish_together(tiny: LoadedModel) -> None:
+    steps = (2, 5, 8)
+    engine = RecordingEngine(tiny)
+    engine.add_job("grid", CompareStepsRequest("a boat", steps=steps, scheduler="DPM++ 2M", seed=3,
+                                               width=SIZE, height=SIZE))  # fmt: skip
+    engine.run_until_idle()
+    assert engine.batch_sizes == [1, 1, 1, 2, 2, 2, 3, 3]  # right-aligned: the 2-step lane joins last
+    result = engine.result("grid")
+    assert [image.steps for image in result.images] == list(steps)
+    for index, n in enumerate(steps):
+        alone = _run_alone(tiny, GenerateRequest("a boat", steps=n, scheduler="DPM++ 2M", seed=3,
+                                                 width=SIZE, height=SIZE))  # fmt: skip
+        assert _relative_error(engine.final_latents[("grid", index)], alone) <= 1e-4
+
+
+def test_second_order_schedulers_report_progress_in_user_steps(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.add_job("heun", GenerateRequest("fox", steps=4, scheduler="Heun", width=SIZE, height=SIZE))
+    engine.run_until_idle()
+    progress = [e for e in engine.events if isinstance(e, JobProgress)]
+    assert len(progress) == 7  # Heun calls the UNet 2N-1 times
+    assert [p.step for p in progress][-1] == 4 and all(p.total == 4 for p in progress)
+    assert [p.step for p in progress] == sorted(p.step for p in progress)
+
+
+def test_lanes_of_different_sizes_never_share_a_unet_call(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.add_job("square", GenerateRequest("fox", steps=3, scheduler="Euler", width=SIZE, height=SIZE, count=2))
+    engine.add_job("wide", GenerateRequest("fox", steps=3, scheduler="Euler", width=SIZE + 64, height=SIZE))
+    engine.run_until_idle()
+    assert sorted(engine.batch_sizes) == [1, 1, 1, 2, 2, 2]
+    assert Image.open(io.BytesIO(engine.result("wide").images[0].png)).size == (SIZE + 64, SIZE)
+
+
+def test_a_cancelled_job_leaves_the_batch_and_the_rest_finish(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.add_job("keep", GenerateRequest("fox", steps=4, width=SIZE, height=SIZE))
+    engine.add_job("drop", GenerateRequest("fox", steps=4, width=SIZE, height=SIZE))
+    engine.step()
+    assert engine.cancel("drop")
+    engine.run_until_idle()
+    assert engine.batch_sizes == [2, 1, 1, 1]
+    assert engine.result("keep").images
+    assert not any(isinstance(e, JobResult) and e.job_id == "drop" for e in engine.events)
+
+
+def test_an_over_long_prompt_is_truncated_and_the_result_says_so(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.add_job("long", GenerateRequest("fox " * 100, steps=1, width=SIZE, height=SIZE))
+    engine.add_job("short", GenerateRequest("fox", steps=1, width=SIZE, height=SIZE))
+    engine.run_until_idle()
+    assert engine.result("long").prompt_truncated
+    assert not engine.result("short").prompt_truncated
+
+
+def test_the_scheduler_table_covers_the_names_users_know() -> None:
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES
+    for name in ("Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM",
+                 "PNDM", "LMS", "UniPC"):  # fmt: skip
+        assert name in SCHEDULERS

@@ -1,0 +1,93 @@
+"""Validation of requests before they are queued: each message names the value and the range."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from inference.protocol import (
+    MAX_STEPS,
+    SCHEDULER_NAMES,
+    CompareStepsRequest,
+    GenerateRequest,
+    InvalidRequest,
+    parse_size,
+    parse_step_list,
+    total_steps,
+    validate,
+)
+
+GOOD = GenerateRequest("a lighthouse at dusk")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": 0}, "steps must be 1 to 150; got 0."),
+        ({"steps": 500}, "steps must be 1 to 150; got 500."),
+        ({"guidance": 31.0}, "guidance must be 0 to 30; got 31."),
+        ({"guidance": float("nan")}, "guidance must be 0 to 30"),
+        ({"width": 513}, "width must be a multiple of 8 from 256 to 1024; got 513."),
+        ({"height": 2048}, "height must be a multiple of 8 from 256 to 1024; got 2048."),
+        ({"count": 5}, "count must be 1 to 4; got 5."),
+        ({"prompt": "   "}, "The prompt is empty"),
+        ({"scheduler": "Eulerish"}, "Unknown scheduler 'Eulerish'; choose one of: Euler, "),
+        ({"seed": -1}, "seed must be 0 to 4294967295; got -1."),
+    ],
+)
+def test_bad_generate_values_are_refused_with_the_range(change: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate(dataclasses.replace(GOOD, **change))  # type: ignore[arg-type]
+    assert message in str(error.value)
+
+
+def test_compare_steps_cell_count_and_duplicates() -> None:
+    with pytest.raises(InvalidRequest, match="2 to 12 step counts; got 13"):
+        validate(CompareStepsRequest("fox", steps=tuple(range(1, 14))))
+    with pytest.raises(InvalidRequest, match="2 to 12 step counts; got 1"):
+        validate(CompareStepsRequest("fox", steps=(10,)))
+    with pytest.raises(InvalidRequest, match="only once"):
+        validate(CompareStepsRequest("fox", steps=(10, 10)))
+    with pytest.raises(InvalidRequest, match="steps must be 1 to 150; got 151"):
+        validate(CompareStepsRequest("fox", steps=(10, 151)))
+
+
+def test_step_list_parsing_shows_the_expected_form() -> None:
+    assert parse_step_list("5, 10,20") == (5, 10, 20)
+    with pytest.raises(InvalidRequest, match="like 5,10,20,30"):
+        parse_step_list("5,x,10")
+    with pytest.raises(InvalidRequest, match="No step counts"):
+        parse_step_list(" , ")
+
+
+def test_size_parsing() -> None:
+    assert parse_size("512") == (512, 512)
+    assert parse_size("768x512") == (768, 512)
+    with pytest.raises(InvalidRequest, match="like 512 or 768x512"):
+        parse_size("big")
+
+
+def test_lanes_and_cost() -> None:
+    compare = CompareStepsRequest("fox", seed=7)
+    assert compare.lane_steps == (5, 10, 20, 30, 40, 50)
+    assert set(compare.lane_seeds) == {7}
+    assert total_steps(compare) == 155
+    four = GenerateRequest("fox", steps=20, count=4, seed=2**32 - 2)
+    assert four.lane_seeds == (2**32 - 2, 2**32 - 1, 0, 1)
+    assert total_steps(four) == 80
+
+
+@given(
+    steps=st.integers(1, MAX_STEPS),
+    scheduler=st.sampled_from(SCHEDULER_NAMES),
+    size=st.integers(32, 128).map(lambda n: n * 8),
+    guidance=st.floats(0, 30),
+    count=st.integers(1, 4),
+)
+def test_every_request_inside_the_ranges_is_accepted(
+    steps: int, scheduler: str, size: int, guidance: float, count: int
+) -> None:
+    validate(GenerateRequest("fox", steps, scheduler, 0, guidance, size, size, "", count))
