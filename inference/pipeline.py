@@ -63,6 +63,7 @@ Pipeline = Any  # a StableDiffusionPipeline
 Scheduler = Any  # a SchedulerMixin subclass
 
 TEST_MODELS = ("tiny", "sd15-arch")
+TEST_MODEL_REVISION = 3  # bump when a test model's config changes, so stale caches are rebuilt
 PREVIEW_INTERVAL_S = 1.5
 
 # A1111 name -> (diffusers scheduler class, from_config overrides).
@@ -135,27 +136,30 @@ def _random_weight_components(architecture: str) -> dict[str, Any]:
     """Configs for the built-in random-weight test models: "tiny" (fast on CPU) or "sd15-arch"."""
     torch.manual_seed(0)
     if architecture == "tiny":
+        # Small enough that per-call overhead dominates, as it does for SD1.5 on a GPU at small batch.
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
+            block_out_channels=(8, 16, 16),
             layers_per_block=1,
             sample_size=32,
             in_channels=4,
             out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             cross_attention_dim=32,
-            attention_head_dim=8,
+            attention_head_dim=2,
+            norm_num_groups=4,
         )
         vae = AutoencoderKL(
-            block_out_channels=(8, 16, 16, 16),
+            block_out_channels=(4, 8, 8, 8),
             in_channels=3,
             out_channels=3,
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
             latent_channels=4,
-            norm_num_groups=8,
+            norm_num_groups=4,
             layers_per_block=1,
             sample_size=256,
+            mid_block_add_attention=False,
         )
         text_config = CLIPTextConfig(
             bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
@@ -201,7 +205,7 @@ def default_cache_dir() -> Path:
 
 def ensure_test_model(architecture: str, cache_dir: Path) -> Path:
     """Build a random-weight test model once and save it with `save_pretrained`."""
-    folder = cache_dir / f"{architecture}-random-weights"
+    folder = cache_dir / f"{architecture}-random-weights-v{TEST_MODEL_REVISION}"
     if (folder / "model_index.json").exists():
         return folder
     log.info("building the random-weight test model %r in %s (not a real model)", architecture, folder)
