@@ -29,9 +29,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.pipeline import LaneEngine, LoadedModel, load_model, make_scheduler
-from inference.protocol import CompareStepsRequest, GenerateRequest, JobEvent, JobResult, WorkerConfig
-
-COMPARE_STEPS = (5, 10, 20, 30, 40, 50)
+from inference.protocol import (
+    DEFAULT_COMPARE_STEPS,
+    CompareStepsRequest,
+    GenerateRequest,
+    JobEvent,
+    JobResult,
+    WorkerConfig,
+    parse_step_list,
+)
 
 
 @dataclass
@@ -126,12 +132,12 @@ def run(args: argparse.Namespace) -> Report:
     bench.plain_call(2)
 
     # compare-steps: one batched job vs six sequential runs of the same cells
-    compare = CompareStepsRequest(args.prompt, steps=COMPARE_STEPS, scheduler=args.scheduler, seed=1,
+    compare = CompareStepsRequest(args.prompt, steps=args.compare, scheduler=args.scheduler, seed=1,
                                   width=args.size, height=args.size)  # fmt: skip
-    cells = [bench.request(n, seed=1) for n in COMPARE_STEPS]
+    cells = [bench.request(n, seed=1) for n in args.compare]
     batched = timed(model, lambda: bench.run_jobs([compare]), repeats)
     sequential = timed(model, lambda: bench.run_one_by_one(cells), repeats)
-    report.add("compare_batched_s", batched, f"compare-steps {COMPARE_STEPS}: batched {batched:.2f}s, "
+    report.add("compare_batched_s", batched, f"compare-steps {args.compare}: batched {batched:.2f}s, "
                f"six sequential {sequential:.2f}s -> {sequential / batched:.2f}x")  # fmt: skip
     report.figures["compare_sequential_s"] = sequential
     report.figures["compare_speedup"] = sequential / batched
@@ -161,7 +167,7 @@ def run(args: argparse.Namespace) -> Report:
                    f"{plain_many:.2f}s ({n / plain_many:.2f} images/s); engine {n / together:.2f} images/s "
                    f"-> {plain_many / together:.2f}x")  # fmt: skip
 
-        plain_compare = timed(model, lambda: [bench.plain_call(k, seed=1) for k in COMPARE_STEPS], repeats)
+        plain_compare = timed(model, lambda: [bench.plain_call(k, seed=1) for k in args.compare], repeats)
         report.add("plain_compare_s", plain_compare, f"compare-steps as six plain pipeline calls: {plain_compare:.2f}s "
                    f"-> engine {plain_compare / batched:.2f}x faster")  # fmt: skip
 
@@ -187,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="default: 256 for tiny, 512 otherwise")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--scheduler", default="Euler")
+    parser.add_argument("--compare", type=parse_step_list, default=DEFAULT_COMPARE_STEPS, help="e.g. 5,10,20")
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--max-batch-lanes", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

@@ -1,0 +1,38 @@
+"""Smoke test of the benchmark script on CPU with the tiny model: it runs and prints every figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench_engine import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figures.json"
+    args = [
+        "--steps",
+        "3",
+        "--compare",
+        "2,4",
+        "--concurrent",
+        "2",
+        "--repeats",
+        "1",
+        "--cache-dir",
+        str(tmp_path),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for phrase in ("compare-steps (2, 4): batched", "2 concurrent 3-step imagine jobs",
+                   "plain pipeline", "PSNR engine vs plain pipeline"):  # fmt: skip
+        assert phrase in printed
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["compare_speedup"] > 0 and figures["concurrent_speedup"] > 0
+    assert figures["psnr_db"] > 40, "in fp32 the engine's image must equal the plain pipeline's"
