@@ -125,8 +125,17 @@ def run(args: argparse.Namespace) -> Report:
     report = Report(device=card, model=args.model)
     print(f"# {args.model} on {card} ({str(model.dtype).removeprefix('torch.')}), {args.size}x{args.size}, "
           f"{args.scheduler}, {'random weights' if model.is_test_model else 'real weights'}", flush=True)  # fmt: skip
+    if args.fuse_qkv:
+        model.pipe.fuse_qkv_projections()  # shared components: the plain path gets it too
+        print("fused QKV projections", flush=True)
     bench = Bench(model, args)
     steps, repeats = args.steps, args.repeats
+    if args.compile:
+        if args.buckets:
+            bench.engine.batch_buckets = args.buckets
+        seconds = bench.engine.compile_unet(args.size, args.size)
+        report.add("compile_s", seconds, f"compiled the UNet for batch buckets {bench.engine.batch_buckets} "
+                   f"in {seconds:.0f}s (the plain pipeline stays eager)")  # fmt: skip
 
     bench.run_jobs([bench.request(2)])  # warm-up: lazy init, kernels, allocator
     bench.plain_call(2)
@@ -200,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting")
     parser.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain pipeline figures")
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the engine's UNet (CUDA graphs)")
+    parser.add_argument("--buckets", type=parse_step_list, default=None, help="batch buckets to compile, e.g. 1,8,16")
+    parser.add_argument("--fuse-qkv", action="store_true", help="fuse attention QKV projections (both paths)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.size is None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,9 @@ Scheduler = Any  # a SchedulerMixin subclass
 TEST_MODELS = ("tiny", "sd15-arch")
 TEST_MODEL_REVISION = 3  # bump when a test model's config changes, so stale caches are rebuilt
 PREVIEW_INTERVAL_S = 1.5
+# Batch sizes (in lanes) a compiled UNet is specialised for; a batch is padded up to the next one.
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
 
 # A1111 name -> (diffusers scheduler class, from_config overrides).
 SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
@@ -284,12 +288,13 @@ class Conditioning:
     """
 
     embeds: torch.Tensor
+    guidance: torch.Tensor  # shape (1, 1, 1, 1) on the device, so a batch needs no host copy
     added: dict[str, torch.Tensor] = field(default_factory=dict)
     truncated: bool = False
 
 
 @torch.no_grad()
-def encode_conditioning(pipe: Pipeline, prompt: str, negative_prompt: str) -> Conditioning:
+def encode_conditioning(pipe: Pipeline, prompt: str, negative_prompt: str, guidance: float = 7.5) -> Conditioning:
     """Encode prompt and negative prompt; over-long prompts are cut to the tokenizer's limit."""
     tokenizer = pipe.tokenizer
     limit = tokenizer.model_max_length
@@ -301,7 +306,9 @@ def encode_conditioning(pipe: Pipeline, prompt: str, negative_prompt: str) -> Co
         do_classifier_free_guidance=True,
         negative_prompt=negative_prompt or None,
     )
-    return Conditioning(embeds=torch.cat([uncond, cond]), truncated=truncated)
+    embeds = torch.cat([uncond, cond])
+    guidance_tensor = torch.full((1, 1, 1, 1), guidance, device=embeds.device, dtype=torch.float32)
+    return Conditioning(embeds=embeds, guidance=guidance_tensor, truncated=truncated)
 
 
 # --- lanes and the engine ----------------------------------------------------------------------
@@ -379,6 +386,9 @@ class LaneEngine:
         self.emit = emit
         self.max_batch_lanes = max_batch_lanes
         self.previews = previews
+        self.batch_buckets = tuple(sorted({*(b for b in BATCH_BUCKETS if b < max_batch_lanes), max_batch_lanes}))
+        self._compiled_unet: Any = None
+        self._compiled_group: tuple[int, int] | None = None
         self._encoder = encoder or ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
         self._owns_encoder = encoder is None
         self._jobs: dict[str, EngineJob] = {}
@@ -404,7 +414,7 @@ class LaneEngine:
     @torch.no_grad()
     def add_job(self, job_id: str, request: Request) -> None:
         """Turn a validated request into lanes; they start at the next iteration."""
-        conditioning = encode_conditioning(self.pipe, request.prompt, request.negative_prompt)
+        conditioning = encode_conditioning(self.pipe, request.prompt, request.negative_prompt, request.guidance)
         job = EngineJob(job_id, request, conditioning, next(self._order))
         lanes = [self._make_lane(job, i, steps, seed) for i, (steps, seed) in enumerate(
             zip(request.lane_steps, request.lane_seeds, strict=True))]  # fmt: skip
@@ -506,40 +516,83 @@ class LaneEngine:
     @torch.no_grad()
     def _denoise(self, lanes: list[Lane]) -> None:
         now = time.perf_counter()
-        timesteps = []
-        model_inputs = []
+        timesteps, model_inputs = [], []
         for lane in lanes:
             if lane.started_at is None:
                 lane.started_at = now
             t = lane.timesteps[lane.position]
             timesteps.append(t)
             model_inputs.append(lane.scheduler.scale_model_input(lane.latents, t))
-        x = torch.cat(model_inputs)
-        t_batch = torch.stack([t.to(torch.float32) for t in timesteps]).to(self.model.device)
-        embeds = torch.cat([lane.job.conditioning.embeds[0:1] for lane in lanes]
-                           + [lane.job.conditioning.embeds[1:2] for lane in lanes])  # fmt: skip
-        added = {
-            key: torch.cat([lane.job.conditioning.added[key][0:1] for lane in lanes]
-                           + [lane.job.conditioning.added[key][1:2] for lane in lanes])
-            for key in lanes[0].job.conditioning.added
-        }  # fmt: skip
-        noise = self.pipe.unet(
+        unet, rows = self._unet_for(lanes)
+        pad = rows - len(lanes)
+
+        def batch(tensors: list[torch.Tensor]) -> torch.Tensor:
+            # Padding repeats the last lane so that a compiled UNet only ever sees its bucket shapes.
+            return torch.cat(tensors + tensors[-1:] * pad)
+
+        x = batch(model_inputs)
+        t_batch = batch([t.to(torch.float32).reshape(1) for t in timesteps])
+        conditionings = [lane.job.conditioning for lane in lanes]
+
+        def halves(rows_of: Callable[[Conditioning], torch.Tensor]) -> torch.Tensor:
+            """Unconditional rows of every lane, then conditional rows, as classifier-free guidance wants."""
+            return torch.cat([batch([rows_of(c)[0:1] for c in conditionings]),
+                              batch([rows_of(c)[1:2] for c in conditionings])])  # fmt: skip
+
+        embeds = halves(lambda c: c.embeds)
+        added = {key: halves(lambda c, key=key: c.added[key]) for key in conditionings[0].added}  # type: ignore[misc]
+        noise = unet(
             torch.cat([x, x]),
             torch.cat([t_batch, t_batch]),
             encoder_hidden_states=embeds,
             added_cond_kwargs=added or None,
             return_dict=False,
         )[0]
-        uncond, cond = noise.chunk(2)
-        guidance = torch.tensor(
-            [lane.job.request.guidance for lane in lanes], device=noise.device, dtype=noise.dtype
-        ).view(-1, 1, 1, 1)
+        uncond, cond = noise[: len(lanes)], noise[rows : rows + len(lanes)]
+        guidance = torch.cat([c.guidance for c in conditionings]).to(noise.dtype)
         guided = uncond + guidance * (cond - uncond)
         for i, lane in enumerate(lanes):
             lane.latents = lane.scheduler.step(
                 guided[i : i + 1], timesteps[i], lane.latents, return_dict=False, **lane.step_kwargs
             )[0]
             lane.position += 1
+
+    def _unet_for(self, lanes: list[Lane]) -> tuple[Any, int]:
+        """The UNet to call for this batch and how many rows (lanes plus padding) to give it."""
+        if self._compiled_unet is None or lanes[0].job.group != self._compiled_group:
+            return self.pipe.unet, len(lanes)
+        bucket = next(size for size in self.batch_buckets if size >= len(lanes))
+        return self._compiled_unet, bucket
+
+    def compile_unet(
+        self,
+        height: int = 512,
+        width: int = 512,
+        compiler: Callable[[Any], Any] = CUDA_GRAPH_COMPILER,
+    ) -> float:
+        """torch.compile the UNet with CUDA graphs for one image size and a few static batch sizes.
+
+        Every bucket is compiled now, during warm-up, so no user waits for a compile; batches are
+        padded up to their bucket. Other sizes run eagerly. Returns the seconds it took.
+        """
+        started = time.perf_counter()
+        torch._dynamo.config.automatic_dynamic_shapes = False  # a dynamic UNet compile takes "forever"
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(self.batch_buckets))
+        self._compiled_unet = compiler(self.pipe.unet)
+        self._compiled_group = (height, width)
+        device, dtype = self.model.device, self.model.dtype
+        embeds = encode_conditioning(self.pipe, "", "").embeds
+        latent_shape = (self.pipe.unet.config.in_channels, height // self._vae_scale, width // self._vae_scale)
+        with torch.no_grad():
+            for bucket in self.batch_buckets:
+                x = torch.randn(2 * bucket, *latent_shape, device=device, dtype=dtype)
+                t = torch.full((2 * bucket,), 999.0, device=device)
+                e = embeds.repeat_interleave(bucket, dim=0)
+                for _ in range(3):  # compile, record the CUDA graph, replay it
+                    self._compiled_unet(x, t, encoder_hidden_states=e, added_cond_kwargs=None, return_dict=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return time.perf_counter() - started
 
     def _report_progress(self, lanes: list[Lane]) -> None:
         now = time.perf_counter()

@@ -69,6 +69,9 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         send(WorkerFailed(str(exc)))
         return
     engine = LaneEngine(model, send, max_batch_lanes=config.max_batch_lanes)
+    if config.compile:
+        log.info("compiling the UNet for batch sizes %s (minutes, once per Inductor cache)", engine.batch_buckets)
+        log.info("compiled in %.0fs", engine.compile_unet())
     if config.warmup:
         warm_up(engine)
     log.info(
