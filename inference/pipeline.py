@@ -559,10 +559,11 @@ class LaneEngine:
 
     def _unet_for(self, lanes: list[Lane]) -> tuple[Any, int]:
         """The UNet to call for this batch and how many rows (lanes plus padding) to give it."""
-        if self._compiled_unet is None or lanes[0].job.group != self._compiled_group:
-            return self.pipe.unet, len(lanes)
-        bucket = next(size for size in self.batch_buckets if size >= len(lanes))
-        return self._compiled_unet, bucket
+        if self._compiled_unet is not None and lanes[0].job.group == self._compiled_group:
+            for bucket in self.batch_buckets:
+                if bucket >= len(lanes):
+                    return self._compiled_unet, bucket
+        return self.pipe.unet, len(lanes)
 
     def compile_unet(
         self,
