@@ -12,10 +12,19 @@ from inference.worker import worker_main
 
 
 def crashy_worker_main(conn: Connection, config: WorkerConfig) -> None:
-    """worker_main, except that a prompt containing CRASH kills the process and HANG freezes it."""
+    """worker_main, except that a prompt containing CRASH kills the process, HANG freezes it and
+    OOM makes every UNet batch holding it raise CUDA's out-of-memory error."""
+    import torch
+
     from inference import pipeline
 
     real_add_job = pipeline.LaneEngine.add_job
+    real_denoise = pipeline.LaneEngine._denoise
+
+    def denoise(self: pipeline.LaneEngine, lanes: list[pipeline.Lane]) -> None:
+        if any("OOM" in lane.job.request.prompt for lane in lanes):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        real_denoise(self, lanes)
 
     def add_job(self: pipeline.LaneEngine, job_id: str, request: Request) -> None:
         if "CRASH" in request.prompt:
@@ -25,4 +34,5 @@ def crashy_worker_main(conn: Connection, config: WorkerConfig) -> None:
         real_add_job(self, job_id, request)
 
     pipeline.LaneEngine.add_job = add_job  # type: ignore[method-assign]
+    pipeline.LaneEngine._denoise = denoise  # type: ignore[method-assign]
     worker_main(conn, config)

@@ -223,6 +223,26 @@ async def test_a_job_that_kills_the_worker_every_time_fails_clearly_after_two_at
 
 
 @pytest.mark.asyncio
+async def test_out_of_memory_fails_the_batch_retries_each_job_alone_and_the_worker_lives(
+    tiny_config: WorkerConfig,
+) -> None:
+    queue = LocalJobQueue(tiny_config, worker_target=crashy_worker_main)
+    await queue.start()
+    try:
+        await queue.wait_ready()
+        greedy = queue.submit(GenerateRequest("OOM huge", steps=3, **SMALL), user_id="a")
+        neighbour = queue.submit(GenerateRequest("a fox", steps=3, **SMALL), user_id="b")
+        greedy_events, neighbour_events = await asyncio.gather(collect(queue, greedy), collect(queue, neighbour))
+    finally:
+        await queue.close()
+    failure = final(greedy_events)
+    assert isinstance(failure, JobFailed) and "ran out of memory" in failure.message and failure.retryable
+    assert [e.attempt for e in greedy_events if isinstance(e, JobStarted)] == [1, 2]
+    assert isinstance(final(neighbour_events), JobResult)
+    assert queue.restarts == 0
+
+
+@pytest.mark.asyncio
 async def test_a_hung_worker_is_killed_and_the_job_answered(tiny_config: WorkerConfig) -> None:
     queue = LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=2)
     await queue.start()
