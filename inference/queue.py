@@ -206,10 +206,13 @@ class LocalJobQueue(JobQueue):
         job = self._jobs[job_id]
         while True:
             event = await job.events.get()
-            yield event
             if isinstance(event, TERMINAL_EVENTS):
+                # Forget the job before handing over its last event: a consumer that stops iterating
+                # there (most do) never resumes this generator, and the job would stay here forever.
                 self._jobs.pop(job_id, None)
+                yield event
                 return
+            yield event
 
     def cancel(self, job_id: str) -> bool:
         job = self._jobs.get(job_id)
