@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -578,6 +579,9 @@ class JobService:
         self._sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled_by: dict[str, int] = {}
+        self._admission_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     @property
     def active_jobs(self) -> frozenset[str]:
@@ -607,43 +611,52 @@ class JobService:
             raise InvalidOption(str(error)) from None
         if not self.queue.ready:
             raise ModelLoading()
-        await self.policy.check(request, guild_id=interaction.guild_id, user_id=interaction.user.id)
-        job_id = new_job_id()
-        try:
-            self.queue.submit(request, user_id=str(interaction.user.id), job_id=job_id)
-        except QueueFull as error:
-            raise QueueBusy(str(error)) from None
-        except WorkerCannotLoad:
-            log.error("refused job from user %s: the worker cannot load its model", interaction.user.id)
-            raise ModelUnavailable() from None
-        except InvalidRequest as error:
-            raise InvalidOption(str(error)) from None
-        deadline = self._clock() + self.token_lifetime
-        try:
-            response = await interaction.response.defer(thinking=True)
-        except BaseException:
-            self.queue.cancel(job_id)
-            raise
-        record = JobRecord(
-            job_id=job_id,
-            request=request,
-            user_id=interaction.user.id,
-            guild_id=interaction.guild_id,
-            channel_id=interaction.channel_id,
-            command=command,
-            parent_job_id=parent_job_id,
-            application_id=interaction.application_id,
-            interaction_token=interaction.token,
-            message_id=response.message_id if response is not None else None,
-        )
-        try:
-            await self.store.record(record)
-        except BaseException:
-            self.queue.cancel(job_id)
-            raise
+        # One admission at a time per member: the limits count the member's jobs in the ledger, so
+        # the next request is checked only once this one is recorded (else a burst slips past them).
+        async with self._admission_lock(interaction.guild_id, interaction.user.id):
+            await self.policy.check(request, guild_id=interaction.guild_id, user_id=interaction.user.id)
+            job_id = new_job_id()
+            try:
+                self.queue.submit(request, user_id=str(interaction.user.id), job_id=job_id)
+            except QueueFull as error:
+                raise QueueBusy(str(error)) from None
+            except WorkerCannotLoad:
+                log.error("refused job from user %s: the worker cannot load its model", interaction.user.id)
+                raise ModelUnavailable() from None
+            except InvalidRequest as error:
+                raise InvalidOption(str(error)) from None
+            deadline = self._clock() + self.token_lifetime
+            try:
+                response = await interaction.response.defer(thinking=True)
+            except BaseException:
+                self.queue.cancel(job_id)
+                raise
+            record = JobRecord(
+                job_id=job_id,
+                request=request,
+                user_id=interaction.user.id,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                command=command,
+                parent_job_id=parent_job_id,
+                application_id=interaction.application_id,
+                interaction_token=interaction.token,
+                message_id=response.message_id if response is not None else None,
+            )
+            try:
+                await self.store.record(record)
+            except BaseException:
+                self.queue.cancel(job_id)
+                raise
         log.info("job %s accepted: %s from user %s", job_id, command, record.user_id)
         target = ReplyTarget(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
         return self._spawn_driver(record, target)
+
+    def _admission_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
+        lock = self._admission_locks.get((guild_id, user_id))
+        if lock is None:
+            lock = self._admission_locks[(guild_id, user_id)] = asyncio.Lock()
+        return lock
 
     def resume(self, client: discord.Client, record: JobRecord, *, token_age: float) -> asyncio.Task[None]:
         """Queue a job accepted before a restart again and drive it to its answer.

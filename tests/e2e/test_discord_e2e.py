@@ -345,6 +345,29 @@ async def test_twenty_interactions_from_five_users_are_all_answered_in_fair_orde
     print(f"\nevent-loop heartbeat during the burst of 20: {heartbeat.summary()}")
 
 
+async def test_a_burst_from_one_member_is_held_to_the_concurrent_job_limit(
+    fake: FakeDiscord, worker: LocalJobQueue, tmp_path: Path
+) -> None:
+    settings = e2e_settings(max_concurrent_jobs_per_user=3)
+    database = Database(tmp_path / "stepgrid.sqlite3", settings)
+    await database.start()
+    try:
+        async with running_bot(fake, worker, settings=settings, database=database) as (_, queue):
+            with worker_paused(worker):  # no job can finish: every accepted one stays active
+                handles = [await fake.invoke("imagine", imagine_options(seed=n)) for n in range(5)]
+                answers = [await handle.wait_for_callback() for handle in handles]
+            accepted = [h for h, answer in zip(handles, answers, strict=True) if answer.json["type"] == 5]
+            refused = [answer for answer in answers if answer.json["type"] == 4]
+            for handle in accepted:
+                await wait_for_result(handle)
+    finally:
+        await database.close()
+
+    assert len(accepted) == 3 and len(queue.submitted) == 3
+    assert len(refused) == 2 and all(answer.ephemeral for answer in refused)
+    assert all("3 jobs at a time" in (content(answer) or "") for answer in refused)
+
+
 # --- 6. the attachment limit -------------------------------------------------------------------------
 
 
