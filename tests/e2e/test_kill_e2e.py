@@ -1,0 +1,170 @@
+"""Kill -9 the bot with jobs queued and running, start it again: each of those jobs is answered.
+
+The bot runs as a real subprocess (`stepgrid run`) against the fake Discord in this process, pointed
+at it by STEPGRID_DISCORD_API_BASE / STEPGRID_DISCORD_GATEWAY_URL. Waits are on what the fake records
+and on the bot's own log lines, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tests.e2e.helpers import content, wait_for_progress
+from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+WORKER_READY = "the GPU worker is ready"
+STEPGRID = Path(sys.executable).with_name("stepgrid")
+REPOSITORY = Path(__file__).resolve().parents[2]
+# Twelve cells of 139..150 steps at 512x512 on a one-lane worker: long enough to be caught mid-run.
+SLOW_STEPS = ",".join(str(steps) for steps in range(139, 151))
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fake() -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord(timeout=180.0)  # a hang guard for a CPU-bound worker, not a timing expectation
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+    fake.assert_no_unknown_routes()
+
+
+class BotProcess:
+    """`stepgrid run` in its own process group (with its worker), its log lines watched as they come."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        command = [str(STEPGRID), "run"] if STEPGRID.exists() else [sys.executable, "-m", "bot.cli", "run"]
+        self.lines.clear()
+        self.process = await asyncio.create_subprocess_exec(
+            *command,
+            env=self.env,
+            cwd=self.log_path.parent,  # no stray .env from the repository
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: the worker dies with it
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        with self.log_path.open("a") as log:
+            while line := await self.process.stderr.readline():
+                text = line.decode(errors="replace")
+                log.write(text)
+                async with self._changed:
+                    self.lines.append(text)
+                    self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_log(self, text: str, within: float) -> None:
+        """Wait until the bot logs a line containing `text` (fails if it exits first or `within` s pass)."""
+        async with self._changed, asyncio.timeout(within):
+            await self._changed.wait_for(lambda: any(text in line for line in self.lines) or self._reader_done())
+        if not any(text in line for line in self.lines):
+            raise AssertionError(f"the bot exited before logging {text!r}; see {self.log_path}")
+
+    def _reader_done(self) -> bool:
+        return self._reader is not None and self._reader.done()
+
+    async def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send `sig` to the bot's whole process group and wait for the bot to exit."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        await self.process.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+def job_rows(database: Path) -> dict[str, tuple[str, str, int]]:
+    """interaction token -> (job id, status, attempts) of every job in the ledger."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute("SELECT interaction_token, id, status, attempts FROM jobs").fetchall()
+    return {token: (job_id, status, attempts) for token, job_id, status, attempts in rows}
+
+
+def answered(fake: FakeDiscord, handle: InteractionHandle) -> RecordedRequest | None:
+    """The request that answered this job after the restart: its image, or a failure note."""
+    original = handle.original_message
+    assert original is not None
+    for request in handle.requests:
+        if not request.ok:
+            continue
+        image = any(f.filename.startswith("stepgrid-") for f in request.files)
+        if request.method == "PATCH" and request.path.endswith(f"/messages/{original['id']}") and image:
+            return request
+        if request.is_followup and request.ephemeral and "could not be made" in (content(request) or ""):
+            return request
+    return None
+
+
+async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_of_them(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")},
+        "STEPGRID_DISCORD_TOKEN": fake.token,
+        "STEPGRID_DISCORD_API_BASE": f"{fake.base_url}/api/v10",
+        "STEPGRID_DISCORD_GATEWAY_URL": f"ws://127.0.0.1:{fake.port}/gateway",
+        "STEPGRID_DEV_GUILD_ID": str(fake.guild.id),
+        "STEPGRID_MODEL": "tiny",
+        "STEPGRID_MODEL_CACHE_DIR": str(model_cache_dir),
+        "STEPGRID_DATABASE_PATH": str(database),
+        "STEPGRID_MAX_BATCH_LANES": "1",  # the running job keeps the next one queued
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPOSITORY),
+    }
+    bot = BotProcess(env, tmp_path / "bot.log")
+    await bot.start()
+    try:
+        await bot.wait_for_log(WORKER_READY, within=fake.timeout)
+        running = await fake.invoke(
+            "compare-steps", {"prompt": "a slow one", "steps": SLOW_STEPS, "size": "512", "seed": 1}, user=fake.member
+        )
+        await wait_for_progress(running, "step ")
+        queued = await fake.invoke("imagine", {"prompt": "a quick one", "steps": 4, "size": "256", "seed": 2},
+                                   user=fake.admin)  # fmt: skip
+        await wait_for_progress(queued, "Queued")
+
+        await bot.kill(signal.SIGKILL)
+        before = await asyncio.to_thread(job_rows, database)
+        running_id, queued_id = before[running.token][0], before[queued.token][0]
+        assert before == {running.token: (running_id, "running", 1), queued.token: (queued_id, "queued", 0)}
+        assert answered(fake, running) is None and answered(fake, queued) is None
+
+        await bot.start()
+        for handle in (running, queued):
+            reply = await handle.wait_for(lambda r, handle=handle: answered(fake, handle) is r)
+            assert reply.files, f"a job was answered with a failure: {content(reply)}"
+        for job_id in (running_id, queued_id):  # logged once the ledger has the result
+            await bot.wait_for_log(f"job {job_id} done", within=fake.timeout)
+        assert await asyncio.to_thread(job_rows, database) == {
+            running.token: (running_id, "done", 2),
+            queued.token: (queued_id, "done", 1),
+        }
+        assert any("recovered 2 job(s) left by the last run: 2 re-queued" in line for line in bot.lines)
+    finally:
+        await bot.kill(signal.SIGKILL)
