@@ -183,7 +183,8 @@ class LocalJobQueue(JobQueue):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         for job in [*self._running.values(), *self._pending]:
-            self._finish(job, JobFailed(job.job_id, "Stepgrid is shutting down; this job did not run.", retryable=True))
+            fate = "was stopped before it finished" if job.job_id in self._running else "did not run"
+            self._finish(job, JobFailed(job.job_id, f"Stepgrid is shutting down; this job {fate}.", retryable=True))
 
     # -- the public queue API ---------------------------------------------------------------
 
