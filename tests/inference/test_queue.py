@@ -244,7 +244,7 @@ async def test_out_of_memory_fails_the_batch_retries_each_job_alone_and_the_work
 
 @pytest.mark.asyncio
 async def test_a_hung_worker_is_killed_and_the_job_answered(tiny_config: WorkerConfig) -> None:
-    queue = LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=2)
+    queue = LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=6)
     await queue.start()
     try:
         await queue.wait_ready()
