@@ -609,6 +609,8 @@ class JobService:
             validate(request)
         except InvalidRequest as error:
             raise InvalidOption(str(error)) from None
+        if self.queue.unavailable:
+            raise ModelUnavailable()
         if not self.queue.ready:
             raise ModelLoading()
         # One admission at a time per member: the limits count the member's jobs in the ledger, so

@@ -68,6 +68,11 @@ class JobQueue(abc.ABC):
     def ready(self) -> bool:
         """True once a worker has reported ready."""
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why no job can run at all (the model failed to load), or None."""
+        return None
+
     @abc.abstractmethod
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         """Validate and queue a request; returns its job id. Raises InvalidRequest or QueueFull."""
@@ -166,6 +171,10 @@ class LocalJobQueue(JobQueue):
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def unavailable(self) -> str | None:
+        return self._fatal
 
     @property
     def worker_pid(self) -> int | None:

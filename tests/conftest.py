@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# One intra-op thread per process: tests run several worker processes on a 2-core machine, and
+# oversubscribed OpenMP threads spin-wait each other into 10-100x slowdowns. Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import AsyncIterator
 from pathlib import Path
 

@@ -49,16 +49,12 @@ BLOCKER_STEPS = ",".join(str(steps) for steps in range(143, 151))
 async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
     """One real worker running the tiny model for the whole module."""
     queue = LocalJobQueue(tiny_config, max_length=50, hang_seconds=120)
-    with pytest.MonkeyPatch.context() as env:
-        # Torch's default of one thread per core collapses (10-100x slower) when other processes
-        # share this small machine's cores; one thread keeps the tiny model's timings steady.
-        env.setenv("OMP_NUM_THREADS", "1")
-        await queue.start()
-        try:
-            await queue.wait_ready()
-        except BaseException:
-            await queue.close()
-            raise
+    await queue.start()  # tests/conftest.py keeps the worker to one OpenMP thread
+    try:
+        await queue.wait_ready()
+    except BaseException:
+        await queue.close()
+        raise
     try:
         yield queue
     finally:

@@ -40,14 +40,12 @@ ADMIN_COMMANDS = ("limits-set", "limits-reset", "usage-server")
 async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
     """One real worker running the tiny model for the whole module."""
     queue = LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=1), max_length=50, hang_seconds=120)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("OMP_NUM_THREADS", "1")  # steady timings on a small shared machine
-        await queue.start()
-        try:
-            await queue.wait_ready()
-        except BaseException:
-            await queue.close()
-            raise
+    await queue.start()  # tests/conftest.py keeps the worker to one OpenMP thread
+    try:
+        await queue.wait_ready()
+    except BaseException:
+        await queue.close()
+        raise
     try:
         yield queue
     finally:
