@@ -29,7 +29,7 @@ from inference.protocol import (
     parse_step_list,
     validate,
 )
-from inference.queue import LocalJobQueue, ModelUnavailable
+from inference.queue import LocalJobQueue, WorkerUnavailable
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
 
@@ -183,7 +183,7 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     try:
         result = asyncio.run(generate(request, settings))
-    except (GenerationFailed, ModelUnavailable) as error:
+    except (GenerationFailed, WorkerUnavailable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1
     paths = write_outputs(request, result, args.output)

@@ -63,8 +63,7 @@ from inference.protocol import (
     total_steps,
     validate,
 )
-from inference.queue import JobQueue, QueueFull
-from inference.queue import ModelUnavailable as WorkerCannotLoad
+from inference.queue import JobQueue, QueueFull, WorkerUnavailable
 
 if TYPE_CHECKING:
     from bot.db import Database
@@ -622,7 +621,7 @@ class JobService:
                 self.queue.submit(request, user_id=str(interaction.user.id), job_id=job_id)
             except QueueFull as error:
                 raise QueueBusy(str(error)) from None
-            except WorkerCannotLoad:
+            except WorkerUnavailable:
                 log.error("refused job from user %s: the worker cannot load its model", interaction.user.id)
                 raise ModelUnavailable() from None
             except InvalidRequest as error:
@@ -672,8 +671,8 @@ class JobService:
         )
         try:
             self.queue.submit(record.request, user_id=str(record.user_id), job_id=record.job_id)
-        except (QueueFull, WorkerCannotLoad, InvalidRequest) as error:
-            reason = "the model failed to load" if isinstance(error, WorkerCannotLoad) else str(error)
+        except (QueueFull, WorkerUnavailable, InvalidRequest) as error:
+            reason = "the model failed to load" if isinstance(error, WorkerUnavailable) else str(error)
             return self.answer_failed(client, record, f"it could not be queued again after a restart ({reason})",
                                       token_age=token_age)  # fmt: skip
         log.info("job %s re-queued after a restart", record.job_id)

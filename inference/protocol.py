@@ -7,7 +7,7 @@ can refuse a bad request before it is queued and the worker can trust what it re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SCHEDULER_NAMES: tuple[str, ...] = (
     "Euler",
@@ -252,6 +252,10 @@ class JobResult:
     is_test_model: bool = False
     queue_seconds: float = 0.0
 
+    @property
+    def steps_run(self) -> int:
+        return sum(image.steps for image in self.images)
+
 
 @dataclass(frozen=True)
 class JobFailed:
@@ -259,7 +263,10 @@ class JobFailed:
     message: str  # safe to show a user
     retryable: bool = False
     cancelled: bool = False
-    details: dict[str, str] = field(default_factory=dict)
+    # What the job used before it stopped, for the ledger and quotas.
+    gpu_seconds: float = 0.0
+    steps_run: int = 0
+    queue_seconds: float = 0.0
 
 
 JobEvent = JobQueued | JobStarted | JobProgress | JobResult | JobFailed

@@ -109,7 +109,7 @@ class _Job:
         return len(self.request.lane_steps)
 
 
-class ModelUnavailable(RuntimeError):
+class WorkerUnavailable(RuntimeError):
     """The worker cannot load its model; restarting won't help. The message says what to fix."""
 
 
@@ -166,7 +166,7 @@ class LocalJobQueue(JobQueue):
         await asyncio.wait({ready, supervisor}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         if self._fatal:
-            raise ModelUnavailable(self._fatal)
+            raise WorkerUnavailable(self._fatal)
 
     @property
     def ready(self) -> bool:
@@ -200,7 +200,7 @@ class LocalJobQueue(JobQueue):
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         validate(request)
         if self._fatal:
-            raise ModelUnavailable(self._fatal)
+            raise WorkerUnavailable(self._fatal)
         if len(self._pending) >= self.max_length:
             raise QueueFull(len(self._pending), self.max_length)
         job = _Job(job_id or uuid.uuid4().hex, user_id, request, next(self._seq), time.monotonic())

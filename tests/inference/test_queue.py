@@ -28,7 +28,7 @@ from inference.protocol import (
     JobStarted,
     WorkerConfig,
 )
-from inference.queue import LocalJobQueue, ModelUnavailable, QueueFull
+from inference.queue import LocalJobQueue, QueueFull, WorkerUnavailable
 from tests.inference.crashy_worker import crashy_worker_main
 
 pytestmark = pytest.mark.slow
@@ -265,10 +265,10 @@ async def test_a_model_that_cannot_load_is_reported_once_and_not_restarted(tmp_p
     job_id = queue.submit(GenerateRequest("fox", **SMALL), user_id="u")
     await queue.start()
     try:
-        with pytest.raises(ModelUnavailable, match=r"Could not load model .*no-such-model"):
+        with pytest.raises(WorkerUnavailable, match=r"Could not load model .*no-such-model"):
             await queue.wait_ready()
         events = await collect(queue, job_id)
-        with pytest.raises(ModelUnavailable):
+        with pytest.raises(WorkerUnavailable):
             queue.submit(GenerateRequest("fox", **SMALL), user_id="u")
     finally:
         await queue.close()
