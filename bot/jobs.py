@@ -783,7 +783,12 @@ class JobService:
     ) -> None:
         files = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
         await editor.finish(result_message(record, result, files))
-        await self.store.mark_finished(record.job_id, result)
+        # Delivered: from here on a failure must not withdraw the result the user already has.
+        try:
+            await self.store.mark_finished(record.job_id, result)
+        except Exception:
+            log.exception("job %s was delivered but the ledger could not record its result", record.job_id)
+            return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
 
     async def _finish_with_failure(

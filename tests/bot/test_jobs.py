@@ -895,3 +895,23 @@ async def test_a_server_limit_refuses_before_queueing(database: Database) -> Non
     assert harness.queue.requests == {}
     assert interaction.recorder.calls == []
     assert (await harness.service.defaults(42)).steps == 20
+
+
+class FailingFinishStore(MemoryJobStore):
+    """A store whose ledger write for a finished job fails (a full disk, a locked file)."""
+
+    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
+        raise OSError("disk full")
+
+
+async def test_a_ledger_error_after_delivery_keeps_the_result(caplog: pytest.LogCaptureFixture) -> None:
+    harness = Harness()
+    harness.store = FailingFinishStore()
+    harness.service = harness.make_service()
+    job_id, interaction, task = await harness.start(IMAGINE)
+    harness.queue.emit(result_for(job_id, IMAGINE))
+    await task
+    final = interaction.recorder.calls[-1]
+    assert final.kind == "edit" and final.files[0][0] == "stepgrid-1234.png"
+    assert interaction.recorder.of("delete", "followup") == []
+    assert any("could not record its result" in record.getMessage() for record in caplog.records)
