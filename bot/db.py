@@ -284,54 +284,22 @@ class Database:
             job_id, JobStatus.DONE, gpu_seconds=gpu_seconds, queue_seconds=queue_seconds, steps_run=steps_run
         )
 
-    async def mark_failed(
-        self,
-        job_id: str,
-        error: str,
-        *,
-        gpu_seconds: float | None = None,
-        queue_seconds: float | None = None,
-        steps_run: int | None = None,
-    ) -> bool:
-        """Finished without a result; `error` is what the user was told."""
-        return await self._finish(
-            job_id,
-            JobStatus.FAILED,
-            error=error,
-            gpu_seconds=gpu_seconds,
-            queue_seconds=queue_seconds,
-            steps_run=steps_run,
-        )
-
-    async def mark_cancelled(
-        self,
-        job_id: str,
-        *,
-        gpu_seconds: float | None = None,
-        queue_seconds: float | None = None,
-        steps_run: int | None = None,
-    ) -> bool:
-        """Cancelled by its user while queued or running."""
-        return await self._finish(
-            job_id,
-            JobStatus.CANCELLED,
-            gpu_seconds=gpu_seconds,
-            queue_seconds=queue_seconds,
-            steps_run=steps_run,
-        )
-
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> bool:
-        """Record a job's final event from the queue: done, failed or cancelled, with its figures."""
+        """Record a job's final event: done, failed or cancelled, with what it used (steps, GPU and queue time).
+
+        Failed and cancelled jobs keep the steps they ran, so a job cancelled after 149 of 150 steps
+        counts 149 toward the daily quota. False (and no change) if the job had already finished.
+        """
+        figures: dict[str, Any] = {
+            "gpu_seconds": outcome.gpu_seconds,
+            "queue_seconds": outcome.queue_seconds,
+            "steps_run": outcome.steps_run,
+        }
         if isinstance(outcome, JobResult):
-            return await self.mark_done(
-                job_id,
-                gpu_seconds=outcome.gpu_seconds,
-                queue_seconds=outcome.queue_seconds,
-                steps_run=sum(image.steps for image in outcome.images),
-            )
+            return await self._finish(job_id, JobStatus.DONE, **figures)
         if outcome.cancelled:
-            return await self.mark_cancelled(job_id)
-        return await self.mark_failed(job_id, outcome.message)
+            return await self._finish(job_id, JobStatus.CANCELLED, **figures)
+        return await self._finish(job_id, JobStatus.FAILED, error=outcome.message, **figures)
 
     async def set_message(
         self,
@@ -406,12 +374,14 @@ class Database:
 
         return await self.write(operation)
 
-    async def _finish(self, job_id: str, status: JobStatus, **figures: Any) -> bool:
+    async def _finish(self, job_id: str, status: JobStatus, error: str | None = None, **figures: Any) -> bool:
         now = self.clock()
 
         def change(job: Job) -> None:
             job.status = status.value
             job.finished_at = now
+            if error is not None:
+                job.error = error
             for name, value in figures.items():
                 if value is not None:
                     setattr(job, name, value)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from bot.jobs import JobRecord
 from bot.models import JobStatus, params_to_request
+from inference.protocol import JobFailed
 
 if TYPE_CHECKING:
     import discord
@@ -86,7 +87,9 @@ async def recover_jobs(
             record = record_of(job)
         except (TypeError, ValueError):
             log.exception("job %s has parameters this version can't read; answering it as failed", job.id)
-            await database.mark_failed(job.id, "Stepgrid was updated and could not read this job again.")
+            await database.mark_finished(
+                job.id, JobFailed(job.id, "Stepgrid was updated and could not read this job again.")
+            )
             failed.append(job.id)
             continue
         reason = why_not_rerun(job, now=now, max_attempts=max_attempts, max_age=max_age)

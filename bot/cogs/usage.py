@@ -34,7 +34,8 @@ def member_usage_embed(usage: MemberUsage, *, now_resets_in: str) -> discord.Emb
     embed.add_field(
         name="Today's quota",
         value=(
-            f"{usage.steps_today:,} of {usage.daily_quota:,} steps used; **{usage.quota_remaining:,} left**.\n"
+            f"{usage.steps_today:,} of {usage.daily_quota:,} steps used; **{usage.quota_remaining:,} left**. "
+            "Steps that ran count, also in failed and cancelled jobs.\n"
             f"Resets {discord.utils.format_dt(usage.resets_at, 'R')} "
             f"(in {now_resets_in}, {usage.resets_at:%H:%M} UTC)."
         ),

@@ -224,7 +224,9 @@ async def test_a_failed_job_is_one_row_with_its_error_and_figures(db: Database) 
     job = await record(db)
     await db.mark_running(job.id)
     await db.mark_running(job.id)  # the worker crashed; the supervisor tried again
-    await db.mark_failed(job.id, "The GPU worker crashed twice.", gpu_seconds=0.4, queue_seconds=1.0, steps_run=12)
+    await db.mark_finished(
+        job.id, JobFailed(job.id, "The GPU worker crashed twice.", gpu_seconds=0.4, queue_seconds=1.0, steps_run=12)
+    )
 
     rows = await all_jobs(db)
     assert len(rows) == 1
@@ -241,21 +243,47 @@ async def test_a_failed_job_is_one_row_with_its_error_and_figures(db: Database) 
 
 async def test_a_job_cancelled_while_queued_is_one_row_that_never_ran(db: Database) -> None:
     job = await record(db)
-    await db.mark_cancelled(job.id)
+    await db.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True))
 
     rows = await all_jobs(db)
     assert len(rows) == 1
-    assert (rows[0].status, rows[0].attempts, rows[0].started_at, rows[0].steps_run) == ("cancelled", 0, None, None)
+    assert (rows[0].status, rows[0].attempts, rows[0].started_at, rows[0].steps_run) == ("cancelled", 0, None, 0)
 
 
 async def test_a_job_cancelled_while_running_keeps_the_steps_it_ran(db: Database) -> None:
     job = await record(db)
     await db.mark_running(job.id)
-    await db.mark_cancelled(job.id, steps_run=7, gpu_seconds=0.2)
+    await db.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True, steps_run=7, gpu_seconds=0.2))
 
     stored = await db.get_job(job.id)
     assert stored is not None
     assert (stored.status, stored.steps_run, stored.gpu_seconds) == ("cancelled", 7, 0.2)
+
+
+async def test_a_cancelled_job_counts_the_steps_it_ran_toward_the_quota(db: Database) -> None:
+    job = await record(db, steps=150)
+    await db.mark_running(job.id)
+    cancelled = JobFailed(job.id, "Cancelled.", cancelled=True, gpu_seconds=9.5, steps_run=149, queue_seconds=0.25)
+    await db.mark_finished(job.id, cancelled)
+
+    stored = await db.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.steps_run, stored.gpu_seconds, stored.queue_seconds) == ("cancelled", 149, 9.5, 0.25)
+    assert await db.steps_used_today(job.guild_id, job.user_id) == 149
+
+
+async def test_a_failed_job_keeps_its_error_and_figures_from_the_queue(db: Database) -> None:
+    job = await record(db)
+    await db.mark_finished(job.id, JobFailed(job.id, "The GPU ran out of memory.", gpu_seconds=1.5, steps_run=12))
+
+    stored = await db.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.error, stored.steps_run, stored.gpu_seconds) == (
+        "failed",
+        "The GPU ran out of memory.",
+        12,
+        1.5,
+    )
 
 
 async def test_the_queues_final_event_is_recorded_with_its_figures(db: Database) -> None:
@@ -293,14 +321,14 @@ async def test_a_button_job_remembers_what_started_it(db: Database) -> None:
 async def test_a_finished_job_ignores_a_late_status_change(db: Database) -> None:
     job = await record(db)
     await db.mark_running(job.id)
-    await db.mark_cancelled(job.id)
+    await db.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True))
 
     assert not await db.mark_done(job.id, gpu_seconds=1.0, queue_seconds=0.0, steps_run=30)
     assert not await db.mark_running(job.id)
     stored = await db.get_job(job.id)
     assert stored is not None
     assert stored.status == "cancelled"
-    assert stored.steps_run is None
+    assert stored.steps_run == 0
 
 
 async def test_an_unknown_job_is_an_error(db: Database) -> None:
@@ -354,7 +382,7 @@ async def test_steps_used_today_counts_what_ran_and_what_is_waiting(db: Database
     await db.mark_done(finished.id, gpu_seconds=1, queue_seconds=0, steps_run=30)
     cancelled = await record(db, steps=40)
     await db.mark_running(cancelled.id)
-    await db.mark_cancelled(cancelled.id, steps_run=5)
+    await db.mark_finished(cancelled.id, JobFailed(cancelled.id, "Cancelled.", cancelled=True, steps_run=5))
     await record(db, steps=20, count=2)  # queued: counts what it will use
     await record(db, user=BOB, steps=25)
     await record(db, guild=OTHER_GUILD, steps=25)
@@ -371,7 +399,7 @@ async def test_active_jobs_counts_queued_and_running_only(db: Database) -> None:
     await db.mark_running(jobs[0].id)
     await db.mark_running(jobs[1].id)
     await db.mark_done(jobs[1].id, gpu_seconds=1, queue_seconds=0, steps_run=30)
-    await db.mark_cancelled(jobs[2].id)
+    await db.mark_finished(jobs[2].id, JobFailed(jobs[2].id, "Cancelled.", cancelled=True))
     await record(db, user=BOB)
 
     assert await db.active_jobs(GUILD, ALICE) == 2

@@ -14,7 +14,7 @@ from bot.config import Settings
 from bot.db import Database
 from bot.limits import EffectiveLimits, ServerLimits
 from bot.usage import CSV_COLUMNS, export_csv, member_usage, period_start, server_usage
-from inference.protocol import CompareStepsRequest, GenerateRequest, Request
+from inference.protocol import CompareStepsRequest, GenerateRequest, JobFailed, Request
 
 GUILD, OTHER_GUILD = 1000, 2000
 ALICE, BOB, CAROL = 11, 22, 33
@@ -65,9 +65,11 @@ async def finished(
     if status == "done":
         await db.mark_done(job.id, gpu_seconds=gpu_seconds, queue_seconds=0.5, steps_run=run)
     elif status == "failed":
-        await db.mark_failed(job.id, "The worker crashed.", gpu_seconds=gpu_seconds, steps_run=run)
+        await db.mark_finished(job.id, JobFailed(job.id, "The worker crashed.", gpu_seconds=gpu_seconds, steps_run=run))
     elif status == "cancelled":
-        await db.mark_cancelled(job.id, gpu_seconds=gpu_seconds, steps_run=run)
+        await db.mark_finished(
+            job.id, JobFailed(job.id, "Cancelled.", cancelled=True, gpu_seconds=gpu_seconds, steps_run=run)
+        )
     return job.id
 
 
