@@ -14,10 +14,10 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from inference.imaging import encode_png, latent_preview_png
 from inference.protocol import (
+    INTERNAL_ERROR_MESSAGE,
+    OUT_OF_MEMORY_MESSAGE,
     SCHEDULER_NAMES,
     GeneratedImage,
     JobEvent,
@@ -99,6 +101,7 @@ def make_scheduler(base_config: Any, name: str, seed: int) -> Scheduler:
     return scheduler
 
 
+@cache
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
@@ -325,13 +328,17 @@ class Lane:
     latents: torch.Tensor
     generator: torch.Generator
     step_kwargs: dict[str, Any]
-    delay: int  # engine iterations to wait so that a job's lanes finish together
     position: int = 0
     started_at: float | None = None
 
     @property
     def done(self) -> bool:
         return self.position >= len(self.timesteps)
+
+    @property
+    def remaining(self) -> int:
+        """UNet calls left."""
+        return len(self.timesteps) - self.position
 
     @property
     def progress_steps(self) -> int:
@@ -345,20 +352,47 @@ class EngineJob:
     request: Request
     conditioning: Conditioning
     order: int
-    lanes: list[Lane] = field(default_factory=list)
-    images: dict[int, GeneratedImage | None] = field(default_factory=dict)
+    all_lanes: list[Lane] = field(default_factory=list)
+    lanes: list[Lane] = field(default_factory=list)  # still denoising
+    images: dict[int, GeneratedImage] = field(default_factory=dict)
     pending_encodes: int = 0
-    gpu_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)  # CUDA events, share of the batch
     last_preview_at: float = 0.0
-    failed: bool = False
+    answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
 
     @property
     def group(self) -> tuple[int, int]:
         return (self.request.height, self.request.width)
 
+    @property
+    def steps_done(self) -> int:
+        return sum(lane.progress_steps for lane in self.all_lanes)
+
+    @property
+    def steps_total(self) -> int:
+        return sum(lane.steps for lane in self.all_lanes)
+
+    def due_lanes(self) -> list[Lane]:
+        """Lanes that should run now, longest first. A lane starts once the job's longest started lane
+        has as many UNet calls left as it needs, so all of a job's cells finish together."""
+        started = [lane for lane in self.lanes if lane.position > 0]
+        clock = max(lane.remaining for lane in started or self.lanes)
+        due = [lane for lane in self.lanes if lane.position > 0 or lane.remaining >= clock]
+        return sorted(due, key=lambda lane: -lane.remaining)
+
+    @property
+    def gpu_seconds(self) -> float:
+        """Device time of this job's share of each batch; reading CUDA events waits for them."""
+        total = self.cpu_seconds
+        for start, end, share in self.gpu_spans:
+            end.synchronize()
+            total += start.elapsed_time(end) / 1000 * share
+        return total
+
 
 class BatchError(RuntimeError):
-    """An engine iteration failed; the jobs in that batch were removed from the engine."""
+    """An engine iteration failed; its jobs were answered with a failure and removed."""
 
     def __init__(self, job_ids: list[str], *, out_of_memory: bool) -> None:
         super().__init__(f"{'out of memory' if out_of_memory else 'error'} in a batch of jobs {job_ids}")
@@ -370,7 +404,11 @@ Emit = Callable[[JobEvent], None]
 
 
 class LaneEngine:
-    """Continuous batching of denoising lanes over one loaded pipeline."""
+    """Continuous batching of denoising lanes over one loaded pipeline.
+
+    Every job gets exactly one answer through `emit`: its JobResult, or a JobFailed when it is
+    cancelled or its batch or image encoding fails.
+    """
 
     def __init__(
         self,
@@ -391,37 +429,30 @@ class LaneEngine:
         self._compiled_group: tuple[int, int] | None = None
         self._encoder = encoder or ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
         self._owns_encoder = encoder is None
-        self._jobs: dict[str, EngineJob] = {}
+        self._jobs: dict[str, EngineJob] = {}  # jobs with lanes still denoising
+        self._encoding: dict[str, EngineJob] = {}  # jobs whose images are being encoded
         self._order = itertools.count()
         self._group_turn = 0
         self._encodes: set[Future[None]] = set()
-        self._results_lock = threading.Lock()  # job image bookkeeping is shared with encoder threads
+        self._lock = threading.Lock()  # guards job bookkeeping shared with the encoder threads
         self._vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        self._cuda = model.device.type == "cuda"
 
     # -- admission ---------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
+        """No lane is denoising (images may still be encoding)."""
         return not self._jobs
-
-    @property
-    def active_lanes(self) -> int:
-        return sum(len(job.lanes) for job in self._jobs.values())
-
-    def job_ids(self) -> list[str]:
-        return list(self._jobs)
 
     @torch.no_grad()
     def add_job(self, job_id: str, request: Request) -> None:
         """Turn a validated request into lanes; they start at the next iteration."""
         conditioning = encode_conditioning(self.pipe, request.prompt, request.negative_prompt, request.guidance)
         job = EngineJob(job_id, request, conditioning, next(self._order))
-        lanes = [self._make_lane(job, i, steps, seed) for i, (steps, seed) in enumerate(
+        job.all_lanes = [self._make_lane(job, i, steps, seed) for i, (steps, seed) in enumerate(
             zip(request.lane_steps, request.lane_seeds, strict=True))]  # fmt: skip
-        longest = max(len(lane.timesteps) for lane in lanes)
-        for lane in lanes:
-            lane.delay = longest - len(lane.timesteps)  # right-align: all cells finish together
-        job.lanes = lanes
+        job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
 
     def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int) -> Lane:
@@ -434,7 +465,7 @@ class LaneEngine:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=self.model.dtype)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs: dict[str, Any] = {}
-        if _accepts(scheduler.step, "generator"):
+        if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
         return Lane(
             job=job,
@@ -446,72 +477,86 @@ class LaneEngine:
             latents=latents,
             generator=generator,
             step_kwargs=step_kwargs,
-            delay=0,
         )
 
     def cancel(self, job_id: str) -> bool:
-        """Drop a job's lanes; it is answered as cancelled."""
-        job = self._jobs.pop(job_id, None)
-        if job is None:
+        """Stop a job, even one whose images are being encoded; it is answered as cancelled."""
+        job = self._jobs.pop(job_id, None) or self._encoding.get(job_id)
+        if job is None or not self._claim_answer(job):
             return False
-        job.failed = True
-        self.emit(JobFailed(job_id, "Cancelled.", cancelled=True))
+        self.emit(JobFailed(job_id, "Cancelled.", cancelled=True, gpu_seconds=job.gpu_seconds,
+                            steps_run=job.steps_done))  # fmt: skip
         return True
 
-    def drop(self, job_ids: Iterable[str]) -> None:
-        """Forget jobs without answering them (the caller answers)."""
-        for job_id in job_ids:
-            job = self._jobs.pop(job_id, None)
-            if job is not None:
-                job.failed = True
+    def _claim_answer(self, job: EngineJob) -> bool:
+        """True for the one caller allowed to answer this job (results race cancels and failures)."""
+        with self._lock:
+            if job.answered:
+                return False
+            job.answered = True
+            self._encoding.pop(job.job_id, None)
+            return True
+
+    def _fail(self, job: EngineJob, message: str, *, retryable: bool = False) -> None:
+        self._jobs.pop(job.job_id, None)
+        if self._claim_answer(job):
+            self.emit(JobFailed(job.job_id, message, retryable=retryable, gpu_seconds=job.gpu_seconds,
+                                steps_run=job.steps_done))  # fmt: skip
 
     # -- iteration ---------------------------------------------------------------------------
 
     def _next_batch(self) -> list[Lane]:
-        groups: dict[tuple[int, int], list[Lane]] = {}
+        """The due lanes of one size group (groups take turns), oldest job first, up to the cap."""
+        groups: dict[tuple[int, int], list[EngineJob]] = {}
         for job in sorted(self._jobs.values(), key=lambda j: j.order):
-            for lane in job.lanes:
-                groups.setdefault(job.group, []).append(lane)
+            groups.setdefault(job.group, []).append(job)
         if not groups:
             return []
         keys = sorted(groups)
         key = keys[self._group_turn % len(keys)]
         self._group_turn += 1
-        waiting = [lane for lane in groups[key] if lane.delay > 0]
-        ready = [lane for lane in groups[key] if lane.delay == 0]
-        if not ready:  # only delayed lanes: start the soonest now rather than idle
-            soonest = min(lane.delay for lane in waiting)
-            for lane in waiting:
-                lane.delay -= soonest
-            ready = [lane for lane in groups[key] if lane.delay == 0]
-            waiting = [lane for lane in groups[key] if lane.delay > 0]
-        for lane in waiting:
-            lane.delay -= 1
-        return ready[: self.max_batch_lanes]
+        return [lane for job in groups[key] for lane in job.due_lanes()][: self.max_batch_lanes]
 
     def step(self) -> int:
         """Run one UNet call over a batch of lanes and advance them; returns the lanes run."""
         lanes = self._next_batch()
         if not lanes:
             return 0
-        started = time.perf_counter()
+        jobs = list({lane.job: None for lane in lanes})
         try:
-            self._denoise(lanes)
-            elapsed = time.perf_counter() - started
-            for job in {lane.job for lane in lanes}:
-                job.gpu_seconds += elapsed * sum(lane.job is job for lane in lanes) / len(lanes)
-            self._report_progress(lanes)
+            self._timed_denoise(lanes, jobs)
+            self._report_progress(lanes, jobs)
             finished = [lane for lane in lanes if lane.done]
             if finished:
                 self._finish(finished)
         except Exception as exc:
-            job_ids = sorted({lane.job.job_id for lane in lanes})
-            self.drop(job_ids)
             out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
             if out_of_memory:
                 torch.cuda.empty_cache()
-            raise BatchError(job_ids, out_of_memory=out_of_memory) from exc
+            for job in jobs:
+                if out_of_memory:
+                    self._fail(job, OUT_OF_MEMORY_MESSAGE, retryable=True)
+                else:
+                    self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
+            raise BatchError([job.job_id for job in jobs], out_of_memory=out_of_memory) from exc
         return len(lanes)
+
+    def _timed_denoise(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
+        """Denoise and charge each job its share of the batch's time (CUDA events: no host sync)."""
+        shares = {job: sum(lane.job is job for lane in lanes) / len(lanes) for job in jobs}
+        if self._cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._denoise(lanes)
+            end.record()
+            for job, share in shares.items():
+                job.gpu_spans.append((start, end, share))
+        else:
+            started = time.perf_counter()
+            self._denoise(lanes)
+            elapsed = time.perf_counter() - started
+            for job, share in shares.items():
+                job.cpu_seconds += elapsed * share
 
     @torch.no_grad()
     def _denoise(self, lanes: list[Lane]) -> None:
@@ -595,15 +640,14 @@ class LaneEngine:
                 torch.cuda.synchronize(device)
         return time.perf_counter() - started
 
-    def _report_progress(self, lanes: list[Lane]) -> None:
+    def _report_progress(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
         now = time.perf_counter()
-        for job in {lane.job: None for lane in lanes}:
-            job_total = sum(lane.steps for lane in job.lanes)
-            job_done = sum(lane.progress_steps for lane in job.lanes)
+        for job in jobs:
+            job_done, job_total = job.steps_done, job.steps_total
             preview = None
             if self.previews and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
                 job.last_preview_at = now
-                latents = max(job.lanes, key=lambda ln: ln.position).latents[0]
+                latents = max(job.lanes, key=lambda lane: lane.position).latents[0]
                 preview = latent_preview_png(latents.float().cpu().numpy())
             for lane in lanes:
                 if lane.job is job:
@@ -613,21 +657,21 @@ class LaneEngine:
 
     @torch.no_grad()
     def _finish(self, lanes: list[Lane]) -> None:
-        latents = torch.cat([lane.latents for lane in lanes])
-        images = self.decode(latents)
+        images = self.decode(torch.cat([lane.latents for lane in lanes]))
         now = time.perf_counter()
         for lane, pixels in zip(lanes, images, strict=True):
             job = lane.job
-            with self._results_lock:
+            with self._lock:
                 job.lanes.remove(lane)
-                job.images[lane.index] = None
                 job.pending_encodes += 1
+                if not job.lanes:
+                    self._jobs.pop(job.job_id, None)
+                    if not job.answered:
+                        self._encoding[job.job_id] = job
             seconds = now - (lane.started_at or now)
             future = self._encoder.submit(self._encode, job, lane.index, lane.seed, lane.steps, pixels, seconds)
             self._encodes.add(future)
             future.add_done_callback(self._encodes.discard)
-            if not job.lanes:
-                self._jobs.pop(job.job_id, None)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """VAE-decode a batch of latents to uint8 HxWx3 arrays."""
@@ -637,19 +681,25 @@ class LaneEngine:
         return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
     def _encode(self, job: EngineJob, index: int, seed: int, steps: int, pixels: np.ndarray, seconds: float) -> None:
-        png = encode_png(Image.fromarray(pixels))
+        """Encoder thread: PNG-encode one image; the last one of a job emits its result."""
+        try:
+            png = encode_png(Image.fromarray(pixels))
+        except Exception:
+            log.exception("could not encode an image of job %s", job.job_id)
+            self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
+            return
         request = job.request
-        image = GeneratedImage(png, seed, steps, request.width, request.height, seconds)
-        with self._results_lock:
-            job.images[index] = image
+        with self._lock:
+            job.images[index] = GeneratedImage(png, seed, steps, request.width, request.height, seconds)
             job.pending_encodes -= 1
-            if job.failed or job.pending_encodes or job.lanes:
+            if job.pending_encodes or job.lanes:
                 return
-            images = tuple(img for _, img in sorted(job.images.items()) if img is not None)
+        if not self._claim_answer(job):
+            return  # cancelled or failed meanwhile
         self.emit(
             JobResult(
                 job.job_id,
-                images=images,
+                images=tuple(image for _, image in sorted(job.images.items())),
                 gpu_seconds=job.gpu_seconds,
                 prompt_truncated=job.conditioning.truncated,
                 is_test_model=self.model.is_test_model,

@@ -35,6 +35,10 @@ MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 MAX_SEED = 2**32 - 1
 
 
+OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
+INTERNAL_ERROR_MESSAGE = "The GPU worker hit an internal error on this request (ref {ref})."
+
+
 class InvalidRequest(ValueError):
     """A request value is out of range; the message names the value and what is allowed."""
 

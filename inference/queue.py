@@ -38,6 +38,13 @@ from inference.worker import worker_main
 
 log = logging.getLogger(__name__)
 
+MAX_STARTUP_CRASHES = 3
+
+
+def _cancelled(job_id: str, outcome: JobResult | JobFailed) -> JobFailed:
+    """A cancellation that carries what the job used before it stopped."""
+    return JobFailed(job_id, "Cancelled.", cancelled=True, gpu_seconds=outcome.gpu_seconds, steps_run=outcome.steps_run)
+
 
 class QueueFull(Exception):
     """The queue is at its maximum length; nothing was queued."""
@@ -103,6 +110,7 @@ class _Job:
     started_at: float | None = None
     position: int | None = None
     finished: bool = False
+    cancel_requested: bool = False
 
     @property
     def lanes(self) -> int:
@@ -148,6 +156,7 @@ class LocalJobQueue(JobQueue):
         self._fatal: str | None = None
         self._last_event_at = 0.0
         self._crashes = 0
+        self._startup_crashes = 0  # exits before WorkerReady in a row
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
         self.worker_info: WorkerReady | None = None
@@ -182,11 +191,9 @@ class LocalJobQueue(JobQueue):
 
     async def close(self) -> None:
         self._closing = True
-        if self._conn is not None and self._process is not None and self._process.is_alive():
-            with contextlib.suppress(OSError):
-                self._conn.send(Shutdown())
+        if self._process is not None and self._process.is_alive() and self._send(Shutdown()):
             await asyncio.to_thread(self._process.join, 10)
-        self._kill_worker()
+        await self._stop_worker()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -232,8 +239,10 @@ class LocalJobQueue(JobQueue):
             self._pending.remove(job)
             self._finish(job, JobFailed(job_id, "Cancelled.", cancelled=True))
             self._update_positions()
-        elif job_id in self._running and self._conn is not None:
-            self._conn.send(CancelJob(job_id))  # the worker drops its lanes and answers
+        elif job_id in self._running:
+            # The worker answers; if it dies first, the job ends as cancelled instead of re-running.
+            job.cancel_requested = True
+            self._send(CancelJob(job_id))
         return True
 
     def position(self, job_id: str) -> int | None:
@@ -280,14 +289,27 @@ class LocalJobQueue(JobQueue):
             job.started_at = job.started_at or time.monotonic()
             self._running[job.job_id] = job
             self._last_event_at = time.monotonic()
-            self._conn.send(SubmitJob(job.job_id, job.request))
             job.events.put_nowait(JobStarted(job.job_id, job.attempts))
+            if not self._send(SubmitJob(job.job_id, job.request)):
+                break  # the worker is dying: its exit re-queues the running jobs
         self._update_positions()
 
-    def _finish(self, job: _Job, event: JobEvent) -> None:
+    def _finish(self, job: _Job, event: JobResult | JobFailed) -> None:
         job.finished = True
         self._running.pop(job.job_id, None)
-        job.events.put_nowait(event)
+        queue_seconds = (job.started_at or time.monotonic()) - job.submitted_at
+        job.events.put_nowait(dataclasses.replace(event, queue_seconds=queue_seconds))
+
+    def _send(self, message: SubmitJob | CancelJob | Shutdown) -> bool:
+        """Send to the worker; a broken pipe is left to the supervisor, which re-runs running jobs."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.send(message)
+        except OSError:
+            log.warning("could not reach the GPU worker; it is being restarted")
+            return False
+        return True
 
     # -- worker messages (called on the loop by the reader thread) -----------------------------
 
@@ -297,6 +319,7 @@ class LocalJobQueue(JobQueue):
         self._last_event_at = time.monotonic()
         if isinstance(message, WorkerReady):
             self.worker_info = message
+            self._startup_crashes = 0
             self._ready.set()
             self._dispatch()
         elif isinstance(message, WorkerFailed):
@@ -307,17 +330,20 @@ class LocalJobQueue(JobQueue):
                 return
             if isinstance(message, JobProgress):
                 job.events.put_nowait(message)
-            elif isinstance(message, JobResult):
+                return
+            if isinstance(message, JobResult):
                 self._crashes = 0
-                queue_seconds = (job.started_at or job.submitted_at) - job.submitted_at
-                self._finish(job, dataclasses.replace(message, queue_seconds=queue_seconds))
-            elif message.retryable and job.attempts < self.max_attempts:
+            if job.cancel_requested and not (isinstance(message, JobFailed) and message.cancelled):
+                # Finished (or failed) before the worker saw the cancel: the user asked to cancel.
+                self._finish(job, _cancelled(job.job_id, message))
+            elif isinstance(message, JobFailed) and message.retryable and job.attempts < self.max_attempts:
                 self._retry_alone(job)
             else:
                 self._finish(job, message)
             self._dispatch()
 
     def _retry_alone(self, job: _Job) -> None:
+        """Re-queue a job whose batch failed in a way that may pass on a second, solo attempt."""
         self._running.pop(job.job_id, None)
         job.isolate = True
         self._pending.append(job)
@@ -335,7 +361,16 @@ class LocalJobQueue(JobQueue):
                 watchdog.cancel()
             if self._closing:
                 return
+            await self._stop_worker()
             self._on_worker_exit()
+            if not self._ready.is_set() and not self._fatal:
+                self._startup_crashes += 1
+                if self._startup_crashes >= MAX_STARTUP_CRASHES:
+                    self._fatal = (
+                        f"The GPU worker exited {self._startup_crashes} times while loading the model; "
+                        "see the worker's log."
+                    )
+            self._ready.clear()
             if self._fatal:
                 self._fail_everything(self._fatal)
                 return
@@ -366,8 +401,16 @@ class LocalJobQueue(JobQueue):
                 message = conn.recv()
             except (EOFError, OSError):
                 break
-            self._loop.call_soon_threadsafe(self._on_message, generation, message)
-        self._loop.call_soon_threadsafe(self._on_pipe_closed, generation)
+            if not self._call_on_loop(self._on_message, generation, message):
+                return
+        self._call_on_loop(self._on_pipe_closed, generation)
+
+    def _call_on_loop(self, callback: Callable[..., None], *args: object) -> bool:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            return False
+        return True
 
     def _on_pipe_closed(self, generation: int) -> None:
         if generation == self._generation:
@@ -379,25 +422,28 @@ class LocalJobQueue(JobQueue):
             silent = time.monotonic() - self._last_event_at
             if self._running and silent > self.hang_seconds:
                 log.error("GPU worker sent nothing for %.0fs while running jobs; killing it", silent)
-                self._kill_worker()
+                if self._process is not None:
+                    self._process.kill()  # the pipe's EOF then wakes the supervisor
                 return
 
-    def _kill_worker(self) -> None:
-        process = self._process
+    async def _stop_worker(self) -> None:
+        """Make sure the worker process is gone and its pipe closed, without blocking the loop."""
+        process, conn = self._process, self._conn
+        self._conn = None
         if process is not None and process.is_alive():
             process.kill()
-            process.join(5)
+        if process is not None:
+            await asyncio.to_thread(process.join, 5)
+        if conn is not None:
+            conn.close()
 
     def _on_worker_exit(self) -> None:
-        self._kill_worker()
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
-        self._ready.clear()
         crashed = list(self._running.values())
         self._running.clear()
         for job in crashed:
-            if job.attempts >= self.max_attempts:
+            if job.cancel_requested:
+                self._finish(job, JobFailed(job.job_id, "Cancelled.", cancelled=True))
+            elif job.attempts >= self.max_attempts:
                 message = (
                     f"The GPU worker crashed {job.attempts} times while running this job, so it was "
                     "stopped. Try fewer steps, a smaller size, or a different scheduler."

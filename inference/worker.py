@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from inference.protocol import (
+    INTERNAL_ERROR_MESSAGE,
     CancelJob,
     GenerateRequest,
     JobEvent,
@@ -31,9 +32,6 @@ if TYPE_CHECKING:  # the bot imports this module to name the spawn target: keep 
     from inference.pipeline import LaneEngine
 
 log = logging.getLogger(__name__)
-
-OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
-INTERNAL_ERROR_MESSAGE = "The GPU worker hit an internal error on this request (ref {ref})."
 
 
 def _quiet_libraries() -> None:
@@ -127,12 +125,5 @@ def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent], None
             return
         try:
             engine.step()
-        except BatchError as exc:
+        except BatchError as exc:  # the engine has answered the batch's jobs
             log.error("batch failed for jobs %s", exc.job_ids, exc_info=exc.__cause__)
-            for job_id in exc.job_ids:
-                event: JobEvent
-                if exc.out_of_memory:
-                    event = JobFailed(job_id, OUT_OF_MEMORY_MESSAGE, retryable=True)
-                else:
-                    event = JobFailed(job_id, INTERNAL_ERROR_MESSAGE.format(ref=job_id[:8]))
-                send(event)

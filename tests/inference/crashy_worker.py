@@ -36,3 +36,8 @@ def crashy_worker_main(conn: Connection, config: WorkerConfig) -> None:
     pipeline.LaneEngine.add_job = add_job  # type: ignore[method-assign]
     pipeline.LaneEngine._denoise = denoise  # type: ignore[method-assign]
     worker_main(conn, config)
+
+
+def dying_worker_main(conn: Connection, config: WorkerConfig) -> None:
+    """A worker that dies before it is ever ready, as a broken CUDA install would."""
+    os._exit(3)

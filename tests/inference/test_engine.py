@@ -4,6 +4,8 @@ any lane's result, for every scheduler, and each lane is a true N-step run."""
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
     JobEvent,
+    JobFailed,
     JobProgress,
     JobResult,
     WorkerConfig,
@@ -212,3 +215,53 @@ def test_batches_padded_to_compiled_buckets_give_the_same_lanes(tiny: LoadedMode
     assert rows_seen == [4, 4, 4], "3 lanes padded to the 4-lane bucket; the other size runs eagerly"
     for i, request in enumerate(requests):
         assert _relative_error(engine.final_latents[(f"job-{i}", 0)], _run_alone(tiny, request)) <= 1e-4
+
+
+def test_a_job_with_more_cells_than_the_batch_cap_finishes_with_steady_progress(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.max_batch_lanes = 2
+    steps = (2, 4, 6, 8)
+    engine.add_job("grid", CompareStepsRequest("a boat", steps=steps, scheduler="Euler", seed=3,
+                                               width=SIZE, height=SIZE))  # fmt: skip
+    engine.run_until_idle()
+    assert max(engine.batch_sizes) == 2
+    assert [image.steps for image in engine.result("grid").images] == list(steps)
+    done = [e.job_step for e in engine.events if isinstance(e, JobProgress)]
+    assert done == sorted(done) and done[-1] == sum(steps)
+    for index, n in enumerate(steps):
+        alone = _run_alone(tiny, GenerateRequest("a boat", steps=n, scheduler="Euler", seed=3, width=SIZE, height=SIZE))
+        assert _relative_error(engine.final_latents[("grid", index)], alone) <= 1e-4
+
+
+class UnencodableEngine(RecordingEngine):
+    """Decodes to an array Pillow can't turn into an image, so PNG encoding fails in its thread."""
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        return np.zeros((latents.shape[0], 2, 2, 7), dtype=np.float64)
+
+
+def test_an_image_that_fails_to_encode_answers_its_job_with_a_failure(tiny: LoadedModel) -> None:
+    engine = UnencodableEngine(tiny)
+    engine.add_job("broken", GenerateRequest("fox", steps=1, width=SIZE, height=SIZE, count=2))
+    engine.run_until_idle()
+    answers = [e for e in engine.events if isinstance(e, JobResult | JobFailed)]
+    assert len(answers) == 1 and isinstance(answers[0], JobFailed)
+    assert "internal error" in answers[0].message and not answers[0].cancelled
+
+
+def test_a_job_cancelled_while_its_images_encode_is_answered_once_as_cancelled(tiny: LoadedModel) -> None:
+    release = threading.Event()
+    encoder = ThreadPoolExecutor(max_workers=1)
+    encoder.submit(release.wait)  # holds the only encoder thread
+    events: list[JobEvent] = []
+    engine = LaneEngine(tiny, events.append, encoder=encoder, previews=False)
+    engine.add_job("late", GenerateRequest("fox", steps=2, width=SIZE, height=SIZE))
+    while not engine.idle:
+        engine.step()
+    assert engine.cancel("late"), "denoising is over but the image is still encoding"
+    release.set()
+    engine.wait_encodes()
+    encoder.shutdown()
+    answers = [e for e in events if isinstance(e, JobResult | JobFailed)]
+    assert len(answers) == 1 and isinstance(answers[0], JobFailed) and answers[0].cancelled
+    assert answers[0].steps_run == 2

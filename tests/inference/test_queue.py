@@ -29,7 +29,7 @@ from inference.protocol import (
     WorkerConfig,
 )
 from inference.queue import LocalJobQueue, QueueFull, WorkerUnavailable
-from tests.inference.crashy_worker import crashy_worker_main
+from tests.inference.crashy_worker import crashy_worker_main, dying_worker_main
 
 pytestmark = pytest.mark.slow
 
@@ -274,3 +274,20 @@ async def test_a_model_that_cannot_load_is_reported_once_and_not_restarted(tmp_p
         await queue.close()
     assert isinstance(events[-1], JobFailed) and "STEPGRID_MODEL" in events[-1].message
     assert queue.restarts == 0
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_keeps_dying_while_loading_is_given_up_with_a_clear_message(
+    tiny_config: WorkerConfig,
+) -> None:
+    queue = LocalJobQueue(tiny_config, worker_target=dying_worker_main)
+    job_id = queue.submit(GenerateRequest("fox", **SMALL), user_id="u")
+    await queue.start()
+    try:
+        with pytest.raises(WorkerUnavailable, match="exited 3 times while loading the model"):
+            await queue.wait_ready()
+        events = await collect(queue, job_id)
+    finally:
+        await queue.close()
+    assert isinstance(events[-1], JobFailed) and "exited 3 times" in events[-1].message
+    assert queue.restarts == 2
