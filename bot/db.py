@@ -314,8 +314,7 @@ class Database:
 
         def change(job: Job) -> None:
             job.message_id = message_id
-            if channel_id is not None:
-                job.message_channel_id = channel_id
+            job.message_channel_id = channel_id if channel_id is not None else job.channel_id
             if interaction_token is not None:
                 job.interaction_token = interaction_token
             if application_id is not None:

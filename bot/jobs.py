@@ -31,6 +31,7 @@ from bot.errors import (
     ModelUnavailable,
     NotYourJob,
     QueueBusy,
+    UserFacingError,
     new_reference,
     send_ephemeral,
 )
@@ -112,6 +113,9 @@ class JobStore(Protocol):
     async def get_params(self, job_id: str) -> JobRecord | None:
         """The stored job, or None if unknown."""
 
+    async def set_message(self, job_id: str, message_id: int) -> None:
+        """Remember the message (the deferred interaction response) that shows the job."""
+
     async def mark_running(self, job_id: str) -> None:
         """The worker started the job."""
 
@@ -132,6 +136,9 @@ class MemoryJobStore:
 
     async def get_params(self, job_id: str) -> JobRecord | None:
         return self.jobs.get(job_id)
+
+    async def set_message(self, job_id: str, message_id: int) -> None:
+        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], message_id=message_id)
 
     async def mark_running(self, job_id: str) -> None:
         self.status[job_id] = "running"
@@ -599,10 +606,13 @@ class JobService:
         command: str,
         parent_job_id: str | None = None,
     ) -> asyncio.Task[None]:
-        """Check and queue `request`, defer the interaction, and drive the job in a task.
+        """Check and record `request`, defer the interaction, queue the job and drive it in a task.
 
-        Refusals raise UserFacingError before anything is queued or the interaction is answered,
-        so they can still be ephemeral.
+        The ledger row exists before the interaction is deferred, so a crash at any point leaves a
+        row that start-up recovery answers. Refusals found before the defer raise UserFacingError
+        with nothing answered, so they can still be ephemeral; a queue that refuses after the defer
+        marks the row failed, removes the "thinking…" message and raises too (the error handler
+        then answers in an ephemeral follow-up).
         """
         try:
             validate(request)
@@ -612,46 +622,54 @@ class JobService:
             raise ModelUnavailable()
         if not self.queue.ready:
             raise ModelLoading()
+        record = JobRecord(
+            job_id=new_job_id(),
+            request=request,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            command=command,
+            parent_job_id=parent_job_id,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+        )
+        job_id = record.job_id
         # One admission at a time per member: the limits count the member's jobs in the ledger, so
         # the next request is checked only once this one is recorded (else a burst slips past them).
         async with self._admission_lock(interaction.guild_id, interaction.user.id):
             await self.policy.check(request, guild_id=interaction.guild_id, user_id=interaction.user.id)
-            job_id = new_job_id()
-            try:
-                self.queue.submit(request, user_id=str(interaction.user.id), job_id=job_id)
-            except QueueFull as error:
-                raise QueueBusy(str(error)) from None
-            except WorkerUnavailable:
-                log.error("refused job from user %s: the worker cannot load its model", interaction.user.id)
-                raise ModelUnavailable() from None
-            except InvalidRequest as error:
-                raise InvalidOption(str(error)) from None
-            deadline = self._clock() + self.token_lifetime
-            try:
-                response = await interaction.response.defer(thinking=True)
-            except BaseException:
-                self.queue.cancel(job_id)
-                raise
-            record = JobRecord(
-                job_id=job_id,
-                request=request,
-                user_id=interaction.user.id,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                command=command,
-                parent_job_id=parent_job_id,
-                application_id=interaction.application_id,
-                interaction_token=interaction.token,
-                message_id=response.message_id if response is not None else None,
-            )
-            try:
-                await self.store.record(record)
-            except BaseException:
-                self.queue.cancel(job_id)
-                raise
+            await self.store.record(record)
+        # The row exists: every way out from here finishes it or hands it to a driver.
+        deadline = self._clock() + self.token_lifetime
+        try:
+            response = await interaction.response.defer(thinking=True)
+            message_id = response.message_id if response is not None else None
+            if message_id is not None:
+                await self.store.set_message(job_id, message_id)
+            self._submit(record)
+        except UserFacingError as refusal:
+            await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, str(refusal))))
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+            raise
+        except BaseException:
+            await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, "The job could not be started.")))
+            raise
         log.info("job %s accepted: %s from user %s", job_id, command, record.user_id)
         target = ReplyTarget(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
         return self._spawn_driver(record, target)
+
+    def _submit(self, record: JobRecord) -> None:
+        """Hand the job to the queue; its refusals become UserFacingErrors."""
+        try:
+            self.queue.submit(record.request, user_id=str(record.user_id), job_id=record.job_id)
+        except QueueFull as error:
+            raise QueueBusy(str(error)) from None
+        except WorkerUnavailable:
+            log.error("refused job %s: the worker cannot load its model", record.job_id)
+            raise ModelUnavailable() from None
+        except InvalidRequest as error:
+            raise InvalidOption(str(error)) from None
 
     def _admission_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
         lock = self._admission_locks.get((guild_id, user_id))
@@ -880,6 +898,9 @@ class DatabaseJobStore:
             interaction_token=row.interaction_token,
             message_id=row.message_id,
         )
+
+    async def set_message(self, job_id: str, message_id: int) -> None:
+        await self.database.set_message(job_id, message_id=message_id)
 
     async def mark_running(self, job_id: str) -> None:
         await self.database.mark_running(job_id)

@@ -191,17 +191,22 @@ def _http_error(status: int, code: int, message: str) -> discord.HTTPException:
 
 
 class FakeResponse:
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, message_id: int) -> None:
         self._recorder = recorder
         self._done = False
+        self.expired = False  # the 3 s to answer passed: defer fails with Unknown interaction
+        self.message_id = message_id
 
     def is_done(self) -> bool:
         return self._done
 
-    async def defer(self, *, thinking: bool = False, ephemeral: bool = False) -> None:
+    async def defer(self, *, thinking: bool = False, ephemeral: bool = False) -> SimpleNamespace:
         assert not self._done, "interaction answered twice"
+        if self.expired:
+            raise _http_error(404, 10062, "Unknown interaction")
         self._done = True
         await self._recorder.add(Call("defer", ephemeral=ephemeral, options={"thinking": thinking}))
+        return SimpleNamespace(message_id=self.message_id)
 
     async def send_message(
         self, content: str | None = None, *, embed: discord.Embed | None = None, ephemeral: bool = False
@@ -288,7 +293,7 @@ class FakeInteraction:
         self.filesize_limit = filesize_limit
         self.permissions = permissions or discord.Permissions.none()
         self.client = client or FakeClient(recorder)
-        self.response = FakeResponse(recorder)
+        self.response = FakeResponse(recorder, message_id=self.id + 1)
         self.followup = FakeFollowup(self)
         self.command = None
         self.data: dict[str, Any] = {}
@@ -539,12 +544,42 @@ async def test_nothing_is_queued_while_the_model_loads() -> None:
     assert interaction.recorder.calls == []
 
 
-async def test_a_full_queue_is_a_refusal_not_a_deferred_message() -> None:
+async def test_a_full_queue_fails_the_recorded_job_and_removes_the_thinking_message() -> None:
     harness = Harness(max_length=0)
     interaction = harness.interaction()
     with pytest.raises(QueueBusy, match="queue is full"):
         await harness.service.start(interaction.as_interaction(), IMAGINE, command="imagine")
-    assert interaction.recorder.calls == []
+    assert [call.kind for call in interaction.recorder.calls] == ["defer", "delete"]
+    assert list(harness.store.status.values()) == ["failed"]
+    assert harness.service.active_jobs == frozenset()
+
+
+async def test_the_job_is_in_the_ledger_before_the_interaction_is_deferred(harness: Harness) -> None:
+    interaction = harness.interaction()
+    seen_at_defer: list[tuple[dict[str, str], list[str]]] = []
+    defer = interaction.response.defer
+
+    async def recording_defer(**options: Any) -> SimpleNamespace:
+        seen_at_defer.append((dict(harness.store.status), list(harness.queue.requests)))
+        return await defer(**options)
+
+    interaction.response.defer = recording_defer  # type: ignore[method-assign]
+    job_id, _, task = await harness.start(IMAGINE, interaction)
+    assert seen_at_defer == [({job_id: "queued"}, [])]  # recorded, not yet queued
+    stored = harness.store.jobs[job_id]
+    assert (stored.interaction_token, stored.message_id) == (interaction.token, interaction.response.message_id)
+    harness.queue.emit(result_for(job_id, IMAGINE))
+    await task
+
+
+async def test_a_defer_that_fails_finishes_the_recorded_job_and_queues_nothing(harness: Harness) -> None:
+    interaction = harness.interaction()
+    interaction.response.expired = True
+    with pytest.raises(discord.NotFound):
+        await harness.service.start(interaction.as_interaction(), IMAGINE, command="imagine")
+    assert list(harness.store.status.values()) == ["failed"]
+    assert harness.queue.requests == {}
+    assert harness.service.active_jobs == frozenset()
 
 
 # --- following a job --------------------------------------------------------------------------
@@ -864,9 +899,10 @@ def database_harness(database: Database) -> Harness:
 
 async def test_the_ledger_has_the_job_from_acceptance_to_its_result(database: Database) -> None:
     harness = database_harness(database)
-    job_id, _, task = await harness.start(IMAGINE)
+    job_id, interaction, task = await harness.start(IMAGINE)
     row = await database.get_job(job_id)
     assert row is not None and row.status == "queued"
+    assert (row.message_id, row.message_channel_id) == (interaction.response.message_id, interaction.channel_id)
     harness.queue.emit(JobStarted(job_id, 1))
     harness.queue.emit(result_for(job_id, IMAGINE))
     await task
