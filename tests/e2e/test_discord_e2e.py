@@ -387,18 +387,26 @@ async def test_an_attachment_over_the_limit_is_reencoded_to_fit(fake: FakeDiscor
 async def test_after_the_token_expires_the_result_goes_to_the_channel(fake: FakeDiscord, worker: LocalJobQueue) -> None:
     async with running_bot(fake, worker) as (_, queue):
         release = queue.hold_next_job()
+        start = len(fake.requests)
         handle = await fake.invoke("imagine", imagine_options(seed=5))
         await wait_for_progress(handle, "step ")
         fake.expire_token(handle)  # as if 15 minutes passed
         release.set()
-        posted = await fake.wait_for_request(
+        result = await fake.wait_for_request(
             lambda r: r.ok and r.path.startswith(f"/channels/{fake.channel.id}/messages") and bool(result_files(r))
+        )
+        # The first message in the channel carries the mention (a progress note or the result itself).
+        posted = next(
+            r
+            for r in fake.requests[start:]
+            if r.ok and r.method == "POST" and r.path == f"/channels/{fake.channel.id}/messages"
         )
 
     [message] = [m for m in fake.channel_messages(fake.channel.id) if "webhook_id" not in m]
     assert message["content"].startswith(f"<@{fake.member.id}>")
     assert [a["filename"] for a in message["attachments"]] == ["stepgrid-5.png"]
     assert [int(u) for u in posted.json["allowed_mentions"]["users"]] == [fake.member.id]
+    posted = result
     assert embed_fields(posted)["Seed"] == "5"
 
 

@@ -25,6 +25,7 @@ from tests.e2e.helpers import (
     content,
     e2e_settings,
     embed_fields,
+    result_files,
     running_bot,
     wait_for_progress,
     wait_for_result,
@@ -384,7 +385,7 @@ async def test_at_start_up_a_job_whose_token_is_too_old_is_answered_in_the_chann
         channel = f"/channels/{fake.channel.id}/messages"
         posted = await fake.wait_for_request(lambda r: r.method == "POST" and r.path == channel and r.ok)
         result = await fake.wait_for_request(
-            lambda r: r.method == "PATCH" and r.path == f"{channel}/{posted.response['id']}" and bool(r.files)
+            lambda r: r.method == "PATCH" and r.path == f"{channel}/{posted.response['id']}" and bool(result_files(r))
         )
         assert (content(posted) or "").startswith(f"<@{fake.member.id}>")
         assert [int(user) for user in posted.json["allowed_mentions"]["users"]] == [fake.member.id]
