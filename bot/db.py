@@ -263,7 +263,11 @@ class Database:
         return await self.write(insert)
 
     async def mark_running(self, job_id: str) -> bool:
-        """queued → running; counts an attempt. False (and no change) if the job already finished."""
+        """queued → running; counts an attempt. False (and no change) if the job already finished.
+
+        Call it once per bot run that starts the job: `attempts` counts how many runs of the bot
+        started it, which start-up recovery reads as how many times the bot went down during it.
+        """
         now = self.clock()
 
         def change(job: Job) -> None:

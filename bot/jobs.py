@@ -117,7 +117,7 @@ class JobStore(Protocol):
         """Remember the message (the deferred interaction response) that shows the job."""
 
     async def mark_running(self, job_id: str) -> None:
-        """The worker started the job."""
+        """The worker started the job (called once per bot run, not for the queue's retries)."""
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         """The job ended with a result, a failure or a cancellation."""
@@ -763,6 +763,7 @@ class JobService:
             target.show, interval=self.edit_interval, clock=self._clock, sleep=self._sleep
         )
         state = ProgressState()
+        marked_running = False
         try:
             position = self.queue.position(job_id)
             if position is not None:
@@ -775,8 +776,11 @@ class JobService:
                 if isinstance(event, JobFailed):
                     await self._finish_with_failure(record, event, target, editor)
                     return
-                if isinstance(event, JobStarted):
+                if isinstance(event, JobStarted) and not marked_running:
+                    # Once per driver: the queue's own retries (worker crash, out of memory) start
+                    # the job again, but the ledger's attempts count the bot runs that started it.
                     await self.store.mark_running(job_id)
+                    marked_running = True
                 state.apply(event)
                 editor.push(progress_message(record, state))
             raise RuntimeError(f"the event stream of job {job_id} ended without a result")

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A job that has started this many times without finishing took the bot down with it each time.
+# A job that this many runs of the bot started without finishing was running each time the bot
+# went down (attempts count bot runs, not the queue's own retries after a worker crash).
 MAX_ATTEMPTS = 2
 # Older than this, a surprise image is no longer an answer anyone waits for.
 MAX_AGE = timedelta(hours=1)

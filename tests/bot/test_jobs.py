@@ -951,3 +951,14 @@ async def test_a_ledger_error_after_delivery_keeps_the_result(caplog: pytest.Log
     assert final.kind == "edit" and final.files[0][0] == "stepgrid-1234.png"
     assert interaction.recorder.of("delete", "followup") == []
     assert any("could not record its result" in record.getMessage() for record in caplog.records)
+
+
+async def test_the_queues_own_retries_count_one_attempt(database: Database) -> None:
+    harness = database_harness(database)
+    job_id, _, task = await harness.start(IMAGINE)
+    harness.queue.emit(JobStarted(job_id, 1))
+    harness.queue.emit(JobStarted(job_id, 2))  # the worker crashed; the queue ran the job again
+    harness.queue.emit(result_for(job_id, IMAGINE))
+    await task
+    row = await database.get_job(job_id)
+    assert row is not None and (row.status, row.attempts) == ("done", 1)
