@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import Sequence
 
 import discord
@@ -114,9 +116,14 @@ class Stepgrid(commands.Bot):
         log.info("connected as %s (%s) to %d server(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
 
     async def close(self) -> None:
-        """Answer every job (the queue fails what is pending), then disconnect."""
+        """Answer every job, then disconnect.
+
+        Jobs that were running are answered as stopped; with a database, jobs still waiting stay
+        queued in the ledger and the next start runs them (their owners are told so).
+        """
         if self._ready_watch is not None:
             self._ready_watch.cancel()
+        self.jobs.begin_shutdown(keep_queued=self.database is not None)
         try:
             if self._queue_started:
                 await self.queue.close()
@@ -130,7 +137,7 @@ class Stepgrid(commands.Bot):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("the GPU worker could not start; commands will say the model is loading")
+            log.exception("the GPU worker could not start; commands will say the model is unavailable")
             return
         log.info("the GPU worker is ready")
 
@@ -167,6 +174,7 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
         raise TokenError("No Discord token: set STEPGRID_DISCORD_TOKEN in the environment or .env.")
     database = Database(settings.database_path, settings)
     await database.start()  # applies migrations; refuses a database newer than this code
+    stop = _stop_on_sigterm()
     try:
         bot = Stepgrid(settings, queue=queue, database=database)
         point_at_discord(settings)
@@ -175,8 +183,35 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
                 await bot.start(settings.discord_token.get_secret_value().strip())
             except discord.LoginFailure:
                 raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        # SIGTERM (docker stop): `async with bot` has closed the bot gracefully; exit normally.
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
     finally:
         await database.close()
+
+
+def _stop_on_sigterm() -> asyncio.Event:
+    """Make SIGTERM stop the bot as Ctrl-C does: cancel the main task, so the bot closes gracefully.
+
+    Returns an event set once SIGTERM arrived (the cancellation is then a planned stop).
+    """
+    requested = asyncio.Event()
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        log.info("SIGTERM received: shutting down")
+        requested.set()
+        if main is not None:
+            main.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers on Windows
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    return requested
 
 
 def run(settings: Settings | None = None) -> int:

@@ -78,6 +78,8 @@ TOKEN_LIFETIME = 14 * 60.0
 # Webhook errors that mean the interaction token is dead.
 _DEAD_TOKEN_CODES = {10015, 50027, 10062}
 
+RESTART_NOTE = "Stepgrid is restarting. Your job keeps its place in the queue and runs once it is back."
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
@@ -585,6 +587,7 @@ class JobService:
         self._sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled_by: dict[str, int] = {}
+        self._keep_queued = False
         self._admission_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -747,6 +750,15 @@ class JobService:
             self._cancelled_by.pop(record.job_id, None)
             await send_ephemeral(interaction, "That job has already finished.")
 
+    def begin_shutdown(self, *, keep_queued: bool) -> None:
+        """A planned shutdown starts (call before closing the queue).
+
+        With `keep_queued`, jobs the queue fails because it is closing, and that had not started,
+        stay queued in the ledger for start-up recovery to run, and their owners are told so.
+        Only for a store that outlives the process (the database).
+        """
+        self._keep_queued = keep_queued
+
     async def close(self, grace: float = 10.0) -> None:
         """Wait for the drivers to answer their jobs (close the queue first), then cancel the rest."""
         tasks = list(self._tasks.values())
@@ -774,7 +786,10 @@ class JobService:
                     await self._finish_with_result(record, event, target, editor)
                     return
                 if isinstance(event, JobFailed):
-                    await self._finish_with_failure(record, event, target, editor)
+                    if self._keep_queued and not marked_running and not event.cancelled:
+                        await self._leave_queued(record, state, editor)
+                    else:
+                        await self._finish_with_failure(record, event, target, editor)
                     return
                 if isinstance(event, JobStarted) and not marked_running:
                     # Once per driver: the queue's own retries (worker crash, out of memory) start
@@ -812,6 +827,14 @@ class JobService:
             log.exception("job %s was delivered but the ledger could not record its result", record.job_id)
             return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
+
+    async def _leave_queued(
+        self, record: JobRecord, state: ProgressState, editor: ThrottledEditor[MessageUpdate]
+    ) -> None:
+        # The ledger row stays queued: start-up recovery runs the job again and edits this message.
+        log.info("job %s stays queued in the ledger for the next start", record.job_id)
+        note = dataclasses.replace(progress_message(record, state), content=RESTART_NOTE, view=None)
+        await self._quietly(editor.finish(note))
 
     async def _finish_with_failure(
         self, record: JobRecord, failure: JobFailed, target: _JobMessage, editor: ThrottledEditor[MessageUpdate]

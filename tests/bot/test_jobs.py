@@ -962,3 +962,23 @@ async def test_the_queues_own_retries_count_one_attempt(database: Database) -> N
     await task
     row = await database.get_job(job_id)
     assert row is not None and (row.status, row.attempts) == ("done", 1)
+
+
+async def test_a_planned_shutdown_leaves_waiting_jobs_queued_and_says_so(database: Database) -> None:
+    harness = database_harness(database)
+    running_id, _, running_task = await harness.start(IMAGINE)
+    queued_id, queued_interaction, queued_task = await harness.start(IMAGINE)
+    harness.queue.emit(JobStarted(running_id, 1))
+    await queued_interaction.recorder.wait_for(lambda calls: any(c.kind == "edit" for c in calls))
+
+    harness.service.begin_shutdown(keep_queued=True)
+    await harness.queue.close()
+    await harness.service.close()
+
+    assert running_task.done() and queued_task.done()
+    running, queued = await database.get_job(running_id), await database.get_job(queued_id)
+    assert running is not None and running.status == "failed"
+    assert queued is not None and (queued.status, queued.finished_at) == ("queued", None)
+    note = queued_interaction.recorder.calls[-1]
+    assert note.kind == "edit" and "restarting" in (note.content or "") and note.view is None
+    assert queued_interaction.recorder.of("delete", "followup") == []
