@@ -383,6 +383,9 @@ class Database:
         def change(job: Job) -> None:
             job.status = status.value
             job.finished_at = now
+            # Only start-up recovery answers through the stored interaction, and only unfinished
+            # jobs; buttons arrive as new interactions. A finished job keeps no token (privacy).
+            job.interaction_token = None
             if error is not None:
                 job.error = error
             for name, value in figures.items():

@@ -106,7 +106,8 @@ class Job(Base):
     steps_run: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
 
-    # What a restarted bot needs to answer: the interaction (valid for 15 minutes), else the channel.
+    # What a restarted bot needs to answer: the interaction (valid for 15 minutes; the token is
+    # cleared once the job finishes), else the channel.
     application_id: Mapped[int | None] = mapped_column(BigInteger)
     interaction_token: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[int | None] = mapped_column(BigInteger)

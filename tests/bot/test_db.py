@@ -260,6 +260,24 @@ async def test_a_job_cancelled_while_running_keeps_the_steps_it_ran(db: Database
     assert (stored.status, stored.steps_run, stored.gpu_seconds) == ("cancelled", 7, 0.2)
 
 
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        JobResult("id", images=(), gpu_seconds=1.0),
+        JobFailed("id", "The worker crashed."),
+        JobFailed("id", "Cancelled.", cancelled=True),
+    ],
+    ids=["done", "failed", "cancelled"],
+)
+async def test_a_finished_job_keeps_no_interaction_token(db: Database, outcome: JobResult | JobFailed) -> None:
+    job = await record(db)
+    assert job.interaction_token == "token-abc"
+    await db.mark_finished(job.id, outcome)
+    stored = await db.get_job(job.id)
+    assert stored is not None and stored.interaction_token is None
+    assert stored.application_id == 42  # not secret; kept
+
+
 async def test_a_cancelled_job_counts_the_steps_it_ran_toward_the_quota(db: Database) -> None:
     job = await record(db, steps=150)
     await db.mark_running(job.id)

@@ -98,11 +98,17 @@ class BotProcess:
             await self._reader
 
 
-def job_rows(database: Path) -> dict[str, tuple[str, str, int]]:
-    """interaction token -> (job id, status, attempts) of every job in the ledger."""
+def job_rows(database: Path) -> dict[str, tuple[str | None, str, int]]:
+    """job id -> (interaction token, status, attempts) of every job in the ledger."""
     with contextlib.closing(sqlite3.connect(database)) as connection:
-        rows = connection.execute("SELECT interaction_token, id, status, attempts FROM jobs").fetchall()
-    return {token: (job_id, status, attempts) for token, job_id, status, attempts in rows}
+        rows = connection.execute("SELECT id, interaction_token, status, attempts FROM jobs").fetchall()
+    return {job_id: (token, status, attempts) for job_id, token, status, attempts in rows}
+
+
+def job_id_of(rows: dict[str, tuple[str | None, str, int]], handle: InteractionHandle) -> str:
+    """The id of the job this interaction started (its row still holds the token: unfinished)."""
+    [job_id] = [job_id for job_id, (token, _, _) in rows.items() if token == handle.token]
+    return job_id
 
 
 def answered(fake: FakeDiscord, handle: InteractionHandle) -> RecordedRequest | None:
@@ -120,11 +126,9 @@ def answered(fake: FakeDiscord, handle: InteractionHandle) -> RecordedRequest | 
     return None
 
 
-async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_of_them(
-    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
-) -> None:
-    database = tmp_path / "stepgrid.sqlite3"
-    env = {
+def bot_env(fake: FakeDiscord, database: Path, model_cache_dir: Path) -> dict[str, str]:
+    """`stepgrid run`'s environment: the fake Discord, the tiny model, one lane, this database."""
+    return {
         **{name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")},
         "STEPGRID_DISCORD_TOKEN": fake.token,
         "STEPGRID_DISCORD_API_BASE": f"{fake.base_url}/api/v10",
@@ -137,7 +141,13 @@ async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_o
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPOSITORY),
     }
-    bot = BotProcess(env, tmp_path / "bot.log")
+
+
+async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_of_them(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
     await bot.start()
     try:
         await bot.wait_for_log(WORKER_READY, within=fake.timeout)
@@ -151,8 +161,8 @@ async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_o
 
         await bot.kill(signal.SIGKILL)
         before = await asyncio.to_thread(job_rows, database)
-        running_id, queued_id = before[running.token][0], before[queued.token][0]
-        assert before == {running.token: (running_id, "running", 1), queued.token: (queued_id, "queued", 0)}
+        running_id, queued_id = job_id_of(before, running), job_id_of(before, queued)
+        assert before == {running_id: (running.token, "running", 1), queued_id: (queued.token, "queued", 0)}
         assert answered(fake, running) is None and answered(fake, queued) is None
 
         await bot.start()
@@ -161,10 +171,41 @@ async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_o
             assert reply.files, f"a job was answered with a failure: {content(reply)}"
         for job_id in (running_id, queued_id):  # logged once the ledger has the result
             await bot.wait_for_log(f"job {job_id} done", within=fake.timeout)
-        assert await asyncio.to_thread(job_rows, database) == {
-            running.token: (running_id, "done", 2),
-            queued.token: (queued_id, "done", 1),
+        assert await asyncio.to_thread(job_rows, database) == {  # finished: no token kept
+            running_id: (None, "done", 2),
+            queued_id: (None, "done", 1),
         }
         assert any("recovered 2 job(s) left by the last run: 2 re-queued" in line for line in bot.lines)
+    finally:
+        await bot.kill(signal.SIGKILL)
+
+
+async def test_sigterm_stops_gracefully_leaving_the_waiting_job_queued_for_the_next_start(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
+    await bot.start()
+    try:
+        await bot.wait_for_log(WORKER_READY, within=fake.timeout)
+        running = await fake.invoke(
+            "compare-steps", {"prompt": "a slow one", "steps": SLOW_STEPS, "size": "512", "seed": 3}, user=fake.member
+        )
+        await wait_for_progress(running, "step ")
+        queued = await fake.invoke("imagine", {"prompt": "a quick one", "steps": 4, "size": "256", "seed": 4},
+                                   user=fake.admin)  # fmt: skip
+        await wait_for_progress(queued, "Queued")
+
+        assert bot.process is not None
+        bot.process.send_signal(signal.SIGTERM)  # what `docker stop` sends: to the bot alone
+        async with asyncio.timeout(fake.timeout):  # a hang guard, not a timing expectation
+            assert await bot.process.wait() == 0
+        assert any("SIGTERM received" in line for line in bot.lines)
+
+        rows = await asyncio.to_thread(job_rows, database)
+        [running_id] = [job_id for job_id, row in rows.items() if row != (queued.token, "queued", 0)]
+        assert rows[running_id] == (None, "failed", 1)  # told it was stopped
+        assert len(rows) == 2  # and the waiting job stays queued, token kept: the next start runs it
+        await wait_for_progress(queued, "restarting")
     finally:
         await bot.kill(signal.SIGKILL)
