@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
+from pydantic import ValidationError
+
 from bot.config import Settings
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
@@ -27,6 +29,7 @@ from inference.protocol import (
     Request,
     parse_size,
     parse_step_list,
+    scheduler_named,
     validate,
 )
 from inference.queue import LocalJobQueue, WorkerUnavailable
@@ -43,15 +46,31 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings) -> None:
     parser.add_argument("prompt", help="what to draw")
-    parser.add_argument("--scheduler", default=settings.default_scheduler, help=", ".join(SCHEDULER_NAMES))
-    parser.add_argument("--seed", type=int, default=None, help="default: random")
-    parser.add_argument("--negative", default="", help="negative prompt")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance, 0-30")
-    parser.add_argument("--size", default="512", help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024")
-    parser.add_argument("--model", default=settings.model, help="hub id, local folder, or 'tiny' (test model)")
-    parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    parser.add_argument(
+        "--scheduler",
+        default=settings.default_scheduler,
+        help=f"one of {', '.join(SCHEDULER_NAMES)} (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=-1, help="0 to 4294967295; -1 or left out: random")
+    parser.add_argument("--negative", default="", help="negative prompt: what to keep out of the image")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=GenerateRequest.guidance,
+        help="classifier-free guidance, 0-30 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--size", default="512", help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--model",
+        default=settings.model,
+        help="hub id, local diffusers folder, or 'tiny' (random-weight test model) (default: %(default)s)",
+    )
+    parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
+    parser.add_argument(
+        "--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16 (default: %(default)s)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
 
 
@@ -59,19 +78,29 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = _Parser(prog="stepgrid", description="A Discord bot for Stable Diffusion that shows what steps do.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    commands.add_parser("run", help="start the Discord bot and its GPU worker")
+    run = "start the Discord bot and its GPU worker (settings from STEPGRID_* variables or .env)"
+    commands.add_parser("run", help=run, description=run)
 
-    imagine = commands.add_parser("imagine", help="generate images offline")
+    imagine = commands.add_parser("imagine", help="generate images offline", description="Generate images offline.")
     _add_generation_options(imagine, settings)
-    imagine.add_argument("--steps", type=int, default=settings.default_steps, help="1-150")
-    imagine.add_argument("--count", type=int, default=1, help="1-4 images (seeds seed, seed+1, ...)")
+    imagine.add_argument("--steps", type=int, default=settings.default_steps, help="1-150 (default: %(default)s)")
+    imagine.add_argument("--count", type=int, default=1, help="1-4 images, seeded seed, seed+1, ... (default: 1)")
+    imagine.add_argument(
+        "-o", "--output", type=Path, required=True, help="PNG file to write; with --count N: NAME-1.png ... NAME-N.png"
+    )
 
-    compare = commands.add_parser("compare-steps", help="one labelled grid of the same image at several step counts")
+    about = "One labelled grid of the same prompt and seed at several step counts."
+    compare = commands.add_parser("compare-steps", help=about, description=about)
     _add_generation_options(compare, settings)
-    compare.add_argument("--steps", default=",".join(map(str, DEFAULT_COMPARE_STEPS)), help="e.g. 5,10,20,30")
+    compare.add_argument(
+        "--steps",
+        default=",".join(map(str, DEFAULT_COMPARE_STEPS)),
+        help="2 to 12 step counts, comma-separated (default: %(default)s)",
+    )
+    compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
     db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_commands = db.add_subparsers(dest="db_command", metavar="upgrade", required=True, parser_class=_Parser)
     db_commands.add_parser("upgrade", help="apply migrations to the configured database")
 
     usage = commands.add_parser("usage", help="export the usage ledger")
@@ -82,10 +111,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def request_from_args(args: argparse.Namespace) -> Request:
     """Build and validate the request; raises InvalidRequest with a one-line reason."""
     width, height = parse_size(args.size)
-    seed = args.seed if args.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    seed = args.seed if args.seed != -1 else secrets.randbelow(MAX_SEED + 1)
     common = {
         "prompt": args.prompt,
-        "scheduler": args.scheduler,
+        "scheduler": scheduler_named(args.scheduler),
         "seed": seed,
         "guidance": args.guidance,
         "width": width,
@@ -102,7 +131,7 @@ def request_from_args(args: argparse.Namespace) -> Request:
 
 
 class ProgressBar:
-    """One line redrawn in place, only when what it shows changes."""
+    """One line redrawn in place, only when what it shows changes; silent when not a terminal."""
 
     def __init__(self, out: TextIO, width: int = 30) -> None:
         self.out = out
@@ -112,7 +141,7 @@ class ProgressBar:
     def update(self, done: int, total: int) -> None:
         filled = round(self.width * done / total) if total else self.width
         text = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} steps"
-        if text != self._shown:
+        if text != self._shown and self.out.isatty():
             self._shown = text
             self.out.write(f"\r{text}")
             self.out.flush()
@@ -151,13 +180,30 @@ class GenerationFailed(RuntimeError):
     pass
 
 
+def check_output_and_model(args: argparse.Namespace) -> None:
+    """Refuse, before loading anything, an output that can't be written or a model folder that isn't there."""
+    output: Path = args.output
+    if output.is_dir():
+        raise InvalidRequest(f"-o {output} is a folder; give a file name like {output / 'image.png'}.")
+    if output.suffix.lower() != ".png":
+        raise InvalidRequest(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
+    model = Path(args.model).expanduser()
+    looks_like_path = args.model.startswith((".", "/", "~")) or model.exists()
+    if looks_like_path and not (model / "model_index.json").is_file():
+        what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
+        raise InvalidRequest(f"--model {args.model} {what}.")
+
+
 def write_outputs(request: Request, result: JobResult, output: Path) -> list[Path]:
     """Write the image (or numbered images, or the labelled grid) and return the paths."""
     from bot.render import grid_png
 
     output.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(request, CompareStepsRequest):
-        output.write_bytes(grid_png(result.images))
+        footer = f"{request.prompt} · {request.scheduler} · seed {request.seed}"
+        if result.is_test_model:
+            footer += f" · {TEST_MODEL_NOTE}"
+        output.write_bytes(grid_png(result.images, footer=footer))
         return [output]
     if len(result.images) == 1:
         output.write_bytes(result.images[0].png)
@@ -173,6 +219,7 @@ def write_outputs(request: Request, result: JobResult, output: Path) -> list[Pat
 def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         request = request_from_args(args)
+        check_output_and_model(args)
     except InvalidRequest as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
@@ -187,11 +234,12 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1
     paths = write_outputs(request, result, args.output)
-    steps = ",".join(str(image.steps) for image in result.images)
+    steps = ",".join(str(steps) for steps in sorted({image.steps for image in result.images}))
+    seeds = ",".join(str(seed) for seed in dict.fromkeys(image.seed for image in result.images))
     note = f" ({TEST_MODEL_NOTE})" if result.is_test_model else ""
     truncated = " The prompt was cut to the model's 77-token limit." if result.prompt_truncated else ""
     print(
-        f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {request.seed}, "
+        f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {seeds}, "
         f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}"
     )
     return 0
@@ -199,7 +247,13 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        problem = error.errors()[0]
+        name = "STEPGRID_" + "_".join(str(part) for part in problem["loc"]).upper()
+        print(f"stepgrid: the setting {name} is invalid: {problem['msg']}.", file=sys.stderr)
+        return 2
     args = build_parser(settings).parse_args(argv)
     if args.command == "run":
         from bot.client import run
@@ -218,7 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "usage":
         from bot.usage import export_csv
 
-        export_csv(settings.database_path, sys.stdout)
+        try:
+            export_csv(settings.database_path, sys.stdout)
+        except FileNotFoundError as error:
+            print(f"stepgrid: {error}", file=sys.stderr)
+            return 1
         return 0
     return _generate_command(args, settings)
 

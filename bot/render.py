@@ -54,8 +54,10 @@ def grid_png(
     images: Sequence[GeneratedImage],
     *,
     caption: Callable[[GeneratedImage], str] | None = None,
+    footer: str | None = None,
 ) -> bytes:
-    """Compose the images, at full resolution, into one grid with a caption strip under each cell."""
+    """Compose the images, at full resolution, into one grid with a caption strip under each cell,
+    and an optional footer line across the bottom (the offline CLI's prompt, scheduler and seed)."""
     if not images:
         raise ValueError("a grid needs at least one image")
     label = caption or default_caption
@@ -68,11 +70,9 @@ def grid_png(
     columns, rows = grid_shape(len(cells))
 
     slot_height = cell_height + strip
-    canvas = Image.new(
-        "RGB",
-        (columns * cell_width + (columns + 1) * gap, rows * slot_height + (rows + 1) * gap),
-        BACKGROUND,
-    )
+    width = columns * cell_width + (columns + 1) * gap
+    grid_height = rows * slot_height + (rows + 1) * gap
+    canvas = Image.new("RGB", (width, grid_height + (strip + gap if footer else 0)), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for index, (cell, image) in enumerate(zip(cells, images, strict=True)):
         column, row = index % columns, index // columns
@@ -90,6 +90,9 @@ def grid_png(
             fill=CAPTION_TEXT,
             anchor="mm",
         )
+    if footer:
+        draw.text((2 * gap, grid_height + strip / 2), _fit_text(draw, footer, font, width - 4 * gap),
+                  font=font, fill=CAPTION_TEXT, anchor="lm")  # fmt: skip
     return _encode(canvas, "PNG")
 
 

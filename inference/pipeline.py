@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -227,6 +228,7 @@ def ensure_test_model(architecture: str, cache_dir: Path) -> Path:
 def _first_sentence(text: str, limit: int = 200) -> str:
     """diffusers' loading errors run to paragraphs; the first sentence says what went wrong."""
     first = text.strip().split("\n")[0]
+    first = re.sub(r"^Cannot load model [^:]+: ", "", first)  # diffusers repeats the model id
     for end in (". ", " ("):
         if end in first:
             first = first[: first.index(end)]
@@ -263,10 +265,11 @@ def load_model(config: WorkerConfig) -> LoadedModel:
             requires_safety_checker=False,
         )
     except (OSError, ValueError) as exc:
-        reason = _first_sentence(str(exc)) or type(exc).__name__
+        reason = _first_sentence(str(exc)).removesuffix(".") or type(exc).__name__
         raise ModelLoadError(
-            f"Could not load model {config.model!r}: {reason}. Set STEPGRID_MODEL to a local diffusers "
-            "folder, a reachable hub id, or 'tiny' for the random-weight test model."
+            f"Could not load model {config.model!r} ({reason}). Give a local diffusers folder, a hub id "
+            "that can be downloaded, or 'tiny' for the random-weight test model (--model, or STEPGRID_MODEL "
+            "for the bot)."
         ) from exc
     if type(pipe).__name__ != StableDiffusionPipeline.__name__:
         raise ModelLoadError(

@@ -128,6 +128,14 @@ def validate(request: Request) -> None:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
 
 
+def scheduler_named(name: str) -> str:
+    """The scheduler's proper name for any capitalisation ("euler a" -> "Euler a")."""
+    for known in SCHEDULER_NAMES:
+        if known.lower() == name.strip().lower():
+            return known
+    raise InvalidRequest(f"Unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULER_NAMES)}.")
+
+
 def parse_step_list(text: str) -> tuple[int, ...]:
     """Parse "5,10,20" into step counts; the error shows the expected form."""
     parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]

@@ -157,3 +157,13 @@ def _bounding_box_of(image: Image.Image, colour: tuple[int, int, int]) -> tuple[
     box = mask.getbbox()
     assert box is not None, f"{colour} not in grid"
     return box
+
+
+def test_a_footer_adds_one_strip_under_the_grid() -> None:
+    images = [solid(COLOURS[0], steps=5), solid(COLOURS[1], steps=10)]
+    plain = open_png(grid_png(images))
+    footed = open_png(grid_png(images, footer="a lighthouse · Euler a · seed 42"))
+    assert footed.width == plain.width
+    assert footed.height > plain.height
+    bottom = footed.convert("L").crop((0, plain.height, footed.width, footed.height))
+    assert max(bottom.getdata()) > 200, "the footer text is drawn"

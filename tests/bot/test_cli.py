@@ -1,0 +1,69 @@
+"""The offline `stepgrid` command: clear one-line refusals, and a real grid through the worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["imagine", "fox", "--steps", "0"], "steps must be 1 to 150; got 0."),
+        (["imagine", "fox", "--size", "513"], "width must be a multiple of 8 from 256 to 1024; got 513."),
+        (["imagine", "fox", "--size", "big"], "write it like 512 or 768x512"),
+        (["imagine", "", "--model", "tiny"], "The prompt is empty"),
+        (["imagine", "fox", "--scheduler", "Turbo"], "Unknown scheduler 'Turbo'"),
+        (["compare-steps", "fox", "--steps", "5,x,10"], "like 5,10,20,30"),
+        (["compare-steps", "fox", "--steps", ",".join(map(str, range(1, 14)))], "2 to 12 step counts; got 13"),
+        (["imagine", "fox", "--model", "./no/such/folder"], "--model ./no/such/folder does not exist."),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_clear_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "-o", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1, "one line"
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_an_unknown_option_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["imagine", "fox", "--bogus", "-o", "x.png"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "stepgrid: unrecognized arguments: --bogus (see --help)\n"
+
+
+def test_an_output_that_is_not_a_png_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["imagine", "fox", "--model", "tiny", "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["imagine", "fox", "--model", "tiny", "-o", str(tmp_path / "x.jpg")]) == 2
+    assert "ending in .png" in capsys.readouterr().err
+
+
+def test_an_invalid_setting_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MAX_STEPS", "abc")
+    assert main(["imagine", "fox", "-o", "x.png"]) == 2
+    assert capsys.readouterr().err.startswith("stepgrid: the setting STEPGRID_MAX_STEPS is invalid")
+
+
+@pytest.mark.slow
+def test_compare_steps_writes_a_labelled_grid_with_the_tiny_model(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    argv = ["compare-steps", "a lighthouse", "--model", "tiny", "--seed", "42", "--size", "256", "--steps", "2,4,6"]
+    assert main([*argv, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "seed 42" in printed and "random-weight test model" in printed
+    grid = Image.open(out)
+    assert grid.width > 3 * 256 and grid.height > 256  # three cells in a row, captions and footer below
