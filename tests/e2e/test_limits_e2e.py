@@ -274,7 +274,7 @@ async def test_every_job_done_cancelled_or_failed_has_exactly_one_ledger_row_wit
         crashed, crashed_id = await finished_job(fake, fake.member, seed=8)
     assert len(queue.submitted) == 4
     # The last one is left as a bot killed twice mid-run would leave it: the next start answers it as failed.
-    await leave_unfinished(database, crashed_id, attempts=2)
+    await leave_unfinished(database, crashed_id, token=crashed.token, attempts=2)
     async with running_bot(fake, worker, database=database):
         await crashed.wait_for(lambda r: r.is_followup and r.ephemeral)
 
@@ -293,8 +293,8 @@ async def test_every_job_done_cancelled_or_failed_has_exactly_one_ledger_row_wit
     assert failed.error and "stopped 2 times" in failed.error
     for job in rows:
         assert job.finished_at is not None and job.guild_id == fake.guild.id and job.channel_id == fake.channel.id
-        # What a restart needs to answer the job.
-        assert job.interaction_token and job.application_id == fake.application_id and job.message_id
+        # Finished: the interaction token is gone (privacy); the message stays known.
+        assert job.interaction_token is None and job.application_id == fake.application_id and job.message_id
 
 
 async def test_usage_shows_a_members_figures_and_usage_server_the_servers(
@@ -318,12 +318,13 @@ async def test_usage_shows_a_members_figures_and_usage_server_the_servers(
 # --- start-up recovery (in process; the kill -9 test is in test_kill_e2e.py) -------------------------
 
 
-async def leave_unfinished(database: Database, job_id: str, **values: Any) -> None:
-    """Put a job back as a crash would have left it (plus `values`)."""
+async def leave_unfinished(database: Database, job_id: str, *, token: str, **values: Any) -> None:
+    """Put a job back as a crash would have left it, interaction token included (plus `values`)."""
 
     async def change(session: Any) -> None:
         job = await session.get(Job, job_id)
         job.status, job.finished_at, job.steps_run, job.gpu_seconds = "running", None, None, None
+        job.interaction_token = token
         for name, value in values.items():
             setattr(job, name, value)
 
@@ -341,7 +342,7 @@ async def test_at_start_up_a_job_left_running_is_run_again_and_answered_in_its_m
 ) -> None:
     async with running_bot(fake, worker, database=database):
         handle, job_id = await finished_job(fake, fake.member, seed=11)
-    await leave_unfinished(database, job_id, attempts=1)
+    await leave_unfinished(database, job_id, token=handle.token, attempts=1)
     message_path = f"/webhooks/{fake.application_id}/{handle.token}/messages/{handle.original_message['id']}"
     async with running_bot(fake, worker, database=database) as (_, queue):
         assert [s.job_id for s in queue.submitted] == [job_id]
@@ -359,7 +360,7 @@ async def test_at_start_up_a_job_that_already_took_the_bot_down_twice_is_answere
 ) -> None:
     async with running_bot(fake, worker, database=database):
         handle, job_id = await finished_job(fake, fake.member)
-    await leave_unfinished(database, job_id, attempts=2)
+    await leave_unfinished(database, job_id, token=handle.token, attempts=2)
     async with running_bot(fake, worker, database=database) as (_, queue):
         note = await handle.wait_for(lambda r: r.is_followup and r.ephemeral)
         assert content(note) == (
@@ -379,7 +380,7 @@ async def test_at_start_up_a_job_whose_token_is_too_old_is_answered_in_the_chann
     job = await database.get_job(job_id)
     assert job is not None
     old = job.created_at - timedelta(minutes=20)
-    await leave_unfinished(database, job_id, status="queued", attempts=0, created_at=old)
+    await leave_unfinished(database, job_id, token=handle.token, status="queued", attempts=0, created_at=old)
     before = len(handle.requests)
     async with running_bot(fake, worker, database=database):
         channel = f"/channels/{fake.channel.id}/messages"
