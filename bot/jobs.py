@@ -711,7 +711,7 @@ class JobService:
         async def answer() -> None:
             await self.store.mark_finished(record.job_id, failure)
             log.info("job %s answered as failed after a restart: %s", record.job_id, reason)
-            await self._quietly(target.fail(_failure_text(failure)))
+            await self._quietly(target.fail(_failure_text(failure, record.request)))
 
         return self._track(record.job_id, asyncio.create_task(answer(), name=f"stepgrid-job-{record.job_id}"))
 
@@ -844,11 +844,13 @@ class JobService:
         if failure.cancelled:
             cancelled_by = self._cancelled_by.get(record.job_id)
             # The owner who clicked Cancel was already told; anyone else hears it here.
-            note = None if cancelled_by == record.user_id else _failure_text(failure)
-            await target.fail(note)
+            if cancelled_by == record.user_id:
+                await target.fail(None)
+            else:
+                await target.fail(_failure_text(failure, record.request, cancelled_by_other=cancelled_by is not None))
         else:
             log.info("job %s failed: %s", record.job_id, failure.message)
-            await target.fail(_failure_text(failure))
+            await target.fail(_failure_text(failure, record.request))
 
     @staticmethod
     async def _quietly(awaitable: Awaitable[object]) -> None:
@@ -858,11 +860,21 @@ class JobService:
             log.warning("could not tell the user about a failed job", exc_info=True)
 
 
-def _failure_text(failure: JobFailed) -> str:
+def _failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bool = False) -> str:
+    """What the owner is told when their job ends without a result."""
     if failure.cancelled:
-        return f"Your job was cancelled: {failure.message}"
-    hint = " Try again in a moment." if failure.retryable else ""
-    return f"Your image could not be made: {failure.message}{hint}"
+        return "A moderator cancelled your job." if cancelled_by_other else "Your job was cancelled."
+    message = failure.message.strip()
+    # Messages that already say what to do keep their own advice; the rest say when to retry.
+    if failure.retryable and "try" not in message.lower():
+        message = f"{message} Try again in a moment."
+    return f"{_what_was_asked(request)} could not be made. {message}"
+
+
+def _what_was_asked(request: Request) -> str:
+    if isinstance(request, CompareStepsRequest):
+        return "Your comparison grid"
+    return "Your images" if request.count > 1 else "Your image"
 
 
 def resolve_size(text: str | None, defaults: RequestDefaults) -> tuple[int, int]:

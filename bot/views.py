@@ -93,11 +93,15 @@ def progress_text(request: Request, state: ProgressState) -> str:
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"
     if isinstance(request, CompareStepsRequest):
+        # The job's total is the sum over cells ("step 80/155" reads as a step count nobody asked
+        # for): show the share of the work done and where the longest cell is.
         cells = len(request.steps)
         done = sum(1 for lane, steps in enumerate(request.steps) if state.lane_steps.get(lane, 0) >= steps)
+        longest = max(range(cells), key=lambda lane: request.steps[lane])
+        percent = min(100, 100 * state.job_step // state.job_total)
         return (
-            f"🎨 {progress_bar(state.job_step, state.job_total)} step {state.job_step}/{state.job_total}"
-            f" · {done}/{cells} cells done{retry}"
+            f"🎨 {progress_bar(state.job_step, state.job_total)} {percent}% · {done}/{cells} cells done"
+            f" · longest cell at step {state.lane_steps.get(longest, 0)}/{request.steps[longest]}{retry}"
         )
     step = min((state.lane_steps.get(lane, 0) for lane in range(request.count)), default=0)
     images = f" · {request.count} images" if request.count > 1 else ""

@@ -10,6 +10,7 @@ Integrations settings can hand a hidden command to anyone.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -17,7 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserFacingError
-from bot.limits import LIMIT_FIELDS, LIMIT_LABELS, EffectiveLimits, ServerLimits, format_amount
+from bot.limits import LIMIT_FIELDS, LIMIT_LABELS, EffectiveLimits, InvalidLimit, ServerLimits, format_amount
 from bot.views import COLOUR, SCHEDULER_CHOICES
 from inference.protocol import MIN_COMPARE_CELLS, MIN_SIZE, MIN_STEPS, SCHEDULER_NAMES
 
@@ -29,6 +30,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_SHOWN = 10
+# `/limits-set` options whose names differ from the settings they change.
+OPTION_OF_FIELD = {
+    "max_compute_per_request": "compute_budget",
+    "daily_steps_per_user": "daily_steps",
+    "max_concurrent_jobs_per_user": "concurrent_jobs",
+}
+
+
+def in_option_names(message: str) -> str:
+    """`message` with settings named as the `/limits-set` options the admin typed."""
+    for field, option in OPTION_OF_FIELD.items():
+        message = re.sub(rf"\b{field}\b", option, message)
+    return message
+
+
 RESET_CHOICES = [app_commands.Choice(name=LIMIT_LABELS[name], value=name) for name in LIMIT_FIELDS]
 
 
@@ -204,7 +220,10 @@ class Limits(commands.Cog):
         guild_id = guild_id_of(interaction)
         database = require_database(self.bot)
         before = await database.get_limits(guild_id)
-        after = await database.set_limits(guild_id, interaction.user.id, **changes)
+        try:
+            after = await database.set_limits(guild_id, interaction.user.id, **changes)
+        except InvalidLimit as error:
+            raise InvalidLimit(in_option_names(str(error)), field=error.field) from None
         log.info("limits of guild %s changed by user %s: %s", guild_id, interaction.user.id, sorted(changes))
         await self._answer_change(interaction, before, after, "Limits updated.")
 

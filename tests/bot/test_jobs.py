@@ -7,6 +7,7 @@ Discord; the end-to-end tests against the fake Discord server cover the real cli
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import itertools
 import random
@@ -808,7 +809,8 @@ async def test_a_moderator_cancelling_tells_the_owner(harness: Harness) -> None:
     await harness.service.handle_button(moderator.as_interaction(), "cancel", job_id)
     await task
     note = interaction.recorder.calls[-1]
-    assert note.kind == "followup" and note.ephemeral and "cancelled" in (note.content or "")
+    assert note.kind == "followup" and note.ephemeral
+    assert note.content == "A moderator cancelled your job."
 
 
 async def test_cancelling_a_finished_job_says_it_finished(harness: Harness) -> None:
@@ -982,3 +984,33 @@ async def test_a_planned_shutdown_leaves_waiting_jobs_queued_and_says_so(databas
     note = queued_interaction.recorder.calls[-1]
     assert note.kind == "edit" and "restarting" in (note.content or "") and note.view is None
     assert queued_interaction.recorder.of("delete", "followup") == []
+
+
+@pytest.mark.parametrize(
+    ("request_", "failure", "text"),
+    [
+        (
+            IMAGINE,
+            JobFailed("j", "The GPU ran out of memory; try a smaller size or fewer images.", retryable=True),
+            "Your image could not be made. The GPU ran out of memory; try a smaller size or fewer images.",
+        ),
+        (
+            COMPARE,
+            JobFailed("j", "The GPU worker stopped.", retryable=True),
+            "Your comparison grid could not be made. The GPU worker stopped. Try again in a moment.",
+        ),
+        (
+            GenerateRequest("x", count=2),
+            JobFailed("j", "The model could not load."),
+            "Your images could not be made. The model could not load.",
+        ),
+    ],
+    ids=["out-of-memory", "grid", "several-images"],
+)
+async def test_a_failure_note_names_what_was_asked_and_gives_one_piece_of_advice(
+    harness: Harness, request_: Request, failure: JobFailed, text: str
+) -> None:
+    job_id, interaction, task = await harness.start(request_)
+    harness.queue.emit(dataclasses.replace(failure, job_id=job_id))
+    await task
+    assert interaction.recorder.calls[-1].content == text

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.cogs.limits import in_option_names
 from bot.config import Settings
 from bot.errors import UserFacingError
 from bot.limits import (
@@ -410,3 +411,14 @@ def test_a_server_can_only_tighten_the_operators_ceilings(server: ServerLimits) 
     assert effective.max_concurrent_jobs_per_user <= SETTINGS.max_concurrent_jobs_per_user
     assert effective.default_scheduler in effective.allowed_schedulers
     assert set(effective.allowed_schedulers) <= set(SCHEDULER_NAMES)
+
+
+def test_limit_errors_name_the_options_the_admin_typed() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    with pytest.raises(InvalidLimit) as caught:
+        validate_limit_changes({"daily_steps_per_user": 10**12}, ServerLimits(), settings)
+    text = in_option_names(str(caught.value))
+    assert text.startswith("daily_steps must be") and "daily_steps_per_user" not in text
+    assert in_option_names("max_concurrent_jobs_per_user and max_compute_per_request") == (
+        "concurrent_jobs and compute_budget"
+    )

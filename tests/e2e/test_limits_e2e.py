@@ -364,7 +364,7 @@ async def test_at_start_up_a_job_that_already_took_the_bot_down_twice_is_answere
     async with running_bot(fake, worker, database=database) as (_, queue):
         note = await handle.wait_for(lambda r: r.is_followup and r.ephemeral)
         assert content(note) == (
-            "Your image could not be made: Stepgrid stopped 2 times while running this job, so it was not run "
+            "Your image could not be made. Stepgrid stopped 2 times while running this job, so it was not run "
             "again. Try fewer steps or a smaller size."
         )
         assert queue.submitted == []
