@@ -114,6 +114,15 @@ class Bench:
         ).images  # fmt: skip
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
@@ -122,7 +131,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> Report:
     config = WorkerConfig(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
     model = load_model(config)
-    card = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else platform.processor() or "cpu"
+    card = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else _cpu_name()
     report = Report(device=card, model=args.model)
     print(f"# {args.model} on {card} ({str(model.dtype).removeprefix('torch.')}), {args.size}x{args.size}, "
           f"{args.scheduler}, {'random weights' if model.is_test_model else 'real weights'}", flush=True)  # fmt: skip
