@@ -8,14 +8,11 @@ import os
 # oversubscribed OpenMP threads spin-wait each other into 10-100x slowdowns. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from inference.protocol import WorkerConfig
-from inference.queue import LocalJobQueue
 from tests.fake_discord import fake_discord  # noqa: F401  (a fixture)
 
 
@@ -28,15 +25,3 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config(model_cache_dir: Path) -> WorkerConfig:
     return WorkerConfig(model="tiny", cache_dir=str(model_cache_dir), max_batch_lanes=8)
-
-
-@pytest_asyncio.fixture
-async def tiny_queue(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
-    """A LocalJobQueue with a real spawned worker running the tiny model, ready to take jobs."""
-    queue = LocalJobQueue(tiny_config, max_length=50, hang_seconds=60)
-    await queue.start()
-    try:
-        await queue.wait_ready()
-        yield queue
-    finally:
-        await queue.close()

@@ -4,6 +4,7 @@ and the supervisor's promise that a job accepted is a job answered, even across 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import os
@@ -53,15 +54,21 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png))).astype(int)
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def queue(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
-    queue = LocalJobQueue(tiny_config, max_length=50, hang_seconds=60)
+@contextlib.asynccontextmanager
+async def started(queue: LocalJobQueue) -> AsyncIterator[LocalJobQueue]:
+    """Start the queue's worker, wait until it is ready, and close it afterwards."""
     await queue.start()
     try:
         await queue.wait_ready()
         yield queue
     finally:
         await queue.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def queue(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
+    async with started(LocalJobQueue(tiny_config, max_length=50, hang_seconds=60)) as queue:
+        yield queue
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -177,10 +184,7 @@ async def test_queue_positions_are_reported_while_waiting(tiny_config: WorkerCon
 
 @pytest.mark.asyncio
 async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_config: WorkerConfig) -> None:
-    queue = LocalJobQueue(tiny_config)
-    await queue.start()
-    try:
-        await queue.wait_ready()
+    async with started(LocalJobQueue(tiny_config)) as queue:
         ids = [queue.submit(GenerateRequest(f"job {i}", steps=40, seed=i, **SMALL), user_id=str(i)) for i in range(3)]
         streams = [queue.events(job_id) for job_id in ids]
         async for event in streams[0]:
@@ -190,8 +194,6 @@ async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_conf
                 os.kill(pid, signal.SIGKILL)
                 break
         outcomes = await asyncio.gather(*(drain(stream) for stream in streams))
-    finally:
-        await queue.close()
     assert queue.restarts == 1
     for events in outcomes:
         assert isinstance(events[-1], JobResult), events[-1]
@@ -202,18 +204,13 @@ async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_conf
 async def test_a_job_that_kills_the_worker_every_time_fails_clearly_after_two_attempts(
     tiny_config: WorkerConfig,
 ) -> None:
-    queue = LocalJobQueue(tiny_config, worker_target=crashy_worker_main)
-    await queue.start()
-    try:
-        await queue.wait_ready()
+    async with started(LocalJobQueue(tiny_config, worker_target=crashy_worker_main)) as queue:
         innocent = queue.submit(GenerateRequest("a fox", steps=3, **SMALL), user_id="a")
         killer = queue.submit(GenerateRequest("CRASH please", steps=3, **SMALL), user_id="b")
         after = queue.submit(GenerateRequest("a cat", steps=3, **SMALL), user_id="c")
         innocent_events, killer_events, after_events = await asyncio.gather(
             collect(queue, innocent), collect(queue, killer), collect(queue, after)
         )
-    finally:
-        await queue.close()
     failure = final(killer_events)
     assert isinstance(failure, JobFailed) and not failure.cancelled
     assert "crashed 2 times" in failure.message
@@ -226,15 +223,10 @@ async def test_a_job_that_kills_the_worker_every_time_fails_clearly_after_two_at
 async def test_out_of_memory_fails_the_batch_retries_each_job_alone_and_the_worker_lives(
     tiny_config: WorkerConfig,
 ) -> None:
-    queue = LocalJobQueue(tiny_config, worker_target=crashy_worker_main)
-    await queue.start()
-    try:
-        await queue.wait_ready()
+    async with started(LocalJobQueue(tiny_config, worker_target=crashy_worker_main)) as queue:
         greedy = queue.submit(GenerateRequest("OOM huge", steps=3, **SMALL), user_id="a")
         neighbour = queue.submit(GenerateRequest("a fox", steps=3, **SMALL), user_id="b")
         greedy_events, neighbour_events = await asyncio.gather(collect(queue, greedy), collect(queue, neighbour))
-    finally:
-        await queue.close()
     failure = final(greedy_events)
     assert isinstance(failure, JobFailed) and "ran out of memory" in failure.message and failure.retryable
     assert [e.attempt for e in greedy_events if isinstance(e, JobStarted)] == [1, 2]
@@ -244,18 +236,13 @@ async def test_out_of_memory_fails_the_batch_retries_each_job_alone_and_the_work
 
 @pytest.mark.asyncio
 async def test_a_hung_worker_is_killed_and_the_job_answered(tiny_config: WorkerConfig) -> None:
-    queue = LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=6)
-    await queue.start()
-    try:
-        await queue.wait_ready()
+    async with started(LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=6)) as queue:
         hung = queue.submit(GenerateRequest("HANG forever", steps=3, **SMALL), user_id="a")
         events = await collect(queue, hung)
         assert queue.restarts == 2
         assert isinstance(final(events), JobFailed)
         healthy = final(await collect(queue, queue.submit(GenerateRequest("fox", steps=2, **SMALL), user_id="a")))
         assert isinstance(healthy, JobResult)
-    finally:
-        await queue.close()
 
 
 @pytest.mark.asyncio
