@@ -16,17 +16,11 @@ from discord.ext import commands
 from bot.config import Settings
 from bot.db import Database, DatabaseTooNew
 from bot.errors import report_error
-from bot.jobs import (
-    EDIT_INTERVAL,
-    TOKEN_LIFETIME,
-    DatabaseJobStore,
-    DatabasePolicy,
-    JobService,
-    JobStore,
-    RequestPolicy,
-    SettingsPolicy,
-)
+from bot.jobs import TOKEN_LIFETIME, JobService
+from bot.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
 from bot.recovery import recover_jobs
+from bot.store import DatabaseJobStore, JobStore
+from bot.throttle import EDIT_INTERVAL
 from bot.views import JobButton
 from inference.queue import JobQueue
 

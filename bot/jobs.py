@@ -12,14 +12,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import discord
 
@@ -35,23 +32,20 @@ from bot.errors import (
     new_reference,
     send_ephemeral,
 )
-from bot.limits import EffectiveLimits, check_request
-from bot.models import params_to_request
+from bot.policy import RequestDefaults, RequestPolicy, SettingsPolicy
+from bot.reply import InteractionMessage, JobMessage, StoredInteractionMessage
+from bot.requests import derive_request
+from bot.store import JobRecord, JobStore, MemoryJobStore
+from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from bot.views import (
     MessageUpdate,
     details_embed,
     encode_result_files,
     progress_message,
     result_message,
-    step_down,
-    step_up,
 )
 from inference.protocol import (
-    DEFAULT_COMPARE_STEPS,
-    MAX_COMPARE_CELLS,
-    MAX_SEED,
     CompareStepsRequest,
-    GenerateRequest,
     InvalidRequest,
     JobFailed,
     JobProgress,
@@ -59,475 +53,17 @@ from inference.protocol import (
     JobResult,
     JobStarted,
     Request,
-    parse_size,
-    parse_step_list,
-    total_steps,
     validate,
 )
 from inference.queue import JobQueue, QueueFull, WorkerUnavailable
 
-if TYPE_CHECKING:
-    from bot.db import Database
-
 log = logging.getLogger(__name__)
 
-EDIT_INTERVAL = 1.5
 # Interaction tokens live 15 minutes; stop using ours a little before that so an upload in
 # flight doesn't die with it.
 TOKEN_LIFETIME = 14 * 60.0
-# Webhook errors that mean the interaction token is dead.
-_DEAD_TOKEN_CODES = {10015, 50027, 10062}
 
 RESTART_NOTE = "Stepgrid is restarting. Your job keeps its place in the queue and runs once it is back."
-
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
-
-
-# --- stored jobs ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A job as accepted: who asked where, and the full request (what buttons resolve)."""
-
-    job_id: str
-    request: Request
-    user_id: int
-    guild_id: int | None
-    channel_id: int | None
-    command: str  # "imagine", "compare-steps", or the button action that started it
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    parent_job_id: str | None = None
-    # How to answer after a restart: the interaction's webhook and the message its defer created.
-    application_id: int | None = None
-    interaction_token: str | None = None
-    message_id: int | None = None
-
-
-class JobStore(Protocol):
-    """Where jobs are recorded; the in-memory one now, the database later."""
-
-    async def record(self, job: JobRecord) -> None:
-        """Store a newly accepted job (status queued)."""
-
-    async def get_params(self, job_id: str) -> JobRecord | None:
-        """The stored job, or None if unknown."""
-
-    async def set_message(self, job_id: str, message_id: int) -> None:
-        """Remember the message (the deferred interaction response) that shows the job."""
-
-    async def mark_running(self, job_id: str) -> None:
-        """The worker started the job (called once per bot run, not for the queue's retries)."""
-
-    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
-        """The job ended with a result, a failure or a cancellation."""
-
-
-class MemoryJobStore:
-    """A JobStore in a dict: buttons work until the process exits."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, JobRecord] = {}
-        self.status: dict[str, str] = {}
-
-    async def record(self, job: JobRecord) -> None:
-        self.jobs[job.job_id] = job
-        self.status[job.job_id] = "queued"
-
-    async def get_params(self, job_id: str) -> JobRecord | None:
-        return self.jobs.get(job_id)
-
-    async def set_message(self, job_id: str, message_id: int) -> None:
-        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], message_id=message_id)
-
-    async def mark_running(self, job_id: str) -> None:
-        self.status[job_id] = "running"
-
-    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
-        if isinstance(outcome, JobResult):
-            self.status[job_id] = "done"
-        else:
-            self.status[job_id] = "cancelled" if outcome.cancelled else "failed"
-
-
-# --- limits and defaults ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestDefaults:
-    """Values used for options the user left out."""
-
-    steps: int = 30
-    scheduler: str = "Euler a"
-    guidance: float = 7.5
-    width: int = 512
-    height: int = 512
-
-
-class RequestPolicy(Protocol):
-    """Per-server defaults and limits; raising UserFacingError refuses a request before queueing."""
-
-    async def defaults(self, guild_id: int | None) -> RequestDefaults:
-        """Defaults for the server (or a DM when None)."""
-
-    async def check(self, request: Request, *, guild_id: int | None, user_id: int) -> None:
-        """Raise a UserFacingError naming the limit if `request` is over one."""
-
-
-class SettingsPolicy:
-    """The operator's global defaults and ceilings from Settings (no per-server state)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    async def defaults(self, guild_id: int | None) -> RequestDefaults:
-        return RequestDefaults(steps=self.settings.default_steps, scheduler=self.settings.default_scheduler)
-
-    async def check(self, request: Request, *, guild_id: int | None, user_id: int) -> None:
-        settings = self.settings
-        for steps in request.lane_steps:
-            if steps > settings.max_steps:
-                raise InvalidOption(f"This bot allows at most {settings.max_steps} steps; you asked for {steps}.")
-        if isinstance(request, CompareStepsRequest) and len(request.steps) > settings.max_grid_cells:
-            raise InvalidOption(
-                f"This bot allows at most {settings.max_grid_cells} cells in a comparison; "
-                f"you asked for {len(request.steps)}."
-            )
-        side = max(request.width, request.height)
-        if side > settings.max_image_size:
-            raise InvalidOption(
-                f"This bot allows images up to {settings.max_image_size} pixels a side; you asked for {side}."
-            )
-        compute = request.width * request.height * total_steps(request)
-        if compute > settings.max_compute_per_request:
-            raise InvalidOption(
-                "That request is too big (width × height × total steps is "
-                f"{compute:,}; the limit is {settings.max_compute_per_request:,}): use fewer steps or a smaller size."
-            )
-
-
-# --- deriving requests for buttons ------------------------------------------------------------
-
-
-def random_seed(rng: random.Random | None = None) -> int:
-    """A fresh seed in the range the worker accepts."""
-    return (rng or random.SystemRandom()).randint(0, MAX_SEED)
-
-
-def compare_steps_around(steps: int) -> tuple[int, ...]:
-    """The default comparison, plus `steps` itself so the user's image has its cell."""
-    cells = set(DEFAULT_COMPARE_STEPS)
-    if len(cells) < MAX_COMPARE_CELLS:
-        cells.add(steps)
-    return tuple(sorted(cells))
-
-
-def derive_request(request: Request, action: str, *, rng: random.Random | None = None) -> Request:
-    """The request a result button asks for: reroll, fewer/more steps, or compare steps."""
-    if action == "reroll":
-        return dataclasses.replace(request, seed=random_seed(rng))
-    if not isinstance(request, GenerateRequest):
-        raise InvalidOption("That button works only on single images.")
-    if action in ("fewer", "more"):
-        steps = step_down(request.steps) if action == "fewer" else step_up(request.steps)
-        if steps is None:
-            raise InvalidOption(f"{request.steps} steps is already the {'least' if action == 'fewer' else 'most'}.")
-        return dataclasses.replace(request, steps=steps)
-    if action == "compare":
-        return CompareStepsRequest(
-            prompt=request.prompt,
-            steps=compare_steps_around(request.steps),
-            scheduler=request.scheduler,
-            seed=request.seed,
-            guidance=request.guidance,
-            width=request.width,
-            height=request.height,
-            negative_prompt=request.negative_prompt,
-        )
-    raise ValueError(f"no request to derive for action {action!r}")
-
-
-# --- throttled edits --------------------------------------------------------------------------
-
-
-class ThrottledEditor(Generic[T]):
-    """Send the latest of many updates, at most one send per `interval`.
-
-    `push` never waits: it replaces whatever is pending, and a background task sends it when the
-    interval allows. Progress sends that fail are logged and dropped; `finish` sends the last
-    update in its own slot and lets its errors through.
-    """
-
-    def __init__(
-        self,
-        send: Callable[[T], Awaitable[None]],
-        *,
-        interval: float = EDIT_INTERVAL,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        self._send = send
-        self._interval = interval
-        self._clock = clock
-        self._sleep = sleep
-        self._pending: list[T] = []  # zero or one item: the latest update not sent yet
-        self._last_send: float | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._sending = False
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
-
-    def push(self, update: T) -> None:
-        """Make `update` the next thing sent, replacing an older pending one."""
-        self._pending[:] = [update]
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush_loop())
-
-    async def idle(self) -> None:
-        """Wait until everything pushed so far has been sent."""
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-
-    async def stop(self) -> None:
-        """Drop the pending update; wait for a send in flight to end."""
-        self._pending.clear()
-        task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        if self._sending:
-            await task
-        else:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def finish(self, update: T) -> None:
-        """Drop pending progress and send `update` as the last edit, in its own slot."""
-        await self.stop()
-        await self._wait_for_slot()
-        try:
-            await self._send(update)
-        finally:
-            self._last_send = self._clock()
-
-    async def _wait_for_slot(self) -> None:
-        if self._last_send is None:
-            return
-        delay = self._last_send + self._interval - self._clock()
-        if delay > 0:
-            await self._sleep(delay)
-
-    async def _flush_loop(self) -> None:
-        while self._pending:
-            await self._wait_for_slot()
-            if not self._pending:
-                return
-            update = self._pending.pop()
-            self._sending = True
-            try:
-                await self._send(update)
-            except Exception:
-                log.warning("a progress edit failed; the next one will try again", exc_info=True)
-            finally:
-                self._sending = False
-                self._last_send = self._clock()
-
-
-# --- where the job's message lives ------------------------------------------------------------
-
-
-class _JobMessage:
-    """The job's one message: the interaction's response until its token dies, then the channel.
-
-    Subclasses say how to reach the interaction's response (a live interaction, or the webhook of
-    one stored before a restart); the fallback to the channel is shared.
-    """
-
-    def __init__(
-        self, client: discord.Client, *, owner_id: int, channel_id: int | None, guild_id: int | None,
-        deadline: float, clock: Clock,
-    ) -> None:  # fmt: skip
-        self._client = client
-        self._owner_id = owner_id
-        self._channel_id = channel_id
-        self._guild_id = guild_id
-        self._deadline = deadline
-        self._clock = clock
-        self._token_dead = False
-        self._channel_message: discord.Message | None = None
-
-    @property
-    def on_channel(self) -> bool:
-        """True once messages go to the channel instead of the interaction webhook."""
-        return self._token_dead or self._clock() >= self._deadline
-
-    @property
-    def attachment_limit(self) -> int:
-        """The largest attachment this target accepts, in bytes."""
-        limit = self._interaction_limit()
-        guild = self._guild()
-        return min(limit, guild.filesize_limit) if guild is not None and self.on_channel else limit
-
-    def _interaction_limit(self) -> int:
-        return discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-
-    def _guild(self) -> discord.Guild | None:
-        return self._client.get_guild(self._guild_id) if self._guild_id is not None else None
-
-    async def _edit_original(self, update: MessageUpdate) -> None:
-        raise NotImplementedError
-
-    async def _delete_original(self) -> None:
-        raise NotImplementedError
-
-    async def _send_ephemeral(self, text: str) -> None:
-        raise NotImplementedError
-
-    async def show(self, update: MessageUpdate) -> None:
-        """Make the job's message look like `update`."""
-        if not self.on_channel:
-            try:
-                await self._edit_original(update)
-                return
-            except discord.HTTPException as error:
-                if error.code not in _DEAD_TOKEN_CODES:
-                    raise
-                log.info("the interaction token of %r is dead; posting to the channel", self)
-                self._token_dead = True
-        await self._show_in_channel(update)
-
-    async def fail(self, text: str | None) -> None:
-        """Remove the job's message; tell its owner `text` (when given) in a message only they see."""
-        if not self.on_channel:
-            with contextlib.suppress(discord.HTTPException):
-                await self._delete_original()
-            if text is None:
-                return
-            try:
-                await self._send_ephemeral(text)
-                return
-            except discord.HTTPException as error:
-                if error.code not in _DEAD_TOKEN_CODES:
-                    raise
-                self._token_dead = True
-        if self._channel_message is not None:
-            with contextlib.suppress(discord.HTTPException):
-                await self._channel_message.delete()
-            self._channel_message = None
-        if text is not None:
-            await self._channel().send(f"<@{self._owner_id}> {text}", allowed_mentions=self._mentions())
-
-    async def _show_in_channel(self, update: MessageUpdate) -> None:
-        content = f"<@{self._owner_id}> {update.content or ''}".rstrip()
-        files = [file.to_file() for file in update.files]
-        if self._channel_message is None:
-            self._channel_message = await self._channel().send(
-                content=content,
-                embeds=list(update.embeds),
-                files=files,
-                view=update.view or discord.utils.MISSING,
-                allowed_mentions=self._mentions(),
-            )
-        else:
-            self._channel_message = await self._channel_message.edit(
-                content=content, embeds=list(update.embeds), attachments=files, view=update.view
-            )
-
-    def _channel(self) -> discord.PartialMessageable:
-        if self._channel_id is None:
-            raise RuntimeError("the job has no channel to post in")
-        return self._client.get_partial_messageable(self._channel_id, guild_id=self._guild_id)
-
-    def _mentions(self) -> discord.AllowedMentions:
-        return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self._owner_id)])
-
-
-class ReplyTarget(_JobMessage):
-    """The message of a job started by an interaction this process received."""
-
-    def __init__(self, interaction: discord.Interaction, *, owner_id: int, deadline: float, clock: Clock) -> None:
-        super().__init__(
-            interaction.client, owner_id=owner_id, channel_id=interaction.channel_id,
-            guild_id=interaction.guild_id, deadline=deadline, clock=clock,
-        )  # fmt: skip
-        self._interaction = interaction
-
-    def __repr__(self) -> str:
-        return f"<interaction {self._interaction.id}>"
-
-    def _interaction_limit(self) -> int:
-        return self._interaction.filesize_limit
-
-    def _guild(self) -> discord.Guild | None:
-        return self._interaction.guild
-
-    async def _edit_original(self, update: MessageUpdate) -> None:
-        await self._interaction.edit_original_response(
-            content=update.content,
-            embeds=list(update.embeds),
-            attachments=[file.to_file() for file in update.files],
-            view=update.view,
-        )
-
-    async def _delete_original(self) -> None:
-        await self._interaction.delete_original_response()
-
-    async def _send_ephemeral(self, text: str) -> None:
-        await self._interaction.followup.send(text, ephemeral=True)
-
-
-class StoredReplyTarget(_JobMessage):
-    """The message of a job accepted before a restart, reached through the stored interaction webhook.
-
-    Without a stored token and message id (or once the token is too old) it posts to the channel.
-    """
-
-    def __init__(
-        self, client: discord.Client, record: JobRecord, *, deadline: float, clock: Clock,
-    ) -> None:  # fmt: skip
-        usable = record.application_id is not None and record.interaction_token and record.message_id is not None
-        super().__init__(
-            client, owner_id=record.user_id, channel_id=record.channel_id, guild_id=record.guild_id,
-            deadline=deadline if usable else float("-inf"), clock=clock,
-        )  # fmt: skip
-        self._message_id = record.message_id or 0
-        self._job_id = record.job_id
-        self._webhook: discord.Webhook | None = None
-        if usable:
-            # What Interaction.followup builds: an application webhook bound to the client's state,
-            # so that views with buttons may be attached.
-            data = {"id": record.application_id, "type": 3, "token": record.interaction_token}
-            self._webhook = discord.Webhook.from_state(data=data, state=client._connection)  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return f"<stored interaction of job {self._job_id}>"
-
-    def _hook(self) -> discord.Webhook:
-        if self._webhook is None:  # pragma: no cover - on_channel is True then
-            raise RuntimeError("no stored interaction")
-        return self._webhook
-
-    async def _edit_original(self, update: MessageUpdate) -> None:
-        await self._hook().edit_message(
-            self._message_id,
-            content=update.content,
-            embeds=list(update.embeds),
-            attachments=[file.to_file() for file in update.files],
-            view=update.view,
-        )
-
-    async def _delete_original(self) -> None:
-        await self._hook().delete_message(self._message_id)
-
-    async def _send_ephemeral(self, text: str) -> None:
-        await self._hook().send(text, ephemeral=True)
-
-
-# --- one job ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -575,7 +111,7 @@ class JobService:
         policy: RequestPolicy | None = None,
         edit_interval: float = EDIT_INTERVAL,
         token_lifetime: float = TOKEN_LIFETIME,
-        clock: Clock = time.monotonic,
+        clock: MonotonicClock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.queue = queue
@@ -659,7 +195,7 @@ class JobService:
             await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, "The job could not be started.")))
             raise
         log.info("job %s accepted: %s from user %s", job_id, command, record.user_id)
-        target = ReplyTarget(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
+        target = InteractionMessage(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
         return self._spawn_driver(record, target)
 
     def _submit(self, record: JobRecord) -> None:
@@ -687,7 +223,7 @@ class JobService:
         seconds old) lives, else it goes to the job's channel with a mention. If the queue refuses
         the job, the user is told it failed.
         """
-        target = StoredReplyTarget(
+        target = StoredInteractionMessage(
             client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
         )
         try:
@@ -703,7 +239,7 @@ class JobService:
         self, client: discord.Client, record: JobRecord, reason: str, *, token_age: float
     ) -> asyncio.Task[None]:
         """Record a job accepted before a restart as failed and tell its owner why."""
-        target = StoredReplyTarget(
+        target = StoredInteractionMessage(
             client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
         )
         failure = JobFailed(record.job_id, reason)
@@ -711,11 +247,11 @@ class JobService:
         async def answer() -> None:
             await self.store.mark_finished(record.job_id, failure)
             log.info("job %s answered as failed after a restart: %s", record.job_id, reason)
-            await self._quietly(target.fail(_failure_text(failure, record.request)))
+            await self._quietly(target.withdraw(_failure_text(failure, record.request)))
 
         return self._track(record.job_id, asyncio.create_task(answer(), name=f"stepgrid-job-{record.job_id}"))
 
-    def _spawn_driver(self, record: JobRecord, target: _JobMessage) -> asyncio.Task[None]:
+    def _spawn_driver(self, record: JobRecord, target: JobMessage) -> asyncio.Task[None]:
         task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{record.job_id}")
         return self._track(record.job_id, task)
 
@@ -726,7 +262,7 @@ class JobService:
 
     async def handle_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
         """Act on a click on one of a job's buttons."""
-        record = await self.store.get_params(job_id)
+        record = await self.store.get(job_id)
         if record is None:
             raise JobNotFound(job_id)
         if action == "details":
@@ -769,7 +305,7 @@ class JobService:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _drive(self, record: JobRecord, target: _JobMessage) -> None:
+    async def _drive(self, record: JobRecord, target: JobMessage) -> None:
         job_id = record.job_id
         editor: ThrottledEditor[MessageUpdate] = ThrottledEditor(
             target.show, interval=self.edit_interval, clock=self._clock, sleep=self._sleep
@@ -810,13 +346,13 @@ class JobService:
             await editor.stop()
             await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, f"bot error (ref {reference})")))
             await self._quietly(
-                target.fail(f"Something went wrong on my side (ref `{reference}`). It has been logged; try again.")
+                target.withdraw(f"Something went wrong on my side (ref `{reference}`). It has been logged; try again.")
             )
         finally:
             self._cancelled_by.pop(job_id, None)
 
     async def _finish_with_result(
-        self, record: JobRecord, result: JobResult, target: _JobMessage, editor: ThrottledEditor[MessageUpdate]
+        self, record: JobRecord, result: JobResult, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
         files = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
         await editor.finish(result_message(record, result, files))
@@ -837,7 +373,7 @@ class JobService:
         await self._quietly(editor.finish(note))
 
     async def _finish_with_failure(
-        self, record: JobRecord, failure: JobFailed, target: _JobMessage, editor: ThrottledEditor[MessageUpdate]
+        self, record: JobRecord, failure: JobFailed, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
         await editor.stop()
         await self.store.mark_finished(record.job_id, failure)
@@ -845,12 +381,14 @@ class JobService:
             cancelled_by = self._cancelled_by.get(record.job_id)
             # The owner who clicked Cancel was already told; anyone else hears it here.
             if cancelled_by == record.user_id:
-                await target.fail(None)
+                await target.withdraw(None)
             else:
-                await target.fail(_failure_text(failure, record.request, cancelled_by_other=cancelled_by is not None))
+                await target.withdraw(
+                    _failure_text(failure, record.request, cancelled_by_other=cancelled_by is not None)
+                )
         else:
             log.info("job %s failed: %s", record.job_id, failure.message)
-            await target.fail(_failure_text(failure, record.request))
+            await target.withdraw(_failure_text(failure, record.request))
 
     @staticmethod
     async def _quietly(awaitable: Awaitable[object]) -> None:
@@ -875,99 +413,3 @@ def _what_was_asked(request: Request) -> str:
     if isinstance(request, CompareStepsRequest):
         return "Your comparison grid"
     return "Your images" if request.count > 1 else "Your image"
-
-
-def resolve_size(text: str | None, defaults: RequestDefaults) -> tuple[int, int]:
-    """(width, height) from a size option like "512" or "768x512", or the defaults."""
-    if text is None or not text.strip():
-        return defaults.width, defaults.height
-    try:
-        return parse_size(text.strip())
-    except InvalidRequest as error:
-        raise InvalidOption(str(error)) from None
-
-
-def resolve_step_list(text: str | None) -> tuple[int, ...]:
-    """Step counts from "5,10,20"; the default comparison when left out."""
-    if text is None or not text.strip():
-        return DEFAULT_COMPARE_STEPS
-    try:
-        return parse_step_list(text)
-    except InvalidRequest as error:
-        raise InvalidOption(str(error)) from None
-
-
-# --- backed by the database -------------------------------------------------------------------
-
-
-class DatabaseJobStore:
-    """A JobStore on the job ledger: buttons resolve after a restart, every job has its row."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    async def record(self, job: JobRecord) -> None:
-        await self.database.record_job(
-            job.request,
-            user_id=job.user_id,
-            channel_id=job.channel_id or 0,
-            guild_id=job.guild_id,
-            job_id=job.job_id,
-            origin=job.command,
-            parent_job_id=job.parent_job_id,
-            application_id=job.application_id,
-            interaction_token=job.interaction_token,
-            message_id=job.message_id,
-        )
-
-    async def get_params(self, job_id: str) -> JobRecord | None:
-        row = await self.database.get_job(job_id)
-        if row is None:
-            return None
-        return JobRecord(
-            job_id=row.id,
-            request=params_to_request(row.command, row.params),
-            user_id=row.user_id,
-            guild_id=row.guild_id,
-            channel_id=row.channel_id,
-            command=row.origin or row.command,
-            created_at=row.created_at,
-            parent_job_id=row.parent_job_id,
-            application_id=row.application_id,
-            interaction_token=row.interaction_token,
-            message_id=row.message_id,
-        )
-
-    async def set_message(self, job_id: str, message_id: int) -> None:
-        await self.database.set_message(job_id, message_id=message_id)
-
-    async def mark_running(self, job_id: str) -> None:
-        await self.database.mark_running(job_id)
-
-    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
-        await self.database.mark_finished(job_id, outcome)
-
-
-class DatabasePolicy:
-    """Each server's limits from the database, tightened to the operator's ceilings in Settings."""
-
-    def __init__(self, database: Database, settings: Settings) -> None:
-        self.database = database
-        self.settings = settings
-
-    async def limits(self, guild_id: int | None) -> EffectiveLimits:
-        """The limits that apply in this server (the operator's alone in DMs)."""
-        server = await self.database.get_limits(guild_id) if guild_id is not None else None
-        return EffectiveLimits.combine(server, self.settings)
-
-    async def defaults(self, guild_id: int | None) -> RequestDefaults:
-        limits = await self.limits(guild_id)
-        return RequestDefaults(steps=limits.default_steps, scheduler=limits.default_scheduler)
-
-    async def check(self, request: Request, *, guild_id: int | None, user_id: int) -> None:
-        check_request(
-            request,
-            await self.limits(guild_id),
-            steps_used_today=await self.database.steps_used_today(guild_id, user_id),
-            active_jobs=await self.database.active_jobs(guild_id, user_id),
-        )

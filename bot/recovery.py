@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from bot.jobs import JobRecord
-from bot.models import JobStatus, params_to_request
+from bot.models import JobStatus
+from bot.store import record_of
 from inference.protocol import JobFailed
 
 if TYPE_CHECKING:
@@ -37,23 +37,6 @@ class Recovered:
 
     requeued: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
-
-
-def record_of(job: Job) -> JobRecord:
-    """The JobRecord of a ledger row, with what is needed to answer it."""
-    return JobRecord(
-        job_id=job.id,
-        request=params_to_request(job.command, job.params),
-        user_id=job.user_id,
-        guild_id=job.guild_id,
-        channel_id=job.channel_id,
-        command=job.origin or job.command,
-        created_at=job.created_at,
-        parent_job_id=job.parent_job_id,
-        application_id=job.application_id,
-        interaction_token=job.interaction_token,
-        message_id=job.message_id,
-    )
 
 
 def why_not_rerun(

@@ -29,7 +29,8 @@ from inference.protocol import (
 )
 
 if TYPE_CHECKING:
-    from bot.jobs import JobRecord, JobService, ProgressState
+    from bot.jobs import JobService, ProgressState
+    from bot.store import JobRecord
 
 log = logging.getLogger(__name__)
 

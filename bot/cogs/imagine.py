@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs import random_seed, resolve_size
+from bot.requests import random_seed, resolve_size
 from bot.views import SCHEDULER_CHOICES, size_autocomplete
 from inference.protocol import (
     MAX_COUNT,

@@ -24,20 +24,12 @@ from PIL import Image
 from bot.config import Settings
 from bot.db import Database
 from bot.errors import InvalidOption, JobNotFound, ModelLoading, NotYourJob, QueueBusy, UserFacingError
-from bot.jobs import (
-    DatabaseJobStore,
-    DatabasePolicy,
-    JobRecord,
-    JobService,
-    MemoryJobStore,
-    RequestDefaults,
-    SettingsPolicy,
-    ThrottledEditor,
-    compare_steps_around,
-    derive_request,
-    resolve_size,
-    resolve_step_list,
-)
+from bot.jobs import JobService
+from bot.limits import LimitExceeded
+from bot.policy import DatabasePolicy, RequestDefaults, SettingsPolicy
+from bot.requests import compare_steps_around, derive_request, resolve_size, resolve_step_list
+from bot.store import DatabaseJobStore, JobRecord, MemoryJobStore
+from bot.throttle import ThrottledEditor
 from inference.protocol import (
     TERMINAL_EVENTS,
     CompareStepsRequest,
@@ -531,7 +523,7 @@ async def test_an_invalid_request_is_refused_before_anything_happens(
 
 async def test_a_request_over_the_operator_ceiling_names_the_limit(harness: Harness) -> None:
     interaction = harness.interaction()
-    with pytest.raises(InvalidOption, match="at most 100 steps; you asked for 120"):
+    with pytest.raises(LimitExceeded, match="at most 100 steps; you asked for 120"):
         await harness.service.start(interaction.as_interaction(), GenerateRequest("x", steps=120), command="imagine")
     assert harness.queue.requests == {}
 
@@ -752,7 +744,7 @@ async def test_reroll_queues_the_same_prompt_with_a_new_seed_for_the_clicker(har
     assert rerolled.seed != IMAGINE.seed
     assert harness.queue.users[new_id] == str(OTHER)
     assert click.recorder.calls[0].kind == "defer"
-    stored = await harness.store.get_params(new_id)
+    stored = await harness.store.get(new_id)
     assert stored is not None and stored.parent_job_id == job_id and stored.command == "reroll"
 
 

@@ -13,7 +13,8 @@ from discord import app_commands
 from bot.client import EXTENSIONS, Stepgrid
 from bot.config import Settings
 from bot.errors import InvalidOption, QueueBusy, report_error, user_message
-from bot.jobs import JobRecord, ProgressState
+from bot.jobs import ProgressState
+from bot.store import JobRecord
 from bot.views import (
     CUSTOM_ID_PATTERN,
     JobButton,
