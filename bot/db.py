@@ -46,7 +46,7 @@ from inference.protocol import JobFailed, JobResult, Request, total_steps
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Clock = Callable[[], datetime]
+WallClock = Callable[[], datetime]
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -62,7 +62,7 @@ class DatabaseTooNew(RuntimeError):
         self.revision = revision
 
 
-class JobNotFound(LookupError):
+class LedgerJobMissing(LookupError):
     """No job with that id in the ledger."""
 
 
@@ -125,17 +125,6 @@ def upgrade_database(path: Path | str, revision: str = "head") -> None:
     command.upgrade(alembic_config(sqlite_url(path)), revision)
 
 
-def downgrade_database(path: Path | str, revision: str) -> None:
-    """`alembic downgrade REVISION` (tests and operators going back a version)."""
-    check_revision(path)
-    command.downgrade(alembic_config(sqlite_url(path)), revision)
-
-
-def head_revision() -> str | None:
-    """The newest revision this code knows."""
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-
-
 # --- the database -------------------------------------------------------------------------------
 
 
@@ -148,7 +137,7 @@ class _Write:
 class Database:
     """The bot's database: call `start()` (migrates, starts the writer), then the methods below."""
 
-    def __init__(self, path: Path | str, settings: Settings | None = None, *, clock: Clock = utcnow) -> None:
+    def __init__(self, path: Path | str, settings: Settings | None = None, *, clock: WallClock = utcnow) -> None:
         self.path = Path(path).expanduser()
         self.settings = settings if settings is not None else Settings()
         self.clock = clock
@@ -209,7 +198,7 @@ class Database:
                 if not item.done.cancelled():
                     item.done.set_exception(error)
                 # Errors raised on purpose (bad input, unknown job) are the caller's to handle.
-                if not isinstance(error, UserFacingError | JobNotFound):
+                if not isinstance(error, UserFacingError | LedgerJobMissing):
                     log.exception("database write failed")
             else:
                 if not item.done.cancelled():
@@ -454,7 +443,7 @@ def _configure_connection(dbapi_connection: Any, connection_record: Any) -> None
 async def _load(session: AsyncSession, job_id: str) -> Job:
     job = await session.get(Job, job_id)
     if job is None:
-        raise JobNotFound(job_id)
+        raise LedgerJobMissing(job_id)
     return job
 
 

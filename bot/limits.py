@@ -68,9 +68,6 @@ class ServerLimits:
     def with_changes(self, changes: dict[str, Any]) -> ServerLimits:
         return replace(self, **changes)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in LIMIT_FIELDS}
-
 
 LIMIT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ServerLimits))
 
@@ -140,15 +137,6 @@ class EffectiveLimits:
 
 
 # --- validating `/limits set` ------------------------------------------------------------------
-
-
-def validate_limit_change(field: str, value: Any, current: ServerLimits, settings: Settings) -> Any:
-    """Check one new value against the ceilings and the server's other settings; return it normalised.
-
-    None resets the field to the operator's value. Raises InvalidLimit naming the field and the
-    allowed range, e.g. "default_steps must be 1 to 40 (this server's max steps); got 50."
-    """
-    return validate_limit_changes({field: value}, current, settings)[field]
 
 
 def validate_limit_changes(changes: dict[str, Any], current: ServerLimits, settings: Settings) -> dict[str, Any]:

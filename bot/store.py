@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from bot.models import params_to_request
 from inference.protocol import JobFailed, JobResult, Request
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ def record_of(job: Job) -> JobRecord:
     """The JobRecord of a ledger row, with what is needed to answer it."""
     return JobRecord(
         job_id=job.id,
-        request=params_to_request(job.command, job.params),
+        request=job.to_request(),
         user_id=job.user_id,
         guild_id=job.guild_id,
         channel_id=job.channel_id,

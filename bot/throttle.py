@@ -49,11 +49,6 @@ class ThrottledEditor(Generic[T]):
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())
 
-    async def idle(self) -> None:
-        """Wait until everything pushed so far has been sent."""
-        while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
-
     async def stop(self) -> None:
         """Drop the pending update; wait for a send in flight to end."""
         self._pending.clear()

@@ -253,12 +253,6 @@ def custom_id(action: str, job_id: str) -> str:
     return f"stepgrid:{action}:{job_id}"
 
 
-def parse_custom_id(value: str) -> tuple[str, str] | None:
-    """(action, job_id) of a job button's custom id, or None if it isn't one."""
-    match = re.fullmatch(CUSTOM_ID_PATTERN, value)
-    return (match["action"], match["job_id"]) if match else None
-
-
 def job_service(interaction: discord.Interaction) -> JobService:
     """The JobService of the bot that received `interaction`."""
     service = getattr(interaction.client, "jobs", None)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.db import Database, JobNotFound
+from bot.db import Database, LedgerJobMissing
 from bot.limits import InvalidLimit, ServerLimits
 from bot.models import Job, LimitsChange
 from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
@@ -153,7 +153,7 @@ async def test_a_write_after_close_is_refused(db_path: Path) -> None:
 
 
 async def test_a_failing_write_does_not_stop_the_writer(db: Database) -> None:
-    with pytest.raises(JobNotFound):
+    with pytest.raises(LedgerJobMissing):
         await db.mark_running("no-such-job")
 
     job = await record(db)
@@ -350,7 +350,7 @@ async def test_a_finished_job_ignores_a_late_status_change(db: Database) -> None
 
 
 async def test_an_unknown_job_is_an_error(db: Database) -> None:
-    with pytest.raises(JobNotFound):
+    with pytest.raises(LedgerJobMissing):
         await db.mark_done("nope", gpu_seconds=0, queue_seconds=0, steps_run=0)
     assert await db.get_job("nope") is None
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import discord
 import pytest
@@ -397,6 +397,16 @@ def progress(job_id: str, step: int, total: int, *, lane: int = 0, preview: byte
 
 # --- ThrottledEditor --------------------------------------------------------------------------
 
+T = TypeVar("T")
+
+
+class IdleEditor(ThrottledEditor[T]):
+    """A ThrottledEditor a test can wait on until everything pushed has been sent."""
+
+    async def idle(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
 
 async def test_editor_sends_the_first_update_at_once() -> None:
     clock = FakeClock()
@@ -405,7 +415,7 @@ async def test_editor_sends_the_first_update_at_once() -> None:
     async def send(update: str) -> None:
         sent.append(update)
 
-    editor = ThrottledEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
+    editor = IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
     editor.push("queued")
     await editor.idle()
     assert sent == ["queued"]
@@ -419,7 +429,7 @@ async def test_editor_coalesces_a_burst_into_the_latest_update() -> None:
     async def send(update: str) -> None:
         sent.append((update, clock()))
 
-    editor = ThrottledEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
+    editor = IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
     editor.push("first")
     await editor.idle()
     for step in range(1, 11):
@@ -441,7 +451,7 @@ async def test_editor_keeps_edits_an_interval_apart_while_a_send_is_slow() -> No
             await release.wait()
         sent.append((update, clock()))
 
-    editor = ThrottledEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
+    editor = IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
     editor.push("a")
     async with asyncio.timeout(WAIT):
         await started.wait()
@@ -460,7 +470,7 @@ async def test_editor_finish_drops_pending_progress_and_waits_for_its_slot() -> 
     async def send(update: str) -> None:
         sent.append((update, clock()))
 
-    editor = ThrottledEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
+    editor = IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
     editor.push("step 1")
     await editor.idle()
     editor.push("step 2")
@@ -478,7 +488,7 @@ async def test_editor_survives_a_failed_progress_edit() -> None:
             raise _http_error(500, 0, "Internal Server Error")
         sent.append(update)
 
-    editor = ThrottledEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
+    editor = IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
     editor.push("bad")
     await editor.idle()
     editor.push("good")

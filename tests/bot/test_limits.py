@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -24,7 +25,6 @@ from bot.limits import (
     format_amount,
     format_duration,
     next_quota_reset,
-    validate_limit_change,
     validate_limit_changes,
 )
 from bot.models import GuildLimits
@@ -32,6 +32,11 @@ from inference.protocol import SCHEDULER_NAMES, CompareStepsRequest, GenerateReq
 
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
 EVENING = datetime(2026, 3, 14, 20, 48, tzinfo=UTC)
+
+
+def validate_limit_change(field: str, value: Any, current: ServerLimits, settings: Settings) -> Any:
+    """One change checked on its own; its normalised value."""
+    return validate_limit_changes({field: value}, current, settings)[field]
 
 
 def limits(**server: object) -> EffectiveLimits:

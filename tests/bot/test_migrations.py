@@ -19,9 +19,8 @@ from bot.db import (
     Database,
     DatabaseTooNew,
     alembic_config,
+    check_revision,
     database_revisions,
-    downgrade_database,
-    head_revision,
     migrations_folder,
     sqlite_url,
     upgrade_database,
@@ -30,6 +29,17 @@ from bot.models import Base
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {"jobs", "guild_limits", "limits_changes"}
+
+
+def downgrade_database(path: Path | str, revision: str) -> None:
+    """`alembic downgrade REVISION` on the database at `path`."""
+    check_revision(path)
+    command.downgrade(alembic_config(sqlite_url(path)), revision)
+
+
+def head_revision() -> str | None:
+    """The newest revision this code knows."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def table_names(path: Path) -> set[str]:

@@ -20,7 +20,6 @@ from bot.views import (
     JobButton,
     details_embed,
     parameters_embed,
-    parse_custom_id,
     progress_bar,
     progress_message,
     progress_text,
@@ -34,6 +33,12 @@ from inference.queue import QueueFull
 from tests.bot.test_jobs import COMPARE, IMAGINE, OWNER, FakeClock, FakeInteraction, Harness, Recorder, ScriptedQueue
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
+
+
+def parse_custom_id(value: str) -> tuple[str, str] | None:
+    """(action, job_id) of a job button's custom id, or None if it isn't one."""
+    match = re.fullmatch(CUSTOM_ID_PATTERN, value)
+    return (match["action"], match["job_id"]) if match else None
 
 
 def record_of(request: GenerateRequest | CompareStepsRequest) -> JobRecord:
