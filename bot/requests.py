@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from bot.errors import InvalidOption
 from bot.views import step_down, step_up
@@ -22,6 +22,44 @@ from inference.protocol import (
 
 if TYPE_CHECKING:
     from bot.policy import RequestDefaults
+
+# The longest prompt (and negative prompt) the commands accept.
+MAX_PROMPT_CHARS = 1500
+
+
+class SharedFields(TypedDict):
+    """The fields /imagine and /compare-steps fill the same way from their options."""
+
+    prompt: str
+    negative_prompt: str
+    scheduler: str
+    seed: int
+    guidance: float
+    width: int
+    height: int
+
+
+def shared_fields(
+    defaults: RequestDefaults,
+    *,
+    prompt: str,
+    negative_prompt: str | None,
+    scheduler: str | None,
+    seed: int | None,
+    guidance: float | None,
+    size: str | None,
+) -> SharedFields:
+    """A command's options, with the server's defaults and a random seed where left out."""
+    width, height = resolve_size(size, defaults)
+    return SharedFields(
+        prompt=prompt.strip(),
+        negative_prompt=(negative_prompt or "").strip(),
+        scheduler=defaults.scheduler if scheduler is None else scheduler,
+        seed=random_seed() if seed is None else seed,
+        guidance=defaults.guidance if guidance is None else guidance,
+        width=width,
+        height=height,
+    )
 
 
 def random_seed(rng: random.Random | None = None) -> int:

@@ -13,14 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bot.db import Database
-from bot.limits import EffectiveLimits, next_quota_reset
+from bot.limits import EffectiveLimits, day_start, next_quota_reset
 from bot.models import Job, JobStatus, in_guild
 
 log = logging.getLogger(__name__)
 
 # `/usage server period:` choices and how far back each reaches (None: since the first job).
 USAGE_PERIODS: dict[str, timedelta | None] = {
-    "today": None,  # since midnight UTC, handled by period_start
+    "today": None,  # since midnight UTC (limits.day_start), handled by period_start
     "7 days": timedelta(days=7),
     "30 days": timedelta(days=30),
     "all time": None,
@@ -111,7 +111,7 @@ def period_start(period: str, now: datetime) -> datetime | None:
     if period not in USAGE_PERIODS:
         raise ValueError(f"unknown period {period!r}; choose one of: {', '.join(USAGE_PERIODS)}")
     if period == "today":
-        return next_quota_reset(now) - timedelta(days=1)
+        return day_start(now)
     span = USAGE_PERIODS[period]
     return None if span is None else now - span
 

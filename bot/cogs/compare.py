@@ -8,14 +8,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.requests import random_seed, resolve_size, resolve_step_list
+from bot.requests import MAX_PROMPT_CHARS, resolve_step_list, shared_fields
 from bot.views import SCHEDULER_CHOICES, size_autocomplete
 from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, CompareStepsRequest
 
 if TYPE_CHECKING:
     from bot.client import Stepgrid
-
-MAX_PROMPT_CHARS = 1500
 
 
 class CompareSteps(commands.Cog):
@@ -52,17 +50,16 @@ class CompareSteps(commands.Cog):
     ) -> None:
         jobs = self.bot.jobs
         defaults = await jobs.defaults(interaction.guild_id)
-        width, height = resolve_size(size, defaults)
-        request = CompareStepsRequest(
-            prompt=prompt.strip(),
-            steps=resolve_step_list(steps),
-            scheduler=defaults.scheduler if scheduler is None else scheduler,
-            seed=random_seed() if seed is None else seed,
-            guidance=defaults.guidance if guidance is None else guidance,
-            width=width,
-            height=height,
-            negative_prompt=(negative_prompt or "").strip(),
+        shared = shared_fields(
+            defaults,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            scheduler=scheduler,
+            seed=seed,
+            guidance=guidance,
+            size=size,
         )
+        request = CompareStepsRequest(**shared, steps=resolve_step_list(steps))
         await jobs.start(interaction, request, command="compare-steps")
 
 

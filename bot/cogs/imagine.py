@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.requests import random_seed, resolve_size
+from bot.requests import MAX_PROMPT_CHARS, shared_fields
 from bot.views import SCHEDULER_CHOICES, size_autocomplete
 from inference.protocol import (
     MAX_COUNT,
@@ -23,8 +23,6 @@ from inference.protocol import (
 
 if TYPE_CHECKING:
     from bot.client import Stepgrid
-
-MAX_PROMPT_CHARS = 1500
 
 
 class Imagine(commands.Cog):
@@ -61,17 +59,17 @@ class Imagine(commands.Cog):
     ) -> None:
         jobs = self.bot.jobs
         defaults = await jobs.defaults(interaction.guild_id)
-        width, height = resolve_size(size, defaults)
+        shared = shared_fields(
+            defaults,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            scheduler=scheduler,
+            seed=seed,
+            guidance=guidance,
+            size=size,
+        )
         request = GenerateRequest(
-            prompt=prompt.strip(),
-            negative_prompt=(negative_prompt or "").strip(),
-            steps=defaults.steps if steps is None else steps,
-            scheduler=defaults.scheduler if scheduler is None else scheduler,
-            seed=random_seed() if seed is None else seed,
-            guidance=defaults.guidance if guidance is None else guidance,
-            width=width,
-            height=height,
-            count=1 if count is None else count,
+            **shared, steps=defaults.steps if steps is None else steps, count=1 if count is None else count
         )
         await jobs.start(interaction, request, command="imagine")
 
