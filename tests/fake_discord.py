@@ -872,10 +872,10 @@ def _walk(components: list[Json]) -> Iterator[Json]:
         )
 
 
-@pytest.fixture
-async def fake_discord() -> AsyncIterator[FakeDiscord]:
-    """A started FakeDiscord with discord.py pointed at it; fails the test if an unknown route was hit."""
-    fake = FakeDiscord()
+@contextlib.asynccontextmanager
+async def running_fake(**options: Any) -> AsyncIterator[FakeDiscord]:
+    """A started FakeDiscord with discord.py pointed at it; fails if the bot hit an unknown route."""
+    fake = FakeDiscord(**options)
     await fake.start()
     try:
         with fake.patch_discord():
@@ -883,3 +883,10 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     finally:
         await fake.stop()
     fake.assert_no_unknown_routes()
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """The fake Discord for one test (see running_fake)."""
+    async with running_fake() as fake:
+        yield fake

@@ -34,7 +34,8 @@ from tests.e2e.helpers import (
     wait_for_result,
     worker_paused,
 )
-from tests.fake_discord import FakeDiscord, FakeMember, InteractionHandle
+from tests.fake_discord import FakeDiscord, FakeMember, InteractionHandle, running_fake
+from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -48,30 +49,17 @@ BLOCKER_STEPS = ",".join(str(steps) for steps in range(143, 151))
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
     """One real worker running the tiny model for the whole module."""
-    queue = LocalJobQueue(tiny_config, max_length=50, hang_seconds=120)
-    await queue.start()  # tests/conftest.py keeps the worker to one OpenMP thread
-    try:
-        await queue.wait_ready()
-    except BaseException:
-        await queue.close()
-        raise
-    try:
+    async with started_queue(
+        LocalJobQueue(tiny_config, max_length=50, hang_seconds=120)
+    ) as queue:  # one OpenMP thread: conftest.py
         yield queue
-    finally:
-        await queue.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def fake() -> AsyncIterator[FakeDiscord]:
     """A fake Discord on the module's loop; fails the test if the bot hit a route the fake doesn't know."""
-    fake = FakeDiscord(timeout=60.0)  # a hang guard for jobs on a busy CPU, not a timing expectation
-    await fake.start()
-    try:
-        with fake.patch_discord():
-            yield fake
-    finally:
-        await fake.stop()
-    fake.assert_no_unknown_routes()
+    async with running_fake(timeout=60.0) as fake:  # a hang guard for jobs on a busy CPU, not a timing expectation
+        yield fake
 
 
 def imagine_options(**overrides: Any) -> dict[str, Any]:

@@ -30,7 +30,15 @@ from tests.e2e.helpers import (
     wait_for_progress,
     wait_for_result,
 )
-from tests.fake_discord import CommandUnavailable, FakeDiscord, FakeMember, InteractionHandle, RecordedRequest
+from tests.fake_discord import (
+    CommandUnavailable,
+    FakeDiscord,
+    FakeMember,
+    InteractionHandle,
+    RecordedRequest,
+    running_fake,
+)
+from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -40,29 +48,16 @@ ADMIN_COMMANDS = ("limits-set", "limits-reset", "usage-server")
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
     """One real worker running the tiny model for the whole module."""
-    queue = LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=1), max_length=50, hang_seconds=120)
-    await queue.start()  # tests/conftest.py keeps the worker to one OpenMP thread
-    try:
-        await queue.wait_ready()
-    except BaseException:
-        await queue.close()
-        raise
-    try:
+    async with started_queue(
+        LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=1), max_length=50, hang_seconds=120)
+    ) as queue:
         yield queue
-    finally:
-        await queue.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def fake() -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord(timeout=60.0)  # a hang guard, not a timing expectation
-    await fake.start()
-    try:
-        with fake.patch_discord():
-            yield fake
-    finally:
-        await fake.stop()
-    fake.assert_no_unknown_routes()
+    async with running_fake(timeout=60.0) as fake:  # a hang guard, not a timing expectation
+        yield fake
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -4,7 +4,6 @@ and the supervisor's promise that a job accepted is a job answered, even across 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import io
 import os
@@ -31,6 +30,7 @@ from inference.protocol import (
 )
 from inference.queue import LocalJobQueue, QueueFull, WorkerUnavailable
 from tests.inference.crashy_worker import crashy_worker_main, dying_worker_main
+from tests.workers import started_queue
 
 pytestmark = pytest.mark.slow
 
@@ -54,20 +54,9 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png))).astype(int)
 
 
-@contextlib.asynccontextmanager
-async def started(queue: LocalJobQueue) -> AsyncIterator[LocalJobQueue]:
-    """Start the queue's worker, wait until it is ready, and close it afterwards."""
-    await queue.start()
-    try:
-        await queue.wait_ready()
-        yield queue
-    finally:
-        await queue.close()
-
-
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def queue(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
-    async with started(LocalJobQueue(tiny_config, max_length=50, hang_seconds=60)) as queue:
+    async with started_queue(LocalJobQueue(tiny_config, max_length=50, hang_seconds=60)) as queue:
         yield queue
 
 
@@ -184,7 +173,7 @@ async def test_queue_positions_are_reported_while_waiting(tiny_config: WorkerCon
 
 @pytest.mark.asyncio
 async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_config: WorkerConfig) -> None:
-    async with started(LocalJobQueue(tiny_config)) as queue:
+    async with started_queue(LocalJobQueue(tiny_config)) as queue:
         ids = [queue.submit(GenerateRequest(f"job {i}", steps=40, seed=i, **SMALL), user_id=str(i)) for i in range(3)]
         streams = [queue.events(job_id) for job_id in ids]
         async for event in streams[0]:
@@ -204,7 +193,7 @@ async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_conf
 async def test_a_job_that_kills_the_worker_every_time_fails_clearly_after_two_attempts(
     tiny_config: WorkerConfig,
 ) -> None:
-    async with started(LocalJobQueue(tiny_config, worker_target=crashy_worker_main)) as queue:
+    async with started_queue(LocalJobQueue(tiny_config, worker_target=crashy_worker_main)) as queue:
         innocent = queue.submit(GenerateRequest("a fox", steps=3, **SMALL), user_id="a")
         killer = queue.submit(GenerateRequest("CRASH please", steps=3, **SMALL), user_id="b")
         after = queue.submit(GenerateRequest("a cat", steps=3, **SMALL), user_id="c")
@@ -223,7 +212,7 @@ async def test_a_job_that_kills_the_worker_every_time_fails_clearly_after_two_at
 async def test_out_of_memory_fails_the_batch_retries_each_job_alone_and_the_worker_lives(
     tiny_config: WorkerConfig,
 ) -> None:
-    async with started(LocalJobQueue(tiny_config, worker_target=crashy_worker_main)) as queue:
+    async with started_queue(LocalJobQueue(tiny_config, worker_target=crashy_worker_main)) as queue:
         greedy = queue.submit(GenerateRequest("OOM huge", steps=3, **SMALL), user_id="a")
         neighbour = queue.submit(GenerateRequest("a fox", steps=3, **SMALL), user_id="b")
         greedy_events, neighbour_events = await asyncio.gather(collect(queue, greedy), collect(queue, neighbour))
@@ -236,7 +225,7 @@ async def test_out_of_memory_fails_the_batch_retries_each_job_alone_and_the_work
 
 @pytest.mark.asyncio
 async def test_a_hung_worker_is_killed_and_the_job_answered(tiny_config: WorkerConfig) -> None:
-    async with started(LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=6)) as queue:
+    async with started_queue(LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=6)) as queue:
         hung = queue.submit(GenerateRequest("HANG forever", steps=3, **SMALL), user_id="a")
         events = await collect(queue, hung)
         assert queue.restarts == 2
