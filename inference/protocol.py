@@ -25,6 +25,7 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "UniPC",
 )
 DEFAULT_SCHEDULER = "Euler a"
+DEFAULT_GUIDANCE = 7.5
 DEFAULT_COMPARE_STEPS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
 
 MIN_STEPS, MAX_STEPS = 1, 150
@@ -51,7 +52,7 @@ class GenerateRequest:
     steps: int = 30
     scheduler: str = DEFAULT_SCHEDULER
     seed: int = 0
-    guidance: float = 7.5
+    guidance: float = DEFAULT_GUIDANCE
     width: int = 512
     height: int = 512
     negative_prompt: str = ""
@@ -75,7 +76,7 @@ class CompareStepsRequest:
     steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
     scheduler: str = DEFAULT_SCHEDULER
     seed: int = 0
-    guidance: float = 7.5
+    guidance: float = DEFAULT_GUIDANCE
     width: int = 512
     height: int = 512
     negative_prompt: str = ""

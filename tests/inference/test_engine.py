@@ -28,6 +28,7 @@ from inference.protocol import (
 
 SIZE = 256
 STEPS = 6
+ENCODER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-png")  # shared: engines come and go
 
 
 class RecordingEngine(LaneEngine):
@@ -35,7 +36,7 @@ class RecordingEngine(LaneEngine):
 
     def __init__(self, model: LoadedModel) -> None:
         self.events: list[JobEvent] = []
-        super().__init__(model, self.events.append, max_batch_lanes=16, previews=False)
+        super().__init__(model, self.events.append, max_batch_lanes=16, previews=False, encoder=ENCODER)
         self.final_latents: dict[tuple[str, int], torch.Tensor] = {}
         self.batch_sizes: list[int] = []
 
@@ -70,11 +71,20 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def test_the_tiny_model_is_saved_and_loaded_through_from_pretrained(tiny: LoadedModel, tmp_path: Path) -> None:
-    assert tiny.is_test_model
-    assert type(tiny.pipe).__name__ == "StableDiffusionPipeline"
-    assert tiny.dtype == torch.float32 and tiny.device.type == "cpu"
-    assert tiny.pipe.tokenizer.model_max_length == 77
+def test_the_tiny_model_is_saved_once_and_loaded_through_from_pretrained(tmp_path: Path) -> None:
+    config = WorkerConfig(model="tiny", cache_dir=str(tmp_path))
+    first = load_model(config)
+    [folder] = tmp_path.glob("tiny-random-weights-v*")
+    assert (folder / "model_index.json").is_file() and (folder / "STEPGRID_TEST_MODEL.json").is_file()
+    saved_at = (folder / "unet").stat().st_mtime_ns
+    second = load_model(config)
+    assert (folder / "unet").stat().st_mtime_ns == saved_at, "the saved model is reused, not rebuilt"
+    for model in (first, second):
+        assert model.is_test_model and type(model.pipe).__name__ == "StableDiffusionPipeline"
+        assert model.dtype == torch.float32 and model.device.type == "cpu"
+        assert model.pipe.tokenizer.model_max_length == 77
+    weights = next(iter(first.pipe.unet.parameters()))
+    assert torch.equal(weights, next(iter(second.pipe.unet.parameters()))), "same weights both times"
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
