@@ -143,6 +143,21 @@ def bot_env(fake: FakeDiscord, database: Path, model_cache_dir: Path) -> dict[st
     }
 
 
+async def one_running_one_queued(
+    fake: FakeDiscord, bot: BotProcess, *, seed: int
+) -> tuple[InteractionHandle, InteractionHandle]:
+    """Once the worker is ready: a slow grid that is running, and an /imagine queued behind it."""
+    await bot.wait_for_log(WORKER_READY, within=fake.timeout)
+    running = await fake.invoke(
+        "compare-steps", {"prompt": "a slow one", "steps": SLOW_STEPS, "size": "512", "seed": seed}, user=fake.member
+    )
+    await wait_for_progress(running, "step ")
+    queued = await fake.invoke("imagine", {"prompt": "a quick one", "steps": 4, "size": "256", "seed": seed + 1},
+                               user=fake.admin)  # fmt: skip
+    await wait_for_progress(queued, "Queued")
+    return running, queued
+
+
 async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_of_them(
     fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
 ) -> None:
@@ -150,14 +165,7 @@ async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_o
     bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
     await bot.start()
     try:
-        await bot.wait_for_log(WORKER_READY, within=fake.timeout)
-        running = await fake.invoke(
-            "compare-steps", {"prompt": "a slow one", "steps": SLOW_STEPS, "size": "512", "seed": 1}, user=fake.member
-        )
-        await wait_for_progress(running, "step ")
-        queued = await fake.invoke("imagine", {"prompt": "a quick one", "steps": 4, "size": "256", "seed": 2},
-                                   user=fake.admin)  # fmt: skip
-        await wait_for_progress(queued, "Queued")
+        running, queued = await one_running_one_queued(fake, bot, seed=1)
 
         await bot.kill(signal.SIGKILL)
         before = await asyncio.to_thread(job_rows, database)
@@ -187,14 +195,7 @@ async def test_sigterm_stops_gracefully_leaving_the_waiting_job_queued_for_the_n
     bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
     await bot.start()
     try:
-        await bot.wait_for_log(WORKER_READY, within=fake.timeout)
-        running = await fake.invoke(
-            "compare-steps", {"prompt": "a slow one", "steps": SLOW_STEPS, "size": "512", "seed": 3}, user=fake.member
-        )
-        await wait_for_progress(running, "step ")
-        queued = await fake.invoke("imagine", {"prompt": "a quick one", "steps": 4, "size": "256", "seed": 4},
-                                   user=fake.admin)  # fmt: skip
-        await wait_for_progress(queued, "Queued")
+        _, queued = await one_running_one_queued(fake, bot, seed=3)
 
         assert bot.process is not None
         bot.process.send_signal(signal.SIGTERM)  # what `docker stop` sends: to the bot alone
