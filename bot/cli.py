@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -15,22 +14,17 @@ from typing import NoReturn, TextIO
 from pydantic import ValidationError
 
 from bot.config import Settings
+from bot.errors import InvalidOption
+from bot.job_requests import RequestDefaults, build_request, checked
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
-    MAX_SEED,
     SCHEDULER_NAMES,
     CompareStepsRequest,
-    GenerateRequest,
-    InvalidRequest,
     JobFailed,
     JobProgress,
     JobQueued,
     JobResult,
     Request,
-    parse_size,
-    parse_step_list,
-    scheduler_named,
-    validate,
 )
 from inference.queue import LocalJobQueue, WorkerUnavailable
 
@@ -56,11 +50,13 @@ def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings)
     parser.add_argument(
         "--guidance",
         type=float,
-        default=GenerateRequest.guidance,
+        default=RequestDefaults.guidance,
         help="classifier-free guidance, 0-30 (default: %(default)s)",
     )
     parser.add_argument(
-        "--size", default="512", help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024 (default: %(default)s)"
+        "--size",
+        default=str(RequestDefaults.width),
+        help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024 (default: %(default)s)",
     )
     parser.add_argument(
         "--model",
@@ -109,25 +105,22 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace) -> Request:
-    """Build and validate the request; raises InvalidRequest with a one-line reason."""
-    width, height = parse_size(args.size)
-    seed = args.seed if args.seed != -1 else secrets.randbelow(MAX_SEED + 1)
-    common = {
-        "prompt": args.prompt,
-        "scheduler": scheduler_named(args.scheduler),
-        "seed": seed,
-        "guidance": args.guidance,
-        "width": width,
-        "height": height,
-        "negative_prompt": args.negative,
-    }
-    request: Request
-    if args.command == "compare-steps":
-        request = CompareStepsRequest(steps=parse_step_list(args.steps), **common)
-    else:
-        request = GenerateRequest(steps=args.steps, count=args.count, **common)
-    validate(request)
-    return request
+    """Build and check the request with the commands' builder; raises InvalidOption with a one-line reason."""
+    compare = args.command == "compare-steps"
+    request = build_request(
+        RequestDefaults(),
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        scheduler=args.scheduler,
+        seed=None if args.seed == -1 else args.seed,
+        guidance=args.guidance,
+        size=args.size,
+        steps=None if compare else args.steps,
+        count=None if compare else args.count,
+        compare_steps=args.steps if compare else None,
+        compare=compare,
+    )
+    return checked(request)
 
 
 class ProgressBar:
@@ -184,14 +177,14 @@ def check_output_and_model(args: argparse.Namespace) -> None:
     """Refuse, before loading anything, an output that can't be written or a model folder that isn't there."""
     output: Path = args.output
     if output.is_dir():
-        raise InvalidRequest(f"-o {output} is a folder; give a file name like {output / 'image.png'}.")
+        raise InvalidOption(f"-o {output} is a folder; give a file name like {output / 'image.png'}.")
     if output.suffix.lower() != ".png":
-        raise InvalidRequest(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
+        raise InvalidOption(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
     model = Path(args.model).expanduser()
     looks_like_path = args.model.startswith((".", "/", "~")) or model.exists()
     if looks_like_path and not (model / "model_index.json").is_file():
         what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
-        raise InvalidRequest(f"--model {args.model} {what}.")
+        raise InvalidOption(f"--model {args.model} {what}.")
 
 
 def write_outputs(request: Request, result: JobResult, output: Path) -> list[Path]:
@@ -220,7 +213,7 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         request = request_from_args(args)
         check_output_and_model(args)
-    except InvalidRequest as error:
+    except InvalidOption as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     settings = settings.model_copy(update={"model": args.model, "device": args.device, "dtype": args.dtype})
@@ -260,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(settings)
     if args.command == "db":
-        from bot.db import DatabaseTooNew, upgrade_database
+        from bot.db_migrations import DatabaseTooNew, upgrade_database
 
         try:
             upgrade_database(settings.database_path)
@@ -270,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"database {settings.database_path} is at the latest schema")
         return 0
     if args.command == "usage":
-        from bot.usage import export_csv
+        from bot.usage_report import export_csv
 
         try:
             export_csv(settings.database_path, sys.stdout)

@@ -13,15 +13,16 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.buttons import JobButton
 from bot.config import Settings
-from bot.db import Database, DatabaseTooNew
+from bot.db import Database
+from bot.db_migrations import DatabaseTooNew
 from bot.errors import report_error
 from bot.jobs import TOKEN_LIFETIME, JobService
 from bot.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
 from bot.recovery import recover_jobs
 from bot.store import DatabaseJobStore, JobStore
 from bot.throttle import EDIT_INTERVAL
-from bot.views import JobButton
 from inference.queue import JobQueue
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_SIZE, MAX_STEPS, WorkerConfig
+from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_SIZE, MAX_STEPS, GenerateRequest, WorkerConfig
 
 
 class Settings(BaseSettings):
@@ -35,7 +35,7 @@ class Settings(BaseSettings):
 
     # Global ceilings (the operator's); per-server limits may only be tighter.
     max_steps: int = MAX_STEPS
-    default_steps: int = 30
+    default_steps: int = GenerateRequest.steps
     default_scheduler: str = DEFAULT_SCHEDULER
     max_grid_cells: int = MAX_COMPARE_CELLS
     max_image_size: int = MAX_SIZE

@@ -16,13 +16,11 @@ import time
 import uuid
 import weakref
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 
 import discord
 
 from bot.config import Settings
 from bot.errors import (
-    InvalidOption,
     JobNotFound,
     ModelLoading,
     ModelUnavailable,
@@ -32,24 +30,24 @@ from bot.errors import (
     new_reference,
     send_ephemeral,
 )
-from bot.policy import RequestDefaults, RequestPolicy, SettingsPolicy
-from bot.reply import InteractionMessage, JobMessage, StoredInteractionMessage
-from bot.requests import derive_request
-from bot.store import JobRecord, JobStore, MemoryJobStore
-from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
-from bot.views import (
+from bot.job_requests import checked, derive_request
+from bot.messages import (
     MessageUpdate,
+    ProgressState,
     details_embed,
     encode_result_files,
+    failure_text,
     progress_message,
     result_message,
 )
+from bot.policy import RequestPolicy, SettingsPolicy
+from bot.reply import InteractionMessage, JobMessage, StoredInteractionMessage
+from bot.server_limits import EffectiveLimits
+from bot.store import JobRecord, JobStore, MemoryJobStore
+from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from inference.protocol import (
-    CompareStepsRequest,
     InvalidRequest,
     JobFailed,
-    JobProgress,
-    JobQueued,
     JobResult,
     JobStarted,
     Request,
@@ -64,35 +62,6 @@ log = logging.getLogger(__name__)
 TOKEN_LIFETIME = 14 * 60.0
 
 RESTART_NOTE = "Stepgrid is restarting. Your job keeps its place in the queue and runs once it is back."
-
-
-@dataclass
-class ProgressState:
-    """What the user is shown while a job waits or runs."""
-
-    position: int | None = None
-    started: bool = False
-    attempt: int = 1
-    lane_steps: dict[int, int] = field(default_factory=dict)
-    job_step: int = 0
-    job_total: int = 0
-    preview_png: bytes | None = None
-
-    def apply(self, event: JobQueued | JobStarted | JobProgress) -> None:
-        """Fold one queue event into the state."""
-        if isinstance(event, JobQueued):
-            self.position = event.position
-        elif isinstance(event, JobStarted):
-            self.started = True
-            self.attempt = event.attempt
-            self.lane_steps.clear()
-            self.job_step = 0
-        else:
-            self.started = True
-            self.lane_steps[event.lane] = event.step
-            self.job_step, self.job_total = event.job_step, event.job_total
-            if event.preview_png is not None:
-                self.preview_png = event.preview_png
 
 
 def new_job_id() -> str:
@@ -133,16 +102,17 @@ class JobService:
         """Ids of jobs whose driver is still running."""
         return frozenset(self._tasks)
 
-    async def defaults(self, guild_id: int | None) -> RequestDefaults:
-        """Defaults for options a user left out in this server."""
-        return await self.policy.defaults(guild_id)
+    async def limits(self, guild_id: int | None) -> EffectiveLimits:
+        """The limits that apply in this server: read once per command, for its defaults and its check."""
+        return await self.policy.limits(guild_id)
 
     async def start(
         self,
         interaction: discord.Interaction,
         request: Request,
         *,
-        command: str,
+        origin: str,
+        limits: EffectiveLimits | None = None,
         parent_job_id: str | None = None,
     ) -> asyncio.Task[None]:
         """Check and record `request`, defer the interaction, queue the job and drive it in a task.
@@ -151,12 +121,10 @@ class JobService:
         row that start-up recovery answers. Refusals found before the defer raise UserFacingError
         with nothing answered, so they can still be ephemeral; a queue that refuses after the defer
         marks the row failed, removes the "thinking…" message and raises too (the error handler
-        then answers in an ephemeral follow-up).
+        then answers in an ephemeral follow-up). `origin` is what started the job (the command or
+        a button action); `limits` are the server's, when the caller has already read them.
         """
-        try:
-            validate(request)
-        except InvalidRequest as error:
-            raise InvalidOption(str(error)) from None
+        checked(request)
         if self.queue.unavailable:
             raise ModelUnavailable()
         if not self.queue.ready:
@@ -167,7 +135,7 @@ class JobService:
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
-            command=command,
+            origin=origin,
             parent_job_id=parent_job_id,
             application_id=interaction.application_id,
             interaction_token=interaction.token,
@@ -176,7 +144,9 @@ class JobService:
         # One admission at a time per member: the limits count the member's jobs in the ledger, so
         # the next request is checked only once this one is recorded (else a burst slips past them).
         async with self._admission_lock(interaction.guild_id, interaction.user.id):
-            await self.policy.check(request, guild_id=interaction.guild_id, user_id=interaction.user.id)
+            if limits is None:
+                limits = await self.policy.limits(interaction.guild_id)
+            await self.policy.check(request, limits, guild_id=interaction.guild_id, user_id=interaction.user.id)
             await self.store.record(record)
         # The row exists: every way out from here finishes it or hands it to a driver.
         deadline = self._clock() + self.token_lifetime
@@ -194,7 +164,7 @@ class JobService:
         except BaseException:
             await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, "The job could not be started.")))
             raise
-        log.info("job %s accepted: %s from user %s", job_id, command, record.user_id)
+        log.info("job %s accepted: %s from user %s", job_id, origin, record.user_id)
         target = InteractionMessage(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
         return self._spawn_driver(record, target)
 
@@ -207,8 +177,6 @@ class JobService:
         except WorkerUnavailable:
             log.error("refused job %s: the worker cannot load its model", record.job_id)
             raise ModelUnavailable() from None
-        except InvalidRequest as error:
-            raise InvalidOption(str(error)) from None
 
     def _admission_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
         lock = self._admission_locks.get((guild_id, user_id))
@@ -227,6 +195,7 @@ class JobService:
             client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
         )
         try:
+            validate(record.request)  # what this version accepts may have changed since the job was
             self.queue.submit(record.request, user_id=str(record.user_id), job_id=record.job_id)
         except (QueueFull, WorkerUnavailable, InvalidRequest) as error:
             reason = "the model failed to load" if isinstance(error, WorkerUnavailable) else str(error)
@@ -247,7 +216,7 @@ class JobService:
         async def answer() -> None:
             await self.store.mark_finished(record.job_id, failure)
             log.info("job %s answered as failed after a restart: %s", record.job_id, reason)
-            await self._quietly(target.withdraw(_failure_text(failure, record.request)))
+            await self._quietly(target.withdraw(failure_text(failure, record.request)))
 
         return self._track(record.job_id, asyncio.create_task(answer(), name=f"stepgrid-job-{record.job_id}"))
 
@@ -271,7 +240,7 @@ class JobService:
             await self.cancel(interaction, record)
         else:
             request = derive_request(record.request, action)
-            await self.start(interaction, request, command=action, parent_job_id=job_id)
+            await self.start(interaction, request, origin=action, parent_job_id=job_id)
 
     async def cancel(self, interaction: discord.Interaction, record: JobRecord) -> None:
         """Cancel a queued or running job for its owner or a moderator."""
@@ -384,11 +353,11 @@ class JobService:
                 await target.withdraw(None)
             else:
                 await target.withdraw(
-                    _failure_text(failure, record.request, cancelled_by_other=cancelled_by is not None)
+                    failure_text(failure, record.request, cancelled_by_other=cancelled_by is not None)
                 )
         else:
             log.info("job %s failed: %s", record.job_id, failure.message)
-            await target.withdraw(_failure_text(failure, record.request))
+            await target.withdraw(failure_text(failure, record.request))
 
     @staticmethod
     async def _quietly(awaitable: Awaitable[object]) -> None:
@@ -396,20 +365,3 @@ class JobService:
             await awaitable
         except Exception:
             log.warning("could not tell the user about a failed job", exc_info=True)
-
-
-def _failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bool = False) -> str:
-    """What the owner is told when their job ends without a result."""
-    if failure.cancelled:
-        return "A moderator cancelled your job." if cancelled_by_other else "Your job was cancelled."
-    message = failure.message.strip()
-    # Messages that already say what to do keep their own advice; the rest say when to retry.
-    if failure.retryable and "try" not in message.lower():
-        message = f"{message} Try again in a moment."
-    return f"{_what_was_asked(request)} could not be made. {message}"
-
-
-def _what_was_asked(request: Request) -> str:
-    if isinstance(request, CompareStepsRequest):
-        return "Your comparison grid"
-    return "Your images" if request.count > 1 else "Your image"

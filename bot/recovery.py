@@ -65,13 +65,13 @@ async def recover_jobs(
     now = database.clock()
     requeued: list[str] = []
     failed: list[str] = []
-    for job in await database.unfinished_jobs():
+    for job in await database.ledger.unfinished_jobs():
         token_age = (now - job.created_at).total_seconds()
         try:
             record = record_of(job)
         except (TypeError, ValueError):
             log.exception("job %s has parameters this version can't read; answering it as failed", job.id)
-            await database.mark_finished(
+            await database.ledger.mark_finished(
                 job.id, JobFailed(job.id, "Stepgrid was updated and could not read this job again.")
             )
             failed.append(job.id)
@@ -82,7 +82,7 @@ async def recover_jobs(
             failed.append(job.id)
             continue
         if job.status == JobStatus.RUNNING.value:
-            await database.mark_queued(job.id)
+            await database.ledger.mark_queued(job.id)
         jobs.resume(client, record, token_age=token_age)
         requeued.append(job.id)
     if requeued or failed:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.messages import MessageUpdate
 from bot.throttle import MonotonicClock
-from bot.views import MessageUpdate
 
 if TYPE_CHECKING:
     from bot.store import JobRecord

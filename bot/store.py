@@ -23,7 +23,7 @@ class JobRecord:
     user_id: int
     guild_id: int | None
     channel_id: int | None
-    command: str  # "imagine", "compare-steps", or the button action that started it
+    origin: str  # what started it: "imagine", "compare-steps", or the button action on `parent_job_id`
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     parent_job_id: str | None = None
     # How to answer after a restart: the interaction's webhook and the message its defer created.
@@ -40,7 +40,7 @@ def record_of(job: Job) -> JobRecord:
         user_id=job.user_id,
         guild_id=job.guild_id,
         channel_id=job.channel_id,
-        command=job.origin or job.command,
+        origin=job.origin or job.command,
         created_at=job.created_at,
         parent_job_id=job.parent_job_id,
         application_id=job.application_id,
@@ -102,13 +102,13 @@ class DatabaseJobStore:
         self.database = database
 
     async def record(self, job: JobRecord) -> None:
-        await self.database.record_job(
+        await self.database.ledger.record_job(
             job.request,
             user_id=job.user_id,
             channel_id=job.channel_id or 0,
             guild_id=job.guild_id,
             job_id=job.job_id,
-            origin=job.command,
+            origin=job.origin,
             parent_job_id=job.parent_job_id,
             application_id=job.application_id,
             interaction_token=job.interaction_token,
@@ -116,16 +116,16 @@ class DatabaseJobStore:
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
-        row = await self.database.get_job(job_id)
+        row = await self.database.ledger.get_job(job_id)
         if row is None:
             return None
         return record_of(row)
 
     async def set_message(self, job_id: str, message_id: int) -> None:
-        await self.database.set_message(job_id, message_id=message_id)
+        await self.database.ledger.set_message(job_id, message_id=message_id)
 
     async def mark_running(self, job_id: str) -> None:
-        await self.database.mark_running(job_id)
+        await self.database.ledger.mark_running(job_id)
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
-        await self.database.mark_finished(job_id, outcome)
+        await self.database.ledger.mark_finished(job_id, outcome)

@@ -1,7 +1,8 @@
 """Plain wire types that cross the process boundary between the bot and a GPU worker.
 
-Stdlib only: the bot imports this module without torch. Validation lives here too, so the bot
-can refuse a bad request before it is queued and the worker can trust what it receives.
+Stdlib only: the bot imports this module without torch. `validate` lives here too, so the bot
+can refuse a bad request before it is queued and the worker can trust what it receives. Parsing
+what users type (sizes, step lists, scheduler names) is the bot's (`bot.job_requests`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ MAX_SEED = 2**32 - 1
 
 OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
 INTERNAL_ERROR_MESSAGE = "The GPU worker hit an internal error on this request (ref {ref})."
+CANCELLED_MESSAGE = "Cancelled."
 
 
 class InvalidRequest(ValueError):
@@ -127,42 +129,6 @@ def validate(request: Request) -> None:
             )
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
-
-
-def scheduler_named(name: str) -> str:
-    """The scheduler's proper name for any capitalisation ("euler a" -> "Euler a")."""
-    for known in SCHEDULER_NAMES:
-        if known.lower() == name.strip().lower():
-            return known
-    raise InvalidRequest(f"Unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULER_NAMES)}.")
-
-
-def parse_step_list(text: str) -> tuple[int, ...]:
-    """Parse "5,10,20" into step counts; the error shows the expected form."""
-    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
-    try:
-        steps = tuple(int(part) for part in parts)
-    except ValueError:
-        raise InvalidRequest(
-            f"Could not read step counts {text!r}: write whole numbers separated by commas, like 5,10,20,30."
-        ) from None
-    if not steps:
-        raise InvalidRequest("No step counts given: write them like 5,10,20,30.")
-    return steps
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse "512" or "768x512" (width x height)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        numbers = [int(part) for part in parts]
-    except ValueError:
-        raise InvalidRequest(f"Could not read size {text!r}: write it like 512 or 768x512.") from None
-    if len(numbers) == 1:
-        return numbers[0], numbers[0]
-    if len(numbers) == 2:
-        return numbers[0], numbers[1]
-    raise InvalidRequest(f"Could not read size {text!r}: write it like 512 or 768x512.")
 
 
 # --- worker configuration -------------------------------------------------------------------
@@ -272,14 +238,21 @@ class JobResult:
 
 @dataclass(frozen=True)
 class JobFailed:
+    """The job ended without a result: it failed, or (with `cancelled`) someone cancelled it."""
+
     job_id: str
     message: str  # safe to show a user
     retryable: bool = False
-    cancelled: bool = False
+    cancelled: bool = False  # a cancellation, not an error: build one with `JobFailed.cancellation`
     # What the job used before it stopped, for the ledger and quotas.
     gpu_seconds: float = 0.0
     steps_run: int = 0
     queue_seconds: float = 0.0
+
+    @classmethod
+    def cancellation(cls, job_id: str, *, gpu_seconds: float = 0.0, steps_run: int = 0) -> JobFailed:
+        """The event that ends a cancelled job, with what it used before it stopped."""
+        return cls(job_id, CANCELLED_MESSAGE, cancelled=True, gpu_seconds=gpu_seconds, steps_run=steps_run)
 
 
 JobEvent = JobQueued | JobStarted | JobProgress | JobResult | JobFailed

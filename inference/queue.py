@@ -32,18 +32,12 @@ from inference.protocol import (
     WorkerConfig,
     WorkerFailed,
     WorkerReady,
-    validate,
 )
 from inference.worker import worker_main
 
 log = logging.getLogger(__name__)
 
 MAX_STARTUP_CRASHES = 3
-
-
-def _cancelled(job_id: str, outcome: JobResult | JobFailed) -> JobFailed:
-    """A cancellation that carries what the job used before it stopped."""
-    return JobFailed(job_id, "Cancelled.", cancelled=True, gpu_seconds=outcome.gpu_seconds, steps_run=outcome.steps_run)
 
 
 class QueueFull(Exception):
@@ -82,7 +76,7 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
-        """Validate and queue a request; returns its job id. Raises InvalidRequest or QueueFull."""
+        """Queue a request (validated by the caller); returns its job id. Raises QueueFull."""
 
     @abc.abstractmethod
     def events(self, job_id: str) -> AsyncIterator[JobEvent]:
@@ -98,7 +92,7 @@ class JobQueue(abc.ABC):
 
 
 @dataclass(eq=False)
-class _Job:
+class _QueuedJob:
     job_id: str
     user_id: str
     request: Request
@@ -113,7 +107,7 @@ class _Job:
     cancel_requested: bool = False
 
     @property
-    def lanes(self) -> int:
+    def lane_count(self) -> int:
         return len(self.request.lane_steps)
 
 
@@ -143,9 +137,9 @@ class LocalJobQueue(JobQueue):
         self.hang_seconds = hang_seconds
         self.max_attempts = max_attempts
         self._target = worker_target
-        self._jobs: dict[str, _Job] = {}
-        self._pending: list[_Job] = []
-        self._running: dict[str, _Job] = {}
+        self._jobs: dict[str, _QueuedJob] = {}
+        self._pending: list[_QueuedJob] = []
+        self._running: dict[str, _QueuedJob] = {}
         self._turns: list[str] = []  # users with waiting jobs, in the order they are served next
         self._seq = itertools.count()
         self._process: BaseProcess | None = None
@@ -205,12 +199,11 @@ class LocalJobQueue(JobQueue):
     # -- the public queue API ---------------------------------------------------------------
 
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
-        validate(request)
         if self._fatal:
             raise WorkerUnavailable(self._fatal)
         if len(self._pending) >= self.max_length:
             raise QueueFull(len(self._pending), self.max_length)
-        job = _Job(job_id or uuid.uuid4().hex, user_id, request, next(self._seq), time.monotonic())
+        job = _QueuedJob(job_id or uuid.uuid4().hex, user_id, request, next(self._seq), time.monotonic())
         if job.job_id in self._jobs:
             raise ValueError(f"job id {job.job_id} is already in use")
         self._jobs[job.job_id] = job
@@ -237,7 +230,7 @@ class LocalJobQueue(JobQueue):
             return False
         if job in self._pending:
             self._pending.remove(job)
-            self._finish(job, JobFailed(job_id, "Cancelled.", cancelled=True))
+            self._finish(job, JobFailed.cancellation(job_id))
             self._update_positions()
         elif job_id in self._running:
             # The worker answers; if it dies first, the job ends as cancelled instead of re-running.
@@ -251,10 +244,10 @@ class LocalJobQueue(JobQueue):
 
     # -- ordering and dispatch ----------------------------------------------------------------
 
-    def _fair_order(self) -> list[_Job]:
+    def _fair_order(self) -> list[_QueuedJob]:
         """Retried jobs first, then round-robin over users in `_turns` order, one job per user a round."""
         retries = sorted((job for job in self._pending if job.isolate), key=lambda j: j.seq)
-        per_user: dict[str, list[_Job]] = {}
+        per_user: dict[str, list[_QueuedJob]] = {}
         for job in sorted(self._pending, key=lambda j: j.seq):
             if not job.isolate:
                 per_user.setdefault(job.user_id, []).append(job)
@@ -277,8 +270,8 @@ class LocalJobQueue(JobQueue):
             if any(job.isolate for job in self._running.values()):
                 break
             job = self._pending[0]
-            busy_lanes = sum(j.lanes for j in self._running.values())
-            if self._running and (job.isolate or busy_lanes + job.lanes > self.config.max_batch_lanes):
+            busy_lanes = sum(j.lane_count for j in self._running.values())
+            if self._running and (job.isolate or busy_lanes + job.lane_count > self.config.max_batch_lanes):
                 break
             self._pending.pop(0)
             if job.user_id in self._turns and not job.isolate:  # served: to the back of the line
@@ -294,7 +287,7 @@ class LocalJobQueue(JobQueue):
                 break  # the worker is dying: its exit re-queues the running jobs
         self._update_positions()
 
-    def _finish(self, job: _Job, event: JobResult | JobFailed) -> None:
+    def _finish(self, job: _QueuedJob, event: JobResult | JobFailed) -> None:
         job.finished = True
         self._running.pop(job.job_id, None)
         queue_seconds = (job.started_at or time.monotonic()) - job.submitted_at
@@ -335,14 +328,15 @@ class LocalJobQueue(JobQueue):
                 self._crashes = 0
             if job.cancel_requested and not (isinstance(message, JobFailed) and message.cancelled):
                 # Finished (or failed) before the worker saw the cancel: the user asked to cancel.
-                self._finish(job, _cancelled(job.job_id, message))
+                used = JobFailed.cancellation(job.job_id, gpu_seconds=message.gpu_seconds, steps_run=message.steps_run)
+                self._finish(job, used)
             elif isinstance(message, JobFailed) and message.retryable and job.attempts < self.max_attempts:
                 self._retry_alone(job)
             else:
                 self._finish(job, message)
             self._dispatch()
 
-    def _retry_alone(self, job: _Job) -> None:
+    def _retry_alone(self, job: _QueuedJob) -> None:
         """Re-queue a job whose batch failed in a way that may pass on a second, solo attempt."""
         self._running.pop(job.job_id, None)
         job.isolate = True
@@ -442,7 +436,7 @@ class LocalJobQueue(JobQueue):
         self._running.clear()
         for job in crashed:
             if job.cancel_requested:
-                self._finish(job, JobFailed(job.job_id, "Cancelled.", cancelled=True))
+                self._finish(job, JobFailed.cancellation(job.job_id))
             elif job.attempts >= self.max_attempts:
                 message = (
                     f"The GPU worker crashed {job.attempts} times while running this job, so it was "

@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.requests import MAX_PROMPT_CHARS, resolve_step_list, shared_fields
-from bot.views import SCHEDULER_CHOICES, size_autocomplete
-from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, CompareStepsRequest
+from bot.cogs.options import SCHEDULER_CHOICES, size_autocomplete
+from bot.job_requests import MAX_PROMPT_CHARS, build_request
+from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE
 
 if TYPE_CHECKING:
     from bot.client import Stepgrid
@@ -49,18 +49,19 @@ class CompareSteps(commands.Cog):
         size: str | None = None,
     ) -> None:
         jobs = self.bot.jobs
-        defaults = await jobs.defaults(interaction.guild_id)
-        shared = shared_fields(
-            defaults,
+        limits = await jobs.limits(interaction.guild_id)
+        request = build_request(
+            limits.request_defaults(),
             prompt=prompt,
             negative_prompt=negative_prompt,
             scheduler=scheduler,
             seed=seed,
             guidance=guidance,
             size=size,
+            compare_steps=steps,
+            compare=True,
         )
-        request = CompareStepsRequest(**shared, steps=resolve_step_list(steps))
-        await jobs.start(interaction, request, command="compare-steps")
+        await jobs.start(interaction, request, origin="compare-steps", limits=limits)
 
 
 async def setup(bot: Stepgrid) -> None:

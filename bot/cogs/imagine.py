@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.requests import MAX_PROMPT_CHARS, shared_fields
-from bot.views import SCHEDULER_CHOICES, size_autocomplete
+from bot.cogs.options import SCHEDULER_CHOICES, size_autocomplete
+from bot.job_requests import MAX_PROMPT_CHARS, build_request
 from inference.protocol import (
     MAX_COUNT,
     MAX_GUIDANCE,
@@ -18,7 +18,6 @@ from inference.protocol import (
     MIN_COUNT,
     MIN_GUIDANCE,
     MIN_STEPS,
-    GenerateRequest,
 )
 
 if TYPE_CHECKING:
@@ -58,20 +57,19 @@ class Imagine(commands.Cog):
         count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
     ) -> None:
         jobs = self.bot.jobs
-        defaults = await jobs.defaults(interaction.guild_id)
-        shared = shared_fields(
-            defaults,
+        limits = await jobs.limits(interaction.guild_id)
+        request = build_request(
+            limits.request_defaults(),
             prompt=prompt,
             negative_prompt=negative_prompt,
             scheduler=scheduler,
             seed=seed,
             guidance=guidance,
             size=size,
+            steps=steps,
+            count=count,
         )
-        request = GenerateRequest(
-            **shared, steps=defaults.steps if steps is None else steps, count=1 if count is None else count
-        )
-        await jobs.start(interaction, request, command="imagine")
+        await jobs.start(interaction, request, origin="imagine", limits=limits)
 
 
 async def setup(bot: Stepgrid) -> None:

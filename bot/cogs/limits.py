@@ -10,63 +10,41 @@ Integrations settings can hand a hidden command to anyone.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.options import SCHEDULER_CHOICES, allowed_schedulers_autocomplete, guild_id_of, require_database
 from bot.errors import UserFacingError
-from bot.limits import LIMIT_FIELDS, LIMIT_LABELS, EffectiveLimits, InvalidLimit, ServerLimits, format_amount
-from bot.views import COLOUR, SCHEDULER_CHOICES
+from bot.formatting import format_amount
+from bot.messages import COLOUR
+from bot.server_limits import LIMIT_FIELDS, LIMIT_LABELS, EffectiveLimits, InvalidLimit, ServerLimits
 from inference.protocol import MIN_COMPARE_CELLS, MIN_SIZE, MIN_STEPS, SCHEDULER_NAMES
 
 if TYPE_CHECKING:
     from bot.client import Stepgrid
-    from bot.db import Database
     from bot.models import LimitsChange
 
 log = logging.getLogger(__name__)
 
 HISTORY_SHOWN = 10
-# `/limits-set` options whose names differ from the settings they change.
-OPTION_OF_FIELD = {
+# The `/limits-set` options whose Discord names are shorter than the settings they change; in the
+# code each option has its setting's name (`app_commands.rename`), and errors name the option.
+OPTION_NAMES = {
     "max_compute_per_request": "compute_budget",
     "daily_steps_per_user": "daily_steps",
     "max_concurrent_jobs_per_user": "concurrent_jobs",
 }
 
 
-def in_option_names(message: str) -> str:
-    """`message` with settings named as the `/limits-set` options the admin typed."""
-    for field, option in OPTION_OF_FIELD.items():
-        message = re.sub(rf"\b{field}\b", option, message)
-    return message
+def option_name(field: str) -> str:
+    """What `/limits-set` calls the option that changes `field`."""
+    return OPTION_NAMES.get(field, field)
 
 
 RESET_CHOICES = [app_commands.Choice(name=LIMIT_LABELS[name], value=name) for name in LIMIT_FIELDS]
-
-
-class NoDatabase(UserFacingError):
-    """The bot runs without a database, so there are no per-server limits to show or change."""
-
-    def __init__(self) -> None:
-        super().__init__("This bot runs without a database, so its limits are the operator's and can't be changed.")
-
-
-def require_database(bot: Stepgrid) -> Database:
-    """The bot's database, or a NoDatabase refusal."""
-    if bot.database is None:
-        raise NoDatabase()
-    return bot.database
-
-
-def guild_id_of(interaction: discord.Interaction) -> int:
-    """The server the interaction came from (every command here is guild-only)."""
-    if interaction.guild_id is None:
-        raise app_commands.NoPrivateMessage()
-    return interaction.guild_id
 
 
 def display_value(name: str, value: Any) -> str:
@@ -129,18 +107,6 @@ def _plain(name: str, value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-async def allowed_schedulers_autocomplete(
-    interaction: discord.Interaction, current: str
-) -> list[app_commands.Choice[str]]:
-    """Complete the last name of a comma-separated scheduler list."""
-    head, _, last = current.rpartition(",")
-    chosen = [part.strip() for part in head.split(",") if part.strip()]
-    prefix = ", ".join(chosen) + ", " if chosen else ""
-    typed = last.strip().casefold()
-    options = [name for name in SCHEDULER_NAMES if name not in chosen and name.casefold().startswith(typed)]
-    return [app_commands.Choice(name=(prefix + name)[:100], value=(prefix + name)[:100]) for name in options][:25]
-
-
 class Limits(commands.Cog):
     """`/limits show`, `/limits history`, `/limits-set` and `/limits-reset`."""
 
@@ -151,19 +117,21 @@ class Limits(commands.Cog):
 
     async def _current(self, guild_id: int) -> tuple[ServerLimits, EffectiveLimits]:
         database = require_database(self.bot)
-        server = await database.get_limits(guild_id)
+        server = await database.server_limits.get_limits(guild_id)
         return server, EffectiveLimits.combine(server, self.bot.settings)
 
     @limits.command(name="show", description="Show this server's limits and defaults.")
     async def show(self, interaction: discord.Interaction) -> None:
         guild_id = guild_id_of(interaction)
         server, effective = await self._current(guild_id)
-        history = await require_database(self.bot).limits_history(guild_id, limit=1)
+        history = await require_database(self.bot).server_limits.limits_history(guild_id, limit=1)
         await interaction.response.send_message(embed=limits_embed(server, effective, history), ephemeral=True)
 
     @limits.command(name="history", description="Show recent changes to this server's limits.")
     async def history(self, interaction: discord.Interaction) -> None:
-        changes = await require_database(self.bot).limits_history(guild_id_of(interaction), limit=HISTORY_SHOWN)
+        changes = await require_database(self.bot).server_limits.limits_history(
+            guild_id_of(interaction), limit=HISTORY_SHOWN
+        )
         text = "\n".join(change_line(change) for change in changes) or "No changes yet: the operator's limits apply."
         embed = discord.Embed(title="Recent limit changes", description=text[:4000], colour=COLOUR)
         await interaction.response.send_message(
@@ -178,11 +146,12 @@ class Limits(commands.Cog):
         default_scheduler="Scheduler when a member leaves it out",
         max_grid_cells="Most cells in a /compare-steps grid",
         max_image_size="Largest width or height in pixels",
-        compute_budget="Most width × height × total steps per request (every grid cell counts)",
-        daily_steps="Steps each member may run per day (resets at midnight UTC)",
-        concurrent_jobs="Jobs each member may have queued or running at once",
+        max_compute_per_request="Most width × height × total steps per request (every grid cell counts)",
+        daily_steps_per_user="Steps each member may run per day (resets at midnight UTC)",
+        max_concurrent_jobs_per_user="Jobs each member may have queued or running at once",
         banned_words="Comma-separated words or phrases refused in prompts (replaces the list)",
     )
+    @app_commands.rename(**OPTION_NAMES)
     @app_commands.choices(default_scheduler=SCHEDULER_CHOICES)
     @app_commands.autocomplete(allowed_schedulers=allowed_schedulers_autocomplete)
     @app_commands.default_permissions(manage_guild=True)
@@ -197,9 +166,9 @@ class Limits(commands.Cog):
         default_scheduler: str | None = None,
         max_grid_cells: app_commands.Range[int, MIN_COMPARE_CELLS, None] | None = None,
         max_image_size: app_commands.Range[int, MIN_SIZE, None] | None = None,
-        compute_budget: app_commands.Range[int, 1, None] | None = None,
-        daily_steps: app_commands.Range[int, 1, None] | None = None,
-        concurrent_jobs: app_commands.Range[int, 1, None] | None = None,
+        max_compute_per_request: app_commands.Range[int, 1, None] | None = None,
+        daily_steps_per_user: app_commands.Range[int, 1, None] | None = None,
+        max_concurrent_jobs_per_user: app_commands.Range[int, 1, None] | None = None,
         banned_words: str | None = None,
     ) -> None:
         given = {
@@ -209,9 +178,9 @@ class Limits(commands.Cog):
             "default_scheduler": default_scheduler,
             "max_grid_cells": max_grid_cells,
             "max_image_size": max_image_size,
-            "max_compute_per_request": compute_budget,
-            "daily_steps_per_user": daily_steps,
-            "max_concurrent_jobs_per_user": concurrent_jobs,
+            "max_compute_per_request": max_compute_per_request,
+            "daily_steps_per_user": daily_steps_per_user,
+            "max_concurrent_jobs_per_user": max_concurrent_jobs_per_user,
             "banned_words": banned_words,
         }
         changes = {name: value for name, value in given.items() if value is not None}
@@ -219,11 +188,11 @@ class Limits(commands.Cog):
             raise UserFacingError("Give at least one setting to change; `/limits-reset` puts them back.")
         guild_id = guild_id_of(interaction)
         database = require_database(self.bot)
-        before = await database.get_limits(guild_id)
+        before = await database.server_limits.get_limits(guild_id)
         try:
-            after = await database.set_limits(guild_id, interaction.user.id, **changes)
+            after = await database.server_limits.set_limits(guild_id, interaction.user.id, **changes)
         except InvalidLimit as error:
-            raise InvalidLimit(in_option_names(str(error)), field=error.field) from None
+            raise error.renamed(option_name(error.field)) from None
         log.info("limits of guild %s changed by user %s: %s", guild_id, interaction.user.id, sorted(changes))
         await self._answer_change(interaction, before, after, "Limits updated.")
 
@@ -238,8 +207,10 @@ class Limits(commands.Cog):
     async def reset_limits(self, interaction: discord.Interaction, setting: str | None = None) -> None:
         guild_id = guild_id_of(interaction)
         database = require_database(self.bot)
-        before = await database.get_limits(guild_id)
-        after = await database.reset_limits(guild_id, interaction.user.id, None if setting is None else [setting])
+        before = await database.server_limits.get_limits(guild_id)
+        after = await database.server_limits.reset_limits(
+            guild_id, interaction.user.id, None if setting is None else [setting]
+        )
         log.info("limits of guild %s reset by user %s: %s", guild_id, interaction.user.id, setting or "all")
         await self._answer_change(interaction, before, after, "Limits reset to the operator's values.")
 

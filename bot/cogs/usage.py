@@ -12,10 +12,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.limits import guild_id_of, require_database
-from bot.limits import EffectiveLimits, format_duration
-from bot.usage import USAGE_PERIODS, MemberUsage, ServerUsage, member_usage, period_start, server_usage
-from bot.views import COLOUR
+from bot.cogs.options import guild_id_of, require_database
+from bot.formatting import format_duration
+from bot.ledger import ServerUsage
+from bot.messages import COLOUR
+from bot.server_limits import EffectiveLimits
+from bot.usage_report import USAGE_PERIODS, MemberUsage, member_usage, period_start
 
 if TYPE_CHECKING:
     from bot.client import Stepgrid
@@ -76,9 +78,9 @@ class Usage(commands.Cog):
     async def usage(self, interaction: discord.Interaction) -> None:
         guild_id = guild_id_of(interaction)
         database = require_database(self.bot)
-        limits = EffectiveLimits.combine(await database.get_limits(guild_id), self.bot.settings)
+        limits = EffectiveLimits.combine(await database.server_limits.get_limits(guild_id), self.bot.settings)
         now = database.clock()
-        figures = await member_usage(database, guild_id, interaction.user.id, limits, now=now)
+        figures = await member_usage(database.ledger, guild_id, interaction.user.id, limits, now=now)
         embed = member_usage_embed(figures, now_resets_in=format_duration(figures.resets_at - now))
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
@@ -92,7 +94,7 @@ class Usage(commands.Cog):
         guild_id = guild_id_of(interaction)
         database = require_database(self.bot)
         now = database.clock()
-        figures = await server_usage(database, guild_id, since=period_start(period, now), until=now)
+        figures = await database.ledger.server_usage(guild_id, since=period_start(period, now), until=now)
         await interaction.response.send_message(
             embed=server_usage_embed(figures, period), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )

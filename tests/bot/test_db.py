@@ -1,10 +1,8 @@
-"""The database: one writer under load, the job ledger's lifecycle, crash recovery, limits and their audit."""
+"""The database: connection pragmas, and one writer under load."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,53 +11,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.db import Database, LedgerJobMissing
-from bot.limits import InvalidLimit, ServerLimits
+from bot.db import Database
+from bot.ledger import LedgerJobMissing
 from bot.models import Job, LimitsChange
-from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
+from inference.protocol import GenerateRequest
+from tests.bot.fakes import FakeWallClock as FakeClock
 
 GUILD, OTHER_GUILD = 1000, 2000
 ALICE, BOB = 11, 22
 CHANNEL = 500
 
 
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
-
-
 def settings() -> Settings:
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(datetime(2026, 3, 14, 12, 0, tzinfo=UTC))
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "stepgrid.sqlite3"
-
-
-@pytest.fixture
-async def db(db_path: Path, clock: FakeClock) -> AsyncIterator[Database]:
-    database = Database(db_path, settings(), clock=clock)
-    await database.start()
-    yield database
-    await database.close()
-
-
 async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1) -> Job:
-    return await db.record_job(
+    return await db.ledger.record_job(
         GenerateRequest(prompt="a lighthouse", steps=steps, count=count),
         user_id=user,
         channel_id=CHANNEL,
@@ -117,10 +85,10 @@ async def test_200_jobs_recorded_concurrently_are_all_there(db: Database) -> Non
 async def test_200_concurrent_writers_mixed_with_reads_never_hit_a_locked_database(db: Database) -> None:
     async def one_member_session(user: int) -> None:
         job = await record(db, user=user)
-        await db.steps_used_today(GUILD, user)
-        await db.mark_running(job.id)
-        await db.active_jobs(GUILD, user)
-        await db.mark_done(job.id, gpu_seconds=0.5, queue_seconds=0.1, steps_run=30)
+        await db.ledger.steps_used_today(GUILD, user)
+        await db.ledger.mark_running(job.id)
+        await db.ledger.active_jobs(GUILD, user)
+        await db.ledger.mark_done(job.id, gpu_seconds=0.5, queue_seconds=0.1, steps_run=30)
 
     # gather raises the first error, "database is locked" included.
     await asyncio.gather(*(one_member_session(user) for user in range(200)))
@@ -154,345 +122,7 @@ async def test_a_write_after_close_is_refused(db_path: Path) -> None:
 
 async def test_a_failing_write_does_not_stop_the_writer(db: Database) -> None:
     with pytest.raises(LedgerJobMissing):
-        await db.mark_running("no-such-job")
+        await db.ledger.mark_running("no-such-job")
 
     job = await record(db)
-    assert await db.get_job(job.id) is not None
-
-
-# --- the job ledger ------------------------------------------------------------------------------
-
-
-async def test_a_recorded_job_rebuilds_its_exact_request(db: Database) -> None:
-    imagine = GenerateRequest(
-        prompt="a red fox, snow",
-        steps=25,
-        scheduler="DPM++ 2M Karras",
-        seed=4_000_000_000,
-        guidance=6.5,
-        width=768,
-        height=512,
-        negative_prompt="blurry",
-        count=3,
-    )
-    compare = CompareStepsRequest(prompt="a fox", steps=(4, 8, 16), scheduler="Heun", seed=7, guidance=0.0)
-
-    for request in (imagine, compare):
-        job = await db.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=None)
-        stored = await db.get_job(job.id)
-        assert stored is not None
-        assert stored.to_request() == request
-        assert stored.status == "queued"
-        assert stored.guild_id is None
-
-
-async def test_a_job_row_holds_what_a_restarted_bot_needs_to_answer(db: Database, clock: FakeClock) -> None:
-    job = await record(db, count=2, steps=20)
-    await db.set_message(job.id, message_id=777, channel_id=CHANNEL)
-
-    stored = await db.get_job(job.id)
-    assert stored is not None
-    assert (stored.application_id, stored.interaction_token) == (42, "token-abc")
-    assert (stored.message_id, stored.message_channel_id) == (777, CHANNEL)
-    assert stored.created_at == clock.now
-    assert (stored.command, stored.scheduler, stored.images, stored.steps_requested) == ("imagine", "Euler a", 2, 40)
-
-
-async def test_a_finished_job_is_one_row_with_its_figures(db: Database, clock: FakeClock) -> None:
-    job = await record(db)
-    clock.advance(seconds=3)
-    assert await db.mark_running(job.id)
-    clock.advance(seconds=2)
-    assert await db.mark_done(job.id, gpu_seconds=1.25, queue_seconds=3.0, steps_run=30)
-
-    rows = await all_jobs(db)
-    assert len(rows) == 1
-    done = rows[0]
-    assert (done.status, done.attempts, done.gpu_seconds, done.queue_seconds, done.steps_run, done.error) == (
-        "done",
-        1,
-        1.25,
-        3.0,
-        30,
-        None,
-    )
-    assert done.started_at == datetime(2026, 3, 14, 12, 0, 3, tzinfo=UTC)
-    assert done.finished_at == datetime(2026, 3, 14, 12, 0, 5, tzinfo=UTC)
-
-
-async def test_a_failed_job_is_one_row_with_its_error_and_figures(db: Database) -> None:
-    job = await record(db)
-    await db.mark_running(job.id)
-    await db.mark_running(job.id)  # the worker crashed; the supervisor tried again
-    await db.mark_finished(
-        job.id, JobFailed(job.id, "The GPU worker crashed twice.", gpu_seconds=0.4, queue_seconds=1.0, steps_run=12)
-    )
-
-    rows = await all_jobs(db)
-    assert len(rows) == 1
-    failed = rows[0]
-    assert (failed.status, failed.error, failed.attempts, failed.steps_run, failed.gpu_seconds) == (
-        "failed",
-        "The GPU worker crashed twice.",
-        2,
-        12,
-        0.4,
-    )
-    assert failed.finished_at is not None
-
-
-async def test_a_job_cancelled_while_queued_is_one_row_that_never_ran(db: Database) -> None:
-    job = await record(db)
-    await db.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True))
-
-    rows = await all_jobs(db)
-    assert len(rows) == 1
-    assert (rows[0].status, rows[0].attempts, rows[0].started_at, rows[0].steps_run) == ("cancelled", 0, None, 0)
-
-
-async def test_a_job_cancelled_while_running_keeps_the_steps_it_ran(db: Database) -> None:
-    job = await record(db)
-    await db.mark_running(job.id)
-    await db.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True, steps_run=7, gpu_seconds=0.2))
-
-    stored = await db.get_job(job.id)
-    assert stored is not None
-    assert (stored.status, stored.steps_run, stored.gpu_seconds) == ("cancelled", 7, 0.2)
-
-
-@pytest.mark.parametrize(
-    "outcome",
-    [
-        JobResult("id", images=(), gpu_seconds=1.0),
-        JobFailed("id", "The worker crashed."),
-        JobFailed("id", "Cancelled.", cancelled=True),
-    ],
-    ids=["done", "failed", "cancelled"],
-)
-async def test_a_finished_job_keeps_no_interaction_token(db: Database, outcome: JobResult | JobFailed) -> None:
-    job = await record(db)
-    assert job.interaction_token == "token-abc"
-    await db.mark_finished(job.id, outcome)
-    stored = await db.get_job(job.id)
-    assert stored is not None and stored.interaction_token is None
-    assert stored.application_id == 42  # not secret; kept
-
-
-async def test_a_cancelled_job_counts_the_steps_it_ran_toward_the_quota(db: Database) -> None:
-    job = await record(db, steps=150)
-    await db.mark_running(job.id)
-    cancelled = JobFailed(job.id, "Cancelled.", cancelled=True, gpu_seconds=9.5, steps_run=149, queue_seconds=0.25)
-    await db.mark_finished(job.id, cancelled)
-
-    stored = await db.get_job(job.id)
-    assert stored is not None
-    assert (stored.status, stored.steps_run, stored.gpu_seconds, stored.queue_seconds) == ("cancelled", 149, 9.5, 0.25)
-    assert await db.steps_used_today(job.guild_id, job.user_id) == 149
-
-
-async def test_a_failed_job_keeps_its_error_and_figures_from_the_queue(db: Database) -> None:
-    job = await record(db)
-    await db.mark_finished(job.id, JobFailed(job.id, "The GPU ran out of memory.", gpu_seconds=1.5, steps_run=12))
-
-    stored = await db.get_job(job.id)
-    assert stored is not None
-    assert (stored.status, stored.error, stored.steps_run, stored.gpu_seconds) == (
-        "failed",
-        "The GPU ran out of memory.",
-        12,
-        1.5,
-    )
-
-
-async def test_the_queues_final_event_is_recorded_with_its_figures(db: Database) -> None:
-    image = GeneratedImage(png=b"", seed=1, steps=20, width=512, height=512, seconds=0.5)
-    done, failed, cancelled = (await record(db), await record(db), await record(db))
-
-    await db.mark_finished(done.id, JobResult(done.id, images=(image, image), gpu_seconds=1.5, queue_seconds=2.0))
-    await db.mark_finished(failed.id, JobFailed(failed.id, "The model could not load."))
-    await db.mark_finished(cancelled.id, JobFailed(cancelled.id, "Cancelled.", cancelled=True))
-
-    rows = {job.id: job for job in await all_jobs(db)}
-    assert (rows[done.id].status, rows[done.id].steps_run, rows[done.id].gpu_seconds) == ("done", 40, 1.5)
-    assert rows[done.id].queue_seconds == 2.0
-    assert (rows[failed.id].status, rows[failed.id].error) == ("failed", "The model could not load.")
-    assert rows[cancelled.id].status == "cancelled"
-
-
-async def test_a_button_job_remembers_what_started_it(db: Database) -> None:
-    parent = await record(db)
-    child = await db.record_job(
-        GenerateRequest(prompt="a lighthouse", seed=99),
-        user_id=BOB,
-        channel_id=CHANNEL,
-        guild_id=GUILD,
-        origin="reroll",
-        parent_job_id=parent.id,
-    )
-
-    stored = await db.get_job(child.id)
-    assert stored is not None
-    assert (stored.command, stored.origin, stored.parent_job_id) == ("imagine", "reroll", parent.id)
-    assert (await db.get_job(parent.id)).origin == "imagine"  # type: ignore[union-attr]
-
-
-async def test_a_finished_job_ignores_a_late_status_change(db: Database) -> None:
-    job = await record(db)
-    await db.mark_running(job.id)
-    await db.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True))
-
-    assert not await db.mark_done(job.id, gpu_seconds=1.0, queue_seconds=0.0, steps_run=30)
-    assert not await db.mark_running(job.id)
-    stored = await db.get_job(job.id)
-    assert stored is not None
-    assert stored.status == "cancelled"
-    assert stored.steps_run == 0
-
-
-async def test_an_unknown_job_is_an_error(db: Database) -> None:
-    with pytest.raises(LedgerJobMissing):
-        await db.mark_done("nope", gpu_seconds=0, queue_seconds=0, steps_run=0)
-    assert await db.get_job("nope") is None
-
-
-async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_path: Path, clock: FakeClock) -> None:
-    before = Database(db_path, settings(), clock=clock)
-    await before.start()
-    queued = await record(before)
-    clock.advance(seconds=1)
-    running = await record(before, user=BOB)
-    await before.mark_running(running.id)
-    done = await record(before)
-    await before.mark_running(done.id)
-    await before.mark_done(done.id, gpu_seconds=1, queue_seconds=0, steps_run=30)
-    # The crash: no close(), the writer and connections just vanish.
-    assert before._writer is not None
-    before._writer.cancel()
-    await asyncio.gather(before._writer, return_exceptions=True)
-    await before.engine.dispose()
-
-    after = Database(db_path, settings(), clock=clock)
-    await after.start()
-    unfinished = await after.unfinished_jobs()
-    assert [(job.id, job.status) for job in unfinished] == [(queued.id, "queued"), (running.id, "running")]
-    assert all(job.interaction_token == "token-abc" for job in unfinished)
-    assert unfinished[1].to_request() == GenerateRequest(prompt="a lighthouse", steps=30)
-
-    # Re-queue the one that was running: it keeps its attempt count for the 2-attempt rule.
-    await after.mark_queued(running.id)
-    requeued = await after.get_job(running.id)
-    assert requeued is not None
-    assert (requeued.status, requeued.attempts) == ("queued", 1)
-    await after.close()
-
-
-# --- quota figures -------------------------------------------------------------------------------
-
-
-async def test_steps_used_today_counts_what_ran_and_what_is_waiting(db: Database, clock: FakeClock) -> None:
-    yesterday = await record(db, steps=50)
-    await db.mark_running(yesterday.id)
-    await db.mark_done(yesterday.id, gpu_seconds=1, queue_seconds=0, steps_run=50)
-    clock.advance(hours=12)  # 00:00 UTC: a new quota day
-
-    finished = await record(db, steps=30)
-    await db.mark_running(finished.id)
-    await db.mark_done(finished.id, gpu_seconds=1, queue_seconds=0, steps_run=30)
-    cancelled = await record(db, steps=40)
-    await db.mark_running(cancelled.id)
-    await db.mark_finished(cancelled.id, JobFailed(cancelled.id, "Cancelled.", cancelled=True, steps_run=5))
-    await record(db, steps=20, count=2)  # queued: counts what it will use
-    await record(db, user=BOB, steps=25)
-    await record(db, guild=OTHER_GUILD, steps=25)
-    await record(db, guild=None, steps=10)
-
-    assert await db.steps_used_today(GUILD, ALICE) == 30 + 5 + 40
-    assert await db.steps_used_today(GUILD, BOB) == 25
-    assert await db.steps_used_today(None, ALICE) == 10
-    assert await db.steps_used_today(GUILD, ALICE, now=clock.now - timedelta(hours=1)) == 50
-
-
-async def test_active_jobs_counts_queued_and_running_only(db: Database) -> None:
-    jobs = [await record(db) for _ in range(4)]
-    await db.mark_running(jobs[0].id)
-    await db.mark_running(jobs[1].id)
-    await db.mark_done(jobs[1].id, gpu_seconds=1, queue_seconds=0, steps_run=30)
-    await db.mark_finished(jobs[2].id, JobFailed(jobs[2].id, "Cancelled.", cancelled=True))
-    await record(db, user=BOB)
-
-    assert await db.active_jobs(GUILD, ALICE) == 2
-    assert await db.active_jobs(GUILD, BOB) == 1
-    assert await db.active_jobs(OTHER_GUILD, ALICE) == 0
-
-
-# --- limits ----------------------------------------------------------------------------------------
-
-
-async def test_a_server_without_limits_uses_the_operators(db: Database) -> None:
-    assert await db.get_limits(GUILD) == ServerLimits()
-
-
-async def test_set_limits_stores_and_audits_each_change(db: Database, clock: FakeClock) -> None:
-    limits = await db.set_limits(GUILD, ALICE, max_steps=40, allowed_schedulers="euler, dpm++ 2m")
-    clock.advance(minutes=5)
-    await db.set_limits(GUILD, BOB, max_steps=20, default_steps=15)
-
-    assert limits.allowed_schedulers == ("Euler", "DPM++ 2M")
-    assert await db.get_limits(GUILD) == ServerLimits(
-        max_steps=20, default_steps=15, allowed_schedulers=("Euler", "DPM++ 2M")
-    )
-    history = await db.limits_history(GUILD)
-    changes = {(c.user_id, c.field, repr(c.old_value), repr(c.new_value), c.changed_at) for c in history}
-    first, second = datetime(2026, 3, 14, 12, 0, tzinfo=UTC), datetime(2026, 3, 14, 12, 5, tzinfo=UTC)
-    assert changes == {
-        (ALICE, "max_steps", "None", "40", first),
-        (ALICE, "allowed_schedulers", "None", "['Euler', 'DPM++ 2M']", first),
-        (BOB, "max_steps", "40", "20", second),
-        (BOB, "default_steps", "None", "15", second),
-    }
-
-
-async def test_setting_a_value_it_already_has_is_not_a_change(db: Database) -> None:
-    await db.set_limits(GUILD, ALICE, max_steps=40)
-    await db.set_limits(GUILD, ALICE, max_steps=40)
-
-    assert len(await db.limits_history(GUILD)) == 1
-
-
-async def test_a_rejected_change_changes_nothing(db: Database) -> None:
-    await db.set_limits(GUILD, ALICE, max_steps=40)
-
-    with pytest.raises(InvalidLimit, match=r"^default_steps must be 1 to 40 \(this server's max steps\); got 50\.$"):
-        await db.set_limits(GUILD, BOB, default_steps=50, max_grid_cells=4)
-
-    assert await db.get_limits(GUILD) == ServerLimits(max_steps=40)
-    assert len(await db.limits_history(GUILD)) == 1
-
-
-async def test_a_server_cannot_raise_a_limit_above_the_operators_ceiling(db: Database) -> None:
-    with pytest.raises(InvalidLimit, match=r"max_steps must be 1 to 150 \(the operator's ceiling\); got 500\."):
-        await db.set_limits(GUILD, ALICE, max_steps=500)
-    with pytest.raises(InvalidLimit, match="daily_steps_per_user"):
-        await db.set_limits(GUILD, ALICE, daily_steps_per_user=10**9)
-
-    assert await db.get_limits(GUILD) == ServerLimits()
-
-
-async def test_reset_limits_goes_back_to_the_operators_values_and_is_audited(db: Database) -> None:
-    await db.set_limits(GUILD, ALICE, max_steps=40, banned_words=["Gore", "war crimes"])
-    assert (await db.get_limits(GUILD)).banned_words == ("gore", "war crimes")
-
-    await db.reset_limits(GUILD, BOB, ["banned_words"])
-    assert await db.get_limits(GUILD) == ServerLimits(max_steps=40)
-    await db.reset_limits(GUILD, BOB)
-    assert await db.get_limits(GUILD) == ServerLimits()
-
-    history = await db.limits_history(GUILD)
-    resets = [(c.user_id, c.field, c.new_value) for c in history if c.user_id == BOB]
-    assert sorted(resets) == [(BOB, "banned_words", None), (BOB, "max_steps", None)]
-
-
-async def test_limits_of_one_server_do_not_touch_another(db: Database) -> None:
-    await db.set_limits(GUILD, ALICE, max_steps=10)
-
-    assert await db.get_limits(OTHER_GUILD) == ServerLimits()
+    assert await db.ledger.get_job(job.id) is not None

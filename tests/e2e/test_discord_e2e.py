@@ -271,7 +271,7 @@ async def test_reroll_and_compare_buttons_work_before_and_after_a_restart(
             assert len(submitted) == 2
             for child in submitted:
                 assert child is not None
-                row = await database.get_job(child)
+                row = await database.ledger.get_job(child)
                 assert row is not None and row.parent_job_id == job_id
     finally:
         await database.close()

@@ -134,8 +134,8 @@ async def test_a_forged_limits_change_from_a_member_is_refused_at_run_time(
         assert text == "You need the manage guild permission to do that."
         text = await refusal(await fake.invoke("limits-reset", user=fake.member))
         assert text == "You need the manage guild permission to do that."
-    assert (await database.get_limits(fake.guild.id)).max_steps is None
-    assert await database.limits_history(fake.guild.id) == []
+    assert (await database.server_limits.get_limits(fake.guild.id)).max_steps is None
+    assert await database.server_limits.limits_history(fake.guild.id) == []
 
 
 async def test_a_forged_server_usage_request_from_a_member_is_refused(
@@ -220,7 +220,7 @@ async def test_invalid_limit_values_are_refused_naming_the_field_and_range(
             "allowed_schedulers: unknown scheduler 'Warp Drive'; known: Euler, Euler a,"
         )
         assert await set_limits(fake) == "Give at least one setting to change; `/limits-reset` puts them back."
-    assert [change.field for change in await database.limits_history(fake.guild.id)] == ["max_steps"]
+    assert [change.field for change in await database.server_limits.limits_history(fake.guild.id)] == ["max_steps"]
 
 
 async def test_limits_show_marks_the_servers_values_and_history_says_who_changed_them(
@@ -242,7 +242,7 @@ async def test_limits_show_marks_the_servers_values_and_history_says_who_changed
         assert reset.startswith("Limits reset to the operator's values.\n**max steps**: 150 (operator)")
         shown = embed_fields(await ephemeral_reply(await fake.invoke("limits", subcommand="show")))
         assert shown["max steps"] == "150\n*operator*"
-    assert [change.field for change in await database.limits_history(fake.guild.id)] == [
+    assert [change.field for change in await database.server_limits.limits_history(fake.guild.id)] == [
         "max_steps", "default_scheduler", "allowed_schedulers", "max_steps",
     ]  # fmt: skip
 
@@ -346,7 +346,7 @@ async def test_at_start_up_a_job_left_running_is_run_again_and_answered_in_its_m
             and r.files[0].filename.startswith("stepgrid-")
         )  # fmt: skip
         assert [f.filename for f in result.files] == ["stepgrid-11.png"]
-    job = await database.get_job(job_id)
+    job = await database.ledger.get_job(job_id)
     assert job is not None and (job.status, job.attempts) == ("done", 2)
 
 
@@ -363,7 +363,7 @@ async def test_at_start_up_a_job_that_already_took_the_bot_down_twice_is_answere
             "again. Try fewer steps or a smaller size."
         )
         assert queue.submitted == []
-    job = await database.get_job(job_id)
+    job = await database.ledger.get_job(job_id)
     assert job is not None and job.status == "failed" and job.error and "stopped 2 times" in job.error
 
 
@@ -372,7 +372,7 @@ async def test_at_start_up_a_job_whose_token_is_too_old_is_answered_in_the_chann
 ) -> None:
     async with running_bot(fake, worker, database=database):
         handle, job_id = await finished_job(fake, fake.member, seed=12)
-    job = await database.get_job(job_id)
+    job = await database.ledger.get_job(job_id)
     assert job is not None
     old = job.created_at - timedelta(minutes=20)
     await leave_unfinished(database, job_id, token=handle.token, status="queued", attempts=0, created_at=old)
@@ -388,5 +388,5 @@ async def test_at_start_up_a_job_whose_token_is_too_old_is_answered_in_the_chann
         assert (content(result) or "").startswith(f"<@{fake.member.id}>")
         assert [f.filename for f in result.files] == ["stepgrid-12.png"]
     assert handle.requests[before:] == []  # the old token was not used
-    job = await database.get_job(job_id)
+    job = await database.ledger.get_job(job_id)
     assert job is not None and job.status == "done"

@@ -19,7 +19,6 @@ from inference.protocol import (
     SCHEDULER_NAMES,
     CompareStepsRequest,
     GenerateRequest,
-    InvalidRequest,
     JobEvent,
     JobFailed,
     JobProgress,
@@ -103,9 +102,8 @@ async def test_compare_steps_returns_one_image_per_step_count(queue: LocalJobQue
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_invalid_requests_and_a_full_queue_are_refused_without_queueing(queue: LocalJobQueue) -> None:
-    with pytest.raises(InvalidRequest, match="steps must be 1 to 150; got 0"):
-        queue.submit(GenerateRequest("fox", steps=0), user_id="u")
+async def test_a_full_queue_is_refused_without_queueing(queue: LocalJobQueue) -> None:
+    # Requests are validated once, by whoever builds them (bot.job_requests.checked), not here.
     small = LocalJobQueue(queue.config, max_length=1)  # never started: nothing leaves its queue
     small.submit(GenerateRequest("fox"), user_id="u")
     with pytest.raises(QueueFull, match=r"queue is full \(1 of 1 jobs waiting\)"):

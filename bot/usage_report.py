@@ -1,4 +1,7 @@
-"""Usage figures from the job ledger: `/usage`, `/usage server` and `stepgrid usage --csv`."""
+"""Usage figures for people: a member's usage and quota, the `/usage-server` periods, `stepgrid usage --csv`.
+
+The queries are the ledger's (`bot.ledger`); this module puts them together with the limits.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bot.db import Database
-from bot.limits import EffectiveLimits, day_start, next_quota_reset
-from bot.models import Job, JobStatus, in_guild
+from bot.ledger import Ledger
+from bot.models import Job
+from bot.server_limits import EffectiveLimits, day_start, next_quota_reset
 
 log = logging.getLogger(__name__)
 
@@ -73,39 +76,6 @@ class MemberUsage:
         return max(0, self.daily_quota - self.steps_today)
 
 
-@dataclass(frozen=True)
-class UserTotal:
-    user_id: int
-    jobs: int
-    images: int
-    steps: int
-    gpu_seconds: float
-
-
-@dataclass(frozen=True)
-class SchedulerTotal:
-    scheduler: str
-    jobs: int
-    steps: int
-
-
-@dataclass(frozen=True)
-class ServerUsage:
-    """A server's usage over a period."""
-
-    since: datetime | None
-    until: datetime
-    jobs: int
-    images: int
-    steps: int
-    gpu_seconds: float
-    members: int
-    failed: int
-    cancelled: int
-    top_users: tuple[UserTotal, ...]
-    top_schedulers: tuple[SchedulerTotal, ...]
-
-
 def period_start(period: str, now: datetime) -> datetime | None:
     """The start of a `/usage server` period ("today", "7 days", "30 days", "all time")."""
     if period not in USAGE_PERIODS:
@@ -116,93 +86,21 @@ def period_start(period: str, now: datetime) -> datetime | None:
     return None if span is None else now - span
 
 
-def _totals() -> tuple[Any, ...]:
-    """Aggregate columns shared by the queries below: jobs, images delivered, steps run, GPU seconds."""
-    delivered = sa.case((Job.status == JobStatus.DONE.value, Job.images), else_=0)
-    return (
-        sa.func.count(Job.id),
-        sa.func.coalesce(sa.func.sum(delivered), 0),
-        sa.func.coalesce(sa.func.sum(Job.steps_run), 0),
-        sa.func.coalesce(sa.func.sum(Job.gpu_seconds), 0.0),
-    )
-
-
 async def member_usage(
-    db: Database, guild_id: int | None, user_id: int, limits: EffectiveLimits, *, now: datetime | None = None
+    ledger: Ledger, guild_id: int | None, user_id: int, limits: EffectiveLimits, *, now: datetime | None = None
 ) -> MemberUsage:
     """`/usage`: the member's own images, steps, GPU seconds and remaining daily quota."""
-    now = now or db.clock()
-    query = sa.select(*_totals()).where(in_guild(guild_id), Job.user_id == user_id)
-    async with db.sessions() as session:
-        jobs, images, steps, gpu_seconds = (await session.execute(query)).one()
-    steps_today = await db.steps_used_today(guild_id, user_id, now=now)
+    now = now or ledger.database.clock()
+    totals = await ledger.member_totals(guild_id, user_id)
+    steps_today = await ledger.steps_used_today(guild_id, user_id, now=now)
     return MemberUsage(
-        jobs=int(jobs),
-        images=int(images),
-        steps=int(steps),
-        gpu_seconds=float(gpu_seconds),
+        jobs=totals.jobs,
+        images=totals.images,
+        steps=totals.steps,
+        gpu_seconds=totals.gpu_seconds,
         steps_today=steps_today,
         daily_quota=limits.daily_steps_per_user,
         resets_at=next_quota_reset(now),
-    )
-
-
-async def server_usage(
-    db: Database,
-    guild_id: int,
-    *,
-    since: datetime | None,
-    until: datetime | None = None,
-    top: int = 5,
-) -> ServerUsage:
-    """`/usage server`: totals, top members and top schedulers of jobs created in [since, until)."""
-    until = until or db.clock()
-    in_period = [Job.guild_id == guild_id, Job.created_at < until]
-    if since is not None:
-        in_period.append(Job.created_at >= since)
-    jobs_col, images_col, steps_col, gpu_col = _totals()
-    overall = sa.select(
-        jobs_col,
-        images_col,
-        steps_col,
-        gpu_col,
-        sa.func.count(sa.distinct(Job.user_id)),
-        sa.func.coalesce(sa.func.sum(sa.case((Job.status == JobStatus.FAILED.value, 1), else_=0)), 0),
-        sa.func.coalesce(sa.func.sum(sa.case((Job.status == JobStatus.CANCELLED.value, 1), else_=0)), 0),
-    ).where(*in_period)
-    by_user = (
-        sa.select(Job.user_id, jobs_col, images_col, steps_col, gpu_col)
-        .where(*in_period)
-        .group_by(Job.user_id)
-        .order_by(steps_col.desc(), jobs_col.desc(), Job.user_id)
-        .limit(top)
-    )
-    by_scheduler = (
-        sa.select(Job.scheduler, jobs_col, steps_col)
-        .where(*in_period)
-        .group_by(Job.scheduler)
-        .order_by(jobs_col.desc(), steps_col.desc(), Job.scheduler)
-        .limit(top)
-    )
-    async with db.sessions() as session:
-        jobs, images, steps, gpu_seconds, members, failed, cancelled = (await session.execute(overall)).one()
-        users = (await session.execute(by_user)).all()
-        schedulers = (await session.execute(by_scheduler)).all()
-    return ServerUsage(
-        since=since,
-        until=until,
-        jobs=int(jobs),
-        images=int(images),
-        steps=int(steps),
-        gpu_seconds=float(gpu_seconds),
-        members=int(members),
-        failed=int(failed),
-        cancelled=int(cancelled),
-        top_users=tuple(
-            UserTotal(user_id=int(u), jobs=int(j), images=int(i), steps=int(s), gpu_seconds=float(g))
-            for u, j, i, s, g in users
-        ),
-        top_schedulers=tuple(SchedulerTotal(scheduler=str(n), jobs=int(j), steps=int(s)) for n, j, s in schedulers),
     )
 
 

@@ -15,8 +15,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from bot.config import Settings
-from bot.db import (
-    Database,
+from bot.db import Database
+from bot.db_migrations import (
     DatabaseTooNew,
     alembic_config,
     check_revision,

@@ -1,45 +1,37 @@
-"""What a job looks like in Discord: progress and result messages, embeds and persistent buttons.
+"""What a job looks like in Discord: the progress, result and failure messages and their embeds.
 
-Buttons are `DynamicItem`s whose custom id carries the action and the job id
-(`stepgrid:reroll:<job_id>`), so they keep working after a restart: the click is resolved
-through the stored job parameters, not through anything held in memory.
+Presentation only: `JobService` decides what happens, this module decides how it reads. The
+buttons under the messages are in `bot.buttons`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import discord
-from discord import app_commands
 
-from bot.errors import report_error
+from bot.buttons import progress_view, result_view
 from bot.render import fit_attachment, grid_png
 from inference.protocol import (
-    MAX_STEPS,
-    MIN_STEPS,
-    SCHEDULER_NAMES,
     CompareStepsRequest,
     GenerateRequest,
+    JobFailed,
+    JobProgress,
+    JobQueued,
     JobResult,
+    JobStarted,
     Request,
 )
 
 if TYPE_CHECKING:
-    from bot.jobs import JobService, ProgressState
     from bot.store import JobRecord
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("reroll", "fewer", "more", "compare", "details", "cancel")
-CUSTOM_ID_PATTERN = rf"stepgrid:(?P<action>{'|'.join(ACTIONS)}):(?P<job_id>[A-Za-z0-9_-]{{1,64}})"
 COLOUR = discord.Colour.blurple()
-
-# Steps a user is likely to want next; "fewer"/"more" move one rung along this ladder.
-STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150)
 
 
 # --- message contents -------------------------------------------------------------------------
@@ -66,16 +58,33 @@ class MessageUpdate:
     view: discord.ui.View | None = None
 
 
-def step_down(steps: int) -> int | None:
-    """The next rung below `steps` on the step ladder, or None at the bottom."""
-    lower = [rung for rung in STEP_LADDER if rung < steps and rung >= MIN_STEPS]
-    return lower[-1] if lower else None
+@dataclass
+class ProgressState:
+    """What the user is shown while a job waits or runs."""
 
+    position: int | None = None
+    started: bool = False
+    attempt: int = 1
+    lane_steps: dict[int, int] = field(default_factory=dict)
+    job_step: int = 0
+    job_total: int = 0
+    preview_png: bytes | None = None
 
-def step_up(steps: int) -> int | None:
-    """The next rung above `steps` on the step ladder, or None at the top."""
-    higher = [rung for rung in STEP_LADDER if rung > steps and rung <= MAX_STEPS]
-    return higher[0] if higher else None
+    def apply(self, event: JobQueued | JobStarted | JobProgress) -> None:
+        """Fold one queue event into the state."""
+        if isinstance(event, JobQueued):
+            self.position = event.position
+        elif isinstance(event, JobStarted):
+            self.started = True
+            self.attempt = event.attempt
+            self.lane_steps.clear()
+            self.job_step = 0
+        else:
+            self.started = True
+            self.lane_steps[event.lane] = event.step
+            self.job_step, self.job_total = event.job_step, event.job_total
+            if event.preview_png is not None:
+                self.preview_png = event.preview_png
 
 
 def progress_bar(done: int, total: int, width: int = 12) -> str:
@@ -189,7 +198,7 @@ def details_embed(record: JobRecord) -> discord.Embed:
     """The Details button's answer: every parameter, who asked and when."""
     embed = parameters_embed(record.request, job_id=record.job_id)
     embed.add_field(name="Requested by", value=f"<@{record.user_id}>")
-    embed.add_field(name="Command", value=record.command)
+    embed.add_field(name="Command", value=record.origin)
     embed.timestamp = record.created_at
     return embed
 
@@ -198,111 +207,18 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# --- buttons ----------------------------------------------------------------------------------
+def failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bool = False) -> str:
+    """What the owner is told when their job ends without a result."""
+    if failure.cancelled:
+        return "A moderator cancelled your job." if cancelled_by_other else "Your job was cancelled."
+    message = failure.message.strip()
+    # Messages that already say what to do keep their own advice; the rest say when to retry.
+    if failure.retryable and "try" not in message.lower():
+        message = f"{message} Try again in a moment."
+    return f"{_what_was_asked(request)} could not be made. {message}"
 
 
-class JobButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=CUSTOM_ID_PATTERN):
-    """A button bound to a job by its custom id; every action re-reads the stored job."""
-
-    def __init__(
-        self,
-        action: str,
-        job_id: str,
-        *,
-        label: str | None = None,
-        emoji: str | None = None,
-        style: discord.ButtonStyle = discord.ButtonStyle.secondary,
-        disabled: bool = False,
-        row: int | None = None,
-    ) -> None:
-        if action not in ACTIONS:
-            raise ValueError(f"unknown button action {action!r}")
-        super().__init__(
-            discord.ui.Button(
-                label=label,
-                emoji=emoji,
-                style=style,
-                disabled=disabled,
-                custom_id=custom_id(action, job_id),
-                row=row,
-            )
-        )
-        self.action = action
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction,
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> JobButton:
-        return cls(match["action"], match["job_id"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        # Dynamic item errors bypass tree.on_error, so route them to the same handler here.
-        try:
-            await job_service(interaction).handle_button(interaction, self.action, self.job_id)
-        except Exception as error:
-            await report_error(interaction, error)
-
-
-def custom_id(action: str, job_id: str) -> str:
-    """The custom id of a job button: `stepgrid:<action>:<job_id>`."""
-    return f"stepgrid:{action}:{job_id}"
-
-
-def job_service(interaction: discord.Interaction) -> JobService:
-    """The JobService of the bot that received `interaction`."""
-    service = getattr(interaction.client, "jobs", None)
-    if service is None:
-        raise RuntimeError("this client has no job service")
-    return cast("JobService", service)
-
-
-def progress_view(job_id: str) -> discord.ui.View:
-    """The Cancel button shown while a job is queued or running."""
-    view = discord.ui.View(timeout=None)
-    view.add_item(JobButton("cancel", job_id, label="Cancel", emoji="✖️", style=discord.ButtonStyle.danger))
-    return view
-
-
-def result_view(record: JobRecord) -> discord.ui.View:
-    """Buttons under a result: Reroll, fewer/more steps, Compare steps, Details."""
-    view = discord.ui.View(timeout=None)
-    job_id = record.job_id
-    view.add_item(JobButton("reroll", job_id, label="Reroll", emoji="🎲", style=discord.ButtonStyle.primary))
-    request = record.request
-    if isinstance(request, GenerateRequest):
-        fewer, more = step_down(request.steps), step_up(request.steps)
-        view.add_item(
-            JobButton("fewer", job_id, label=f"{fewer or request.steps} steps", emoji="➖", disabled=fewer is None)
-        )
-        view.add_item(
-            JobButton("more", job_id, label=f"{more or request.steps} steps", emoji="➕", disabled=more is None)
-        )
-        view.add_item(JobButton("compare", job_id, label="Compare steps", emoji="🔬"))
-    view.add_item(JobButton("details", job_id, label="Details", emoji="ℹ️"))
-    return view
-
-
-# --- command options --------------------------------------------------------------------------
-
-SCHEDULER_CHOICES: list[app_commands.Choice[str]] = [
-    app_commands.Choice(name=name, value=name) for name in SCHEDULER_NAMES
-]
-SIZE_SUGGESTIONS = ("512", "768x512", "512x768", "640", "768", "1024x576", "576x1024", "1024")
-
-
-async def size_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-    """Common sizes matching what the user typed so far (any other WxH can still be typed)."""
-    typed = current.strip().lower().replace("×", "x")
-    return [
-        app_commands.Choice(name=_size_label(size), value=size) for size in SIZE_SUGGESTIONS if size.startswith(typed)
-    ]
-
-
-def _size_label(size: str) -> str:
-    width, _, height = size.partition("x")
-    return f"{width} × {height or width}"
+def _what_was_asked(request: Request) -> str:
+    if isinstance(request, CompareStepsRequest):
+        return "Your comparison grid"
+    return "Your images" if request.count > 1 else "Your image"

@@ -12,8 +12,8 @@ import pytest
 
 from bot.config import Settings
 from bot.db import Database
-from bot.limits import EffectiveLimits, ServerLimits
-from bot.usage import CSV_COLUMNS, export_csv, member_usage, period_start, server_usage
+from bot.server_limits import EffectiveLimits, ServerLimits
+from bot.usage_report import CSV_COLUMNS, export_csv, member_usage, period_start
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobFailed, Request
 
 GUILD, OTHER_GUILD = 1000, 2000
@@ -57,17 +57,19 @@ async def finished(
     steps_run: int | None = None,
     gpu_seconds: float = 1.0,
 ) -> str:
-    job = await db.record_job(request, user_id=user, channel_id=5, guild_id=guild)
+    job = await db.ledger.record_job(request, user_id=user, channel_id=5, guild_id=guild)
     if status == "queued":
         return job.id
-    await db.mark_running(job.id)
+    await db.ledger.mark_running(job.id)
     run = sum(request.lane_steps) if steps_run is None else steps_run
     if status == "done":
-        await db.mark_done(job.id, gpu_seconds=gpu_seconds, queue_seconds=0.5, steps_run=run)
+        await db.ledger.mark_done(job.id, gpu_seconds=gpu_seconds, queue_seconds=0.5, steps_run=run)
     elif status == "failed":
-        await db.mark_finished(job.id, JobFailed(job.id, "The worker crashed.", gpu_seconds=gpu_seconds, steps_run=run))
+        await db.ledger.mark_finished(
+            job.id, JobFailed(job.id, "The worker crashed.", gpu_seconds=gpu_seconds, steps_run=run)
+        )
     elif status == "cancelled":
-        await db.mark_finished(
+        await db.ledger.mark_finished(
             job.id, JobFailed(job.id, "Cancelled.", cancelled=True, gpu_seconds=gpu_seconds, steps_run=run)
         )
     return job.id
@@ -83,7 +85,7 @@ async def test_a_member_sees_their_images_steps_gpu_time_and_remaining_quota(db:
     await finished(db, GenerateRequest(prompt="elsewhere", steps=50), user=ALICE, guild=OTHER_GUILD)
     limits = EffectiveLimits.combine(ServerLimits(daily_steps_per_user=100), Settings(_env_file=None))  # type: ignore[call-arg]
 
-    usage = await member_usage(db, GUILD, ALICE, limits)
+    usage = await member_usage(db.ledger, GUILD, ALICE, limits)
 
     assert usage.jobs == 4
     assert usage.images == 2 + 2  # delivered: the failed and queued jobs made none
@@ -97,7 +99,7 @@ async def test_a_member_sees_their_images_steps_gpu_time_and_remaining_quota(db:
 async def test_a_member_with_no_jobs_has_their_whole_quota(db: Database) -> None:
     limits = EffectiveLimits.combine(None, Settings(_env_file=None))  # type: ignore[call-arg]
 
-    usage = await member_usage(db, GUILD, CAROL, limits)
+    usage = await member_usage(db.ledger, GUILD, CAROL, limits)
 
     assert (usage.jobs, usage.images, usage.steps, usage.gpu_seconds) == (0, 0, 0, 0.0)
     assert usage.quota_remaining == limits.daily_steps_per_user
@@ -117,16 +119,16 @@ async def test_server_usage_totals_top_members_and_schedulers_over_a_period(db: 
     await finished(db, GenerateRequest(prompt="e", steps=10), user=CAROL, guild=OTHER_GUILD)
     clock.now = NOON
 
-    usage = await server_usage(db, GUILD, since=period_start("7 days", NOON))
+    usage = await db.ledger.server_usage(GUILD, since=period_start("7 days", NOON))
 
     assert (usage.jobs, usage.images, usage.steps, usage.members, usage.failed, usage.cancelled) == (4, 4, 69, 2, 1, 1)
     assert usage.gpu_seconds == pytest.approx(4.0)
     assert [(u.user_id, u.jobs, u.steps) for u in usage.top_users] == [(BOB, 2, 39), (ALICE, 2, 30)]
     assert [(s.scheduler, s.jobs, s.steps) for s in usage.top_schedulers] == [("Heun", 2, 65), ("DDIM", 2, 4)]
 
-    everything = await server_usage(db, GUILD, since=period_start("all time", NOON))
+    everything = await db.ledger.server_usage(GUILD, since=period_start("all time", NOON))
     assert (everything.jobs, everything.members) == (5, 3)
-    assert [u.user_id for u in (await server_usage(db, GUILD, since=None, top=1)).top_users] == [CAROL]
+    assert [u.user_id for u in (await db.ledger.server_usage(GUILD, since=None, top=1)).top_users] == [CAROL]
 
 
 def test_periods_start_where_their_names_say() -> None:

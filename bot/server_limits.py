@@ -1,12 +1,11 @@
 """Per-server limits: combining them with the operator's ceilings, validating changes, checking requests.
 
-Pure logic, no database: `bot.db` stores `ServerLimits`, the cogs call `check_request` before
-anything is queued.
+Pure logic, no database: `bot.limit_storage` stores `ServerLimits`, `bot.policy` calls
+`check_request` before anything is queued.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -15,6 +14,8 @@ from typing import Any
 
 from bot.config import Settings
 from bot.errors import UserFacingError
+from bot.formatting import format_amount, format_duration
+from bot.job_requests import RequestDefaults, find_scheduler
 from inference.protocol import (
     MIN_COMPARE_CELLS,
     MIN_SIZE,
@@ -43,11 +44,23 @@ class LimitExceeded(UserFacingError):
 
 
 class InvalidLimit(UserFacingError):
-    """A `/limits set` value is out of range; the message names the field and the allowed range."""
+    """A `/limits-set` value is out of range; the message names the setting and the allowed range.
 
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
+    `template` says `{setting}` where the setting's name goes: `field` by default, or the name
+    another surface gives it (`renamed`: the admin command's option names).
+    """
+
+    def __init__(self, template: str, *, field: str, name: str | None = None) -> None:
+        super().__init__(template.replace(SETTING, name or field))
+        self.template = template
         self.field = field
+
+    def renamed(self, name: str) -> InvalidLimit:
+        """The same refusal, calling the setting `name`."""
+        return InvalidLimit(self.template, field=self.field, name=name)
+
+
+SETTING = "{setting}"
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,10 @@ class EffectiveLimits:
             banned_words=server.banned_words or (),
         )
 
+    def request_defaults(self) -> RequestDefaults:
+        """Values for the options a member left out in this server."""
+        return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler)
+
 
 # --- validating `/limits set` ------------------------------------------------------------------
 
@@ -173,16 +190,12 @@ def _normalise(field: str, value: Any, settings: Settings) -> Any:
     if field == "allowed_schedulers":
         names = {_scheduler_name(field, item) for item in _as_items(field, value)}
         if not names:
-            raise InvalidLimit(
-                "allowed_schedulers needs at least one scheduler; reset it to allow them all.", field=field
-            )
+            raise InvalidLimit(f"{SETTING} needs at least one scheduler; reset it to allow them all.", field=field)
         return tuple(name for name in SCHEDULER_NAMES if name in names)
     if field == "banned_words":
         words = tuple(dict.fromkeys(word for word in map(_normalise_word, _as_items(field, value)) if word))
         if len(words) > MAX_BANNED_WORDS:
-            raise InvalidLimit(
-                f"banned_words may hold at most {MAX_BANNED_WORDS} words; got {len(words)}.", field=field
-            )
+            raise InvalidLimit(f"{SETTING} may hold at most {MAX_BANNED_WORDS} words; got {len(words)}.", field=field)
         if any(len(word) > MAX_BANNED_WORD_LENGTH for word in words):
             raise InvalidLimit(
                 f"Each banned word may be at most {MAX_BANNED_WORD_LENGTH} characters long.", field=field
@@ -197,24 +210,24 @@ def _check_consistent(field: str, value: Any, proposed: ServerLimits, settings: 
     if field == "max_steps" and proposed.default_steps is not None and value < proposed.default_steps:
         low = proposed.default_steps
         raise InvalidLimit(
-            f"max_steps must be {low} to {settings.max_steps} (at least this server's default steps, {low}); "
+            f"{SETTING} must be {low} to {settings.max_steps} (at least this server's default steps, {low}); "
             f"got {value}.",
             field=field,
         )
     if field == "default_steps" and value > effective.max_steps:
         raise InvalidLimit(
-            f"default_steps must be {MIN_STEPS} to {effective.max_steps} (this server's max steps); got {value}.",
+            f"{SETTING} must be {MIN_STEPS} to {effective.max_steps} (this server's max steps); got {value}.",
             field=field,
         )
     if field == "default_scheduler" and value not in effective.allowed_schedulers:
         raise InvalidLimit(
-            f"default_scheduler must be one of this server's allowed schedulers "
+            f"{SETTING} must be one of this server's allowed schedulers "
             f"({', '.join(effective.allowed_schedulers)}); got {value}.",
             field=field,
         )
     if field == "allowed_schedulers" and proposed.default_scheduler not in (None, *value):
         raise InvalidLimit(
-            f"allowed_schedulers must include this server's default scheduler ({proposed.default_scheduler}); "
+            f"{SETTING} must include this server's default scheduler ({proposed.default_scheduler}); "
             f"change the default first or allow it.",
             field=field,
         )
@@ -230,16 +243,16 @@ def _int_in_range(
     high_note: str = "the operator's ceiling",
 ) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidLimit(f"{field} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field)
+        raise InvalidLimit(f"{SETTING} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field)
     try:
         number = int(value)
     except ValueError:
         raise InvalidLimit(
-            f"{field} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field
+            f"{SETTING} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field
         ) from None
     if not low <= number <= high:
         why = f" ({high_note})" if number > high else ""
-        raise InvalidLimit(f"{field} must be {low:,} to {high:,}{why}; got {number:,}.", field=field)
+        raise InvalidLimit(f"{SETTING} must be {low:,} to {high:,}{why}; got {number:,}.", field=field)
     return number
 
 
@@ -248,16 +261,14 @@ def _as_items(field: str, value: Any) -> list[str]:
         return [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, Iterable) and all(isinstance(item, str) for item in value):
         return [item.strip() for item in value if item.strip()]
-    raise InvalidLimit(f"{field} must be a comma-separated list; got {value!r}.", field=field)
+    raise InvalidLimit(f"{SETTING} must be a comma-separated list; got {value!r}.", field=field)
 
 
 def _scheduler_name(field: str, value: Any) -> str:
-    if isinstance(value, str):
-        wanted = value.strip().casefold()
-        for name in SCHEDULER_NAMES:
-            if name.casefold() == wanted:
-                return name
-    raise InvalidLimit(f"{field}: unknown scheduler {value!r}; known: {', '.join(SCHEDULER_NAMES)}.", field=field)
+    name = find_scheduler(value) if isinstance(value, str) else None
+    if name is None:
+        raise InvalidLimit(f"{SETTING}: unknown scheduler {value!r}; known: {', '.join(SCHEDULER_NAMES)}.", field=field)
+    return name
 
 
 def _normalise_word(word: str) -> str:
@@ -276,29 +287,6 @@ def next_quota_reset(now: datetime) -> datetime:
 def day_start(now: datetime) -> datetime:
     """The start (midnight UTC) of the quota day containing `now`."""
     return next_quota_reset(now) - timedelta(days=1)
-
-
-def format_duration(delta: timedelta) -> str:
-    """'3 h 12 min', '45 min', rounded up to the minute so that it never says 0."""
-    minutes = max(1, math.ceil(delta.total_seconds() / 60))
-    hours, minutes = divmod(minutes, 60)
-    if not hours:
-        return f"{minutes} min"
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-
-
-def format_amount(value: int, *, like: int | None = None) -> str:
-    """7,900,000 -> '7.9M'; with more digits where needed to tell `value` from `like` apart."""
-    if value < 10_000:
-        return f"{value:,}"
-    scale, suffix = (1_000_000_000, "G") if value >= 1_000_000_000 else (1_000_000, "M")
-    if value < 1_000_000:
-        scale, suffix = 1_000, "k"
-    for decimals in range(1, 4):
-        text = f"{value / scale:.{decimals}f}"
-        if like is None or text != f"{like / scale:.{decimals}f}":
-            return text + suffix
-    return f"{value:,}"
 
 
 def compute_cost(request: Request) -> int:

@@ -1,0 +1,29 @@
+"""Numbers and durations as people read them, for any message."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+
+def format_duration(delta: timedelta) -> str:
+    """'3 h 12 min', '45 min', rounded up to the minute so that it never says 0."""
+    minutes = max(1, math.ceil(delta.total_seconds() / 60))
+    hours, minutes = divmod(minutes, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def format_amount(value: int, *, like: int | None = None) -> str:
+    """7,900,000 -> '7.9M'; with more digits where needed to tell `value` from `like` apart."""
+    if value < 10_000:
+        return f"{value:,}"
+    scale, suffix = (1_000_000_000, "G") if value >= 1_000_000_000 else (1_000_000, "M")
+    if value < 1_000_000:
+        scale, suffix = 1_000, "k"
+    for decimals in range(1, 4):
+        text = f"{value / scale:.{decimals}f}"
+        if like is None or text != f"{like / scale:.{decimals}f}":
+            return text + suffix
+    return f"{value:,}"

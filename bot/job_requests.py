@@ -1,0 +1,212 @@
+"""Building requests from what people type: command options, CLI arguments, and a result's buttons.
+
+Every user-input parser lives here (sizes, step lists, scheduler names), with the defaults for
+options left out and the one translation of `InvalidRequest` into the error a user sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from bot.errors import InvalidOption
+from inference.protocol import (
+    DEFAULT_COMPARE_STEPS,
+    DEFAULT_SCHEDULER,
+    MAX_COMPARE_CELLS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_STEPS,
+    SCHEDULER_NAMES,
+    CompareStepsRequest,
+    GenerateRequest,
+    InvalidRequest,
+    Request,
+    validate,
+)
+
+# The longest prompt (and negative prompt) the commands accept.
+MAX_PROMPT_CHARS = 1500
+
+# Steps a user is likely to want next; "fewer"/"more" move one rung along this ladder.
+STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    """Values used for options the user left out: the wire types' defaults unless a server sets its own."""
+
+    steps: int = GenerateRequest.steps
+    scheduler: str = DEFAULT_SCHEDULER
+    guidance: float = GenerateRequest.guidance
+    width: int = GenerateRequest.width
+    height: int = GenerateRequest.height
+
+
+# --- parsing what people type ------------------------------------------------------------------
+
+
+def find_scheduler(name: str) -> str | None:
+    """The scheduler's proper name for any capitalisation ("euler a" -> "Euler a"), or None."""
+    wanted = name.strip().casefold()
+    return next((known for known in SCHEDULER_NAMES if known.casefold() == wanted), None)
+
+
+def parse_step_list(text: str) -> tuple[int, ...]:
+    """Parse "5,10,20" into step counts; the error shows the expected form."""
+    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
+    try:
+        steps = tuple(int(part) for part in parts)
+    except ValueError:
+        raise InvalidRequest(
+            f"Could not read step counts {text!r}: write whole numbers separated by commas, like 5,10,20,30."
+        ) from None
+    if not steps:
+        raise InvalidRequest("No step counts given: write them like 5,10,20,30.")
+    return steps
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse "512" or "768x512" (width x height)."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        raise InvalidRequest(f"Could not read size {text!r}: write it like 512 or 768x512.") from None
+    if len(numbers) == 1:
+        return numbers[0], numbers[0]
+    if len(numbers) == 2:
+        return numbers[0], numbers[1]
+    raise InvalidRequest(f"Could not read size {text!r}: write it like 512 or 768x512.")
+
+
+def as_option_error(parse: Callable[[], T]) -> T:
+    """Run `parse`; an InvalidRequest becomes the InvalidOption a user is shown (the one translation)."""
+    try:
+        return parse()
+    except InvalidRequest as error:
+        raise InvalidOption(str(error)) from None
+
+
+def checked(request: Request) -> Request:
+    """`request` if it is valid, else InvalidOption naming the first bad value and the allowed range."""
+    as_option_error(lambda: validate(request))
+    return request
+
+
+def resolve_size(text: str | None, defaults: RequestDefaults) -> tuple[int, int]:
+    """(width, height) from a size option like "512" or "768x512", or the defaults."""
+    if text is None or not text.strip():
+        return defaults.width, defaults.height
+    return as_option_error(lambda: parse_size(text.strip()))
+
+
+def resolve_step_list(text: str | None) -> tuple[int, ...]:
+    """Step counts from "5,10,20"; the default comparison when left out."""
+    if text is None or not text.strip():
+        return DEFAULT_COMPARE_STEPS
+    return as_option_error(lambda: parse_step_list(text))
+
+
+def random_seed(rng: random.Random | None = None) -> int:
+    """A fresh seed in the range the worker accepts."""
+    return (rng or random.SystemRandom()).randint(0, MAX_SEED)
+
+
+# --- the one request builder (slash commands and the CLI) -------------------------------------
+
+
+def build_request(
+    defaults: RequestDefaults,
+    *,
+    prompt: str,
+    negative_prompt: str | None = None,
+    scheduler: str | None = None,
+    seed: int | None = None,
+    guidance: float | None = None,
+    size: str | None = None,
+    steps: int | None = None,
+    count: int | None = None,
+    compare_steps: str | None = None,
+    compare: bool = False,
+) -> Request:
+    """A request from a command's options, with `defaults` and a random seed where left out.
+
+    With `compare`, a comparison grid of the step counts in `compare_steps`; else `count` images of
+    `steps` steps. Raises InvalidOption for a size or step list it can't read; the values are
+    checked once, by `checked` (JobService.start does it for the commands and buttons).
+    """
+    width, height = resolve_size(size, defaults)
+    fields = {
+        "prompt": prompt.strip(),
+        "negative_prompt": (negative_prompt or "").strip(),
+        # An unknown name is left as typed: validate() refuses it, listing the schedulers.
+        "scheduler": defaults.scheduler if scheduler is None else find_scheduler(scheduler) or scheduler,
+        "seed": random_seed() if seed is None else seed,
+        "guidance": defaults.guidance if guidance is None else guidance,
+        "width": width,
+        "height": height,
+    }
+    request: Request
+    if compare:
+        request = CompareStepsRequest(**fields, steps=resolve_step_list(compare_steps))  # type: ignore[arg-type]
+    else:
+        request = GenerateRequest(
+            **fields,  # type: ignore[arg-type]
+            steps=defaults.steps if steps is None else steps,
+            count=1 if count is None else count,
+        )
+    return request
+
+
+# --- a result's buttons --------------------------------------------------------------------------
+
+
+def step_down(steps: int) -> int | None:
+    """The next rung below `steps` on the step ladder, or None at the bottom."""
+    lower = [rung for rung in STEP_LADDER if rung < steps and rung >= MIN_STEPS]
+    return lower[-1] if lower else None
+
+
+def step_up(steps: int) -> int | None:
+    """The next rung above `steps` on the step ladder, or None at the top."""
+    higher = [rung for rung in STEP_LADDER if rung > steps and rung <= MAX_STEPS]
+    return higher[0] if higher else None
+
+
+def compare_steps_around(steps: int) -> tuple[int, ...]:
+    """The default comparison, plus `steps` itself so the user's image has its cell."""
+    cells = set(DEFAULT_COMPARE_STEPS)
+    if len(cells) < MAX_COMPARE_CELLS:
+        cells.add(steps)
+    return tuple(sorted(cells))
+
+
+def derive_request(request: Request, action: str, *, rng: random.Random | None = None) -> Request:
+    """The request a result button asks for: reroll, fewer/more steps, or compare steps."""
+    if action == "reroll":
+        return dataclasses.replace(request, seed=random_seed(rng))
+    if not isinstance(request, GenerateRequest):
+        raise InvalidOption("That button works only on single images.")
+    if action in ("fewer", "more"):
+        steps = step_down(request.steps) if action == "fewer" else step_up(request.steps)
+        if steps is None:
+            raise InvalidOption(f"{request.steps} steps is already the {'least' if action == 'fewer' else 'most'}.")
+        return dataclasses.replace(request, steps=steps)
+    if action == "compare":
+        return CompareStepsRequest(
+            prompt=request.prompt,
+            steps=compare_steps_around(request.steps),
+            scheduler=request.scheduler,
+            seed=request.seed,
+            guidance=request.guidance,
+            width=request.width,
+            height=request.height,
+            negative_prompt=request.negative_prompt,
+        )
+    raise ValueError(f"no request to derive for action {action!r}")

@@ -1,0 +1,353 @@
+"""The job ledger: one row per accepted job from queued to finished, and the figures usage reads.
+
+Writes go through the database's one writer task; reads open their own sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.models import (
+    FINISHED_STATUSES,
+    UNFINISHED_STATUSES,
+    Job,
+    JobStatus,
+    command_of,
+    in_guild,
+    request_to_params,
+)
+from bot.server_limits import day_start, next_quota_reset
+from inference.protocol import JobFailed, JobResult, Request, total_steps
+
+if TYPE_CHECKING:
+    from bot.db import Database
+
+log = logging.getLogger(__name__)
+
+
+class LedgerJobMissing(LookupError):
+    """No job with that id in the ledger."""
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Jobs, images delivered (grid cells count one each), steps that ran, GPU seconds."""
+
+    jobs: int
+    images: int
+    steps: int
+    gpu_seconds: float
+
+
+@dataclass(frozen=True)
+class UserTotal:
+    user_id: int
+    jobs: int
+    images: int
+    steps: int
+    gpu_seconds: float
+
+
+@dataclass(frozen=True)
+class SchedulerTotal:
+    scheduler: str
+    jobs: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class ServerUsage:
+    """A server's usage over a period."""
+
+    since: datetime | None
+    until: datetime
+    jobs: int
+    images: int
+    steps: int
+    gpu_seconds: float
+    members: int
+    failed: int
+    cancelled: int
+    top_users: tuple[UserTotal, ...]
+    top_schedulers: tuple[SchedulerTotal, ...]
+
+
+class Ledger:
+    """Jobs in the database: record, move through their statuses, and count what members used."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def record_job(
+        self,
+        request: Request,
+        *,
+        user_id: int,
+        channel_id: int,
+        guild_id: int | None,
+        job_id: str | None = None,
+        application_id: int | None = None,
+        interaction_token: str | None = None,
+        message_id: int | None = None,
+        origin: str | None = None,
+        parent_job_id: str | None = None,
+    ) -> Job:
+        """Record an accepted request as a queued job (before it is submitted to the queue).
+
+        `origin` says what started it (the command, or a button action on `parent_job_id`'s result).
+        """
+        job = Job(
+            id=job_id or uuid.uuid4().hex,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            command=command_of(request),
+            params=request_to_params(request),
+            scheduler=request.scheduler,
+            images=len(request.lane_steps),
+            steps_requested=total_steps(request),
+            status=JobStatus.QUEUED.value,
+            attempts=0,
+            created_at=self.database.clock(),
+            application_id=application_id,
+            interaction_token=interaction_token,
+            message_id=message_id,
+            message_channel_id=channel_id if message_id is not None else None,
+            origin=origin or command_of(request),
+            parent_job_id=parent_job_id,
+        )
+
+        async def insert(session: AsyncSession) -> Job:
+            session.add(job)
+            return job
+
+        return await self.database.write(insert)
+
+    async def mark_running(self, job_id: str) -> bool:
+        """queued → running; counts an attempt. False (and no change) if the job already finished.
+
+        Call it once per bot run that starts the job: `attempts` counts how many runs of the bot
+        started it, which start-up recovery reads as how many times the bot went down during it.
+        """
+        now = self.database.clock()
+
+        def change(job: Job) -> None:
+            job.status = JobStatus.RUNNING.value
+            job.attempts += 1
+            if job.started_at is None:
+                job.started_at = now
+
+        return await self._transition(job_id, change)
+
+    async def mark_queued(self, job_id: str) -> bool:
+        """running → queued again, e.g. re-queued at start-up after a crash; keeps its attempts."""
+        return await self._transition(job_id, lambda job: setattr(job, "status", JobStatus.QUEUED.value))
+
+    async def mark_done(self, job_id: str, *, gpu_seconds: float, queue_seconds: float, steps_run: int) -> bool:
+        """Finished with a result. False (and no change) if the job had already finished."""
+        return await self._finish(
+            job_id, JobStatus.DONE, gpu_seconds=gpu_seconds, queue_seconds=queue_seconds, steps_run=steps_run
+        )
+
+    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> bool:
+        """Record a job's final event: done, failed or cancelled, with what it used (steps, GPU and queue time).
+
+        Failed and cancelled jobs keep the steps they ran, so a job cancelled after 149 of 150 steps
+        counts 149 toward the daily quota. False (and no change) if the job had already finished.
+        """
+        figures: dict[str, Any] = {
+            "gpu_seconds": outcome.gpu_seconds,
+            "queue_seconds": outcome.queue_seconds,
+            "steps_run": outcome.steps_run,
+        }
+        if isinstance(outcome, JobResult):
+            return await self._finish(job_id, JobStatus.DONE, **figures)
+        if outcome.cancelled:
+            return await self._finish(job_id, JobStatus.CANCELLED, **figures)
+        return await self._finish(job_id, JobStatus.FAILED, error=outcome.message, **figures)
+
+    async def set_message(
+        self,
+        job_id: str,
+        *,
+        message_id: int | None,
+        channel_id: int | None = None,
+        interaction_token: str | None = None,
+        application_id: int | None = None,
+    ) -> None:
+        """Remember the message that shows this job (and a newer interaction to answer through)."""
+
+        def change(job: Job) -> None:
+            job.message_id = message_id
+            job.message_channel_id = channel_id if channel_id is not None else job.channel_id
+            if interaction_token is not None:
+                job.interaction_token = interaction_token
+            if application_id is not None:
+                job.application_id = application_id
+
+        await self._update(job_id, change)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job with that id, or None."""
+        async with self.database.sessions() as session:
+            return await session.get(Job, job_id)
+
+    async def unfinished_jobs(self) -> list[Job]:
+        """Jobs left queued or running (by a crash, at start-up), oldest first."""
+        statuses = [status.value for status in UNFINISHED_STATUSES]
+        async with self.database.sessions() as session:
+            rows = await session.scalars(
+                sa.select(Job).where(Job.status.in_(statuses)).order_by(Job.created_at, Job.id)
+            )
+            return list(rows)
+
+    async def steps_used_today(self, guild_id: int | None, user_id: int, *, now: datetime | None = None) -> int:
+        """Steps counted against the member's daily quota since midnight UTC.
+
+        Finished jobs count the steps that actually ran; queued and running jobs count the steps
+        they asked for, so that queuing many jobs at once can't go past the quota.
+        """
+        now = now or self.database.clock()
+        since, until = day_start(now), next_quota_reset(now)
+        unfinished = [status.value for status in UNFINISHED_STATUSES]
+        counted = sa.case(
+            (Job.status.in_(unfinished), Job.steps_requested),
+            else_=sa.func.coalesce(Job.steps_run, 0),
+        )
+        query = sa.select(sa.func.coalesce(sa.func.sum(counted), 0)).where(
+            in_guild(guild_id), Job.user_id == user_id, Job.created_at >= since, Job.created_at < until
+        )
+        async with self.database.sessions() as session:
+            return int(await session.scalar(query) or 0)
+
+    async def active_jobs(self, guild_id: int | None, user_id: int) -> int:
+        """How many of the member's jobs are queued or running."""
+        unfinished = [status.value for status in UNFINISHED_STATUSES]
+        query = sa.select(sa.func.count()).where(in_guild(guild_id), Job.user_id == user_id, Job.status.in_(unfinished))
+        async with self.database.sessions() as session:
+            return int(await session.scalar(query) or 0)
+
+    async def member_totals(self, guild_id: int | None, user_id: int) -> Totals:
+        """The member's jobs, images delivered, steps run and GPU seconds in one server, all time."""
+        query = sa.select(*_totals()).where(in_guild(guild_id), Job.user_id == user_id)
+        async with self.database.sessions() as session:
+            jobs, images, steps, gpu_seconds = (await session.execute(query)).one()
+        return Totals(jobs=int(jobs), images=int(images), steps=int(steps), gpu_seconds=float(gpu_seconds))
+
+    async def server_usage(
+        self,
+        guild_id: int,
+        *,
+        since: datetime | None,
+        until: datetime | None = None,
+        top: int = 5,
+    ) -> ServerUsage:
+        """`/usage server`: totals, top members and top schedulers of jobs created in [since, until)."""
+        until = until or self.database.clock()
+        in_period = [Job.guild_id == guild_id, Job.created_at < until]
+        if since is not None:
+            in_period.append(Job.created_at >= since)
+        jobs_col, images_col, steps_col, gpu_col = _totals()
+        overall = sa.select(
+            jobs_col,
+            images_col,
+            steps_col,
+            gpu_col,
+            sa.func.count(sa.distinct(Job.user_id)),
+            sa.func.coalesce(sa.func.sum(sa.case((Job.status == JobStatus.FAILED.value, 1), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((Job.status == JobStatus.CANCELLED.value, 1), else_=0)), 0),
+        ).where(*in_period)
+        by_user = (
+            sa.select(Job.user_id, jobs_col, images_col, steps_col, gpu_col)
+            .where(*in_period)
+            .group_by(Job.user_id)
+            .order_by(steps_col.desc(), jobs_col.desc(), Job.user_id)
+            .limit(top)
+        )
+        by_scheduler = (
+            sa.select(Job.scheduler, jobs_col, steps_col)
+            .where(*in_period)
+            .group_by(Job.scheduler)
+            .order_by(jobs_col.desc(), steps_col.desc(), Job.scheduler)
+            .limit(top)
+        )
+        async with self.database.sessions() as session:
+            jobs, images, steps, gpu_seconds, members, failed, cancelled = (await session.execute(overall)).one()
+            users = (await session.execute(by_user)).all()
+            schedulers = (await session.execute(by_scheduler)).all()
+        return ServerUsage(
+            since=since,
+            until=until,
+            jobs=int(jobs),
+            images=int(images),
+            steps=int(steps),
+            gpu_seconds=float(gpu_seconds),
+            members=int(members),
+            failed=int(failed),
+            cancelled=int(cancelled),
+            top_users=tuple(
+                UserTotal(user_id=int(u), jobs=int(j), images=int(i), steps=int(s), gpu_seconds=float(g))
+                for u, j, i, s, g in users
+            ),
+            top_schedulers=tuple(SchedulerTotal(scheduler=str(n), jobs=int(j), steps=int(s)) for n, j, s in schedulers),
+        )
+
+    async def _transition(self, job_id: str, change: Callable[[Job], None]) -> bool:
+        async def operation(session: AsyncSession) -> bool:
+            job = await _load(session, job_id)
+            if job.status in FINISHED_STATUSES:
+                log.info("job %s is already %s; ignoring a late status change", job_id, job.status)
+                return False
+            change(job)
+            return True
+
+        return await self.database.write(operation)
+
+    async def _finish(self, job_id: str, status: JobStatus, error: str | None = None, **figures: Any) -> bool:
+        now = self.database.clock()
+
+        def change(job: Job) -> None:
+            job.status = status.value
+            job.finished_at = now
+            # Only start-up recovery answers through the stored interaction, and only unfinished
+            # jobs; buttons arrive as new interactions. A finished job keeps no token (privacy).
+            job.interaction_token = None
+            if error is not None:
+                job.error = error
+            for name, value in figures.items():
+                if value is not None:
+                    setattr(job, name, value)
+
+        return await self._transition(job_id, change)
+
+    async def _update(self, job_id: str, change: Callable[[Job], None]) -> None:
+        async def operation(session: AsyncSession) -> None:
+            change(await _load(session, job_id))
+
+        await self.database.write(operation)
+
+
+async def _load(session: AsyncSession, job_id: str) -> Job:
+    job = await session.get(Job, job_id)
+    if job is None:
+        raise LedgerJobMissing(job_id)
+    return job
+
+
+def _totals() -> tuple[Any, ...]:
+    """Aggregate columns shared by the queries below: jobs, images delivered, steps run, GPU seconds."""
+    delivered = sa.case((Job.status == JobStatus.DONE.value, Job.images), else_=0)
+    return (
+        sa.func.count(Job.id),
+        sa.func.coalesce(sa.func.sum(delivered), 0),
+        sa.func.coalesce(sa.func.sum(Job.steps_run), 0),
+        sa.func.coalesce(sa.func.sum(Job.gpu_seconds), 0.0),
+    )

@@ -1,0 +1,181 @@
+"""Requests from what people type: parsers, defaults, the one builder, and the requests buttons derive."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from bot.errors import InvalidOption
+from bot.job_requests import (
+    STEP_LADDER,
+    RequestDefaults,
+    build_request,
+    checked,
+    compare_steps_around,
+    derive_request,
+    find_scheduler,
+    parse_size,
+    parse_step_list,
+    resolve_size,
+    resolve_step_list,
+    step_down,
+    step_up,
+)
+from inference.protocol import (
+    DEFAULT_SCHEDULER,
+    MAX_STEPS,
+    SCHEDULER_NAMES,
+    CompareStepsRequest,
+    GenerateRequest,
+    InvalidRequest,
+)
+from tests.bot.fakes import COMPARE, IMAGINE
+
+# --- parsing (moved from inference/protocol.py with the parsers) -------------------------------
+
+
+def test_step_list_parsing_shows_the_expected_form() -> None:
+    assert parse_step_list("5, 10,20") == (5, 10, 20)
+    with pytest.raises(InvalidRequest, match="like 5,10,20,30"):
+        parse_step_list("5,x,10")
+    with pytest.raises(InvalidRequest, match="No step counts"):
+        parse_step_list(" , ")
+
+
+def test_size_parsing() -> None:
+    assert parse_size("512") == (512, 512)
+    assert parse_size("768x512") == (768, 512)
+    assert parse_size("768×512") == (768, 512)
+    with pytest.raises(InvalidRequest, match="like 512 or 768x512"):
+        parse_size("big")
+    with pytest.raises(InvalidRequest, match="like 512 or 768x512"):
+        parse_size("1x2x3")
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_every_scheduler_is_found_in_any_capitalisation(name: str) -> None:
+    assert find_scheduler(name) == name
+    assert find_scheduler(f"  {name.upper()} ") == name
+    assert find_scheduler(name.lower()) == name
+
+
+def test_an_unknown_scheduler_is_not_found() -> None:
+    assert find_scheduler("Turbo") is None
+    assert find_scheduler("Euler aa") is None
+
+
+# --- defaults and the builder ------------------------------------------------------------------
+
+
+def test_the_defaults_are_the_wire_types_defaults() -> None:
+    defaults = RequestDefaults()
+    plain = GenerateRequest("x")
+    assert (defaults.steps, defaults.scheduler, defaults.guidance) == (plain.steps, DEFAULT_SCHEDULER, plain.guidance)
+    assert (defaults.width, defaults.height) == (plain.width, plain.height) == (512, 512)
+    assert defaults.steps == 30
+
+
+def test_options_left_out_take_the_defaults_and_a_random_seed() -> None:
+    defaults = RequestDefaults(steps=12, scheduler="Heun")
+    request = build_request(defaults, prompt="  a fox  ")
+    assert isinstance(request, GenerateRequest)
+    assert (request.prompt, request.steps, request.scheduler, request.count) == ("a fox", 12, "Heun", 1)
+    assert (request.width, request.height, request.negative_prompt) == (512, 512, "")
+    assert 0 <= request.seed <= 2**32 - 1
+
+
+def test_given_options_win_over_the_defaults() -> None:
+    request = build_request(
+        RequestDefaults(),
+        prompt="fox",
+        negative_prompt=" blur ",
+        scheduler="dpm++ 2m karras",
+        seed=7,
+        guidance=3.5,
+        size="768x512",
+        steps=20,
+        count=2,
+    )
+    assert request == GenerateRequest("fox", 20, "DPM++ 2M Karras", 7, 3.5, 768, 512, "blur", 2)
+
+
+def test_a_comparison_is_built_from_its_step_list() -> None:
+    request = build_request(RequestDefaults(), prompt="fox", seed=1, compare=True, compare_steps="4, 8")
+    assert request == CompareStepsRequest("fox", (4, 8), DEFAULT_SCHEDULER, 1)
+    default = build_request(RequestDefaults(), prompt="fox", seed=1, compare=True)
+    assert isinstance(default, CompareStepsRequest) and default.steps == (5, 10, 20, 30, 40, 50)
+
+
+def test_the_builder_leaves_an_unknown_scheduler_for_the_check_to_refuse() -> None:
+    request = build_request(RequestDefaults(), prompt="fox", scheduler="Turbo")
+    assert request.scheduler == "Turbo"
+    with pytest.raises(InvalidOption, match="Unknown scheduler 'Turbo'; choose one of: Euler, "):
+        checked(request)
+
+
+def test_unreadable_options_are_refused_as_option_errors() -> None:
+    with pytest.raises(InvalidOption, match="like 512 or 768x512"):
+        build_request(RequestDefaults(), prompt="fox", size="big")
+    with pytest.raises(InvalidOption, match="like 5,10,20,30"):
+        build_request(RequestDefaults(), prompt="fox", compare=True, compare_steps="5,x")
+
+
+def test_checked_turns_an_invalid_request_into_an_option_error() -> None:
+    assert checked(IMAGINE) is IMAGINE
+    with pytest.raises(InvalidOption, match=f"steps must be 1 to {MAX_STEPS}; got 0."):
+        checked(GenerateRequest("fox", steps=0))
+
+
+# --- the step ladder and the requests buttons derive ------------------------------------------
+
+
+def test_the_step_ladder_moves_one_rung() -> None:
+    assert (step_down(30), step_up(30)) == (25, 40)
+    assert (step_down(33), step_up(33)) == (30, 40)
+    assert step_down(1) is None
+    assert step_up(150) is None
+    assert all(step_up(rung) == higher for rung, higher in itertools.pairwise(STEP_LADDER))
+
+
+def test_fewer_and_more_move_along_the_step_ladder() -> None:
+    assert derive_request(IMAGINE, "fewer") == GenerateRequest(**{**IMAGINE.__dict__, "steps": 15})
+    assert derive_request(IMAGINE, "more") == GenerateRequest(**{**IMAGINE.__dict__, "steps": 25})
+
+
+@pytest.mark.parametrize(("steps", "action"), [(1, "fewer"), (150, "more")])
+def test_no_step_below_one_or_above_the_maximum(steps: int, action: str) -> None:
+    with pytest.raises(InvalidOption, match="already"):
+        derive_request(GenerateRequest("x", steps=steps), action)
+
+
+def test_reroll_keeps_everything_but_the_seed() -> None:
+    rerolled = derive_request(COMPARE, "reroll", rng=random.Random(5))
+    assert isinstance(rerolled, CompareStepsRequest)
+    assert rerolled.steps == COMPARE.steps
+    assert rerolled.seed != COMPARE.seed
+
+
+def test_compare_from_a_result_includes_its_own_step_count() -> None:
+    assert compare_steps_around(25) == (5, 10, 20, 25, 30, 40, 50)
+    assert compare_steps_around(30) == (5, 10, 20, 30, 40, 50)
+
+
+def test_step_buttons_refuse_a_comparison() -> None:
+    with pytest.raises(InvalidOption):
+        derive_request(COMPARE, "more")
+
+
+def test_size_option_defaults_and_errors() -> None:
+    defaults = RequestDefaults()
+    assert resolve_size(None, defaults) == (512, 512)
+    assert resolve_size("768x512", defaults) == (768, 512)
+    with pytest.raises(InvalidOption, match="768x512"):
+        resolve_size("big", defaults)
+
+
+def test_a_malformed_step_list_shows_the_expected_form() -> None:
+    assert resolve_step_list(None) == (5, 10, 20, 30, 40, 50)
+    with pytest.raises(InvalidOption, match="5,10,20,30"):
+        resolve_step_list("5,x,10")

@@ -1,0 +1,112 @@
+"""Each server's limits in the database, and their audit trail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from bot.config import Settings
+from bot.db import Database
+from bot.models import Job
+from bot.server_limits import InvalidLimit, ServerLimits
+from inference.protocol import GenerateRequest
+from tests.bot.fakes import FakeWallClock as FakeClock
+
+GUILD, OTHER_GUILD = 1000, 2000
+ALICE, BOB = 11, 22
+CHANNEL = 500
+
+
+def settings() -> Settings:
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1) -> Job:
+    return await db.ledger.record_job(
+        GenerateRequest(prompt="a lighthouse", steps=steps, count=count),
+        user_id=user,
+        channel_id=CHANNEL,
+        guild_id=guild,
+        application_id=42,
+        interaction_token="token-abc",
+    )
+
+
+async def all_jobs(db: Database) -> list[Job]:
+    async with db.sessions() as session:
+        return list(await session.scalars(sa.select(Job)))
+
+
+# --- limits ----------------------------------------------------------------------------------------
+
+
+async def test_a_server_without_limits_uses_the_operators(db: Database) -> None:
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits()
+
+
+async def test_set_limits_stores_and_audits_each_change(db: Database, clock: FakeClock) -> None:
+    limits = await db.server_limits.set_limits(GUILD, ALICE, max_steps=40, allowed_schedulers="euler, dpm++ 2m")
+    clock.advance(minutes=5)
+    await db.server_limits.set_limits(GUILD, BOB, max_steps=20, default_steps=15)
+
+    assert limits.allowed_schedulers == ("Euler", "DPM++ 2M")
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits(
+        max_steps=20, default_steps=15, allowed_schedulers=("Euler", "DPM++ 2M")
+    )
+    history = await db.server_limits.limits_history(GUILD)
+    changes = {(c.user_id, c.field, repr(c.old_value), repr(c.new_value), c.changed_at) for c in history}
+    first, second = datetime(2026, 3, 14, 12, 0, tzinfo=UTC), datetime(2026, 3, 14, 12, 5, tzinfo=UTC)
+    assert changes == {
+        (ALICE, "max_steps", "None", "40", first),
+        (ALICE, "allowed_schedulers", "None", "['Euler', 'DPM++ 2M']", first),
+        (BOB, "max_steps", "40", "20", second),
+        (BOB, "default_steps", "None", "15", second),
+    }
+
+
+async def test_setting_a_value_it_already_has_is_not_a_change(db: Database) -> None:
+    await db.server_limits.set_limits(GUILD, ALICE, max_steps=40)
+    await db.server_limits.set_limits(GUILD, ALICE, max_steps=40)
+
+    assert len(await db.server_limits.limits_history(GUILD)) == 1
+
+
+async def test_a_rejected_change_changes_nothing(db: Database) -> None:
+    await db.server_limits.set_limits(GUILD, ALICE, max_steps=40)
+
+    with pytest.raises(InvalidLimit, match=r"^default_steps must be 1 to 40 \(this server's max steps\); got 50\.$"):
+        await db.server_limits.set_limits(GUILD, BOB, default_steps=50, max_grid_cells=4)
+
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits(max_steps=40)
+    assert len(await db.server_limits.limits_history(GUILD)) == 1
+
+
+async def test_a_server_cannot_raise_a_limit_above_the_operators_ceiling(db: Database) -> None:
+    with pytest.raises(InvalidLimit, match=r"max_steps must be 1 to 150 \(the operator's ceiling\); got 500\."):
+        await db.server_limits.set_limits(GUILD, ALICE, max_steps=500)
+    with pytest.raises(InvalidLimit, match="daily_steps_per_user"):
+        await db.server_limits.set_limits(GUILD, ALICE, daily_steps_per_user=10**9)
+
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits()
+
+
+async def test_reset_limits_goes_back_to_the_operators_values_and_is_audited(db: Database) -> None:
+    await db.server_limits.set_limits(GUILD, ALICE, max_steps=40, banned_words=["Gore", "war crimes"])
+    assert (await db.server_limits.get_limits(GUILD)).banned_words == ("gore", "war crimes")
+
+    await db.server_limits.reset_limits(GUILD, BOB, ["banned_words"])
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits(max_steps=40)
+    await db.server_limits.reset_limits(GUILD, BOB)
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits()
+
+    history = await db.server_limits.limits_history(GUILD)
+    resets = [(c.user_id, c.field, c.new_value) for c in history if c.user_id == BOB]
+    assert sorted(resets) == [(BOB, "banned_words", None), (BOB, "max_steps", None)]
+
+
+async def test_limits_of_one_server_do_not_touch_another(db: Database) -> None:
+    await db.server_limits.set_limits(GUILD, ALICE, max_steps=10)
+
+    assert await db.server_limits.get_limits(OTHER_GUILD) == ServerLimits()

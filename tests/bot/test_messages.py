@@ -1,0 +1,82 @@
+"""What a job looks like in Discord: progress lines and messages, parameter embeds."""
+
+from __future__ import annotations
+
+from bot.messages import ProgressState, details_embed, parameters_embed, progress_bar, progress_message, progress_text
+from inference.protocol import GenerateRequest
+from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, record_for
+
+JOB_ID = "0123456789abcdef0123456789abcdef"
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+def test_progress_text_shows_the_queue_position() -> None:
+    assert progress_text(IMAGINE, ProgressState(position=4)) == "⏳ Queued — position 4."
+
+
+def test_progress_text_shows_step_k_of_n() -> None:
+    state = ProgressState(started=True, lane_steps={0: 7}, job_step=7, job_total=20)
+    assert "step 7/20" in progress_text(IMAGINE, state)
+
+
+def test_progress_of_several_images_follows_the_slowest() -> None:
+    request = GenerateRequest("x", steps=10, count=2)
+    state = ProgressState(started=True, lane_steps={0: 6, 1: 5}, job_step=11, job_total=20)
+    text = progress_text(request, state)
+    assert "step 5/10" in text and "2 images" in text
+
+
+def test_progress_of_a_grid_counts_cells_done() -> None:
+    state = ProgressState(started=True, lane_steps={0: 5, 1: 10, 2: 12}, job_step=27, job_total=35)
+    text = progress_text(COMPARE, state)
+    assert "77%" in text and "2/3 cells done" in text and "longest cell at step 12/20" in text
+    assert "27/35" not in text  # the sum of the cells' steps is no step count anyone asked for
+
+
+def test_a_retry_is_announced() -> None:
+    state = ProgressState(started=True, attempt=2)
+    assert "attempt 2" in progress_text(IMAGINE, state)
+
+
+def test_progress_bar_fills_in_proportion() -> None:
+    assert progress_bar(0, 10, width=4) == "▱▱▱▱"
+    assert progress_bar(5, 10, width=4) == "▰▰▱▱"
+    assert progress_bar(10, 10, width=4) == "▰▰▰▰"
+
+
+async def test_the_progress_message_shows_the_preview_and_a_cancel_button() -> None:
+    message = progress_message(record_for(IMAGINE), ProgressState(started=True, preview_png=b"png"))
+    assert [file.filename for file in message.files] == ["preview.png"]
+    assert message.embeds[0].image.url == "attachment://preview.png"
+    assert message.view is not None
+    assert custom_ids(message.view) == [f"stepgrid:cancel:{JOB_ID}"]
+
+
+# --- embeds -----------------------------------------------------------------------------------
+
+
+def test_the_parameters_embed_lists_every_parameter() -> None:
+    request = GenerateRequest("a fox", steps=12, scheduler="DDIM", seed=5, guidance=4.5, width=768, height=512)
+    request = GenerateRequest(**{**request.__dict__, "negative_prompt": "blurry", "count": 2})
+    fields = {field.name: field.value for field in parameters_embed(request).fields}
+    assert fields == {
+        "Steps": "12",
+        "Seeds": "5, 6",
+        "Scheduler": "DDIM",
+        "Guidance": "4.5",
+        "Size": "768×512",
+        "Images": "2",
+        "Negative prompt": "blurry",
+    }
+
+
+def test_an_overlong_prompt_is_clipped_to_fit_an_embed() -> None:
+    embed = parameters_embed(GenerateRequest("word " * 2000))
+    assert embed.description is not None and len(embed.description) <= 4000
+
+
+def test_details_name_who_asked() -> None:
+    fields = {field.name: field.value for field in details_embed(record_for(COMPARE)).fields}
+    assert fields["Requested by"] == f"<@{OWNER}>"
+    assert fields["Steps"] == "5, 10, 20"
