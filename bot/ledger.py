@@ -10,11 +10,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.db_writer import DatabaseWriter, RefusedWrite
 from bot.models import (
     FINISHED_STATUSES,
     UNFINISHED_STATUSES,
@@ -27,13 +28,10 @@ from bot.models import (
 from bot.server_limits import day_start, next_quota_reset
 from inference.protocol import JobFailed, JobResult, Request, total_steps
 
-if TYPE_CHECKING:
-    from bot.db import Database
-
 log = logging.getLogger(__name__)
 
 
-class LedgerJobMissing(LookupError):
+class LedgerJobMissing(RefusedWrite, LookupError):
     """No job with that id in the ledger."""
 
 
@@ -83,7 +81,7 @@ class ServerUsage:
 class Ledger:
     """Jobs in the database: record, move through their statuses, and count what members used."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: DatabaseWriter) -> None:
         self.database = database
 
     async def record_job(

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.db_writer import DatabaseWriter
 from bot.models import GuildLimits, LimitsChange
 from bot.server_limits import LIMIT_FIELDS, ServerLimits, validate_limit_changes
-
-if TYPE_CHECKING:
-    from bot.db import Database
 
 
 class LimitStorage:
     """Read, change (validated, audited) and reset a server's limits."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: DatabaseWriter) -> None:
         self.database = database
 
     async def get_limits(self, guild_id: int) -> ServerLimits:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -74,3 +77,34 @@ def test_every_request_inside_the_ranges_is_accepted(
     steps: int, scheduler: str, size: int, guidance: float, count: int
 ) -> None:
     validate(GenerateRequest("fox", steps, scheduler, 0, guidance, size, size, "", count))
+
+
+# --- the wire protocol is stdlib only ------------------------------------------------------------
+
+
+def imported_modules(source: str) -> set[str]:
+    """The top-level names of every module `source` imports, wherever the import statement stands."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." if node.level else (node.module or "").partition(".")[0])
+    return names
+
+
+def non_stdlib(source: str) -> set[str]:
+    return {name for name in imported_modules(source) if name not in sys.stdlib_module_names | {"__future__"}}
+
+
+def test_the_protocol_imports_only_the_standard_library() -> None:
+    source = (Path(__file__).resolve().parents[2] / "inference" / "protocol.py").read_text()
+    assert non_stdlib(source) == set()
+
+
+def test_the_stdlib_check_sees_other_imports() -> None:
+    assert non_stdlib("import numpy as np\nfrom inference import queue\nfrom . import x\nimport json") == {
+        "numpy",
+        "inference",
+        ".",
+    }

@@ -1,4 +1,4 @@
-"""The database: connection pragmas, and one writer under load."""
+"""The database file and its writer: connection pragmas, and one writer under load."""
 
 from __future__ import annotations
 
