@@ -23,6 +23,7 @@ from bot.config import Settings
 from bot.db import Database
 from bot.jobs import JobService
 from bot.policy import DatabasePolicy, SettingsPolicy
+from bot.server_limits import EffectiveLimits
 from bot.store import DatabaseJobStore, JobRecord, MemoryJobStore
 from inference.protocol import (
     TERMINAL_EVENTS,
@@ -421,3 +422,20 @@ class FakeWallClock:
 
     def advance(self, **kwargs: float) -> None:
         self.now += timedelta(**kwargs)
+
+
+class CountingPolicy(SettingsPolicy):
+    """The operator's limits, counting how often they are read."""
+
+    reads = 0
+
+    async def limits(self, guild_id: int | None) -> EffectiveLimits:
+        self.reads += 1
+        return await super().limits(guild_id)
+
+
+def harness_with_counting_policy() -> tuple[Harness, CountingPolicy]:
+    harness = Harness()
+    policy = CountingPolicy(harness.service.policy.settings)  # type: ignore[attr-defined]
+    harness.service.policy = policy
+    return harness, policy

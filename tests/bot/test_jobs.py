@@ -16,7 +16,15 @@ import pytest
 from PIL import Image
 
 from bot.db import Database
-from bot.errors import InvalidOption, JobNotFound, ModelLoading, NotYourJob, QueueBusy, UserFacingError
+from bot.errors import (
+    InvalidOption,
+    JobNotFound,
+    ModelLoading,
+    NotYourJob,
+    QueueBusy,
+    UserFacingError,
+    report_error,
+)
 from bot.server_limits import LimitExceeded
 from bot.store import MemoryJobStore
 from inference.protocol import (
@@ -33,6 +41,7 @@ from tests.bot.fakes import (
     IMAGINE,
     OTHER,
     OWNER,
+    FakeInteraction,
     Harness,
     database_harness,
     finished_job,
@@ -477,3 +486,43 @@ async def test_a_failure_note_names_what_was_asked_and_gives_one_piece_of_advice
     harness.queue.emit(dataclasses.replace(failure, job_id=job_id))
     await task
     assert interaction.recorder.calls[-1].content == text
+
+
+# --- every refusal reaches the user as its own message ---------------------------------------------
+
+
+async def refusal_of(scenario: str) -> tuple[BaseException, FakeInteraction]:
+    """Make the service refuse the way `scenario` says; the error and the interaction refused."""
+    harness = Harness(ready=scenario != "model-loading", max_length=0 if scenario == "queue-full" else 100)
+    interaction = harness.interaction(user_id=OTHER)
+    if scenario in ("unknown-job", "not-your-job"):
+        job_id = "nosuchjob"
+        if scenario == "not-your-job":
+            job_id, _, _ = await harness.start(IMAGINE)
+        action = "cancel" if scenario == "not-your-job" else "reroll"
+        attempt = harness.service.handle_button(interaction.as_interaction(), action, job_id)
+    else:
+        request = {"invalid-option": GenerateRequest("x", steps=0), "over-a-limit": GenerateRequest("x", steps=120)}
+        attempt = harness.service.start(interaction.as_interaction(), request.get(scenario, IMAGINE), origin="imagine")
+    with pytest.raises(Exception) as caught:
+        await attempt
+    return caught.value, interaction
+
+
+@pytest.mark.parametrize(
+    ("scenario", "refusal", "text"),
+    [
+        ("invalid-option", InvalidOption, "steps must be 1 to 150; got 0."),
+        ("queue-full", QueueBusy, "The queue is full (0 of 0 jobs waiting); try again in a minute."),
+        ("model-loading", ModelLoading, "The model is still loading; try again in a minute."),
+        ("unknown-job", JobNotFound, "I no longer know job `nosuchjob`; run the command again instead."),
+        ("not-your-job", NotYourJob, "Only the member who started this job (or a moderator) can cancel it."),
+        ("over-a-limit", LimitExceeded, "This server allows at most 100 steps; you asked for 120."),
+    ],
+)
+async def test_every_refusal_is_a_user_facing_error(scenario: str, refusal: type[Exception], text: str) -> None:
+    error, interaction = await refusal_of(scenario)
+    assert type(error) is refusal and isinstance(error, UserFacingError)
+    await report_error(interaction.as_interaction(), error)
+    reply = interaction.recorder.calls[-1]
+    assert reply.ephemeral and reply.content == text
