@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from bot.config import Settings
 from bot.errors import InvalidOption
-from bot.job_requests import RequestDefaults, build_request, checked
+from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     SCHEDULER_NAMES,
@@ -106,21 +106,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace) -> Request:
     """Build and check the request with the commands' builder; raises InvalidOption with a one-line reason."""
-    compare = args.command == "compare-steps"
-    request = build_request(
-        RequestDefaults(),
+    grid = args.command == "compare-steps"
+    options = RequestOptions(
         prompt=args.prompt,
         negative_prompt=args.negative,
         scheduler=args.scheduler,
         seed=None if args.seed == -1 else args.seed,
         guidance=args.guidance,
         size=args.size,
-        steps=None if compare else args.steps,
-        count=None if compare else args.count,
-        compare_steps=args.steps if compare else None,
-        compare=compare,
+        steps=None if grid else args.steps,
+        count=None if grid else args.count,
+        compare_steps=args.steps if grid else None,
+        grid=grid,
     )
-    return checked(request)
+    return checked(build_request(options, RequestDefaults()))
 
 
 class ProgressBar:

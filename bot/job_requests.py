@@ -121,47 +121,50 @@ def random_seed(rng: random.Random | None = None) -> int:
 # --- the one request builder (slash commands and the CLI) -------------------------------------
 
 
-def build_request(
-    defaults: RequestDefaults,
-    *,
-    prompt: str,
-    negative_prompt: str | None = None,
-    scheduler: str | None = None,
-    seed: int | None = None,
-    guidance: float | None = None,
-    size: str | None = None,
-    steps: int | None = None,
-    count: int | None = None,
-    compare_steps: str | None = None,
-    compare: bool = False,
-) -> Request:
-    """A request from a command's options, with `defaults` and a random seed where left out.
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a member typed in a command (or the CLI's arguments); None where an option was left out.
 
-    With `compare`, a comparison grid of the step counts in `compare_steps`; else `count` images of
-    `steps` steps. Raises InvalidOption for a size or step list it can't read; the values are
-    checked once, by `checked` (JobService.start does it for the commands and buttons).
+    `grid` asks for a comparison grid of `compare_steps`; else `count` images of `steps` steps.
     """
-    width, height = resolve_size(size, defaults)
+
+    prompt: str
+    negative_prompt: str | None = None
+    scheduler: str | None = None
+    seed: int | None = None
+    guidance: float | None = None
+    size: str | None = None
+    steps: int | None = None
+    count: int | None = None
+    compare_steps: str | None = None
+    grid: bool = False
+
+
+def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request:
+    """The request `options` ask for, with `defaults` and a random seed where left out.
+
+    Raises InvalidOption for a size or step list it can't read; the values are checked once, by
+    `checked` (JobService.start does it for the commands and buttons).
+    """
+    width, height = resolve_size(options.size, defaults)
+    scheduler = options.scheduler
     fields = {
-        "prompt": prompt.strip(),
-        "negative_prompt": (negative_prompt or "").strip(),
+        "prompt": options.prompt.strip(),
+        "negative_prompt": (options.negative_prompt or "").strip(),
         # An unknown name is left as typed: validate() refuses it, listing the schedulers.
         "scheduler": defaults.scheduler if scheduler is None else find_scheduler(scheduler) or scheduler,
-        "seed": random_seed() if seed is None else seed,
-        "guidance": defaults.guidance if guidance is None else guidance,
+        "seed": random_seed() if options.seed is None else options.seed,
+        "guidance": defaults.guidance if options.guidance is None else options.guidance,
         "width": width,
         "height": height,
     }
-    request: Request
-    if compare:
-        request = CompareStepsRequest(**fields, steps=resolve_step_list(compare_steps))  # type: ignore[arg-type]
-    else:
-        request = GenerateRequest(
-            **fields,  # type: ignore[arg-type]
-            steps=defaults.steps if steps is None else steps,
-            count=1 if count is None else count,
-        )
-    return request
+    if options.grid:
+        return CompareStepsRequest(**fields, steps=resolve_step_list(options.compare_steps))  # type: ignore[arg-type]
+    return GenerateRequest(
+        **fields,  # type: ignore[arg-type]
+        steps=defaults.steps if options.steps is None else options.steps,
+        count=1 if options.count is None else options.count,
+    )
 
 
 # --- a result's buttons --------------------------------------------------------------------------
@@ -199,14 +202,7 @@ def derive_request(request: Request, action: str, *, rng: random.Random | None =
             raise InvalidOption(f"{request.steps} steps is already the {'least' if action == 'fewer' else 'most'}.")
         return dataclasses.replace(request, steps=steps)
     if action == "compare":
-        return CompareStepsRequest(
-            prompt=request.prompt,
-            steps=compare_steps_around(request.steps),
-            scheduler=request.scheduler,
-            seed=request.seed,
-            guidance=request.guidance,
-            width=request.width,
-            height=request.height,
-            negative_prompt=request.negative_prompt,
-        )
+        # Everything but the step count carries over: the grid shows this very image among its cells.
+        same = {f.name: getattr(request, f.name) for f in dataclasses.fields(CompareStepsRequest) if f.name != "steps"}
+        return CompareStepsRequest(**same, steps=compare_steps_around(request.steps))
     raise ValueError(f"no request to derive for action {action!r}")

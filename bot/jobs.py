@@ -30,7 +30,7 @@ from bot.errors import (
     new_reference,
     send_ephemeral,
 )
-from bot.job_requests import checked, derive_request
+from bot.job_requests import RequestOptions, build_request, checked, derive_request
 from bot.messages import (
     MessageUpdate,
     ProgressState,
@@ -105,6 +105,15 @@ class JobService:
     async def limits(self, guild_id: int | None) -> EffectiveLimits:
         """The limits that apply in this server: read once per command, for its defaults and its check."""
         return await self.policy.limits(guild_id)
+
+    async def start_command(
+        self, interaction: discord.Interaction, options: RequestOptions, *, origin: str
+    ) -> asyncio.Task[None]:
+        """Start the job a command's options ask for; the server's limits are read once, for its
+        defaults and for its check."""
+        limits = await self.limits(interaction.guild_id)
+        request = build_request(options, limits.request_defaults())
+        return await self.start(interaction, request, origin=origin, limits=limits)
 
     async def start(
         self,

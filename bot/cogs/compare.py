@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.options import SCHEDULER_CHOICES, size_autocomplete
-from bot.job_requests import MAX_PROMPT_CHARS, build_request
+from bot.cogs.options import SCHEDULER_CHOICES, SHARED_DESCRIPTIONS, size_autocomplete
+from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
 from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE
 
 if TYPE_CHECKING:
@@ -26,12 +26,9 @@ class CompareSteps(commands.Cog):
         name="compare-steps", description="Render one prompt and seed at several step counts, side by side."
     )
     @app_commands.describe(
-        prompt="What to draw",
+        **SHARED_DESCRIPTIONS,
         steps="Step counts separated by commas, 2 to 12 of them (default 5,10,20,30,40,50)",
-        scheduler="Sampler / scheduler",
         seed="Seed shared by every cell (random when left out)",
-        negative_prompt="What to keep out of the image",
-        guidance="How closely to follow the prompt (classifier-free guidance scale)",
         size="Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
     )
     @app_commands.choices(scheduler=SCHEDULER_CHOICES)
@@ -48,20 +45,10 @@ class CompareSteps(commands.Cog):
         guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
         size: str | None = None,
     ) -> None:
-        jobs = self.bot.jobs
-        limits = await jobs.limits(interaction.guild_id)
-        request = build_request(
-            limits.request_defaults(),
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            scheduler=scheduler,
-            seed=seed,
-            guidance=guidance,
-            size=size,
-            compare_steps=steps,
-            compare=True,
+        options = RequestOptions(
+            prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True
         )
-        await jobs.start(interaction, request, origin="compare-steps", limits=limits)
+        await self.bot.jobs.start_command(interaction, options, origin="compare-steps")
 
 
 async def setup(bot: Stepgrid) -> None:

@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.options import SCHEDULER_CHOICES, size_autocomplete
-from bot.job_requests import MAX_PROMPT_CHARS, build_request
+from bot.cogs.options import SCHEDULER_CHOICES, SHARED_DESCRIPTIONS, size_autocomplete
+from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
 from inference.protocol import (
     MAX_COUNT,
     MAX_GUIDANCE,
@@ -32,12 +32,9 @@ class Imagine(commands.Cog):
 
     @app_commands.command(name="imagine", description="Generate images from a prompt with Stable Diffusion.")
     @app_commands.describe(
-        prompt="What to draw",
-        negative_prompt="What to keep out of the image",
+        **SHARED_DESCRIPTIONS,
         steps="Denoising steps (more is slower, not always better)",
-        scheduler="Sampler / scheduler",
         seed="Seed for a repeatable image (random when left out)",
-        guidance="How closely to follow the prompt (classifier-free guidance scale)",
         size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
         count="How many images (consecutive seeds)",
     )
@@ -56,20 +53,8 @@ class Imagine(commands.Cog):
         size: str | None = None,
         count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
     ) -> None:
-        jobs = self.bot.jobs
-        limits = await jobs.limits(interaction.guild_id)
-        request = build_request(
-            limits.request_defaults(),
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            scheduler=scheduler,
-            seed=seed,
-            guidance=guidance,
-            size=size,
-            steps=steps,
-            count=count,
-        )
-        await jobs.start(interaction, request, origin="imagine", limits=limits)
+        options = RequestOptions(prompt, negative_prompt, scheduler, seed, guidance, size, steps=steps, count=count)
+        await self.bot.jobs.start_command(interaction, options, origin="imagine")
 
 
 async def setup(bot: Stepgrid) -> None:

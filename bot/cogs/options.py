@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from bot.client import Stepgrid
     from bot.db import Database
 
+# How the options /imagine and /compare-steps share read in Discord.
+SHARED_DESCRIPTIONS = {
+    "prompt": "What to draw",
+    "negative_prompt": "What to keep out of the image",
+    "scheduler": "Sampler / scheduler",
+    "guidance": "How closely to follow the prompt (classifier-free guidance scale)",
+}
 SCHEDULER_CHOICES: list[app_commands.Choice[str]] = [
     app_commands.Choice(name=name, value=name) for name in SCHEDULER_NAMES
 ]

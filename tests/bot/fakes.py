@@ -16,12 +16,14 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import discord
+import sqlalchemy as sa
 from PIL import Image
 
 from bot.buttons import JobButton
 from bot.config import Settings
 from bot.db import Database
 from bot.jobs import JobService
+from bot.models import Job
 from bot.policy import DatabasePolicy, SettingsPolicy
 from bot.server_limits import EffectiveLimits
 from bot.store import DatabaseJobStore, JobRecord, MemoryJobStore
@@ -439,3 +441,33 @@ def harness_with_counting_policy() -> tuple[Harness, CountingPolicy]:
     policy = CountingPolicy(harness.service.policy.settings)  # type: ignore[attr-defined]
     harness.service.policy = policy
     return harness, policy
+
+
+# --- the ledger ------------------------------------------------------------------------------------
+
+GUILD, OTHER_GUILD = 1000, 2000
+ALICE, BOB = 11, 22
+CHANNEL = 500
+
+
+def plain_settings() -> Settings:
+    """The defaults, with no .env read."""
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1) -> Job:
+    """An /imagine job accepted into the ledger, with the interaction a restarted bot would answer through."""
+    return await db.ledger.record_job(
+        GenerateRequest(prompt="a lighthouse", steps=steps, count=count),
+        user_id=user,
+        channel_id=CHANNEL,
+        guild_id=guild,
+        application_id=42,
+        interaction_token="token-abc",
+    )
+
+
+async def all_jobs(db: Database) -> list[Job]:
+    """Every row of the ledger."""
+    async with db.sessions() as session:
+        return list(await session.scalars(sa.select(Job)))

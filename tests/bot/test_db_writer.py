@@ -6,41 +6,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.config import Settings
 from bot.db import Database
 from bot.ledger import LedgerJobMissing
-from bot.models import Job, LimitsChange
-from inference.protocol import GenerateRequest
+from bot.models import LimitsChange
+from tests.bot.fakes import ALICE, GUILD, all_jobs, plain_settings, record
 from tests.bot.fakes import FakeWallClock as FakeClock
-
-GUILD, OTHER_GUILD = 1000, 2000
-ALICE, BOB = 11, 22
-CHANNEL = 500
-
-
-def settings() -> Settings:
-    return Settings(_env_file=None)  # type: ignore[call-arg]
-
-
-async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1) -> Job:
-    return await db.ledger.record_job(
-        GenerateRequest(prompt="a lighthouse", steps=steps, count=count),
-        user_id=user,
-        channel_id=CHANNEL,
-        guild_id=guild,
-        application_id=42,
-        interaction_token="token-abc",
-    )
-
-
-async def all_jobs(db: Database) -> list[Job]:
-    async with db.sessions() as session:
-        return list(await session.scalars(sa.select(Job)))
-
 
 # --- connections -------------------------------------------------------------------------------
 
@@ -99,20 +72,20 @@ async def test_200_concurrent_writers_mixed_with_reads_never_hit_a_locked_databa
 
 
 async def test_writes_queued_before_close_are_finished(db_path: Path, clock: FakeClock) -> None:
-    database = Database(db_path, settings(), clock=clock)
+    database = Database(db_path, plain_settings(), clock=clock)
     await database.start()
 
     # gather starts the tasks in order: all 20 writes are queued before close() queues its stop.
     *jobs, _ = await asyncio.gather(*(record(database) for _ in range(20)), database.close())
 
-    reopened = Database(db_path, settings(), clock=clock)
+    reopened = Database(db_path, plain_settings(), clock=clock)
     await reopened.start()
     assert {job.id for job in await all_jobs(reopened)} == {job.id for job in jobs}
     await reopened.close()
 
 
 async def test_a_write_after_close_is_refused(db_path: Path) -> None:
-    database = Database(db_path, settings())
+    database = Database(db_path, plain_settings())
     await database.start()
     await database.close()
 

@@ -11,6 +11,7 @@ from bot.errors import InvalidOption
 from bot.job_requests import (
     STEP_LADDER,
     RequestDefaults,
+    RequestOptions,
     build_request,
     checked,
     compare_steps_around,
@@ -79,7 +80,7 @@ def test_the_defaults_are_the_wire_types_defaults() -> None:
 
 def test_options_left_out_take_the_defaults_and_a_random_seed() -> None:
     defaults = RequestDefaults(steps=12, scheduler="Heun")
-    request = build_request(defaults, prompt="  a fox  ")
+    request = build_request(RequestOptions("  a fox  "), defaults)
     assert isinstance(request, GenerateRequest)
     assert (request.prompt, request.steps, request.scheduler, request.count) == ("a fox", 12, "Heun", 1)
     assert (request.width, request.height, request.negative_prompt) == (512, 512, "")
@@ -87,29 +88,20 @@ def test_options_left_out_take_the_defaults_and_a_random_seed() -> None:
 
 
 def test_given_options_win_over_the_defaults() -> None:
-    request = build_request(
-        RequestDefaults(),
-        prompt="fox",
-        negative_prompt=" blur ",
-        scheduler="dpm++ 2m karras",
-        seed=7,
-        guidance=3.5,
-        size="768x512",
-        steps=20,
-        count=2,
-    )
+    options = RequestOptions("fox", " blur ", "dpm++ 2m karras", 7, 3.5, "768x512", steps=20, count=2)
+    request = build_request(options, RequestDefaults())
     assert request == GenerateRequest("fox", 20, "DPM++ 2M Karras", 7, 3.5, 768, 512, "blur", 2)
 
 
 def test_a_comparison_is_built_from_its_step_list() -> None:
-    request = build_request(RequestDefaults(), prompt="fox", seed=1, compare=True, compare_steps="4, 8")
+    request = build_request(RequestOptions("fox", seed=1, compare_steps="4, 8", grid=True), RequestDefaults())
     assert request == CompareStepsRequest("fox", (4, 8), DEFAULT_SCHEDULER, 1)
-    default = build_request(RequestDefaults(), prompt="fox", seed=1, compare=True)
+    default = build_request(RequestOptions("fox", seed=1, grid=True), RequestDefaults())
     assert isinstance(default, CompareStepsRequest) and default.steps == (5, 10, 20, 30, 40, 50)
 
 
 def test_the_builder_leaves_an_unknown_scheduler_for_the_check_to_refuse() -> None:
-    request = build_request(RequestDefaults(), prompt="fox", scheduler="Turbo")
+    request = build_request(RequestOptions("fox", scheduler="Turbo"), RequestDefaults())
     assert request.scheduler == "Turbo"
     with pytest.raises(InvalidOption, match="Unknown scheduler 'Turbo'; choose one of: Euler, "):
         checked(request)
@@ -117,9 +109,9 @@ def test_the_builder_leaves_an_unknown_scheduler_for_the_check_to_refuse() -> No
 
 def test_unreadable_options_are_refused_as_option_errors() -> None:
     with pytest.raises(InvalidOption, match="like 512 or 768x512"):
-        build_request(RequestDefaults(), prompt="fox", size="big")
+        build_request(RequestOptions("fox", size="big"), RequestDefaults())
     with pytest.raises(InvalidOption, match="like 5,10,20,30"):
-        build_request(RequestDefaults(), prompt="fox", compare=True, compare_steps="5,x")
+        build_request(RequestOptions("fox", compare_steps="5,x", grid=True), RequestDefaults())
 
 
 def test_checked_turns_an_invalid_request_into_an_option_error() -> None:

@@ -7,39 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from bot.config import Settings
 from bot.db import Database
 from bot.ledger import LedgerJobMissing
-from bot.models import Job
 from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
+from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, plain_settings, record
 from tests.bot.fakes import FakeWallClock as FakeClock
-
-GUILD, OTHER_GUILD = 1000, 2000
-ALICE, BOB = 11, 22
-CHANNEL = 500
-
-
-def settings() -> Settings:
-    return Settings(_env_file=None)  # type: ignore[call-arg]
-
-
-async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1) -> Job:
-    return await db.ledger.record_job(
-        GenerateRequest(prompt="a lighthouse", steps=steps, count=count),
-        user_id=user,
-        channel_id=CHANNEL,
-        guild_id=guild,
-        application_id=42,
-        interaction_token="token-abc",
-    )
-
-
-async def all_jobs(db: Database) -> list[Job]:
-    async with db.sessions() as session:
-        return list(await session.scalars(sa.select(Job)))
-
 
 # --- the job ledger ------------------------------------------------------------------------------
 
@@ -241,7 +214,7 @@ async def test_an_unknown_job_is_an_error(db: Database) -> None:
 
 
 async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_path: Path, clock: FakeClock) -> None:
-    before = Database(db_path, settings(), clock=clock)
+    before = Database(db_path, plain_settings(), clock=clock)
     await before.start()
     queued = await record(before)
     clock.advance(seconds=1)
@@ -256,7 +229,7 @@ async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_p
     await asyncio.gather(before._writer, return_exceptions=True)
     await before.engine.dispose()
 
-    after = Database(db_path, settings(), clock=clock)
+    after = Database(db_path, plain_settings(), clock=clock)
     await after.start()
     unfinished = await after.ledger.unfinished_jobs()
     assert [(job.id, job.status) for job in unfinished] == [(queued.id, "queued"), (running.id, "running")]

@@ -5,39 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-import sqlalchemy as sa
 
-from bot.config import Settings
 from bot.db import Database
-from bot.models import Job
 from bot.server_limits import InvalidLimit, ServerLimits
-from inference.protocol import GenerateRequest
+from tests.bot.fakes import ALICE, BOB, GUILD, OTHER_GUILD
 from tests.bot.fakes import FakeWallClock as FakeClock
-
-GUILD, OTHER_GUILD = 1000, 2000
-ALICE, BOB = 11, 22
-CHANNEL = 500
-
-
-def settings() -> Settings:
-    return Settings(_env_file=None)  # type: ignore[call-arg]
-
-
-async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1) -> Job:
-    return await db.ledger.record_job(
-        GenerateRequest(prompt="a lighthouse", steps=steps, count=count),
-        user_id=user,
-        channel_id=CHANNEL,
-        guild_id=guild,
-        application_id=42,
-        interaction_token="token-abc",
-    )
-
-
-async def all_jobs(db: Database) -> list[Job]:
-    async with db.sessions() as session:
-        return list(await session.scalars(sa.select(Job)))
-
 
 # --- limits ----------------------------------------------------------------------------------------
 

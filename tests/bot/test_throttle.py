@@ -33,14 +33,19 @@ async def test_editor_sends_the_first_update_at_once() -> None:
     assert clock.sleeps == []
 
 
-async def test_editor_coalesces_a_burst_into_the_latest_update() -> None:
+def timed_editor() -> tuple[IdleEditor[str], list[tuple[str, float]]]:
+    """An editor on a fake clock (interval 1.5 s), and the (update, time) of every send it makes."""
     clock = FakeClock()
     sent: list[tuple[str, float]] = []
 
     async def send(update: str) -> None:
         sent.append((update, clock()))
 
-    editor = IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
+    return IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep), sent
+
+
+async def test_editor_coalesces_a_burst_into_the_latest_update() -> None:
+    editor, sent = timed_editor()
     editor.push("first")
     await editor.idle()
     for step in range(1, 11):
@@ -75,13 +80,7 @@ async def test_editor_keeps_edits_an_interval_apart_while_a_send_is_slow() -> No
 
 
 async def test_editor_finish_drops_pending_progress_and_waits_for_its_slot() -> None:
-    clock = FakeClock()
-    sent: list[tuple[str, float]] = []
-
-    async def send(update: str) -> None:
-        sent.append((update, clock()))
-
-    editor = IdleEditor(send, interval=1.5, clock=clock, sleep=clock.sleep)
+    editor, sent = timed_editor()
     editor.push("step 1")
     await editor.idle()
     editor.push("step 2")

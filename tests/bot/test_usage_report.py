@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,36 +14,17 @@ from bot.db import Database
 from bot.server_limits import EffectiveLimits, ServerLimits
 from bot.usage_report import CSV_COLUMNS, export_csv, member_usage, period_start
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobFailed, Request
+from tests.bot.fakes import FakeWallClock as FakeClock
 
 GUILD, OTHER_GUILD = 1000, 2000
 ALICE, BOB, CAROL = 11, 22, 33
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 
 
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
+    """Ten days before the figures are read, so that every period has jobs in it (the ledger's `db` runs on it)."""
     return FakeClock(NOON - timedelta(days=10))
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "stepgrid.sqlite3"
-
-
-@pytest.fixture
-async def db(db_path: Path, clock: FakeClock) -> AsyncIterator[Database]:
-    database = Database(db_path, Settings(_env_file=None), clock=clock)  # type: ignore[call-arg]
-    await database.start()
-    yield database
-    await database.close()
 
 
 async def finished(
