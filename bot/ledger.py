@@ -19,7 +19,7 @@ from bot.db_writer import DatabaseWriter, RefusedWrite
 from bot.models import (
     FINISHED_STATUSES,
     UNFINISHED_STATUSES,
-    Job,
+    JobRow,
     JobStatus,
     command_of,
     in_guild,
@@ -97,12 +97,12 @@ class Ledger:
         message_id: int | None = None,
         origin: str | None = None,
         parent_job_id: str | None = None,
-    ) -> Job:
+    ) -> JobRow:
         """Record an accepted request as a queued job (before it is submitted to the queue).
 
         `origin` says what started it (the command, or a button action on `parent_job_id`'s result).
         """
-        job = Job(
+        job = JobRow(
             id=job_id or uuid.uuid4().hex,
             guild_id=guild_id,
             channel_id=channel_id,
@@ -123,7 +123,7 @@ class Ledger:
             parent_job_id=parent_job_id,
         )
 
-        async def insert(session: AsyncSession) -> Job:
+        async def insert(session: AsyncSession) -> JobRow:
             session.add(job)
             return job
 
@@ -137,7 +137,7 @@ class Ledger:
         """
         now = self.database.clock()
 
-        def change(job: Job) -> None:
+        def change(job: JobRow) -> None:
             job.status = JobStatus.RUNNING.value
             job.attempts += 1
             if job.started_at is None:
@@ -183,7 +183,7 @@ class Ledger:
     ) -> None:
         """Remember the message that shows this job (and a newer interaction to answer through)."""
 
-        def change(job: Job) -> None:
+        def change(job: JobRow) -> None:
             job.message_id = message_id
             job.message_channel_id = channel_id if channel_id is not None else job.channel_id
             if interaction_token is not None:
@@ -193,17 +193,17 @@ class Ledger:
 
         await self._update(job_id, change)
 
-    async def get_job(self, job_id: str) -> Job | None:
+    async def get_job(self, job_id: str) -> JobRow | None:
         """The job with that id, or None."""
         async with self.database.sessions() as session:
-            return await session.get(Job, job_id)
+            return await session.get(JobRow, job_id)
 
-    async def unfinished_jobs(self) -> list[Job]:
+    async def unfinished_jobs(self) -> list[JobRow]:
         """Jobs left queued or running (by a crash, at start-up), oldest first."""
         statuses = [status.value for status in UNFINISHED_STATUSES]
         async with self.database.sessions() as session:
             rows = await session.scalars(
-                sa.select(Job).where(Job.status.in_(statuses)).order_by(Job.created_at, Job.id)
+                sa.select(JobRow).where(JobRow.status.in_(statuses)).order_by(JobRow.created_at, JobRow.id)
             )
             return list(rows)
 
@@ -217,11 +217,11 @@ class Ledger:
         since, until = day_start(now), next_quota_reset(now)
         unfinished = [status.value for status in UNFINISHED_STATUSES]
         counted = sa.case(
-            (Job.status.in_(unfinished), Job.steps_requested),
-            else_=sa.func.coalesce(Job.steps_run, 0),
+            (JobRow.status.in_(unfinished), JobRow.steps_requested),
+            else_=sa.func.coalesce(JobRow.steps_run, 0),
         )
         query = sa.select(sa.func.coalesce(sa.func.sum(counted), 0)).where(
-            in_guild(guild_id), Job.user_id == user_id, Job.created_at >= since, Job.created_at < until
+            in_guild(guild_id), JobRow.user_id == user_id, JobRow.created_at >= since, JobRow.created_at < until
         )
         async with self.database.sessions() as session:
             return int(await session.scalar(query) or 0)
@@ -229,13 +229,15 @@ class Ledger:
     async def active_jobs(self, guild_id: int | None, user_id: int) -> int:
         """How many of the member's jobs are queued or running."""
         unfinished = [status.value for status in UNFINISHED_STATUSES]
-        query = sa.select(sa.func.count()).where(in_guild(guild_id), Job.user_id == user_id, Job.status.in_(unfinished))
+        query = sa.select(sa.func.count()).where(
+            in_guild(guild_id), JobRow.user_id == user_id, JobRow.status.in_(unfinished)
+        )
         async with self.database.sessions() as session:
             return int(await session.scalar(query) or 0)
 
     async def member_totals(self, guild_id: int | None, user_id: int) -> Totals:
         """The member's jobs, images delivered, steps run and GPU seconds in one server, all time."""
-        query = sa.select(*_totals()).where(in_guild(guild_id), Job.user_id == user_id)
+        query = sa.select(*_totals()).where(in_guild(guild_id), JobRow.user_id == user_id)
         async with self.database.sessions() as session:
             jobs, images, steps, gpu_seconds = (await session.execute(query)).one()
         return Totals(jobs=int(jobs), images=int(images), steps=int(steps), gpu_seconds=float(gpu_seconds))
@@ -250,31 +252,31 @@ class Ledger:
     ) -> ServerUsage:
         """`/usage server`: totals, top members and top schedulers of jobs created in [since, until)."""
         until = until or self.database.clock()
-        in_period = [Job.guild_id == guild_id, Job.created_at < until]
+        in_period = [JobRow.guild_id == guild_id, JobRow.created_at < until]
         if since is not None:
-            in_period.append(Job.created_at >= since)
+            in_period.append(JobRow.created_at >= since)
         jobs_col, images_col, steps_col, gpu_col = _totals()
         overall = sa.select(
             jobs_col,
             images_col,
             steps_col,
             gpu_col,
-            sa.func.count(sa.distinct(Job.user_id)),
-            sa.func.coalesce(sa.func.sum(sa.case((Job.status == JobStatus.FAILED.value, 1), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((Job.status == JobStatus.CANCELLED.value, 1), else_=0)), 0),
+            sa.func.count(sa.distinct(JobRow.user_id)),
+            sa.func.coalesce(sa.func.sum(sa.case((JobRow.status == JobStatus.FAILED.value, 1), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((JobRow.status == JobStatus.CANCELLED.value, 1), else_=0)), 0),
         ).where(*in_period)
         by_user = (
-            sa.select(Job.user_id, jobs_col, images_col, steps_col, gpu_col)
+            sa.select(JobRow.user_id, jobs_col, images_col, steps_col, gpu_col)
             .where(*in_period)
-            .group_by(Job.user_id)
-            .order_by(steps_col.desc(), jobs_col.desc(), Job.user_id)
+            .group_by(JobRow.user_id)
+            .order_by(steps_col.desc(), jobs_col.desc(), JobRow.user_id)
             .limit(top)
         )
         by_scheduler = (
-            sa.select(Job.scheduler, jobs_col, steps_col)
+            sa.select(JobRow.scheduler, jobs_col, steps_col)
             .where(*in_period)
-            .group_by(Job.scheduler)
-            .order_by(jobs_col.desc(), steps_col.desc(), Job.scheduler)
+            .group_by(JobRow.scheduler)
+            .order_by(jobs_col.desc(), steps_col.desc(), JobRow.scheduler)
             .limit(top)
         )
         async with self.database.sessions() as session:
@@ -298,7 +300,7 @@ class Ledger:
             top_schedulers=tuple(SchedulerTotal(scheduler=str(n), jobs=int(j), steps=int(s)) for n, j, s in schedulers),
         )
 
-    async def _transition(self, job_id: str, change: Callable[[Job], None]) -> bool:
+    async def _transition(self, job_id: str, change: Callable[[JobRow], None]) -> bool:
         async def operation(session: AsyncSession) -> bool:
             job = await _load(session, job_id)
             if job.status in FINISHED_STATUSES:
@@ -312,7 +314,7 @@ class Ledger:
     async def _finish(self, job_id: str, status: JobStatus, error: str | None = None, **figures: Any) -> bool:
         now = self.database.clock()
 
-        def change(job: Job) -> None:
+        def change(job: JobRow) -> None:
             job.status = status.value
             job.finished_at = now
             # Only start-up recovery answers through the stored interaction, and only unfinished
@@ -326,15 +328,15 @@ class Ledger:
 
         return await self._transition(job_id, change)
 
-    async def _update(self, job_id: str, change: Callable[[Job], None]) -> None:
+    async def _update(self, job_id: str, change: Callable[[JobRow], None]) -> None:
         async def operation(session: AsyncSession) -> None:
             change(await _load(session, job_id))
 
         await self.database.write(operation)
 
 
-async def _load(session: AsyncSession, job_id: str) -> Job:
-    job = await session.get(Job, job_id)
+async def _load(session: AsyncSession, job_id: str) -> JobRow:
+    job = await session.get(JobRow, job_id)
     if job is None:
         raise LedgerJobMissing(job_id)
     return job
@@ -342,10 +344,10 @@ async def _load(session: AsyncSession, job_id: str) -> Job:
 
 def _totals() -> tuple[Any, ...]:
     """Aggregate columns shared by the queries below: jobs, images delivered, steps run, GPU seconds."""
-    delivered = sa.case((Job.status == JobStatus.DONE.value, Job.images), else_=0)
+    delivered = sa.case((JobRow.status == JobStatus.DONE.value, JobRow.images), else_=0)
     return (
-        sa.func.count(Job.id),
+        sa.func.count(JobRow.id),
         sa.func.coalesce(sa.func.sum(delivered), 0),
-        sa.func.coalesce(sa.func.sum(Job.steps_run), 0),
-        sa.func.coalesce(sa.func.sum(Job.gpu_seconds), 0.0),
+        sa.func.coalesce(sa.func.sum(JobRow.steps_run), 0),
+        sa.func.coalesce(sa.func.sum(JobRow.gpu_seconds), 0.0),
     )

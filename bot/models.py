@@ -71,7 +71,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Job(Base):
+class JobRow(Base):
     """One accepted `/imagine` or `/compare-steps` (or button click): a ledger row from queued to finished."""
 
     __tablename__ = "jobs"
@@ -162,7 +162,7 @@ class LimitsChange(Base):
 
 def in_guild(guild_id: int | None) -> ColumnElement[bool]:
     """Filter for jobs of one server (None: direct messages)."""
-    return Job.guild_id.is_(None) if guild_id is None else Job.guild_id == guild_id
+    return JobRow.guild_id.is_(None) if guild_id is None else JobRow.guild_id == guild_id
 
 
 # --- request <-> params ----------------------------------------------------------------------

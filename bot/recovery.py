@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from bot.db import Database
     from bot.jobs import JobService
-    from bot.models import Job
+    from bot.models import JobRow
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Recovered:
 
 
 def why_not_rerun(
-    job: Job, *, now: datetime, max_attempts: int = MAX_ATTEMPTS, max_age: timedelta = MAX_AGE
+    job: JobRow, *, now: datetime, max_attempts: int = MAX_ATTEMPTS, max_age: timedelta = MAX_AGE
 ) -> str | None:
     """The reason a leftover job is answered as failed instead of run again, or None to run it."""
     if job.attempts >= max_attempts:

@@ -11,7 +11,7 @@ from inference.protocol import JobFailed, JobResult, Request
 
 if TYPE_CHECKING:
     from bot.db import Database
-    from bot.models import Job
+    from bot.models import JobRow
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class JobRecord:
     message_id: int | None = None
 
 
-def record_of(job: Job) -> JobRecord:
+def record_of(job: JobRow) -> JobRecord:
     """The JobRecord of a ledger row, with what is needed to answer it."""
     return JobRecord(
         job_id=job.id,

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bot.ledger import Ledger
-from bot.models import Job
+from bot.models import JobRow
 from bot.server_limits import EffectiveLimits, day_start, next_quota_reset
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def export_csv(database_path: Path | str, out: TextIO) -> int:
     try:
         with Session(engine) as session:
             for job in session.scalars(
-                sa.select(Job).order_by(Job.created_at, Job.id).execution_options(yield_per=500)
+                sa.select(JobRow).order_by(JobRow.created_at, JobRow.id).execution_options(yield_per=500)
             ):
                 writer.writerow(_csv_row(job))
                 count += 1
@@ -129,7 +129,7 @@ def export_csv(database_path: Path | str, out: TextIO) -> int:
     return count
 
 
-def _csv_row(job: Job) -> dict[str, Any]:
+def _csv_row(job: JobRow) -> dict[str, Any]:
     params = job.params or {}
     steps = params.get("steps")
     row: dict[str, Any] = {

@@ -23,7 +23,7 @@ from bot.buttons import JobButton
 from bot.config import Settings
 from bot.db import Database
 from bot.jobs import JobService
-from bot.models import Job
+from bot.models import JobRow
 from bot.policy import DatabasePolicy, SettingsPolicy
 from bot.server_limits import EffectiveLimits
 from bot.store import DatabaseJobStore, JobRecord, MemoryJobStore
@@ -455,7 +455,9 @@ def plain_settings() -> Settings:
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 
-async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1) -> Job:
+async def record(
+    db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1
+) -> JobRow:
     """An /imagine job accepted into the ledger, with the interaction a restarted bot would answer through."""
     return await db.ledger.record_job(
         GenerateRequest(prompt="a lighthouse", steps=steps, count=count),
@@ -467,7 +469,7 @@ async def record(db: Database, *, user: int = ALICE, guild: int | None = GUILD, 
     )
 
 
-async def all_jobs(db: Database) -> list[Job]:
+async def all_jobs(db: Database) -> list[JobRow]:
     """Every row of the ledger."""
     async with db.sessions() as session:
-        return list(await session.scalars(sa.select(Job)))
+        return list(await session.scalars(sa.select(JobRow)))

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from bot.db import Database
 from bot.jobs import JobService
-from bot.models import Job
+from bot.models import JobRow
 from bot.recovery import MAX_AGE, MAX_ATTEMPTS, recover_jobs, why_not_rerun
 from bot.store import JobRecord, record_of
 from inference.protocol import GenerateRequest, JobResult
@@ -34,7 +34,7 @@ class RecordingJobs:
         self.failed.append((record, reason, token_age))
 
 
-async def leftover(db: Database, *, steps: int = 20, running: bool = False) -> Job:
+async def leftover(db: Database, *, steps: int = 20, running: bool = False) -> JobRow:
     job = await db.ledger.record_job(
         GenerateRequest("a lighthouse", steps=steps), user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD
     )
@@ -113,7 +113,7 @@ async def test_a_job_this_version_cannot_read_is_failed_in_the_ledger(db: Databa
     job = await leftover(db)
 
     async def garble(session: Any) -> None:
-        await session.execute(sa.update(Job).where(Job.id == job.id).values(command="paint"))
+        await session.execute(sa.update(JobRow).where(JobRow.id == job.id).values(command="paint"))
 
     await db.write(garble)
     jobs = RecordingJobs()

@@ -17,7 +17,7 @@ import pytest_asyncio
 import sqlalchemy as sa
 
 from bot.db import Database
-from bot.models import Job
+from bot.models import JobRow
 from inference.protocol import WorkerConfig
 from inference.queue import LocalJobQueue
 from tests.e2e.helpers import (
@@ -94,9 +94,9 @@ def grant_to_everyone(fake: FakeDiscord, name: str) -> None:
                 command["default_member_permissions"] = None
 
 
-async def all_jobs(database: Database) -> list[Job]:
+async def all_jobs(database: Database) -> list[JobRow]:
     async with database.sessions() as session:
-        return list(await session.scalars(sa.select(Job).order_by(Job.created_at)))
+        return list(await session.scalars(sa.select(JobRow).order_by(JobRow.created_at)))
 
 
 async def set_limits(fake: FakeDiscord, **options: Any) -> str:
@@ -317,7 +317,7 @@ async def leave_unfinished(database: Database, job_id: str, *, token: str, **val
     """Put a job back as a crash would have left it, interaction token included (plus `values`)."""
 
     async def change(session: Any) -> None:
-        job = await session.get(Job, job_id)
+        job = await session.get(JobRow, job_id)
         job.status, job.finished_at, job.steps_run, job.gpu_seconds = "running", None, None, None
         job.interaction_token = token
         for name, value in values.items():
