@@ -1,6 +1,7 @@
 """Building requests from what people type: command options, CLI arguments, and a result's buttons.
 
-Every user-input parser lives here (sizes, step lists, scheduler names), with the defaults for
+The bot's user-input parsers live here (sizes, scheduler names; the step-list parser stays in the
+wire protocol while benchmarks/bench_engine.py reads its arguments with it), with the defaults for
 options left out and the one translation of `InvalidRequest` into the error a user sees.
 """
 
@@ -25,6 +26,7 @@ from inference.protocol import (
     GenerateRequest,
     InvalidRequest,
     Request,
+    parse_step_list,
     validate,
 )
 
@@ -55,20 +57,6 @@ def find_scheduler(name: str) -> str | None:
     """The scheduler's proper name for any capitalisation ("euler a" -> "Euler a"), or None."""
     wanted = name.strip().casefold()
     return next((known for known in SCHEDULER_NAMES if known.casefold() == wanted), None)
-
-
-def parse_step_list(text: str) -> tuple[int, ...]:
-    """Parse "5,10,20" into step counts; the error shows the expected form."""
-    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
-    try:
-        steps = tuple(int(part) for part in parts)
-    except ValueError:
-        raise InvalidRequest(
-            f"Could not read step counts {text!r}: write whole numbers separated by commas, like 5,10,20,30."
-        ) from None
-    if not steps:
-        raise InvalidRequest("No step counts given: write them like 5,10,20,30.")
-    return steps
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -131,6 +131,24 @@ def validate(request: Request) -> None:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
 
 
+def parse_step_list(text: str) -> tuple[int, ...]:
+    """Parse "5,10,20" into step counts; the error shows the expected form.
+
+    The one user-input parser left here: benchmarks/bench_engine.py reads its step lists with it.
+    The bot's parsers are in `bot.job_requests`, which uses this one.
+    """
+    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
+    try:
+        steps = tuple(int(part) for part in parts)
+    except ValueError:
+        raise InvalidRequest(
+            f"Could not read step counts {text!r}: write whole numbers separated by commas, like 5,10,20,30."
+        ) from None
+    if not steps:
+        raise InvalidRequest("No step counts given: write them like 5,10,20,30.")
+    return steps
+
+
 # --- worker configuration -------------------------------------------------------------------
 
 

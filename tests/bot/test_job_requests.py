@@ -18,7 +18,6 @@ from bot.job_requests import (
     derive_request,
     find_scheduler,
     parse_size,
-    parse_step_list,
     resolve_size,
     resolve_step_list,
     step_down,
@@ -35,14 +34,6 @@ from inference.protocol import (
 from tests.bot.fakes import COMPARE, IMAGINE
 
 # --- parsing (moved from inference/protocol.py with the parsers) -------------------------------
-
-
-def test_step_list_parsing_shows_the_expected_form() -> None:
-    assert parse_step_list("5, 10,20") == (5, 10, 20)
-    with pytest.raises(InvalidRequest, match="like 5,10,20,30"):
-        parse_step_list("5,x,10")
-    with pytest.raises(InvalidRequest, match="No step counts"):
-        parse_step_list(" , ")
 
 
 def test_size_parsing() -> None:

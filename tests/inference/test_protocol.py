@@ -17,6 +17,7 @@ from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
     InvalidRequest,
+    parse_step_list,
     total_steps,
     validate,
 )
@@ -54,6 +55,14 @@ def test_compare_steps_cell_count_and_duplicates() -> None:
         validate(CompareStepsRequest("fox", steps=(10, 10)))
     with pytest.raises(InvalidRequest, match="steps must be 1 to 150; got 151"):
         validate(CompareStepsRequest("fox", steps=(10, 151)))
+
+
+def test_step_list_parsing_shows_the_expected_form() -> None:
+    assert parse_step_list("5, 10,20") == (5, 10, 20)
+    with pytest.raises(InvalidRequest, match="like 5,10,20,30"):
+        parse_step_list("5,x,10")
+    with pytest.raises(InvalidRequest, match="No step counts"):
+        parse_step_list(" , ")
 
 
 def test_lanes_and_cost() -> None:

@@ -1,0 +1,28 @@
+"""The ledger's models: a request stored as JSON parameters and rebuilt exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.models import command_of, params_to_request, request_to_params
+from inference.protocol import CompareStepsRequest, GenerateRequest
+
+IMAGINE = GenerateRequest("a fox", 17, "Heun", 9, 4.5, 768, 512, "blur", 3)
+COMPARE = CompareStepsRequest("a boat", (3, 9), "DDIM", 1, 6.0, 256, 384, "fog")
+
+
+@pytest.mark.parametrize("request_", [IMAGINE, COMPARE], ids=["imagine", "compare-steps"])
+def test_a_request_survives_its_json_parameters(request_: GenerateRequest | CompareStepsRequest) -> None:
+    params = request_to_params(request_)
+    assert all(not isinstance(value, tuple) for value in params.values())  # JSON has no tuples
+    assert params_to_request(command_of(request_), params) == request_
+
+
+def test_parameters_a_newer_version_stored_are_ignored() -> None:
+    params = {**request_to_params(IMAGINE), "model": "sdxl"}
+    assert params_to_request("imagine", params) == IMAGINE
+
+
+def test_an_unknown_command_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown command 'paint'"):
+        params_to_request("paint", request_to_params(IMAGINE))
