@@ -28,16 +28,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.pipeline import LaneEngine, LoadedModel, load_model, make_scheduler
+from inference.engine import LaneEngine
+from inference.loading import LoadedModel, load_model
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     CompareStepsRequest,
     GenerateRequest,
     JobEvent,
     JobResult,
-    WorkerConfig,
     parse_step_list,
 )
+from inference.schedulers import make_scheduler
 
 
 @dataclass
@@ -129,8 +130,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(args: argparse.Namespace) -> Report:
-    config = WorkerConfig(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
-    model = load_model(config)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
     card = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else _cpu_name()
     report = Report(device=card, model=args.model)
     print(f"# {args.model} on {card} ({str(model.dtype).removeprefix('torch.')}), {args.size}x{args.size}, "

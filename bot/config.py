@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_SIZE, MAX_STEPS, WorkerConfig
+from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_STEPS, WorkerConfig
 
 
 class Settings(BaseSettings):
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     default_steps: int = 30
     default_scheduler: str = DEFAULT_SCHEDULER
     max_grid_cells: int = MAX_COMPARE_CELLS
-    max_image_size: int = MAX_SIZE
+    max_image_size: int = 1024  # the wire allows up to MAX_SIZE (2048) on one side; 1024 fits SDXL and FLUX
     max_compute_per_request: int = 1024 * 1024 * 600  # width x height x total steps
     daily_steps_per_user: int = 5000
     max_concurrent_jobs_per_user: int = 3

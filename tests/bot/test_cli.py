@@ -14,7 +14,7 @@ from bot.cli import main
     ("argv", "message"),
     [
         (["imagine", "fox", "--steps", "0"], "steps must be 1 to 150; got 0."),
-        (["imagine", "fox", "--size", "513"], "width must be a multiple of 8 from 256 to 1024; got 513."),
+        (["imagine", "fox", "--size", "513"], "width must be a multiple of 8 from 256 to 2048; got 513."),
         (["imagine", "fox", "--size", "big"], "write it like 512 or 768x512"),
         (["imagine", "", "--model", "tiny"], "The prompt is empty"),
         (["imagine", "fox", "--scheduler", "Turbo"], "Unknown scheduler 'Turbo'"),
