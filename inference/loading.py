@@ -348,7 +348,7 @@ def load_model(
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     is_test_model = spec.is_test_model
     source = str(ensure_test_model(spec.source, cache)) if is_test_model else spec.source
-    label = spec.source if spec.name == spec.source else f"{spec.name} ({spec.source})"
+    label = repr(spec.source) if spec.name == spec.source else f"{spec.name!r} from {spec.source!r}"
     try:
         pipe: Pipeline = DiffusionPipeline.from_pretrained(
             source,
@@ -361,14 +361,14 @@ def load_model(
     except (OSError, ValueError) as exc:
         reason = _first_sentence(str(exc)).removesuffix(".") or type(exc).__name__
         raise ModelLoadError(
-            f"Could not load model {label!r} ({reason}). Give a local diffusers folder, a hub id "
+            f"Could not load model {label} ({reason}). Give a local diffusers folder, a hub id "
             f"that can be downloaded, or a test model such as 'tiny' (--model, STEPGRID_MODEL or a registry source)."
         ) from exc
     try:
         family = family_for(pipe, spec, torch_device, torch_dtype)
     except LookupError:
         raise ModelLoadError(
-            f"Model {label!r} is a {type(pipe).__name__}; Stepgrid runs {supported_pipelines()} models."
+            f"Model {label} is a {type(pipe).__name__}; Stepgrid runs {supported_pipelines()} models."
         ) from None
     try:
         info = family.info()

@@ -10,10 +10,17 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from inference.families import Conditioning, Defaults, Family, guided_rows, to_uint8
 from inference.protocol import DEFAULT_COMPARE_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from inference.registry import ModelSpec
 from inference.schedulers import Scheduler, make_scheduler
 
 FEW_STEP_HINTS = ("turbo", "lightning", "lcm", "hyper")
 FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
+
+
+def looks_few_step(spec: ModelSpec) -> bool:
+    """Distilled few-step models (Turbo, Lightning, LCM, Hyper) by their registry name or source."""
+    text = f"{spec.name} {spec.source}".lower()
+    return any(hint in text for hint in FEW_STEP_HINTS)
 
 
 class UNetFamily(Family):
@@ -35,7 +42,7 @@ class UNetFamily(Family):
 
     def looks_few_step(self) -> bool:
         """Distilled few-step models (Turbo, Lightning, LCM, Hyper) can't be told from their config."""
-        return any(hint in self.spec.source.lower() for hint in FEW_STEP_HINTS)
+        return looks_few_step(self.spec)
 
     def _truncated(self, prompt: str) -> bool:
         tokenizer = self.pipe.tokenizer

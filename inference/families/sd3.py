@@ -12,7 +12,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import c
 from diffusers.utils.torch_utils import randn_tensor
 
 from inference.families import Conditioning, Defaults, Family, guided_rows, to_uint8
-from inference.families.sd import FEW_STEP_HINTS, FEW_STEP_LADDER
+from inference.families.sd import FEW_STEP_LADDER, looks_few_step
 from inference.schedulers import FLOW_SCHEDULERS, Scheduler, make_flow_scheduler
 
 SD3_LADDER = (4, 8, 12, 20, 28, 40)
@@ -41,7 +41,7 @@ class StableDiffusion3(Family):
         return int(self.pipe.transformer.config.sample_size) * self.vae_scale
 
     def defaults(self) -> Defaults:
-        if any(hint in self.spec.source.lower() for hint in FEW_STEP_HINTS):
+        if looks_few_step(self.spec):
             return Defaults(4, 0.0, "Euler", FEW_STEP_LADDER, uses_guidance=False)
         return Defaults(28, 7.0, "Euler", SD3_LADDER)
 

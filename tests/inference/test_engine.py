@@ -4,6 +4,7 @@ are tested in tests/inference/families/, several models in one engine at the end
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.engine import LaneEngine
+from inference.engine import LaneEngine, UnknownModel
 from inference.loading import LoadedModel
 from inference.protocol import (
     SCHEDULER_NAMES,
@@ -226,3 +227,32 @@ def test_a_job_cancelled_while_its_images_encode_is_answered_once_as_cancelled(t
     answers = [e for e in events if isinstance(e, JobResult | JobFailed)]
     assert len(answers) == 1 and isinstance(answers[0], JobFailed) and answers[0].cancelled
     assert answers[0].steps_run == 2
+
+
+def test_two_families_in_one_engine_take_turns_and_each_lane_equals_its_run_alone(
+    tiny: LoadedModel, load_test_model: LoadTestModel
+) -> None:
+    flux = load_test_model("tiny-flux")
+    engine = RecordingEngine([tiny, flux])
+    sd_request = GenerateRequest("a fox", steps=4, scheduler="DPM++ 2M", seed=1, width=SIZE, height=SIZE, count=2)
+    flux_request = CompareStepsRequest("a fox", steps=(2, 4), scheduler="Euler", seed=2, guidance=0.0,
+                                       width=128, height=128, model="tiny-flux")  # fmt: skip
+    engine.add_job("sd", sd_request)
+    engine.add_job("flux", flux_request)
+    engine.run_until_idle()
+    assert engine.batch_models[:4] == ["tiny", "tiny-flux", "tiny", "tiny-flux"], "models take turns"
+    assert engine.result("sd").model == "tiny" and engine.result("flux").model == "tiny-flux"
+    for index in range(2):
+        alone = run_alone(tiny, dataclasses.replace(sd_request, seed=1 + index, count=1))
+        assert _relative_error(engine.final_latents[("sd", index)], alone) <= 1e-4
+    for index, steps in enumerate((2, 4)):
+        alone = run_alone(flux, GenerateRequest("a fox", steps=steps, scheduler="Euler", seed=2, guidance=0.0,
+                                                width=128, height=128, model="tiny-flux"))  # fmt: skip
+        assert _relative_error(engine.final_latents[("flux", index)], alone) <= 1e-4
+
+
+def test_a_request_for_a_model_the_engine_has_not_loaded_is_refused(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    with pytest.raises(UnknownModel, match=r"Unknown model .tiny-flux.; this worker runs: tiny\."):
+        engine.add_job("x", GenerateRequest("fox", model="tiny-flux"))
+    assert engine.idle
