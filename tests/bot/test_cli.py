@@ -67,3 +67,32 @@ def test_compare_steps_writes_a_labelled_grid_with_the_tiny_model(
     assert "seed 42" in printed and "random-weight test model" in printed
     grid = Image.open(out)
     assert grid.width > 3 * 256 and grid.height > 256  # three cells in a row, captions and footer below
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "ladder", "scheduler"),
+    [("tiny-flux", "1,2,3,4,6,8", "Euler"), ("tiny-sdxl", "5,10,20,30,40,50", "Euler a")],
+)
+def test_compare_steps_without_steps_uses_the_models_own_ladder_and_scheduler(
+    model: str, ladder: str, scheduler: str, tmp_path: Path, model_cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    assert (
+        main(["compare-steps", "a lighthouse", "--model", model, "--seed", "1", "--size", "256", "-o", str(out)]) == 0
+    )
+    assert f"{scheduler}, steps {ladder}, seed 1" in capsys.readouterr().out
+    assert Image.open(out).width > 3 * 256
+
+
+@pytest.mark.slow
+def test_a_scheduler_the_model_cant_run_exits_2_with_the_ones_it_can(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "x.png"
+    assert main(["imagine", "fox", "--model", "tiny-flux", "--scheduler", "DDIM", "--size", "256", "-o", str(out)]) == 2
+    assert "can't run the scheduler 'DDIM'; choose one of: Euler, Heun, DPM++ 2M, UniPC." in capsys.readouterr().err
+    assert not out.exists()
