@@ -46,6 +46,9 @@ TEST_MODELS = TEST_MODEL_NAMES
 # its weights (and so every saved result) are the same as before the families were split out.
 TEST_MODEL_REVISIONS = {"tiny": 3, "sd15-arch": 3, "tiny-sdxl": 1, "tiny-flux": 1, "tiny-flux-dev": 1, "tiny-sd3": 1}
 TEST_MODEL_NATIVE_SIZE = 256  # the tiny models are meant for small images on a CPU
+# Full-size architectures with random weights, for GPU benchmarks: built on the device in memory
+# (saving 12B random parameters to disk and reading them back would only measure the disk).
+IN_MEMORY_TEST_MODELS = ("sdxl-arch", "flux-schnell-arch")
 
 
 # --- devices --------------------------------------------------------------------------------------
@@ -278,6 +281,74 @@ def _tiny_flux(dev: bool) -> Pipeline:
     )
 
 
+def _sdxl_arch() -> Pipeline:
+    """SDXL base's architecture (UNet 2.6B, CLIP-L + OpenCLIP-bigG) with random weights."""
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )  # fmt: skip
+    clip_l = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=768, intermediate_size=3072,
+        num_attention_heads=12, num_hidden_layers=12, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu",
+    )  # fmt: skip
+    clip_g = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=1280, intermediate_size=5120,
+        num_attention_heads=20, num_hidden_layers=32, vocab_size=49408, projection_dim=1280, hidden_act="gelu",
+    )  # fmt: skip
+    with torch.device("cpu"):  # schedulers keep their tables on the CPU, whatever device the weights go to
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+            timestep_spacing="leading",
+        )  # fmt: skip
+    return StableDiffusionXLPipeline(
+        vae=_full_vae(latent_channels=4, scaling_factor=0.13025, force_upcast=True),
+        text_encoder=CLIPTextModel(clip_l),
+        text_encoder_2=CLIPTextModelWithProjection(clip_g),
+        tokenizer=_clip_tokenizer(),
+        tokenizer_2=_clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        add_watermarker=False,
+    )
+
+
+def _flux_schnell_arch() -> Pipeline:
+    """FLUX.1-schnell's architecture (transformer 12B: 19 double + 38 single blocks, T5-XXL, CLIP-L)
+    with random weights; diffusers' FluxTransformer2DModel defaults are FLUX.1's."""
+    clip_l = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=768, intermediate_size=3072,
+        num_attention_heads=12, num_hidden_layers=12, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu",
+    )  # fmt: skip
+    t5_xxl = T5Config(
+        vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+        relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    with torch.device("cpu"):  # schedulers keep their tables on the CPU, whatever device the weights go to
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    vae = _full_vae(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                    use_post_quant_conv=False)  # fmt: skip
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=CLIPTextModel(clip_l),
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=T5EncoderModel(t5_xxl),
+        tokenizer_2=_t5_tokenizer(),
+        transformer=FluxTransformer2DModel(guidance_embeds=False),
+    )
+
+
+def _full_vae(**extra: Any) -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=1024, **extra,
+    )  # fmt: skip
+
+
 def build_test_pipeline(name: str) -> Pipeline:
     """A random-weight pipeline of one family, seeded so it is the same every time."""
     if name in ("tiny", "sd15-arch"):
@@ -288,6 +359,10 @@ def build_test_pipeline(name: str) -> Pipeline:
         return _tiny_flux(dev=name == "tiny-flux-dev")
     if name == "tiny-sd3":
         return _tiny_sd3()
+    if name == "sdxl-arch":
+        return _sdxl_arch()
+    if name == "flux-schnell-arch":
+        return _flux_schnell_arch()
     raise ValueError(f"unknown test model {name!r}")
 
 
@@ -347,17 +422,22 @@ def load_model(
     torch_device, torch_dtype = resolve_device(device, dtype)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     is_test_model = spec.is_test_model
-    source = str(ensure_test_model(spec.source, cache)) if is_test_model else spec.source
+    source = spec.source
+    if is_test_model and spec.source not in IN_MEMORY_TEST_MODELS:
+        source = str(ensure_test_model(spec.source, cache))
     label = repr(spec.source) if spec.name == spec.source else f"{spec.name!r} from {spec.source!r}"
     try:
-        pipe: Pipeline = DiffusionPipeline.from_pretrained(
-            source,
-            dtype=torch_dtype,
-            variant=spec.variant,
-            cache_dir=str(cache / "hub") if not is_test_model else None,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        if spec.source in IN_MEMORY_TEST_MODELS:
+            pipe = _build_in_memory(spec.source, torch_device, torch_dtype)
+        else:
+            pipe = DiffusionPipeline.from_pretrained(
+                source,
+                dtype=torch_dtype,
+                variant=spec.variant,
+                cache_dir=str(cache / "hub") if not is_test_model else None,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
     except (OSError, ValueError) as exc:
         reason = _first_sentence(str(exc)).removesuffix(".") or type(exc).__name__
         raise ModelLoadError(
@@ -374,7 +454,7 @@ def load_model(
         info = family.info()
     except ValueError as exc:
         raise ModelLoadError(f"Model {spec.name!r}: {exc}.") from None
-    if is_test_model:
+    if is_test_model and spec.source not in IN_MEMORY_TEST_MODELS and spec.source != "sd15-arch":
         info = _with_native_size(info, TEST_MODEL_NATIVE_SIZE)
     pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
@@ -383,6 +463,17 @@ def load_model(
         denoiser.to(memory_format=torch.channels_last)
     seconds = time.perf_counter() - started
     return LoadedModel(pipe, spec.name, torch_device, torch_dtype, is_test_model, seconds, family, info)
+
+
+def _build_in_memory(name: str, device: torch.device, dtype: torch.dtype) -> Pipeline:
+    """A full-size random-weight pipeline built straight on the device (initialising 12B parameters
+    on a GPU takes seconds), seeded so every run is the same model."""
+    log.info("building the random-weight %r on %s (benchmark architecture, not a real model)", name, device)
+    torch.manual_seed(0)
+    with torch.device(device):
+        pipe = build_test_pipeline(name)
+    pipe.to(dtype=dtype)
+    return pipe
 
 
 def _with_native_size(info: ModelInfo, size: int) -> ModelInfo:

@@ -35,6 +35,8 @@ TEST_MODEL_NAMES: tuple[str, ...] = (
     "tiny-flux-dev",
     "tiny-sd3",
     "sd15-arch",
+    "sdxl-arch",
+    "flux-schnell-arch",
 )
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")

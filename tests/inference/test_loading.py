@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.loading import ModelLoadError, load_model, load_models
+from inference.loading import ModelLoadError, build_test_pipeline, load_model, load_models
 from inference.protocol import WorkerConfig
 from inference.registry import ModelSpec
 from tests.inference.conftest import LoadTestModel
@@ -78,3 +78,14 @@ def test_registry_defaults_override_the_familys(model_cache_dir: Path) -> None:
 def test_an_unsupported_pipeline_is_refused_with_the_families_stepgrid_runs(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="Could not load model"):
         load_model(str(tmp_path), cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "denoiser", "billions"), [("sdxl-arch", "unet", 2.567), ("flux-schnell-arch", "transformer", 11.891)]
+)
+def test_the_benchmark_architectures_have_the_real_models_sizes(name: str, denoiser: str, billions: float) -> None:
+    """Built on the meta device (no memory): the GPU benchmark's random-weight SDXL and FLUX.1-schnell."""
+    with torch.device("meta"):
+        pipe = build_test_pipeline(name)
+    parameters = sum(p.numel() for p in getattr(pipe, denoiser).parameters())
+    assert parameters / 1e9 == pytest.approx(billions, abs=0.001)
