@@ -216,7 +216,7 @@ def check_output_and_model(args: argparse.Namespace) -> None:
     if output.suffix.lower() != ".png":
         raise InvalidRequest(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
     model = Path(args.model).expanduser()
-    looks_like_path = args.model.startswith((".", "/", "~")) or model.exists()
+    looks_like_path = (args.model.startswith((".", "/", "~")) or model.exists()) and model.suffix != ".toml"
     if looks_like_path and not (model / "model_index.json").is_file():
         what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
         raise InvalidRequest(f"--model {args.model} {what}.")

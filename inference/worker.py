@@ -73,7 +73,9 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         send(WorkerFailed(message))
         return
     engine = LaneEngine(models, send, max_batch_lanes=config.max_batch_lanes)
-    if config.compile:
+    if config.compile and not engine.model.family.compilable:
+        log.warning("not compiling: the default model's family (%s) runs eagerly", engine.model.info.family)
+    elif config.compile:
         log.info("compiling the denoiser for batch sizes %s (minutes, once per Inductor cache)", engine.batch_buckets)
         log.info("compiled in %.0fs", engine.compile_unet())
     if config.warmup:

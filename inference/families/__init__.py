@@ -57,6 +57,7 @@ class Family(abc.ABC):
 
     name: ClassVar[str]
     schedulers: ClassVar[tuple[str, ...]]
+    compilable: ClassVar[bool] = False  # whether `predict` pads batches to a compiled denoiser's buckets
 
     def __init__(self, pipe: Pipeline, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> None:
         self.pipe = pipe

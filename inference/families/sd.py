@@ -27,6 +27,7 @@ class UNetFamily(Family):
     """What SD and SDXL share: discrete noise schedulers, a UNet, and CFG as two rows per lane."""
 
     schedulers: ClassVar[tuple[str, ...]] = SCHEDULER_NAMES
+    compilable: ClassVar[bool] = True
 
     @property
     def denoiser(self) -> torch.nn.Module:

@@ -96,3 +96,16 @@ def test_a_scheduler_the_model_cant_run_exits_2_with_the_ones_it_can(
     assert main(["imagine", "fox", "--model", "tiny-flux", "--scheduler", "DDIM", "--size", "256", "-o", str(out)]) == 2
     assert "can't run the scheduler 'DDIM'; choose one of: Euler, Heun, DPM++ 2M, UniPC." in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_registry_file_as_the_model_runs_its_first_model(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    registry = tmp_path / "models.toml"
+    registry.write_text('[[models]]\nname = "quick"\nsource = "tiny-flux"\nsteps = 2\n\n'
+                        '[[models]]\nname = "gone"\nsource = "./no/such/folder"\n')  # fmt: skip
+    out = tmp_path / "fox.png"
+    assert main(["imagine", "fox", "--model", str(registry), "--size", "256", "-o", str(out)]) == 0
+    assert "Euler, steps 2," in capsys.readouterr().out and out.is_file()
