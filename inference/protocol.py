@@ -37,6 +37,8 @@ MAX_PIXELS = 1536 * 1536  # 1024x1024 and 2048x1024 fit; 2048x2048 does not
 MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 MAX_SEED = 2**32 - 1
+# FLUX runs one row per lane (guidance-distilled or none): a negative prompt would be silently ignored.
+FAMILIES_WITHOUT_NEGATIVE_PROMPT: tuple[str, ...] = ("flux",)
 
 
 OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
@@ -151,6 +153,8 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
             raise InvalidRequest(
                 f"{name} must be a multiple of {model.size_multiple} for the model {model.name}; got {value}."
             )
+    if request.negative_prompt.strip() and model.family in FAMILIES_WITHOUT_NEGATIVE_PROMPT:
+        raise InvalidRequest(f"The model {model.name} ({model.family}) doesn't use a negative prompt; leave it out.")
     if model.max_steps is not None and max(request.lane_steps) > model.max_steps:
         raise InvalidRequest(
             f"steps must be at most {model.max_steps} for the model {model.name}; got {max(request.lane_steps)}."

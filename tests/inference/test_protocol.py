@@ -14,10 +14,14 @@ from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
     InvalidRequest,
+    ModelInfo,
+    ModelUnavailable,
+    WorkerReady,
     parse_size,
     parse_step_list,
     total_steps,
     validate,
+    validate_for_model,
 )
 
 GOOD = GenerateRequest("a lighthouse at dusk")
@@ -92,3 +96,50 @@ def test_every_request_inside_the_ranges_is_accepted(
     steps: int, scheduler: str, size: int, guidance: float, count: int
 ) -> None:
     validate(GenerateRequest("fox", steps, scheduler, 0, guidance, size, size, "", count))
+
+
+SDXL_TURBO = ModelInfo(
+    name="sdxl-turbo", family="sdxl", schedulers=SCHEDULER_NAMES, default_scheduler="Euler a", default_steps=4,
+    default_guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), native_size=1024, size_multiple=8, max_steps=8,
+    uses_guidance=False,
+)  # fmt: skip
+FLUX = ModelInfo(
+    name="flux", family="flux", schedulers=("Euler", "Heun", "DPM++ 2M", "UniPC"), default_scheduler="Euler",
+    default_steps=4, default_guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), native_size=1024, size_multiple=16,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "message"),
+    [
+        (FLUX, {"scheduler": "Euler a"},
+         "The model flux can't run the scheduler 'Euler a'; choose one of: Euler, Heun, DPM++ 2M, UniPC."),
+        (FLUX, {"scheduler": "Euler", "width": 1032}, "width must be a multiple of 16 for the model flux; got 1032."),
+        (FLUX, {"scheduler": "Euler", "negative_prompt": "blur"},
+         "The model flux (flux) doesn't use a negative prompt; leave it out."),
+        (SDXL_TURBO, {"steps": 9}, "steps must be at most 8 for the model sdxl-turbo; got 9."),
+    ],
+)  # fmt: skip
+def test_what_a_model_cant_do_is_refused_in_one_line(model: ModelInfo, change: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate_for_model(dataclasses.replace(GOOD, **change), model)  # type: ignore[arg-type]
+    assert str(error.value) == message
+
+
+def test_what_a_model_can_do_passes() -> None:
+    validate_for_model(GenerateRequest("fox", steps=4, scheduler="Euler", width=1024, height=768), FLUX)
+    validate_for_model(CompareStepsRequest("fox", steps=(1, 2, 8), width=1024, height=1024), SDXL_TURBO)
+
+
+def test_sdxl_and_flux_sizes_fit_and_the_pixel_cap_holds() -> None:
+    validate(GenerateRequest("fox", width=1024, height=1024))
+    validate(GenerateRequest("fox", width=2048, height=1024))
+    with pytest.raises(InvalidRequest, match="too many pixels"):
+        validate(GenerateRequest("fox", width=2048, height=1536))
+
+
+def test_the_worker_ready_event_names_the_default_model() -> None:
+    ready = WorkerReady(models=(FLUX, SDXL_TURBO), device="cuda:0", dtype="bfloat16", load_seconds=3.0,
+                        unavailable=(ModelUnavailable("sd3", "Could not load model 'sd3'."),))  # fmt: skip
+    assert ready.model == "flux" and not ready.is_test_model
+    assert GenerateRequest("fox").model == "" and CompareStepsRequest("fox").model == ""
