@@ -35,6 +35,7 @@ from inference.protocol import (
     validate,
 )
 from inference.queue import LocalJobQueue, WorkerUnavailable
+from inference.registry import RegistryError, models_from_setting
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
 
@@ -249,6 +250,11 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
         request = request_from_args(args)
         check_output_and_model(args)
     except InvalidRequest as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
+    try:
+        models_from_setting(args.model)
+    except RegistryError as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     settings = settings.model_copy(update={"model": args.model, "device": args.device, "dtype": args.dtype})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_STEPS, WorkerConfig
+from inference.registry import models_from_setting
 
 
 class Settings(BaseSettings):
@@ -42,6 +43,13 @@ class Settings(BaseSettings):
     max_compute_per_request: int = 1024 * 1024 * 600  # width x height x total steps
     daily_steps_per_user: int = 5000
     max_concurrent_jobs_per_user: int = 3
+
+    @field_validator("model")
+    @classmethod
+    def _model_or_registry(cls, value: str) -> str:
+        """One model, or a model registry (a .toml file or its text): a typo is named at start-up."""
+        models_from_setting(value)  # RegistryError is a ValueError: pydantic reports its one line
+        return value
 
     def worker_config(self) -> WorkerConfig:
         """The part of the settings a GPU worker needs."""

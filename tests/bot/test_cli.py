@@ -109,3 +109,20 @@ def test_a_registry_file_as_the_model_runs_its_first_model(
     out = tmp_path / "fox.png"
     assert main(["imagine", "fox", "--model", str(registry), "--size", "256", "-o", str(out)]) == 0
     assert "Euler, steps 2," in capsys.readouterr().out and out.is_file()
+
+
+def test_a_registry_with_a_typo_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = tmp_path / "models.toml"
+    registry.write_text('[[models]]\nname = "a"\nsoruce = "tiny"\n')
+    assert main(["imagine", "fox", "--model", str(registry), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'soruce'; allowed keys: name, source," in err and err.count("\n") == 1
+
+
+def test_a_registry_with_a_typo_in_the_setting_is_named_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL", 'models = [{name = "a"}]')
+    assert main(["imagine", "fox", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepgrid: the setting STEPGRID_MODEL is invalid") and "missing 'source'" in err
