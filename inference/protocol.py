@@ -25,6 +25,7 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "PNDM",
     "LMS",
     "UniPC",
+    "LCM",  # for LCM-distilled and LCM-LoRA-merged SD/SDXL models (few steps, guidance 1-2)
 )
 DEFAULT_SCHEDULER = "Euler a"
 DEFAULT_GUIDANCE = 7.5

@@ -22,6 +22,7 @@ from diffusers import (
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
@@ -46,6 +47,7 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
     "LMS": (LMSDiscreteScheduler, {}),
     "UniPC": (UniPCMultistepScheduler, {}),
+    "LCM": (LCMScheduler, {}),
 }
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "protocol.SCHEDULER_NAMES and SCHEDULERS must agree"
 

@@ -17,6 +17,10 @@ FEW_STEP_HINTS = ("turbo", "lightning", "lcm", "hyper")
 FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
 
 
+def looks_lcm(spec: ModelSpec) -> bool:
+    return "lcm" in f"{spec.name} {spec.source}".lower()
+
+
 def looks_few_step(spec: ModelSpec) -> bool:
     """Distilled few-step models (Turbo, Lightning, LCM, Hyper) by their registry name or source."""
     text = f"{spec.name} {spec.source}".lower()
@@ -134,6 +138,8 @@ class StableDiffusion(UNetFamily):
     name: ClassVar[str] = "sd"
 
     def defaults(self) -> Defaults:
+        if looks_lcm(self.spec):
+            return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER, uses_guidance=False)
         if self.looks_few_step():
             return Defaults(4, 0.0, DEFAULT_SCHEDULER, FEW_STEP_LADDER, uses_guidance=False)
         return Defaults(30, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)

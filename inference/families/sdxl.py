@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from inference.families import Conditioning, Defaults
-from inference.families.sd import FEW_STEP_LADDER, UNetFamily
+from inference.families.sd import FEW_STEP_LADDER, UNetFamily, looks_lcm
 from inference.protocol import DEFAULT_COMPARE_STEPS, DEFAULT_SCHEDULER
 
 SDXL_GUIDANCE = 5.0  # diffusers' default for SDXL
@@ -18,6 +18,8 @@ class StableDiffusionXL(UNetFamily):
     name: ClassVar[str] = "sdxl"
 
     def defaults(self) -> Defaults:
+        if looks_lcm(self.spec):
+            return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER, uses_guidance=False)
         if self.looks_few_step():
             # Turbo/Lightning: guidance 0 means one row per lane (no CFG), 1-4 steps.
             return Defaults(4, 0.0, DEFAULT_SCHEDULER, FEW_STEP_LADDER, uses_guidance=False)

@@ -25,7 +25,7 @@ def sdxl(load_test_model: LoadTestModel) -> LoadedModel:
     return load_test_model("tiny-sdxl")
 
 
-@pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DPM++ 2M Karras", "Heun", "DPM++ SDE"])
+@pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DPM++ 2M Karras", "Heun", "DPM++ SDE", "LCM"])
 def test_a_lane_in_a_mixed_batch_equals_the_same_lane_alone(sdxl: LoadedModel, scheduler: str) -> None:
     subject = GenerateRequest("a red fox", steps=5, scheduler=scheduler, seed=1234, guidance=6.0,
                               width=SIZE, height=SIZE, negative_prompt="blurry")  # fmt: skip
@@ -41,7 +41,7 @@ def test_a_turbo_style_lane_at_guidance_0_equals_itself_alone_beside_cfg_lanes(s
 @pytest.mark.parametrize(
     ("scheduler", "guidance", "width", "height"),
     [("Euler", 5.0, SIZE, SIZE), ("Euler a", 0.0, SIZE, SIZE), ("DPM++ 2M", 7.5, 2 * SIZE, SIZE),
-     ("Heun", 3.0, SIZE, SIZE)],
+     ("Heun", 3.0, SIZE, SIZE), ("LCM", 1.0, SIZE, SIZE)],
 )  # fmt: skip
 def test_a_lane_matches_the_plain_stable_diffusion_xl_pipeline(
     sdxl: LoadedModel, scheduler: str, guidance: float, width: int, height: int
@@ -63,3 +63,14 @@ def test_a_turbo_model_defaults_to_few_steps_and_no_guidance(sdxl: LoadedModel) 
     info = family_for(sdxl.pipe, spec, sdxl.device, sdxl.dtype).info()
     assert (info.default_steps, info.default_guidance, info.uses_guidance) == (4, 0.0, False)
     assert info.compare_steps == (1, 2, 3, 4, 6, 8)
+
+
+def test_an_lcm_model_defaults_to_the_lcm_scheduler_at_guidance_1(sdxl: LoadedModel) -> None:
+    spec = ModelSpec(name="sdxl-lcm-merge", source="tiny-sdxl")
+    info = family_for(sdxl.pipe, spec, sdxl.device, sdxl.dtype).info()
+    assert (info.default_scheduler, info.default_steps, info.default_guidance, info.uses_guidance) == (
+        "LCM",
+        4,
+        1.0,
+        False,
+    )
