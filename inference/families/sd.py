@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from inference.families import Conditioning, Defaults, Family, guided_rows, to_uint8
-from inference.protocol import DEFAULT_COMPARE_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from inference.protocol import DEFAULT_COMPARE_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, SCHEDULER_NAMES, ModelInfo
 from inference.registry import ModelSpec
 from inference.schedulers import Scheduler, make_scheduler
 
@@ -45,9 +46,23 @@ class UNetFamily(Family):
     def uses_cfg_at(self, guidance: float) -> bool:
         return guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
 
+    def info(self) -> ModelInfo:
+        info = super().info()
+        if self.pipe.unet.config.time_cond_proj_dim is not None:  # guidance is an input, at any value
+            info = dataclasses.replace(info, uses_guidance=True)
+        return info
+
     def looks_few_step(self) -> bool:
         """Distilled few-step models (Turbo, Lightning, LCM, Hyper) can't be told from their config."""
         return looks_few_step(self.spec)
+
+    def guidance_embedding(self, guidance: float) -> dict[str, torch.Tensor]:
+        """LCM-distilled UNets take the guidance as an embedding (`timestep_cond`) instead of CFG rows."""
+        dim = self.pipe.unet.config.time_cond_proj_dim
+        if dim is None:
+            return {}
+        embedding = self.pipe.get_guidance_scale_embedding(torch.tensor(guidance - 1).repeat(1), embedding_dim=dim)
+        return {"timestep_cond": embedding.to(device=self.device, dtype=self.dtype)}
 
     def _truncated(self, prompt: str) -> bool:
         tokenizer = self.pipe.tokenizer
@@ -102,10 +117,12 @@ class UNetFamily(Family):
             for key in conditionings[0].cond
         }
         embeds = inputs_of.pop("embeds")
+        timestep_cond = inputs_of.pop("timestep_cond", None)
         noise = denoiser(
             two_blocks([inputs[i] for i in guided], inputs),
             two_blocks([t_rows[i] for i in guided], t_rows),
             encoder_hidden_states=embeds,
+            timestep_cond=timestep_cond,
             added_cond_kwargs=inputs_of or None,
             return_dict=False,
         )[0]
@@ -155,7 +172,7 @@ class StableDiffusion(UNetFamily):
             negative_prompt=negative_prompt or None,
         )
         return Conditioning(
-            cond={"embeds": cond},
+            cond={"embeds": cond, **self.guidance_embedding(guidance)},
             uncond={"embeds": uncond} if cfg else None,
             guidance=torch.full((1,), guidance, device=self.device, dtype=torch.float32),
             truncated=self._truncated(prompt),

@@ -44,7 +44,7 @@ class StableDiffusionXL(UNetFamily):
             (height, width), (0, 0), (height, width), dtype=embeds.dtype, text_encoder_projection_dim=projection_dim
         ).to(self.device)
         return Conditioning(
-            cond={"embeds": embeds, "text_embeds": pooled, "time_ids": time_ids},
+            cond={"embeds": embeds, "text_embeds": pooled, "time_ids": time_ids, **self.guidance_embedding(guidance)},
             uncond={"embeds": negative, "text_embeds": negative_pooled, "time_ids": time_ids} if cfg else None,
             guidance=torch.full((1,), guidance, device=self.device, dtype=torch.float32),
             truncated=self._truncated(prompt),
