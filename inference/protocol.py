@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from inference import registry
 from inference.registry import ModelSpec, models_from_setting
 
 SCHEDULER_NAMES: tuple[str, ...] = (
@@ -38,6 +39,8 @@ MAX_PIXELS = 1536 * 1536  # 1024x1024 and 2048x1024 fit; 2048x2048 does not
 MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 MAX_SEED = 2**32 - 1
+assert registry.STEPS_RANGE == (MIN_STEPS, MAX_STEPS) and registry.GUIDANCE_RANGE == (MIN_GUIDANCE, MAX_GUIDANCE)
+assert registry.COMPARE_CELLS_RANGE == (MIN_COMPARE_CELLS, MAX_COMPARE_CELLS)
 # FLUX runs one row per lane (guidance-distilled or none): a negative prompt would be silently ignored.
 FAMILIES_WITHOUT_NEGATIVE_PROMPT: tuple[str, ...] = ("flux",)
 

@@ -39,6 +39,11 @@ TEST_MODEL_NAMES: tuple[str, ...] = (
     "flux-schnell-arch",
 )
 
+# The request ranges a model's defaults must fit (protocol.py checks these agree with its own).
+STEPS_RANGE = (1, 150)
+GUIDANCE_RANGE = (0.0, 30.0)
+COMPARE_CELLS_RANGE = (2, 12)
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
 
 
@@ -145,16 +150,25 @@ def _spec(entry: object, number: int, where: str) -> ModelSpec:
     steps = _positive(entry, "steps", label)
     max_steps = _positive(entry, "max_steps", label)
     compare = entry.get("compare_steps")
+    low, high = STEPS_RANGE
     if compare is not None:
-        if not isinstance(compare, list) or not compare or not all(_is_int(n) and n > 0 for n in compare):
+        cells_low, cells_high = COMPARE_CELLS_RANGE
+        if (
+            not isinstance(compare, list)
+            or not cells_low <= len(compare) <= cells_high
+            or len(set(compare)) != len(compare)
+            or not all(_is_int(n) and low <= n <= high for n in compare)
+        ):
             raise RegistryError(
-                f"{label}: 'compare_steps' must be a list of positive whole numbers, like [1, 2, 4, 8]."
+                f"{label}: 'compare_steps' must be {cells_low} to {cells_high} different step counts from {low} "
+                f"to {high}, like [1, 2, 4, 8]."
             )
         compare = tuple(compare)
     guidance = entry.get("guidance")
     if guidance is not None:
-        if isinstance(guidance, bool) or not isinstance(guidance, int | float) or guidance < 0:
-            raise RegistryError(f"{label}: 'guidance' must be a number from 0; got {guidance!r}.")
+        g_low, g_high = GUIDANCE_RANGE
+        if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not g_low <= guidance <= g_high:
+            raise RegistryError(f"{label}: 'guidance' must be a number from {g_low:g} to {g_high:g}; got {guidance!r}.")
         guidance = float(guidance)
     if steps is not None and max_steps is not None and steps > max_steps:
         raise RegistryError(f"{label}: 'steps' ({steps}) is above 'max_steps' ({max_steps}).")
@@ -189,6 +203,7 @@ def _positive(entry: dict[str, Any], key: str, label: str) -> int | None:
     value = entry.get(key)
     if value is None:
         return None
-    if not _is_int(value) or value < 1:
-        raise RegistryError(f"{label}: {key!r} must be a whole number from 1; got {value!r}.")
+    low, high = STEPS_RANGE
+    if not _is_int(value) or not low <= value <= high:
+        raise RegistryError(f"{label}: {key!r} must be a whole number from {low} to {high}; got {value!r}.")
     return int(value)
