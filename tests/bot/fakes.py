@@ -498,6 +498,15 @@ class CountingPolicy(SettingsPolicy):
         return await super().limits(guild_id)
 
 
+def model_harness(**settings: Any) -> Harness:
+    """A Harness whose worker reports SD15, TURBO and FLUX (REGISTRY), under the operator's `settings`."""
+    harness = Harness()
+    harness.queue.load(SD15, TURBO, FLUX)
+    values: dict[str, Any] = {"model": REGISTRY, "max_steps": 100, **settings}
+    harness.service.policy = SettingsPolicy(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+    return harness
+
+
 def harness_with_counting_policy() -> tuple[Harness, CountingPolicy]:
     harness = Harness()
     policy = CountingPolicy(harness.service.policy.settings)  # type: ignore[attr-defined]
