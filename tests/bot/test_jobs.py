@@ -25,7 +25,8 @@ from bot.errors import (
     UserFacingError,
     report_error,
 )
-from bot.server_limits import LimitExceeded
+from bot.job_requests import RequestOptions
+from bot.server_limits import LimitExceeded, UnknownModel
 from bot.store import MemoryJobStore
 from inference.protocol import (
     CompareStepsRequest,
@@ -34,11 +35,9 @@ from inference.protocol import (
     JobQueued,
     JobResult,
     JobStarted,
+    ModelUnavailable,
     Request,
 )
-from bot.job_requests import RequestOptions
-from bot.server_limits import UnknownModel
-from inference.protocol import ModelUnavailable
 from tests.bot.fakes import (
     COMPARE,
     FLUX,
@@ -590,7 +589,7 @@ async def test_a_model_that_failed_to_load_is_refused_in_one_line_and_the_others
 
 
 async def test_an_unknown_model_is_refused_listing_the_models() -> None:
-    with pytest.raises(UnknownModel, match="Unknown model 'sdxl'; choose one of: sd15, sdxl-turbo, flux."):
+    with pytest.raises(UnknownModel, match=r"Unknown model 'sdxl'; choose one of: sd15, sdxl-turbo, flux."):
         await start_command(model_harness(), model="sdxl")
 
 
@@ -605,12 +604,12 @@ async def test_a_scheduler_the_model_cant_run_is_refused_before_anything_is_answ
 
 
 async def test_a_size_off_the_models_grid_is_refused_in_one_line() -> None:
-    with pytest.raises(InvalidOption, match="width must be a multiple of 16 for the model flux; got 520."):
+    with pytest.raises(InvalidOption, match=r"width must be a multiple of 16 for the model flux; got 520."):
         await start_command(model_harness(), model="flux", size="520")
 
 
 async def test_steps_over_the_models_registry_ceiling_are_refused_naming_the_model() -> None:
-    with pytest.raises(InvalidOption, match="steps must be at most 8 for the model sdxl-turbo; got 20."):
+    with pytest.raises(InvalidOption, match=r"steps must be at most 8 for the model sdxl-turbo; got 20."):
         await start_command(model_harness(), model="sdxl-turbo", steps=20)
 
 

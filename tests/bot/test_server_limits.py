@@ -21,8 +21,8 @@ from bot.server_limits import (
     ServerLimits,
     UnknownModel,
     banned_word_in,
-    choose_model,
     check_request,
+    choose_model,
     compute_cost,
     next_quota_reset,
     validate_limit_changes,
@@ -479,7 +479,7 @@ def test_a_per_model_ceiling_refuses_more_steps_with_that_model_only() -> None:
 
 def test_a_model_the_server_does_not_allow_is_refused_listing_the_allowed_ones() -> None:
     effective = model_limits(allowed_models=("sd15", "flux"))
-    with pytest.raises(LimitExceeded, match="doesn't allow the model sdxl-turbo; it allows: sd15, flux."):
+    with pytest.raises(LimitExceeded, match=r"doesn't allow the model sdxl-turbo; it allows: sd15, flux."):
         check_request(GenerateRequest("x", model="sdxl-turbo"), effective, steps_used_today=0, active_jobs=0)
 
 
@@ -493,11 +493,11 @@ def test_choose_model_gives_the_servers_default_when_left_out() -> None:
 def test_choose_model_refuses_a_disallowed_a_failed_and_an_unknown_model() -> None:
     failed = {"flux": ModelUnavailable("flux", "out of memory")}
     loaded = {"sd15": SD15, "sdxl-turbo": TURBO}
-    with pytest.raises(LimitExceeded, match="doesn't allow the model sdxl-turbo; it allows: sd15."):
+    with pytest.raises(LimitExceeded, match=r"doesn't allow the model sdxl-turbo; it allows: sd15."):
         choose_model("sdxl-turbo", model_limits(allowed_models=("sd15",)), loaded, failed)
-    with pytest.raises(UnknownModel, match="^The model flux is unavailable: out of memory$"):
+    with pytest.raises(UnknownModel, match=r"^The model flux is unavailable: out of memory$"):
         choose_model("flux", model_limits(), loaded, failed)
-    with pytest.raises(UnknownModel, match="Unknown model 'sd3'; choose one of: sd15, sdxl-turbo."):
+    with pytest.raises(UnknownModel, match=r"Unknown model 'sd3'; choose one of: sd15, sdxl-turbo."):
         choose_model("sd3", model_limits(), loaded, failed)
 
 
