@@ -157,7 +157,7 @@ def result_message(record: JobRecord, result: JobResult, files: tuple[Attachment
         per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
         embed.add_field(name="Generation", value=per_image)
     embed.add_field(name="Queue wait", value=f"{result.queue_seconds:.1f} s")
-    notes = [model_name(result.model or record.request.model), f"job {record.job_id}"]
+    notes = [f"job {record.job_id}", model_name(result.model or record.request.model)]
     if result.prompt_truncated:
         notes.append("prompt truncated to the model's token limit")
     if result.is_test_model:

@@ -93,7 +93,7 @@ def test_the_result_names_the_model_in_its_embed_and_footer() -> None:
     message = result_message(record, result_for(record.job_id, request), ())
     embed = message.embeds[0]
     assert {field.name: field.value for field in embed.fields}["Model"] == "sdxl-turbo"
-    assert embed.footer.text is not None and embed.footer.text.startswith("sdxl-turbo · job ")
+    assert embed.footer.text == f"job {record.job_id} · sdxl-turbo · random-weight test model"
 
 
 def test_details_name_the_model() -> None:

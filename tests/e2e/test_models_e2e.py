@@ -9,6 +9,7 @@ records, never on sleeps.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ async def test_imagine_with_each_family_uses_that_models_defaults_and_names_it(
         assert flux_fields["Guidance"] == "0"
         # The SD model: its registry defaults (6 steps) and its family's scheduler.
         assert (sd_fields["Model"], sd_fields["Steps"], sd_fields["Scheduler"]) == ("sd", "6", "Euler a")
-        assert footer(flux_result).startswith("flux · job ") and footer(sd_result).startswith("sd · job ")
+        assert re.fullmatch(r"job \w+ · flux · random-weight test model", footer(flux_result))
+        assert re.fullmatch(r"job \w+ · sd · random-weight test model", footer(sd_result))
         [png] = result_files(flux_result)
         assert image_of(png.data).size == (256, 256)
         assert [s.request.model for s in queue.submitted] == ["flux", "sd"]
