@@ -152,7 +152,9 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         "guidance": defaults.guidance if options.guidance is None else options.guidance,
         "width": width,
         "height": height,
-        "model": options.model.strip() if options.model and options.model.strip() else defaults.model,
+        # The defaults are made for the chosen model, under its proper name; without a known model
+        # the name stays as typed and the queue checks it.
+        "model": defaults.model or (options.model or "").strip(),
     }
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)

@@ -553,7 +553,7 @@ async def test_a_left_out_model_is_the_default_and_its_own_defaults_fill_the_opt
 
 
 async def test_a_chosen_model_brings_its_steps_guidance_scheduler_and_native_size() -> None:
-    request = await start_command(model_harness(), model="sdxl-turbo")
+    request = await start_command(model_harness(), model=" SDXL-Turbo")
     assert (request.model, request.steps, request.guidance, request.scheduler) == ("sdxl-turbo", 4, 0.0, "Euler a")
     assert (request.width, request.height) == (1024, 1024)
 
