@@ -122,7 +122,8 @@ def progress_text(request: Request, state: ProgressState) -> str:
 def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:
     """The message while a job waits or runs: status line, prompt, latest preview, Cancel button."""
     embed = discord.Embed(description=_clip(record.request.prompt, 300), colour=COLOUR)
-    embed.set_footer(text=f"job {record.job_id}")
+    model = f" · {record.request.model}" if record.request.model else ""
+    embed.set_footer(text=f"job {record.job_id}{model}")
     files: tuple[Attachment, ...] = ()
     if state.preview_png is not None:
         files = (Attachment(state.preview_png, "preview.png"),)

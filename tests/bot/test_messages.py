@@ -96,6 +96,12 @@ def test_the_result_names_the_model_in_its_embed_and_footer() -> None:
     assert embed.footer.text == f"job {record.job_id} · sdxl-turbo · random-weight test model"
 
 
+def test_the_progress_message_names_the_model() -> None:
+    record = record_for(dataclasses.replace(IMAGINE, model="flux"))
+    footer = progress_message(record, ProgressState()).embeds[0].footer.text
+    assert footer == f"job {record.job_id} · flux"
+
+
 def test_details_name_the_model() -> None:
     record = record_for(dataclasses.replace(COMPARE, model="flux"))
     assert {field.name: field.value for field in details_embed(record).fields}["Model"] == "flux"
