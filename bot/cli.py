@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from bot.config import Settings
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
+from bot.server_limits import EffectiveLimits
 from inference.protocol import (
     SCHEDULER_NAMES,
     CompareStepsRequest,
@@ -27,9 +28,10 @@ from inference.protocol import (
     JobResult,
     ModelInfo,
     Request,
+    WorkerReady,
 )
 from inference.queue import LocalJobQueue, WorkerUnavailable
-from inference.registry import RegistryError, models_from_setting
+from inference.registry import TEST_MODEL_NAMES, ModelSpec, RegistryError, models_from_setting
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
 
@@ -58,14 +60,16 @@ def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings)
     )
     parser.add_argument(
         "--size",
-        default=str(RequestDefaults.width),
-        help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024 (default: %(default)s)",
+        default=None,
+        help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024 (default: the model's native size)",
     )
+    names = ", ".join(spec.name for spec in settings.model_specs())
     parser.add_argument(
         "--model",
-        default=settings.model,
-        help="hub id, local diffusers folder, registry file (.toml), or a random-weight test model: "
-        "tiny, tiny-sdxl, tiny-flux, tiny-flux-dev, tiny-sd3 (default: %(default)s)",
+        default=None,
+        help=f"a configured model ({names}), a hub id, local diffusers folder, registry file (.toml), or a "
+        "random-weight test model: tiny, tiny-sdxl, tiny-flux, tiny-flux-dev, tiny-sd3 (default: the first "
+        "configured model)",
     )
     parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument(
@@ -104,19 +108,22 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", metavar="upgrade", required=True, parser_class=_Parser)
     db_commands.add_parser("upgrade", help="apply migrations to the configured database")
 
+    about = "List the configured models; then load them in a worker and show their defaults, or why one failed."
+    models = commands.add_parser("models", help="list the configured models and what loaded", description=about)
+    models.add_argument("--no-load", action="store_true", help="only list the configuration; load nothing")
+    models.add_argument("--device", default=settings.device, help="auto, cpu, cuda, ... (default: %(default)s)")
+    models.add_argument("--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16")
+    models.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
+
     usage = commands.add_parser("usage", help="export the usage ledger")
     usage.add_argument("--csv", action="store_true", required=True, help="one CSV row per job on stdout")
     return parser
 
 
-# Options left out take the model's own default once the worker has said what it is.
-MODEL_DEFAULTS = ("scheduler", "guidance", "steps")
-
-
-def request_from_args(args: argparse.Namespace) -> Request:
-    """Build and check the request with the commands' builder; raises InvalidOption with a one-line reason."""
+def options_from_args(args: argparse.Namespace) -> RequestOptions:
+    """What the arguments ask for, options left out as None (the model's defaults fill them in)."""
     grid = args.command == "compare-steps"
-    options = RequestOptions(
+    return RequestOptions(
         prompt=args.prompt,
         negative_prompt=args.negative,
         scheduler=args.scheduler,
@@ -128,19 +135,39 @@ def request_from_args(args: argparse.Namespace) -> Request:
         compare_steps=args.steps if grid else None,
         grid=grid,
     )
-    return checked(build_request(options, RequestDefaults()))
 
 
-def with_model_defaults(request: Request, model: ModelInfo, unset: set[str]) -> Request:
-    """Fill the options left out with the model's defaults (its scheduler, guidance, steps or ladder)."""
-    changes: dict[str, object] = {}
-    if "scheduler" in unset:
-        changes["scheduler"] = model.default_scheduler
-    if "guidance" in unset:
-        changes["guidance"] = model.default_guidance
-    if "steps" in unset:
-        changes["steps"] = model.compare_steps if isinstance(request, CompareStepsRequest) else model.default_steps
-    return dataclasses.replace(request, **changes)  # type: ignore[arg-type]
+def request_from_args(args: argparse.Namespace, defaults: RequestDefaults | None = None) -> Request:
+    """Build and check the request with the commands' builder; raises InvalidOption with a one-line reason.
+
+    Before the model is loaded (`defaults` None) this checks what can be checked without it.
+    """
+    return checked(build_request(options_from_args(args), defaults or RequestDefaults()))
+
+
+def cli_defaults(settings: Settings, specs: Sequence[ModelSpec], model: ModelInfo) -> RequestDefaults:
+    """The defaults the bot would use for `model`, from the same place (the operator's limits, no server)."""
+    return EffectiveLimits.combine(None, settings, models=specs).request_defaults(model)
+
+
+def select_models(choice: str | None, settings: Settings) -> tuple[ModelSpec, ...]:
+    """The model `--model` names: a name in the configured registry (STEPGRID_MODEL), else a hub id,
+    local folder, registry file or test model. Left out: the configured default. Raises
+    InvalidOption for a bare name that is none of these (a typo in a registry name)."""
+    configured = settings.model_specs()
+    if choice is None:
+        return configured[:1]
+    by_name = {spec.name: spec for spec in configured}
+    if choice in by_name:
+        return (by_name[choice],)
+    path = Path(choice).expanduser()
+    bare_name = not any(mark in choice for mark in ("/", "\\", "[", "=")) and not choice.startswith((".", "~"))
+    if bare_name and choice not in TEST_MODEL_NAMES and not path.exists() and not choice.endswith(".toml"):
+        raise InvalidOption(
+            f"--model {choice}: no such model; choose one of the configured models ({', '.join(by_name)}), "
+            f"a hub id like owner/name, a local folder, or a test model ({', '.join(TEST_MODEL_NAMES[:5])})."
+        )
+    return models_from_setting(choice)[:1]
 
 
 class ProgressBar:
@@ -161,14 +188,16 @@ class ProgressBar:
 
 
 async def generate(
-    request: Request, settings: Settings, *, out: TextIO = sys.stderr, unset: set[str] | None = None
+    options: RequestOptions, settings: Settings, specs: Sequence[ModelSpec], *, out: TextIO = sys.stderr
 ) -> tuple[Request, JobResult]:
-    """Run one request through a LocalJobQueue and its spawned worker, drawing a progress bar;
-    options named in `unset` take the model's defaults. Returns the request as run and its result."""
-    queue = LocalJobQueue(settings.worker_config(), hang_seconds=settings.worker_hang_seconds)
+    """Run what `options` ask through a LocalJobQueue and its spawned worker loading `specs`,
+    drawing a progress bar. Options left out take the loaded model's defaults, decided where the
+    bot decides them. Returns the request as run and its result."""
+    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs))
+    queue = LocalJobQueue(config, hang_seconds=settings.worker_hang_seconds)
     await queue.start()
     try:
-        out.write(f"loading {settings.model} ...\n")
+        out.write(f"loading {', '.join(spec.name for spec in specs)} ...\n")
         await queue.wait_ready()
         info = queue.worker_info
         if info is not None:
@@ -176,7 +205,8 @@ async def generate(
             out.write(f"model {info.model} on {info.device} ({info.dtype}){note}\n")
         for missing in info.unavailable if info else ():
             out.write(f"model {missing.name} is unavailable: {missing.message}\n")
-        request = with_model_defaults(request, queue.model_info(request.model), unset or set())
+        model = queue.model_info("")
+        request = checked(build_request(options, cli_defaults(settings, specs, model)))
         job_id = queue.submit(request, user_id="cli")
         bar = ProgressBar(out)
         async for event in queue.events(job_id):
@@ -206,6 +236,8 @@ def check_output_and_model(args: argparse.Namespace) -> None:
         raise InvalidOption(f"-o {output} is a folder; give a file name like {output / 'image.png'}.")
     if output.suffix.lower() != ".png":
         raise InvalidOption(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
+    if args.model is None:
+        return
     model = Path(args.model).expanduser()
     looks_like_path = (args.model.startswith((".", "/", "~")) or model.exists()) and model.suffix != ".toml"
     if looks_like_path and not (model / "model_index.json").is_file():
@@ -237,25 +269,18 @@ def write_outputs(request: Request, result: JobResult, output: Path) -> list[Pat
 
 def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        request = request_from_args(args)
+        request_from_args(args)  # what can be refused before loading anything
         check_output_and_model(args)
-    except InvalidOption as error:
+        specs = select_models(args.model, settings)
+    except (InvalidOption, RegistryError) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
-    try:
-        models_from_setting(args.model)
-    except RegistryError as error:
-        print(f"stepgrid: {error}", file=sys.stderr)
-        return 2
-    settings = settings.model_copy(update={"model": args.model, "device": args.device, "dtype": args.dtype})
-    if not args.verbose:
-        # Read by the spawned worker; every failure still reaches the user as one line from here.
-        os.environ.setdefault("STEPGRID_LOG_LEVEL", "CRITICAL")
+    settings = settings.model_copy(update={"device": args.device, "dtype": args.dtype})
+    _quiet_worker(args)
     started = time.perf_counter()
     try:
-        unset = {name for name in MODEL_DEFAULTS if getattr(args, name) is None}
-        request, result = asyncio.run(generate(request, settings, unset=unset))
-    except InvalidRequest as error:  # e.g. a scheduler or size this model can't do
+        request, result = asyncio.run(generate(options_from_args(args), settings, specs))
+    except (InvalidRequest, InvalidOption) as error:  # e.g. a scheduler or size this model can't do
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except (GenerationFailed, WorkerUnavailable) as error:
@@ -270,6 +295,85 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {seeds}, "
         f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}"
     )
+    return 0
+
+
+def _quiet_worker(args: argparse.Namespace) -> None:
+    if not args.verbose:
+        # Read by the spawned worker; every failure still reaches the user as one line from here.
+        os.environ.setdefault("STEPGRID_LOG_LEVEL", "CRITICAL")
+
+
+def configured_lines(specs: Sequence[ModelSpec]) -> list[str]:
+    """The registry as `stepgrid models` lists it: name, source and the operator's overrides."""
+    lines = []
+    for number, spec in enumerate(specs):
+        extras = [
+            f"{key} {value if not isinstance(value, tuple) else ','.join(map(str, value))}"
+            for key, value in (
+                ("variant", spec.variant),
+                ("steps", spec.steps),
+                ("scheduler", spec.scheduler),
+                ("guidance", spec.guidance),
+                ("ladder", spec.compare_steps),
+                ("max steps", spec.max_steps),
+            )
+            if value is not None
+        ]
+        default = " (default)" if number == 0 else ""
+        lines.append(f"  {spec.name}{default}: {spec.source}" + (f" · {', '.join(extras)}" if extras else ""))
+    return lines
+
+
+def loaded_lines(model: ModelInfo, limits: EffectiveLimits) -> list[str]:
+    """One loaded model as `stepgrid models` shows it: family, defaults, ladder, sizes, ceilings."""
+    defaults = limits.request_defaults(model)
+    guidance = f"guidance {model.default_guidance:g}" if model.uses_guidance else "no guidance"
+    ceiling = limits.max_steps_for(model.name)
+    note = f" — {TEST_MODEL_NOTE}" if model.is_test_model else ""
+    return [
+        f"  {model.name}: {model.family}{note}",
+        f"    defaults: {defaults.steps} steps, {defaults.scheduler}, {guidance}, "
+        f"{defaults.width}x{defaults.height} (native {model.native_size}, multiples of {model.size_multiple})",
+        f"    compare-steps ladder: {','.join(map(str, defaults.compare_steps))}; max steps {ceiling}",
+        f"    schedulers: {', '.join(model.schedulers)}",
+    ]
+
+
+async def load_models(settings: Settings, specs: Sequence[ModelSpec]) -> WorkerReady:
+    """Start a worker with `specs`, wait until it reports what loaded, and stop it."""
+    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs))
+    queue = LocalJobQueue(config, hang_seconds=settings.worker_hang_seconds)
+    await queue.start()
+    try:
+        await queue.wait_ready()
+        assert queue.worker_info is not None
+        return queue.worker_info
+    finally:
+        await queue.close()
+
+
+def _models_command(args: argparse.Namespace, settings: Settings) -> int:
+    specs = settings.model_specs()
+    print("configured (STEPGRID_MODEL):")
+    print("\n".join(configured_lines(specs)))
+    if args.no_load:
+        return 0
+    settings = settings.model_copy(update={"device": args.device, "dtype": args.dtype})
+    _quiet_worker(args)
+    try:
+        ready = asyncio.run(load_models(settings, specs))
+    except WorkerUnavailable as error:
+        print(f"stepgrid: no model loaded: {error}", file=sys.stderr)
+        return 1
+    limits = EffectiveLimits.combine(None, settings, models=specs)
+    print(f"loaded on {ready.device} ({ready.dtype}) in {ready.load_seconds:.1f}s:")
+    for model in ready.models:
+        print("\n".join(loaded_lines(model, limits)))
+    if ready.unavailable:
+        print("unavailable:")
+        for missing in ready.unavailable:
+            print(f"  {missing.name}: {missing.message}")
     return 0
 
 
@@ -297,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"database {settings.database_path} is at the latest schema")
         return 0
+    if args.command == "models":
+        return _models_command(args, settings)
     if args.command == "usage":
         from bot.usage_report import export_csv
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_STEPS, GenerateRequest, WorkerConfig
-from inference.registry import models_from_setting
+from inference.registry import ModelSpec, models_from_setting
 
 
 class Settings(BaseSettings):
@@ -51,6 +52,10 @@ class Settings(BaseSettings):
         models_from_setting(value)  # RegistryError is a ValueError: pydantic reports its one line
         return value
 
+    def model_specs(self) -> tuple[ModelSpec, ...]:
+        """The operator's models (the registry, or the one model), the default first."""
+        return _specs(self.model)
+
     def worker_config(self) -> WorkerConfig:
         """The part of the settings a GPU worker needs."""
         return WorkerConfig(
@@ -61,3 +66,9 @@ class Settings(BaseSettings):
             cache_dir=str(self.model_cache_dir) if self.model_cache_dir else None,
             compile=self.compile_unet,
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _specs(value: str) -> tuple[ModelSpec, ...]:
+    # Read once per value: the worker loaded the registry once too, so they agree.
+    return models_from_setting(value)

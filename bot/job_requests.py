@@ -41,13 +41,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RequestDefaults:
-    """Values used for options the user left out: the wire types' defaults unless a server sets its own."""
+    """Values used for options the user left out.
+
+    Made in one place, `EffectiveLimits.request_defaults`: the chosen model's own defaults unless
+    the server (or the operator) set its own; the wire types' defaults when no model is known.
+    """
 
     steps: int = GenerateRequest.steps
     scheduler: str = DEFAULT_SCHEDULER
     guidance: float = GenerateRequest.guidance
     width: int = GenerateRequest.width
     height: int = GenerateRequest.height
+    compare_steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
+    model: str = ""  # the model these defaults are for ("" = the worker's default)
 
 
 # --- parsing what people type ------------------------------------------------------------------
@@ -94,10 +100,10 @@ def resolve_size(text: str | None, defaults: RequestDefaults) -> tuple[int, int]
     return as_option_error(lambda: parse_size(text.strip()))
 
 
-def resolve_step_list(text: str | None) -> tuple[int, ...]:
-    """Step counts from "5,10,20"; the default comparison when left out."""
+def resolve_step_list(text: str | None, default: tuple[int, ...] = DEFAULT_COMPARE_STEPS) -> tuple[int, ...]:
+    """Step counts from "5,10,20"; the default comparison (the model's ladder) when left out."""
     if text is None or not text.strip():
-        return DEFAULT_COMPARE_STEPS
+        return default
     return as_option_error(lambda: parse_step_list(text))
 
 
@@ -126,6 +132,7 @@ class RequestOptions:
     count: int | None = None
     compare_steps: str | None = None
     grid: bool = False
+    model: str | None = None
 
 
 def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request:
@@ -145,9 +152,13 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         "guidance": defaults.guidance if options.guidance is None else options.guidance,
         "width": width,
         "height": height,
+        # The defaults are made for the chosen model, under its proper name; without a known model
+        # the name stays as typed and the queue checks it.
+        "model": defaults.model or (options.model or "").strip(),
     }
     if options.grid:
-        return CompareStepsRequest(**fields, steps=resolve_step_list(options.compare_steps))  # type: ignore[arg-type]
+        steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
+        return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
     return GenerateRequest(
         **fields,  # type: ignore[arg-type]
         steps=defaults.steps if options.steps is None else options.steps,
@@ -164,33 +175,48 @@ def step_down(steps: int) -> int | None:
     return lower[-1] if lower else None
 
 
-def step_up(steps: int) -> int | None:
-    """The next rung above `steps` on the step ladder, or None at the top."""
-    higher = [rung for rung in STEP_LADDER if rung > steps and rung <= MAX_STEPS]
+def step_up(steps: int, ceiling: int = MAX_STEPS) -> int | None:
+    """The next rung above `steps` on the step ladder, at most `ceiling` (the model's), or None at the top."""
+    higher = [rung for rung in STEP_LADDER if rung > steps and rung <= min(ceiling, MAX_STEPS)]
     return higher[0] if higher else None
 
 
-def compare_steps_around(steps: int) -> tuple[int, ...]:
-    """The default comparison, plus `steps` itself so the user's image has its cell."""
-    cells = set(DEFAULT_COMPARE_STEPS)
-    if len(cells) < MAX_COMPARE_CELLS:
+def compare_steps_around(
+    steps: int, ladder: tuple[int, ...] = DEFAULT_COMPARE_STEPS, max_cells: int = MAX_COMPARE_CELLS
+) -> tuple[int, ...]:
+    """The model's comparison ladder, plus `steps` itself so the user's image has its cell."""
+    cells = set(ladder)
+    if len(cells) < max_cells:
         cells.add(steps)
     return tuple(sorted(cells))
 
 
-def derive_request(request: Request, action: str, *, rng: random.Random | None = None) -> Request:
-    """The request a result button asks for: reroll, fewer/more steps, or compare steps."""
+def derive_request(
+    request: Request,
+    action: str,
+    *,
+    rng: random.Random | None = None,
+    defaults: RequestDefaults | None = None,
+    max_steps: int = MAX_STEPS,
+    max_cells: int = MAX_COMPARE_CELLS,
+) -> Request:
+    """The request a result button asks for: reroll, fewer/more steps, or compare steps.
+
+    The job's model stays (it is a field of the request); `defaults` are that model's (its ladder)
+    and `max_steps` its ceiling in this server, so "more" stops where the model does.
+    """
+    ladder = (defaults or RequestDefaults()).compare_steps
     if action == "reroll":
         return dataclasses.replace(request, seed=random_seed(rng))
     if not isinstance(request, GenerateRequest):
         raise InvalidOption("That button works only on single images.")
     if action in ("fewer", "more"):
-        steps = step_down(request.steps) if action == "fewer" else step_up(request.steps)
+        steps = step_down(request.steps) if action == "fewer" else step_up(request.steps, max_steps)
         if steps is None:
             raise InvalidOption(f"{request.steps} steps is already the {'least' if action == 'fewer' else 'most'}.")
         return dataclasses.replace(request, steps=steps)
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.
         same = {f.name: getattr(request, f.name) for f in dataclasses.fields(CompareStepsRequest) if f.name != "steps"}
-        return CompareStepsRequest(**same, steps=compare_steps_around(request.steps))
+        return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
     raise ValueError(f"no request to derive for action {action!r}")

@@ -21,6 +21,7 @@ import discord
 
 from bot.config import Settings
 from bot.errors import (
+    InvalidOption,
     JobNotFound,
     ModelLoading,
     ModelUnavailable,
@@ -30,7 +31,7 @@ from bot.errors import (
     new_reference,
     send_ephemeral,
 )
-from bot.job_requests import RequestOptions, build_request, checked, derive_request
+from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, derive_request
 from bot.messages import (
     MessageUpdate,
     ProgressState,
@@ -42,7 +43,7 @@ from bot.messages import (
 )
 from bot.policy import RequestPolicy, SettingsPolicy
 from bot.reply import InteractionMessage, JobMessage, StoredInteractionMessage
-from bot.server_limits import EffectiveLimits
+from bot.server_limits import EffectiveLimits, UnknownModel, choose_model
 from bot.store import JobRecord, JobStore, MemoryJobStore
 from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from inference.protocol import (
@@ -50,8 +51,10 @@ from inference.protocol import (
     JobFailed,
     JobResult,
     JobStarted,
+    ModelInfo,
     Request,
     validate,
+    validate_for_model,
 )
 from inference.queue import JobQueue, QueueFull, WorkerUnavailable
 
@@ -112,8 +115,17 @@ class JobService:
         """Start the job a command's options ask for; the server's limits are read once, for its
         defaults and for its check."""
         limits = await self.limits(interaction.guild_id)
-        request = build_request(options, limits.request_defaults())
+        request = build_request(options, self.defaults_for(options.model, limits))
         return await self.start(interaction, request, origin=origin, limits=limits)
+
+    def model_for(self, name: str | None, limits: EffectiveLimits) -> ModelInfo | None:
+        """The loaded model `name` means in this server (its default when None); None before the
+        worker is ready. Refuses a model the server doesn't allow or that failed to load."""
+        return choose_model(name, limits, self.queue.models, self.queue.unavailable_models)
+
+    def defaults_for(self, model: str | None, limits: EffectiveLimits) -> RequestDefaults:
+        """The defaults for options left out with this model in this server (commands and buttons)."""
+        return limits.request_defaults(self.model_for(model, limits))
 
     async def start(
         self,
@@ -138,6 +150,7 @@ class JobService:
             raise ModelUnavailable()
         if not self.queue.ready:
             raise ModelLoading()
+        self._check_for_model(request)
         record = JobRecord(
             job_id=new_job_id(),
             request=request,
@@ -177,6 +190,23 @@ class JobService:
         target = InteractionMessage(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
         return self._spawn_driver(record, target)
 
+    def _check_for_model(self, request: Request) -> None:
+        """A scheduler, size or step count the request's model can't do: one line, before anything is
+        answered (so it can be ephemeral). Unknown or failed models are named the same way."""
+        models = self.queue.models
+        if not models:
+            return
+        name = request.model or next(iter(models))
+        if name not in models:
+            failed = self.queue.unavailable_models.get(name)
+            if failed is not None:
+                raise UnknownModel(f"The model {name} is unavailable: {failed.message}")
+            raise UnknownModel(f"Unknown model {name!r}; choose one of: {', '.join(models)}.")
+        try:
+            validate_for_model(request, models[name])
+        except InvalidRequest as error:
+            raise InvalidOption(str(error)) from None
+
     def _submit(self, record: JobRecord) -> None:
         """Hand the job to the queue; its refusals become UserFacingErrors."""
         try:
@@ -186,6 +216,8 @@ class JobService:
         except WorkerUnavailable:
             log.error("refused job %s: the worker cannot load its model", record.job_id)
             raise ModelUnavailable() from None
+        except InvalidRequest as error:  # the queue's own model check (e.g. a model that just failed)
+            raise InvalidOption(str(error)) from None
 
     def _admission_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
         lock = self._admission_locks.get((guild_id, user_id))
@@ -248,8 +280,17 @@ class JobService:
         elif action == "cancel":
             await self.cancel(interaction, record)
         else:
-            request = derive_request(record.request, action)
-            await self.start(interaction, request, origin=action, parent_job_id=job_id)
+            # The job's own model, with its ladder and its ceiling in this server.
+            limits = await self.limits(interaction.guild_id)
+            defaults = self.defaults_for(record.request.model or None, limits)
+            request = derive_request(
+                record.request,
+                action,
+                defaults=defaults,
+                max_steps=limits.max_steps_for(defaults.model or record.request.model),
+                max_cells=limits.max_grid_cells,
+            )
+            await self.start(interaction, request, origin=action, limits=limits, parent_job_id=job_id)
 
     async def cancel(self, interaction: discord.Interaction, record: JobRecord) -> None:
         """Cancel a queued or running job for its owner or a moderator."""

@@ -62,6 +62,14 @@ class SchedulerTotal:
 
 
 @dataclass(frozen=True)
+class ModelTotal:
+    model: str  # "" for jobs recorded before models were
+    jobs: int
+    steps: int
+    gpu_seconds: float
+
+
+@dataclass(frozen=True)
 class ServerUsage:
     """A server's usage over a period."""
 
@@ -76,6 +84,7 @@ class ServerUsage:
     cancelled: int
     top_users: tuple[UserTotal, ...]
     top_schedulers: tuple[SchedulerTotal, ...]
+    top_models: tuple[ModelTotal, ...] = ()
 
 
 class Ledger:
@@ -110,6 +119,7 @@ class Ledger:
             command=command_of(request),
             params=request_to_params(request),
             scheduler=request.scheduler,
+            model=request.model or None,
             images=len(request.lane_steps),
             steps_requested=total_steps(request),
             status=JobStatus.QUEUED.value,
@@ -279,10 +289,19 @@ class Ledger:
             .order_by(jobs_col.desc(), steps_col.desc(), JobRow.scheduler)
             .limit(top)
         )
+        model_col = sa.func.coalesce(JobRow.model, "")
+        by_model = (
+            sa.select(model_col, jobs_col, steps_col, gpu_col)
+            .where(*in_period)
+            .group_by(model_col)
+            .order_by(steps_col.desc(), jobs_col.desc(), model_col)
+            .limit(top)
+        )
         async with self.database.sessions() as session:
             jobs, images, steps, gpu_seconds, members, failed, cancelled = (await session.execute(overall)).one()
             users = (await session.execute(by_user)).all()
             schedulers = (await session.execute(by_scheduler)).all()
+            models = (await session.execute(by_model)).all()
         return ServerUsage(
             since=since,
             until=until,
@@ -298,6 +317,9 @@ class Ledger:
                 for u, j, i, s, g in users
             ),
             top_schedulers=tuple(SchedulerTotal(scheduler=str(n), jobs=int(j), steps=int(s)) for n, j, s in schedulers),
+            top_models=tuple(
+                ModelTotal(model=str(m), jobs=int(j), steps=int(s), gpu_seconds=float(g)) for m, j, s, g in models
+            ),
         )
 
     async def _transition(self, job_id: str, change: Callable[[JobRow], None]) -> bool:

@@ -61,13 +61,17 @@ def _server_limits(row: GuildLimits | None) -> ServerLimits:
     if row is None:
         return ServerLimits()
     values = {name: getattr(row, name) for name in LIMIT_FIELDS}
-    for name in ("allowed_schedulers", "banned_words"):
+    for name in ("allowed_schedulers", "banned_words", "allowed_models"):
         if values[name] is not None:
             values[name] = tuple(values[name])
+    if values["model_max_steps"] is not None:
+        values["model_max_steps"] = tuple((str(name), int(steps)) for name, steps in values["model_max_steps"].items())
     return ServerLimits(**values)
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(name: str, value: Any) -> Any:
+    if name == "model_max_steps" and value is not None:
+        return dict(value)  # {model: ceiling}, in the registry's order
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -85,7 +89,7 @@ async def _apply_limits(
         await session.flush()  # the audit rows reference it
     for name, new in changes.items():
         old = getattr(row, name)
-        new = _json_value(new)
+        new = _json_value(name, new)
         if old == new:
             continue
         setattr(row, name, new)

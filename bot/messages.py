@@ -6,6 +6,7 @@ buttons under the messages are in `bot.buttons`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from dataclasses import dataclass, field
@@ -121,7 +122,8 @@ def progress_text(request: Request, state: ProgressState) -> str:
 def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:
     """The message while a job waits or runs: status line, prompt, latest preview, Cancel button."""
     embed = discord.Embed(description=_clip(record.request.prompt, 300), colour=COLOUR)
-    embed.set_footer(text=f"job {record.job_id}")
+    model = f" · {record.request.model}" if record.request.model else ""
+    embed.set_footer(text=f"job {record.job_id}{model}")
     files: tuple[Attachment, ...] = ()
     if state.preview_png is not None:
         files = (Attachment(state.preview_png, "preview.png"),)
@@ -149,14 +151,14 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
 
 def result_message(record: JobRecord, result: JobResult, files: tuple[Attachment, ...]) -> MessageUpdate:
     """The final message: image(s), an embed with every parameter and timing, the result buttons."""
-    embed = parameters_embed(record.request, job_id=record.job_id)
+    embed = parameters_embed(dataclasses.replace(record.request, model=result.model or record.request.model))
     if isinstance(record.request, CompareStepsRequest):
         embed.add_field(name="Generation", value=f"{result.gpu_seconds:.1f} s (all cells batched)")
     else:
         per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
         embed.add_field(name="Generation", value=per_image)
     embed.add_field(name="Queue wait", value=f"{result.queue_seconds:.1f} s")
-    notes = [f"job {record.job_id}"]
+    notes = [f"job {record.job_id}", model_name(result.model or record.request.model)]
     if result.prompt_truncated:
         notes.append("prompt truncated to the model's token limit")
     if result.is_test_model:
@@ -182,6 +184,7 @@ def parameters_embed(request: Request, *, job_id: str | None = None) -> discord.
         embed.add_field(name="Steps", value=str(request.steps))
         seeds = request.lane_seeds
         embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(map(str, seeds)))
+    embed.add_field(name="Model", value=model_name(request.model))
     embed.add_field(name="Scheduler", value=request.scheduler)
     embed.add_field(name="Guidance", value=f"{request.guidance:g}")
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
@@ -192,6 +195,11 @@ def parameters_embed(request: Request, *, job_id: str | None = None) -> discord.
     if job_id is not None:
         embed.set_footer(text=f"job {job_id}")
     return embed
+
+
+def model_name(model: str) -> str:
+    """The model as shown on results and in Details; jobs from before models were recorded show "—"."""
+    return model or "—"
 
 
 def details_embed(record: JobRecord) -> discord.Embed:

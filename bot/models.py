@@ -89,6 +89,8 @@ class JobRow(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Denormalised from params so that usage queries stay plain SQL.
     scheduler: Mapped[str] = mapped_column(String(32))
+    # The registry name of the model; NULL for jobs recorded before there were several models.
+    model: Mapped[str | None] = mapped_column(String(100))
     images: Mapped[int] = mapped_column(Integer)
     steps_requested: Mapped[int] = mapped_column(Integer)
 
@@ -141,6 +143,9 @@ class GuildLimits(Base):
     daily_steps_per_user: Mapped[int | None] = mapped_column(Integer)
     max_concurrent_jobs_per_user: Mapped[int | None] = mapped_column(Integer)
     banned_words: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    default_model: Mapped[str | None] = mapped_column(String(100))
+    model_max_steps: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))  # {model: ceiling}
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
 

@@ -7,13 +7,13 @@ Pure logic, no database: `bot.limit_storage` stores `ServerLimits`, `bot.policy`
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.config import Settings
-from bot.errors import UserFacingError
+from bot.errors import InvalidOption, UserFacingError
 from bot.formatting import format_amount, format_duration
 from bot.job_requests import RequestDefaults, find_scheduler
 from inference.protocol import (
@@ -22,9 +22,12 @@ from inference.protocol import (
     MIN_STEPS,
     SCHEDULER_NAMES,
     CompareStepsRequest,
+    ModelInfo,
+    ModelUnavailable,
     Request,
     total_steps,
 )
+from inference.registry import ModelSpec
 
 MAX_BANNED_WORDS = 200
 MAX_BANNED_WORD_LENGTH = 100
@@ -77,6 +80,9 @@ class ServerLimits:
     daily_steps_per_user: int | None = None
     max_concurrent_jobs_per_user: int | None = None
     banned_words: tuple[str, ...] | None = None
+    allowed_models: tuple[str, ...] | None = None  # registry names members may choose
+    default_model: str | None = None
+    model_max_steps: tuple[tuple[str, int], ...] | None = None  # (model, ceiling), tighter than max_steps
 
     def with_changes(self, changes: dict[str, Any]) -> ServerLimits:
         return replace(self, **changes)
@@ -96,6 +102,9 @@ LIMIT_LABELS: dict[str, str] = {
     "daily_steps_per_user": "daily steps per member",
     "max_concurrent_jobs_per_user": "concurrent jobs per member",
     "banned_words": "banned words",
+    "allowed_models": "allowed models",
+    "default_model": "default model",
+    "model_max_steps": "max steps per model",
 }
 
 
@@ -113,11 +122,24 @@ class EffectiveLimits:
     daily_steps_per_user: int
     max_concurrent_jobs_per_user: int
     banned_words: tuple[str, ...]
+    allowed_models: tuple[str, ...] = ()  # in the registry's order; () = no registry known (any model)
+    default_model: str = ""
+    model_max_steps: tuple[tuple[str, int], ...] = ()  # every allowed model's step ceiling
+    # Defaults someone chose (the server, else the operator explicitly): they win over a model's own.
+    chosen_default_steps: int | None = None
+    chosen_default_scheduler: str | None = None
 
     @classmethod
-    def combine(cls, server: ServerLimits | None, settings: Settings) -> EffectiveLimits:
-        """Tighten the operator's ceilings with the server's values (a server can't loosen them)."""
+    def combine(
+        cls, server: ServerLimits | None, settings: Settings, *, models: Sequence[ModelSpec] | None = None
+    ) -> EffectiveLimits:
+        """Tighten the operator's ceilings with the server's values (a server can't loosen them).
+
+        `models` is the operator's registry (default: the one in `settings`); a model's registry
+        `max_steps` is a ceiling the server can only tighten.
+        """
         server = server or ServerLimits()
+        registry = tuple(models) if models is not None else settings.model_specs()
 
         def tighter(own: int | None, ceiling: int) -> int:
             return ceiling if own is None else min(own, ceiling)
@@ -133,6 +155,19 @@ class EffectiveLimits:
                 break
         else:
             default_scheduler = allowed[0]
+        models_allowed = _allowed_models(server, registry)
+        default_model = server.default_model if server.default_model in models_allowed else models_allowed[0]
+        own_ceilings = dict(server.model_max_steps or ())
+        model_max_steps = tuple(
+            (spec.name, min(max_steps, spec.max_steps or max_steps, own_ceilings.get(spec.name, max_steps)))
+            for spec in registry
+            if spec.name in models_allowed
+        )
+        operator_set = settings.model_fields_set
+        chosen_steps = server.default_steps or (settings.default_steps if "default_steps" in operator_set else None)
+        chosen_scheduler = server.default_scheduler or (
+            settings.default_scheduler if "default_scheduler" in operator_set else None
+        )
         return cls(
             max_steps=max_steps,
             default_steps=max(default_steps, MIN_STEPS),
@@ -146,11 +181,108 @@ class EffectiveLimits:
                 server.max_concurrent_jobs_per_user, settings.max_concurrent_jobs_per_user
             ),
             banned_words=server.banned_words or (),
+            allowed_models=models_allowed,
+            default_model=default_model,
+            model_max_steps=model_max_steps,
+            chosen_default_steps=chosen_steps,
+            chosen_default_scheduler=chosen_scheduler,
         )
 
-    def request_defaults(self) -> RequestDefaults:
-        """Values for the options a member left out in this server."""
-        return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler)
+    def max_steps_for(self, model: str) -> int:
+        """The most steps per image with `model` in this server ("" = the default model)."""
+        return dict(self.model_max_steps).get(model or self.default_model, self.max_steps)
+
+    def request_defaults(self, model: ModelInfo | None = None) -> RequestDefaults:
+        """Values for the options a member left out in this server: the one place defaults are made.
+
+        With a model: its own scheduler, steps, guidance, size (its native size within the max
+        image size) and compare ladder, unless the server (or the operator) chose a default step
+        count or scheduler that fits the model. Without one (no worker ready yet): the server's.
+        """
+        if model is None:
+            return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler)
+        ceiling = min(self.max_steps_for(model.name), model.max_steps or self.max_steps)
+        steps = min(self.chosen_default_steps or model.default_steps, ceiling)
+        runnable = [name for name in model.schedulers if name in self.allowed_schedulers]
+        candidates = (self.chosen_default_scheduler, model.default_scheduler, *runnable)
+        scheduler = next((name for name in candidates if name in runnable), model.default_scheduler)
+        ladder = tuple(rung for rung in model.compare_steps if rung <= ceiling)[: self.max_grid_cells]
+        if len(ladder) < MIN_COMPARE_CELLS:
+            ladder = model.compare_steps[: self.max_grid_cells]  # refused with the ceiling named, not emptied
+        size = _default_size(model, self.max_image_size)
+        return RequestDefaults(
+            steps=max(steps, MIN_STEPS),
+            scheduler=scheduler,
+            guidance=model.default_guidance,
+            width=size,
+            height=size,
+            compare_steps=ladder,
+            model=model.name,
+        )
+
+
+def _default_size(model: ModelInfo, max_image_size: int) -> int:
+    """The model's native size, within this server's largest size, on the model's size grid."""
+    size = max(min(model.native_size, max_image_size), MIN_SIZE)
+    size -= size % model.size_multiple
+    return size if size >= MIN_SIZE else size + model.size_multiple
+
+
+def _allowed_models(server: ServerLimits, registry: Sequence[ModelSpec]) -> tuple[str, ...]:
+    names = tuple(spec.name for spec in registry)
+    if server.allowed_models is None:
+        return names
+    return tuple(name for name in names if name in server.allowed_models) or names
+
+
+# --- choosing the model -----------------------------------------------------------------------
+
+
+class UnknownModel(InvalidOption):
+    """A model name nobody configured, or one that failed to load."""
+
+
+def choose_model(
+    name: str | None,
+    limits: EffectiveLimits,
+    loaded: Mapping[str, ModelInfo],
+    unavailable: Mapping[str, ModelUnavailable] | None = None,
+) -> ModelInfo | None:
+    """The loaded model a command asks for (the server's default when left out).
+
+    None while no model is known (the worker is still loading). Raises LimitExceeded for a model
+    this server doesn't allow and UnknownModel for one that isn't there or failed to load.
+    """
+    if not loaded:
+        return None
+    unavailable = unavailable or {}
+    allowed = [model for model in limits.allowed_models if model in loaded] if limits.allowed_models else list(loaded)
+    wanted = (name or "").strip()
+    if not wanted:
+        for candidate in (limits.default_model, *allowed):
+            if candidate in loaded and (not limits.allowed_models or candidate in limits.allowed_models):
+                return loaded[candidate]
+        reasons = "; ".join(f"{item.name}: {item.message}" for item in unavailable.values())
+        raise UnknownModel(f"None of this server's models is available right now ({reasons or 'none loaded'}).")
+    match = _find_name(wanted, (*loaded, *unavailable, *limits.allowed_models))
+    if match is not None and limits.allowed_models and match not in limits.allowed_models:
+        raise LimitExceeded(
+            f"This server doesn't allow the model {match}; it allows: {', '.join(allowed) or 'none loaded'}.",
+            limit="allowed_models",
+            asked=match,
+            allowed=tuple(allowed),
+        )
+    if match is not None and match in unavailable:
+        raise UnknownModel(f"The model {match} is unavailable: {unavailable[match].message}")
+    if match is None or match not in loaded:
+        raise UnknownModel(f"Unknown model {wanted!r}; choose one of: {', '.join(allowed)}.")
+    return loaded[match]
+
+
+def _find_name(wanted: str, names: Iterable[str]) -> str | None:
+    """The model name `wanted` means, in any capitalisation."""
+    folded = wanted.casefold()
+    return next((name for name in names if name.casefold() == folded), None)
 
 
 # --- validating `/limits set` ------------------------------------------------------------------
@@ -201,6 +333,8 @@ def _normalise(field: str, value: Any, settings: Settings) -> Any:
                 f"Each banned word may be at most {MAX_BANNED_WORD_LENGTH} characters long.", field=field
             )
         return words or None
+    if field in ("allowed_models", "default_model", "model_max_steps"):
+        return _normalise_models(field, value, settings)
     raise AssertionError(f"no validation for {field}")  # pragma: no cover - LIMIT_FIELDS is exhaustive
 
 
@@ -225,12 +359,68 @@ def _check_consistent(field: str, value: Any, proposed: ServerLimits, settings: 
             f"({', '.join(effective.allowed_schedulers)}); got {value}.",
             field=field,
         )
+    if field == "default_model" and value not in effective.allowed_models:
+        raise InvalidLimit(
+            f"{SETTING} must be one of this server's allowed models ({', '.join(effective.allowed_models)}); "
+            f"got {value}.",
+            field=field,
+        )
+    if field == "allowed_models" and proposed.default_model not in (None, *value):
+        raise InvalidLimit(
+            f"{SETTING} must include this server's default model ({proposed.default_model}); "
+            f"change the default first or allow it.",
+            field=field,
+        )
     if field == "allowed_schedulers" and proposed.default_scheduler not in (None, *value):
         raise InvalidLimit(
             f"{SETTING} must include this server's default scheduler ({proposed.default_scheduler}); "
             f"change the default first or allow it.",
             field=field,
         )
+
+
+def _normalise_models(field: str, value: Any, settings: Settings) -> Any:
+    """Model settings name models of the operator's registry; per-model ceilings stay under theirs."""
+    registry = {spec.name: spec for spec in settings.model_specs()}
+
+    def known(name: str) -> str:
+        match = _find_name(name, registry)
+        if match is None:
+            raise InvalidLimit(
+                f"{SETTING}: unknown model {name!r}; the operator's models are: {', '.join(registry)}.", field=field
+            )
+        return match
+
+    if field == "default_model":
+        if not isinstance(value, str):
+            raise InvalidLimit(f"{SETTING} must be a model name; got {value!r}.", field=field)
+        return known(value.strip())
+    if field == "allowed_models":
+        names = {known(item) for item in _as_items(field, value)}
+        if not names:
+            raise InvalidLimit(f"{SETTING} needs at least one model; reset it to allow them all.", field=field)
+        return tuple(name for name in registry if name in names)
+    ceilings: dict[str, int] = {}
+    for item in value.items() if isinstance(value, Mapping) else _as_pairs(field, value):
+        name, steps = item
+        model = known(str(name).strip())
+        high = min(settings.max_steps, registry[model].max_steps or settings.max_steps)
+        note = "the operator's ceiling"
+        if high < settings.max_steps:
+            note = "the model's ceiling in the operator's registry"
+        ceilings[model] = _int_in_range(field, steps, MIN_STEPS, high, high_note=f"{note} for {model}")
+    return tuple((name, ceilings[name]) for name in registry if name in ceilings) or None
+
+
+def _as_pairs(field: str, value: Any) -> list[tuple[str, str]]:
+    """ "sdxl-turbo=8, flux=28" (or with ':') as (model, steps) pairs."""
+    pairs = []
+    for item in _as_items(field, value):
+        name, sep, steps = item.replace(":", "=").partition("=")
+        if not sep or not name.strip() or not steps.strip():
+            raise InvalidLimit(f"{SETTING}: write each model's ceiling like sdxl-turbo=8; got {item!r}.", field=field)
+        pairs.append((name.strip(), steps.strip()))
+    return pairs
 
 
 def _int_in_range(
@@ -321,6 +511,13 @@ def check_request(
             "Your prompt contains a word or phrase this server doesn't allow; please rephrase it.",
             limit="banned_words",
         )
+    if request.model and limits.allowed_models and request.model not in limits.allowed_models:
+        raise LimitExceeded(
+            f"This server doesn't allow the model {request.model}; it allows: {', '.join(limits.allowed_models)}.",
+            limit="allowed_models",
+            asked=request.model,
+            allowed=limits.allowed_models,
+        )
     if request.scheduler not in limits.allowed_schedulers:
         raise LimitExceeded(
             f"This server doesn't allow the {request.scheduler} scheduler; "
@@ -336,6 +533,15 @@ def check_request(
             limit="max_steps",
             asked=most_steps,
             allowed=limits.max_steps,
+        )
+    model_ceiling = limits.max_steps_for(request.model)
+    if most_steps > model_ceiling:
+        model = request.model or limits.default_model
+        raise LimitExceeded(
+            f"This server allows at most {model_ceiling} steps with the model {model}; you asked for {most_steps}.",
+            limit="model_max_steps",
+            asked=most_steps,
+            allowed=model_ceiling,
         )
     if isinstance(request, CompareStepsRequest) and len(request.steps) > limits.max_grid_cells:
         raise LimitExceeded(

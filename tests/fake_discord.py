@@ -559,6 +559,28 @@ class FakeDiscord:
             data["resolved"] = resolved
         return await self._interact(2, data, user, guild, channel, attachment_size_limit, locale, None)
 
+    async def autocomplete(
+        self,
+        name: str,
+        options: Json,
+        focused: str,
+        *,
+        user: FakeMember | None = None,
+        guild: FakeGuild | None = None,
+    ) -> InteractionHandle:
+        """Type into option `focused` of /`name` (the other options as already filled in): Discord asks the
+        bot for choices with an APPLICATION_COMMAND_AUTOCOMPLETE interaction (type 4); the bot answers 8."""
+        guild = guild or self.guild
+        command: Json = await self._wait(lambda: self.command(name, guild), f"/{name} to be synced")
+        opts = [_option(key, value) for key, value in options.items()]
+        for option in opts:
+            if option["name"] == focused:
+                option["focused"] = True
+        data: Json = {"id": command["id"], "name": name, "type": command.get("type", 1), "options": opts}
+        if command.get("guild_id"):
+            data["guild_id"] = command["guild_id"]
+        return await self._interact(4, data, user or self.member, guild, None, DEFAULT_ATTACHMENT_LIMIT, "en-US", None)
+
     async def click(
         self,
         message: Json | int,

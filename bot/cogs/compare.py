@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.options import SCHEDULER_CHOICES, SHARED_DESCRIPTIONS, size_autocomplete
+from bot.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, scheduler_autocomplete, size_autocomplete
 from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
 from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE
 
@@ -27,12 +27,11 @@ class CompareSteps(commands.Cog):
     )
     @app_commands.describe(
         **SHARED_DESCRIPTIONS,
-        steps="Step counts separated by commas, 2 to 12 of them (default 5,10,20,30,40,50)",
+        steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
         seed="Seed shared by every cell (random when left out)",
         size="Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
     )
-    @app_commands.choices(scheduler=SCHEDULER_CHOICES)
-    @app_commands.autocomplete(size=size_autocomplete)
+    @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
     @app_commands.guild_only()
     async def compare_steps(
         self,
@@ -44,9 +43,10 @@ class CompareSteps(commands.Cog):
         negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
         guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
         size: str | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         options = RequestOptions(
-            prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True
+            prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model
         )
         await self.bot.jobs.start_command(interaction, options, origin="compare-steps")
 

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.options import SCHEDULER_CHOICES, SHARED_DESCRIPTIONS, size_autocomplete
+from bot.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, scheduler_autocomplete, size_autocomplete
 from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
 from inference.protocol import (
     MAX_COUNT,
@@ -33,13 +33,12 @@ class Imagine(commands.Cog):
     @app_commands.command(name="imagine", description="Generate images from a prompt with Stable Diffusion.")
     @app_commands.describe(
         **SHARED_DESCRIPTIONS,
-        steps="Denoising steps (more is slower, not always better)",
+        steps="Denoising steps (default: the model's own; more is slower, not always better)",
         seed="Seed for a repeatable image (random when left out)",
         size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
         count="How many images (consecutive seeds)",
     )
-    @app_commands.choices(scheduler=SCHEDULER_CHOICES)
-    @app_commands.autocomplete(size=size_autocomplete)
+    @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
     @app_commands.guild_only()
     async def imagine(
         self,
@@ -52,8 +51,11 @@ class Imagine(commands.Cog):
         guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
         size: str | None = None,
         count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
-        options = RequestOptions(prompt, negative_prompt, scheduler, seed, guidance, size, steps=steps, count=count)
+        options = RequestOptions(
+            prompt, negative_prompt, scheduler, seed, guidance, size, steps=steps, count=count, model=model
+        )
         await self.bot.jobs.start_command(interaction, options, origin="imagine")
 
 

@@ -16,7 +16,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.options import SCHEDULER_CHOICES, allowed_schedulers_autocomplete, guild_id_of, require_database
+from bot.cogs.options import (
+    SCHEDULER_CHOICES,
+    allowed_schedulers_autocomplete,
+    guild_id_of,
+    registry_models_autocomplete,
+    require_database,
+)
 from bot.errors import UserFacingError
 from bot.formatting import format_amount
 from bot.messages import COLOUR
@@ -49,6 +55,10 @@ RESET_CHOICES = [app_commands.Choice(name=LIMIT_LABELS[name], value=name) for na
 
 def display_value(name: str, value: Any) -> str:
     """A limit's value as `/limits show` prints it."""
+    if name == "model_max_steps":
+        return ", ".join(f"{model}: {steps:,}" for model, steps in value) or "none"
+    if name == "allowed_models":
+        return ", ".join(value) or "all"
     if name == "banned_words":
         return f"{len(value)} word(s) (not listed)" if value else "none"
     if isinstance(value, tuple):
@@ -67,6 +77,10 @@ def source_of(name: str, server: ServerLimits, effective: EffectiveLimits) -> st
     own = getattr(server, name)
     if own is None:
         return "operator"
+    if name == "model_max_steps":  # the server's ceilings for some models, the registry's for the rest
+        effective_ceilings = dict(effective.model_max_steps)
+        capped = any(effective_ceilings.get(model, steps) < steps for model, steps in own)
+        return "operator (caps the server's value)" if capped else "server"
     return "server" if own == getattr(effective, name) else "operator (caps the server's value)"
 
 
@@ -100,6 +114,8 @@ def change_line(change: LimitsChange) -> str:
 
 
 def _plain(name: str, value: Any) -> str:
+    if isinstance(value, dict):  # per-model ceilings
+        return ", ".join(f"{model}={steps}" for model, steps in value.items())
     if name == "banned_words":
         return f"{len(value)} word(s)"
     if isinstance(value, list):
@@ -150,10 +166,17 @@ class Limits(commands.Cog):
         daily_steps_per_user="Steps each member may run per day (resets at midnight UTC)",
         max_concurrent_jobs_per_user="Jobs each member may have queued or running at once",
         banned_words="Comma-separated words or phrases refused in prompts (replaces the list)",
+        allowed_models="Comma-separated models members may choose (of the operator's)",
+        default_model="Model when a member leaves it out",
+        model_max_steps='Step ceilings per model, e.g. "sdxl-turbo=8, flux=28" (replaces them all)',
     )
     @app_commands.rename(**OPTION_NAMES)
     @app_commands.choices(default_scheduler=SCHEDULER_CHOICES)
-    @app_commands.autocomplete(allowed_schedulers=allowed_schedulers_autocomplete)
+    @app_commands.autocomplete(
+        allowed_schedulers=allowed_schedulers_autocomplete,
+        allowed_models=registry_models_autocomplete,
+        default_model=registry_models_autocomplete,
+    )
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.checks.has_permissions(manage_guild=True)
     @app_commands.guild_only()
@@ -170,6 +193,9 @@ class Limits(commands.Cog):
         daily_steps_per_user: app_commands.Range[int, 1, None] | None = None,
         max_concurrent_jobs_per_user: app_commands.Range[int, 1, None] | None = None,
         banned_words: str | None = None,
+        allowed_models: app_commands.Range[str, 1, 1000] | None = None,
+        default_model: app_commands.Range[str, 1, 100] | None = None,
+        model_max_steps: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         given = {
             "max_steps": max_steps,
@@ -182,6 +208,9 @@ class Limits(commands.Cog):
             "daily_steps_per_user": daily_steps_per_user,
             "max_concurrent_jobs_per_user": max_concurrent_jobs_per_user,
             "banned_words": banned_words,
+            "allowed_models": allowed_models,
+            "default_model": default_model,
+            "model_max_steps": model_max_steps,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:

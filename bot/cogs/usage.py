@@ -47,7 +47,7 @@ def member_usage_embed(usage: MemberUsage, *, now_resets_in: str) -> discord.Emb
 
 
 def server_usage_embed(usage: ServerUsage, period: str) -> discord.Embed:
-    """A server's totals, top members and top schedulers over a period."""
+    """A server's totals, top members, top schedulers and models over a period."""
     embed = discord.Embed(title=f"Server usage: {period}", colour=COLOUR)
     embed.add_field(name="Jobs", value=f"{usage.jobs:,} ({usage.failed:,} failed, {usage.cancelled:,} cancelled)")
     embed.add_field(name="Images", value=f"{usage.images:,}")
@@ -63,7 +63,13 @@ def server_usage_embed(usage: ServerUsage, period: str) -> discord.Embed:
         for rank, row in enumerate(usage.top_schedulers, start=1)
     )
     embed.add_field(name="Top members", value=users or "nobody yet", inline=False)
+    models = "\n".join(
+        f"{rank}. {row.model or '— (before models were recorded)'}: {row.jobs:,} jobs, {row.steps:,} steps, "
+        f"{row.gpu_seconds:,.1f} s"
+        for rank, row in enumerate(usage.top_models, start=1)
+    )
     embed.add_field(name="Top schedulers", value=schedulers or "none yet", inline=False)
+    embed.add_field(name="Models", value=models or "none yet", inline=False)
     return embed
 
 
@@ -84,7 +90,9 @@ class Usage(commands.Cog):
         embed = member_usage_embed(figures, now_resets_in=format_duration(figures.resets_at - now))
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
-    @app_commands.command(name="usage-server", description="This server's usage: totals, top members, schedulers.")
+    @app_commands.command(
+        name="usage-server", description="This server's usage: totals, top members, schedulers, models."
+    )
     @app_commands.describe(period="How far back to count (default: 7 days)")
     @app_commands.choices(period=PERIOD_CHOICES)
     @app_commands.default_permissions(manage_guild=True)

@@ -36,6 +36,8 @@ from inference.protocol import (
     JobFailed,
     JobProgress,
     JobResult,
+    ModelInfo,
+    ModelUnavailable,
     Request,
 )
 from inference.queue import JobQueue, QueueFull
@@ -43,6 +45,50 @@ from inference.queue import JobQueue, QueueFull
 OWNER = 1001
 OTHER = 2002
 WAIT = 5.0  # upper bound for event-driven waits, so a bug fails fast instead of hanging
+
+
+# --- models as a worker reports them -----------------------------------------------------------
+
+SD15 = ModelInfo(
+    name="sd15",
+    family="sd",
+    schedulers=("Euler", "Euler a", "Heun", "DPM++ 2M", "DDIM", "UniPC"),
+    default_scheduler="Euler a",
+    default_steps=25,
+    default_guidance=7.5,
+    compare_steps=(5, 10, 20, 30, 40, 50),
+    native_size=512,
+    size_multiple=8,
+)
+TURBO = ModelInfo(
+    name="sdxl-turbo",
+    family="sdxl",
+    schedulers=("Euler", "Euler a", "DPM++ 2M", "UniPC"),
+    default_scheduler="Euler a",
+    default_steps=4,
+    default_guidance=0.0,
+    compare_steps=(1, 2, 3, 4, 6, 8),
+    native_size=1024,
+    size_multiple=8,
+    max_steps=8,
+    uses_guidance=False,
+)
+FLUX = ModelInfo(
+    name="flux",
+    family="flux",
+    schedulers=("Euler", "Heun", "DPM++ 2M", "UniPC"),
+    default_scheduler="Euler",
+    default_steps=28,
+    default_guidance=3.5,
+    compare_steps=(4, 8, 12, 20, 28, 40),
+    native_size=1024,
+    size_multiple=16,
+)
+# The registry that reports these three, for Settings(model=REGISTRY).
+REGISTRY = (
+    'models = [{name = "sd15", source = "tiny"}, {name = "sdxl-turbo", source = "tiny-sdxl", max_steps = 8}, '
+    '{name = "flux", source = "tiny-flux"}]'
+)
 
 
 # --- fakes ------------------------------------------------------------------------------------
@@ -61,9 +107,25 @@ class ScriptedQueue(JobQueue):
         self._streams: dict[str, asyncio.Queue[JobEvent]] = {}
         self.started = False
         self.closed = False
+        # What the worker reported: none until a test gives some (the queue then knows no models).
+        self.loaded_models: dict[str, ModelInfo] = {}
+        self.failed_models: dict[str, ModelUnavailable] = {}
 
     async def start(self) -> None:
         self.started = True
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        return dict(self.loaded_models)
+
+    @property
+    def unavailable_models(self) -> dict[str, ModelUnavailable]:
+        return dict(self.failed_models)
+
+    def load(self, *models: ModelInfo, failed: tuple[ModelUnavailable, ...] = ()) -> None:
+        """Act as a worker that loaded `models` (the first is the default) and failed to load `failed`."""
+        self.loaded_models = {model.name: model for model in models}
+        self.failed_models = {item.name: item for item in failed}
 
     async def wait_ready(self) -> None:
         return None
@@ -434,6 +496,15 @@ class CountingPolicy(SettingsPolicy):
     async def limits(self, guild_id: int | None) -> EffectiveLimits:
         self.reads += 1
         return await super().limits(guild_id)
+
+
+def model_harness(**settings: Any) -> Harness:
+    """A Harness whose worker reports SD15, TURBO and FLUX (REGISTRY), under the operator's `settings`."""
+    harness = Harness()
+    harness.queue.load(SD15, TURBO, FLUX)
+    values: dict[str, Any] = {"model": REGISTRY, "max_steps": 100, **settings}
+    harness.service.policy = SettingsPolicy(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+    return harness
 
 
 def harness_with_counting_policy() -> tuple[Harness, CountingPolicy]:

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.cli import main
+from bot.cli import cli_defaults, main, select_models
+from bot.config import Settings
+from bot.server_limits import EffectiveLimits
+from tests.bot.fakes import TURBO
 
 
 @pytest.mark.parametrize(
@@ -126,3 +129,90 @@ def test_a_registry_with_a_typo_in_the_setting_is_named_at_start(
     assert main(["imagine", "fox", "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("stepgrid: the setting STEPGRID_MODEL is invalid") and "missing 'source'" in err
+
+
+# --- models --------------------------------------------------------------------------------------------
+
+REGISTRY = (
+    'models = [{name = "quick", source = "tiny-flux", steps = 2, max_steps = 8}, '
+    '{name = "sd", source = "tiny", compare_steps = [2, 4]}, {name = "gone", source = "./no/such/folder"}]'
+)
+
+
+def registry_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_model_names_from_the_registry_select_that_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = registry_settings(monkeypatch)
+    assert [spec.source for spec in select_models("sd", settings)] == ["tiny"]
+    assert select_models(None, settings)[0].name == "quick"  # the registry's default
+    assert select_models("tiny-sdxl", settings)[0].source == "tiny-sdxl"  # a test model
+    assert select_models("owner/some-model", settings)[0].source == "owner/some-model"  # a hub id
+
+
+def test_a_registry_name_with_a_typo_exits_2_naming_the_configured_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
+    assert main(["imagine", "fox", "--model", "qiuck", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepgrid: --model qiuck: no such model; choose one of the configured models (quick, sd,")
+    assert err.count("\n") == 1
+
+
+def test_models_without_loading_lists_the_registry(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
+    assert main(["models", "--no-load"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "configured (STEPGRID_MODEL):",
+        "  quick (default): tiny-flux · steps 2, max steps 8",
+        "  sd: tiny · ladder 2,4",
+        "  gone: ./no/such/folder",
+    ]
+
+
+def test_the_cli_takes_its_defaults_from_where_the_bot_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = registry_settings(monkeypatch)
+    limits = EffectiveLimits.combine(None, settings)
+    assert cli_defaults(settings, settings.model_specs(), TURBO) == limits.request_defaults(TURBO)
+
+
+@pytest.mark.slow
+def test_models_loads_them_and_shows_each_ones_defaults_and_which_failed(
+    model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "  quick: flux — random-weight test model" in out
+    assert "    defaults: 2 steps, Euler, no guidance, 256x256" in out
+    assert "    compare-steps ladder: 1,2,3,4,6,8; max steps 8" in out
+    assert "  sd: sd" in out and "compare-steps ladder: 2,4; max steps 150" in out
+    assert "unavailable:\n  gone: " in out
+
+
+@pytest.mark.slow
+def test_imagine_with_a_registry_name_runs_that_entry_with_its_defaults(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
+    out = tmp_path / "grid.png"
+    assert main(["compare-steps", "a fox", "--model", "sd", "--seed", "3", "-o", str(out)]) == 0
+    assert "Euler a, steps 2,4, seed 3" in capsys.readouterr().out  # the entry's ladder, its family's scheduler
+    assert Image.open(out).width > 2 * 256
+
+
+@pytest.mark.slow
+def test_steps_over_a_registry_ceiling_exit_2_in_one_line(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
+    assert main(["imagine", "fox", "--model", "quick", "--steps", "12", "-o", str(tmp_path / "x.png")]) == 2
+    assert "steps must be at most 8 for the model quick; got 12." in capsys.readouterr().err

@@ -10,7 +10,6 @@ from discord import app_commands
 from bot.client import EXTENSIONS, Stepgrid
 from bot.config import Settings
 from bot.errors import QueueBusy
-from inference.protocol import SCHEDULER_NAMES
 from tests.bot.fakes import FakeClock, FakeInteraction, Recorder, ScriptedQueue
 
 
@@ -33,13 +32,15 @@ async def test_setup_hook_starts_the_queue_and_loads_every_command() -> None:
     assert cast(ScriptedQueue, bot.queue).closed
 
 
-async def test_the_commands_offer_every_scheduler_and_bounded_numbers() -> None:
+async def test_the_commands_offer_a_model_schedulers_by_autocomplete_and_bounded_numbers() -> None:
     bot = await make_bot()
     try:
         imagine = bot.tree.get_command("imagine")
         assert isinstance(imagine, app_commands.Command)
         options = {option["name"]: option for option in imagine.to_dict(bot.tree)["options"]}
-        assert [choice["value"] for choice in options["scheduler"]["choices"]] == list(SCHEDULER_NAMES)
+        # The schedulers depend on the chosen model: autocomplete, not a fixed list of choices.
+        assert options["scheduler"]["autocomplete"] is True and "choices" not in options["scheduler"]
+        assert options["model"]["autocomplete"] is True and options["model"]["required"] is False
         assert (options["steps"]["min_value"], options["steps"]["max_value"]) == (1, 150)
         assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
         assert options["size"]["autocomplete"] is True
@@ -47,7 +48,7 @@ async def test_the_commands_offer_every_scheduler_and_bounded_numbers() -> None:
         compare = bot.tree.get_command("compare-steps")
         assert isinstance(compare, app_commands.Command)
         names = [option["name"] for option in compare.to_dict(bot.tree)["options"]]
-        assert names == ["prompt", "steps", "scheduler", "seed", "negative_prompt", "guidance", "size"]
+        assert names == ["prompt", "steps", "scheduler", "seed", "negative_prompt", "guidance", "size", "model"]
     finally:
         await bot.close()
 

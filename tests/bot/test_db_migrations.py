@@ -13,6 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.orm import Session
 
 from bot.config import Settings
 from bot.db import Database
@@ -25,7 +26,7 @@ from bot.db_migrations import (
     sqlite_url,
     upgrade_database,
 )
-from bot.models import Base
+from bot.models import Base, JobRow
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {"jobs", "guild_limits", "limits_changes"}
@@ -189,3 +190,45 @@ def test_the_schema_comparison_does_see_a_difference(tmp_path: Path) -> None:
         connection.execute("ALTER TABLE jobs ADD COLUMN stray INTEGER")
 
     assert schema_diff(path) != []
+
+
+def test_0003_models_keeps_old_jobs_and_limits_working(tmp_path: Path) -> None:
+    # A database at 0001_initial with a job and a server's limits, from before models were recorded.
+    path = tmp_path / "db.sqlite3"
+    command.upgrade(alembic_config(sqlite_url(path)), "0001_initial")
+    params = '{"prompt": "a fox", "steps": 20, "scheduler": "Euler a", "seed": 1}'
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO jobs (id, channel_id, user_id, command, params, scheduler, images, steps_requested, "
+            "status, attempts, created_at) VALUES ('old', 5, 11, 'imagine', ?, 'Euler a', 1, 20, 'done', 1, "
+            "'2026-03-14 12:00:00')",
+            (params,),
+        )
+        connection.execute("INSERT INTO guild_limits (guild_id, max_steps) VALUES (1000, 40)")
+
+    upgrade_database(path)
+
+    assert schema_diff(path) == []
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT model FROM jobs WHERE id = 'old'").fetchone() == (None,)
+        row = connection.execute(
+            "SELECT max_steps, allowed_models, default_model, model_max_steps FROM guild_limits"
+        ).fetchone()
+    assert row == (40, None, None, None)
+    engine = sa.create_engine(sqlite_url(path))
+    try:
+        with Session(engine) as session:
+            job = session.get(JobRow, "old")
+            assert job is not None and job.to_request().model == ""  # runs on the worker's default model
+    finally:
+        engine.dispose()
+
+
+def test_0003_models_downgrades_to_0001(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+    downgrade_database(path, "0001_initial")
+    with sqlite3.connect(path) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+        limit_columns = {row[1] for row in connection.execute("PRAGMA table_info(guild_limits)")}
+    assert "model" not in columns and not {"allowed_models", "default_model", "model_max_steps"} & limit_columns

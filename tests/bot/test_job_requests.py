@@ -162,3 +162,27 @@ def test_a_malformed_step_list_shows_the_expected_form() -> None:
     assert resolve_step_list(None) == (5, 10, 20, 30, 40, 50)
     with pytest.raises(InvalidOption, match="5,10,20,30"):
         resolve_step_list("5,x,10")
+
+
+# --- the model's defaults and ceilings ---------------------------------------------------------------
+
+TURBO_DEFAULTS = RequestDefaults(
+    steps=4, scheduler="Euler a", guidance=0.0, width=1024, height=1024, compare_steps=(1, 2, 3, 4, 6, 8), model="t"
+)
+
+
+def test_the_builder_takes_the_models_defaults_and_name() -> None:
+    request = build_request(RequestOptions("a fox", grid=True), TURBO_DEFAULTS)
+    assert isinstance(request, CompareStepsRequest)
+    assert (request.steps, request.guidance, request.width, request.model) == ((1, 2, 3, 4, 6, 8), 0.0, 1024, "t")
+
+
+def test_more_steps_stops_at_the_models_ceiling_and_compare_uses_its_ladder() -> None:
+    request = GenerateRequest("x", steps=6, model="t")
+    assert derive_request(request, "more", defaults=TURBO_DEFAULTS, max_steps=8) == GenerateRequest(
+        "x", steps=8, model="t"
+    )
+    with pytest.raises(InvalidOption, match="8 steps is already the most"):
+        derive_request(GenerateRequest("x", steps=8), "more", defaults=TURBO_DEFAULTS, max_steps=8)
+    compare = derive_request(GenerateRequest("x", steps=5, model="t"), "compare", defaults=TURBO_DEFAULTS)
+    assert isinstance(compare, CompareStepsRequest) and (compare.steps, compare.model) == ((1, 2, 3, 4, 5, 6, 8), "t")

@@ -25,7 +25,8 @@ from bot.errors import (
     UserFacingError,
     report_error,
 )
-from bot.server_limits import LimitExceeded
+from bot.job_requests import RequestOptions
+from bot.server_limits import LimitExceeded, UnknownModel
 from bot.store import MemoryJobStore
 from inference.protocol import (
     CompareStepsRequest,
@@ -34,17 +35,22 @@ from inference.protocol import (
     JobQueued,
     JobResult,
     JobStarted,
+    ModelUnavailable,
     Request,
 )
 from tests.bot.fakes import (
     COMPARE,
+    FLUX,
     IMAGINE,
     OTHER,
     OWNER,
+    SD15,
+    TURBO,
     FakeInteraction,
     Harness,
     database_harness,
     finished_job,
+    model_harness,
     noise_png,
     png_of,
     progress,
@@ -526,3 +532,130 @@ async def test_every_refusal_is_a_user_facing_error(scenario: str, refusal: type
     await report_error(interaction.as_interaction(), error)
     reply = interaction.recorder.calls[-1]
     assert reply.ephemeral and reply.content == text
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+async def start_command(harness: Harness, **options: Any) -> Request:
+    """Run a command's options through the service; the request that was queued."""
+    await harness.service.start_command(
+        harness.interaction().as_interaction(), RequestOptions(**{"prompt": "a fox", **options}), origin="imagine"
+    )
+    return harness.queue.requests[harness.queue.job_ids[-1]]
+
+
+async def test_a_left_out_model_is_the_default_and_its_own_defaults_fill_the_options() -> None:
+    request = await start_command(model_harness())
+    assert request == GenerateRequest(
+        "a fox", steps=25, scheduler="Euler a", seed=request.seed, guidance=7.5, width=512, height=512, model="sd15"
+    )
+
+
+async def test_a_chosen_model_brings_its_steps_guidance_scheduler_and_native_size() -> None:
+    request = await start_command(model_harness(), model=" SDXL-Turbo")
+    assert (request.model, request.steps, request.guidance, request.scheduler) == ("sdxl-turbo", 4, 0.0, "Euler a")
+    assert (request.width, request.height) == (1024, 1024)
+
+
+async def test_the_native_size_is_clipped_to_the_operators_max_image_size() -> None:
+    request = await start_command(model_harness(max_image_size=768), model="flux")
+    assert (request.width, request.height) == (768, 768)
+
+
+async def test_compare_steps_defaults_to_the_models_own_ladder() -> None:
+    harness = model_harness()
+    turbo = await start_command(harness, model="sdxl-turbo", grid=True)
+    sd = await start_command(harness, grid=True)
+    assert turbo.steps == (1, 2, 3, 4, 6, 8) and sd.steps == (5, 10, 20, 30, 40, 50)
+
+
+async def test_an_operator_default_scheduler_the_model_cant_run_gives_way_to_the_models() -> None:
+    harness = model_harness(default_scheduler="DDIM")
+    assert (await start_command(harness)).scheduler == "DDIM"  # sd15 runs DDIM
+    assert (await start_command(harness, model="flux")).scheduler == "Euler"
+
+
+async def test_a_model_that_failed_to_load_is_refused_in_one_line_and_the_others_work() -> None:
+    harness = model_harness()
+    harness.queue.load(SD15, TURBO, failed=(ModelUnavailable("flux", "no such folder ./flux"),))
+    interaction = harness.interaction()
+    with pytest.raises(UnknownModel, match=r"^The model flux is unavailable: no such folder \./flux$"):
+        await harness.service.start_command(
+            interaction.as_interaction(), RequestOptions("a fox", model="flux"), origin="imagine"
+        )
+    assert interaction.recorder.calls == [] and harness.queue.job_ids == []
+    assert (await start_command(harness, model="sdxl-turbo")).model == "sdxl-turbo"
+
+
+async def test_an_unknown_model_is_refused_listing_the_models() -> None:
+    with pytest.raises(UnknownModel, match=r"Unknown model 'sdxl'; choose one of: sd15, sdxl-turbo, flux."):
+        await start_command(model_harness(), model="sdxl")
+
+
+async def test_a_scheduler_the_model_cant_run_is_refused_before_anything_is_answered() -> None:
+    harness = model_harness()
+    interaction = harness.interaction()
+    with pytest.raises(InvalidOption, match="The model flux can't run the scheduler 'DDIM'; choose one of: Euler,"):
+        await harness.service.start_command(
+            interaction.as_interaction(), RequestOptions("a fox", scheduler="DDIM", model="flux"), origin="imagine"
+        )
+    assert interaction.recorder.calls == [] and harness.queue.job_ids == []
+
+
+async def test_a_size_off_the_models_grid_is_refused_in_one_line() -> None:
+    with pytest.raises(InvalidOption, match=r"width must be a multiple of 16 for the model flux; got 520."):
+        await start_command(model_harness(), model="flux", size="520")
+
+
+async def test_steps_over_the_models_registry_ceiling_are_refused_naming_the_model() -> None:
+    with pytest.raises(InvalidOption, match=r"steps must be at most 8 for the model sdxl-turbo; got 20."):
+        await start_command(model_harness(), model="sdxl-turbo", steps=20)
+
+
+async def test_reroll_keeps_the_jobs_model() -> None:
+    harness = model_harness()
+    request = await start_command(harness, model="flux")
+    job_id = harness.queue.job_ids[-1]
+    harness.queue.emit(result_for(job_id, request))
+    await harness.service.handle_button(harness.interaction().as_interaction(), "reroll", job_id)
+    rerolled = harness.queue.requests[harness.queue.job_ids[-1]]
+    assert rerolled.model == "flux" and rerolled.seed != request.seed
+
+
+async def test_more_steps_stops_at_the_models_ceiling() -> None:
+    harness = model_harness()
+    request = await start_command(harness, model="sdxl-turbo", steps=8)
+    job_id = harness.queue.job_ids[-1]
+    harness.queue.emit(result_for(job_id, request))
+    with pytest.raises(InvalidOption, match="8 steps is already the most"):
+        await harness.service.handle_button(harness.interaction().as_interaction(), "more", job_id)
+    await harness.service.handle_button(harness.interaction().as_interaction(), "fewer", job_id)
+    fewer = harness.queue.requests[harness.queue.job_ids[-1]]
+    assert isinstance(fewer, GenerateRequest) and (fewer.model, fewer.steps) == ("sdxl-turbo", 6)
+
+
+async def test_compare_steps_button_uses_the_models_ladder_around_the_images_steps() -> None:
+    harness = model_harness()
+    request = await start_command(harness, model="sdxl-turbo", steps=5)
+    job_id = harness.queue.job_ids[-1]
+    harness.queue.emit(result_for(job_id, request))
+    await harness.service.handle_button(harness.interaction().as_interaction(), "compare", job_id)
+    grid = harness.queue.requests[harness.queue.job_ids[-1]]
+    assert isinstance(grid, CompareStepsRequest)
+    assert (grid.model, grid.steps) == ("sdxl-turbo", (1, 2, 3, 4, 5, 6, 8))
+
+
+async def test_without_known_models_the_request_names_no_model(harness: Harness) -> None:
+    # A worker that has not reported its models (or an old one): the worker's default runs it.
+    request = await start_command(harness)
+    assert request.model == "" and (request.steps, request.scheduler) == (30, "Euler a")
+
+
+async def test_flux_is_offered_no_negative_prompt() -> None:
+    with pytest.raises(InvalidOption, match="doesn't use a negative prompt"):
+        await start_command(model_harness(), model="flux", negative_prompt="blurry")
+
+
+def test_the_fake_models_fit_the_fake_registry() -> None:
+    assert [model.name for model in (SD15, TURBO, FLUX)] == ["sd15", "sdxl-turbo", "flux"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from bot.config import Settings
 from bot.db import Database
 from bot.server_limits import InvalidLimit, ServerLimits
-from tests.bot.fakes import ALICE, BOB, GUILD, OTHER_GUILD
+from tests.bot.fakes import ALICE, BOB, GUILD, OTHER_GUILD, REGISTRY
 from tests.bot.fakes import FakeWallClock as FakeClock
 
 # --- limits ----------------------------------------------------------------------------------------
@@ -82,3 +84,30 @@ async def test_limits_of_one_server_do_not_touch_another(db: Database) -> None:
     await db.server_limits.set_limits(GUILD, ALICE, max_steps=10)
 
     assert await db.server_limits.get_limits(OTHER_GUILD) == ServerLimits()
+
+
+# --- model limits ----------------------------------------------------------------------------------
+
+
+async def test_model_limits_are_stored_and_audited(db_path: Path, clock: FakeClock) -> None:
+    settings = Settings(_env_file=None, model=REGISTRY)  # type: ignore[call-arg]
+    async with Database(db_path, settings, clock=clock) as database:
+        await database.server_limits.set_limits(
+            GUILD, ALICE, allowed_models="flux, sd15", default_model="flux", model_max_steps="flux=28, sd15=40"
+        )
+        stored = await database.server_limits.get_limits(GUILD)
+        history = await database.server_limits.limits_history(GUILD)
+    assert stored == ServerLimits(
+        allowed_models=("sd15", "flux"), default_model="flux", model_max_steps=(("sd15", 40), ("flux", 28))
+    )
+    assert {(change.field, repr(change.new_value)) for change in history} == {
+        ("allowed_models", "['sd15', 'flux']"),
+        ("default_model", "'flux'"),
+        ("model_max_steps", "{'sd15': 40, 'flux': 28}"),
+    }
+
+
+async def test_a_model_outside_the_registry_changes_nothing(db: Database) -> None:
+    with pytest.raises(InvalidLimit, match="unknown model 'sdxl'"):
+        await db.server_limits.set_limits(GUILD, ALICE, max_steps=20, allowed_models="sdxl")
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits()

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from bot.messages import ProgressState, details_embed, parameters_embed, progress_bar, progress_message, progress_text
+import dataclasses
+
+from bot.messages import (
+    ProgressState,
+    details_embed,
+    parameters_embed,
+    progress_bar,
+    progress_message,
+    progress_text,
+    result_message,
+)
 from inference.protocol import GenerateRequest
-from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, record_for
+from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, record_for, result_for
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
 
@@ -58,17 +68,43 @@ async def test_the_progress_message_shows_the_preview_and_a_cancel_button() -> N
 
 def test_the_parameters_embed_lists_every_parameter() -> None:
     request = GenerateRequest("a fox", steps=12, scheduler="DDIM", seed=5, guidance=4.5, width=768, height=512)
-    request = GenerateRequest(**{**request.__dict__, "negative_prompt": "blurry", "count": 2})
+    request = GenerateRequest(**{**request.__dict__, "negative_prompt": "blurry", "count": 2, "model": "sd15"})
     fields = {field.name: field.value for field in parameters_embed(request).fields}
     assert fields == {
         "Steps": "12",
         "Seeds": "5, 6",
+        "Model": "sd15",
         "Scheduler": "DDIM",
         "Guidance": "4.5",
         "Size": "768×512",
         "Images": "2",
         "Negative prompt": "blurry",
     }
+
+
+def test_a_job_from_before_models_were_recorded_shows_a_dash_for_its_model() -> None:
+    fields = {field.name: field.value for field in parameters_embed(GenerateRequest("a fox")).fields}
+    assert fields["Model"] == "—"
+
+
+def test_the_result_names_the_model_in_its_embed_and_footer() -> None:
+    request = dataclasses.replace(IMAGINE, model="sdxl-turbo")
+    record = record_for(request)
+    message = result_message(record, result_for(record.job_id, request), ())
+    embed = message.embeds[0]
+    assert {field.name: field.value for field in embed.fields}["Model"] == "sdxl-turbo"
+    assert embed.footer.text == f"job {record.job_id} · sdxl-turbo · random-weight test model"
+
+
+def test_the_progress_message_names_the_model() -> None:
+    record = record_for(dataclasses.replace(IMAGINE, model="flux"))
+    footer = progress_message(record, ProgressState()).embeds[0].footer.text
+    assert footer == f"job {record.job_id} · flux"
+
+
+def test_details_name_the_model() -> None:
+    record = record_for(dataclasses.replace(COMPARE, model="flux"))
+    assert {field.name: field.value for field in details_embed(record).fields}["Model"] == "flux"
 
 
 def test_an_overlong_prompt_is_clipped_to_fit_an_embed() -> None:

@@ -19,13 +19,23 @@ from bot.server_limits import (
     InvalidLimit,
     LimitExceeded,
     ServerLimits,
+    UnknownModel,
     banned_word_in,
     check_request,
+    choose_model,
     compute_cost,
     next_quota_reset,
     validate_limit_changes,
 )
-from inference.protocol import SCHEDULER_NAMES, CompareStepsRequest, GenerateRequest, Request, total_steps
+from inference.protocol import (
+    SCHEDULER_NAMES,
+    CompareStepsRequest,
+    GenerateRequest,
+    ModelUnavailable,
+    Request,
+    total_steps,
+)
+from tests.bot.fakes import FLUX, REGISTRY, SD15, TURBO
 
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
 EVENING = datetime(2026, 3, 14, 20, 48, tzinfo=UTC)
@@ -412,3 +422,108 @@ def test_a_refusal_can_name_the_setting_another_way() -> None:
     renamed = caught.value.renamed("daily_steps")
     assert isinstance(renamed, InvalidLimit) and renamed.field == "daily_steps_per_user"
     assert str(renamed) == str(caught.value).replace("daily_steps_per_user", "daily_steps")
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+MODEL_SETTINGS = Settings(_env_file=None, model=REGISTRY)  # type: ignore[call-arg]
+LOADED = {model.name: model for model in (SD15, TURBO, FLUX)}
+
+
+def model_limits(**server: object) -> EffectiveLimits:
+    return EffectiveLimits.combine(ServerLimits(**server), MODEL_SETTINGS)  # type: ignore[arg-type]
+
+
+def test_every_registry_model_is_allowed_and_the_first_is_the_default() -> None:
+    effective = model_limits()
+    assert effective.allowed_models == ("sd15", "sdxl-turbo", "flux") and effective.default_model == "sd15"
+    # The registry's max_steps is a ceiling of its own.
+    assert dict(effective.model_max_steps) == {"sd15": 150, "sdxl-turbo": 8, "flux": 150}
+
+
+def test_allowed_models_are_named_case_insensitively_and_kept_in_registry_order() -> None:
+    assert validate_limit_changes({"allowed_models": "FLUX, sd15"}, ServerLimits(), MODEL_SETTINGS) == {
+        "allowed_models": ("sd15", "flux")
+    }
+
+
+def test_a_model_outside_the_operators_registry_is_refused_with_the_models() -> None:
+    with pytest.raises(InvalidLimit, match="allowed_models: unknown model 'sdxl'; the operator's models are: sd15,"):
+        validate_limit_changes({"allowed_models": "sd15, sdxl"}, ServerLimits(), MODEL_SETTINGS)
+
+
+def test_the_default_model_must_be_an_allowed_one() -> None:
+    with pytest.raises(InvalidLimit, match=r"default_model must be one of this server's allowed models \(flux\)"):
+        validate_limit_changes({"default_model": "sd15"}, ServerLimits(allowed_models=("flux",)), MODEL_SETTINGS)
+    with pytest.raises(InvalidLimit, match=r"must include this server's default model \(sd15\)"):
+        validate_limit_changes({"allowed_models": "flux"}, ServerLimits(default_model="sd15"), MODEL_SETTINGS)
+    assert validate_limit_changes({"allowed_models": "flux", "default_model": "flux"}, ServerLimits(), MODEL_SETTINGS)
+
+
+def test_per_model_ceilings_are_read_from_text_and_stay_under_the_registrys() -> None:
+    changes = validate_limit_changes({"model_max_steps": "flux=28, sdxl-turbo: 4"}, ServerLimits(), MODEL_SETTINGS)
+    assert changes == {"model_max_steps": (("sdxl-turbo", 4), ("flux", 28))}
+    with pytest.raises(InvalidLimit, match=r"must be 1 to 8 \(the model's ceiling in the operator's registry for"):
+        validate_limit_changes({"model_max_steps": "sdxl-turbo=12"}, ServerLimits(), MODEL_SETTINGS)
+    with pytest.raises(InvalidLimit, match="write each model's ceiling like sdxl-turbo=8; got 'flux'"):
+        validate_limit_changes({"model_max_steps": "flux"}, ServerLimits(), MODEL_SETTINGS)
+
+
+def test_a_per_model_ceiling_refuses_more_steps_with_that_model_only() -> None:
+    effective = model_limits(model_max_steps=(("flux", 28),))
+    with pytest.raises(LimitExceeded, match="at most 28 steps with the model flux; you asked for 30") as caught:
+        check_request(GenerateRequest("x", steps=30, model="flux"), effective, steps_used_today=0, active_jobs=0)
+    assert caught.value.limit == "model_max_steps"
+    check_request(GenerateRequest("x", steps=30, model="sd15"), effective, steps_used_today=0, active_jobs=0)
+
+
+def test_a_model_the_server_does_not_allow_is_refused_listing_the_allowed_ones() -> None:
+    effective = model_limits(allowed_models=("sd15", "flux"))
+    with pytest.raises(LimitExceeded, match=r"doesn't allow the model sdxl-turbo; it allows: sd15, flux."):
+        check_request(GenerateRequest("x", model="sdxl-turbo"), effective, steps_used_today=0, active_jobs=0)
+
+
+def test_choose_model_gives_the_servers_default_when_left_out() -> None:
+    assert choose_model(None, model_limits(), LOADED) == SD15
+    assert choose_model(None, model_limits(allowed_models=("flux", "sd15"), default_model="flux"), LOADED) == FLUX
+    assert choose_model("SDXL-Turbo", model_limits(), LOADED) == TURBO
+    assert choose_model("sd15", model_limits(), {}) is None  # no worker report yet
+
+
+def test_choose_model_refuses_a_disallowed_a_failed_and_an_unknown_model() -> None:
+    failed = {"flux": ModelUnavailable("flux", "out of memory")}
+    loaded = {"sd15": SD15, "sdxl-turbo": TURBO}
+    with pytest.raises(LimitExceeded, match=r"doesn't allow the model sdxl-turbo; it allows: sd15."):
+        choose_model("sdxl-turbo", model_limits(allowed_models=("sd15",)), loaded, failed)
+    with pytest.raises(UnknownModel, match=r"^The model flux is unavailable: out of memory$"):
+        choose_model("flux", model_limits(), loaded, failed)
+    with pytest.raises(UnknownModel, match=r"Unknown model 'sd3'; choose one of: sd15, sdxl-turbo."):
+        choose_model("sd3", model_limits(), loaded, failed)
+
+
+def test_a_default_model_that_failed_gives_way_to_the_next_allowed_one() -> None:
+    failed = {"sd15": ModelUnavailable("sd15", "gone")}
+    assert choose_model(None, model_limits(), {"sdxl-turbo": TURBO, "flux": FLUX}, failed) == TURBO
+
+
+def test_defaults_come_from_the_model_unless_the_server_chose_its_own() -> None:
+    turbo = model_limits().request_defaults(TURBO)
+    assert (turbo.steps, turbo.scheduler, turbo.guidance, turbo.width, turbo.compare_steps, turbo.model) == (
+        4, "Euler a", 0.0, 1024, (1, 2, 3, 4, 6, 8), "sdxl-turbo",
+    )  # fmt: skip
+    own = model_limits(default_steps=20, default_scheduler="Heun", max_image_size=512).request_defaults(FLUX)
+    assert (own.steps, own.scheduler, own.width, own.height) == (20, "Heun", 512, 512)
+    # A server default over the model's ceiling is cut to it; a scheduler it can't run gives way.
+    capped = model_limits(default_steps=20, default_scheduler="DDIM").request_defaults(TURBO)
+    assert (capped.steps, capped.scheduler) == (8, "Euler a")
+
+
+def test_the_ladder_stays_under_the_models_ceiling_in_this_server() -> None:
+    defaults = model_limits(model_max_steps=(("flux", 20),)).request_defaults(FLUX)
+    assert defaults.compare_steps == (4, 8, 12, 20)
+    assert model_limits(max_grid_cells=3).request_defaults(SD15).compare_steps == (5, 10, 20)
+
+
+def test_without_a_model_the_defaults_are_the_servers() -> None:
+    defaults = model_limits(default_steps=12).request_defaults(None)
+    assert (defaults.steps, defaults.scheduler, defaults.model) == (12, "Euler a", "")

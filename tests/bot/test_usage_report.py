@@ -144,3 +144,19 @@ async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database,
 def test_exporting_a_missing_database_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="No database at"):
         export_csv(tmp_path / "nope.sqlite3", io.StringIO())
+
+
+async def test_server_usage_and_the_csv_name_each_jobs_model(db: Database, db_path: Path, clock: FakeClock) -> None:
+    turbo = await finished(db, GenerateRequest(prompt="a", steps=4, model="sdxl-turbo"), user=ALICE, gpu_seconds=0.5)
+    await finished(db, CompareStepsRequest(prompt="b", steps=(1, 2, 4), model="sdxl-turbo"), user=BOB)
+    old = await finished(db, GenerateRequest(prompt="c", steps=30), user=BOB, gpu_seconds=3.0)  # before models
+
+    usage = await db.ledger.server_usage(GUILD, since=None, until=NOON)
+    assert [(m.model, m.jobs, m.steps, m.gpu_seconds) for m in usage.top_models] == [
+        ("", 1, 30, 3.0),
+        ("sdxl-turbo", 2, 11, 1.5),
+    ]
+    out = io.StringIO()
+    export_csv(db_path, out)
+    by_id = {row["id"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
+    assert (by_id[turbo]["model"], by_id[old]["model"]) == ("sdxl-turbo", "")

@@ -23,6 +23,8 @@ from inference.protocol import (
     JobProgress,
     JobResult,
     JobStarted,
+    ModelInfo,
+    ModelUnavailable,
     Request,
 )
 from inference.queue import JobQueue, LocalJobQueue
@@ -71,6 +73,18 @@ class SharedQueue(JobQueue):
     @property
     def ready(self) -> bool:
         return self.inner.ready
+
+    @property
+    def unavailable(self) -> str | None:
+        return self.inner.unavailable
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        return self.inner.models
+
+    @property
+    def unavailable_models(self) -> dict[str, ModelUnavailable]:
+        return self.inner.unavailable_models
 
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         entry = len(self.submitted)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from discord import app_commands
 
-from bot.cogs.limits import OPTION_NAMES, Limits, display_value, option_name
+from bot.cogs.limits import OPTION_NAMES, Limits, change_line, display_value, limits_embed, option_name
 from bot.config import Settings
-from bot.server_limits import LIMIT_FIELDS, InvalidLimit, ServerLimits, validate_limit_changes
+from bot.models import LimitsChange
+from bot.server_limits import LIMIT_FIELDS, EffectiveLimits, InvalidLimit, ServerLimits, validate_limit_changes
+from tests.bot.fakes import REGISTRY
 
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
 
@@ -53,3 +56,33 @@ def test_limits_set_offers_every_setting_under_its_option_name() -> None:
 )
 def test_values_read_as_limits_show_prints_them(name: str, value: Any, shown: str) -> None:
     assert display_value(name, value) == shown
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("allowed_models", ("sd15", "flux"), "sd15, flux"),
+        ("default_model", "flux", "flux"),
+        ("model_max_steps", (("sdxl-turbo", 8), ("flux", 28)), "sdxl-turbo: 8, flux: 28"),
+    ],
+)
+def test_model_limits_read_as_limits_show_prints_them(name: str, value: Any, shown: str) -> None:
+    assert display_value(name, value) == shown
+
+
+def test_limits_show_lists_the_model_limits_and_whose_they_are() -> None:
+    settings = Settings(_env_file=None, model=REGISTRY)  # type: ignore[call-arg]
+    server = ServerLimits(allowed_models=("sd15", "sdxl-turbo"), model_max_steps=(("sd15", 40),))
+    embed = limits_embed(server, EffectiveLimits.combine(server, settings), [])
+    fields = {field.name: field.value for field in embed.fields}
+    assert fields["allowed models"] == "sd15, sdxl-turbo\n*server*"
+    assert fields["default model"] == "sd15\n*operator*"
+    assert fields["max steps per model"] == "sd15: 40, sdxl-turbo: 8\n*server*"
+
+
+def test_a_change_of_per_model_ceilings_reads_plainly_in_the_history() -> None:
+    change = LimitsChange(
+        guild_id=1, user_id=2, field="model_max_steps", old_value=None, new_value={"flux": 28},
+        changed_at=datetime(2026, 3, 14, tzinfo=UTC),
+    )  # fmt: skip
+    assert change_line(change).endswith("**max steps per model** operator's value → flux=28")

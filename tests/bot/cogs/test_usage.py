@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bot.cogs.usage import member_usage_embed, server_usage_embed
-from bot.ledger import SchedulerTotal, ServerUsage, UserTotal
+from bot.ledger import ModelTotal, SchedulerTotal, ServerUsage, UserTotal
 from bot.usage_report import MemberUsage
 
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
@@ -44,3 +44,16 @@ def test_a_servers_usage_ranks_members_and_schedulers() -> None:
         "2. <@11>: 100 steps, 1 images, 1.0 s",
     ]
     assert fields["Top schedulers"] == "1. Euler a: 4 jobs, 300 steps"
+
+
+def test_a_servers_usage_lists_its_models_old_jobs_as_before_models() -> None:
+    usage = ServerUsage(
+        since=None, until=NOON, jobs=3, images=3, steps=38, gpu_seconds=4.5, members=1, failed=0, cancelled=0,
+        top_users=(), top_schedulers=(),
+        top_models=(ModelTotal("", 1, 30, 3.0), ModelTotal("sdxl-turbo", 2, 8, 1.5)),
+    )  # fmt: skip
+    fields = {field.name: field.value for field in server_usage_embed(usage, "all time").fields}
+    assert fields["Models"].splitlines() == [
+        "1. — (before models were recorded): 1 jobs, 30 steps, 3.0 s",
+        "2. sdxl-turbo: 2 jobs, 8 steps, 1.5 s",
+    ]
