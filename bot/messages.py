@@ -69,6 +69,12 @@ class ProgressState:
     job_step: int = 0
     job_total: int = 0
     preview_png: bytes | None = None
+    steps_before: int = 0  # steps that ran in earlier attempts (the worker crashed and restarted)
+
+    @property
+    def steps_seen(self) -> int:
+        """Steps that ran over every attempt, as far as the progress events tell."""
+        return self.steps_before + self.job_step
 
     def apply(self, event: JobQueued | JobStarted | JobProgress) -> None:
         """Fold one queue event into the state."""
@@ -78,6 +84,7 @@ class ProgressState:
             self.started = True
             self.attempt = event.attempt
             self.lane_steps.clear()
+            self.steps_before += self.job_step
             self.job_step = 0
         else:
             self.started = True

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.buttons import custom_id
 from bot.messages import MessageUpdate
 from bot.throttle import MonotonicClock
 
@@ -207,3 +208,31 @@ class StoredInteractionMessage(JobMessage):
 
     async def _send_ephemeral(self, text: str) -> None:
         await self._hook().send(text, ephemeral=True)
+
+    async def shows_result(self) -> bool | None:
+        """Whether the job's message already carries its result; None when it can't be read.
+
+        A result message has the job's Details button, which no progress message has.
+        """
+        try:
+            if not self.on_channel:
+                message = await self._hook().fetch_message(self._message_id)
+            elif self._message_id and self._channel_id is not None:
+                message = await self._channel().fetch_message(self._message_id)
+            else:
+                return None
+        except discord.NotFound:
+            return False
+        except discord.HTTPException:
+            log.info("could not read the message of job %s to see whether it was delivered", self._job_id)
+            return None
+        details = custom_id("details", self._job_id)
+        return any(getattr(item, "custom_id", None) == details for item in _components(message.components))
+
+
+def _components(components: list[discord.Component]) -> list[discord.Component]:
+    found: list[discord.Component] = []
+    for component in components:
+        found.append(component)
+        found.extend(_components(list(getattr(component, "children", []))))
+    return found

@@ -1,0 +1,119 @@
+"""Hardening, end to end: the real discord.py client against the fake Discord, jobs answered at once.
+
+Each interaction is answered exactly once, only in the server its job belongs to, with banned words
+held however they are spelled, and every reply within Discord's limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import Settings
+from bot.db import Database
+from tests.e2e.helpers import button, content, result_files, wait_for_result
+from tests.e2e.instant import InstantQueue, instant_bot, instant_settings
+from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest, running_fake
+
+IMAGINE = {"prompt": "a lighthouse at dusk", "steps": 4, "size": "256"}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with running_fake(timeout=30.0) as fake:  # a hang guard, not a timing expectation
+        yield fake
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(tmp_path / "stepgrid.sqlite3", Settings(_env_file=None))  # type: ignore[call-arg]
+    await database.start()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+class LedgerOutage:
+    """Makes the ledger's final write of a job fail (a disk full for a moment) until `end()`."""
+
+    def __init__(self, database: Database) -> None:
+        self.failed = 0
+        self.failed_once = asyncio.Event()
+        self._on = True
+        ledger = database.ledger
+        original = ledger.mark_finished
+
+        async def mark_finished(job_id: str, outcome: Any) -> bool:
+            if self._on:
+                self.failed += 1
+                self.failed_once.set()
+                raise sqlite3.OperationalError("database or disk is full")
+            return await original(job_id, outcome)
+
+        ledger.mark_finished = mark_finished  # type: ignore[method-assign]
+
+    def end(self) -> None:
+        self._on = False
+
+
+def results_of(handle: InteractionHandle) -> list[RecordedRequest]:
+    """Every successful request that delivered this interaction's result image(s)."""
+    return [r for r in handle.requests if r.ok and result_files(r)]
+
+
+def statuses(database: Database) -> dict[str, str]:
+    with sqlite3.connect(database.path) as connection:
+        return dict(connection.execute("SELECT id, status FROM jobs").fetchall())
+
+
+def refusal(handle: InteractionHandle) -> str:
+    """The text of the one ephemeral answer a refused interaction got."""
+    [callback] = handle.callbacks
+    assert callback.ok and callback.ephemeral, callback
+    return content(callback) or ""
+
+
+# --- 1. exactly once, whatever the ledger does ---------------------------------------------------------
+
+
+async def test_a_ledger_write_failing_at_the_end_of_a_job_neither_blocks_the_member_nor_reruns_it(
+    fake: FakeDiscord, database: Database
+) -> None:
+    settings = instant_settings(max_concurrent_jobs_per_user=1)
+    outage = LedgerOutage(database)
+    async with instant_bot(fake, settings=settings, database=database):
+        first = await fake.invoke("imagine", IMAGINE)
+        await wait_for_result(first)
+        await asyncio.wait_for(outage.failed_once.wait(), fake.timeout)
+        outage.end()  # the disk has room again
+        second = await fake.invoke("imagine", {**IMAGINE, "prompt": "a second one"})
+        await wait_for_result(second)  # not "you already have 1 queued or running"
+    assert set(statuses(database).values()) == {"done"}
+    async with instant_bot(fake, settings=settings, database=database) as bot:  # a restart runs nothing again
+        assert bot.jobs.active_jobs == frozenset()
+    assert [len(results_of(handle)) for handle in (first, second)] == [1, 1]
+
+
+async def test_a_result_whose_ledger_write_never_landed_is_not_posted_again_after_a_restart(
+    fake: FakeDiscord, database: Database
+) -> None:
+    outage = LedgerOutage(database)
+    async with instant_bot(fake, database=database):
+        handle = await fake.invoke("imagine", IMAGINE)
+        await wait_for_result(handle)
+        await asyncio.wait_for(outage.failed_once.wait(), fake.timeout)
+    [job_id] = statuses(database)
+    assert statuses(database) == {job_id: "delivering"}  # the outage outlived the bot
+    outage.end()
+    queue = InstantQueue()
+    async with instant_bot(fake, database=database, queue=queue):
+        pass
+    assert queue.submitted == []
+    assert statuses(database) == {job_id: "done"}
+    assert len(results_of(handle)) == 1
