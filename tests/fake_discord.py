@@ -642,7 +642,7 @@ class FakeDiscord:
         guild = guild or self.guild
         member = user if isinstance(user, FakeMember) else self.member
         channel = guild.channels[0]
-        message = self._create_message(channel.id, {"content": "crafted"}, [])
+        message = self._create_message(channel.id, {"content": "crafted", "components": _buttons(custom_id)}, [])
         return await self._interact(3, data, member, guild, channel, DEFAULT_ATTACHMENT_LIMIT, "en-US", message)
 
     async def _interact_dm(self, kind: int, data: Json, user: FakeUser) -> InteractionHandle:
@@ -660,7 +660,7 @@ class FakeDiscord:
         if kind == 3:
             message = {"id": str(self.new_id()), "channel_id": str(channel_id), "type": 0, "content": "crafted",
                        "author": self.bot_user.payload(), "attachments": [], "embeds": [], "mentions": [],
-                       "mention_roles": [], "components": [], "flags": 0, "timestamp": _now(),
+                       "mention_roles": [], "components": _buttons(data["custom_id"]), "flags": 0, "timestamp": _now(),
                        "edited_timestamp": None, "tts": False, "mention_everyone": False, "pinned": False}  # fmt: skip
             self.messages[int(message["id"])] = message
             payload["message"], message_id = message, int(message["id"])
@@ -932,6 +932,12 @@ def _option(name: str, value: Any) -> Json:
     if kind is None:
         raise TypeError(f"option {name!r}: cannot infer a Discord option type for {value!r}; pass a list of dicts")
     return {"name": name, "type": kind, "value": value}
+
+
+def _buttons(*custom_ids: str) -> list[Json]:
+    """One action row of buttons with these custom ids (what a crafted client claims a message has)."""
+    buttons = [{"type": 2, "style": 2, "label": "button", "custom_id": custom_id} for custom_id in custom_ids]
+    return [{"type": 1, "components": buttons}]
 
 
 def _walk(components: list[Json]) -> Iterator[Json]:

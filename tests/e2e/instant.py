@@ -72,8 +72,9 @@ class InstantQueue(JobQueue):
         steps = total_steps(request)
         stream.put_nowait(JobStarted(job_id, 1))
         stream.put_nowait(JobProgress(job_id, 0, 1, steps, 1, steps))
+        width, height = request.width, request.height
         images = tuple(
-            GeneratedImage(tiny_png(request.width, request.height), seed, lane_steps, request.width, request.height, 0.1)
+            GeneratedImage(tiny_png(width, height), seed, lane_steps, width, height, 0.1)
             for lane_steps, seed in zip(request.lane_steps, request.lane_seeds, strict=True)
         )
         stream.put_nowait(JobResult(job_id, images, gpu_seconds=0.5, is_test_model=True))

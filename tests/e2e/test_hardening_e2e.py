@@ -18,7 +18,15 @@ from bot.config import Settings
 from bot.db import Database
 from tests.e2e.helpers import button, content, result_files, wait_for_result
 from tests.e2e.instant import InstantQueue, instant_bot, instant_settings
-from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest, running_fake
+from tests.fake_discord import (
+    DEFAULT_PERMISSIONS,
+    FakeDiscord,
+    InteractionHandle,
+    RecordedRequest,
+    running_fake,
+)
+
+MANAGE_MESSAGES = 0x2000
 
 IMAGINE = {"prompt": "a lighthouse at dusk", "steps": 4, "size": "256"}
 
@@ -117,3 +125,36 @@ async def test_a_result_whose_ledger_write_never_landed_is_not_posted_again_afte
     assert queue.submitted == []
     assert statuses(database) == {job_id: "done"}
     assert len(results_of(handle)) == 1
+
+
+# --- 5 and 6. a job belongs to its server; nothing runs outside one -------------------------------------
+
+
+async def test_a_button_pressed_in_another_server_does_not_reach_the_job(fake: FakeDiscord) -> None:
+    other = fake.add_guild("Another server")
+    moderator = other.member(fake.new_id(), "mallory", DEFAULT_PERMISSIONS | MANAGE_MESSAGES)
+    async with instant_bot(fake):
+        handle = await fake.invoke("imagine", {**IMAGINE, "prompt": "a secret prompt"})
+        message = (await wait_for_result(handle)).response
+        details = button(message, "details")
+        for job_button in (details, details.replace("details", "cancel"), button(message, "reroll")):
+            pressed = await fake.press(job_button, user=moderator, guild=other)
+            await pressed.wait_for_callback()
+            text = refusal(pressed)
+            assert "no longer know job" in text, text
+            assert "a secret prompt" not in str(pressed.callbacks[0].json)
+
+
+async def test_commands_and_buttons_from_a_direct_message_are_refused(fake: FakeDiscord) -> None:
+    queue = InstantQueue()
+    async with instant_bot(fake, queue=queue):
+        handle = await fake.invoke("imagine", IMAGINE)
+        message = (await wait_for_result(handle)).response
+        for name, options in (("imagine", {**IMAGINE, "steps": 50}), ("compare-steps", {"prompt": "x"}), ("usage", {})):
+            dm = await fake.invoke_in_dm(name, options)
+            await dm.wait_for_callback()
+            assert "only in a server" in refusal(dm)
+        pressed = await fake.press(button(message, "reroll"), dm=True)
+        await pressed.wait_for_callback()
+        assert "only in a server" in refusal(pressed)
+    assert len(queue.submitted) == 1
