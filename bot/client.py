@@ -36,6 +36,14 @@ class StepgridTree(app_commands.CommandTree["Stepgrid"]):
     async def on_error(self, interaction: discord.Interaction[Stepgrid], error: app_commands.AppCommandError) -> None:
         await report_error(interaction, error)
 
+    async def interaction_check(self, interaction: discord.Interaction[Stepgrid], /) -> bool:
+        """Every command works only in a server: Discord hides them in DMs, but a client can still send them."""
+        if interaction.guild_id is not None:
+            return True
+        if interaction.type is discord.InteractionType.application_command:
+            raise app_commands.NoPrivateMessage()  # answered by on_error
+        return False  # an autocomplete from a DM: nothing to suggest
+
 
 class Stepgrid(commands.Bot):
     """The bot. Everything it talks to can be injected, so tests can run it against fakes."""

@@ -526,3 +526,27 @@ async def test_every_refusal_is_a_user_facing_error(scenario: str, refusal: type
     await report_error(interaction.as_interaction(), error)
     reply = interaction.recorder.calls[-1]
     assert reply.ephemeral and reply.content == text
+
+
+async def test_a_job_failed_after_two_worker_crashes_counts_the_steps_that_ran(database: Database) -> None:
+    harness = database_harness(database)
+    job_id, _, task = await harness.start(IMAGINE)
+    harness.queue.emit(JobStarted(job_id, 1))
+    harness.queue.emit(progress(job_id, 5, 20))
+    harness.queue.emit(JobStarted(job_id, 2))  # the worker crashed; the queue ran the job again
+    harness.queue.emit(progress(job_id, 7, 20))
+    harness.queue.emit(JobFailed(job_id, "The GPU worker crashed 2 times while running this job, so it was stopped."))
+    await task
+    row = await database.ledger.get_job(job_id)
+    assert row is not None and (row.status, row.steps_run) == ("failed", 12)
+
+
+async def test_a_moderator_of_another_server_cannot_cancel_a_running_job(harness: Harness) -> None:
+    job_id, _, task = await harness.start(IMAGINE)
+    outsider = harness.interaction(user_id=OTHER, permissions=discord.Permissions(manage_messages=True))
+    outsider.guild_id = 4242
+    with pytest.raises(JobNotFound):
+        await harness.service.handle_button(outsider.as_interaction(), "cancel", job_id)
+    assert harness.queue.cancelled == []
+    harness.queue.emit(result_for(job_id, IMAGINE))
+    await task
