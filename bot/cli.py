@@ -252,16 +252,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(settings)
     if args.command == "db":
-        from bot.db_migrations import DatabaseTooNew, upgrade_database
+        from bot.db_migrations import DatabaseTooNew, DatabaseUnusable, upgrade_database
 
         try:
             upgrade_database(settings.database_path)
-        except DatabaseTooNew as error:
+        except (DatabaseTooNew, DatabaseUnusable) as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 2
         print(f"database {settings.database_path} is at the latest schema")
         return 0
     if args.command == "usage":
+        from bot.db_migrations import DatabaseUnusable
         from bot.usage_report import export_csv
 
         try:
@@ -269,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileNotFoundError as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 1
+        except DatabaseUnusable as error:
+            print(f"stepgrid: {error}", file=sys.stderr)
+            return 2
         return 0
     return _generate_command(args, settings)
 

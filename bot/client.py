@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.buttons import JobButton
 from bot.config import Settings
 from bot.db import Database
-from bot.db_migrations import DatabaseTooNew
+from bot.db_migrations import DatabaseTooNew, DatabaseUnusable
 from bot.errors import report_error
 from bot.jobs import TOKEN_LIFETIME, JobService
 from bot.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
@@ -224,7 +224,7 @@ def run(settings: Settings | None = None) -> int:
     discord.utils.setup_logging(root=True)
     try:
         asyncio.run(run_bot(settings or Settings()))
-    except (TokenError, DatabaseTooNew) as error:
+    except (TokenError, DatabaseTooNew, DatabaseUnusable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bot.db_migrations import DatabaseUnusable, check_database_file
 from bot.ledger import Ledger
 from bot.models import JobRow
 from bot.server_limits import EffectiveLimits, day_start, next_quota_reset
@@ -112,15 +113,21 @@ def export_csv(database_path: Path | str, out: TextIO) -> int:
     path = Path(database_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"No database at {path}; is STEPGRID_DATABASE_PATH right?")
+    check_database_file(path, writable=False)
     engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.pool.NullPool)
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
     count = 0
     try:
         with Session(engine) as session:
-            for job in session.scalars(
-                sa.select(JobRow).order_by(JobRow.created_at, JobRow.id).execution_options(yield_per=500)
-            ):
+            try:
+                jobs = session.scalars(
+                    sa.select(JobRow).order_by(JobRow.created_at, JobRow.id).execution_options(yield_per=500)
+                )
+            except sa.exc.DBAPIError as error:
+                raise DatabaseUnusable(path, f"its jobs can't be read ({error.orig})") from None
+            # Only once the ledger could be read: a failure leaves no CSV that is just a header.
+            writer.writeheader()
+            for job in jobs:
                 writer.writerow(_csv_row(job))
                 count += 1
     finally:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,65 @@ def test_compare_steps_writes_a_labelled_grid_with_the_tiny_model(
     assert "seed 42" in printed and "random-weight test model" in printed
     grid = Image.open(out)
     assert grid.width > 3 * 256 and grid.height > 256  # three cells in a row, captions and footer below
+
+
+# --- operator mistakes, through the real `stepgrid` command ---------------------------------------------
+
+STEPGRID = Path(sys.executable).with_name("stepgrid")
+
+
+def stepgrid(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`stepgrid argv...` in a clean environment (no STEPGRID_* from outside, no .env in `cwd`)."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")}
+    return subprocess.run(
+        [str(STEPGRID), *argv], cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `stepgrid: ...` line a refused command printed (its log lines aside), with no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stepgrid:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def bad_databases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Database paths an operator might get wrong, with what the one line must say."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    garbage = tmp_path / "notes.sqlite3"
+    garbage.write_text("not a database at all\n")
+    foreign = tmp_path / "other-app.sqlite3"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE songs (title TEXT)")
+    connection.close()
+    return {
+        "folder": (folder, "it is a folder"),
+        "unwritable": (Path("/proc/stepgrid-test/stepgrid.sqlite3"), "can't be created"),
+        "read-only folder": (Path("/proc/stepgrid.sqlite3"), "is not writable"),
+        "corrupt": (corrupt, "damaged"),
+        "not sqlite": (garbage, "not a SQLite database"),
+        "foreign": (foreign, "another program's SQLite database"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["folder", "unwritable", "read-only folder", "corrupt", "not sqlite", "foreign"])
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["usage", "--csv"], ["run"]])
+def test_a_database_that_cannot_be_used_is_one_line_naming_the_file(
+    kind: str, command: list[str], tmp_path: Path
+) -> None:
+    path, problem = bad_databases(tmp_path)[kind]
+    if kind in ("unwritable", "read-only folder") and command == ["usage", "--csv"]:
+        path = Path("/proc/self/status")  # read-only exporting: a file that exists but is no database
+        problem = "not a SQLite database"
+    before = path.read_bytes() if path.is_file() else None
+    result = stepgrid(*command, cwd=tmp_path, STEPGRID_DATABASE_PATH=str(path), STEPGRID_DISCORD_TOKEN="x" * 20)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert str(path) in line and problem in line, line
+    assert result.stdout == "" or command != ["usage", "--csv"]  # no CSV that is only a header
+    if before is not None and not str(path).startswith("/proc"):
+        assert path.read_bytes() == before  # left as it was
