@@ -7,6 +7,7 @@ Pure logic, no database: `bot.limit_storage` stores `ServerLimits`, `bot.policy`
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -294,11 +295,87 @@ def compute_cost(request: Request) -> int:
     return request.width * request.height * total_steps(request)
 
 
+# Letters of other scripts that look like Latin ones (after case folding), as used to slip a word
+# past a filter: Cyrillic "сat" is not "cat" to a computer, but it is to every reader.
+CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a", "в": "b", "е": "e", "ё": "e", "з": "3", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+        "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "һ": "h", "ԁ": "d",
+        "ԛ": "q", "ԝ": "w", "ӏ": "l", "ɡ": "g", "ь": "b", "п": "n", "г": "r",
+        # Greek
+        "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
+        "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ς": "c", "μ": "u", "ϳ": "j",
+        # Latin look-alikes NFKC leaves alone
+        "ı": "i", "ȷ": "j", "ǀ": "l", "ł": "l", "ø": "o", "đ": "d", "ħ": "h",
+    }
+)  # fmt: skip
+_TOKEN = re.compile(r"[^\W_]+")
+
+
+def fold_for_matching(text: str) -> str:
+    """`text` as the banned-word filter reads it: compatibility forms (fullwidth, ligatures) and case
+    folded, accents, zero-width and other invisible characters dropped, look-alike letters mapped."""
+    # Mapped before folding too: NFKC turns some look-alikes (lunate sigma "ϲ") into letters that no longer look alike.
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text.translate(CONFUSABLES)).casefold())
+    kept = "".join(char for char in text if unicodedata.category(char) not in ("Mn", "Me", "Cf"))
+    return unicodedata.normalize("NFKC", kept).translate(CONFUSABLES)
+
+
+@dataclass(frozen=True)
+class _Readings:
+    """The ways a folded text can spell a word: split at every separator, with separators inside a
+    word ignored ("c.a.t"), and runs of single letters joined ("c a t")."""
+
+    tokens: tuple[str, ...]
+    words: tuple[str, ...]
+    letter_runs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: str) -> _Readings:
+        folded = fold_for_matching(text)
+        tokens = tuple(_TOKEN.findall(folded))
+        words = tuple(joined for part in folded.split() if (joined := "".join(_TOKEN.findall(part))))
+        runs: list[str] = []
+        current: list[str] = []
+        for token in (*tokens, ""):
+            if len(token) == 1:
+                current.append(token)
+                continue
+            if len(current) > 1:
+                runs.append("".join(current))
+            current = []
+        return cls(tokens, words, tuple(runs))
+
+    def contains(self, phrase: tuple[str, ...]) -> bool:
+        if not phrase:
+            return False
+        squashed = "".join(phrase)
+        return (
+            _has_run(self.tokens, phrase)
+            or _has_run(self.words, phrase)
+            or squashed in self.words
+            or any(squashed in run for run in self.letter_runs)
+        )
+
+
+def _has_run(items: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    size = len(phrase)
+    return any(items[start : start + size] == phrase for start in range(len(items) - size + 1))
+
+
 def banned_word_in(text: str, banned_words: Sequence[str]) -> str | None:
-    """The first banned word or phrase found as a whole word in `text`, or None."""
-    folded = " ".join(text.casefold().split())
+    """The first banned word or phrase found as a whole word in `text`, or None.
+
+    Both sides are folded (`fold_for_matching`), so fullwidth, look-alike or accented letters,
+    zero-width characters and dots or spaces between letters don't hide a word; a phrase matches
+    its words in order with any separators between them.
+    """
+    if not banned_words:
+        return None
+    readings = _Readings.of(text)
     for word in banned_words:
-        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", folded):
+        if readings.contains(tuple(_TOKEN.findall(fold_for_matching(word)))):
             return word
     return None
 
@@ -319,6 +396,13 @@ def check_request(
         # Never echo the list: it would publish it, and show how to get around it.
         raise LimitExceeded(
             "Your prompt contains a word or phrase this server doesn't allow; please rephrase it.",
+            limit="banned_words",
+        )
+    if banned_word_in(request.negative_prompt, limits.banned_words):
+        # The negative prompt is shown with the image as publicly as the prompt.
+        raise LimitExceeded(
+            "Your negative prompt contains a word or phrase this server doesn't allow (it would be shown "
+            "with the image); please leave it out.",
             limit="banned_words",
         )
     if request.scheduler not in limits.allowed_schedulers:

@@ -158,3 +158,33 @@ async def test_commands_and_buttons_from_a_direct_message_are_refused(fake: Fake
         await pressed.wait_for_callback()
         assert "only in a server" in refusal(pressed)
     assert len(queue.submitted) == 1
+
+
+# --- 7. banned words hold however they are spelled, in the prompt and the negative prompt ---------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "negative_prompt"),
+    [
+        ("a c\u200bat on a mat", None),
+        ("a \u0441at on a mat", None),
+        ("a ｃａｔ on a mat", None),
+        ("a c.a.t on a mat", None),
+        ("a painting of War\u200b  Crimes", None),
+        ("a quiet beach", "cat, blurry"),
+    ],
+)
+async def test_banned_words_are_refused_however_they_are_spelled(
+    fake: FakeDiscord, database: Database, prompt: str, negative_prompt: str | None
+) -> None:
+    queue = InstantQueue()
+    async with instant_bot(fake, database=database, queue=queue):
+        limits = await fake.invoke("limits-set", {"banned_words": "cat, war crimes"}, user=fake.admin)
+        await limits.wait_for_callback()
+        options = {**IMAGINE, "prompt": prompt}
+        if negative_prompt is not None:
+            options["negative_prompt"] = negative_prompt
+        handle = await fake.invoke("imagine", options)
+        await handle.wait_for_callback()
+        assert "doesn't allow" in refusal(handle)
+    assert queue.submitted == []
