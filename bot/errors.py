@@ -31,9 +31,10 @@ def clip(text: str, limit: int) -> str:
 
 
 def echo(value: object, limit: int = MAX_ECHO) -> str:
-    """A value a member typed, quoted for a reply (repr, clipped): never the whole of a long input."""
-    text = value if isinstance(value, str) else str(value)
-    return repr(clip(text, limit))
+    """A value a member typed, as a reply quotes it (its repr), clipped: never the whole of a long input."""
+    if isinstance(value, str):
+        return repr(clip(value, limit))
+    return clip(repr(value), limit)
 
 
 class UserFacingError(Exception):
@@ -97,6 +98,9 @@ def user_message(error: BaseException) -> str | None:
         error = error.original
     if isinstance(error, UserFacingError | InvalidRequest | QueueFull):
         return str(error)
+    if isinstance(error, app_commands.CommandSignatureMismatch):
+        # A client that sent options the synced command doesn't have (or left a required one out).
+        return "That command arrived with options it doesn't have; run it again from Discord's command list."
     if isinstance(error, app_commands.MissingPermissions):
         needed = ", ".join(name.replace("_", " ") for name in error.missing_permissions)
         return f"You need the {needed} permission to do that."

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.buttons import custom_id
+from bot.errors import MAX_CONTENT, clip
 from bot.messages import MessageUpdate
 from bot.throttle import MonotonicClock
 
@@ -100,10 +101,11 @@ class JobMessage:
                 await self._channel_message.delete()
             self._channel_message = None
         if text is not None:
-            await self._channel().send(f"<@{self._owner_id}> {text}", allowed_mentions=self._mentions())
+            content = clip(f"<@{self._owner_id}> {text}", MAX_CONTENT)
+            await self._channel().send(content, allowed_mentions=self._mentions())
 
     async def _show_in_channel(self, update: MessageUpdate) -> None:
-        content = f"<@{self._owner_id}> {update.content or ''}".rstrip()
+        content = clip(f"<@{self._owner_id}> {update.content or ''}".rstrip(), MAX_CONTENT)
         files = [file.to_file() for file in update.files]
         if self._channel_message is None:
             self._channel_message = await self._channel().send(
@@ -160,7 +162,7 @@ class InteractionMessage(JobMessage):
         await self._interaction.delete_original_response()
 
     async def _send_ephemeral(self, text: str) -> None:
-        await self._interaction.followup.send(text, ephemeral=True)
+        await self._interaction.followup.send(clip(text, MAX_CONTENT), ephemeral=True)
 
 
 class StoredInteractionMessage(JobMessage):
@@ -207,7 +209,7 @@ class StoredInteractionMessage(JobMessage):
         await self._hook().delete_message(self._message_id)
 
     async def _send_ephemeral(self, text: str) -> None:
-        await self._hook().send(text, ephemeral=True)
+        await self._hook().send(clip(text, MAX_CONTENT), ephemeral=True)
 
     async def shows_result(self) -> bool | None:
         """Whether the job's message already carries its result; None when it can't be read.

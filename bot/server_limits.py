@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.config import Settings
-from bot.errors import UserFacingError
+from bot.errors import UserFacingError, echo
 from bot.formatting import format_amount, format_duration
 from bot.job_requests import RequestDefaults, find_scheduler
 from inference.protocol import (
@@ -161,7 +161,9 @@ def validate_limit_changes(changes: dict[str, Any], current: ServerLimits, setti
     """Validate several changes made together, each checked against the state with all of them applied."""
     for field in changes:
         if field not in LIMIT_FIELDS:
-            raise InvalidLimit(f"Unknown setting {field!r}; the settings are: {', '.join(LIMIT_FIELDS)}.", field=field)
+            raise InvalidLimit(
+                f"Unknown setting {echo(field)}; the settings are: {', '.join(LIMIT_FIELDS)}.", field=field
+            )
     normalised = {field: _normalise(field, value, settings) for field, value in changes.items()}
     proposed = current.with_changes(normalised)
     for field, value in normalised.items():
@@ -244,12 +246,14 @@ def _int_in_range(
     high_note: str = "the operator's ceiling",
 ) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidLimit(f"{SETTING} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field)
+        raise InvalidLimit(
+            f"{SETTING} must be a whole number from {low:,} to {high:,}; got {echo(value)}.", field=field
+        )
     try:
         number = int(value)
     except ValueError:
         raise InvalidLimit(
-            f"{SETTING} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field
+            f"{SETTING} must be a whole number from {low:,} to {high:,}; got {echo(value)}.", field=field
         ) from None
     if not low <= number <= high:
         why = f" ({high_note})" if number > high else ""
@@ -262,13 +266,15 @@ def _as_items(field: str, value: Any) -> list[str]:
         return [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, Iterable) and all(isinstance(item, str) for item in value):
         return [item.strip() for item in value if item.strip()]
-    raise InvalidLimit(f"{SETTING} must be a comma-separated list; got {value!r}.", field=field)
+    raise InvalidLimit(f"{SETTING} must be a comma-separated list; got {echo(value)}.", field=field)
 
 
 def _scheduler_name(field: str, value: Any) -> str:
     name = find_scheduler(value) if isinstance(value, str) else None
     if name is None:
-        raise InvalidLimit(f"{SETTING}: unknown scheduler {value!r}; known: {', '.join(SCHEDULER_NAMES)}.", field=field)
+        raise InvalidLimit(
+            f"{SETTING}: unknown scheduler {echo(value)}; known: {', '.join(SCHEDULER_NAMES)}.", field=field
+        )
     return name
 
 
