@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,11 +180,51 @@ def check_output_and_model(args: argparse.Namespace) -> None:
         raise InvalidOption(f"-o {output} is a folder; give a file name like {output / 'image.png'}.")
     if output.suffix.lower() != ".png":
         raise InvalidOption(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
+    check_writable(output)
     model = Path(args.model).expanduser()
     looks_like_path = args.model.startswith((".", "/", "~")) or model.exists()
     if looks_like_path and not (model / "model_index.json").is_file():
         what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
         raise InvalidOption(f"--model {args.model} {what}.")
+
+
+def check_writable(output: Path) -> None:
+    """Refuse (before a render that may take minutes) an output whose folder can't take a new file."""
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidOption(f"-o {output}: the folder {folder} can't be created ({_reason(error)}).") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".stepgrid-probe-"):
+            pass
+    except OSError as error:
+        raise InvalidOption(f"-o {output}: can't write in {folder} ({_reason(error)}).") from None
+    if output.exists() and not os.access(output, os.W_OK):
+        raise InvalidOption(f"-o {output}: the file exists and can't be overwritten.")
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+class OutputLost(RuntimeError):
+    """The image(s) could be written neither where asked nor anywhere else; the message says why."""
+
+
+def save_outputs(request: Request, result: JobResult, output: Path) -> tuple[list[Path], str | None]:
+    """Write the outputs where asked; if that fails after the render, write them to a new folder in the
+    temporary directory instead, so that a finished image is never lost. Returns the paths written and,
+    when they were rescued, why the asked-for place failed."""
+    try:
+        return write_outputs(request, result, output), None
+    except OSError as error:
+        problem = f"could not write {output} ({_reason(error)})"
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="stepgrid-rescued-")) / output.name
+        return write_outputs(request, result, rescue), problem
+    except OSError as error:
+        raise OutputLost(f"{problem}, nor a copy in the temporary folder ({_reason(error)}).") from None
 
 
 def write_outputs(request: Request, result: JobResult, output: Path) -> list[Path]:
@@ -225,7 +266,17 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     except (GenerationFailed, WorkerUnavailable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1
-    paths = write_outputs(request, result, args.output)
+    except KeyboardInterrupt:
+        print("stepgrid: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    try:
+        paths, problem = save_outputs(request, result, args.output)
+    except OutputLost as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 1
+    if problem is not None:
+        print(f"stepgrid: {problem}; saved to {', '.join(map(str, paths))} instead.", file=sys.stderr)
+        return 1
     steps = ",".join(str(steps) for steps in sorted({image.steps for image in result.images}))
     seeds = ",".join(str(seed) for seed in dict.fromkeys(image.seed for image in result.images))
     note = f" ({TEST_MODEL_NOTE})" if result.is_test_model else ""

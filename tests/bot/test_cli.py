@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -133,3 +134,56 @@ def test_a_database_that_cannot_be_used_is_one_line_naming_the_file(
     assert result.stdout == "" or command != ["usage", "--csv"]  # no CSV that is only a header
     if before is not None and not str(path).startswith("/proc"):
         assert path.read_bytes() == before  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [("/proc/stepgrid-test/out.png", "can't be created"), ("/proc/out.png", "can't write in /proc")],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_anything_renders(
+    output: str, problem: str, tmp_path: Path
+) -> None:
+    result = stepgrid("imagine", "a fox", "--model", "tiny", "-o", output, cwd=tmp_path)
+    assert result.returncode == 2
+    assert problem in one_error_line(result)
+    assert "loading" not in result.stderr  # refused before the worker started
+
+
+@pytest.mark.slow
+def test_a_finished_image_is_never_lost_when_its_file_cannot_be_written(tmp_path: Path, model_cache_dir: Path) -> None:
+    output = tmp_path / "fox.png"
+    output.symlink_to("/dev/full")  # the folder takes files, but writing fails: a disk that filled up meanwhile
+    result = stepgrid(
+        "imagine", "a fox", "--model", "tiny", "--steps", "2", "--size", "256", "--seed", "3", "-o", str(output),
+        cwd=tmp_path, STEPGRID_MODEL_CACHE_DIR=str(model_cache_dir),
+    )  # fmt: skip
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"could not write {output} (No space left on device); saved to " in line, line
+    rescued = Path(line.split("saved to ", 1)[1].removesuffix(" instead."))
+    assert rescued.name == "fox.png" and Image.open(rescued).size == (256, 256)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_render_stops_without_a_traceback(tmp_path: Path, model_cache_dir: Path) -> None:
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")}
+    env = {**clean, "STEPGRID_MODEL_CACHE_DIR": str(model_cache_dir), "STEPGRID_MAX_BATCH_LANES": "1"}
+    slow = ",".join(str(steps) for steps in range(139, 151))  # twelve cells on one lane: still running when interrupted
+    command = [str(STEPGRID), "compare-steps", "a fox", "--model", "tiny", "--size", "512", "--steps", slow]
+    process = subprocess.Popen(
+        [*command, "-o", str(tmp_path / "grid.png")], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # the worker is ready and the job submitted right after this line
+        seen.append(line)
+        if line.startswith("model tiny on"):
+            break
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    stderr = "".join(seen) + rest
+    assert "Traceback" not in stderr, stderr
+    assert rest.strip().splitlines()[-1] == "stepgrid: interrupted; nothing was written."
+    assert not (tmp_path / "grid.png").exists()
