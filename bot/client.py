@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Sequence
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -171,6 +172,10 @@ class TokenError(Exception):
     """The Discord token is missing or was rejected; the message is safe to print."""
 
 
+class DiscordUnreachable(Exception):
+    """Discord (or the configured API base) could not be reached at start-up; the message is safe to print."""
+
+
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
@@ -183,9 +188,15 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
         point_at_discord(settings)
         async with bot:
             try:
-                await bot.start(settings.discord_token.get_secret_value().strip())
+                await bot.login(settings.discord_token.get_secret_value().strip())
             except discord.LoginFailure:
                 raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
+            except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as error:
+                # Once logged in, discord.py reconnects by itself; a start that never got through is the operator's.
+                raise DiscordUnreachable(
+                    f"cannot reach Discord ({error or type(error).__name__}); check the network."
+                ) from None
+            await bot.connect()
     except asyncio.CancelledError:
         if not stop.is_set():
             raise
@@ -218,13 +229,14 @@ def _stop_on_sigterm() -> asyncio.Event:
 
 
 def run(settings: Settings | None = None) -> int:
-    """`stepgrid run`: returns the exit status (2 for a missing or rejected token)."""
+    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database, or
+    a Discord that can't be reached at start-up)."""
     import sys
 
     discord.utils.setup_logging(root=True)
     try:
         asyncio.run(run_bot(settings or Settings()))
-    except (TokenError, DatabaseTooNew, DatabaseUnusable) as error:
+    except (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

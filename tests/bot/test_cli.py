@@ -187,3 +187,15 @@ def test_ctrl_c_during_a_render_stops_without_a_traceback(tmp_path: Path, model_
     assert "Traceback" not in stderr, stderr
     assert rest.strip().splitlines()[-1] == "stepgrid: interrupted; nothing was written."
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_run_when_discord_cannot_be_reached_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    result = stepgrid(
+        "run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, STEPGRID_MODEL="tiny",
+        STEPGRID_DATABASE_PATH=str(tmp_path / "stepgrid.sqlite3"),
+        STEPGRID_DISCORD_API_BASE="http://127.0.0.1:1/api/v10",  # nothing listens on port 1
+        STEPGRID_DISCORD_GATEWAY_URL="ws://127.0.0.1:1/gateway",
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.startswith("stepgrid: cannot reach Discord (") and line.endswith("; check the network."), line
