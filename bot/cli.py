@@ -14,7 +14,7 @@ from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
-from bot.config import Settings
+from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from inference.protocol import (
@@ -188,6 +188,19 @@ def check_output_and_model(args: argparse.Namespace) -> None:
         raise InvalidOption(f"--model {args.model} {what}.")
 
 
+def _checked_hardware(args: argparse.Namespace) -> tuple[str, str]:
+    """--device and --dtype as the worker needs them, checked before any model loads."""
+    try:
+        device = checked_device(args.device)
+    except ValueError as error:
+        raise InvalidOption(f"--device {error}.") from None
+    try:
+        dtype = checked_dtype(args.dtype)
+    except ValueError as error:
+        raise InvalidOption(f"--dtype {error}.") from None
+    return device, dtype
+
+
 def check_writable(output: Path) -> None:
     """Refuse (before a render that may take minutes) an output whose folder can't take a new file."""
     folder = output.parent
@@ -252,6 +265,7 @@ def write_outputs(request: Request, result: JobResult, output: Path) -> list[Pat
 def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         request = request_from_args(args)
+        args.device, args.dtype = _checked_hardware(args)
         check_output_and_model(args)
     except InvalidOption as error:
         print(f"stepgrid: {error}", file=sys.stderr)
@@ -295,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         problem = error.errors()[0]
         name = "STEPGRID_" + "_".join(str(part) for part in problem["loc"]).upper()
-        print(f"stepgrid: the setting {name} is invalid: {problem['msg']}.", file=sys.stderr)
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        print(f"stepgrid: the setting {name} is invalid: {message}.", file=sys.stderr)
         return 2
     args = build_parser(settings).parse_args(argv)
     if args.command == "run":

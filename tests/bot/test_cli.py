@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from bot.cli import main
+from bot.config import cuda_device_count
 
 
 @pytest.mark.parametrize(
@@ -199,3 +200,44 @@ def test_run_when_discord_cannot_be_reached_is_one_line_and_a_non_zero_exit(tmp_
     assert result.returncode == 2
     line = one_error_line(result)
     assert line.startswith("stepgrid: cannot reach Discord (") and line.endswith("; check the network."), line
+
+
+NO_CUDA = cuda_device_count() == 0
+BAD_SETTINGS = [
+    ({"STEPGRID_DTYPE": "float8"}, "STEPGRID_DTYPE is invalid: 'float8' is not a dtype"),
+    ({"STEPGRID_DEVICE": "tpu"}, "STEPGRID_DEVICE is invalid: 'tpu' is not a device"),
+    ({"STEPGRID_DEVICE": "cuda:99"}, "STEPGRID_DEVICE is invalid: 'cuda:99'"),
+    ({"STEPGRID_DEFAULT_SCHEDULER": "Turbo"}, "STEPGRID_DEFAULT_SCHEDULER is invalid: unknown scheduler 'Turbo'"),
+    ({"STEPGRID_MAX_STEPS": "many"}, "STEPGRID_MAX_STEPS is invalid"),
+]
+if NO_CUDA:
+    BAD_SETTINGS.append(({"STEPGRID_DEVICE": "cuda"}, "'cuda' asks for a CUDA GPU, but this machine has none"))
+
+
+@pytest.mark.parametrize(("env", "message"), BAD_SETTINGS)
+@pytest.mark.parametrize("command", [["run"], ["imagine", "a fox", "--model", "tiny", "-o", "fox.png"]])
+def test_bad_settings_exit_2_with_one_line_before_anything_loads(
+    env: dict[str, str], message: str, command: list[str], tmp_path: Path
+) -> None:
+    result = stepgrid(*command, cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, **env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "fox.png").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dtype", "float8"], "--dtype 'float8' is not a dtype"),
+        (["--device", "tpu"], "--device 'tpu' is not a device"),
+        (["--device", "cuda:99"], "--device 'cuda:99'"),
+        (["--scheduler", "Turbo"], "Unknown scheduler 'Turbo'"),
+        (["--steps", "0"], "steps must be 1 to 150"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_arguments_of_the_real_command_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path) -> None:
+    result = stepgrid("imagine", "a fox", "--model", "tiny", "-o", "fox.png", *argv, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stdout == ""
