@@ -216,6 +216,7 @@ class StoredInteractionMessage(JobMessage):
 
         A result message has the job's Details button, which no progress message has.
         """
+        message: discord.Message
         try:
             if not self.on_channel:
                 message = await self._hook().fetch_message(self._message_id)
