@@ -56,13 +56,6 @@ class QueueBusy(UserFacingError):
     """The job queue is full; nothing was queued."""
 
 
-class ModelLoading(UserFacingError):
-    """The GPU worker has not finished loading its model yet."""
-
-    def __init__(self) -> None:
-        super().__init__("The model is still loading; try again in a minute.")
-
-
 class ModelUnavailable(UserFacingError):
     """The GPU worker cannot load its model at all; only the operator can fix that."""
 

@@ -22,7 +22,6 @@ import discord
 from bot.config import Settings
 from bot.errors import (
     JobNotFound,
-    ModelLoading,
     ModelUnavailable,
     NotYourJob,
     QueueBusy,
@@ -148,8 +147,7 @@ class JobService:
         checked(request)
         if self.queue.unavailable:
             raise ModelUnavailable()
-        if not self.queue.ready:
-            raise ModelLoading()
+        # While the model loads (minutes with a compiled UNet) the job waits in the queue, its place shown.
         record = JobRecord(
             job_id=new_job_id(),
             request=request,
@@ -354,7 +352,7 @@ class JobService:
         editor: ThrottledEditor[MessageUpdate] = ThrottledEditor(
             target.show, interval=self.edit_interval, clock=self._clock, sleep=self._sleep
         )
-        state = ProgressState()
+        state = ProgressState(loading=not self.queue.ready)
         marked_running = False
         try:
             position = self.queue.position(job_id)

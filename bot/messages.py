@@ -63,6 +63,7 @@ class ProgressState:
     """What the user is shown while a job waits or runs."""
 
     position: int | None = None
+    loading: bool = False  # the worker is still loading the model: the job waits for it
     started: bool = False
     attempt: int = 1
     lane_steps: dict[int, int] = field(default_factory=dict)
@@ -82,6 +83,7 @@ class ProgressState:
             self.position = event.position
         elif isinstance(event, JobStarted):
             self.started = True
+            self.loading = False
             self.attempt = event.attempt
             self.lane_steps.clear()
             self.steps_before += self.job_step
@@ -103,9 +105,10 @@ def progress_bar(done: int, total: int, width: int = 12) -> str:
 def progress_text(request: Request, state: ProgressState) -> str:
     """One line saying where the job is: queued at a position, starting, or at step k/N."""
     if not state.started:
+        loading = " The model is still loading; your job runs as soon as it is ready." if state.loading else ""
         if state.position is None:
-            return "⏳ Queued…"
-        return f"⏳ Queued — position {state.position}."
+            return f"⏳ Queued…{loading}"
+        return f"⏳ Queued — position {state.position}.{loading}"
     retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"

@@ -24,6 +24,7 @@ from inference.protocol import (
     JobEvent,
     JobFailed,
     JobProgress,
+    JobQueued,
     JobResult,
     JobStarted,
     Request,
@@ -67,8 +68,13 @@ class InstantQueue(JobQueue):
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         job_id = job_id or uuid.uuid4().hex
         self.submitted.append((job_id, request))
-        stream: asyncio.Queue[JobEvent] = asyncio.Queue()
-        self._streams[job_id] = stream
+        self._streams[job_id] = asyncio.Queue()
+        self.answer(job_id, request)
+        return job_id
+
+    def answer(self, job_id: str, request: Request) -> None:
+        """Emit the job's start, one progress event and its result."""
+        stream = self._streams[job_id]
         steps = total_steps(request)
         stream.put_nowait(JobStarted(job_id, 1))
         stream.put_nowait(JobProgress(job_id, 0, 1, steps, 1, steps))
@@ -79,7 +85,6 @@ class InstantQueue(JobQueue):
         )
         stream.put_nowait(JobResult(job_id, images, gpu_seconds=0.5, is_test_model=True))
         self._finished.add(job_id)
-        return job_id
 
     async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
         stream = self._streams[job_id]
@@ -94,6 +99,34 @@ class InstantQueue(JobQueue):
 
     def position(self, job_id: str) -> int | None:
         return None
+
+
+class LoadingQueue(InstantQueue):
+    """An InstantQueue whose model is still loading: jobs wait at their place until `finish_loading()`."""
+
+    def __init__(self) -> None:
+        super().__init__(ready=False)
+        self._waiting: list[tuple[str, Request]] = []
+
+    def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
+        if self._ready:
+            return super().submit(request, user_id=user_id, job_id=job_id)
+        job_id = job_id or uuid.uuid4().hex
+        self.submitted.append((job_id, request))
+        self._streams[job_id] = asyncio.Queue()
+        self._waiting.append((job_id, request))
+        self._streams[job_id].put_nowait(JobQueued(job_id, len(self._waiting)))
+        return job_id
+
+    def position(self, job_id: str) -> int | None:
+        places = [waiting for waiting, _ in self._waiting]
+        return places.index(job_id) + 1 if job_id in places else None
+
+    def finish_loading(self) -> None:
+        self._ready = True
+        waiting, self._waiting = self._waiting, []
+        for job_id, request in waiting:
+            self.answer(job_id, request)
 
 
 def instant_settings(**overrides: Any) -> Settings:

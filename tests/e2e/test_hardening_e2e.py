@@ -16,8 +16,8 @@ import pytest
 
 from bot.config import Settings
 from bot.db import Database
-from tests.e2e.helpers import button, content, result_files, wait_for_result
-from tests.e2e.instant import InstantQueue, instant_bot, instant_settings
+from tests.e2e.helpers import button, content, result_files, wait_for_progress, wait_for_result
+from tests.e2e.instant import InstantQueue, LoadingQueue, instant_bot, instant_settings
 from tests.fake_discord import (
     DEFAULT_PERMISSIONS,
     FakeDiscord,
@@ -188,3 +188,19 @@ async def test_banned_words_are_refused_however_they_are_spelled(
         await handle.wait_for_callback()
         assert "doesn't allow" in refusal(handle)
     assert queue.submitted == []
+
+
+# --- 4. while the model loads, jobs wait in the queue ----------------------------------------------------
+
+
+async def test_a_job_sent_while_the_model_loads_waits_with_its_place_shown_and_then_runs(fake: FakeDiscord) -> None:
+    queue = LoadingQueue()
+    async with instant_bot(fake, queue=queue):
+        first = await fake.invoke("imagine", IMAGINE)
+        second = await fake.invoke("imagine", {**IMAGINE, "prompt": "a second one"}, user=fake.admin)
+        waiting = await wait_for_progress(second, "position 2")
+        assert "The model is still loading" in (content(waiting) or "")
+        queue.finish_loading()
+        for handle in (first, second):
+            await wait_for_result(handle)
+    assert [len(results_of(handle)) for handle in (first, second)] == [1, 1]
