@@ -19,8 +19,8 @@ def why_the_hub_failed(repo_id: str, *, endpoint: str | None = None, timeout: fl
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
-        HFValidationError,
         HfHubHTTPError,
+        HFValidationError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
     )
