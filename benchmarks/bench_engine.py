@@ -5,6 +5,8 @@ Everything is measured in one run on the same weights, so the ratios hold on a n
     python benchmarks/bench_engine.py                                   # CPU, tiny random-weight model
     python benchmarks/bench_engine.py --device cuda --model sd15-arch   # GPU, SD1.5 architecture, random weights
     python benchmarks/bench_engine.py --device cuda --model /models/sd15  # GPU, real weights from a folder
+    python benchmarks/bench_engine.py --families tiny,tiny-sdxl,tiny-flux,tiny-sd3  # a row per family (CPU)
+    python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --families flux-schnell-arch --size 1024
 
 Figures are printed as a table and, with --out, written as JSON beside the card's name.
 """
@@ -28,16 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.pipeline import LaneEngine, LoadedModel, load_model, make_scheduler
+from inference.engine import LaneEngine
+from inference.loading import LoadedModel, load_model
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     CompareStepsRequest,
     GenerateRequest,
     JobEvent,
     JobResult,
-    WorkerConfig,
     parse_step_list,
 )
+from inference.schedulers import make_scheduler
+
+FLOW_FAMILIES = ("flux", "sd3")
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Report:
     model: str
     figures: dict[str, float] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, key: str, value: float, text: str) -> None:
         self.figures[key] = value
@@ -71,9 +77,10 @@ def timed(model: LoadedModel, fn: Callable[[], Any], repeats: int) -> float:
 
 
 class Bench:
-    def __init__(self, model: LoadedModel, args: argparse.Namespace) -> None:
+    def __init__(self, model: LoadedModel, args: argparse.Namespace, guidance: float = 7.5) -> None:
         self.model = model
         self.args = args
+        self.guidance = guidance
         self.results: list[JobEvent] = []
         self.engine = LaneEngine(model, self.results.append, max_batch_lanes=args.max_batch_lanes, previews=False)
         self._ids = 0
@@ -81,7 +88,7 @@ class Bench:
     def request(self, steps: int, seed: int = 0, scheduler: str | None = None) -> GenerateRequest:
         return GenerateRequest(
             self.args.prompt, steps=steps, scheduler=scheduler or self.args.scheduler, seed=seed,
-            width=self.args.size, height=self.args.size,
+            guidance=self.guidance, width=self.args.size, height=self.args.size,
         )  # fmt: skip
 
     def run_jobs(self, requests: list[GenerateRequest | CompareStepsRequest]) -> list[JobResult]:
@@ -101,16 +108,20 @@ class Bench:
             self.run_jobs([request])
 
     def plain_call(self, steps: int, images: int = 1, seed: int = 0, scheduler: str | None = None) -> Any:
-        """The plain StableDiffusionPipeline call on the same components, with its own scheduler."""
-        pipe = self.model.pipe
+        """The family's plain diffusers pipeline call on the same components, with its own scheduler."""
+        pipe, family = self.model.pipe, self.model.info.family
         name = scheduler or self.args.scheduler
-        scheduler = make_scheduler(pipe.scheduler.config, name, seed)
-        plain = type(pipe)(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
+        fresh = make_scheduler(pipe.scheduler.config, name, seed, flow=family in FLOW_FAMILIES)
+        extra: dict[str, Any] = {"requires_safety_checker": False} if family == "sd" else {}
+        plain = type(pipe)(**{**pipe.components, "scheduler": fresh}, **extra)
         plain.set_progress_bar_config(disable=True)
+        call: dict[str, Any] = {}
+        if family == "flux":
+            call["max_sequence_length"] = self.model.family.max_sequence_length  # type: ignore[attr-defined]
         return plain(
-            self.args.prompt, num_inference_steps=steps, guidance_scale=7.5, height=self.args.size,
+            self.args.prompt, num_inference_steps=steps, guidance_scale=self.guidance, height=self.args.size,
             width=self.args.size, num_images_per_prompt=images, output_type="np",
-            generator=torch.Generator("cpu").manual_seed(seed),
+            generator=torch.Generator("cpu").manual_seed(seed), **call,
         ).images  # fmt: skip
 
 
@@ -123,15 +134,98 @@ def _cpu_name() -> str:
     return f"{names[0] if names else platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
 
 
+def _card(model: LoadedModel) -> str:
+    return torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else _cpu_name()
+
+
+def _pixels(result: JobResult) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return np.asarray(Image.open(BytesIO(result.images[0].png)).convert("RGB"))
+
+
+def family_row(name: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """One family's figures in one run: compare-steps batched vs sequential, engine vs plain pipeline."""
+    model = load_model(name, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    info = model.info
+    bench = Bench(model, args, guidance=info.default_guidance)
+    steps = args.steps or info.default_steps
+    ladder = args.compare or info.compare_steps
+    repeats = args.repeats
+    bench.run_jobs([bench.request(2)])  # warm-up: lazy init, kernels, allocator
+    bench.plain_call(2)
+
+    compare = CompareStepsRequest(args.prompt, steps=ladder, scheduler=args.scheduler, seed=1,
+                                  guidance=info.default_guidance, width=args.size, height=args.size)  # fmt: skip
+    cells = [bench.request(n, seed=1) for n in ladder]
+    batched = timed(model, lambda: bench.run_jobs([compare]), repeats)
+    sequential = timed(model, lambda: bench.run_one_by_one(cells), repeats)
+    plain_compare = timed(model, lambda: [bench.plain_call(n, seed=1) for n in ladder], repeats)
+    ours = timed(model, lambda: bench.run_jobs([bench.request(steps)]), repeats)
+    plain = timed(model, lambda: bench.plain_call(steps), repeats)
+    [result] = bench.run_jobs([bench.request(steps, seed=7)])
+    plain_pixels = (bench.plain_call(steps, seed=7)[0] * 255).round().astype(np.uint8)
+    bench.engine.close()
+    row = {
+        "family": info.family,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "size": args.size,
+        "guidance": info.default_guidance,
+        "steps": steps,
+        "ladder": list(ladder),
+        "compare_batched_s": batched,
+        "compare_sequential_s": sequential,
+        "compare_speedup": sequential / batched,
+        "compare_plain_s": plain_compare,
+        "compare_engine_vs_plain": plain_compare / batched,
+        "single_engine_s": ours,
+        "single_plain_s": plain,
+        "single_engine_it_per_s": steps / ours,
+        "single_plain_it_per_s": steps / plain,
+        "single_engine_vs_plain": plain / ours,
+        "psnr_db": psnr(_pixels(result), plain_pixels),
+    }
+    return _card(model), row
+
+
+def run_families(args: argparse.Namespace) -> Report:
+    """A row per family; every ratio within one run on the same weights."""
+    rows: dict[str, dict[str, Any]] = {}
+    card = ""
+    for name in args.families:
+        card, rows[name] = family_row(name, args)
+    report = Report(device=card, model=",".join(args.families))
+    print(f"# model families on {card}, {args.size}x{args.size}, {args.scheduler}, random weights", flush=True)
+    header = ("| model | family | steps | compare-steps ladder | batched vs sequential | compare: engine vs plain "
+              "| one image: engine vs plain (it/s) | PSNR |")  # fmt: skip
+    report.lines += [header, "|---|---|---|---|---|---|---|---|"]
+    print(header, flush=True)
+    for name, row in rows.items():
+        line = (f"| {name} | {row['family']} | {row['steps']} | {','.join(map(str, row['ladder']))} | "
+                f"{row['compare_speedup']:.2f}× "
+                f"({row['compare_sequential_s']:.2f}s → {row['compare_batched_s']:.2f}s) | "
+                f"{row['compare_engine_vs_plain']:.2f}× | {row['single_engine_vs_plain']:.2f}× "
+                f"({row['single_engine_it_per_s']:.1f} vs {row['single_plain_it_per_s']:.1f}) | "
+                f"{row['psnr_db']:.1f} dB |")  # fmt: skip
+        report.lines.append(line)
+        print(line, flush=True)
+        for key, value in row.items():
+            if isinstance(value, float):
+                report.figures[f"{name}.{key}"] = value
+    report.rows = rows
+    return report
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def run(args: argparse.Namespace) -> Report:
-    config = WorkerConfig(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
-    model = load_model(config)
-    card = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else _cpu_name()
+    model = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    card = _card(model)
     report = Report(device=card, model=args.model)
     print(f"# {args.model} on {card} ({str(model.dtype).removeprefix('torch.')}), {args.size}x{args.size}, "
           f"{args.scheduler}, {'random weights' if model.is_test_model else 'real weights'}", flush=True)  # fmt: skip
@@ -211,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--size", type=int, default=None, help="default: 256 for tiny, 512 otherwise")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=None, help="default: 30; with --families the model's own")
     parser.add_argument("--scheduler", default="Euler")
-    parser.add_argument("--compare", type=parse_step_list, default=DEFAULT_COMPARE_STEPS, help="e.g. 5,10,20")
+    parser.add_argument("--compare", type=parse_step_list, default=None,
+                        help="e.g. 5,10,20 (default: 5..50; with --families the model's own ladder)")  # fmt: skip
+    parser.add_argument("--families", type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+                        default=None, help="a row per model, e.g. tiny,tiny-sdxl,tiny-flux,tiny-sd3")  # fmt: skip
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--max-batch-lanes", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
@@ -225,13 +322,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fuse-qkv", action="store_true", help="fuse attention QKV projections (both paths)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    if args.size is None:
-        args.size = 256 if args.model == "tiny" else 512
-    report = run(args)
+    if args.families:
+        args.size = args.size or 256
+        report = run_families(args)
+    else:
+        args.size = args.size or (256 if args.model == "tiny" else 512)
+        args.steps = args.steps or 30
+        args.compare = args.compare or DEFAULT_COMPARE_STEPS
+        report = run(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"device": report.device, "model": report.model, "args": {k: str(v) for k, v in vars(args).items()},
-                   "figures": report.figures, "lines": report.lines}  # fmt: skip
+                   "figures": report.figures, "rows": report.rows, "lines": report.lines}  # fmt: skip
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

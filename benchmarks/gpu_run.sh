@@ -9,6 +9,12 @@
 #
 # then run this script there with `.whl` carried. It prints every figure and writes them, with the
 # card's name, to $OUT (or benchmarks/results/) as JSON.
+#
+#   STEPGRID_BENCH=all       (default) SD1.5 architecture eager and compiled, then the model families
+#   STEPGRID_BENCH=families  only the families: SDXL 1024² and FLUX.1-schnell's architecture (random
+#                            weights built on the card), engine vs plain pipeline, compare-steps seconds
+#   DRY_RUN=1                the same commands on the CPU with the tiny models, small and quick
+#                            (PYTHON=.venv/bin/python for a checkout's venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -16,11 +22,32 @@ if [ -d .whl ]; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 out_dir=${OUT:-benchmarks/results}
-card=$(python3 -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "-"))')
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-# Eager first (no compile time), then with the UNet compiled for the buckets the runs use.
-python3 benchmarks/bench_engine.py --device cuda --model sd15-arch --steps 30 --concurrent 16 \
-    --max-batch-lanes 16 --repeats 3 --out "$out_dir/$card-sd15-arch-eager.json"
-python3 benchmarks/bench_engine.py --device cuda --model sd15-arch --steps 30 --concurrent 16 \
-    --max-batch-lanes 16 --repeats 3 --compile --buckets 1,8,16 --out "$out_dir/$card-sd15-arch-compiled.json"
+which=${STEPGRID_BENCH:-all}
+bench=("${PYTHON:-python3}" benchmarks/bench_engine.py)
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    card=cpu-dry-run
+    device=(--device cpu --dtype float32)
+    sdxl=(--families tiny-sdxl --size 128 --steps 2 --compare 1,2 --repeats 1)
+    flux=(--families tiny-flux --size 128 --steps 2 --compare 1,2 --repeats 1)
+    which=families
+else
+    card=$(python3 -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "-"))')
+    export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    device=(--device cuda)
+    # Each model's own defaults: SDXL 30 steps, ladder 5..50, guidance 5 (CFG rows); schnell 4 steps,
+    # ladder 1,2,3,4,6,8, no guidance (one row per lane).
+    sdxl=(--families sdxl-arch --dtype float16 --size 1024 --repeats 2 --max-batch-lanes 8)
+    flux=(--families flux-schnell-arch --dtype bfloat16 --size 1024 --repeats 2 --max-batch-lanes 8)
+fi
+
+if [ "$which" = all ]; then
+    # Eager first (no compile time), then with the UNet compiled for the buckets the runs use.
+    "${bench[@]}" "${device[@]}" --model sd15-arch --steps 30 --concurrent 16 \
+        --max-batch-lanes 16 --repeats 3 --out "$out_dir/$card-sd15-arch-eager.json"
+    "${bench[@]}" "${device[@]}" --model sd15-arch --steps 30 --concurrent 16 \
+        --max-batch-lanes 16 --repeats 3 --compile --buckets 1,8,16 --out "$out_dir/$card-sd15-arch-compiled.json"
+fi
+"${bench[@]}" "${device[@]}" "${sdxl[@]}" --out "$out_dir/$card-sdxl-1024.json"
+"${bench[@]}" "${device[@]}" "${flux[@]}" --out "$out_dir/$card-flux-schnell-1024.json"

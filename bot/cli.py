@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -18,16 +19,18 @@ from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from inference.protocol import (
-    DEFAULT_COMPARE_STEPS,
     SCHEDULER_NAMES,
     CompareStepsRequest,
+    InvalidRequest,
     JobFailed,
     JobProgress,
     JobQueued,
     JobResult,
+    ModelInfo,
     Request,
 )
 from inference.queue import LocalJobQueue, WorkerUnavailable
+from inference.registry import RegistryError, models_from_setting
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
 
@@ -43,16 +46,16 @@ def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings)
     parser.add_argument("prompt", help="what to draw")
     parser.add_argument(
         "--scheduler",
-        default=settings.default_scheduler,
-        help=f"one of {', '.join(SCHEDULER_NAMES)} (default: %(default)s)",
+        default=None,
+        help=f"one of {', '.join(SCHEDULER_NAMES)} that the model can run (default: the model's own)",
     )
     parser.add_argument("--seed", type=int, default=-1, help="0 to 4294967295; -1 or left out: random")
     parser.add_argument("--negative", default="", help="negative prompt: what to keep out of the image")
     parser.add_argument(
         "--guidance",
         type=float,
-        default=RequestDefaults.guidance,
-        help="classifier-free guidance, 0-30 (default: %(default)s)",
+        default=None,
+        help="classifier-free guidance, 0-30 (default: the model's own)",
     )
     parser.add_argument(
         "--size",
@@ -62,7 +65,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings)
     parser.add_argument(
         "--model",
         default=settings.model,
-        help="hub id, local diffusers folder, or 'tiny' (random-weight test model) (default: %(default)s)",
+        help="hub id, local diffusers folder, registry file (.toml), or a random-weight test model: "
+        "tiny, tiny-sdxl, tiny-flux, tiny-flux-dev, tiny-sd3 (default: %(default)s)",
     )
     parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument(
@@ -80,7 +84,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     imagine = commands.add_parser("imagine", help="generate images offline", description="Generate images offline.")
     _add_generation_options(imagine, settings)
-    imagine.add_argument("--steps", type=int, default=settings.default_steps, help="1-150 (default: %(default)s)")
+    imagine.add_argument("--steps", type=int, default=None, help="1-150 (default: the model's own)")
     imagine.add_argument("--count", type=int, default=1, help="1-4 images, seeded seed, seed+1, ... (default: 1)")
     imagine.add_argument(
         "-o", "--output", type=Path, required=True, help="PNG file to write; with --count N: NAME-1.png ... NAME-N.png"
@@ -91,8 +95,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     _add_generation_options(compare, settings)
     compare.add_argument(
         "--steps",
-        default=",".join(map(str, DEFAULT_COMPARE_STEPS)),
-        help="2 to 12 step counts, comma-separated (default: %(default)s)",
+        default=None,
+        help="2 to 12 step counts, comma-separated (default: the model's own ladder, e.g. 1,2,3,4,6,8 for a "
+        "few-step model, 5,10,20,30,40,50 for SD 1.5)",
     )
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
@@ -103,6 +108,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="export the usage ledger")
     usage.add_argument("--csv", action="store_true", required=True, help="one CSV row per job on stdout")
     return parser
+
+
+# Options left out take the model's own default once the worker has said what it is.
+MODEL_DEFAULTS = ("scheduler", "guidance", "steps")
 
 
 def request_from_args(args: argparse.Namespace) -> Request:
@@ -123,6 +132,18 @@ def request_from_args(args: argparse.Namespace) -> Request:
     return checked(build_request(options, RequestDefaults()))
 
 
+def with_model_defaults(request: Request, model: ModelInfo, unset: set[str]) -> Request:
+    """Fill the options left out with the model's defaults (its scheduler, guidance, steps or ladder)."""
+    changes: dict[str, object] = {}
+    if "scheduler" in unset:
+        changes["scheduler"] = model.default_scheduler
+    if "guidance" in unset:
+        changes["guidance"] = model.default_guidance
+    if "steps" in unset:
+        changes["steps"] = model.compare_steps if isinstance(request, CompareStepsRequest) else model.default_steps
+    return dataclasses.replace(request, **changes)  # type: ignore[arg-type]
+
+
 class ProgressBar:
     """One line redrawn in place, only when what it shows changes; silent when not a terminal."""
 
@@ -140,8 +161,11 @@ class ProgressBar:
             self.out.flush()
 
 
-async def generate(request: Request, settings: Settings, *, out: TextIO = sys.stderr) -> JobResult:
-    """Run one request through a LocalJobQueue and its spawned worker, drawing a progress bar."""
+async def generate(
+    request: Request, settings: Settings, *, out: TextIO = sys.stderr, unset: set[str] | None = None
+) -> tuple[Request, JobResult]:
+    """Run one request through a LocalJobQueue and its spawned worker, drawing a progress bar;
+    options named in `unset` take the model's defaults. Returns the request as run and its result."""
     queue = LocalJobQueue(settings.worker_config(), hang_seconds=settings.worker_hang_seconds)
     await queue.start()
     try:
@@ -151,6 +175,9 @@ async def generate(request: Request, settings: Settings, *, out: TextIO = sys.st
         if info is not None:
             note = f" — {TEST_MODEL_NOTE}" if info.is_test_model else ""
             out.write(f"model {info.model} on {info.device} ({info.dtype}){note}\n")
+        for missing in info.unavailable if info else ():
+            out.write(f"model {missing.name} is unavailable: {missing.message}\n")
+        request = with_model_defaults(request, queue.model_info(request.model), unset or set())
         job_id = queue.submit(request, user_id="cli")
         bar = ProgressBar(out)
         async for event in queue.events(job_id):
@@ -160,7 +187,7 @@ async def generate(request: Request, settings: Settings, *, out: TextIO = sys.st
                 bar.update(event.job_step, event.job_total)
             elif isinstance(event, JobResult):
                 out.write("\n")
-                return event
+                return request, event
             elif isinstance(event, JobFailed):
                 out.write("\n")
                 raise GenerationFailed(event.message)
@@ -182,7 +209,7 @@ def check_output_and_model(args: argparse.Namespace) -> None:
         raise InvalidOption(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
     check_writable(output)
     model = Path(args.model).expanduser()
-    looks_like_path = args.model.startswith((".", "/", "~")) or model.exists()
+    looks_like_path = (args.model.startswith((".", "/", "~")) or model.exists()) and model.suffix != ".toml"
     if looks_like_path and not (model / "model_index.json").is_file():
         what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
         raise InvalidOption(f"--model {args.model} {what}.")
@@ -246,7 +273,7 @@ def write_outputs(request: Request, result: JobResult, output: Path) -> list[Pat
 
     output.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(request, CompareStepsRequest):
-        footer = f"{request.prompt} · {request.scheduler} · seed {request.seed}"
+        footer = f"{request.prompt} · {result.model} · {request.scheduler} · seed {request.seed}"
         if result.is_test_model:
             footer += f" · {TEST_MODEL_NOTE}"
         output.write_bytes(grid_png(result.images, footer=footer))
@@ -270,13 +297,22 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     except InvalidOption as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
+    try:
+        models_from_setting(args.model)
+    except RegistryError as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
     settings = settings.model_copy(update={"model": args.model, "device": args.device, "dtype": args.dtype})
     if not args.verbose:
         # Read by the spawned worker; every failure still reaches the user as one line from here.
         os.environ.setdefault("STEPGRID_LOG_LEVEL", "CRITICAL")
     started = time.perf_counter()
     try:
-        result = asyncio.run(generate(request, settings))
+        unset = {name for name in MODEL_DEFAULTS if getattr(args, name) is None}
+        request, result = asyncio.run(generate(request, settings, unset=unset))
+    except InvalidRequest as error:  # e.g. a scheduler or size this model can't do
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
     except (GenerationFailed, WorkerUnavailable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1

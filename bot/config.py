@@ -13,12 +13,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from inference.protocol import (
     DEFAULT_SCHEDULER,
     MAX_COMPARE_CELLS,
-    MAX_SIZE,
     MAX_STEPS,
     SCHEDULER_NAMES,
     GenerateRequest,
     WorkerConfig,
 )
+from inference.registry import models_from_setting
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     default_steps: int = GenerateRequest.steps
     default_scheduler: str = DEFAULT_SCHEDULER
     max_grid_cells: int = MAX_COMPARE_CELLS
-    max_image_size: int = MAX_SIZE
+    max_image_size: int = 1024  # the wire allows up to MAX_SIZE (2048) on one side; 1024 fits SDXL and FLUX
     max_compute_per_request: int = 1024 * 1024 * 600  # width x height x total steps
     daily_steps_per_user: int = 5000
     max_concurrent_jobs_per_user: int = 3
@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     _dtype = field_validator("dtype")(classmethod(lambda cls, value: checked_dtype(value)))
     _device = field_validator("device")(classmethod(lambda cls, value: checked_device(value)))
     _scheduler = field_validator("default_scheduler")(classmethod(lambda cls, value: checked_scheduler(value)))
+
+    @field_validator("model")
+    @classmethod
+    def _model_or_registry(cls, value: str) -> str:
+        """One model, or a model registry (a .toml file or its text): a typo is named at start-up."""
+        models_from_setting(value)  # RegistryError is a ValueError: pydantic reports its one line
+        return value
 
     def worker_config(self) -> WorkerConfig:
         """The part of the settings a GPU worker needs."""

@@ -28,8 +28,15 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def latent_preview_png(latents: np.ndarray, size: int = PREVIEW_SIZE) -> bytes:
-    """A small RGB preview of (4, h, w) latents through the linear latent->RGB map."""
-    rgb = np.einsum("chw,cr->hwr", latents.astype(np.float32), LATENT_RGB_FACTORS)
+    """A small RGB preview of (channels, h, w) latents: SD's linear latent->RGB map for 4 channels;
+    for other latent spaces (FLUX, SD3: 16) the first three channels, each stretched to its range."""
+    latents = latents.astype(np.float32)
+    if latents.shape[0] == LATENT_RGB_FACTORS.shape[0]:
+        rgb = np.einsum("chw,cr->hwr", latents, LATENT_RGB_FACTORS)
+    else:
+        first = latents[:3].transpose(1, 2, 0)
+        low, high = first.min(axis=(0, 1)), first.max(axis=(0, 1))
+        rgb = (first - low) / np.maximum(high - low, 1e-6) * 2 - 1
     pixels = ((rgb + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     scale = size / max(image.size)

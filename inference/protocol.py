@@ -8,7 +8,10 @@ what users type (sizes, step lists, scheduler names) is the bot's (`bot.job_requ
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from inference import registry
+from inference.registry import ModelSpec, models_from_setting
 
 SCHEDULER_NAMES: tuple[str, ...] = (
     "Euler",
@@ -24,6 +27,7 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "PNDM",
     "LMS",
     "UniPC",
+    "LCM",  # for LCM-distilled and LCM-LoRA-merged SD/SDXL models (few steps, guidance 1-2)
 )
 DEFAULT_SCHEDULER = "Euler a"
 DEFAULT_GUIDANCE = 7.5
@@ -31,10 +35,15 @@ DEFAULT_COMPARE_STEPS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
 
 MIN_STEPS, MAX_STEPS = 1, 150
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 30.0
-MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 256, 1024, 8
+MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 256, 2048, 8
+MAX_PIXELS = 1536 * 1536  # 1024x1024 and 2048x1024 fit; 2048x2048 does not
 MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 MAX_SEED = 2**32 - 1
+assert registry.STEPS_RANGE == (MIN_STEPS, MAX_STEPS) and registry.GUIDANCE_RANGE == (MIN_GUIDANCE, MAX_GUIDANCE)
+assert registry.COMPARE_CELLS_RANGE == (MIN_COMPARE_CELLS, MAX_COMPARE_CELLS)
+# FLUX runs one row per lane (guidance-distilled or none): a negative prompt would be silently ignored.
+FAMILIES_WITHOUT_NEGATIVE_PROMPT: tuple[str, ...] = ("flux",)
 
 
 OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
@@ -59,6 +68,7 @@ class GenerateRequest:
     height: int = 512
     negative_prompt: str = ""
     count: int = 1
+    model: str = ""  # registry name; "" = the worker's default model
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -82,6 +92,7 @@ class CompareStepsRequest:
     width: int = 512
     height: int = 512
     negative_prompt: str = ""
+    model: str = ""  # registry name; "" = the worker's default model
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -127,8 +138,33 @@ def validate(request: Request) -> None:
             raise InvalidRequest(
                 f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}; got {value}."
             )
+    if request.width * request.height > MAX_PIXELS:
+        raise InvalidRequest(
+            f"{request.width}x{request.height} is too many pixels; "
+            f"at most {MAX_PIXELS:,} (e.g. 1536x1536 or 2048x1024)."
+        )
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
+
+
+def validate_for_model(request: Request, model: ModelInfo) -> None:
+    """Raise InvalidRequest if the request is fine in general but not for this model."""
+    if request.scheduler not in model.schedulers:
+        raise InvalidRequest(
+            f"The model {model.name} can't run the scheduler {request.scheduler!r}; "
+            f"choose one of: {', '.join(model.schedulers)}."
+        )
+    for name, value in (("width", request.width), ("height", request.height)):
+        if value % model.size_multiple:
+            raise InvalidRequest(
+                f"{name} must be a multiple of {model.size_multiple} for the model {model.name}; got {value}."
+            )
+    if request.negative_prompt.strip() and model.family in FAMILIES_WITHOUT_NEGATIVE_PROMPT:
+        raise InvalidRequest(f"The model {model.name} ({model.family}) doesn't use a negative prompt; leave it out.")
+    if model.max_steps is not None and max(request.lane_steps) > model.max_steps:
+        raise InvalidRequest(
+            f"steps must be at most {model.max_steps} for the model {model.name}; got {max(request.lane_steps)}."
+        )
 
 
 def parse_step_list(text: str) -> tuple[int, ...]:
@@ -153,16 +189,57 @@ def parse_step_list(text: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    """What a worker process needs to load its pipeline; picklable for the spawn context."""
+class ModelInfo:
+    """What a loaded model can do, as the worker reports it: the bot's options come from here."""
 
-    model: str
+    name: str  # registry name users type
+    family: str  # "sd", "sdxl", "flux", "sd3"
+    schedulers: tuple[str, ...]  # A1111 names this model can run
+    default_scheduler: str
+    default_steps: int
+    default_guidance: float
+    compare_steps: tuple[int, ...]  # default /compare-steps ladder
+    native_size: int  # 512, 1024 …
+    size_multiple: int  # width/height must be a multiple of this
+    max_steps: int | None = None  # operator ceiling from the registry
+    uses_guidance: bool = True  # False: guidance is ignored (turbo at 0, schnell)
+    is_test_model: bool = False
+
+
+@dataclass(frozen=True)
+class ModelUnavailable:
+    """A configured model that did not load; the others keep working."""
+
+    name: str
+    message: str  # one line, safe for an operator and a user
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker process needs to load its pipelines; picklable for the spawn context.
+
+    `model` is the one-model shorthand (a hub id, folder, test model, registry file or registry
+    TOML text); `models` the parsed registry. Give either: the other is filled in.
+    """
+
+    model: str = ""
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"  # "auto", "float32", "float16", "bfloat16"
     max_batch_lanes: int = 8
     cache_dir: str | None = None
     compile: bool = False
     warmup: bool = True
+    models: tuple[ModelSpec, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            object.__setattr__(self, "models", models_from_setting(self.model))
+        if not self.model:
+            object.__setattr__(self, "model", self.models[0].name)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.models)
 
 
 # --- messages bot -> worker -----------------------------------------------------------------
@@ -189,13 +266,22 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class WorkerReady:
-    """The pipeline is loaded and warmed up."""
+    """The pipelines are loaded and warmed up: `models` (first = default) and those that failed."""
 
-    model: str
+    models: tuple[ModelInfo, ...]
     device: str
     dtype: str
     load_seconds: float
-    is_test_model: bool
+    unavailable: tuple[ModelUnavailable, ...] = ()
+
+    @property
+    def model(self) -> str:
+        """The default model's name."""
+        return self.models[0].name
+
+    @property
+    def is_test_model(self) -> bool:
+        return self.models[0].is_test_model
 
 
 @dataclass(frozen=True)
@@ -248,6 +334,7 @@ class JobResult:
     prompt_truncated: bool = False
     is_test_model: bool = False
     queue_seconds: float = 0.0
+    model: str = ""  # the registry name of the model that made the images
 
     @property
     def steps_run(self) -> int:

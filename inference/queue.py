@@ -21,18 +21,22 @@ from multiprocessing.process import BaseProcess
 from inference.protocol import (
     TERMINAL_EVENTS,
     CancelJob,
+    InvalidRequest,
     JobEvent,
     JobFailed,
     JobProgress,
     JobQueued,
     JobResult,
     JobStarted,
+    ModelInfo,
+    ModelUnavailable,
     Request,
     Shutdown,
     SubmitJob,
     WorkerConfig,
     WorkerFailed,
     WorkerReady,
+    validate_for_model,
 )
 from inference.worker import worker_main
 
@@ -89,6 +93,16 @@ class JobQueue(abc.ABC):
     def unavailable(self) -> str | None:
         """Why no job can run at all (the model failed to load), or None."""
         return None
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        """The loaded models by registry name, the default first (empty until ready)."""
+        return {}
+
+    @property
+    def unavailable_models(self) -> dict[str, ModelUnavailable]:
+        """Configured models that failed to load, with why."""
+        return {}
 
     @abc.abstractmethod
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
@@ -196,6 +210,37 @@ class LocalJobQueue(JobQueue):
         return self._fatal
 
     @property
+    def models(self) -> dict[str, ModelInfo]:
+        info = self.worker_info
+        return {model.name: model for model in info.models} if info else {}
+
+    @property
+    def unavailable_models(self) -> dict[str, ModelUnavailable]:
+        info = self.worker_info
+        return {item.name: item for item in info.unavailable} if info else {}
+
+    def model_info(self, name: str) -> ModelInfo:
+        """The loaded model a request names ("" = the default); InvalidRequest if it can't run."""
+        models = self.models
+        if not name:
+            return next(iter(models.values()))
+        if name in models:
+            return models[name]
+        unavailable = self.unavailable_models.get(name)
+        if unavailable is not None:
+            raise InvalidRequest(f"The model {name!r} is unavailable: {unavailable.message}")
+        raise InvalidRequest(f"Unknown model {name!r}; choose one of: {', '.join(models)}.")
+
+    def _check_model(self, request: Request) -> None:
+        """Refuse a request its model can't run, before it is queued (once models are known)."""
+        if self.worker_info is None:
+            if request.model and request.model not in self.config.model_names:
+                names = ", ".join(self.config.model_names)
+                raise InvalidRequest(f"Unknown model {request.model!r}; choose one of: {names}.")
+            return
+        validate_for_model(request, self.model_info(request.model))
+
+    @property
     def worker_pid(self) -> int | None:
         return self._process.pid if self._process else None
 
@@ -217,6 +262,7 @@ class LocalJobQueue(JobQueue):
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         if self._fatal:
             raise WorkerUnavailable(self._fatal)
+        self._check_model(request)
         if len(self._pending) >= self.max_length:
             raise QueueFull(len(self._pending), self.max_length)
         job = _QueuedJob(job_id or uuid.uuid4().hex, user_id, request, next(self._seq), time.monotonic())
@@ -329,6 +375,7 @@ class LocalJobQueue(JobQueue):
         if isinstance(message, WorkerReady):
             self.worker_info = message
             self._startup_crashes = 0
+            self._refuse_pending_for_models()
             self._ready.set()
             self._dispatch()
         elif isinstance(message, WorkerFailed):
@@ -351,6 +398,16 @@ class LocalJobQueue(JobQueue):
             else:
                 self._finish(job, message)
             self._dispatch()
+
+    def _refuse_pending_for_models(self) -> None:
+        """Jobs queued before the models were known: answer those their model can't run."""
+        for job in list(self._pending):
+            try:
+                self._check_model(job.request)
+            except InvalidRequest as exc:
+                self._pending.remove(job)
+                self._finish(job, JobFailed(job.job_id, str(exc)))
+        self._update_positions()
 
     def _retry_alone(self, job: _QueuedJob) -> None:
         """Re-queue a job whose batch failed in a way that may pass on a second, solo attempt."""

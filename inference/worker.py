@@ -1,4 +1,4 @@
-"""GPU worker process main: load the pipeline once, warm up, report ready, run jobs, emit events.
+"""GPU worker process main: load the registry's models once, warm up, report ready, run jobs, emit events.
 
 Started by `LocalJobQueue` with the spawn context (CUDA can't be re-initialised in a forked child).
 It talks to the bot over one duplex pipe: requests in, events out. Between engine iterations it
@@ -29,7 +29,7 @@ from inference.protocol import (
 )
 
 if TYPE_CHECKING:  # the bot imports this module to name the spawn target: keep torch out of it
-    from inference.pipeline import LaneEngine
+    from inference.engine import LaneEngine
 
 log = logging.getLogger(__name__)
 
@@ -58,53 +58,70 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         with send_lock:
             conn.send(event)
 
-    from inference.pipeline import LaneEngine, ModelLoadError, load_model
+    from inference.engine import LaneEngine
+    from inference.loading import load_models
 
-    try:
-        model = load_model(config)
-    except ModelLoadError as exc:
-        log.error("%s", exc)
-        send(WorkerFailed(str(exc)))
+    started = time.perf_counter()
+    models, unavailable = load_models(config)
+    if not models:
+        message = (
+            " ".join(item.message for item in unavailable)
+            if len(unavailable) == 1
+            else "No model could be loaded: " + "; ".join(f"{item.name}: {item.message}" for item in unavailable)
+        )
+        log.error("%s", message)
+        send(WorkerFailed(message))
         return
-    engine = LaneEngine(model, send, max_batch_lanes=config.max_batch_lanes)
-    if config.compile:
-        log.info("compiling the UNet for batch sizes %s (minutes, once per Inductor cache)", engine.batch_buckets)
+    engine = LaneEngine(models, send, max_batch_lanes=config.max_batch_lanes)
+    if config.compile and not engine.model.family.compilable:
+        log.warning("not compiling: the default model's family (%s) runs eagerly", engine.model.info.family)
+    elif config.compile:
+        log.info("compiling the denoiser for batch sizes %s (minutes, once per Inductor cache)", engine.batch_buckets)
         log.info("compiled in %.0fs", engine.compile_unet())
     if config.warmup:
-        warm_up(engine)
-    log.info(
-        "ready: model %s on %s (%s) in %.1fs%s",
-        model.name, model.device, str(model.dtype).removeprefix("torch."), model.load_seconds,
-        " — RANDOM-WEIGHT TEST MODEL, images are noise" if model.is_test_model else "",
-    )  # fmt: skip
-    send(WorkerReady(model.name, str(model.device), str(model.dtype).removeprefix("torch."),
-                     model.load_seconds, model.is_test_model))  # fmt: skip
+        for model in models:
+            warm_up(engine, model.name)
+    for model in models:
+        log.info(
+            "ready: model %s (%s) on %s (%s) in %.1fs%s",
+            model.name, model.info.family, model.device, str(model.dtype).removeprefix("torch."), model.load_seconds,
+            " — RANDOM-WEIGHT TEST MODEL, images are noise" if model.is_test_model else "",
+        )  # fmt: skip
+    default = models[0]
+    send(WorkerReady(tuple(model.info for model in models), str(default.device),
+                     str(default.dtype).removeprefix("torch."), time.perf_counter() - started,
+                     tuple(unavailable)))  # fmt: skip
     try:
         _serve(conn, engine, send)
     finally:
         engine.close()
 
 
-def warm_up(engine: LaneEngine) -> None:
-    """Run one short job so the first user doesn't pay for lazy initialisation."""
+def warm_up(engine: LaneEngine, model: str = "") -> None:
+    """Run one short job per model so the first user doesn't pay for lazy initialisation."""
     real_emit = engine.emit
     engine.emit = lambda event: None
     try:
         started = time.perf_counter()
-        engine.add_job("warm-up", GenerateRequest("warm-up", steps=2, scheduler="Euler"))
+        info = engine.model_for(model).info
+        size = min(info.native_size, 512)
+        engine.add_job("warm-up", GenerateRequest("warm-up", steps=2, scheduler="Euler", width=size, height=size,
+                                                  model=model))  # fmt: skip
         engine.run_until_idle()
-        log.info("warm-up took %.1fs", time.perf_counter() - started)
+        log.info("warm-up of %s took %.1fs", info.name, time.perf_counter() - started)
     finally:
         engine.emit = real_emit
 
 
 def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent], None]) -> None:
-    from inference.pipeline import BatchError
+    from inference.engine import BatchError, UnknownModel
 
     def handle(message: object) -> bool:
         if isinstance(message, SubmitJob):
             try:
                 engine.add_job(message.job_id, message.request)
+            except UnknownModel as exc:  # the queue checks first; this is the worker's own guard
+                send(JobFailed(message.job_id, str(exc)))
             except Exception:
                 log.exception("could not start job %s", message.job_id)
                 send(JobFailed(message.job_id, INTERNAL_ERROR_MESSAGE.format(ref=message.job_id[:8])))

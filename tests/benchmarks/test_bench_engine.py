@@ -36,3 +36,19 @@ def test_the_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path: Path, caps
     figures = json.loads(out.read_text())["figures"]
     assert figures["compare_speedup"] > 0 and figures["concurrent_speedup"] > 0
     assert figures["psnr_db"] > 40, "in fp32 the engine's image must equal the plain pipeline's"
+
+
+def test_the_family_benchmark_gives_a_row_per_family_with_every_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "families.json"
+    args = ["--families", "tiny-sdxl,tiny-flux,tiny-sd3", "--size", "64", "--steps", "2", "--compare", "1,2",
+            "--repeats", "1", "--cache-dir", str(tmp_path), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| tiny-sdxl | sdxl |" in printed and "| tiny-flux | flux |" in printed and "| tiny-sd3 | sd3 |" in printed
+    payload = json.loads(out.read_text())
+    assert payload["device"] and set(payload["rows"]) == {"tiny-sdxl", "tiny-flux", "tiny-sd3"}
+    for row in payload["rows"].values():
+        assert row["compare_speedup"] > 0 and row["single_engine_vs_plain"] > 0 and row["compare_engine_vs_plain"] > 0
+        assert row["psnr_db"] > 40, "in fp32 the engine's image must equal the family's plain pipeline's"

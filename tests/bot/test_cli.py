@@ -20,7 +20,7 @@ from bot.config import cuda_device_count
     ("argv", "message"),
     [
         (["imagine", "fox", "--steps", "0"], "steps must be 1 to 150; got 0."),
-        (["imagine", "fox", "--size", "513"], "width must be a multiple of 8 from 256 to 1024; got 513."),
+        (["imagine", "fox", "--size", "513"], "width must be a multiple of 8 from 256 to 2048; got 513."),
         (["imagine", "fox", "--size", "big"], "write it like 512 or 768x512"),
         (["imagine", "", "--model", "tiny"], "The prompt is empty"),
         (["imagine", "fox", "--scheduler", "Turbo"], "Unknown scheduler 'Turbo'"),
@@ -241,3 +241,62 @@ def test_bad_arguments_of_the_real_command_exit_2_with_one_line(argv: list[str],
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "ladder", "scheduler"),
+    [("tiny-flux", "1,2,3,4,6,8", "Euler"), ("tiny-sdxl", "5,10,20,30,40,50", "Euler a")],
+)
+def test_compare_steps_without_steps_uses_the_models_own_ladder_and_scheduler(
+    model: str, ladder: str, scheduler: str, tmp_path: Path, model_cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    assert (
+        main(["compare-steps", "a lighthouse", "--model", model, "--seed", "1", "--size", "256", "-o", str(out)]) == 0
+    )
+    assert f"{scheduler}, steps {ladder}, seed 1" in capsys.readouterr().out
+    assert Image.open(out).width > 3 * 256
+
+
+@pytest.mark.slow
+def test_a_scheduler_the_model_cant_run_exits_2_with_the_ones_it_can(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "x.png"
+    assert main(["imagine", "fox", "--model", "tiny-flux", "--scheduler", "DDIM", "--size", "256", "-o", str(out)]) == 2
+    assert "can't run the scheduler 'DDIM'; choose one of: Euler, Heun, DPM++ 2M, UniPC." in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_registry_file_as_the_model_runs_its_first_model(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    registry = tmp_path / "models.toml"
+    registry.write_text('[[models]]\nname = "quick"\nsource = "tiny-flux"\nsteps = 2\n\n'
+                        '[[models]]\nname = "gone"\nsource = "./no/such/folder"\n')  # fmt: skip
+    out = tmp_path / "fox.png"
+    assert main(["imagine", "fox", "--model", str(registry), "--size", "256", "-o", str(out)]) == 0
+    assert "Euler, steps 2," in capsys.readouterr().out and out.is_file()
+
+
+def test_a_registry_with_a_typo_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = tmp_path / "models.toml"
+    registry.write_text('[[models]]\nname = "a"\nsoruce = "tiny"\n')
+    assert main(["imagine", "fox", "--model", str(registry), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'soruce'; allowed keys: name, source," in err and err.count("\n") == 1
+
+
+def test_a_registry_with_a_typo_in_the_setting_is_named_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL", 'models = [{name = "a"}]')
+    assert main(["imagine", "fox", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stepgrid: the setting STEPGRID_MODEL is invalid") and "missing 'source'" in err

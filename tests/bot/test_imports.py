@@ -35,6 +35,6 @@ def test_importing_the_bot_and_the_cli_loads_no_torch() -> None:
 
 
 @pytest.mark.slow
-def test_the_probe_sees_torch_when_the_pipeline_is_imported() -> None:
-    """The check above can fail: the worker's pipeline module does load torch."""
-    assert "torch" in heavy_modules_loaded_by("inference.pipeline")
+def test_the_probe_sees_torch_when_the_engine_is_imported() -> None:
+    """The check above can fail: the worker's engine module does load torch."""
+    assert "torch" in heavy_modules_loaded_by("inference.engine")

@@ -19,7 +19,7 @@ def test_a_request_survives_its_json_parameters(request_: GenerateRequest | Comp
 
 
 def test_parameters_a_newer_version_stored_are_ignored() -> None:
-    params = {**request_to_params(IMAGINE), "model": "sdxl"}
+    params = {**request_to_params(IMAGINE), "film_frames": 12}
     assert params_to_request("imagine", params) == IMAGINE
 
 

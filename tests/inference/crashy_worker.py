@@ -16,25 +16,25 @@ def crashy_worker_main(conn: Connection, config: WorkerConfig) -> None:
     OOM makes every UNet batch holding it raise CUDA's out-of-memory error."""
     import torch
 
-    from inference import pipeline
+    from inference import engine
 
-    real_add_job = pipeline.LaneEngine.add_job
-    real_denoise = pipeline.LaneEngine._denoise
+    real_add_job = engine.LaneEngine.add_job
+    real_denoise = engine.LaneEngine._denoise
 
-    def denoise(self: pipeline.LaneEngine, lanes: list[pipeline.Lane]) -> None:
+    def denoise(self: engine.LaneEngine, lanes: list[engine.Lane]) -> None:
         if any("OOM" in lane.job.request.prompt for lane in lanes):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         real_denoise(self, lanes)
 
-    def add_job(self: pipeline.LaneEngine, job_id: str, request: Request) -> None:
+    def add_job(self: engine.LaneEngine, job_id: str, request: Request) -> None:
         if "CRASH" in request.prompt:
             os.kill(os.getpid(), signal.SIGKILL)
         if "HANG" in request.prompt:
             threading.Event().wait()
         real_add_job(self, job_id, request)
 
-    pipeline.LaneEngine.add_job = add_job  # type: ignore[method-assign]
-    pipeline.LaneEngine._denoise = denoise  # type: ignore[method-assign]
+    engine.LaneEngine.add_job = add_job  # type: ignore[method-assign]
+    engine.LaneEngine._denoise = denoise  # type: ignore[method-assign]
     worker_main(conn, config)
 
 

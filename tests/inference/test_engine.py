@@ -1,12 +1,13 @@
-"""The lane engine on the real tiny pipeline (random weights, fp32 CPU): batching must not change
-any lane's result, for every scheduler, and each lane is a true N-step run."""
+"""The lane engine on the real tiny SD pipeline (random weights, fp32 CPU): batching must not change
+any lane's result, for every scheduler, and each lane is a true N-step run. Other families' lanes
+are tested in tests/inference/families/, several models in one engine at the end of this file."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.pipeline import SCHEDULERS, Lane, LaneEngine, LoadedModel, load_model, make_scheduler
+from inference.engine import LaneEngine, UnknownModel
+from inference.loading import LoadedModel
 from inference.protocol import (
     SCHEDULER_NAMES,
     CompareStepsRequest,
@@ -23,68 +25,25 @@ from inference.protocol import (
     JobFailed,
     JobProgress,
     JobResult,
-    WorkerConfig,
 )
+from inference.schedulers import make_scheduler
+from tests.inference.conftest import LoadTestModel
+from tests.inference.lanes import RecordingEngine, relative_error, run_alone
 
 SIZE = 256
 STEPS = 6
-ENCODER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-png")  # shared: engines come and go
-
-
-class RecordingEngine(LaneEngine):
-    """The real engine, also keeping each lane's final latents and the size of each UNet batch."""
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.events: list[JobEvent] = []
-        super().__init__(model, self.events.append, max_batch_lanes=16, previews=False, encoder=ENCODER)
-        self.final_latents: dict[tuple[str, int], torch.Tensor] = {}
-        self.batch_sizes: list[int] = []
-
-    def _denoise(self, lanes: list[Lane]) -> None:
-        self.batch_sizes.append(len(lanes))
-        super()._denoise(lanes)
-
-    def _finish(self, lanes: list[Lane]) -> None:
-        for lane in lanes:
-            self.final_latents[(lane.job.job_id, lane.index)] = lane.latents.clone()
-        super()._finish(lanes)
-
-    def result(self, job_id: str) -> JobResult:
-        return next(e for e in self.events if isinstance(e, JobResult) and e.job_id == job_id)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    cache = tmp_path_factory.mktemp("tiny-model")
-    return load_model(WorkerConfig(model="tiny", cache_dir=str(cache)))
+def tiny(load_test_model: LoadTestModel) -> LoadedModel:
+    return load_test_model("tiny")
 
 
 def _run_alone(model: LoadedModel, request: GenerateRequest) -> torch.Tensor:
-    engine = RecordingEngine(model)
-    engine.add_job("alone", request)
-    engine.run_until_idle()
-    assert set(engine.batch_sizes) == {1}
-    return engine.final_latents[("alone", 0)]
+    return run_alone(model, request)
 
 
-def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def test_the_tiny_model_is_saved_once_and_loaded_through_from_pretrained(tmp_path: Path) -> None:
-    config = WorkerConfig(model="tiny", cache_dir=str(tmp_path))
-    first = load_model(config)
-    [folder] = tmp_path.glob("tiny-random-weights-v*")
-    assert (folder / "model_index.json").is_file() and (folder / "STEPGRID_TEST_MODEL.json").is_file()
-    saved_at = (folder / "unet").stat().st_mtime_ns
-    second = load_model(config)
-    assert (folder / "unet").stat().st_mtime_ns == saved_at, "the saved model is reused, not rebuilt"
-    for model in (first, second):
-        assert model.is_test_model and type(model.pipe).__name__ == "StableDiffusionPipeline"
-        assert model.dtype == torch.float32 and model.device.type == "cpu"
-        assert model.pipe.tokenizer.model_max_length == 77
-    weights = next(iter(first.pipe.unet.parameters()))
-    assert torch.equal(weights, next(iter(second.pipe.unet.parameters()))), "same weights both times"
+_relative_error = relative_error
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
@@ -190,13 +149,6 @@ def test_an_over_long_prompt_is_truncated_and_the_result_says_so(tiny: LoadedMod
     assert not engine.result("short").prompt_truncated
 
 
-def test_the_scheduler_table_covers_the_names_users_know() -> None:
-    assert tuple(SCHEDULERS) == SCHEDULER_NAMES
-    for name in ("Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM",
-                 "PNDM", "LMS", "UniPC"):  # fmt: skip
-        assert name in SCHEDULERS
-
-
 def test_batches_padded_to_compiled_buckets_give_the_same_lanes(tiny: LoadedModel) -> None:
     """The bucketing and padding around a compiled UNet, with the compiler left out (it takes
     minutes on CPU): a batch of 3 runs as 4 rows and each lane still equals its run alone."""
@@ -246,7 +198,7 @@ def test_a_job_with_more_cells_than_the_batch_cap_finishes_with_steady_progress(
 class UnencodableEngine(RecordingEngine):
     """Decodes to an array Pillow can't turn into an image, so PNG encoding fails in its thread."""
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def decode(self, latents: torch.Tensor, model: LoadedModel, height: int, width: int) -> np.ndarray:
         return np.zeros((latents.shape[0], 2, 2, 7), dtype=np.float64)
 
 
@@ -275,3 +227,32 @@ def test_a_job_cancelled_while_its_images_encode_is_answered_once_as_cancelled(t
     answers = [e for e in events if isinstance(e, JobResult | JobFailed)]
     assert len(answers) == 1 and isinstance(answers[0], JobFailed) and answers[0].cancelled
     assert answers[0].steps_run == 2
+
+
+def test_two_families_in_one_engine_take_turns_and_each_lane_equals_its_run_alone(
+    tiny: LoadedModel, load_test_model: LoadTestModel
+) -> None:
+    flux = load_test_model("tiny-flux")
+    engine = RecordingEngine([tiny, flux])
+    sd_request = GenerateRequest("a fox", steps=4, scheduler="DPM++ 2M", seed=1, width=SIZE, height=SIZE, count=2)
+    flux_request = CompareStepsRequest("a fox", steps=(2, 4), scheduler="Euler", seed=2, guidance=0.0,
+                                       width=128, height=128, model="tiny-flux")  # fmt: skip
+    engine.add_job("sd", sd_request)
+    engine.add_job("flux", flux_request)
+    engine.run_until_idle()
+    assert engine.batch_models[:4] == ["tiny", "tiny-flux", "tiny", "tiny-flux"], "models take turns"
+    assert engine.result("sd").model == "tiny" and engine.result("flux").model == "tiny-flux"
+    for index in range(2):
+        alone = run_alone(tiny, dataclasses.replace(sd_request, seed=1 + index, count=1))
+        assert _relative_error(engine.final_latents[("sd", index)], alone) <= 1e-4
+    for index, steps in enumerate((2, 4)):
+        alone = run_alone(flux, GenerateRequest("a fox", steps=steps, scheduler="Euler", seed=2, guidance=0.0,
+                                                width=128, height=128, model="tiny-flux"))  # fmt: skip
+        assert _relative_error(engine.final_latents[("flux", index)], alone) <= 1e-4
+
+
+def test_a_request_for_a_model_the_engine_has_not_loaded_is_refused(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    with pytest.raises(UnknownModel, match=r"Unknown model .tiny-flux.; this worker runs: tiny\."):
+        engine.add_job("x", GenerateRequest("fox", model="tiny-flux"))
+    assert engine.idle

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,9 +17,13 @@ from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
     InvalidRequest,
+    ModelInfo,
+    ModelUnavailable,
+    WorkerReady,
     parse_step_list,
     total_steps,
     validate,
+    validate_for_model,
 )
 
 GOOD = GenerateRequest("a lighthouse at dusk")
@@ -32,8 +36,9 @@ GOOD = GenerateRequest("a lighthouse at dusk")
         ({"steps": 500}, "steps must be 1 to 150; got 500."),
         ({"guidance": 31.0}, "guidance must be 0 to 30; got 31."),
         ({"guidance": float("nan")}, "guidance must be 0 to 30"),
-        ({"width": 513}, "width must be a multiple of 8 from 256 to 1024; got 513."),
-        ({"height": 2048}, "height must be a multiple of 8 from 256 to 1024; got 2048."),
+        ({"width": 513}, "width must be a multiple of 8 from 256 to 2048; got 513."),
+        ({"height": 4096}, "height must be a multiple of 8 from 256 to 2048; got 4096."),
+        ({"height": 2048, "width": 2048}, "2048x2048 is too many pixels; at most 2,359,296"),
         ({"count": 5}, "count must be 1 to 4; got 5."),
         ({"prompt": "   "}, "The prompt is empty"),
         ({"scheduler": "Eulerish"}, "Unknown scheduler 'Eulerish'; choose one of: Euler, "),
@@ -88,32 +93,81 @@ def test_every_request_inside_the_ranges_is_accepted(
     validate(GenerateRequest("fox", steps, scheduler, 0, guidance, size, size, "", count))
 
 
+SDXL_TURBO = ModelInfo(
+    name="sdxl-turbo", family="sdxl", schedulers=SCHEDULER_NAMES, default_scheduler="Euler a", default_steps=4,
+    default_guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), native_size=1024, size_multiple=8, max_steps=8,
+    uses_guidance=False,
+)  # fmt: skip
+FLUX = ModelInfo(
+    name="flux", family="flux", schedulers=("Euler", "Heun", "DPM++ 2M", "UniPC"), default_scheduler="Euler",
+    default_steps=4, default_guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), native_size=1024, size_multiple=16,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "message"),
+    [
+        (FLUX, {"scheduler": "Euler a"},
+         "The model flux can't run the scheduler 'Euler a'; choose one of: Euler, Heun, DPM++ 2M, UniPC."),
+        (FLUX, {"scheduler": "Euler", "width": 1032}, "width must be a multiple of 16 for the model flux; got 1032."),
+        (FLUX, {"scheduler": "Euler", "negative_prompt": "blur"},
+         "The model flux (flux) doesn't use a negative prompt; leave it out."),
+        (SDXL_TURBO, {"steps": 9}, "steps must be at most 8 for the model sdxl-turbo; got 9."),
+    ],
+)  # fmt: skip
+def test_what_a_model_cant_do_is_refused_in_one_line(model: ModelInfo, change: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate_for_model(dataclasses.replace(GOOD, **change), model)  # type: ignore[arg-type]
+    assert str(error.value) == message
+
+
+def test_what_a_model_can_do_passes() -> None:
+    validate_for_model(GenerateRequest("fox", steps=4, scheduler="Euler", width=1024, height=768), FLUX)
+    validate_for_model(CompareStepsRequest("fox", steps=(1, 2, 8), width=1024, height=1024), SDXL_TURBO)
+
+
+def test_sdxl_and_flux_sizes_fit_and_the_pixel_cap_holds() -> None:
+    validate(GenerateRequest("fox", width=1024, height=1024))
+    validate(GenerateRequest("fox", width=2048, height=1024))
+    with pytest.raises(InvalidRequest, match="too many pixels"):
+        validate(GenerateRequest("fox", width=2048, height=1536))
+
+
+def test_the_worker_ready_event_names_the_default_model() -> None:
+    ready = WorkerReady(models=(FLUX, SDXL_TURBO), device="cuda:0", dtype="bfloat16", load_seconds=3.0,
+                        unavailable=(ModelUnavailable("sd3", "Could not load model 'sd3'."),))  # fmt: skip
+    assert ready.model == "flux" and not ready.is_test_model
+    assert GenerateRequest("fox").model == "" and CompareStepsRequest("fox").model == ""
+
+
 # --- the wire protocol is stdlib only ------------------------------------------------------------
 
-
-def imported_modules(source: str) -> set[str]:
-    """The top-level names of every module `source` imports, wherever the import statement stands."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.partition(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.add("." if node.level else (node.module or "").partition(".")[0])
-    return names
+PROBE = """
+import sys
+before = set(sys.modules)
+import inference.protocol
+print("\\n".join(sorted(set(sys.modules) - before)))
+"""
 
 
-def non_stdlib(source: str) -> set[str]:
-    return {name for name in imported_modules(source) if name not in sys.stdlib_module_names | {"__future__"}}
+def modules_loaded_by(probe: str) -> set[str]:
+    """The modules a fresh interpreter loads to run `probe`'s import."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
 
 
-def test_the_protocol_imports_only_the_standard_library() -> None:
-    source = (Path(__file__).resolve().parents[2] / "inference" / "protocol.py").read_text()
-    assert non_stdlib(source) == set()
+def outside_the_standard_library(modules: set[str]) -> set[str]:
+    """The loaded modules that are neither the standard library nor the protocol's stdlib-only neighbours."""
+    ours = {"inference", "inference.protocol", "inference.registry"}
+    return {name for name in modules if name not in ours and name.partition(".")[0] not in sys.stdlib_module_names}
 
 
-def test_the_stdlib_check_sees_other_imports() -> None:
-    assert non_stdlib("import numpy as np\nfrom inference import queue\nfrom . import x\nimport json") == {
-        "numpy",
-        "inference",
-        ".",
-    }
+def test_the_protocol_loads_only_the_standard_library() -> None:
+    assert outside_the_standard_library(modules_loaded_by(PROBE)) == set()
+
+
+def test_the_stdlib_check_sees_other_modules() -> None:
+    loaded = modules_loaded_by(PROBE.replace("import inference.protocol", "import inference.protocol, json, numpy"))
+    assert "json" in loaded
+    assert outside_the_standard_library(loaded) >= {"numpy"}

@@ -1,0 +1,455 @@
+"""The batched lane engine, family-agnostic: it groups lanes by (model, height, width) and steps each.
+
+Every denoising run is a *lane* (its own scheduler instance, latents and seeded generator). Each
+engine iteration stacks the active lanes of one group into ONE denoiser call with per-sample
+timesteps (the model's family adapter builds that call), then steps each lane with its own
+scheduler. Lanes join and leave between iterations; models and sizes take turns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache, partial
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inference.families import Conditioning
+from inference.imaging import encode_png, latent_preview_png
+from inference.loading import LoadedModel
+from inference.protocol import (
+    INTERNAL_ERROR_MESSAGE,
+    OUT_OF_MEMORY_MESSAGE,
+    GeneratedImage,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobResult,
+    Request,
+)
+from inference.schedulers import Scheduler
+
+log = logging.getLogger(__name__)
+
+PREVIEW_INTERVAL_S = 1.5
+# Batch sizes (in lanes) a compiled denoiser is specialised for; a batch is padded up to the next one.
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
+
+
+@cache
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+class UnknownModel(LookupError):
+    """A request names a model this engine has not loaded."""
+
+
+@dataclass(eq=False)
+class Lane:
+    job: EngineJob
+    index: int
+    steps: int
+    seed: int
+    scheduler: Scheduler
+    timesteps: list[torch.Tensor]
+    latents: torch.Tensor
+    generator: torch.Generator
+    step_kwargs: dict[str, Any]
+    position: int = 0
+    started_at: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.timesteps)
+
+    @property
+    def remaining(self) -> int:
+        """UNet calls left."""
+        return len(self.timesteps) - self.position
+
+    @property
+    def progress_steps(self) -> int:
+        """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
+        return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
+
+
+@dataclass(eq=False)
+class EngineJob:
+    job_id: str
+    request: Request
+    model: LoadedModel
+    conditioning: Conditioning
+    order: int
+    all_lanes: list[Lane] = field(default_factory=list)
+    lanes: list[Lane] = field(default_factory=list)  # still denoising
+    images: dict[int, GeneratedImage] = field(default_factory=dict)
+    pending_encodes: int = 0
+    cpu_seconds: float = 0.0
+    gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)  # CUDA events, share of the batch
+    last_preview_at: float = 0.0
+    answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
+
+    @property
+    def group(self) -> tuple[str, int, int]:
+        """Lanes batch only with lanes of the same model and size."""
+        return (self.model.name, self.request.height, self.request.width)
+
+    @property
+    def steps_done(self) -> int:
+        return sum(lane.progress_steps for lane in self.all_lanes)
+
+    @property
+    def steps_total(self) -> int:
+        return sum(lane.steps for lane in self.all_lanes)
+
+    def due_lanes(self) -> list[Lane]:
+        """Lanes that should run now, longest first. A lane starts once the job's longest started lane
+        has as many UNet calls left as it needs, so all of a job's cells finish together."""
+        started = [lane for lane in self.lanes if lane.position > 0]
+        clock = max(lane.remaining for lane in started or self.lanes)
+        due = [lane for lane in self.lanes if lane.position > 0 or lane.remaining >= clock]
+        return sorted(due, key=lambda lane: -lane.remaining)
+
+    @property
+    def gpu_seconds(self) -> float:
+        """Device time of this job's share of each batch; reading CUDA events waits for them."""
+        total = self.cpu_seconds
+        for start, end, share in self.gpu_spans:
+            end.synchronize()
+            total += start.elapsed_time(end) / 1000 * share
+        return total
+
+
+class BatchError(RuntimeError):
+    """An engine iteration failed; its jobs were answered with a failure and removed."""
+
+    def __init__(self, job_ids: list[str], *, out_of_memory: bool) -> None:
+        super().__init__(f"{'out of memory' if out_of_memory else 'error'} in a batch of jobs {job_ids}")
+        self.job_ids = job_ids
+        self.out_of_memory = out_of_memory
+
+
+Emit = Callable[[JobEvent], None]
+
+
+class LaneEngine:
+    """Continuous batching of denoising lanes over one or more loaded pipelines (the first is the
+    default model); different models and sizes take turns.
+
+    Every job gets exactly one answer through `emit`: its JobResult, or a JobFailed when it is
+    cancelled or its batch or image encoding fails.
+    """
+
+    def __init__(
+        self,
+        models: LoadedModel | Sequence[LoadedModel],
+        emit: Emit,
+        *,
+        max_batch_lanes: int = 8,
+        encoder: ThreadPoolExecutor | None = None,
+        previews: bool = True,
+    ) -> None:
+        loaded = [models] if isinstance(models, LoadedModel) else list(models)
+        if not loaded:
+            raise ValueError("an engine needs at least one model")
+        self.models: dict[str, LoadedModel] = {model.name: model for model in loaded}
+        self.model = loaded[0]  # the default model
+        self.emit = emit
+        self.max_batch_lanes = max_batch_lanes
+        self.previews = previews
+        self.batch_buckets = tuple(sorted({*(b for b in BATCH_BUCKETS if b < max_batch_lanes), max_batch_lanes}))
+        self._compiled_unet: Any = None
+        self._compiled_group: tuple[str, int, int] | None = None
+        self._encoder = encoder or ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
+        self._owns_encoder = encoder is None
+        self._jobs: dict[str, EngineJob] = {}  # jobs with lanes still denoising
+        self._encoding: dict[str, EngineJob] = {}  # jobs whose images are being encoded
+        self._order = itertools.count()
+        self._group_turn = 0
+        self._encodes: set[Future[None]] = set()
+        self._lock = threading.Lock()  # guards job bookkeeping shared with the encoder threads
+        self._cuda = self.model.device.type == "cuda"
+
+    # -- admission ---------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """No lane is denoising (images may still be encoding)."""
+        return not self._jobs
+
+    @torch.no_grad()
+    def add_job(self, job_id: str, request: Request) -> None:
+        """Turn a validated request into lanes; they start at the next iteration."""
+        model = self.model_for(request.model)
+        conditioning = model.family.encode(
+            request.prompt, request.negative_prompt, request.guidance, request.height, request.width
+        )
+        job = EngineJob(job_id, request, model, conditioning, next(self._order))
+        job.all_lanes = [self._make_lane(job, i, steps, seed) for i, (steps, seed) in enumerate(
+            zip(request.lane_steps, request.lane_seeds, strict=True))]  # fmt: skip
+        job.lanes = list(job.all_lanes)
+        self._jobs[job_id] = job
+
+    def model_for(self, name: str) -> LoadedModel:
+        """The loaded model of that name ("" = the default one)."""
+        if not name:
+            return self.model
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModel(f"Unknown model {name!r}; this worker runs: {', '.join(self.models)}.") from None
+
+    def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int) -> Lane:
+        request, family = job.request, job.model.family
+        scheduler = family.new_scheduler(request.scheduler, steps, seed, request.height, request.width)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = family.initial_latents(scheduler, request.height, request.width, generator)
+        step_kwargs: dict[str, Any] = {}
+        if _accepts(type(scheduler).step, "generator"):
+            step_kwargs["generator"] = generator
+        return Lane(
+            job=job,
+            index=index,
+            steps=steps,
+            seed=seed,
+            scheduler=scheduler,
+            timesteps=list(scheduler.timesteps),
+            latents=latents,
+            generator=generator,
+            step_kwargs=step_kwargs,
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job, even one whose images are being encoded; it is answered as cancelled."""
+        job = self._jobs.pop(job_id, None) or self._encoding.get(job_id)
+        if job is None or not self._claim_answer(job):
+            return False
+        self.emit(JobFailed(job_id, "Cancelled.", cancelled=True, gpu_seconds=job.gpu_seconds,
+                            steps_run=job.steps_done))  # fmt: skip
+        return True
+
+    def _claim_answer(self, job: EngineJob) -> bool:
+        """True for the one caller allowed to answer this job (results race cancels and failures)."""
+        with self._lock:
+            if job.answered:
+                return False
+            job.answered = True
+            self._encoding.pop(job.job_id, None)
+            return True
+
+    def _fail(self, job: EngineJob, message: str, *, retryable: bool = False) -> None:
+        self._jobs.pop(job.job_id, None)
+        if self._claim_answer(job):
+            self.emit(JobFailed(job.job_id, message, retryable=retryable, gpu_seconds=job.gpu_seconds,
+                                steps_run=job.steps_done))  # fmt: skip
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[Lane]:
+        """The due lanes of one (model, size) group (groups take turns), oldest job first, up to the cap."""
+        groups: dict[tuple[str, int, int], list[EngineJob]] = {}
+        for job in sorted(self._jobs.values(), key=lambda j: j.order):
+            groups.setdefault(job.group, []).append(job)
+        if not groups:
+            return []
+        keys = sorted(groups)
+        key = keys[self._group_turn % len(keys)]
+        self._group_turn += 1
+        return [lane for job in groups[key] for lane in job.due_lanes()][: self.max_batch_lanes]
+
+    def step(self) -> int:
+        """Run one UNet call over a batch of lanes and advance them; returns the lanes run."""
+        lanes = self._next_batch()
+        if not lanes:
+            return 0
+        jobs = list({lane.job: None for lane in lanes})
+        try:
+            self._timed_denoise(lanes, jobs)
+            self._report_progress(lanes, jobs)
+            finished = [lane for lane in lanes if lane.done]
+            if finished:
+                self._finish(finished)
+        except Exception as exc:
+            out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
+            if out_of_memory:
+                torch.cuda.empty_cache()
+            for job in jobs:
+                if out_of_memory:
+                    self._fail(job, OUT_OF_MEMORY_MESSAGE, retryable=True)
+                else:
+                    self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
+            raise BatchError([job.job_id for job in jobs], out_of_memory=out_of_memory) from exc
+        return len(lanes)
+
+    def _timed_denoise(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
+        """Denoise and charge each job its share of the batch's time (CUDA events: no host sync)."""
+        shares = {job: sum(lane.job is job for lane in lanes) / len(lanes) for job in jobs}
+        if self._cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._denoise(lanes)
+            end.record()
+            for job, share in shares.items():
+                job.gpu_spans.append((start, end, share))
+        else:
+            started = time.perf_counter()
+            self._denoise(lanes)
+            elapsed = time.perf_counter() - started
+            for job, share in shares.items():
+                job.cpu_seconds += elapsed * share
+
+    @torch.no_grad()
+    def _denoise(self, lanes: list[Lane]) -> None:
+        now = time.perf_counter()
+        family = lanes[0].job.model.family
+        timesteps, model_inputs = [], []
+        for lane in lanes:
+            if lane.started_at is None:
+                lane.started_at = now
+            t = lane.timesteps[lane.position]
+            timesteps.append(t)
+            model_inputs.append(family.model_input(lane.scheduler, lane.latents, t))
+        denoiser, rows = self._denoiser_for(lanes)
+        conditionings = [lane.job.conditioning for lane in lanes]
+        predictions = family.predict(denoiser, model_inputs, timesteps, conditionings, rows)
+        for i, lane in enumerate(lanes):
+            lane.latents = lane.scheduler.step(
+                predictions[i : i + 1], timesteps[i], lane.latents, return_dict=False, **lane.step_kwargs
+            )[0]
+            lane.position += 1
+
+    def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
+        """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
+        job = lanes[0].job
+        compiled = self._compiled_unet is not None and job.group == self._compiled_group
+        if compiled and job.model.family.supports_padding([lane.job.conditioning for lane in lanes]):
+            for bucket in self.batch_buckets:
+                if bucket >= len(lanes):
+                    return self._compiled_unet, bucket
+        return job.model.family.denoiser, len(lanes)
+
+    def compile_unet(
+        self,
+        height: int = 512,
+        width: int = 512,
+        compiler: Callable[[Any], Any] = CUDA_GRAPH_COMPILER,
+    ) -> float:
+        """torch.compile the default model's denoiser with CUDA graphs for one image size and a few
+        static batch sizes.
+
+        Every bucket is compiled now, during warm-up, so no user waits for a compile; batches are
+        padded up to their bucket. Other sizes and models run eagerly. Returns the seconds it took.
+        """
+        started = time.perf_counter()
+        torch._dynamo.config.automatic_dynamic_shapes = False  # a dynamic UNet compile takes "forever"
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(self.batch_buckets))
+        model = self.model
+        family = model.family
+        self._compiled_unet = compiler(family.denoiser)
+        self._compiled_group = (model.name, height, width)
+        conditioning = family.encode("", "", 7.5, height, width)
+        scheduler = family.new_scheduler("Euler", 2, 0, height, width)
+        generator = torch.Generator("cpu").manual_seed(0)
+        with torch.no_grad():
+            for bucket in self.batch_buckets:
+                latents = [family.initial_latents(scheduler, height, width, generator) for _ in range(bucket)]
+                timesteps = [scheduler.timesteps[0]] * bucket
+                for _ in range(3):  # compile, record the CUDA graph, replay it
+                    family.predict(self._compiled_unet, latents, timesteps, [conditioning] * bucket, bucket)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+        return time.perf_counter() - started
+
+    def _report_progress(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
+        now = time.perf_counter()
+        for job in jobs:
+            job_done, job_total = job.steps_done, job.steps_total
+            preview = None
+            if self.previews and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
+                job.last_preview_at = now
+                latents = max(job.lanes, key=lambda lane: lane.position).latents
+                request = job.request
+                preview = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
+            for lane in lanes:
+                if lane.job is job:
+                    self.emit(JobProgress(job.job_id, lane.index, lane.progress_steps, lane.steps,
+                                          job_done, job_total, preview))  # fmt: skip
+                    preview = None
+
+    @torch.no_grad()
+    def _finish(self, lanes: list[Lane]) -> None:
+        job = lanes[0].job  # one batch: one model and size
+        images = self.decode(
+            torch.cat([lane.latents for lane in lanes]), job.model, job.request.height, job.request.width
+        )
+        now = time.perf_counter()
+        for lane, pixels in zip(lanes, images, strict=True):
+            job = lane.job
+            with self._lock:
+                job.lanes.remove(lane)
+                job.pending_encodes += 1
+                if not job.lanes:
+                    self._jobs.pop(job.job_id, None)
+                    if not job.answered:
+                        self._encoding[job.job_id] = job
+            seconds = now - (lane.started_at or now)
+            future = self._encoder.submit(self._encode, job, lane.index, lane.seed, lane.steps, pixels, seconds)
+            self._encodes.add(future)
+            future.add_done_callback(self._encodes.discard)
+
+    def decode(self, latents: torch.Tensor, model: LoadedModel, height: int, width: int) -> np.ndarray:
+        """VAE-decode a batch of latents of one model and size to uint8 HxWx3 arrays."""
+        return model.family.decode(latents, height, width)
+
+    def _encode(self, job: EngineJob, index: int, seed: int, steps: int, pixels: np.ndarray, seconds: float) -> None:
+        """Encoder thread: PNG-encode one image; the last one of a job emits its result."""
+        try:
+            png = encode_png(Image.fromarray(pixels))
+        except Exception:
+            log.exception("could not encode an image of job %s", job.job_id)
+            self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
+            return
+        request = job.request
+        with self._lock:
+            job.images[index] = GeneratedImage(png, seed, steps, request.width, request.height, seconds)
+            job.pending_encodes -= 1
+            if job.pending_encodes or job.lanes:
+                return
+        if not self._claim_answer(job):
+            return  # cancelled or failed meanwhile
+        self.emit(
+            JobResult(
+                job.job_id,
+                images=tuple(image for _, image in sorted(job.images.items())),
+                gpu_seconds=job.gpu_seconds,
+                prompt_truncated=job.conditioning.truncated,
+                is_test_model=job.model.is_test_model,
+                model=job.model.name,
+            )
+        )
+
+    def run_until_idle(self) -> None:
+        """Step until every lane is done and every image is encoded (benchmarks and tests)."""
+        while not self.idle:
+            self.step()
+        self.wait_encodes()
+
+    def wait_encodes(self) -> None:
+        for future in list(self._encodes):
+            future.result()
+
+    def close(self) -> None:
+        if self._owns_encoder:
+            self._encoder.shutdown(wait=True)

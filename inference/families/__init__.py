@@ -1,0 +1,202 @@
+"""Model families: one small adapter per pipeline kind, so the lane engine stays family-agnostic.
+
+An adapter answers what differs between families: prompt encoding, the denoiser call on a batch of
+lanes with per-sample timesteps (with or without classifier-free guidance rows), latent shape and
+packing, the timestep schedule, VAE decoding, and the family's defaults. A new family is one file
+with a `Family` subclass, named in `FAMILY_MODULES`.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from inference.protocol import ModelInfo
+from inference.registry import ModelSpec
+from inference.schedulers import Scheduler
+
+Pipeline = Any  # a diffusers pipeline: its components are attached dynamically
+
+# diffusers pipeline class name -> module under inference.families
+FAMILY_MODULES: dict[str, str] = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "FluxPipeline": "flux",
+    "StableDiffusion3Pipeline": "sd3",
+}
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning of one job: one row per tensor, plus the unconditional rows when the job
+    uses classifier-free guidance (None: the lane runs as one row)."""
+
+    cond: dict[str, torch.Tensor]
+    uncond: dict[str, torch.Tensor] | None
+    guidance: torch.Tensor  # shape (1,), float32 on the device, so a batch needs no host copy
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)  # equal for every lane of a batch
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Defaults:
+    steps: int
+    guidance: float
+    scheduler: str
+    compare_steps: tuple[int, ...]
+    uses_guidance: bool = True
+
+
+class Family(abc.ABC):
+    """The adapter of one loaded pipeline."""
+
+    name: ClassVar[str]
+    schedulers: ClassVar[tuple[str, ...]]
+    compilable: ClassVar[bool] = False  # whether `predict` pads batches to a compiled denoiser's buckets
+
+    def __init__(self, pipe: Pipeline, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> None:
+        self.pipe = pipe
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+
+    # -- what the model is --------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet or transformer called once per engine iteration."""
+
+    @property
+    def vae_scale(self) -> int:
+        return int(2 ** (len(self.pipe.vae.config.block_out_channels) - 1))
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale
+
+    @property
+    @abc.abstractmethod
+    def native_size(self) -> int: ...
+
+    @abc.abstractmethod
+    def defaults(self) -> Defaults:
+        """The family's defaults for this model, before the registry's own."""
+
+    def info(self) -> ModelInfo:
+        """Defaults overlaid with the registry entry's; raises ValueError for a scheduler it can't run."""
+        base, spec = self.defaults(), self.spec
+        scheduler = spec.scheduler or base.scheduler
+        if scheduler not in self.schedulers:
+            raise ValueError(
+                f"the registry's scheduler {scheduler!r} can't run on a {self.name} model; "
+                f"choose one of: {', '.join(self.schedulers)}"
+            )
+        guidance = base.guidance if spec.guidance is None else spec.guidance
+        return ModelInfo(
+            name=spec.name,
+            family=self.name,
+            schedulers=self.schedulers,
+            default_scheduler=scheduler,
+            default_steps=spec.steps or base.steps,
+            default_guidance=guidance,
+            compare_steps=spec.compare_steps or base.compare_steps,
+            native_size=self.native_size,
+            size_multiple=self.size_multiple,
+            max_steps=spec.max_steps,
+            uses_guidance=base.uses_guidance and self.uses_cfg_at(guidance),
+            is_test_model=spec.is_test_model,
+        )
+
+    def uses_cfg_at(self, guidance: float) -> bool:
+        """Whether this guidance value changes anything (diffusers: CFG only above 1)."""
+        return guidance > 1
+
+    # -- one job and its lanes ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:
+        """Encode the prompt (and the negative one where the family uses it)."""
+
+    @abc.abstractmethod
+    def new_scheduler(self, name: str, steps: int, seed: int, height: int, width: int) -> Scheduler:
+        """A fresh scheduler for one lane, its timesteps set for `steps` at this size."""
+
+    @abc.abstractmethod
+    def initial_latents(
+        self, scheduler: Scheduler, height: int, width: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """One lane's starting noise, in the layout the denoiser takes (batch of 1)."""
+
+    def model_input(self, scheduler: Scheduler, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    @abc.abstractmethod
+    def predict(
+        self,
+        denoiser: Any,
+        inputs: list[torch.Tensor],
+        timesteps: list[torch.Tensor],
+        conditionings: list[Conditioning],
+        rows: int,
+    ) -> torch.Tensor:
+        """One denoiser call over a batch of lanes; returns each lane's (guided) prediction.
+
+        `rows` >= len(inputs) is the batch to pad up to (a compiled denoiser's bucket)."""
+
+    @abc.abstractmethod
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """VAE-decode a batch of one size to uint8 HxWx3 arrays."""
+
+    def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """(channels, h, w) latents of one lane for the cheap progress preview."""
+        return latents[0].float().cpu().numpy()
+
+    def supports_padding(self, conditionings: list[Conditioning]) -> bool:
+        """Whether `predict` can pad this batch to a compiled bucket."""
+        return False
+
+
+def guided_rows(
+    prediction: torch.Tensor, guided: list[int], n: int, pad: int, conditionings: list[Conditioning]
+) -> torch.Tensor:
+    """Combine a CFG batch laid out as [uncond rows of the guided lanes (+pad), cond rows of all
+    lanes (+pad)] into one prediction per lane: uncond + guidance * (cond - uncond)."""
+    first_cond = len(guided) + (pad if guided else 0)
+    cond = prediction[first_cond : first_cond + n]
+    if not guided:
+        return cond
+    uncond = prediction[: len(guided)]
+    shape = (-1,) + (1,) * (prediction.dim() - 1)
+    scale = torch.cat([conditionings[i].guidance for i in guided]).to(prediction.dtype).view(shape)
+    if len(guided) == n:
+        result: torch.Tensor = uncond + scale * (cond - uncond)
+        return result
+    mixed = cond.clone()
+    mixed[guided] = uncond + scale * (cond[guided] - uncond)
+    return mixed
+
+
+def to_uint8(decoded: torch.Tensor) -> np.ndarray:
+    """VAE output in [-1, 1] to uint8 HxWx3 arrays, as diffusers' image processor rounds them."""
+    pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def family_for(pipe: Pipeline, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> Family:
+    """The adapter for a loaded pipeline; raises LookupError for a pipeline Stepgrid doesn't run."""
+    module_name = FAMILY_MODULES.get(type(pipe).__name__)
+    if module_name is None:
+        raise LookupError(type(pipe).__name__)
+    module = importlib.import_module(f"inference.families.{module_name}")
+    family: Family = module.FAMILY(pipe, spec, device, dtype)
+    return family
+
+
+def supported_pipelines() -> str:
+    return ", ".join(FAMILY_MODULES)

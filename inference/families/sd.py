@@ -1,0 +1,182 @@
+"""Stable Diffusion 1.x/2.x: one CLIP encoder, a UNet, classifier-free guidance rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from inference.families import Conditioning, Defaults, Family, guided_rows, to_uint8
+from inference.protocol import DEFAULT_COMPARE_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, SCHEDULER_NAMES, ModelInfo
+from inference.registry import ModelSpec
+from inference.schedulers import Scheduler, make_scheduler
+
+FEW_STEP_HINTS = ("turbo", "lightning", "lcm", "hyper")
+FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
+
+
+def looks_lcm(spec: ModelSpec) -> bool:
+    return "lcm" in f"{spec.name} {spec.source}".lower()
+
+
+def looks_few_step(spec: ModelSpec) -> bool:
+    """Distilled few-step models (Turbo, Lightning, LCM, Hyper) by their registry name or source."""
+    text = f"{spec.name} {spec.source}".lower()
+    return any(hint in text for hint in FEW_STEP_HINTS)
+
+
+class UNetFamily(Family):
+    """What SD and SDXL share: discrete noise schedulers, a UNet, and CFG as two rows per lane."""
+
+    schedulers: ClassVar[tuple[str, ...]] = SCHEDULER_NAMES
+    compilable: ClassVar[bool] = True
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        unet: torch.nn.Module = self.pipe.unet
+        return unet
+
+    @property
+    def native_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size) * self.vae_scale
+
+    def uses_cfg_at(self, guidance: float) -> bool:
+        return guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    def info(self) -> ModelInfo:
+        info = super().info()
+        if self.pipe.unet.config.time_cond_proj_dim is not None:  # guidance is an input, at any value
+            info = dataclasses.replace(info, uses_guidance=True)
+        return info
+
+    def looks_few_step(self) -> bool:
+        """Distilled few-step models (Turbo, Lightning, LCM, Hyper) can't be told from their config."""
+        return looks_few_step(self.spec)
+
+    def guidance_embedding(self, guidance: float) -> dict[str, torch.Tensor]:
+        """LCM-distilled UNets take the guidance as an embedding (`timestep_cond`) instead of CFG rows."""
+        dim = self.pipe.unet.config.time_cond_proj_dim
+        if dim is None:
+            return {}
+        embedding = self.pipe.get_guidance_scale_embedding(torch.tensor(guidance - 1).repeat(1), embedding_dim=dim)
+        return {"timestep_cond": embedding.to(device=self.device, dtype=self.dtype)}
+
+    def _truncated(self, prompt: str) -> bool:
+        tokenizer = self.pipe.tokenizer
+        return len(tokenizer(prompt, truncation=False).input_ids) > tokenizer.model_max_length
+
+    def new_scheduler(self, name: str, steps: int, seed: int, height: int, width: int) -> Scheduler:
+        scheduler = make_scheduler(self.pipe.scheduler.config, name, seed)
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    def initial_latents(
+        self, scheduler: Scheduler, height: int, width: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        scale = self.vae_scale
+        shape = (1, self.pipe.unet.config.in_channels, height // scale, width // scale)
+        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return latents * scheduler.init_noise_sigma
+
+    def model_input(self, scheduler: Scheduler, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scaled: torch.Tensor = scheduler.scale_model_input(latents, t)
+        return scaled
+
+    def supports_padding(self, conditionings: list[Conditioning]) -> bool:
+        return all(c.uncond is not None for c in conditionings)
+
+    def predict(
+        self,
+        denoiser: Any,
+        inputs: list[torch.Tensor],
+        timesteps: list[torch.Tensor],
+        conditionings: list[Conditioning],
+        rows: int,
+    ) -> torch.Tensor:
+        """Unconditional rows of the guided lanes first, then every lane's conditional row."""
+        n = len(inputs)
+        guided = [i for i, c in enumerate(conditionings) if c.uncond is not None]
+        all_guided = len(guided) == n
+        pad = rows - n
+        assert pad == 0 or all_guided, "only batches where every lane uses CFG are padded"
+
+        def block(tensors: list[torch.Tensor]) -> torch.Tensor:
+            # Padding repeats the last lane so that a compiled UNet only ever sees its bucket shapes.
+            return torch.cat(tensors + tensors[-1:] * pad)
+
+        def two_blocks(uncond_rows: list[torch.Tensor], cond_rows: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([*([block(uncond_rows)] if uncond_rows else []), block(cond_rows)])
+
+        t_rows = [t.to(torch.float32).reshape(1) for t in timesteps]
+        uncond = [c.uncond for c in conditionings if c.uncond is not None]
+        inputs_of = {
+            key: two_blocks([u[key] for u in uncond], [c.cond[key] for c in conditionings])
+            for key in conditionings[0].cond
+        }
+        embeds = inputs_of.pop("embeds")
+        timestep_cond = inputs_of.pop("timestep_cond", None)
+        noise = denoiser(
+            two_blocks([inputs[i] for i in guided], inputs),
+            two_blocks([t_rows[i] for i in guided], t_rows),
+            encoder_hidden_states=embeds,
+            timestep_cond=timestep_cond,
+            added_cond_kwargs=inputs_of or None,
+            return_dict=False,
+        )[0]
+        return guided_rows(noise, guided, n, pad, conditionings)
+
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
+        vae = self.pipe.vae
+        config = vae.config
+        upcast = vae.dtype == torch.float16 and getattr(config, "force_upcast", False)
+        if upcast:  # SDXL's VAE overflows in float16, as diffusers' pipelines know
+            vae.to(torch.float32)
+        try:
+            latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype if upcast else vae.dtype)
+            mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+            if mean is not None and std is not None:
+                channels = latents.shape[1]
+                mean_t = torch.tensor(mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+                std_t = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+                latents = latents * std_t / config.scaling_factor + mean_t
+            else:
+                latents = latents / config.scaling_factor
+            decoded = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return to_uint8(decoded)
+
+
+class StableDiffusion(UNetFamily):
+    name: ClassVar[str] = "sd"
+
+    def defaults(self) -> Defaults:
+        if looks_lcm(self.spec):
+            return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER, uses_guidance=False)
+        if self.looks_few_step():
+            return Defaults(4, 0.0, DEFAULT_SCHEDULER, FEW_STEP_LADDER, uses_guidance=False)
+        return Defaults(30, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)
+
+    @torch.no_grad()
+    def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:
+        cfg = self.uses_cfg_at(guidance)
+        cond, uncond = self.pipe.encode_prompt(
+            prompt,
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt or None,
+        )
+        return Conditioning(
+            cond={"embeds": cond, **self.guidance_embedding(guidance)},
+            uncond={"embeds": uncond} if cfg else None,
+            guidance=torch.full((1,), guidance, device=self.device, dtype=torch.float32),
+            truncated=self._truncated(prompt),
+        )
+
+
+FAMILY = StableDiffusion

@@ -1,0 +1,110 @@
+"""Schedulers by the A1111 names users know: one table per kind of model.
+
+Noise-prediction models (SD 1.x/2.x, SDXL) run diffusers' discrete schedulers; flow-matching
+models (FLUX, SD3) only what diffusers really supports for them: the FlowMatch Euler and Heun
+schedulers, and DPM++ 2M / UniPC with flow sigmas. Every lane gets a fresh instance built from the
+pipeline's scheduler config; the pipeline's own scheduler is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+
+from inference.protocol import SCHEDULER_NAMES
+
+Scheduler = Any  # a SchedulerMixin subclass: diffusers attaches its methods dynamically
+
+# A1111 name -> (diffusers scheduler class, from_config overrides), for noise-prediction models.
+SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "Euler": (EulerDiscreteScheduler, {}),
+    "Euler a": (EulerAncestralDiscreteScheduler, {}),
+    "Heun": (HeunDiscreteScheduler, {}),
+    "DPM2": (KDPM2DiscreteScheduler, {}),
+    "DPM2 a": (KDPM2AncestralDiscreteScheduler, {}),
+    "DPM++ 2M": (DPMSolverMultistepScheduler, {}),
+    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ SDE": (DPMSolverSDEScheduler, {}),
+    "DDIM": (DDIMScheduler, {}),
+    "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
+    "LMS": (LMSDiscreteScheduler, {}),
+    "UniPC": (UniPCMultistepScheduler, {}),
+    "LCM": (LCMScheduler, {}),
+}
+assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "protocol.SCHEDULER_NAMES and SCHEDULERS must agree"
+
+# The same names for flow-matching models (velocity prediction over sigmas in [0, 1]).
+_FLOW = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
+FLOW_SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "Euler": (FlowMatchEulerDiscreteScheduler, {}),
+    "Heun": (FlowMatchHeunDiscreteScheduler, {}),
+    "DPM++ 2M": (DPMSolverMultistepScheduler, _FLOW),
+    "UniPC": (UniPCMultistepScheduler, _FLOW),
+}
+assert set(FLOW_SCHEDULERS) <= set(SCHEDULER_NAMES)
+
+
+def make_scheduler(base_config: Any, name: str, seed: int, *, flow: bool = False, **extra: Any) -> Scheduler:
+    """A fresh scheduler for one lane from the pipeline's scheduler config."""
+    cls, overrides = (FLOW_SCHEDULERS if flow else SCHEDULERS)[name]
+    overrides = {**overrides, **extra}
+    if cls is DPMSolverSDEScheduler:
+        # Its Brownian-tree noise is seeded per instance, so each lane stays reproducible.
+        overrides = {**overrides, "noise_sampler_seed": seed}
+    if flow and cls is not FlowMatchEulerDiscreteScheduler and cls is not FlowMatchHeunDiscreteScheduler:
+        overrides.setdefault("flow_shift", base_config.get("shift", 1.0))
+    scheduler: Scheduler = cls.from_config(base_config, **overrides)
+    return scheduler
+
+
+def make_flow_scheduler(
+    base_config: Any,
+    name: str,
+    seed: int,
+    steps: int,
+    device: Any,
+    *,
+    mu: float,
+    sigmas: Any = None,
+) -> Scheduler:
+    """A flow-matching lane's scheduler with its timesteps set, as the family's pipeline sets them.
+
+    `mu` is the resolution-dependent shift, used where the config asks for dynamic shifting;
+    `sigmas` the explicit schedule a pipeline passes to Euler (FLUX does, SD3 does not).
+    """
+    dynamic = bool(base_config.get("use_dynamic_shifting", False))
+    scheduler: Scheduler
+    if name == "Euler":
+        scheduler = make_scheduler(base_config, name, seed, flow=True)
+        if sigmas is not None:
+            scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
+        else:
+            scheduler.set_timesteps(steps, device=device, mu=mu if dynamic else None)
+    elif name == "Heun":
+        # FlowMatchHeun takes a fixed shift; exp(mu) is the same time shift the dynamic one applies.
+        shift = math.exp(mu) if dynamic else base_config.get("shift", 1.0)
+        scheduler = make_scheduler(base_config, name, seed, flow=True, shift=shift)
+        scheduler.set_timesteps(steps, device=device)
+    else:  # DPM++ 2M, UniPC with flow sigmas: the scheduler makes its own sigmas from the shift
+        scheduler = make_scheduler(base_config, name, seed, flow=True)
+        scheduler.set_timesteps(steps, device=device, mu=mu if dynamic else None)
+    scheduler.set_begin_index(0)
+    return scheduler

@@ -1,0 +1,67 @@
+"""SD 1.x/2.x through its adapter (the engine tests in tests/inference/test_engine.py run on it):
+what it reports, and guidance at or below 1 as diffusers runs it: one row, no CFG."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.families import family_for
+from inference.loading import LoadedModel
+from inference.protocol import DEFAULT_COMPARE_STEPS, SCHEDULER_NAMES, GenerateRequest
+from inference.registry import ModelSpec
+from inference.schedulers import make_scheduler
+from tests.inference.conftest import LoadTestModel
+from tests.inference.families.checks import (
+    assert_equals_plain_pipeline,
+    assert_mixed_batch_equals_alone,
+    neighbours_for,
+)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny(load_test_model: LoadTestModel) -> LoadedModel:
+    return load_test_model("tiny")
+
+
+def test_sd_reports_every_scheduler_and_todays_defaults(tiny: LoadedModel) -> None:
+    info = tiny.info
+    assert info.family == "sd" and info.schedulers == SCHEDULER_NAMES
+    assert (info.default_steps, info.default_guidance, info.default_scheduler) == (30, 7.5, "Euler a")
+    assert info.compare_steps == DEFAULT_COMPARE_STEPS and info.size_multiple == 8
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.0])
+def test_guidance_at_most_1_runs_one_row_as_the_plain_pipeline_does(tiny: LoadedModel, guidance: float) -> None:
+    request = GenerateRequest(
+        "a red fox", steps=4, scheduler="Euler", seed=5, guidance=guidance, width=SIZE, height=SIZE
+    )
+    assert_equals_plain_pipeline(tiny, request, make_scheduler(tiny.pipe.scheduler.config, "Euler", 5))
+    assert_mixed_batch_equals_alone(tiny, request, neighbours_for(SIZE, "Euler a", (7.5, 3.0)))
+
+
+@pytest.fixture(scope="module")
+def lcm_distilled(tiny: LoadedModel) -> LoadedModel:
+    """The tiny SD pipeline with an LCM-distilled-style UNet: guidance goes in as `timestep_cond`."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(**{**tiny.pipe.unet.config, "time_cond_proj_dim": 16})
+    pipe = type(tiny.pipe)(**{**tiny.pipe.components, "unet": unet})
+    pipe.set_progress_bar_config(disable=True)
+    spec = ModelSpec(name="lcm-dreamshaper", source="tiny")
+    family = family_for(pipe, spec, tiny.device, tiny.dtype)
+    return LoadedModel(pipe, spec.name, tiny.device, tiny.dtype, True, 0.0, family, family.info())
+
+
+@pytest.mark.parametrize("guidance", [1.0, 8.0])
+def test_an_lcm_distilled_unet_gets_its_guidance_embedding_as_the_plain_pipeline_gives_it(
+    lcm_distilled: LoadedModel, guidance: float
+) -> None:
+    request = GenerateRequest("a red fox", steps=4, scheduler="LCM", seed=5, guidance=guidance, width=SIZE, height=SIZE)
+    fresh = make_scheduler(lcm_distilled.pipe.scheduler.config, "LCM", 5)
+    assert_equals_plain_pipeline(lcm_distilled, request, fresh)
+    assert_mixed_batch_equals_alone(lcm_distilled, request, neighbours_for(SIZE, "LCM", (1.5, 3.0)))
+    assert lcm_distilled.info.default_scheduler == "LCM" and lcm_distilled.info.uses_guidance

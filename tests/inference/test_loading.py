@@ -1,0 +1,91 @@
+"""Loading through from_pretrained: the test models (one per family), and a registry where one model
+fails while the others load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference.loading import ModelLoadError, build_test_pipeline, load_model, load_models
+from inference.protocol import WorkerConfig
+from inference.registry import ModelSpec
+from tests.inference.conftest import LoadTestModel
+
+
+def test_the_tiny_model_is_saved_once_and_loaded_through_from_pretrained(tmp_path: Path) -> None:
+    first = load_model("tiny", cache_dir=tmp_path)
+    [folder] = tmp_path.glob("tiny-random-weights-v*")
+    assert (folder / "model_index.json").is_file() and (folder / "STEPGRID_TEST_MODEL.json").is_file()
+    saved_at = (folder / "unet").stat().st_mtime_ns
+    second = load_model("tiny", cache_dir=tmp_path)
+    assert (folder / "unet").stat().st_mtime_ns == saved_at, "the saved model is reused, not rebuilt"
+    for model in (first, second):
+        assert model.is_test_model and type(model.pipe).__name__ == "StableDiffusionPipeline"
+        assert model.dtype == torch.float32 and model.device.type == "cpu"
+        assert model.pipe.tokenizer.model_max_length == 77
+    weights = next(iter(first.pipe.unet.parameters()))
+    assert torch.equal(weights, next(iter(second.pipe.unet.parameters()))), "same weights both times"
+
+
+@pytest.mark.parametrize(
+    ("name", "pipeline", "family"),
+    [("tiny", "StableDiffusionPipeline", "sd"), ("tiny-sdxl", "StableDiffusionXLPipeline", "sdxl"),
+     ("tiny-flux", "FluxPipeline", "flux"), ("tiny-flux-dev", "FluxPipeline", "flux"),
+     ("tiny-sd3", "StableDiffusion3Pipeline", "sd3")],
+)  # fmt: skip
+def test_every_family_has_a_test_model_loaded_from_its_saved_folder(
+    load_test_model: LoadTestModel, name: str, pipeline: str, family: str
+) -> None:
+    model = load_test_model(name)
+    assert type(model.pipe).__name__ == pipeline
+    assert model.info.family == family and model.info.name == name and model.info.is_test_model
+    assert model.info.native_size == 256, "test models are meant for small images"
+
+
+def test_a_model_that_fails_to_load_is_reported_and_the_others_load(model_cache_dir: Path, tmp_path: Path) -> None:
+    config = WorkerConfig(
+        models=(
+            ModelSpec(name="fast", source="tiny-flux"),
+            ModelSpec(name="gone", source=str(tmp_path / "no-such-model")),
+            ModelSpec(name="typo", source="tiny", scheduler="Eulr"),
+            ModelSpec(name="sd", source="tiny"),
+        ),
+        cache_dir=str(model_cache_dir),
+    )
+    loaded, unavailable = load_models(config)
+    assert [model.name for model in loaded] == ["fast", "sd"]
+    assert [item.name for item in unavailable] == ["gone", "typo"]
+    assert all("\n" not in item.message for item in unavailable)
+    assert "Could not load model 'gone' from " in unavailable[0].message
+    assert "scheduler 'Eulr' can't run on a sd model; choose one of: Euler, Euler a" in unavailable[1].message
+
+
+def test_registry_defaults_override_the_familys(model_cache_dir: Path) -> None:
+    spec = ModelSpec(name="quick", source="tiny", steps=8, scheduler="DPM++ 2M", guidance=4.0,
+                     compare_steps=(2, 4, 8), max_steps=12)  # fmt: skip
+    info = load_model(spec, cache_dir=model_cache_dir).info
+    assert (info.name, info.default_steps, info.default_scheduler, info.default_guidance) == (
+        "quick",
+        8,
+        "DPM++ 2M",
+        4.0,
+    )
+    assert (info.compare_steps, info.max_steps) == ((2, 4, 8), 12)
+
+
+def test_an_unsupported_pipeline_is_refused_with_the_families_stepgrid_runs(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="Could not load model"):
+        load_model(str(tmp_path), cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "denoiser", "billions"), [("sdxl-arch", "unet", 2.567), ("flux-schnell-arch", "transformer", 11.891)]
+)
+def test_the_benchmark_architectures_have_the_real_models_sizes(name: str, denoiser: str, billions: float) -> None:
+    """Built on the meta device (no memory): the GPU benchmark's random-weight SDXL and FLUX.1-schnell."""
+    with torch.device("meta"):
+        pipe = build_test_pipeline(name)
+    parameters = sum(p.numel() for p in getattr(pipe, denoiser).parameters())
+    assert parameters / 1e9 == pytest.approx(billions, abs=0.001)
