@@ -183,8 +183,8 @@ def remember_jobs(world: World, handle: InteractionHandle) -> None:
 
 long_text = st.text(max_size=3000) | st.text(alphabet="ab ,x\u200b\u0441", max_size=6000)
 any_text = st.text(max_size=200) | long_text
-any_int = st.integers(-(10**15), 10**15) | st.integers(0, 200)
-any_float = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.floats(0, 40)
+any_int = st.integers(-(10**15), 10**15) | st.integers(0, 200) | st.text(max_size=8) | st.booleans()
+any_float = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.floats(0, 40) | st.text(max_size=8)
 sizes = st.sampled_from(["512", "256", "768x512", "1024", "8", "0x0", "99999x2", "512x512x512"]) | any_text
 schedulers = st.sampled_from(SCHEDULER_NAMES) | any_text
 
