@@ -329,12 +329,10 @@ class JobService:
             await self.store.mark_finished(job_id, outcome)
             return
         except Exception:
-            what = (
-                "was delivered but the ledger could not record its result"
-                if isinstance(outcome, JobResult)
-                else ("ended but the ledger could not record how")
-            )
-            log.exception("job %s %s; trying again", job_id, what)
+            if isinstance(outcome, JobResult):
+                log.exception("job %s was delivered but the ledger could not record its result; trying again", job_id)
+            else:
+                log.exception("job %s ended but the ledger could not record how; trying again", job_id)
         self._unrecorded[job_id] = outcome
         if self._ledger_retry is None or self._ledger_retry.done():
             self._ledger_retry = asyncio.create_task(self._retry_ledger(), name="stepgrid-ledger-retry")
