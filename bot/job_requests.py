@@ -141,12 +141,37 @@ class RequestOptions:
     grid: bool = False
 
 
+_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps")
+_WHOLE_OPTIONS = ("seed", "steps", "count")
+
+
+def typed(options: RequestOptions) -> RequestOptions:
+    """`options` if every value has its option's type; InvalidOption naming the first that hasn't.
+
+    Discord sends each option with the type the command declares, but discord.py passes on whatever
+    a client sent: a crafted one can send text for a number.
+    """
+    for name in _TEXT_OPTIONS:
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidOption(f"{name.replace('_', ' ')} must be text; got {echo(value)}.")
+    for name in _WHOLE_OPTIONS:
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidOption(f"{name} must be a whole number; got {echo(value)}.")
+    guidance = options.guidance
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)):
+        raise InvalidOption(f"guidance must be a number; got {echo(guidance)}.")
+    return options
+
+
 def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request:
     """The request `options` ask for, with `defaults` and a random seed where left out.
 
     Raises InvalidOption for a size or step list it can't read; the values are checked once, by
     `checked` (JobService.start does it for the commands and buttons).
     """
+    options = typed(options)
     width, height = resolve_size(options.size, defaults)
     scheduler = options.scheduler
     fields = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 import pytest
 
@@ -162,3 +163,20 @@ def test_a_malformed_step_list_shows_the_expected_form() -> None:
     assert resolve_step_list(None) == (5, 10, 20, 30, 40, 50)
     with pytest.raises(InvalidOption, match="5,10,20,30"):
         resolve_step_list("5,x,10")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (RequestOptions("fox", count=""), "count must be a whole number; got ''."),  # type: ignore[arg-type]
+        (RequestOptions("fox", guidance="7"), "guidance must be a number; got '7'."),  # type: ignore[arg-type]
+        (RequestOptions("fox", steps=True), "steps must be a whole number; got True."),
+        (RequestOptions(12345), "prompt must be text; got 12345."),  # type: ignore[arg-type]
+        (RequestOptions("fox", size=512, grid=True), "size must be text; got 512."),  # type: ignore[arg-type]
+    ],
+)
+def test_an_option_of_the_wrong_type_from_a_crafted_client_is_an_option_error(
+    options: RequestOptions, message: str
+) -> None:
+    with pytest.raises(InvalidOption, match=re.escape(message)):
+        build_request(options, RequestDefaults())

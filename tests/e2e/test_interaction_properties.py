@@ -245,7 +245,7 @@ def commands(draw: st.DrawFn) -> tuple[str, str | None, dict[str, Any]]:
 # --- the properties --------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(command=commands(), admin=st.booleans(), in_dm=st.booleans())
 def test_every_command_is_answered_exactly_once_within_discords_limits(
     world: World, command: tuple[str, str | None, dict[str, Any]], admin: bool, in_dm: bool
@@ -282,7 +282,7 @@ def clicks(draw: st.DrawFn) -> tuple[str, str]:
     return who, f"stepgrid:{action}:{draw(job_suffixes)}"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(click=clicks(), known=st.booleans(), index=st.integers(0, 1000))
 def test_every_button_is_answered_exactly_once_within_discords_limits(
     world: World, click: tuple[str, str], known: bool, index: int
