@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import NoReturn, TextIO
 
 from pydantic import ValidationError
 
-from bot.config import Settings
+from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from bot.server_limits import EffectiveLimits
@@ -236,6 +237,7 @@ def check_output_and_model(args: argparse.Namespace) -> None:
         raise InvalidOption(f"-o {output} is a folder; give a file name like {output / 'image.png'}.")
     if output.suffix.lower() != ".png":
         raise InvalidOption(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
+    check_writable(output)
     if args.model is None:
         return
     model = Path(args.model).expanduser()
@@ -243,6 +245,58 @@ def check_output_and_model(args: argparse.Namespace) -> None:
     if looks_like_path and not (model / "model_index.json").is_file():
         what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
         raise InvalidOption(f"--model {args.model} {what}.")
+
+
+def _checked_hardware(args: argparse.Namespace) -> tuple[str, str]:
+    """--device and --dtype as the worker needs them, checked before any model loads."""
+    try:
+        device = checked_device(args.device)
+    except ValueError as error:
+        raise InvalidOption(f"--device {error}.") from None
+    try:
+        dtype = checked_dtype(args.dtype)
+    except ValueError as error:
+        raise InvalidOption(f"--dtype {error}.") from None
+    return device, dtype
+
+
+def check_writable(output: Path) -> None:
+    """Refuse (before a render that may take minutes) an output whose folder can't take a new file."""
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidOption(f"-o {output}: the folder {folder} can't be created ({_reason(error)}).") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".stepgrid-probe-"):
+            pass
+    except OSError as error:
+        raise InvalidOption(f"-o {output}: can't write in {folder} ({_reason(error)}).") from None
+    if output.exists() and not os.access(output, os.W_OK):
+        raise InvalidOption(f"-o {output}: the file exists and can't be overwritten.")
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+class OutputLost(RuntimeError):
+    """The image(s) could be written neither where asked nor anywhere else; the message says why."""
+
+
+def save_outputs(request: Request, result: JobResult, output: Path) -> tuple[list[Path], str | None]:
+    """Write the outputs where asked; if that fails after the render, write them to a new folder in the
+    temporary directory instead, so that a finished image is never lost. Returns the paths written and,
+    when they were rescued, why the asked-for place failed."""
+    try:
+        return write_outputs(request, result, output), None
+    except OSError as error:
+        problem = f"could not write {output} ({_reason(error)})"
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="stepgrid-rescued-")) / output.name
+        return write_outputs(request, result, rescue), problem
+    except OSError as error:
+        raise OutputLost(f"{problem}, nor a copy in the temporary folder ({_reason(error)}).") from None
 
 
 def write_outputs(request: Request, result: JobResult, output: Path) -> list[Path]:
@@ -270,6 +324,7 @@ def write_outputs(request: Request, result: JobResult, output: Path) -> list[Pat
 def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         request_from_args(args)  # what can be refused before loading anything
+        args.device, args.dtype = _checked_hardware(args)
         check_output_and_model(args)
         specs = select_models(args.model, settings)
     except (InvalidOption, RegistryError) as error:
@@ -286,7 +341,17 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     except (GenerationFailed, WorkerUnavailable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1
-    paths = write_outputs(request, result, args.output)
+    except KeyboardInterrupt:
+        print("stepgrid: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    try:
+        paths, problem = save_outputs(request, result, args.output)
+    except OutputLost as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 1
+    if problem is not None:
+        print(f"stepgrid: {problem}; saved to {', '.join(map(str, paths))} instead.", file=sys.stderr)
+        return 1
     steps = ",".join(str(steps) for steps in sorted({image.steps for image in result.images}))
     seeds = ",".join(str(seed) for seed in dict.fromkeys(image.seed for image in result.images))
     note = f" ({TEST_MODEL_NOTE})" if result.is_test_model else ""
@@ -384,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         problem = error.errors()[0]
         name = "STEPGRID_" + "_".join(str(part) for part in problem["loc"]).upper()
-        print(f"stepgrid: the setting {name} is invalid: {problem['msg']}.", file=sys.stderr)
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        print(f"stepgrid: the setting {name} is invalid: {message}.", file=sys.stderr)
         return 2
     args = build_parser(settings).parse_args(argv)
     if args.command == "run":
@@ -392,11 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(settings)
     if args.command == "db":
-        from bot.db_migrations import DatabaseTooNew, upgrade_database
+        from bot.db_migrations import DatabaseTooNew, DatabaseUnusable, upgrade_database
 
         try:
             upgrade_database(settings.database_path)
-        except DatabaseTooNew as error:
+        except (DatabaseTooNew, DatabaseUnusable) as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 2
         print(f"database {settings.database_path} is at the latest schema")
@@ -404,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "models":
         return _models_command(args, settings)
     if args.command == "usage":
+        from bot.db_migrations import DatabaseUnusable
         from bot.usage_report import export_csv
 
         try:
@@ -411,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FileNotFoundError as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 1
+        except DatabaseUnusable as error:
+            print(f"stepgrid: {error}", file=sys.stderr)
+            return 2
         return 0
     return _generate_command(args, settings)
 

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Sequence
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -16,7 +17,7 @@ from discord.ext import commands
 from bot.buttons import JobButton
 from bot.config import Settings
 from bot.db import Database
-from bot.db_migrations import DatabaseTooNew
+from bot.db_migrations import DatabaseTooNew, DatabaseUnusable
 from bot.errors import report_error
 from bot.jobs import TOKEN_LIFETIME, JobService
 from bot.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
@@ -35,6 +36,14 @@ class StepgridTree(app_commands.CommandTree["Stepgrid"]):
 
     async def on_error(self, interaction: discord.Interaction[Stepgrid], error: app_commands.AppCommandError) -> None:
         await report_error(interaction, error)
+
+    async def interaction_check(self, interaction: discord.Interaction[Stepgrid], /) -> bool:
+        """Every command works only in a server: Discord hides them in DMs, but a client can still send them."""
+        if interaction.guild_id is not None:
+            return True
+        if interaction.type is discord.InteractionType.application_command:
+            raise app_commands.NoPrivateMessage()  # answered by on_error
+        return False  # an autocomplete from a DM: nothing to suggest
 
 
 class Stepgrid(commands.Bot):
@@ -163,6 +172,10 @@ class TokenError(Exception):
     """The Discord token is missing or was rejected; the message is safe to print."""
 
 
+class DiscordUnreachable(Exception):
+    """Discord (or the configured API base) could not be reached at start-up; the message is safe to print."""
+
+
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
@@ -175,9 +188,15 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
         point_at_discord(settings)
         async with bot:
             try:
-                await bot.start(settings.discord_token.get_secret_value().strip())
+                await bot.login(settings.discord_token.get_secret_value().strip())
             except discord.LoginFailure:
                 raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
+            except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as error:
+                # Once logged in, discord.py reconnects by itself; a start that never got through is the operator's.
+                raise DiscordUnreachable(
+                    f"cannot reach Discord ({error or type(error).__name__}); check the network."
+                ) from None
+            await bot.connect()
     except asyncio.CancelledError:
         if not stop.is_set():
             raise
@@ -210,13 +229,14 @@ def _stop_on_sigterm() -> asyncio.Event:
 
 
 def run(settings: Settings | None = None) -> int:
-    """`stepgrid run`: returns the exit status (2 for a missing or rejected token)."""
+    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database, or
+    a Discord that can't be reached at start-up)."""
     import sys
 
     discord.utils.setup_logging(root=True)
     try:
         asyncio.run(run_bot(settings or Settings()))
-    except (TokenError, DatabaseTooNew) as error:
+    except (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

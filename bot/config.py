@@ -2,14 +2,73 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_STEPS, GenerateRequest, WorkerConfig
+from inference.protocol import (
+    DEFAULT_SCHEDULER,
+    MAX_COMPARE_CELLS,
+    MAX_STEPS,
+    SCHEDULER_NAMES,
+    GenerateRequest,
+    WorkerConfig,
+)
 from inference.registry import ModelSpec, models_from_setting
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """How many CUDA devices the driver sees (0 without a driver), asked of libcuda without loading torch."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            driver = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def checked_dtype(value: str) -> str:
+    """`value` if it names a dtype the worker can load a model in; ValueError saying what is allowed."""
+    dtype = value.strip().lower()
+    if dtype not in DTYPES:
+        raise ValueError(f"{value!r} is not a dtype; use one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def checked_device(value: str) -> str:
+    """`value` if it names a device this machine has; ValueError saying why not (no torch needed)."""
+    device = value.strip().lower()
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        count = cuda_device_count()
+        index = int(device.partition(":")[2] or 0)
+        if count == 0:
+            raise ValueError(f"{value!r} asks for a CUDA GPU, but this machine has none (no CUDA driver or device)")
+        if index >= count:
+            raise ValueError(f"{value!r}: this machine has {count} CUDA device(s), numbered from 0")
+    return device
+
+
+def checked_scheduler(value: str) -> str:
+    """The scheduler's proper name for any capitalisation; ValueError listing the schedulers if unknown."""
+    wanted = value.strip().casefold()
+    found = next((name for name in SCHEDULER_NAMES if name.casefold() == wanted), None)
+    if found is None:
+        raise ValueError(f"unknown scheduler {value!r}; use one of {', '.join(SCHEDULER_NAMES)}")
+    return found
 
 
 class Settings(BaseSettings):
@@ -44,6 +103,11 @@ class Settings(BaseSettings):
     max_compute_per_request: int = 1024 * 1024 * 600  # width x height x total steps
     daily_steps_per_user: int = 5000
     max_concurrent_jobs_per_user: int = 3
+
+    # Checked when read, before any model loads: a typo is one line at start, not worker tracebacks later.
+    _dtype = field_validator("dtype")(classmethod(lambda cls, value: checked_dtype(value)))
+    _device = field_validator("device")(classmethod(lambda cls, value: checked_device(value)))
+    _scheduler = field_validator("default_scheduler")(classmethod(lambda cls, value: checked_scheduler(value)))
 
     @field_validator("model")
     @classmethod

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+import tempfile
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -26,6 +29,79 @@ class DatabaseTooNew(RuntimeError):
             "upgrade Stepgrid or point STEPGRID_DATABASE_PATH at another file."
         )
         self.revision = revision
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class DatabaseUnusable(RuntimeError):
+    """The database file can't be used (a folder, an unwritable place, corrupt, another program's).
+
+    The message names the file and says what is wrong with it, in one line.
+    """
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"cannot use the database {path}: {problem}; check STEPGRID_DATABASE_PATH.")
+        self.path = path
+
+
+def check_database_file(path: Path | str, *, writable: bool = True) -> None:
+    """Raise DatabaseUnusable if `path` can't serve as Stepgrid's database; creates its folder when `writable`.
+
+    Checked before anything else starts, so that an operator's mistake is one line rather than a
+    traceback from deep inside SQLite or Alembic (or a bot that dies at its first write).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DatabaseUnusable(path, "it is a folder, not a file")
+    if writable:
+        _check_writable(path)
+    if path.exists():
+        _check_contents(path)
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatabaseUnusable(path, f"its folder can't be created ({_reason(error)})") from None
+    # SQLite writes its journal beside the database: the folder itself must take new files.
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-probe-"):
+            pass
+    except OSError as error:
+        raise DatabaseUnusable(path, f"its folder {path.parent} is not writable ({_reason(error)})") from None
+    if path.exists():
+        try:
+            with path.open("r+b"):
+                pass
+        except OSError as error:
+            raise DatabaseUnusable(path, f"the file is not writable ({_reason(error)})") from None
+
+
+def _check_contents(path: Path) -> None:
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError as error:
+        raise DatabaseUnusable(path, f"the file can't be read ({_reason(error)})") from None
+    if not header:
+        return  # an empty file: SQLite makes a new database in it
+    if header != SQLITE_HEADER:
+        raise DatabaseUnusable(path, "the file is not a SQLite database (damaged, or another kind of file)")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            # Reading the schema finds a damaged header or schema; a full integrity check would cost a
+            # read of the whole file at every start.
+            tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as error:
+        raise DatabaseUnusable(path, f"the database is damaged ({error})") from None
+    if tables and "alembic_version" not in tables:
+        raise DatabaseUnusable(path, "it is another program's SQLite database (it has no Stepgrid tables)")
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
 
 
 def migrations_folder() -> Path:
@@ -61,7 +137,12 @@ def database_revisions(path: Path | str) -> tuple[str, ...]:
 
 
 def check_revision(path: Path | str) -> None:
-    """Raise DatabaseTooNew if the database is at a revision this code doesn't know."""
+    """Raise DatabaseTooNew if the database is at a revision this code doesn't know (DatabaseUnusable if unreadable)."""
+    check_database_file(path, writable=False)
+    _check_known_revision(path)
+
+
+def _check_known_revision(path: Path | str) -> None:
     scripts = ScriptDirectory.from_config(alembic_config(sqlite_url(path)))
     for revision in database_revisions(path):
         try:
@@ -78,7 +159,12 @@ def upgrade_database(path: Path | str, revision: str = "head") -> None:
     Blocking: from async code, run it with `asyncio.to_thread` (Database.start does).
     """
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    check_revision(path)
+    check_database_file(path)
+    _check_known_revision(path)
     log.info("applying database migrations to %s", path)
-    command.upgrade(alembic_config(sqlite_url(path)), revision)
+    try:
+        command.upgrade(alembic_config(sqlite_url(path)), revision)
+    except (sa.exc.DBAPIError, sqlite3.Error) as error:
+        # What the checks above can't foresee (a disk that fills up during the migration, say).
+        original = getattr(error, "orig", None) or error
+        raise DatabaseUnusable(path, f"the migration failed ({original})") from None

@@ -2,7 +2,14 @@
 
 Every write goes through one asyncio queue consumed by a single task, so SQLite never sees two
 writers at once (no "database is locked", however many interactions arrive together). Reads open
-their own sessions; WAL lets them run beside the writer.
+their own sessions and wait (busy_timeout) for the moment a write commits.
+
+The journal is a rollback journal (TRUNCATE), not WAL, and nothing is memory-mapped: WAL keeps its
+index in a memory-mapped `-shm` file, and when the disk under it goes read-only (remounted after
+I/O errors) or fills, touching that mapping kills the whole process with SIGBUS: no job is answered
+and nothing can be logged. Without a mapping, the same fault is an ordinary error from the write
+that met it (the job driver retries its final write; see `JobService`). WAL's gain, reads running
+during a commit, is worth little here: one writer, a handful of small reads per command.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ T = TypeVar("T")
 WallClock = Callable[[], datetime]
 
 BUSY_TIMEOUT_MS = 10_000
+JOURNAL_MODE = "truncate"
 
 
 @dataclass
@@ -113,12 +121,14 @@ class DatabaseWriter:
 
 
 def _configure_connection(dbapi_connection: Any, connection_record: Any) -> None:
-    """Pragmas for every new connection: WAL, wait instead of failing when busy, enforce foreign keys."""
+    """Pragmas for every new connection: a rollback journal and no memory mapping (no SIGBUS; see the
+    module's docstring), wait instead of failing when busy, enforce foreign keys."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")  # also turns a WAL database of older versions back
+        cursor.execute("PRAGMA mmap_size=0")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a crash loses no committed data
+        cursor.execute("PRAGMA synchronous=FULL")  # with a rollback journal, what makes a commit survive power loss
     finally:
         cursor.close()

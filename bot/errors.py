@@ -18,9 +18,34 @@ from inference.queue import QueueFull
 
 log = logging.getLogger(__name__)
 
+# Discord refuses a message whose content is longer than this (the member then sees "The
+# application did not respond"), so every reply is clipped to it.
+MAX_CONTENT = 2000
+# How much of a value a member typed is quoted back in a refusal.
+MAX_ECHO = 60
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to at most `limit` characters with an ellipsis when it was longer."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def echo(value: object, limit: int = MAX_ECHO) -> str:
+    """A value a member typed, as a reply quotes it (its repr), clipped: never the whole of a long input."""
+    if isinstance(value, str):
+        return repr(clip(value, limit))
+    return clip(repr(value), limit)
+
 
 class UserFacingError(Exception):
     """A mistake or refusal shown to the user as a short ephemeral message saying what to do."""
+
+
+class ServerOnly(UserFacingError):
+    """A command or button used outside a server (a DM): server limits can't apply there."""
+
+    def __init__(self) -> None:
+        super().__init__("This works only in a server: use Stepgrid in a server channel, not in direct messages.")
 
 
 class InvalidOption(UserFacingError):
@@ -29,13 +54,6 @@ class InvalidOption(UserFacingError):
 
 class QueueBusy(UserFacingError):
     """The job queue is full; nothing was queued."""
-
-
-class ModelLoading(UserFacingError):
-    """The GPU worker has not finished loading its model yet."""
-
-    def __init__(self) -> None:
-        super().__init__("The model is still loading; try again in a minute.")
 
 
 class ModelUnavailable(UserFacingError):
@@ -69,10 +87,13 @@ def user_message(error: BaseException) -> str | None:
     """The short reply for an expected error, or None for a bug."""
     if isinstance(error, app_commands.CommandInvokeError | app_commands.TransformerError):
         if isinstance(error, app_commands.TransformerError):
-            return f"Could not read {error.value!r}: check that option and try again."
+            return f"Could not read {echo(error.value)}: check that option and try again."
         error = error.original
     if isinstance(error, UserFacingError | InvalidRequest | QueueFull):
         return str(error)
+    if isinstance(error, app_commands.CommandSignatureMismatch):
+        # A client that sent options the synced command doesn't have (or left a required one out).
+        return "That command arrived with options it doesn't have; run it again from Discord's command list."
     if isinstance(error, app_commands.MissingPermissions):
         needed = ", ".join(name.replace("_", " ") for name in error.missing_permissions)
         return f"You need the {needed} permission to do that."
@@ -108,7 +129,8 @@ async def report_error(interaction: discord.Interaction, error: BaseException) -
 
 
 async def send_ephemeral(interaction: discord.Interaction, message: str) -> None:
-    """Reply only the user sees, whether or not the interaction was answered already."""
+    """Reply only the user sees, whether or not the interaction was answered already (clipped to Discord's limit)."""
+    message = clip(message, MAX_CONTENT)
     try:
         if interaction.response.is_done():
             await interaction.followup.send(message, ephemeral=True)

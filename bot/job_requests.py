@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bot.errors import InvalidOption
+from bot.errors import MAX_ECHO, InvalidOption, clip, echo
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_SCHEDULER,
@@ -32,6 +32,9 @@ from inference.protocol import (
 
 # The longest prompt (and negative prompt) the commands accept.
 MAX_PROMPT_CHARS = 1500
+# Longer than any list of step counts the commands accept (12 numbers up to 150, with spaces).
+MAX_STEP_LIST_CHARS = 100
+MAX_SIZE_CHARS = 20
 
 # Steps a user is likely to want next; "fewer"/"more" move one rung along this ladder.
 STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150)
@@ -65,18 +68,26 @@ def find_scheduler(name: str) -> str | None:
     return next((known for known in SCHEDULER_NAMES if known.casefold() == wanted), None)
 
 
+def _scheduler_as_typed(name: str) -> str:
+    """The scheduler's proper name; an unknown one is left as typed (clipped: the refusal quotes it) for
+    validate() to refuse, listing the schedulers."""
+    return find_scheduler(name) or clip(name, MAX_ECHO)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """Parse "512" or "768x512" (width x height)."""
+    if len(text) > MAX_SIZE_CHARS:  # "1024x1024" is 9 characters; don't turn thousands of digits into a number
+        raise InvalidRequest(f"Could not read size {echo(text)}: write it like 512 or 768x512.")
     parts = text.lower().replace("×", "x").split("x")
     try:
         numbers = [int(part) for part in parts]
     except ValueError:
-        raise InvalidRequest(f"Could not read size {text!r}: write it like 512 or 768x512.") from None
+        raise InvalidRequest(f"Could not read size {echo(text)}: write it like 512 or 768x512.") from None
     if len(numbers) == 1:
         return numbers[0], numbers[0]
     if len(numbers) == 2:
         return numbers[0], numbers[1]
-    raise InvalidRequest(f"Could not read size {text!r}: write it like 512 or 768x512.")
+    raise InvalidRequest(f"Could not read size {echo(text)}: write it like 512 or 768x512.")
 
 
 def as_option_error(parse: Callable[[], T]) -> T:
@@ -104,6 +115,8 @@ def resolve_step_list(text: str | None, default: tuple[int, ...] = DEFAULT_COMPA
     """Step counts from "5,10,20"; the default comparison (the model's ladder) when left out."""
     if text is None or not text.strip():
         return default
+    if len(text) > MAX_STEP_LIST_CHARS:  # no list of at most 12 step counts is this long; don't echo it whole
+        raise InvalidOption(f"Could not read step counts {echo(text)}: write 2 to 12 whole numbers like 5,10,20,30.")
     return as_option_error(lambda: parse_step_list(text))
 
 
@@ -135,19 +148,43 @@ class RequestOptions:
     model: str | None = None
 
 
+_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps")
+_WHOLE_OPTIONS = ("seed", "steps", "count")
+
+
+def typed(options: RequestOptions) -> RequestOptions:
+    """`options` if every value has its option's type; InvalidOption naming the first that hasn't.
+
+    Discord sends each option with the type the command declares, but discord.py passes on whatever
+    a client sent: a crafted one can send text for a number.
+    """
+    for name in _TEXT_OPTIONS:
+        value = getattr(options, name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidOption(f"{name.replace('_', ' ')} must be text; got {echo(value)}.")
+    for name in _WHOLE_OPTIONS:
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidOption(f"{name} must be a whole number; got {echo(value)}.")
+    guidance = options.guidance
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)):
+        raise InvalidOption(f"guidance must be a number; got {echo(guidance)}.")
+    return options
+
+
 def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request:
     """The request `options` ask for, with `defaults` and a random seed where left out.
 
     Raises InvalidOption for a size or step list it can't read; the values are checked once, by
     `checked` (JobService.start does it for the commands and buttons).
     """
+    options = typed(options)
     width, height = resolve_size(options.size, defaults)
     scheduler = options.scheduler
     fields = {
         "prompt": options.prompt.strip(),
         "negative_prompt": (options.negative_prompt or "").strip(),
-        # An unknown name is left as typed: validate() refuses it, listing the schedulers.
-        "scheduler": defaults.scheduler if scheduler is None else find_scheduler(scheduler) or scheduler,
+        "scheduler": defaults.scheduler if scheduler is None else _scheduler_as_typed(scheduler),
         "seed": random_seed() if options.seed is None else options.seed,
         "guidance": defaults.guidance if options.guidance is None else options.guidance,
         "width": width,

@@ -23,10 +23,10 @@ from bot.config import Settings
 from bot.errors import (
     InvalidOption,
     JobNotFound,
-    ModelLoading,
     ModelUnavailable,
     NotYourJob,
     QueueBusy,
+    ServerOnly,
     UserFacingError,
     new_reference,
     send_ephemeral,
@@ -66,6 +66,10 @@ TOKEN_LIFETIME = 14 * 60.0
 
 RESTART_NOTE = "Stepgrid is restarting. Your job keeps its place in the queue and runs once it is back."
 
+# A job's final ledger write that fails (a disk full for a moment) is tried again, waiting this long
+# between tries; after the last, it is tried again before each admission and at shutdown.
+LEDGER_RETRY_DELAYS = (0.5, 2.0, 5.0, 15.0, 30.0, 60.0)
+
 
 def new_job_id() -> str:
     """A job id short enough for a button's custom id."""
@@ -95,6 +99,9 @@ class JobService:
         self._sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled_by: dict[str, int] = {}
+        # Final outcomes the ledger could not record yet, by job id: retried until it can.
+        self._unrecorded: dict[str, JobResult | JobFailed] = {}
+        self._ledger_retry: asyncio.Task[None] | None = None
         self._keep_queued = False
         self._admission_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -114,6 +121,8 @@ class JobService:
     ) -> asyncio.Task[None]:
         """Start the job a command's options ask for; the server's limits are read once, for its
         defaults and for its check."""
+        if interaction.guild_id is None:
+            raise ServerOnly()
         limits = await self.limits(interaction.guild_id)
         request = build_request(options, self.defaults_for(options.model, limits))
         return await self.start(interaction, request, origin=origin, limits=limits)
@@ -145,11 +154,12 @@ class JobService:
         then answers in an ephemeral follow-up). `origin` is what started the job (the command or
         a button action); `limits` are the server's, when the caller has already read them.
         """
+        if interaction.guild_id is None:
+            raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
         checked(request)
         if self.queue.unavailable:
             raise ModelUnavailable()
-        if not self.queue.ready:
-            raise ModelLoading()
+        # While the model loads (minutes with a compiled UNet) the job waits in the queue, its place shown.
         self._check_for_model(request)
         record = JobRecord(
             job_id=new_job_id(),
@@ -166,6 +176,8 @@ class JobService:
         # One admission at a time per member: the limits count the member's jobs in the ledger, so
         # the next request is checked only once this one is recorded (else a burst slips past them).
         async with self._admission_lock(interaction.guild_id, interaction.user.id):
+            # A finished job the ledger could not record yet still counts as running there.
+            await self.record_pending_outcomes()
             if limits is None:
                 limits = await self.policy.limits(interaction.guild_id)
             await self.policy.check(request, limits, guild_id=interaction.guild_id, user_id=interaction.user.id)
@@ -245,6 +257,13 @@ class JobService:
         log.info("job %s re-queued after a restart", record.job_id)
         return self._spawn_driver(record, target)
 
+    async def already_delivered(self, client: discord.Client, record: JobRecord, *, token_age: float) -> bool | None:
+        """Whether the result of a job left unfinished by a restart is already on its message (None: can't tell)."""
+        target = StoredInteractionMessage(
+            client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
+        )
+        return await target.shows_result()
+
     def answer_failed(
         self, client: discord.Client, record: JobRecord, reason: str, *, token_age: float
     ) -> asyncio.Task[None]:
@@ -271,9 +290,12 @@ class JobService:
         return task
 
     async def handle_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
-        """Act on a click on one of a job's buttons."""
+        """Act on a click on one of a job's buttons (only in the server the job belongs to)."""
+        if interaction.guild_id is None:
+            raise ServerOnly()
         record = await self.store.get(job_id)
-        if record is None:
+        # Job ids are public (every footer shows one): from another server, a job is not found there.
+        if record is None or record.guild_id != interaction.guild_id:
             raise JobNotFound(job_id)
         if action == "details":
             await interaction.response.send_message(embed=details_embed(record), ephemeral=True)
@@ -317,19 +339,59 @@ class JobService:
     async def close(self, grace: float = 10.0) -> None:
         """Wait for the drivers to answer their jobs (close the queue first), then cancel the rest."""
         tasks = list(self._tasks.values())
-        if not tasks:
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._ledger_retry is not None:
+            self._ledger_retry.cancel()
+            await asyncio.gather(self._ledger_retry, return_exceptions=True)
+        await self.record_pending_outcomes()
+
+    async def record_pending_outcomes(self) -> None:
+        """Try again to record the outcomes the ledger refused (a disk that was full for a moment)."""
+        for job_id, outcome in list(self._unrecorded.items()):
+            try:
+                await self.store.mark_finished(job_id, outcome)
+            except Exception:
+                log.warning("the ledger still can't record how job %s ended", job_id, exc_info=True)
+                return
+            self._unrecorded.pop(job_id, None)
+            log.info("job %s: its outcome is recorded in the ledger now", job_id)
+
+    async def _record_outcome(self, job_id: str, outcome: JobResult | JobFailed) -> None:
+        """Record how a job ended; if the ledger refuses, keep it and try again in the background.
+
+        The member must not stay "running" in the ledger (it counts against their concurrent jobs),
+        and a job whose answer was sent must not look unfinished to the next start.
+        """
+        try:
+            await self.store.mark_finished(job_id, outcome)
             return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        except Exception:
+            if isinstance(outcome, JobResult):
+                log.exception("job %s was delivered but the ledger could not record its result; trying again", job_id)
+            else:
+                log.exception("job %s ended but the ledger could not record how; trying again", job_id)
+        self._unrecorded[job_id] = outcome
+        if self._ledger_retry is None or self._ledger_retry.done():
+            self._ledger_retry = asyncio.create_task(self._retry_ledger(), name="stepgrid-ledger-retry")
+
+    async def _retry_ledger(self) -> None:
+        for delay in LEDGER_RETRY_DELAYS:
+            await self._sleep(delay)
+            await self.record_pending_outcomes()
+            if not self._unrecorded:
+                return
+        log.error("the ledger could not record %d job outcome(s); trying again at the next job", len(self._unrecorded))
 
     async def _drive(self, record: JobRecord, target: JobMessage) -> None:
         job_id = record.job_id
         editor: ThrottledEditor[MessageUpdate] = ThrottledEditor(
             target.show, interval=self.edit_interval, clock=self._clock, sleep=self._sleep
         )
-        state = ProgressState()
+        state = ProgressState(loading=not self.queue.ready)
         marked_running = False
         try:
             position = self.queue.position(job_id)
@@ -344,7 +406,9 @@ class JobService:
                     if self._keep_queued and not marked_running and not event.cancelled:
                         await self._leave_queued(record, state, editor)
                     else:
-                        await self._finish_with_failure(record, event, target, editor)
+                        # A worker that crashed can't say how many steps ran; the bot saw them.
+                        failure = dataclasses.replace(event, steps_run=max(event.steps_run, state.steps_seen))
+                        await self._finish_with_failure(record, failure, target, editor)
                     return
                 if isinstance(event, JobStarted) and not marked_running:
                     # Once per driver: the queue's own retries (worker crash, out of memory) start
@@ -363,7 +427,9 @@ class JobService:
             log.exception("job %s failed in the bot (ref %s)", job_id, reference)
             self.queue.cancel(job_id)
             await editor.stop()
-            await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, f"bot error (ref {reference})")))
+            if job_id not in self._unrecorded:
+                failure = JobFailed(job_id, f"bot error (ref {reference})", steps_run=state.steps_seen)
+                await self._quietly(self.store.mark_finished(job_id, failure))
             await self._quietly(
                 target.withdraw(f"Something went wrong on my side (ref `{reference}`). It has been logged; try again.")
             )
@@ -374,12 +440,17 @@ class JobService:
         self, record: JobRecord, result: JobResult, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
         files = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
+        # Recorded before the upload: if the bot dies between the upload and the last write, the
+        # next start finds the row "delivering", sees the result on the job's message and does not
+        # run the job a second time. A ledger that refuses this write doesn't hold the result back.
+        try:
+            await self.store.mark_delivering(record.job_id, result)
+        except Exception:
+            log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
         await editor.finish(result_message(record, result, files))
         # Delivered: from here on a failure must not withdraw the result the user already has.
-        try:
-            await self.store.mark_finished(record.job_id, result)
-        except Exception:
-            log.exception("job %s was delivered but the ledger could not record its result", record.job_id)
+        await self._record_outcome(record.job_id, result)
+        if record.job_id in self._unrecorded:
             return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
 
@@ -395,7 +466,7 @@ class JobService:
         self, record: JobRecord, failure: JobFailed, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
         await editor.stop()
-        await self.store.mark_finished(record.job_id, failure)
+        await self._record_outcome(record.job_id, failure)
         if failure.cancelled:
             cancelled_by = self._cancelled_by.get(record.job_id)
             # The owner who clicked Cancel was already told; anyone else hears it here.

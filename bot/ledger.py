@@ -155,6 +155,38 @@ class Ledger:
 
         return await self._transition(job_id, change)
 
+    async def mark_delivering(self, job_id: str, result: JobResult) -> bool:
+        """running → delivering: the result's figures, written before it is uploaded.
+
+        If the bot dies before `mark_finished`, start-up recovery finds the row here and looks at the
+        job's message to tell whether the upload reached Discord (then the job is done, not run again).
+        """
+
+        def change(job: JobRow) -> None:
+            job.status = JobStatus.DELIVERING.value
+            job.gpu_seconds = result.gpu_seconds
+            job.queue_seconds = result.queue_seconds
+            job.steps_run = result.steps_run
+
+        return await self._transition(job_id, change)
+
+    async def mark_delivered(self, job_id: str) -> bool:
+        """Finish as done a job whose result start-up recovery found already posted.
+
+        Keeps the figures `mark_delivering` wrote; without them (the write before the upload failed)
+        the steps it asked for are counted, since they all ran.
+        """
+        now = self.database.clock()
+
+        def change(job: JobRow) -> None:
+            job.status = JobStatus.DONE.value
+            job.finished_at = now
+            job.interaction_token = None
+            if job.steps_run is None:
+                job.steps_run = job.steps_requested
+
+        return await self._transition(job_id, change)
+
     async def mark_queued(self, job_id: str) -> bool:
         """running → queued again, e.g. re-queued at start-up after a crash; keeps its attempts."""
         return await self._transition(job_id, lambda job: setattr(job, "status", JobStatus.QUEUED.value))

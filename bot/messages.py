@@ -64,12 +64,19 @@ class ProgressState:
     """What the user is shown while a job waits or runs."""
 
     position: int | None = None
+    loading: bool = False  # the worker is still loading the model: the job waits for it
     started: bool = False
     attempt: int = 1
     lane_steps: dict[int, int] = field(default_factory=dict)
     job_step: int = 0
     job_total: int = 0
     preview_png: bytes | None = None
+    steps_before: int = 0  # steps that ran in earlier attempts (the worker crashed and restarted)
+
+    @property
+    def steps_seen(self) -> int:
+        """Steps that ran over every attempt, as far as the progress events tell."""
+        return self.steps_before + self.job_step
 
     def apply(self, event: JobQueued | JobStarted | JobProgress) -> None:
         """Fold one queue event into the state."""
@@ -77,8 +84,10 @@ class ProgressState:
             self.position = event.position
         elif isinstance(event, JobStarted):
             self.started = True
+            self.loading = False
             self.attempt = event.attempt
             self.lane_steps.clear()
+            self.steps_before += self.job_step
             self.job_step = 0
         else:
             self.started = True
@@ -97,9 +106,10 @@ def progress_bar(done: int, total: int, width: int = 12) -> str:
 def progress_text(request: Request, state: ProgressState) -> str:
     """One line saying where the job is: queued at a position, starting, or at step k/N."""
     if not state.started:
+        loading = " The model is still loading; your job runs as soon as it is ready." if state.loading else ""
         if state.position is None:
-            return "⏳ Queued…"
-        return f"⏳ Queued — position {state.position}."
+            return f"⏳ Queued…{loading}"
+        return f"⏳ Queued — position {state.position}.{loading}"
     retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"

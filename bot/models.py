@@ -26,12 +26,15 @@ COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS)
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # The result is being uploaded: its figures are recorded, the upload may or may not have
+    # reached Discord. Start-up recovery looks at the job's message to tell which.
+    DELIVERING = "delivering"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-UNFINISHED_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+UNFINISHED_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DELIVERING)
 FINISHED_STATUSES = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 

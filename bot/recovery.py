@@ -37,6 +37,7 @@ class Recovered:
 
     requeued: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
+    delivered: tuple[str, ...] = ()  # their result was posted before the bot died: finished, not run again
 
 
 def why_not_rerun(
@@ -61,10 +62,17 @@ async def recover_jobs(
     max_attempts: int = MAX_ATTEMPTS,
     max_age: timedelta = MAX_AGE,
 ) -> Recovered:
-    """Re-queue (oldest first) or fail every job left queued or running; their drivers answer them."""
+    """Re-queue (oldest first) or fail every job left queued or running; their drivers answer them.
+
+    A job that was running (or delivering) may have had its result posted just before the bot died,
+    with the ledger write after the upload lost: its message is read first, and a job whose result
+    is there is recorded as done instead of being run a second time. When the message can't be
+    read, the job runs again: better a second copy than no answer.
+    """
     now = database.clock()
     requeued: list[str] = []
     failed: list[str] = []
+    delivered: list[str] = []
     for job in await database.ledger.unfinished_jobs():
         token_age = (now - job.created_at).total_seconds()
         try:
@@ -76,20 +84,27 @@ async def recover_jobs(
             )
             failed.append(job.id)
             continue
+        started = job.status != JobStatus.QUEUED.value
+        if started and job.message_id is not None and await jobs.already_delivered(client, record, token_age=token_age):
+            await database.ledger.mark_delivered(job.id)
+            log.info("job %s was delivered before the restart; recorded as done", job.id)
+            delivered.append(job.id)
+            continue
         reason = why_not_rerun(job, now=now, max_attempts=max_attempts, max_age=max_age)
         if reason is not None:
             jobs.answer_failed(client, record, reason, token_age=token_age)
             failed.append(job.id)
             continue
-        if job.status == JobStatus.RUNNING.value:
+        if job.status != JobStatus.QUEUED.value:
             await database.ledger.mark_queued(job.id)
         jobs.resume(client, record, token_age=token_age)
         requeued.append(job.id)
-    if requeued or failed:
+    if requeued or failed or delivered:
         log.warning(
-            "recovered %d job(s) left by the last run: %d re-queued, %d answered as failed",
-            len(requeued) + len(failed),
+            "recovered %d job(s) left by the last run: %d re-queued, %d answered as failed, %d already delivered",
+            len(requeued) + len(failed) + len(delivered),
             len(requeued),
             len(failed),
+            len(delivered),
         )
-    return Recovered(requeued=tuple(requeued), failed=tuple(failed))
+    return Recovered(requeued=tuple(requeued), failed=tuple(failed), delivered=tuple(delivered))

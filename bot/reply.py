@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.buttons import custom_id
+from bot.errors import MAX_CONTENT, clip
 from bot.messages import MessageUpdate
 from bot.throttle import MonotonicClock
 
@@ -99,10 +101,11 @@ class JobMessage:
                 await self._channel_message.delete()
             self._channel_message = None
         if text is not None:
-            await self._channel().send(f"<@{self._owner_id}> {text}", allowed_mentions=self._mentions())
+            content = clip(f"<@{self._owner_id}> {text}", MAX_CONTENT)
+            await self._channel().send(content, allowed_mentions=self._mentions())
 
     async def _show_in_channel(self, update: MessageUpdate) -> None:
-        content = f"<@{self._owner_id}> {update.content or ''}".rstrip()
+        content = clip(f"<@{self._owner_id}> {update.content or ''}".rstrip(), MAX_CONTENT)
         files = [file.to_file() for file in update.files]
         if self._channel_message is None:
             self._channel_message = await self._channel().send(
@@ -159,7 +162,7 @@ class InteractionMessage(JobMessage):
         await self._interaction.delete_original_response()
 
     async def _send_ephemeral(self, text: str) -> None:
-        await self._interaction.followup.send(text, ephemeral=True)
+        await self._interaction.followup.send(clip(text, MAX_CONTENT), ephemeral=True)
 
 
 class StoredInteractionMessage(JobMessage):
@@ -206,4 +209,33 @@ class StoredInteractionMessage(JobMessage):
         await self._hook().delete_message(self._message_id)
 
     async def _send_ephemeral(self, text: str) -> None:
-        await self._hook().send(text, ephemeral=True)
+        await self._hook().send(clip(text, MAX_CONTENT), ephemeral=True)
+
+    async def shows_result(self) -> bool | None:
+        """Whether the job's message already carries its result; None when it can't be read.
+
+        A result message has the job's Details button, which no progress message has.
+        """
+        message: discord.Message
+        try:
+            if not self.on_channel:
+                message = await self._hook().fetch_message(self._message_id)
+            elif self._message_id and self._channel_id is not None:
+                message = await self._channel().fetch_message(self._message_id)
+            else:
+                return None
+        except discord.NotFound:
+            return False
+        except discord.HTTPException:
+            log.info("could not read the message of job %s to see whether it was delivered", self._job_id)
+            return None
+        details = custom_id("details", self._job_id)
+        return any(getattr(item, "custom_id", None) == details for item in _components(message.components))
+
+
+def _components(components: list[discord.Component]) -> list[discord.Component]:
+    found: list[discord.Component] = []
+    for component in components:
+        found.append(component)
+        found.extend(_components(list(getattr(component, "children", []))))
+    return found

@@ -7,13 +7,14 @@ Pure logic, no database: `bot.limit_storage` stores `ServerLimits`, `bot.policy`
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.config import Settings
-from bot.errors import InvalidOption, UserFacingError
+from bot.errors import InvalidOption, UserFacingError, echo
 from bot.formatting import format_amount, format_duration
 from bot.job_requests import RequestDefaults, find_scheduler
 from inference.protocol import (
@@ -292,7 +293,9 @@ def validate_limit_changes(changes: dict[str, Any], current: ServerLimits, setti
     """Validate several changes made together, each checked against the state with all of them applied."""
     for field in changes:
         if field not in LIMIT_FIELDS:
-            raise InvalidLimit(f"Unknown setting {field!r}; the settings are: {', '.join(LIMIT_FIELDS)}.", field=field)
+            raise InvalidLimit(
+                f"Unknown setting {echo(field)}; the settings are: {', '.join(LIMIT_FIELDS)}.", field=field
+            )
     normalised = {field: _normalise(field, value, settings) for field, value in changes.items()}
     proposed = current.with_changes(normalised)
     for field, value in normalised.items():
@@ -433,12 +436,14 @@ def _int_in_range(
     high_note: str = "the operator's ceiling",
 ) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidLimit(f"{SETTING} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field)
+        raise InvalidLimit(
+            f"{SETTING} must be a whole number from {low:,} to {high:,}; got {echo(value)}.", field=field
+        )
     try:
         number = int(value)
     except ValueError:
         raise InvalidLimit(
-            f"{SETTING} must be a whole number from {low:,} to {high:,}; got {value!r}.", field=field
+            f"{SETTING} must be a whole number from {low:,} to {high:,}; got {echo(value)}.", field=field
         ) from None
     if not low <= number <= high:
         why = f" ({high_note})" if number > high else ""
@@ -451,13 +456,15 @@ def _as_items(field: str, value: Any) -> list[str]:
         return [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, Iterable) and all(isinstance(item, str) for item in value):
         return [item.strip() for item in value if item.strip()]
-    raise InvalidLimit(f"{SETTING} must be a comma-separated list; got {value!r}.", field=field)
+    raise InvalidLimit(f"{SETTING} must be a comma-separated list; got {echo(value)}.", field=field)
 
 
 def _scheduler_name(field: str, value: Any) -> str:
     name = find_scheduler(value) if isinstance(value, str) else None
     if name is None:
-        raise InvalidLimit(f"{SETTING}: unknown scheduler {value!r}; known: {', '.join(SCHEDULER_NAMES)}.", field=field)
+        raise InvalidLimit(
+            f"{SETTING}: unknown scheduler {echo(value)}; known: {', '.join(SCHEDULER_NAMES)}.", field=field
+        )
     return name
 
 
@@ -484,11 +491,87 @@ def compute_cost(request: Request) -> int:
     return request.width * request.height * total_steps(request)
 
 
+# Letters of other scripts that look like Latin ones (after case folding), as used to slip a word
+# past a filter: Cyrillic "сat" is not "cat" to a computer, but it is to every reader.
+CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a", "в": "b", "е": "e", "ё": "e", "з": "3", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
+        "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "һ": "h", "ԁ": "d",
+        "ԛ": "q", "ԝ": "w", "ӏ": "l", "ɡ": "g", "ь": "b", "п": "n", "г": "r",
+        # Greek
+        "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
+        "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ς": "c", "μ": "u", "ϳ": "j",
+        # Latin look-alikes NFKC leaves alone
+        "ı": "i", "ȷ": "j", "ǀ": "l", "ł": "l", "ø": "o", "đ": "d", "ħ": "h",
+    }
+)  # fmt: skip
+_TOKEN = re.compile(r"[^\W_]+")
+
+
+def fold_for_matching(text: str) -> str:
+    """`text` as the banned-word filter reads it: compatibility forms (fullwidth, ligatures) and case
+    folded, accents, zero-width and other invisible characters dropped, look-alike letters mapped."""
+    # Mapped before folding too: NFKC turns some look-alikes (lunate sigma "ϲ") into letters that no longer look alike.
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text.translate(CONFUSABLES)).casefold())
+    kept = "".join(char for char in text if unicodedata.category(char) not in ("Mn", "Me", "Cf"))
+    return unicodedata.normalize("NFKC", kept).translate(CONFUSABLES)
+
+
+@dataclass(frozen=True)
+class _Readings:
+    """The ways a folded text can spell a word: split at every separator, with separators inside a
+    word ignored ("c.a.t"), and runs of single letters joined ("c a t")."""
+
+    tokens: tuple[str, ...]
+    words: tuple[str, ...]
+    letter_runs: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: str) -> _Readings:
+        folded = fold_for_matching(text)
+        tokens = tuple(_TOKEN.findall(folded))
+        words = tuple(joined for part in folded.split() if (joined := "".join(_TOKEN.findall(part))))
+        runs: list[str] = []
+        current: list[str] = []
+        for token in (*tokens, ""):
+            if len(token) == 1:
+                current.append(token)
+                continue
+            if len(current) > 1:
+                runs.append("".join(current))
+            current = []
+        return cls(tokens, words, tuple(runs))
+
+    def contains(self, phrase: tuple[str, ...]) -> bool:
+        if not phrase:
+            return False
+        squashed = "".join(phrase)
+        return (
+            _has_run(self.tokens, phrase)
+            or _has_run(self.words, phrase)
+            or squashed in self.words
+            or any(squashed in run for run in self.letter_runs)
+        )
+
+
+def _has_run(items: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    size = len(phrase)
+    return any(items[start : start + size] == phrase for start in range(len(items) - size + 1))
+
+
 def banned_word_in(text: str, banned_words: Sequence[str]) -> str | None:
-    """The first banned word or phrase found as a whole word in `text`, or None."""
-    folded = " ".join(text.casefold().split())
+    """The first banned word or phrase found as a whole word in `text`, or None.
+
+    Both sides are folded (`fold_for_matching`), so fullwidth, look-alike or accented letters,
+    zero-width characters and dots or spaces between letters don't hide a word; a phrase matches
+    its words in order with any separators between them.
+    """
+    if not banned_words:
+        return None
+    readings = _Readings.of(text)
     for word in banned_words:
-        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", folded):
+        if readings.contains(tuple(_TOKEN.findall(fold_for_matching(word)))):
             return word
     return None
 
@@ -509,6 +592,13 @@ def check_request(
         # Never echo the list: it would publish it, and show how to get around it.
         raise LimitExceeded(
             "Your prompt contains a word or phrase this server doesn't allow; please rephrase it.",
+            limit="banned_words",
+        )
+    if banned_word_in(request.negative_prompt, limits.banned_words):
+        # The negative prompt is shown with the image as publicly as the prompt.
+        raise LimitExceeded(
+            "Your negative prompt contains a word or phrase this server doesn't allow (it would be shown "
+            "with the image); please leave it out.",
             limit="banned_words",
         )
     if request.model and limits.allowed_models and request.model not in limits.allowed_models:

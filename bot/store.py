@@ -64,6 +64,9 @@ class JobStore(Protocol):
     async def mark_running(self, job_id: str) -> None:
         """The worker started the job (called once per bot run, not for the queue's retries)."""
 
+    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+        """The result is about to be uploaded (its figures are recorded first)."""
+
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         """The job ended with a result, a failure or a cancellation."""
 
@@ -87,6 +90,9 @@ class MemoryJobStore:
 
     async def mark_running(self, job_id: str) -> None:
         self.status[job_id] = "running"
+
+    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+        self.status[job_id] = "delivering"
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         if isinstance(outcome, JobResult):
@@ -126,6 +132,9 @@ class DatabaseJobStore:
 
     async def mark_running(self, job_id: str) -> None:
         await self.database.ledger.mark_running(job_id)
+
+    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+        await self.database.ledger.mark_delivering(job_id, result)
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         await self.database.ledger.mark_finished(job_id, outcome)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bot.db_migrations import DatabaseUnusable, check_database_file
 from bot.ledger import Ledger
 from bot.models import JobRow
 from bot.server_limits import EffectiveLimits, day_start, next_quota_reset
@@ -113,21 +115,49 @@ def export_csv(database_path: Path | str, out: TextIO) -> int:
     path = Path(database_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"No database at {path}; is STEPGRID_DATABASE_PATH right?")
+    check_database_file(path, writable=False)
     engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.pool.NullPool)
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
     count = 0
     try:
-        with Session(engine) as session:
-            for job in session.scalars(
-                sa.select(JobRow).order_by(JobRow.created_at, JobRow.id).execution_options(yield_per=500)
-            ):
+        for page in _pages_of_jobs(engine, path):
+            if count == 0:
+                # Only once the ledger could be read: a failure leaves no CSV that is just a header.
+                writer.writeheader()
+            for job in page:
                 writer.writerow(_csv_row(job))
                 count += 1
     finally:
         engine.dispose()
+    if count == 0:
+        writer.writeheader()
     log.info("exported %d jobs from %s", count, path)
     return count
+
+
+EXPORT_PAGE = 500
+
+
+def _pages_of_jobs(engine: sa.Engine, path: Path) -> Iterator[list[JobRow]]:
+    """Every job, oldest first, a page at a time, each page read in its own short transaction.
+
+    The database has a rollback journal: a read transaction held for a whole export would keep the
+    bot's writer waiting (and failing after its busy timeout) for as long as the export takes.
+    """
+    after: tuple[Any, str] | None = None
+    while True:
+        query = sa.select(JobRow).order_by(JobRow.created_at, JobRow.id).limit(EXPORT_PAGE)
+        if after is not None:
+            query = query.where(sa.tuple_(JobRow.created_at, JobRow.id) > sa.tuple_(*after))
+        try:
+            with Session(engine) as session:
+                page = list(session.scalars(query))
+        except sa.exc.DBAPIError as error:
+            raise DatabaseUnusable(path, f"its jobs can't be read ({error.orig})") from None
+        if not page:
+            return
+        yield page
+        after = (page[-1].created_at, page[-1].id)
 
 
 def _csv_row(job: JobRow) -> dict[str, Any]:

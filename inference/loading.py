@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from inference.families import Family, Pipeline, family_for, supported_pipelines
+from inference.hub import why_the_hub_failed
 from inference.protocol import ModelInfo, ModelUnavailable, WorkerConfig
 from inference.registry import TEST_MODEL_NAMES, ModelSpec, spec_for
 
@@ -440,6 +441,9 @@ def load_model(
             )
     except (OSError, ValueError) as exc:
         reason = _first_sentence(str(exc)).removesuffix(".") or type(exc).__name__
+        if not is_test_model and not Path(source).expanduser().exists():
+            # diffusers says "not cached locally" whether the hub was unreachable or has no such model.
+            reason = why_the_hub_failed(source) or reason
         raise ModelLoadError(
             f"Could not load model {label} ({reason}). Give a local diffusers folder, a hub id "
             f"that can be downloaded, or a test model such as 'tiny' (--model, STEPGRID_MODEL or a registry source)."

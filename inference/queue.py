@@ -9,10 +9,11 @@ import dataclasses
 import itertools
 import logging
 import multiprocessing as mp
+import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -51,6 +52,21 @@ class QueueFull(Exception):
         super().__init__(f"The queue is full ({waiting} of {limit} jobs waiting); try again in a minute.")
         self.waiting = waiting
         self.limit = limit
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while a worker starts: the ignored disposition survives its exec, and Python then
+    installs no KeyboardInterrupt handler in it. Ctrl-C in a terminal signals the whole process group;
+    the bot (or CLI) stops its worker itself, instead of the worker dying mid-job with a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class JobQueue(abc.ABC):
@@ -438,7 +454,8 @@ class LocalJobQueue(JobQueue):
         self._ready.clear()
         self._exited.clear()
         process = context.Process(target=self._target, args=(child_conn, self.config), name="stepgrid-worker")
-        process.start()
+        with _sigint_ignored():
+            process.start()
         child_conn.close()  # so that the worker's death reads as EOF here
         self._process, self._conn = process, parent_conn
         threading.Thread(

@@ -203,7 +203,7 @@ class _Interaction:
     id: int
     token: str
     channel_id: int
-    guild_id: int
+    guild_id: int | None
     size_limit: int
     kind: int
     component_message_id: int | None = None
@@ -318,6 +318,7 @@ class FakeDiscord:
         self._sessions: dict[str, int] = {}  # session id -> last sequence number
         self._interactions: dict[str, _Interaction] = {}
         self._rate_limits: list[_RateLimit] = []
+        self._held: list[tuple[Predicate, asyncio.Event]] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -632,6 +633,65 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", payload)
         return InteractionHandle(self, payload)
 
+    def hold_answers(self, predicate: Predicate) -> asyncio.Event:
+        """Carry out the requests matching `predicate` but hold back their answers until the event is set."""
+        release = asyncio.Event()
+        self._held.append((predicate, release))
+        return release
+
+    async def invoke_in_dm(
+        self, name: str, options: Json | None = None, *, user: FakeUser | None = None
+    ) -> InteractionHandle:
+        """Run slash command `name` from a direct message, as a client that ignores the command's contexts would."""
+        user = user or self.member.user
+        command: Json = await self._wait(lambda: self.command(name, self.guild), f"/{name} to be synced")
+        data: Json = {"id": command["id"], "name": name, "type": command.get("type", 1),
+                      "options": [_option(k, v) for k, v in (options or {}).items()]}  # fmt: skip
+        return await self._interact_dm(2, data, user)
+
+    async def press(
+        self, custom_id: str, *, user: FakeMember | FakeUser | None = None, guild: FakeGuild | None = None,
+        dm: bool = False,
+    ) -> InteractionHandle:  # fmt: skip
+        """Send a button click with any `custom_id`, as a crafted client can (the message need not exist).
+
+        In `guild` (default: the test guild) as a member, or with `dm` from a direct message.
+        """
+        data = {"custom_id": custom_id, "component_type": 2}
+        if dm:
+            plain = user.user if isinstance(user, FakeMember) else user
+            return await self._interact_dm(3, data, plain or self.member.user)
+        guild = guild or self.guild
+        member = user if isinstance(user, FakeMember) else self.member
+        channel = guild.channels[0]
+        message = self._create_message(channel.id, {"content": "crafted", "components": _buttons(custom_id)}, [])
+        return await self._interact(3, data, member, guild, channel, DEFAULT_ATTACHMENT_LIMIT, "en-US", message)
+
+    async def _interact_dm(self, kind: int, data: Json, user: FakeUser) -> InteractionHandle:
+        channel_id, iid = self.new_id(), self.new_id()
+        token = f"aW50ZXJhY3Rpb24.{secrets.token_urlsafe(48)}"
+        channel = {"id": str(channel_id), "type": 1, "recipients": [user.payload()], "last_message_id": None,
+                   "flags": 0}  # fmt: skip
+        payload: Json = {"id": str(iid), "application_id": str(self.application_id), "type": kind, "token": token,
+                         "version": 1, "attachment_size_limit": DEFAULT_ATTACHMENT_LIMIT,
+                         "app_permissions": str(DEFAULT_PERMISSIONS), "locale": "en-US", "entitlements": [],
+                         "context": 1, "authorizing_integration_owners": {"1": str(user.id)},
+                         "channel_id": str(channel_id), "channel": channel, "user": user.payload(),
+                         "data": data}  # fmt: skip
+        message_id = None
+        if kind == 3:
+            message = {"id": str(self.new_id()), "channel_id": str(channel_id), "type": 0, "content": "crafted",
+                       "author": self.bot_user.payload(), "attachments": [], "embeds": [], "mentions": [],
+                       "mention_roles": [], "components": _buttons(data["custom_id"]), "flags": 0, "timestamp": _now(),
+                       "edited_timestamp": None, "tts": False, "mention_everyone": False, "pinned": False}  # fmt: skip
+            self.messages[int(message["id"])] = message
+            payload["message"], message_id = message, int(message["id"])
+        self._interactions[token] = _Interaction(
+            iid, token, channel_id, None, DEFAULT_ATTACHMENT_LIMIT, kind, message_id
+        )
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return InteractionHandle(self, payload)
+
     # ---- REST plumbing ---------------------------------------------------------------------------------
     def _wrap(self, handler: Handler, *, auth: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
@@ -649,6 +709,16 @@ class FakeDiscord:
             if rec.response is not None:
                 resp.body = json.dumps(rec.response).encode()
                 resp.headers["Content-Type"] = "application/json"  # exactly: discord.py compares the whole header
+            hold = next((event for match, event in self._held if match(rec)), None)
+            if hold is not None:
+                # Done on Discord's side, but the bot hears nothing until the test lets it (or kills it).
+                self.requests.append(rec)
+                await self._notify()
+                await hold.wait()
+                with contextlib.suppress(ConnectionError):
+                    await resp.prepare(request)
+                    await resp.write_eof()
+                return resp
             # Flush the answer before tests see the record, so the bot is not behind what the test asserts.
             await resp.prepare(request)
             await resp.write_eof()
@@ -884,6 +954,12 @@ def _option(name: str, value: Any) -> Json:
     if kind is None:
         raise TypeError(f"option {name!r}: cannot infer a Discord option type for {value!r}; pass a list of dicts")
     return {"name": name, "type": kind, "value": value}
+
+
+def _buttons(*custom_ids: str) -> list[Json]:
+    """One action row of buttons with these custom ids (what a crafted client claims a message has)."""
+    buttons = [{"type": 2, "style": 2, "label": "button", "custom_id": custom_id} for custom_id in custom_ids]
+    return [{"type": 1, "components": buttons}]
 
 
 def _walk(components: list[Json]) -> Iterator[Json]:

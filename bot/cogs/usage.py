@@ -13,6 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.options import guild_id_of, require_database
+from bot.errors import InvalidOption, echo
 from bot.formatting import format_duration
 from bot.ledger import ServerUsage
 from bot.messages import COLOUR
@@ -100,6 +101,8 @@ class Usage(commands.Cog):
     @app_commands.guild_only()
     async def usage_server(self, interaction: discord.Interaction, period: str = DEFAULT_PERIOD) -> None:
         guild_id = guild_id_of(interaction)
+        if period not in USAGE_PERIODS:  # Discord offers only the choices, but a client may send anything
+            raise InvalidOption(f"Unknown period {echo(period)}; choose one of: {', '.join(USAGE_PERIODS)}.")
         database = require_database(self.bot)
         now = database.clock()
         figures = await database.ledger.server_usage(guild_id, since=period_start(period, now), until=now)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bot.cli import cli_defaults, main, select_models
-from bot.config import Settings
+from bot.config import Settings, cuda_device_count
 from bot.server_limits import EffectiveLimits
 from tests.bot.fakes import TURBO
 
@@ -70,6 +75,174 @@ def test_compare_steps_writes_a_labelled_grid_with_the_tiny_model(
     assert "seed 42" in printed and "random-weight test model" in printed
     grid = Image.open(out)
     assert grid.width > 3 * 256 and grid.height > 256  # three cells in a row, captions and footer below
+
+
+# --- operator mistakes, through the real `stepgrid` command ---------------------------------------------
+
+STEPGRID = Path(sys.executable).with_name("stepgrid")
+
+
+def stepgrid(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`stepgrid argv...` in a clean environment (no STEPGRID_* from outside, no .env in `cwd`)."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")}
+    return subprocess.run(
+        [str(STEPGRID), *argv], cwd=cwd, env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `stepgrid: ...` line a refused command printed (its log lines aside), with no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stepgrid:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def bad_databases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Database paths an operator might get wrong, with what the one line must say."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    garbage = tmp_path / "notes.sqlite3"
+    garbage.write_text("not a database at all\n")
+    foreign = tmp_path / "other-app.sqlite3"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE songs (title TEXT)")
+    connection.close()
+    return {
+        "folder": (folder, "it is a folder"),
+        "unwritable": (Path("/proc/stepgrid-test/stepgrid.sqlite3"), "can't be created"),
+        "read-only folder": (Path("/proc/stepgrid.sqlite3"), "is not writable"),
+        "corrupt": (corrupt, "damaged"),
+        "not sqlite": (garbage, "not a SQLite database"),
+        "foreign": (foreign, "another program's SQLite database"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["folder", "unwritable", "read-only folder", "corrupt", "not sqlite", "foreign"])
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["usage", "--csv"], ["run"]])
+def test_a_database_that_cannot_be_used_is_one_line_naming_the_file(
+    kind: str, command: list[str], tmp_path: Path
+) -> None:
+    path, problem = bad_databases(tmp_path)[kind]
+    if kind in ("unwritable", "read-only folder") and command == ["usage", "--csv"]:
+        path = Path("/proc/self/status")  # read-only exporting: a file that exists but is no database
+        problem = "not a SQLite database"
+    before = path.read_bytes() if path.is_file() else None
+    result = stepgrid(*command, cwd=tmp_path, STEPGRID_DATABASE_PATH=str(path), STEPGRID_DISCORD_TOKEN="x" * 20)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert str(path) in line and problem in line, line
+    assert result.stdout == "" or command != ["usage", "--csv"]  # no CSV that is only a header
+    if before is not None and not str(path).startswith("/proc"):
+        assert path.read_bytes() == before  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [("/proc/stepgrid-test/out.png", "can't be created"), ("/proc/out.png", "can't write in /proc")],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_anything_renders(
+    output: str, problem: str, tmp_path: Path
+) -> None:
+    result = stepgrid("imagine", "a fox", "--model", "tiny", "-o", output, cwd=tmp_path)
+    assert result.returncode == 2
+    assert problem in one_error_line(result)
+    assert "loading" not in result.stderr  # refused before the worker started
+
+
+@pytest.mark.slow
+def test_a_finished_image_is_never_lost_when_its_file_cannot_be_written(tmp_path: Path, model_cache_dir: Path) -> None:
+    output = tmp_path / "fox.png"
+    output.symlink_to("/dev/full")  # the folder takes files, but writing fails: a disk that filled up meanwhile
+    result = stepgrid(
+        "imagine", "a fox", "--model", "tiny", "--steps", "2", "--size", "256", "--seed", "3", "-o", str(output),
+        cwd=tmp_path, STEPGRID_MODEL_CACHE_DIR=str(model_cache_dir),
+    )  # fmt: skip
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"could not write {output} (No space left on device); saved to " in line, line
+    rescued = Path(line.split("saved to ", 1)[1].removesuffix(" instead."))
+    assert rescued.name == "fox.png" and Image.open(rescued).size == (256, 256)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_render_stops_without_a_traceback(tmp_path: Path, model_cache_dir: Path) -> None:
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")}
+    env = {**clean, "STEPGRID_MODEL_CACHE_DIR": str(model_cache_dir), "STEPGRID_MAX_BATCH_LANES": "1"}
+    slow = ",".join(str(steps) for steps in range(139, 151))  # twelve cells on one lane: still running when interrupted
+    command = [str(STEPGRID), "compare-steps", "a fox", "--model", "tiny", "--size", "512", "--steps", slow]
+    process = subprocess.Popen(
+        [*command, "-o", str(tmp_path / "grid.png")], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # the worker is ready and the job submitted right after this line
+        seen.append(line)
+        if line.startswith("model tiny on"):
+            break
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130
+    stderr = "".join(seen) + rest
+    assert "Traceback" not in stderr, stderr
+    assert rest.strip().splitlines()[-1] == "stepgrid: interrupted; nothing was written."
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_run_when_discord_cannot_be_reached_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    result = stepgrid(
+        "run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, STEPGRID_MODEL="tiny",
+        STEPGRID_DATABASE_PATH=str(tmp_path / "stepgrid.sqlite3"),
+        STEPGRID_DISCORD_API_BASE="http://127.0.0.1:1/api/v10",  # nothing listens on port 1
+        STEPGRID_DISCORD_GATEWAY_URL="ws://127.0.0.1:1/gateway",
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.startswith("stepgrid: cannot reach Discord (") and line.endswith("; check the network."), line
+
+
+NO_CUDA = cuda_device_count() == 0
+BAD_SETTINGS = [
+    ({"STEPGRID_DTYPE": "float8"}, "STEPGRID_DTYPE is invalid: 'float8' is not a dtype"),
+    ({"STEPGRID_DEVICE": "tpu"}, "STEPGRID_DEVICE is invalid: 'tpu' is not a device"),
+    ({"STEPGRID_DEVICE": "cuda:99"}, "STEPGRID_DEVICE is invalid: 'cuda:99'"),
+    ({"STEPGRID_DEFAULT_SCHEDULER": "Turbo"}, "STEPGRID_DEFAULT_SCHEDULER is invalid: unknown scheduler 'Turbo'"),
+    ({"STEPGRID_MAX_STEPS": "many"}, "STEPGRID_MAX_STEPS is invalid"),
+]
+if NO_CUDA:
+    BAD_SETTINGS.append(({"STEPGRID_DEVICE": "cuda"}, "'cuda' asks for a CUDA GPU, but this machine has none"))
+
+
+@pytest.mark.parametrize(("env", "message"), BAD_SETTINGS)
+@pytest.mark.parametrize("command", [["run"], ["imagine", "a fox", "--model", "tiny", "-o", "fox.png"]])
+def test_bad_settings_exit_2_with_one_line_before_anything_loads(
+    env: dict[str, str], message: str, command: list[str], tmp_path: Path
+) -> None:
+    result = stepgrid(*command, cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, **env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "fox.png").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dtype", "float8"], "--dtype 'float8' is not a dtype"),
+        (["--device", "tpu"], "--device 'tpu' is not a device"),
+        (["--device", "cuda:99"], "--device 'cuda:99'"),
+        (["--scheduler", "Turbo"], "Unknown scheduler 'Turbo'"),
+        (["--steps", "0"], "steps must be 1 to 150"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_arguments_of_the_real_command_exit_2_with_one_line(argv: list[str], message: str, tmp_path: Path) -> None:
+    result = stepgrid("imagine", "a fox", "--model", "tiny", "-o", "fox.png", *argv, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert result.stdout == ""
 
 
 @pytest.mark.slow

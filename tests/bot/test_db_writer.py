@@ -18,14 +18,41 @@ from tests.bot.fakes import FakeWallClock as FakeClock
 # --- connections -------------------------------------------------------------------------------
 
 
-async def test_every_connection_uses_wal_busy_timeout_and_foreign_keys(db: Database) -> None:
+async def test_every_connection_uses_a_rollback_journal_busy_timeout_and_foreign_keys(db: Database) -> None:
     async with db.engine.connect() as connection:
         journal = await connection.exec_driver_sql("PRAGMA journal_mode")
+        mmap = await connection.exec_driver_sql("PRAGMA mmap_size")
         busy = await connection.exec_driver_sql("PRAGMA busy_timeout")
         foreign_keys = await connection.exec_driver_sql("PRAGMA foreign_keys")
-        assert journal.scalar() == "wal"
+        assert journal.scalar() == "truncate"
+        assert mmap.scalar() == 0
         assert busy.scalar() > 0
         assert foreign_keys.scalar() == 1
+
+
+async def test_nothing_is_memory_mapped_so_a_disk_gone_read_only_cannot_kill_the_bot_with_sigbus(
+    db: Database, db_path: Path
+) -> None:
+    await record(db)
+    assert len(await all_jobs(db)) == 1
+    # WAL would keep a memory-mapped `-shm` index beside the file: SIGBUS when the disk turns read-only.
+    assert not db_path.with_name(db_path.name + "-shm").exists()
+
+
+async def test_a_database_left_in_wal_mode_by_an_older_version_is_turned_back(db_path: Path) -> None:
+    import sqlite3
+
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+    async with Database(db_path, plain_settings()) as database:
+        await record(database)
+    assert not db_path.with_name(db_path.name + "-shm").exists()
+    connection = sqlite3.connect(db_path)
+    try:  # WAL is the one journal mode stored in the file; the others are per connection
+        assert connection.execute("PRAGMA journal_mode").fetchone() != ("wal",)
+    finally:
+        connection.close()
 
 
 async def test_foreign_keys_are_enforced(db: Database) -> None:

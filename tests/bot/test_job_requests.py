@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 import pytest
 
@@ -186,3 +187,20 @@ def test_more_steps_stops_at_the_models_ceiling_and_compare_uses_its_ladder() ->
         derive_request(GenerateRequest("x", steps=8), "more", defaults=TURBO_DEFAULTS, max_steps=8)
     compare = derive_request(GenerateRequest("x", steps=5, model="t"), "compare", defaults=TURBO_DEFAULTS)
     assert isinstance(compare, CompareStepsRequest) and (compare.steps, compare.model) == ((1, 2, 3, 4, 5, 6, 8), "t")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (RequestOptions("fox", count=""), "count must be a whole number; got ''."),  # type: ignore[arg-type]
+        (RequestOptions("fox", guidance="7"), "guidance must be a number; got '7'."),  # type: ignore[arg-type]
+        (RequestOptions("fox", steps=True), "steps must be a whole number; got True."),
+        (RequestOptions(12345), "prompt must be text; got 12345."),  # type: ignore[arg-type]
+        (RequestOptions("fox", size=512, grid=True), "size must be text; got 512."),  # type: ignore[arg-type]
+    ],
+)
+def test_an_option_of_the_wrong_type_from_a_crafted_client_is_an_option_error(
+    options: RequestOptions, message: str
+) -> None:
+    with pytest.raises(InvalidOption, match=re.escape(message)):
+        build_request(options, RequestDefaults())

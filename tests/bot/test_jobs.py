@@ -19,7 +19,6 @@ from bot.db import Database
 from bot.errors import (
     InvalidOption,
     JobNotFound,
-    ModelLoading,
     NotYourJob,
     QueueBusy,
     UserFacingError,
@@ -97,13 +96,17 @@ async def test_a_request_over_the_operator_ceiling_names_the_limit(harness: Harn
     assert harness.queue.requests == {}
 
 
-async def test_nothing_is_queued_while_the_model_loads() -> None:
+async def test_a_job_accepted_while_the_model_loads_waits_in_the_queue_with_its_place_shown() -> None:
     harness = Harness(ready=False)
-    interaction = harness.interaction()
-    with pytest.raises(ModelLoading):
-        await harness.service.start(interaction.as_interaction(), IMAGINE, origin="imagine")
-    assert harness.queue.requests == {}
-    assert interaction.recorder.calls == []
+    job_id, interaction, task = await harness.start(IMAGINE)
+    assert list(harness.queue.requests) == [job_id]
+    harness.queue.emit(JobQueued(job_id, 2))
+    await interaction.recorder.wait_for(lambda calls: any("position 2" in (c.content or "") for c in calls))
+    shown = [c.content for c in interaction.recorder.of("edit")]
+    assert shown[-1] == "⏳ Queued — position 2. The model is still loading; your job runs as soon as it is ready."
+    harness.queue.emit(JobStarted(job_id, 1))
+    harness.queue.emit(result_for(job_id, IMAGINE))
+    await task
 
 
 async def test_a_full_queue_fails_the_recorded_job_and_removes_the_thinking_message() -> None:
@@ -499,7 +502,7 @@ async def test_a_failure_note_names_what_was_asked_and_gives_one_piece_of_advice
 
 async def refusal_of(scenario: str) -> tuple[BaseException, FakeInteraction]:
     """Make the service refuse the way `scenario` says; the error and the interaction refused."""
-    harness = Harness(ready=scenario != "model-loading", max_length=0 if scenario == "queue-full" else 100)
+    harness = Harness(max_length=0 if scenario == "queue-full" else 100)
     interaction = harness.interaction(user_id=OTHER)
     if scenario in ("unknown-job", "not-your-job"):
         job_id = "nosuchjob"
@@ -520,7 +523,6 @@ async def refusal_of(scenario: str) -> tuple[BaseException, FakeInteraction]:
     [
         ("invalid-option", InvalidOption, "steps must be 1 to 150; got 0."),
         ("queue-full", QueueBusy, "The queue is full (0 of 0 jobs waiting); try again in a minute."),
-        ("model-loading", ModelLoading, "The model is still loading; try again in a minute."),
         ("unknown-job", JobNotFound, "I no longer know job `nosuchjob`; run the command again instead."),
         ("not-your-job", NotYourJob, "Only the member who started this job (or a moderator) can cancel it."),
         ("over-a-limit", LimitExceeded, "This server allows at most 100 steps; you asked for 120."),
@@ -659,3 +661,27 @@ async def test_flux_is_offered_no_negative_prompt() -> None:
 
 def test_the_fake_models_fit_the_fake_registry() -> None:
     assert [model.name for model in (SD15, TURBO, FLUX)] == ["sd15", "sdxl-turbo", "flux"]
+
+
+async def test_a_job_failed_after_two_worker_crashes_counts_the_steps_that_ran(database: Database) -> None:
+    harness = database_harness(database)
+    job_id, _, task = await harness.start(IMAGINE)
+    harness.queue.emit(JobStarted(job_id, 1))
+    harness.queue.emit(progress(job_id, 5, 20))
+    harness.queue.emit(JobStarted(job_id, 2))  # the worker crashed; the queue ran the job again
+    harness.queue.emit(progress(job_id, 7, 20))
+    harness.queue.emit(JobFailed(job_id, "The GPU worker crashed 2 times while running this job, so it was stopped."))
+    await task
+    row = await database.ledger.get_job(job_id)
+    assert row is not None and (row.status, row.steps_run) == ("failed", 12)
+
+
+async def test_a_moderator_of_another_server_cannot_cancel_a_running_job(harness: Harness) -> None:
+    job_id, _, task = await harness.start(IMAGINE)
+    outsider = harness.interaction(user_id=OTHER, permissions=discord.Permissions(manage_messages=True))
+    outsider.guild_id = 4242
+    with pytest.raises(JobNotFound):
+        await harness.service.handle_button(outsider.as_interaction(), "cancel", job_id)
+    assert harness.queue.cancelled == []
+    harness.queue.emit(result_for(job_id, IMAGINE))
+    await task

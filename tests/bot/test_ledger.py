@@ -281,3 +281,25 @@ async def test_active_jobs_counts_queued_and_running_only(db: Database) -> None:
     assert await db.ledger.active_jobs(GUILD, ALICE) == 2
     assert await db.ledger.active_jobs(GUILD, BOB) == 1
     assert await db.ledger.active_jobs(OTHER_GUILD, ALICE) == 0
+
+
+async def test_a_delivering_job_keeps_its_figures_and_counts_as_unfinished_until_recorded(db: Database) -> None:
+    job = await record(db, steps=30)
+    await db.ledger.mark_running(job.id)
+    image = GeneratedImage(b"png", seed=1, steps=30, width=512, height=512, seconds=1.0)
+    assert await db.ledger.mark_delivering(job.id, JobResult(job.id, (image,), gpu_seconds=2.0, queue_seconds=0.5))
+    assert await db.ledger.active_jobs(GUILD, ALICE) == 1  # the upload may not have happened yet
+    [unfinished] = await db.ledger.unfinished_jobs()
+    assert (unfinished.status, unfinished.steps_run, unfinished.gpu_seconds) == ("delivering", 30, 2.0)
+    assert await db.ledger.mark_delivered(job.id)  # recovery saw the result on its message
+    [done] = await all_jobs(db)
+    assert (done.status, done.steps_run, done.gpu_seconds, done.interaction_token) == ("done", 30, 2.0, None)
+    assert await db.ledger.active_jobs(GUILD, ALICE) == 0
+
+
+async def test_a_job_found_delivered_without_its_figures_counts_the_steps_it_asked_for(db: Database) -> None:
+    job = await record(db, steps=30, count=2)
+    await db.ledger.mark_running(job.id)  # the write before the upload failed: no figures
+    assert await db.ledger.mark_delivered(job.id)
+    [done] = await all_jobs(db)
+    assert (done.status, done.steps_run) == ("done", 60)

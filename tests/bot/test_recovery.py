@@ -23,9 +23,15 @@ CHANNEL, GUILD, ALICE = 500, 1000, 11
 class RecordingJobs:
     """The two things recovery asks of the job service, recorded instead of done."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, delivered: bool | None = False) -> None:
         self.resumed: list[tuple[JobRecord, float]] = []
         self.failed: list[tuple[JobRecord, str, float]] = []
+        self.delivered = delivered  # what reading a job's message finds
+        self.looked_at: list[str] = []
+
+    async def already_delivered(self, client: discord.Client, record: JobRecord, *, token_age: float) -> bool | None:
+        self.looked_at.append(record.job_id)
+        return self.delivered
 
     def resume(self, client: discord.Client, record: JobRecord, *, token_age: float) -> None:
         self.resumed.append((record, token_age))
@@ -147,3 +153,40 @@ async def test_a_resumed_request_the_checks_now_refuse_is_answered_as_failed() -
     await harness.service.resume(client, record, token_age=10_000.0)
     assert harness.queue.requests == {}
     assert harness.store.status["job1"] == "failed"
+
+
+async def delivering(db: Database) -> JobRow:
+    """A job whose result was being uploaded when the bot died: its message id and figures are recorded."""
+    job = await leftover(db, running=True)
+    await db.ledger.set_message(job.id, message_id=777, channel_id=CHANNEL)
+    await db.ledger.mark_delivering(job.id, JobResult(job.id, (), gpu_seconds=1.0))
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    return stored
+
+
+async def test_a_job_whose_result_is_already_on_its_message_is_recorded_done_not_run_again(db: Database) -> None:
+    job = await delivering(db)
+    jobs = RecordingJobs(delivered=True)
+    recovered = await recover(db, jobs)
+    assert recovered.delivered == (job.id,) and jobs.resumed == [] and jobs.failed == []
+    done = await db.ledger.get_job(job.id)
+    assert done is not None and done.status == "done"
+
+
+@pytest.mark.parametrize("found", [False, None])  # not there, or the message can't be read: run it again
+async def test_a_job_whose_result_is_not_on_its_message_runs_again(db: Database, found: bool | None) -> None:
+    job = await delivering(db)
+    jobs = RecordingJobs(delivered=found)
+    recovered = await recover(db, jobs)
+    assert recovered.requeued == (job.id,) and [record.job_id for record, _ in jobs.resumed] == [job.id]
+    again = await db.ledger.get_job(job.id)
+    assert again is not None and again.status == "queued"
+
+
+async def test_a_queued_job_is_not_looked_for_on_discord(db: Database) -> None:
+    job = await leftover(db)  # never started: it can't have a result, however its message looks
+    await db.ledger.set_message(job.id, message_id=777, channel_id=CHANNEL)
+    jobs = RecordingJobs(delivered=True)
+    await recover(db, jobs)
+    assert jobs.looked_at == [] and len(jobs.resumed) == 1

@@ -274,11 +274,48 @@ def test_banned_words_match_whole_words_only() -> None:
     assert banned_word_in("a scat", ["cat"]) is None
 
 
-def test_the_negative_prompt_may_name_banned_words() -> None:
-    # People put the very things they don't want in the negative prompt.
-    request = GenerateRequest(prompt="a beach", negative_prompt="gore")
+def test_the_negative_prompt_is_checked_too_since_it_is_shown_with_the_image() -> None:
+    # It used to be exempt (people name there what they don't want), but the result's embed shows it publicly.
+    error = refusal(GenerateRequest(prompt="a beach", negative_prompt="ɡore, blurry"), limits(banned_words=("gore",)))
 
-    check_request(request, limits(banned_words=("gore",)), steps_used_today=0, active_jobs=0)
+    assert error.limit == "banned_words" and "negative prompt" in str(error)
+    assert "gore" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a c\u200bat on a mat",  # zero-width space
+        "a c\u00adat",  # soft hyphen
+        "a \u0441at",  # Cyrillic es
+        "a ϲat",  # Greek lunate sigma
+        "a ｃａｔ",  # fullwidth
+        "a CAT",
+        "a c.a.t",
+        "a c a t",
+        "a c-a-t",
+        "a cát",  # an accent
+        "a c\u0301at",  # a combining accent
+    ],
+)
+def test_a_banned_word_is_found_however_it_is_spelled(prompt: str) -> None:
+    assert banned_word_in(prompt, ["cat"]) == "cat"
+    assert refusal(GenerateRequest(prompt=prompt), limits(banned_words=("cat",))).limit == "banned_words"
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["WAR  CRIMES", "war\u200b crimes", "war.crimes", "wаr crimes", "ｗａｒ ｃｒｉｍｅｓ", "w a r c r i m e s"],
+)
+def test_a_banned_phrase_is_found_however_it_is_spelled(prompt: str) -> None:
+    assert banned_word_in(f"a painting of {prompt}, oil", ["war crimes"]) == "war crimes"
+
+
+@pytest.mark.parametrize(
+    "prompt", ["a category of mats", "a concatenation", "the scat singer", "a c at", "war on crime"]
+)
+def test_folding_does_not_ban_innocent_words(prompt: str) -> None:
+    assert banned_word_in(prompt, ["cat", "war crimes"]) is None
 
 
 def test_too_many_jobs_at_once_is_refused() -> None:
@@ -350,9 +387,12 @@ def server_limits(draw: st.DrawFn) -> ServerLimits:
 
 def broken_limits(request: Request, effective: EffectiveLimits, used: int, active: int) -> set[str]:
     """An independent statement of every limit, to compare check_request against."""
-    words = set(request.prompt.split())
+
+    def named(text: str) -> bool:
+        return any(w in text.split() or (" " in w and w in text) for w in effective.banned_words)
+
     broken = {
-        "banned_words": any(w in words or (" " in w and w in request.prompt) for w in effective.banned_words),
+        "banned_words": named(request.prompt) or named(request.negative_prompt),
         "allowed_schedulers": request.scheduler not in effective.allowed_schedulers,
         "max_steps": max(request.lane_steps) > effective.max_steps,
         "max_grid_cells": isinstance(request, CompareStepsRequest) and len(request.steps) > effective.max_grid_cells,

@@ -160,3 +160,25 @@ async def test_server_usage_and_the_csv_name_each_jobs_model(db: Database, db_pa
     export_csv(db_path, out)
     by_id = {row["id"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
     assert (by_id[turbo]["model"], by_id[old]["model"]) == ("sdxl-turbo", "")
+
+
+async def test_the_csv_export_reads_page_by_page_so_the_bot_can_write_between_pages(
+    db: Database, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.usage_report
+
+    monkeypatch.setattr(bot.usage_report, "EXPORT_PAGE", 2)
+    ids = [await finished(db, GenerateRequest(prompt=f"job {n}", steps=4), user=ALICE) for n in range(5)]
+    out = io.StringIO()
+    assert export_csv(db_path, out) == 5  # same timestamps: the id orders them, no row twice or lost
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert sorted(row["id"] for row in rows) == sorted(ids) and len({row["id"] for row in rows}) == 5
+
+
+def test_an_empty_ledger_exports_just_the_header(tmp_path: Path) -> None:
+    from bot.db_migrations import upgrade_database
+
+    upgrade_database(tmp_path / "empty.sqlite3")
+    out = io.StringIO()
+    assert export_csv(tmp_path / "empty.sqlite3", out) == 0
+    assert out.getvalue().strip() == ",".join(CSV_COLUMNS)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.e2e.helpers import content, wait_for_progress
+from tests.e2e.helpers import content, result_files, wait_for_progress, wait_for_result
 from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -208,5 +208,34 @@ async def test_sigterm_stops_gracefully_leaving_the_waiting_job_queued_for_the_n
         assert rows[running_id] == (None, "failed", 1)  # told it was stopped
         assert len(rows) == 2  # and the waiting job stays queued, token kept: the next start runs it
         await wait_for_progress(queued, "restarting")
+    finally:
+        await bot.kill(signal.SIGKILL)
+
+
+async def test_kill_9_between_the_result_upload_and_the_ledger_write_posts_the_result_once(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
+    await bot.start()
+    try:
+        await bot.wait_for_log(WORKER_READY, within=fake.timeout)
+        # Discord takes the result, but its answer never reaches the bot: killed before the ledger write.
+        release = fake.hold_answers(lambda r: r.method == "PATCH" and bool(result_files(r)))
+        handle = await fake.invoke("imagine", {"prompt": "delivered once", "steps": 4, "size": "256", "seed": 5})
+        await handle.wait_for(lambda r: bool(result_files(r)))
+        await bot.kill(signal.SIGKILL)
+        release.set()
+        [(job_id, (_, status, _))] = (await asyncio.to_thread(job_rows, database)).items()
+        assert status == "delivering"
+
+        await bot.start()
+        await bot.wait_for_log("recovered 1 job(s) left by the last run", within=fake.timeout)
+        await bot.wait_for_log(WORKER_READY, within=fake.timeout)
+        # One lane, first come first served: once this job is answered, a second run of the first would be too.
+        later = await fake.invoke("imagine", {"prompt": "after the restart", "steps": 2, "size": "256", "seed": 6})
+        await wait_for_result(later)
+        assert len([r for r in handle.requests if result_files(r)]) == 1
+        assert (await asyncio.to_thread(job_rows, database))[job_id] == (None, "done", 1)
     finally:
         await bot.kill(signal.SIGKILL)

@@ -269,7 +269,7 @@ async def test_every_job_done_cancelled_or_failed_has_exactly_one_ledger_row_wit
         crashed, crashed_id = await finished_job(fake, fake.member, seed=8)
     assert len(queue.submitted) == 4
     # The last one is left as a bot killed twice mid-run would leave it: the next start answers it as failed.
-    await leave_unfinished(database, crashed_id, token=crashed.token, attempts=2)
+    await leave_unfinished(database, crashed_id, handle=crashed, attempts=2)
     async with running_bot(fake, worker, database=database):
         await crashed.wait_for(lambda r: r.is_followup and r.ephemeral)
 
@@ -313,8 +313,14 @@ async def test_usage_shows_a_members_figures_and_usage_server_the_servers(
 # --- start-up recovery (in process; the kill -9 test is in test_kill_e2e.py) -------------------------
 
 
-async def leave_unfinished(database: Database, job_id: str, *, token: str, **values: Any) -> None:
-    """Put a job back as a crash would have left it, interaction token included (plus `values`)."""
+async def leave_unfinished(database: Database, job_id: str, *, handle: InteractionHandle, **values: Any) -> None:
+    """Put a job back as a crash before its result was posted would have left it, interaction token
+    included (plus `values`); its message no longer shows the result (else the next start would only
+    record it as delivered)."""
+    message = handle.original_message
+    assert message is not None
+    handle.fake.messages[int(message["id"])]["components"] = []
+    token = handle.token
 
     async def change(session: Any) -> None:
         job = await session.get(JobRow, job_id)
@@ -337,7 +343,7 @@ async def test_at_start_up_a_job_left_running_is_run_again_and_answered_in_its_m
 ) -> None:
     async with running_bot(fake, worker, database=database):
         handle, job_id = await finished_job(fake, fake.member, seed=11)
-    await leave_unfinished(database, job_id, token=handle.token, attempts=1)
+    await leave_unfinished(database, job_id, handle=handle, attempts=1)
     message_path = f"/webhooks/{fake.application_id}/{handle.token}/messages/{handle.original_message['id']}"
     async with running_bot(fake, worker, database=database) as (_, queue):
         assert [s.job_id for s in queue.submitted] == [job_id]
@@ -355,7 +361,7 @@ async def test_at_start_up_a_job_that_already_took_the_bot_down_twice_is_answere
 ) -> None:
     async with running_bot(fake, worker, database=database):
         handle, job_id = await finished_job(fake, fake.member)
-    await leave_unfinished(database, job_id, token=handle.token, attempts=2)
+    await leave_unfinished(database, job_id, handle=handle, attempts=2)
     async with running_bot(fake, worker, database=database) as (_, queue):
         note = await handle.wait_for(lambda r: r.is_followup and r.ephemeral)
         assert content(note) == (
@@ -375,7 +381,7 @@ async def test_at_start_up_a_job_whose_token_is_too_old_is_answered_in_the_chann
     job = await database.ledger.get_job(job_id)
     assert job is not None
     old = job.created_at - timedelta(minutes=20)
-    await leave_unfinished(database, job_id, token=handle.token, status="queued", attempts=0, created_at=old)
+    await leave_unfinished(database, job_id, handle=handle, status="queued", attempts=0, created_at=old)
     before = len(handle.requests)
     async with running_bot(fake, worker, database=database):
         channel = f"/channels/{fake.channel.id}/messages"
