@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.protocol import DEFAULT_SCHEDULER, MAX_COMPARE_CELLS, MAX_STEPS, GenerateRequest, WorkerConfig
+from inference.redis_wire import check_redis_url
 from inference.registry import models_from_setting
 
 
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
 
     database_path: Path = Path("data/stepgrid.sqlite3")
 
+    # Set: GPU agents (`stepgrid worker`) on any hosts behind this Redis do the work; unset: one local worker.
+    redis_url: str | None = Field(default=None, description="e.g. redis://HOST:6379/0")
+
     queue_max_length: int = 100
     worker_hang_seconds: float = 120.0
 
@@ -50,6 +54,12 @@ class Settings(BaseSettings):
         """One model, or a model registry (a .toml file or its text): a typo is named at start-up."""
         models_from_setting(value)  # RegistryError is a ValueError: pydantic reports its one line
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        """A malformed URL is named at start-up, not at the first job."""
+        return check_redis_url(value) if value else None
 
     def worker_config(self) -> WorkerConfig:
         """The part of the settings a GPU worker needs."""

@@ -97,7 +97,7 @@ class RedisAgent:
         config: WorkerConfig,
         *,
         agent_id: str | None = None,
-        prefix: str = "stepgrid",
+        keys: Keys | None = None,
         timings: AgentTimings = AgentTimings(),
         hang_seconds: float = 120.0,
         max_deliveries: int = MAX_DELIVERIES,
@@ -107,7 +107,7 @@ class RedisAgent:
         self.config = config
         self.host = socket.gethostname()
         self.agent_id = agent_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.keys = Keys(prefix)
+        self.keys = keys or Keys()
         self.timings = timings
         self.max_deliveries = max_deliveries
         self.local = _AgentQueue(config, max_length=10_000, hang_seconds=hang_seconds, worker_target=worker_target)
@@ -397,3 +397,24 @@ class RedisAgent:
             except Exception:
                 log.exception("unexpected error in the agent's %s loop", name)
                 await asyncio.sleep(1.0)
+
+
+async def run_agent(agent: RedisAgent) -> int:
+    """Run an agent until SIGTERM/SIGINT; returns 0, or 1 when its worker can't load any model."""
+    import signal
+
+    from inference.queue import WorkerUnavailable
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, agent._stopping.set)
+    await agent.start()
+    try:
+        await agent.serve()
+    except WorkerUnavailable as error:
+        log.error("the GPU worker cannot start: %s", error)
+        return 1
+    finally:
+        await agent.stop()
+    return 0

@@ -129,14 +129,14 @@ class RedisJobQueue(LocalJobQueue):
         *,
         max_length: int = 100,
         bot_id: str = "stepgrid",
-        prefix: str = "stepgrid",
+        keys: Keys | None = None,
         poll_seconds: float = 1.0,
         orphan_seconds: float = 60.0,
     ) -> None:
         super().__init__(config, max_length=max_length)
         self.url = check_redis_url(url)
         self.bot_id = bot_id
-        self.keys = Keys(prefix)
+        self.keys = keys or Keys()
         self.poll_seconds = poll_seconds
         self.orphan_seconds = orphan_seconds
         self.agents: list[AgentInfo] = []
