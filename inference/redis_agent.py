@@ -342,6 +342,8 @@ class RedisAgent:
                 log.debug("dropped a deleted entry %s from %s", entry_id, stream)
             for entry, fields in claimed:
                 entry_text = entry.decode()
+                if fields and fields[b"job"].decode() in self._running:
+                    continue  # its own job, whose claim lapsed while Redis was away: it is still running
                 count = await self._deliveries(stream, entry_text)
                 log.warning("took over %s from %s (delivery %d)", entry_text, stream, count)
                 if count > self.max_deliveries:

@@ -1,4 +1,7 @@
-"""A RedisAgent in a process of its own (to be killed with -9): python -m tests.inference.agent_process URL PREFIX NAME."""
+"""A RedisAgent in a process of its own, to be killed with -9.
+
+Usage: python -m tests.inference.agent_process URL PREFIX NAME CACHE_DIR
+"""
 
 from __future__ import annotations
 
