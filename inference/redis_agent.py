@@ -202,7 +202,8 @@ class RedisAgent:
         key = self.keys.agent(self.agent_id)
         async with self._redis().pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
-            pipe.expire(key, max(2, round(3 * self.timings.heartbeat_seconds)))
+            # Generous: a stalled loop must not make a live agent look gone (a dead one lingers this long).
+            pipe.expire(key, max(10, round(3 * self.timings.heartbeat_seconds)))
             await pipe.execute()
 
     async def _create_groups(self, client: aioredis.Redis) -> None:
@@ -297,7 +298,7 @@ class RedisAgent:
             await self._redis().xadd(
                 self.keys.events(delivery.bot_id),
                 {"job": delivery.job_id, **fields},  # type: ignore[dict-item]
-                maxlen=10_000,
+                maxlen=1_000,  # progress carries previews: keep the stream short
                 approximate=True,
             )
         except (RedisError, OSError) as error:
