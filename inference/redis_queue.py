@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -149,6 +150,7 @@ class RedisJobQueue(LocalJobQueue):
         self._wake_release = asyncio.Event()
         self._events_from = "$"
         self.reconnects = 0
+        self._agents_known = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -230,6 +232,9 @@ class RedisJobQueue(LocalJobQueue):
         return request.model or self._default_model(self._served())
 
     def _check_model(self, request: Request) -> None:
+        if not self._agents_known:  # start-up recovery runs before the first look at the agents
+            super()._check_model(request)
+            return
         served = self._served()
         name = request.model or self._default_model(served)
         if name not in served:
@@ -295,7 +300,9 @@ class RedisJobQueue(LocalJobQueue):
         if entry is not None:  # released by this bot's previous run: still in its stream
             return
         model = self._model_of[job.job_id]
-        fields = {"job": job.job_id, "bot": self.bot_id, "user": job.user_id, "request": dumps(job.request)}
+        # The agent's own default may be another model: name the one this stream is for.
+        request = job.request if job.request.model else dataclasses.replace(job.request, model=model)
+        fields = {"job": job.job_id, "bot": self.bot_id, "user": job.user_id, "request": dumps(request)}
         entry = await client.xadd(keys.jobs(model), fields)  # type: ignore[arg-type]
         await client.set(keys.released(job.job_id), f"{model} {entry.decode()}", ex=3600)
         log.debug("job %s released to %s as %s", job.job_id, model, entry)
@@ -352,6 +359,7 @@ class RedisJobQueue(LocalJobQueue):
             return
         self._unreleased.discard(job_id)
         self._released_at.pop(job_id, None)
+        self._model_of.pop(job_id, None)
         if job.cancel_requested and not (isinstance(event, JobFailed) and event.cancelled):
             event = JobFailed.cancellation(job_id, gpu_seconds=event.gpu_seconds, steps_run=event.steps_run)
         self._finish(job, event)
@@ -363,6 +371,7 @@ class RedisJobQueue(LocalJobQueue):
         client = self._redis()
         await client.set(self.keys.bot_models, ",".join(self.config.model_names))
         self.agents = await read_agents(client, self.keys)
+        self._agents_known = True
         now = time.monotonic()
         for name in self._served():
             self._model_seen[name] = now

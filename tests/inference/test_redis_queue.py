@@ -199,9 +199,11 @@ async def test_a_restarted_bot_delivers_what_agents_finished_while_it_was_down(
         await until(all_released, "all three released")
         await before.close()  # the bot goes away; the agent goes on
         await until(lambda: agent.jobs_done == 3, "the agent finishing all three")
-        after = await started_bot(tiny_config, url, keys)
+        after = redis_queue(tiny_config, url, keys)
+        await after.start()
         try:
-            for job_id, request in requests.items():  # start-up recovery submits the ledger's jobs again
+            # Start-up recovery submits the ledger's jobs again, before the bot has looked at the agents.
+            for job_id, request in requests.items():
                 after.submit(request, user_id="u", job_id=job_id)
             outcomes = await asyncio.gather(*(collect(after, job_id) for job_id in ids))
             for events in outcomes:
