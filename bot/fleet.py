@@ -29,9 +29,8 @@ def add_fleet_commands(commands: argparse._SubParsersAction[Any], settings: Sett
     about = "run a GPU agent that takes jobs from the bot through Redis (one per GPU, on any host)"
     worker = commands.add_parser("worker", help=about, description=about[0].upper() + about[1:] + ".")
     worker.add_argument("--redis", default=settings.redis_url, help="redis://HOST:6379/0 (default: STEPGRID_REDIS_URL)")
-    worker.add_argument(
-        "--models", default=settings.model, help="the models to serve: one model, or a registry .toml like the bot's (default: STEPGRID_MODEL)"
-    )
+    models_help = "the models to serve: one model, or a registry .toml like the bot's (default: STEPGRID_MODEL)"
+    worker.add_argument("--models", default=settings.model, help=models_help)
     worker.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     worker.add_argument(
         "--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16 (default: %(default)s)"
