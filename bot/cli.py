@@ -116,6 +116,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     models.add_argument("--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16")
     models.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
 
+    from bot.fleet import add_fleet_commands
+
+    add_fleet_commands(commands, settings)
+
     usage = commands.add_parser("usage", help="export the usage ledger")
     usage.add_argument("--csv", action="store_true", required=True, help="one CSV row per job on stdout")
     return parser
@@ -453,8 +457,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stepgrid: the setting {name} is invalid: {message}.", file=sys.stderr)
         return 2
     args = build_parser(settings).parse_args(argv)
+    if args.command in ("worker", "workers"):
+        from bot.fleet import worker_command, workers_command
+
+        return worker_command(args, settings) if args.command == "worker" else workers_command(args)
     if args.command == "run":
         from bot.client import run
+        from bot.fleet import check_bot_redis
+
+        if (unreachable := check_bot_redis(settings)) is not None:
+            print(f"stepgrid: {unreachable}", file=sys.stderr)
+            return 2
 
         return run(settings)
     if args.command == "db":

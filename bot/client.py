@@ -147,8 +147,13 @@ class Stepgrid(commands.Bot):
 
 
 def default_queue(settings: Settings) -> JobQueue:
-    """The local queue with one spawned GPU worker, as configured."""
+    """The local queue with one spawned GPU worker, or with STEPGRID_REDIS_URL the agents behind Redis."""
     from inference.queue import LocalJobQueue
+
+    if settings.redis_url:
+        from inference.redis_queue import RedisJobQueue
+
+        return RedisJobQueue(settings.worker_config(), settings.redis_url, max_length=settings.queue_max_length)
 
     queue: JobQueue = LocalJobQueue(
         settings.worker_config(),

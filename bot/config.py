@@ -18,6 +18,7 @@ from inference.protocol import (
     GenerateRequest,
     WorkerConfig,
 )
+from inference.redis_wire import check_redis_url
 from inference.registry import ModelSpec, models_from_setting
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -91,6 +92,9 @@ class Settings(BaseSettings):
 
     database_path: Path = Path("data/stepgrid.sqlite3")
 
+    # Set: GPU agents (`stepgrid worker`) on any hosts behind this Redis do the work; unset: one local worker.
+    redis_url: str | None = Field(default=None, description="e.g. redis://HOST:6379/0")
+
     queue_max_length: int = 100
     worker_hang_seconds: float = 120.0
 
@@ -119,6 +123,12 @@ class Settings(BaseSettings):
     def model_specs(self) -> tuple[ModelSpec, ...]:
         """The operator's models (the registry, or the one model), the default first."""
         return _specs(self.model)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        """A malformed URL is named at start-up, not at the first job."""
+        return check_redis_url(value) if value else None
 
     def worker_config(self) -> WorkerConfig:
         """The part of the settings a GPU worker needs."""

@@ -8,12 +8,14 @@ import os
 # oversubscribed OpenMP threads spin-wait each other into 10-100x slowdowns. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from inference.protocol import WorkerConfig
 from tests.fake_discord import fake_discord  # noqa: F401  (a fixture)
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +27,14 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config(model_cache_dir: Path) -> WorkerConfig:
     return WorkerConfig(model="tiny", cache_dir=str(model_cache_dir), max_batch_lanes=8)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests keep apart by key prefix (`fresh_keys`)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
