@@ -77,7 +77,7 @@ def test_same_seed_gives_the_same_image_and_another_seed_does_not(tiny: LoadedMo
     assert _relative_error(other, first) > 0.1
 
 
-@pytest.mark.parametrize("scheduler", ["Euler", "DPM++ 2M Karras", "Heun"])
+@pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "Heun"])
 def test_a_lane_matches_the_plain_diffusers_pipeline_call(tiny: LoadedModel, scheduler: str) -> None:
     """Each lane is exactly what StableDiffusionPipeline.__call__ computes for that scheduler."""
     request = GenerateRequest("a red fox", steps=5, scheduler=scheduler, seed=77, guidance=7.5,
