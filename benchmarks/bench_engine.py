@@ -325,10 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--overhead", action="store_true",
                         help="host overhead only: the denoiser returns at once (see bench_overhead.py)")  # fmt: skip
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=None,
+        help="--overhead: image sizes (default 64,512)",
+    )
     add_overhead_arguments(parser)
     args = parser.parse_args(argv)
     if args.overhead:
-        args.size = args.size or 512
+        args.sizes = list(args.sizes or ([args.size] if args.size else [64, 512]))
         run_overhead(args)
         return 0
     if args.families:

@@ -31,6 +31,11 @@ from inference.engine import Lane, LaneEngine
 from inference.loading import LoadedModel, load_model
 from inference.protocol import GenerateRequest, JobEvent, JobProgress
 
+try:
+    from inference.protocol import ProgressBatch
+except ImportError:  # an engine from before progress batches
+    ProgressBatch = JobProgress  # type: ignore[misc,assignment]
+
 SCHEDULERS = ("Euler", "DPM++ 2M Karras", "Euler a")
 LANES = (1, 8, 16, 32)
 
@@ -55,11 +60,13 @@ class Wire:
         self.bytes = 0
         self.progress = 0
 
-    def __call__(self, event: JobEvent) -> None:
+    def __call__(self, event: JobEvent | ProgressBatch) -> None:
         self.messages += 1
         self.bytes += len(ForkingPickler.dumps(event))
         if isinstance(event, JobProgress):
             self.progress += 1
+        elif isinstance(event, ProgressBatch):
+            self.progress += len(event.events)
 
 
 def _sync(model: LoadedModel) -> None:
@@ -67,29 +74,35 @@ def _sync(model: LoadedModel) -> None:
         torch.cuda.synchronize(model.device)
 
 
-def measure(model: LoadedModel, scheduler: str, lanes: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(model: LoadedModel, scheduler: str, lanes: int, size: int, args: argparse.Namespace) -> dict[str, float]:
     """Median over repeats of one engine iteration with `lanes` single-lane jobs sharing it."""
     per_iteration, messages, nbytes, progress = [], [], [], []
+    steps = args.warmup + args.max_iterations + 2  # nobody finishes inside the timed window
     for repeat in range(args.repeats):
         wire = Wire()
-        engine = StubEngine(model, wire, max_batch_lanes=lanes, previews=True, **args.engine_options)
-        steps = args.warmup + args.iterations + 2  # nobody finishes inside the timed window
+        engine = StubEngine(model, wire, max_batch_lanes=lanes, previews=args.previews, **args.engine_options)
         for job in range(lanes):
             engine.add_job(f"job-{job}", GenerateRequest("a lighthouse", steps=steps, scheduler=scheduler,
                                                          seed=1000 * repeat + job, guidance=7.5,
-                                                         width=args.size, height=args.size))  # fmt: skip
+                                                         width=size, height=size))  # fmt: skip
         for _ in range(args.warmup):
             engine.step()
         wire.messages = wire.bytes = wire.progress = 0
         _sync(model)
         started = time.perf_counter()
-        for _ in range(args.iterations):
+        iterations = 0
+        # At least `iterations`, and at least `min_seconds` so that previews (one per job per 1.5 s)
+        # weigh in as they do in a long run.
+        while iterations < args.max_iterations and (
+            iterations < args.iterations or time.perf_counter() - started < args.min_seconds
+        ):
             assert engine.step() == lanes
+            iterations += 1
         _sync(model)
-        per_iteration.append((time.perf_counter() - started) / args.iterations)
-        messages.append(wire.messages / args.iterations)
-        nbytes.append(wire.bytes / args.iterations)
-        progress.append(wire.progress / args.iterations)
+        per_iteration.append((time.perf_counter() - started) / iterations)
+        messages.append(wire.messages / iterations)
+        nbytes.append(wire.bytes / iterations)
+        progress.append(wire.progress / iterations)
         engine.close()
     iteration = statistics.median(per_iteration)
     return {
@@ -121,39 +134,50 @@ def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
     card = _card(model)
-    size = args.size
+    sizes = ", ".join(f"{size}x{size} ({size // 8}x{size // 8} latents)" for size in args.sizes)
     print(f"# host overhead of the lane engine on {card}: {args.model} ({str(model.dtype).removeprefix('torch.')}), "
-          f"{size}x{size} ({size // 8}x{size // 8} latents), {torch.get_num_threads()} torch thread(s), CFG 7.5, denoiser returns at once, previews on; "
-          f"median of {args.repeats} x {args.iterations} iterations", flush=True)  # fmt: skip
-    header = "| scheduler | lanes | µs per iteration | µs per lane-step | messages per iteration | bytes per iteration |"
-    lines = [header, "|---|---|---|---|---|---|"]
+          f"{sizes}, {torch.get_num_threads()} torch thread(s), CFG 7.5, denoiser returns at once, "
+          f"previews {'on' if args.previews else 'off'}; median of {args.repeats} repeats of "
+          f"{args.iterations}+ iterations, at least {args.min_seconds:g}s each", flush=True)  # fmt: skip
+    header = ("| scheduler | image | lanes | µs per iteration | µs per lane-step | messages per iteration "
+              "| bytes per iteration |")  # fmt: skip
+    lines = [header, "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     rows: dict[str, dict[str, float]] = {}
-    for scheduler in args.schedulers:
-        for lanes in args.lanes:
-            row = measure(model, scheduler, lanes, args)
-            rows[f"{scheduler}@{lanes}"] = row
-            line = (f"| {scheduler} | {lanes} | {row['iteration_us']:.0f} | {row['lane_step_us']:.0f} | "
-                    f"{row['messages_per_iteration']:.2f} | {row['bytes_per_iteration']:.0f} |")  # fmt: skip
-            lines.append(line)
-            print(line, flush=True)
-    payload = {"device": card, "engine_options": args.engine_options, "model": args.model, "size": size, "args": {k: str(v) for k, v in vars(args).items()},
-               "rows": rows, "lines": lines}  # fmt: skip
+    for size in args.sizes:
+        for scheduler in args.schedulers:
+            for lanes in args.lanes:
+                row = measure(model, scheduler, lanes, size, args)
+                rows[f"{scheduler}@{lanes}@{size}"] = row
+                cells = [scheduler, f"{size}²", lanes, f"{row['iteration_us']:.0f}", f"{row['lane_step_us']:.0f}",
+                         f"{row['messages_per_iteration']:.2f}", f"{row['bytes_per_iteration']:.0f}"]  # fmt: skip
+                line = "| " + " | ".join(map(str, cells)) + " |"
+                lines.append(line)
+                print(line, flush=True)
+    payload = {"device": card, "model": args.model, "engine_options": args.engine_options,
+               "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "lines": lines}  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
     return payload
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, sizes: bool = False) -> None:
+    if sizes:
+        parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")], default=[64, 512],
+                            help="image sizes: 64 (8x8 latents) leaves the host's work alone; 512 (SD 1.5's "
+                            "64x64 latents) adds the elementwise arithmetic a GPU would run")  # fmt: skip
     parser.add_argument("--overhead-schedulers", dest="schedulers", default=",".join(SCHEDULERS),
                         type=lambda text: [name.strip() for name in text.split(",") if name.strip()])  # fmt: skip
     parser.add_argument("--lanes", type=lambda text: [int(n) for n in text.split(",")], default=list(LANES))
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=0.0, help="time at least this long per repeat")
+    parser.add_argument("--max-iterations", type=int, default=400)
+    parser.add_argument("--previews", action="store_true", help="the worker's 1.5 s previews (use --min-seconds 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--per-lane-steps", action="store_true",
-                        help="step every lane through its scheduler's own step (to measure the batched steps)")  # fmt: skip
+                        help="every lane through its scheduler's own step (measures the batched steps)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,11 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--size", type=int, default=512, help="image size; 512 gives SD 1.5's 64x64 latents")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", type=Path, default=None)
-    add_arguments(parser)
+    add_arguments(parser, sizes=True)
     run_overhead(parser.parse_args(argv))
     return 0
 

@@ -90,7 +90,8 @@ class Euler(BatchKind):
 
     @classmethod
     def covers(cls, scheduler: Scheduler) -> bool:
-        return type(scheduler) is EulerDiscreteScheduler and scheduler.config.prediction_type == "epsilon"
+        prediction_type = scheduler.config.prediction_type
+        return type(scheduler) is EulerDiscreteScheduler and prediction_type == "epsilon"
 
     @classmethod
     def coefficients(cls, scheduler: Scheduler) -> Coefficients:
@@ -124,7 +125,8 @@ class EulerAncestral(BatchKind):
 
     @classmethod
     def covers(cls, scheduler: Scheduler) -> bool:
-        return type(scheduler) is EulerAncestralDiscreteScheduler and scheduler.config.prediction_type == "epsilon"
+        prediction_type = scheduler.config.prediction_type
+        return type(scheduler) is EulerAncestralDiscreteScheduler and prediction_type == "epsilon"
 
     @classmethod
     def coefficients(cls, scheduler: Scheduler) -> Coefficients:

@@ -37,6 +37,7 @@ from inference.protocol import (
     JobFailed,
     JobProgress,
     JobResult,
+    ProgressBatch,
     Request,
 )
 from inference.schedulers import Scheduler
@@ -147,7 +148,7 @@ class BatchError(RuntimeError):
         self.out_of_memory = out_of_memory
 
 
-Emit = Callable[[JobEvent], None]
+Emit = Callable[[JobEvent | ProgressBatch], None]
 
 
 class LaneEngine:
@@ -408,23 +409,25 @@ class LaneEngine:
         return time.perf_counter() - started
 
     def _report_progress(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
-        """One progress event per job per iteration, with the steps of every lane it advanced; a
-        preview, when one is due, is made on an encoder thread and rides on a later event."""
+        """One progress event per job per iteration, with the steps of every lane it advanced, and
+        one message for all of them when several jobs advanced. A preview, when one is due, is made
+        on an encoder thread and rides on a later event."""
         now = time.perf_counter()
-        advanced: dict[EngineJob, list[Lane]] = {job: [] for job in jobs}
+        advanced: dict[EngineJob, list[tuple[int, int]]] = {job: [] for job in jobs}
         for lane in lanes:
-            advanced[lane.job].append(lane)
-        for job, job_lanes in advanced.items():
+            advanced[lane.job].append((lane.index, lane.progress_steps))
+        events = []
+        for job, lane_steps in advanced.items():
             if self.previews and not job.previewing and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
                 job.last_preview_at = now
                 job.previewing = True
                 latents = max(job.lanes, key=lambda lane: lane.position).latents
                 self._encoder.submit(self._make_preview, job, latents)
             preview, job.preview_png = job.preview_png, None
-            first = job_lanes[0]
-            self.emit(JobProgress(job.job_id, first.index, first.progress_steps, first.steps, job.steps_done,
-                                  job.steps_total, preview,
-                                  lane_steps=tuple((lane.index, lane.progress_steps) for lane in job_lanes)))  # fmt: skip
+            (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
+            events.append(JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
+                                      lane_steps=tuple(lane_steps)))  # fmt: skip
+        self.emit(events[0] if len(events) == 1 else ProgressBatch(tuple(events)))
 
     def _make_preview(self, job: EngineJob, latents: torch.Tensor) -> None:
         """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""

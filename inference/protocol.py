@@ -321,6 +321,14 @@ class JobProgress:
 
 
 @dataclass(frozen=True)
+class ProgressBatch:
+    """The progress of every job one engine iteration advanced, as one message over the pipe (the
+    queue hands each job its own JobProgress)."""
+
+    events: tuple[JobProgress, ...]
+
+
+@dataclass(frozen=True)
 class GeneratedImage:
     png: bytes
     seed: int

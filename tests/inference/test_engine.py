@@ -25,6 +25,7 @@ from inference.protocol import (
     JobFailed,
     JobProgress,
     JobResult,
+    ProgressBatch,
 )
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
@@ -117,6 +118,23 @@ def test_second_order_schedulers_report_progress_in_user_steps(tiny: LoadedModel
     assert len(progress) == 7  # Heun calls the UNet 2N-1 times
     assert [p.step for p in progress][-1] == 4 and all(p.total == 4 for p in progress)
     assert [p.step for p in progress] == sorted(p.step for p in progress)
+
+
+def test_an_iteration_sends_one_progress_message_with_one_event_per_job(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.add_job("pair", GenerateRequest("fox", steps=3, scheduler="Euler", width=SIZE, height=SIZE, count=2))
+    engine.add_job("grid", CompareStepsRequest("boat", steps=(2, 3), scheduler="DPM++ 2M", width=SIZE, height=SIZE))
+    engine.run_until_idle()
+    messages = [e for e in engine.events if isinstance(e, JobProgress | ProgressBatch)]
+    assert len(messages) == len(engine.batch_sizes) == 3, "one message per engine iteration"
+    assert all(isinstance(m, ProgressBatch) for m in messages)
+    batches = [m for m in messages if isinstance(m, ProgressBatch)]
+    assert [[e.job_id for e in batch.events] for batch in batches] == [["pair", "grid"]] * 3
+    pair = [batch.events[0] for batch in batches]
+    assert [e.lane_steps for e in pair] == [((0, 1), (1, 1)), ((0, 2), (1, 2)), ((0, 3), (1, 3))]
+    assert [e.job_step for e in pair] == [2, 4, 6] and pair[-1].job_total == 6
+    grid = [batch.events[1] for batch in batches]
+    assert [e.lane_steps for e in grid] == [((1, 1),), ((0, 1), (1, 2)), ((0, 2), (1, 3))]
 
 
 def test_lanes_of_different_sizes_never_share_a_unet_call(tiny: LoadedModel) -> None:
