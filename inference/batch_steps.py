@@ -90,7 +90,7 @@ class Euler(BatchKind):
 
     @classmethod
     def covers(cls, scheduler: Scheduler) -> bool:
-        prediction_type = scheduler.config.prediction_type
+        prediction_type = scheduler.config.get("prediction_type")
         return type(scheduler) is EulerDiscreteScheduler and prediction_type == "epsilon"
 
     @classmethod
@@ -125,7 +125,7 @@ class EulerAncestral(BatchKind):
 
     @classmethod
     def covers(cls, scheduler: Scheduler) -> bool:
-        prediction_type = scheduler.config.prediction_type
+        prediction_type = scheduler.config.get("prediction_type")
         return type(scheduler) is EulerAncestralDiscreteScheduler and prediction_type == "epsilon"
 
     @classmethod
@@ -274,6 +274,7 @@ def plan_for(scheduler: Scheduler) -> tuple[BatchKind, Coefficients] | None:
 
 def coefficient_rows(rows: list[tuple[float, ...]], latents: torch.Tensor) -> torch.Tensor:
     """(lanes, k, 1, ...) float32 on the latents' device, one row per lane, broadcastable per column."""
-    coefs = torch.tensor(rows, dtype=torch.float32)
+    # Pinned for a device: the copy then goes without waiting for the host (no sync on the hot path).
+    coefs = torch.tensor(rows, dtype=torch.float32, pin_memory=latents.device.type == "cuda")
     coefs = coefs.view(*coefs.shape, *(1,) * (latents.dim() - 1))
     return coefs.to(latents.device, non_blocking=True)

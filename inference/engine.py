@@ -352,7 +352,8 @@ class LaneEngine:
         conditionings = [lane.job.conditioning for lane in lanes]
         predictions = family.predict(denoiser, model_inputs, timesteps, conditionings, padded_rows)
         for kind, rows, group, latents, coefs in batched:
-            prediction = predictions if len(rows) == len(lanes) else predictions[rows]
+            # Row slices, not a list index: indexing with a list would copy an index tensor to the device.
+            prediction = predictions if len(rows) == len(lanes) else torch.cat([predictions[i : i + 1] for i in rows])
             stepped = kind.step(
                 [lane.scheduler for lane in group], [lane.generator for lane in group], prediction, latents, coefs
             )

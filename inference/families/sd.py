@@ -121,7 +121,7 @@ class UNetFamily(Family):
         timestep_cond = inputs_of.pop("timestep_cond", None)
         noise = denoiser(
             torch.cat([inputs[i] for i in order]),
-            torch.stack(timesteps).to(torch.float32)[order],
+            torch.stack([timesteps[i] for i in order]).to(torch.float32),  # no index tensor: no host copy
             encoder_hidden_states=embeds,
             timestep_cond=timestep_cond,
             added_cond_kwargs=inputs_of or None,
