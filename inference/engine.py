@@ -419,12 +419,16 @@ class LaneEngine:
             advanced[lane.job].append((lane.index, lane.progress_steps))
         events = []
         for job, lane_steps in advanced.items():
+            preview = job.preview_png  # taken before a new preview is asked for, so none is overwritten
+            if preview is not None:
+                job.preview_png = None
             if self.previews and not job.previewing and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
                 job.last_preview_at = now
                 job.previewing = True
                 latents = max(job.lanes, key=lambda lane: lane.position).latents
-                self._encoder.submit(self._make_preview, job, latents)
-            preview, job.preview_png = job.preview_png, None
+                future = self._encoder.submit(self._make_preview, job, latents)
+                self._encodes.add(future)
+                future.add_done_callback(self._encodes.discard)
             (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
             events.append(JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
                                       lane_steps=tuple(lane_steps)))  # fmt: skip
