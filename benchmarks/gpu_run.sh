@@ -54,7 +54,7 @@ if [ "$which" = all ] || [ "$which" = overhead ]; then
     "${bench[@]}" "${device[@]}" --overhead "${overhead[@]}" --out "$out_dir/$card-overhead.json"
     "${bench[@]}" "${device[@]}" --overhead "${overhead[@]}" --per-lane-steps \
         --out "$out_dir/$card-overhead-per-lane-steps.json"
-    [ "$which" = overhead ] && exit 0
+    if [ "$which" = overhead ]; then exit 0; fi
 fi
 
 if [ "$which" = all ]; then
