@@ -106,6 +106,7 @@ class EngineJob:
     last_preview_at: float = 0.0
     preview_png: bytes | None = None  # encoded off the denoising thread, sent with the next progress
     previewing: bool = False
+    progress_sent: bool = False  # its first progress event has gone out
     answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
 
     @property
@@ -411,8 +412,9 @@ class LaneEngine:
 
     def _report_progress(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
         """One progress event per job per iteration, with the steps of every lane it advanced, and
-        one message for all of them when several jobs advanced. A preview, when one is due, is made
-        on an encoder thread and rides on a later event."""
+        one message for all of them when several jobs advanced. Previews are made on an encoder
+        thread: a job's first progress event waits for its first preview and is sent from there
+        (so the user's first progress shows one, as before); later ones ride on the next event."""
         now = time.perf_counter()
         advanced: dict[EngineJob, list[tuple[int, int]]] = {job: [] for job in jobs}
         for lane in lanes:
@@ -426,25 +428,36 @@ class LaneEngine:
                 job.last_preview_at = now
                 job.previewing = True
                 latents = max(job.lanes, key=lambda lane: lane.position).latents
-                future = self._encoder.submit(self._make_preview, job, latents)
+                future = self._encoder.submit(self._make_preview, job, latents, lane_steps)
                 self._encodes.add(future)
                 future.add_done_callback(self._encodes.discard)
-            (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
-            events.append(JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
-                                      lane_steps=tuple(lane_steps)))  # fmt: skip
-        self.emit(events[0] if len(events) == 1 else ProgressBatch(tuple(events)))
+            if job.previewing and not job.progress_sent:
+                continue  # its first event goes out with its first preview
+            job.progress_sent = True
+            events.append(self._progress_event(job, lane_steps, preview))
+        if events:
+            self.emit(events[0] if len(events) == 1 else ProgressBatch(tuple(events)))
 
-    def _make_preview(self, job: EngineJob, latents: torch.Tensor) -> None:
+    @staticmethod
+    def _progress_event(job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None) -> JobProgress:
+        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
+        return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
+                           lane_steps=tuple(lane_steps))  # fmt: skip
+
+    def _make_preview(self, job: EngineJob, latents: torch.Tensor, lane_steps: list[tuple[int, int]]) -> None:
         """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
+        png = None
         try:
             request = job.request
-            job.preview_png = latent_preview_png(
-                job.model.family.preview_latents(latents, request.height, request.width)
-            )
+            png = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
         except Exception:
             log.exception("could not make a preview of job %s", job.job_id)
-        finally:
-            job.previewing = False
+        if not job.progress_sent:
+            job.progress_sent = True
+            self.emit(self._progress_event(job, lane_steps, png))
+        else:
+            job.preview_png = png
+        job.previewing = False
 
     @torch.no_grad()
     def _finish(self, lanes: list[Lane]) -> None:

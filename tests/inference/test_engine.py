@@ -137,20 +137,24 @@ def test_an_iteration_sends_one_progress_message_with_one_event_per_job(tiny: Lo
     assert [e.lane_steps for e in grid] == [((1, 1),), ((0, 1), (1, 2)), ((0, 2), (1, 3))]
 
 
-def test_a_preview_is_made_off_the_loop_and_rides_on_the_next_progress_event(
+def test_previews_are_made_off_the_loop_and_the_first_progress_event_carries_one(
     tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("inference.engine.PREVIEW_INTERVAL_S", 0.0)
     engine = RecordingEngine(tiny, previews=True)
-    engine.add_job("fox", GenerateRequest("fox", steps=3, scheduler="Euler", width=SIZE, height=SIZE))
-    engine.step()  # asks the encoder thread for a preview
+    engine.add_job("fox", GenerateRequest("fox", steps=4, scheduler="Euler", width=SIZE, height=SIZE))
+    engine.step()  # asks the encoder thread for a preview; the first event waits for it
+    engine.wait_encodes()
+    engine.step()  # asks for the next preview, which rides on a later event
     engine.wait_encodes()
     engine.step()
-    first, second = [e for e in engine.events if isinstance(e, JobProgress)]
-    assert first.preview_png is None and second.preview_png is not None
-    assert Image.open(io.BytesIO(second.preview_png)).size == (128, 128)
+    first, second, third = [e for e in engine.events if isinstance(e, JobProgress)]
+    assert first.step == 1 and first.preview_png is not None
+    assert Image.open(io.BytesIO(first.preview_png)).size == (128, 128)
+    assert second.step == 2 and second.preview_png is None
+    assert third.step == 3 and third.preview_png is not None
     engine.run_until_idle()
-    assert len([e for e in engine.events if isinstance(e, JobProgress)]) == 3, "still one event per iteration"
+    assert len([e for e in engine.events if isinstance(e, JobProgress)]) == 4, "one event per iteration"
 
 
 def test_lanes_of_different_sizes_never_share_a_unet_call(tiny: LoadedModel) -> None:
