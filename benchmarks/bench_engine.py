@@ -30,6 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_overhead import add_arguments as add_overhead_arguments
+from benchmarks.bench_overhead import run_overhead
 from inference.engine import LaneEngine
 from inference.loading import LoadedModel, load_model
 from inference.protocol import (
@@ -321,7 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buckets", type=parse_step_list, default=None, help="batch buckets to compile, e.g. 1,8,16")
     parser.add_argument("--fuse-qkv", action="store_true", help="fuse attention QKV projections (both paths)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--overhead", action="store_true",
+                        help="host overhead only: the denoiser returns at once (see bench_overhead.py)")  # fmt: skip
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=None,
+        help="--overhead: image sizes (default 64,512)",
+    )
+    add_overhead_arguments(parser)
     args = parser.parse_args(argv)
+    if args.overhead:
+        args.sizes = list(args.sizes or ([args.size] if args.size else [64, 512]))
+        run_overhead(args)
+        return 0
     if args.families:
         args.size = args.size or 256
         report = run_families(args)

@@ -91,7 +91,8 @@ class ProgressState:
             self.job_step = 0
         else:
             self.started = True
-            self.lane_steps[event.lane] = event.step
+            for lane, step in event.lane_steps or ((event.lane, event.step),):
+                self.lane_steps[lane] = step
             self.job_step, self.job_total = event.job_step, event.job_total
             if event.preview_png is not None:
                 self.preview_png = event.preview_png

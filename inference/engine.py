@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from inference.batch_steps import BatchKind, Coefficients, coefficient_rows, plan_for
 from inference.families import Conditioning
 from inference.imaging import encode_png, latent_preview_png
 from inference.loading import LoadedModel
@@ -35,6 +37,7 @@ from inference.protocol import (
     JobFailed,
     JobProgress,
     JobResult,
+    ProgressBatch,
     Request,
 )
 from inference.schedulers import Scheduler
@@ -67,6 +70,8 @@ class Lane:
     latents: torch.Tensor
     generator: torch.Generator
     step_kwargs: dict[str, Any]
+    kind: BatchKind | None = None  # batched scheduler arithmetic for this lane's kind (None: per-lane step)
+    table: Coefficients = ()  # the kind's coefficients per step index
     position: int = 0
     started_at: float | None = None
 
@@ -99,6 +104,9 @@ class EngineJob:
     cpu_seconds: float = 0.0
     gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)  # CUDA events, share of the batch
     last_preview_at: float = 0.0
+    preview_png: bytes | None = None  # encoded off the denoising thread, sent with the next progress
+    previewing: bool = False
+    progress_sent: bool = False  # its first progress event has gone out
     answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
 
     @property
@@ -141,7 +149,7 @@ class BatchError(RuntimeError):
         self.out_of_memory = out_of_memory
 
 
-Emit = Callable[[JobEvent], None]
+Emit = Callable[[JobEvent | ProgressBatch], None]
 
 
 class LaneEngine:
@@ -160,6 +168,7 @@ class LaneEngine:
         max_batch_lanes: int = 8,
         encoder: ThreadPoolExecutor | None = None,
         previews: bool = True,
+        batched_steps: bool = True,
     ) -> None:
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not loaded:
@@ -169,6 +178,7 @@ class LaneEngine:
         self.emit = emit
         self.max_batch_lanes = max_batch_lanes
         self.previews = previews
+        self.batched_steps = batched_steps  # False: every lane through its scheduler's own step (tests)
         self.batch_buckets = tuple(sorted({*(b for b in BATCH_BUCKETS if b < max_batch_lanes), max_batch_lanes}))
         self._compiled_unet: Any = None
         self._compiled_group: tuple[str, int, int] | None = None
@@ -219,6 +229,7 @@ class LaneEngine:
         step_kwargs: dict[str, Any] = {}
         if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
+        plan = plan_for(scheduler) if self.batched_steps else None
         return Lane(
             job=job,
             index=index,
@@ -229,6 +240,8 @@ class LaneEngine:
             latents=latents,
             generator=generator,
             step_kwargs=step_kwargs,
+            kind=plan[0] if plan else None,
+            table=plan[1] if plan else (),
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -295,7 +308,8 @@ class LaneEngine:
 
     def _timed_denoise(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
         """Denoise and charge each job its share of the batch's time (CUDA events: no host sync)."""
-        shares = {job: sum(lane.job is job for lane in lanes) / len(lanes) for job in jobs}
+        counts = Counter(lane.job for lane in lanes)
+        shares = {job: counts[job] / len(lanes) for job in jobs}
         if self._cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -312,22 +326,46 @@ class LaneEngine:
 
     @torch.no_grad()
     def _denoise(self, lanes: list[Lane]) -> None:
+        """One denoiser call over the batch. Lanes of a scheduler kind with a batched form are scaled
+        and stepped as tensor ops over their rows; the rest step one by one through `step`."""
         now = time.perf_counter()
         family = lanes[0].job.model.family
-        timesteps, model_inputs = [], []
-        for lane in lanes:
+        timesteps = [lane.timesteps[lane.position] for lane in lanes]
+        groups: dict[BatchKind | None, list[int]] = {}
+        for i, lane in enumerate(lanes):
             if lane.started_at is None:
                 lane.started_at = now
-            t = lane.timesteps[lane.position]
-            timesteps.append(t)
-            model_inputs.append(family.model_input(lane.scheduler, lane.latents, t))
-        denoiser, rows = self._denoiser_for(lanes)
+            groups.setdefault(lane.kind, []).append(i)
+        model_inputs: list[torch.Tensor] = [lanes[0].latents] * len(lanes)
+        batched: list[tuple[BatchKind, list[int], list[Lane], torch.Tensor, torch.Tensor]] = []
+        for kind, rows in groups.items():
+            if kind is None:
+                for i in rows:
+                    model_inputs[i] = family.model_input(lanes[i].scheduler, lanes[i].latents, timesteps[i])
+                continue
+            group = [lanes[i] for i in rows]
+            latents = group[0].latents if len(group) == 1 else torch.cat([lane.latents for lane in group])
+            coefs = coefficient_rows([lane.table[lane.position] for lane in group], latents)
+            for i, row in zip(rows, kind.model_input(latents, coefs).split(1), strict=True):
+                model_inputs[i] = row
+            batched.append((kind, rows, group, latents, coefs))
+        denoiser, padded_rows = self._denoiser_for(lanes)
         conditionings = [lane.job.conditioning for lane in lanes]
-        predictions = family.predict(denoiser, model_inputs, timesteps, conditionings, rows)
-        for i, lane in enumerate(lanes):
+        predictions = family.predict(denoiser, model_inputs, timesteps, conditionings, padded_rows)
+        for kind, rows, group, latents, coefs in batched:
+            # Row slices, not a list index: indexing with a list would copy an index tensor to the device.
+            prediction = predictions if len(rows) == len(lanes) else torch.cat([predictions[i : i + 1] for i in rows])
+            stepped = kind.step(
+                [lane.scheduler for lane in group], [lane.generator for lane in group], prediction, latents, coefs
+            )
+            for lane, row in zip(group, stepped.split(1), strict=True):
+                lane.latents = row
+        for i in groups.get(None, ()):
+            lane = lanes[i]
             lane.latents = lane.scheduler.step(
                 predictions[i : i + 1], timesteps[i], lane.latents, return_dict=False, **lane.step_kwargs
             )[0]
+        for lane in lanes:
             lane.position += 1
 
     def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
@@ -373,20 +411,53 @@ class LaneEngine:
         return time.perf_counter() - started
 
     def _report_progress(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
+        """One progress event per job per iteration, with the steps of every lane it advanced, and
+        one message for all of them when several jobs advanced. Previews are made on an encoder
+        thread: a job's first progress event waits for its first preview and is sent from there
+        (so the user's first progress shows one, as before); later ones ride on the next event."""
         now = time.perf_counter()
-        for job in jobs:
-            job_done, job_total = job.steps_done, job.steps_total
-            preview = None
-            if self.previews and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
+        advanced: dict[EngineJob, list[tuple[int, int]]] = {job: [] for job in jobs}
+        for lane in lanes:
+            advanced[lane.job].append((lane.index, lane.progress_steps))
+        events = []
+        for job, lane_steps in advanced.items():
+            preview = job.preview_png  # taken before a new preview is asked for, so none is overwritten
+            if preview is not None:
+                job.preview_png = None
+            if self.previews and not job.previewing and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
                 job.last_preview_at = now
+                job.previewing = True
                 latents = max(job.lanes, key=lambda lane: lane.position).latents
-                request = job.request
-                preview = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
-            for lane in lanes:
-                if lane.job is job:
-                    self.emit(JobProgress(job.job_id, lane.index, lane.progress_steps, lane.steps,
-                                          job_done, job_total, preview))  # fmt: skip
-                    preview = None
+                future = self._encoder.submit(self._make_preview, job, latents, lane_steps)
+                self._encodes.add(future)
+                future.add_done_callback(self._encodes.discard)
+            if job.previewing and not job.progress_sent:
+                continue  # its first event goes out with its first preview
+            job.progress_sent = True
+            events.append(self._progress_event(job, lane_steps, preview))
+        if events:
+            self.emit(events[0] if len(events) == 1 else ProgressBatch(tuple(events)))
+
+    @staticmethod
+    def _progress_event(job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None) -> JobProgress:
+        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
+        return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
+                           lane_steps=tuple(lane_steps))  # fmt: skip
+
+    def _make_preview(self, job: EngineJob, latents: torch.Tensor, lane_steps: list[tuple[int, int]]) -> None:
+        """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
+        png = None
+        try:
+            request = job.request
+            png = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
+        except Exception:
+            log.exception("could not make a preview of job %s", job.job_id)
+        if not job.progress_sent:
+            job.progress_sent = True
+            self.emit(self._progress_event(job, lane_steps, png))
+        else:
+            job.preview_png = png
+        job.previewing = False
 
     @torch.no_grad()
     def _finish(self, lanes: list[Lane]) -> None:

@@ -305,7 +305,10 @@ class JobStarted:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """One denoising iteration of one lane. `step` counts the lane's scheduler steps done."""
+    """One denoising iteration of a job: at most one event per job per engine iteration.
+
+    `lane`, `step` and `total` are the first lane the iteration advanced (`step` counts its scheduler
+    steps done); `lane_steps` holds (lane, step) for every lane of the job it advanced."""
 
     job_id: str
     lane: int
@@ -314,6 +317,15 @@ class JobProgress:
     job_step: int  # steps done over all lanes of the job
     job_total: int
     preview_png: bytes | None = None
+    lane_steps: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class ProgressBatch:
+    """The progress of every job one engine iteration advanced, as one message over the pipe (the
+    queue hands each job its own JobProgress)."""
+
+    events: tuple[JobProgress, ...]
 
 
 @dataclass(frozen=True)

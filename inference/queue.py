@@ -30,6 +30,7 @@ from inference.protocol import (
     JobStarted,
     ModelInfo,
     ModelUnavailable,
+    ProgressBatch,
     Request,
     Shutdown,
     SubmitJob,
@@ -380,6 +381,9 @@ class LocalJobQueue(JobQueue):
             self._dispatch()
         elif isinstance(message, WorkerFailed):
             self._fatal = message.message
+        elif isinstance(message, ProgressBatch):
+            for event in message.events:
+                self._on_message(generation, event)
         elif isinstance(message, JobResult | JobFailed | JobProgress):
             job = self._running.get(message.job_id)
             if job is None:

@@ -21,6 +21,7 @@ from inference.protocol import (
     GenerateRequest,
     JobEvent,
     JobFailed,
+    ProgressBatch,
     Shutdown,
     SubmitJob,
     WorkerConfig,
@@ -53,7 +54,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     _quiet_libraries()
     send_lock = threading.Lock()
 
-    def send(event: JobEvent | WorkerReady | WorkerFailed) -> None:
+    def send(event: JobEvent | ProgressBatch | WorkerReady | WorkerFailed) -> None:
         # Encoder threads send results while the main thread sends progress.
         with send_lock:
             conn.send(event)
@@ -113,7 +114,7 @@ def warm_up(engine: LaneEngine, model: str = "") -> None:
         engine.emit = real_emit
 
 
-def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent], None]) -> None:
+def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent | ProgressBatch], None]) -> None:
     from inference.engine import BatchError, UnknownModel
 
     def handle(message: object) -> bool:

@@ -103,24 +103,25 @@ class UNetFamily(Family):
         pad = rows - n
         assert pad == 0 or all_guided, "only batches where every lane uses CFG are padded"
 
-        def block(tensors: list[torch.Tensor]) -> torch.Tensor:
-            # Padding repeats the last lane so that a compiled UNet only ever sees its bucket shapes.
-            return torch.cat(tensors + tensors[-1:] * pad)
+        # Row order of the call: the guided lanes' uncond rows, then every lane's cond row; padding
+        # repeats the last lane of each block so a compiled UNet only ever sees its bucket shapes.
+        uncond_order = [*range(len(guided)), *[len(guided) - 1] * pad] if guided else []
+        cond_order = [*range(n), *[n - 1] * pad]
+        order = [guided[k] for k in uncond_order] + cond_order  # lane of each row
 
-        def two_blocks(uncond_rows: list[torch.Tensor], cond_rows: list[torch.Tensor]) -> torch.Tensor:
-            return torch.cat([*([block(uncond_rows)] if uncond_rows else []), block(cond_rows)])
+        def call_rows(uncond_rows: list[torch.Tensor], cond_rows: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([uncond_rows[k] for k in uncond_order] + [cond_rows[i] for i in cond_order])
 
-        t_rows = [t.to(torch.float32).reshape(1) for t in timesteps]
         uncond = [c.uncond for c in conditionings if c.uncond is not None]
         inputs_of = {
-            key: two_blocks([u[key] for u in uncond], [c.cond[key] for c in conditionings])
+            key: call_rows([u[key] for u in uncond], [c.cond[key] for c in conditionings])
             for key in conditionings[0].cond
         }
         embeds = inputs_of.pop("embeds")
         timestep_cond = inputs_of.pop("timestep_cond", None)
         noise = denoiser(
-            two_blocks([inputs[i] for i in guided], inputs),
-            two_blocks([t_rows[i] for i in guided], t_rows),
+            torch.cat([inputs[i] for i in order]),
+            torch.stack([timesteps[i] for i in order]).to(torch.float32),  # no index tensor: no host copy
             encoder_hidden_states=embeds,
             timestep_cond=timestep_cond,
             added_cond_kwargs=inputs_of or None,

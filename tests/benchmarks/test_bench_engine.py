@@ -52,3 +52,20 @@ def test_the_family_benchmark_gives_a_row_per_family_with_every_ratio(
     for row in payload["rows"].values():
         assert row["compare_speedup"] > 0 and row["single_engine_vs_plain"] > 0 and row["compare_engine_vs_plain"] > 0
         assert row["psnr_db"] > 40, "in fp32 the engine's image must equal the family's plain pipeline's"
+
+
+def test_the_overhead_mode_reports_every_scheduler_and_lane_count_with_one_message_per_iteration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "overhead.json"
+    args = ["--overhead", "--sizes", "64", "--lanes", "1,3", "--repeats", "1", "--iterations", "2", "--threads", "0",
+            "--cache-dir", str(tmp_path), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "| Euler a | 64² | 3 |" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {f"{name}@{lanes}@64" for name in ("Euler", "DPM++ 2M Karras", "Euler a") for lanes in (1, 3)}
+    for key, row in rows.items():
+        jobs = int(key.split("@")[1])
+        assert row["lane_step_us"] > 0 and row["bytes_per_iteration"] > 0
+        assert row["messages_per_iteration"] == 1, "one progress message per engine iteration, however many jobs"
+        assert row["progress_per_iteration"] == jobs, "in it, one progress event per job"

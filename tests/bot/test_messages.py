@@ -13,7 +13,7 @@ from bot.messages import (
     progress_text,
     result_message,
 )
-from inference.protocol import GenerateRequest
+from inference.protocol import GenerateRequest, JobProgress
 from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, record_for, result_for
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -35,6 +35,13 @@ def test_progress_of_several_images_follows_the_slowest() -> None:
     state = ProgressState(started=True, lane_steps={0: 6, 1: 5}, job_step=11, job_total=20)
     text = progress_text(request, state)
     assert "step 5/10" in text and "2 images" in text
+
+
+def test_one_progress_event_moves_every_lane_it_names() -> None:
+    state = ProgressState(started=True)
+    state.apply(JobProgress(JOB_ID, 0, 6, 10, 11, 20, lane_steps=((0, 6), (1, 5))))
+    assert state.lane_steps == {0: 6, 1: 5}
+    assert "step 5/10" in progress_text(GenerateRequest("x", steps=10, count=2), state)
 
 
 def test_progress_of_a_grid_counts_cells_done() -> None:

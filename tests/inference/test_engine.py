@@ -25,6 +25,7 @@ from inference.protocol import (
     JobFailed,
     JobProgress,
     JobResult,
+    ProgressBatch,
 )
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
@@ -77,7 +78,7 @@ def test_same_seed_gives_the_same_image_and_another_seed_does_not(tiny: LoadedMo
     assert _relative_error(other, first) > 0.1
 
 
-@pytest.mark.parametrize("scheduler", ["Euler", "DPM++ 2M Karras", "Heun"])
+@pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "Heun"])
 def test_a_lane_matches_the_plain_diffusers_pipeline_call(tiny: LoadedModel, scheduler: str) -> None:
     """Each lane is exactly what StableDiffusionPipeline.__call__ computes for that scheduler."""
     request = GenerateRequest("a red fox", steps=5, scheduler=scheduler, seed=77, guidance=7.5,
@@ -117,6 +118,43 @@ def test_second_order_schedulers_report_progress_in_user_steps(tiny: LoadedModel
     assert len(progress) == 7  # Heun calls the UNet 2N-1 times
     assert [p.step for p in progress][-1] == 4 and all(p.total == 4 for p in progress)
     assert [p.step for p in progress] == sorted(p.step for p in progress)
+
+
+def test_an_iteration_sends_one_progress_message_with_one_event_per_job(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.add_job("pair", GenerateRequest("fox", steps=3, scheduler="Euler", width=SIZE, height=SIZE, count=2))
+    engine.add_job("grid", CompareStepsRequest("boat", steps=(2, 3), scheduler="DPM++ 2M", width=SIZE, height=SIZE))
+    engine.run_until_idle()
+    messages = [e for e in engine.events if isinstance(e, JobProgress | ProgressBatch)]
+    assert len(messages) == len(engine.batch_sizes) == 3, "one message per engine iteration"
+    assert all(isinstance(m, ProgressBatch) for m in messages)
+    batches = [m for m in messages if isinstance(m, ProgressBatch)]
+    assert [[e.job_id for e in batch.events] for batch in batches] == [["pair", "grid"]] * 3
+    pair = [batch.events[0] for batch in batches]
+    assert [e.lane_steps for e in pair] == [((0, 1), (1, 1)), ((0, 2), (1, 2)), ((0, 3), (1, 3))]
+    assert [e.job_step for e in pair] == [2, 4, 6] and pair[-1].job_total == 6
+    grid = [batch.events[1] for batch in batches]
+    assert [e.lane_steps for e in grid] == [((1, 1),), ((0, 1), (1, 2)), ((0, 2), (1, 3))]
+
+
+def test_previews_are_made_off_the_loop_and_the_first_progress_event_carries_one(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inference.engine.PREVIEW_INTERVAL_S", 0.0)
+    engine = RecordingEngine(tiny, previews=True)
+    engine.add_job("fox", GenerateRequest("fox", steps=4, scheduler="Euler", width=SIZE, height=SIZE))
+    engine.step()  # asks the encoder thread for a preview; the first event waits for it
+    engine.wait_encodes()
+    engine.step()  # asks for the next preview, which rides on a later event
+    engine.wait_encodes()
+    engine.step()
+    first, second, third = [e for e in engine.events if isinstance(e, JobProgress)]
+    assert first.step == 1 and first.preview_png is not None
+    assert Image.open(io.BytesIO(first.preview_png)).size == (128, 128)
+    assert second.step == 2 and second.preview_png is None
+    assert third.step == 3 and third.preview_png is not None
+    engine.run_until_idle()
+    assert len([e for e in engine.events if isinstance(e, JobProgress)]) == 4, "one event per iteration"
 
 
 def test_lanes_of_different_sizes_never_share_a_unet_call(tiny: LoadedModel) -> None:
