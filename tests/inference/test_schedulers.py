@@ -6,17 +6,43 @@ import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler, PNDMScheduler
 
 from inference.protocol import SCHEDULER_NAMES
-from inference.schedulers import FLOW_SCHEDULERS, SCHEDULERS, make_flow_scheduler, make_scheduler
+from inference.schedulers import FLOW_SCHEDULERS, make_flow_scheduler, make_scheduler
 
 FLUX_DEV_CONFIG = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config
 SD_CONFIG = PNDMScheduler(beta_schedule="scaled_linear", skip_prk_steps=True).config
 
 
-def test_the_scheduler_table_covers_the_names_users_know() -> None:
-    assert tuple(SCHEDULERS) == SCHEDULER_NAMES
-    for name in ("Euler", "Euler a", "Heun", "DPM2", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE", "DDIM",
-                 "PNDM", "LMS", "UniPC"):  # fmt: skip
-        assert name in SCHEDULERS
+# What A1111 means by each name, in diffusers' terms: (class name, config values that must hold).
+A1111_MEANING: dict[str, tuple[str, dict[str, object]]] = {
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False, "algorithm_type": "dpmsolver++"}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
+}
+
+
+def test_every_name_users_know_is_offered() -> None:
+    assert set(SCHEDULER_NAMES) == set(A1111_MEANING)
+
+
+@pytest.mark.parametrize("name", list(A1111_MEANING))
+def test_each_name_builds_the_scheduler_a1111_means_by_it(name: str) -> None:
+    scheduler = make_scheduler(SD_CONFIG, name, 1)
+    class_name, settings = A1111_MEANING[name]
+    assert type(scheduler).__name__ == class_name
+    for key, value in settings.items():
+        assert scheduler.config[key] == value, f"{name}: {key}"
+    assert scheduler.config["beta_schedule"] == "scaled_linear", "the model's own noise schedule is kept"
 
 
 def test_flow_models_get_only_what_diffusers_supports_for_them() -> None:
