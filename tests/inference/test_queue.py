@@ -110,29 +110,6 @@ async def test_a_full_queue_is_refused_without_queueing(queue: LocalJobQueue) ->
         small.submit(GenerateRequest("fox"), user_id="v")
 
 
-@pytest.mark.asyncio(loop_scope="module")
-async def test_cancel_a_queued_and_a_running_job(queue: LocalJobQueue) -> None:
-    running = queue.submit(GenerateRequest("long", steps=150, **SMALL), user_id="a")
-    waiting = [queue.submit(GenerateRequest("wait", steps=150, count=4, **SMALL), user_id="b") for _ in range(3)]
-    queued = waiting[-1]
-    assert queue.position(queued) is not None
-    assert queue.cancel(queued)
-    assert not queue.cancel(queued)
-    events = queue.events(running)
-    async for event in events:
-        if isinstance(event, JobProgress):
-            assert queue.cancel(running)
-            break
-    rest = [event async for event in events]
-    assert isinstance(rest[-1], JobFailed) and rest[-1].cancelled
-    queued_events = await collect(queue, queued)
-    assert isinstance(queued_events[-1], JobFailed) and queued_events[-1].cancelled
-    assert not any(isinstance(e, JobStarted) for e in queued_events)
-    for job_id in waiting[:-1]:
-        queue.cancel(job_id)
-        assert isinstance(final(await collect(queue, job_id)), JobFailed)
-
-
 @pytest.mark.asyncio
 async def test_users_are_served_fairly(tiny_config: WorkerConfig) -> None:
     queue = LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=1))
