@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_engine import main
+from benchmarks.bench_engine import interleaved, main
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +23,8 @@ def test_the_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path: Path, caps
         "2",
         "--repeats",
         "1",
+        "--pairs",
+        "2",
         "--cache-dir",
         str(tmp_path),
         "--out",
@@ -35,6 +37,7 @@ def test_the_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path: Path, caps
         assert phrase in printed
     figures = json.loads(out.read_text())["figures"]
     assert figures["compare_speedup"] > 0 and figures["concurrent_speedup"] > 0
+    assert figures["single_engine_vs_plain"] > 0
     assert figures["psnr_db"] > 40, "in fp32 the engine's image must equal the plain pipeline's"
 
 
@@ -43,7 +46,7 @@ def test_the_family_benchmark_gives_a_row_per_family_with_every_ratio(
 ) -> None:
     out = tmp_path / "families.json"
     args = ["--families", "tiny-sdxl,tiny-flux,tiny-sd3", "--size", "64", "--steps", "2", "--compare", "1,2",
-            "--repeats", "1", "--cache-dir", str(tmp_path), "--out", str(out)]  # fmt: skip
+            "--repeats", "1", "--pairs", "1", "--cache-dir", str(tmp_path), "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| tiny-sdxl | sdxl |" in printed and "| tiny-flux | flux |" in printed and "| tiny-sd3 | sd3 |" in printed
@@ -69,3 +72,10 @@ def test_the_overhead_mode_reports_every_scheduler_and_lane_count_with_one_messa
         assert row["lane_step_us"] > 0 and row["bytes_per_iteration"] > 0
         assert row["messages_per_iteration"] == 1, "one progress message per engine iteration, however many jobs"
         assert row["progress_per_iteration"] == jobs, "in it, one progress event per job"
+
+
+def test_the_one_image_figure_times_both_paths_back_to_back_in_alternating_order() -> None:
+    calls: list[str] = []
+    ours, theirs, ratio = interleaved(lambda: calls.append("ours"), lambda: calls.append("theirs"), 3)
+    assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs"]
+    assert ours > 0 and theirs > 0 and ratio > 0
