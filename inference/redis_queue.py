@@ -287,8 +287,15 @@ class RedisJobQueue(LocalJobQueue):
             job = self._running.get(job_id)
             if job is None or job_id not in self._unreleased:
                 continue
-            await self._release(client, job)
+            # Released from here on: a fast agent's first notices can come back before XADD's reply
+            # does, and the events reader drops notices about jobs it thinks are unreleased.
             self._unreleased.discard(job_id)
+            try:
+                await self._release(client, job)
+            except BaseException:
+                if job_id in self._running:
+                    self._unreleased.add(job_id)
+                raise
 
     async def _release(self, client: aioredis.Redis, job: _QueuedJob) -> None:
         keys = self.keys

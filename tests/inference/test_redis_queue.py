@@ -27,6 +27,7 @@ from inference.protocol import (
     JobStarted,
     WorkerConfig,
 )
+from inference.queue import _QueuedJob
 from inference.redis_queue import RedisJobQueue
 from inference.redis_wire import GROUP, Keys
 from tests.inference.crashy_worker import crashy_worker_main
@@ -222,3 +223,35 @@ async def test_a_restarted_bot_delivers_what_agents_finished_while_it_was_down(
         finally:
             await after.close()
             await client.aclose()
+
+
+class _SlowToRecordRelease(RedisJobQueue):
+    """A bot whose release only completes after the agent's first notice is in the events stream:
+    the widest form of a race a fast agent wins now and then."""
+
+    async def _release(self, client: aioredis.Redis, job: _QueuedJob) -> None:
+        await super()._release(client, job)
+
+        async def agent_started() -> bool:
+            entries = await client.xrange(self.keys.events(self.bot_id))
+            return any(f[b"job"] == job.job_id.encode() and f[b"kind"] == b"started" for _, f in entries)
+
+        await until(agent_started, "the agent's started notice")
+        await asyncio.sleep(0.3)  # let the events reader take it while this release is still in flight
+
+
+async def test_notices_that_overtake_the_release_reaching_the_bot_are_kept(
+    tiny_config: WorkerConfig, redis_server: RedisServer
+) -> None:
+    keys = fresh_keys()
+    async with started_agent(redis_server.url, tiny_config, keys):
+        bot = _SlowToRecordRelease(tiny_config, redis_server.url, keys=keys, poll_seconds=0.2)
+        await bot.start()
+        try:
+            await bot.wait_ready()
+            job_id = bot.submit(GenerateRequest("fox", steps=3, **SMALL), user_id="u")
+            events = await collect(bot, job_id)
+            assert [e.attempt for e in events if isinstance(e, JobStarted)] == [1], events
+            assert isinstance(events[-1], JobResult)
+        finally:
+            await bot.close()
