@@ -3,8 +3,9 @@
 The copy is made in one backup step, under one read lock: with the database's rollback journal
 (see `bot.db_writer`), a copy made in several steps would start over each time the bot commits
 between two of them, and could chase a busy ledger forever. One step holds off the bot's writes
-for as long as the copy takes (a ledger of 100,000 jobs copies in well under a second, see
-`tests/bot/test_db_backup.py`); they wait for it (busy_timeout), they don't fail.
+for as long as the copy takes, and they wait for it (busy_timeout) rather than fail: measured on a
+shared 2-core machine, a ledger of 100,000 jobs (54 MB) copied in 0.7 s. The integrity check of
+the copy (3-4 s there) reads only the copy.
 """
 
 from __future__ import annotations
