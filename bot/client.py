@@ -216,7 +216,9 @@ async def _login(bot: Stepgrid, token: str) -> None:
         raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
     except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as error:
         # Once logged in, discord.py reconnects by itself; a start that never got through is the operator's.
-        raise DiscordUnreachable(f"cannot reach Discord ({error or type(error).__name__}); check the network.") from None
+        raise DiscordUnreachable(
+            f"cannot reach Discord ({error or type(error).__name__}); check the network."
+        ) from None
 
 
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:

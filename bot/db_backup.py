@@ -46,16 +46,16 @@ def backup_database(source: Path | str, target: Path | str, *, force: bool = Fal
     for a target that can't be written (or exists, unless `force`), DatabaseUnusable for a bad source.
     """
     source, target = Path(source).expanduser(), Path(target).expanduser()
-    if not source.is_file():
+    if not source.exists():
         raise FileNotFoundError(f"No database at {source}; is STEPGRID_DATABASE_PATH right?")
     check_database_file(source, writable=False)
     _check_target(source, target, force=force)
     try:
-        partial = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}-partial-", delete=False)
+        handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-partial-")
     except OSError as error:
         raise BackupRefused(f"can't write in {target.parent} ({_reason(error)}); choose another folder.") from None
-    partial.close()
-    copy = Path(partial.name)
+    os.close(handle)
+    copy = Path(partial)
     try:
         jobs = _copy(source, copy)
         os.replace(copy, target)

@@ -110,7 +110,9 @@ def test_a_target_that_cannot_be_written_is_one_line_and_exit_2(
     assert database_path.read_bytes() == before
 
 
-def test_an_existing_backup_is_replaced_only_with_force(database_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_existing_backup_is_replaced_only_with_force(
+    database_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     old = database_path.parent / "old-backup.sqlite3"
     old.write_bytes(b"last week's backup")
 
@@ -123,7 +125,9 @@ def test_an_existing_backup_is_replaced_only_with_force(database_path: Path, cap
     assert rows(old) == ("ok", [])
 
 
-def test_a_missing_database_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_database_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("STEPGRID_DATABASE_PATH", str(tmp_path / "nope.sqlite3"))
     monkeypatch.chdir(tmp_path)
     status, line = backup_line(capsys, str(tmp_path / "copy.sqlite3"))
