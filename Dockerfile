@@ -33,7 +33,8 @@ COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY inference ./inference
 COPY migrations ./migrations
-RUN pip install --no-deps .
+# The project alone, built with the locked setuptools: this layer downloads nothing.
+RUN pip install --no-deps --no-build-isolation .
 
 USER 10001:10001
 # Model weights (Hugging Face cache) and Inductor's compile cache survive restarts on /models;

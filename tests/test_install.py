@@ -69,7 +69,8 @@ def test_the_image_installs_its_dependencies_in_a_layer_before_any_source_is_cop
     assert set(SOURCE_FOLDERS) <= copied_later
     installs = [args for keyword, args in instructions if keyword == "RUN" and "pip install" in args]
     assert "torch==" in installs[0] and "--no-deps -r requirements.lock" in installs[0]
-    assert installs[1:] == ["pip install --no-deps ."]  # the project alone, after the source: nothing downloaded
+    assert installs[1:] == ["pip install --no-deps --no-build-isolation ."]  # the project alone: nothing downloaded
+    assert "setuptools" in locked("requirements.lock")  # what that build runs on
 
 
 def test_torch_is_pinned_to_the_same_release_in_ci_the_lock_and_the_image() -> None:
