@@ -22,7 +22,7 @@ def rows(path: Path) -> tuple[str, list[str]]:
     """The copy's integrity verdict and its job ids, oldest first."""
     with contextlib.closing(sqlite3.connect(path)) as copy:
         (verdict,) = copy.execute("PRAGMA integrity_check").fetchone()
-        ids = [job_id for (job_id,) in copy.execute("SELECT id FROM jobs ORDER BY created_at, rowid")]
+        ids = [job_id for (job_id,) in copy.execute("SELECT id FROM jobs ORDER BY rowid")]
     return verdict, ids
 
 
