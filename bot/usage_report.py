@@ -63,6 +63,9 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 
 
+LIMITS_CSV_COLUMNS: tuple[str, ...] = ("id", "changed_at", "guild_id", "user_id", "field", "old_value", "new_value")
+
+
 @dataclass(frozen=True)
 class MemberUsage:
     """One member's usage in one server: all-time totals and today's quota."""
@@ -166,9 +169,6 @@ def export_limits_csv(database_path: Path | str, out: TextIO) -> int:
         )
     log.info("exported %d limit changes from %s", len(changes), path)
     return len(changes)
-
-
-LIMITS_CSV_COLUMNS: tuple[str, ...] = ("id", "changed_at", "guild_id", "user_id", "field", "old_value", "new_value")
 
 
 def _read_only_engine(path: Path) -> sa.Engine:
