@@ -106,8 +106,15 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
     db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", metavar="upgrade", required=True, parser_class=_Parser)
+    db_commands = db.add_subparsers(dest="db_command", metavar="upgrade|backup", required=True, parser_class=_Parser)
     db_commands.add_parser("upgrade", help="apply migrations to the configured database")
+    about = "Copy the database to PATH, consistent even while the bot runs (SQLite's online backup)."
+    backup = db_commands.add_parser("backup", help="copy the database safely while the bot runs", description=about)
+    backup.add_argument("path", type=Path, help="the file to write the copy to")
+    backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
+
+    about = "Sync the slash commands to Discord now; the bot syncs at start only when they changed."
+    commands.add_parser("sync", help="sync the slash commands now (needs the token)", description=about)
 
     about = "List the configured models; then load them in a worker and show their defaults, or why one failed."
     models = commands.add_parser("models", help="list the configured models and what loaded", description=about)
@@ -120,8 +127,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     add_fleet_commands(commands, settings)
 
-    usage = commands.add_parser("usage", help="export the usage ledger")
-    usage.add_argument("--csv", action="store_true", required=True, help="one CSV row per job on stdout")
+    usage = commands.add_parser("usage", help="export the usage ledger or the limits history as CSV")
+    export = usage.add_mutually_exclusive_group(required=True)
+    export.add_argument("--csv", action="store_true", help="the ledger: one CSV row per job on stdout")
+    export.add_argument(
+        "--limits-csv", action="store_true", help="the limits history: one CSV row per changed server limit on stdout"
+    )
     return parser
 
 
@@ -446,6 +457,22 @@ def _models_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _backup_command(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.db_backup import BackupRefused, backup_database
+    from bot.db_migrations import DatabaseUnusable
+
+    try:
+        backup = backup_database(settings.database_path, args.path, force=args.force)
+    except FileNotFoundError as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 1
+    except (BackupRefused, DatabaseUnusable) as error:
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
+    print(f"backed up {settings.database_path} to {backup.path}: {backup.jobs} jobs, {backup.size / 1e6:.1f} MB")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     try:
@@ -470,6 +497,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
 
         return run(settings)
+    if args.command == "sync":
+        from bot.client import STARTUP_ERRORS, sync_now
+
+        try:
+            asyncio.run(sync_now(settings))
+        except STARTUP_ERRORS as error:
+            print(f"stepgrid: {error}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "db" and args.db_command == "backup":
+        return _backup_command(args, settings)
     if args.command == "db":
         from bot.db_migrations import DatabaseTooNew, DatabaseUnusable, upgrade_database
 
@@ -484,10 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _models_command(args, settings)
     if args.command == "usage":
         from bot.db_migrations import DatabaseUnusable
-        from bot.usage_report import export_csv
+        from bot.usage_report import export_csv, export_limits_csv
 
         try:
-            export_csv(settings.database_path, sys.stdout)
+            (export_limits_csv if args.limits_csv else export_csv)(settings.database_path, sys.stdout)
         except FileNotFoundError as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 1

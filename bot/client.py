@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import signal
 from collections.abc import Sequence
@@ -104,17 +106,32 @@ class Stepgrid(commands.Bot):
         if self._sync_commands:
             await self.sync_commands()
 
-    async def sync_commands(self) -> None:
-        """Register the slash commands: to the dev guild (instant) when set, else globally."""
+    async def sync_commands(self, *, force: bool = False) -> bool:
+        """Register the slash commands: to the dev guild (instant) when set, else globally.
+
+        With a database, only when they differ from what was last synced to that scope (every sync
+        counts against Discord's daily command limit); `force` syncs anyway. Returns whether it synced.
+        """
         guild_id = self.settings.dev_guild_id
-        if guild_id is not None:
-            guild = discord.Object(guild_id)
+        guild = None if guild_id is None else discord.Object(guild_id)
+        if guild is not None:
             self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
+        scope = f"{self.application_id}/" + ("global" if guild_id is None else f"guild/{guild_id}")
+        # What tree.sync sends (the bot has no translator): the same payload hashes the same.
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        syncs = self.database.command_syncs if self.database is not None else None
+        if not force and syncs is not None and await syncs.last_synced(scope) == digest:
+            log.info("the slash commands are as last synced (%s); not syncing", scope)
+            return False
+        synced = await self.tree.sync(guild=guild)
+        if syncs is not None:
+            await syncs.remember(scope, digest)
+        if guild_id is not None:
             log.info("synced %d commands to guild %s", len(synced), guild_id)
         else:
-            synced = await self.tree.sync()
             log.info("synced %d commands globally (may take up to an hour to show)", len(synced))
+        return True
 
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d server(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
@@ -181,10 +198,32 @@ class DiscordUnreachable(Exception):
     """Discord (or the configured API base) could not be reached at start-up; the message is safe to print."""
 
 
-async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
-    """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
+# What keeps the bot (or `stepgrid sync`) from starting: one line for the operator, exit status 2.
+STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable)
+
+
+def _token(settings: Settings) -> str:
     if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
         raise TokenError("No Discord token: set STEPGRID_DISCORD_TOKEN in the environment or .env.")
+    return settings.discord_token.get_secret_value().strip()
+
+
+async def _login(bot: Stepgrid, token: str) -> None:
+    """Log in (which runs setup_hook); a bad token or an unreachable Discord is the operator's, in one line."""
+    try:
+        await bot.login(token)
+    except discord.LoginFailure:
+        raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
+    except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as error:
+        # Once logged in, discord.py reconnects by itself; a start that never got through is the operator's.
+        raise DiscordUnreachable(
+            f"cannot reach Discord ({error or type(error).__name__}); check the network."
+        ) from None
+
+
+async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
+    """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
+    token = _token(settings)
     database = Database(settings.database_path, settings)
     await database.start()  # applies migrations; refuses a database newer than this code
     stop = _stop_on_sigterm()
@@ -192,15 +231,7 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
         bot = Stepgrid(settings, queue=queue, database=database)
         point_at_discord(settings)
         async with bot:
-            try:
-                await bot.login(settings.discord_token.get_secret_value().strip())
-            except discord.LoginFailure:
-                raise TokenError("Discord rejected the token in STEPGRID_DISCORD_TOKEN; check it.") from None
-            except (aiohttp.ClientError, OSError, TimeoutError, discord.DiscordServerError) as error:
-                # Once logged in, discord.py reconnects by itself; a start that never got through is the operator's.
-                raise DiscordUnreachable(
-                    f"cannot reach Discord ({error or type(error).__name__}); check the network."
-                ) from None
+            await _login(bot, token)
             await bot.connect()
     except asyncio.CancelledError:
         if not stop.is_set():
@@ -209,6 +240,33 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
         current = asyncio.current_task()
         if current is not None:
             current.uncancel()
+    finally:
+        await database.close()
+
+
+class _CommandSyncer(Stepgrid):
+    """The bot's commands without the bot: loads the cogs at login, starts no worker and recovers no job."""
+
+    async def setup_hook(self) -> None:
+        for extension in self._extensions:
+            await self.load_extension(extension)
+
+
+async def sync_now(settings: Settings) -> None:
+    """`stepgrid sync`: log in, sync the slash commands whatever was last synced, and remember them.
+
+    For when the commands on Discord's side were changed or removed by something else. It never
+    connects to the gateway, so it can run beside the bot.
+    """
+    token = _token(settings)
+    database = Database(settings.database_path, settings)
+    await database.start()
+    try:
+        syncer = _CommandSyncer(settings, database=database, sync_commands=False)
+        point_at_discord(settings)
+        async with syncer:
+            await _login(syncer, token)
+            await syncer.sync_commands(force=True)
     finally:
         await database.close()
 
@@ -241,7 +299,7 @@ def run(settings: Settings | None = None) -> int:
     discord.utils.setup_logging(root=True)
     try:
         asyncio.run(run_bot(settings or Settings()))
-    except (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable) as error:
+    except STARTUP_ERRORS as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,9 +1,10 @@
-"""The bot's database: one SQLite file with its writer task, the job ledger and each server's limits."""
+"""The bot's database: one SQLite file with its writer task, the job ledger, each server's limits, command syncs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bot.command_syncs import CommandSyncs
 from bot.config import Settings
 from bot.db_writer import DatabaseWriter, WallClock
 from bot.ledger import Ledger
@@ -12,9 +13,11 @@ from bot.models import utcnow
 
 
 class Database(DatabaseWriter):
-    """The database: `ledger` holds the jobs, `server_limits` each server's own limits."""
+    """The database: `ledger` holds the jobs, `server_limits` each server's own limits, `command_syncs` what
+    slash commands were last synced."""
 
     def __init__(self, path: Path | str, settings: Settings | None = None, *, clock: WallClock = utcnow) -> None:
         super().__init__(path, settings, clock=clock)
         self.ledger = Ledger(self)
         self.server_limits = LimitStorage(self)
+        self.command_syncs = CommandSyncs(self)

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: the job ledger, per-server limits and their audit trail.
+"""SQLAlchemy models: the job ledger, per-server limits and their audit trail, the last command sync.
 
 The schema is owned by Alembic (`migrations/`); a test checks these models match the migrations.
 """
@@ -166,6 +166,20 @@ class LimitsChange(Base):
     old_value: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     new_value: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CommandSync(Base):
+    """The slash commands last synced to one scope (an application's global commands, or one guild's), by hash.
+
+    The bot syncs at start only when the hash of what it would send differs: every sync counts
+    against Discord's daily limit on command creates.
+    """
+
+    __tablename__ = "command_syncs"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)  # "<application id>/global" or "/guild/<id>"
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def in_guild(guild_id: int | None) -> ColumnElement[bool]:

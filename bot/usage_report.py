@@ -1,4 +1,4 @@
-"""Usage figures for people: a member's usage and quota, the `/usage-server` periods, `stepgrid usage --csv`.
+"""Usage figures for people: a member's usage and quota, the `/usage-server` periods, the operator's CSV exports.
 
 The queries are the ledger's (`bot.ledger`); this module puts them together with the limits.
 """
@@ -6,6 +6,7 @@ The queries are the ledger's (`bot.ledger`); this module puts them together with
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from bot.db_migrations import DatabaseUnusable, check_database_file
 from bot.ledger import Ledger
-from bot.models import JobRow
+from bot.models import JobRow, LimitsChange
 from bot.server_limits import EffectiveLimits, day_start, next_quota_reset
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "negative_prompt",
     "error",
 )
+
+
+LIMITS_CSV_COLUMNS: tuple[str, ...] = ("id", "changed_at", "guild_id", "user_id", "field", "old_value", "new_value")
 
 
 @dataclass(frozen=True)
@@ -113,10 +117,7 @@ def export_csv(database_path: Path | str, out: TextIO) -> int:
     Opens the database read-only, so it is safe while the bot runs.
     """
     path = Path(database_path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"No database at {path}; is STEPGRID_DATABASE_PATH right?")
-    check_database_file(path, writable=False)
-    engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.pool.NullPool)
+    engine = _read_only_engine(path)
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     count = 0
     try:
@@ -133,6 +134,49 @@ def export_csv(database_path: Path | str, out: TextIO) -> int:
         writer.writeheader()
     log.info("exported %d jobs from %s", count, path)
     return count
+
+
+def export_limits_csv(database_path: Path | str, out: TextIO) -> int:
+    """Write the limits history (who changed which server limit, from what to what; oldest first) as CSV.
+
+    One row per changed field, as `/limits history` lists them; values are JSON (`null`: the operator's).
+    Read-only, so it is safe while the bot runs. Returns the row count.
+    """
+    path = Path(database_path).expanduser()
+    engine = _read_only_engine(path)
+    query = sa.select(LimitsChange).order_by(LimitsChange.changed_at, LimitsChange.id)
+    try:
+        # The history is a handful of rows per server: one short read, unlike the ledger's pages.
+        with Session(engine) as session:
+            changes = list(session.scalars(query))
+    except sa.exc.DBAPIError as error:
+        raise DatabaseUnusable(path, f"its limits history can't be read ({error.orig})") from None
+    finally:
+        engine.dispose()
+    writer = csv.writer(out)
+    writer.writerow(LIMITS_CSV_COLUMNS)
+    for change in changes:
+        writer.writerow(
+            (
+                change.id,
+                change.changed_at.isoformat(),
+                change.guild_id,
+                change.user_id,
+                change.field,
+                _cell_text(json.dumps(change.old_value, ensure_ascii=False)),
+                _cell_text(json.dumps(change.new_value, ensure_ascii=False)),
+            )
+        )
+    log.info("exported %d limit changes from %s", len(changes), path)
+    return len(changes)
+
+
+def _read_only_engine(path: Path) -> sa.Engine:
+    """An engine on the database file opened read-only (safe while the bot runs); refuses a bad file."""
+    if not path.exists():
+        raise FileNotFoundError(f"No database at {path}; is STEPGRID_DATABASE_PATH right?")
+    check_database_file(path, writable=False)
+    return sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.pool.NullPool)
 
 
 EXPORT_PAGE = 500

@@ -121,20 +121,25 @@ def bad_databases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("kind", ["folder", "unwritable", "read-only folder", "corrupt", "not sqlite", "foreign"])
-@pytest.mark.parametrize("command", [["db", "upgrade"], ["usage", "--csv"], ["run"]])
+@pytest.mark.parametrize(
+    "command",
+    [["db", "upgrade"], ["usage", "--csv"], ["usage", "--limits-csv"], ["db", "backup", "copy.sqlite3"], ["run"]],
+)
 def test_a_database_that_cannot_be_used_is_one_line_naming_the_file(
     kind: str, command: list[str], tmp_path: Path
 ) -> None:
     path, problem = bad_databases(tmp_path)[kind]
-    if kind in ("unwritable", "read-only folder") and command == ["usage", "--csv"]:
-        path = Path("/proc/self/status")  # read-only exporting: a file that exists but is no database
+    reads_only = command[0] == "usage" or command[:2] == ["db", "backup"]
+    if kind in ("unwritable", "read-only folder") and reads_only:
+        path = Path("/proc/self/status")  # a file that exists but is no database
         problem = "not a SQLite database"
     before = path.read_bytes() if path.is_file() else None
     result = stepgrid(*command, cwd=tmp_path, STEPGRID_DATABASE_PATH=str(path), STEPGRID_DISCORD_TOKEN="x" * 20)
     assert result.returncode == 2, result.stderr
     line = one_error_line(result)
     assert str(path) in line and problem in line, line
-    assert result.stdout == "" or command != ["usage", "--csv"]  # no CSV that is only a header
+    assert result.stdout == "" or command[0] != "usage"  # no CSV that is only a header
+    assert not (tmp_path / "copy.sqlite3").exists()  # nor a backup
     if before is not None and not str(path).startswith("/proc"):
         assert path.read_bytes() == before  # left as it was
 

@@ -29,7 +29,7 @@ from bot.db_migrations import (
 from bot.models import Base, JobRow
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "guild_limits", "limits_changes"}
+TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs"}
 
 
 def downgrade_database(path: Path | str, revision: str) -> None:

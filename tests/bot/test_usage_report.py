@@ -12,7 +12,7 @@ import pytest
 from bot.config import Settings
 from bot.db import Database
 from bot.server_limits import EffectiveLimits, ServerLimits
-from bot.usage_report import CSV_COLUMNS, export_csv, member_usage, period_start
+from bot.usage_report import CSV_COLUMNS, LIMITS_CSV_COLUMNS, export_csv, export_limits_csv, member_usage, period_start
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobFailed, Request
 from tests.bot.fakes import FakeWallClock as FakeClock
 
@@ -182,3 +182,44 @@ def test_an_empty_ledger_exports_just_the_header(tmp_path: Path) -> None:
     out = io.StringIO()
     assert export_csv(tmp_path / "empty.sqlite3", out) == 0
     assert out.getvalue().strip() == ",".join(CSV_COLUMNS)
+
+
+async def test_the_limits_history_exports_one_row_per_change_oldest_first(
+    db: Database, db_path: Path, clock: FakeClock
+) -> None:
+    await db.server_limits.set_limits(GUILD, ALICE, max_steps=40, banned_words="=cmd, fox")
+    clock.advance(hours=1)
+    await db.server_limits.set_limits(OTHER_GUILD, BOB, default_steps=12)
+    clock.advance(hours=1)
+    await db.server_limits.reset_limits(GUILD, BOB, ["max_steps"])
+    await finished(db, GenerateRequest(prompt="a fox", steps=4), user=ALICE)  # jobs are not limit changes
+
+    out = io.StringIO()
+    count = export_limits_csv(db_path, out)  # while the bot's database is open
+
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert count == len(rows) == 4
+    assert tuple(rows[0]) == LIMITS_CSV_COLUMNS
+    assert [(row["guild_id"], row["user_id"], row["field"]) for row in rows] == [
+        (str(GUILD), str(ALICE), "max_steps"),
+        (str(GUILD), str(ALICE), "banned_words"),
+        (str(OTHER_GUILD), str(BOB), "default_steps"),
+        (str(GUILD), str(BOB), "max_steps"),
+    ]
+    assert [(row["old_value"], row["new_value"]) for row in rows[::3]] == [("null", "40"), ("40", "null")]
+    assert rows[1]["new_value"] == '["=cmd", "fox"]'  # JSON; starts with "[", so no formula either
+    assert rows[0]["changed_at"] < rows[2]["changed_at"] < rows[3]["changed_at"]
+
+
+def test_the_limits_history_of_a_new_database_is_just_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+    from bot.db_migrations import upgrade_database
+
+    upgrade_database(tmp_path / "empty.sqlite3")
+    monkeypatch.setenv("STEPGRID_DATABASE_PATH", str(tmp_path / "empty.sqlite3"))
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["usage", "--limits-csv"]) == 0
+    assert capsys.readouterr().out.strip() == ",".join(LIMITS_CSV_COLUMNS)
