@@ -32,7 +32,7 @@ from inference.protocol import (
     WorkerConfig,
     validate_for_model,
 )
-from inference.queue import LocalJobQueue, _QueuedJob
+from inference.queue import LocalJobQueue, WorkerStatus, _QueuedJob
 from inference.redis_wire import Keys, check_redis_url, describe_url, dumps, loads
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,18 @@ class RedisJobQueue(LocalJobQueue):
     @property
     def worker_pid(self) -> int | None:
         return None
+
+    def workers(self) -> list[WorkerStatus]:
+        return [
+            WorkerStatus(
+                name=f"agent {agent.agent_id} on {agent.host}",
+                state=agent.state,
+                device=agent.device,
+                models=agent.model_names,
+                detail=agent.message or f"{agent.busy_lanes}/{agent.lanes} lanes busy, {agent.jobs_done} jobs done",
+            )
+            for agent in self.agents
+        ]
 
     # -- the public API (submit, events, position come from the local queue) -------------------
 

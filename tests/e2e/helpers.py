@@ -27,7 +27,7 @@ from inference.protocol import (
     ModelUnavailable,
     Request,
 )
-from inference.queue import JobQueue, LocalJobQueue
+from inference.queue import JobQueue, LocalJobQueue, WorkerStatus
 from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedFile, RecordedRequest
 
 Json = dict[str, Any]
@@ -85,6 +85,9 @@ class SharedQueue(JobQueue):
     @property
     def unavailable_models(self) -> dict[str, ModelUnavailable]:
         return self.inner.unavailable_models
+
+    def workers(self) -> list[WorkerStatus]:
+        return self.inner.workers()
 
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         entry = len(self.submitted)
