@@ -148,6 +148,8 @@ def usage_chart_png(days: Sequence[date], series: Mapping[str, Sequence[int]], *
     ceiling = nice_ceiling(max(totals, default=0))
     for tick in range(5):
         value = ceiling * tick / 4
+        if not value.is_integer():  # images come whole
+            continue
         y = bottom - (bottom - top) * tick / 4
         draw.line((left, y, right, y), fill=CHART_GRID, width=1)
         draw.text((left - 10, y), f"{value:g}", font=font, fill=CHART_MUTED, anchor="rm")

@@ -149,10 +149,12 @@ async def running_bot(
     settings: Settings | None = None,
     database: Database | None = None,
     edit_interval: float = 0.2,
+    queue: SharedQueue | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[Stepgrid, SharedQueue]]:
-    """A started Stepgrid connected to `fake`, using the shared worker; closed (as on shutdown) on exit."""
-    queue = SharedQueue(worker)
+    """A started Stepgrid connected to `fake`, using the shared worker (through `queue`, a SharedQueue of it,
+    when given); closed (as on shutdown) on exit."""
+    queue = queue if queue is not None else SharedQueue(worker)
     bot = Stepgrid(
         settings or e2e_settings(),
         queue=queue,
