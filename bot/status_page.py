@@ -177,6 +177,6 @@ def status_html(view: StatusView) -> str:
         f"<h1>Stepgrid: {state}</h1><p>{escape(view.discord)} · {_time(view.now)}</p>"
         f"<h2>Queued and running ({len(view.jobs)})</h2>{jobs}"
         f"<h2>Models</h2>{models}<h2>Workers</h2>{workers}"
-        f"<h2>Last 24 hours</h2>{charts}"
+        f"<h2>Last 24 hours (hours in UTC)</h2>{charts}"
         f"<script>{SCRIPT}</script></body></html>"
     )
