@@ -118,7 +118,8 @@ async def server_chart(ledger: Ledger, guild_id: int, *, now: datetime) -> bytes
     first = day_start(now) - timedelta(days=CHART_DAYS - 1)
     days = [(first + timedelta(days=offset)).date() for offset in range(CHART_DAYS)]
     series: dict[str, list[int]] = {}
-    for row in await ledger.images_per_day(guild_id, since=first, until=now):
+    until = day_start(now) + timedelta(days=1)
+    for row in await ledger.images_per_day(guild_id, since=first, until=until):
         series.setdefault(row.scheduler, [0] * CHART_DAYS)[days.index(row.day)] += row.images
     return await asyncio.to_thread(usage_chart_png, days, series, title=f"Images per day, last {CHART_DAYS} days")
 
