@@ -422,7 +422,9 @@ class Ledger:
         async def operation(session: AsyncSession) -> bool:
             job = await _load(session, job_id)
             if job.status in FINISHED_STATUSES:
-                log.info("job %s is already %s; ignoring a late status change", job_id, job.status)
+                log.info(
+                    "job %s is already %s; ignoring a late status change", job_id, job.status, extra={"job_id": job_id}
+                )
                 return False
             change(job)
             return True
