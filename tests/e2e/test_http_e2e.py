@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -21,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.db import Database
 from bot.http import EndpointUnavailable
+from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, configure_logging
 from inference.protocol import ModelInfo, WorkerConfig
 from inference.queue import LocalJobQueue
 from tests.e2e.helpers import SharedQueue, e2e_settings, running_bot, wait_for_result, worker_paused
@@ -180,6 +183,29 @@ async def test_the_status_page_renders_its_charts_in_headless_chromium(
     assert 'data-rendered="3"' in dom, dom[:2000]  # the page's script ran to its end and counted three charts
     assert dom.count("<rect ") == 3 * 24
     assert "Uncaught" not in log and "SyntaxError" not in log, log
+
+
+async def test_json_logs_name_the_job_on_every_line_about_it(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(LEVEL_VARIABLE, "INFO")  # configure_logging exports these; the monkeypatch restores them
+    monkeypatch.setenv(FORMAT_VARIABLE, "json")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging("bot")
+    try:
+        async with running_bot(fake, worker, database=database) as (_, queue):
+            handle = await fake.invoke("imagine", {"prompt": "a fox", "steps": 4, "size": "256"})
+            await wait_for_result(handle)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    [job_id] = [submitted.job_id for submitted in queue.submitted]
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    about_the_job = [record for record in records if job_id in record["message"]]
+    assert len(about_the_job) >= 2  # accepted, done
+    assert all(record.get("job_id") == job_id for record in about_the_job), about_the_job
 
 
 async def test_a_port_in_use_stops_the_bot_with_one_clear_line(fake: FakeDiscord, worker: LocalJobQueue) -> None:
