@@ -129,7 +129,7 @@ class OperatorEndpoint:
         except TimeoutError:
             return f"the database took no write within {HEALTH_WRITE_TIMEOUT:g}s"
         except Exception as error:
-            return f"the database is not writable: {error}"
+            return f"the database is not writable: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
         return None
 
     # --- handlers -----------------------------------------------------------------------------
