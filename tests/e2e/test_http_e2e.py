@@ -21,14 +21,15 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.client import Stepgrid
 from bot.db import Database
 from bot.http import EndpointUnavailable
 from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, configure_logging
-from inference.protocol import ModelInfo, WorkerConfig
+from inference.protocol import WorkerConfig
 from inference.queue import LocalJobQueue
-from tests.e2e.helpers import SharedQueue, e2e_settings, running_bot, wait_for_result, worker_paused
+from tests.e2e.helpers import e2e_settings, running_bot, wait_for_result, worker_paused
 from tests.fake_discord import FakeDiscord, running_fake
-from tests.workers import started_queue
+from tests.workers import LOAD_GATE, gated_worker_main, started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -69,26 +70,6 @@ def port_taken() -> Iterator[int]:
         yield int(holder.getsockname()[1])
 
 
-class LoadingQueue(SharedQueue):
-    """The shared worker as a bot sees it while its model still loads, until `loaded` is set."""
-
-    def __init__(self, inner: LocalJobQueue) -> None:
-        super().__init__(inner)
-        self.loaded = asyncio.Event()
-
-    async def wait_ready(self) -> None:
-        await self.loaded.wait()
-        await super().wait_ready()
-
-    @property
-    def ready(self) -> bool:
-        return self.loaded.is_set() and super().ready
-
-    @property
-    def models(self) -> dict[str, ModelInfo]:
-        return super().models if self.loaded.is_set() else {}
-
-
 async def get(port: int, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
         return response.status, await response.text()
@@ -104,46 +85,55 @@ def sample(metrics: str, name: str, **labels: str) -> float:
 
 
 async def test_health_readiness_metrics_and_status_page_of_a_running_bot(
-    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+    fake: FakeDiscord, database: Database, tiny_config: WorkerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = free_port()
-    settings = e2e_settings(http_port=port)
-    queue = LoadingQueue(worker)
-    async with running_bot(fake, worker, settings=settings, database=database, queue=queue) as (bot, _):
-        status, body = await get(port, "/healthz")
-        assert (status, body) == (200, '{"status": "ok", "database": "writable"}')
+    gate = tmp_path / "load-the-model"
+    monkeypatch.setenv(LOAD_GATE, str(gate))  # this bot's own worker waits for the file before loading
+    queue = LocalJobQueue(tiny_config, worker_target=gated_worker_main)
+    bot = Stepgrid(e2e_settings(http_port=port), queue=queue, database=database, guild_ready_timeout=0.05)
+    async with bot:
+        runner = asyncio.create_task(bot.start(fake.token))
+        try:
+            await asyncio.wait_for(bot.wait_until_ready(), fake.timeout)
+            status, body = await get(port, "/healthz")
+            assert (status, body) == (200, '{"status": "ok", "database": "writable"}')  # alive while the model loads
 
-        status, body = await get(port, "/readyz")
-        assert status == 503 and "no model is ready yet (loading)" in body and "Discord" not in body, body
+            status, body = await get(port, "/readyz")
+            assert status == 503 and "no model is ready yet (loading)" in body and "Discord" not in body, body
 
-        queue.loaded.set()
-        status, body = await get(port, "/readyz")
-        assert (status, body) == (200, '{"ready": true, "reasons": [], "models": ["tiny"]}')
+            gate.touch()
+            await queue.wait_ready()
+            status, body = await get(port, "/readyz")
+            assert (status, body) == (200, '{"ready": true, "reasons": [], "models": ["tiny"]}')
 
-        _, before = await get(port, "/metrics")
-        labels = {"command": "imagine", "model": "tiny", "scheduler": "Euler", "outcome": "done"}
-        handle = await fake.invoke("imagine", {"prompt": "a secret lighthouse", "steps": 6, "size": "256",
-                                               "scheduler": "Euler", "count": 2})  # fmt: skip
-        await wait_for_result(handle)
-        await bot.jobs.close()  # the driver has counted the job once it ends
-        _, after = await get(port, "/metrics")
-        jobs = sample(after, "stepgrid_jobs_total", **labels) - sample(before, "stepgrid_jobs_total", **labels)
-        assert jobs == 1, [line for line in after.splitlines() if line.startswith("stepgrid_jobs_total")]
-        assert sample(after, "stepgrid_images_total") == sample(before, "stepgrid_images_total") + 2
-        assert sample(after, "stepgrid_steps_total") == sample(before, "stepgrid_steps_total") + 12
-        assert sample(after, "stepgrid_gpu_seconds_total") > sample(before, "stepgrid_gpu_seconds_total")
-        waited = "stepgrid_queue_wait_seconds_count"
-        assert sample(after, waited) == sample(before, waited) + 1
-        assert sample(after, "stepgrid_models_ready") == 1
-        assert "stepgrid_event_loop_lag_seconds_bucket" in after and "stepgrid_worker_restarts_total" in after
-        assert sample(after, "stepgrid_queue_length") == 0 and sample(after, "stepgrid_jobs_running") == 0
+            _, before = await get(port, "/metrics")
+            labels = {"command": "imagine", "model": "tiny", "scheduler": "Euler", "outcome": "done"}
+            handle = await fake.invoke("imagine", {"prompt": "a secret lighthouse", "steps": 6, "size": "256",
+                                                   "scheduler": "Euler", "count": 2})  # fmt: skip
+            await wait_for_result(handle)
+            await bot.jobs.close()  # the driver has counted the job once it ends
+            _, after = await get(port, "/metrics")
+            jobs = sample(after, "stepgrid_jobs_total", **labels) - sample(before, "stepgrid_jobs_total", **labels)
+            assert jobs == 1, [line for line in after.splitlines() if line.startswith("stepgrid_jobs_total")]
+            assert sample(after, "stepgrid_images_total") == sample(before, "stepgrid_images_total") + 2
+            assert sample(after, "stepgrid_steps_total") == sample(before, "stepgrid_steps_total") + 12
+            assert sample(after, "stepgrid_gpu_seconds_total") > sample(before, "stepgrid_gpu_seconds_total")
+            waited = "stepgrid_queue_wait_seconds_count"
+            assert sample(after, waited) == sample(before, waited) + 1
+            assert sample(after, "stepgrid_models_ready") == 1
+            assert "stepgrid_event_loop_lag_seconds_bucket" in after and "stepgrid_worker_restarts_total" in after
+            assert sample(after, "stepgrid_queue_length") == 0 and sample(after, "stepgrid_jobs_running") == 0
 
-        status, page = await get(port, "/")
-        assert status == 200
-        assert 'Stepgrid: <span class="ready">ready</span>' in page
-        assert page.count('<svg class="chart"') == 3 and "Steps per hour" in page
-        assert "local worker pid" in page and "tiny" in page
-        assert "secret lighthouse" not in page  # finished, and prompts are hidden anyway
+            status, page = await get(port, "/")
+            assert status == 200
+            assert 'Stepgrid: <span class="ready">ready</span>' in page
+            assert page.count('<svg class="chart"') == 3 and "Steps per hour" in page
+            assert "local worker pid" in page and "tiny" in page
+            assert "secret lighthouse" not in page  # finished, and prompts are hidden anyway
+        finally:
+            await bot.close()
+            await runner
 
 
 async def test_the_status_page_shows_waiting_jobs_and_their_prompts_only_when_asked(
