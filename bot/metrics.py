@@ -43,7 +43,11 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         figures = self.read()
         yield GaugeMetricFamily("stepgrid_queue_length", "Jobs waiting for the GPU", value=figures.queued)
-        yield GaugeMetricFamily("stepgrid_jobs_running", "Jobs on the GPU now", value=figures.running)
+        yield GaugeMetricFamily(
+            "stepgrid_jobs_running",
+            "Jobs accepted and not waiting: on the GPU or being answered",
+            value=figures.running,
+        )
         yield GaugeMetricFamily("stepgrid_models_ready", "Models loaded and warmed up", value=figures.models_ready)
         yield CounterMetricFamily(
             "stepgrid_worker_restarts", "GPU worker processes restarted after a crash or hang",

@@ -15,7 +15,7 @@ from bot.db import Database
 from bot.http import OperatorEndpoint
 from bot.jobs import JobService
 from bot.metrics import Metrics
-from tests.bot.fakes import ScriptedQueue
+from tests.bot.fakes import TURBO, ScriptedQueue
 
 
 def endpoint_for(database: Database) -> OperatorEndpoint:
@@ -47,3 +47,17 @@ async def test_healthz_is_503_while_another_program_holds_the_database_locked(
         other.execute("ROLLBACK")
         other.close()
     assert status == 503 and body == {"status": "unhealthy", "problem": "the database took no write within 0.5s"}
+
+
+async def readiness(endpoint: OperatorEndpoint) -> tuple[int, list[str]]:
+    response = await endpoint.readyz(make_mocked_request("GET", "/readyz"))
+    assert response.text is not None
+    return response.status, json.loads(response.text)["reasons"]
+
+
+async def test_readyz_names_each_reason_it_is_not_ready(database: Database) -> None:
+    endpoint = endpoint_for(database)  # a client that never connected
+    assert await readiness(endpoint) == (503, ["not connected to Discord", "no model is ready yet (loading)"])
+    assert isinstance(endpoint.queue, ScriptedQueue)
+    endpoint.queue.load(TURBO)
+    assert await readiness(endpoint) == (503, ["not connected to Discord"])
