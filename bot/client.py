@@ -21,11 +21,14 @@ from bot.config import Settings
 from bot.db import Database
 from bot.db_migrations import DatabaseTooNew, DatabaseUnusable
 from bot.errors import report_error
+from bot.http import EndpointUnavailable, OperatorEndpoint
 from bot.jobs import TOKEN_LIFETIME, JobService
+from bot.metrics import Metrics
 from bot.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
 from bot.recovery import recover_jobs
 from bot.store import DatabaseJobStore, JobStore
 from bot.throttle import EDIT_INTERVAL
+from inference.logs import configure_logging
 from inference.queue import JobQueue
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ class Stepgrid(commands.Bot):
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions for interactions; no message content
+        self.metrics = Metrics()
+        options.setdefault("http_trace", self.metrics.discord_trace())
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -86,13 +91,21 @@ class Stepgrid(commands.Bot):
             policy=policy if policy is not None else SettingsPolicy(settings),
             edit_interval=EDIT_INTERVAL if edit_interval is None else edit_interval,
             token_lifetime=TOKEN_LIFETIME if token_lifetime is None else token_lifetime,
+            metrics=self.metrics,
         )
+        self.endpoint: OperatorEndpoint | None = None
+        if settings.http_port is not None:
+            self.endpoint = OperatorEndpoint(
+                self, settings, jobs=self.jobs, queue=self.queue, metrics=self.metrics, database=database
+            )
         self._extensions = tuple(extensions)
         self._sync_commands = sync_commands
         self._ready_watch: asyncio.Task[None] | None = None
         self._queue_started = False
 
     async def setup_hook(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.start()  # first: health checks answer while the model loads
         await self.queue.start()
         self._queue_started = True
         self._ready_watch = asyncio.create_task(self._log_when_ready(), name="stepgrid-wait-ready")
@@ -150,6 +163,8 @@ class Stepgrid(commands.Bot):
                 await self.queue.close()
             await self.jobs.close()
         finally:
+            if self.endpoint is not None:
+                await self.endpoint.close()
             await super().close()
 
     async def _log_when_ready(self) -> None:
@@ -231,6 +246,8 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
         bot = Stepgrid(settings, queue=queue, database=database)
         point_at_discord(settings)
         async with bot:
+            if bot.endpoint is not None:
+                await bot.endpoint.start()  # a port in use is one line before Discord is contacted
             await _login(bot, token)
             await bot.connect()
     except asyncio.CancelledError:
@@ -292,14 +309,15 @@ def _stop_on_sigterm() -> asyncio.Event:
 
 
 def run(settings: Settings | None = None) -> int:
-    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database, or
-    a Discord that can't be reached at start-up)."""
+    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database, an
+    HTTP port that can't be listened on, or a Discord that can't be reached at start-up)."""
     import sys
 
-    discord.utils.setup_logging(root=True)
+    settings = settings or Settings()
+    configure_logging("bot", level=settings.log_level, log_format=settings.log_format)
     try:
-        asyncio.run(run_bot(settings or Settings()))
-    except STARTUP_ERRORS as error:
+        asyncio.run(run_bot(settings))
+    except (*STARTUP_ERRORS, EndpointUnavailable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

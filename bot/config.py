@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import ipaddress
 import re
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from inference.redis_wire import check_redis_url
 from inference.registry import ModelSpec, models_from_setting
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -63,6 +66,40 @@ def checked_device(value: str) -> str:
     return device
 
 
+def checked_bind(value: str) -> str:
+    """`value` if it is an IP address (v4 or v6) or "localhost"; ValueError otherwise."""
+    address = value.strip()
+    if address != "localhost":
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address; use 127.0.0.1 (this host only) or 0.0.0.0 (all)"
+            ) from None
+    return address
+
+
+def checked_port(value: object) -> int | None:
+    """A TCP port 1..65535, or None for empty/unset (the endpoint is off)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not a port number; use 1 to 65535, or leave it empty to turn it off") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number; use 1 to 65535, or leave it empty to turn it off")
+    return port
+
+
+def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """`value` (any case) if it is one of `choices`; ValueError listing them otherwise."""
+    found = next((choice for choice in choices if choice.casefold() == value.strip().casefold()), None)
+    if found is None:
+        raise ValueError(f"{value!r} is not a {what}; use one of {', '.join(choices)}")
+    return found
+
+
 def checked_scheduler(value: str) -> str:
     """The scheduler's proper name for any capitalisation; ValueError listing the schedulers if unknown."""
     wanted = value.strip().casefold()
@@ -98,6 +135,14 @@ class Settings(BaseSettings):
     queue_max_length: int = 100
     worker_hang_seconds: float = 120.0
 
+    # The operator's HTTP endpoint (health, metrics, status page): off unless a port is set.
+    http_port: int | None = None
+    http_bind: str = "127.0.0.1"
+    status_show_prompts: bool = False  # the status page shows what every server asked for
+
+    log_level: str = "INFO"
+    log_format: str = "text"
+
     # Global ceilings (the operator's); per-server limits may only be tighter.
     max_steps: int = MAX_STEPS
     default_steps: int = GenerateRequest.steps
@@ -112,6 +157,14 @@ class Settings(BaseSettings):
     _dtype = field_validator("dtype")(classmethod(lambda cls, value: checked_dtype(value)))
     _device = field_validator("device")(classmethod(lambda cls, value: checked_device(value)))
     _scheduler = field_validator("default_scheduler")(classmethod(lambda cls, value: checked_scheduler(value)))
+    _bind = field_validator("http_bind")(classmethod(lambda cls, value: checked_bind(value)))
+    _port = field_validator("http_port", mode="before")(classmethod(lambda cls, value: checked_port(value)))
+    _log_level = field_validator("log_level")(
+        classmethod(lambda cls, value: checked_choice(value, LOG_LEVELS, "log level"))
+    )
+    _log_format = field_validator("log_format")(
+        classmethod(lambda cls, value: checked_choice(value, LOG_FORMATS, "log format"))
+    )
 
     @field_validator("model")
     @classmethod

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import sys
 import time
 from typing import Any, TextIO
@@ -13,6 +11,7 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 
 from bot.config import Settings
+from inference.logs import configure_logging
 from inference.protocol import WorkerConfig
 from inference.redis_agent import AgentTimings, RedisAgent, run_agent
 from inference.redis_queue import AgentInfo, RedisUnreachable, ping, read_agents
@@ -100,10 +99,7 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
     except FleetError as error:
         print(f"stepgrid worker: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=os.environ.get("STEPGRID_LOG_LEVEL", "INFO"),
-        format="%(asctime)s agent[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("agent", level=settings.log_level, log_format=settings.log_format)
     config = WorkerConfig(
         model=args.models,
         device=args.device,

@@ -41,11 +41,14 @@ from bot.messages import (
     progress_message,
     result_message,
 )
+from bot.metrics import Metrics
+from bot.models import command_of
 from bot.policy import RequestPolicy, SettingsPolicy
 from bot.reply import InteractionMessage, JobMessage, StoredInteractionMessage
 from bot.server_limits import EffectiveLimits, UnknownModel, choose_model
 from bot.store import JobRecord, JobStore, MemoryJobStore
 from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
+from inference.logs import job_context
 from inference.protocol import (
     InvalidRequest,
     JobFailed,
@@ -87,10 +90,12 @@ class JobService:
         policy: RequestPolicy | None = None,
         edit_interval: float = EDIT_INTERVAL,
         token_lifetime: float = TOKEN_LIFETIME,
+        metrics: Metrics | None = None,
         clock: MonotonicClock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.queue = queue
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store: JobStore = store if store is not None else MemoryJobStore()
         self.policy: RequestPolicy = policy if policy is not None else SettingsPolicy(Settings())
         self.edit_interval = edit_interval
@@ -111,6 +116,10 @@ class JobService:
     def active_jobs(self) -> frozenset[str]:
         """Ids of jobs whose driver is still running."""
         return frozenset(self._tasks)
+
+    def waiting_jobs(self) -> int:
+        """How many of the active jobs wait for the GPU (the rest are running or being answered)."""
+        return sum(1 for job_id in self._tasks if self.queue.position(job_id) is not None)
 
     async def limits(self, guild_id: int | None) -> EffectiveLimits:
         """The limits that apply in this server: read once per command, for its defaults and its check."""
@@ -198,7 +207,7 @@ class JobService:
         except BaseException:
             await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, "The job could not be started.")))
             raise
-        log.info("job %s accepted: %s from user %s", job_id, origin, record.user_id)
+        log.info("job %s accepted: %s from user %s", job_id, origin, record.user_id, extra={"job_id": job_id})
         target = InteractionMessage(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
         return self._spawn_driver(record, target)
 
@@ -226,7 +235,9 @@ class JobService:
         except QueueFull as error:
             raise QueueBusy(str(error)) from None
         except WorkerUnavailable:
-            log.error("refused job %s: the worker cannot load its model", record.job_id)
+            log.error(
+                "refused job %s: the worker cannot load its model", record.job_id, extra={"job_id": record.job_id}
+            )
             raise ModelUnavailable() from None
         except InvalidRequest as error:  # the queue's own model check (e.g. a model that just failed)
             raise InvalidOption(str(error)) from None
@@ -254,7 +265,7 @@ class JobService:
             reason = "the model failed to load" if isinstance(error, WorkerUnavailable) else str(error)
             return self.answer_failed(client, record, f"it could not be queued again after a restart ({reason})",
                                       token_age=token_age)  # fmt: skip
-        log.info("job %s re-queued after a restart", record.job_id)
+        log.info("job %s re-queued after a restart", record.job_id, extra={"job_id": record.job_id})
         return self._spawn_driver(record, target)
 
     async def already_delivered(self, client: discord.Client, record: JobRecord, *, token_age: float) -> bool | None:
@@ -278,10 +289,13 @@ class JobService:
             log.info("job %s answered as failed after a restart: %s", record.job_id, reason)
             await self._quietly(target.withdraw(failure_text(failure, record.request)))
 
-        return self._track(record.job_id, asyncio.create_task(answer(), name=f"stepgrid-job-{record.job_id}"))
+        with job_context(record.job_id):
+            task = asyncio.create_task(answer(), name=f"stepgrid-job-{record.job_id}")
+        return self._track(record.job_id, task)
 
     def _spawn_driver(self, record: JobRecord, target: JobMessage) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{record.job_id}")
+        with job_context(record.job_id):  # the task inherits it: every line it logs names the job
+            task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{record.job_id}")
         return self._track(record.job_id, task)
 
     def _track(self, job_id: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
@@ -321,7 +335,7 @@ class JobService:
             raise NotYourJob()
         self._cancelled_by[record.job_id] = user.id
         if self.queue.cancel(record.job_id):
-            log.info("job %s cancelled by user %s", record.job_id, user.id)
+            log.info("job %s cancelled by user %s", record.job_id, user.id, extra={"job_id": record.job_id})
             await send_ephemeral(interaction, "Cancelled.")
         else:
             self._cancelled_by.pop(record.job_id, None)
@@ -355,10 +369,12 @@ class JobService:
             try:
                 await self.store.mark_finished(job_id, outcome)
             except Exception:
-                log.warning("the ledger still can't record how job %s ended", job_id, exc_info=True)
+                log.warning(
+                    "the ledger still can't record how job %s ended", job_id, exc_info=True, extra={"job_id": job_id}
+                )
                 return
             self._unrecorded.pop(job_id, None)
-            log.info("job %s: its outcome is recorded in the ledger now", job_id)
+            log.info("job %s: its outcome is recorded in the ledger now", job_id, extra={"job_id": job_id})
 
     async def _record_outcome(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         """Record how a job ended; if the ledger refuses, keep it and try again in the background.
@@ -429,6 +445,7 @@ class JobService:
             await editor.stop()
             if job_id not in self._unrecorded:
                 failure = JobFailed(job_id, f"bot error (ref {reference})", steps_run=state.steps_seen)
+                self._count(record, failure)
                 await self._quietly(self.store.mark_finished(job_id, failure))
             await self._quietly(
                 target.withdraw(f"Something went wrong on my side (ref `{reference}`). It has been logged; try again.")
@@ -449,6 +466,7 @@ class JobService:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
         await editor.finish(result_message(record, result, files))
         # Delivered: from here on a failure must not withdraw the result the user already has.
+        self._count(record, result, model=result.model)
         await self._record_outcome(record.job_id, result)
         if record.job_id in self._unrecorded:
             return
@@ -466,6 +484,7 @@ class JobService:
         self, record: JobRecord, failure: JobFailed, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
         await editor.stop()
+        self._count(record, failure)
         await self._record_outcome(record.job_id, failure)
         if failure.cancelled:
             cancelled_by = self._cancelled_by.get(record.job_id)
@@ -479,6 +498,24 @@ class JobService:
         else:
             log.info("job %s failed: %s", record.job_id, failure.message)
             await target.withdraw(failure_text(failure, record.request))
+
+    def _count(self, record: JobRecord, outcome: JobResult | JobFailed, *, model: str = "") -> None:
+        """Count an answered job in the metrics."""
+        request = record.request
+        if isinstance(outcome, JobResult):
+            name, images = "done", len(outcome.images)
+        else:
+            name, images = ("cancelled" if outcome.cancelled else "failed"), 0
+        self.metrics.job_answered(
+            command=command_of(request),
+            model=model or request.model or next(iter(self.queue.models), ""),
+            scheduler=request.scheduler,
+            outcome=name,
+            images=images,
+            steps=outcome.steps_run,
+            gpu_seconds=outcome.gpu_seconds,
+            queue_seconds=outcome.queue_seconds,
+        )
 
     @staticmethod
     async def _quietly(awaitable: Awaitable[object]) -> None:

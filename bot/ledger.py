@@ -9,7 +9,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -85,6 +85,25 @@ class ServerUsage:
     top_users: tuple[UserTotal, ...]
     top_schedulers: tuple[SchedulerTotal, ...]
     top_models: tuple[ModelTotal, ...] = ()
+
+
+@dataclass(frozen=True)
+class HourActivity:
+    """One hour's jobs (by the hour they were accepted): how many, steps run, mean wait for the GPU."""
+
+    hour: datetime  # its start, UTC
+    jobs: int
+    steps: int
+    mean_wait: float | None  # None: no job of that hour has started yet
+
+
+@dataclass(frozen=True)
+class DayImages:
+    """Images a server got on one UTC day with one scheduler."""
+
+    day: date
+    scheduler: str
+    images: int
 
 
 class Ledger:
@@ -354,11 +373,58 @@ class Ledger:
             ),
         )
 
+    async def hourly_activity(self, *, since: datetime, until: datetime) -> list[HourActivity]:
+        """Every server's jobs accepted in [since, until), by hour (hours without jobs left out)."""
+        hour = sa.func.strftime("%Y-%m-%d %H:00:00", JobRow.created_at)
+        query = (
+            sa.select(
+                hour,
+                sa.func.count(JobRow.id),
+                sa.func.coalesce(sa.func.sum(JobRow.steps_run), 0),
+                sa.func.avg(JobRow.queue_seconds),
+            )
+            .where(JobRow.created_at >= since, JobRow.created_at < until)
+            .group_by(hour)
+            .order_by(hour)
+        )
+        async with self.database.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            HourActivity(
+                hour=datetime.fromisoformat(str(start)).replace(tzinfo=UTC),
+                jobs=int(jobs),
+                steps=int(steps),
+                mean_wait=None if wait is None else float(wait),
+            )
+            for start, jobs, steps, wait in rows
+        ]
+
+    async def images_per_day(self, guild_id: int, *, since: datetime, until: datetime) -> list[DayImages]:
+        """A server's delivered images per UTC day and scheduler, of jobs accepted in [since, until)."""
+        day = sa.func.date(JobRow.created_at)
+        images = sa.func.sum(JobRow.images)
+        query = (
+            sa.select(day, JobRow.scheduler, images)
+            .where(
+                JobRow.guild_id == guild_id,
+                JobRow.status == JobStatus.DONE.value,
+                JobRow.created_at >= since,
+                JobRow.created_at < until,
+            )
+            .group_by(day, JobRow.scheduler)
+            .order_by(day, JobRow.scheduler)
+        )
+        async with self.database.sessions() as session:
+            rows = (await session.execute(query)).all()
+        return [DayImages(date.fromisoformat(str(d)), str(name), int(count)) for d, name, count in rows]
+
     async def _transition(self, job_id: str, change: Callable[[JobRow], None]) -> bool:
         async def operation(session: AsyncSession) -> bool:
             job = await _load(session, job_id)
             if job.status in FINISHED_STATUSES:
-                log.info("job %s is already %s; ignoring a late status change", job_id, job.status)
+                log.info(
+                    "job %s is already %s; ignoring a late status change", job_id, job.status, extra={"job_id": job_id}
+                )
                 return False
             change(job)
             return True

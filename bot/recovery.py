@@ -78,7 +78,11 @@ async def recover_jobs(
         try:
             record = record_of(job)
         except (TypeError, ValueError):
-            log.exception("job %s has parameters this version can't read; answering it as failed", job.id)
+            log.exception(
+                "job %s has parameters this version can't read; answering it as failed",
+                job.id,
+                extra={"job_id": job.id},
+            )
             await database.ledger.mark_finished(
                 job.id, JobFailed(job.id, "Stepgrid was updated and could not read this job again.")
             )
@@ -87,7 +91,7 @@ async def recover_jobs(
         started = job.status != JobStatus.QUEUED.value
         if started and job.message_id is not None and await jobs.already_delivered(client, record, token_age=token_age):
             await database.ledger.mark_delivered(job.id)
-            log.info("job %s was delivered before the restart; recorded as done", job.id)
+            log.info("job %s was delivered before the restart; recorded as done", job.id, extra={"job_id": job.id})
             delivered.append(job.id)
             continue
         reason = why_not_rerun(job, now=now, max_attempts=max_attempts, max_age=max_age)

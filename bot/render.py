@@ -8,7 +8,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
 from functools import cache
 
 from PIL import Image, ImageDraw, ImageFont
@@ -103,6 +104,79 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int) -> s
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+# --- the /usage-server chart ----------------------------------------------------------------
+
+CHART_SIZE = (1200, 600)
+CHART_GRID = (58, 61, 66)
+CHART_MUTED = (160, 164, 171)
+# Distinct on a dark background, the most used scheduler first; the rest share the last colour.
+CHART_COLOURS = ((88, 101, 242), (87, 242, 135), (254, 231, 92), (235, 69, 158), (69, 210, 235), (250, 166, 26),
+                 (237, 66, 69), (150, 150, 160))  # fmt: skip
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 × 10^k at or above `value` (an axis' top); 1 for nothing."""
+    if value <= 0:
+        return 1
+    power = 10 ** math.floor(math.log10(value))
+    return next(step * power for step in (1, 2, 2.5, 5, 10) if step * power >= value)
+
+
+def stacked_series(series: Mapping[str, Sequence[int]], keep: int = len(CHART_COLOURS)) -> dict[str, list[int]]:
+    """The series by total, largest first; beyond `keep`, the smallest are summed as "other"."""
+    ranked = sorted(series.items(), key=lambda item: (-sum(item[1]), item[0]))
+    if len(ranked) <= keep:
+        return {name: list(values) for name, values in ranked}
+    shown = {name: list(values) for name, values in ranked[: keep - 1]}
+    shown["other"] = [sum(column) for column in zip(*(values for _, values in ranked[keep - 1 :]), strict=True)]
+    return shown
+
+
+def usage_chart_png(days: Sequence[date], series: Mapping[str, Sequence[int]], *, title: str) -> bytes:
+    """Stacked bars, one per day, one colour per scheduler (a legend names them), CHART_SIZE pixels."""
+    width, height = CHART_SIZE
+    canvas = Image.new("RGB", CHART_SIZE, BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    title_font, font = _font(26), _font(16)
+    left, top, right, bottom = 70, 90, width - 30, height - 50
+    draw.text((left, 24), title, font=title_font, fill=CAPTION_TEXT)
+
+    stacks = stacked_series(series)
+    totals = [sum(values[day] for values in stacks.values()) for day in range(len(days))]
+    ceiling = nice_ceiling(max(totals, default=0))
+    for tick in range(5):
+        value = ceiling * tick / 4
+        if not value.is_integer():  # images come whole
+            continue
+        y = bottom - (bottom - top) * tick / 4
+        draw.line((left, y, right, y), fill=CHART_GRID, width=1)
+        draw.text((left - 10, y), f"{value:g}", font=font, fill=CHART_MUTED, anchor="rm")
+
+    slot = (right - left) / max(1, len(days))
+    bar = max(2.0, slot * 0.72)
+    for index, day in enumerate(days):
+        x = left + slot * index + (slot - bar) / 2
+        y = float(bottom)
+        for colour, values in zip(CHART_COLOURS, stacks.values(), strict=False):
+            if values[index]:
+                segment = (bottom - top) * values[index] / ceiling
+                draw.rectangle((x, y - segment, x + bar, y), fill=colour)
+                y -= segment
+        if index % 5 == 0 or index == len(days) - 1:
+            draw.text((x + bar / 2, bottom + 8), f"{day:%b} {day.day}", font=font, fill=CHART_MUTED, anchor="mt")
+
+    if not stacks:
+        draw.text(((left + right) / 2, (top + bottom) / 2), "no images yet", font=title_font, fill=CHART_MUTED,
+                  anchor="mm")  # fmt: skip
+    legend_x = float(right)
+    for colour, name in reversed(list(zip(CHART_COLOURS, stacks, strict=False))):
+        label_width = draw.textlength(name, font=font)
+        legend_x -= label_width + 34
+        draw.rectangle((legend_x, 62, legend_x + 14, 76), fill=colour)
+        draw.text((legend_x + 20, 69), name, font=font, fill=CAPTION_TEXT, anchor="lm")
+    return _encode(canvas, "PNG")
 
 
 # --- fitting Discord's upload limit ----------------------------------------------------------

@@ -227,7 +227,11 @@ class StoredInteractionMessage(JobMessage):
         except discord.NotFound:
             return False
         except discord.HTTPException:
-            log.info("could not read the message of job %s to see whether it was delivered", self._job_id)
+            log.info(
+                "could not read the message of job %s to see whether it was delivered",
+                self._job_id,
+                extra={"job_id": self._job_id},
+            )
             return None
         details = custom_id("details", self._job_id)
         return any(getattr(item, "custom_id", None) == details for item in _components(message.components))

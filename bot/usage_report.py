@@ -5,6 +5,7 @@ The queries are the ledger's (`bot.ledger`); this module puts them together with
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import logging
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from bot.db_migrations import DatabaseUnusable, check_database_file
 from bot.ledger import Ledger
 from bot.models import JobRow, LimitsChange
+from bot.render import usage_chart_png
 from bot.server_limits import EffectiveLimits, day_start, next_quota_reset
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,21 @@ async def member_usage(
         daily_quota=limits.daily_steps_per_user,
         resets_at=next_quota_reset(now),
     )
+
+
+CHART_DAYS = 30
+
+
+async def server_chart(ledger: Ledger, guild_id: int, *, now: datetime) -> bytes:
+    """`/usage-server`'s picture: the server's images per UTC day over the last CHART_DAYS days (today
+    included), stacked by scheduler; a PNG of `render.CHART_SIZE`."""
+    first = day_start(now) - timedelta(days=CHART_DAYS - 1)
+    days = [(first + timedelta(days=offset)).date() for offset in range(CHART_DAYS)]
+    series: dict[str, list[int]] = {}
+    until = day_start(now) + timedelta(days=1)
+    for row in await ledger.images_per_day(guild_id, since=first, until=until):
+        series.setdefault(row.scheduler, [0] * CHART_DAYS)[days.index(row.day)] += row.images
+    return await asyncio.to_thread(usage_chart_png, days, series, title=f"Images per day, last {CHART_DAYS} days")
 
 
 def export_csv(database_path: Path | str, out: TextIO) -> int:

@@ -451,7 +451,7 @@ class LaneEngine:
             request = job.request
             png = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
         except Exception:
-            log.exception("could not make a preview of job %s", job.job_id)
+            log.exception("could not make a preview of job %s", job.job_id, extra={"job_id": job.job_id})
         if not job.progress_sent:
             job.progress_sent = True
             self.emit(self._progress_event(job, lane_steps, png))
@@ -489,7 +489,7 @@ class LaneEngine:
         try:
             png = encode_png(Image.fromarray(pixels))
         except Exception:
-            log.exception("could not encode an image of job %s", job.job_id)
+            log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
         request = job.request

@@ -70,6 +70,18 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One GPU worker as the operator's status page shows it."""
+
+    name: str
+    state: str  # "loading", "ready", "failed" or "restarting"
+    device: str  # "" until known
+    models: tuple[str, ...]
+    detail: str = ""
+    restarts: int = 0
+
+
 class JobQueue(abc.ABC):
     """Submit requests, follow their events, cancel them."""
 
@@ -104,6 +116,10 @@ class JobQueue(abc.ABC):
     def unavailable_models(self) -> dict[str, ModelUnavailable]:
         """Configured models that failed to load, with why."""
         return {}
+
+    def workers(self) -> list[WorkerStatus]:
+        """The GPU workers behind this queue and their state."""
+        return []
 
     @abc.abstractmethod
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
@@ -244,6 +260,25 @@ class LocalJobQueue(JobQueue):
     @property
     def worker_pid(self) -> int | None:
         return self._process.pid if self._process else None
+
+    def workers(self) -> list[WorkerStatus]:
+        info = self.worker_info
+        if self._fatal:
+            state = "failed"
+        elif self._process is None or not self._process.is_alive():
+            state = "restarting" if self.restarts else "loading"
+        else:
+            state = "ready" if self.ready else "loading"
+        return [
+            WorkerStatus(
+                name=f"local worker pid {self.worker_pid}" if self.worker_pid else "local worker",
+                state=state,
+                device=f"{info.device} ({info.dtype})" if info else "",
+                models=tuple(self.models) or self.config.model_names,
+                detail=self._fatal or (f"loaded in {info.load_seconds:.1f}s" if info else ""),
+                restarts=self.restarts,
+            )
+        ]
 
     async def close(self) -> None:
         self._closing = True

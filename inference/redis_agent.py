@@ -269,12 +269,14 @@ class RedisAgent:
                 elif isinstance(event, JobResult | JobFailed):
                     final = event
             if final is None or (isinstance(final, JobFailed) and final.message == _WORKER_DIED):
-                log.warning("job %s: the worker died under it; leaving it to another delivery", job_id)
+                log.warning(
+                    "job %s: the worker died under it; leaving it to another delivery", job_id, extra={"job_id": job_id}
+                )
                 return
             await self._retrying(lambda: self._answer(delivery, final))
             self.jobs_done += 1
         except Exception:
-            log.exception("job %s: could not run it; leaving it to another delivery", job_id)
+            log.exception("job %s: could not run it; leaving it to another delivery", job_id, extra={"job_id": job_id})
         finally:
             self._running.pop(job_id, None)
             self._lane_freed.set()
@@ -302,7 +304,7 @@ class RedisAgent:
                 approximate=True,
             )
         except (RedisError, OSError) as error:
-            log.debug("job %s: notice lost (%s)", delivery.job_id, error)
+            log.debug("job %s: notice lost (%s)", delivery.job_id, error, extra={"job_id": delivery.job_id})
 
     # -- claims, cancels, the janitor -----------------------------------------------------------
 
@@ -361,7 +363,12 @@ class RedisAgent:
         job_id = fields[b"job"].decode()
         delivery = _Delivery(job_id, stream, entry, fields[b"bot"].decode(), fields[b"user"].decode(),
                              loads(fields[b"request"]), deliveries)  # type: ignore[arg-type]  # fmt: skip
-        log.error("job %s stopped a worker on each of its %d deliveries; dead-lettering it", job_id, deliveries)
+        log.error(
+            "job %s stopped a worker on each of its %d deliveries; dead-lettering it",
+            job_id,
+            deliveries,
+            extra={"job_id": job_id},
+        )
         await client.xadd(self.keys.dead, {**fields, "stream": stream, "deliveries": deliveries}, maxlen=10_000)  # type: ignore[dict-item]
         await self._answer(delivery, JobFailed(job_id, DEAD_LETTER_MESSAGE.format(count=deliveries)))
         self.dead_lettered += 1

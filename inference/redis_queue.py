@@ -32,7 +32,7 @@ from inference.protocol import (
     WorkerConfig,
     validate_for_model,
 )
-from inference.queue import LocalJobQueue, _QueuedJob
+from inference.queue import LocalJobQueue, WorkerStatus, _QueuedJob
 from inference.redis_wire import Keys, check_redis_url, describe_url, dumps, loads
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,18 @@ class RedisJobQueue(LocalJobQueue):
     def worker_pid(self) -> int | None:
         return None
 
+    def workers(self) -> list[WorkerStatus]:
+        return [
+            WorkerStatus(
+                name=f"agent {agent.agent_id} on {agent.host}",
+                state=agent.state,
+                device=agent.device,
+                models=agent.model_names,
+                detail=agent.message or f"{agent.busy_lanes}/{agent.lanes} lanes busy, {agent.jobs_done} jobs done",
+            )
+            for agent in self.agents
+        ]
+
     # -- the public API (submit, events, position come from the local queue) -------------------
 
     def cancel(self, job_id: str) -> bool:
@@ -312,7 +324,7 @@ class RedisJobQueue(LocalJobQueue):
         fields = {"job": job.job_id, "bot": self.bot_id, "user": job.user_id, "request": dumps(request)}
         entry = await client.xadd(keys.jobs(model), fields)  # type: ignore[arg-type]
         await client.set(keys.released(job.job_id), f"{model} {entry.decode()}", ex=3600)
-        log.debug("job %s released to %s as %s", job.job_id, model, entry)
+        log.debug("job %s released to %s as %s", job.job_id, model, entry, extra={"job_id": job.job_id})
 
     async def _send_cancel(self, job_id: str) -> None:
         for attempt in range(30):
@@ -320,7 +332,9 @@ class RedisJobQueue(LocalJobQueue):
                 await self._redis().set(self.keys.cancel(job_id), b"1", ex=3600)
                 return
             except RedisError as error:
-                log.warning("could not send the cancel of job %s (%s); retrying", job_id, error)
+                log.warning(
+                    "could not send the cancel of job %s (%s); retrying", job_id, error, extra={"job_id": job_id}
+                )
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
 
     # -- what comes back ---------------------------------------------------------------------
@@ -362,7 +376,7 @@ class RedisJobQueue(LocalJobQueue):
             return
         event = loads(data)
         if not isinstance(event, JobResult | JobFailed):
-            log.error("job %s: unexpected result %r", job_id, type(event))
+            log.error("job %s: unexpected result %r", job_id, type(event), extra={"job_id": job_id})
             return
         self._unreleased.discard(job_id)
         self._released_at.pop(job_id, None)
@@ -415,7 +429,11 @@ class RedisJobQueue(LocalJobQueue):
                 if await client.get(self.keys.result(job_id)) is not None:
                     continue
                 await client.delete(self.keys.released(job_id))
-            log.warning("job %s is no longer in Redis (was it restarted without its data?); releasing it again", job_id)
+            log.warning(
+                "job %s is no longer in Redis (was it restarted without its data?); releasing it again",
+                job_id,
+                extra={"job_id": job_id},
+            )
             self._unreleased.add(job_id)
             self._wake_release.set()
 

@@ -8,13 +8,13 @@ takes new jobs and cancellations, so lanes join and leave a running batch.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
+from inference.logs import configure_logging
 from inference.protocol import (
     INTERNAL_ERROR_MESSAGE,
     CancelJob,
@@ -47,10 +47,7 @@ def _quiet_libraries() -> None:
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
     """Process entry point (spawn target)."""
-    logging.basicConfig(
-        level=os.environ.get("STEPGRID_LOG_LEVEL", "INFO"),
-        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("worker")  # the bot's STEPGRID_LOG_LEVEL and STEPGRID_LOG_FORMAT, inherited
     _quiet_libraries()
     send_lock = threading.Lock()
 
@@ -124,7 +121,7 @@ def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent | Prog
             except UnknownModel as exc:  # the queue checks first; this is the worker's own guard
                 send(JobFailed(message.job_id, str(exc)))
             except Exception:
-                log.exception("could not start job %s", message.job_id)
+                log.exception("could not start job %s", message.job_id, extra={"job_id": message.job_id})
                 send(JobFailed(message.job_id, INTERNAL_ERROR_MESSAGE.format(ref=message.job_id[:8])))
         elif isinstance(message, CancelJob):
             engine.cancel(message.job_id)
@@ -144,4 +141,5 @@ def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent | Prog
         try:
             engine.step()
         except BatchError as exc:  # the engine has answered the batch's jobs
-            log.error("batch failed for jobs %s", exc.job_ids, exc_info=exc.__cause__)
+            for job_id in exc.job_ids:
+                log.error("batch failed for job %s", job_id, exc_info=exc.__cause__, extra={"job_id": job_id})

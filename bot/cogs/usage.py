@@ -6,6 +6,7 @@ by their top-level `default_member_permissions`, and a command with subcommands 
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING
 
 import discord
@@ -18,11 +19,12 @@ from bot.formatting import format_duration
 from bot.ledger import ServerUsage
 from bot.messages import COLOUR
 from bot.server_limits import EffectiveLimits
-from bot.usage_report import USAGE_PERIODS, MemberUsage, member_usage, period_start
+from bot.usage_report import CHART_DAYS, USAGE_PERIODS, MemberUsage, member_usage, period_start, server_chart
 
 if TYPE_CHECKING:
     from bot.client import Stepgrid
 
+CHART_FILE = "usage-chart.png"
 PERIOD_CHOICES = [app_commands.Choice(name=name, value=name) for name in USAGE_PERIODS]
 DEFAULT_PERIOD = "7 days"
 
@@ -106,8 +108,12 @@ class Usage(commands.Cog):
         database = require_database(self.bot)
         now = database.clock()
         figures = await database.ledger.server_usage(guild_id, since=period_start(period, now), until=now)
+        embed = server_usage_embed(figures, period)
+        chart = discord.File(io.BytesIO(await server_chart(database.ledger, guild_id, now=now)), filename=CHART_FILE)
+        embed.set_image(url=f"attachment://{CHART_FILE}")
+        embed.set_footer(text=f"The chart: images per day over the last {CHART_DAYS} days, by scheduler.")
         await interaction.response.send_message(
-            embed=server_usage_embed(figures, period), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            embed=embed, file=chart, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -216,6 +217,12 @@ BAD_SETTINGS = [
     ({"STEPGRID_DEVICE": "cuda:99"}, "STEPGRID_DEVICE is invalid: 'cuda:99'"),
     ({"STEPGRID_DEFAULT_SCHEDULER": "Turbo"}, "STEPGRID_DEFAULT_SCHEDULER is invalid: unknown scheduler 'Turbo'"),
     ({"STEPGRID_MAX_STEPS": "many"}, "STEPGRID_MAX_STEPS is invalid"),
+    ({"STEPGRID_HTTP_BIND": "localhots"}, "STEPGRID_HTTP_BIND is invalid: 'localhots' is not an IP address"),
+    ({"STEPGRID_HTTP_BIND": "10.0.0.300"}, "STEPGRID_HTTP_BIND is invalid: '10.0.0.300' is not an IP address"),
+    ({"STEPGRID_HTTP_PORT": "70000"}, "STEPGRID_HTTP_PORT is invalid: 70000 is not a port number; use 1 to 65535"),
+    ({"STEPGRID_HTTP_PORT": "http"}, "STEPGRID_HTTP_PORT is invalid: 'http' is not a port number"),
+    ({"STEPGRID_LOG_LEVEL": "loud"}, "STEPGRID_LOG_LEVEL is invalid: 'loud' is not a log level"),
+    ({"STEPGRID_LOG_FORMAT": "xml"}, "STEPGRID_LOG_FORMAT is invalid: 'xml' is not a log format; use one of text"),
 ]
 if NO_CUDA:
     BAD_SETTINGS.append(({"STEPGRID_DEVICE": "cuda"}, "'cuda' asks for a CUDA GPU, but this machine has none"))
@@ -230,6 +237,25 @@ def test_bad_settings_exit_2_with_one_line_before_anything_loads(
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "fox.png").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_http_port_in_use_stops_run_with_one_line_before_discord_is_contacted(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        unreachable = "http://127.0.0.1:9/api/v10"
+        result = stepgrid("run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, STEPGRID_MODEL="tiny",
+                          STEPGRID_HTTP_PORT=str(port), STEPGRID_DISCORD_API_BASE=unreachable)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    # Not "cannot reach Discord": the port was refused before the unreachable API base was tried.
+    assert f"cannot serve the HTTP endpoint on 127.0.0.1:{port}" in line and "STEPGRID_HTTP_PORT" in line, line
+
+
+def test_an_empty_http_port_turns_the_endpoint_off() -> None:
+    settings = Settings(_env_file=None, http_port="")  # type: ignore[call-arg]
+    assert settings.http_port is None and settings.http_bind == "127.0.0.1"
 
 
 @pytest.mark.parametrize(

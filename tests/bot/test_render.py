@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import io
 import random
+from datetime import date, timedelta
 
 import pytest
 from PIL import Image
 
-from bot.render import CAPTION_BACKGROUND, default_caption, fit_attachment, grid_png, grid_shape
+from bot.render import (
+    CAPTION_BACKGROUND,
+    CHART_COLOURS,
+    CHART_SIZE,
+    default_caption,
+    fit_attachment,
+    grid_png,
+    grid_shape,
+    nice_ceiling,
+    stacked_series,
+    usage_chart_png,
+)
 from inference.protocol import GeneratedImage
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
@@ -167,3 +179,39 @@ def test_a_footer_adds_one_strip_under_the_grid() -> None:
     assert footed.height > plain.height
     bottom = footed.convert("L").crop((0, plain.height, footed.width, footed.height))
     assert max(bottom.getdata()) > 200, "the footer text is drawn"
+
+
+# --- the /usage-server chart ----------------------------------------------------------------
+
+
+def test_the_usage_chart_is_a_png_of_the_promised_size_with_one_colour_per_scheduler() -> None:
+    days = [date(2026, 3, 1) + timedelta(days=offset) for offset in range(30)]
+    series = {"Euler a": [5] * 30, "DDIM": [0] * 29 + [20]}
+    image = Image.open(io.BytesIO(usage_chart_png(days, series, title="Images per day")))
+    assert image.format == "PNG" and image.size == CHART_SIZE
+    colours = {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 16) or []}
+    assert {CHART_COLOURS[0], CHART_COLOURS[1]} <= colours  # Euler a (more images) first, then DDIM
+    # The last day's bar is the tallest: DDIM's 20 on Euler a's 5.
+    last_bar = image.convert("RGB").crop(
+        (CHART_SIZE[0] - 60, 90, CHART_SIZE[0] - 30, CHART_SIZE[1])
+    )  # under the legend
+    assert CHART_COLOURS[1] in {colour for _, colour in last_bar.getcolors(maxcolors=1 << 16) or []}
+
+
+def test_an_empty_usage_chart_is_still_a_chart_of_the_promised_size() -> None:
+    days = [date(2026, 3, 1) + timedelta(days=offset) for offset in range(30)]
+    image = Image.open(io.BytesIO(usage_chart_png(days, {}, title="Images per day")))
+    assert image.size == CHART_SIZE
+
+
+def test_beyond_the_palette_the_least_used_schedulers_are_summed_as_other() -> None:
+    series = {name: [index, index] for index, name in enumerate("ABCDEFGHIJ", start=1)}
+    stacked = stacked_series(series)
+    assert len(stacked) == len(CHART_COLOURS) and list(stacked)[:2] == ["J", "I"]
+    assert stacked["other"] == [1 + 2 + 3, 1 + 2 + 3]  # A, B and C
+    assert sum(map(sum, stacked.values())) == sum(map(sum, series.values()))
+
+
+@pytest.mark.parametrize(("top", "axis"), [(0, 1), (1, 1), (3, 5), (7, 10), (66, 100), (120, 200), (2400, 2500)])
+def test_the_axis_ends_at_a_round_number_above_the_tallest_bar(top: int, axis: float) -> None:
+    assert nice_ceiling(top) == axis

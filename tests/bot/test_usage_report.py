@@ -8,11 +8,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bot.config import Settings
 from bot.db import Database
+from bot.render import CHART_COLOURS, CHART_SIZE
 from bot.server_limits import EffectiveLimits, ServerLimits
-from bot.usage_report import CSV_COLUMNS, LIMITS_CSV_COLUMNS, export_csv, export_limits_csv, member_usage, period_start
+from bot.usage_report import (
+    CSV_COLUMNS,
+    LIMITS_CSV_COLUMNS,
+    export_csv,
+    export_limits_csv,
+    member_usage,
+    period_start,
+    server_chart,
+)
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobFailed, Request
 from tests.bot.fakes import FakeWallClock as FakeClock
 
@@ -223,3 +233,48 @@ def test_the_limits_history_of_a_new_database_is_just_the_header(
 
     assert main(["usage", "--limits-csv"]) == 0
     assert capsys.readouterr().out.strip() == ",".join(LIMITS_CSV_COLUMNS)
+
+
+async def test_images_per_day_counts_a_servers_delivered_images_by_day_and_scheduler(
+    db: Database, clock: FakeClock
+) -> None:
+    clock.now = NOON - timedelta(days=2)
+    await finished(db, GenerateRequest(prompt="a", steps=4, count=3, scheduler="Heun"), user=ALICE)
+    await finished(db, GenerateRequest(prompt="b", steps=4, scheduler="Heun"), user=BOB, status="failed")
+    await finished(db, GenerateRequest(prompt="c", steps=4, scheduler="Heun"), user=BOB, guild=OTHER_GUILD)
+    clock.now = NOON
+    await finished(db, CompareStepsRequest(prompt="d", steps=(2, 4), scheduler="DDIM"), user=BOB)
+
+    rows = await db.ledger.images_per_day(GUILD, since=NOON - timedelta(days=30), until=NOON + timedelta(hours=1))
+    assert [(row.day.isoformat(), row.scheduler, row.images) for row in rows] == [
+        ("2026-03-12", "Heun", 3),
+        ("2026-03-14", "DDIM", 2),
+    ]
+
+
+async def test_the_server_chart_is_a_png_of_the_promised_size(db: Database, clock: FakeClock) -> None:
+    clock.now = NOON - timedelta(days=40)  # older than the chart: left out
+    await finished(db, GenerateRequest(prompt="old", steps=4, count=4), user=ALICE)
+    clock.now = NOON
+    await finished(db, GenerateRequest(prompt="new", steps=4, count=2), user=ALICE)
+
+    image = Image.open(io.BytesIO(await server_chart(db.ledger, GUILD, now=NOON)))
+    assert image.format == "PNG" and image.size == CHART_SIZE
+    today = image.convert("RGB").crop((CHART_SIZE[0] - 60, 90, CHART_SIZE[0] - 30, CHART_SIZE[1]))  # the last bar
+    assert CHART_COLOURS[0] in {colour for _, colour in today.getcolors(maxcolors=1 << 16) or []}
+
+
+async def test_hourly_activity_counts_jobs_steps_and_the_mean_wait_of_every_server(
+    db: Database, clock: FakeClock
+) -> None:
+    clock.now = NOON - timedelta(minutes=90)
+    await finished(db, GenerateRequest(prompt="a", steps=10), user=ALICE)
+    await finished(db, GenerateRequest(prompt="b", steps=20), user=BOB, guild=OTHER_GUILD)
+    clock.now = NOON
+    await finished(db, GenerateRequest(prompt="c", steps=5), user=BOB, status="queued")
+
+    hours = await db.ledger.hourly_activity(since=NOON - timedelta(hours=24), until=NOON + timedelta(hours=1))
+    assert [(h.hour.isoformat(), h.jobs, h.steps, h.mean_wait) for h in hours] == [
+        ("2026-03-14T10:00:00+00:00", 2, 30, 0.5),
+        ("2026-03-14T12:00:00+00:00", 1, 0, None),  # queued: nothing ran, no wait known yet
+    ]

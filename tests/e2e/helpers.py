@@ -27,7 +27,7 @@ from inference.protocol import (
     ModelUnavailable,
     Request,
 )
-from inference.queue import JobQueue, LocalJobQueue
+from inference.queue import JobQueue, LocalJobQueue, WorkerStatus
 from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedFile, RecordedRequest
 
 Json = dict[str, Any]
@@ -85,6 +85,9 @@ class SharedQueue(JobQueue):
     @property
     def unavailable_models(self) -> dict[str, ModelUnavailable]:
         return self.inner.unavailable_models
+
+    def workers(self) -> list[WorkerStatus]:
+        return self.inner.workers()
 
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         entry = len(self.submitted)
@@ -146,10 +149,12 @@ async def running_bot(
     settings: Settings | None = None,
     database: Database | None = None,
     edit_interval: float = 0.2,
+    queue: SharedQueue | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[Stepgrid, SharedQueue]]:
-    """A started Stepgrid connected to `fake`, using the shared worker; closed (as on shutdown) on exit."""
-    queue = SharedQueue(worker)
+    """A started Stepgrid connected to `fake`, using the shared worker (through `queue`, a SharedQueue of it,
+    when given); closed (as on shutdown) on exit."""
+    queue = queue if queue is not None else SharedQueue(worker)
     bot = Stepgrid(
         settings or e2e_settings(),
         queue=queue,

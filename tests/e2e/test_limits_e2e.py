@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from bot.db import Database
 from bot.models import JobRow
+from bot.render import CHART_SIZE
 from inference.protocol import WorkerConfig
 from inference.queue import LocalJobQueue
 from tests.e2e.helpers import (
@@ -25,6 +26,7 @@ from tests.e2e.helpers import (
     content,
     e2e_settings,
     embed_fields,
+    image_of,
     result_files,
     running_bot,
     wait_for_progress,
@@ -304,8 +306,12 @@ async def test_usage_shows_a_members_figures_and_usage_server_the_servers(
         assert usage["Steps run"] == "8"
         assert usage["GPU time"].endswith(" s")
         assert usage["Today's quota"].startswith("8 of 5,000 steps used; **4,992 left**.")
-        server = embed_fields(await ephemeral_reply(await fake.invoke("usage-server", user=fake.admin)))
+        reply = await ephemeral_reply(await fake.invoke("usage-server", user=fake.admin))
+        server = embed_fields(reply)
         assert server["Jobs"] == "1 (0 failed, 0 cancelled)"
+        [chart] = reply.files  # the last 30 days, shown in the embed
+        assert chart.filename == "usage-chart.png" and image_of(chart.data).size == CHART_SIZE
+        assert reply.data["embeds"][0]["image"]["url"] == "attachment://usage-chart.png"
         assert server["Top members"].startswith(f"1. <@{fake.member.id}>: 8 steps, 2 images,")
         assert server["Top schedulers"] == "1. Euler: 1 jobs, 8 steps"
 

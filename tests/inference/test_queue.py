@@ -158,6 +158,9 @@ async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_conf
                 os.kill(pid, signal.SIGKILL)
                 break
         outcomes = await asyncio.gather(*(drain(stream) for stream in streams))
+        [worker] = queue.workers()  # what the status page shows
+        assert (worker.state, worker.restarts, worker.models) == ("ready", 1, ("tiny",))
+        assert worker.name == f"local worker pid {queue.worker_pid}" and worker.device == "cpu (float32)"
     assert queue.restarts == 1
     for events in outcomes:
         assert isinstance(events[-1], JobResult), events[-1]
@@ -242,3 +245,5 @@ async def test_a_worker_that_keeps_dying_while_loading_is_given_up_with_a_clear_
         await queue.close()
     assert isinstance(events[-1], JobFailed) and "exited 3 times" in events[-1].message
     assert queue.restarts == 2
+    [worker] = queue.workers()
+    assert worker.state == "failed" and "exited 3 times" in worker.detail

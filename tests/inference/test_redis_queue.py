@@ -128,6 +128,10 @@ async def test_killing_one_of_two_agents_mid_job_lets_the_other_finish_it(
     await bot.start()
     try:
         await until(lambda: sum(a.state == "ready" for a in bot.agents) == 2, "both agents ready", 300)
+        # What the status page lists: each agent, its state and its models.
+        assert [(w.state, "tiny" in w.models, w.name.startswith("agent ")) for w in bot.workers()] == [
+            ("ready", True, True)
+        ] * 2
         job_id = bot.submit(GenerateRequest("a long fox", steps=80, seed=2, **SMALL), user_id="u")
         events: list[JobEvent] = []
         stream = bot.events(job_id)

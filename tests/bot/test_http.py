@@ -1,0 +1,63 @@
+"""The endpoint's health check against a real SQLite file: 503 with the reason when the database takes no write."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import discord
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+import bot.http
+from bot.config import Settings
+from bot.db import Database
+from bot.http import OperatorEndpoint
+from bot.jobs import JobService
+from bot.metrics import Metrics
+from tests.bot.fakes import TURBO, ScriptedQueue
+
+
+def endpoint_for(database: Database) -> OperatorEndpoint:
+    queue = ScriptedQueue()
+    settings = Settings(_env_file=None, http_port=8080)  # type: ignore[call-arg]
+    client = discord.Client(intents=discord.Intents.none())
+    return OperatorEndpoint(client, settings, jobs=JobService(queue), queue=queue, metrics=Metrics(), database=database)
+
+
+async def health(endpoint: OperatorEndpoint) -> tuple[int, dict[str, str]]:
+    response = await endpoint.healthz(make_mocked_request("GET", "/healthz"))
+    assert response.text is not None
+    return response.status, json.loads(response.text)
+
+
+async def test_healthz_is_ok_while_the_database_takes_writes(database: Database) -> None:
+    assert await health(endpoint_for(database)) == (200, {"status": "ok", "database": "writable"})
+
+
+async def test_healthz_is_503_while_another_program_holds_the_database_locked(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bot.http, "HEALTH_WRITE_TIMEOUT", 0.5)  # the write waits for the lock (busy_timeout)
+    other = sqlite3.connect(database.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a writer that never commits
+    try:
+        status, body = await health(endpoint_for(database))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert status == 503 and body == {"status": "unhealthy", "problem": "the database took no write within 0.5s"}
+
+
+async def readiness(endpoint: OperatorEndpoint) -> tuple[int, list[str]]:
+    response = await endpoint.readyz(make_mocked_request("GET", "/readyz"))
+    assert response.text is not None
+    return response.status, json.loads(response.text)["reasons"]
+
+
+async def test_readyz_names_each_reason_it_is_not_ready(database: Database) -> None:
+    endpoint = endpoint_for(database)  # a client that never connected
+    assert await readiness(endpoint) == (503, ["not connected to Discord", "no model is ready yet (loading)"])
+    assert isinstance(endpoint.queue, ScriptedQueue)
+    endpoint.queue.load(TURBO)
+    assert await readiness(endpoint) == (503, ["not connected to Discord"])

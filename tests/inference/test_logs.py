@@ -1,0 +1,86 @@
+"""One log setup for the bot and the worker: the level, text or JSON lines, the job id on every line about a job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, configure_logging, job_context
+
+
+@pytest.fixture
+def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Give back the root logger (pytest's own handlers) and the environment after the test."""
+    monkeypatch.delenv(LEVEL_VARIABLE, raising=False)
+    monkeypatch.delenv(FORMAT_VARIABLE, raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.usefixtures("restore_logging")
+async def test_json_lines_carry_the_job_id_of_the_task_they_are_logged_in(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("bot", level="INFO", log_format="json")
+    log = logging.getLogger("stepgrid.test")
+
+    async def drive() -> None:
+        await asyncio.sleep(0)
+        log.info("step %d of %d", 3, 8)
+
+    with job_context("job-in-task"):
+        task = asyncio.create_task(drive())  # the task inherits the job
+    log.info("not about a job")
+    log.warning("named by hand", extra={"job_id": "job-by-extra"})
+    await task
+
+    records = [json.loads(line) for line in lines(capsys)]
+    assert [(r["message"], r.get("job_id")) for r in records] == [
+        ("not about a job", None),
+        ("named by hand", "job-by-extra"),
+        ("step 3 of 8", "job-in-task"),
+    ]
+    assert records[1]["level"] == "WARNING" and records[0]["logger"] == "stepgrid.test"
+    assert records[0]["process"].startswith("bot[")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_text_lines_name_the_job_and_the_level_hides_what_is_below_it(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("worker", level="WARNING", log_format="text")
+    log = logging.getLogger("stepgrid.test")
+    log.info("hidden")
+    with job_context("abc123"):
+        log.error("the batch failed")
+    [line] = lines(capsys)
+    assert " worker[" in line and "ERROR stepgrid.test: [job abc123] the batch failed" in line
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_choice_reaches_spawned_workers_through_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("bot", level="debug", log_format="JSON")
+    assert (os.environ[LEVEL_VARIABLE], os.environ[FORMAT_VARIABLE]) == ("DEBUG", "json")
+    configure_logging("worker")  # what a spawned worker does: reads them back
+    logging.getLogger("stepgrid.test").debug("from the worker")
+    assert json.loads(lines(capsys)[-1])["process"].startswith("worker[")
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_an_exception_stays_inside_its_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("bot", level="INFO", log_format="json")
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        logging.getLogger("stepgrid.test").exception("job failed", extra={"job_id": "j1"})
+    [line] = lines(capsys)
+    record = json.loads(line)
+    assert record["job_id"] == "j1" and "ValueError: bad\nthing" in record["exception"]
