@@ -27,6 +27,7 @@ SOURCE_NOTES = {
     "flow": "this flow-matching scheduler reports no x0, so each frame is computed from the model's velocity: "
     "x0 = x_t − σ·v",
 }
+FILM_FILE_LIMIT = 10 * 1024 * 1024  # what Discord takes from anyone: the CLI's films fit it too
 FILM_SECONDS = 4.0  # the whole run plays in about this long
 FRAME_MS_RANGE = (60, 500)
 LAST_FRAME_MS = 2000  # hold the finished image

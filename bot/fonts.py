@@ -111,9 +111,21 @@ def runs(text: str) -> Iterator[tuple[FontFile, str]]:
     """Split `text` into (font, run) pieces; marks and joiners stay with the character before them."""
     current: FontFile | None = None
     run = ""
-    for character in text:
+    for index, character in enumerate(text):
+        if text[index + 1 : index + 2] == "\ufe0f":  # emoji presentation asked for: the emoji font if it has it
+            emoji = next((font for font in font_chain() if font.is_colour and font.has(character)), None)
+            if emoji is not None:
+                if run and current is not emoji:
+                    assert current is not None
+                    yield current, run
+                    run = ""
+                current = emoji
+                run += character
+                continue
         attached = character in _JOINERS or unicodedata.combining(character) or 0x1F3FB <= ord(character) <= 0x1F3FF
-        font = current if current is not None and (attached or character == " ") else font_for(character)
+        # A space stays in the run it follows, except after emoji (the emoji font's space is too wide).
+        keep = attached or (character == " " and current is not None and not current.is_colour)
+        font = current if current is not None and keep else font_for(character)
         if font is not current and run:
             assert current is not None
             yield current, run

@@ -11,9 +11,9 @@ import math
 from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageDraw
-from PIL.PngImagePlugin import PngInfo
 
 from bot.fonts import draw_text, fit_text
+from inference.imaging import encode_png
 from inference.parameters import EXIF_IFD, PNG_KEY, USER_COMMENT, exif_user_comment
 from inference.protocol import GeneratedImage
 
@@ -82,16 +82,7 @@ def grid_png(
     if footer:
         draw_text(canvas, (2 * gap, grid_height + strip / 2), fit_text(footer, font_size, width - 4 * gap),
                   font_size, CAPTION_TEXT)  # fmt: skip
-    return png_bytes(canvas, parameters)
-
-
-def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
-    """PNG bytes, with `parameters` (A1111's infotext) in the `parameters` text chunk."""
-    info = None
-    if parameters is not None:
-        info = PngInfo()
-        info.add_text(PNG_KEY, parameters)
-    return _encode(image, "PNG", pnginfo=info)
+    return encode_png(canvas, parameters=parameters)
 
 
 # --- fitting Discord's upload limit ----------------------------------------------------------

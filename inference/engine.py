@@ -30,19 +30,19 @@ from inference.families import Conditioning
 from inference.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
 from inference.imaging import encode_png, latent_preview_png
 from inference.loading import LoadedModel
+from inference.parameters import image_infotext
 from inference.protocol import (
     INTERNAL_ERROR_MESSAGE,
     OUT_OF_MEMORY_MESSAGE,
     GeneratedImage,
+    GenerateRequest,
     JobEvent,
     JobFailed,
     JobProgress,
-    GenerateRequest,
     JobResult,
     ProgressBatch,
     Request,
 )
-from inference.parameters import infotext
 from inference.schedulers import Scheduler
 
 log = logging.getLogger(__name__)
@@ -541,17 +541,7 @@ class LaneEngine:
         """Encoder thread: PNG-encode one image (with its A1111 parameters) and its film's frames;
         the last image of a job emits its result."""
         request = job.request
-        parameters = infotext(
-            request.prompt,
-            request.negative_prompt,
-            steps=steps,
-            scheduler=request.scheduler,
-            guidance=request.guidance,
-            seed=seed,
-            width=request.width,
-            height=request.height,
-            model=job.model.name,
-        )
+        parameters = image_infotext(request, seed=seed, steps=steps, model=job.model.name)
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)
             frames = tuple(encode_png(frame) for _, frame in sorted(film.frames.items())) if film else ()

@@ -86,4 +86,3 @@ def to_frame(pixels: np.ndarray) -> Image.Image:
     if scale < 1:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     return image
-

@@ -13,7 +13,8 @@ Stdlib only, so both the worker (its PNGs) and the bot (grids, re-encoded attach
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+
+from inference.protocol import CompareStepsRequest, Request
 
 PNG_KEY = "parameters"
 # The EXIF UserComment A1111 writes for JPEG/WebP: an 8-byte charset prefix, then UTF-16 big-endian.
@@ -52,9 +53,8 @@ def infotext(
     width: int,
     height: int,
     model: str,
-    extra: Sequence[tuple[str, object]] = (),
 ) -> str:
-    """The `parameters` text of one image (or, with `extra`, of a grid)."""
+    """The `parameters` text of one image."""
     fields: list[tuple[str, object]] = [
         ("Steps", steps),
         *sampler_fields(scheduler),
@@ -64,7 +64,6 @@ def infotext(
     ]
     if model:
         fields.append(("Model", model))
-    fields.extend(extra)
     lines = [prompt.strip()]
     if negative_prompt.strip():
         lines.append(f"Negative prompt: {negative_prompt.strip()}")
@@ -72,13 +71,27 @@ def infotext(
     return "\n".join(lines)
 
 
-def steps_plot_fields(steps: Sequence[int]) -> list[tuple[str, object]]:
-    """What A1111's X/Y/Z plot adds to a grid's parameters when its X axis is the step count."""
-    return [
-        ("Script", "X/Y/Z plot"),
-        ("X Type", "Steps"),
-        ("X Values", ", ".join(str(s) for s in steps)),
-    ]
+def image_infotext(request: Request, *, seed: int, steps: int, model: str) -> str:
+    """The `parameters` of one image of `request` (its own seed and step count)."""
+    return infotext(
+        request.prompt,
+        request.negative_prompt,
+        steps=steps,
+        scheduler=request.scheduler,
+        guidance=request.guidance,
+        seed=seed,
+        width=request.width,
+        height=request.height,
+        model=model,
+    )
+
+
+def grid_infotext(request: CompareStepsRequest, *, model: str) -> str:
+    """A step-comparison grid's `parameters`, as A1111 writes an X/Y/Z plot's: the first cell's
+    parameters, then the axis ("X Type: Steps, X Values: \"5, 10, 20\"")."""
+    first = image_infotext(request, seed=request.seed, steps=request.steps[0], model=model)
+    axis = [("Script", "X/Y/Z plot"), ("X Type", "Steps"), ("X Values", ", ".join(map(str, request.steps)))]
+    return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
 
 
 def exif_user_comment(text: str) -> bytes:
