@@ -72,8 +72,9 @@ def predicted_clean(
 
 
 def _sigma_at(scheduler: Scheduler, t: float) -> float:
-    """The noise level (sigma = sqrt((1 - a) / a)) at a possibly fractional training timestep, found
-    as diffusers' schedulers map Karras sigmas to timesteps: linearly in log-sigma."""
+    """The noise level (sigma = sqrt((1 - a) / a)) the model was given at a possibly fractional training
+    timestep, found as diffusers maps sigmas to timesteps: linearly in log-sigma. (DPM++ with Karras
+    sigmas rounds the model's timestep; its solver's own x0 differs from this one by that rounding.)"""
     alphas = scheduler.alphas_cumprod.to(torch.float64).cpu().numpy()
     log_sigmas = np.log(((1 - alphas) / alphas) ** 0.5)
     return float(np.exp(np.interp(t, np.arange(len(log_sigmas)), log_sigmas)))
