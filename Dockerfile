@@ -9,8 +9,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/stepgrid \
     PATH=/opt/stepgrid/bin:$PATH
 
+# Fonts for text on images in the prompt's own script (Latin, CJK, colour emoji, other scripts).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+        fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 stepgrid \

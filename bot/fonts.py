@@ -16,7 +16,7 @@ import logging
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
 
 from fontTools.ttLib import TTFont
@@ -50,15 +50,9 @@ class FontFile:
 
     path: Path
 
-    @cached_property
+    @property
     def codepoints(self) -> frozenset[int]:
-        if self.path == PILLOW_DEFAULT:
-            return frozenset(range(0x20, 0x7F))
-        font = TTFont(self.path, fontNumber=0, lazy=True)
-        try:
-            return frozenset(font.getBestCmap() or {})
-        finally:
-            font.close()
+        return _codepoints(self.path)
 
     @property
     def is_colour(self) -> bool:
@@ -69,6 +63,18 @@ class FontFile:
 
     def at(self, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return _load(self.path, EMOJI_BITMAP_SIZE if self.is_colour else size)
+
+
+@cache
+def _codepoints(path: Path) -> frozenset[int]:
+    """The characters a font file has (its character map), read once per process."""
+    if path == PILLOW_DEFAULT:
+        return frozenset(range(0x20, 0x7F))
+    font = TTFont(path, fontNumber=0, lazy=True)
+    try:
+        return frozenset(font.getBestCmap() or {})
+    finally:
+        font.close()
 
 
 @cache
