@@ -106,3 +106,22 @@ def test_every_png_carries_its_parameters(tiny: LoadedModel) -> None:
         assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"]) == ("2", "DPM++ 2M", "Karras")
         assert (parsed["CFG scale"], parsed["Seed"], parsed["Model"]) == ("6.5", str(image.seed), "tiny")
         assert (parsed["Size-1"], parsed["Size-2"]) == (str(SIZE), str(SIZE))
+
+
+def test_film_frames_are_decoded_a_batch_at_a_time_while_the_lane_runs(tiny: LoadedModel) -> None:
+    decoded: list[int] = []
+
+    class CountingEngine(RecordingEngine):
+        def decode(self, latents: torch.Tensor, model: LoadedModel, height: int, width: int) -> np.ndarray:
+            decoded.append(latents.shape[0])
+            return super().decode(latents, model, height, width)
+
+    engine = CountingEngine(tiny)
+    engine.add_job("film", GenerateRequest("fox", steps=19, scheduler="Euler", seed=1, width=SIZE, height=SIZE,
+                                           film=True))  # fmt: skip
+    for _ in range(10):
+        engine.step()
+    assert decoded == [8], "the first eight finished frames are decoded before the lane ends"
+    engine.run_until_idle()
+    assert decoded == [8, 8, 3, 1], "then eight more, the last three, and the image itself"
+    assert len(engine.result("film").images[0].frames) == 19
