@@ -394,21 +394,30 @@ class LaneEngine:
         return predicted_clean(lane.scheduler, model_input, prediction, t, output)
 
     def _capture_frame(self, lane: Lane, x0: torch.Tensor, source: str) -> None:
-        """Keep x0 under the step it belongs to; decode final ones a batch at a time (time charged to the job)."""
+        """Keep x0 under the step it belongs to; decode final ones a batch at a time."""
         film = lane.film
         assert film is not None
         film.record(lane.progress_steps, x0, source)
         ready = film.ready(lane.progress_steps, lane.done)
         if len(ready) < FILM_DECODE_BATCH and not (lane.done and ready):
             return
-        started = time.perf_counter()
         job, request = lane.job, lane.job.request
+        # Charged to the job like its denoising: CUDA events on a GPU (no double count of the batch
+        # still running when the decode is queued), wall time on a CPU.
+        started = time.perf_counter()
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
+        if events:
+            events[0].record()
         for first in range(0, len(ready), FILM_DECODE_BATCH):
             steps = ready[first : first + FILM_DECODE_BATCH]
             latents = torch.cat([film.pending.pop(step) for step in steps])
             for step, pixels in zip(steps, self.decode(latents, job.model, request.height, request.width), strict=True):
                 film.frames[step] = to_frame(pixels)
-        job.cpu_seconds += time.perf_counter() - started  # decoding copies to the host: the GPU is done
+        if events:
+            events[1].record()
+            job.gpu_spans.append((events[0], events[1], 1.0))
+        else:
+            job.cpu_seconds += time.perf_counter() - started
 
     def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
         """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
