@@ -14,6 +14,12 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/stepgrid \
     PATH=/opt/stepgrid/bin:$PATH
 
+# Fonts for text on images in the prompt's own script (Latin, CJK, colour emoji, other scripts).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid 10001 stepgrid \
     && useradd --system --uid 10001 --gid stepgrid --home-dir /home/stepgrid --create-home stepgrid \
     && mkdir -p /models /data \

@@ -1,5 +1,5 @@
 """The persistent buttons under a job's messages: Cancel while it runs; Reroll, fewer/more steps,
-Compare steps and Details under its result.
+Compare steps, Steps film and Details under its result.
 
 Buttons are `DynamicItem`s whose custom id carries the action and the job id
 (`stepgrid:reroll:<job_id>`), so they keep working after a restart: the click is resolved
@@ -20,7 +20,7 @@ from inference.protocol import GenerateRequest
 if TYPE_CHECKING:
     from bot.store import JobRecord
 
-ACTIONS = ("reroll", "fewer", "more", "compare", "details", "cancel")
+ACTIONS = ("reroll", "fewer", "more", "compare", "film", "details", "cancel")
 CUSTOM_ID_PATTERN = rf"stepgrid:(?P<action>{'|'.join(ACTIONS)}):(?P<job_id>[A-Za-z0-9_-]{{1,64}})"
 
 
@@ -100,7 +100,7 @@ def progress_view(job_id: str) -> discord.ui.View:
 
 
 def result_view(record: JobRecord) -> discord.ui.View:
-    """Buttons under a result: Reroll, fewer/more steps, Compare steps, Details."""
+    """Buttons under a result: Reroll, fewer/more steps, Compare steps, Steps film (unless it is one), Details."""
     view = discord.ui.View(timeout=None)
     job_id = record.job_id
     view.add_item(JobButton("reroll", job_id, label="Reroll", emoji="🎲", style=discord.ButtonStyle.primary))
@@ -114,5 +114,7 @@ def result_view(record: JobRecord) -> discord.ui.View:
             JobButton("more", job_id, label=f"{more or request.steps} steps", emoji="➕", disabled=more is None)
         )
         view.add_item(JobButton("compare", job_id, label="Compare steps", emoji="🔬"))
+        if not request.film:
+            view.add_item(JobButton("film", job_id, label="Steps film", emoji="🎞️"))
     view.add_item(JobButton("details", job_id, label="Details", emoji="ℹ️"))
     return view

@@ -19,6 +19,7 @@ from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from bot.server_limits import EffectiveLimits
+from inference.parameters import grid_infotext
 from inference.protocol import (
     SCHEDULER_NAMES,
     CompareStepsRequest,
@@ -93,6 +94,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     imagine.add_argument(
         "-o", "--output", type=Path, required=True, help="PNG file to write; with --count N: NAME-1.png ... NAME-N.png"
     )
+    imagine.add_argument(
+        "--film",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the Steps film, the predicted finished image at every step, to PATH (.webp; written "
+        "as .gif where that is smaller); one image only",
+    )
 
     about = "One labelled grid of the same prompt and seed at several step counts."
     compare = commands.add_parser("compare-steps", help=about, description=about)
@@ -150,6 +159,7 @@ def options_from_args(args: argparse.Namespace) -> RequestOptions:
         count=None if grid else args.count,
         compare_steps=args.steps if grid else None,
         grid=grid,
+        film=getattr(args, "film", None) is not None,
     )
 
 
@@ -253,6 +263,11 @@ def check_output_and_model(args: argparse.Namespace) -> None:
     if output.suffix.lower() != ".png":
         raise InvalidOption(f"-o {output}: Stepgrid writes PNG files; give a name ending in .png.")
     check_writable(output)
+    film: Path | None = getattr(args, "film", None)
+    if film is not None:
+        if film.suffix.lower() not in (".webp", ".gif"):
+            raise InvalidOption(f"--film {film}: the film is an animation; give a name ending in .webp or .gif.")
+        check_writable(film)
     if args.model is None:
         return
     model = Path(args.model).expanduser()
@@ -299,23 +314,26 @@ class OutputLost(RuntimeError):
     """The image(s) could be written neither where asked nor anywhere else; the message says why."""
 
 
-def save_outputs(request: Request, result: JobResult, output: Path) -> tuple[list[Path], str | None]:
+def save_outputs(
+    request: Request, result: JobResult, output: Path, film: Path | None = None
+) -> tuple[list[Path], str | None]:
     """Write the outputs where asked; if that fails after the render, write them to a new folder in the
     temporary directory instead, so that a finished image is never lost. Returns the paths written and,
     when they were rescued, why the asked-for place failed."""
     try:
-        return write_outputs(request, result, output), None
+        return write_outputs(request, result, output, film), None
     except OSError as error:
         problem = f"could not write {output} ({_reason(error)})"
     try:
         rescue = Path(tempfile.mkdtemp(prefix="stepgrid-rescued-")) / output.name
-        return write_outputs(request, result, rescue), problem
+        return write_outputs(request, result, rescue, film and rescue.with_name(film.name)), problem
     except OSError as error:
         raise OutputLost(f"{problem}, nor a copy in the temporary folder ({_reason(error)}).") from None
 
 
-def write_outputs(request: Request, result: JobResult, output: Path) -> list[Path]:
-    """Write the image (or numbered images, or the labelled grid) and return the paths."""
+def write_outputs(request: Request, result: JobResult, output: Path, film: Path | None = None) -> list[Path]:
+    """Write the image (or numbered images, or the labelled grid, and the film) and return the paths."""
+    from bot.film import FILM_FILE_LIMIT, film_animation
     from bot.render import grid_png
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -323,11 +341,20 @@ def write_outputs(request: Request, result: JobResult, output: Path) -> list[Pat
         footer = f"{request.prompt} · {result.model} · {request.scheduler} · seed {request.seed}"
         if result.is_test_model:
             footer += f" · {TEST_MODEL_NOTE}"
-        output.write_bytes(grid_png(result.images, footer=footer))
+        output.write_bytes(
+            grid_png(result.images, footer=footer, parameters=grid_infotext(request, model=result.model))
+        )
         return [output]
     if len(result.images) == 1:
-        output.write_bytes(result.images[0].png)
-        return [output]
+        image = result.images[0]
+        output.write_bytes(image.png)
+        if film is None or not image.frames:
+            return [output]
+        data, extension = film_animation(image.frames, request.prompt, FILM_FILE_LIMIT)
+        film = film.with_suffix(f".{extension}")
+        film.parent.mkdir(parents=True, exist_ok=True)
+        film.write_bytes(data)
+        return [output, film]
     paths = []
     for number, image in enumerate(result.images, start=1):
         path = output.with_name(f"{output.stem}-{number}{output.suffix or '.png'}")
@@ -360,7 +387,7 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
         print("stepgrid: interrupted; nothing was written.", file=sys.stderr)
         return 130
     try:
-        paths, problem = save_outputs(request, result, args.output)
+        paths, problem = save_outputs(request, result, args.output, getattr(args, "film", None))
     except OutputLost as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1

@@ -146,6 +146,7 @@ class RequestOptions:
     compare_steps: str | None = None
     grid: bool = False
     model: str | None = None
+    film: bool = False
 
 
 _TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps")
@@ -200,6 +201,7 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         **fields,  # type: ignore[arg-type]
         steps=defaults.steps if options.steps is None else options.steps,
         count=1 if options.count is None else options.count,
+        film=options.film is True,
     )
 
 
@@ -237,7 +239,7 @@ def derive_request(
     max_steps: int = MAX_STEPS,
     max_cells: int = MAX_COMPARE_CELLS,
 ) -> Request:
-    """The request a result button asks for: reroll, fewer/more steps, or compare steps.
+    """The request a result button asks for: reroll, fewer/more steps, compare steps or the steps film.
 
     The job's model stays (it is a field of the request); `defaults` are that model's (its ladder)
     and `max_steps` its ceiling in this server, so "more" stops where the model does.
@@ -256,4 +258,8 @@ def derive_request(
         # Everything but the step count carries over: the grid shows this very image among its cells.
         same = {f.name: getattr(request, f.name) for f in dataclasses.fields(CompareStepsRequest) if f.name != "steps"}
         return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
+    if action == "film":
+        # The same run again (model, seed, scheduler, steps), keeping every step's x0; of several
+        # images, the first one's seed.
+        return dataclasses.replace(request, film=True, count=1)
     raise ValueError(f"no request to derive for action {action!r}")

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.buttons import progress_view, result_view
+from bot.film import film_animation, source_note
 from bot.render import fit_attachment, grid_png
+from inference.parameters import grid_infotext
 from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
@@ -151,10 +153,14 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
     """The result's image(s) as attachments no larger than `limit` each (CPU-bound: run in a thread)."""
     request = record.request
     if isinstance(request, CompareStepsRequest):
-        data, extension = fit_attachment(grid_png(result.images), limit)
+        parameters = grid_infotext(request, model=result.model or request.model)
+        data, extension = fit_attachment(grid_png(result.images, parameters=parameters), limit)
         return (Attachment(data, f"stepgrid-compare-{request.seed}.{extension}"),)
     files = []
     for image in result.images:
+        if image.frames:
+            data, extension = film_animation(image.frames, request.prompt, limit)
+            files.append(Attachment(data, f"stepgrid-film-{image.seed}.{extension}"))
         data, extension = fit_attachment(image.png, limit)
         files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
     return tuple(files)
@@ -163,11 +169,18 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
 def result_message(record: JobRecord, result: JobResult, files: tuple[Attachment, ...]) -> MessageUpdate:
     """The final message: image(s), an embed with every parameter and timing, the result buttons."""
     embed = parameters_embed(dataclasses.replace(record.request, model=result.model or record.request.model))
+    films = [image for image in result.images if image.frames]
     if isinstance(record.request, CompareStepsRequest):
         embed.add_field(name="Generation", value=f"{result.gpu_seconds:.1f} s (all cells batched)")
     else:
         per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
         embed.add_field(name="Generation", value=per_image)
+        for image in films:
+            embed.add_field(
+                name="Steps film",
+                value=f"{len(image.frames)} frames, one per step: {source_note(image.frames_source)}.",
+                inline=False,
+            )
     embed.add_field(name="Queue wait", value=f"{result.queue_seconds:.1f} s")
     notes = [f"job {record.job_id}", model_name(result.model or record.request.model)]
     if result.prompt_truncated:
@@ -175,7 +188,7 @@ def result_message(record: JobRecord, result: JobResult, files: tuple[Attachment
     if result.is_test_model:
         notes.append("random-weight test model")
     embed.set_footer(text=" · ".join(notes))
-    if len(files) == 1:
+    if len(files) == 1 or films:  # a film job shows its film (the first file); the PNG rides along
         embed.set_image(url=f"attachment://{files[0].filename}")
     return MessageUpdate(content=None, embeds=(embed,), files=files, view=result_view(record))
 

@@ -10,10 +10,12 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
-from functools import cache
 
 from PIL import Image, ImageDraw, ImageFont
 
+from bot.fonts import draw_text, fit_text, font_for
+from inference.imaging import encode_png
+from inference.parameters import EXIF_IFD, PNG_KEY, USER_COMMENT, exif_user_comment
 from inference.protocol import GeneratedImage
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,6 @@ CAPTION_TEXT = (236, 237, 239)
 # Columns per cell count: the guide's 3 x 2 for six cells, never more than four across so that
 # cells stay large in Discord's preview.
 _COLUMNS = {1: 1, 2: 2, 3: 3, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4, 9: 3, 10: 4, 11: 4, 12: 4}
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 def default_caption(image: GeneratedImage) -> str:
@@ -42,23 +42,16 @@ def grid_shape(cells: int) -> tuple[int, int]:
     return columns, math.ceil(cells / columns)
 
 
-@cache
-def _font(size: int) -> Font:
-    try:
-        return ImageFont.load_default(size=size)
-    except ImportError:  # Pillow built without FreeType: a small bitmap font still reads
-        log.warning("Pillow has no FreeType; grid captions use the small bitmap font")
-        return ImageFont.load_default()
-
-
 def grid_png(
     images: Sequence[GeneratedImage],
     *,
     caption: Callable[[GeneratedImage], str] | None = None,
     footer: str | None = None,
+    parameters: str | None = None,
 ) -> bytes:
     """Compose the images, at full resolution, into one grid with a caption strip under each cell,
-    and an optional footer line across the bottom (the offline CLI's prompt, scheduler and seed)."""
+    and an optional footer line across the bottom (the offline CLI's prompt, scheduler and seed).
+    `parameters` (the grid's A1111 infotext) goes into the PNG's `parameters` chunk."""
     if not images:
         raise ValueError("a grid needs at least one image")
     label = caption or default_caption
@@ -67,7 +60,7 @@ def grid_png(
     cell_height = max(cell.height for cell in cells)
     strip = max(28, round(cell_width * 0.075))
     gap = max(4, cell_width // 128)
-    font = _font(max(12, round(strip * 0.58)))
+    font_size = max(12, round(strip * 0.58))
     columns, rows = grid_shape(len(cells))
 
     slot_height = cell_height + strip
@@ -84,26 +77,13 @@ def grid_png(
         strip_top = top + cell_height
         strip_box = (left, strip_top, left + cell_width - 1, strip_top + strip - 1)
         draw.rectangle(strip_box, fill=CAPTION_BACKGROUND)
-        draw.text(
-            (left + cell_width / 2, strip_top + strip / 2),
-            _fit_text(draw, label(image), font, cell_width - 2 * gap),
-            font=font,
-            fill=CAPTION_TEXT,
-            anchor="mm",
-        )
+        caption_text = fit_text(label(image), font_size, cell_width - 2 * gap)
+        draw_text(canvas, (left + cell_width / 2, strip_top + strip / 2), caption_text, font_size, CAPTION_TEXT,
+                  anchor="mm")  # fmt: skip
     if footer:
-        draw.text((2 * gap, grid_height + strip / 2), _fit_text(draw, footer, font, width - 4 * gap),
-                  font=font, fill=CAPTION_TEXT, anchor="lm")  # fmt: skip
-    return _encode(canvas, "PNG")
-
-
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int) -> str:
-    """Shorten a caption with an ellipsis until it fits the cell's width."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+        draw_text(canvas, (2 * gap, grid_height + strip / 2), fit_text(footer, font_size, width - 4 * gap),
+                  font_size, CAPTION_TEXT)  # fmt: skip
+    return encode_png(canvas, parameters=parameters)
 
 
 # --- the /usage-server chart ----------------------------------------------------------------
@@ -134,12 +114,17 @@ def stacked_series(series: Mapping[str, Sequence[int]], keep: int = len(CHART_CO
     return shown
 
 
+def _latin_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The font for the Latin text and digits the bot writes itself (a chart's title, axes, legend)."""
+    return font_for("0").at(size)
+
+
 def usage_chart_png(days: Sequence[date], series: Mapping[str, Sequence[int]], *, title: str) -> bytes:
     """Stacked bars, one per day, one colour per scheduler (a legend names them), CHART_SIZE pixels."""
     width, height = CHART_SIZE
     canvas = Image.new("RGB", CHART_SIZE, BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    title_font, font = _font(26), _font(16)
+    title_font, font = _latin_font(26), _latin_font(16)
     left, top, right, bottom = 70, 90, width - 30, height - 50
     draw.text((left, 24), title, font=title_font, fill=CAPTION_TEXT)
 
@@ -198,13 +183,18 @@ def fit_attachment(png: bytes, limit: int) -> tuple[bytes, str]:
     image = Image.open(io.BytesIO(png))
     image.load()
     rgb = image.convert("RGB")
+    # A1111 keeps a JPEG's or WebP's parameters in the EXIF UserComment; so do we.
+    exif = Image.Exif()
+    parameters = image.info.get(PNG_KEY)
+    if isinstance(parameters, str):
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = exif_user_comment(parameters)
 
-    webp = _encode(image, "WEBP", lossless=True, method=4)
+    webp = _encode(image, "WEBP", lossless=True, method=4, exif=exif)
     if len(webp) <= limit:
         log.info("attachment re-encoded as lossless WebP: %d -> %d bytes", len(png), len(webp))
         return webp, "webp"
     for quality in _LOSSY_QUALITIES:
-        jpeg = _encode(rgb, "JPEG", quality=quality, optimize=True)
+        jpeg = _encode(rgb, "JPEG", quality=quality, optimize=True, exif=exif)
         if len(jpeg) <= limit:
             log.info("attachment re-encoded as JPEG q%d: %d -> %d bytes", quality, len(png), len(jpeg))
             return jpeg, "jpg"
@@ -213,7 +203,7 @@ def fit_attachment(png: bytes, limit: int) -> tuple[bytes, str]:
     scale = min(0.9, math.sqrt(limit / len(jpeg)) * 0.95)
     while True:
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        smaller = _encode(rgb.resize(size, Image.Resampling.LANCZOS), "JPEG", quality=85, optimize=True)
+        smaller = _encode(rgb.resize(size, Image.Resampling.LANCZOS), "JPEG", quality=85, optimize=True, exif=exif)
         if len(smaller) <= limit:
             log.info("attachment downscaled to %dx%d: %d -> %d bytes", *size, len(png), len(smaller))
             return smaller, "jpg"

@@ -27,12 +27,15 @@ from PIL import Image
 
 from inference.batch_steps import BatchKind, Coefficients, coefficient_rows, plan_for
 from inference.families import Conditioning
+from inference.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
 from inference.imaging import encode_png, latent_preview_png
 from inference.loading import LoadedModel
+from inference.parameters import image_infotext
 from inference.protocol import (
     INTERNAL_ERROR_MESSAGE,
     OUT_OF_MEMORY_MESSAGE,
     GeneratedImage,
+    GenerateRequest,
     JobEvent,
     JobFailed,
     JobProgress,
@@ -74,6 +77,7 @@ class Lane:
     table: Coefficients = ()  # the kind's coefficients per step index
     position: int = 0
     started_at: float | None = None
+    film: FilmCapture | None = None  # a film lane keeps every step's predicted clean image
 
     @property
     def done(self) -> bool:
@@ -229,7 +233,9 @@ class LaneEngine:
         step_kwargs: dict[str, Any] = {}
         if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
-        plan = plan_for(scheduler) if self.batched_steps else None
+        filmed = isinstance(request, GenerateRequest) and request.film
+        # A film lane steps through its scheduler's own `step`, whose output carries x0.
+        plan = plan_for(scheduler) if self.batched_steps and not filmed else None
         return Lane(
             job=job,
             index=index,
@@ -242,6 +248,7 @@ class LaneEngine:
             step_kwargs=step_kwargs,
             kind=plan[0] if plan else None,
             table=plan[1] if plan else (),
+            film=FilmCapture() if filmed else None,
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -360,13 +367,57 @@ class LaneEngine:
             )
             for lane, row in zip(group, stepped.split(1), strict=True):
                 lane.latents = row
+        filmed: list[tuple[Lane, torch.Tensor, str]] = []
         for i in groups.get(None, ()):
             lane = lanes[i]
+            if lane.film is not None:
+                x0, source = self._step_filmed(lane, model_inputs[i], predictions[i : i + 1], timesteps[i])
+                filmed.append((lane, x0, source))
+                continue
             lane.latents = lane.scheduler.step(
                 predictions[i : i + 1], timesteps[i], lane.latents, return_dict=False, **lane.step_kwargs
             )[0]
         for lane in lanes:
             lane.position += 1
+        for lane, x0, source in filmed:
+            self._capture_frame(lane, x0, source)
+
+    # -- the Steps film: x0 of every step, for film lanes only ------------------------------------
+
+    @staticmethod
+    def _step_filmed(
+        lane: Lane, model_input: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, str]:
+        """Step a film lane through its scheduler's own `step`; returns this step's x0 and its source."""
+        output = lane.scheduler.step(prediction, t, lane.latents, return_dict=True, **lane.step_kwargs)
+        lane.latents = output.prev_sample
+        return predicted_clean(lane.scheduler, model_input, prediction, t, output)
+
+    def _capture_frame(self, lane: Lane, x0: torch.Tensor, source: str) -> None:
+        """Keep x0 under the step it belongs to; decode final ones a batch at a time."""
+        film = lane.film
+        assert film is not None
+        film.record(lane.progress_steps, x0, source)
+        ready = film.ready(lane.progress_steps, lane.done)
+        if len(ready) < FILM_DECODE_BATCH and not (lane.done and ready):
+            return
+        job, request = lane.job, lane.job.request
+        # Charged to the job like its denoising: CUDA events on a GPU (no double count of the batch
+        # still running when the decode is queued), wall time on a CPU.
+        started = time.perf_counter()
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
+        if events:
+            events[0].record()
+        for first in range(0, len(ready), FILM_DECODE_BATCH):
+            steps = ready[first : first + FILM_DECODE_BATCH]
+            latents = torch.cat([film.pending.pop(step) for step in steps])
+            for step, pixels in zip(steps, self.decode(latents, job.model, request.height, request.width), strict=True):
+                film.frames[step] = to_frame(pixels)
+        if events:
+            events[1].record()
+            job.gpu_spans.append((events[0], events[1], 1.0))
+        else:
+            job.cpu_seconds += time.perf_counter() - started
 
     def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
         """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
@@ -476,7 +527,9 @@ class LaneEngine:
                     if not job.answered:
                         self._encoding[job.job_id] = job
             seconds = now - (lane.started_at or now)
-            future = self._encoder.submit(self._encode, job, lane.index, lane.seed, lane.steps, pixels, seconds)
+            future = self._encoder.submit(
+                self._encode, job, lane.index, lane.seed, lane.steps, pixels, seconds, lane.film
+            )
             self._encodes.add(future)
             future.add_done_callback(self._encodes.discard)
 
@@ -484,17 +537,31 @@ class LaneEngine:
         """VAE-decode a batch of latents of one model and size to uint8 HxWx3 arrays."""
         return model.family.decode(latents, height, width)
 
-    def _encode(self, job: EngineJob, index: int, seed: int, steps: int, pixels: np.ndarray, seconds: float) -> None:
-        """Encoder thread: PNG-encode one image; the last one of a job emits its result."""
+    def _encode(
+        self,
+        job: EngineJob,
+        index: int,
+        seed: int,
+        steps: int,
+        pixels: np.ndarray,
+        seconds: float,
+        film: FilmCapture | None = None,
+    ) -> None:
+        """Encoder thread: PNG-encode one image (with its A1111 parameters) and its film's frames;
+        the last image of a job emits its result."""
+        request = job.request
+        parameters = image_infotext(request, seed=seed, steps=steps, model=job.model.name)
         try:
-            png = encode_png(Image.fromarray(pixels))
+            png = encode_png(Image.fromarray(pixels), parameters=parameters)
+            frames = tuple(encode_png(frame) for _, frame in sorted(film.frames.items())) if film else ()
         except Exception:
             log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
-        request = job.request
+        image = GeneratedImage(png, seed, steps, request.width, request.height, seconds, frames=frames,
+                               frames_source=film.source if film else "")  # fmt: skip
         with self._lock:
-            job.images[index] = GeneratedImage(png, seed, steps, request.width, request.height, seconds)
+            job.images[index] = image
             job.pending_encodes -= 1
             if job.pending_encodes or job.lanes:
                 return

@@ -6,6 +6,9 @@ import io
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from inference.parameters import PNG_KEY
 
 # Linear map from SD 1.x/2.x latent channels to RGB (the well-known cheap approximation): good
 # enough to show composition and colour while denoising, with no extra model.
@@ -21,9 +24,14 @@ LATENT_RGB_FACTORS = np.array(
 PREVIEW_SIZE = 128
 
 
-def encode_png(image: Image.Image) -> bytes:
+def encode_png(image: Image.Image, *, parameters: str | None = None) -> bytes:
+    """PNG bytes; `parameters` (A1111's infotext) goes into the `parameters` text chunk."""
+    info = None
+    if parameters is not None:
+        info = PngInfo()
+        info.add_text(PNG_KEY, parameters)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=4)
+    image.save(buffer, format="PNG", compress_level=4, pnginfo=info)
     return buffer.getvalue()
 
 

@@ -69,6 +69,7 @@ class GenerateRequest:
     negative_prompt: str = ""
     count: int = 1
     model: str = ""  # registry name; "" = the worker's default model
+    film: bool = False  # also return the predicted clean image of every step (the Steps film)
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -128,6 +129,8 @@ def validate(request: Request) -> None:
     else:
         if not MIN_COUNT <= request.count <= MAX_COUNT:
             raise InvalidRequest(f"count must be {MIN_COUNT} to {MAX_COUNT}; got {request.count}.")
+        if request.film and request.count != 1:
+            raise InvalidRequest(f"A steps film follows one image: set count to 1; got {request.count}.")
     for steps in request.lane_steps:
         if not MIN_STEPS <= steps <= MAX_STEPS:
             raise InvalidRequest(f"steps must be {MIN_STEPS} to {MAX_STEPS}; got {steps}.")
@@ -336,6 +339,11 @@ class GeneratedImage:
     width: int
     height: int
     seconds: float  # from the lane's first denoising iteration to its decoded image
+    # A film request's predicted clean image (x0) after each step, as PNGs, and where x0 came from:
+    # "scheduler" (its own pred_original_sample), else computed from the model's prediction:
+    # "epsilon", "v_prediction" or "flow".
+    frames: tuple[bytes, ...] = ()
+    frames_source: str = ""
 
 
 @dataclass(frozen=True)

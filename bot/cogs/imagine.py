@@ -37,6 +37,7 @@ class Imagine(commands.Cog):
         seed="Seed for a repeatable image (random when left out)",
         size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
         count="How many images (consecutive seeds)",
+        film="Also post a Steps film: the predicted finished image at every step (one image only)",
     )
     @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
     @app_commands.guild_only()
@@ -52,9 +53,19 @@ class Imagine(commands.Cog):
         size: str | None = None,
         count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
         model: app_commands.Range[str, 1, 100] | None = None,
+        film: bool | None = None,
     ) -> None:
         options = RequestOptions(
-            prompt, negative_prompt, scheduler, seed, guidance, size, steps=steps, count=count, model=model
+            prompt,
+            negative_prompt,
+            scheduler,
+            seed,
+            guidance,
+            size,
+            steps=steps,
+            count=count,
+            model=model,
+            film=film is True,
         )
         await self.bot.jobs.start_command(interaction, options, origin="imagine")
 

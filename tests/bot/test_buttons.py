@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, cast
 
@@ -66,11 +67,18 @@ async def test_a_button_is_rebuilt_from_its_custom_id_alone() -> None:
 # --- the buttons under a result -----------------------------------------------------------------
 
 
-async def test_an_image_result_has_reroll_step_compare_and_details_buttons() -> None:
+async def test_an_image_result_has_reroll_step_compare_film_and_details_buttons() -> None:
     view = result_view(record_for(IMAGINE))
     assert view.timeout is None
     assert view.is_persistent()
-    assert custom_ids(view) == [f"stepgrid:{a}:{JOB_ID}" for a in ("reroll", "fewer", "more", "compare", "details")]
+    actions = ("reroll", "fewer", "more", "compare", "film", "details")
+    assert custom_ids(view) == [f"stepgrid:{a}:{JOB_ID}" for a in actions]
+    assert button(view, "film").label == "Steps film"
+
+
+async def test_a_film_result_has_no_second_film_button() -> None:
+    view = result_view(record_for(dataclasses.replace(IMAGINE, film=True)))
+    assert f"stepgrid:film:{JOB_ID}" not in custom_ids(view)
     assert button(view, "fewer").label == "15 steps"
     assert button(view, "more").label == "25 steps"
 

@@ -16,6 +16,7 @@ from PIL import Image
 from bot.cli import cli_defaults, main, select_models
 from bot.config import Settings, cuda_device_count
 from bot.server_limits import EffectiveLimits
+from tests.a1111 import parse_generation_parameters
 from tests.bot.fakes import TURBO
 
 
@@ -76,6 +77,34 @@ def test_compare_steps_writes_a_labelled_grid_with_the_tiny_model(
     assert "seed 42" in printed and "random-weight test model" in printed
     grid = Image.open(out)
     assert grid.width > 3 * 256 and grid.height > 256  # three cells in a row, captions and footer below
+    parsed = parse_generation_parameters(grid.info["parameters"])
+    assert (parsed["X Type"], parsed["X Values"], parsed["Seed"], parsed["Model"]) == ("Steps", "2, 4, 6", "42", "tiny")
+
+
+@pytest.mark.slow
+def test_imagine_writes_the_png_with_its_parameters_and_the_steps_film(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out, film = tmp_path / "fox.png", tmp_path / "films" / "fox.webp"
+    argv = ["imagine", "café crème 狐 🦊", "--model", "tiny", "--seed", "7", "--size", "256", "--steps", "4"]
+    assert main([*argv, "--scheduler", "DPM++ 2M Karras", "-o", str(out), "--film", str(film)]) == 0
+    [written] = [path for path in film.parent.iterdir() if path.stem == "fox"]  # .webp, or .gif where smaller
+    assert str(written) in capsys.readouterr().out
+    assert Image.open(written).n_frames == 4
+    parsed = parse_generation_parameters(Image.open(out).info["parameters"])
+    assert (parsed["Prompt"], parsed["Steps"], parsed["Seed"], parsed["Model"]) == (
+        "café crème 狐 🦊",
+        "4",
+        "7",
+        "tiny",
+    )
+    assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ 2M", "Karras")
+
+
+def test_a_film_path_that_is_not_an_animation_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["imagine", "fox", "-o", str(tmp_path / "a.png"), "--film", str(tmp_path / "a.mp4")]) == 2
+    assert "ending in .webp or .gif" in capsys.readouterr().err
 
 
 # --- operator mistakes, through the real `stepgrid` command ---------------------------------------------

@@ -204,3 +204,23 @@ def test_an_option_of_the_wrong_type_from_a_crafted_client_is_an_option_error(
 ) -> None:
     with pytest.raises(InvalidOption, match=re.escape(message)):
         build_request(options, RequestDefaults())
+
+
+# --- the Steps film -------------------------------------------------------------------------------
+
+
+def test_the_film_button_reruns_the_same_image_keeping_every_step() -> None:
+    source = GenerateRequest("fox", steps=12, scheduler="DPM++ 2M Karras", seed=77, count=3, model="tiny")
+    film = derive_request(source, "film")
+    assert film == GenerateRequest(**{**source.__dict__, "film": True, "count": 1})
+
+
+def test_the_film_option_asks_for_a_film_of_one_image() -> None:
+    request = build_request(RequestOptions("fox", film=True), RequestDefaults())
+    assert isinstance(request, GenerateRequest) and request.film and request.count == 1
+    assert not build_request(RequestOptions("fox"), RequestDefaults()).film  # type: ignore[union-attr]
+
+
+def test_a_film_of_several_images_is_refused_with_what_to_do() -> None:
+    with pytest.raises(InvalidOption, match="set count to 1"):
+        checked(build_request(RequestOptions("fox", count=2, film=True), RequestDefaults()))

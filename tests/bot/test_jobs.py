@@ -207,7 +207,8 @@ async def test_the_result_has_the_image_an_embed_with_every_parameter_and_button
     assert "random-weight test model" in (embed.footer.text or "")
     assert final.view is not None
     ids = [item.custom_id for item in final.view.children]  # type: ignore[attr-defined]
-    assert ids == [f"stepgrid:{action}:{job_id}" for action in ("reroll", "fewer", "more", "compare", "details")]
+    actions = ("reroll", "fewer", "more", "compare", "film", "details")
+    assert ids == [f"stepgrid:{action}:{job_id}" for action in actions]
     assert harness.store.status[job_id] == "done"
 
 

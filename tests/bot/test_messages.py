@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+
+from PIL import Image
 
 from bot.messages import (
     ProgressState,
     details_embed,
+    encode_result_files,
     parameters_embed,
     progress_bar,
     progress_message,
     progress_text,
     result_message,
 )
-from inference.protocol import GenerateRequest, JobProgress
-from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, record_for, result_for
+from inference.protocol import GenerateRequest, JobProgress, JobResult
+from tests.a1111 import parse_generation_parameters
+from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, png_of, record_for, result_for
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
 
@@ -123,3 +128,36 @@ def test_details_name_who_asked() -> None:
     fields = {field.name: field.value for field in details_embed(record_for(COMPARE)).fields}
     assert fields["Requested by"] == f"<@{OWNER}>"
     assert fields["Steps"] == "5, 10, 20"
+
+
+# --- the Steps film and the parameters chunk ----------------------------------------------------------
+
+
+def film_result(record_job_id: str, request: GenerateRequest) -> JobResult:
+    result = result_for(record_job_id, request)
+    frames = tuple(png_of(64, 64) for _ in range(request.steps))
+    image = dataclasses.replace(result.images[0], frames=frames, frames_source="epsilon")
+    return dataclasses.replace(result, images=(image,))
+
+
+def test_a_film_result_posts_the_animation_with_the_image_and_says_what_the_frames_are() -> None:
+    request = dataclasses.replace(IMAGINE, steps=6, film=True)
+    record = record_for(request)
+    result = film_result(record.job_id, request)
+    files = encode_result_files(record, result, limit=10**7)
+    assert [f.filename.rsplit(".", 1)[0] for f in files] == [
+        f"stepgrid-film-{request.seed}",
+        f"stepgrid-{request.seed}",
+    ]
+    assert Image.open(io.BytesIO(files[0].data)).n_frames == 6
+    embed = result_message(record, result, files).embeds[0]
+    film_field = {field.name: field.value for field in embed.fields}["Steps film"]
+    assert film_field.startswith("6 frames, one per step") and "noise prediction" in (film_field or "")
+    assert embed.image.url == f"attachment://{files[0].filename}"
+
+
+def test_a_comparison_grid_carries_the_whole_grids_parameters() -> None:
+    record = record_for(COMPARE)
+    [grid] = encode_result_files(record, result_for(record.job_id, COMPARE), limit=10**7)
+    parsed = parse_generation_parameters(Image.open(io.BytesIO(grid.data)).info["parameters"])
+    assert parsed["X Values"] == ", ".join(map(str, COMPARE.steps)) and parsed["Seed"] == str(COMPARE.seed)

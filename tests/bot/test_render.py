@@ -8,6 +8,7 @@ from datetime import date, timedelta
 
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from bot.render import (
     CAPTION_BACKGROUND,
@@ -21,6 +22,7 @@ from bot.render import (
     stacked_series,
     usage_chart_png,
 )
+from inference.parameters import EXIF_IFD, USER_COMMENT, read_user_comment
 from inference.protocol import GeneratedImage
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
@@ -215,3 +217,38 @@ def test_beyond_the_palette_the_least_used_schedulers_are_summed_as_other() -> N
 @pytest.mark.parametrize(("top", "axis"), [(0, 1), (1, 1), (3, 5), (7, 10), (66, 100), (120, 200), (2400, 2500)])
 def test_the_axis_ends_at_a_round_number_above_the_tallest_bar(top: int, axis: float) -> None:
     assert nice_ceiling(top) == axis
+
+
+# --- parameters travel with the image ---------------------------------------------------------------
+
+PARAMETERS = "café 狐 🦊\nSteps: 5, Sampler: Euler, CFG scale: 7, Seed: 42, Size: 96x64, Model: tiny, X Type: Steps"
+
+
+def test_a_grid_carries_its_parameters_in_the_png_chunk() -> None:
+    grid = grid_png([solid(c) for c in COLOURS[:3]], parameters=PARAMETERS)
+    assert Image.open(io.BytesIO(grid)).info["parameters"] == PARAMETERS
+    assert "parameters" not in Image.open(io.BytesIO(grid_png([solid(COLOURS[0])]))).info
+
+
+@pytest.mark.parametrize("extension", ["png", "webp", "jpg"])
+def test_re_encoded_attachments_keep_the_parameters_where_a1111_reads_them(extension: str) -> None:
+    png = noisy_png(256, 256) if extension != "webp" else smooth_png(512, 512)
+    info = PngInfo()
+    info.add_text("parameters", PARAMETERS)
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buffer, "PNG", pnginfo=info)
+    limit = {"png": 10**7, "webp": len(buffer.getvalue()) - 1, "jpg": 60_000}[extension]
+    data, got = fit_attachment(buffer.getvalue(), limit)
+    assert got == extension and len(data) <= limit
+    image = Image.open(io.BytesIO(data))
+    if got == "png":
+        assert image.info["parameters"] == PARAMETERS
+    else:  # EXIF UserComment, as A1111 writes JPEG and WebP
+        assert read_user_comment(image.getexif().get_ifd(EXIF_IFD)[USER_COMMENT]) == PARAMETERS
+
+
+def test_captions_and_footers_draw_every_script() -> None:
+    """The grid's text goes through the font chain: the footer in CJK and emoji is not blank or boxes."""
+    image = open_png(grid_png([solid(COLOURS[0], 256, 128)], caption=lambda _: "狐 🦊", footer="café crème 狐 🦊"))
+    footer = image.crop((0, image.height - 20, image.width, image.height))
+    assert any(p[0] > 150 and p[2] < 100 for p in footer.convert("RGB").getdata()), "the orange fox emoji"

@@ -28,6 +28,7 @@ from tests.e2e.helpers import (
     e2e_settings,
     embed_fields,
     image_of,
+    is_result,
     result_files,
     running_bot,
     wait_for_progress,
@@ -216,6 +217,36 @@ async def test_bad_options_get_an_ephemeral_error_and_queue_nothing(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not errors, [r.getMessage() for r in errors]
     assert "Traceback" not in caplog.text
+
+
+# --- 3b. the Steps film ------------------------------------------------------------------------------
+
+
+async def test_the_steps_film_button_is_answered_with_an_animation_of_every_step(
+    fake: FakeDiscord, worker: LocalJobQueue
+) -> None:
+    async with running_bot(fake, worker) as (_, queue):
+        first = await fake.invoke("imagine", imagine_options(prompt="café crème 狐 🦊", seed=21, steps=5))
+        [png] = result_files(await wait_for_result(first))
+        assert "parameters" in image_of(png.data).info, "the posted PNG carries A1111's parameters"
+        message = first.original_message
+
+        click = await fake.click(message, button(message, "film"))
+        assert (await click.wait_for_callback()).json["type"] == 5
+        answer = await wait_for_result(click)
+        film, image = result_files(answer)
+        assert film.filename.startswith("stepgrid-film-21.") and film.filename.endswith((".webp", ".gif"))
+        animation = image_of(film.data)
+        assert animation.n_frames == 5, "one frame per step"
+        assert image.data == png.data, "the same run: model, seed, scheduler and steps"
+        assert embed_fields(answer)["Steps film"].startswith("5 frames, one per step")
+        assert not any(cid.startswith("stepgrid:film:") for cid in custom_ids(answer.json))
+        assert len([s for s in queue.submitted if s.request.film]) == 1, "one film job, answered once"
+        assert len([r for r in click.requests if is_result(r)]) == 1
+
+        option = await fake.invoke("imagine", imagine_options(seed=22, steps=3, film=True))
+        film, _ = result_files(await wait_for_result(option))
+        assert image_of(film.data).n_frames == 3
 
 
 # --- 4. buttons, before and after a restart ----------------------------------------------------------

@@ -1,0 +1,68 @@
+"""The Steps film as an animation: one captioned frame per step, always within the upload limit."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from PIL import Image
+
+from bot.film import durations, film_animation, frame_caption, source_note
+
+
+def frames(count: int, size: int = 96, *, noisy: bool = False) -> list[bytes]:
+    out = []
+    rng = random.Random(count)
+    for step in range(count):
+        if noisy:
+            image = Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3))
+        else:
+            image = Image.new("RGB", (size, size), (step * 20 % 256, 80, 160))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("count", [1, 4, 20])
+def test_the_film_has_one_frame_per_step_and_decodes(count: int) -> None:
+    data, extension = film_animation(frames(count), "a fox", 10 * 1024 * 1024)
+    image = Image.open(io.BytesIO(data))
+    assert image.format == extension.upper() and extension in ("webp", "gif")
+    assert getattr(image, "n_frames", 1) == count
+    for index in range(count):
+        image.seek(index)
+        image.convert("RGB")  # every frame decodes
+    assert image.size[0] == 96 and image.size[1] > 96, "each frame has its caption strip under it"
+
+
+def test_noisy_frames_come_as_webp_and_flat_ones_may_be_gif_when_smaller() -> None:
+    assert film_animation(frames(6, noisy=True), "fox", 10**7)[1] == "webp"
+    data, extension = film_animation(frames(6), "fox", 10**7)
+    assert extension in ("webp", "gif") and Image.open(io.BytesIO(data)).n_frames == 6
+
+
+@pytest.mark.parametrize("limit", [40_000, 15_000])
+def test_a_tight_limit_shrinks_the_film_but_keeps_every_step(limit: int) -> None:
+    data, _ = film_animation(frames(10, 256, noisy=True), "fox", limit)
+    image = Image.open(io.BytesIO(data))
+    assert len(data) <= limit and image.n_frames == 10
+    assert image.width < 256
+
+
+def test_an_impossible_limit_is_an_error_not_an_oversized_file() -> None:
+    with pytest.raises(ValueError, match="cannot fit"):
+        film_animation(frames(10, 256, noisy=True), "fox", 500)
+
+
+def test_captions_name_the_step_and_the_timing_holds_the_last_frame() -> None:
+    assert frame_caption(7, 20, "café 狐") == "step 7/20 · café 狐"
+    timing = durations(20)
+    assert len(timing) == 20 and timing[-1] > timing[0] and 60 <= timing[0] <= 500
+
+
+def test_every_frame_source_is_explained() -> None:
+    assert "scheduler's own" in source_note("scheduler")
+    for source, formula in (("epsilon", "ε"), ("v_prediction", "v"), ("flow", "σ·v")):
+        assert "reports no x0" in source_note(source) and formula in source_note(source)

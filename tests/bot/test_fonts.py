@@ -1,0 +1,96 @@
+"""Text on images in the prompt's own script: every character of accented Latin, CJK and emoji is
+drawn from a font that has it, never as the missing-glyph box."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops, ImageDraw
+
+from bot import fonts
+from bot.fonts import FontFile, draw_text, fit_text, font_chain, runs, text_length
+
+SAMPLES = ["café crème", "狐", "🦊", "café crème 狐 🦊", "Ærøskøbing · Ŝtupo · Привет · 東京タワー · 👍🏽 ❤️"]
+SIZE = 32
+
+
+def notdef_mask(font: FontFile) -> bytes:
+    """What the font draws for a character it doesn't have (its .notdef glyph)."""
+    missing = next(chr(c) for c in range(0xE000, 0xF8FF) if not font.has(chr(c)))  # a private-use character
+    return glyph_mask(font, missing)
+
+
+def glyph_mask(font: FontFile, character: str) -> bytes:
+    size = 4 * max(SIZE, fonts.EMOJI_BITMAP_SIZE) if font.is_colour else 4 * SIZE
+    image = Image.new("RGB", (size, size), (0, 0, 0))
+    ImageDraw.Draw(image).text((size // 4, size // 4), character, font=font.at(SIZE), fill=(255, 255, 255),
+                               embedded_color=font.is_colour)  # fmt: skip
+    return image.tobytes()
+
+
+@pytest.fixture
+def fresh_chain() -> Iterator[None]:
+    font_chain.cache_clear()
+    yield
+    font_chain.cache_clear()
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_every_character_comes_from_a_font_that_has_it_and_is_not_the_missing_glyph_box(text: str) -> None:
+    for font, run in runs(text):
+        assert font.path != fonts.PILLOW_DEFAULT, "the project's fonts are installed (see .ci/run)"
+        for character in run:
+            if character in " \ufe0f" or 0x1F3FB <= ord(character) <= 0x1F3FF:
+                continue  # spaces, and marks drawn with the character before them
+            assert font.has(character), f"{character!r} drawn with {font.path.name}, which lacks it"
+            assert glyph_mask(font, character) != notdef_mask(font), f"{character!r} drawn as the missing box"
+
+
+def test_accents_cjk_and_emoji_each_get_their_own_font() -> None:
+    chosen = {run.strip(): font.path.name for font, run in runs("café 狐 🦊")}
+    assert chosen == {"café": "NotoSans-Regular.ttf", "狐": "NotoSansCJK-Regular.ttc", "🦊": "NotoColorEmoji.ttf"}
+
+
+def test_emoji_are_drawn_in_colour_at_the_texts_size() -> None:
+    canvas = Image.new("RGB", (200, 60), (0, 0, 0))
+    draw_text(canvas, (10, 30), "🦊", SIZE, (255, 255, 255))
+    box = canvas.getbbox()
+    assert box is not None
+    assert SIZE * 0.7 <= box[3] - box[1] <= SIZE * 1.3, "scaled from the 109 px bitmap to the text's size"
+    orange = [p for p in canvas.getdata() if p[0] > 180 and 60 < p[1] < 170 and p[2] < 80]
+    assert len(orange) > 20, "the fox is orange, not the white text colour"
+
+
+def test_centred_text_is_centred_and_widths_add_up() -> None:
+    text = "café 狐 🦊"
+    canvas = Image.new("RGB", (400, 60), (0, 0, 0))
+    draw_text(canvas, (200, 30), text, SIZE, (255, 255, 255), anchor="mm")
+    box = canvas.getbbox()
+    assert box is not None
+    assert abs((box[0] + box[2]) / 2 - 200) < 6
+    assert abs((box[2] - box[0]) - text_length(text, SIZE)) < 8
+
+
+def test_fit_text_shortens_with_an_ellipsis() -> None:
+    text = "café crème 狐 🦊 " * 10
+    fitted = fit_text(text, SIZE, 150)
+    assert fitted.endswith("…") and text_length(fitted, SIZE) <= 150
+    assert fit_text("狐", SIZE, 150) == "狐"
+
+
+@pytest.mark.usefixtures("fresh_chain")
+def test_without_installed_fonts_text_uses_pillows_default_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fonts, "FONT_DIRS", (tmp_path,))
+    with caplog.at_level(logging.WARNING, logger="bot.fonts"):
+        canvas = Image.new("RGB", (300, 40))
+        draw_text(canvas, (5, 20), "a fox", 20, (255, 255, 255))
+        draw_text(canvas, (5, 20), "another fox", 20, (255, 255, 255))
+    assert canvas.getbbox() is not None, "text is still drawn"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "fonts-noto-core" in warnings[0]
+    assert ImageChops.difference(canvas, Image.new("RGB", (300, 40))).getbbox() is not None

@@ -1,0 +1,65 @@
+"""The A1111 `parameters` text: built by one function, read back as A1111 reads it."""
+
+from __future__ import annotations
+
+import pytest
+
+from inference.parameters import exif_user_comment, grid_infotext, image_infotext, infotext, read_user_comment
+from inference.protocol import CompareStepsRequest, GenerateRequest
+from tests.a1111 import parse_generation_parameters
+
+
+def test_an_image_reads_back_as_a1111_reads_it() -> None:
+    request = GenerateRequest("a red fox in snow", steps=20, scheduler="DPM++ 2M Karras", seed=42, guidance=7.0,
+                              width=512, height=768, negative_prompt="blurry")  # fmt: skip
+    text = image_infotext(request, seed=42, steps=20, model="sd15")
+    assert text == (
+        "a red fox in snow\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, "
+        "CFG scale: 7, Seed: 42, Size: 512x768, Model: sd15"
+    )
+    parsed = parse_generation_parameters(text)
+    assert parsed == {
+        "Prompt": "a red fox in snow",
+        "Negative prompt": "blurry",
+        "Steps": "20",
+        "Sampler": "DPM++ 2M",
+        "Schedule type": "Karras",
+        "CFG scale": "7",
+        "Seed": "42",
+        "Size-1": "512",
+        "Size-2": "768",
+        "Model": "sd15",
+    }
+
+
+def test_no_negative_prompt_means_no_negative_prompt_line() -> None:
+    text = infotext("fox", "", steps=4, scheduler="Euler a", guidance=7.5, seed=1, width=64, height=64, model="")
+    assert text == "fox\nSteps: 4, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 64x64"
+    assert parse_generation_parameters(text)["Negative prompt"] == ""
+
+
+@pytest.mark.parametrize("model", ["models/my, model", "name: with colon", 'quote "inside"'])
+def test_values_with_commas_or_colons_are_quoted_and_read_back_whole(model: str) -> None:
+    text = infotext("fox", "", steps=4, scheduler="Euler", guidance=7, seed=1, width=64, height=64, model=model)
+    assert parse_generation_parameters(text)["Model"] == model
+
+
+def test_a_multi_line_prompt_in_any_script_reads_back() -> None:
+    prompt, negative = "café crème 狐 🦊\nsecond line, with a comma", "ugly\nblurry"
+    text = infotext(prompt, negative, steps=4, scheduler="Euler", guidance=7, seed=1, width=64, height=64, model="m")
+    parsed = parse_generation_parameters(text)
+    assert (parsed["Prompt"], parsed["Negative prompt"]) == (prompt, negative)
+
+
+def test_a_grid_carries_its_first_cell_and_the_step_axis_as_a1111s_xy_plot_does() -> None:
+    request = CompareStepsRequest("fox", steps=(5, 10, 20), scheduler="Euler", seed=7, width=256, height=256)
+    parsed = parse_generation_parameters(grid_infotext(request, model="tiny"))
+    assert parsed["Steps"] == "5" and parsed["Seed"] == "7" and parsed["Model"] == "tiny"
+    assert (parsed["Script"], parsed["X Type"], parsed["X Values"]) == ("X/Y/Z plot", "Steps", "5, 10, 20")
+
+
+def test_the_exif_user_comment_is_a1111s_unicode_form() -> None:
+    text = "fox 狐\nSteps: 4"
+    comment = exif_user_comment(text)
+    assert comment.startswith(b"UNICODE\x00") and comment[8:].decode("utf-16-be") == text
+    assert read_user_comment(comment) == text
