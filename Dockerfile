@@ -10,7 +10,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/stepgrid/bin:$PATH
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 stepgrid \

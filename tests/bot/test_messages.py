@@ -6,6 +6,7 @@ import dataclasses
 
 from bot.messages import (
     ProgressState,
+    RenderedResult,
     details_embed,
     parameters_embed,
     progress_bar,
@@ -97,7 +98,7 @@ def test_a_job_from_before_models_were_recorded_shows_a_dash_for_its_model() -> 
 def test_the_result_names_the_model_in_its_embed_and_footer() -> None:
     request = dataclasses.replace(IMAGINE, model="sdxl-turbo")
     record = record_for(request)
-    message = result_message(record, result_for(record.job_id, request), ())
+    message = result_message(record, result_for(record.job_id, request), RenderedResult(()))
     embed = message.embeds[0]
     assert {field.name: field.value for field in embed.fields}["Model"] == "sdxl-turbo"
     assert embed.footer.text == f"job {record.job_id} · sdxl-turbo · random-weight test model"
