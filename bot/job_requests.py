@@ -87,7 +87,7 @@ def resolve_scheduler_list(text: str | None, default: tuple[str, ...]) -> tuple[
         return default
     if len(text) > MAX_SCHEDULER_LIST_CHARS:
         raise InvalidOption(f"Could not read schedulers {echo(text)}: write a few names like Euler a, DDIM, UniPC.")
-    return tuple(_scheduler_as_typed(name) for name in text.split(",") if name.strip())
+    return tuple(_scheduler_as_typed(name.strip()) for name in text.split(",") if name.strip())
 
 
 def spread(ladder: tuple[int, ...], count: int) -> tuple[int, ...]:
