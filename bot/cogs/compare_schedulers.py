@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.options import SHARED_DESCRIPTIONS, list_completions, model_autocomplete, size_autocomplete
-from bot.errors import UserFacingError
+from bot.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, schedulers_autocomplete, size_autocomplete
 from bot.job_requests import MAX_PROMPT_CHARS, MAX_SCHEDULER_LIST_CHARS, MAX_STEP_LIST_CHARS, RequestOptions
-from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, SCHEDULER_NAMES
+from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE
 
 if TYPE_CHECKING:
     from bot.client import Stepgrid
-
-
-async def schedulers_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-    """Complete the last name of the list from what the chosen model can run and the server allows."""
-    bot = cast("Stepgrid", interaction.client)
-    limits = await bot.jobs.limits(interaction.guild_id)
-    chosen = getattr(interaction.namespace, "model", None)
-    try:
-        model = bot.jobs.model_for(chosen if isinstance(chosen, str) else None, limits)
-    except UserFacingError:  # a model being typed or not allowed: the command will say so
-        model = None
-    runnable = model.schedulers if model is not None else SCHEDULER_NAMES
-    return list_completions(current, tuple(name for name in runnable if name in limits.allowed_schedulers))
 
 
 class CompareSchedulers(commands.Cog):
