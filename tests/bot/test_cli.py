@@ -29,6 +29,11 @@ from tests.bot.fakes import TURBO
         (["compare-steps", "fox", "--steps", "5,x,10"], "like 5,10,20,30"),
         (["compare-steps", "fox", "--steps", ",".join(map(str, range(1, 14)))], "2 to 12 step counts; got 13"),
         (["imagine", "fox", "--model", "./no/such/folder"], "--model ./no/such/folder does not exist."),
+        (["compare-schedulers", "fox", "--schedulers", "Euler a"], "needs 2 to 6 schedulers; got 1."),
+        (
+            ["compare-schedulers", "fox", "--schedulers", "Euler a,DDIM,UniPC", "--steps", "1,2,3,4,5"],
+            "at most 12 cells; 3 schedulers × 5 step counts would be 15: give fewer of either.",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(
@@ -75,6 +80,23 @@ def test_compare_steps_writes_a_labelled_grid_with_the_tiny_model(
     assert "seed 42" in printed and "random-weight test model" in printed
     grid = Image.open(out)
     assert grid.width > 3 * 256 and grid.height > 256  # three cells in a row, captions and footer below
+
+
+@pytest.mark.slow
+def test_compare_schedulers_writes_a_grid_with_a_labelled_row_per_scheduler_and_says_where_each_settles(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    argv = ["compare-schedulers", "a red fox", "--model", "tiny", "--seed", "42", "--size", "256",
+            "--schedulers", "euler a,DDIM", "--steps", "2,4,6"]  # fmt: skip
+    assert main([*argv, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Euler a, DDIM, steps 2,4,6, seed 42" in printed
+    assert "For this prompt and seed: Euler a " in printed and "; DDIM " in printed
+    grid = Image.open(out)
+    # Three columns of cells plus the row labels' margin; two rows plus column labels, captions and footer.
+    assert grid.width > 3 * 256 + 50 and grid.height > 2 * 256 + 4 * 28
 
 
 # --- operator mistakes, through the real `stepgrid` command ---------------------------------------------
