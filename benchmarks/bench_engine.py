@@ -264,6 +264,8 @@ def run(args: argparse.Namespace) -> Report:
                                     width=args.size, height=args.size)  # fmt: skip
     grid_cells = [bench.request(n, seed=1, scheduler=name) for name, n in zip(grid.lane_schedulers, grid.lane_steps,
                                                                               strict=True)]  # fmt: skip
+    bench.run_jobs([CompareSchedulersRequest(args.prompt, schedulers=grid.schedulers, steps=(1, 2), width=args.size,
+                                             height=args.size)])  # fmt: skip  # warm-up: each scheduler's first use
     grid_batched = timed(model, lambda: bench.run_jobs([grid]), repeats)
     grid_alone = timed(model, lambda: bench.run_one_by_one(grid_cells), repeats)
     report.add("scheduler_grid_batched_s", grid_batched, f"compare-schedulers {', '.join(grid.schedulers)} × "
