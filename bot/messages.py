@@ -16,7 +16,7 @@ import discord
 
 from bot.buttons import progress_view, result_view
 from bot.grids import render_grid
-from bot.render import SECONDS_NOTE, fit_attachment
+from bot.render import fit_attachment
 from inference.protocol import (
     CompareSchedulersRequest,
     CompareStepsRequest,
@@ -179,7 +179,8 @@ def result_message(record: JobRecord, result: JobResult, rendered: RenderedResul
     files = rendered.files
     embed = parameters_embed(dataclasses.replace(record.request, model=result.model or record.request.model))
     if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest):
-        embed.add_field(name="Generation", value=f"{result.gpu_seconds:.1f} s (all cells batched; {SECONDS_NOTE})")
+        value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
+        embed.add_field(name="Generation", value=value)
     else:
         per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
         embed.add_field(name="Generation", value=per_image)

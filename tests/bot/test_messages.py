@@ -8,13 +8,14 @@ from bot.messages import (
     ProgressState,
     RenderedResult,
     details_embed,
+    encode_result_files,
     parameters_embed,
     progress_bar,
     progress_message,
     progress_text,
     result_message,
 )
-from inference.protocol import GenerateRequest, JobProgress
+from inference.protocol import CompareSchedulersRequest, GenerateRequest, JobProgress
 from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, record_for, result_for
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -124,3 +125,17 @@ def test_details_name_who_asked() -> None:
     fields = {field.name: field.value for field in details_embed(record_for(COMPARE)).fields}
     assert fields["Requested by"] == f"<@{OWNER}>"
     assert fields["Steps"] == "5, 10, 20"
+
+
+def test_a_scheduler_grid_result_says_where_each_row_settles_and_lists_its_rows() -> None:
+    request = CompareSchedulersRequest("a fox", ("Euler a", "DDIM"), (2, 4), seed=3, width=256, height=256)
+    record = record_for(request)
+    result = result_for(record.job_id, request)  # every cell the same image: each row settles at once
+    rendered = encode_result_files(record, result, limit=10 * 1024 * 1024)
+    assert [file.filename for file in rendered.files] == ["stepgrid-compare-3.png"]
+    message = result_message(record, result, rendered)
+    assert message.content == rendered.summary
+    assert (message.content or "").startswith("For this prompt and seed: Euler a settles at 2 steps; DDIM settles at 2")
+    embed = message.embeds[0]
+    assert embed.title == "Compare schedulers"
+    assert {field.name: field.value for field in embed.fields}["Schedulers"] == "Euler a, DDIM"
