@@ -36,6 +36,8 @@ from inference.engine import LaneEngine
 from inference.loading import LoadedModel, load_model
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
+    DEFAULT_GRID_SCHEDULERS,
+    CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
     JobEvent,
@@ -294,6 +296,21 @@ def run(args: argparse.Namespace) -> Report:
     report.figures["compare_sequential_s"] = sequential
     report.figures["compare_speedup"] = sequential / batched
 
+    # compare-schedulers: one batched job (rows = schedulers, columns = step counts) vs its cells one by one
+    grid = CompareSchedulersRequest(args.prompt, schedulers=args.grid_schedulers, steps=args.grid_steps, seed=1,
+                                    width=args.size, height=args.size)  # fmt: skip
+    grid_cells = [bench.request(n, seed=1, scheduler=name) for name, n in zip(grid.lane_schedulers, grid.lane_steps,
+                                                                              strict=True)]  # fmt: skip
+    bench.run_jobs([CompareSchedulersRequest(args.prompt, schedulers=grid.schedulers, steps=(1, 2), width=args.size,
+                                             height=args.size)])  # fmt: skip  # warm-up: each scheduler's first use
+    grid_batched = timed(model, lambda: bench.run_jobs([grid]), repeats)
+    grid_alone = timed(model, lambda: bench.run_one_by_one(grid_cells), repeats)
+    report.add("scheduler_grid_batched_s", grid_batched, f"compare-schedulers {', '.join(grid.schedulers)} × "
+               f"{grid.steps} ({len(grid_cells)} cells): batched {grid_batched:.2f}s, cell by cell {grid_alone:.2f}s "
+               f"-> engine {grid_alone / grid_batched:.2f}x as fast")  # fmt: skip
+    report.figures["scheduler_grid_cell_by_cell_s"] = grid_alone
+    report.figures["scheduler_grid_speedup"] = grid_alone / grid_batched
+
     # concurrent /imagine jobs: all at once vs one at a time
     n = args.concurrent
     jobs = [bench.request(steps, seed=i) for i in range(n)]
@@ -354,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default="Euler")
     parser.add_argument("--compare", type=parse_step_list, default=None,
                         help="e.g. 5,10,20 (default: 5..50; with --families the model's own ladder)")  # fmt: skip
+    parser.add_argument("--grid-schedulers", type=lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+                        default=DEFAULT_GRID_SCHEDULERS, help="compare-schedulers rows, comma-separated")  # fmt: skip
+    parser.add_argument("--grid-steps", type=parse_step_list, default=(5, 20, 50),
+                        help="compare-schedulers columns (default: 5,20,50)")  # fmt: skip
     parser.add_argument("--families", type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
                         default=None, help="a row per model, e.g. tiny,tiny-sdxl,tiny-flux,tiny-sd3")  # fmt: skip
     parser.add_argument("--concurrent", type=int, default=8)

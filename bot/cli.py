@@ -21,7 +21,9 @@ from bot.job_requests import RequestDefaults, RequestOptions, build_request, che
 from bot.server_limits import EffectiveLimits
 from inference.parameters import grid_infotext
 from inference.protocol import (
+    DEFAULT_GRID_SCHEDULERS,
     SCHEDULER_NAMES,
+    CompareSchedulersRequest,
     CompareStepsRequest,
     InvalidRequest,
     JobFailed,
@@ -45,13 +47,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings) -> None:
+def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings, *, scheduler: bool = True) -> None:
     parser.add_argument("prompt", help="what to draw")
-    parser.add_argument(
-        "--scheduler",
-        default=None,
-        help=f"one of {', '.join(SCHEDULER_NAMES)} that the model can run (default: the model's own)",
-    )
+    if scheduler:
+        parser.add_argument(
+            "--scheduler",
+            default=None,
+            help=f"one of {', '.join(SCHEDULER_NAMES)} that the model can run (default: the model's own)",
+        )
     parser.add_argument("--seed", type=int, default=-1, help="0 to 4294967295; -1 or left out: random")
     parser.add_argument("--negative", default="", help="negative prompt: what to keep out of the image")
     parser.add_argument(
@@ -114,6 +117,22 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
+    about = "One labelled grid of the same prompt and seed: rows = schedulers, columns = step counts."
+    schedulers = commands.add_parser("compare-schedulers", help=about, description=about)
+    _add_generation_options(schedulers, settings, scheduler=False)
+    schedulers.add_argument(
+        "--schedulers",
+        default=None,
+        help="2 to 6 schedulers, comma-separated (default: a varied set the model can run, e.g. "
+        f"{', '.join(DEFAULT_GRID_SCHEDULERS)})",
+    )
+    schedulers.add_argument(
+        "--steps",
+        default=None,
+        help="step counts, comma-separated; at most 12 cells in all (default: the model's ladder, spread to fit)",
+    )
+    schedulers.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="upgrade|backup", required=True, parser_class=_Parser)
     db_commands.add_parser("upgrade", help="apply migrations to the configured database")
@@ -148,18 +167,21 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> RequestOptions:
     """What the arguments ask for, options left out as None (the model's defaults fill them in)."""
     grid = args.command == "compare-steps"
+    scheduler_grid = args.command == "compare-schedulers"
     return RequestOptions(
         prompt=args.prompt,
         negative_prompt=args.negative,
-        scheduler=args.scheduler,
+        scheduler=None if scheduler_grid else args.scheduler,
         seed=None if args.seed == -1 else args.seed,
         guidance=args.guidance,
         size=args.size,
-        steps=None if grid else args.steps,
-        count=None if grid else args.count,
-        compare_steps=args.steps if grid else None,
+        steps=None if grid or scheduler_grid else args.steps,
+        count=None if grid or scheduler_grid else args.count,
+        compare_steps=args.steps if grid or scheduler_grid else None,
         grid=grid,
         film=getattr(args, "film", None) is not None,
+        schedulers=args.schedulers if scheduler_grid else None,
+        scheduler_grid=scheduler_grid,
     )
 
 
@@ -334,16 +356,15 @@ def save_outputs(
 def write_outputs(request: Request, result: JobResult, output: Path, film: Path | None = None) -> list[Path]:
     """Write the image (or numbered images, or the labelled grid, and the film) and return the paths."""
     from bot.film import FILM_FILE_LIMIT, film_animation
-    from bot.render import grid_png
+    from bot.grids import render_grid
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(request, CompareStepsRequest):
-        footer = f"{request.prompt} · {result.model} · {request.scheduler} · seed {request.seed}"
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        header = f"{request.prompt} · {result.model} · {request.scheduler} · seed {request.seed}"
         if result.is_test_model:
-            footer += f" · {TEST_MODEL_NOTE}"
-        output.write_bytes(
-            grid_png(result.images, footer=footer, parameters=grid_infotext(request, model=result.model))
-        )
+            header += f" · {TEST_MODEL_NOTE}"
+        parameters = grid_infotext(request, model=result.model)
+        output.write_bytes(render_grid(request, result.images, header=header, parameters=parameters).png)
         return [output]
     if len(result.images) == 1:
         image = result.images[0]
@@ -402,6 +423,11 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {seeds}, "
         f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}"
     )
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        from bot.grids import grid_rows
+        from bot.sweet_spot import summary
+
+        print(summary([row for _, row in grid_rows(request, result.images)]))
     return 0
 
 

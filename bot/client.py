@@ -33,7 +33,13 @@ from inference.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS: tuple[str, ...] = ("bot.cogs.imagine", "bot.cogs.compare", "bot.cogs.limits", "bot.cogs.usage")
+EXTENSIONS: tuple[str, ...] = (
+    "bot.cogs.imagine",
+    "bot.cogs.compare",
+    "bot.cogs.compare_schedulers",
+    "bot.cogs.limits",
+    "bot.cogs.usage",
+)
 
 
 class StepgridTree(app_commands.CommandTree["Stepgrid"]):

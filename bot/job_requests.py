@@ -16,12 +16,15 @@ from typing import TypeVar
 from bot.errors import MAX_ECHO, InvalidOption, clip, echo
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
+    DEFAULT_GRID_SCHEDULERS,
     DEFAULT_SCHEDULER,
     MAX_COMPARE_CELLS,
     MAX_SEED,
     MAX_STEPS,
+    MIN_COMPARE_CELLS,
     MIN_STEPS,
     SCHEDULER_NAMES,
+    CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
     InvalidRequest,
@@ -35,6 +38,7 @@ MAX_PROMPT_CHARS = 1500
 # Longer than any list of step counts the commands accept (12 numbers up to 150, with spaces).
 MAX_STEP_LIST_CHARS = 100
 MAX_SIZE_CHARS = 20
+MAX_SCHEDULER_LIST_CHARS = 200
 
 # Steps a user is likely to want next; "fewer"/"more" move one rung along this ladder.
 STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150)
@@ -56,6 +60,8 @@ class RequestDefaults:
     width: int = GenerateRequest.width
     height: int = GenerateRequest.height
     compare_steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
+    grid_schedulers: tuple[str, ...] = DEFAULT_GRID_SCHEDULERS  # /compare-schedulers rows
+    max_grid_cells: int = MAX_COMPARE_CELLS  # a default scheduler grid's ladder is trimmed to fit
     model: str = ""  # the model these defaults are for ("" = the worker's default)
 
 
@@ -72,6 +78,25 @@ def _scheduler_as_typed(name: str) -> str:
     """The scheduler's proper name; an unknown one is left as typed (clipped: the refusal quotes it) for
     validate() to refuse, listing the schedulers."""
     return find_scheduler(name) or clip(name, MAX_ECHO)
+
+
+def resolve_scheduler_list(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Scheduler names from "Euler a, DDIM" (any capitalisation; an unknown one is left for validate()
+    to refuse with the list), or the default rows when left out."""
+    if text is None or not text.strip():
+        return default
+    if len(text) > MAX_SCHEDULER_LIST_CHARS:
+        raise InvalidOption(f"Could not read schedulers {echo(text)}: write a few names like Euler a, DDIM, UniPC.")
+    return tuple(_scheduler_as_typed(name.strip()) for name in text.split(",") if name.strip())
+
+
+def spread(ladder: tuple[int, ...], count: int) -> tuple[int, ...]:
+    """`count` rungs of the ladder spread from its first to its last (all of it if it is that short)."""
+    if len(ladder) <= count:
+        return ladder
+    if count < 2:
+        return ladder[:count]
+    return tuple(ladder[round(i * (len(ladder) - 1) / (count - 1))] for i in range(count))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -132,7 +157,8 @@ def random_seed(rng: random.Random | None = None) -> int:
 class RequestOptions:
     """What a member typed in a command (or the CLI's arguments); None where an option was left out.
 
-    `grid` asks for a comparison grid of `compare_steps`; else `count` images of `steps` steps.
+    `grid` asks for a comparison grid of `compare_steps`; `scheduler_grid` for one of `schedulers`
+    (rows) × `compare_steps` (columns); else `count` images of `steps` steps.
     """
 
     prompt: str
@@ -147,9 +173,11 @@ class RequestOptions:
     grid: bool = False
     model: str | None = None
     film: bool = False
+    schedulers: str | None = None
+    scheduler_grid: bool = False
 
 
-_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps")
+_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers")
 _WHOLE_OPTIONS = ("seed", "steps", "count")
 
 
@@ -197,6 +225,14 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
         return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
+    if options.scheduler_grid:
+        del fields["scheduler"]
+        schedulers = resolve_scheduler_list(options.schedulers, defaults.grid_schedulers)
+        # Left out, the columns are the model's ladder, spread thin enough that the grid fits the cell limit.
+        columns = max(MIN_COMPARE_CELLS, defaults.max_grid_cells // max(1, len(schedulers)))
+        ladder = spread(defaults.compare_steps, columns)
+        steps = resolve_step_list(options.compare_steps, ladder)
+        return CompareSchedulersRequest(**fields, schedulers=schedulers, steps=steps)  # type: ignore[arg-type]
     return GenerateRequest(
         **fields,  # type: ignore[arg-type]
         steps=defaults.steps if options.steps is None else options.steps,

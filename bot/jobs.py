@@ -456,7 +456,7 @@ class JobService:
     async def _finish_with_result(
         self, record: JobRecord, result: JobResult, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
     ) -> None:
-        files = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
+        rendered = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
         # Recorded before the upload: if the bot dies between the upload and the last write, the
         # next start finds the row "delivering", sees the result on the job's message and does not
         # run the job a second time. A ledger that refuses this write doesn't hold the result back.
@@ -464,7 +464,7 @@ class JobService:
             await self.store.mark_delivering(record.job_id, result)
         except Exception:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
-        await editor.finish(result_message(record, result, files))
+        await editor.finish(result_message(record, result, rendered))
         # Delivered: from here on a failure must not withdraw the result the user already has.
         self._count(record, result, model=result.model)
         await self._record_outcome(record.job_id, result)

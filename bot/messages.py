@@ -16,9 +16,11 @@ import discord
 
 from bot.buttons import progress_view, result_view
 from bot.film import film_animation, source_note
-from bot.render import fit_attachment, grid_png
+from bot.grids import render_grid
+from bot.render import fit_attachment
 from inference.parameters import grid_infotext
 from inference.protocol import (
+    CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
     JobFailed,
@@ -49,6 +51,14 @@ class Attachment:
 
     def to_file(self) -> discord.File:
         return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
+@dataclass(frozen=True)
+class RenderedResult:
+    """A result's attachments and, for a comparison grid, where its rows settle in words."""
+
+    files: tuple[Attachment, ...]
+    summary: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,16 +126,17 @@ def progress_text(request: Request, state: ProgressState) -> str:
     retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"
-    if isinstance(request, CompareStepsRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         # The job's total is the sum over cells ("step 80/155" reads as a step count nobody asked
         # for): show the share of the work done and where the longest cell is.
-        cells = len(request.steps)
-        done = sum(1 for lane, steps in enumerate(request.steps) if state.lane_steps.get(lane, 0) >= steps)
-        longest = max(range(cells), key=lambda lane: request.steps[lane])
+        lane_steps = request.lane_steps
+        cells = len(lane_steps)
+        done = sum(1 for lane, steps in enumerate(lane_steps) if state.lane_steps.get(lane, 0) >= steps)
+        longest = max(range(cells), key=lambda lane: lane_steps[lane])
         percent = min(100, 100 * state.job_step // state.job_total)
         return (
             f"🎨 {progress_bar(state.job_step, state.job_total)} {percent}% · {done}/{cells} cells done"
-            f" · longest cell at step {state.lane_steps.get(longest, 0)}/{request.steps[longest]}{retry}"
+            f" · longest cell at step {state.lane_steps.get(longest, 0)}/{lane_steps[longest]}{retry}"
         )
     step = min((state.lane_steps.get(lane, 0) for lane in range(request.count)), default=0)
     images = f" · {request.count} images" if request.count > 1 else ""
@@ -149,13 +160,15 @@ def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:
     )
 
 
-def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> tuple[Attachment, ...]:
-    """The result's image(s) as attachments no larger than `limit` each (CPU-bound: run in a thread)."""
+def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> RenderedResult:
+    """The result's image(s) as attachments no larger than `limit` each, and a grid's sweet spot in
+    words (CPU-bound: run in a thread)."""
     request = record.request
-    if isinstance(request, CompareStepsRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         parameters = grid_infotext(request, model=result.model or request.model)
-        data, extension = fit_attachment(grid_png(result.images, parameters=parameters), limit)
-        return (Attachment(data, f"stepgrid-compare-{request.seed}.{extension}"),)
+        grid = render_grid(request, result.images, parameters=parameters)
+        data, extension = fit_attachment(grid.png, limit)
+        return RenderedResult((Attachment(data, f"stepgrid-compare-{request.seed}.{extension}"),), grid.summary)
     files = []
     for image in result.images:
         if image.frames:
@@ -163,15 +176,18 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
             files.append(Attachment(data, f"stepgrid-film-{image.seed}.{extension}"))
         data, extension = fit_attachment(image.png, limit)
         files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
-    return tuple(files)
+    return RenderedResult(tuple(files))
 
 
-def result_message(record: JobRecord, result: JobResult, files: tuple[Attachment, ...]) -> MessageUpdate:
-    """The final message: image(s), an embed with every parameter and timing, the result buttons."""
+def result_message(record: JobRecord, result: JobResult, rendered: RenderedResult) -> MessageUpdate:
+    """The final message: image(s), a grid's sweet spot in words, an embed with every parameter and
+    timing, the result buttons."""
+    files = rendered.files
     embed = parameters_embed(dataclasses.replace(record.request, model=result.model or record.request.model))
     films = [image for image in result.images if image.frames]
-    if isinstance(record.request, CompareStepsRequest):
-        embed.add_field(name="Generation", value=f"{result.gpu_seconds:.1f} s (all cells batched)")
+    if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest):
+        value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
+        embed.add_field(name="Generation", value=value)
     else:
         per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
         embed.add_field(name="Generation", value=per_image)
@@ -190,18 +206,15 @@ def result_message(record: JobRecord, result: JobResult, files: tuple[Attachment
     embed.set_footer(text=" · ".join(notes))
     if len(files) == 1 or films:  # a film job shows its film (the first file); the PNG rides along
         embed.set_image(url=f"attachment://{files[0].filename}")
-    return MessageUpdate(content=None, embeds=(embed,), files=files, view=result_view(record))
+    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record))
 
 
 def parameters_embed(request: Request, *, job_id: str | None = None) -> discord.Embed:
     """An embed listing every parameter of a request."""
-    compare = isinstance(request, CompareStepsRequest)
-    embed = discord.Embed(
-        title="Compare steps" if compare else "Imagine",
-        description=_clip(request.prompt, 4000),
-        colour=COLOUR,
-    )
-    if isinstance(request, CompareStepsRequest):
+    titles = {CompareStepsRequest: "Compare steps", CompareSchedulersRequest: "Compare schedulers"}
+    title = titles.get(type(request), "Imagine")
+    embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         embed.add_field(name="Steps", value=", ".join(str(steps) for steps in request.steps))
         embed.add_field(name="Seed", value=str(request.seed))
     else:
@@ -209,7 +222,10 @@ def parameters_embed(request: Request, *, job_id: str | None = None) -> discord.
         seeds = request.lane_seeds
         embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(map(str, seeds)))
     embed.add_field(name="Model", value=model_name(request.model))
-    embed.add_field(name="Scheduler", value=request.scheduler)
+    if isinstance(request, CompareSchedulersRequest):
+        embed.add_field(name="Schedulers", value=", ".join(request.schedulers))
+    else:
+        embed.add_field(name="Scheduler", value=request.scheduler)
     embed.add_field(name="Guidance", value=f"{request.guidance:g}")
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
@@ -251,6 +267,6 @@ def failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bo
 
 
 def _what_was_asked(request: Request) -> str:
-    if isinstance(request, CompareStepsRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         return "Your comparison grid"
     return "Your images" if request.count > 1 else "Your image"

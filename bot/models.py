@@ -16,11 +16,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from inference.protocol import CompareStepsRequest, GenerateRequest, Request
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, Request
 
 COMMAND_IMAGINE = "imagine"
 COMMAND_COMPARE_STEPS = "compare-steps"
-COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS)
+COMMAND_COMPARE_SCHEDULERS = "compare-schedulers"
+COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS)
+_REQUEST_TYPES: dict[str, type[Request]] = {
+    COMMAND_IMAGINE: GenerateRequest,
+    COMMAND_COMPARE_STEPS: CompareStepsRequest,
+    COMMAND_COMPARE_SCHEDULERS: CompareSchedulersRequest,
+}
 
 
 class JobStatus(enum.StrEnum):
@@ -75,7 +81,8 @@ class Base(DeclarativeBase):
 
 
 class JobRow(Base):
-    """One accepted `/imagine` or `/compare-steps` (or button click): a ledger row from queued to finished."""
+    """One accepted `/imagine`, `/compare-steps` or `/compare-schedulers` (or button click): a ledger row
+    from queued to finished."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -192,7 +199,7 @@ def in_guild(guild_id: int | None) -> ColumnElement[bool]:
 
 def command_of(request: Request) -> str:
     """The ledger's command name for a request."""
-    return COMMAND_COMPARE_STEPS if isinstance(request, CompareStepsRequest) else COMMAND_IMAGINE
+    return next(command for command, cls in _REQUEST_TYPES.items() if isinstance(request, cls))
 
 
 def request_to_params(request: Request) -> dict[str, Any]:
@@ -206,15 +213,12 @@ def request_to_params(request: Request) -> dict[str, Any]:
 
 def params_to_request(command: str, params: dict[str, Any]) -> Request:
     """Rebuild the request stored by `request_to_params`; fields this version doesn't know are ignored."""
-    cls: type[GenerateRequest] | type[CompareStepsRequest]
-    if command == COMMAND_IMAGINE:
-        cls = GenerateRequest
-    elif command == COMMAND_COMPARE_STEPS:
-        cls = CompareStepsRequest
-    else:
+    cls = _REQUEST_TYPES.get(command)
+    if cls is None:
         raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
     known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {name: value for name, value in params.items() if name in known}
-    if cls is CompareStepsRequest and "steps" in kwargs:
-        kwargs["steps"] = tuple(kwargs["steps"])
+    # JSON has lists where the request has tuples (a grid's steps and schedulers).
+    kwargs: dict[str, Any] = {
+        name: tuple(value) if isinstance(value, list) else value for name, value in params.items() if name in known
+    }
     return cls(**kwargs)

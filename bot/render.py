@@ -8,12 +8,12 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.fonts import draw_text, fit_text, font_for
+from bot.fonts import draw_text, fit_text, font_for, text_length
 from inference.imaging import encode_png
 from inference.parameters import EXIF_IFD, PNG_KEY, USER_COMMENT, exif_user_comment
 from inference.protocol import GeneratedImage
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 BACKGROUND = (17, 18, 20)
 CAPTION_BACKGROUND = (32, 34, 37)
 CAPTION_TEXT = (236, 237, 239)
+MARK = (87, 242, 135)  # the settled cell's frame
+SECONDS_NOTE = "seconds = this cell's share of the batched GPU time"
 
 # Columns per cell count: the guide's 3 x 2 for six cells, never more than four across so that
 # cells stay large in Discord's preview.
@@ -30,8 +32,18 @@ _COLUMNS = {1: 1, 2: 2, 3: 3, 4: 2, 5: 3, 6: 3, 7: 4, 8: 4, 9: 3, 10: 4, 11: 4, 
 
 
 def default_caption(image: GeneratedImage) -> str:
-    """The guide's label: "30 steps · 2.4s"."""
-    return f"{image.steps} steps · {image.seconds:.1f}s"
+    """The guide's label: "30 steps · 2.4s", "1 step · 0.05s"."""
+    return f"{steps_label(image.steps)} · {format_seconds(image.seconds)}"
+
+
+def steps_label(steps: int) -> str:
+    """ "1 step", "30 steps"."""
+    return f"{steps} step{'' if steps == 1 else 's'}"
+
+
+def format_seconds(seconds: float) -> str:
+    """Two significant places under a second (a cell's share of a batch is often a fraction), else one decimal."""
+    return f"{seconds:.2f}s" if seconds < 0.995 else f"{seconds:.1f}s"
 
 
 def grid_shape(cells: int) -> tuple[int, int]:
@@ -48,10 +60,18 @@ def grid_png(
     caption: Callable[[GeneratedImage], str] | None = None,
     footer: str | None = None,
     parameters: str | None = None,
+    columns: int | None = None,
+    row_labels: Sequence[str] = (),
+    column_labels: Sequence[str] = (),
+    marked: Collection[int] = (),
 ) -> bytes:
     """Compose the images, at full resolution, into one grid with a caption strip under each cell,
-    and an optional footer line across the bottom (the offline CLI's prompt, scheduler and seed).
-    `parameters` (the grid's A1111 infotext) goes into the PNG's `parameters` chunk."""
+    and optional footer lines across the bottom (the prompt, scheduler and seed; what the numbers are).
+
+    `columns` fixes the layout (a scheduler × steps grid); `row_labels` and `column_labels` name
+    the rows on the left and the columns on top; the cells at the `marked` indices get a frame.
+    `parameters` (the grid's A1111 infotext) goes into the PNG's `parameters` chunk.
+    """
     if not images:
         raise ValueError("a grid needs at least one image")
     label = caption or default_caption
@@ -61,17 +81,27 @@ def grid_png(
     strip = max(28, round(cell_width * 0.075))
     gap = max(4, cell_width // 128)
     font_size = max(12, round(strip * 0.58))
-    columns, rows = grid_shape(len(cells))
+    if columns is None:
+        columns, rows = grid_shape(len(cells))
+    else:
+        rows = math.ceil(len(cells) / columns)
+    label_width = math.ceil(max((text_length(text, font_size) for text in row_labels), default=0))
+    margin_left = label_width + 4 * gap if row_labels else 0
+    margin_top = strip + gap if column_labels else 0
 
     slot_height = cell_height + strip
-    width = columns * cell_width + (columns + 1) * gap
-    grid_height = rows * slot_height + (rows + 1) * gap
-    canvas = Image.new("RGB", (width, grid_height + (strip + gap if footer else 0)), BACKGROUND)
+    width = margin_left + columns * cell_width + (columns + 1) * gap
+    grid_height = margin_top + rows * slot_height + (rows + 1) * gap
+    footer_lines = footer.splitlines() if footer else []
+    footer_height = len(footer_lines) * strip + (gap if footer_lines else 0)
+    canvas = Image.new("RGB", (width, grid_height + footer_height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
+    _draw_axis_labels(canvas, font_size, row_labels, column_labels, (margin_left, margin_top, gap),
+                      (cell_width, cell_height, strip))  # fmt: skip
     for index, (cell, image) in enumerate(zip(cells, images, strict=True)):
         column, row = index % columns, index // columns
-        left = gap + column * (cell_width + gap)
-        top = gap + row * (slot_height + gap)
+        left = margin_left + gap + column * (cell_width + gap)
+        top = margin_top + gap + row * (slot_height + gap)
         # Smaller cells sit centred in their slot; compare grids have equal sizes anyway.
         canvas.paste(cell, (left + (cell_width - cell.width) // 2, top + (cell_height - cell.height) // 2))
         strip_top = top + cell_height
@@ -80,10 +110,39 @@ def grid_png(
         caption_text = fit_text(label(image), font_size, cell_width - 2 * gap)
         draw_text(canvas, (left + cell_width / 2, strip_top + strip / 2), caption_text, font_size, CAPTION_TEXT,
                   anchor="mm")  # fmt: skip
-    if footer:
-        draw_text(canvas, (2 * gap, grid_height + strip / 2), fit_text(footer, font_size, width - 4 * gap),
-                  font_size, CAPTION_TEXT)  # fmt: skip
+        if index in marked:
+            _draw_mark(draw, (left, top, left + cell_width - 1, top + slot_height - 1), gap)
+    for line_number, line in enumerate(footer_lines):
+        draw_text(canvas, (2 * gap, grid_height + (line_number + 0.5) * strip),
+                  fit_text(line, font_size, width - 4 * gap), font_size, CAPTION_TEXT)  # fmt: skip
     return encode_png(canvas, parameters=parameters)
+
+
+def _draw_axis_labels(
+    canvas: Image.Image,
+    font_size: int,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    margins: tuple[int, int, int],
+    cell: tuple[int, int, int],
+) -> None:
+    """Row names left of each row (vertically centred on its image), column names over each column."""
+    margin_left, margin_top, gap = margins
+    cell_width, cell_height, strip = cell
+    for row, text in enumerate(row_labels):
+        middle = margin_top + gap + row * (cell_height + strip + gap) + cell_height / 2
+        fitted = fit_text(text, font_size, margin_left - gap)
+        right_aligned = margin_left - gap - text_length(fitted, font_size)
+        draw_text(canvas, (right_aligned, middle), fitted, font_size, CAPTION_TEXT)
+    for column, text in enumerate(column_labels):
+        centre = margin_left + gap + column * (cell_width + gap) + cell_width / 2
+        fitted = fit_text(text, font_size, cell_width - 2 * gap)
+        draw_text(canvas, (centre, gap + strip / 2), fitted, font_size, CAPTION_TEXT, anchor="mm")
+
+
+def _draw_mark(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], gap: int) -> None:
+    """A frame around a cell (image and caption): where its row settles."""
+    draw.rectangle(box, outline=MARK, width=max(3, gap // 2 + 2))
 
 
 # --- the /usage-server chart ----------------------------------------------------------------

@@ -18,10 +18,14 @@ from bot.errors import InvalidOption, UserFacingError, echo
 from bot.formatting import format_amount, format_duration
 from bot.job_requests import RequestDefaults, find_scheduler
 from inference.protocol import (
+    DEFAULT_GRID_SCHEDULERS,
+    FLOW_GRID_SCHEDULERS,
     MIN_COMPARE_CELLS,
+    MIN_GRID_SCHEDULERS,
     MIN_SIZE,
     MIN_STEPS,
     SCHEDULER_NAMES,
+    CompareSchedulersRequest,
     CompareStepsRequest,
     ModelInfo,
     ModelUnavailable,
@@ -212,6 +216,8 @@ class EffectiveLimits:
             ladder = model.compare_steps[: self.max_grid_cells]  # refused with the ceiling named, not emptied
         size = _default_size(model, self.max_image_size)
         return RequestDefaults(
+            grid_schedulers=_grid_schedulers(runnable) or tuple(dict.fromkeys((scheduler, *runnable)))[:4],
+            max_grid_cells=self.max_grid_cells,
             steps=max(steps, MIN_STEPS),
             scheduler=scheduler,
             guidance=model.default_guidance,
@@ -220,6 +226,16 @@ class EffectiveLimits:
             compare_steps=ladder,
             model=model.name,
         )
+
+
+def _grid_schedulers(runnable: Sequence[str]) -> tuple[str, ...]:
+    """The default rows of a scheduler grid: a varied set, as far as the model can run them and the server
+    allows (at least two when it allows two; flow-matching models run Euler, Heun, DPM++ 2M and UniPC)."""
+    for preferred in (DEFAULT_GRID_SCHEDULERS, FLOW_GRID_SCHEDULERS):
+        chosen = tuple(name for name in preferred if name in runnable)
+        if len(chosen) >= MIN_GRID_SCHEDULERS:
+            return chosen
+    return ()
 
 
 def _default_size(model: ModelInfo, max_image_size: int) -> int:
@@ -608,14 +624,15 @@ def check_request(
             asked=request.model,
             allowed=limits.allowed_models,
         )
-    if request.scheduler not in limits.allowed_schedulers:
-        raise LimitExceeded(
-            f"This server doesn't allow the {request.scheduler} scheduler; "
-            f"it allows: {', '.join(limits.allowed_schedulers)}.",
-            limit="allowed_schedulers",
-            asked=request.scheduler,
-            allowed=limits.allowed_schedulers,
-        )
+    for scheduler in dict.fromkeys(request.lane_schedulers):
+        if scheduler not in limits.allowed_schedulers:
+            raise LimitExceeded(
+                f"This server doesn't allow the {scheduler} scheduler; "
+                f"it allows: {', '.join(limits.allowed_schedulers)}.",
+                limit="allowed_schedulers",
+                asked=scheduler,
+                allowed=limits.allowed_schedulers,
+            )
     most_steps = max(request.lane_steps)
     if most_steps > limits.max_steps:
         raise LimitExceeded(
@@ -633,11 +650,16 @@ def check_request(
             asked=most_steps,
             allowed=model_ceiling,
         )
-    if isinstance(request, CompareStepsRequest) and len(request.steps) > limits.max_grid_cells:
+    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest)
+    cells = len(request.lane_steps)
+    if grid and cells > limits.max_grid_cells:
+        shape = ""
+        if isinstance(request, CompareSchedulersRequest):
+            shape = f" ({len(request.schedulers)} schedulers × {len(request.steps)} step counts): give fewer of either"
         raise LimitExceeded(
-            f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {len(request.steps)}.",
+            f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {cells}{shape}.",
             limit="max_grid_cells",
-            asked=len(request.steps),
+            asked=cells,
             allowed=limits.max_grid_cells,
         )
     if max(request.width, request.height) > limits.max_image_size:
@@ -654,7 +676,7 @@ def check_request(
         lanes = len(request.lane_steps)
         over = ""
         if lanes > 1:
-            over = f" over {lanes} cells" if isinstance(request, CompareStepsRequest) else f" over {lanes} images"
+            over = f" over {lanes} cells" if grid else f" over {lanes} images"
         raise LimitExceeded(
             f"This request needs {format_amount(cost, like=budget)} pixel-steps "
             f"({request.width}×{request.height} × {total_steps(request)} steps{over}); "

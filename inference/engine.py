@@ -14,12 +14,11 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +45,7 @@ from inference.protocol import (
 from inference.schedulers import Scheduler
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREVIEW_INTERVAL_S = 1.5
 # Batch sizes (in lanes) a compiled denoiser is specialised for; a batch is padded up to the next one.
@@ -76,7 +76,10 @@ class Lane:
     kind: BatchKind | None = None  # batched scheduler arithmetic for this lane's kind (None: per-lane step)
     table: Coefficients = ()  # the kind's coefficients per step index
     position: int = 0
-    started_at: float | None = None
+    # What this lane cost: its share of every batched call it took part in (CPU seconds, or CUDA
+    # events read once its image is done).
+    cpu_seconds: float = 0.0
+    gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)
     film: FilmCapture | None = None  # a film lane keeps every step's predicted clean image
 
     @property
@@ -93,6 +96,20 @@ class Lane:
         """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
         return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
 
+    @property
+    def rows(self) -> int:
+        """Rows this lane adds to a denoiser call: two with classifier-free guidance, else one."""
+        return 1 if self.job.conditioning.uncond is None else 2
+
+    @property
+    def seconds(self) -> float:
+        """Its share of the batched device time so far; reading CUDA events waits for them."""
+        total = self.cpu_seconds
+        for start, end, share in self.gpu_spans:
+            end.synchronize()
+            total += start.elapsed_time(end) / 1000 * share
+        return total
+
 
 @dataclass(eq=False)
 class EngineJob:
@@ -105,8 +122,6 @@ class EngineJob:
     lanes: list[Lane] = field(default_factory=list)  # still denoising
     images: dict[int, GeneratedImage] = field(default_factory=dict)
     pending_encodes: int = 0
-    cpu_seconds: float = 0.0
-    gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)  # CUDA events, share of the batch
     last_preview_at: float = 0.0
     preview_png: bytes | None = None  # encoded off the denoising thread, sent with the next progress
     previewing: bool = False
@@ -136,12 +151,8 @@ class EngineJob:
 
     @property
     def gpu_seconds(self) -> float:
-        """Device time of this job's share of each batch; reading CUDA events waits for them."""
-        total = self.cpu_seconds
-        for start, end, share in self.gpu_spans:
-            end.synchronize()
-            total += start.elapsed_time(end) / 1000 * share
-        return total
+        """Device time of this job's lanes' shares of each batch; reading CUDA events waits for them."""
+        return sum(lane.seconds for lane in self.all_lanes)
 
 
 class BatchError(RuntimeError):
@@ -211,8 +222,8 @@ class LaneEngine:
             request.prompt, request.negative_prompt, request.guidance, request.height, request.width
         )
         job = EngineJob(job_id, request, model, conditioning, next(self._order))
-        job.all_lanes = [self._make_lane(job, i, steps, seed) for i, (steps, seed) in enumerate(
-            zip(request.lane_steps, request.lane_seeds, strict=True))]  # fmt: skip
+        lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
+        job.all_lanes = [self._make_lane(job, i, *lane) for i, lane in enumerate(lanes)]
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
 
@@ -225,9 +236,9 @@ class LaneEngine:
         except KeyError:
             raise UnknownModel(f"Unknown model {name!r}; this worker runs: {', '.join(self.models)}.") from None
 
-    def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int) -> Lane:
+    def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int, scheduler_name: str) -> Lane:
         request, family = job.request, job.model.family
-        scheduler = family.new_scheduler(request.scheduler, steps, seed, request.height, request.width)
+        scheduler = family.new_scheduler(scheduler_name, steps, seed, request.height, request.width)
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = family.initial_latents(scheduler, request.height, request.width, generator)
         step_kwargs: dict[str, Any] = {}
@@ -296,7 +307,7 @@ class LaneEngine:
             return 0
         jobs = list({lane.job: None for lane in lanes})
         try:
-            self._timed_denoise(lanes, jobs)
+            self._timed(lanes, self._denoise)
             self._report_progress(lanes, jobs)
             finished = [lane for lane in lanes if lane.done]
             if finished:
@@ -313,35 +324,33 @@ class LaneEngine:
             raise BatchError([job.job_id for job in jobs], out_of_memory=out_of_memory) from exc
         return len(lanes)
 
-    def _timed_denoise(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
-        """Denoise and charge each job its share of the batch's time (CUDA events: no host sync)."""
-        counts = Counter(lane.job for lane in lanes)
-        shares = {job: counts[job] / len(lanes) for job in jobs}
+    def _timed(self, lanes: list[Lane], work: Callable[[list[Lane]], T]) -> T:
+        """Run `work` on a batch of lanes and charge each lane its share of the time, by the rows it
+        adds to the batch (CUDA events: no host sync). A job's time is the sum of its lanes'."""
+        rows = sum(lane.rows for lane in lanes)
         if self._cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            self._denoise(lanes)
+            out = work(lanes)
             end.record()
-            for job, share in shares.items():
-                job.gpu_spans.append((start, end, share))
-        else:
-            started = time.perf_counter()
-            self._denoise(lanes)
-            elapsed = time.perf_counter() - started
-            for job, share in shares.items():
-                job.cpu_seconds += elapsed * share
+            for lane in lanes:
+                lane.gpu_spans.append((start, end, lane.rows / rows))
+            return out
+        started = time.perf_counter()
+        out = work(lanes)
+        elapsed = time.perf_counter() - started
+        for lane in lanes:
+            lane.cpu_seconds += elapsed * lane.rows / rows
+        return out
 
     @torch.no_grad()
     def _denoise(self, lanes: list[Lane]) -> None:
         """One denoiser call over the batch. Lanes of a scheduler kind with a batched form are scaled
         and stepped as tensor ops over their rows; the rest step one by one through `step`."""
-        now = time.perf_counter()
         family = lanes[0].job.model.family
         timesteps = [lane.timesteps[lane.position] for lane in lanes]
         groups: dict[BatchKind | None, list[int]] = {}
         for i, lane in enumerate(lanes):
-            if lane.started_at is None:
-                lane.started_at = now
             groups.setdefault(lane.kind, []).append(i)
         model_inputs: list[torch.Tensor] = [lanes[0].latents] * len(lanes)
         batched: list[tuple[BatchKind, list[int], list[Lane], torch.Tensor, torch.Tensor]] = []
@@ -402,7 +411,7 @@ class LaneEngine:
         if len(ready) < FILM_DECODE_BATCH and not (lane.done and ready):
             return
         job, request = lane.job, lane.job.request
-        # Charged to the job like its denoising: CUDA events on a GPU (no double count of the batch
+        # Charged to the lane like its denoising: CUDA events on a GPU (no double count of the batch
         # still running when the decode is queued), wall time on a CPU.
         started = time.perf_counter()
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
@@ -415,9 +424,9 @@ class LaneEngine:
                 film.frames[step] = to_frame(pixels)
         if events:
             events[1].record()
-            job.gpu_spans.append((events[0], events[1], 1.0))
+            lane.gpu_spans.append((events[0], events[1], 1.0))
         else:
-            job.cpu_seconds += time.perf_counter() - started
+            lane.cpu_seconds += time.perf_counter() - started
 
     def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
         """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
@@ -513,10 +522,10 @@ class LaneEngine:
     @torch.no_grad()
     def _finish(self, lanes: list[Lane]) -> None:
         job = lanes[0].job  # one batch: one model and size
-        images = self.decode(
-            torch.cat([lane.latents for lane in lanes]), job.model, job.request.height, job.request.width
+        height, width = job.request.height, job.request.width
+        images = self._timed(
+            lanes, lambda done: self.decode(torch.cat([lane.latents for lane in done]), job.model, height, width)
         )
-        now = time.perf_counter()
         for lane, pixels in zip(lanes, images, strict=True):
             job = lane.job
             with self._lock:
@@ -526,10 +535,7 @@ class LaneEngine:
                     self._jobs.pop(job.job_id, None)
                     if not job.answered:
                         self._encoding[job.job_id] = job
-            seconds = now - (lane.started_at or now)
-            future = self._encoder.submit(
-                self._encode, job, lane.index, lane.seed, lane.steps, pixels, seconds, lane.film
-            )
+            future = self._encoder.submit(self._encode, job, lane, pixels)
             self._encodes.add(future)
             future.add_done_callback(self._encodes.discard)
 
@@ -537,31 +543,30 @@ class LaneEngine:
         """VAE-decode a batch of latents of one model and size to uint8 HxWx3 arrays."""
         return model.family.decode(latents, height, width)
 
-    def _encode(
-        self,
-        job: EngineJob,
-        index: int,
-        seed: int,
-        steps: int,
-        pixels: np.ndarray,
-        seconds: float,
-        film: FilmCapture | None = None,
-    ) -> None:
+    def _encode(self, job: EngineJob, lane: Lane, pixels: np.ndarray) -> None:
         """Encoder thread: PNG-encode one image (with its A1111 parameters) and its film's frames;
         the last image of a job emits its result."""
         request = job.request
-        parameters = image_infotext(request, seed=seed, steps=steps, model=job.model.name)
+        film = lane.film
+        parameters = image_infotext(
+            request,
+            seed=lane.seed,
+            steps=lane.steps,
+            model=job.model.name,
+            scheduler=request.lane_schedulers[lane.index],
+        )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)
             frames = tuple(encode_png(frame) for _, frame in sorted(film.frames.items())) if film else ()
+            seconds = lane.seconds  # here, off the denoising thread: reading CUDA events waits for them
         except Exception:
             log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
-        image = GeneratedImage(png, seed, steps, request.width, request.height, seconds, frames=frames,
+        image = GeneratedImage(png, lane.seed, lane.steps, request.width, request.height, seconds, frames=frames,
                                frames_source=film.source if film else "")  # fmt: skip
         with self._lock:
-            job.images[index] = image
+            job.images[lane.index] = image
             job.pending_encodes -= 1
             if job.pending_encodes or job.lanes:
                 return

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from inference.protocol import CompareStepsRequest, Request
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, Request
 
 PNG_KEY = "parameters"
 # The EXIF UserComment A1111 writes for JPEG/WebP: an 8-byte charset prefix, then UTF-16 big-endian.
@@ -71,13 +71,14 @@ def infotext(
     return "\n".join(lines)
 
 
-def image_infotext(request: Request, *, seed: int, steps: int, model: str) -> str:
-    """The `parameters` of one image of `request` (its own seed and step count)."""
+def image_infotext(request: Request, *, seed: int, steps: int, model: str, scheduler: str | None = None) -> str:
+    """The `parameters` of one image of `request` (its own seed, step count and, in a scheduler
+    grid, scheduler)."""
     return infotext(
         request.prompt,
         request.negative_prompt,
         steps=steps,
-        scheduler=request.scheduler,
+        scheduler=scheduler or request.lane_schedulers[0],
         guidance=request.guidance,
         seed=seed,
         width=request.width,
@@ -86,11 +87,13 @@ def image_infotext(request: Request, *, seed: int, steps: int, model: str) -> st
     )
 
 
-def grid_infotext(request: CompareStepsRequest, *, model: str) -> str:
-    """A step-comparison grid's `parameters`, as A1111 writes an X/Y/Z plot's: the first cell's
-    parameters, then the axis ("X Type: Steps, X Values: \"5, 10, 20\"")."""
+def grid_infotext(request: CompareStepsRequest | CompareSchedulersRequest, *, model: str) -> str:
+    """A grid's `parameters`, as A1111 writes an X/Y/Z plot's: the first cell's parameters, then the
+    axes ("X Type: Steps, X Values: \"5, 10, 20\"", and a scheduler grid's "Y Type: Sampler")."""
     first = image_infotext(request, seed=request.seed, steps=request.steps[0], model=model)
     axis = [("Script", "X/Y/Z plot"), ("X Type", "Steps"), ("X Values", ", ".join(map(str, request.steps)))]
+    if isinstance(request, CompareSchedulersRequest):
+        axis += [("Y Type", "Sampler"), ("Y Values", ", ".join(request.schedulers))]
     return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
 
 

@@ -32,6 +32,10 @@ SCHEDULER_NAMES: tuple[str, ...] = (
 DEFAULT_SCHEDULER = "Euler a"
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_COMPARE_STEPS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
+# A small, varied default set of rows for /compare-schedulers: ancestral, multistep with Karras sigmas,
+# predictor-corrector and deterministic DDIM; flow-matching models run Euler, Heun and DPM++ 2M.
+DEFAULT_GRID_SCHEDULERS: tuple[str, ...] = ("Euler a", "DPM++ 2M Karras", "UniPC", "DDIM")
+FLOW_GRID_SCHEDULERS: tuple[str, ...] = ("Euler", "Heun", "DPM++ 2M", "UniPC")
 
 MIN_STEPS, MAX_STEPS = 1, 150
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 30.0
@@ -39,6 +43,7 @@ MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 256, 2048, 8
 MAX_PIXELS = 1536 * 1536  # 1024x1024 and 2048x1024 fit; 2048x2048 does not
 MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
+MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 MAX_SEED = 2**32 - 1
 assert registry.STEPS_RANGE == (MIN_STEPS, MAX_STEPS) and registry.GUIDANCE_RANGE == (MIN_GUIDANCE, MAX_GUIDANCE)
 assert registry.COMPARE_CELLS_RANGE == (MIN_COMPARE_CELLS, MAX_COMPARE_CELLS)
@@ -80,6 +85,10 @@ class GenerateRequest:
     def lane_seeds(self) -> tuple[int, ...]:
         return tuple((self.seed + i) % (MAX_SEED + 1) for i in range(self.count))
 
+    @property
+    def lane_schedulers(self) -> tuple[str, ...]:
+        return (self.scheduler,) * self.count
+
 
 @dataclass(frozen=True)
 class CompareStepsRequest:
@@ -103,8 +112,46 @@ class CompareStepsRequest:
     def lane_seeds(self) -> tuple[int, ...]:
         return (self.seed,) * len(self.steps)
 
+    @property
+    def lane_schedulers(self) -> tuple[str, ...]:
+        return (self.scheduler,) * len(self.steps)
 
-Request = GenerateRequest | CompareStepsRequest
+
+@dataclass(frozen=True)
+class CompareSchedulersRequest:
+    """One `/compare-schedulers`: the same prompt and seed as a grid of rows = schedulers and
+    columns = step counts; its lanes run row by row (every step count of the first scheduler first)."""
+
+    prompt: str
+    schedulers: tuple[str, ...] = DEFAULT_GRID_SCHEDULERS
+    steps: tuple[int, ...] = (5, 20, 50)
+    seed: int = 0
+    guidance: float = DEFAULT_GUIDANCE
+    width: int = 512
+    height: int = 512
+    negative_prompt: str = ""
+    model: str = ""  # registry name; "" = the worker's default model
+
+    @property
+    def scheduler(self) -> str:
+        """Every row's scheduler, for the ledger and the parameters shown."""
+        return ", ".join(self.schedulers)
+
+    @property
+    def lane_steps(self) -> tuple[int, ...]:
+        return self.steps * len(self.schedulers)
+
+    @property
+    def lane_seeds(self) -> tuple[int, ...]:
+        return (self.seed,) * len(self.lane_steps)
+
+    @property
+    def lane_schedulers(self) -> tuple[str, ...]:
+        return tuple(name for name in self.schedulers for _ in self.steps)
+
+
+Request = GenerateRequest | CompareStepsRequest | CompareSchedulersRequest
+GridRequest = CompareStepsRequest | CompareSchedulersRequest
 
 
 def total_steps(request: Request) -> int:
@@ -116,16 +163,11 @@ def validate(request: Request) -> None:
     """Raise InvalidRequest naming the first bad value and the allowed range."""
     if not request.prompt.strip():
         raise InvalidRequest("The prompt is empty: describe the image you want.")
-    if request.scheduler not in SCHEDULER_NAMES:
-        raise InvalidRequest(f"Unknown scheduler {request.scheduler!r}; choose one of: {', '.join(SCHEDULER_NAMES)}.")
-    if isinstance(request, CompareStepsRequest):
-        cells = len(request.steps)
-        if not MIN_COMPARE_CELLS <= cells <= MAX_COMPARE_CELLS:
-            raise InvalidRequest(
-                f"A comparison needs {MIN_COMPARE_CELLS} to {MAX_COMPARE_CELLS} step counts; got {cells}."
-            )
-        if len(set(request.steps)) != cells:
-            raise InvalidRequest("Each step count may appear only once in a comparison.")
+    for scheduler in dict.fromkeys(request.lane_schedulers):
+        if scheduler not in SCHEDULER_NAMES:
+            raise InvalidRequest(f"Unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULER_NAMES)}.")
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        _validate_grid(request)
     else:
         if not MIN_COUNT <= request.count <= MAX_COUNT:
             raise InvalidRequest(f"count must be {MIN_COUNT} to {MAX_COUNT}; got {request.count}.")
@@ -150,13 +192,42 @@ def validate(request: Request) -> None:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
 
 
+def _validate_grid(request: GridRequest) -> None:
+    columns = len(request.steps)
+    if isinstance(request, CompareStepsRequest) and not MIN_COMPARE_CELLS <= columns <= MAX_COMPARE_CELLS:
+        raise InvalidRequest(
+            f"A comparison needs {MIN_COMPARE_CELLS} to {MAX_COMPARE_CELLS} step counts; got {columns}."
+        )
+    if isinstance(request, CompareSchedulersRequest):
+        rows = len(request.schedulers)
+        if not MIN_GRID_SCHEDULERS <= rows <= MAX_GRID_SCHEDULERS:
+            raise InvalidRequest(
+                f"A scheduler comparison needs {MIN_GRID_SCHEDULERS} to {MAX_GRID_SCHEDULERS} schedulers; got {rows}."
+            )
+        if len(set(request.schedulers)) != rows:
+            raise InvalidRequest("Each scheduler may appear only once in a comparison.")
+        if columns < MIN_COMPARE_CELLS:
+            raise InvalidRequest(
+                f"A scheduler comparison needs at least {MIN_COMPARE_CELLS} step counts; got {columns}."
+            )
+        cells = len(request.lane_steps)
+        if cells > MAX_COMPARE_CELLS:
+            raise InvalidRequest(
+                f"A comparison grid has at most {MAX_COMPARE_CELLS} cells; {rows} schedulers × {columns} step "
+                f"counts would be {cells}: give fewer of either."
+            )
+    if len(set(request.steps)) != columns:
+        raise InvalidRequest("Each step count may appear only once in a comparison.")
+
+
 def validate_for_model(request: Request, model: ModelInfo) -> None:
     """Raise InvalidRequest if the request is fine in general but not for this model."""
-    if request.scheduler not in model.schedulers:
-        raise InvalidRequest(
-            f"The model {model.name} can't run the scheduler {request.scheduler!r}; "
-            f"choose one of: {', '.join(model.schedulers)}."
-        )
+    for scheduler in dict.fromkeys(request.lane_schedulers):
+        if scheduler not in model.schedulers:
+            raise InvalidRequest(
+                f"The model {model.name} can't run the scheduler {scheduler!r}; "
+                f"choose one of: {', '.join(model.schedulers)}."
+            )
     for name, value in (("width", request.width), ("height", request.height)):
         if value % model.size_multiple:
             raise InvalidRequest(
@@ -338,7 +409,7 @@ class GeneratedImage:
     steps: int
     width: int
     height: int
-    seconds: float  # from the lane's first denoising iteration to its decoded image
+    seconds: float  # its share of every batched call it took part in (denoising and decoding)
     # A film request's predicted clean image (x0) after each step, as PNGs, and where x0 came from:
     # "scheduler" (its own pred_original_sample), else computed from the model's prediction:
     # "epsilon", "v_prediction" or "flow".

@@ -160,7 +160,7 @@ class Limits(commands.Cog):
         default_steps="Steps when a member leaves them out",
         allowed_schedulers="Comma-separated scheduler names members may use",
         default_scheduler="Scheduler when a member leaves it out",
-        max_grid_cells="Most cells in a /compare-steps grid",
+        max_grid_cells="Most cells in a comparison grid (/compare-steps, /compare-schedulers)",
         max_image_size="Largest width or height in pixels",
         max_compute_per_request="Most width × height × total steps per request (every grid cell counts)",
         daily_steps_per_user="Steps each member may run per day (resets at midnight UTC)",

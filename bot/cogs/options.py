@@ -95,12 +95,27 @@ async def scheduler_autocomplete(interaction: discord.Interaction, current: str)
     """
     bot = cast("Stepgrid", interaction.client)
     limits = await bot.jobs.limits(interaction.guild_id)
+    return scheduler_choices(current, _chosen_model(interaction, bot, limits), limits)
+
+
+async def schedulers_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """A list of schedulers (`/compare-schedulers` rows): completes its last name from what the chosen
+    model can run and the server allows."""
+    bot = cast("Stepgrid", interaction.client)
+    limits = await bot.jobs.limits(interaction.guild_id)
+    model = _chosen_model(interaction, bot, limits)
+    runnable = model.schedulers if model is not None else SCHEDULER_NAMES
+    return list_completions(current, tuple(name for name in runnable if name in limits.allowed_schedulers))
+
+
+def _chosen_model(interaction: discord.Interaction, bot: Stepgrid, limits: EffectiveLimits) -> ModelInfo | None:
+    """The model the command's `model` option names so far (the server's default when left out or not
+    usable yet), or None while no model is known."""
     chosen = getattr(interaction.namespace, "model", None)
     try:
-        model = bot.jobs.model_for(chosen if isinstance(chosen, str) else None, limits)
+        return bot.jobs.model_for(chosen if isinstance(chosen, str) else None, limits)
     except UserFacingError:  # a model being typed or not allowed: the command will say so
-        model = bot.jobs.model_for(None, limits) if chosen else None
-    return scheduler_choices(current, model, limits)
+        return bot.jobs.model_for(None, limits) if chosen else None
 
 
 def list_completions(current: str, names: tuple[str, ...]) -> list[app_commands.Choice[str]]:

@@ -25,6 +25,10 @@ def test_the_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path: Path, caps
         "1",
         "--pairs",
         "2",
+        "--grid-schedulers",
+        "Euler a,DDIM",
+        "--grid-steps",
+        "1,2",
         "--cache-dir",
         str(tmp_path),
         "--out",
@@ -32,12 +36,14 @@ def test_the_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path: Path, caps
     ]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    for phrase in ("compare-steps (2, 4): batched", "2 concurrent 3-step imagine jobs",
+    for phrase in ("compare-steps (2, 4): batched", "compare-schedulers Euler a, DDIM × (1, 2) (4 cells): batched",
+                   "2 concurrent 3-step imagine jobs",
                    "plain pipeline", "PSNR engine vs plain pipeline"):  # fmt: skip
         assert phrase in printed
     figures = json.loads(out.read_text())["figures"]
     assert figures["compare_speedup"] > 0 and figures["concurrent_speedup"] > 0
     assert figures["single_engine_vs_plain"] > 0
+    assert figures["scheduler_grid_speedup"] > 0
     assert figures["psnr_db"] > 40, "in fp32 the engine's image must equal the plain pipeline's"
 
 

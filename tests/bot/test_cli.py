@@ -31,6 +31,11 @@ from tests.bot.fakes import TURBO
         (["compare-steps", "fox", "--steps", "5,x,10"], "like 5,10,20,30"),
         (["compare-steps", "fox", "--steps", ",".join(map(str, range(1, 14)))], "2 to 12 step counts; got 13"),
         (["imagine", "fox", "--model", "./no/such/folder"], "--model ./no/such/folder does not exist."),
+        (["compare-schedulers", "fox", "--schedulers", "Euler a"], "needs 2 to 6 schedulers; got 1."),
+        (
+            ["compare-schedulers", "fox", "--schedulers", "Euler a,DDIM,UniPC", "--steps", "1,2,3,4,5"],
+            "at most 12 cells; 3 schedulers × 5 step counts would be 15: give fewer of either.",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_clear_line(
@@ -105,6 +110,23 @@ def test_imagine_writes_the_png_with_its_parameters_and_the_steps_film(
 def test_a_film_path_that_is_not_an_animation_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["imagine", "fox", "-o", str(tmp_path / "a.png"), "--film", str(tmp_path / "a.mp4")]) == 2
     assert "ending in .webp or .gif" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_schedulers_writes_a_grid_with_a_labelled_row_per_scheduler_and_says_where_each_settles(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    argv = ["compare-schedulers", "a red fox", "--model", "tiny", "--seed", "42", "--size", "256",
+            "--schedulers", "euler a,DDIM", "--steps", "2,4,6"]  # fmt: skip
+    assert main([*argv, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Euler a, DDIM, steps 2,4,6, seed 42" in printed
+    assert "For this prompt and seed: Euler a " in printed and "; DDIM " in printed
+    grid = Image.open(out)
+    # Three columns of cells plus the row labels' margin; two rows plus column labels, captions and footer.
+    assert grid.width > 3 * 256 + 50 and grid.height > 2 * 256 + 4 * 28
 
 
 # --- operator mistakes, through the real `stepgrid` command ---------------------------------------------

@@ -21,13 +21,16 @@ from bot.job_requests import (
     parse_size,
     resolve_size,
     resolve_step_list,
+    spread,
     step_down,
     step_up,
 )
 from inference.protocol import (
+    DEFAULT_GRID_SCHEDULERS,
     DEFAULT_SCHEDULER,
     MAX_STEPS,
     SCHEDULER_NAMES,
+    CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
     InvalidRequest,
@@ -224,3 +227,48 @@ def test_the_film_option_asks_for_a_film_of_one_image() -> None:
 def test_a_film_of_several_images_is_refused_with_what_to_do() -> None:
     with pytest.raises(InvalidOption, match="set count to 1"):
         checked(build_request(RequestOptions("fox", count=2, film=True), RequestDefaults()))
+
+
+# --- /compare-schedulers -------------------------------------------------------------------------
+
+
+def test_a_scheduler_grid_is_built_from_its_lists_in_any_capitalisation() -> None:
+    options = RequestOptions("a fox", schedulers="euler A, ddim,UniPC", compare_steps="2,4", scheduler_grid=True)
+    request = build_request(options, RequestDefaults())
+    assert isinstance(request, CompareSchedulersRequest)
+    assert (request.schedulers, request.steps) == (("Euler a", "DDIM", "UniPC"), (2, 4))
+    assert request.lane_schedulers == ("Euler a", "Euler a", "DDIM", "DDIM", "UniPC", "UniPC")
+    assert request.lane_steps == (2, 4, 2, 4, 2, 4)
+
+
+def test_a_default_scheduler_grid_spreads_the_ladder_to_fit_the_cell_limit() -> None:
+    defaults = RequestDefaults(compare_steps=(5, 10, 20, 30, 40, 50), max_grid_cells=12)
+    request = build_request(RequestOptions("a fox", scheduler_grid=True), defaults)
+    assert isinstance(request, CompareSchedulersRequest)
+    assert request.schedulers == DEFAULT_GRID_SCHEDULERS and request.steps == (5, 20, 50)
+    assert checked(request) is request
+    two_rows = build_request(RequestOptions("a fox", schedulers="Euler a, DDIM", scheduler_grid=True), defaults)
+    assert two_rows.lane_steps == (5, 10, 20, 30, 40, 50) * 2
+
+
+def test_spread_keeps_the_ends_of_the_ladder() -> None:
+    assert spread((1, 2, 3, 4, 6, 8), 3) == (1, 3, 8)
+    assert spread((1, 2, 3, 4, 6, 8), 4) == (1, 3, 4, 8)
+    assert spread((5, 10), 3) == (5, 10)
+
+
+@pytest.mark.parametrize(
+    ("schedulers", "steps", "message"),
+    [
+        ("Euler a", "2,4", "needs 2 to 6 schedulers; got 1"),
+        ("Euler a, euler a", "2,4", "Each scheduler may appear only once"),
+        ("Euler a, Turbo", "2,4", "Unknown scheduler 'Turbo'"),
+        ("Euler a, DDIM", "4", "at least 2 step counts; got 1"),
+        ("Euler a, DDIM, UniPC", "1,2,3,4,5", "at most 12 cells; 3 schedulers × 5 step counts would be 15"),
+        (" , ", "2,4", "needs 2 to 6 schedulers; got 0"),
+    ],
+)
+def test_a_bad_scheduler_grid_is_refused_saying_what_to_change(schedulers: str, steps: str, message: str) -> None:
+    options = RequestOptions("a fox", schedulers=schedulers, compare_steps=steps, scheduler_grid=True)
+    with pytest.raises(InvalidOption, match=re.escape(message)):
+        checked(build_request(options, RequestDefaults()))

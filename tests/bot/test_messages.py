@@ -9,6 +9,7 @@ from PIL import Image
 
 from bot.messages import (
     ProgressState,
+    RenderedResult,
     details_embed,
     encode_result_files,
     parameters_embed,
@@ -17,7 +18,7 @@ from bot.messages import (
     progress_text,
     result_message,
 )
-from inference.protocol import GenerateRequest, JobProgress, JobResult
+from inference.protocol import CompareSchedulersRequest, GenerateRequest, JobProgress, JobResult
 from tests.a1111 import parse_generation_parameters
 from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, png_of, record_for, result_for
 
@@ -102,7 +103,7 @@ def test_a_job_from_before_models_were_recorded_shows_a_dash_for_its_model() -> 
 def test_the_result_names_the_model_in_its_embed_and_footer() -> None:
     request = dataclasses.replace(IMAGINE, model="sdxl-turbo")
     record = record_for(request)
-    message = result_message(record, result_for(record.job_id, request), ())
+    message = result_message(record, result_for(record.job_id, request), RenderedResult(()))
     embed = message.embeds[0]
     assert {field.name: field.value for field in embed.fields}["Model"] == "sdxl-turbo"
     assert embed.footer.text == f"job {record.job_id} · sdxl-turbo · random-weight test model"
@@ -144,13 +145,14 @@ def test_a_film_result_posts_the_animation_with_the_image_and_says_what_the_fram
     request = dataclasses.replace(IMAGINE, steps=6, film=True)
     record = record_for(request)
     result = film_result(record.job_id, request)
-    files = encode_result_files(record, result, limit=10**7)
+    rendered = encode_result_files(record, result, limit=10**7)
+    files = rendered.files
     assert [f.filename.rsplit(".", 1)[0] for f in files] == [
         f"stepgrid-film-{request.seed}",
         f"stepgrid-{request.seed}",
     ]
     assert Image.open(io.BytesIO(files[0].data)).n_frames == 6
-    embed = result_message(record, result, files).embeds[0]
+    embed = result_message(record, result, rendered).embeds[0]
     film_field = {field.name: field.value for field in embed.fields}["Steps film"]
     assert film_field.startswith("6 frames, one per step") and "noise prediction" in (film_field or "")
     assert embed.image.url == f"attachment://{files[0].filename}"
@@ -158,6 +160,20 @@ def test_a_film_result_posts_the_animation_with_the_image_and_says_what_the_fram
 
 def test_a_comparison_grid_carries_the_whole_grids_parameters() -> None:
     record = record_for(COMPARE)
-    [grid] = encode_result_files(record, result_for(record.job_id, COMPARE), limit=10**7)
+    [grid] = encode_result_files(record, result_for(record.job_id, COMPARE), limit=10**7).files
     parsed = parse_generation_parameters(Image.open(io.BytesIO(grid.data)).info["parameters"])
     assert parsed["X Values"] == ", ".join(map(str, COMPARE.steps)) and parsed["Seed"] == str(COMPARE.seed)
+
+
+def test_a_scheduler_grid_result_says_where_each_row_settles_and_lists_its_rows() -> None:
+    request = CompareSchedulersRequest("a fox", ("Euler a", "DDIM"), (2, 4), seed=3, width=256, height=256)
+    record = record_for(request)
+    result = result_for(record.job_id, request)  # every cell the same image: each row settles at once
+    rendered = encode_result_files(record, result, limit=10 * 1024 * 1024)
+    assert [file.filename for file in rendered.files] == ["stepgrid-compare-3.png"]
+    message = result_message(record, result, rendered)
+    assert message.content == rendered.summary
+    assert (message.content or "").startswith("For this prompt and seed: Euler a settles at 2 steps; DDIM settles at 2")
+    embed = message.embeds[0]
+    assert embed.title == "Compare schedulers"
+    assert {field.name: field.value for field in embed.fields}["Schedulers"] == "Euler a, DDIM"

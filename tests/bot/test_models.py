@@ -5,17 +5,26 @@ from __future__ import annotations
 import pytest
 
 from bot.models import command_of, params_to_request, request_to_params
-from inference.protocol import CompareStepsRequest, GenerateRequest
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, Request
 
 IMAGINE = GenerateRequest("a fox", 17, "Heun", 9, 4.5, 768, 512, "blur", 3)
 COMPARE = CompareStepsRequest("a boat", (3, 9), "DDIM", 1, 6.0, 256, 384, "fog")
+SCHEDULERS = CompareSchedulersRequest("a cat", ("Euler a", "DDIM"), (2, 8), 4, 5.0, 256, 256, "rain", "tiny")
 
 
-@pytest.mark.parametrize("request_", [IMAGINE, COMPARE], ids=["imagine", "compare-steps"])
-def test_a_request_survives_its_json_parameters(request_: GenerateRequest | CompareStepsRequest) -> None:
+@pytest.mark.parametrize(
+    "request_", [IMAGINE, COMPARE, SCHEDULERS], ids=["imagine", "compare-steps", "compare-schedulers"]
+)
+def test_a_request_survives_its_json_parameters(request_: Request) -> None:
     params = request_to_params(request_)
     assert all(not isinstance(value, tuple) for value in params.values())  # JSON has no tuples
     assert params_to_request(command_of(request_), params) == request_
+
+
+def test_each_command_has_its_own_name_in_the_ledger() -> None:
+    assert [command_of(request) for request in (IMAGINE, COMPARE, SCHEDULERS)] == [
+        "imagine", "compare-steps", "compare-schedulers"
+    ]  # fmt: skip
 
 
 def test_parameters_a_newer_version_stored_are_ignored() -> None:

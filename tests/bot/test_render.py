@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from datetime import date, timedelta
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from bot.fonts import font_for
+from bot.grids import render_grid
 from bot.render import (
     CAPTION_BACKGROUND,
     CHART_COLOURS,
     CHART_SIZE,
+    MARK,
     default_caption,
     fit_attachment,
     grid_png,
     grid_shape,
     nice_ceiling,
     stacked_series,
+    steps_label,
     usage_chart_png,
 )
 from inference.parameters import EXIF_IFD, USER_COMMENT, read_user_comment
-from inference.protocol import GeneratedImage
+from inference.protocol import CompareSchedulersRequest, GeneratedImage
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 
@@ -252,3 +257,51 @@ def test_captions_and_footers_draw_every_script() -> None:
     image = open_png(grid_png([solid(COLOURS[0], 256, 128)], caption=lambda _: "狐 🦊", footer="café crème 狐 🦊"))
     footer = image.crop((0, image.height - 20, image.width, image.height))
     assert any(p[0] > 150 and p[2] < 100 for p in footer.convert("RGB").getdata()), "the orange fox emoji"
+
+
+# --- captions, scheduler grids, the change marks ------------------------------------------------
+
+
+def test_one_step_reads_as_one_step_and_a_fraction_of_a_second_keeps_two_places() -> None:
+    image = dataclasses.replace(solid((0, 0, 0), steps=1), seconds=0.046)
+    assert default_caption(image) == "1 step · 0.05s"
+    assert steps_label(2) == "2 steps"
+
+
+def test_a_scheduler_grid_has_its_columns_and_room_for_the_row_and_column_labels() -> None:
+    cells = [solid(COLOURS[i % 6], width=96, height=64) for i in range(6)]
+    plain = open_png(grid_png(cells, columns=3))
+    labelled = open_png(
+        grid_png(cells, columns=3, row_labels=["Euler a", "DPM++ 2M Karras"], column_labels=["2 steps", "4", "8"])
+    )
+    assert plain.size[0] < labelled.size[0] and plain.size[1] < labelled.size[1]
+    # Three columns and two rows, whatever grid_shape would choose for six cells.
+    assert open_png(grid_png(cells[:4], columns=4)).width > open_png(grid_png(cells[:4])).width
+
+
+def test_a_marked_cell_gets_a_frame_and_the_others_do_not() -> None:
+    cells = [solid((20, 20, 20), width=96, height=64) for _ in range(2)]
+    image = open_png(grid_png(cells, columns=2, marked={1})).convert("RGB")
+    gap = 4
+    assert image.getpixel((gap + 96 + gap + 1, gap + 20)) == MARK  # the left edge of the second cell
+    assert image.getpixel((gap + 1, gap + 20)) != MARK
+
+
+def test_the_change_mark_renders_as_a_letter_not_the_missing_glyph_box() -> None:
+    assert font_for("Δ").has("Δ"), "an installed font has the Δ of the change marks"
+
+
+def test_a_grid_with_its_changes_marks_where_each_row_settles_and_says_it() -> None:
+    def shifted(shift: int, steps: int) -> GeneratedImage:
+        image = Image.new("RGB", (96, 96), (40, 90, 160))
+        ImageDraw.Draw(image).rectangle((10 + shift, 20, 50 + shift, 60), fill=(220, 40, 30))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return GeneratedImage(buffer.getvalue(), 1, steps, 96, 96, seconds=0.01 * steps)
+
+    request = CompareSchedulersRequest("a fox", schedulers=("DDIM", "Euler a"), steps=(2, 4, 8), width=256, height=256)
+    images = [shifted(0, 2), shifted(20, 4), shifted(20, 8), shifted(0, 2), shifted(20, 4), shifted(40, 8)]
+    grid = render_grid(request, images, header="a fox · tiny · seed 1")
+    assert grid.summary.startswith("For this prompt and seed: DDIM settles at 4 steps; Euler a keeps changing")
+    image = open_png(grid.png).convert("RGB")
+    assert MARK in {colour for _, colour in image.getcolors(maxcolors=image.width * image.height) or []}

@@ -29,8 +29,10 @@ from bot.server_limits import (
 )
 from inference.protocol import (
     SCHEDULER_NAMES,
+    CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
+    ModelInfo,
     ModelUnavailable,
     Request,
     total_steps,
@@ -567,3 +569,42 @@ def test_the_ladder_stays_under_the_models_ceiling_in_this_server() -> None:
 def test_without_a_model_the_defaults_are_the_servers() -> None:
     defaults = model_limits(default_steps=12).request_defaults(None)
     assert (defaults.steps, defaults.scheduler, defaults.model) == (12, "Euler a", "")
+
+
+# --- /compare-schedulers --------------------------------------------------------------------------
+
+
+def test_a_scheduler_grid_over_the_cell_limit_names_its_shape() -> None:
+    request = CompareSchedulersRequest("a cat", schedulers=("Euler a", "DDIM", "UniPC"), steps=(2, 4, 6))
+    error = refusal(request, limits(max_grid_cells=6))
+    assert str(error) == (
+        "This server allows grids of at most 6 cells; you asked for 9 (3 schedulers × 3 step counts): "
+        "give fewer of either."
+    )
+
+
+def test_every_row_of_a_scheduler_grid_must_be_an_allowed_scheduler() -> None:
+    request = CompareSchedulersRequest("a cat", schedulers=("Euler", "Heun"), steps=(2, 4))
+    error = refusal(request, limits(allowed_schedulers=("Euler", "DDIM")))
+    assert str(error) == "This server doesn't allow the Heun scheduler; it allows: Euler, DDIM."
+
+
+def test_a_scheduler_grid_costs_every_cell_against_the_compute_budget() -> None:
+    request = CompareSchedulersRequest("a cat", schedulers=("Euler", "DDIM"), steps=(10, 20), width=256, height=256)
+    error = refusal(request, limits(max_compute_per_request=256 * 256 * 50))
+    assert "(256×256 × 60 steps over 4 cells)" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("model", "rows"),
+    [(SD15, ("Euler a", "UniPC", "DDIM")), (FLUX, ("Euler", "Heun", "DPM++ 2M", "UniPC"))],
+    ids=["sd", "flow"],
+)
+def test_the_default_grid_rows_are_a_varied_set_the_model_can_run(model: ModelInfo, rows: tuple[str, ...]) -> None:
+    assert limits().request_defaults(model).grid_schedulers == rows
+
+
+def test_the_default_grid_rows_are_only_schedulers_the_server_allows() -> None:
+    defaults = limits(allowed_schedulers=("Euler a", "Euler", "DDIM")).request_defaults(SD15)
+    assert defaults.grid_schedulers == ("Euler a", "DDIM")
+    assert defaults.max_grid_cells == SETTINGS.max_grid_cells

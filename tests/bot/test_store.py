@@ -9,14 +9,22 @@ import pytest
 
 from bot.db import Database
 from bot.store import DatabaseJobStore, JobRecord, JobStore, MemoryJobStore, record_of
-from inference.protocol import CompareStepsRequest, GenerateRequest, JobFailed, JobResult
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    GenerateRequest,
+    JobFailed,
+    JobResult,
+    Request,
+)
 
 # Every field away from its default, so that a field the store drops or mangles shows.
 IMAGINE = GenerateRequest("a fox", 17, "DPM++ 2M Karras", 4_000_000_000, 4.5, 768, 512, "blurry, text", 3)
 COMPARE = CompareStepsRequest("a boat", (3, 9, 27), "Heun", 9, 11.0, 640, 384, "fog")
+SCHEDULERS = CompareSchedulersRequest("a cat", ("Euler a", "DPM++ 2M Karras"), (4, 8), 9, 3.0, 512, 256, "rain", "sd15")
 
 
-def accepted(request: GenerateRequest | CompareStepsRequest, job_id: str = "a" * 32) -> JobRecord:
+def accepted(request: Request, job_id: str = "a" * 32) -> JobRecord:
     return JobRecord(
         job_id=job_id,
         request=request,
@@ -32,8 +40,10 @@ def accepted(request: GenerateRequest | CompareStepsRequest, job_id: str = "a" *
     )
 
 
-@pytest.mark.parametrize("request_", [IMAGINE, COMPARE], ids=["imagine", "compare-steps"])
-async def test_job_records_keep_the_full_request(db: Database, request_: GenerateRequest | CompareStepsRequest) -> None:
+@pytest.mark.parametrize(
+    "request_", [IMAGINE, COMPARE, SCHEDULERS], ids=["imagine", "compare-steps", "compare-schedulers"]
+)
+async def test_job_records_keep_the_full_request(db: Database, request_: Request) -> None:
     record = accepted(request_)
     await DatabaseJobStore(db).record(record)
     read_back = await DatabaseJobStore(db).get(record.job_id)  # a new store: as after a restart

@@ -41,6 +41,7 @@ from tests.workers import started_queue
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 GRID_PATH = Path("/tmp/stepgrid-e2e/compare-steps-grid.png")
+SCHEDULER_GRID_PATH = Path("/tmp/stepgrid-e2e/compare-schedulers-grid.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Eight lanes of 143..150 steps at 512x512 fill the worker's batch (8 lanes) for ~10 s on one CPU thread; with
 # the worker paused (SIGSTOP) it can't end at all, so jobs submitted meanwhile wait until the test cancels it.
@@ -155,13 +156,15 @@ async def test_compare_steps_default_is_one_grid_of_six_labelled_cells(
     assert embed_fields(final)["Steps"] == "5, 10, 20, 30, 40, 50"
     assert embed_fields(final)["Seed"] == "42"
 
-    # 3 x 2 cells of 256 px, separated by equal gaps, each with a caption strip under it.
-    cell, columns, rows = 256, 3, 2
+    # 3 x 2 cells of 256 px, separated by equal gaps, each with a caption strip under it, and two
+    # footer lines (what the seconds and the Δ are) as high as a caption strip.
+    cell, columns, rows, footer_lines = 256, 3, 2, 2
     width, height = image.size
     gap, remainder = divmod(width - columns * cell, columns + 1)
     assert remainder == 0 and 0 < gap < 32, f"unexpected grid width {width}"
-    strip, remainder = divmod(height - rows * cell - (rows + 1) * gap, rows)
+    strip, remainder = divmod(height - rows * cell - (rows + 2) * gap, rows + footer_lines)
     assert remainder == 0 and 12 <= strip <= 64, f"unexpected grid height {height}"
+    assert (content(final) or "").startswith("For this prompt and seed: Euler a ")
 
     rgb = image.convert("RGB")
     for index in range(columns * rows):
@@ -173,6 +176,27 @@ async def test_compare_steps_default_is_one_grid_of_six_labelled_cells(
         background = max(colours)[1]
         text_pixels = sum(n for n, colour in colours if sum(colour) > sum(background) + 200)
         assert text_pixels > 30, f"cell {index} has no caption text"
+
+
+async def test_compare_schedulers_is_answered_with_a_labelled_grid_and_the_sweet_spot_in_words(
+    fake: FakeDiscord, worker: LocalJobQueue
+) -> None:
+    async with running_bot(fake, worker):
+        options = {"prompt": "a red fox in the snow", "seed": 42, "size": "256", "steps": "2,4,8"}
+        final = await wait_for_result(await fake.invoke("compare-schedulers", options))
+
+    schedulers = ["Euler a", "DPM++ 2M Karras", "UniPC", "DDIM"]  # the default rows for an SD model
+    assert len(final.files) == 1, "one attachment: the grid"
+    await write_file(SCHEDULER_GRID_PATH, final.files[0].data)
+    fields = embed_fields(final)
+    assert fields["Schedulers"] == ", ".join(schedulers) and fields["Steps"] == "2, 4, 8"
+    sentence = content(final) or ""
+    assert sentence.startswith("For this prompt and seed: ")
+    for name in schedulers:  # each row in words: where it settles, or that it doesn't
+        assert re.search(re.escape(name) + r" (settles at \d+ steps?|keeps changing|has not settled)", sentence)
+    # 4 rows x 3 columns of 256 px cells, scheduler names on the left, step counts on top.
+    image = image_of(final.files[0].data)
+    assert image.width > 3 * 256 + 100 and image.height > 4 * 256 + 5 * 28
 
 
 # --- 3. bad options ------------------------------------------------------------------------------

@@ -214,6 +214,15 @@ COMMANDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         guidance=any_float,
         size=sizes,
     ),
+    "compare-schedulers": options(
+        prompt=st.sampled_from(["a lighthouse", "a cat"]) | any_text,
+        schedulers=st.sampled_from(["Euler a, DDIM", "euler, heun, nope", "DDIM"]) | schedulers | any_text,
+        steps=st.sampled_from(["2,4", "1,2,3,4,5,6,7"]) | any_text,
+        seed=any_int,
+        negative_prompt=any_text,
+        guidance=any_float,
+        size=sizes,
+    ),
     "usage": options(),
     "usage-server": options(period=st.sampled_from(["today", "7 days", "30 days", "all time"]) | any_text),
     "limits-set": options(

@@ -175,6 +175,24 @@ async def test_compare_steps_over_the_cell_limit_is_refused_and_nothing_is_queue
     assert await all_jobs(database) == []
 
 
+async def test_compare_schedulers_over_the_cell_limit_is_refused_and_nothing_is_queued(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        await set_limits(fake, max_grid_cells=6)
+        options = {"prompt": "a fox", "schedulers": "Euler a, DDIM, UniPC", "steps": "2,4,6", "size": "256"}
+        assert await refusal(await fake.invoke("compare-schedulers", options)) == (
+            "This server allows grids of at most 6 cells; you asked for 9 (3 schedulers × 3 step counts): "
+            "give fewer of either."
+        )
+        options = {"prompt": "a fox", "schedulers": "Euler a, DDIM, UniPC, Heun", "steps": "2,4,6,8", "size": "256"}
+        assert await refusal(await fake.invoke("compare-schedulers", options)) == (
+            "A comparison grid has at most 12 cells; 4 schedulers × 4 step counts would be 16: give fewer of either."
+        )
+        assert queue.submitted == []
+    assert await all_jobs(database) == []
+
+
 async def test_compare_steps_over_the_compute_budget_is_refused_and_nothing_is_queued(
     fake: FakeDiscord, worker: LocalJobQueue, database: Database
 ) -> None:

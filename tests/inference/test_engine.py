@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,10 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
+from bot.grids import grid_rows
+from bot.render import default_caption
 from inference.engine import LaneEngine, UnknownModel
 from inference.loading import LoadedModel
 from inference.protocol import (
     SCHEDULER_NAMES,
+    CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
     JobEvent,
@@ -294,3 +298,76 @@ def test_a_request_for_a_model_the_engine_has_not_loaded_is_refused(tiny: Loaded
     with pytest.raises(UnknownModel, match=r"Unknown model .tiny-flux.; this worker runs: tiny\."):
         engine.add_job("x", GenerateRequest("fox", model="tiny-flux"))
     assert engine.idle
+
+
+# --- /compare-schedulers and honest per-cell seconds ------------------------------------------
+
+GRID = CompareSchedulersRequest(
+    "a red fox in snow", schedulers=("Euler a", "DPM++ 2M Karras", "UniPC", "DDIM"), steps=(2, 4, 6), seed=77,
+    guidance=6.0, width=SIZE, height=SIZE,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scheduler_grid(tiny: LoadedModel) -> RecordingEngine:
+    engine = RecordingEngine(tiny)
+    engine.add_job("grid", GRID)
+    engine.run_until_idle()
+    return engine
+
+
+def test_a_scheduler_grid_equals_its_cells_rendered_one_at_a_time(
+    tiny: LoadedModel, scheduler_grid: RecordingEngine
+) -> None:
+    assert max(scheduler_grid.batch_sizes) == len(GRID.lane_steps), "every cell shares the denoiser calls"
+    images = scheduler_grid.result("grid").images
+    cells = list(zip(GRID.lane_schedulers, GRID.lane_steps, strict=True))
+    assert [image.steps for image in images] == list(GRID.lane_steps)
+    for index, (scheduler, steps) in enumerate(cells):
+        alone = run_alone(tiny, GenerateRequest(GRID.prompt, steps=steps, scheduler=scheduler, seed=GRID.seed,
+                                                guidance=GRID.guidance, width=SIZE, height=SIZE))  # fmt: skip
+        error = relative_error(scheduler_grid.final_latents[("grid", index)], alone)
+        assert error <= 1e-4, f"{scheduler} at {steps} steps differs from its run alone by {error:.2e}"
+
+
+def test_the_sweet_spot_measure_of_real_runs_is_stable_for_a_fixed_seed(
+    tiny: LoadedModel, scheduler_grid: RecordingEngine
+) -> None:
+    again = RecordingEngine(tiny)
+    again.add_job("neighbour", GenerateRequest("a castle", steps=5, seed=3, width=SIZE, height=SIZE, count=2))
+    again.add_job("grid", GRID)
+    again.run_until_idle()
+
+    first = grid_rows(GRID, scheduler_grid.result("grid").images)
+    second = grid_rows(GRID, again.result("grid").images)
+    assert [row.scheduler for _, row in first] == list(GRID.schedulers)
+    for (_, a), (_, b) in zip(first, second, strict=True):
+        assert a.changes == pytest.approx(b.changes, abs=0.05)  # percent; batch numerics differ by ~1e-6
+        assert a.settled == b.settled
+        assert all(change > 0 for change in a.changes[1:]), "different step counts give different images"
+
+
+def test_captions_seconds_grow_with_step_count_in_a_busy_batch(tiny: LoadedModel) -> None:
+    engine = RecordingEngine(tiny)
+    engine.add_job("busy", GenerateRequest("a castle", steps=12, scheduler="Euler", seed=1, width=SIZE,
+                                           height=SIZE, count=3))  # fmt: skip
+    engine.step()
+    engine.step()  # the busy job is two iterations ahead when the grids join
+    engine.add_job("steps", CompareStepsRequest("a boat", steps=(1, 2, 4, 8), scheduler="DPM++ 2M", seed=5,
+                                                width=SIZE, height=SIZE))  # fmt: skip
+    engine.add_job("schedulers", CompareSchedulersRequest("a fox", schedulers=("Euler a", "DDIM"), steps=(1, 3, 6),
+                                                          seed=2, width=SIZE, height=SIZE))  # fmt: skip
+    engine.run_until_idle()
+
+    assert max(engine.batch_sizes) >= 10, "the grids' cells shared calls with the busy job"
+    for job in ("steps", "schedulers"):
+        result = engine.result(job)
+        request = CompareStepsRequest if job == "steps" else CompareSchedulersRequest
+        rows = [result.images] if job == "steps" else [result.images[:3], result.images[3:]]
+        for row in rows:
+            seconds = [image.seconds for image in sorted(row, key=lambda image: image.steps)]
+            assert all(0 < a < b for a, b in itertools.pairwise(seconds)), f"{request.__name__}: {seconds}"
+        # A job is charged what its cells were: the ledger and the captions use the same shares.
+        assert result.gpu_seconds == pytest.approx(sum(image.seconds for image in result.images))
+    one_step = next(image for image in engine.result("steps").images if image.steps == 1)
+    assert default_caption(one_step).startswith("1 step · ")

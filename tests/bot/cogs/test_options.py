@@ -13,6 +13,7 @@ from bot.cogs.options import (
     model_choices,
     scheduler_autocomplete,
     scheduler_choices,
+    schedulers_autocomplete,
     size_autocomplete,
 )
 from bot.config import Settings
@@ -68,6 +69,15 @@ async def test_scheduler_autocomplete_follows_the_model_chosen_in_the_same_comma
     assert "DDIM" in await scheduler_autocomplete_for(None)  # the default model, sd15
     # A model still being typed (or not allowed): the default model's schedulers, not an error.
     assert await scheduler_autocomplete_for("fl") == await scheduler_autocomplete_for(None)
+
+
+async def test_a_scheduler_list_completes_its_last_name_from_what_the_chosen_model_can_run() -> None:
+    harness = model_harness()
+    interaction = SimpleNamespace(
+        client=SimpleNamespace(jobs=harness.service), guild_id=None, namespace=SimpleNamespace(model="flux")
+    )
+    choices = await schedulers_autocomplete(cast(discord.Interaction, interaction), "Euler, h")
+    assert [choice.value for choice in choices] == ["Euler, Heun"]
 
 
 async def test_model_autocomplete_asks_the_server_limits_and_the_loaded_models() -> None:
