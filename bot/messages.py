@@ -53,6 +53,9 @@ class Attachment:
         return discord.File(io.BytesIO(self.data), filename=self.filename)
 
 
+FILM_FILE_PREFIX = "stepgrid-film-"
+
+
 @dataclass(frozen=True)
 class RenderedResult:
     """A result's attachments and, for a comparison grid, where its rows settle in words."""
@@ -169,14 +172,21 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
         grid = render_grid(request, result.images, parameters=parameters)
         data, extension = fit_attachment(grid.png, limit)
         return RenderedResult((Attachment(data, f"stepgrid-compare-{request.seed}.{extension}"),), grid.summary)
-    files = []
+    files, summary = [], None
     for image in result.images:
         if image.frames:
-            data, extension = film_animation(image.frames, request.prompt, limit)
-            files.append(Attachment(data, f"stepgrid-film-{image.seed}.{extension}"))
+            try:
+                data, extension = film_animation(image.frames, request.prompt, limit)
+                files.append(Attachment(data, f"{FILM_FILE_PREFIX}{image.seed}.{extension}"))
+            except ValueError as error:  # the image is finished: deliver it without its film
+                log.warning("job %s: %s", record.job_id, error, extra={"job_id": record.job_id})
+                summary = (
+                    f"The steps film ({len(image.frames)} frames) did not fit this channel's upload limit; "
+                    "here is the image."
+                )
         data, extension = fit_attachment(image.png, limit)
         files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
-    return RenderedResult(tuple(files))
+    return RenderedResult(tuple(files), summary)
 
 
 def result_message(record: JobRecord, result: JobResult, rendered: RenderedResult) -> MessageUpdate:
@@ -184,7 +194,8 @@ def result_message(record: JobRecord, result: JobResult, rendered: RenderedResul
     timing, the result buttons."""
     files = rendered.files
     embed = parameters_embed(dataclasses.replace(record.request, model=result.model or record.request.model))
-    films = [image for image in result.images if image.frames]
+    filmed = any(file.filename.startswith(FILM_FILE_PREFIX) for file in files)
+    films = [image for image in result.images if image.frames] if filmed else []
     if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest):
         value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
         embed.add_field(name="Generation", value=value)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import io
 
+import pytest
 from PIL import Image
 
+import bot.messages
 from bot.messages import (
     ProgressState,
     RenderedResult,
@@ -156,6 +158,23 @@ def test_a_film_result_posts_the_animation_with_the_image_and_says_what_the_fram
     film_field = {field.name: field.value for field in embed.fields}["Steps film"]
     assert film_field.startswith("6 frames, one per step") and "noise prediction" in (film_field or "")
     assert embed.image.url == f"attachment://{files[0].filename}"
+
+
+def test_a_film_that_cannot_fit_the_limit_still_delivers_the_image_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def too_big(frames: object, prompt: str, limit: int) -> tuple[bytes, str]:
+        raise ValueError(f"a film of 6 frames cannot fit into {limit} bytes")
+
+    monkeypatch.setattr(bot.messages, "film_animation", too_big)
+    request = dataclasses.replace(IMAGINE, steps=6, film=True)
+    record = record_for(request)
+    result = film_result(record.job_id, request)
+    rendered = encode_result_files(record, result, limit=10**7)
+    assert [f.filename for f in rendered.files] == [f"stepgrid-{request.seed}.png"]
+    message = result_message(record, result, rendered)
+    assert "did not fit" in (message.content or "")
+    assert "Steps film" not in {field.name for field in message.embeds[0].fields}
 
 
 def test_a_comparison_grid_carries_the_whole_grids_parameters() -> None:
