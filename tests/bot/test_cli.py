@@ -107,6 +107,13 @@ def test_a_film_path_that_is_not_an_animation_is_refused(tmp_path: Path, capsys:
     assert "ending in .webp or .gif" in capsys.readouterr().err
 
 
+def test_a_film_path_that_cannot_be_written_is_named_as_the_film(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["imagine", "fox", "-o", str(tmp_path / "a.png"), "--film", "/proc/stepgrid-film.webp"]) == 2
+    assert capsys.readouterr().err.startswith("stepgrid: --film /proc/stepgrid-film.webp: can't write in /proc (")
+
+
 # --- operator mistakes, through the real `stepgrid` command ---------------------------------------------
 
 STEPGRID = Path(sys.executable).with_name("stepgrid")
