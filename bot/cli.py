@@ -289,7 +289,7 @@ def check_output_and_model(args: argparse.Namespace) -> None:
     if film is not None:
         if film.suffix.lower() not in (".webp", ".gif"):
             raise InvalidOption(f"--film {film}: the film is an animation; give a name ending in .webp or .gif.")
-        check_writable(film)
+        check_writable(film, "--film")
     if args.model is None:
         return
     model = Path(args.model).expanduser()
@@ -312,20 +312,21 @@ def _checked_hardware(args: argparse.Namespace) -> tuple[str, str]:
     return device, dtype
 
 
-def check_writable(output: Path) -> None:
-    """Refuse (before a render that may take minutes) an output whose folder can't take a new file."""
+def check_writable(output: Path, option: str = "-o") -> None:
+    """Refuse (before a render that may take minutes) an output whose folder can't take a new file;
+    the message names the `option` that gave it."""
     folder = output.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InvalidOption(f"-o {output}: the folder {folder} can't be created ({_reason(error)}).") from None
+        raise InvalidOption(f"{option} {output}: the folder {folder} can't be created ({_reason(error)}).") from None
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".stepgrid-probe-"):
             pass
     except OSError as error:
-        raise InvalidOption(f"-o {output}: can't write in {folder} ({_reason(error)}).") from None
+        raise InvalidOption(f"{option} {output}: can't write in {folder} ({_reason(error)}).") from None
     if output.exists() and not os.access(output, os.W_OK):
-        raise InvalidOption(f"-o {output}: the file exists and can't be overwritten.")
+        raise InvalidOption(f"{option} {output}: the file exists and can't be overwritten.")
 
 
 def _reason(error: OSError) -> str:

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.db_migrations import DatabaseUnusable, check_database_file
+from bot.db_migrations import DatabaseUnusable, check_database_file, read_only_uri
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _copy(source: Path, copy: Path) -> int:
     """Back `source` up into the file `copy`, check the copy and return how many jobs it holds."""
     try:
         with (
-            contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as database,
+            contextlib.closing(sqlite3.connect(read_only_uri(source), uri=True)) as database,
             contextlib.closing(sqlite3.connect(copy)) as backup,
         ):
             database.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

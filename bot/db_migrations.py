@@ -90,7 +90,7 @@ def _check_contents(path: Path) -> None:
     if header != SQLITE_HEADER:
         raise DatabaseUnusable(path, "the file is not a SQLite database (damaged, or another kind of file)")
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+        with contextlib.closing(sqlite3.connect(read_only_uri(path), uri=True)) as connection:
             # Reading the schema finds a damaged header or schema; a full integrity check would cost a
             # read of the whole file at every start.
             tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -98,6 +98,12 @@ def _check_contents(path: Path) -> None:
         raise DatabaseUnusable(path, f"the database is damaged ({error})") from None
     if tables and "alembic_version" not in tables:
         raise DatabaseUnusable(path, "it is another program's SQLite database (it has no Stepgrid tables)")
+
+
+def read_only_uri(path: Path) -> str:
+    """The SQLite URI that opens `path` read-only. Percent-encoded: a "#" or "?" in a folder name would
+    otherwise end the file name, and SQLite would open (and create) another, empty database."""
+    return f"{path.resolve().as_uri()}?mode=ro"
 
 
 def _reason(error: OSError) -> str:
@@ -121,7 +127,8 @@ def alembic_config(url: str) -> Config:
 def sqlite_url(path: Path | str, *, driver: str = "") -> str:
     """`sqlite:///path` (or `sqlite+aiosqlite:///path` with driver="aiosqlite")."""
     scheme = f"sqlite+{driver}" if driver else "sqlite"
-    return f"{scheme}:///{Path(path).expanduser()}"
+    # Rendered by SQLAlchemy: a "?" or "#" in a folder name is quoted, not read as the URL's query.
+    return sa.URL.create(scheme, database=str(Path(path).expanduser())).render_as_string(hide_password=False)
 
 
 def database_revisions(path: Path | str) -> tuple[str, ...]:

@@ -118,6 +118,12 @@ class OperatorEndpoint:
             reasons.append(f"no model can load: {self.queue.unavailable}")
         elif not self.queue.models:
             reasons.append("no model is ready yet (loading)")
+        else:
+            # The models a worker loaded stay known while it restarts after a crash (commands are still
+            # accepted and wait for it), but nothing can run until a worker is back.
+            states = [worker.state for worker in self.queue.workers()]
+            if states and "ready" not in states:
+                reasons.append(f"no GPU worker is ready ({', '.join(sorted(set(states)))})")
         return reasons
 
     async def database_problem(self) -> str | None:

@@ -9,6 +9,7 @@ import asyncio
 import csv
 import json
 import logging
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bot.db_migrations import DatabaseUnusable, check_database_file
+from bot.db_migrations import DatabaseUnusable, check_database_file, read_only_uri
 from bot.ledger import Ledger
 from bot.models import JobRow, LimitsChange
 from bot.render import usage_chart_png
@@ -193,7 +194,8 @@ def _read_only_engine(path: Path) -> sa.Engine:
     if not path.exists():
         raise FileNotFoundError(f"No database at {path}; is STEPGRID_DATABASE_PATH right?")
     check_database_file(path, writable=False)
-    return sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.pool.NullPool)
+    uri = read_only_uri(path)
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True), poolclass=sa.pool.NullPool)
 
 
 EXPORT_PAGE = 500

@@ -6,8 +6,13 @@ No `docker build` runs here (no Docker Hub); these read the files the build and 
 from __future__ import annotations
 
 import ast
+import http.server
+import json
+import os
 import re
+import subprocess
 import sys
+import threading
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -127,9 +132,34 @@ def test_the_healthcheck_asks_the_http_endpoint_on_its_port_as_a_non_root_user()
     (healthcheck,) = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
     port = re.search(r"STEPGRID_HTTP_PORT=(\d+)", " ".join(args for keyword, args in instructions if keyword == "ENV"))
     assert port is not None
-    assert f"http://127.0.0.1:{port.group(1)}/healthz" in healthcheck and "curl" not in healthcheck
+    assert "/healthz" in healthcheck and "curl" not in healthcheck
     users = [args for keyword, args in instructions if keyword == "USER"]
     assert users and not users[-1].startswith(("0", "root"))
     assert [keyword for keyword, _ in instructions].index("USER") < [keyword for keyword, _ in instructions].index(
         "CMD"
     )
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_healthcheck_follows_the_port_the_operator_sets() -> None:
+    (healthcheck,) = [args for keyword, args in dockerfile() if keyword == "HEALTHCHECK"]
+    command = json.loads(healthcheck.partition("CMD ")[2])
+    assert command[0] == "python"
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]  # not the image's 8080: an --env-file set another
+        try:
+            env = {**os.environ, "STEPGRID_HTTP_PORT": str(port)}
+            assert subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True).returncode == 0
+        finally:
+            server.shutdown()
+    env = {**os.environ, "STEPGRID_HTTP_PORT": str(port)}  # nothing listens there now: unhealthy
+    assert subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True).returncode != 0

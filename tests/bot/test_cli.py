@@ -129,6 +129,13 @@ def test_compare_schedulers_writes_a_grid_with_a_labelled_row_per_scheduler_and_
     assert grid.width > 3 * 256 + 50 and grid.height > 2 * 256 + 4 * 28
 
 
+def test_a_film_path_that_cannot_be_written_is_named_as_the_film(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["imagine", "fox", "-o", str(tmp_path / "a.png"), "--film", "/proc/stepgrid-film.webp"]) == 2
+    assert capsys.readouterr().err.startswith("stepgrid: --film /proc/stepgrid-film.webp: can't write in /proc (")
+
+
 # --- operator mistakes, through the real `stepgrid` command ---------------------------------------------
 
 STEPGRID = Path(sys.executable).with_name("stepgrid")

@@ -134,3 +134,24 @@ def test_a_missing_database_is_named(
     assert status == 1
     assert "No database at" in line and "nope.sqlite3" in line
     assert not (tmp_path / "copy.sqlite3").exists()
+
+
+@pytest.mark.parametrize("folder", ["data#1", "what?", "50%25 full"])
+async def test_a_database_in_a_folder_named_with_uri_characters_is_backed_up_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], folder: str
+) -> None:
+    # A "#" or "?" in the path once ended SQLite's file name early: an empty database was "backed up".
+    path = tmp_path / folder / "stepgrid.sqlite3"
+    path.parent.mkdir()
+    database = Database(path, Settings(_env_file=None))  # type: ignore[call-arg]
+    await database.start()
+    job = await database.ledger.record_job(GenerateRequest(prompt="kept", steps=4), user_id=1, channel_id=2, guild_id=3)
+    await database.close()
+    monkeypatch.setenv("STEPGRID_DATABASE_PATH", str(path))
+    monkeypatch.chdir(tmp_path)
+
+    status, line = backup_line(capsys, str(tmp_path / "copy.sqlite3"))
+
+    assert status == 0, line
+    assert rows(tmp_path / "copy.sqlite3") == ("ok", [job.id])
+    assert sorted(os.listdir(tmp_path)) == sorted([folder, "copy.sqlite3"])  # no stray empty database made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 
@@ -15,6 +16,7 @@ from bot.db import Database
 from bot.http import OperatorEndpoint
 from bot.jobs import JobService
 from bot.metrics import Metrics
+from inference.queue import WorkerStatus
 from tests.bot.fakes import TURBO, ScriptedQueue
 
 
@@ -61,3 +63,18 @@ async def test_readyz_names_each_reason_it_is_not_ready(database: Database) -> N
     assert isinstance(endpoint.queue, ScriptedQueue)
     endpoint.queue.load(TURBO)
     assert await readiness(endpoint) == (503, ["not connected to Discord"])
+
+
+async def test_readyz_is_503_while_the_only_worker_restarts_after_a_crash(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = endpoint_for(database)
+    monkeypatch.setattr(endpoint, "connected", lambda: True)
+    assert isinstance(endpoint.queue, ScriptedQueue)
+    endpoint.queue.load(TURBO)  # what the worker reported before it crashed: the queue still knows it
+    worker = WorkerStatus(name="local worker", state="restarting", device="cuda", models=(TURBO.name,))
+    monkeypatch.setattr(endpoint.queue, "workers", lambda: [worker])
+    assert await readiness(endpoint) == (503, ["no GPU worker is ready (restarting)"])
+
+    monkeypatch.setattr(endpoint.queue, "workers", lambda: [worker, dataclasses.replace(worker, state="ready")])
+    assert await readiness(endpoint) == (200, [])

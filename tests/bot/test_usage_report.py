@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -149,6 +150,22 @@ async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database,
     assert by_id[done]["prompt"] == "'=HYPERLINK(1)"  # never a formula in a spreadsheet
     assert (by_id[failed]["error"], by_id[failed]["prompt"]) == ("The worker crashed.", "a, b")
     assert (by_id[queued]["guild_id"], by_id[queued]["finished_at"], by_id[queued]["steps_run"]) == ("", "", "")
+
+
+async def test_the_csv_export_reads_a_database_whose_folder_has_a_hash_in_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "bots#1" / "stepgrid.sqlite3"
+    path.parent.mkdir()
+    database = Database(path, Settings(_env_file=None))  # type: ignore[call-arg]
+    await database.start()
+    try:
+        job = await finished(database, GenerateRequest(prompt="a", steps=4), user=ALICE)
+    finally:
+        await database.close()
+
+    out = io.StringIO()
+    assert export_csv(path, out) == 1
+    assert [row["id"] for row in csv.DictReader(io.StringIO(out.getvalue()))] == [job]
+    assert sorted(os.listdir(tmp_path)) == ["bots#1"]  # not an empty database at tmp_path / "bots"
 
 
 def test_exporting_a_missing_database_says_so(tmp_path: Path) -> None:
