@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -416,7 +417,14 @@ class Ledger:
         )
         async with self.database.sessions() as session:
             rows = (await session.execute(query)).all()
-        return [DayImages(date.fromisoformat(str(d)), str(name), int(count)) for d, name, count in rows]
+        # A scheduler grid is recorded under all its rows' names ("Euler a, DDIM"; no A1111 name has a
+        # comma); each row has the same number of cells, so each scheduler gets its share.
+        totals: dict[tuple[date, str], int] = defaultdict(int)
+        for day_text, names, count in rows:
+            schedulers = str(names).split(", ")
+            for scheduler in schedulers:
+                totals[date.fromisoformat(str(day_text)), scheduler] += int(count) // len(schedulers)
+        return [DayImages(day_, name, count) for (day_, name), count in sorted(totals.items())]
 
     async def _transition(self, job_id: str, change: Callable[[JobRow], None]) -> bool:
         async def operation(session: AsyncSession) -> bool:

@@ -24,7 +24,7 @@ from bot.usage_report import (
     period_start,
     server_chart,
 )
-from inference.protocol import CompareStepsRequest, GenerateRequest, JobFailed, Request
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, JobFailed, Request
 from tests.bot.fakes import FakeWallClock as FakeClock
 
 GUILD, OTHER_GUILD = 1000, 2000
@@ -261,11 +261,14 @@ async def test_images_per_day_counts_a_servers_delivered_images_by_day_and_sched
     await finished(db, GenerateRequest(prompt="c", steps=4, scheduler="Heun"), user=BOB, guild=OTHER_GUILD)
     clock.now = NOON
     await finished(db, CompareStepsRequest(prompt="d", steps=(2, 4), scheduler="DDIM"), user=BOB)
+    await finished(db, CompareSchedulersRequest("e", ("Euler a", "DDIM", "Heun"), steps=(2, 4)), user=BOB)
 
     rows = await db.ledger.images_per_day(GUILD, since=NOON - timedelta(days=30), until=NOON + timedelta(hours=1))
     assert [(row.day.isoformat(), row.scheduler, row.images) for row in rows] == [
         ("2026-03-12", "Heun", 3),
-        ("2026-03-14", "DDIM", 2),
+        ("2026-03-14", "DDIM", 2 + 2),  # the scheduler grid's DDIM row adds its two cells
+        ("2026-03-14", "Euler a", 2),
+        ("2026-03-14", "Heun", 2),
     ]
 
 
