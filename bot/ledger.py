@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -334,13 +334,7 @@ class Ledger:
             .order_by(steps_col.desc(), jobs_col.desc(), JobRow.user_id)
             .limit(top)
         )
-        by_scheduler = (
-            sa.select(JobRow.scheduler, jobs_col, steps_col)
-            .where(*in_period)
-            .group_by(JobRow.scheduler)
-            .order_by(jobs_col.desc(), steps_col.desc(), JobRow.scheduler)
-            .limit(top)
-        )
+        by_scheduler = sa.select(JobRow.scheduler, jobs_col, steps_col).where(*in_period).group_by(JobRow.scheduler)
         model_col = sa.func.coalesce(JobRow.model, "")
         by_model = (
             sa.select(model_col, jobs_col, steps_col, gpu_col)
@@ -368,7 +362,7 @@ class Ledger:
                 UserTotal(user_id=int(u), jobs=int(j), images=int(i), steps=int(s), gpu_seconds=float(g))
                 for u, j, i, s, g in users
             ),
-            top_schedulers=tuple(SchedulerTotal(scheduler=str(n), jobs=int(j), steps=int(s)) for n, j, s in schedulers),
+            top_schedulers=_top_schedulers(schedulers, top),
             top_models=tuple(
                 ModelTotal(model=str(m), jobs=int(j), steps=int(s), gpu_seconds=float(g)) for m, j, s, g in models
             ),
@@ -479,3 +473,17 @@ def _totals() -> tuple[Any, ...]:
         sa.func.coalesce(sa.func.sum(JobRow.steps_run), 0),
         sa.func.coalesce(sa.func.sum(JobRow.gpu_seconds), 0.0),
     )
+
+
+def _top_schedulers(rows: Sequence[Any], top: int) -> tuple[SchedulerTotal, ...]:
+    """Jobs and steps per scheduler, most jobs first. A scheduler grid is recorded under all its rows'
+    names ("Euler a, DDIM"; no A1111 name has a comma): it counts as a job of each, with its share of
+    the steps (every row has the same step counts)."""
+    totals: dict[str, tuple[int, int]] = {}
+    for names, jobs, steps in rows:
+        schedulers = str(names).split(", ")
+        for name in schedulers:
+            seen_jobs, seen_steps = totals.get(name, (0, 0))
+            totals[name] = (seen_jobs + int(jobs), seen_steps + int(steps) // len(schedulers))
+    ranked = sorted(totals.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))[:top]
+    return tuple(SchedulerTotal(scheduler=name, jobs=jobs, steps=steps) for name, (jobs, steps) in ranked)

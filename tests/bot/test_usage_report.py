@@ -252,6 +252,15 @@ def test_the_limits_history_of_a_new_database_is_just_the_header(
     assert capsys.readouterr().out.strip() == ",".join(LIMITS_CSV_COLUMNS)
 
 
+async def test_a_scheduler_grid_counts_as_a_job_of_each_of_its_schedulers(db: Database, clock: FakeClock) -> None:
+    clock.now = NOON - timedelta(hours=1)
+    await finished(db, GenerateRequest(prompt="a", steps=30, scheduler="Heun"), user=ALICE)
+    await finished(db, CompareSchedulersRequest("b", ("Heun", "DDIM"), steps=(2, 4)), user=BOB)
+    clock.now = NOON
+    usage = await db.ledger.server_usage(GUILD, since=None)
+    assert [(s.scheduler, s.jobs, s.steps) for s in usage.top_schedulers] == [("Heun", 2, 36), ("DDIM", 1, 6)]
+
+
 async def test_images_per_day_counts_a_servers_delivered_images_by_day_and_scheduler(
     db: Database, clock: FakeClock
 ) -> None:
