@@ -411,11 +411,10 @@ class Ledger:
         )
         async with self.database.sessions() as session:
             rows = (await session.execute(query)).all()
-        # A scheduler grid is recorded under all its rows' names ("Euler a, DDIM"; no A1111 name has a
-        # comma); each row has the same number of cells, so each scheduler gets its share.
+        # Each row of a scheduler grid has the same number of cells: each scheduler gets its share.
         totals: dict[tuple[date, str], int] = defaultdict(int)
         for day_text, names, count in rows:
-            schedulers = str(names).split(", ")
+            schedulers = recorded_schedulers(names)
             for scheduler in schedulers:
                 totals[date.fromisoformat(str(day_text)), scheduler] += int(count) // len(schedulers)
         return [DayImages(day_, name, count) for (day_, name), count in sorted(totals.items())]
@@ -475,13 +474,18 @@ def _totals() -> tuple[Any, ...]:
     )
 
 
+def recorded_schedulers(names: object) -> list[str]:
+    """The schedulers of a ledger row: one, or a scheduler grid's rows, which are recorded joined
+    ("Euler a, DDIM", as `CompareSchedulersRequest.scheduler` gives them; no A1111 name has a comma)."""
+    return str(names).split(", ")
+
+
 def _top_schedulers(rows: Sequence[Any], top: int) -> tuple[SchedulerTotal, ...]:
-    """Jobs and steps per scheduler, most jobs first. A scheduler grid is recorded under all its rows'
-    names ("Euler a, DDIM"; no A1111 name has a comma): it counts as a job of each, with its share of
-    the steps (every row has the same step counts)."""
+    """Jobs and steps per scheduler, most jobs first. A scheduler grid counts as a job of each of its
+    schedulers, with its share of the steps (every row has the same step counts)."""
     totals: dict[str, tuple[int, int]] = {}
     for names, jobs, steps in rows:
-        schedulers = str(names).split(", ")
+        schedulers = recorded_schedulers(names)
         for name in schedulers:
             seen_jobs, seen_steps = totals.get(name, (0, 0))
             totals[name] = (seen_jobs + int(jobs), seen_steps + int(steps) // len(schedulers))
