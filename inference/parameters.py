@@ -100,11 +100,3 @@ def grid_infotext(request: CompareStepsRequest | CompareSchedulersRequest, *, mo
 def exif_user_comment(text: str) -> bytes:
     """`text` as the EXIF UserComment A1111 writes into JPEG and WebP files."""
     return _UNICODE_PREFIX + text.encode("utf-16-be")
-
-
-def read_user_comment(data: bytes) -> str:
-    """The text of an EXIF UserComment (UNICODE or ASCII prefixed)."""
-    prefix, body = data[:8], data[8:]
-    if prefix == _UNICODE_PREFIX:
-        return body.decode("utf-16-be")
-    return body.decode("ascii", errors="replace").rstrip("\x00")

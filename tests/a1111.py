@@ -51,3 +51,11 @@ def parse_generation_parameters(text: str) -> dict[str, str]:
         else:
             result[key] = value
     return result
+
+
+def read_user_comment(data: bytes) -> str:
+    """The text of an EXIF UserComment, as A1111 reads the one it wrote (UNICODE or ASCII prefixed)."""
+    prefix, body = data[:8], data[8:]
+    if prefix == b"UNICODE\x00":
+        return body.decode("utf-16-be")
+    return body.decode("ascii", errors="replace").rstrip("\x00")

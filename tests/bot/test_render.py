@@ -27,8 +27,9 @@ from bot.render import (
     steps_label,
     usage_chart_png,
 )
-from inference.parameters import EXIF_IFD, USER_COMMENT, read_user_comment
+from inference.parameters import EXIF_IFD, USER_COMMENT
 from inference.protocol import CompareSchedulersRequest, GeneratedImage
+from tests.a1111 import read_user_comment
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from inference.parameters import exif_user_comment, grid_infotext, image_infotext, infotext, read_user_comment
+from inference.parameters import exif_user_comment, grid_infotext, image_infotext, infotext
 from inference.protocol import CompareStepsRequest, GenerateRequest
-from tests.a1111 import parse_generation_parameters
+from tests.a1111 import parse_generation_parameters, read_user_comment
 
 
 def test_an_image_reads_back_as_a1111_reads_it() -> None:
