@@ -8,7 +8,9 @@ Everything is measured in one run on the same weights, so the ratios hold on a n
     python benchmarks/bench_engine.py --families tiny,tiny-sdxl,tiny-flux,tiny-sd3  # a row per family (CPU)
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --families flux-schnell-arch --size 1024
 
-Figures are printed as a table and, with --out, written as JSON beside the card's name.
+Figures are printed as a table and, with --out, written as JSON beside the card's name. On a CPU each
+batched figure also reports the seconds spent inside the denoiser and the VAE decoder, and so the ratio
+the same run would reach with no host work at all.
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_overhead import add_arguments as add_overhead_arguments
 from benchmarks.bench_overhead import run_overhead
 from inference.engine import LaneEngine
+from inference.imaging import encode_png
 from inference.loading import LoadedModel, load_model
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
@@ -42,6 +47,8 @@ from inference.protocol import (
     GenerateRequest,
     JobEvent,
     JobResult,
+    ProgressBatch,
+    Request,
     parse_step_list,
 )
 from inference.schedulers import make_scheduler
@@ -75,16 +82,50 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 clock = CLOCKS["wall"]
 
 
+class NetworkTime:
+    """Seconds spent inside the denoiser and the VAE decoder, by the chosen clock (CPU only: forward
+    hooks, which on a GPU would time launches, not work).
+
+    The networks' time is the part of a figure no engine can remove: the ratio of two paths'
+    network seconds is the best ratio they could reach if every host-side step took no time."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+        self.enabled = model.device.type == "cpu"
+        if self.enabled:
+            for module in (model.family.denoiser, model.pipe.vae.decoder):
+                module.register_forward_pre_hook(self._start)
+                module.register_forward_hook(self._stop)
+
+    def _start(self, *_: Any) -> None:
+        self._started = clock()
+
+    def _stop(self, *_: Any) -> None:
+        self.seconds += clock() - self._started
+
+
 def timed(model: LoadedModel, fn: Callable[[], Any], repeats: int) -> float:
     """Median seconds of `fn` by the chosen clock over `repeats` runs (after the caller's warm-up)."""
-    times = []
+    return timed_split(model, fn, repeats, None)[0]
+
+
+def timed_split(
+    model: LoadedModel, fn: Callable[[], Any], repeats: int, networks: NetworkTime | None
+) -> tuple[float, float]:
+    """(median seconds of `fn`, median seconds of the same runs spent inside the networks; NaN
+    where they aren't measured)."""
+    times, inside = [], []
     for _ in range(repeats):
         _sync(model)
+        if networks:
+            networks.seconds = 0.0
         started = clock()
         fn()
         _sync(model)
         times.append(clock() - started)
-    return statistics.median(times)
+        inside.append(networks.seconds if networks and networks.enabled else math.nan)
+    return statistics.median(times), statistics.median(inside)
 
 
 def interleaved(
@@ -117,7 +158,7 @@ class Bench:
         self.model = model
         self.args = args
         self.guidance = guidance
-        self.results: list[JobEvent] = []
+        self.results: list[JobEvent | ProgressBatch] = []
         self.engine = LaneEngine(model, self.results.append, max_batch_lanes=args.max_batch_lanes, previews=False)
         self._ids = 0
 
@@ -127,7 +168,7 @@ class Bench:
             guidance=self.guidance, width=self.args.size, height=self.args.size,
         )  # fmt: skip
 
-    def run_jobs(self, requests: list[GenerateRequest | CompareStepsRequest]) -> list[JobResult]:
+    def run_jobs(self, requests: Sequence[Request]) -> list[JobResult]:
         """Add all requests at once and run the engine until every image is encoded."""
         ids = []
         for request in requests:
@@ -175,10 +216,6 @@ def _card(model: LoadedModel) -> str:
 
 
 def _pixels(result: JobResult) -> np.ndarray:
-    from io import BytesIO
-
-    from PIL import Image
-
     return np.asarray(Image.open(BytesIO(result.images[0].png)).convert("RGB"))
 
 
@@ -285,16 +322,34 @@ def run(args: argparse.Namespace) -> Report:
     bench.run_jobs([bench.request(2)])  # warm-up: lazy init, kernels, allocator
     bench.plain_call(2)
 
+    networks = NetworkTime(model)
+
+    def compared(key: str, what: str, ours: str, batched_fn: Callable[[], Any], theirs: str,
+                 alone_fn: Callable[[], Any]) -> tuple[float, float]:  # fmt: skip
+        """Time one batched figure against its one-at-a-time runs; with the networks' own seconds
+        inside each (CPU), the ratio they bound it to."""
+        batched, batched_net = timed_split(model, batched_fn, repeats, networks)
+        alone, alone_net = timed_split(model, alone_fn, repeats, networks)
+        report.figures[f"{key}_speedup"] = alone / batched
+        report.figures[f"{key}_networks_batched_s"] = batched_net
+        report.figures[f"{key}_networks_alone_s"] = alone_net
+        report.figures[f"{key}_networks_bound"] = alone_net / batched_net
+        bound = "" if math.isnan(batched_net) else (
+            f" (of which denoiser + VAE decoder {batched_net:.2f}s and {alone_net:.2f}s: with no host time at all "
+            f"{alone_net / batched_net:.2f}x)"
+        )  # fmt: skip
+        report.add(f"{key}_batched_s", batched, f"{what}: {ours} {batched:.2f}s, {theirs} {alone:.2f}s "
+                   f"-> engine {alone / batched:.2f}x as fast{bound}")  # fmt: skip
+        return batched, alone
+
     # compare-steps: one batched job vs six sequential runs of the same cells
     compare = CompareStepsRequest(args.prompt, steps=args.compare, scheduler=args.scheduler, seed=1,
                                   width=args.size, height=args.size)  # fmt: skip
     cells = [bench.request(n, seed=1) for n in args.compare]
-    batched = timed(model, lambda: bench.run_jobs([compare]), repeats)
-    sequential = timed(model, lambda: bench.run_one_by_one(cells), repeats)
-    report.add("compare_batched_s", batched, f"compare-steps {args.compare}: batched {batched:.2f}s, "
-               f"six sequential {sequential:.2f}s -> engine {sequential / batched:.2f}x as fast")  # fmt: skip
+    batched, sequential = compared("compare", f"compare-steps {args.compare}", "batched",
+                                   lambda: bench.run_jobs([compare]), f"{len(cells)} sequential",
+                                   lambda: bench.run_one_by_one(cells))  # fmt: skip
     report.figures["compare_sequential_s"] = sequential
-    report.figures["compare_speedup"] = sequential / batched
 
     # compare-schedulers: one batched job (rows = schedulers, columns = step counts) vs its cells one by one
     grid = CompareSchedulersRequest(args.prompt, schedulers=args.grid_schedulers, steps=args.grid_steps, seed=1,
@@ -303,24 +358,18 @@ def run(args: argparse.Namespace) -> Report:
                                                                               strict=True)]  # fmt: skip
     bench.run_jobs([CompareSchedulersRequest(args.prompt, schedulers=grid.schedulers, steps=(1, 2), width=args.size,
                                              height=args.size)])  # fmt: skip  # warm-up: each scheduler's first use
-    grid_batched = timed(model, lambda: bench.run_jobs([grid]), repeats)
-    grid_alone = timed(model, lambda: bench.run_one_by_one(grid_cells), repeats)
-    report.add("scheduler_grid_batched_s", grid_batched, f"compare-schedulers {', '.join(grid.schedulers)} × "
-               f"{grid.steps} ({len(grid_cells)} cells): batched {grid_batched:.2f}s, cell by cell {grid_alone:.2f}s "
-               f"-> engine {grid_alone / grid_batched:.2f}x as fast")  # fmt: skip
+    _, grid_alone = compared("scheduler_grid", f"compare-schedulers {', '.join(grid.schedulers)} × {grid.steps} "
+                             f"({len(grid_cells)} cells)", "batched", lambda: bench.run_jobs([grid]), "cell by cell",
+                             lambda: bench.run_one_by_one(grid_cells))  # fmt: skip
     report.figures["scheduler_grid_cell_by_cell_s"] = grid_alone
-    report.figures["scheduler_grid_speedup"] = grid_alone / grid_batched
 
     # concurrent /imagine jobs: all at once vs one at a time
     n = args.concurrent
     jobs = [bench.request(steps, seed=i) for i in range(n)]
-    together = timed(model, lambda: bench.run_jobs(list(jobs)), repeats)
-    alone = timed(model, lambda: bench.run_one_by_one(jobs), repeats)
-    report.add("concurrent_batched_s", together, f"{n} concurrent {steps}-step imagine jobs: batched "
-               f"{together:.2f}s ({n / together:.2f} images/s), one at a time {alone:.2f}s "
-               f"-> engine {alone / together:.2f}x as fast")  # fmt: skip
+    together, alone = compared("concurrent", f"{n} concurrent {steps}-step imagine jobs", "batched",
+                               lambda: bench.run_jobs(list(jobs)), "one at a time",
+                               lambda: bench.run_one_by_one(jobs))  # fmt: skip
     report.figures["concurrent_one_at_a_time_s"] = alone
-    report.figures["concurrent_speedup"] = alone / together
     report.figures["concurrent_images_per_s"] = n / together
 
     if args.plain:
@@ -338,6 +387,18 @@ def run(args: argparse.Namespace) -> Report:
         report.figures["plain_single_it_per_s"] = steps / plain
         report.figures["single_engine_vs_plain"] = ratio
 
+        # the same, with the plain image encoded to PNG as the engine's is (a bot must post a file)
+        def plain_png() -> bytes:
+            pixels = (bench.plain_call(steps)[0] * 255).round().astype(np.uint8)
+            return encode_png(Image.fromarray(pixels))
+
+        ours, plain, ratio = interleaved(
+            lambda: bench.run_jobs([bench.request(steps)]), plain_png, args.pairs, sync=lambda: _sync(model)
+        )
+        report.add("single_engine_vs_plain_png", ratio, f"one {steps}-step image, the plain pipeline's also "
+                   f"encoded to PNG: engine {ours:.3f}s, plain + PNG {plain:.3f}s -> engine {ratio:.2f}x as fast "
+                   f"(median of {args.pairs} back-to-back pairs)")  # fmt: skip
+
         plain_many = timed(model, lambda: bench.plain_call(steps, images=n), repeats)
         report.add("plain_batch_images_per_s", n / plain_many, f"plain pipeline, {n} images in one call: "
                    f"{plain_many:.2f}s ({n / plain_many:.2f} images/s); engine {n / together:.2f} images/s "
@@ -349,10 +410,6 @@ def run(args: argparse.Namespace) -> Report:
 
         # images equal the plain path's (within the dtype's tolerance)
         [result] = bench.run_jobs([bench.request(steps, seed=7)])
-        from io import BytesIO
-
-        from PIL import Image
-
         ours_pixels = np.asarray(Image.open(BytesIO(result.images[0].png)).convert("RGB"))
         plain_pixels = (bench.plain_call(steps, seed=7)[0] * 255).round().astype(np.uint8)
         value = psnr(ours_pixels, plain_pixels)

@@ -8,17 +8,19 @@ scheduler. Lanes join and leave between iterations; models and sizes take turns.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -42,20 +44,46 @@ from inference.protocol import (
     ProgressBatch,
     Request,
 )
-from inference.schedulers import Scheduler
+from inference.schedulers import Scheduler, seed_dependent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+V = TypeVar("V")
 
 PREVIEW_INTERVAL_S = 1.5
 # Batch sizes (in lanes) a compiled denoiser is specialised for; a batch is padded up to the next one.
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
+# Admission runs on the engine thread between two iterations, so every running lane waits for it. It
+# reuses what earlier jobs built: schedulers ready for their steps (diffusers builds some slowly: DPM2's
+# constructor computes 1000 timesteps in a Python loop, ~0.4 s on a CPU), each lane getting its own
+# copy, and text conditionings (read-only once built; a re-roll or a film of the same prompt skips the
+# text encoders). How many of each are kept, the least recently used dropped first:
+SCHEDULERS_KEPT = 64
+CONDITIONINGS_KEPT = 16
 
 
 @cache
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
+
+
+class Recent(Generic[V]):
+    """The values of the last `size` keys used; the least recently used is dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[Hashable, V] = OrderedDict()
+
+    def get(self, key: Hashable, make: Callable[[], V]) -> V:
+        """The value kept for `key`, or `make()`'s, kept from now on."""
+        if key in self._values:
+            self._values.move_to_end(key)
+            return self._values[key]
+        value = self._values[key] = make()
+        if len(self._values) > self.size:
+            self._values.popitem(last=False)
+        return value
 
 
 class UnknownModel(LookupError):
@@ -206,6 +234,8 @@ class LaneEngine:
         self._encodes: set[Future[None]] = set()
         self._lock = threading.Lock()  # guards job bookkeeping shared with the encoder threads
         self._cuda = self.model.device.type == "cuda"
+        self._schedulers: Recent[Scheduler] = Recent(SCHEDULERS_KEPT)
+        self._conditionings: Recent[Conditioning] = Recent(CONDITIONINGS_KEPT)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -218,9 +248,8 @@ class LaneEngine:
     def add_job(self, job_id: str, request: Request) -> None:
         """Turn a validated request into lanes; they start at the next iteration."""
         model = self.model_for(request.model)
-        conditioning = model.family.encode(
-            request.prompt, request.negative_prompt, request.guidance, request.height, request.width
-        )
+        text = (request.prompt, request.negative_prompt, request.guidance, request.height, request.width)
+        conditioning = self._conditionings.get((model.name, *text), lambda: model.family.encode(*text))
         job = EngineJob(job_id, request, model, conditioning, next(self._order))
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
         job.all_lanes = [self._make_lane(job, i, *lane) for i, lane in enumerate(lanes)]
@@ -238,7 +267,13 @@ class LaneEngine:
 
     def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int, scheduler_name: str) -> Lane:
         request, family = job.request, job.model.family
-        scheduler = family.new_scheduler(scheduler_name, steps, seed, request.height, request.width)
+        size = (request.height, request.width)
+        if seed_dependent(scheduler_name):  # one per seed: nothing to reuse
+            scheduler = family.new_scheduler(scheduler_name, steps, seed, *size)
+        else:
+            key = (job.model.name, scheduler_name, steps, *size)
+            ready = self._schedulers.get(key, lambda: family.new_scheduler(scheduler_name, steps, seed, *size))
+            scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = family.initial_latents(scheduler, request.height, request.width, generator)
         step_kwargs: dict[str, Any] = {}

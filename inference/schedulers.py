@@ -62,6 +62,11 @@ FLOW_SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
 assert set(FLOW_SCHEDULERS) <= set(SCHEDULER_NAMES)
 
 
+def seed_dependent(name: str) -> bool:
+    """Whether a scheduler of this name is built from the lane's seed (DPM++ SDE's Brownian tree)."""
+    return SCHEDULERS[name][0] is DPMSolverSDEScheduler
+
+
 def make_scheduler(base_config: Any, name: str, seed: int, *, flow: bool = False, **extra: Any) -> Scheduler:
     """A fresh scheduler for one lane from the pipeline's scheduler config."""
     cls, overrides = (FLOW_SCHEDULERS if flow else SCHEDULERS)[name]

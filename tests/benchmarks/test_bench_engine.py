@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_admission
 from benchmarks.bench_engine import interleaved, main
+from inference.protocol import SCHEDULER_NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +47,12 @@ def test_the_benchmark_runs_on_cpu_and_reports_every_figure(tmp_path: Path, caps
     assert figures["single_engine_vs_plain"] > 0
     assert figures["scheduler_grid_speedup"] > 0
     assert figures["psnr_db"] > 40, "in fp32 the engine's image must equal the plain pipeline's"
+    assert figures["single_engine_vs_plain_png"] > 0
+    for key in ("compare", "scheduler_grid", "concurrent"):
+        # the denoiser and the VAE decoder run inside each figure, for part of its time
+        assert 0 < figures[f"{key}_networks_batched_s"] < figures[f"{key}_batched_s"]
+        assert figures[f"{key}_networks_bound"] > 0
+    assert "with no host time at all" in printed
 
 
 def test_the_family_benchmark_gives_a_row_per_family_with_every_ratio(
@@ -85,3 +93,15 @@ def test_the_one_image_figure_times_both_paths_back_to_back_in_alternating_order
     ours, theirs, ratio = interleaved(lambda: calls.append("ours"), lambda: calls.append("theirs"), 3)
     assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs"]
     assert ours > 0 and theirs > 0 and ratio > 0
+
+
+def test_the_admission_benchmark_reports_every_scheduler_of_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "admission.json"
+    args = ["--steps", "2", "--size", "64", "--repeats", "1", "--cache-dir", str(tmp_path), "--out", str(out)]
+    assert bench_admission.main(args) == 0
+    rows = json.loads(out.read_text())["ms"]
+    assert list(rows) == list(SCHEDULER_NAMES)
+    assert all(ms > 0 for row in rows.values() for ms in row.values())
+    assert "| DPM2 |" in capsys.readouterr().out

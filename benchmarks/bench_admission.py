@@ -1,0 +1,78 @@
+"""How long admitting one job takes, per scheduler: the engine thread does it between two iterations,
+so every running lane waits for it.
+
+For each scheduler, on a fresh engine: the first job (nothing reused), then a job with the same
+scheduler and steps but another seed and prompt (its scheduler can be reused, not its text), then one
+with the same prompt again (both can be reused). Median of --repeats fresh engines.
+
+    python benchmarks/bench_admission.py --out benchmarks/results/cpu-admission.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.engine import LaneEngine
+from inference.loading import load_model
+from inference.protocol import GenerateRequest
+
+CASES = ("first job", "same scheduler, new prompt", "same scheduler and prompt")
+
+
+def admission_ms(engine: LaneEngine, job_id: str, request: GenerateRequest) -> float:
+    started = time.perf_counter()
+    engine.add_job(job_id, request)
+    return (time.perf_counter() - started) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    model = load_model(args.model, device=args.device, cache_dir=args.cache_dir)
+    prompts = ("a lighthouse on a cliff at dusk, oil painting", "a red fox in the snow, watercolour")
+
+    def request(name: str, prompt: str, seed: int) -> GenerateRequest:
+        return GenerateRequest(prompt, steps=args.steps, scheduler=name, seed=seed, width=args.size, height=args.size)
+
+    # warm-up: lazy imports and the text encoder's first call
+    LaneEngine(model, lambda _: None, previews=False).add_job("warm-up", request("Euler", prompts[0], 0))
+    rows: dict[str, dict[str, float]] = {}
+    print(f"# admitting a {args.steps}-step job, {args.model} on {args.device}, ms (median of {args.repeats})")
+    print("| scheduler | " + " | ".join(CASES) + " |")
+    print("|---|" + "---|" * len(CASES))
+    for name in model.info.schedulers:
+        times: list[list[float]] = [[] for _ in CASES]
+        for _ in range(args.repeats):
+            engine = LaneEngine(model, lambda _: None, previews=False)
+            times[0].append(admission_ms(engine, "a", request(name, prompts[0], 1)))
+            times[1].append(admission_ms(engine, "b", request(name, prompts[1], 2)))
+            times[2].append(admission_ms(engine, "c", request(name, prompts[1], 3)))
+            engine.close()
+        rows[name] = {case: statistics.median(t) for case, t in zip(CASES, times, strict=True)}
+        print(f"| {name} | " + " | ".join(f"{rows[name][case]:.2f}" for case in CASES) + " |", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"model": args.model, "device": args.device, "torch_threads": torch.get_num_threads(),
+                   "args": {k: str(v) for k, v in vars(args).items()}, "ms": rows}  # fmt: skip
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
