@@ -1,9 +1,10 @@
 """How long admitting one job takes, per scheduler: the engine thread does it between two iterations,
 so every running lane waits for it.
 
-For each scheduler, on a fresh engine: the first job (nothing reused), then a job with the same
-scheduler and steps but another seed and prompt (its scheduler can be reused, not its text), then one
-with the same prompt again (both can be reused). Median of --repeats fresh engines.
+For each scheduler: its first job in this process (nothing to reuse: one sample); then, on fresh
+engines, a job whose scheduler kind was built before but not for these steps, one with the same
+steps and another prompt (the scheduler is reused, not the text), and one with the same prompt again
+(both are reused); medians of --repeats fresh engines.
 
     python benchmarks/bench_admission.py --out benchmarks/results/cpu-admission.json
 """
@@ -25,7 +26,7 @@ from inference.engine import LaneEngine
 from inference.loading import load_model
 from inference.protocol import GenerateRequest
 
-CASES = ("first job", "same scheduler, new prompt", "same scheduler and prompt")
+CASES = ("first job", "new steps", "same steps, new prompt", "same steps and prompt")
 
 
 def admission_ms(engine: LaneEngine, job_id: str, request: GenerateRequest) -> float:
@@ -50,19 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     def request(name: str, prompt: str, seed: int) -> GenerateRequest:
         return GenerateRequest(prompt, steps=args.steps, scheduler=name, seed=seed, width=args.size, height=args.size)
 
-    # warm-up: lazy imports and the text encoder's first call
-    LaneEngine(model, lambda _: None, previews=False).add_job("warm-up", request("Euler", prompts[0], 0))
+    model.family.encode("warm-up", "", 7.5, args.size, args.size)  # the text encoder's first call
     rows: dict[str, dict[str, float]] = {}
-    print(f"# admitting a {args.steps}-step job, {args.model} on {args.device}, ms (median of {args.repeats})")
+    print(f"# admitting a {args.steps}-step job, {args.model} on {args.device}, ms (first job: one sample; the "
+          f"rest: median of {args.repeats})")  # fmt: skip
     print("| scheduler | " + " | ".join(CASES) + " |")
     print("|---|" + "---|" * len(CASES))
     for name in model.info.schedulers:
         times: list[list[float]] = [[] for _ in CASES]
+        cold = LaneEngine(model, lambda _: None, previews=False)
+        times[0].append(admission_ms(cold, "cold", request(name, prompts[0], 1)))
+        cold.close()
         for _ in range(args.repeats):
             engine = LaneEngine(model, lambda _: None, previews=False)
-            times[0].append(admission_ms(engine, "a", request(name, prompts[0], 1)))
-            times[1].append(admission_ms(engine, "b", request(name, prompts[1], 2)))
-            times[2].append(admission_ms(engine, "c", request(name, prompts[1], 3)))
+            times[1].append(admission_ms(engine, "a", request(name, prompts[0], 1)))
+            times[2].append(admission_ms(engine, "b", request(name, prompts[1], 2)))
+            times[3].append(admission_ms(engine, "c", request(name, prompts[1], 3)))
             engine.close()
         rows[name] = {case: statistics.median(t) for case, t in zip(CASES, times, strict=True)}
         print(f"| {name} | " + " | ".join(f"{rows[name][case]:.2f}" for case in CASES) + " |", flush=True)

@@ -15,12 +15,11 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,21 +43,21 @@ from inference.protocol import (
     ProgressBatch,
     Request,
 )
+from inference.recent import Recent
 from inference.schedulers import Scheduler, seed_dependent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-V = TypeVar("V")
 
 PREVIEW_INTERVAL_S = 1.5
 # Batch sizes (in lanes) a compiled denoiser is specialised for; a batch is padded up to the next one.
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
 # Admission runs on the engine thread between two iterations, so every running lane waits for it. It
-# reuses what earlier jobs built: schedulers ready for their steps (diffusers builds some slowly: DPM2's
-# constructor computes 1000 timesteps in a Python loop, ~0.4 s on a CPU), each lane getting its own
-# copy, and text conditionings (read-only once built; a re-roll or a film of the same prompt skips the
-# text encoders). How many of each are kept, the least recently used dropped first:
+# reuses what earlier jobs built: schedulers with their timesteps set (DPM2's `set_timesteps` alone
+# takes ~15 ms for 30 steps on a CPU), each lane getting its own copy, and text conditionings
+# (read-only once built; a re-roll or a film of the same prompt skips the text encoders). How many of
+# each are kept, the least recently used dropped first:
 SCHEDULERS_KEPT = 64
 CONDITIONINGS_KEPT = 16
 
@@ -66,24 +65,6 @@ CONDITIONINGS_KEPT = 16
 @cache
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
-
-
-class Recent(Generic[V]):
-    """The values of the last `size` keys used; the least recently used is dropped first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._values: OrderedDict[Hashable, V] = OrderedDict()
-
-    def get(self, key: Hashable, make: Callable[[], V]) -> V:
-        """The value kept for `key`, or `make()`'s, kept from now on."""
-        if key in self._values:
-            self._values.move_to_end(key)
-            return self._values[key]
-        value = self._values[key] = make()
-        if len(self._values) > self.size:
-            self._values.popitem(last=False)
-        return value
 
 
 class UnknownModel(LookupError):

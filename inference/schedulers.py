@@ -8,6 +8,7 @@ pipeline's scheduler config; the pipeline's own scheduler is never touched.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -29,6 +30,7 @@ from diffusers import (
 )
 
 from inference.protocol import SCHEDULER_NAMES
+from inference.recent import Recent
 
 Scheduler = Any  # a SchedulerMixin subclass: diffusers attaches its methods dynamically
 
@@ -62,6 +64,12 @@ FLOW_SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
 assert set(FLOW_SCHEDULERS) <= set(SCHEDULER_NAMES)
 
 
+# Each scheduler kind built once per config and options, then copied: diffusers builds some slowly
+# (DPM2 and DPM2 a compute 1000 timesteps through a Python loop in `__init__`, ~0.4 s on a CPU, on
+# the engine thread, while every running lane waits).
+_CONSTRUCTED: Recent[Scheduler] = Recent(64)
+
+
 def seed_dependent(name: str) -> bool:
     """Whether a scheduler of this name is built from the lane's seed (DPM++ SDE's Brownian tree)."""
     return SCHEDULERS[name][0] is DPMSolverSDEScheduler
@@ -76,7 +84,13 @@ def make_scheduler(base_config: Any, name: str, seed: int, *, flow: bool = False
         overrides = {**overrides, "noise_sampler_seed": seed}
     if flow and cls is not FlowMatchEulerDiscreteScheduler and cls is not FlowMatchHeunDiscreteScheduler:
         overrides.setdefault("flow_shift", base_config.get("shift", 1.0))
-    scheduler: Scheduler = cls.from_config(base_config, **overrides)
+    scheduler: Scheduler
+    if cls is DPMSolverSDEScheduler:
+        scheduler = cls.from_config(base_config, **overrides)  # one per seed: nothing to reuse
+        return scheduler
+    # A config's repr lists its values in full (its lists and numbers): equal reprs, equal schedulers.
+    key = (cls, repr(sorted(base_config.items())), repr(sorted(overrides.items())))
+    scheduler = copy.deepcopy(_CONSTRUCTED.get(key, lambda: cls.from_config(base_config, **overrides)))
     return scheduler
 
 

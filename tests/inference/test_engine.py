@@ -18,7 +18,7 @@ from PIL import Image
 
 from bot.grids import grid_rows
 from bot.render import default_caption
-from inference.engine import LaneEngine, Recent, UnknownModel
+from inference.engine import LaneEngine, UnknownModel
 from inference.loading import LoadedModel
 from inference.protocol import (
     SCHEDULER_NAMES,
@@ -31,6 +31,7 @@ from inference.protocol import (
     JobResult,
     ProgressBatch,
 )
+from inference.recent import Recent
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone
