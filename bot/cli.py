@@ -102,8 +102,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="PATH",
-        help="also write the Steps film, the predicted finished image at every step, to PATH (.webp; written "
-        "as .gif where that is smaller); one image only",
+        help="also write the Steps film, the predicted finished image at every step, to PATH: an animated WebP "
+        "or GIF, as its name ends (.webp or .gif); one image only",
     )
 
     about = "One labelled grid of the same prompt and seed at several step counts."
@@ -356,7 +356,7 @@ def save_outputs(
 
 def write_outputs(request: Request, result: JobResult, output: Path, film: Path | None = None) -> list[Path]:
     """Write the image (or numbered images, or the labelled grid, and the film) and return the paths."""
-    from bot.film import FILM_FILE_LIMIT, film_animation
+    from bot.film import film_file
     from bot.grids import render_grid
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -372,10 +372,9 @@ def write_outputs(request: Request, result: JobResult, output: Path, film: Path 
         output.write_bytes(image.png)
         if film is None or not image.frames:
             return [output]
-        data, extension = film_animation(image.frames, request.prompt, FILM_FILE_LIMIT)
-        film = film.with_suffix(f".{extension}")
+        # The name says the format; no upload limit here, so the frames keep their size.
         film.parent.mkdir(parents=True, exist_ok=True)
-        film.write_bytes(data)
+        film.write_bytes(film_file(image.frames, request.prompt, film.suffix.lower().lstrip(".")))
         return [output, film]
     paths = []
     for number, image in enumerate(result.images, start=1):
@@ -422,7 +421,7 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     truncated = " The prompt was cut to the model's 77-token limit." if result.prompt_truncated else ""
     print(
         f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {seeds}, "
-        f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}"
+        f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}{_film_note(request, result)}"
     )
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         from bot.grids import grid_rows
@@ -430,6 +429,15 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
 
         print(summary([row for _, row in grid_rows(request, result.images)]))
     return 0
+
+
+def _film_note(request: Request, result: JobResult) -> str:
+    """A sentence saying the film's frames are smaller than the image (the worker caps them), or ""."""
+    from bot.film import downscale_note, frame_size
+
+    frames = result.images[0].frames if len(result.images) == 1 else ()
+    note = downscale_note(frame_size(frames), (request.width, request.height)) if frames else None
+    return f" The film's frames are {note}." if note else ""
 
 
 def _quiet_worker(args: argparse.Namespace) -> None:

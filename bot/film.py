@@ -1,7 +1,8 @@
-"""The Steps film: a run's predicted clean image at every step, captioned, as one animation that
-fits Discord's upload limit.
+"""The Steps film: a run's predicted clean image at every step, captioned, as one animation.
 
-Pillow only (no discord import), so the offline CLI writes the same film as the bot posts.
+Pillow only (no discord import), so the offline CLI writes the same film as the bot posts: the bot's
+fits Discord's upload limit (`film_animation`), the CLI's is in the format its file name asks for
+(`film_file`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -27,7 +29,6 @@ SOURCE_NOTES = {
     "flow": "this flow-matching scheduler reports no x0, so each frame is computed from the model's velocity: "
     "x0 = x_t − σ·v",
 }
-FILM_FILE_LIMIT = 10 * 1024 * 1024  # what Discord takes from anyone: the CLI's films fit it too
 FILM_SECONDS = 4.0  # the whole run plays in about this long
 FRAME_MS_RANGE = (60, 500)
 LAST_FRAME_MS = 2000  # hold the finished image
@@ -51,8 +52,7 @@ def captioned_frames(frames: Sequence[bytes], prompt: str, scale: float = 1.0) -
     out = []
     for step, image in enumerate(images, start=1):
         if scale != 1.0:
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.LANCZOS)  # fmt: skip
+            image = image.resize(_scaled(image.size, scale), Image.Resampling.LANCZOS)
         strip = max(18, round(image.width * 0.08))
         size = max(10, round(strip * 0.6))
         canvas = Image.new("RGB", (image.width, image.height + strip), CAPTION_BACKGROUND)
@@ -63,6 +63,10 @@ def captioned_frames(frames: Sequence[bytes], prompt: str, scale: float = 1.0) -
     return out
 
 
+def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def durations(frames: int) -> list[int]:
     """Milliseconds per frame: the run in about FILM_SECONDS, the last frame held."""
     low, high = FRAME_MS_RANGE
@@ -70,10 +74,24 @@ def durations(frames: int) -> list[int]:
     return [each] * (frames - 1) + [LAST_FRAME_MS]
 
 
-def film_animation(frames: Sequence[bytes], prompt: str, limit: int) -> tuple[bytes, str]:
-    """(bytes, extension) of the captioned animation: lossy animated WebP, or GIF where that is smaller,
-    scaled down until it fits `limit`. Every step keeps its frame; raises ValueError when even
-    tiny frames do not fit."""
+@dataclass(frozen=True)
+class Film:
+    """An encoded film and the size of its frames' pictures (the caption strips not counted)."""
+
+    data: bytes
+    extension: str  # "webp" or "gif"
+    size: tuple[int, int]
+
+
+def film_file(frames: Sequence[bytes], prompt: str, extension: str) -> bytes:
+    """The captioned animation as `extension` ("webp" or "gif") says, its frames at their own size."""
+    images = captioned_frames(frames, prompt)
+    return _gif(images) if extension == "gif" else _webp(images, WEBP_QUALITY)
+
+
+def film_animation(frames: Sequence[bytes], prompt: str, limit: int) -> Film:
+    """The captioned animation for Discord: lossy animated WebP, or GIF where that is smaller, scaled down
+    until it fits `limit`. Every step keeps its frame; raises ValueError when even tiny frames do not fit."""
     if not frames:
         raise ValueError("a film needs at least one frame")
     scale = 1.0
@@ -83,11 +101,24 @@ def film_animation(frames: Sequence[bytes], prompt: str, limit: int) -> tuple[by
         data, extension = (gif, "gif") if len(gif) < len(webp) else (webp, "webp")  # GIF only where smaller
         if len(data) <= limit:
             log.info("film: %d frames at %.2fx as %s, %d bytes", len(images), scale, extension, len(data))
-            return data, extension
+            return Film(data, extension, _scaled(frame_size(frames), scale))
         if min(images[0].size) <= _MIN_SIDE:
             raise ValueError(f"a film of {len(frames)} frames cannot fit into {limit} bytes")
         # Bytes grow with the pixel count: aim under the limit, and always shrink.
         scale *= min(0.8, (limit / len(data)) ** 0.5 * 0.9)
+
+
+def frame_size(frames: Sequence[bytes]) -> tuple[int, int]:
+    """The size of the film's frames as the worker made them (at most FILM_MAX_SIDE)."""
+    with Image.open(io.BytesIO(frames[0])) as first:
+        return first.size
+
+
+def downscale_note(frames: tuple[int, int], image: tuple[int, int]) -> str | None:
+    """A few words saying the film's frames are smaller than the image, or None when they are not."""
+    if frames[0] >= image[0] and frames[1] >= image[1]:
+        return None
+    return f"downscaled to {frames[0]}×{frames[1]} (the image is {image[0]}×{image[1]})"
 
 
 def _webp(images: list[Image.Image], quality: int) -> bytes:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.buttons import progress_view, result_view
-from bot.film import film_animation, source_note
+from bot.film import downscale_note, film_animation, source_note
 from bot.grids import render_grid
 from bot.render import fit_attachment
 from inference.parameters import grid_infotext
@@ -58,10 +58,12 @@ FILM_FILE_PREFIX = "stepgrid-film-"
 
 @dataclass(frozen=True)
 class RenderedResult:
-    """A result's attachments and, for a comparison grid, where its rows settle in words."""
+    """A result's attachments and, for a comparison grid, where its rows settle in words; a film job's
+    film size when its film is among the attachments."""
 
     files: tuple[Attachment, ...]
     summary: str | None = None
+    film_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,12 +174,13 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
         grid = render_grid(request, result.images, parameters=parameters)
         data, extension = fit_attachment(grid.png, limit)
         return RenderedResult((Attachment(data, f"stepgrid-compare-{request.seed}.{extension}"),), grid.summary)
-    files, summary = [], None
+    files, summary, film_size = [], None, None
     for image in result.images:
         if image.frames:
             try:
-                data, extension = film_animation(image.frames, request.prompt, limit)
-                files.append(Attachment(data, f"{FILM_FILE_PREFIX}{image.seed}.{extension}"))
+                film = film_animation(image.frames, request.prompt, limit)
+                files.append(Attachment(film.data, f"{FILM_FILE_PREFIX}{image.seed}.{film.extension}"))
+                film_size = film.size
             except ValueError as error:  # the image is finished: deliver it without its film
                 log.warning("job %s: %s", record.job_id, error, extra={"job_id": record.job_id})
                 summary = (
@@ -186,28 +189,21 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
                 )
         data, extension = fit_attachment(image.png, limit)
         files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
-    return RenderedResult(tuple(files), summary)
+    return RenderedResult(tuple(files), summary, film_size)
 
 
 def result_message(record: JobRecord, result: JobResult, rendered: RenderedResult) -> MessageUpdate:
     """The final message: image(s), a grid's sweet spot in words, an embed with every parameter and
     timing, the result buttons."""
     files = rendered.files
-    embed = parameters_embed(dataclasses.replace(record.request, model=result.model or record.request.model))
-    filmed = any(file.filename.startswith(FILM_FILE_PREFIX) for file in files)
-    films = [image for image in result.images if image.frames] if filmed else []
+    request = dataclasses.replace(record.request, model=result.model or record.request.model)
+    embed = parameters_embed(request, film=_film_text(request, result, rendered.film_size))
     if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest):
         value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
         embed.add_field(name="Generation", value=value)
     else:
         per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
         embed.add_field(name="Generation", value=per_image)
-        for image in films:
-            embed.add_field(
-                name="Steps film",
-                value=f"{len(image.frames)} frames, one per step: {source_note(image.frames_source)}.",
-                inline=False,
-            )
     embed.add_field(name="Queue wait", value=f"{result.queue_seconds:.1f} s")
     notes = [f"job {record.job_id}", model_name(result.model or record.request.model)]
     if result.prompt_truncated:
@@ -215,13 +211,25 @@ def result_message(record: JobRecord, result: JobResult, rendered: RenderedResul
     if result.is_test_model:
         notes.append("random-weight test model")
     embed.set_footer(text=" · ".join(notes))
-    if len(files) == 1 or films:  # a film job shows its film (the first file); the PNG rides along
+    if len(files) == 1 or rendered.film_size:  # a film job shows its film (the first file); the PNG rides along
         embed.set_image(url=f"attachment://{files[0].filename}")
     return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record))
 
 
-def parameters_embed(request: Request, *, job_id: str | None = None) -> discord.Embed:
-    """An embed listing every parameter of a request."""
+def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] | None) -> str:
+    """The result's "Steps film" line: its frames, whether they are downscaled and what they show."""
+    image = result.images[0] if isinstance(request, GenerateRequest) and request.film and result.images else None
+    if image is None or not image.frames:
+        return ""
+    if film_size is None:
+        return f"{len(image.frames)} frames, one per step; not posted (it did not fit the upload limit)."
+    downscaled = downscale_note(film_size, (request.width, request.height))
+    size = f", {downscaled}" if downscaled else ""
+    return f"{len(image.frames)} frames, one per step{size}: {source_note(image.frames_source)}."
+
+
+def parameters_embed(request: Request, *, job_id: str | None = None, film: str = "") -> discord.Embed:
+    """An embed listing every parameter of a request; a film job's "Steps film" says `film` when given."""
     titles = {CompareStepsRequest: "Compare steps", CompareSchedulersRequest: "Compare schedulers"}
     title = titles.get(type(request), "Imagine")
     embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
@@ -241,6 +249,8 @@ def parameters_embed(request: Request, *, job_id: str | None = None) -> discord.
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))
+        if request.film:
+            embed.add_field(name="Steps film", value=film or f"{request.steps} frames, one per step", inline=False)
     if request.negative_prompt:
         embed.add_field(name="Negative prompt", value=_clip(request.negative_prompt, 1000), inline=False)
     if job_id is not None:

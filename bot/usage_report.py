@@ -58,6 +58,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "width",
     "height",
     "steps",
+    "film_frames",  # a Steps film's frames (one per step); empty for other jobs
     "seed",
     "guidance",
     "prompt",
@@ -249,6 +250,7 @@ def _csv_row(job: JobRow) -> dict[str, Any]:
         "width": params.get("width", ""),
         "height": params.get("height", ""),
         "steps": ";".join(map(str, steps)) if isinstance(steps, list) else steps,
+        "film_frames": steps if params.get("film") else "",
         "seed": params.get("seed", ""),
         "guidance": params.get("guidance", ""),
         "prompt": _cell_text(params.get("prompt", "")),

@@ -162,7 +162,7 @@ class Limits(commands.Cog):
         default_scheduler="Scheduler when a member leaves it out",
         max_grid_cells="Most cells in a comparison grid (/compare-steps, /compare-schedulers)",
         max_image_size="Largest width or height in pixels",
-        max_compute_per_request="Most width × height × total steps per request (every grid cell counts)",
+        max_compute_per_request="Most width × height × total steps per request (grid cells and film frames count)",
         daily_steps_per_user="Steps each member may run per day (resets at midnight UTC)",
         max_concurrent_jobs_per_user="Jobs each member may have queued or running at once",
         banned_words="Comma-separated words or phrases refused in prompts (replaces the list)",

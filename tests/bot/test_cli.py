@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.cli import cli_defaults, main, select_models
+from bot.cli import cli_defaults, main, save_outputs, select_models
 from bot.config import Settings, cuda_device_count
 from bot.server_limits import EffectiveLimits
+from inference.protocol import GenerateRequest
 from tests.a1111 import parse_generation_parameters
-from tests.bot.fakes import TURBO
+from tests.bot.fakes import TURBO, noise_png, result_for
 
 
 @pytest.mark.parametrize(
@@ -91,12 +93,15 @@ def test_imagine_writes_the_png_with_its_parameters_and_the_steps_film(
     tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
-    out, film = tmp_path / "fox.png", tmp_path / "films" / "fox.webp"
-    argv = ["imagine", "café crème 狐 🦊", "--model", "tiny", "--seed", "7", "--size", "256", "--steps", "4"]
+    out, film = tmp_path / "fox.png", tmp_path / "films" / "fox.gif"
+    argv = ["imagine", "café crème 狐 🦊", "--model", "tiny", "--seed", "7", "--size", "576", "--steps", "4"]
     assert main([*argv, "--scheduler", "DPM++ 2M Karras", "-o", str(out), "--film", str(film)]) == 0
-    [written] = [path for path in film.parent.iterdir() if path.stem == "fox"]  # .webp, or .gif where smaller
-    assert str(written) in capsys.readouterr().out
-    assert Image.open(written).n_frames == 4
+    assert os.listdir(film.parent) == ["fox.gif"], "the film where it was asked for, as it was asked for"
+    printed = capsys.readouterr().out
+    assert f"wrote {out}, {film}: " in printed
+    assert "The film's frames are downscaled to 512×512 (the image is 576×576)." in printed
+    animation = Image.open(film)
+    assert (animation.format, animation.n_frames, animation.width) == ("GIF", 4, 512)
     parsed = parse_generation_parameters(Image.open(out).info["parameters"])
     assert (parsed["Prompt"], parsed["Steps"], parsed["Seed"], parsed["Model"]) == (
         "café crème 狐 🦊",
@@ -105,6 +110,19 @@ def test_imagine_writes_the_png_with_its_parameters_and_the_steps_film(
         "tiny",
     )
     assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ 2M", "Karras")
+
+
+@pytest.mark.parametrize("name", ["fox.webp", "fox.gif", "FOX.GIF"])
+def test_the_film_is_written_at_the_path_asked_for_in_the_format_its_name_says(tmp_path: Path, name: str) -> None:
+    request = GenerateRequest("a fox", steps=5, width=384, height=384, film=True)
+    result = result_for("job", request)
+    frames = tuple(noise_png(384, 384) for _ in range(5))  # WebP would be smaller: the name decides
+    result = dataclasses.replace(result, images=(dataclasses.replace(result.images[0], frames=frames),))
+    paths, problem = save_outputs(request, result, tmp_path / "fox.png", tmp_path / name)
+    assert problem is None and paths == [tmp_path / "fox.png", tmp_path / name]
+    assert sorted(os.listdir(tmp_path)) == sorted(["fox.png", name]), "nothing else written"
+    film = Image.open(tmp_path / name)
+    assert (film.format, film.n_frames, film.width) == (Path(name).suffix[1:].upper(), 5, 384), "not shrunk"
 
 
 def test_a_film_path_that_is_not_an_animation_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import bot.messages
+from bot.film import Film
 from bot.messages import (
     ProgressState,
     RenderedResult,
@@ -22,7 +23,7 @@ from bot.messages import (
 )
 from inference.protocol import CompareSchedulersRequest, GenerateRequest, JobProgress, JobResult
 from tests.a1111 import parse_generation_parameters
-from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, png_of, record_for, result_for
+from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, noise_png, png_of, record_for, result_for
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
 
@@ -136,9 +137,11 @@ def test_details_name_who_asked() -> None:
 # --- the Steps film and the parameters chunk ----------------------------------------------------------
 
 
-def film_result(record_job_id: str, request: GenerateRequest) -> JobResult:
+def film_result(record_job_id: str, request: GenerateRequest, frame_side: int | None = None) -> JobResult:
+    """A film's result, its frames as large as the image or `frame_side` square (the worker caps them)."""
     result = result_for(record_job_id, request)
-    frames = tuple(png_of(64, 64) for _ in range(request.steps))
+    size = (frame_side, frame_side) if frame_side else (request.width, request.height)
+    frames = tuple(png_of(*size) for _ in range(request.steps))
     image = dataclasses.replace(result.images[0], frames=frames, frames_source="epsilon")
     return dataclasses.replace(result, images=(image,))
 
@@ -156,14 +159,38 @@ def test_a_film_result_posts_the_animation_with_the_image_and_says_what_the_fram
     assert Image.open(io.BytesIO(files[0].data)).n_frames == 6
     embed = result_message(record, result, rendered).embeds[0]
     film_field = {field.name: field.value for field in embed.fields}["Steps film"]
-    assert film_field.startswith("6 frames, one per step") and "noise prediction" in (film_field or "")
+    assert film_field.startswith("6 frames, one per step: ") and "noise prediction" in (film_field or "")
+    assert "downscaled" not in (film_field or ""), "frames as large as the image"
     assert embed.image.url == f"attachment://{files[0].filename}"
+
+
+def test_a_film_of_frames_smaller_than_the_image_says_they_are_downscaled() -> None:
+    request = dataclasses.replace(IMAGINE, steps=3, width=768, height=640, film=True)
+    record = record_for(request)
+    result = film_result(record.job_id, request, frame_side=512)  # capped at 512 px by the worker
+    embed = result_message(record, result, encode_result_files(record, result, limit=10**7)).embeds[0]
+    film_field = {field.name: field.value for field in embed.fields}["Steps film"]
+    assert film_field.startswith("3 frames, one per step, downscaled to 512×512 (the image is 768×640): ")
+
+
+def test_a_film_shrunk_to_fit_the_upload_limit_says_how_small_its_frames_are() -> None:
+    request = dataclasses.replace(IMAGINE, steps=4, width=256, height=256, film=True)
+    record = record_for(request)
+    result = film_result(record.job_id, request)
+    noisy = dataclasses.replace(result.images[0], frames=tuple(noise_png(256, 256) for _ in range(4)))
+    result = dataclasses.replace(result, images=(noisy,))
+    rendered = encode_result_files(record, result, limit=20_000)
+    film = Image.open(io.BytesIO(rendered.files[0].data))
+    assert film.width < 256
+    fields = {field.name: field.value for field in result_message(record, result, rendered).embeds[0].fields}
+    assert f", downscaled to {film.width}×" in fields["Steps film"]
+    assert "(the image is 256×256): " in fields["Steps film"]
 
 
 def test_a_film_that_cannot_fit_the_limit_still_delivers_the_image_and_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def too_big(frames: object, prompt: str, limit: int) -> tuple[bytes, str]:
+    def too_big(frames: object, prompt: str, limit: int) -> Film:
         raise ValueError(f"a film of 6 frames cannot fit into {limit} bytes")
 
     monkeypatch.setattr(bot.messages, "film_animation", too_big)
@@ -174,7 +201,16 @@ def test_a_film_that_cannot_fit_the_limit_still_delivers_the_image_and_says_so(
     assert [f.filename for f in rendered.files] == [f"stepgrid-{request.seed}.png"]
     message = result_message(record, result, rendered)
     assert "did not fit" in (message.content or "")
-    assert "Steps film" not in {field.name for field in message.embeds[0].fields}
+    film_field = {field.name: field.value for field in message.embeds[0].fields}["Steps film"]
+    assert film_field == "6 frames, one per step; not posted (it did not fit the upload limit)."
+    assert message.embeds[0].image.url == f"attachment://stepgrid-{request.seed}.png", "the image shows instead"
+
+
+def test_details_of_a_film_job_say_it_is_a_film_and_of_how_many_frames() -> None:
+    fields = {field.name: field.value for field in details_embed(record_for(dataclasses.replace(IMAGINE, film=True)))
+              .fields}  # fmt: skip
+    assert fields["Steps film"] == "20 frames, one per step"
+    assert "Steps film" not in {field.name for field in details_embed(record_for(IMAGINE)).fields}
 
 
 def test_a_comparison_grid_carries_the_whole_grids_parameters() -> None:

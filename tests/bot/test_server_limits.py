@@ -260,6 +260,21 @@ def test_the_compute_budget_counts_every_image() -> None:
     assert "(512×512 × 120 steps over 4 images)" in str(error)
 
 
+def test_a_films_decodes_count_against_the_compute_budget_like_steps() -> None:
+    film = GenerateRequest(prompt="a cat", steps=30, film=True)  # 30 steps and 30 frames decoded
+    check_request(film, limits(max_compute_per_request=512 * 512 * 60), steps_used_today=0, active_jobs=0)
+
+    error = refusal(film, limits(max_compute_per_request=512 * 512 * 60 - 1))
+
+    assert str(error) == (
+        "This request needs 15,728,640 pixel-steps (512×512 × 60: 30 steps and a film frame decoded at each, "
+        "counted as a step); this server allows 15,728,639 per request. Ask for fewer steps, a smaller size or no film."
+    )
+    assert (error.limit, error.asked, error.allowed) == ("max_compute_per_request", 512 * 512 * 60, 512 * 512 * 60 - 1)
+    plain = GenerateRequest(prompt="a cat", steps=30)  # the same image without its film fits in half
+    check_request(plain, limits(max_compute_per_request=512 * 512 * 30), steps_used_today=0, active_jobs=0)
+
+
 def test_a_banned_word_is_refused_without_echoing_the_list() -> None:
     effective = limits(banned_words=("gore", "war crimes"))
 
@@ -365,7 +380,9 @@ def requests(draw: st.DrawFn) -> Request:
         "height": draw(sizes),
     }
     if draw(st.booleans()):
-        return GenerateRequest(steps=draw(st.integers(1, 150)), count=draw(st.integers(1, 4)), **common)
+        count = draw(st.integers(1, 4))
+        film = count == 1 and draw(st.booleans())
+        return GenerateRequest(steps=draw(st.integers(1, 150)), count=count, film=film, **common)
     steps = draw(st.lists(st.integers(1, 150), min_size=2, max_size=12, unique=True))
     return CompareStepsRequest(steps=tuple(steps), **common)
 
@@ -393,13 +410,15 @@ def broken_limits(request: Request, effective: EffectiveLimits, used: int, activ
     def named(text: str) -> bool:
         return any(w in text.split() or (" " in w and w in text) for w in effective.banned_words)
 
+    film_frames = request.steps if isinstance(request, GenerateRequest) and request.film else 0
+
     broken = {
         "banned_words": named(request.prompt) or named(request.negative_prompt),
         "allowed_schedulers": request.scheduler not in effective.allowed_schedulers,
         "max_steps": max(request.lane_steps) > effective.max_steps,
         "max_grid_cells": isinstance(request, CompareStepsRequest) and len(request.steps) > effective.max_grid_cells,
         "max_image_size": request.width > effective.max_image_size or request.height > effective.max_image_size,
-        "max_compute_per_request": request.width * request.height * total_steps(request)
+        "max_compute_per_request": request.width * request.height * (total_steps(request) + film_frames)
         > effective.max_compute_per_request,
         "max_concurrent_jobs_per_user": active >= effective.max_concurrent_jobs_per_user,
         "daily_steps_per_user": used + total_steps(request) > effective.daily_steps_per_user,

@@ -152,6 +152,18 @@ async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database,
     assert (by_id[queued]["guild_id"], by_id[queued]["finished_at"], by_id[queued]["steps_run"]) == ("", "", "")
 
 
+async def test_the_csv_export_says_which_jobs_were_films_and_of_how_many_frames(db: Database, db_path: Path) -> None:
+    film = await finished(db, GenerateRequest(prompt="a fox", steps=12, film=True), user=ALICE)
+    plain = await finished(db, GenerateRequest(prompt="a fox", steps=12), user=ALICE)
+    grid = await finished(db, CompareStepsRequest(prompt="a fox", steps=(5, 10)), user=ALICE)
+
+    out = io.StringIO()
+    export_csv(db_path, out)
+
+    by_id = {row["id"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
+    assert [by_id[job]["film_frames"] for job in (film, plain, grid)] == ["12", "", ""]
+
+
 async def test_the_csv_export_reads_a_database_whose_folder_has_a_hash_in_its_name(tmp_path: Path) -> None:
     path = tmp_path / "bots#1" / "stepgrid.sqlite3"
     path.parent.mkdir()

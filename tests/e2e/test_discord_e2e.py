@@ -267,6 +267,9 @@ async def test_the_steps_film_button_is_answered_with_an_animation_of_every_step
         assert not any(cid.startswith("stepgrid:film:") for cid in custom_ids(answer.json))
         assert len([s for s in queue.submitted if s.request.film]) == 1, "one film job, answered once"
         assert len([r for r in click.requests if is_result(r)]) == 1
+        film_message = click.original_message
+        details = await fake.click(film_message, button(film_message, "details"))
+        assert embed_fields(await details.wait_for_callback())["Steps film"] == "5 frames, one per step"
 
         option = await fake.invoke("imagine", imagine_options(seed=22, steps=3, film=True))
         film, _ = result_files(await wait_for_result(option))

@@ -207,6 +207,25 @@ async def test_compare_steps_over_the_compute_budget_is_refused_and_nothing_is_q
     assert await all_jobs(database) == []
 
 
+async def test_a_steps_film_whose_decodes_go_over_the_compute_budget_is_refused_with_what_to_change(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        await set_limits(fake, compute_budget=256 * 256 * 7)
+        first = await fake.invoke("imagine", imagine(steps=4))  # 4 steps fit; with the film's 4 decodes, 8 don't
+        await wait_for_result(first)
+        message = first.original_message
+
+        click = await fake.click(message, button(message, "film"))
+        assert await refusal(click) == (
+            "This request needs 524.3k pixel-steps (256×256 × 8: 4 steps and a film frame decoded at each, "
+            "counted as a step); this server allows 458.8k per request. Ask for fewer steps, a smaller size or no film."
+        )
+        fits = await fake.invoke("imagine", imagine(steps=3, film=True))  # 6 of 7
+        await wait_for_result(fits)
+        assert [submitted.request.film for submitted in queue.submitted] == [False, True]
+
+
 async def test_a_daily_quota_runs_out_and_the_refusal_says_when_it_resets(
     fake: FakeDiscord, worker: LocalJobQueue, database: Database
 ) -> None:
