@@ -84,3 +84,17 @@ def test_an_exception_stays_inside_its_json_line(capsys: pytest.CaptureFixture[s
     [line] = lines(capsys)
     record = json.loads(line)
     assert record["job_id"] == "j1" and "ValueError: bad\nthing" in record["exception"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_stack_asked_for_stays_inside_its_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("worker", level="INFO", log_format="json")
+
+    def where_it_was_logged() -> None:
+        logging.getLogger("stepgrid.test").warning("slow step", stack_info=True, extra={"job_id": "j2"})
+
+    where_it_was_logged()
+    [line] = lines(capsys)
+    record = json.loads(line)
+    assert record["message"] == "slow step" and record["job_id"] == "j2" and "exception" not in record
+    assert record["stack"].startswith("Stack (most recent call last):") and "in where_it_was_logged" in record["stack"]
