@@ -18,6 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 import bot.http
 from bot.config import Settings
 from bot.db import Database
+from bot.healthcheck import healthz_url
 from bot.http import OperatorEndpoint
 from bot.jobs import JobService
 from bot.metrics import Metrics
@@ -136,3 +137,17 @@ async def test_with_the_endpoint_turned_off_the_images_health_check_fails_saying
     status, line = await image_healthcheck(STEPGRID_HTTP_PORT="")  # `-e STEPGRID_HTTP_PORT=`: no endpoint
     assert status == 1 and "\n" not in line, line
     assert line.startswith("unhealthy: STEPGRID_HTTP_PORT is empty") and "--no-healthcheck" in line, line
+
+
+@pytest.mark.parametrize(
+    ("bind", "url"),
+    [
+        ("", "http://127.0.0.1:8080/healthz"),  # the default bind
+        ("0.0.0.0", "http://127.0.0.1:8080/healthz"),  # every address: loopback among them
+        ("::", "http://[::1]:8080/healthz"),
+        ("10.1.2.3", "http://10.1.2.3:8080/healthz"),  # one address only, not loopback: asked there
+        ("fd00::5", "http://[fd00::5]:8080/healthz"),
+    ],
+)
+def test_the_images_health_check_asks_where_the_bot_listens(bind: str, url: str) -> None:
+    assert healthz_url({"STEPGRID_HTTP_PORT": "8080", "STEPGRID_HTTP_BIND": bind}) == url
