@@ -53,9 +53,10 @@ ENV STEPGRID_MODEL_CACHE_DIR=/models \
     STEPGRID_HTTP_PORT=8080
 VOLUME ["/models", "/data"]
 
-# No curl in a slim image: Python's urllib, which fails (exit 1) on anything but a 2xx answer. It asks
-# the port the bot listens on, STEPGRID_HTTP_PORT as the container runs (an --env-file may change it).
+# No curl in a slim image: bot/healthcheck.py (standard library) asks /healthz where the bot listens,
+# STEPGRID_HTTP_PORT and STEPGRID_HTTP_BIND as the container runs (an --env-file may change them), and
+# prints one line `docker inspect` shows. With the port set empty (endpoint off) it fails saying so.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['STEPGRID_HTTP_PORT'], timeout=5)"]
+    CMD ["python", "-m", "bot.healthcheck"]
 
 CMD ["stepgrid", "run"]

@@ -34,7 +34,7 @@ from inference.protocol import (
     Request,
     WorkerReady,
 )
-from inference.queue import LocalJobQueue, WorkerUnavailable
+from inference.queue import LocalJobQueue, ModelsUnavailable, WorkerUnavailable
 from inference.registry import TEST_MODEL_NAMES, ModelSpec, RegistryError, models_from_setting
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
@@ -398,8 +398,8 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     try:
         request, result = asyncio.run(generate(options_from_args(args), settings, specs))
-    except (InvalidRequest, InvalidOption) as error:  # e.g. a scheduler or size this model can't do
-        print(f"stepgrid: {error}", file=sys.stderr)
+    except (InvalidRequest, InvalidOption, ModelsUnavailable) as error:  # e.g. a scheduler or size this
+        print(f"stepgrid: {error}", file=sys.stderr)  # model can't do, or a --model that doesn't load
         return 2
     except (GenerationFailed, WorkerUnavailable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)

@@ -439,20 +439,26 @@ def load_model(
                 safety_checker=None,
                 requires_safety_checker=False,
             )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        # A folder or a download fails to load in many of diffusers' and torch's ways (OSError for a
+        # missing file, AttributeError for a pipeline class diffusers lacks, the safetensors error for a
+        # cut-off file…): each is the model's fault, told in one line, never a worker crash.
         reason = _first_sentence(str(exc)).removesuffix(".") or type(exc).__name__
-        if not is_test_model and not Path(source).expanduser().exists():
+        folder = Path(source).expanduser().exists()
+        if not is_test_model and not folder:
             # diffusers says "not cached locally" whether the hub was unreachable or has no such model.
             reason = why_the_hub_failed(source) or reason
+        fix = "Save or download that folder again, whole, or give" if folder else "Give a local diffusers folder,"
         raise ModelLoadError(
-            f"Could not load model {label} ({reason}). Give a local diffusers folder, a hub id "
-            f"that can be downloaded, or a test model such as 'tiny' (--model, STEPGRID_MODEL or a registry source)."
+            f"Could not load model {label} ({reason}). {fix} a hub id that can be downloaded, "
+            f"or a test model such as 'tiny' (--model, STEPGRID_MODEL or a registry source)."
         ) from exc
     try:
         family = family_for(pipe, spec, torch_device, torch_dtype)
     except LookupError:
         raise ModelLoadError(
-            f"Model {label} is a {type(pipe).__name__}; Stepgrid runs {supported_pipelines()} models."
+            f"Model {label} is a {type(pipe).__name__}; Stepgrid runs {supported_pipelines()} models: "
+            "give one of those (--model, STEPGRID_MODEL or a registry source)."
         ) from None
     try:
         info = family.info()

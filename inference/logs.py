@@ -53,7 +53,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, process role, message, job_id when about a job."""
+    """One JSON object per line: time, level, logger, process role, message, job_id when about a job,
+    and the traceback (`exception`) and call stack (`stack`, from `stack_info=True`) when the record has them."""
 
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -72,6 +73,8 @@ class JsonFormatter(logging.Formatter):
             line["job_id"] = job_id
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, ensure_ascii=False)
 
 

@@ -162,6 +162,11 @@ class WorkerUnavailable(RuntimeError):
     """The worker cannot load its model; restarting won't help. The message says what to fix."""
 
 
+class ModelsUnavailable(WorkerUnavailable):
+    """The worker ran but loaded none of its models (the message says why each failed): what was
+    asked for is at fault, not the machine."""
+
+
 class LocalJobQueue(JobQueue):
     """Pending jobs in this process (fair across users); GPU work in one spawned worker process.
 
@@ -195,6 +200,7 @@ class LocalJobQueue(JobQueue):
         self._ready = asyncio.Event()
         self._exited = asyncio.Event()
         self._fatal: str | None = None
+        self._no_model_loaded = False  # the worker said so (WorkerFailed), rather than crashing
         self._last_event_at = 0.0
         self._crashes = 0
         self._startup_crashes = 0  # exits before WorkerReady in a row
@@ -216,7 +222,7 @@ class LocalJobQueue(JobQueue):
         await asyncio.wait({ready, supervisor}, return_when=asyncio.FIRST_COMPLETED)
         ready.cancel()
         if self._fatal:
-            raise WorkerUnavailable(self._fatal)
+            raise (ModelsUnavailable if self._no_model_loaded else WorkerUnavailable)(self._fatal)
 
     @property
     def ready(self) -> bool:
@@ -415,7 +421,7 @@ class LocalJobQueue(JobQueue):
             self._ready.set()
             self._dispatch()
         elif isinstance(message, WorkerFailed):
-            self._fatal = message.message
+            self._fatal, self._no_model_loaded = message.message, True
         elif isinstance(message, ProgressBatch):
             for event in message.events:
                 self._on_message(generation, event)

@@ -36,13 +36,17 @@ log = logging.getLogger(__name__)
 
 
 def _quiet_libraries() -> None:
+    """diffusers and transformers log errors only, through our handler (JSON too), at our level if higher:
+    a model that fails to load is told once, in the worker's own line, not again in theirs."""
     import diffusers
     import transformers
 
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    level = max(logging.ERROR, logging.getLogger().level)
+    for library in (diffusers.utils.logging, transformers.logging):
+        library.set_verbosity(level)
+        library.disable_progress_bar()
+        library.disable_default_handler()
+        library.enable_propagation()
 
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:

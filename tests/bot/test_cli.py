@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -496,3 +497,44 @@ def test_steps_over_a_registry_ceiling_exit_2_in_one_line(
     monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
     assert main(["imagine", "fox", "--model", "quick", "--steps", "12", "-o", str(tmp_path / "x.png")]) == 2
     assert "steps must be at most 8 for the model quick; got 12." in capsys.readouterr().err
+
+
+def broken_models(tiny: Path, tmp_path: Path) -> dict[str, tuple[str, str, str]]:
+    """Models an operator might give --model that fail to load, made from the saved tiny model, with what
+    the one line must say went wrong and what to do."""
+    folders = {}
+    for name in ("img2img", "no-such-class", "cut-off-weights", "no-weights"):
+        folders[name] = shutil.copytree(tiny, tmp_path / name)
+    for name, pipeline in (("img2img", "StableDiffusionImg2ImgPipeline"), ("no-such-class", "NoSuchPipeline")):
+        index = folders[name] / "model_index.json"
+        index.write_text(index.read_text().replace('"StableDiffusionPipeline"', f'"{pipeline}"'))
+    weights = Path("unet/diffusion_pytorch_model.safetensors")
+    (folders["cut-off-weights"] / weights).write_bytes((tiny / weights).read_bytes()[:1000])  # a download cut off
+    (folders["no-weights"] / weights).unlink()
+    again = "Save or download that folder again, whole, or give a hub id"
+    return {
+        "img2img": ("./img2img", "is a StableDiffusionImg2ImgPipeline; Stepgrid runs", "give one of those"),
+        "no-such-class": ("./no-such-class", "(module diffusers has no attribute NoSuchPipeline).", again),
+        "cut-off-weights": ("./cut-off-weights", "(Unable to load weights from checkpoint file", again),
+        "no-weights": ("./no-weights", "(Error no file named diffusion_pytorch_model.bin found", again),
+        "offline hub id": ("owner/not-cached", "(HF_HUB_OFFLINE is set and the model is not in the", "Give a local"),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["img2img", "no-such-class", "cut-off-weights", "no-weights", "offline hub id"])
+def test_a_model_that_fails_to_load_exits_2_with_one_line_saying_what_to_do(
+    case: str, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    from inference.loading import ensure_test_model  # torch: only this test of the file needs it here
+
+    model, reason, advice = broken_models(ensure_test_model("tiny", model_cache_dir), tmp_path)[case]
+    result = stepgrid(
+        "imagine", "a fox", "--model", model, "--steps", "2", "--size", "256", "-o", str(tmp_path / "fox.png"),
+        cwd=tmp_path, STEPGRID_MODEL_CACHE_DIR=str(model_cache_dir), HF_HUB_OFFLINE="1",
+    )  # fmt: skip
+    line = one_error_line(result)  # and no traceback, from the command or its worker
+    assert result.returncode == 2, result.stderr
+    assert reason in line and advice in line and line.endswith("(--model, STEPGRID_MODEL or a registry source)."), line
+    assert [other for other in result.stderr.splitlines() if other != line] == [f"loading {model} ..."], result.stderr
+    assert not (tmp_path / "fox.png").exists()

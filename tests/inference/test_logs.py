@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
 
 import pytest
 
 from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, configure_logging, job_context
+from inference.protocol import GenerateRequest, JobFailed, Shutdown, SubmitJob, WorkerConfig, WorkerReady
+from inference.worker import worker_main
 
 
 @pytest.fixture
@@ -84,3 +88,47 @@ def test_an_exception_stays_inside_its_json_line(capsys: pytest.CaptureFixture[s
     [line] = lines(capsys)
     record = json.loads(line)
     assert record["job_id"] == "j1" and "ValueError: bad\nthing" in record["exception"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_stack_asked_for_stays_inside_its_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("worker", level="INFO", log_format="json")
+
+    def where_it_was_logged() -> None:
+        logging.getLogger("stepgrid.test").warning("slow step", stack_info=True, extra={"job_id": "j2"})
+
+    where_it_was_logged()
+    [line] = lines(capsys)
+    record = json.loads(line)
+    assert record["message"] == "slow step" and record["job_id"] == "j2" and "exception" not in record
+    assert record["stack"].startswith("Stack (most recent call last):") and "in where_it_was_logged" in record["stack"]
+
+
+@pytest.mark.slow
+def test_a_spawned_workers_stderr_is_json_lines_naming_the_job(
+    tiny_config: WorkerConfig, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(LEVEL_VARIABLE, "INFO")  # what the bot exports for the worker it spawns
+    monkeypatch.setenv(FORMAT_VARIABLE, "json")
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    worker = context.Process(target=worker_main, args=(theirs, dataclasses.replace(tiny_config, warmup=False)))
+    worker.start()
+    theirs.close()  # the worker's death reads as EOFError here, not a hang
+    try:
+        assert isinstance(ours.recv(), WorkerReady)
+        # A scheduler the queue would have refused: the worker's own guard logs the job's failure.
+        ours.send(SubmitJob("job-7", GenerateRequest("fox", steps=2, scheduler="Nope", width=256, height=256)))
+        answers = iter(ours.recv, None)
+        failed = next(answer for answer in answers if isinstance(answer, JobFailed))
+        assert failed.job_id == "job-7"
+        ours.send(Shutdown())
+    finally:
+        worker.join(timeout=120)
+        if worker.is_alive():
+            worker.kill()
+    records = [json.loads(line) for line in capfd.readouterr().err.splitlines()]  # every line of it: JSON
+    assert all(record["process"].startswith("worker[") for record in records), records
+    [about_the_job] = [record for record in records if "job_id" in record]
+    assert about_the_job["job_id"] == "job-7" and about_the_job["message"] == "could not start job job-7"
+    assert "Traceback" in about_the_job["exception"]

@@ -27,7 +27,7 @@ from inference.protocol import (
     JobStarted,
     WorkerConfig,
 )
-from inference.queue import LocalJobQueue, QueueFull, WorkerUnavailable
+from inference.queue import LocalJobQueue, ModelsUnavailable, QueueFull, WorkerUnavailable
 from tests.inference.crashy_worker import crashy_worker_main, dying_worker_main
 from tests.workers import started_queue
 
@@ -219,8 +219,8 @@ async def test_a_model_that_cannot_load_is_reported_once_and_not_restarted(tmp_p
     job_id = queue.submit(GenerateRequest("fox", **SMALL), user_id="u")
     await queue.start()
     try:
-        with pytest.raises(WorkerUnavailable, match=r"Could not load model .*no-such-model"):
-            await queue.wait_ready()
+        with pytest.raises(ModelsUnavailable, match=r"Could not load model .*no-such-model"):
+            await queue.wait_ready()  # the model's fault, which the CLI tells apart from a crash
         events = await collect(queue, job_id)
         with pytest.raises(WorkerUnavailable):
             queue.submit(GenerateRequest("fox", **SMALL), user_id="u")
@@ -238,8 +238,9 @@ async def test_a_worker_that_keeps_dying_while_loading_is_given_up_with_a_clear_
     job_id = queue.submit(GenerateRequest("fox", **SMALL), user_id="u")
     await queue.start()
     try:
-        with pytest.raises(WorkerUnavailable, match="exited 3 times while loading the model"):
+        with pytest.raises(WorkerUnavailable, match="exited 3 times while loading the model") as gave_up:
             await queue.wait_ready()
+        assert not isinstance(gave_up.value, ModelsUnavailable)  # a crash: not the model's fault as far as we know
         events = await collect(queue, job_id)
     finally:
         await queue.close()
