@@ -507,7 +507,7 @@ def _models_command(args: argparse.Namespace, settings: Settings) -> int:
         ready = asyncio.run(load_models(settings, specs))
     except WorkerUnavailable as error:
         print(f"stepgrid: no model loaded: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, ModelsUnavailable) else 1  # 2: the configured models are the problem
     limits = EffectiveLimits.combine(None, settings, models=specs)
     print(f"loaded on {ready.device} ({ready.dtype}) in {ready.load_seconds:.1f}s:")
     for model in ready.models:

@@ -538,3 +538,16 @@ def test_a_model_that_fails_to_load_exits_2_with_one_line_saying_what_to_do(
     assert reason in line and advice in line and line.endswith("(--model, STEPGRID_MODEL or a registry source)."), line
     assert [other for other in result.stderr.splitlines() if other != line] == [f"loading {model} ..."], result.stderr
     assert not (tmp_path / "fox.png").exists()
+
+
+@pytest.mark.slow
+def test_models_exits_2_when_no_configured_model_loads(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.loading import ensure_test_model
+
+    broken_models(ensure_test_model("tiny", model_cache_dir), tmp_path)
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("STEPGRID_MODEL", str(tmp_path / "img2img"))
+    assert main(["models"]) == 2
+    assert "no model loaded" in capsys.readouterr().err
