@@ -55,7 +55,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
 # Admission runs on the engine thread between two iterations, so every running lane waits for it. It
 # reuses what earlier jobs built: schedulers with their timesteps set (DPM2's `set_timesteps` alone
-# takes ~15 ms for 30 steps on a CPU), each lane getting its own copy, and text conditionings
+# takes 10–15 ms for 30 steps on a CPU), each lane getting its own copy, and text conditionings
 # (read-only once built; a re-roll or a film of the same prompt skips the text encoders). How many of
 # each are kept, the least recently used dropped first:
 SCHEDULERS_KEPT = 64

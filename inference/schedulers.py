@@ -89,6 +89,8 @@ def make_scheduler(base_config: Any, name: str, seed: int, *, flow: bool = False
         scheduler = cls.from_config(base_config, **overrides)  # one per seed: nothing to reuse
         return scheduler
     # A config's repr lists its values in full (its lists and numbers): equal reprs, equal schedulers.
+    # The copies rely on diffusers' configs being deep-copyable; the engine tests compare copied lanes
+    # with fresh runs for every scheduler, so a diffusers upgrade that breaks this fails there.
     key = (cls, repr(sorted(base_config.items())), repr(sorted(overrides.items())))
     scheduler = copy.deepcopy(_CONSTRUCTED.get(key, lambda: cls.from_config(base_config, **overrides)))
     return scheduler
