@@ -137,12 +137,13 @@ def resolve_size(text: str | None, defaults: RequestDefaults) -> tuple[int, int]
 
 
 def resolve_step_list(text: str | None, default: tuple[int, ...] = DEFAULT_COMPARE_STEPS) -> tuple[int, ...]:
-    """Step counts from "5,10,20"; the default comparison (the model's ladder) when left out."""
+    """Step counts from "5,10,20" in ascending order (the grid's columns and their Δ follow it, whatever
+    order they were typed in); the default comparison (the model's ladder) when left out."""
     if text is None or not text.strip():
         return default
     if len(text) > MAX_STEP_LIST_CHARS:  # no list of at most 12 step counts is this long; don't echo it whole
         raise InvalidOption(f"Could not read step counts {echo(text)}: write 2 to 12 whole numbers like 5,10,20,30.")
-    return as_option_error(lambda: parse_step_list(text))
+    return tuple(sorted(as_option_error(lambda: parse_step_list(text))))
 
 
 def random_seed(rng: random.Random | None = None) -> int:

@@ -7,6 +7,7 @@ what users type (sizes, step lists, scheduler names) is the bot's (`bot.job_requ
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 
@@ -165,7 +166,9 @@ def validate(request: Request) -> None:
         raise InvalidRequest("The prompt is empty: describe the image you want.")
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in SCHEDULER_NAMES:
-            raise InvalidRequest(f"Unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULER_NAMES)}.")
+            raise InvalidRequest(
+                f"Unknown scheduler {scheduler!r}{_did_you_mean(scheduler)}; choose one of: {', '.join(SCHEDULER_NAMES)}."
+            )
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         _validate_grid(request)
     else:
@@ -204,8 +207,8 @@ def _validate_grid(request: GridRequest) -> None:
             raise InvalidRequest(
                 f"A scheduler comparison needs {MIN_GRID_SCHEDULERS} to {MAX_GRID_SCHEDULERS} schedulers; got {rows}."
             )
-        if len(set(request.schedulers)) != rows:
-            raise InvalidRequest("Each scheduler may appear only once in a comparison.")
+        if (twice := _first_repeat(request.schedulers)) is not None:
+            raise InvalidRequest(f"{twice} is given twice; name each scheduler once.")
         if columns < MIN_COMPARE_CELLS:
             raise InvalidRequest(
                 f"A scheduler comparison needs at least {MIN_COMPARE_CELLS} step counts; got {columns}."
@@ -216,8 +219,24 @@ def _validate_grid(request: GridRequest) -> None:
                 f"A comparison grid has at most {MAX_COMPARE_CELLS} cells; {rows} schedulers × {columns} step "
                 f"counts would be {cells}: give fewer of either."
             )
-    if len(set(request.steps)) != columns:
-        raise InvalidRequest("Each step count may appear only once in a comparison.")
+    if (twice := _first_repeat(request.steps)) is not None:
+        raise InvalidRequest(f"The step count {twice} is given twice; give each step count once.")
+
+
+def _first_repeat(values: tuple[int, ...] | tuple[str, ...]) -> int | str | None:
+    seen: set[int | str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
+def _did_you_mean(scheduler: str) -> str:
+    """" (did you mean 'Euler a'?)" for a typo of a scheduler's name, else ""."""
+    by_folded = {name.casefold(): name for name in SCHEDULER_NAMES}
+    close = difflib.get_close_matches(scheduler.casefold(), by_folded, n=1, cutoff=0.75)
+    return f" (did you mean {by_folded[close[0]]!r}?)" if close else ""
 
 
 def validate_for_model(request: Request, model: ModelInfo) -> None:

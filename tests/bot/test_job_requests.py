@@ -162,6 +162,12 @@ def test_size_option_defaults_and_errors() -> None:
         resolve_size("big", defaults)
 
 
+def test_a_step_list_typed_out_of_order_becomes_ascending_columns() -> None:
+    assert resolve_step_list("20, 5,10") == (5, 10, 20)
+    grid = build_request(RequestOptions("a fox", compare_steps="50,5 20", scheduler_grid=True), RequestDefaults())
+    assert grid.steps == (5, 20, 50)  # type: ignore[union-attr]
+
+
 def test_a_malformed_step_list_shows_the_expected_form() -> None:
     assert resolve_step_list(None) == (5, 10, 20, 30, 40, 50)
     with pytest.raises(InvalidOption, match="5,10,20,30"):
@@ -261,7 +267,7 @@ def test_spread_keeps_the_ends_of_the_ladder() -> None:
     ("schedulers", "steps", "message"),
     [
         ("Euler a", "2,4", "needs 2 to 6 schedulers; got 1"),
-        ("Euler a, euler a", "2,4", "Each scheduler may appear only once"),
+        ("Euler a, DDIM, euler a", "2,4", "Euler a is given twice; name each scheduler once."),
         ("Euler a, Turbo", "2,4", "Unknown scheduler 'Turbo'"),
         ("Euler a, DDIM", "4", "at least 2 step counts; got 1"),
         ("Euler a, DDIM, UniPC", "1,2,3,4,5", "at most 12 cells; 3 schedulers × 5 step counts would be 15"),
