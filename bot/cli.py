@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import difflib
 import os
 import sys
 import tempfile
@@ -16,13 +17,17 @@ from typing import NoReturn, TextIO
 from pydantic import ValidationError
 
 from bot.config import Settings, checked_device, checked_dtype
-from bot.errors import InvalidOption
+from bot.errors import InvalidOption, echo
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from bot.server_limits import EffectiveLimits
 from inference.parameters import grid_infotext
 from inference.protocol import (
     DEFAULT_GRID_SCHEDULERS,
+    MAX_PIXELS,
+    MAX_SIZE,
+    MIN_SIZE,
     SCHEDULER_NAMES,
+    SIZE_MULTIPLE,
     CompareSchedulersRequest,
     CompareStepsRequest,
     InvalidRequest,
@@ -47,6 +52,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{echo(text)} is not a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{echo(text)} is not a number") from None
+
+
 def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings, *, scheduler: bool = True) -> None:
     parser.add_argument("prompt", help="what to draw")
     if scheduler:
@@ -55,18 +74,19 @@ def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings,
             default=None,
             help=f"one of {', '.join(SCHEDULER_NAMES)} that the model can run (default: the model's own)",
         )
-    parser.add_argument("--seed", type=int, default=-1, help="0 to 4294967295; -1 or left out: random")
+    parser.add_argument("--seed", type=_whole_number, default=-1, help="0 to 4294967295; -1 or left out: random")
     parser.add_argument("--negative", default="", help="negative prompt: what to keep out of the image")
     parser.add_argument(
         "--guidance",
-        type=float,
+        type=_number,
         default=None,
         help="classifier-free guidance, 0-30 (default: the model's own)",
     )
     parser.add_argument(
         "--size",
         default=None,
-        help="512 or WIDTHxHEIGHT, multiples of 8 from 256 to 1024 (default: the model's native size)",
+        help=f"512 or WIDTHxHEIGHT, multiples of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, at most "
+        f"{MAX_PIXELS:,} pixels (default: the model's native size)",
     )
     names = ", ".join(spec.name for spec in settings.model_specs())
     parser.add_argument(
@@ -92,8 +112,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     imagine = commands.add_parser("imagine", help="generate images offline", description="Generate images offline.")
     _add_generation_options(imagine, settings)
-    imagine.add_argument("--steps", type=int, default=None, help="1-150 (default: the model's own)")
-    imagine.add_argument("--count", type=int, default=1, help="1-4 images, seeded seed, seed+1, ... (default: 1)")
+    imagine.add_argument("--steps", type=_whole_number, default=None, help="1-150 (default: the model's own)")
+    imagine.add_argument(
+        "--count", type=_whole_number, default=1, help="1-4 images, seeded seed, seed+1, ... (default: 1)"
+    )
     imagine.add_argument(
         "-o", "--output", type=Path, required=True, help="PNG file to write; with --count N: NAME-1.png ... NAME-N.png"
     )
@@ -211,8 +233,10 @@ def select_models(choice: str | None, settings: Settings) -> tuple[ModelSpec, ..
     path = Path(choice).expanduser()
     bare_name = not any(mark in choice for mark in ("/", "\\", "[", "=")) and not choice.startswith((".", "~"))
     if bare_name and choice not in TEST_MODEL_NAMES and not path.exists() and not choice.endswith(".toml"):
+        close = difflib.get_close_matches(choice, [*by_name, *TEST_MODEL_NAMES], n=1, cutoff=0.75)
+        suggestion = f" (did you mean {close[0]!r}?)" if close else ""
         raise InvalidOption(
-            f"--model {choice}: no such model; choose one of the configured models ({', '.join(by_name)}), "
+            f"--model {choice}: no such model{suggestion}; choose one of the configured models ({', '.join(by_name)}), "
             f"a hub id like owner/name, a local folder, or a test model ({', '.join(TEST_MODEL_NAMES[:5])})."
         )
     return models_from_setting(choice)[:1]

@@ -18,7 +18,7 @@ from PIL import Image
 from bot.cli import cli_defaults, main, save_outputs, select_models
 from bot.config import Settings, cuda_device_count
 from bot.server_limits import EffectiveLimits
-from inference.protocol import GenerateRequest
+from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, GenerateRequest
 from tests.a1111 import parse_generation_parameters
 from tests.bot.fakes import TURBO, noise_png, result_for
 
@@ -31,6 +31,16 @@ from tests.bot.fakes import TURBO, noise_png, result_for
         (["imagine", "fox", "--size", "big"], "write it like 512 or 768x512"),
         (["imagine", "", "--model", "tiny"], "The prompt is empty"),
         (["imagine", "fox", "--scheduler", "Turbo"], "Unknown scheduler 'Turbo'"),
+        (["imagine", "fox", "--scheduler", "Eular a"], "Unknown scheduler 'Eular a' (did you mean 'Euler a'?)"),
+        (["imagine", "fox", "--model", "tinyy"], "--model tinyy: no such model (did you mean 'tiny'?)"),
+        (["imagine", "fox", "--size", "1x1"], "width must be a multiple of 8 from 256 to 2048; got 1."),
+        (["imagine", "fox", "--size", "2048x2048"], "2048x2048 is too many pixels"),
+        (["imagine", "fox", "--seed", str(2**64)], f"seed must be 0 to 4294967295; got {2**64}."),
+        (["imagine", "fox", "--guidance", "-3"], "guidance must be 0 to 30; got -3."),
+        (
+            ["compare-steps", "fox", "--steps", "5, 10,10 ,50"],
+            "The step count 10 is given twice; give each step count once.",
+        ),
         (["compare-steps", "fox", "--steps", "5,x,10"], "like 5,10,20,30"),
         (["compare-steps", "fox", "--steps", ",".join(map(str, range(1, 14)))], "2 to 12 step counts; got 13"),
         (["imagine", "fox", "--model", "./no/such/folder"], "--model ./no/such/folder does not exist."),
@@ -56,6 +66,37 @@ def test_an_unknown_option_exits_2_with_one_line(capsys: pytest.CaptureFixture[s
         main(["imagine", "fox", "--bogus", "-o", "x.png"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "stepgrid: unrecognized arguments: --bogus (see --help)\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["imagine", "fox", "--steps", "ten"], "stepgrid imagine: argument --steps: 'ten' is not a whole number"),
+        (["imagine", "fox", "--count", "2.5"], "stepgrid imagine: argument --count: '2.5' is not a whole number"),
+        (
+            ["compare-steps", "fox", "--seed", "1e3"],
+            "stepgrid compare-steps: argument --seed: '1e3' is not a whole number",
+        ),
+        (
+            ["compare-schedulers", "fox", "--guidance", "high"],
+            "stepgrid compare-schedulers: argument --guidance: 'high' is not a number",
+        ),
+    ],
+)
+def test_a_word_where_a_number_goes_exits_2_saying_what_is_wrong(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "-o", "x.png"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"{message} (see --help)\n"
+
+
+def test_the_size_help_gives_the_sizes_the_commands_take(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["imagine", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"multiples of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, at most {MAX_PIXELS:,} pixels" in help_text
 
 
 def test_an_output_that_is_not_a_png_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -439,7 +480,10 @@ def test_a_registry_name_with_a_typo_exits_2_naming_the_configured_models(
     monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
     assert main(["imagine", "fox", "--model", "qiuck", "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("stepgrid: --model qiuck: no such model; choose one of the configured models (quick, sd,")
+    assert err.startswith(
+        "stepgrid: --model qiuck: no such model (did you mean 'quick'?); "
+        "choose one of the configured models (quick, sd,"
+    )
     assert err.count("\n") == 1
 
 
