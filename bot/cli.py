@@ -43,6 +43,7 @@ from inference.queue import LocalJobQueue, ModelsUnavailable, WorkerUnavailable
 from inference.registry import TEST_MODEL_NAMES, ModelSpec, RegistryError, models_from_setting
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
+TINY_MODELS = TEST_MODEL_NAMES[:5]  # one per family; the rest are full-size random weights, for benchmarks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,8 +94,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings,
         "--model",
         default=None,
         help=f"a configured model ({names}), a hub id, local diffusers folder, registry file (.toml), or a "
-        "random-weight test model: tiny, tiny-sdxl, tiny-flux, tiny-flux-dev, tiny-sd3 (default: the first "
-        "configured model)",
+        f"random-weight test model: {', '.join(TINY_MODELS)} (default: the first configured model)",
     )
     parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument(
@@ -237,7 +237,7 @@ def select_models(choice: str | None, settings: Settings) -> tuple[ModelSpec, ..
         suggestion = f" (did you mean {close[0]!r}?)" if close else ""
         raise InvalidOption(
             f"--model {choice}: no such model{suggestion}; choose one of the configured models ({', '.join(by_name)}), "
-            f"a hub id like owner/name, a local folder, or a test model ({', '.join(TEST_MODEL_NAMES[:5])})."
+            f"a hub id like owner/name, a local folder, or a test model ({', '.join(TINY_MODELS)})."
         )
     return models_from_setting(choice)[:1]
 
@@ -523,6 +523,7 @@ def _models_command(args: argparse.Namespace, settings: Settings) -> int:
     specs = settings.model_specs()
     print("configured (STEPGRID_MODEL):")
     print("\n".join(configured_lines(specs)))
+    print(f"built in, to try offline (random weights, --model NAME): {', '.join(TINY_MODELS)}")
     if args.no_load:
         return 0
     settings = settings.model_copy(update={"device": args.device, "dtype": args.dtype})

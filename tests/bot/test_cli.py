@@ -497,6 +497,7 @@ def test_models_without_loading_lists_the_registry(
         "  quick (default): tiny-flux · steps 2, max steps 8",
         "  sd: tiny · ladder 2,4",
         "  gone: ./no/such/folder",
+        "built in, to try offline (random weights, --model NAME): tiny, tiny-sdxl, tiny-flux, tiny-flux-dev, tiny-sd3",
     ]
 
 
