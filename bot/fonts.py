@@ -156,9 +156,16 @@ def fit_text(text: str, size: int, width: float) -> str:
     """`text`, shortened with an ellipsis until it fits `width` pixels."""
     if text_length(text, size) <= width:
         return text
-    while text and text_length(text + "…", size) > width:
-        text = text[:-1]
-    return text + "…"
+    # The longest start that fits with the ellipsis, found by halving: measuring is what costs, and a
+    # 1,500-character prompt cut a character at a time took seconds for every frame of a film.
+    fits, too_long = 0, len(text)
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if text_length(text[:middle] + "…", size) <= width:
+            fits = middle
+        else:
+            too_long = middle
+    return text[:fits] + "…"
 
 
 def draw_text(

@@ -81,6 +81,24 @@ def test_fit_text_shortens_with_an_ellipsis() -> None:
     assert fit_text("狐", SIZE, 150) == "狐"
 
 
+def test_fit_text_keeps_the_longest_start_that_fits_measuring_a_few_times_not_once_a_character(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = "a lighthouse on a cliff at dusk, 狐 🦊, dramatic clouds, " * 30  # a long prompt: 1,680 characters
+    measured = []
+
+    def counted(text: str, size: int) -> float:
+        measured.append(text)
+        return text_length(text, size)
+
+    monkeypatch.setattr(fonts, "text_length", counted)
+    fitted = fit_text(text, SIZE, 400)
+    assert len(measured) <= 2 + len(text).bit_length(), "halving, not a measurement per character cut"
+    kept = len(fitted) - 1
+    assert fitted == text[:kept] + "…" and text_length(fitted, SIZE) <= 400
+    assert text_length(text[: kept + 1] + "…", SIZE) > 400, "one character more would not fit"
+
+
 @pytest.mark.usefixtures("fresh_chain")
 def test_without_installed_fonts_text_uses_pillows_default_with_one_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
