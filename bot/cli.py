@@ -134,7 +134,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     compare.add_argument(
         "--steps",
         default=None,
-        help="2 to 12 step counts, comma-separated (default: the model's own ladder, e.g. 1,2,3,4,6,8 for a "
+        help="2 to 12 step counts, comma-separated, any order (default: the model's own ladder, e.g. 1,2,3,4,6,8 for a "
         "few-step model, 5,10,20,30,40,50 for SD 1.5)",
     )
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
@@ -166,7 +166,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     about = "Sync the slash commands to Discord now; the bot syncs at start only when they changed."
     commands.add_parser("sync", help="sync the slash commands now (needs the token)", description=about)
 
-    about = "List the configured models; then load them in a worker and show their defaults, or why one failed."
+    about = (
+        "List the configured models (and the built-in tiny ones to try offline); then load the configured ones in a "
+        "worker and show their defaults, or why one failed."
+    )
     models = commands.add_parser("models", help="list the configured models and what loaded", description=about)
     models.add_argument("--no-load", action="store_true", help="only list the configuration; load nothing")
     models.add_argument("--device", default=settings.device, help="auto, cpu, cuda, ... (default: %(default)s)")
