@@ -343,6 +343,8 @@ def check_writable(output: Path, option: str = "-o") -> None:
     """Refuse (before a render that may take minutes) an output whose folder can't take a new file;
     the message names the `option` that gave it."""
     folder = output.parent
+    if folder.exists() and not folder.is_dir():
+        raise InvalidOption(f"{option} {output}: {folder} is a file, not a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -265,7 +265,11 @@ def test_a_database_that_cannot_be_used_is_one_line_naming_the_file(
 
 @pytest.mark.parametrize(
     ("output", "problem"),
-    [("/proc/stepgrid-test/out.png", "can't be created"), ("/proc/out.png", "can't write in /proc")],
+    [
+        ("/proc/stepgrid-test/out.png", "can't be created"),
+        ("/proc/out.png", "can't write in /proc"),
+        ("/proc/self/status/out.png", "-o /proc/self/status/out.png: /proc/self/status is a file, not a folder."),
+    ],
 )
 def test_an_output_that_cannot_be_written_is_refused_before_anything_renders(
     output: str, problem: str, tmp_path: Path
