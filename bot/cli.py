@@ -447,7 +447,7 @@ def _generate_command(args: argparse.Namespace, settings: Settings) -> int:
     steps = ",".join(str(steps) for steps in sorted({image.steps for image in result.images}))
     seeds = ",".join(str(seed) for seed in dict.fromkeys(image.seed for image in result.images))
     note = f" ({TEST_MODEL_NOTE})" if result.is_test_model else ""
-    truncated = " The prompt was cut to the model's 77-token limit." if result.prompt_truncated else ""
+    truncated = " The prompt was cut to the model's token limit." if result.prompt_truncated else ""
     print(
         f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {seeds}, "
         f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}{_film_note(request, result)}"

@@ -120,10 +120,12 @@ def test_compare_steps_writes_a_labelled_grid_with_the_tiny_model(
 ) -> None:
     monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
     out = tmp_path / "grid.png"
-    argv = ["compare-steps", "a lighthouse", "--model", "tiny", "--seed", "42", "--size", "256", "--steps", "6, 2,4"]
+    prompt = "a lighthouse on a cliff at dusk, " * 60  # 1,980 characters: far past the text encoder's 77 tokens
+    argv = ["compare-steps", prompt, "--model", "tiny", "--seed", "42", "--size", "256", "--steps", "6, 2,4"]
     assert main([*argv, "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "steps 2,4,6, seed 42" in printed and "random-weight test model" in printed
+    assert "The prompt was cut to the model's token limit." in printed
     grid = Image.open(out)
     assert grid.width > 3 * 256 and grid.height > 256  # three cells in a row, captions and footer below
     parsed = parse_generation_parameters(grid.info["parameters"])
