@@ -166,9 +166,8 @@ def validate(request: Request) -> None:
         raise InvalidRequest("The prompt is empty: describe the image you want.")
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in SCHEDULER_NAMES:
-            raise InvalidRequest(
-                f"Unknown scheduler {scheduler!r}{_did_you_mean(scheduler)}; choose one of: {', '.join(SCHEDULER_NAMES)}."
-            )
+            names = ", ".join(SCHEDULER_NAMES)
+            raise InvalidRequest(f"Unknown scheduler {scheduler!r}{_did_you_mean(scheduler)}; choose one of: {names}.")
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         _validate_grid(request)
     else:
@@ -233,7 +232,7 @@ def _first_repeat(values: tuple[int, ...] | tuple[str, ...]) -> int | str | None
 
 
 def _did_you_mean(scheduler: str) -> str:
-    """" (did you mean 'Euler a'?)" for a typo of a scheduler's name, else ""."""
+    """ " (did you mean 'Euler a'?)" for a typo of a scheduler's name, else ""."""
     by_folded = {name.casefold(): name for name in SCHEDULER_NAMES}
     close = difflib.get_close_matches(scheduler.casefold(), by_folded, n=1, cutoff=0.75)
     return f" (did you mean {by_folded[close[0]]!r}?)" if close else ""

@@ -58,7 +58,7 @@ def test_compare_steps_cell_count_and_duplicates() -> None:
         validate(CompareStepsRequest("fox", steps=tuple(range(1, 14))))
     with pytest.raises(InvalidRequest, match="2 to 12 step counts; got 1"):
         validate(CompareStepsRequest("fox", steps=(10,)))
-    with pytest.raises(InvalidRequest, match="The step count 10 is given twice; give each step count once."):
+    with pytest.raises(InvalidRequest, match="The step count 10 is given twice; give each step count once"):
         validate(CompareStepsRequest("fox", steps=(5, 10, 10, 50)))
     with pytest.raises(InvalidRequest, match="steps must be 1 to 150; got 151"):
         validate(CompareStepsRequest("fox", steps=(10, 151)))
