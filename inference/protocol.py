@@ -232,7 +232,7 @@ def _first_repeat(values: tuple[int, ...] | tuple[str, ...]) -> int | str | None
 
 
 def _did_you_mean(scheduler: str) -> str:
-    """ " (did you mean 'Euler a'?)" for a typo of a scheduler's name, else ""."""
+    """The hint after an unknown scheduler's name: for a typo, " (did you mean 'Euler a'?)"; else ""."""
     by_folded = {name.casefold(): name for name in SCHEDULER_NAMES}
     close = difflib.get_close_matches(scheduler.casefold(), by_folded, n=1, cutoff=0.75)
     return f" (did you mean {by_folded[close[0]]!r}?)" if close else ""
