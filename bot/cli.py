@@ -341,19 +341,18 @@ def _checked_hardware(args: argparse.Namespace) -> tuple[str, str]:
 
 def check_writable(output: Path, option: str = "-o") -> None:
     """Refuse (before a render that may take minutes) an output whose folder can't take a new file;
-    the message names the `option` that gave it."""
+    the message names the `option` that gave it. Folders still to be made are made only when writing,
+    so a request refused later leaves none behind."""
     folder = output.parent
-    if folder.exists() and not folder.is_dir():
-        raise InvalidOption(f"{option} {output}: {folder} is a file, not a folder.")
+    existing = next(parent for parent in (folder, *folder.parents) if os.path.exists(parent))
+    if not existing.is_dir():
+        raise InvalidOption(f"{option} {output}: {existing} is a file, not a folder.")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InvalidOption(f"{option} {output}: the folder {folder} can't be created ({_reason(error)}).") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".stepgrid-probe-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".stepgrid-probe-"):
             pass
     except OSError as error:
-        raise InvalidOption(f"{option} {output}: can't write in {folder} ({_reason(error)}).") from None
+        where = f"can't write in {folder}" if existing == folder else f"the folder {folder} can't be created"
+        raise InvalidOption(f"{option} {output}: {where} ({_reason(error)}).") from None
     if output.exists() and not os.access(output, os.W_OK):
         raise InvalidOption(f"{option} {output}: the file exists and can't be overwritten.")
 

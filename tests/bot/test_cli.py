@@ -99,6 +99,16 @@ def test_the_size_help_gives_the_sizes_the_commands_take(capsys: pytest.CaptureF
     assert f"multiples of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}, at most {MAX_PIXELS:,} pixels" in help_text
 
 
+def test_a_refused_request_leaves_no_folder_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "new" / "deeper" / "fox.png"
+    assert (
+        main(["imagine", "fox", "--model", "tinyy", "-o", str(output), "--film", str(tmp_path / "films" / "f.gif")])
+        == 2
+    )
+    assert "did you mean 'tiny'?" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == [], "the folders are made when the image is written"
+
+
 def test_an_output_that_is_not_a_png_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["imagine", "fox", "--model", "tiny", "-o", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
