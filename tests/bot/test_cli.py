@@ -471,7 +471,8 @@ def test_models_loads_them_and_shows_each_ones_defaults_and_which_failed(
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "  quick: flux — random-weight test model" in out
-    assert "    defaults: 2 steps, Euler, no guidance, 256x256" in out
+    assert "    defaults: 2 steps, Euler, no guidance (ignored), no negative prompt, 256x256" in out
+    assert "    defaults: 30 steps, Euler a, guidance 7.5, 256x256" in out
     assert "    compare-steps ladder: 1,2,3,4,6,8; max steps 8" in out
     assert "  sd: sd" in out and "compare-steps ladder: 2,4; max steps 150" in out
     assert "unavailable:\n  gone: " in out
