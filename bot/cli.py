@@ -456,6 +456,7 @@ def configured_lines(specs: Sequence[ModelSpec]) -> list[str]:
             f"{key} {value if not isinstance(value, tuple) else ','.join(map(str, value))}"
             for key, value in (
                 ("variant", spec.variant),
+                ("revision", spec.revision),
                 ("steps", spec.steps),
                 ("scheduler", spec.scheduler),
                 ("guidance", spec.guidance),
