@@ -25,6 +25,7 @@ Pipeline = Any  # a diffusers pipeline: its components are attached dynamically
 # diffusers pipeline class name -> module under inference.families
 FAMILY_MODULES: dict[str, str] = {
     "StableDiffusionPipeline": "sd",
+    "LatentConsistencyModelPipeline": "sd",  # SD 1.5 LCM-distilled (LCM_Dreamshaper_v7): the same components
     "StableDiffusionXLPipeline": "sdxl",
     "FluxPipeline": "flux",
     "StableDiffusion3Pipeline": "sd3",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,13 +15,13 @@ from inference.protocol import (
     DEFAULT_SCHEDULER,
     GUIDANCE_INPUT,
     SCHEDULER_NAMES,
-    ModelInfo,
 )
 from inference.registry import ModelSpec
 from inference.schedulers import Scheduler, make_scheduler
 
 FEW_STEP_HINTS = ("turbo", "lightning", "lcm", "hyper")
 FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
+LCM_EMBEDDED_GUIDANCE = 8.5
 
 
 def looks_lcm(spec: ModelSpec) -> bool:
@@ -53,12 +52,6 @@ class UNetFamily(Family):
     def uses_cfg_at(self, guidance: float) -> bool:
         return guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
 
-    def info(self) -> ModelInfo:
-        info = super().info()
-        if self.pipe.unet.config.time_cond_proj_dim is not None:  # guidance is an input, at any value
-            info = dataclasses.replace(info, guidance_mode=GUIDANCE_INPUT)
-        return info
-
     full_step_guidance: ClassVar[float]
 
     def is_lcm(self) -> bool:
@@ -70,7 +63,11 @@ class UNetFamily(Family):
         return self.is_lcm() or looks_few_step(self.spec)
 
     def defaults(self) -> Defaults:
-        if self.is_lcm():
+        if self.pipe.unet.config.time_cond_proj_dim is not None:
+            # LCM-distilled with the guidance as an input (LCM_Dreamshaper_v7): LatentConsistencyModelPipeline's
+            # default; its guidance embedding was trained on w = guidance - 1 well above 0.
+            return Defaults(4, LCM_EMBEDDED_GUIDANCE, "LCM", FEW_STEP_LADDER, guidance_mode=GUIDANCE_INPUT)
+        if self.is_lcm():  # LCM-LoRA merged: plain CFG, which the LCM cards keep at 1-2
             return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER)
         if self.looks_few_step():
             # Turbo/Lightning/Hyper: guidance 0 means one row per lane (no CFG), 1-4 steps.

@@ -65,7 +65,27 @@ def test_an_lcm_distilled_unet_gets_its_guidance_embedding_as_the_plain_pipeline
     fresh = make_scheduler(lcm_distilled.pipe.scheduler.config, "LCM", 5)
     assert_equals_plain_pipeline(lcm_distilled, request, fresh)
     assert_mixed_batch_equals_alone(lcm_distilled, request, neighbours_for(SIZE, "LCM", (1.5, 3.0)))
-    assert lcm_distilled.info.default_scheduler == "LCM" and lcm_distilled.info.guidance_mode == GUIDANCE_INPUT
+    info = lcm_distilled.info
+    assert (info.default_scheduler, info.default_guidance, info.guidance_mode) == ("LCM", 8.5, GUIDANCE_INPUT)
+
+
+def test_a_latent_consistency_model_pipeline_folder_runs_as_sd(lcm_distilled: LoadedModel) -> None:
+    # LCM_Dreamshaper_v7's model_index.json names LatentConsistencyModelPipeline: SD's components.
+    from diffusers import LatentConsistencyModelPipeline
+
+    components = {
+        **lcm_distilled.pipe.components,
+        "scheduler": make_scheduler(lcm_distilled.pipe.scheduler.config, "LCM", 0),
+    }
+    pipe = LatentConsistencyModelPipeline(**components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    family = family_for(pipe, ModelSpec(name="dreamshaper", source="tiny"), lcm_distilled.device, lcm_distilled.dtype)
+    model = LoadedModel(
+        pipe, "dreamshaper", lcm_distilled.device, lcm_distilled.dtype, True, 0.0, family, family.info()
+    )
+    assert (family.name, model.info.default_steps, model.info.default_guidance) == ("sd", 4, 8.5)
+    request = GenerateRequest("a red fox", steps=4, scheduler="LCM", seed=5, guidance=8.5, width=SIZE, height=SIZE)
+    assert_equals_plain_pipeline(model, request, make_scheduler(pipe.scheduler.config, "LCM", 5))
 
 
 @pytest.mark.parametrize("scheduler", ["Euler a", "DPM++ 2M Karras"])
