@@ -22,6 +22,13 @@ from inference.schedulers import Scheduler, make_scheduler
 FEW_STEP_HINTS = ("turbo", "lightning", "lcm", "hyper")
 FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
 LCM_EMBEDDED_GUIDANCE = 8.5
+# A pipeline's own scheduler class -> its A1111 name, where that name means the same scheduler.
+SHIPPED_SCHEDULERS = {
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DDIMScheduler": "DDIM",
+    "LCMScheduler": "LCM",
+}
 
 
 def looks_lcm(spec: ModelSpec) -> bool:
@@ -70,8 +77,10 @@ class UNetFamily(Family):
         if self.is_lcm():  # LCM-LoRA merged: plain CFG, which the LCM cards keep at 1-2
             return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER)
         if self.looks_few_step():
-            # Turbo/Lightning/Hyper: guidance 0 means one row per lane (no CFG), 1-4 steps.
-            return Defaults(4, 0.0, DEFAULT_SCHEDULER, FEW_STEP_LADDER)
+            # Turbo/Lightning/Hyper: guidance 0 means one row per lane (no CFG), 1-4 steps, and the scheduler
+            # the distill ships with, which its card runs (Euler a for SDXL Turbo, Euler for Lightning).
+            shipped = SHIPPED_SCHEDULERS.get(type(self.pipe.scheduler).__name__, DEFAULT_SCHEDULER)
+            return Defaults(4, 0.0, shipped, FEW_STEP_LADDER)
         return Defaults(30, self.full_step_guidance, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)
 
     def offered_schedulers(self) -> tuple[str, ...]:

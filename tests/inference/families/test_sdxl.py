@@ -64,6 +64,8 @@ def test_a_turbo_model_defaults_to_few_steps_and_no_guidance(sdxl: LoadedModel) 
     spec = ModelSpec(name="sdxl-turbo", source="tiny-sdxl")
     info = family_for(sdxl.pipe, spec, sdxl.device, sdxl.dtype).info()
     assert (info.default_steps, info.default_guidance, info.guidance_mode) == (4, 0.0, GUIDANCE_CFG)
+    # The scheduler it ships with (tiny-sdxl's is SDXL base's EulerDiscreteScheduler), as its card runs it.
+    assert info.default_scheduler == "Euler"
     assert info.compare_steps == (1, 2, 3, 4, 6, 8)
 
 
