@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,7 +20,9 @@ from inference.protocol import (
 from inference.registry import ModelSpec
 from inference.schedulers import Scheduler, make_scheduler
 
-FEW_STEP_HINTS = ("turbo", "lightning", "lcm", "hyper")
+# Hyper-SD by its own spelling ("Hyper-SD", "Hyper-SDXL", "hypersd"): "hyper" alone would also take
+# the many "HyperRealism"-style full-step finetunes for distills.
+FEW_STEP_HINTS = re.compile(r"turbo|lightning|lcm|hyper[-_ ]?sd")
 FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
 LCM_EMBEDDED_GUIDANCE = 8.5
 # A pipeline's own scheduler class -> its A1111 name, where that name means the same scheduler.
@@ -38,7 +41,7 @@ def looks_lcm(spec: ModelSpec) -> bool:
 def looks_few_step(spec: ModelSpec) -> bool:
     """Distilled few-step models (Turbo, Lightning, LCM, Hyper) by their registry name or source."""
     text = f"{spec.name} {spec.source}".lower()
-    return any(hint in text for hint in FEW_STEP_HINTS)
+    return FEW_STEP_HINTS.search(text) is not None
 
 
 class UNetFamily(Family):

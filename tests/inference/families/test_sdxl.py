@@ -91,6 +91,16 @@ def test_a_few_step_lane_starts_at_the_last_timestep_as_the_model_cards_run_it(
     assert_equals_plain_pipeline(turbo, request, fresh)
 
 
+@pytest.mark.parametrize(
+    ("name", "few_step"),
+    [("sdxl-lightning-4step", True), ("Hyper-SDXL-8steps", True), ("dreamshaper-xl-turbo", True),
+     ("hyperrealism-xl", False), ("juggernaut-xl", False)],
+)  # fmt: skip
+def test_few_step_distills_are_told_by_their_names(sdxl: LoadedModel, name: str, few_step: bool) -> None:
+    info = family_for(sdxl.pipe, ModelSpec(name=name.lower(), source="tiny-sdxl"), sdxl.device, sdxl.dtype).info()
+    assert (info.default_steps == 4) is few_step and (info.compare_steps == (1, 2, 3, 4, 6, 8)) is few_step
+
+
 def test_lcm_is_offered_to_few_step_models_only(sdxl: LoadedModel, turbo: LoadedModel) -> None:
     assert "LCM" in turbo.info.schedulers and "LCM" not in sdxl.info.schedulers
 
