@@ -228,8 +228,9 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
     """Raise InvalidRequest if the request is fine in general but not for this model."""
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in model.schedulers:
+            why = " (it is for LCM and other few-step distills)" if scheduler == "LCM" else ""
             raise InvalidRequest(
-                f"The model {model.name} can't run the scheduler {scheduler!r}; "
+                f"The model {model.name} can't run the scheduler {scheduler!r}{why}; "
                 f"choose one of: {', '.join(model.schedulers)}."
             )
     for name, value in (("width", request.width), ("height", request.height)):

@@ -116,6 +116,9 @@ FLUX_DEV = dataclasses.replace(FLUX, name="flux-dev", default_guidance=3.5, guid
         (FLUX, {"scheduler": "Euler", "negative_prompt": "blur"},
          "The model flux (flux) doesn't use a negative prompt; leave it out."),
         (SDXL_TURBO, {"steps": 9}, "steps must be at most 8 for the model sdxl-turbo; got 9."),
+        (dataclasses.replace(SDXL_TURBO, name="sdxl", schedulers=("Euler", "Euler a")), {"scheduler": "LCM"},
+         "The model sdxl can't run the scheduler 'LCM' (it is for LCM and other few-step distills); "
+         "choose one of: Euler, Euler a."),
         (FLUX, {"scheduler": "Euler", "guidance": 7.0},
          "The model flux (flux) ignores guidance; leave it out (got 7)."),
         (FLUX_DEV, {"scheduler": "Euler", "guidance": 3.5, "negative_prompt": "blur"},
