@@ -515,7 +515,7 @@ def broken_models(tiny: Path, tmp_path: Path) -> dict[str, tuple[str, str, str]]
     again = "Save or download that folder again, whole, or give a hub id"
     return {
         "img2img": ("./img2img", "is a StableDiffusionImg2ImgPipeline; Stepgrid runs", "give one of those"),
-        "no-such-class": ("./no-such-class", "(module diffusers has no attribute NoSuchPipeline).", again),
+        "no-such-class": ("./no-such-class", "is a NoSuchPipeline; Stepgrid runs", "give one of those"),
         "cut-off-weights": ("./cut-off-weights", "(Unable to load weights from checkpoint file", again),
         "no-weights": ("./no-weights", "(Error no file named diffusion_pytorch_model.bin found", again),
         "offline hub id": ("owner/not-cached", "(HF_HUB_OFFLINE is set and the model is not in the", "Give a local"),
