@@ -506,24 +506,32 @@ def _check_local_source(path: Path, label: str) -> None:
 
 
 def _single_file_message(path: Path, label: str) -> str:
-    pipeline = _single_file_pipeline(path)
+    """How to convert the checkpoint, for the family its tensor names show (a .safetensors header)."""
+    header = _safetensors_header(path)
     folder = path.with_suffix("")
+    if "double_blocks." in header:  # a FLUX.1 transformer alone, as Black Forest Labs ship it
+        base = "black-forest-labs/FLUX.1-dev" if "guidance_in." in header else "black-forest-labs/FLUX.1-schnell"
+        convert = (
+            f"from diffusers import FluxPipeline, FluxTransformer2DModel; FluxPipeline.from_pretrained('{base}', "
+            f"transformer=FluxTransformer2DModel.from_single_file('{path}')).save_pretrained('{folder}')"
+        )
+    else:
+        pipeline = "StableDiffusionXLPipeline" if "conditioner.embedders.1." in header else "StableDiffusionPipeline"
+        convert = f"from diffusers import {pipeline}; {pipeline}.from_single_file('{path}').save_pretrained('{folder}')"
     return (
         f"Model {label} is a single-file checkpoint ({path.name}); Stepgrid loads diffusers folders. Convert it "
-        f"once: python -c \"from diffusers import {pipeline}; {pipeline}.from_single_file('{path}')"
-        f".save_pretrained('{folder}')\" and give that folder."
+        f'once: python -c "{convert}" and give that folder.'
     )
 
 
-def _single_file_pipeline(path: Path) -> str:
-    """SDXL or SD 1.x/2.x, told from a .safetensors header's tensor names (SDXL has a second text encoder)."""
+def _safetensors_header(path: Path) -> str:
+    """A .safetensors file's JSON header (its tensor names); "" for another format."""
     try:
         with path.open("rb") as file:
             length = int.from_bytes(file.read(8), "little")
-            header = file.read(length).decode("utf-8") if 0 < length < 100_000_000 else ""
+            return file.read(length).decode("utf-8") if 0 < length < 100_000_000 else ""
     except (OSError, UnicodeDecodeError):
-        header = ""
-    return "StableDiffusionXLPipeline" if "conditioner.embedders.1." in header else "StableDiffusionPipeline"
+        return ""
 
 
 def _unsupported_pipeline_message(label: str, pipeline: str) -> str:

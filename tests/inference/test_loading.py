@@ -92,10 +92,15 @@ def test_a_folder_without_model_index_json_is_told_to_be_no_pipeline_folder(tmp_
         load_model(str(tmp_path), cache_dir=tmp_path)
 
 
+SDXL_KEY = "conditioner.embedders.1.model.ln_final.weight"
+SD_KEY = "cond_stage_model.transformer.final_layer_norm.weight"
+SCHNELL = "FluxPipeline.from_pretrained('black-forest-labs/FLUX.1-schnell', transformer=FluxTransformer2DModel"
+
+
 @pytest.mark.parametrize(
     ("tensor", "pipeline"),
-    [("conditioner.embedders.1.model.ln_final.weight", "StableDiffusionXLPipeline"),
-     ("cond_stage_model.transformer.text_model.final_layer_norm.weight", "StableDiffusionPipeline")],
+    [(SDXL_KEY, "StableDiffusionXLPipeline"), (SD_KEY, "StableDiffusionPipeline"),
+     ("double_blocks.0.img_attn.norm.key_norm.scale", SCHNELL)],
 )  # fmt: skip
 def test_a_single_file_checkpoint_is_refused_with_how_to_convert_it(tmp_path: Path, tensor: str, pipeline: str) -> None:
     from safetensors.torch import save_file
@@ -105,12 +110,10 @@ def test_a_single_file_checkpoint_is_refused_with_how_to_convert_it(tmp_path: Pa
     for given in (checkpoint, tmp_path):  # the file, or the folder it was downloaded into
         with pytest.raises(ModelLoadError) as error:
             load_model(str(given), cache_dir=tmp_path)
-        assert "is a single-file checkpoint (juggernaut.safetensors); Stepgrid loads diffusers folders." in str(
-            error.value
-        )
-        assert f"{pipeline}.from_single_file('{checkpoint}').save_pretrained('{tmp_path / 'juggernaut'}')" in str(
-            error.value
-        )
+        message = str(error.value)
+        assert "is a single-file checkpoint (juggernaut.safetensors); Stepgrid loads diffusers folders." in message
+        assert pipeline in message and f".from_single_file('{checkpoint}')" in message
+        assert message.endswith(f".save_pretrained('{tmp_path / 'juggernaut'}')\" and give that folder.")
 
 
 def test_a_variant_the_model_lacks_says_to_leave_it_out(model_cache_dir: Path) -> None:
