@@ -23,6 +23,8 @@ from bot.server_limits import EffectiveLimits
 from inference.parameters import grid_infotext
 from inference.protocol import (
     DEFAULT_GRID_SCHEDULERS,
+    GUIDANCE_IGNORED,
+    GUIDANCE_INPUT,
     MAX_PIXELS,
     MAX_SIZE,
     MIN_SIZE,
@@ -482,6 +484,7 @@ def configured_lines(specs: Sequence[ModelSpec]) -> list[str]:
             f"{key} {value if not isinstance(value, tuple) else ','.join(map(str, value))}"
             for key, value in (
                 ("variant", spec.variant),
+                ("revision", spec.revision),
                 ("steps", spec.steps),
                 ("scheduler", spec.scheduler),
                 ("guidance", spec.guidance),
@@ -498,7 +501,7 @@ def configured_lines(specs: Sequence[ModelSpec]) -> list[str]:
 def loaded_lines(model: ModelInfo, limits: EffectiveLimits) -> list[str]:
     """One loaded model as `stepgrid models` shows it: family, defaults, ladder, sizes, ceilings."""
     defaults = limits.request_defaults(model)
-    guidance = f"guidance {model.default_guidance:g}" if model.uses_guidance else "no guidance"
+    guidance = guidance_text(model)
     ceiling = limits.max_steps_for(model.name)
     note = f" — {TEST_MODEL_NOTE}" if model.is_test_model else ""
     return [
@@ -508,6 +511,17 @@ def loaded_lines(model: ModelInfo, limits: EffectiveLimits) -> list[str]:
         f"    compare-steps ladder: {','.join(map(str, defaults.compare_steps))}; max steps {ceiling}",
         f"    schedulers: {', '.join(model.schedulers)}",
     ]
+
+
+def guidance_text(model: ModelInfo) -> str:
+    """How a model takes guidance, for `stepgrid models`: what a member can change and what not."""
+    if model.guidance_mode == GUIDANCE_IGNORED:
+        return "no guidance (ignored), no negative prompt"
+    if model.guidance_mode == GUIDANCE_INPUT:
+        return f"guidance {model.default_guidance:g} (a model input), no negative prompt"
+    if model.default_guidance <= 1:
+        return f"guidance {model.default_guidance:g} (no CFG; a negative prompt needs guidance above 1)"
+    return f"guidance {model.default_guidance:g}"
 
 
 async def load_models(settings: Settings, specs: Sequence[ModelSpec]) -> WorkerReady:

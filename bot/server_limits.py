@@ -217,7 +217,8 @@ class EffectiveLimits:
             ladder = model.compare_steps[: self.max_grid_cells]  # refused with the ceiling named, not emptied
         size = _default_size(model, self.max_image_size)
         return RequestDefaults(
-            grid_schedulers=_grid_schedulers(runnable) or tuple(dict.fromkeys((scheduler, *runnable)))[:4],
+            grid_schedulers=_grid_schedulers(runnable, model.default_scheduler)
+            or tuple(dict.fromkeys((scheduler, *runnable)))[:4],
             max_grid_cells=self.max_grid_cells,
             steps=max(steps, MIN_STEPS),
             scheduler=scheduler,
@@ -229,13 +230,14 @@ class EffectiveLimits:
         )
 
 
-def _grid_schedulers(runnable: Sequence[str]) -> tuple[str, ...]:
+def _grid_schedulers(runnable: Sequence[str], own: str) -> tuple[str, ...]:
     """The default rows of a scheduler grid: a varied set, as far as the model can run them and the server
-    allows (at least two when it allows two; flow-matching models run Euler, Heun, DPM++ 2M and UniPC)."""
+    allows (at least two when it allows two; flow-matching models run Euler, Heun, DPM++ 2M and UniPC),
+    led by the model's own scheduler where the set lacks it (LCM for an LCM model)."""
     for preferred in (DEFAULT_GRID_SCHEDULERS, FLOW_GRID_SCHEDULERS):
         chosen = tuple(name for name in preferred if name in runnable)
         if len(chosen) >= MIN_GRID_SCHEDULERS:
-            return chosen
+            return chosen if own in chosen or own not in runnable else (own, *chosen)[: len(preferred)]
     return ()
 
 

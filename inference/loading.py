@@ -35,7 +35,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-from inference.families import Family, Pipeline, family_for, supported_pipelines
+from inference.families import FAMILY_MODULES, Family, Pipeline, family_for, supported_pipelines
 from inference.hub import why_the_hub_failed
 from inference.protocol import ModelInfo, ModelUnavailable, WorkerConfig
 from inference.registry import TEST_MODEL_NAMES, ModelSpec, spec_for
@@ -427,6 +427,8 @@ def load_model(
     if is_test_model and spec.source not in IN_MEMORY_TEST_MODELS:
         source = str(ensure_test_model(spec.source, cache))
     label = repr(spec.source) if spec.name == spec.source else f"{spec.name!r} from {spec.source!r}"
+    if not is_test_model:
+        _check_local_source(Path(source).expanduser(), label)
     try:
         if spec.source in IN_MEMORY_TEST_MODELS:
             pipe = _build_in_memory(spec.source, torch_device, torch_dtype)
@@ -435,6 +437,7 @@ def load_model(
                 source,
                 dtype=torch_dtype,
                 variant=spec.variant,
+                revision=spec.revision,
                 cache_dir=str(cache / "hub") if not is_test_model else None,
                 safety_checker=None,
                 requires_safety_checker=False,
@@ -449,6 +452,8 @@ def load_model(
             # diffusers says "not cached locally" whether the hub was unreachable or has no such model.
             reason = why_the_hub_failed(source) or reason
         fix = "Save or download that folder again, whole, or give" if folder else "Give a local diffusers folder,"
+        if spec.variant and "variant" in reason:
+            fix = f"Leave out variant = {spec.variant!r} (this model has no such weights), or give"
         raise ModelLoadError(
             f"Could not load model {label} ({reason}). {fix} a hub id that can be downloaded, "
             f"or a test model such as 'tiny' (--model, STEPGRID_MODEL or a registry source)."
@@ -456,10 +461,7 @@ def load_model(
     try:
         family = family_for(pipe, spec, torch_device, torch_dtype)
     except LookupError:
-        raise ModelLoadError(
-            f"Model {label} is a {type(pipe).__name__}; Stepgrid runs {supported_pipelines()} models: "
-            "give one of those (--model, STEPGRID_MODEL or a registry source)."
-        ) from None
+        raise ModelLoadError(_unsupported_pipeline_message(label, type(pipe).__name__)) from None
     try:
         info = family.info()
     except ValueError as exc:
@@ -473,6 +475,70 @@ def load_model(
         denoiser.to(memory_format=torch.channels_last)
     seconds = time.perf_counter() - started
     return LoadedModel(pipe, spec.name, torch_device, torch_dtype, is_test_model, seconds, family, info)
+
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
+def _check_local_source(path: Path, label: str) -> None:
+    """Refuse, before loading anything, a local path that isn't a pipeline folder Stepgrid runs: a
+    single-file checkpoint (say how to convert it), a folder without model_index.json, or a folder of
+    a pipeline no family adapter takes (diffusers would load every weight before that shows)."""
+    if path.is_file():
+        raise ModelLoadError(_single_file_message(path, label))
+    if not path.is_dir():
+        return  # a hub id, or a missing folder: from_pretrained says which
+    index = path / "model_index.json"
+    if not index.is_file():
+        checkpoints = sorted(p for p in path.iterdir() if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file())
+        if checkpoints:
+            raise ModelLoadError(_single_file_message(checkpoints[0], label))
+        raise ModelLoadError(
+            f"Model {label}: {path} has no model_index.json, so it is not a diffusers pipeline folder; give the "
+            "folder that holds model_index.json (the one `save_pretrained` or `hf download` wrote)."
+        )
+    try:
+        pipeline = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return  # a damaged index: from_pretrained's own error says what is wrong with it
+    if isinstance(pipeline, str) and pipeline not in FAMILY_MODULES:
+        raise ModelLoadError(_unsupported_pipeline_message(label, pipeline))
+
+
+def _single_file_message(path: Path, label: str) -> str:
+    """How to convert the checkpoint, for the family its tensor names show (a .safetensors header)."""
+    header = _safetensors_header(path)
+    folder = path.with_suffix("")
+    if "double_blocks." in header:  # a FLUX.1 transformer alone, as Black Forest Labs ship it
+        base = "black-forest-labs/FLUX.1-dev" if "guidance_in." in header else "black-forest-labs/FLUX.1-schnell"
+        convert = (
+            f"from diffusers import FluxPipeline, FluxTransformer2DModel; FluxPipeline.from_pretrained('{base}', "
+            f"transformer=FluxTransformer2DModel.from_single_file('{path}')).save_pretrained('{folder}')"
+        )
+    else:
+        pipeline = "StableDiffusionXLPipeline" if "conditioner.embedders.1." in header else "StableDiffusionPipeline"
+        convert = f"from diffusers import {pipeline}; {pipeline}.from_single_file('{path}').save_pretrained('{folder}')"
+    return (
+        f"Model {label} is a single-file checkpoint ({path.name}); Stepgrid loads diffusers folders. Convert it "
+        f'once: python -c "{convert}" and give that folder.'
+    )
+
+
+def _safetensors_header(path: Path) -> str:
+    """A .safetensors file's JSON header (its tensor names); "" for another format."""
+    try:
+        with path.open("rb") as file:
+            length = int.from_bytes(file.read(8), "little")
+            return file.read(length).decode("utf-8") if 0 < length < 100_000_000 else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _unsupported_pipeline_message(label: str, pipeline: str) -> str:
+    return (
+        f"Model {label} is a {pipeline}; Stepgrid runs {supported_pipelines()} models: "
+        "give one of those (--model, STEPGRID_MODEL or a registry source)."
+    )
 
 
 def _build_in_memory(name: str, device: torch.device, dtype: torch.dtype) -> Pipeline:

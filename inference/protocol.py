@@ -48,8 +48,12 @@ MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 MAX_SEED = 2**32 - 1
 assert registry.STEPS_RANGE == (MIN_STEPS, MAX_STEPS) and registry.GUIDANCE_RANGE == (MIN_GUIDANCE, MAX_GUIDANCE)
 assert registry.COMPARE_CELLS_RANGE == (MIN_COMPARE_CELLS, MAX_COMPARE_CELLS)
-# FLUX runs one row per lane (guidance-distilled or none): a negative prompt would be silently ignored.
-FAMILIES_WITHOUT_NEGATIVE_PROMPT: tuple[str, ...] = ("flux",)
+# How a model uses the guidance value (ModelInfo.guidance_mode). A negative prompt is the
+# unconditional row of classifier-free guidance, so only "cfg" models above guidance 1 use one;
+# anywhere else it would be silently ignored, so it is refused.
+GUIDANCE_CFG = "cfg"  # classifier-free guidance above 1 (two rows per lane), none at 1 or below
+GUIDANCE_INPUT = "input"  # the denoiser takes it as an input: FLUX.1-dev, LCM-distilled UNets
+GUIDANCE_IGNORED = "ignored"  # distilled without it: FLUX.1-schnell
 
 
 OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
@@ -242,8 +246,9 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
     """Raise InvalidRequest if the request is fine in general but not for this model."""
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in model.schedulers:
+            why = " (it is for LCM and other few-step distills)" if scheduler == "LCM" else ""
             raise InvalidRequest(
-                f"The model {model.name} can't run the scheduler {scheduler!r}; "
+                f"The model {model.name} can't run the scheduler {scheduler!r}{why}; "
                 f"choose one of: {', '.join(model.schedulers)}."
             )
     for name, value in (("width", request.width), ("height", request.height)):
@@ -251,8 +256,20 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
             raise InvalidRequest(
                 f"{name} must be a multiple of {model.size_multiple} for the model {model.name}; got {value}."
             )
-    if request.negative_prompt.strip() and model.family in FAMILIES_WITHOUT_NEGATIVE_PROMPT:
-        raise InvalidRequest(f"The model {model.name} ({model.family}) doesn't use a negative prompt; leave it out.")
+    if request.negative_prompt.strip():
+        if model.guidance_mode != GUIDANCE_CFG:
+            raise InvalidRequest(
+                f"The model {model.name} ({model.family}) doesn't use a negative prompt; leave it out."
+            )
+        if request.guidance <= 1:
+            raise InvalidRequest(
+                f"A negative prompt takes effect only with guidance above 1; got guidance {request.guidance:g} "
+                f"with the model {model.name}: leave the negative prompt out or raise guidance."
+            )
+    if model.guidance_mode == GUIDANCE_IGNORED and request.guidance != model.default_guidance:
+        raise InvalidRequest(
+            f"The model {model.name} ({model.family}) ignores guidance; leave it out (got {request.guidance:g})."
+        )
     if model.max_steps is not None and max(request.lane_steps) > model.max_steps:
         raise InvalidRequest(
             f"steps must be at most {model.max_steps} for the model {model.name}; got {max(request.lane_steps)}."
@@ -294,7 +311,7 @@ class ModelInfo:
     native_size: int  # 512, 1024 …
     size_multiple: int  # width/height must be a multiple of this
     max_steps: int | None = None  # operator ceiling from the registry
-    uses_guidance: bool = True  # False: guidance is ignored (turbo at 0, schnell)
+    guidance_mode: str = GUIDANCE_CFG  # GUIDANCE_CFG, GUIDANCE_INPUT or GUIDANCE_IGNORED
     is_test_model: bool = False
 
 

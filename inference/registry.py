@@ -57,7 +57,8 @@ class ModelSpec:
 
     name: str
     source: str  # hub id, local diffusers folder, or a built-in test model name
-    variant: str | None = None  # e.g. "fp16"
+    variant: str | None = None  # e.g. "fp16": the weights saved as *.fp16.safetensors
+    revision: str | None = None  # a hub branch, tag or commit, to pin what is downloaded
     steps: int | None = None
     scheduler: str | None = None
     guidance: float | None = None
@@ -73,6 +74,7 @@ ALLOWED_KEYS: tuple[str, ...] = (
     "name",
     "source",
     "variant",
+    "revision",
     "steps",
     "scheduler",
     "guidance",
@@ -175,11 +177,13 @@ def _spec(entry: object, number: int, where: str) -> ModelSpec:
     if compare and max_steps is not None and max(compare) > max_steps:
         raise RegistryError(f"{label}: 'compare_steps' goes above 'max_steps' ({max_steps}).")
     variant = entry.get("variant")
+    revision = entry.get("revision")
     scheduler = entry.get("scheduler")
     return ModelSpec(
         name=name,
         source=source.strip(),
         variant=_typed(entry, "variant", str, label) if variant is not None else None,
+        revision=_typed(entry, "revision", str, label) if revision is not None else None,
         steps=steps,
         scheduler=_typed(entry, "scheduler", str, label) if scheduler is not None else None,
         guidance=guidance,

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from inference.protocol import ModelInfo
+from inference.protocol import GUIDANCE_CFG, ModelInfo
 from inference.registry import ModelSpec
 from inference.schedulers import Scheduler
 
@@ -25,6 +25,7 @@ Pipeline = Any  # a diffusers pipeline: its components are attached dynamically
 # diffusers pipeline class name -> module under inference.families
 FAMILY_MODULES: dict[str, str] = {
     "StableDiffusionPipeline": "sd",
+    "LatentConsistencyModelPipeline": "sd",  # SD 1.5 LCM-distilled (LCM_Dreamshaper_v7): the same components
     "StableDiffusionXLPipeline": "sdxl",
     "FluxPipeline": "flux",
     "StableDiffusion3Pipeline": "sd3",
@@ -49,7 +50,7 @@ class Defaults:
     guidance: float
     scheduler: str
     compare_steps: tuple[int, ...]
-    uses_guidance: bool = True
+    guidance_mode: str = GUIDANCE_CFG
 
 
 class Family(abc.ABC):
@@ -92,16 +93,17 @@ class Family(abc.ABC):
         """Defaults overlaid with the registry entry's; raises ValueError for a scheduler it can't run."""
         base, spec = self.defaults(), self.spec
         scheduler = spec.scheduler or base.scheduler
-        if scheduler not in self.schedulers:
+        schedulers = self.offered_schedulers()
+        if scheduler not in schedulers:
             raise ValueError(
-                f"the registry's scheduler {scheduler!r} can't run on a {self.name} model; "
-                f"choose one of: {', '.join(self.schedulers)}"
+                f"the registry's scheduler {scheduler!r} can't run on this {self.name} model; "
+                f"choose one of: {', '.join(schedulers)}"
             )
         guidance = base.guidance if spec.guidance is None else spec.guidance
         return ModelInfo(
             name=spec.name,
             family=self.name,
-            schedulers=self.schedulers,
+            schedulers=schedulers,
             default_scheduler=scheduler,
             default_steps=spec.steps or base.steps,
             default_guidance=guidance,
@@ -109,12 +111,16 @@ class Family(abc.ABC):
             native_size=self.native_size,
             size_multiple=self.size_multiple,
             max_steps=spec.max_steps,
-            uses_guidance=base.uses_guidance and self.uses_cfg_at(guidance),
+            guidance_mode=base.guidance_mode,
             is_test_model=spec.is_test_model,
         )
 
+    def offered_schedulers(self) -> tuple[str, ...]:
+        """The schedulers this model can honestly run (its family's table, unless narrowed)."""
+        return self.schedulers
+
     def uses_cfg_at(self, guidance: float) -> bool:
-        """Whether this guidance value changes anything (diffusers: CFG only above 1)."""
+        """Whether this guidance value runs classifier-free guidance (diffusers: only above 1)."""
         return guidance > 1
 
     # -- one job and its lanes ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from inference.families import Conditioning, Defaults, Family, to_uint8
 from inference.families.sd import FEW_STEP_LADDER
+from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT
 from inference.schedulers import FLOW_SCHEDULERS, Scheduler, make_flow_scheduler
 
 DEV_LADDER = (4, 8, 12, 20, 28, 40)
@@ -50,11 +51,8 @@ class Flux(Family):
 
     def defaults(self) -> Defaults:
         if self.guidance_distilled:
-            return Defaults(28, 3.5, "Euler", DEV_LADDER)
-        return Defaults(4, 0.0, "Euler", FEW_STEP_LADDER, uses_guidance=False)
-
-    def uses_cfg_at(self, guidance: float) -> bool:
-        return True  # guidance is an input of FLUX-dev, whatever its value
+            return Defaults(28, 3.5, "Euler", DEV_LADDER, guidance_mode=GUIDANCE_INPUT)
+        return Defaults(4, 0.0, "Euler", FEW_STEP_LADDER, guidance_mode=GUIDANCE_IGNORED)
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,12 +10,28 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from inference.families import Conditioning, Defaults, Family, guided_rows, to_uint8
-from inference.protocol import DEFAULT_COMPARE_STEPS, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, SCHEDULER_NAMES, ModelInfo
+from inference.protocol import (
+    DEFAULT_COMPARE_STEPS,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SCHEDULER,
+    GUIDANCE_INPUT,
+    SCHEDULER_NAMES,
+)
 from inference.registry import ModelSpec
 from inference.schedulers import Scheduler, make_scheduler
 
-FEW_STEP_HINTS = ("turbo", "lightning", "lcm", "hyper")
+# Hyper-SD by its own spelling ("Hyper-SD", "Hyper-SDXL", "hypersd"): "hyper" alone would also take
+# the many "HyperRealism"-style full-step finetunes for distills.
+FEW_STEP_HINTS = re.compile(r"turbo|lightning|lcm|hyper[-_ ]?sd")
 FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
+LCM_EMBEDDED_GUIDANCE = 8.5
+# A pipeline's own scheduler class -> its A1111 name, where that name means the same scheduler.
+SHIPPED_SCHEDULERS = {
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DDIMScheduler": "DDIM",
+    "LCMScheduler": "LCM",
+}
 
 
 def looks_lcm(spec: ModelSpec) -> bool:
@@ -25,7 +41,7 @@ def looks_lcm(spec: ModelSpec) -> bool:
 def looks_few_step(spec: ModelSpec) -> bool:
     """Distilled few-step models (Turbo, Lightning, LCM, Hyper) by their registry name or source."""
     text = f"{spec.name} {spec.source}".lower()
-    return any(hint in text for hint in FEW_STEP_HINTS)
+    return FEW_STEP_HINTS.search(text) is not None
 
 
 class UNetFamily(Family):
@@ -46,15 +62,33 @@ class UNetFamily(Family):
     def uses_cfg_at(self, guidance: float) -> bool:
         return guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
 
-    def info(self) -> ModelInfo:
-        info = super().info()
-        if self.pipe.unet.config.time_cond_proj_dim is not None:  # guidance is an input, at any value
-            info = dataclasses.replace(info, uses_guidance=True)
-        return info
+    full_step_guidance: ClassVar[float]
+
+    def is_lcm(self) -> bool:
+        """LCM-distilled (the UNet takes a guidance embedding) or LCM-LoRA merged (told by its name)."""
+        return self.pipe.unet.config.time_cond_proj_dim is not None or looks_lcm(self.spec)
 
     def looks_few_step(self) -> bool:
         """Distilled few-step models (Turbo, Lightning, LCM, Hyper) can't be told from their config."""
-        return looks_few_step(self.spec)
+        return self.is_lcm() or looks_few_step(self.spec)
+
+    def defaults(self) -> Defaults:
+        if self.pipe.unet.config.time_cond_proj_dim is not None:
+            # LCM-distilled with the guidance as an input (LCM_Dreamshaper_v7): LatentConsistencyModelPipeline's
+            # default; its guidance embedding was trained on w = guidance - 1 well above 0.
+            return Defaults(4, LCM_EMBEDDED_GUIDANCE, "LCM", FEW_STEP_LADDER, guidance_mode=GUIDANCE_INPUT)
+        if self.is_lcm():  # LCM-LoRA merged: plain CFG, which the LCM cards keep at 1-2
+            return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER)
+        if self.looks_few_step():
+            # Turbo/Lightning/Hyper: guidance 0 means one row per lane (no CFG), 1-4 steps, and the scheduler
+            # the distill ships with, which its card runs (Euler a for SDXL Turbo, Euler for Lightning).
+            shipped = SHIPPED_SCHEDULERS.get(type(self.pipe.scheduler).__name__, DEFAULT_SCHEDULER)
+            return Defaults(4, 0.0, shipped, FEW_STEP_LADDER)
+        return Defaults(30, self.full_step_guidance, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)
+
+    def offered_schedulers(self) -> tuple[str, ...]:
+        """LCM's consistency steps fit only distilled models; on a full-step one they give a blur."""
+        return self.schedulers if self.looks_few_step() else tuple(s for s in self.schedulers if s != "LCM")
 
     def guidance_embedding(self, guidance: float) -> dict[str, torch.Tensor]:
         """LCM-distilled UNets take the guidance as an embedding (`timestep_cond`) instead of CFG rows."""
@@ -69,7 +103,10 @@ class UNetFamily(Family):
         return len(tokenizer(prompt, truncation=False).input_ids) > tokenizer.model_max_length
 
     def new_scheduler(self, name: str, steps: int, seed: int, height: int, width: int) -> Scheduler:
-        scheduler = make_scheduler(self.pipe.scheduler.config, name, seed)
+        # Few-step distills start at the last training timestep, as their model cards ask ("trailing");
+        # the "leading" spacing of SD/SDXL base configs would start a 1-step run at t=1, on pure noise.
+        extra: dict[str, Any] = {"timestep_spacing": "trailing"} if self.looks_few_step() else {}
+        scheduler = make_scheduler(self.pipe.scheduler.config, name, seed, **extra)
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler
 
@@ -154,13 +191,7 @@ class UNetFamily(Family):
 
 class StableDiffusion(UNetFamily):
     name: ClassVar[str] = "sd"
-
-    def defaults(self) -> Defaults:
-        if looks_lcm(self.spec):
-            return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER, uses_guidance=False)
-        if self.looks_few_step():
-            return Defaults(4, 0.0, DEFAULT_SCHEDULER, FEW_STEP_LADDER, uses_guidance=False)
-        return Defaults(30, DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)
+    full_step_guidance: ClassVar[float] = DEFAULT_GUIDANCE
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:

@@ -42,7 +42,7 @@ class StableDiffusion3(Family):
 
     def defaults(self) -> Defaults:
         if looks_few_step(self.spec):
-            return Defaults(4, 0.0, "Euler", FEW_STEP_LADDER, uses_guidance=False)
+            return Defaults(4, 0.0, "Euler", FEW_STEP_LADDER)
         return Defaults(28, 7.0, "Euler", SD3_LADDER)
 
     @torch.no_grad()

@@ -7,23 +7,15 @@ from typing import ClassVar
 
 import torch
 
-from inference.families import Conditioning, Defaults
-from inference.families.sd import FEW_STEP_LADDER, UNetFamily, looks_lcm
-from inference.protocol import DEFAULT_COMPARE_STEPS, DEFAULT_SCHEDULER
+from inference.families import Conditioning
+from inference.families.sd import UNetFamily
 
 SDXL_GUIDANCE = 5.0  # diffusers' default for SDXL
 
 
 class StableDiffusionXL(UNetFamily):
     name: ClassVar[str] = "sdxl"
-
-    def defaults(self) -> Defaults:
-        if looks_lcm(self.spec):
-            return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER, uses_guidance=False)
-        if self.looks_few_step():
-            # Turbo/Lightning: guidance 0 means one row per lane (no CFG), 1-4 steps.
-            return Defaults(4, 0.0, DEFAULT_SCHEDULER, FEW_STEP_LADDER, uses_guidance=False)
-        return Defaults(30, SDXL_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)
+    full_step_guidance: ClassVar[float] = SDXL_GUIDANCE
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:

@@ -28,6 +28,7 @@ from bot.policy import DatabasePolicy, SettingsPolicy
 from bot.server_limits import EffectiveLimits
 from bot.store import DatabaseJobStore, JobRecord, MemoryJobStore
 from inference.protocol import (
+    GUIDANCE_INPUT,
     TERMINAL_EVENTS,
     CompareStepsRequest,
     GeneratedImage,
@@ -71,7 +72,6 @@ TURBO = ModelInfo(
     native_size=1024,
     size_multiple=8,
     max_steps=8,
-    uses_guidance=False,
 )
 FLUX = ModelInfo(
     name="flux",
@@ -83,6 +83,7 @@ FLUX = ModelInfo(
     compare_steps=(4, 8, 12, 20, 28, 40),
     native_size=1024,
     size_multiple=16,
+    guidance_mode=GUIDANCE_INPUT,
 )
 # The registry that reports these three, for Settings(model=REGISTRY).
 REGISTRY = (

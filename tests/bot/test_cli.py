@@ -532,7 +532,8 @@ def test_models_loads_them_and_shows_each_ones_defaults_and_which_failed(
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "  quick: flux — random-weight test model" in out
-    assert "    defaults: 2 steps, Euler, no guidance, 256x256" in out
+    assert "    defaults: 2 steps, Euler, no guidance (ignored), no negative prompt, 256x256" in out
+    assert "    defaults: 30 steps, Euler a, guidance 7.5, 256x256" in out
     assert "    compare-steps ladder: 1,2,3,4,6,8; max steps 8" in out
     assert "  sd: sd" in out and "compare-steps ladder: 2,4; max steps 150" in out
     assert "unavailable:\n  gone: " in out
@@ -575,7 +576,7 @@ def broken_models(tiny: Path, tmp_path: Path) -> dict[str, tuple[str, str, str]]
     again = "Save or download that folder again, whole, or give a hub id"
     return {
         "img2img": ("./img2img", "is a StableDiffusionImg2ImgPipeline; Stepgrid runs", "give one of those"),
-        "no-such-class": ("./no-such-class", "(module diffusers has no attribute NoSuchPipeline).", again),
+        "no-such-class": ("./no-such-class", "is a NoSuchPipeline; Stepgrid runs", "give one of those"),
         "cut-off-weights": ("./cut-off-weights", "(Unable to load weights from checkpoint file", again),
         "no-weights": ("./no-weights", "(Error no file named diffusion_pytorch_model.bin found", again),
         "offline hub id": ("owner/not-cached", "(HF_HUB_OFFLINE is set and the model is not in the", "Give a local"),

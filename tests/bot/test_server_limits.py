@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -621,6 +622,13 @@ def test_a_scheduler_grid_costs_every_cell_against_the_compute_budget() -> None:
 )
 def test_the_default_grid_rows_are_a_varied_set_the_model_can_run(model: ModelInfo, rows: tuple[str, ...]) -> None:
     assert limits().request_defaults(model).grid_schedulers == rows
+
+
+def test_the_default_grid_rows_of_an_lcm_model_start_with_lcm() -> None:
+    lcm = dataclasses.replace(
+        SD15, name="lcm", schedulers=(*SD15.schedulers, "LCM"), default_scheduler="LCM", default_guidance=8.5
+    )
+    assert limits().request_defaults(lcm).grid_schedulers == ("LCM", "Euler a", "UniPC", "DDIM")
 
 
 def test_the_default_grid_rows_are_only_schedulers_the_server_allows() -> None:

@@ -194,3 +194,19 @@ async def test_autocomplete_offers_the_models_and_the_chosen_models_schedulers(
         sd_schedulers = await choices(sd)
         assert flux_schedulers[0] == "Euler" and "DDIM" not in flux_schedulers
         assert sd_schedulers[0] == "Euler a" and "DDIM" in sd_schedulers
+
+
+async def test_what_a_model_would_ignore_is_refused_in_one_line_and_nothing_is_queued(
+    fake: FakeDiscord, worker: LocalJobQueue
+) -> None:
+    async with running_bot(fake, worker, settings=models_settings()) as (_, queue):
+        guidance = await fake.invoke("imagine", {"prompt": "a boat", "model": "flux", "guidance": 7.0})
+        assert await ephemeral_text(guidance) == "The model flux (flux) ignores guidance; leave it out (got 7)."
+        negative = await fake.invoke("compare-steps", {"prompt": "a boat", "model": "flux", "negative_prompt": "fog"})
+        assert await ephemeral_text(negative) == "The model flux (flux) doesn't use a negative prompt; leave it out."
+        no_cfg = await fake.invoke("imagine", {"prompt": "a boat", "guidance": 1.0, "negative_prompt": "fog"})
+        assert await ephemeral_text(no_cfg) == (
+            "A negative prompt takes effect only with guidance above 1; got guidance 1 with the model sd: "
+            "leave the negative prompt out or raise guidance."
+        )
+        assert queue.submitted == []

@@ -3,12 +3,13 @@ fails while the others load."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from inference.loading import ModelLoadError, build_test_pipeline, load_model, load_models
+from inference.loading import ModelLoadError, build_test_pipeline, ensure_test_model, load_model, load_models
 from inference.protocol import WorkerConfig
 from inference.registry import ModelSpec
 from tests.inference.conftest import LoadTestModel
@@ -59,7 +60,7 @@ def test_a_model_that_fails_to_load_is_reported_and_the_others_load(model_cache_
     assert [item.name for item in unavailable] == ["gone", "typo"]
     assert all("\n" not in item.message for item in unavailable)
     assert "Could not load model 'gone' from " in unavailable[0].message
-    assert "scheduler 'Eulr' can't run on a sd model; choose one of: Euler, Euler a" in unavailable[1].message
+    assert "scheduler 'Eulr' can't run on this sd model; choose one of: Euler, Euler a" in unavailable[1].message
 
 
 def test_registry_defaults_override_the_familys(model_cache_dir: Path) -> None:
@@ -76,8 +77,49 @@ def test_registry_defaults_override_the_familys(model_cache_dir: Path) -> None:
 
 
 def test_an_unsupported_pipeline_is_refused_with_the_families_stepgrid_runs(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="Could not load model"):
+    # An SDXL refiner folder: refused from its model_index.json, before diffusers loads any weight.
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    with pytest.raises(ModelLoadError) as error:
         load_model(str(tmp_path), cache_dir=tmp_path)
+    assert str(error.value).startswith(
+        f"Model '{tmp_path}' is a StableDiffusionXLImg2ImgPipeline; Stepgrid runs StableDiffusionPipeline, "
+    )
+
+
+def test_a_folder_without_model_index_json_is_told_to_be_no_pipeline_folder(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")  # e.g. the unet/ subfolder given by mistake
+    with pytest.raises(ModelLoadError, match=r"has no model_index\.json, so it is not a diffusers pipeline folder"):
+        load_model(str(tmp_path), cache_dir=tmp_path)
+
+
+SDXL_KEY = "conditioner.embedders.1.model.ln_final.weight"
+SD_KEY = "cond_stage_model.transformer.final_layer_norm.weight"
+SCHNELL = "FluxPipeline.from_pretrained('black-forest-labs/FLUX.1-schnell', transformer=FluxTransformer2DModel"
+
+
+@pytest.mark.parametrize(
+    ("tensor", "pipeline"),
+    [(SDXL_KEY, "StableDiffusionXLPipeline"), (SD_KEY, "StableDiffusionPipeline"),
+     ("double_blocks.0.img_attn.norm.key_norm.scale", SCHNELL)],
+)  # fmt: skip
+def test_a_single_file_checkpoint_is_refused_with_how_to_convert_it(tmp_path: Path, tensor: str, pipeline: str) -> None:
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "juggernaut.safetensors"
+    save_file({tensor: torch.zeros(2)}, str(checkpoint))
+    for given in (checkpoint, tmp_path):  # the file, or the folder it was downloaded into
+        with pytest.raises(ModelLoadError) as error:
+            load_model(str(given), cache_dir=tmp_path)
+        message = str(error.value)
+        assert "is a single-file checkpoint (juggernaut.safetensors); Stepgrid loads diffusers folders." in message
+        assert pipeline in message and f".from_single_file('{checkpoint}')" in message
+        assert message.endswith(f".save_pretrained('{tmp_path / 'juggernaut'}')\" and give that folder.")
+
+
+def test_a_variant_the_model_lacks_says_to_leave_it_out(model_cache_dir: Path) -> None:
+    folder = ensure_test_model("tiny", model_cache_dir)
+    with pytest.raises(ModelLoadError, match=r"Leave out variant = 'fp16' \(this model has no such weights\)"):
+        load_model(ModelSpec(name="sd15", source=str(folder), variant="fp16"), cache_dir=model_cache_dir)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inference.protocol import (
+    GUIDANCE_IGNORED,
+    GUIDANCE_INPUT,
     MAX_STEPS,
     SCHEDULER_NAMES,
     CompareStepsRequest,
@@ -98,12 +100,13 @@ def test_every_request_inside_the_ranges_is_accepted(
 SDXL_TURBO = ModelInfo(
     name="sdxl-turbo", family="sdxl", schedulers=SCHEDULER_NAMES, default_scheduler="Euler a", default_steps=4,
     default_guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), native_size=1024, size_multiple=8, max_steps=8,
-    uses_guidance=False,
 )  # fmt: skip
 FLUX = ModelInfo(
     name="flux", family="flux", schedulers=("Euler", "Heun", "DPM++ 2M", "UniPC"), default_scheduler="Euler",
     default_steps=4, default_guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), native_size=1024, size_multiple=16,
+    guidance_mode=GUIDANCE_IGNORED,
 )  # fmt: skip
+FLUX_DEV = dataclasses.replace(FLUX, name="flux-dev", default_guidance=3.5, guidance_mode=GUIDANCE_INPUT)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +118,16 @@ FLUX = ModelInfo(
         (FLUX, {"scheduler": "Euler", "negative_prompt": "blur"},
          "The model flux (flux) doesn't use a negative prompt; leave it out."),
         (SDXL_TURBO, {"steps": 9}, "steps must be at most 8 for the model sdxl-turbo; got 9."),
+        (dataclasses.replace(SDXL_TURBO, name="sdxl", schedulers=("Euler", "Euler a")), {"scheduler": "LCM"},
+         "The model sdxl can't run the scheduler 'LCM' (it is for LCM and other few-step distills); "
+         "choose one of: Euler, Euler a."),
+        (FLUX, {"scheduler": "Euler", "guidance": 7.0},
+         "The model flux (flux) ignores guidance; leave it out (got 7)."),
+        (FLUX_DEV, {"scheduler": "Euler", "guidance": 3.5, "negative_prompt": "blur"},
+         "The model flux-dev (flux) doesn't use a negative prompt; leave it out."),
+        (SDXL_TURBO, {"steps": 4, "guidance": 0.0, "negative_prompt": "blur"},
+         "A negative prompt takes effect only with guidance above 1; got guidance 0 with the model sdxl-turbo: "
+         "leave the negative prompt out or raise guidance."),
     ],
 )  # fmt: skip
 def test_what_a_model_cant_do_is_refused_in_one_line(model: ModelInfo, change: dict[str, object], message: str) -> None:
@@ -124,7 +137,10 @@ def test_what_a_model_cant_do_is_refused_in_one_line(model: ModelInfo, change: d
 
 
 def test_what_a_model_can_do_passes() -> None:
-    validate_for_model(GenerateRequest("fox", steps=4, scheduler="Euler", width=1024, height=768), FLUX)
+    validate_for_model(GenerateRequest("fox", steps=4, scheduler="Euler", guidance=0.0, width=1024, height=768), FLUX)
+    validate_for_model(GenerateRequest("fox", steps=4, scheduler="Euler", guidance=6.0), FLUX_DEV)
+    # A few-step model at guidance above 1 runs classifier-free guidance, so its negative prompt counts.
+    validate_for_model(GenerateRequest("fox", steps=4, guidance=2.0, negative_prompt="blur"), SDXL_TURBO)
     validate_for_model(CompareStepsRequest("fox", steps=(1, 2, 8), width=1024, height=1024), SDXL_TURBO)
 
 

@@ -25,6 +25,7 @@ source = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 name = "sdxl-turbo"
 source = "stabilityai/sdxl-turbo"
 variant = "fp16"
+revision = "0123abc"
 steps = 4
 guidance = 0.0
 compare_steps = [1, 2, 3, 4, 6, 8]
@@ -37,8 +38,8 @@ def test_a_registry_file_lists_models_with_the_first_the_default(tmp_path: Path)
     path.write_text(EXAMPLE)
     sd15, turbo = load_registry(path)
     assert sd15 == ModelSpec(name="sd15", source="stable-diffusion-v1-5/stable-diffusion-v1-5")
-    assert turbo == ModelSpec(name="sdxl-turbo", source="stabilityai/sdxl-turbo", variant="fp16", steps=4,
-                              guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), max_steps=8)  # fmt: skip
+    assert turbo == ModelSpec(name="sdxl-turbo", source="stabilityai/sdxl-turbo", variant="fp16", revision="0123abc",
+                              steps=4, guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), max_steps=8)  # fmt: skip
     assert models_from_setting(str(path)) == (sd15, turbo)
 
 

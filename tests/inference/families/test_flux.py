@@ -12,7 +12,7 @@ from diffusers import FlowMatchHeunDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from inference.loading import LoadedModel
-from inference.protocol import GenerateRequest, validate_for_model
+from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT, GenerateRequest, validate_for_model
 from inference.schedulers import FLOW_SCHEDULERS, make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (
@@ -90,9 +90,9 @@ def test_the_timestep_shift_is_flux_pipelines_for_the_image_token_count(dev: Loa
 
 
 def test_schnell_and_dev_are_told_apart_by_the_transformer_config(schnell: LoadedModel, dev: LoadedModel) -> None:
-    assert (schnell.info.default_steps, schnell.info.uses_guidance) == (4, False)
+    assert (schnell.info.default_steps, schnell.info.guidance_mode) == (4, GUIDANCE_IGNORED)
     assert schnell.info.compare_steps == (1, 2, 3, 4, 6, 8)
-    assert (dev.info.default_steps, dev.info.default_guidance, dev.info.uses_guidance) == (28, 3.5, True)
+    assert (dev.info.default_steps, dev.info.default_guidance, dev.info.guidance_mode) == (28, 3.5, GUIDANCE_INPUT)
     for info in (schnell.info, dev.info):
         assert info.family == "flux" and info.size_multiple == 16
         assert info.schedulers == ("Euler", "Heun", "DPM++ 2M", "UniPC")

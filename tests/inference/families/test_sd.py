@@ -8,7 +8,7 @@ import torch
 
 from inference.families import family_for
 from inference.loading import LoadedModel
-from inference.protocol import DEFAULT_COMPARE_STEPS, SCHEDULER_NAMES, GenerateRequest
+from inference.protocol import DEFAULT_COMPARE_STEPS, GUIDANCE_INPUT, SCHEDULER_NAMES, GenerateRequest
 from inference.registry import ModelSpec
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
@@ -28,7 +28,8 @@ def tiny(load_test_model: LoadTestModel) -> LoadedModel:
 
 def test_sd_reports_every_scheduler_and_todays_defaults(tiny: LoadedModel) -> None:
     info = tiny.info
-    assert info.family == "sd" and info.schedulers == SCHEDULER_NAMES
+    # LCM's consistency steps are for distilled models only: a full-step model isn't offered them.
+    assert info.family == "sd" and info.schedulers == tuple(s for s in SCHEDULER_NAMES if s != "LCM")
     assert (info.default_steps, info.default_guidance, info.default_scheduler) == (30, 7.5, "Euler a")
     assert info.compare_steps == DEFAULT_COMPARE_STEPS and info.size_multiple == 8
 
@@ -64,4 +65,40 @@ def test_an_lcm_distilled_unet_gets_its_guidance_embedding_as_the_plain_pipeline
     fresh = make_scheduler(lcm_distilled.pipe.scheduler.config, "LCM", 5)
     assert_equals_plain_pipeline(lcm_distilled, request, fresh)
     assert_mixed_batch_equals_alone(lcm_distilled, request, neighbours_for(SIZE, "LCM", (1.5, 3.0)))
-    assert lcm_distilled.info.default_scheduler == "LCM" and lcm_distilled.info.uses_guidance
+    info = lcm_distilled.info
+    assert (info.default_scheduler, info.default_guidance, info.guidance_mode) == ("LCM", 8.5, GUIDANCE_INPUT)
+
+
+def test_a_latent_consistency_model_pipeline_folder_runs_as_sd(lcm_distilled: LoadedModel) -> None:
+    # LCM_Dreamshaper_v7's model_index.json names LatentConsistencyModelPipeline: SD's components.
+    from diffusers import LatentConsistencyModelPipeline
+
+    components = {
+        **lcm_distilled.pipe.components,
+        "scheduler": make_scheduler(lcm_distilled.pipe.scheduler.config, "LCM", 0),
+    }
+    pipe = LatentConsistencyModelPipeline(**components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    family = family_for(pipe, ModelSpec(name="dreamshaper", source="tiny"), lcm_distilled.device, lcm_distilled.dtype)
+    model = LoadedModel(
+        pipe, "dreamshaper", lcm_distilled.device, lcm_distilled.dtype, True, 0.0, family, family.info()
+    )
+    assert (family.name, model.info.default_steps, model.info.default_guidance) == ("sd", 4, 8.5)
+    request = GenerateRequest("a red fox", steps=4, scheduler="LCM", seed=5, guidance=8.5, width=SIZE, height=SIZE)
+    assert_equals_plain_pipeline(model, request, make_scheduler(pipe.scheduler.config, "LCM", 5))
+
+
+@pytest.mark.parametrize("scheduler", ["Euler a", "DPM++ 2M Karras"])
+def test_a_v_prediction_model_like_sd2_768_matches_its_plain_pipeline(tiny: LoadedModel, scheduler: str) -> None:
+    # SD 2.x 768-v ships `prediction_type = "v_prediction"` in its scheduler config; every lane's
+    # scheduler must inherit it, whichever one the member picks.
+    v_config = {**tiny.pipe.scheduler.config, "prediction_type": "v_prediction"}
+    pipe = type(tiny.pipe)(**{**tiny.pipe.components, "scheduler": type(tiny.pipe.scheduler).from_config(v_config)})
+    pipe.set_progress_bar_config(disable=True)
+    spec = ModelSpec(name="sd21-768", source="tiny")
+    family = family_for(pipe, spec, tiny.device, tiny.dtype)
+    v_model = LoadedModel(pipe, spec.name, tiny.device, tiny.dtype, True, 0.0, family, family.info())
+    request = GenerateRequest("a red fox", steps=4, scheduler=scheduler, seed=3, guidance=7.5, width=SIZE, height=SIZE)
+    fresh = make_scheduler(pipe.scheduler.config, scheduler, 3)
+    assert fresh.config.prediction_type == "v_prediction"
+    assert_equals_plain_pipeline(v_model, request, fresh)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inference.loading import LoadedModel
-from inference.protocol import GenerateRequest
+from inference.protocol import GUIDANCE_CFG, GenerateRequest
 from inference.schedulers import FLOW_SCHEDULERS, make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (
@@ -44,4 +44,4 @@ def test_a_lane_matches_the_plain_stable_diffusion_3_pipeline(
 def test_sd3_reports_its_family_and_defaults(sd3: LoadedModel) -> None:
     info = sd3.info
     assert (info.family, info.size_multiple, info.default_steps, info.default_guidance) == ("sd3", 16, 28, 7.0)
-    assert info.schedulers == tuple(FLOW_SCHEDULERS) and info.uses_guidance
+    assert info.schedulers == tuple(FLOW_SCHEDULERS) and info.guidance_mode == GUIDANCE_CFG

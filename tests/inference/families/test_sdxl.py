@@ -3,11 +3,13 @@ CFG rows (guidance > 1) and Turbo-style lanes at guidance 0 (one row) in the sam
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from inference.families import family_for
 from inference.loading import LoadedModel
-from inference.protocol import GenerateRequest
+from inference.protocol import GUIDANCE_CFG, GenerateRequest
 from inference.registry import ModelSpec
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
@@ -55,22 +57,55 @@ def test_a_lane_matches_the_plain_stable_diffusion_xl_pipeline(
 def test_sdxl_reports_its_family_and_defaults(sdxl: LoadedModel) -> None:
     info = sdxl.info
     assert (info.family, info.size_multiple, info.default_guidance, info.default_steps) == ("sdxl", 8, 5.0, 30)
-    assert info.uses_guidance and "DPM++ 2M Karras" in info.schedulers and info.is_test_model
+    assert info.guidance_mode == GUIDANCE_CFG and "DPM++ 2M Karras" in info.schedulers and info.is_test_model
 
 
 def test_a_turbo_model_defaults_to_few_steps_and_no_guidance(sdxl: LoadedModel) -> None:
     spec = ModelSpec(name="sdxl-turbo", source="tiny-sdxl")
     info = family_for(sdxl.pipe, spec, sdxl.device, sdxl.dtype).info()
-    assert (info.default_steps, info.default_guidance, info.uses_guidance) == (4, 0.0, False)
+    assert (info.default_steps, info.default_guidance, info.guidance_mode) == (4, 0.0, GUIDANCE_CFG)
+    # The scheduler it ships with (tiny-sdxl's is SDXL base's EulerDiscreteScheduler), as its card runs it.
+    assert info.default_scheduler == "Euler"
     assert info.compare_steps == (1, 2, 3, 4, 6, 8)
+
+
+@pytest.fixture(scope="module")
+def turbo(sdxl: LoadedModel) -> LoadedModel:
+    """The tiny SDXL under a Turbo name, its scheduler config SDXL base's ("leading" spacing)."""
+    spec = ModelSpec(name="sdxl-turbo", source="tiny-sdxl")
+    family = family_for(sdxl.pipe, spec, sdxl.device, sdxl.dtype)
+    return dataclasses.replace(sdxl, name=spec.name, family=family, info=family.info())
+
+
+@pytest.mark.parametrize(("scheduler", "steps"), [("Euler a", 1), ("Euler a", 4), ("DPM++ 2M", 2)])
+def test_a_few_step_lane_starts_at_the_last_timestep_as_the_model_cards_run_it(
+    turbo: LoadedModel, scheduler: str, steps: int
+) -> None:
+    # SDXL Turbo and Lightning: "timestep_spacing='trailing'"; with SDXL base's "leading" a 1-step
+    # run would start at t=1 and decode noise.
+    request = GenerateRequest("a red fox", steps=steps, scheduler=scheduler, seed=8, guidance=0.0,
+                              width=SIZE, height=SIZE)  # fmt: skip
+    fresh = make_scheduler(turbo.pipe.scheduler.config, scheduler, 8, timestep_spacing="trailing")
+    fresh.set_timesteps(steps)
+    assert fresh.timesteps[0] == 999
+    assert_equals_plain_pipeline(turbo, request, fresh)
+
+
+@pytest.mark.parametrize(
+    ("name", "few_step"),
+    [("sdxl-lightning-4step", True), ("Hyper-SDXL-8steps", True), ("dreamshaper-xl-turbo", True),
+     ("hyperrealism-xl", False), ("juggernaut-xl", False)],
+)  # fmt: skip
+def test_few_step_distills_are_told_by_their_names(sdxl: LoadedModel, name: str, few_step: bool) -> None:
+    info = family_for(sdxl.pipe, ModelSpec(name=name.lower(), source="tiny-sdxl"), sdxl.device, sdxl.dtype).info()
+    assert (info.default_steps == 4) is few_step and (info.compare_steps == (1, 2, 3, 4, 6, 8)) is few_step
+
+
+def test_lcm_is_offered_to_few_step_models_only(sdxl: LoadedModel, turbo: LoadedModel) -> None:
+    assert "LCM" in turbo.info.schedulers and "LCM" not in sdxl.info.schedulers
 
 
 def test_an_lcm_model_defaults_to_the_lcm_scheduler_at_guidance_1(sdxl: LoadedModel) -> None:
     spec = ModelSpec(name="sdxl-lcm-merge", source="tiny-sdxl")
     info = family_for(sdxl.pipe, spec, sdxl.device, sdxl.dtype).info()
-    assert (info.default_scheduler, info.default_steps, info.default_guidance, info.uses_guidance) == (
-        "LCM",
-        4,
-        1.0,
-        False,
-    )
+    assert (info.default_scheduler, info.default_steps, info.default_guidance) == ("LCM", 4, 1.0)
