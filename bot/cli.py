@@ -543,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = error.errors()[0]
         name = "STEPGRID_" + "_".join(str(part) for part in problem["loc"]).upper()
         message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["type"] != "value_error":  # pydantic's own checks don't name the value; ours do
+            message += f"; got {problem['input']!r}"
         print(f"stepgrid: the setting {name} is invalid: {message}.", file=sys.stderr)
         return 2
     args = build_parser(settings).parse_args(argv)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 
 import aiohttp
@@ -17,8 +18,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.buttons import JobButton
-from bot.config import Settings
+from bot.config import Settings, warn_unknown_settings
 from bot.db import Database
+from bot.db_lock import DatabaseInUse, database_lock
 from bot.db_migrations import DatabaseTooNew, DatabaseUnusable
 from bot.errors import report_error
 from bot.http import EndpointUnavailable, OperatorEndpoint
@@ -220,7 +222,7 @@ class DiscordUnreachable(Exception):
 
 
 # What keeps the bot (or `stepgrid sync`) from starting: one line for the operator, exit status 2.
-STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable)
+STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable, DatabaseInUse)
 
 
 def _token(settings: Settings) -> str:
@@ -245,6 +247,11 @@ async def _login(bot: Stepgrid, token: str) -> None:
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     token = _token(settings)
+    with database_lock(settings.database_path):  # one bot per ledger, or both would answer its jobs
+        await _run_bot_on(settings, token, queue)
+
+
+async def _run_bot_on(settings: Settings, token: str, queue: JobQueue | None) -> None:
     database = Database(settings.database_path, settings)
     await database.start()  # applies migrations; refuses a database newer than this code
     stop = _stop_on_sigterm()
@@ -314,17 +321,25 @@ def _stop_on_sigterm() -> asyncio.Event:
     return requested
 
 
-def run(settings: Settings | None = None) -> int:
-    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database, an
-    HTTP port that can't be listened on, or a Discord that can't be reached at start-up)."""
-    import sys
+def report_startup_failure(settings: Settings, message: str) -> None:
+    """The one line that says why `stepgrid run` stopped: a log line in JSON (a `jq` pipeline reads only
+    JSON), a plain `stepgrid: ...` line otherwise."""
+    if settings.log_format == "json":
+        log.critical("%s", message)
+    else:
+        print(f"stepgrid: {message}", file=sys.stderr)
 
+
+def run(settings: Settings | None = None) -> int:
+    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database or one
+    another bot is using, an HTTP port that can't be listened on, or a Discord that can't be reached at start-up)."""
     settings = settings or Settings()
     configure_logging("bot", level=settings.log_level, log_format=settings.log_format)
+    warn_unknown_settings()
     try:
         asyncio.run(run_bot(settings))
     except (*STARTUP_ERRORS, EndpointUnavailable) as error:
-        print(f"stepgrid: {error}", file=sys.stderr)
+        report_startup_failure(settings, str(error))
         return 2
     except KeyboardInterrupt:
         return 0

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from bot.config import Settings
+from bot.config import Settings, warn_unknown_settings
 from inference.logs import configure_logging
 from inference.protocol import WorkerConfig
 from inference.redis_agent import AgentTimings, RedisAgent, run_agent
@@ -100,6 +100,7 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"stepgrid worker: {error}", file=sys.stderr)
         return 2
     configure_logging("agent", level=settings.log_level, log_format=settings.log_format)
+    warn_unknown_settings()
     config = WorkerConfig(
         model=args.models,
         device=args.device,

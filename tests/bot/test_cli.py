@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,8 @@ import pytest
 from PIL import Image
 
 from bot.cli import cli_defaults, main, save_outputs, select_models
-from bot.config import Settings, cuda_device_count
+from bot.config import Settings, cuda_device_count, unknown_settings
+from bot.db_lock import database_lock, lock_path
 from bot.server_limits import EffectiveLimits
 from inference.protocol import GenerateRequest
 from tests.a1111 import parse_generation_parameters
@@ -287,6 +289,38 @@ def test_run_when_discord_cannot_be_reached_is_one_line_and_a_non_zero_exit(tmp_
     assert line.startswith("stepgrid: cannot reach Discord (") and line.endswith("; check the network."), line
 
 
+def test_with_json_logs_the_reason_run_stopped_is_a_json_line_too(tmp_path: Path) -> None:
+    result = stepgrid(
+        "run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, STEPGRID_MODEL="tiny", STEPGRID_LOG_FORMAT="json",
+        STEPGRID_DATABASE_PATH=str(tmp_path / "stepgrid.sqlite3"), STEPGRID_MODLE="tiny-sdxl",
+        STEPGRID_DISCORD_API_BASE="http://127.0.0.1:1/api/v10",
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # `stepgrid run | jq` reads them all
+    assert lines[-1]["level"] == "CRITICAL" and lines[-1]["message"].startswith("cannot reach Discord ("), lines[-1]
+    typo = "STEPGRID_MODLE is not a Stepgrid setting and is ignored; did you mean STEPGRID_MODEL?"
+    assert [line["level"] for line in lines if line["message"] == typo] == ["WARNING"]
+
+
+def test_a_second_bot_on_the_same_database_is_refused_in_one_line_and_a_dead_ones_lock_is_not(tmp_path: Path) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    unreachable = {"STEPGRID_DISCORD_API_BASE": "http://127.0.0.1:1/api/v10", "STEPGRID_MODEL": "tiny"}
+    with database_lock(database):  # this process stands for the running bot
+        result = stepgrid("run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20,
+                          STEPGRID_DATABASE_PATH=str(database), **unreachable)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert f"another Stepgrid bot (pid {os.getpid()} on " in line and f"is using the database {database}" in line
+    assert "STEPGRID_DATABASE_PATH" in line, line
+    assert not database.exists()  # refused before any migration
+
+    # The lock file outlives its holder (kill -9 leaves it), but the lock does not.
+    assert f"pid {os.getpid()}" in lock_path(database).read_text()
+    result = stepgrid("run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20,
+                      STEPGRID_DATABASE_PATH=str(database), **unreachable)  # fmt: skip
+    assert one_error_line(result).startswith("stepgrid: cannot reach Discord ("), result.stderr
+
+
 NO_CUDA = cuda_device_count() == 0
 BAD_SETTINGS = [
     ({"STEPGRID_DTYPE": "float8"}, "STEPGRID_DTYPE is invalid: 'float8' is not a dtype"),
@@ -294,6 +328,8 @@ BAD_SETTINGS = [
     ({"STEPGRID_DEVICE": "cuda:99"}, "STEPGRID_DEVICE is invalid: 'cuda:99'"),
     ({"STEPGRID_DEFAULT_SCHEDULER": "Turbo"}, "STEPGRID_DEFAULT_SCHEDULER is invalid: unknown scheduler 'Turbo'"),
     ({"STEPGRID_MAX_STEPS": "many"}, "STEPGRID_MAX_STEPS is invalid"),
+    ({"STEPGRID_MAX_STEPS": "500"}, "STEPGRID_MAX_STEPS is invalid: Input should be less than or equal to 150; got"),
+    ({"STEPGRID_MAX_BATCH_LANES": "0"}, "STEPGRID_MAX_BATCH_LANES is invalid: Input should be greater than or equal"),
     ({"STEPGRID_HTTP_BIND": "localhots"}, "STEPGRID_HTTP_BIND is invalid: 'localhots' is not an IP address"),
     ({"STEPGRID_HTTP_BIND": "10.0.0.300"}, "STEPGRID_HTTP_BIND is invalid: '10.0.0.300' is not an IP address"),
     ({"STEPGRID_HTTP_PORT": "70000"}, "STEPGRID_HTTP_PORT is invalid: 70000 is not a port number; use 1 to 65535"),
@@ -328,6 +364,17 @@ def test_a_http_port_in_use_stops_run_with_one_line_before_discord_is_contacted(
     line = one_error_line(result)
     # Not "cannot reach Discord": the port was refused before the unreachable API base was tried.
     assert f"cannot serve the HTTP endpoint on 127.0.0.1:{port}" in line and "STEPGRID_HTTP_PORT" in line, line
+
+
+def test_a_misspelled_setting_in_the_environment_or_env_file_is_named_with_the_likely_one(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("STEPGRID_HTTP_PROT=8080\nSTEPGRID_LOG_LEVEL=DEBUG\n")
+    environ = {"STEPGRID_MODEL": "tiny", "stepgrid_max_step": "20", "STEPGRID_COLOUR": "red", "HOME": "/root"}
+    assert unknown_settings(environ, env_file) == [
+        "STEPGRID_COLOUR is not a Stepgrid setting and is ignored; see .env.example for the settings",
+        "STEPGRID_HTTP_PROT is not a Stepgrid setting and is ignored; did you mean STEPGRID_HTTP_PORT?",
+        "stepgrid_max_step is not a Stepgrid setting and is ignored; did you mean STEPGRID_MAX_STEPS?",
+    ]
 
 
 def test_an_empty_http_port_turns_the_endpoint_off() -> None:
