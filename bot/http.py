@@ -103,6 +103,7 @@ class OperatorEndpoint:
             running=active - waiting,
             models_ready=len(self.queue.models),
             worker_restarts=sum(worker.restarts for worker in self.queue.workers()),
+            ready=not self.why_not_ready(),
         )
 
     def connected(self) -> bool:
@@ -114,6 +115,8 @@ class OperatorEndpoint:
         reasons = []
         if not self.connected():
             reasons.append("not connected to Discord")
+        if self.queue.connection_problem:
+            reasons.append(self.queue.connection_problem)
         if self.queue.unavailable:
             reasons.append(f"no model can load: {self.queue.unavailable}")
         elif not self.queue.models:

@@ -108,6 +108,11 @@ class JobQueue(abc.ABC):
         return None
 
     @property
+    def connection_problem(self) -> str | None:
+        """Why jobs can't reach the GPU workers right now, for a while (Redis down: they wait), or None."""
+        return None
+
+    @property
     def models(self) -> dict[str, ModelInfo]:
         """The loaded models by registry name, the default first (empty until ready)."""
         return {}

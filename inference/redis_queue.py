@@ -151,6 +151,7 @@ class RedisJobQueue(LocalJobQueue):
         self._events_from = "$"
         self.reconnects = 0
         self._agents_known = False
+        self._connection_problem: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -191,6 +192,10 @@ class RedisJobQueue(LocalJobQueue):
         if default in found:
             found = {default: found[default], **found}
         return found
+
+    @property
+    def connection_problem(self) -> str | None:
+        return self._connection_problem
 
     @property
     def worker_pid(self) -> int | None:
@@ -471,8 +476,13 @@ class RedisJobQueue(LocalJobQueue):
                     log.info("Redis is reachable again (%s)", name)
                     self.reconnects += 1
                 failures = 0
+                self._connection_problem = None
             except (RedisError, OSError) as error:
                 failures += 1
+                self._connection_problem = (
+                    f"Redis at {describe_url(self.url)} is unreachable ({error or type(error).__name__}); "
+                    "jobs wait until it is back: start it, or check STEPGRID_REDIS_URL"
+                )
                 if name == "events":
                     self._events_from = "$"  # a restarted Redis numbers its stream entries anew
                 if failures == 1:

@@ -175,8 +175,11 @@ async def test_redis_restarted_under_load_loses_no_job(tiny_config: WorkerConfig
                     if isinstance(event, JobProgress):
                         break
                 server.stop(kill=True)
+                await until(lambda: bot.connection_problem is not None, "the bot noticing Redis is gone")
+                assert f"Redis at {server.url} is unreachable (" in (bot.connection_problem or "")
                 server.start()  # the same port and append-only file
                 outcomes = await asyncio.gather(*(drain(stream) for stream in streams))
+                await until(lambda: bot.connection_problem is None, "the bot seeing Redis back (/readyz: ready)")
                 for events in outcomes:
                     assert isinstance(events[-1], JobResult), events[-1]
                 assert bot.reconnects >= 1
