@@ -501,7 +501,12 @@ def _models_command(args: argparse.Namespace, settings: Settings) -> int:
     print("\n".join(configured_lines(specs)))
     if args.no_load:
         return 0
-    settings = settings.model_copy(update={"device": args.device, "dtype": args.dtype})
+    try:
+        device, dtype = _checked_hardware(args)
+    except InvalidOption as error:  # or the worker would crash three times over it, with tracebacks
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
+    settings = settings.model_copy(update={"device": device, "dtype": dtype})
     _quiet_worker(args)
     try:
         ready = asyncio.run(load_models(settings, specs))

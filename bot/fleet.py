@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from bot.config import Settings, warn_unknown_settings
+from bot.config import Settings, checked_device, checked_dtype, warn_unknown_settings
 from inference.logs import configure_logging
 from inference.protocol import WorkerConfig
 from inference.redis_agent import AgentTimings, RedisAgent, run_agent
@@ -88,6 +88,13 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
             raise FleetError(str(error)) from None
         if args.lanes < 1:
             raise FleetError(f"--lanes {args.lanes}: give at least 1")
+        for option, value in (("--heartbeat", args.heartbeat), ("--reclaim-after", args.reclaim_after)):
+            if not value > 0:
+                raise FleetError(f"{option} {value:g}: give a number of seconds above 0")
+        try:
+            args.device, args.dtype = checked_device(args.device), checked_dtype(args.dtype)
+        except ValueError as error:  # or the worker would crash three times over it, with tracebacks
+            raise FleetError(f"--device/--dtype: {error}") from None
         keys = Keys()
         known = asyncio.run(_bot_models(url, keys))
         unknown = [name for name in names if known and name not in known]

@@ -503,6 +503,19 @@ def test_models_without_loading_lists_the_registry(
     ]
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--device", "tpu"], "--device 'tpu' is not a device"), (["--dtype", "fp8"], "--dtype 'fp8' is not a dtype")],
+)
+def test_models_with_a_bad_device_or_dtype_exits_2_before_starting_a_worker(
+    option: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL", "tiny")
+    assert main(["models", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stepgrid: {message}") and err.count("\n") == 1, err
+
+
 def test_the_cli_takes_its_defaults_from_where_the_bot_does(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = registry_settings(monkeypatch)
     limits = EffectiveLimits.combine(None, settings)

@@ -76,6 +76,22 @@ def test_a_worker_with_a_model_the_bot_does_not_know_exits_2(
     assert "the bot does not know the model 'tiny-sdxl' (it knows: tiny)" in err
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--device", "tpu"], "--device/--dtype: 'tpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+        (["--dtype", "float8"], "--device/--dtype: 'float8' is not a dtype; use one of auto, float32"),
+        (["--reclaim-after", "-1"], "--reclaim-after -1: give a number of seconds above 0"),
+        (["--heartbeat", "0"], "--heartbeat 0: give a number of seconds above 0"),
+    ],
+)
+def test_a_worker_with_a_bad_option_exits_2_before_starting_its_gpu_worker(
+    options: list[str], message: str, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["worker", "--redis", redis_server.url, "--models", "tiny", *options]) == 2
+    assert message in one_line(capsys.readouterr().err)
+
+
 def test_workers_lists_the_live_agents(redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
     client = redis.Redis.from_url(redis_server.url)
     key = Keys().agent("gpu-box-1")
