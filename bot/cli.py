@@ -578,11 +578,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "db" and args.db_command == "backup":
         return _backup_command(args, settings)
     if args.command == "db":
+        from bot.db_lock import DatabaseInUse, database_lock
         from bot.db_migrations import DatabaseTooNew, DatabaseUnusable, upgrade_database
 
         try:
-            upgrade_database(settings.database_path)
-        except (DatabaseTooNew, DatabaseUnusable) as error:
+            with database_lock(settings.database_path):  # not under a running bot, which expects its own schema
+                upgrade_database(settings.database_path)
+        except (DatabaseTooNew, DatabaseUnusable, DatabaseInUse) as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 2
         print(f"database {settings.database_path} is at the latest schema")

@@ -308,10 +308,13 @@ def test_a_second_bot_on_the_same_database_is_refused_in_one_line_and_a_dead_one
     with database_lock(database):  # this process stands for the running bot
         result = stepgrid("run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20,
                           STEPGRID_DATABASE_PATH=str(database), **unreachable)  # fmt: skip
+        upgrade = stepgrid("db", "upgrade", cwd=tmp_path, STEPGRID_DATABASE_PATH=str(database))
     assert result.returncode == 2, result.stderr
     line = one_error_line(result)
     assert f"another Stepgrid bot (pid {os.getpid()} on " in line and f"is using the database {database}" in line
     assert "STEPGRID_DATABASE_PATH" in line, line
+    # Nor is its schema changed under it by hand.
+    assert upgrade.returncode == 2 and "another Stepgrid bot" in one_error_line(upgrade)
     assert not database.exists()  # refused before any migration
 
     # The lock file outlives its holder (kill -9 leaves it), but the lock does not.
