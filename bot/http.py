@@ -120,7 +120,10 @@ class OperatorEndpoint:
         if self.queue.unavailable:
             reasons.append(f"no model can load: {self.queue.unavailable}")
         elif not self.queue.models:
-            reasons.append("no model is ready yet (loading)")
+            unusable = [worker for worker in self.queue.workers() if worker.state == "unusable"]
+            reasons.append(
+                f"no model is ready: {unusable[0].name} {unusable[0].detail}" if unusable else "no model is ready yet (loading)"
+            )
         else:
             # The models a worker loaded stay known while it restarts after a crash (commands are still
             # accepted and wait for it), but nothing can run until a worker is back.

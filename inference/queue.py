@@ -75,7 +75,7 @@ class WorkerStatus:
     """One GPU worker as the operator's status page shows it."""
 
     name: str
-    state: str  # "loading", "ready", "failed" or "restarting"
+    state: str  # "loading", "ready", "failed", "restarting" or (an agent serving no model the bot knows) "unusable"
     device: str  # "" until known
     models: tuple[str, ...]
     detail: str = ""
