@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dotenv import dotenv_values
-
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 

@@ -121,9 +121,8 @@ class OperatorEndpoint:
             reasons.append(f"no model can load: {self.queue.unavailable}")
         elif not self.queue.models:
             unusable = [worker for worker in self.queue.workers() if worker.state == "unusable"]
-            reasons.append(
-                f"no model is ready: {unusable[0].name} {unusable[0].detail}" if unusable else "no model is ready yet (loading)"
-            )
+            loading = "no model is ready yet (loading)"
+            reasons.append(f"no model is ready: {unusable[0].name} {unusable[0].detail}" if unusable else loading)
         else:
             # The models a worker loaded stay known while it restarts after a crash (commands are still
             # accepted and wait for it), but nothing can run until a worker is back.

@@ -88,15 +88,18 @@ async def test_an_agent_serving_only_models_the_bot_does_not_know_is_shown_unusa
     keys = fresh_keys()
     client = aioredis.from_url(redis_server.url)
     # Started before the bot, so its own check of the bot's models had nothing to check against.
-    await client.hset(keys.agent("early"), mapping={"host": "gpu-box", "device": "cuda:0", "state": "ready",
-                      "models": "tiny-sdxl", "infos": dumps(()), "lanes": 4, "busy": 0, "done": 0, "at": time.time()})  # fmt: skip
+    heartbeat = {"host": "gpu-box", "device": "cuda:0", "state": "ready", "models": "tiny-sdxl", "infos": dumps(()),
+                 "lanes": 4, "busy": 0, "done": 0, "at": time.time()}  # fmt: skip
+    await client.hset(keys.agent("early"), mapping=heartbeat)
     bot = redis_queue(WorkerConfig(model="tiny"), redis_server.url, keys)
     await bot.start()
     try:
         await until(lambda: bool(bot.workers()), "the bot reading the agent's heartbeat")
         [agent] = bot.workers()
         assert agent.state == "unusable" and bot.models == {} and not bot.ready
-        assert "serves tiny-sdxl, which this bot does not know (it knows tiny); restart it with --models" in agent.detail
+        assert "serves tiny-sdxl, which this bot does not know (it knows tiny); restart it with --models" in (
+            agent.detail
+        )
         with pytest.raises(InvalidRequest, match=r"No GPU worker serves the model 'tiny' right now"):
             bot.submit(GenerateRequest("fox", **SMALL), user_id="u")  # not run on tiny-sdxl instead
         await asyncio.sleep(0.5)  # a few more sweeps: the operator is told once, not at every sweep
