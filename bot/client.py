@@ -76,6 +76,8 @@ class Stepgrid(commands.Bot):
         token_lifetime: float | None = None,
         **options: object,
     ) -> None:
+        # A bot with no voice: discord.py's two warnings about missing voice libraries are noise at every start.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions for interactions; no message content
         self.metrics = Metrics()
