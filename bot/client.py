@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
 import aiohttp
@@ -30,7 +29,7 @@ from bot.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
 from bot.recovery import recover_jobs
 from bot.store import DatabaseJobStore, JobStore
 from bot.throttle import EDIT_INTERVAL
-from inference.logs import configure_logging
+from inference.logs import configure_logging, report_fatal
 from inference.queue import JobQueue
 
 log = logging.getLogger(__name__)
@@ -323,15 +322,6 @@ def _stop_on_sigterm() -> asyncio.Event:
     return requested
 
 
-def report_startup_failure(settings: Settings, message: str) -> None:
-    """The one line that says why `stepgrid run` stopped: a log line in JSON (a `jq` pipeline reads only
-    JSON), a plain `stepgrid: ...` line otherwise."""
-    if settings.log_format == "json":
-        log.critical("%s", message)
-    else:
-        print(f"stepgrid: {message}", file=sys.stderr)
-
-
 def run(settings: Settings | None = None) -> int:
     """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database or one
     another bot is using, an HTTP port that can't be listened on, or a Discord that can't be reached at start-up)."""
@@ -341,7 +331,7 @@ def run(settings: Settings | None = None) -> int:
     try:
         asyncio.run(run_bot(settings))
     except (*STARTUP_ERRORS, EndpointUnavailable) as error:
-        report_startup_failure(settings, str(error))
+        report_fatal("bot", "stepgrid", str(error), log_format=settings.log_format)
         return 2
     except KeyboardInterrupt:
         return 0

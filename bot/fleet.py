@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 
 from bot.config import Settings, checked_device, checked_dtype, warn_unknown_settings
-from inference.logs import configure_logging
+from inference.logs import configure_logging, report_fatal
 from inference.protocol import WorkerConfig
 from inference.redis_agent import AgentTimings, RedisAgent, run_agent
 from inference.redis_queue import AgentInfo, RedisUnreachable, ping, read_agents
@@ -104,7 +104,7 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
                 "add it to the bot's STEPGRID_MODEL registry or start this worker with one of those"
             )
     except FleetError as error:
-        print(f"stepgrid worker: {error}", file=sys.stderr)
+        report_fatal("agent", "stepgrid worker", str(error), log_format=settings.log_format)
         return 2
     configure_logging("agent", level=settings.log_level, log_format=settings.log_format)
     warn_unknown_settings()

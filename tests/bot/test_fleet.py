@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 import pytest
@@ -90,6 +92,19 @@ def test_a_worker_with_a_bad_option_exits_2_before_starting_its_gpu_worker(
 ) -> None:
     assert main(["worker", "--redis", redis_server.url, "--models", "tiny", *options]) == 2
     assert message in one_line(capsys.readouterr().err)
+
+
+def test_with_json_logs_a_refused_worker_says_why_in_a_json_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_LOG_FORMAT", "json")
+    monkeypatch.setenv("STEPGRID_LOG_LEVEL", "INFO")  # set by the logging setup: put back afterwards
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # the setup's handler goes with this test
+    monkeypatch.setattr(root, "level", root.level)
+    assert main(["worker", "--redis", "redis//nowhere"]) == 2
+    [line] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]  # `stepgrid worker | jq` reads it
+    assert line["level"] == "CRITICAL" and "is not a Redis URL" in line["message"], line
 
 
 def test_workers_lists_the_live_agents(redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
