@@ -19,6 +19,7 @@ from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from bot.server_limits import EffectiveLimits
+from inference.logs import report_fatal
 from inference.parameters import grid_infotext
 from inference.protocol import (
     DEFAULT_GRID_SCHEDULERS,
@@ -562,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.fleet import check_bot_redis
 
         if (unreachable := check_bot_redis(settings)) is not None:
-            print(f"stepgrid: {unreachable}", file=sys.stderr)
+            report_fatal("bot", "stepgrid", unreachable, log_format=settings.log_format)
             return 2
 
         return run(settings)

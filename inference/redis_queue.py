@@ -49,7 +49,9 @@ async def ping(url: str, *, wait_seconds: float = 3.0) -> None:
     try:
         await client.ping()  # type: ignore[misc]
     except (RedisError, OSError) as error:
-        raise RedisUnreachable(f"Redis at {describe_url(url)} is unreachable ({error})") from None
+        raise RedisUnreachable(
+            f"Redis at {describe_url(url)} is unreachable ({error}); start it, or check STEPGRID_REDIS_URL/--redis"
+        ) from None
     finally:
         await client.aclose()
 

@@ -55,7 +55,7 @@ def test_an_unreachable_redis_at_start_exits_2_with_one_line(
     monkeypatch.setenv("STEPGRID_DISCORD_TOKEN", "x")
     assert main(argv) == 2
     err = one_line(capsys.readouterr().err)
-    assert f"Redis at {url} is unreachable" in err
+    assert f"Redis at {url} is unreachable" in err and err.endswith("start it, or check STEPGRID_REDIS_URL/--redis\n")
 
 
 def test_no_redis_at_all_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
