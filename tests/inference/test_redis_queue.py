@@ -102,7 +102,8 @@ async def test_an_agent_serving_only_models_the_bot_does_not_know_is_shown_unusa
         )
         with pytest.raises(InvalidRequest, match=r"No GPU worker serves the model 'tiny' right now"):
             bot.submit(GenerateRequest("fox", **SMALL), user_id="u")  # not run on tiny-sdxl instead
-        await asyncio.sleep(0.5)  # a few more sweeps: the operator is told once, not at every sweep
+        for _ in range(2):  # two more looks at the agents: the operator is told once, not at every look
+            await bot._sweep_once()
         assert caplog.text.count("GPU agent early on gpu-box serves tiny-sdxl, which this bot does not know") == 1
     finally:
         await bot.close()
