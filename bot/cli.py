@@ -20,6 +20,7 @@ from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption, echo
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from bot.server_limits import EffectiveLimits
+from inference.logs import report_fatal
 from inference.parameters import grid_infotext
 from inference.protocol import (
     DEFAULT_GRID_SCHEDULERS,
@@ -544,7 +545,12 @@ def _models_command(args: argparse.Namespace, settings: Settings) -> int:
     print(f"built in, to try offline (random weights, --model NAME): {', '.join(TINY_MODELS)}")
     if args.no_load:
         return 0
-    settings = settings.model_copy(update={"device": args.device, "dtype": args.dtype})
+    try:
+        device, dtype = _checked_hardware(args)
+    except InvalidOption as error:  # or the worker would crash three times over it, with tracebacks
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
+    settings = settings.model_copy(update={"device": device, "dtype": dtype})
     _quiet_worker(args)
     try:
         ready = asyncio.run(load_models(settings, specs))
@@ -586,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = error.errors()[0]
         name = "STEPGRID_" + "_".join(str(part) for part in problem["loc"]).upper()
         message = str(problem["msg"]).removeprefix("Value error, ")
+        if problem["type"] != "value_error":  # pydantic's own checks don't name the value; ours do
+            message += f"; got {problem['input']!r}"
         print(f"stepgrid: the setting {name} is invalid: {message}.", file=sys.stderr)
         return 2
     args = build_parser(settings).parse_args(argv)
@@ -598,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.fleet import check_bot_redis
 
         if (unreachable := check_bot_redis(settings)) is not None:
-            print(f"stepgrid: {unreachable}", file=sys.stderr)
+            report_fatal("bot", "stepgrid", unreachable, log_format=settings.log_format)
             return 2
 
         return run(settings)
@@ -614,11 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "db" and args.db_command == "backup":
         return _backup_command(args, settings)
     if args.command == "db":
+        from bot.db_lock import DatabaseInUse, database_lock
         from bot.db_migrations import DatabaseTooNew, DatabaseUnusable, upgrade_database
 
         try:
-            upgrade_database(settings.database_path)
-        except (DatabaseTooNew, DatabaseUnusable) as error:
+            with database_lock(settings.database_path):  # not under a running bot, which expects its own schema
+                upgrade_database(settings.database_path)
+        except (DatabaseTooNew, DatabaseUnusable, DatabaseInUse) as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 2
         print(f"database {settings.database_path} is at the latest schema")

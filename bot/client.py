@@ -17,8 +17,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.buttons import JobButton
-from bot.config import Settings
+from bot.config import Settings, warn_unknown_settings
 from bot.db import Database
+from bot.db_lock import DatabaseInUse, database_lock
 from bot.db_migrations import DatabaseTooNew, DatabaseUnusable
 from bot.errors import report_error
 from bot.http import EndpointUnavailable, OperatorEndpoint
@@ -28,7 +29,7 @@ from bot.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
 from bot.recovery import recover_jobs
 from bot.store import DatabaseJobStore, JobStore
 from bot.throttle import EDIT_INTERVAL
-from inference.logs import configure_logging
+from inference.logs import configure_logging, report_fatal
 from inference.queue import JobQueue
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Stepgrid(commands.Bot):
         token_lifetime: float | None = None,
         **options: object,
     ) -> None:
+        # A bot with no voice: discord.py's two warnings about missing voice libraries are noise at every start.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.none()
         intents.guilds = True  # channels and permissions for interactions; no message content
         self.metrics = Metrics()
@@ -220,7 +223,7 @@ class DiscordUnreachable(Exception):
 
 
 # What keeps the bot (or `stepgrid sync`) from starting: one line for the operator, exit status 2.
-STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable)
+STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable, DatabaseInUse)
 
 
 def _token(settings: Settings) -> str:
@@ -245,6 +248,11 @@ async def _login(bot: Stepgrid, token: str) -> None:
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     token = _token(settings)
+    with database_lock(settings.database_path):  # one bot per ledger, or both would answer its jobs
+        await _run_bot_on(settings, token, queue)
+
+
+async def _run_bot_on(settings: Settings, token: str, queue: JobQueue | None) -> None:
     database = Database(settings.database_path, settings)
     await database.start()  # applies migrations; refuses a database newer than this code
     stop = _stop_on_sigterm()
@@ -315,16 +323,15 @@ def _stop_on_sigterm() -> asyncio.Event:
 
 
 def run(settings: Settings | None = None) -> int:
-    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database, an
-    HTTP port that can't be listened on, or a Discord that can't be reached at start-up)."""
-    import sys
-
+    """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database or one
+    another bot is using, an HTTP port that can't be listened on, or a Discord that can't be reached at start-up)."""
     settings = settings or Settings()
     configure_logging("bot", level=settings.log_level, log_format=settings.log_format)
+    warn_unknown_settings()
     try:
         asyncio.run(run_bot(settings))
     except (*STARTUP_ERRORS, EndpointUnavailable) as error:
-        print(f"stepgrid: {error}", file=sys.stderr)
+        report_fatal("bot", "stepgrid", str(error), log_format=settings.log_format)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import ctypes
+import difflib
 import functools
 import ipaddress
+import logging
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.protocol import (
     DEFAULT_SCHEDULER,
     MAX_COMPARE_CELLS,
+    MAX_SIZE,
     MAX_STEPS,
+    MIN_COMPARE_CELLS,
+    MIN_SIZE,
+    MIN_STEPS,
     SCHEDULER_NAMES,
     GenerateRequest,
     WorkerConfig,
@@ -26,6 +35,11 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+PREFIX = "STEPGRID_"
+# Read by the tests and benchmarks, not by Settings.
+NOT_SETTINGS = frozenset({"STEPGRID_TEST_LOAD_GATE", "STEPGRID_BENCH_STEP_SECONDS"})
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -112,7 +126,7 @@ def checked_scheduler(value: str) -> str:
 class Settings(BaseSettings):
     """Operator settings. Server admins can only tighten the ceilings below, never raise them."""
 
-    model_config = SettingsConfigDict(env_prefix="STEPGRID_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_file=".env", extra="ignore")
 
     discord_token: SecretStr | None = None
     dev_guild_id: int | None = Field(default=None, description="Sync commands to this guild only (instant).")
@@ -124,7 +138,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: str = "auto"
     model_cache_dir: Path | None = None
-    max_batch_lanes: int = 8
+    max_batch_lanes: int = Field(default=8, ge=1)
     compile_unet: bool = False
 
     database_path: Path = Path("data/stepgrid.sqlite3")
@@ -132,8 +146,8 @@ class Settings(BaseSettings):
     # Set: GPU agents (`stepgrid worker`) on any hosts behind this Redis do the work; unset: one local worker.
     redis_url: str | None = Field(default=None, description="e.g. redis://HOST:6379/0")
 
-    queue_max_length: int = 100
-    worker_hang_seconds: float = 120.0
+    queue_max_length: int = Field(default=100, ge=1)
+    worker_hang_seconds: float = Field(default=120.0, gt=0)
 
     # The operator's HTTP endpoint (health, metrics, status page): off unless a port is set.
     http_port: int | None = None
@@ -144,14 +158,16 @@ class Settings(BaseSettings):
     log_format: str = "text"
 
     # Global ceilings (the operator's); per-server limits may only be tighter.
-    max_steps: int = MAX_STEPS
-    default_steps: int = GenerateRequest.steps
+    # Bounded by what the wire takes: a ceiling above it would be promised by /limits show and refused by the worker.
+    max_steps: int = Field(default=MAX_STEPS, ge=MIN_STEPS, le=MAX_STEPS)
+    default_steps: int = Field(default=GenerateRequest.steps, ge=MIN_STEPS, le=MAX_STEPS)
     default_scheduler: str = DEFAULT_SCHEDULER
-    max_grid_cells: int = MAX_COMPARE_CELLS
-    max_image_size: int = 1024  # the wire allows up to MAX_SIZE (2048) on one side; 1024 fits SDXL and FLUX
-    max_compute_per_request: int = 1024 * 1024 * 600  # width x height x total steps
-    daily_steps_per_user: int = 5000
-    max_concurrent_jobs_per_user: int = 3
+    max_grid_cells: int = Field(default=MAX_COMPARE_CELLS, ge=MIN_COMPARE_CELLS, le=MAX_COMPARE_CELLS)
+    # The wire allows up to MAX_SIZE (2048) on one side; 1024 fits SDXL and FLUX.
+    max_image_size: int = Field(default=1024, ge=MIN_SIZE, le=MAX_SIZE)
+    max_compute_per_request: int = Field(default=1024 * 1024 * 600, ge=1)  # width x height x total steps
+    daily_steps_per_user: int = Field(default=5000, ge=1)
+    max_concurrent_jobs_per_user: int = Field(default=3, ge=1)
 
     # Checked when read, before any model loads: a typo is one line at start, not worker tracebacks later.
     _dtype = field_validator("dtype")(classmethod(lambda cls, value: checked_dtype(value)))
@@ -199,3 +215,25 @@ class Settings(BaseSettings):
 def _specs(value: str) -> tuple[ModelSpec, ...]:
     # Read once per value: the worker loaded the registry once too, so they agree.
     return models_from_setting(value)
+
+
+def unknown_settings(environ: Mapping[str, str], env_file: Path | None = Path(".env")) -> list[str]:
+    """A line for each STEPGRID_ variable (in the environment or `env_file`) that no setting reads: a typo
+    there would otherwise be ignored in silence and the default used."""
+    names = set(environ) | (set(dotenv_values(env_file)) if env_file is not None and env_file.is_file() else set())
+    known = [field.upper() for field in Settings.model_fields]
+    lines = []
+    for name in sorted(names):
+        field = name.upper().removeprefix(PREFIX)
+        if not name.upper().startswith(PREFIX) or field in known or name in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(field, known, n=1)  # without the prefix, which every name shares
+        fix = f"did you mean {PREFIX}{close[0]}?" if close else "see .env.example for the settings"
+        lines.append(f"{name} is not a Stepgrid setting and is ignored; {fix}")
+    return lines
+
+
+def warn_unknown_settings() -> None:
+    """Log unknown_settings() of this process, once logging is set up."""
+    for line in unknown_settings(os.environ):
+        log.warning(line)

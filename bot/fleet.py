@@ -10,8 +10,8 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from bot.config import Settings
-from inference.logs import configure_logging
+from bot.config import Settings, checked_device, checked_dtype, warn_unknown_settings
+from inference.logs import configure_logging, report_fatal
 from inference.protocol import WorkerConfig
 from inference.redis_agent import AgentTimings, RedisAgent, run_agent
 from inference.redis_queue import AgentInfo, RedisUnreachable, ping, read_agents
@@ -88,6 +88,13 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
             raise FleetError(str(error)) from None
         if args.lanes < 1:
             raise FleetError(f"--lanes {args.lanes}: give at least 1")
+        for option, value in (("--heartbeat", args.heartbeat), ("--reclaim-after", args.reclaim_after)):
+            if not value > 0:
+                raise FleetError(f"{option} {value:g}: give a number of seconds above 0")
+        try:
+            args.device, args.dtype = checked_device(args.device), checked_dtype(args.dtype)
+        except ValueError as error:  # or the worker would crash three times over it, with tracebacks
+            raise FleetError(f"--device/--dtype: {error}") from None
         keys = Keys()
         known = asyncio.run(_bot_models(url, keys))
         unknown = [name for name in names if known and name not in known]
@@ -97,9 +104,10 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
                 "add it to the bot's STEPGRID_MODEL registry or start this worker with one of those"
             )
     except FleetError as error:
-        print(f"stepgrid worker: {error}", file=sys.stderr)
+        report_fatal("agent", "stepgrid worker", str(error), log_format=settings.log_format)
         return 2
     configure_logging("agent", level=settings.log_level, log_format=settings.log_format)
+    warn_unknown_settings()
     config = WorkerConfig(
         model=args.models,
         device=args.device,

@@ -103,6 +103,7 @@ class OperatorEndpoint:
             running=active - waiting,
             models_ready=len(self.queue.models),
             worker_restarts=sum(worker.restarts for worker in self.queue.workers()),
+            ready=not self.why_not_ready(),
         )
 
     def connected(self) -> bool:
@@ -114,10 +115,14 @@ class OperatorEndpoint:
         reasons = []
         if not self.connected():
             reasons.append("not connected to Discord")
+        if self.queue.connection_problem:
+            reasons.append(self.queue.connection_problem)
         if self.queue.unavailable:
             reasons.append(f"no model can load: {self.queue.unavailable}")
         elif not self.queue.models:
-            reasons.append("no model is ready yet (loading)")
+            unusable = [worker for worker in self.queue.workers() if worker.state == "unusable"]
+            loading = "no model is ready yet (loading)"
+            reasons.append(f"no model is ready: {unusable[0].name} {unusable[0].detail}" if unusable else loading)
         else:
             # The models a worker loaded stay known while it restarts after a crash (commands are still
             # accepted and wait for it), but nothing can run until a worker is back.

@@ -1,7 +1,7 @@
 """The bot's Prometheus metrics, on a registry of its own (several bots can run in one test process).
 
 Counters move where things happen (the job driver, discord.py's HTTP session); what is true at any
-moment (queue length, running jobs, models ready, worker restarts) is read when scraped.
+moment (queue length, running jobs, models ready, readiness, worker restarts) is read when scraped.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class LiveFigures:
     running: int
     models_ready: int
     worker_restarts: int
+    ready: bool  # what /readyz says
 
 
 class _LiveCollector(Collector):
@@ -49,6 +50,10 @@ class _LiveCollector(Collector):
             value=figures.running,
         )
         yield GaugeMetricFamily("stepgrid_models_ready", "Models loaded and warmed up", value=figures.models_ready)
+        yield GaugeMetricFamily(
+            "stepgrid_ready", "1 while /readyz answers 200 (Discord, a model, a GPU worker, Redis if used), else 0",
+            value=int(figures.ready),
+        )  # fmt: skip
         yield CounterMetricFamily(
             "stepgrid_worker_restarts", "GPU worker processes restarted after a crash or hang",
             value=figures.worker_restarts,

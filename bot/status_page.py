@@ -106,7 +106,7 @@ STYLE = """
 body{font:15px/1.4 system-ui,sans-serif;margin:2em auto;max-width:780px;padding:0 1em;background:#111214;color:#ecedef}
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.25em .5em;border-bottom:1px solid #333}
-.ready{color:#57f287}.not-ready,.failed,.unavailable{color:#ed4245}.loading,.restarting{color:#fee75c}
+.ready{color:#57f287}.not-ready,.failed,.unavailable,.unusable{color:#ed4245}.loading,.restarting{color:#fee75c}
 svg.chart rect{fill:#5865f2}svg.chart .axis{stroke:#555}svg.chart .tick{fill:#a0a4ab;font-size:11px}
 .empty,.muted{color:#a0a4ab}
 """

@@ -12,6 +12,7 @@ import contextvars
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -93,3 +94,14 @@ def configure_logging(role: str, *, level: str | None = None, log_format: str | 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def report_fatal(role: str, prog: str, message: str, *, log_format: str) -> None:
+    """The one line that says why a command stopped: with JSON logs a JSON line (a `jq` pipeline reads only
+    JSON; logging is set up for it if it wasn't yet), else a plain `prog: message` line."""
+    if log_format == "json":
+        if not any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers):
+            configure_logging(role, log_format=log_format)
+        logging.getLogger(f"stepgrid.{role}").critical("%s", message)
+    else:
+        print(f"{prog}: {message}", file=sys.stderr)

@@ -75,7 +75,7 @@ class WorkerStatus:
     """One GPU worker as the operator's status page shows it."""
 
     name: str
-    state: str  # "loading", "ready", "failed" or "restarting"
+    state: str  # "loading", "ready", "failed", "restarting" or (an agent serving no model the bot knows) "unusable"
     device: str  # "" until known
     models: tuple[str, ...]
     detail: str = ""
@@ -105,6 +105,11 @@ class JobQueue(abc.ABC):
     @property
     def unavailable(self) -> str | None:
         """Why no job can run at all (the model failed to load), or None."""
+        return None
+
+    @property
+    def connection_problem(self) -> str | None:
+        """Why jobs can't reach the GPU workers right now, for a while (Redis down: they wait), or None."""
         return None
 
     @property
@@ -156,6 +161,23 @@ class _QueuedJob:
     @property
     def lane_count(self) -> int:
         return len(self.request.lane_steps)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a worker process ended, with the likely cause, for the operator's log line."""
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode >= 0:
+        return f"exited with status {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    causes = {
+        "SIGKILL": " (the kernel's out-of-memory killer, the hang watchdog or kill -9; see dmesg)",
+        "SIGSEGV": " (a crash in native code: the GPU driver, torch or a library)",
+    }
+    return f"was killed by {name}{causes.get(name, '')}"
 
 
 class WorkerUnavailable(RuntimeError):
@@ -473,7 +495,9 @@ class LocalJobQueue(JobQueue):
                 watchdog.cancel()
             if self._closing:
                 return
+            process, running = self._process, len(self._running)
             await self._stop_worker()
+            how = describe_exit(process.exitcode if process is not None else None)
             self._on_worker_exit()
             if not self._ready.is_set() and not self._fatal:
                 self._startup_crashes += 1
@@ -489,7 +513,10 @@ class LocalJobQueue(JobQueue):
             self._crashes += 1
             self.restarts += 1
             delay = min(30.0, 0.5 * 2 ** (self._crashes - 1))
-            log.warning("GPU worker exited; restarting in %.1fs", delay)
+            log.warning(
+                "GPU worker pid %s %s with %d job(s) running; restarting in %.1fs (its jobs run again, each alone)",
+                getattr(process, "pid", "?"), how, running, delay,
+            )  # fmt: skip
             await asyncio.sleep(delay)
 
     def _spawn(self) -> None:

@@ -49,7 +49,9 @@ async def ping(url: str, *, wait_seconds: float = 3.0) -> None:
     try:
         await client.ping()  # type: ignore[misc]
     except (RedisError, OSError) as error:
-        raise RedisUnreachable(f"Redis at {describe_url(url)} is unreachable ({error})") from None
+        raise RedisUnreachable(
+            f"Redis at {describe_url(url)} is unreachable ({error}); start it, or check STEPGRID_REDIS_URL/--redis"
+        ) from None
     finally:
         await client.aclose()
 
@@ -61,7 +63,7 @@ class AgentInfo:
     agent_id: str
     host: str
     device: str
-    state: str  # "loading", "ready" or "failed"
+    state: str  # "loading", "ready" or "failed" (and "unusable", as the bot sees one serving no model it knows)
     model_names: tuple[str, ...]
     models: tuple[ModelInfo, ...]
     lanes: int
@@ -151,6 +153,8 @@ class RedisJobQueue(LocalJobQueue):
         self._events_from = "$"
         self.reconnects = 0
         self._agents_known = False
+        self._connection_problem: str | None = None
+        self._told_unknown: set[tuple[str, tuple[str, ...]]] = set()  # (agent, models) already logged
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -193,6 +197,10 @@ class RedisJobQueue(LocalJobQueue):
         return found
 
     @property
+    def connection_problem(self) -> str | None:
+        return self._connection_problem
+
+    @property
     def worker_pid(self) -> int | None:
         return None
 
@@ -233,6 +241,29 @@ class RedisJobQueue(LocalJobQueue):
                 for name in agent.model_names:
                     served.setdefault(name, []).append(agent)
         return served
+
+    def _as_usable(self, agent: AgentInfo) -> AgentInfo:
+        """`agent` with only the models this bot knows: one started before the bot, with other models, was
+        not checked when it started, and a job for the bot's default model must not run on another model."""
+        known = self.config.model_names
+        unknown = tuple(name for name in agent.model_names if name not in known)
+        if not unknown:
+            return agent
+        usable = tuple(name for name in agent.model_names if name in known)
+        why = (
+            f"serves {', '.join(unknown)}, which this bot does not know (it knows {', '.join(known)}); "
+            f"restart it with --models set as the bot's STEPGRID_MODEL"
+        )
+        if (agent.agent_id, unknown) not in self._told_unknown:
+            self._told_unknown.add((agent.agent_id, unknown))
+            log.warning("GPU agent %s on %s %s", agent.agent_id, agent.host, why)
+        return dataclasses.replace(
+            agent,
+            state=agent.state if usable or agent.state != "ready" else "unusable",
+            model_names=usable,
+            models=tuple(model for model in agent.models if model.name in known),
+            message=agent.message or why,
+        )
 
     def _default_model(self, served: Mapping[str, object]) -> str:
         for name in self.config.model_names:
@@ -391,7 +422,7 @@ class RedisJobQueue(LocalJobQueue):
     async def _sweep_once(self) -> None:
         client = self._redis()
         await client.set(self.keys.bot_models, ",".join(self.config.model_names))
-        self.agents = await read_agents(client, self.keys)
+        self.agents = [self._as_usable(agent) for agent in await read_agents(client, self.keys)]
         self._agents_known = True
         now = time.monotonic()
         for name in self._served():
@@ -471,8 +502,13 @@ class RedisJobQueue(LocalJobQueue):
                     log.info("Redis is reachable again (%s)", name)
                     self.reconnects += 1
                 failures = 0
+                self._connection_problem = None
             except (RedisError, OSError) as error:
                 failures += 1
+                self._connection_problem = (
+                    f"Redis at {describe_url(self.url)} is unreachable ({error or type(error).__name__}); "
+                    "jobs wait until it is back: start it, or check STEPGRID_REDIS_URL"
+                )
                 if name == "events":
                     self._events_from = "$"  # a restarted Redis numbers its stream entries anew
                 if failures == 1:

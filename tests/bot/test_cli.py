@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,8 @@ import pytest
 from PIL import Image
 
 from bot.cli import cli_defaults, main, save_outputs, select_models
-from bot.config import Settings, cuda_device_count
+from bot.config import Settings, cuda_device_count, unknown_settings
+from bot.db_lock import database_lock, lock_path
 from bot.server_limits import EffectiveLimits
 from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, GenerateRequest
 from tests.a1111 import parse_generation_parameters
@@ -344,6 +346,41 @@ def test_run_when_discord_cannot_be_reached_is_one_line_and_a_non_zero_exit(tmp_
     assert line.startswith("stepgrid: cannot reach Discord (") and line.endswith("; check the network."), line
 
 
+def test_with_json_logs_the_reason_run_stopped_is_a_json_line_too(tmp_path: Path) -> None:
+    result = stepgrid(
+        "run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, STEPGRID_MODEL="tiny", STEPGRID_LOG_FORMAT="json",
+        STEPGRID_DATABASE_PATH=str(tmp_path / "stepgrid.sqlite3"), STEPGRID_MODLE="tiny-sdxl",
+        STEPGRID_DISCORD_API_BASE="http://127.0.0.1:1/api/v10",
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # `stepgrid run | jq` reads them all
+    assert lines[-1]["level"] == "CRITICAL" and lines[-1]["message"].startswith("cannot reach Discord ("), lines[-1]
+    typo = "STEPGRID_MODLE is not a Stepgrid setting and is ignored; did you mean STEPGRID_MODEL?"
+    assert [line["level"] for line in lines if line["message"] == typo] == ["WARNING"]
+
+
+def test_a_second_bot_on_the_same_database_is_refused_in_one_line_and_a_dead_ones_lock_is_not(tmp_path: Path) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    unreachable = {"STEPGRID_DISCORD_API_BASE": "http://127.0.0.1:1/api/v10", "STEPGRID_MODEL": "tiny"}
+    with database_lock(database):  # this process stands for the running bot
+        result = stepgrid("run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20,
+                          STEPGRID_DATABASE_PATH=str(database), **unreachable)  # fmt: skip
+        upgrade = stepgrid("db", "upgrade", cwd=tmp_path, STEPGRID_DATABASE_PATH=str(database))
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert f"another Stepgrid bot (pid {os.getpid()} on " in line and f"is using the database {database}" in line
+    assert "STEPGRID_DATABASE_PATH" in line, line
+    # Nor is its schema changed under it by hand.
+    assert upgrade.returncode == 2 and "another Stepgrid bot" in one_error_line(upgrade)
+    assert not database.exists()  # refused before any migration
+
+    # The lock file outlives its holder (kill -9 leaves it), but the lock does not.
+    assert f"pid {os.getpid()}" in lock_path(database).read_text()
+    result = stepgrid("run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20,
+                      STEPGRID_DATABASE_PATH=str(database), **unreachable)  # fmt: skip
+    assert one_error_line(result).startswith("stepgrid: cannot reach Discord ("), result.stderr
+
+
 NO_CUDA = cuda_device_count() == 0
 BAD_SETTINGS = [
     ({"STEPGRID_DTYPE": "float8"}, "STEPGRID_DTYPE is invalid: 'float8' is not a dtype"),
@@ -351,6 +388,8 @@ BAD_SETTINGS = [
     ({"STEPGRID_DEVICE": "cuda:99"}, "STEPGRID_DEVICE is invalid: 'cuda:99'"),
     ({"STEPGRID_DEFAULT_SCHEDULER": "Turbo"}, "STEPGRID_DEFAULT_SCHEDULER is invalid: unknown scheduler 'Turbo'"),
     ({"STEPGRID_MAX_STEPS": "many"}, "STEPGRID_MAX_STEPS is invalid"),
+    ({"STEPGRID_MAX_STEPS": "500"}, "STEPGRID_MAX_STEPS is invalid: Input should be less than or equal to 150; got"),
+    ({"STEPGRID_MAX_BATCH_LANES": "0"}, "STEPGRID_MAX_BATCH_LANES is invalid: Input should be greater than or equal"),
     ({"STEPGRID_HTTP_BIND": "localhots"}, "STEPGRID_HTTP_BIND is invalid: 'localhots' is not an IP address"),
     ({"STEPGRID_HTTP_BIND": "10.0.0.300"}, "STEPGRID_HTTP_BIND is invalid: '10.0.0.300' is not an IP address"),
     ({"STEPGRID_HTTP_PORT": "70000"}, "STEPGRID_HTTP_PORT is invalid: 70000 is not a port number; use 1 to 65535"),
@@ -385,6 +424,17 @@ def test_a_http_port_in_use_stops_run_with_one_line_before_discord_is_contacted(
     line = one_error_line(result)
     # Not "cannot reach Discord": the port was refused before the unreachable API base was tried.
     assert f"cannot serve the HTTP endpoint on 127.0.0.1:{port}" in line and "STEPGRID_HTTP_PORT" in line, line
+
+
+def test_a_misspelled_setting_in_the_environment_or_env_file_is_named_with_the_likely_one(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("STEPGRID_HTTP_PROT=8080\nSTEPGRID_LOG_LEVEL=DEBUG\n")
+    environ = {"STEPGRID_MODEL": "tiny", "stepgrid_max_step": "20", "STEPGRID_COLOUR": "red", "HOME": "/root"}
+    assert unknown_settings(environ, env_file) == [
+        "STEPGRID_COLOUR is not a Stepgrid setting and is ignored; see .env.example for the settings",
+        "STEPGRID_HTTP_PROT is not a Stepgrid setting and is ignored; did you mean STEPGRID_HTTP_PORT?",
+        "stepgrid_max_step is not a Stepgrid setting and is ignored; did you mean STEPGRID_MAX_STEPS?",
+    ]
 
 
 def test_an_empty_http_port_turns_the_endpoint_off() -> None:
@@ -515,6 +565,19 @@ def test_models_without_loading_lists_the_registry(
         "  gone: ./no/such/folder",
         "built in, to try offline (random weights, --model NAME): tiny, tiny-sdxl, tiny-flux, tiny-flux-dev, tiny-sd3",
     ]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--device", "tpu"], "--device 'tpu' is not a device"), (["--dtype", "fp8"], "--dtype 'fp8' is not a dtype")],
+)
+def test_models_with_a_bad_device_or_dtype_exits_2_before_starting_a_worker(
+    option: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL", "tiny")
+    assert main(["models", *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stepgrid: {message}") and err.count("\n") == 1, err
 
 
 def test_the_cli_takes_its_defaults_from_where_the_bot_does(monkeypatch: pytest.MonkeyPatch) -> None:

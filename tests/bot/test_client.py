@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 import discord
+import pytest
 from discord import app_commands
 
 from bot.client import EXTENSIONS, Stepgrid
@@ -17,6 +19,15 @@ async def make_bot() -> Stepgrid:
     bot = Stepgrid(Settings(_env_file=None), queue=ScriptedQueue(), sync_commands=False)  # type: ignore[call-arg]
     await bot.setup_hook()
     return bot
+
+
+def test_starting_logs_no_warning_about_voice_which_the_bot_never_uses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(discord.VoiceClient, "warn_nacl", True)  # as in a fresh process without PyNaCl
+    monkeypatch.setattr(discord.VoiceClient, "warn_dave", True)
+    Stepgrid(Settings(_env_file=None), queue=ScriptedQueue(), sync_commands=False)  # type: ignore[call-arg]
+    assert [record.message for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
 async def test_setup_hook_starts_the_queue_and_loads_every_command() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 import pytest
@@ -53,7 +55,7 @@ def test_an_unreachable_redis_at_start_exits_2_with_one_line(
     monkeypatch.setenv("STEPGRID_DISCORD_TOKEN", "x")
     assert main(argv) == 2
     err = one_line(capsys.readouterr().err)
-    assert f"Redis at {url} is unreachable" in err
+    assert f"Redis at {url} is unreachable" in err and err.endswith("start it, or check STEPGRID_REDIS_URL/--redis\n")
 
 
 def test_no_redis_at_all_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,6 +76,35 @@ def test_a_worker_with_a_model_the_bot_does_not_know_exits_2(
         client.close()
     err = one_line(capsys.readouterr().err)
     assert "the bot does not know the model 'tiny-sdxl' (it knows: tiny)" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--device", "tpu"], "--device/--dtype: 'tpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+        (["--dtype", "float8"], "--device/--dtype: 'float8' is not a dtype; use one of auto, float32"),
+        (["--reclaim-after", "-1"], "--reclaim-after -1: give a number of seconds above 0"),
+        (["--heartbeat", "0"], "--heartbeat 0: give a number of seconds above 0"),
+    ],
+)
+def test_a_worker_with_a_bad_option_exits_2_before_starting_its_gpu_worker(
+    options: list[str], message: str, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["worker", "--redis", redis_server.url, "--models", "tiny", *options]) == 2
+    assert message in one_line(capsys.readouterr().err)
+
+
+def test_with_json_logs_a_refused_worker_says_why_in_a_json_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_LOG_FORMAT", "json")
+    monkeypatch.setenv("STEPGRID_LOG_LEVEL", "INFO")  # set by the logging setup: put back afterwards
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # the setup's handler goes with this test
+    monkeypatch.setattr(root, "level", root.level)
+    assert main(["worker", "--redis", "redis//nowhere"]) == 2
+    [line] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]  # `stepgrid worker | jq` reads it
+    assert line["level"] == "CRITICAL" and "is not a Redis URL" in line["message"], line
 
 
 def test_workers_lists_the_live_agents(redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:

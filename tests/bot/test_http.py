@@ -72,7 +72,7 @@ async def test_readyz_names_each_reason_it_is_not_ready(database: Database) -> N
     assert await readiness(endpoint) == (503, ["not connected to Discord"])
 
 
-async def test_readyz_is_503_while_the_only_worker_restarts_after_a_crash(
+async def test_readyz_and_metrics_are_not_ready_while_the_worker_restarts_or_redis_is_down(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     endpoint = endpoint_for(database)
@@ -83,8 +83,17 @@ async def test_readyz_is_503_while_the_only_worker_restarts_after_a_crash(
     monkeypatch.setattr(endpoint.queue, "workers", lambda: [worker])
     assert await readiness(endpoint) == (503, ["no GPU worker is ready (restarting)"])
 
+    assert b"stepgrid_ready 0.0" in endpoint.metrics.exposition()
+
     monkeypatch.setattr(endpoint.queue, "workers", lambda: [worker, dataclasses.replace(worker, state="ready")])
     assert await readiness(endpoint) == (200, [])
+    assert b"stepgrid_ready 1.0" in endpoint.metrics.exposition()
+
+    # Redis down: the agents were ready when last seen, but no job reaches them (nor any answer the bot).
+    problem = "Redis at redis://10.0.0.5:6379/0 is unreachable (Connection refused); jobs wait until it is back"
+    monkeypatch.setattr(ScriptedQueue, "connection_problem", property(lambda queue: problem))
+    assert await readiness(endpoint) == (503, [problem])
+    assert b"stepgrid_ready 0.0" in endpoint.metrics.exposition()
 
 
 def free_port() -> int:

@@ -71,12 +71,12 @@ def test_each_bot_has_its_own_registry() -> None:
 
 def test_live_figures_are_read_at_each_scrape() -> None:
     metrics = Metrics()
-    figures = LiveFigures(queued=3, running=1, models_ready=2, worker_restarts=0)
+    figures = LiveFigures(queued=3, running=1, models_ready=2, worker_restarts=0, ready=True)
     metrics.watch(lambda: figures)
     assert value(metrics, "stepgrid_queue_length") == 3 and value(metrics, "stepgrid_models_ready") == 2
-    figures = LiveFigures(queued=0, running=2, models_ready=2, worker_restarts=1)
+    figures = LiveFigures(queued=0, running=2, models_ready=2, worker_restarts=1, ready=False)
     assert value(metrics, "stepgrid_queue_length") == 0 and value(metrics, "stepgrid_jobs_running") == 2
-    assert value(metrics, "stepgrid_worker_restarts_total") == 1
+    assert value(metrics, "stepgrid_worker_restarts_total") == 1 and value(metrics, "stepgrid_ready") == 0
 
 
 async def test_a_blocked_event_loop_shows_as_lag() -> None:

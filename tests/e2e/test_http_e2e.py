@@ -101,6 +101,7 @@ async def test_health_readiness_metrics_and_status_page_of_a_running_bot(
 
             status, body = await get(port, "/readyz")
             assert status == 503 and "no model is ready yet (loading)" in body and "Discord" not in body, body
+            assert sample((await get(port, "/metrics"))[1], "stepgrid_ready") == 0
 
             gate.touch()
             await queue.wait_ready()
@@ -121,7 +122,7 @@ async def test_health_readiness_metrics_and_status_page_of_a_running_bot(
             assert sample(after, "stepgrid_gpu_seconds_total") > sample(before, "stepgrid_gpu_seconds_total")
             waited = "stepgrid_queue_wait_seconds_count"
             assert sample(after, waited) == sample(before, waited) + 1
-            assert sample(after, "stepgrid_models_ready") == 1
+            assert sample(after, "stepgrid_models_ready") == 1 and sample(after, "stepgrid_ready") == 1
             assert "stepgrid_event_loop_lag_seconds_bucket" in after and "stepgrid_worker_restarts_total" in after
             assert sample(after, "stepgrid_queue_length") == 0 and sample(after, "stepgrid_jobs_running") == 0
 

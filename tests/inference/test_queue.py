@@ -147,7 +147,9 @@ async def test_queue_positions_are_reported_while_waiting(tiny_config: WorkerCon
 
 
 @pytest.mark.asyncio
-async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_config: WorkerConfig) -> None:
+async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(
+    tiny_config: WorkerConfig, caplog: pytest.LogCaptureFixture
+) -> None:
     async with started_queue(LocalJobQueue(tiny_config)) as queue:
         ids = [queue.submit(GenerateRequest(f"job {i}", steps=40, seed=i, **SMALL), user_id=str(i)) for i in range(3)]
         streams = [queue.events(job_id) for job_id in ids]
@@ -158,6 +160,8 @@ async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(tiny_conf
                 os.kill(pid, signal.SIGKILL)
                 break
         outcomes = await asyncio.gather(*(drain(stream) for stream in streams))
+        # The log says what happened and where to look, not only "exited".
+        assert f"GPU worker pid {pid} was killed by SIGKILL (the kernel's out-of-memory killer" in caplog.text
         [worker] = queue.workers()  # what the status page shows
         assert (worker.state, worker.restarts, worker.models) == ("ready", 1, ("tiny",))
         assert worker.name == f"local worker pid {queue.worker_pid}" and worker.device == "cpu (float32)"

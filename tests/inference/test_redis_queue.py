@@ -29,7 +29,7 @@ from inference.protocol import (
 )
 from inference.queue import _QueuedJob
 from inference.redis_queue import RedisJobQueue
-from inference.redis_wire import GROUP, Keys
+from inference.redis_wire import GROUP, Keys, dumps
 from tests.inference.crashy_worker import crashy_worker_main
 from tests.inference.redis_backends import redis_queue, started_agent
 from tests.redis_server import RedisServer, fresh_keys
@@ -80,6 +80,34 @@ async def test_a_model_no_live_agent_serves_is_refused_with_a_clear_message(
             assert "tiny" in bot.models
         finally:
             await bot.close()
+
+
+async def test_an_agent_serving_only_models_the_bot_does_not_know_is_shown_unusable_and_gets_no_job(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = fresh_keys()
+    client = aioredis.from_url(redis_server.url)
+    # Started before the bot, so its own check of the bot's models had nothing to check against.
+    heartbeat = {"host": "gpu-box", "device": "cuda:0", "state": "ready", "models": "tiny-sdxl", "infos": dumps(()),
+                 "lanes": 4, "busy": 0, "done": 0, "at": time.time()}  # fmt: skip
+    await client.hset(keys.agent("early"), mapping=heartbeat)
+    bot = redis_queue(WorkerConfig(model="tiny"), redis_server.url, keys)
+    await bot.start()
+    try:
+        await until(lambda: bool(bot.workers()), "the bot reading the agent's heartbeat")
+        [agent] = bot.workers()
+        assert agent.state == "unusable" and bot.models == {} and not bot.ready
+        assert "serves tiny-sdxl, which this bot does not know (it knows tiny); restart it with --models" in (
+            agent.detail
+        )
+        with pytest.raises(InvalidRequest, match=r"No GPU worker serves the model 'tiny' right now"):
+            bot.submit(GenerateRequest("fox", **SMALL), user_id="u")  # not run on tiny-sdxl instead
+        for _ in range(2):  # two more looks at the agents: the operator is told once, not at every look
+            await bot._sweep_once()
+        assert caplog.text.count("GPU agent early on gpu-box serves tiny-sdxl, which this bot does not know") == 1
+    finally:
+        await bot.close()
+        await client.aclose()
 
 
 async def test_a_job_that_kills_every_worker_is_dead_lettered_after_three_deliveries(
@@ -175,8 +203,11 @@ async def test_redis_restarted_under_load_loses_no_job(tiny_config: WorkerConfig
                     if isinstance(event, JobProgress):
                         break
                 server.stop(kill=True)
+                await until(lambda: bot.connection_problem is not None, "the bot noticing Redis is gone")
+                assert f"Redis at {server.url} is unreachable (" in (bot.connection_problem or "")
                 server.start()  # the same port and append-only file
                 outcomes = await asyncio.gather(*(drain(stream) for stream in streams))
+                await until(lambda: bot.connection_problem is None, "the bot seeing Redis back (/readyz: ready)")
                 for events in outcomes:
                     assert isinstance(events[-1], JobResult), events[-1]
                 assert bot.reconnects >= 1
