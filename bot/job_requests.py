@@ -288,7 +288,10 @@ def derive_request(
     if action in ("fewer", "more"):
         steps = step_down(request.steps) if action == "fewer" else step_up(request.steps, max_steps)
         if steps is None:
-            raise InvalidOption(f"{request.steps} steps is already the {'least' if action == 'fewer' else 'most'}.")
+            now = f"{request.steps} step{'' if request.steps == 1 else 's'}"
+            if action == "fewer":
+                raise InvalidOption(f"{now} is already the least.")
+            raise InvalidOption(f"{now} is already the most{' allowed here' if max_steps < MAX_STEPS else ''}.")
         return dataclasses.replace(request, steps=steps)
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.

@@ -50,6 +50,7 @@ from bot.store import JobRecord, JobStore, MemoryJobStore
 from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from inference.logs import job_context
 from inference.protocol import (
+    MAX_STEPS,
     InvalidRequest,
     JobFailed,
     JobResult,
@@ -464,13 +465,23 @@ class JobService:
             await self.store.mark_delivering(record.job_id, result)
         except Exception:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
-        await editor.finish(result_message(record, result, rendered))
+        message = result_message(record, result, rendered, max_steps=await self._step_ceiling(record))
+        await editor.finish(message)
         # Delivered: from here on a failure must not withdraw the result the user already has.
         self._count(record, result, model=result.model)
         await self._record_outcome(record.job_id, result)
         if record.job_id in self._unrecorded:
             return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
+
+    async def _step_ceiling(self, record: JobRecord) -> int:
+        """The most steps the job's model may run in its server now: where the result's "more" button stops."""
+        try:
+            limits = await self.limits(record.guild_id)
+        except Exception:  # the result matters more than one button's label
+            log.warning("job %s: could not read its server's limits", record.job_id, exc_info=True)
+            return MAX_STEPS
+        return limits.max_steps_for(record.request.model)
 
     async def _leave_queued(
         self, record: JobRecord, state: ProgressState, editor: ThrottledEditor[MessageUpdate]

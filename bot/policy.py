@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from bot.config import Settings
+from bot.errors import DuplicateRequest
 from bot.server_limits import EffectiveLimits, check_request
 from inference.protocol import Request
 
@@ -54,9 +55,9 @@ class DatabasePolicy:
 
     async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:
         ledger = self.database.ledger
+        active = await ledger.active_requests(guild_id, user_id)
+        if request in active:  # a button pressed twice, or the same seeded command sent again while it runs
+            raise DuplicateRequest()
         check_request(
-            request,
-            limits,
-            steps_used_today=await ledger.steps_used_today(guild_id, user_id),
-            active_jobs=await ledger.active_jobs(guild_id, user_id),
+            request, limits, steps_used_today=await ledger.steps_used_today(guild_id, user_id), active_jobs=len(active)
         )

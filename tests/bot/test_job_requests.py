@@ -186,8 +186,12 @@ def test_more_steps_stops_at_the_models_ceiling_and_compare_uses_its_ladder() ->
     assert derive_request(request, "more", defaults=TURBO_DEFAULTS, max_steps=8) == GenerateRequest(
         "x", steps=8, model="t"
     )
-    with pytest.raises(InvalidOption, match="8 steps is already the most"):
+    with pytest.raises(InvalidOption, match=r"^8 steps is already the most allowed here\.$"):
         derive_request(GenerateRequest("x", steps=8), "more", defaults=TURBO_DEFAULTS, max_steps=8)
+    with pytest.raises(InvalidOption, match=r"^150 steps is already the most\.$"):
+        derive_request(GenerateRequest("x", steps=150), "more", defaults=TURBO_DEFAULTS)
+    with pytest.raises(InvalidOption, match=r"^1 step is already the least\.$"):
+        derive_request(GenerateRequest("x", steps=1), "fewer", defaults=TURBO_DEFAULTS)
     compare = derive_request(GenerateRequest("x", steps=5, model="t"), "compare", defaults=TURBO_DEFAULTS)
     assert isinstance(compare, CompareStepsRequest) and (compare.steps, compare.model) == ((1, 2, 3, 4, 5, 6, 8), "t")
 

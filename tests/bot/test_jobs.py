@@ -15,6 +15,7 @@ import discord
 import pytest
 from PIL import Image
 
+from bot.buttons import JobButton
 from bot.db import Database
 from bot.errors import (
     InvalidOption,
@@ -451,7 +452,7 @@ async def test_the_queues_own_retries_count_one_attempt(database: Database) -> N
 async def test_a_planned_shutdown_leaves_waiting_jobs_queued_and_says_so(database: Database) -> None:
     harness = database_harness(database)
     running_id, _, running_task = await harness.start(IMAGINE)
-    queued_id, queued_interaction, queued_task = await harness.start(IMAGINE)
+    queued_id, queued_interaction, queued_task = await harness.start(dataclasses.replace(IMAGINE, seed=5678))
     harness.queue.emit(JobStarted(running_id, 1))
     await queued_interaction.recorder.wait_for(lambda calls: any(c.kind == "edit" for c in calls))
 
@@ -609,6 +610,17 @@ async def test_a_scheduler_the_model_cant_run_is_refused_before_anything_is_answ
 async def test_a_size_off_the_models_grid_is_refused_in_one_line() -> None:
     with pytest.raises(InvalidOption, match=r"width must be a multiple of 16 for the model flux; got 520."):
         await start_command(model_harness(), model="flux", size="520")
+
+
+async def test_the_results_more_button_stops_at_the_models_ceiling_in_its_server() -> None:
+    harness = model_harness()
+    job_id, interaction, task = await harness.start(GenerateRequest("a fox", steps=8, model="sdxl-turbo"))
+    harness.queue.emit(result_for(job_id, harness.queue.requests[job_id]))
+    await task
+    view = interaction.recorder.of("edit")[-1].view
+    assert view is not None
+    more = next(item.item for item in view.children if isinstance(item, JobButton) and item.action == "more")
+    assert more.disabled and more.label == "8 steps"
 
 
 async def test_steps_over_the_models_registry_ceiling_are_refused_naming_the_model() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from bot.config import Settings
 from bot.db import Database
+from bot.errors import DuplicateRequest
 from bot.policy import DatabasePolicy, SettingsPolicy
 from bot.server_limits import LimitExceeded
 from inference.protocol import GenerateRequest
@@ -37,6 +38,16 @@ async def test_the_check_counts_the_members_jobs_in_the_ledger(db: Database) -> 
     await policy.check(GenerateRequest("fox"), limits, guild_id=GUILD, user_id=ALICE)
     await db.ledger.record_job(GenerateRequest("fox"), user_id=ALICE, channel_id=5, guild_id=GUILD)
     with pytest.raises(LimitExceeded) as caught:
-        await policy.check(GenerateRequest("fox"), limits, guild_id=GUILD, user_id=ALICE)
+        await policy.check(GenerateRequest("wolf"), limits, guild_id=GUILD, user_id=ALICE)
     assert caught.value.limit == "max_concurrent_jobs_per_user"
-    await policy.check(GenerateRequest("fox"), limits, guild_id=GUILD + 1, user_id=ALICE)
+    await policy.check(GenerateRequest("wolf"), limits, guild_id=GUILD + 1, user_id=ALICE)
+
+
+async def test_a_request_equal_to_one_the_member_has_queued_is_refused_as_a_duplicate(db: Database) -> None:
+    policy = DatabasePolicy(db, Settings(_env_file=None))  # type: ignore[call-arg]
+    limits = await policy.limits(GUILD)
+    await db.ledger.record_job(GenerateRequest("fox", seed=7), user_id=ALICE, channel_id=5, guild_id=GUILD)
+    with pytest.raises(DuplicateRequest, match="already have this exact job queued or running"):
+        await policy.check(GenerateRequest("fox", seed=7), limits, guild_id=GUILD, user_id=ALICE)
+    await policy.check(GenerateRequest("fox", seed=8), limits, guild_id=GUILD, user_id=ALICE)  # a reroll
+    await policy.check(GenerateRequest("fox", seed=7), limits, guild_id=GUILD, user_id=ALICE + 1)  # someone else
