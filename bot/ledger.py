@@ -288,8 +288,8 @@ class Ledger:
         async with self.database.sessions() as session:
             return int(await session.scalar(query) or 0)
 
-    async def active_requests(self, guild_id: int | None, user_id: int) -> list[Request]:
-        """The requests of the member's jobs that are queued or running (or being delivered)."""
+    async def active_jobs(self, guild_id: int | None, user_id: int) -> list[JobRow]:
+        """The member's jobs that are queued, running or being delivered, oldest first."""
         unfinished = [status.value for status in UNFINISHED_STATUSES]
         query = (
             sa.select(JobRow)
@@ -297,7 +297,7 @@ class Ledger:
             .order_by(JobRow.created_at, JobRow.id)
         )
         async with self.database.sessions() as session:
-            return [job.to_request() for job in await session.scalars(query)]
+            return list(await session.scalars(query))
 
     async def member_totals(self, guild_id: int | None, user_id: int) -> Totals:
         """The member's jobs, images delivered, steps run and GPU seconds in one server, all time."""

@@ -7,8 +7,11 @@ what users type (sizes, step lists, scheduler names) is the bot's (`bot.job_requ
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from inference import registry
 from inference.registry import ModelSpec, models_from_setting
@@ -165,7 +168,10 @@ def validate(request: Request) -> None:
         raise InvalidRequest("The prompt is empty: describe the image you want.")
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in SCHEDULER_NAMES:
-            raise InvalidRequest(f"Unknown scheduler {scheduler!r}; choose one of: {', '.join(SCHEDULER_NAMES)}.")
+            raise InvalidRequest(
+                f"Unknown scheduler {scheduler!r}{_did_you_mean(scheduler)}; "
+                f"choose one of: {', '.join(SCHEDULER_NAMES)}."
+            )
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         _validate_grid(request)
     else:
@@ -192,6 +198,26 @@ def validate(request: Request) -> None:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
 
 
+def _did_you_mean(scheduler: str) -> str:
+    """ " (did you mean Euler?)" for a typo of a scheduler's name, else ""."""
+    names = {name.casefold(): name for name in SCHEDULER_NAMES}
+    close = difflib.get_close_matches(scheduler.strip().casefold(), names, n=1, cutoff=0.6)
+    return f" (did you mean {names[close[0]]}?)" if close else ""
+
+
+H = TypeVar("H", bound=Hashable)
+
+
+def _repeated(items: Sequence[H]) -> H | None:
+    """The first item that appears twice, or None."""
+    seen: set[H] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
+
+
 def _validate_grid(request: GridRequest) -> None:
     columns = len(request.steps)
     if isinstance(request, CompareStepsRequest) and not MIN_COMPARE_CELLS <= columns <= MAX_COMPARE_CELLS:
@@ -204,8 +230,8 @@ def _validate_grid(request: GridRequest) -> None:
             raise InvalidRequest(
                 f"A scheduler comparison needs {MIN_GRID_SCHEDULERS} to {MAX_GRID_SCHEDULERS} schedulers; got {rows}."
             )
-        if len(set(request.schedulers)) != rows:
-            raise InvalidRequest("Each scheduler may appear only once in a comparison.")
+        if (twice := _repeated(request.schedulers)) is not None:
+            raise InvalidRequest(f"{twice} is in the list twice; give each scheduler once.")
         if columns < MIN_COMPARE_CELLS:
             raise InvalidRequest(
                 f"A scheduler comparison needs at least {MIN_COMPARE_CELLS} step counts; got {columns}."
@@ -216,8 +242,9 @@ def _validate_grid(request: GridRequest) -> None:
                 f"A comparison grid has at most {MAX_COMPARE_CELLS} cells; {rows} schedulers × {columns} step "
                 f"counts would be {cells}: give fewer of either."
             )
-    if len(set(request.steps)) != columns:
-        raise InvalidRequest("Each step count may appear only once in a comparison.")
+    if (steps_twice := _repeated(request.steps)) is not None:
+        steps = f"{steps_twice} step{'' if steps_twice == 1 else 's'}"
+        raise InvalidRequest(f"{steps} is in the list twice; give each step count once.")
 
 
 def validate_for_model(request: Request, model: ModelInfo) -> None:

@@ -87,7 +87,7 @@ async def test_200_concurrent_writers_mixed_with_reads_never_hit_a_locked_databa
         job = await record(db, user=user)
         await db.ledger.steps_used_today(GUILD, user)
         await db.ledger.mark_running(job.id)
-        await db.ledger.active_requests(GUILD, user)
+        await db.ledger.active_jobs(GUILD, user)
         await db.ledger.mark_done(job.id, gpu_seconds=0.5, queue_seconds=0.1, steps_run=30)
 
     # gather raises the first error, "database is locked" included.

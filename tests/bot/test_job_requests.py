@@ -265,7 +265,7 @@ def test_spread_keeps_the_ends_of_the_ladder() -> None:
     ("schedulers", "steps", "message"),
     [
         ("Euler a", "2,4", "needs 2 to 6 schedulers; got 1"),
-        ("Euler a, euler a", "2,4", "Each scheduler may appear only once"),
+        ("Euler a, euler a", "2,4", "Euler a is in the list twice; give each scheduler once."),
         ("Euler a, Turbo", "2,4", "Unknown scheduler 'Turbo'"),
         ("Euler a, DDIM", "4", "at least 2 step counts; got 1"),
         ("Euler a, DDIM, UniPC", "1,2,3,4,5", "at most 12 cells; 3 schedulers × 5 step counts would be 15"),

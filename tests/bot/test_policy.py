@@ -9,7 +9,7 @@ from bot.db import Database
 from bot.errors import DuplicateRequest
 from bot.policy import DatabasePolicy, SettingsPolicy
 from bot.server_limits import LimitExceeded
-from inference.protocol import GenerateRequest
+from inference.protocol import GeneratedImage, GenerateRequest, JobResult
 
 GUILD, ALICE = 1000, 11
 SETTINGS = Settings(_env_file=None, default_steps=40, max_concurrent_jobs_per_user=1)  # type: ignore[call-arg]
@@ -51,3 +51,13 @@ async def test_a_request_equal_to_one_the_member_has_queued_is_refused_as_a_dupl
         await policy.check(GenerateRequest("fox", seed=7), limits, guild_id=GUILD, user_id=ALICE)
     await policy.check(GenerateRequest("fox", seed=8), limits, guild_id=GUILD, user_id=ALICE)  # a reroll
     await policy.check(GenerateRequest("fox", seed=7), limits, guild_id=GUILD, user_id=ALICE + 1)  # someone else
+
+
+async def test_a_request_equal_to_one_whose_result_is_being_delivered_is_no_duplicate(db: Database) -> None:
+    policy = DatabasePolicy(db, Settings(_env_file=None))  # type: ignore[call-arg]
+    job = await db.ledger.record_job(GenerateRequest("fox", seed=7), user_id=ALICE, channel_id=5, guild_id=GUILD)
+    await db.ledger.mark_running(job.id)
+    image = GeneratedImage(b"png", seed=7, steps=30, width=512, height=512, seconds=1.0)
+    assert await db.ledger.mark_delivering(job.id, JobResult(job.id, (image,), gpu_seconds=1.0))
+    # The member may already see that result and ask for the same image again on purpose.
+    await policy.check(GenerateRequest("fox", seed=7), await policy.limits(GUILD), guild_id=GUILD, user_id=ALICE)

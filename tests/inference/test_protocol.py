@@ -41,7 +41,8 @@ GOOD = GenerateRequest("a lighthouse at dusk")
         ({"height": 2048, "width": 2048}, "2048x2048 is too many pixels; at most 2,359,296"),
         ({"count": 5}, "count must be 1 to 4; got 5."),
         ({"prompt": "   "}, "The prompt is empty"),
-        ({"scheduler": "Eulerish"}, "Unknown scheduler 'Eulerish'; choose one of: Euler, "),
+        ({"scheduler": "Eulerish"}, "Unknown scheduler 'Eulerish' (did you mean Euler?); choose one of: Euler, "),
+        ({"scheduler": "Warp Drive"}, "Unknown scheduler 'Warp Drive'; choose one of: Euler, "),
         ({"seed": -1}, "seed must be 0 to 4294967295; got -1."),
     ],
 )
@@ -56,8 +57,8 @@ def test_compare_steps_cell_count_and_duplicates() -> None:
         validate(CompareStepsRequest("fox", steps=tuple(range(1, 14))))
     with pytest.raises(InvalidRequest, match="2 to 12 step counts; got 1"):
         validate(CompareStepsRequest("fox", steps=(10,)))
-    with pytest.raises(InvalidRequest, match="only once"):
-        validate(CompareStepsRequest("fox", steps=(10, 10)))
+    with pytest.raises(InvalidRequest, match=r"^10 steps is in the list twice; give each step count once\.$"):
+        validate(CompareStepsRequest("fox", steps=(5, 10, 10, 50)))
     with pytest.raises(InvalidRequest, match="steps must be 1 to 150; got 151"):
         validate(CompareStepsRequest("fox", steps=(10, 151)))
 
