@@ -45,7 +45,7 @@ from bot.metrics import Metrics
 from bot.models import command_of
 from bot.policy import RequestPolicy, SettingsPolicy
 from bot.reply import InteractionMessage, JobMessage, StoredInteractionMessage
-from bot.server_limits import EffectiveLimits, UnknownModel, choose_model
+from bot.server_limits import EffectiveLimits, UnknownModel, check_image_size, choose_model
 from bot.store import JobRecord, JobStore, MemoryJobStore
 from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from inference.logs import job_context
@@ -166,6 +166,10 @@ class JobService:
         """
         if interaction.guild_id is None:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
+        if limits is None:
+            limits = await self.policy.limits(interaction.guild_id)
+        # The server's size limit first: the general range (up to 2048) would suggest sizes it then refuses.
+        check_image_size(request, limits)
         checked(request)
         if self.queue.unavailable:
             raise ModelUnavailable()
@@ -188,8 +192,6 @@ class JobService:
         async with self._admission_lock(interaction.guild_id, interaction.user.id):
             # A finished job the ledger could not record yet still counts as running there.
             await self.record_pending_outcomes()
-            if limits is None:
-                limits = await self.policy.limits(interaction.guild_id)
             await self.policy.check(request, limits, guild_id=interaction.guild_id, user_id=interaction.user.id)
             await self.store.record(record)
         # The row exists: every way out from here finishes it or hands it to a driver.

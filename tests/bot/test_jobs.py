@@ -612,6 +612,16 @@ async def test_a_size_off_the_models_grid_is_refused_in_one_line() -> None:
         await start_command(model_harness(), model="flux", size="520")
 
 
+async def test_a_size_over_the_servers_limit_is_refused_with_that_limit_not_the_general_range() -> None:
+    harness = model_harness(max_image_size=1024)
+    # The general check alone would say "at most 2,359,296 pixels (e.g. 1536x1536 …)": sizes this server refuses.
+    with pytest.raises(
+        LimitExceeded, match=r"^This server allows images of at most 1024×1024; you asked for 2048×2048\.$"
+    ):
+        await start_command(harness, size="2048")
+    assert harness.queue.job_ids == []
+
+
 async def test_the_results_more_button_stops_at_the_models_ceiling_in_its_server() -> None:
     harness = model_harness()
     job_id, interaction, task = await harness.start(GenerateRequest("a fox", steps=8, model="sdxl-turbo"))
