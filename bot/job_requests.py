@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -81,13 +82,13 @@ def _scheduler_as_typed(name: str) -> str:
 
 
 def resolve_scheduler_list(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    """Scheduler names from "Euler a, DDIM" (any capitalisation; an unknown one is left for validate()
-    to refuse with the list), or the default rows when left out."""
+    """Scheduler names from "Euler a, DDIM" or "Euler a; DDIM" (any capitalisation; an unknown one is
+    left for validate() to refuse with the list), or the default rows when left out."""
     if text is None or not text.strip():
         return default
     if len(text) > MAX_SCHEDULER_LIST_CHARS:
         raise InvalidOption(f"Could not read schedulers {echo(text)}: write a few names like Euler a, DDIM, UniPC.")
-    return tuple(_scheduler_as_typed(name.strip()) for name in text.split(",") if name.strip())
+    return tuple(_scheduler_as_typed(name.strip()) for name in re.split("[,;]", text) if name.strip())
 
 
 def spread(ladder: tuple[int, ...], count: int) -> tuple[int, ...]:

@@ -269,12 +269,12 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
 
 
 def parse_step_list(text: str) -> tuple[int, ...]:
-    """Parse "5,10,20" into step counts; the error shows the expected form.
+    """Parse "5,10,20" (or with spaces or semicolons between) into step counts; the error shows the expected form.
 
     The one user-input parser left here: benchmarks/bench_engine.py reads its step lists with it.
     The bot's parsers are in `bot.job_requests`, which uses this one.
     """
-    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
+    parts = [part.strip() for part in text.replace(" ", ",").replace(";", ",").split(",") if part.strip()]
     try:
         steps = tuple(int(part) for part in parts)
     except ValueError:

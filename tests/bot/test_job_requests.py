@@ -255,6 +255,12 @@ def test_a_default_scheduler_grid_spreads_the_ladder_to_fit_the_cell_limit() -> 
     assert two_rows.lane_steps == (5, 10, 20, 30, 40, 50) * 2
 
 
+def test_scheduler_lists_are_read_with_commas_or_semicolons() -> None:
+    options = RequestOptions("a fox", schedulers="euler a; DDIM,unipc", compare_steps="2,4", scheduler_grid=True)
+    request = build_request(options, RequestDefaults())
+    assert isinstance(request, CompareSchedulersRequest) and request.schedulers == ("Euler a", "DDIM", "UniPC")
+
+
 def test_spread_keeps_the_ends_of_the_ladder() -> None:
     assert spread((1, 2, 3, 4, 6, 8), 3) == (1, 3, 8)
     assert spread((1, 2, 3, 4, 6, 8), 4) == (1, 3, 4, 8)

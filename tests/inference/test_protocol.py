@@ -65,6 +65,7 @@ def test_compare_steps_cell_count_and_duplicates() -> None:
 
 def test_step_list_parsing_shows_the_expected_form() -> None:
     assert parse_step_list("5, 10,20") == (5, 10, 20)
+    assert parse_step_list("50 40 5") == parse_step_list("50;40; 5") == (50, 40, 5)
     with pytest.raises(InvalidRequest, match="like 5,10,20,30"):
         parse_step_list("5,x,10")
     with pytest.raises(InvalidRequest, match="No step counts"):
