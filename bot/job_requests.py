@@ -21,6 +21,7 @@ from inference.protocol import (
     DEFAULT_SCHEDULER,
     MAX_COMPARE_CELLS,
     MAX_SEED,
+    MAX_SIZE,
     MAX_STEPS,
     MIN_COMPARE_CELLS,
     MIN_STEPS,
@@ -124,9 +125,10 @@ def as_option_error(parse: Callable[[], T]) -> T:
         raise InvalidOption(str(error)) from None
 
 
-def checked(request: Request) -> Request:
-    """`request` if it is valid, else InvalidOption naming the first bad value and the allowed range."""
-    as_option_error(lambda: validate(request))
+def checked(request: Request, *, max_size: int = MAX_SIZE) -> Request:
+    """`request` if it is valid, else InvalidOption naming the first bad value and the allowed range
+    (sizes up to `max_size`, the server's max image size)."""
+    as_option_error(lambda: validate(request, max_size=max_size))
     return request
 
 

@@ -168,9 +168,10 @@ class JobService:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
         if limits is None:
             limits = await self.policy.limits(interaction.guild_id)
-        # The server's size limit first: the general range (up to 2048) would suggest sizes it then refuses.
+        # The server's size limit first and in the size range: the general one (up to 2048) would suggest
+        # sizes the server then refuses.
         check_image_size(request, limits)
-        checked(request)
+        checked(request, max_size=limits.max_image_size)
         if self.queue.unavailable:
             raise ModelUnavailable()
         # While the model loads (minutes with a compiled UNet) the job waits in the queue, its place shown.

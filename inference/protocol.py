@@ -162,8 +162,11 @@ def total_steps(request: Request) -> int:
     return sum(request.lane_steps)
 
 
-def validate(request: Request) -> None:
-    """Raise InvalidRequest naming the first bad value and the allowed range."""
+def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
+    """Raise InvalidRequest naming the first bad value and the allowed range.
+
+    `max_size` is the largest side the caller allows (a server's max image size), named in the size range.
+    """
     if not request.prompt.strip():
         raise InvalidRequest("The prompt is empty: describe the image you want.")
     for scheduler in dict.fromkeys(request.lane_schedulers):
@@ -185,9 +188,10 @@ def validate(request: Request) -> None:
     if not (math.isfinite(request.guidance) and MIN_GUIDANCE <= request.guidance <= MAX_GUIDANCE):
         raise InvalidRequest(f"guidance must be {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {request.guidance:g}.")
     for name, value in (("width", request.width), ("height", request.height)):
-        if not MIN_SIZE <= value <= MAX_SIZE or value % SIZE_MULTIPLE:
+        if not MIN_SIZE <= value <= min(max_size, MAX_SIZE) or value % SIZE_MULTIPLE:
             raise InvalidRequest(
-                f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}; got {value}."
+                f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {min(max_size, MAX_SIZE)}; "
+                f"got {value}."
             )
     if request.width * request.height > MAX_PIXELS:
         raise InvalidRequest(

@@ -622,6 +622,11 @@ async def test_a_size_over_the_servers_limit_is_refused_with_that_limit_not_the_
     assert harness.queue.job_ids == []
 
 
+async def test_a_size_under_the_minimum_is_refused_naming_the_servers_range() -> None:
+    with pytest.raises(InvalidOption, match=r"^width must be a multiple of 8 from 256 to 512; got 100\.$"):
+        await start_command(model_harness(max_image_size=512), size="100x256")
+
+
 async def test_the_results_more_button_stops_at_the_models_ceiling_in_its_server() -> None:
     harness = model_harness()
     job_id, interaction, task = await harness.start(GenerateRequest("a fox", steps=8, model="sdxl-turbo"))
