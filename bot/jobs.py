@@ -337,6 +337,9 @@ class JobService:
         user = interaction.user
         if user.id != record.user_id and not interaction.permissions.manage_messages:
             raise NotYourJob()
+        if record.job_id in self._cancelled_by:  # a running job stops once the worker ends its current step
+            await send_ephemeral(interaction, "Already cancelled; it stops after its current step.")
+            return
         self._cancelled_by[record.job_id] = user.id
         if self.queue.cancel(record.job_id):
             log.info("job %s cancelled by user %s", record.job_id, user.id, extra={"job_id": record.job_id})

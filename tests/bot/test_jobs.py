@@ -48,6 +48,7 @@ from tests.bot.fakes import (
     TURBO,
     FakeInteraction,
     Harness,
+    ScriptedQueue,
     database_harness,
     finished_job,
     model_harness,
@@ -351,6 +352,31 @@ async def test_the_owner_can_cancel_a_queued_job(harness: Harness) -> None:
     assert click.recorder.calls[-1].content == "Cancelled." and click.recorder.calls[-1].ephemeral
     assert interaction.recorder.calls[-1].kind == "delete"  # the owner was told already
     assert harness.store.status[job_id] == "cancelled"
+
+
+class WorkerStopsQueue(ScriptedQueue):
+    """Cancelling asks the worker, as for a running job: the job ends when the test emits its end."""
+
+    def cancel(self, job_id: str) -> bool:
+        if job_id in self.finished:
+            return False
+        self.cancelled.append(job_id)
+        return True
+
+
+async def test_cancel_pressed_again_while_the_job_stops_says_it_is_already_cancelled() -> None:
+    harness = Harness()
+    harness.service.queue = harness.queue = WorkerStopsQueue()
+    job_id, interaction, task = await harness.start(IMAGINE)
+    first, second = harness.interaction(), harness.interaction()
+    await harness.service.handle_button(first.as_interaction(), "cancel", job_id)
+    await harness.service.handle_button(second.as_interaction(), "cancel", job_id)
+    assert first.recorder.calls[-1].content == "Cancelled."
+    assert second.recorder.calls[-1].content == "Already cancelled; it stops after its current step."
+    harness.queue.emit(JobFailed.cancellation(job_id))
+    await task
+    assert interaction.recorder.calls[-1].kind == "delete"  # the owner was told already, once
+    assert harness.queue.cancelled == [job_id]
 
 
 async def test_another_member_cannot_cancel_a_job(harness: Harness) -> None:
