@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import discord
 
 from bot.errors import report_error
+from bot.formatting import counted
 from bot.job_requests import step_down, step_up
-from inference.protocol import GenerateRequest
+from inference.protocol import MAX_STEPS, GenerateRequest
 
 if TYPE_CHECKING:
     from bot.store import JobRecord
@@ -99,19 +100,24 @@ def progress_view(job_id: str) -> discord.ui.View:
     return view
 
 
-def result_view(record: JobRecord) -> discord.ui.View:
-    """Buttons under a result: Reroll, fewer/more steps, Compare steps, Steps film (unless it is one), Details."""
+def result_view(record: JobRecord, max_steps: int = MAX_STEPS) -> discord.ui.View:
+    """Buttons under a result: Reroll, fewer/more steps, Compare steps, Steps film (unless it is one), Details.
+
+    `max_steps` is the most the job's model may run in its server: "more" stops there.
+    """
     view = discord.ui.View(timeout=None)
     job_id = record.job_id
     view.add_item(JobButton("reroll", job_id, label="Reroll", emoji="🎲", style=discord.ButtonStyle.primary))
     request = record.request
     if isinstance(request, GenerateRequest):
-        fewer, more = step_down(request.steps), step_up(request.steps)
+        fewer, more = step_down(request.steps), step_up(request.steps, max_steps)
         view.add_item(
-            JobButton("fewer", job_id, label=f"{fewer or request.steps} steps", emoji="➖", disabled=fewer is None)
+            JobButton(
+                "fewer", job_id, label=counted(fewer or request.steps, "step"), emoji="➖", disabled=fewer is None
+            )
         )
         view.add_item(
-            JobButton("more", job_id, label=f"{more or request.steps} steps", emoji="➕", disabled=more is None)
+            JobButton("more", job_id, label=counted(more or request.steps, "step"), emoji="➕", disabled=more is None)
         )
         view.add_item(JobButton("compare", job_id, label="Compare steps", emoji="🔬"))
         if not request.film:

@@ -71,6 +71,13 @@ class JobNotFound(UserFacingError):
         self.job_id = job_id
 
 
+class DuplicateRequest(UserFacingError):
+    """The member already has this very request queued or running; a second copy would only repeat it."""
+
+    def __init__(self) -> None:
+        super().__init__("You already have this exact job queued or running; its result will appear in its message.")
+
+
 class NotYourJob(UserFacingError):
     """Someone tried to cancel another member's job."""
 

@@ -15,6 +15,11 @@ def format_duration(delta: timedelta) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
+def counted(number: int, noun: str) -> str:
+    """'1 step', '20 steps', '1,000 frames'."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 def format_amount(value: int, *, like: int | None = None) -> str:
     """7,900,000 -> '7.9M'; with more digits where needed to tell `value` from `like` apart."""
     if value < 10_000:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -20,6 +21,7 @@ from inference.protocol import (
     DEFAULT_SCHEDULER,
     MAX_COMPARE_CELLS,
     MAX_SEED,
+    MAX_SIZE,
     MAX_STEPS,
     MIN_COMPARE_CELLS,
     MIN_STEPS,
@@ -81,13 +83,13 @@ def _scheduler_as_typed(name: str) -> str:
 
 
 def resolve_scheduler_list(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    """Scheduler names from "Euler a, DDIM" (any capitalisation; an unknown one is left for validate()
-    to refuse with the list), or the default rows when left out."""
+    """Scheduler names from "Euler a, DDIM" or "Euler a; DDIM" (any capitalisation; an unknown one is
+    left for validate() to refuse with the list), or the default rows when left out."""
     if text is None or not text.strip():
         return default
     if len(text) > MAX_SCHEDULER_LIST_CHARS:
         raise InvalidOption(f"Could not read schedulers {echo(text)}: write a few names like Euler a, DDIM, UniPC.")
-    return tuple(_scheduler_as_typed(name.strip()) for name in text.split(",") if name.strip())
+    return tuple(_scheduler_as_typed(name.strip()) for name in re.split("[,;]", text) if name.strip())
 
 
 def spread(ladder: tuple[int, ...], count: int) -> tuple[int, ...]:
@@ -123,9 +125,10 @@ def as_option_error(parse: Callable[[], T]) -> T:
         raise InvalidOption(str(error)) from None
 
 
-def checked(request: Request) -> Request:
-    """`request` if it is valid, else InvalidOption naming the first bad value and the allowed range."""
-    as_option_error(lambda: validate(request))
+def checked(request: Request, *, max_size: int = MAX_SIZE) -> Request:
+    """`request` if it is valid, else InvalidOption naming the first bad value and the allowed range
+    (sizes up to `max_size`, the server's max image size)."""
+    as_option_error(lambda: validate(request, max_size=max_size))
     return request
 
 
@@ -289,7 +292,10 @@ def derive_request(
     if action in ("fewer", "more"):
         steps = step_down(request.steps) if action == "fewer" else step_up(request.steps, max_steps)
         if steps is None:
-            raise InvalidOption(f"{request.steps} steps is already the {'least' if action == 'fewer' else 'most'}.")
+            now = f"{request.steps} step{'' if request.steps == 1 else 's'}"
+            if action == "fewer":
+                raise InvalidOption(f"{now} is already the least.")
+            raise InvalidOption(f"{now} is already the most{' allowed here' if max_steps < MAX_STEPS else ''}.")
         return dataclasses.replace(request, steps=steps)
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.

@@ -45,11 +45,12 @@ from bot.metrics import Metrics
 from bot.models import command_of
 from bot.policy import RequestPolicy, SettingsPolicy
 from bot.reply import InteractionMessage, JobMessage, StoredInteractionMessage
-from bot.server_limits import EffectiveLimits, UnknownModel, choose_model
+from bot.server_limits import EffectiveLimits, UnknownModel, check_image_size, choose_model
 from bot.store import JobRecord, JobStore, MemoryJobStore
 from bot.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from inference.logs import job_context
 from inference.protocol import (
+    MAX_STEPS,
     InvalidRequest,
     JobFailed,
     JobResult,
@@ -165,7 +166,12 @@ class JobService:
         """
         if interaction.guild_id is None:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
-        checked(request)
+        if limits is None:
+            limits = await self.policy.limits(interaction.guild_id)
+        # The server's size limit first and in the size range: the general one (up to 2048) would suggest
+        # sizes the server then refuses.
+        check_image_size(request, limits)
+        checked(request, max_size=limits.max_image_size)
         if self.queue.unavailable:
             raise ModelUnavailable()
         # While the model loads (minutes with a compiled UNet) the job waits in the queue, its place shown.
@@ -187,8 +193,6 @@ class JobService:
         async with self._admission_lock(interaction.guild_id, interaction.user.id):
             # A finished job the ledger could not record yet still counts as running there.
             await self.record_pending_outcomes()
-            if limits is None:
-                limits = await self.policy.limits(interaction.guild_id)
             await self.policy.check(request, limits, guild_id=interaction.guild_id, user_id=interaction.user.id)
             await self.store.record(record)
         # The row exists: every way out from here finishes it or hands it to a driver.
@@ -333,6 +337,9 @@ class JobService:
         user = interaction.user
         if user.id != record.user_id and not interaction.permissions.manage_messages:
             raise NotYourJob()
+        if record.job_id in self._cancelled_by:  # a running job stops once the worker ends its current step
+            await send_ephemeral(interaction, "Already cancelled; it stops after its current step.")
+            return
         self._cancelled_by[record.job_id] = user.id
         if self.queue.cancel(record.job_id):
             log.info("job %s cancelled by user %s", record.job_id, user.id, extra={"job_id": record.job_id})
@@ -464,13 +471,23 @@ class JobService:
             await self.store.mark_delivering(record.job_id, result)
         except Exception:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
-        await editor.finish(result_message(record, result, rendered))
+        message = result_message(record, result, rendered, max_steps=await self._step_ceiling(record))
+        await editor.finish(message)
         # Delivered: from here on a failure must not withdraw the result the user already has.
         self._count(record, result, model=result.model)
         await self._record_outcome(record.job_id, result)
         if record.job_id in self._unrecorded:
             return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
+
+    async def _step_ceiling(self, record: JobRecord) -> int:
+        """The most steps the job's model may run in its server now: where the result's "more" button stops."""
+        try:
+            limits = await self.limits(record.guild_id)
+        except Exception:  # the result matters more than one button's label
+            log.warning("job %s: could not read its server's limits", record.job_id, exc_info=True)
+            return MAX_STEPS
+        return limits.max_steps_for(record.request.model)
 
     async def _leave_queued(
         self, record: JobRecord, state: ProgressState, editor: ThrottledEditor[MessageUpdate]

@@ -288,14 +288,16 @@ class Ledger:
         async with self.database.sessions() as session:
             return int(await session.scalar(query) or 0)
 
-    async def active_jobs(self, guild_id: int | None, user_id: int) -> int:
-        """How many of the member's jobs are queued or running."""
+    async def active_jobs(self, guild_id: int | None, user_id: int) -> list[JobRow]:
+        """The member's jobs that are queued, running or being delivered, oldest first."""
         unfinished = [status.value for status in UNFINISHED_STATUSES]
-        query = sa.select(sa.func.count()).where(
-            in_guild(guild_id), JobRow.user_id == user_id, JobRow.status.in_(unfinished)
+        query = (
+            sa.select(JobRow)
+            .where(in_guild(guild_id), JobRow.user_id == user_id, JobRow.status.in_(unfinished))
+            .order_by(JobRow.created_at, JobRow.id)
         )
         async with self.database.sessions() as session:
-            return int(await session.scalar(query) or 0)
+            return list(await session.scalars(query))
 
     async def member_totals(self, guild_id: int | None, user_id: int) -> Totals:
         """The member's jobs, images delivered, steps run and GPU seconds in one server, all time."""

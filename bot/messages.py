@@ -16,10 +16,12 @@ import discord
 
 from bot.buttons import progress_view, result_view
 from bot.film import downscale_note, film_animation, source_note
+from bot.formatting import counted
 from bot.grids import render_grid
 from bot.render import fit_attachment
 from inference.parameters import grid_infotext
 from inference.protocol import (
+    MAX_STEPS,
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
@@ -192,9 +194,11 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
     return RenderedResult(tuple(files), summary, film_size)
 
 
-def result_message(record: JobRecord, result: JobResult, rendered: RenderedResult) -> MessageUpdate:
+def result_message(
+    record: JobRecord, result: JobResult, rendered: RenderedResult, *, max_steps: int = MAX_STEPS
+) -> MessageUpdate:
     """The final message: image(s), a grid's sweet spot in words, an embed with every parameter and
-    timing, the result buttons."""
+    timing, the result buttons ("more" stops at `max_steps`, the model's ceiling in the job's server)."""
     files = rendered.files
     request = dataclasses.replace(record.request, model=result.model or record.request.model)
     embed = parameters_embed(request, film=_film_text(request, result, rendered.film_size))
@@ -213,7 +217,7 @@ def result_message(record: JobRecord, result: JobResult, rendered: RenderedResul
     embed.set_footer(text=" · ".join(notes))
     if len(files) == 1 or rendered.film_size:  # a film job shows its film (the first file); the PNG rides along
         embed.set_image(url=f"attachment://{files[0].filename}")
-    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record))
+    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record, max_steps))
 
 
 def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] | None) -> str:
@@ -222,10 +226,10 @@ def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] |
     if image is None or not image.frames:
         return ""
     if film_size is None:
-        return f"{len(image.frames)} frames, one per step; not posted (it did not fit the upload limit)."
+        return f"{counted(len(image.frames), 'frame')}, one per step; not posted (it did not fit the upload limit)."
     downscaled = downscale_note(film_size, (request.width, request.height))
     size = f", {downscaled}" if downscaled else ""
-    return f"{len(image.frames)} frames, one per step{size}: {source_note(image.frames_source)}."
+    return f"{counted(len(image.frames), 'frame')}, one per step{size}: {source_note(image.frames_source)}."
 
 
 def parameters_embed(request: Request, *, job_id: str | None = None, film: str = "") -> discord.Embed:
@@ -250,7 +254,9 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))
         if request.film:
-            embed.add_field(name="Steps film", value=film or f"{request.steps} frames, one per step", inline=False)
+            embed.add_field(
+                name="Steps film", value=film or f"{counted(request.steps, 'frame')}, one per step", inline=False
+            )
     if request.negative_prompt:
         embed.add_field(name="Negative prompt", value=_clip(request.negative_prompt, 1000), inline=False)
     if job_id is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from bot.config import Settings
+from bot.errors import DuplicateRequest
+from bot.models import JobStatus
 from bot.server_limits import EffectiveLimits, check_request
 from inference.protocol import Request
 
@@ -54,9 +56,11 @@ class DatabasePolicy:
 
     async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:
         ledger = self.database.ledger
+        active = await ledger.active_jobs(guild_id, user_id)
+        # A button pressed twice, or the same seeded command sent again while the first waits or runs
+        # (a result being delivered is already the member's to see: asking again is not a repeat press).
+        if any(job.status != JobStatus.DELIVERING and job.to_request() == request for job in active):
+            raise DuplicateRequest()
         check_request(
-            request,
-            limits,
-            steps_used_today=await ledger.steps_used_today(guild_id, user_id),
-            active_jobs=await ledger.active_jobs(guild_id, user_id),
+            request, limits, steps_used_today=await ledger.steps_used_today(guild_id, user_id), active_jobs=len(active)
         )

@@ -602,6 +602,18 @@ def banned_word_in(text: str, banned_words: Sequence[str]) -> str | None:
     return None
 
 
+def check_image_size(request: Request, limits: EffectiveLimits) -> None:
+    """Raise LimitExceeded if the request's width or height is over the server's max image size."""
+    if max(request.width, request.height) > limits.max_image_size:
+        size = limits.max_image_size
+        raise LimitExceeded(
+            f"This server allows images of at most {size}×{size}; you asked for {request.width}×{request.height}.",
+            limit="max_image_size",
+            asked=max(request.width, request.height),
+            allowed=size,
+        )
+
+
 def check_request(
     request: Request,
     limits: EffectiveLimits,
@@ -672,14 +684,7 @@ def check_request(
             asked=cells,
             allowed=limits.max_grid_cells,
         )
-    if max(request.width, request.height) > limits.max_image_size:
-        size = limits.max_image_size
-        raise LimitExceeded(
-            f"This server allows images of at most {size}×{size}; you asked for {request.width}×{request.height}.",
-            limit="max_image_size",
-            asked=max(request.width, request.height),
-            allowed=size,
-        )
+    check_image_size(request, limits)
     cost = compute_cost(request)
     if cost > limits.max_compute_per_request:
         budget = limits.max_compute_per_request

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from inference import registry
 from inference.registry import ModelSpec, models_from_setting
@@ -164,14 +166,19 @@ def total_steps(request: Request) -> int:
     return sum(request.lane_steps)
 
 
-def validate(request: Request) -> None:
-    """Raise InvalidRequest naming the first bad value and the allowed range."""
+def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
+    """Raise InvalidRequest naming the first bad value and the allowed range.
+
+    `max_size` is the largest side the caller allows (a server's max image size), named in the size range.
+    """
     if not request.prompt.strip():
         raise InvalidRequest("The prompt is empty: describe the image you want.")
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in SCHEDULER_NAMES:
-            names = ", ".join(SCHEDULER_NAMES)
-            raise InvalidRequest(f"Unknown scheduler {scheduler!r}{_did_you_mean(scheduler)}; choose one of: {names}.")
+            raise InvalidRequest(
+                f"Unknown scheduler {scheduler!r}{_did_you_mean(scheduler)}; "
+                f"choose one of: {', '.join(SCHEDULER_NAMES)}."
+            )
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         _validate_grid(request)
     else:
@@ -185,9 +192,10 @@ def validate(request: Request) -> None:
     if not (math.isfinite(request.guidance) and MIN_GUIDANCE <= request.guidance <= MAX_GUIDANCE):
         raise InvalidRequest(f"guidance must be {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {request.guidance:g}.")
     for name, value in (("width", request.width), ("height", request.height)):
-        if not MIN_SIZE <= value <= MAX_SIZE or value % SIZE_MULTIPLE:
+        if not MIN_SIZE <= value <= min(max_size, MAX_SIZE) or value % SIZE_MULTIPLE:
             raise InvalidRequest(
-                f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE}; got {value}."
+                f"{name} must be a multiple of {SIZE_MULTIPLE} from {MIN_SIZE} to {min(max_size, MAX_SIZE)}; "
+                f"got {value}."
             )
     if request.width * request.height > MAX_PIXELS:
         raise InvalidRequest(
@@ -196,6 +204,26 @@ def validate(request: Request) -> None:
         )
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
+
+
+def _did_you_mean(scheduler: str) -> str:
+    """ " (did you mean 'Euler'?)" for a typo of a scheduler's name, else ""."""
+    names = {name.casefold(): name for name in SCHEDULER_NAMES}
+    close = difflib.get_close_matches(scheduler.strip().casefold(), names, n=1, cutoff=0.6)
+    return f" (did you mean {names[close[0]]!r}?)" if close else ""
+
+
+H = TypeVar("H", bound=Hashable)
+
+
+def _repeated(items: Sequence[H]) -> H | None:
+    """The first item that appears twice, or None."""
+    seen: set[H] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
 
 
 def _validate_grid(request: GridRequest) -> None:
@@ -210,8 +238,8 @@ def _validate_grid(request: GridRequest) -> None:
             raise InvalidRequest(
                 f"A scheduler comparison needs {MIN_GRID_SCHEDULERS} to {MAX_GRID_SCHEDULERS} schedulers; got {rows}."
             )
-        if (twice := _first_repeat(request.schedulers)) is not None:
-            raise InvalidRequest(f"{twice} is given twice; name each scheduler once.")
+        if (twice := _repeated(request.schedulers)) is not None:
+            raise InvalidRequest(f"{twice} is in the list twice; give each scheduler once.")
         if columns < MIN_COMPARE_CELLS:
             raise InvalidRequest(
                 f"A scheduler comparison needs at least {MIN_COMPARE_CELLS} step counts; got {columns}."
@@ -222,24 +250,9 @@ def _validate_grid(request: GridRequest) -> None:
                 f"A comparison grid has at most {MAX_COMPARE_CELLS} cells; {rows} schedulers × {columns} step "
                 f"counts would be {cells}: give fewer of either."
             )
-    if (twice := _first_repeat(request.steps)) is not None:
-        raise InvalidRequest(f"The step count {twice} is given twice; give each step count once.")
-
-
-def _first_repeat(values: tuple[int, ...] | tuple[str, ...]) -> int | str | None:
-    seen: set[int | str] = set()
-    for value in values:
-        if value in seen:
-            return value
-        seen.add(value)
-    return None
-
-
-def _did_you_mean(scheduler: str) -> str:
-    """The hint after an unknown scheduler's name: for a typo, " (did you mean 'Euler a'?)"; else ""."""
-    by_folded = {name.casefold(): name for name in SCHEDULER_NAMES}
-    close = difflib.get_close_matches(scheduler.casefold(), by_folded, n=1, cutoff=0.75)
-    return f" (did you mean {by_folded[close[0]]!r}?)" if close else ""
+    if (steps_twice := _repeated(request.steps)) is not None:
+        steps = f"{steps_twice} step{'' if steps_twice == 1 else 's'}"
+        raise InvalidRequest(f"{steps} is in the list twice; give each step count once.")
 
 
 def validate_for_model(request: Request, model: ModelInfo) -> None:
@@ -277,12 +290,12 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
 
 
 def parse_step_list(text: str) -> tuple[int, ...]:
-    """Parse "5,10,20" into step counts; the error shows the expected form.
+    """Parse "5,10,20" (or with spaces or semicolons between) into step counts; the error shows the expected form.
 
     The one user-input parser left here: benchmarks/bench_engine.py reads its step lists with it.
     The bot's parsers are in `bot.job_requests`, which uses this one.
     """
-    parts = [part.strip() for part in text.replace(" ", ",").split(",") if part.strip()]
+    parts = [part.strip() for part in text.replace(" ", ",").replace(";", ",").split(",") if part.strip()]
     try:
         steps = tuple(int(part) for part in parts)
     except ValueError:

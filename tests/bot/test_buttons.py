@@ -90,7 +90,15 @@ async def test_a_grid_result_has_only_reroll_and_details() -> None:
 
 async def test_step_buttons_are_disabled_at_the_ends() -> None:
     assert button(result_view(record_for(GenerateRequest("x", steps=1))), "fewer").disabled
+    assert button(result_view(record_for(GenerateRequest("x", steps=1))), "fewer").label == "1 step"
     assert button(result_view(record_for(GenerateRequest("x", steps=150))), "more").disabled
+
+
+async def test_more_steps_stops_at_the_ceiling_it_is_given() -> None:
+    at_ceiling = result_view(record_for(GenerateRequest("x", steps=20)), max_steps=20)
+    assert button(at_ceiling, "more").disabled and button(at_ceiling, "more").label == "20 steps"
+    below = result_view(record_for(GenerateRequest("x", steps=12)), max_steps=20)
+    assert not button(below, "more").disabled and button(below, "more").label == "15 steps"
 
 
 async def test_a_button_error_goes_to_the_same_handler() -> None:

@@ -41,7 +41,7 @@ from tests.bot.fakes import TURBO, noise_png, result_for
         (["imagine", "fox", "--guidance", "-3"], "guidance must be 0 to 30; got -3."),
         (
             ["compare-steps", "fox", "--steps", "5, 10,10 ,50"],
-            "The step count 10 is given twice; give each step count once.",
+            "10 steps is in the list twice; give each step count once.",
         ),
         (["compare-steps", "fox", "--steps", "5,x,10"], "like 5,10,20,30"),
         (["compare-steps", "fox", "--steps", ",".join(map(str, range(1, 14)))], "2 to 12 step counts; got 13"),

@@ -192,8 +192,12 @@ def test_more_steps_stops_at_the_models_ceiling_and_compare_uses_its_ladder() ->
     assert derive_request(request, "more", defaults=TURBO_DEFAULTS, max_steps=8) == GenerateRequest(
         "x", steps=8, model="t"
     )
-    with pytest.raises(InvalidOption, match="8 steps is already the most"):
+    with pytest.raises(InvalidOption, match=r"^8 steps is already the most allowed here\.$"):
         derive_request(GenerateRequest("x", steps=8), "more", defaults=TURBO_DEFAULTS, max_steps=8)
+    with pytest.raises(InvalidOption, match=r"^150 steps is already the most\.$"):
+        derive_request(GenerateRequest("x", steps=150), "more", defaults=TURBO_DEFAULTS)
+    with pytest.raises(InvalidOption, match=r"^1 step is already the least\.$"):
+        derive_request(GenerateRequest("x", steps=1), "fewer", defaults=TURBO_DEFAULTS)
     compare = derive_request(GenerateRequest("x", steps=5, model="t"), "compare", defaults=TURBO_DEFAULTS)
     assert isinstance(compare, CompareStepsRequest) and (compare.steps, compare.model) == ((1, 2, 3, 4, 5, 6, 8), "t")
 
@@ -257,6 +261,12 @@ def test_a_default_scheduler_grid_spreads_the_ladder_to_fit_the_cell_limit() -> 
     assert two_rows.lane_steps == (5, 10, 20, 30, 40, 50) * 2
 
 
+def test_scheduler_lists_are_read_with_commas_or_semicolons() -> None:
+    options = RequestOptions("a fox", schedulers="euler a; DDIM,unipc", compare_steps="2,4", scheduler_grid=True)
+    request = build_request(options, RequestDefaults())
+    assert isinstance(request, CompareSchedulersRequest) and request.schedulers == ("Euler a", "DDIM", "UniPC")
+
+
 def test_spread_keeps_the_ends_of_the_ladder() -> None:
     assert spread((1, 2, 3, 4, 6, 8), 3) == (1, 3, 8)
     assert spread((1, 2, 3, 4, 6, 8), 4) == (1, 3, 4, 8)
@@ -267,7 +277,7 @@ def test_spread_keeps_the_ends_of_the_ladder() -> None:
     ("schedulers", "steps", "message"),
     [
         ("Euler a", "2,4", "needs 2 to 6 schedulers; got 1"),
-        ("Euler a, DDIM, euler a", "2,4", "Euler a is given twice; name each scheduler once."),
+        ("Euler a, euler a", "2,4", "Euler a is in the list twice; give each scheduler once."),
         ("Euler a, Turbo", "2,4", "Unknown scheduler 'Turbo'"),
         ("Euler a, DDIM", "4", "at least 2 step counts; got 1"),
         ("Euler a, DDIM, UniPC", "1,2,3,4,5", "at most 12 cells; 3 schedulers × 5 step counts would be 15"),

@@ -15,6 +15,7 @@ import discord
 import pytest
 from PIL import Image
 
+from bot.buttons import JobButton
 from bot.db import Database
 from bot.errors import (
     InvalidOption,
@@ -47,6 +48,7 @@ from tests.bot.fakes import (
     TURBO,
     FakeInteraction,
     Harness,
+    ScriptedQueue,
     database_harness,
     finished_job,
     model_harness,
@@ -352,6 +354,31 @@ async def test_the_owner_can_cancel_a_queued_job(harness: Harness) -> None:
     assert harness.store.status[job_id] == "cancelled"
 
 
+class WorkerStopsQueue(ScriptedQueue):
+    """Cancelling asks the worker, as for a running job: the job ends when the test emits its end."""
+
+    def cancel(self, job_id: str) -> bool:
+        if job_id in self.finished:
+            return False
+        self.cancelled.append(job_id)
+        return True
+
+
+async def test_cancel_pressed_again_while_the_job_stops_says_it_is_already_cancelled() -> None:
+    harness = Harness()
+    harness.service.queue = harness.queue = WorkerStopsQueue()
+    job_id, interaction, task = await harness.start(IMAGINE)
+    first, second = harness.interaction(), harness.interaction()
+    await harness.service.handle_button(first.as_interaction(), "cancel", job_id)
+    await harness.service.handle_button(second.as_interaction(), "cancel", job_id)
+    assert first.recorder.calls[-1].content == "Cancelled."
+    assert second.recorder.calls[-1].content == "Already cancelled; it stops after its current step."
+    harness.queue.emit(JobFailed.cancellation(job_id))
+    await task
+    assert interaction.recorder.calls[-1].kind == "delete"  # the owner was told already, once
+    assert harness.queue.cancelled == [job_id]
+
+
 async def test_another_member_cannot_cancel_a_job(harness: Harness) -> None:
     job_id, _, task = await harness.start(IMAGINE)
     with pytest.raises(NotYourJob):
@@ -451,7 +478,7 @@ async def test_the_queues_own_retries_count_one_attempt(database: Database) -> N
 async def test_a_planned_shutdown_leaves_waiting_jobs_queued_and_says_so(database: Database) -> None:
     harness = database_harness(database)
     running_id, _, running_task = await harness.start(IMAGINE)
-    queued_id, queued_interaction, queued_task = await harness.start(IMAGINE)
+    queued_id, queued_interaction, queued_task = await harness.start(dataclasses.replace(IMAGINE, seed=5678))
     harness.queue.emit(JobStarted(running_id, 1))
     await queued_interaction.recorder.wait_for(lambda calls: any(c.kind == "edit" for c in calls))
 
@@ -609,6 +636,32 @@ async def test_a_scheduler_the_model_cant_run_is_refused_before_anything_is_answ
 async def test_a_size_off_the_models_grid_is_refused_in_one_line() -> None:
     with pytest.raises(InvalidOption, match=r"width must be a multiple of 16 for the model flux; got 520."):
         await start_command(model_harness(), model="flux", size="520")
+
+
+async def test_a_size_over_the_servers_limit_is_refused_with_that_limit_not_the_general_range() -> None:
+    harness = model_harness(max_image_size=1024)
+    # The general check alone would say "at most 2,359,296 pixels (e.g. 1536x1536 …)": sizes this server refuses.
+    with pytest.raises(
+        LimitExceeded, match=r"^This server allows images of at most 1024×1024; you asked for 2048×2048\.$"
+    ):
+        await start_command(harness, size="2048")
+    assert harness.queue.job_ids == []
+
+
+async def test_a_size_under_the_minimum_is_refused_naming_the_servers_range() -> None:
+    with pytest.raises(InvalidOption, match=r"^width must be a multiple of 8 from 256 to 512; got 100\.$"):
+        await start_command(model_harness(max_image_size=512), size="100x256")
+
+
+async def test_the_results_more_button_stops_at_the_models_ceiling_in_its_server() -> None:
+    harness = model_harness()
+    job_id, interaction, task = await harness.start(GenerateRequest("a fox", steps=8, model="sdxl-turbo"))
+    harness.queue.emit(result_for(job_id, harness.queue.requests[job_id]))
+    await task
+    view = interaction.recorder.of("edit")[-1].view
+    assert view is not None
+    more = next(item.item for item in view.children if isinstance(item, JobButton) and item.action == "more")
+    assert more.disabled and more.label == "8 steps"
 
 
 async def test_steps_over_the_models_registry_ceiling_are_refused_naming_the_model() -> None:

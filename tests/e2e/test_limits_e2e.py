@@ -31,6 +31,7 @@ from tests.e2e.helpers import (
     running_bot,
     wait_for_progress,
     wait_for_result,
+    worker_paused,
 )
 from tests.fake_discord import (
     CommandUnavailable,
@@ -241,6 +242,29 @@ async def test_a_daily_quota_runs_out_and_the_refusal_says_when_it_resets(
         quota = embed_fields(usage)["Today's quota"]
         assert quota.startswith("4 of 6 steps used; **2 left**.")
         assert "00:00 UTC" in quota
+
+
+async def test_result_buttons_stop_at_the_servers_ceiling_and_a_double_press_queues_one_job(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        await set_limits(fake, max_steps=4)
+        first = await fake.invoke("imagine", imagine(steps=4, seed=11))
+        await wait_for_result(first)
+        result = first.original_message
+        more = next(
+            b for row in result["components"] for b in row["components"] if b["custom_id"] == button(result, "more")
+        )
+        assert (more["disabled"], more["label"]) == (True, "4 steps")  # not "5 steps", refused when pressed
+        with worker_paused(worker):  # the first press's job can't finish before the second press arrives
+            pressed = await fake.click(result, button(result, "fewer"))
+            assert (await pressed.wait_for_callback()).json["type"] == 5  # deferred: accepted
+            again = await fake.click(result, button(result, "fewer"))
+            assert await refusal(again) == (
+                "You already have this exact job queued or running; its result will appear in its message."
+            )
+        await wait_for_result(pressed)
+        assert [s.request.steps for s in queue.submitted] == [4, 3]  # type: ignore[union-attr]
 
 
 # --- changing and showing limits ---------------------------------------------------------------------
