@@ -74,14 +74,31 @@ def display_value(name: str, value: Any) -> str:
 
 def source_of(name: str, server: ServerLimits, effective: EffectiveLimits) -> str:
     """Whose value applies: the server's own, or the operator's (unset, or capped by the operator)."""
+    if name == "model_max_steps":
+        return _source_of_model_ceilings(server, effective)
     own = getattr(server, name)
     if own is None:
         return "operator"
-    if name == "model_max_steps":  # the server's ceilings for some models, the registry's for the rest
-        effective_ceilings = dict(effective.model_max_steps)
-        capped = any(effective_ceilings.get(model, steps) < steps for model, steps in own)
-        return "operator (caps the server's value)" if capped else "server"
     return "server" if own == getattr(effective, name) else "operator (caps the server's value)"
+
+
+def _source_of_model_ceilings(server: ServerLimits, effective: EffectiveLimits) -> str:
+    """Each model's ceiling is the tightest of the server's own for it, the server's max steps and the
+    operator's (the registry's ceiling for that model, or the operator's max steps)."""
+    own = dict(server.model_max_steps or ())
+    sources = set()
+    for model, steps in effective.model_max_steps:
+        if model in own:
+            sources.add("server" if own[model] == steps else "operator (caps the server's value)")
+        elif steps == effective.max_steps:
+            sources.add(source_of("max_steps", server, effective))
+        else:
+            sources.add("operator")
+    if len(sources) == 1:
+        return sources.pop()
+    if "server" in sources:
+        return "server and operator"
+    return "operator (caps the server's value)" if "operator (caps the server's value)" in sources else "operator"
 
 
 def limits_embed(server: ServerLimits, effective: EffectiveLimits, history: list[LimitsChange]) -> discord.Embed:

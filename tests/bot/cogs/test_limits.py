@@ -77,7 +77,24 @@ def test_limits_show_lists_the_model_limits_and_whose_they_are() -> None:
     fields = {field.name: field.value for field in embed.fields}
     assert fields["allowed models"] == "sd15, sdxl-turbo\n*server*"
     assert fields["default model"] == "sd15\n*operator*"
-    assert fields["max steps per model"] == "sd15: 40, sdxl-turbo: 8\n*server*"
+    # sd15's ceiling is the server's own, sdxl-turbo's the operator's registry ceiling.
+    assert fields["max steps per model"] == "sd15: 40, sdxl-turbo: 8\n*server and operator*"
+
+
+@pytest.mark.parametrize(
+    ("server", "source"),
+    [
+        # the server's max steps is every allowed model's ceiling
+        (ServerLimits(max_steps=20, allowed_models=("sd15", "flux")), "server"),
+        (ServerLimits(), "operator"),
+        (ServerLimits(model_max_steps=(("sd15", 500),)), "operator (caps the server's value)"),
+    ],
+)
+def test_per_model_ceilings_name_whose_value_sets_them(server: ServerLimits, source: str) -> None:
+    settings = Settings(_env_file=None, model=REGISTRY, max_steps=30)  # type: ignore[call-arg]
+    embed = limits_embed(server, EffectiveLimits.combine(server, settings), [])
+    fields = {field.name: field.value for field in embed.fields}
+    assert fields["max steps per model"].endswith(f"*{source}*")
 
 
 def test_a_change_of_per_model_ceilings_reads_plainly_in_the_history() -> None:
