@@ -40,6 +40,7 @@ from inference.redis_wire import (
     describe_url,
     dumps,
     loads,
+    redis_problem,
 )
 from inference.worker import worker_main
 
@@ -388,7 +389,7 @@ class RedisAgent:
             except (RedisError, OSError) as error:
                 failures += 1
                 if failures == 1:
-                    log.warning("Redis at %s is unreachable (%s); retrying", describe_url(self.url), error)
+                    log.warning("%s; retrying", redis_problem(self.url, error))
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))
 
     async def _forever(self, name: str, once: Callable[[], Awaitable[None]]) -> None:
@@ -400,7 +401,7 @@ class RedisAgent:
             except (RedisError, OSError) as error:
                 failures += 1
                 if failures == 1:
-                    log.warning("Redis at %s is unreachable (%s: %s); retrying", describe_url(self.url), name, error)
+                    log.warning("%s (the %s loop); retrying", redis_problem(self.url, error), name)
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))
             except asyncio.CancelledError:
                 raise

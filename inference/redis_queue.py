@@ -33,13 +33,14 @@ from inference.protocol import (
     validate_for_model,
 )
 from inference.queue import LocalJobQueue, WorkerStatus, _QueuedJob
-from inference.redis_wire import Keys, check_redis_url, describe_url, dumps, loads
+from inference.redis_wire import Keys, check_redis_url, dumps, loads, redis_problem
 
 log = logging.getLogger(__name__)
 
 
 class RedisUnreachable(RuntimeError):
-    """Redis did not answer; the message names the URL (without its password)."""
+    """Redis did not answer, or refused (a password, full memory); the message names the URL (without
+    its password) and the fix."""
 
 
 async def ping(url: str, *, wait_seconds: float = 3.0) -> None:
@@ -49,9 +50,7 @@ async def ping(url: str, *, wait_seconds: float = 3.0) -> None:
     try:
         await client.ping()  # type: ignore[misc]
     except (RedisError, OSError) as error:
-        raise RedisUnreachable(
-            f"Redis at {describe_url(url)} is unreachable ({error}); start it, or check STEPGRID_REDIS_URL/--redis"
-        ) from None
+        raise RedisUnreachable(redis_problem(url, error, fix_url="STEPGRID_REDIS_URL/--redis")) from None
     finally:
         await client.aclose()
 
@@ -505,14 +504,11 @@ class RedisJobQueue(LocalJobQueue):
                 self._connection_problem = None
             except (RedisError, OSError) as error:
                 failures += 1
-                self._connection_problem = (
-                    f"Redis at {describe_url(self.url)} is unreachable ({error or type(error).__name__}); "
-                    "jobs wait until it is back: start it, or check STEPGRID_REDIS_URL"
-                )
+                self._connection_problem = f"{redis_problem(self.url, error)}; jobs wait meanwhile"
                 if name == "events":
                     self._events_from = "$"  # a restarted Redis numbers its stream entries anew
                 if failures == 1:
-                    log.warning("Redis at %s is unreachable (%s: %s); retrying", describe_url(self.url), name, error)
+                    log.warning("%s (the %s loop); retrying", redis_problem(self.url, error), name)
                 if name == "release":
                     self._wake_release.set()
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))

@@ -18,6 +18,16 @@ import pickle
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
+
 import inference.protocol
 
 GROUP = "agents"
@@ -59,6 +69,33 @@ def describe_url(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://…@{rest.split('@', 1)[1]}"
     return url
+
+
+def redis_problem(url: str, error: BaseException, *, fix_url: str = "STEPGRID_REDIS_URL") -> str:
+    """What went wrong with Redis at `url` and what the operator can do, in one line.
+
+    Redis that answers with an error (a password, a full memory, a replica) is not "unreachable":
+    starting it again would not help, so each of those names its own fix.
+    """
+    where = f"Redis at {describe_url(url)}"
+    detail = str(error) or type(error).__name__
+    if isinstance(error, AuthenticationError | AuthenticationWrongNumberOfArgsError | NoPermissionError):
+        return (
+            f"{where} refused Stepgrid's login ({detail}); put the right user and password in {fix_url}: "
+            "redis://USER:PASSWORD@HOST:6379/0"
+        )
+    if isinstance(error, OutOfMemoryError):
+        return (
+            f"{where} is out of memory ({detail}); raise its maxmemory "
+            "(keep maxmemory-policy noeviction: evicting keys would lose jobs)"
+        )
+    if isinstance(error, ReadOnlyError):
+        return f"{where} is a read-only replica ({detail}); point {fix_url} at the primary"
+    if isinstance(error, BusyLoadingError):
+        return f"{where} is loading its data after a restart ({detail}); it answers when that is done"
+    if isinstance(error, ResponseError):
+        return f"{where} refused a command ({detail}); see its log"
+    return f"{where} is unreachable ({detail}); start it, or check {fix_url}"
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from bot.cli import main
-from inference.redis_wire import Keys, dumps
+from inference.redis_wire import Keys, dumps, redis_problem
 from tests.redis_server import RedisServer, free_port
 
 
@@ -127,3 +128,24 @@ def test_workers_lists_the_live_agents(redis_server: RedisServer, capsys: pytest
 def test_workers_says_when_no_agent_is_live(redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["workers", "--redis", redis_server.url]) == 0
     assert "no live GPU agents" in capsys.readouterr().out
+
+
+def test_a_redis_that_answers_but_refuses_names_its_own_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        admin = redis.Redis(port=server.port)
+        admin.config_set("maxmemory", 1)  # the default policy, noeviction, refuses every write
+        with pytest.raises(redis.exceptions.OutOfMemoryError) as full:
+            admin.xadd("stepgrid:jobs:tiny", {"job": "j"})
+        problem = redis_problem(server.url, full.value)
+        assert "is out of memory" in problem and "noeviction" in problem and "unreachable" not in problem
+        admin.config_set("maxmemory", 0)
+
+        admin.config_set("requirepass", "s3cret")
+        assert main(["workers", "--redis", server.url]) == 2
+        err = one_line(capsys.readouterr().err)
+        assert "refused Stepgrid's login" in err and "redis://USER:PASSWORD@HOST:6379/0" in err
+        assert "unreachable" not in err
+    finally:
+        server.stop()

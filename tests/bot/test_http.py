@@ -90,7 +90,10 @@ async def test_readyz_and_metrics_are_not_ready_while_the_worker_restarts_or_red
     assert b"stepgrid_ready 1.0" in endpoint.metrics.exposition()
 
     # Redis down: the agents were ready when last seen, but no job reaches them (nor any answer the bot).
-    problem = "Redis at redis://10.0.0.5:6379/0 is unreachable (Connection refused); jobs wait until it is back"
+    problem = (
+        "Redis at redis://10.0.0.5:6379/0 is unreachable (Connection refused); start it, or check "
+        "STEPGRID_REDIS_URL; jobs wait meanwhile"
+    )
     monkeypatch.setattr(ScriptedQueue, "connection_problem", property(lambda queue: problem))
     assert await readiness(endpoint) == (503, [problem])
     assert b"stepgrid_ready 0.0" in endpoint.metrics.exposition()
