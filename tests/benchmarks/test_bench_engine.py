@@ -102,6 +102,7 @@ def test_the_admission_benchmark_reports_every_scheduler_of_the_model(
     args = ["--steps", "2", "--size", "64", "--repeats", "1", "--cache-dir", str(tmp_path), "--out", str(out)]
     assert bench_admission.main(args) == 0
     rows = json.loads(out.read_text())["ms"]
-    assert list(rows) == list(SCHEDULER_NAMES)
+    # The tiny SD model offers every scheduler but LCM, which is for few-step distills.
+    assert list(rows) == [name for name in SCHEDULER_NAMES if name != "LCM"]
     assert all(ms > 0 for row in rows.values() for ms in row.values())
     assert "| DPM2 |" in capsys.readouterr().out
