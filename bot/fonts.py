@@ -142,6 +142,55 @@ def runs(text: str) -> Iterator[tuple[FontFile, str]]:
         yield current, run
 
 
+def _direction(run: str) -> str:
+    """ "R" or "L" by the run's first strongly directional character; "N" (neutral) without one."""
+    for character in run:
+        kind = unicodedata.bidirectional(character)
+        if kind in ("R", "AL"):
+            return "R"
+        if kind == "L":
+            return "L"
+    return "N"
+
+
+def visual_runs(text: str) -> list[tuple[FontFile, str]]:
+    """`runs(text)` in the order they are drawn from left to right.
+
+    Each run is shaped on its own (Pillow's raqm orders the characters inside it), so only the
+    runs need ordering: a right-to-left prompt with an emoji or a CJK word in it would otherwise
+    read in the wrong order. This is the Unicode bidi algorithm at the level of whole runs: the
+    paragraph's direction from its first strong character, a neutral run (emoji, digits, spaces)
+    taking its neighbours' direction when they agree and the paragraph's otherwise, and runs
+    reversed from the highest level down to the lowest odd one (rule L2).
+    """
+    pieces = list(runs(text))
+    directions = [_direction(run) for _, run in pieces]
+    paragraph = next((direction for direction in directions if direction != "N"), "L")
+    base = 1 if paragraph == "R" else 0
+    if base == 0 and "R" not in directions:
+        return pieces
+    levels = []
+    for index, direction in enumerate(directions):
+        if direction == "N":
+            before = next((d for d in reversed(directions[:index]) if d != "N"), paragraph)
+            after = next((d for d in directions[index + 1 :] if d != "N"), paragraph)
+            direction = before if before == after else paragraph
+        levels.append(base if direction == paragraph else base + 1)
+    order = list(range(len(pieces)))
+    for level in range(max(levels), 0, -1):
+        start = 0
+        while start < len(order):
+            if levels[order[start]] < level:
+                start += 1
+                continue
+            end = start
+            while end < len(order) and levels[order[end]] >= level:
+                end += 1
+            order[start:end] = reversed(order[start:end])
+            start = end
+    return [pieces[index] for index in order]
+
+
 def _run_length(font: FontFile, run: str, size: int) -> float:
     length = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(run, font=font.at(size), embedded_color=font.is_colour)
     return length * size / EMOJI_BITMAP_SIZE if font.is_colour else length
@@ -184,7 +233,7 @@ def draw_text(
     if anchor == "mm":
         x -= text_length(text, size) / 2
     draw = ImageDraw.Draw(canvas)
-    for font, run in runs(text):
+    for font, run in visual_runs(text):
         if font.is_colour:
             x += _paste_emoji(canvas, (x, y), font, run, size)
             continue

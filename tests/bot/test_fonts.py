@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageChops, ImageDraw
 
 from bot import fonts
-from bot.fonts import FontFile, draw_text, fit_text, font_chain, runs, text_length
+from bot.fonts import FontFile, draw_text, fit_text, font_chain, runs, text_length, visual_runs
 
 SAMPLES = ["café crème", "狐", "🦊", "café crème 狐 🦊", "Ærøskøbing · Ŝtupo · Привет · 東京タワー · 👍🏽 ❤️"]
 SIZE = 32
@@ -62,6 +62,32 @@ def test_emoji_are_drawn_in_colour_at_the_texts_size() -> None:
     assert SIZE * 0.7 <= box[3] - box[1] <= SIZE * 1.3, "scaled from the 109 px bitmap to the text's size"
     orange = [p for p in canvas.getdata() if p[0] > 180 and 60 < p[1] < 170 and p[2] < 80]
     assert len(orange) > 20, "the fox is orange, not the white text colour"
+
+
+@pytest.mark.parametrize(
+    ("text", "left_to_right"),
+    [
+        # "a cat 🦊 in the snow": read from the right, so its first word is drawn rightmost.
+        ("قطة 🦊 في الثلج", ["في الثلج", " ", "🦊", "قطة "]),
+        ("שלום 狐 עולם", ["עולם", "狐 ", "שלום "]),
+        ("قطة cat 🦊", ["🦊", "cat ", "قطة "]),  # a Latin word keeps its own direction inside
+        ("fox قطة 🦊 في", ["fox ", "في", " ", "🦊", "قطة "]),  # a right-to-left phrase in a Latin line
+        ("a fox 🦊 in snow 狐", ["a fox ", "🦊", " in snow ", "狐"]),
+    ],
+)
+def test_runs_are_drawn_in_reading_order_for_right_to_left_scripts(text: str, left_to_right: list[str]) -> None:
+    assert [run for _, run in visual_runs(text)] == left_to_right
+
+
+def test_a_right_to_left_prompt_is_drawn_with_its_first_word_on_the_right() -> None:
+    canvas = Image.new("RGB", (300, 60), (0, 0, 0))
+    draw_text(canvas, (10, 30), "قطة 🦊", SIZE, (255, 255, 255))
+    pixels = list(canvas.getdata())
+    columns = [index % canvas.width for index, p in enumerate(pixels) if p[0] > 180 and 60 < p[1] < 170 and p[2] < 80]
+    white = [index % canvas.width for index, p in enumerate(pixels) if min(p) > 200]
+    assert columns and white
+    # (The fox has a little white of its own, so compare the middles, not the edges.)
+    assert max(columns) < sorted(white)[len(white) // 2], "the fox, after the word in reading order, is left of it"
 
 
 def test_centred_text_is_centred_and_widths_add_up() -> None:
