@@ -16,6 +16,11 @@ looks like this (a file, or the same text in an environment value):
     compare_steps = [1, 2, 3, 4, 6, 8]
     max_steps = 8
 
+    [[models]]
+    name = "my-distill"             # a few-step distill whose name doesn't say so
+    source = "/models/my-distill"
+    few_step = true
+
 On one line, for an environment variable: `models = [{name = "a", source = "tiny"}, {...}]`.
 """
 
@@ -64,6 +69,7 @@ class ModelSpec:
     guidance: float | None = None
     compare_steps: tuple[int, ...] | None = None
     max_steps: int | None = None
+    few_step: bool | None = None  # a few-step distill (Turbo, Lightning, …); None: told by its name
 
     @property
     def is_test_model(self) -> bool:
@@ -80,6 +86,7 @@ ALLOWED_KEYS: tuple[str, ...] = (
     "guidance",
     "compare_steps",
     "max_steps",
+    "few_step",
 )
 
 
@@ -189,6 +196,7 @@ def _spec(entry: object, number: int, where: str) -> ModelSpec:
         guidance=guidance,
         compare_steps=compare,
         max_steps=max_steps,
+        few_step=_flag(entry, "few_step", label),
     )
 
 
@@ -200,6 +208,13 @@ def _typed(entry: dict[str, Any], key: str, kind: type, label: str) -> Any:
     value = entry[key]
     if not isinstance(value, kind):
         raise RegistryError(f"{label}: {key!r} must be a {kind.__name__}; got {value!r}.")
+    return value
+
+
+def _flag(entry: dict[str, Any], key: str, label: str) -> bool | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise RegistryError(f"{label}: {key!r} must be true or false; got {value!r}.")
     return value
 
 

@@ -35,11 +35,14 @@ SHIPPED_SCHEDULERS = {
 
 
 def looks_lcm(spec: ModelSpec) -> bool:
-    return "lcm" in f"{spec.name} {spec.source}".lower()
+    return spec.few_step is not False and "lcm" in f"{spec.name} {spec.source}".lower()
 
 
 def looks_few_step(spec: ModelSpec) -> bool:
-    """Distilled few-step models (Turbo, Lightning, LCM, Hyper) by their registry name or source."""
+    """Distilled few-step models (Turbo, Lightning, LCM, Hyper): the registry's `few_step` where the
+    operator set it, else by the model's registry name or source."""
+    if spec.few_step is not None:
+        return spec.few_step
     text = f"{spec.name} {spec.source}".lower()
     return FEW_STEP_HINTS.search(text) is not None
 

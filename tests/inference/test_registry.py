@@ -30,6 +30,7 @@ steps = 4
 guidance = 0.0
 compare_steps = [1, 2, 3, 4, 6, 8]
 max_steps = 8
+few_step = true
 """
 
 
@@ -39,7 +40,8 @@ def test_a_registry_file_lists_models_with_the_first_the_default(tmp_path: Path)
     sd15, turbo = load_registry(path)
     assert sd15 == ModelSpec(name="sd15", source="stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert turbo == ModelSpec(name="sdxl-turbo", source="stabilityai/sdxl-turbo", variant="fp16", revision="0123abc",
-                              steps=4, guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), max_steps=8)  # fmt: skip
+                              steps=4, guidance=0.0, compare_steps=(1, 2, 3, 4, 6, 8), max_steps=8,
+                              few_step=True)  # fmt: skip
     assert models_from_setting(str(path)) == (sd15, turbo)
 
 
@@ -77,6 +79,7 @@ def test_one_model_is_the_shorthand_and_the_worker_config_takes_either() -> None
         ('[[models]]\nname = "a"\nsource = "tiny"\ncompare_steps = [4, 4]', "'compare_steps' must be 2 to 12"),
         ('[[models]]\nname = "a"\nsource = "tiny"\nsteps = 200', "'steps' must be a whole number from 1 to 150"),
         ('[[models]]\nname = "a"\nsource = "tiny"\nguidance = 31', "'guidance' must be a number from 0 to 30"),
+        ('[[models]]\nname = "a"\nsource = "tiny"\nfew_step = "yes"', "'few_step' must be true or false; got 'yes'"),
         ('[[models]]\nname = "A b"\nsource = "tiny"', "a name is 1-40 lower-case letters"),
         ('[[model]]\nname = "a"\nsource = "tiny"', "unknown top-level key 'model'; write the models as [[models]]"),
         ("", "lists no models"),

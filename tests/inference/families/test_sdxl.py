@@ -101,6 +101,18 @@ def test_few_step_distills_are_told_by_their_names(sdxl: LoadedModel, name: str,
     assert (info.default_steps == 4) is few_step and (info.compare_steps == (1, 2, 3, 4, 6, 8)) is few_step
 
 
+@pytest.mark.parametrize(("name", "few_step"), [("my-distill", True), ("sdxl-turbo-lookalike", False)])
+def test_the_registry_says_a_model_is_a_few_step_distill_whatever_its_name(
+    sdxl: LoadedModel, name: str, few_step: bool
+) -> None:
+    spec = ModelSpec(name=name, source="tiny-sdxl", few_step=few_step)
+    family = family_for(sdxl.pipe, spec, sdxl.device, sdxl.dtype)
+    info = family.info()
+    assert (info.default_steps == 4) is few_step and ("LCM" in info.schedulers) is few_step
+    first = float(family.new_scheduler("Euler", 1, 0, SIZE, SIZE).timesteps[0])
+    assert (first == 999) is few_step, "trailing timesteps for distills, the base config's leading otherwise"
+
+
 def test_lcm_is_offered_to_few_step_models_only(sdxl: LoadedModel, turbo: LoadedModel) -> None:
     assert "LCM" in turbo.info.schedulers and "LCM" not in sdxl.info.schedulers
 
