@@ -319,7 +319,7 @@ def validate_limit_changes(changes: dict[str, Any], current: ServerLimits, setti
     proposed = current.with_changes(normalised)
     for field, value in normalised.items():
         if value is not None:
-            _check_consistent(field, value, proposed, settings)
+            _check_consistent(field, value, proposed, settings, changing=set(normalised))
     return normalised
 
 
@@ -360,10 +360,22 @@ def _normalise(field: str, value: Any, settings: Settings) -> Any:
     raise AssertionError(f"no validation for {field}")  # pragma: no cover - LIMIT_FIELDS is exhaustive
 
 
-def _check_consistent(field: str, value: Any, proposed: ServerLimits, settings: Settings) -> None:
-    """Rules between settings: a default within its maximum, a default scheduler that is allowed."""
+def _check_consistent(
+    field: str, value: Any, proposed: ServerLimits, settings: Settings, *, changing: set[str]
+) -> None:
+    """Rules between settings: a default within its maximum, a default scheduler that is allowed.
+
+    When a default and its maximum or allowed list change together, the default's check speaks: it
+    names the new list the default must be in, where the list's own check would ask the admin to
+    "change the default first", which they are doing.
+    """
     effective = EffectiveLimits.combine(proposed, settings)
-    if field == "max_steps" and proposed.default_steps is not None and value < proposed.default_steps:
+    if (
+        field == "max_steps"
+        and "default_steps" not in changing
+        and proposed.default_steps is not None
+        and value < proposed.default_steps
+    ):
         low = proposed.default_steps
         raise InvalidLimit(
             f"{SETTING} must be {low} to {settings.max_steps} (at least this server's default steps, {low}); "
@@ -387,13 +399,17 @@ def _check_consistent(field: str, value: Any, proposed: ServerLimits, settings: 
             f"got {value}.",
             field=field,
         )
-    if field == "allowed_models" and proposed.default_model not in (None, *value):
+    if field == "allowed_models" and "default_model" not in changing and proposed.default_model not in (None, *value):
         raise InvalidLimit(
             f"{SETTING} must include this server's default model ({proposed.default_model}); "
             f"change the default first or allow it.",
             field=field,
         )
-    if field == "allowed_schedulers" and proposed.default_scheduler not in (None, *value):
+    if (
+        field == "allowed_schedulers"
+        and "default_scheduler" not in changing
+        and proposed.default_scheduler not in (None, *value)
+    ):
         raise InvalidLimit(
             f"{SETTING} must include this server's default scheduler ({proposed.default_scheduler}); "
             f"change the default first or allow it.",

@@ -41,6 +41,7 @@ from inference.protocol import (
 from tests.bot.fakes import FLUX, REGISTRY, SD15, TURBO
 
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
+MODEL_SETTINGS = Settings(_env_file=None, model=REGISTRY)  # type: ignore[call-arg]
 EVENING = datetime(2026, 3, 14, 20, 48, tzinfo=UTC)
 
 
@@ -182,6 +183,26 @@ def test_the_default_scheduler_must_be_allowed() -> None:
         SETTINGS,
     )
     assert both == {"allowed_schedulers": ("Euler",), "default_scheduler": "Euler"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "settings", "message"),
+    [
+        ({"allowed_schedulers": "Euler, DDIM", "default_scheduler": "Heun"}, SETTINGS,
+         "default_scheduler must be one of this server's allowed schedulers (Euler, DDIM); got Heun."),
+        ({"allowed_models": "flux", "default_model": "sd15"}, MODEL_SETTINGS,
+         "default_model must be one of this server's allowed models (flux); got sd15."),
+        ({"max_steps": 20, "default_steps": 30}, SETTINGS,
+         "default_steps must be 1 to 20 (this server's max steps); got 30."),
+    ],
+)  # fmt: skip
+def test_a_default_set_with_its_list_or_maximum_is_refused_against_the_new_one(
+    changes: dict[str, object], settings: Settings, message: str
+) -> None:
+    # Not "change the default first": the admin is changing it, in the same command.
+    with pytest.raises(InvalidLimit) as caught:
+        validate_limit_changes(changes, ServerLimits(), settings)
+    assert str(caught.value) == message
 
 
 def test_an_empty_scheduler_list_is_refused() -> None:
@@ -488,7 +509,6 @@ def test_a_refusal_can_name_the_setting_another_way() -> None:
 
 # --- models ----------------------------------------------------------------------------------------
 
-MODEL_SETTINGS = Settings(_env_file=None, model=REGISTRY)  # type: ignore[call-arg]
 LOADED = {model.name: model for model in (SD15, TURBO, FLUX)}
 
 
