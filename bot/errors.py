@@ -64,10 +64,16 @@ class ModelUnavailable(UserFacingError):
 
 
 class JobNotFound(UserFacingError):
-    """A button refers to a job whose parameters are no longer stored."""
+    """A button refers to a job this server has no record of (another server's, or no longer stored).
+
+    The two read the same, so a job's footer id tells nothing about other servers.
+    """
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"I no longer know job `{job_id}`; run the command again instead.")
+        super().__init__(
+            f"I know no job `{job_id}` in this server (a job's buttons work only where it was made); "
+            "run the command again instead."
+        )
         self.job_id = job_id
 
 

@@ -551,7 +551,12 @@ async def refusal_of(scenario: str) -> tuple[BaseException, FakeInteraction]:
     [
         ("invalid-option", InvalidOption, "steps must be 1 to 150; got 0."),
         ("queue-full", QueueBusy, "The queue is full (0 of 0 jobs waiting); try again in a minute."),
-        ("unknown-job", JobNotFound, "I no longer know job `nosuchjob`; run the command again instead."),
+        (
+            "unknown-job",
+            JobNotFound,
+            "I know no job `nosuchjob` in this server (a job's buttons work only where it was made); "
+            "run the command again instead.",
+        ),
         ("not-your-job", NotYourJob, "Only the member who started this job (or a moderator) can cancel it."),
         ("over-a-limit", LimitExceeded, "This server allows at most 100 steps; you asked for 120."),
     ],
