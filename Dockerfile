@@ -14,10 +14,11 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/stepgrid \
     PATH=/opt/stepgrid/bin:$PATH
 
-# Fonts for text on images in the prompt's own script (Latin, CJK, colour emoji, other scripts).
+# Fonts for text on images in the prompt's own script (Latin, CJK, colour emoji, other scripts), and
+# FriBidi, which Pillow's bundled raqm loads to shape Arabic and order right-to-left text.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji fonts-dejavu-core \
+        fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji fonts-dejavu-core libfribidi0 \
     && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 stepgrid \

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, features
 
 from bot import fonts
 from bot.fonts import FontFile, draw_text, fit_text, font_chain, runs, text_length, visual_runs
@@ -62,6 +62,12 @@ def test_emoji_are_drawn_in_colour_at_the_texts_size() -> None:
     assert SIZE * 0.7 <= box[3] - box[1] <= SIZE * 1.3, "scaled from the 109 px bitmap to the text's size"
     orange = [p for p in canvas.getdata() if p[0] > 180 and 60 < p[1] < 170 and p[2] < 80]
     assert len(orange) > 20, "the fox is orange, not the white text colour"
+
+
+def test_pillow_shapes_complex_scripts() -> None:
+    # Pillow's raqm layout (with FriBidi: `apt-get install libfribidi0`) joins Arabic letters and
+    # orders right-to-left text inside a run; without it Arabic is drawn as separate letters, reversed.
+    assert features.check("raqm"), "Pillow's raqm layout is unavailable: apt-get install libfribidi0"
 
 
 @pytest.mark.parametrize(
