@@ -58,6 +58,6 @@ VOLUME ["/models", "/data"]
 # STEPGRID_HTTP_PORT and STEPGRID_HTTP_BIND as the container runs (an --env-file may change them), and
 # prints one line `docker inspect` shows. With the port set empty (endpoint off) it fails saying so.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "bot.healthcheck"]
+    CMD ["python", "-m", "bot.ops.healthcheck"]
 
 CMD ["stepgrid", "run"]

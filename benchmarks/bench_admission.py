@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.engine import LaneEngine
+from inference.engine.lane_engine import LaneEngine
 from inference.loading import load_model
 from inference.protocol import GenerateRequest
 

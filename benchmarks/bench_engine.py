@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_overhead import add_arguments as add_overhead_arguments
 from benchmarks.bench_overhead import run_overhead
-from inference.engine import LaneEngine
+from inference.engine.lane_engine import LaneEngine
 from inference.imaging import encode_png
 from inference.loading import LoadedModel, load_model
 from inference.protocol import (

@@ -28,7 +28,7 @@ from inference.protocol import (
     GenerateRequest,
     WorkerConfig,
 )
-from inference.redis_wire import check_redis_url
+from inference.queues.wire import check_redis_url
 from inference.registry import ModelSpec, models_from_setting
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")

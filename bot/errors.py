@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 
 from inference.protocol import InvalidRequest
-from inference.queue import QueueFull
+from inference.queues.base import QueueFull
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from inference.protocol import (
 )
 
 if TYPE_CHECKING:  # the bot imports this module to name the spawn target: keep torch out of it
-    from inference.engine import LaneEngine
+    from inference.engine.lane_engine import LaneEngine
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         with send_lock:
             conn.send(event)
 
-    from inference.engine import LaneEngine
+    from inference.engine.lane_engine import LaneEngine
     from inference.loading import load_models
 
     started = time.perf_counter()
@@ -116,7 +116,7 @@ def warm_up(engine: LaneEngine, model: str = "") -> None:
 
 
 def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent | ProgressBatch], None]) -> None:
-    from inference.engine import BatchError, UnknownModel
+    from inference.engine.lane_engine import BatchError, UnknownModel
 
     def handle(message: object) -> bool:
         if isinstance(message, SubmitJob):

@@ -4,7 +4,7 @@ Three ways in:
 - `config.attributes["connection"]`: a sync Connection handed over by the caller (e.g. from an
   async connection's `run_sync`); used as is.
 - an async URL (`sqlite+aiosqlite:///...`): an async engine, migrations run through `run_sync`.
-- a sync URL (`sqlite:///...`), as `bot.db.upgrade_database` and the `alembic` CLI use.
+- a sync URL (`sqlite:///...`), as `bot.storage.database.upgrade_database` and the `alembic` CLI use.
 Without a URL in the config (or `-x url=...`), the database is the one Stepgrid's settings name.
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection, engine_from_config, make_url
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-from bot.models import Base, UTCDateTime
+from bot.storage.models import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

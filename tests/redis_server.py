@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from inference.redis_wire import Keys
+from inference.queues.wire import Keys
 
 
 def free_port() -> int:

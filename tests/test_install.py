@@ -53,7 +53,8 @@ def locked(name: str) -> dict[str, str]:
 def torch_pins() -> dict[str, str]:
     found = {
         "Dockerfile": re.findall(r"torch==([\w.+]+)", (ROOT / "Dockerfile").read_text()),
-        ".ci/run": re.findall(r"torch==([\w.+]+)", (ROOT / ".ci/run").read_text()),
+        "scripts/test.sh": re.findall(r"torch==([\w.+]+)", (ROOT / "scripts/test.sh").read_text()),
+        "scripts/try.sh": re.findall(r"torch==([\w.+]+)", (ROOT / "scripts/try.sh").read_text()),
         ".ci/lock": re.findall(r"^TORCH=([\w.+]+)", (ROOT / ".ci/lock").read_text(), re.M),
     }
     pins = {where: versions[0] for where, versions in found.items() if len(versions) == 1}

@@ -10,7 +10,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from inference.protocol import WorkerConfig
-from inference.queue import LocalJobQueue
+from inference.queues.local import LocalJobQueue
 from inference.worker import worker_main
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.db import Database
+from bot.storage.database import Database
 from tests.bot.fakes import FakeWallClock, Harness
 
 

@@ -19,14 +19,14 @@ import discord
 import sqlalchemy as sa
 from PIL import Image
 
-from bot.buttons import JobButton
 from bot.config import Settings
-from bot.db import Database
-from bot.jobs import JobService
-from bot.models import JobRow
-from bot.policy import DatabasePolicy, SettingsPolicy
-from bot.server_limits import EffectiveLimits
-from bot.store import DatabaseJobStore, JobRecord, MemoryJobStore
+from bot.jobs.policy import DatabasePolicy, SettingsPolicy
+from bot.jobs.service import JobService
+from bot.limits.server import EffectiveLimits
+from bot.replies.buttons import JobButton
+from bot.storage.database import Database
+from bot.storage.job_store import DatabaseJobStore, JobRecord, MemoryJobStore
+from bot.storage.models import JobRow
 from inference.protocol import (
     GUIDANCE_INPUT,
     TERMINAL_EVENTS,
@@ -41,7 +41,7 @@ from inference.protocol import (
     ModelUnavailable,
     Request,
 )
-from inference.queue import JobQueue, QueueFull
+from inference.queues.base import JobQueue, QueueFull
 
 OWNER = 1001
 OTHER = 2002

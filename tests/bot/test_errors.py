@@ -12,7 +12,7 @@ from discord import app_commands
 
 from bot.errors import InvalidOption, QueueBusy, report_error, user_message
 from inference.protocol import InvalidRequest
-from inference.queue import QueueFull
+from inference.queues.base import QueueFull
 from tests.bot.fakes import FakeClock, FakeInteraction, Recorder
 
 

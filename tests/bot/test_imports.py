@@ -31,10 +31,10 @@ def heavy_modules_loaded_by(*modules: str) -> list[str]:
 
 
 def test_importing_the_bot_and_the_cli_loads_no_torch() -> None:
-    assert heavy_modules_loaded_by("bot", "bot.cli", "bot.client", "inference.queue") == []
+    assert heavy_modules_loaded_by("bot", "bot.cli.main", "bot.chat.client", "inference.queues.local") == []
 
 
 @pytest.mark.slow
 def test_the_probe_sees_torch_when_the_engine_is_imported() -> None:
     """The check above can fail: the worker's engine module does load torch."""
-    assert "torch" in heavy_modules_loaded_by("inference.engine")
+    assert "torch" in heavy_modules_loaded_by("inference.engine.lane_engine")

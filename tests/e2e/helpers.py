@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import Image
 
-from bot.client import Stepgrid
+from bot.chat.client import Stepgrid
 from bot.config import Settings
-from bot.db import Database
+from bot.storage.database import Database
 from inference.protocol import (
     TERMINAL_EVENTS,
     JobEvent,
@@ -27,7 +27,8 @@ from inference.protocol import (
     ModelUnavailable,
     Request,
 )
-from inference.queue import JobQueue, LocalJobQueue, WorkerStatus
+from inference.queues.base import JobQueue, WorkerStatus
+from inference.queues.local import LocalJobQueue
 from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedFile, RecordedRequest
 
 Json = dict[str, Any]

@@ -15,9 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-from bot.client import Stepgrid
+from bot.chat.client import Stepgrid
 from bot.config import Settings
-from bot.db import Database
+from bot.storage.database import Database
 from inference.protocol import (
     TERMINAL_EVENTS,
     GeneratedImage,
@@ -30,7 +30,7 @@ from inference.protocol import (
     Request,
     total_steps,
 )
-from inference.queue import JobQueue
+from inference.queues.base import JobQueue
 from tests.fake_discord import FakeDiscord
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot.client import EXTENSIONS, Stepgrid, sync_now
+from bot.chat.client import EXTENSIONS, Stepgrid, sync_now
 from bot.config import Settings
-from bot.db import Database
+from bot.storage.database import Database
 from tests.bot.fakes import ScriptedQueue
 from tests.e2e.helpers import e2e_settings
 from tests.fake_discord import FakeDiscord
@@ -105,7 +105,7 @@ async def test_stepgrid_sync_with_a_bad_token_is_one_line_and_exit_2(
 ) -> None:
     import asyncio
 
-    from bot.cli import main
+    from bot.cli.main import main
 
     env = {"STEPGRID_DISCORD_TOKEN": token, "STEPGRID_DATABASE_PATH": str(tmp_path / "db.sqlite3")}
     with pytest.MonkeyPatch.context() as patch:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from bot.db import Database
+from bot.storage.database import Database
 from inference.protocol import WorkerConfig
-from inference.queue import LocalJobQueue
+from inference.queues.local import LocalJobQueue
 from tests.e2e.helpers import (
     Heartbeat,
     SharedQueue,

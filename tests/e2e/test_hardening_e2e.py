@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bot.config import Settings
-from bot.db import Database
+from bot.storage.database import Database
 from tests.e2e.helpers import button, content, result_files, wait_for_progress, wait_for_result
 from tests.e2e.instant import InstantQueue, LoadingQueue, instant_bot, instant_settings
 from tests.fake_discord import (

@@ -21,12 +21,12 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.client import Stepgrid
-from bot.db import Database
-from bot.http import EndpointUnavailable
+from bot.chat.client import Stepgrid
+from bot.ops.http import EndpointUnavailable
+from bot.storage.database import Database
 from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, configure_logging
 from inference.protocol import WorkerConfig
-from inference.queue import LocalJobQueue
+from inference.queues.local import LocalJobQueue
 from tests.e2e.helpers import e2e_settings, running_bot, wait_for_result, worker_paused
 from tests.fake_discord import FakeDiscord, running_fake
 from tests.workers import LOAD_GATE, gated_worker_main, started_queue

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.buttons import ACTIONS
-from bot.client import Stepgrid
+from bot.chat.client import Stepgrid
 from bot.config import Settings
-from bot.db import Database
+from bot.replies.buttons import ACTIONS
+from bot.storage.database import Database
 from inference.protocol import SCHEDULER_NAMES
 from tests.e2e.helpers import custom_ids, result_files
 from tests.e2e.instant import instant_bot, instant_settings

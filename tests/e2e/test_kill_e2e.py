@@ -54,7 +54,7 @@ class BotProcess:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        command = [str(STEPGRID), "run"] if STEPGRID.exists() else [sys.executable, "-m", "bot.cli", "run"]
+        command = [str(STEPGRID), "run"] if STEPGRID.exists() else [sys.executable, "-m", "bot.cli.main", "run"]
         self.lines.clear()
         self.process = await asyncio.create_subprocess_exec(
             *command,

@@ -16,11 +16,11 @@ import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 
-from bot.db import Database
-from bot.models import JobRow
-from bot.render import CHART_SIZE
+from bot.pictures.render import CHART_SIZE
+from bot.storage.database import Database
+from bot.storage.models import JobRow
 from inference.protocol import WorkerConfig
-from inference.queue import LocalJobQueue
+from inference.queues.local import LocalJobQueue
 from tests.e2e.helpers import (
     button,
     content,

@@ -18,9 +18,9 @@ import pytest
 import pytest_asyncio
 
 from bot.config import Settings
-from bot.db import Database
+from bot.storage.database import Database
 from inference.protocol import WorkerConfig
-from inference.queue import LocalJobQueue
+from inference.queues.local import LocalJobQueue
 from tests.e2e.helpers import (
     button,
     content,

@@ -21,8 +21,8 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from inference.redis_queue import read_agents
-from inference.redis_wire import GROUP, Keys
+from inference.queues.redis import read_agents
+from inference.queues.wire import GROUP, Keys
 from tests.e2e.helpers import result_files, wait_for_progress, wait_for_result
 from tests.e2e.test_kill_e2e import REPOSITORY, SLOW_STEPS, STEPGRID, WORKER_READY, BotProcess, bot_env
 from tests.fake_discord import FakeDiscord
@@ -45,7 +45,7 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 
 
 async def start_agent(url: str, name: str, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
-    command = [str(STEPGRID)] if STEPGRID.exists() else [sys.executable, "-m", "bot.cli"]
+    command = [str(STEPGRID)] if STEPGRID.exists() else [sys.executable, "-m", "bot.cli.main"]
     return await asyncio.create_subprocess_exec(
         *command, "worker", "--redis", url, "--models", "tiny", "--lanes", "1", "--name", name,
         "--heartbeat", "0.5", "--reclaim-after", "1",

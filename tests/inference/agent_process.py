@@ -11,8 +11,8 @@ import os
 import sys
 
 from inference.protocol import WorkerConfig
-from inference.redis_agent import RedisAgent, run_agent
-from inference.redis_wire import Keys
+from inference.queues.agent import RedisAgent, run_agent
+from inference.queues.wire import Keys
 from tests.inference.redis_backends import FAST
 
 

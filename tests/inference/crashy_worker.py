@@ -16,7 +16,7 @@ def crashy_worker_main(conn: Connection, config: WorkerConfig) -> None:
     OOM makes every UNet batch holding it raise CUDA's out-of-memory error."""
     import torch
 
-    from inference import engine
+    from inference.engine import lane_engine as engine
 
     real_add_job = engine.LaneEngine.add_job
     real_denoise = engine.LaneEngine._denoise

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from inference.engine import Lane, LaneEngine
+from inference.engine.lane_engine import Lane, LaneEngine
 from inference.loading import LoadedModel
 from inference.protocol import JobEvent, JobResult, Request
 

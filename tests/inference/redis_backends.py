@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from inference.protocol import WorkerConfig
-from inference.queue import LocalJobQueue
-from inference.redis_agent import AgentTimings, RedisAgent
-from inference.redis_queue import RedisJobQueue
-from inference.redis_wire import Keys
+from inference.queues.agent import AgentTimings, RedisAgent
+from inference.queues.local import LocalJobQueue
+from inference.queues.redis import RedisJobQueue
+from inference.queues.wire import Keys
 from inference.worker import worker_main
 from tests.redis_server import fresh_keys
 

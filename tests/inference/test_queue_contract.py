@@ -27,7 +27,8 @@ from inference.protocol import (
     JobStarted,
     WorkerConfig,
 )
-from inference.queue import LocalJobQueue, QueueFull
+from inference.queues.base import QueueFull
+from inference.queues.local import LocalJobQueue
 from tests.inference.crashy_worker import crashy_worker_main
 from tests.inference.redis_backends import BACKENDS, Backend, started_backend
 from tests.redis_server import RedisServer

@@ -25,7 +25,7 @@ from inference.protocol import (
     Request,
     WorkerConfig,
 )
-from inference.queue import LocalJobQueue
+from inference.queues.local import LocalJobQueue
 from inference.registry import ModelSpec
 from tests.workers import started_queue
 

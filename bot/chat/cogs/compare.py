@@ -1,0 +1,55 @@
+"""`/compare-steps`: one prompt and seed rendered at several step counts, as one labelled grid."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.chat.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, scheduler_autocomplete, size_autocomplete
+from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
+from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE
+
+if TYPE_CHECKING:
+    from bot.chat.client import Stepgrid
+
+
+class CompareSteps(commands.Cog):
+    """The `/compare-steps` command."""
+
+    def __init__(self, bot: Stepgrid) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="compare-steps", description="Render one prompt and seed at several step counts, side by side."
+    )
+    @app_commands.describe(
+        **SHARED_DESCRIPTIONS,
+        steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
+        seed="Seed shared by every cell (random when left out)",
+        size="Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
+    )
+    @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
+    @app_commands.guild_only()
+    async def compare_steps(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        steps: app_commands.Range[str, 1, 100] | None = None,
+        scheduler: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        size: str | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
+    ) -> None:
+        options = RequestOptions(
+            prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model
+        )
+        await self.bot.jobs.start_command(interaction, options, origin="compare-steps")
+
+
+async def setup(bot: Stepgrid) -> None:
+    await bot.add_cog(CompareSteps(bot))

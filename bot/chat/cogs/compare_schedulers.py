@@ -1,0 +1,68 @@
+"""`/compare-schedulers`: one prompt and seed as a grid of schedulers (rows) × step counts (columns)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.chat.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, schedulers_autocomplete, size_autocomplete
+from bot.job_requests import MAX_PROMPT_CHARS, MAX_SCHEDULER_LIST_CHARS, MAX_STEP_LIST_CHARS, RequestOptions
+from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE
+
+if TYPE_CHECKING:
+    from bot.chat.client import Stepgrid
+
+
+class CompareSchedulers(commands.Cog):
+    """The `/compare-schedulers` command."""
+
+    def __init__(self, bot: Stepgrid) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="compare-schedulers",
+        description="Render one prompt and seed with several schedulers at several step counts, as one grid.",
+    )
+    @app_commands.describe(
+        prompt=SHARED_DESCRIPTIONS["prompt"],
+        negative_prompt=SHARED_DESCRIPTIONS["negative_prompt"],
+        model=SHARED_DESCRIPTIONS["model"],
+        guidance=SHARED_DESCRIPTIONS["guidance"],
+        schedulers="Rows: 2 to 6 schedulers separated by commas (default: a varied set the model can run)",
+        steps="Columns: step counts separated by commas (default: the model's ladder, trimmed to fit the grid)",
+        seed="Seed shared by every cell (random when left out)",
+        size="Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
+    )
+    @app_commands.autocomplete(model=model_autocomplete, schedulers=schedulers_autocomplete, size=size_autocomplete)
+    @app_commands.guild_only()
+    async def compare_schedulers(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        schedulers: app_commands.Range[str, 1, MAX_SCHEDULER_LIST_CHARS] | None = None,
+        steps: app_commands.Range[str, 1, MAX_STEP_LIST_CHARS] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        size: str | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
+    ) -> None:
+        options = RequestOptions(
+            prompt,
+            negative_prompt,
+            seed=seed,
+            guidance=guidance,
+            size=size,
+            compare_steps=steps,
+            model=model,
+            schedulers=schedulers,
+            scheduler_grid=True,
+        )
+        await self.bot.jobs.start_command(interaction, options, origin="compare-schedulers")
+
+
+async def setup(bot: Stepgrid) -> None:
+    await bot.add_cog(CompareSchedulers(bot))

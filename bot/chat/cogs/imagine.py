@@ -1,0 +1,74 @@
+"""`/imagine`: one prompt, one to four images, with live progress."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.chat.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, scheduler_autocomplete, size_autocomplete
+from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
+from inference.protocol import (
+    MAX_COUNT,
+    MAX_GUIDANCE,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_COUNT,
+    MIN_GUIDANCE,
+    MIN_STEPS,
+)
+
+if TYPE_CHECKING:
+    from bot.chat.client import Stepgrid
+
+
+class Imagine(commands.Cog):
+    """The `/imagine` command."""
+
+    def __init__(self, bot: Stepgrid) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Generate images from a prompt with Stable Diffusion.")
+    @app_commands.describe(
+        **SHARED_DESCRIPTIONS,
+        steps="Denoising steps (default: the model's own; more is slower, not always better)",
+        seed="Seed for a repeatable image (random when left out)",
+        size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
+        count="How many images (consecutive seeds)",
+        film="Also post a Steps film: the predicted finished image at every step (one image only)",
+    )
+    @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
+    @app_commands.guild_only()
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+        steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
+        scheduler: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        size: str | None = None,
+        count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
+        film: bool | None = None,
+    ) -> None:
+        options = RequestOptions(
+            prompt,
+            negative_prompt,
+            scheduler,
+            seed,
+            guidance,
+            size,
+            steps=steps,
+            count=count,
+            model=model,
+            film=film is True,
+        )
+        await self.bot.jobs.start_command(interaction, options, origin="imagine")
+
+
+async def setup(bot: Stepgrid) -> None:
+    await bot.add_cog(Imagine(bot))

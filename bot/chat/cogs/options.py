@@ -1,0 +1,166 @@
+"""What the cogs share: option choices and autocomplete, the server a command runs in, the database.
+
+Not an extension (no `setup`): cogs import it, so that no cog imports another.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, cast
+
+import discord
+from discord import app_commands
+
+from bot.errors import UserFacingError
+from bot.limits.server import EffectiveLimits
+from inference.protocol import SCHEDULER_NAMES, ModelInfo
+
+if TYPE_CHECKING:
+    from bot.chat.client import Stepgrid
+    from bot.storage.database import Database
+
+log = logging.getLogger(__name__)
+MAX_CHOICES = 25  # Discord shows at most 25 autocomplete choices
+
+# How the options /imagine and /compare-steps share read in Discord.
+SHARED_DESCRIPTIONS = {
+    "prompt": "What to draw",
+    "negative_prompt": "What to keep out of the image",
+    "scheduler": "Sampler / scheduler (those the chosen model can run)",
+    "model": "Which model draws it (this server's default when left out)",
+    "guidance": "How closely to follow the prompt (classifier-free guidance scale)",
+}
+SCHEDULER_CHOICES: list[app_commands.Choice[str]] = [
+    app_commands.Choice(name=name, value=name) for name in SCHEDULER_NAMES
+]
+SIZE_SUGGESTIONS = ("512", "768x512", "512x768", "640", "768", "1024x576", "576x1024", "1024")
+
+
+async def size_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """Common sizes matching what the user typed so far (any other WxH can still be typed)."""
+    typed = current.strip().lower().replace("×", "x")
+    return [
+        app_commands.Choice(name=_size_label(size), value=size) for size in SIZE_SUGGESTIONS if size.startswith(typed)
+    ]
+
+
+def _size_label(size: str) -> str:
+    width, _, height = size.partition("x")
+    return f"{width} × {height or width}"
+
+
+def model_label(model: ModelInfo, *, default: bool = False) -> str:
+    """How a model reads in the model option: "sdxl-turbo · sdxl · 4 steps (default)"."""
+    steps = f"{model.default_steps} step{'s' if model.default_steps != 1 else ''}"
+    return f"{model.name} · {model.family} · {steps}{' (default)' if default else ''}"[:100]
+
+
+def model_choices(
+    current: str, limits: EffectiveLimits, loaded: Mapping[str, ModelInfo]
+) -> list[app_commands.Choice[str]]:
+    """The loaded models this server allows whose name contains what was typed, its default first."""
+    typed = current.strip().casefold()
+    names = [name for name in loaded if not limits.allowed_models or name in limits.allowed_models]
+    names.sort(key=lambda name: name != limits.default_model)
+    return [
+        app_commands.Choice(name=model_label(loaded[name], default=name == limits.default_model), value=name)
+        for name in names
+        if typed in name.casefold() or typed in loaded[name].family
+    ][:MAX_CHOICES]
+
+
+def scheduler_choices(current: str, model: ModelInfo | None, limits: EffectiveLimits) -> list[app_commands.Choice[str]]:
+    """The schedulers the model can run and this server allows, matching what was typed; the
+    model's default first. Without a known model, every scheduler the server allows."""
+    typed = current.strip().casefold()
+    runnable = model.schedulers if model is not None else SCHEDULER_NAMES
+    names = [name for name in runnable if name in limits.allowed_schedulers]
+    if model is not None:
+        names.sort(key=lambda name: name != model.default_scheduler)
+    return [app_commands.Choice(name=name, value=name) for name in names if typed in name.casefold()][:MAX_CHOICES]
+
+
+async def model_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """The `model` option: the loaded models this server allows, with family and default steps."""
+    bot = cast("Stepgrid", interaction.client)
+    limits = await bot.jobs.limits(interaction.guild_id)
+    return model_choices(current, limits, bot.jobs.queue.models)
+
+
+async def scheduler_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """The `scheduler` option: what the chosen model (or the server's default model) can run.
+
+    Only a suggestion: the value is checked again when the command runs.
+    """
+    bot = cast("Stepgrid", interaction.client)
+    limits = await bot.jobs.limits(interaction.guild_id)
+    return scheduler_choices(current, _chosen_model(interaction, bot, limits), limits)
+
+
+async def schedulers_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """A list of schedulers (`/compare-schedulers` rows): completes its last name from what the chosen
+    model can run and the server allows."""
+    bot = cast("Stepgrid", interaction.client)
+    limits = await bot.jobs.limits(interaction.guild_id)
+    model = _chosen_model(interaction, bot, limits)
+    runnable = model.schedulers if model is not None else SCHEDULER_NAMES
+    return list_completions(current, tuple(name for name in runnable if name in limits.allowed_schedulers))
+
+
+def _chosen_model(interaction: discord.Interaction, bot: Stepgrid, limits: EffectiveLimits) -> ModelInfo | None:
+    """The model the command's `model` option names so far (the server's default when left out or not
+    usable yet), or None while no model is known."""
+    chosen = getattr(interaction.namespace, "model", None)
+    try:
+        return bot.jobs.model_for(chosen if isinstance(chosen, str) else None, limits)
+    except UserFacingError:  # a model being typed or not allowed: the command will say so
+        return bot.jobs.model_for(None, limits) if chosen else None
+
+
+def list_completions(current: str, names: tuple[str, ...]) -> list[app_commands.Choice[str]]:
+    """Complete the last item of a comma-separated list from `names`."""
+    head, _, last = current.rpartition(",")
+    chosen = [part.strip() for part in head.split(",") if part.strip()]
+    prefix = ", ".join(chosen) + ", " if chosen else ""
+    typed = last.strip().casefold()
+    options = [name for name in names if name not in chosen and name.casefold().startswith(typed)]
+    return [app_commands.Choice(name=(prefix + name)[:100], value=(prefix + name)[:100]) for name in options][
+        :MAX_CHOICES
+    ]
+
+
+async def registry_models_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The operator's models (for `/limits-set`), completing the last name of a list."""
+    bot = cast("Stepgrid", interaction.client)
+    return list_completions(current, tuple(spec.name for spec in bot.settings.model_specs()))
+
+
+async def allowed_schedulers_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """Complete the last name of a comma-separated scheduler list."""
+    return list_completions(current, SCHEDULER_NAMES)
+
+
+class NoDatabase(UserFacingError):
+    """The bot runs without a database, so there are no per-server limits or usage to show or change."""
+
+    def __init__(self) -> None:
+        super().__init__("This bot runs without a database, so its limits are the operator's and can't be changed.")
+
+
+def require_database(bot: Stepgrid) -> Database:
+    """The bot's database, or a NoDatabase refusal."""
+    if bot.database is None:
+        raise NoDatabase()
+    return bot.database
+
+
+def guild_id_of(interaction: discord.Interaction) -> int:
+    """The server the interaction came from (every command that needs one is guild-only)."""
+    if interaction.guild_id is None:
+        raise app_commands.NoPrivateMessage()
+    return interaction.guild_id

@@ -1,0 +1,66 @@
+"""Where a server's limits come from, and the check of a request against them before it is queued.
+
+A command reads its server's limits once (`RequestPolicy.limits`): the same `EffectiveLimits`
+give the defaults for options left out and are what the request is checked against.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from bot.config import Settings
+from bot.errors import DuplicateRequest
+from bot.limits.server import EffectiveLimits, check_request
+from bot.storage.models import JobStatus
+from inference.protocol import Request
+
+if TYPE_CHECKING:
+    from bot.storage.database import Database
+
+
+class RequestPolicy(Protocol):
+    """Per-server limits; raising UserFacingError refuses a request before queueing."""
+
+    async def limits(self, guild_id: int | None) -> EffectiveLimits:
+        """The limits that apply in this server (or a DM when None)."""
+
+    async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:
+        """Raise a UserFacingError naming the limit if `request` is over one of `limits`."""
+
+
+class SettingsPolicy:
+    """The operator's global defaults and ceilings from Settings (no per-server state)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def limits(self, guild_id: int | None) -> EffectiveLimits:
+        return EffectiveLimits.combine(None, self.settings)
+
+    async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:
+        # No ledger here to count a member's jobs or steps: only the per-request limits can bite.
+        check_request(request, limits, steps_used_today=0, active_jobs=0)
+
+
+class DatabasePolicy:
+    """Each server's limits from the database, tightened to the operator's ceilings in Settings."""
+
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self.database = database
+        self.settings = settings
+
+    async def limits(self, guild_id: int | None) -> EffectiveLimits:
+        """The limits that apply in this server (the operator's alone in DMs)."""
+        server = await self.database.server_limits.get_limits(guild_id) if guild_id is not None else None
+        return EffectiveLimits.combine(server, self.settings)
+
+    async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:
+        ledger = self.database.ledger
+        active = await ledger.active_jobs(guild_id, user_id)
+        # A button pressed twice, or the same seeded command sent again while the first waits or runs
+        # (a result being delivered is already the member's to see: asking again is not a repeat press).
+        if any(job.status != JobStatus.DELIVERING and job.to_request() == request for job in active):
+            raise DuplicateRequest()
+        check_request(
+            request, limits, steps_used_today=await ledger.steps_used_today(guild_id, user_id), active_jobs=len(active)
+        )

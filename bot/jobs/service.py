@@ -1,0 +1,542 @@
+"""Drive one job from an interaction to its answer; shared by the commands and the buttons.
+
+`JobService.start` checks a request, queues it and defers the interaction; a task per job then
+follows the queue's events, edits one message (queue position, then "step k/N" with a preview,
+at most once per `edit_interval`) and ends it with the result or a short failure note. A job
+accepted is a job answered: every path out of the driver leaves the user a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Awaitable
+
+import discord
+
+from bot.config import Settings
+from bot.errors import (
+    InvalidOption,
+    JobNotFound,
+    ModelUnavailable,
+    NotYourJob,
+    QueueBusy,
+    ServerOnly,
+    UserFacingError,
+    new_reference,
+    send_ephemeral,
+)
+from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, derive_request
+from bot.jobs.policy import RequestPolicy, SettingsPolicy
+from bot.limits.server import EffectiveLimits, UnknownModel, check_image_size, choose_model
+from bot.ops.metrics import Metrics
+from bot.replies.messages import (
+    MessageUpdate,
+    ProgressState,
+    details_embed,
+    encode_result_files,
+    failure_text,
+    progress_message,
+    result_message,
+)
+from bot.replies.reply import InteractionMessage, JobMessage, StoredInteractionMessage
+from bot.replies.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
+from bot.storage.job_store import JobRecord, JobStore, MemoryJobStore
+from bot.storage.models import command_of
+from inference.logs import job_context
+from inference.protocol import (
+    MAX_STEPS,
+    InvalidRequest,
+    JobFailed,
+    JobResult,
+    JobStarted,
+    ModelInfo,
+    Request,
+    validate,
+    validate_for_model,
+)
+from inference.queues.base import JobQueue, QueueFull, WorkerUnavailable
+
+log = logging.getLogger(__name__)
+
+# Interaction tokens live 15 minutes; stop using ours a little before that so an upload in
+# flight doesn't die with it.
+TOKEN_LIFETIME = 14 * 60.0
+
+RESTART_NOTE = "Stepgrid is restarting. Your job keeps its place in the queue and runs once it is back."
+
+# A job's final ledger write that fails (a disk full for a moment) is tried again, waiting this long
+# between tries; after the last, it is tried again before each admission and at shutdown.
+LEDGER_RETRY_DELAYS = (0.5, 2.0, 5.0, 15.0, 30.0, 60.0)
+
+
+def new_job_id() -> str:
+    """A job id short enough for a button's custom id."""
+    return uuid.uuid4().hex
+
+
+class JobService:
+    """Accepts requests from interactions and drives each job to its answer."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        *,
+        store: JobStore | None = None,
+        policy: RequestPolicy | None = None,
+        edit_interval: float = EDIT_INTERVAL,
+        token_lifetime: float = TOKEN_LIFETIME,
+        metrics: Metrics | None = None,
+        clock: MonotonicClock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.queue = queue
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.store: JobStore = store if store is not None else MemoryJobStore()
+        self.policy: RequestPolicy = policy if policy is not None else SettingsPolicy(Settings())
+        self.edit_interval = edit_interval
+        self.token_lifetime = token_lifetime
+        self._clock = clock
+        self._sleep = sleep
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled_by: dict[str, int] = {}
+        # Final outcomes the ledger could not record yet, by job id: retried until it can.
+        self._unrecorded: dict[str, JobResult | JobFailed] = {}
+        self._ledger_retry: asyncio.Task[None] | None = None
+        self._keep_queued = False
+        self._admission_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @property
+    def active_jobs(self) -> frozenset[str]:
+        """Ids of jobs whose driver is still running."""
+        return frozenset(self._tasks)
+
+    def waiting_jobs(self) -> int:
+        """How many of the active jobs wait for the GPU (the rest are running or being answered)."""
+        return sum(1 for job_id in self._tasks if self.queue.position(job_id) is not None)
+
+    async def limits(self, guild_id: int | None) -> EffectiveLimits:
+        """The limits that apply in this server: read once per command, for its defaults and its check."""
+        return await self.policy.limits(guild_id)
+
+    async def start_command(
+        self, interaction: discord.Interaction, options: RequestOptions, *, origin: str
+    ) -> asyncio.Task[None]:
+        """Start the job a command's options ask for; the server's limits are read once, for its
+        defaults and for its check."""
+        if interaction.guild_id is None:
+            raise ServerOnly()
+        limits = await self.limits(interaction.guild_id)
+        request = build_request(options, self.defaults_for(options.model, limits))
+        return await self.start(interaction, request, origin=origin, limits=limits)
+
+    def model_for(self, name: str | None, limits: EffectiveLimits) -> ModelInfo | None:
+        """The loaded model `name` means in this server (its default when None); None before the
+        worker is ready. Refuses a model the server doesn't allow or that failed to load."""
+        return choose_model(name, limits, self.queue.models, self.queue.unavailable_models)
+
+    def defaults_for(self, model: str | None, limits: EffectiveLimits) -> RequestDefaults:
+        """The defaults for options left out with this model in this server (commands and buttons)."""
+        return limits.request_defaults(self.model_for(model, limits))
+
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        request: Request,
+        *,
+        origin: str,
+        limits: EffectiveLimits | None = None,
+        parent_job_id: str | None = None,
+    ) -> asyncio.Task[None]:
+        """Check and record `request`, defer the interaction, queue the job and drive it in a task.
+
+        The ledger row exists before the interaction is deferred, so a crash at any point leaves a
+        row that start-up recovery answers. Refusals found before the defer raise UserFacingError
+        with nothing answered, so they can still be ephemeral; a queue that refuses after the defer
+        marks the row failed, removes the "thinking…" message and raises too (the error handler
+        then answers in an ephemeral follow-up). `origin` is what started the job (the command or
+        a button action); `limits` are the server's, when the caller has already read them.
+        """
+        if interaction.guild_id is None:
+            raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
+        if limits is None:
+            limits = await self.policy.limits(interaction.guild_id)
+        # The server's size limit first and in the size range: the general one (up to 2048) would suggest
+        # sizes the server then refuses.
+        check_image_size(request, limits)
+        checked(request, max_size=limits.max_image_size)
+        if self.queue.unavailable:
+            raise ModelUnavailable()
+        # While the model loads (minutes with a compiled UNet) the job waits in the queue, its place shown.
+        self._check_for_model(request)
+        record = JobRecord(
+            job_id=new_job_id(),
+            request=request,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            origin=origin,
+            parent_job_id=parent_job_id,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+        )
+        job_id = record.job_id
+        # One admission at a time per member: the limits count the member's jobs in the ledger, so
+        # the next request is checked only once this one is recorded (else a burst slips past them).
+        async with self._admission_lock(interaction.guild_id, interaction.user.id):
+            # A finished job the ledger could not record yet still counts as running there.
+            await self.record_pending_outcomes()
+            await self.policy.check(request, limits, guild_id=interaction.guild_id, user_id=interaction.user.id)
+            await self.store.record(record)
+        # The row exists: every way out from here finishes it or hands it to a driver.
+        deadline = self._clock() + self.token_lifetime
+        try:
+            response = await interaction.response.defer(thinking=True)
+            message_id = response.message_id if response is not None else None
+            if message_id is not None:
+                await self.store.set_message(job_id, message_id)
+            self._submit(record)
+        except UserFacingError as refusal:
+            await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, str(refusal))))
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+            raise
+        except BaseException:
+            await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, "The job could not be started.")))
+            raise
+        log.info("job %s accepted: %s from user %s", job_id, origin, record.user_id, extra={"job_id": job_id})
+        target = InteractionMessage(interaction, owner_id=record.user_id, deadline=deadline, clock=self._clock)
+        return self._spawn_driver(record, target)
+
+    def _check_for_model(self, request: Request) -> None:
+        """A scheduler, size or step count the request's model can't do: one line, before anything is
+        answered (so it can be ephemeral). Unknown or failed models are named the same way."""
+        models = self.queue.models
+        if not models:
+            return
+        name = request.model or next(iter(models))
+        if name not in models:
+            failed = self.queue.unavailable_models.get(name)
+            if failed is not None:
+                raise UnknownModel(f"The model {name} is unavailable: {failed.message}")
+            raise UnknownModel(f"Unknown model {name!r}; choose one of: {', '.join(models)}.")
+        try:
+            validate_for_model(request, models[name])
+        except InvalidRequest as error:
+            raise InvalidOption(str(error)) from None
+
+    def _submit(self, record: JobRecord) -> None:
+        """Hand the job to the queue; its refusals become UserFacingErrors."""
+        try:
+            self.queue.submit(record.request, user_id=str(record.user_id), job_id=record.job_id)
+        except QueueFull as error:
+            raise QueueBusy(str(error)) from None
+        except WorkerUnavailable:
+            log.error(
+                "refused job %s: the worker cannot load its model", record.job_id, extra={"job_id": record.job_id}
+            )
+            raise ModelUnavailable() from None
+        except InvalidRequest as error:  # the queue's own model check (e.g. a model that just failed)
+            raise InvalidOption(str(error)) from None
+
+    def _admission_lock(self, guild_id: int | None, user_id: int) -> asyncio.Lock:
+        lock = self._admission_locks.get((guild_id, user_id))
+        if lock is None:
+            lock = self._admission_locks[(guild_id, user_id)] = asyncio.Lock()
+        return lock
+
+    def resume(self, client: discord.Client, record: JobRecord, *, token_age: float) -> asyncio.Task[None]:
+        """Queue a job accepted before a restart again and drive it to its answer.
+
+        The answer edits the job's original message while its interaction token (`token_age`
+        seconds old) lives, else it goes to the job's channel with a mention. If the queue refuses
+        the job, the user is told it failed.
+        """
+        target = StoredInteractionMessage(
+            client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
+        )
+        try:
+            validate(record.request)  # what this version accepts may have changed since the job was
+            self.queue.submit(record.request, user_id=str(record.user_id), job_id=record.job_id)
+        except (QueueFull, WorkerUnavailable, InvalidRequest) as error:
+            reason = "the model failed to load" if isinstance(error, WorkerUnavailable) else str(error)
+            return self.answer_failed(client, record, f"it could not be queued again after a restart ({reason})",
+                                      token_age=token_age)  # fmt: skip
+        log.info("job %s re-queued after a restart", record.job_id, extra={"job_id": record.job_id})
+        return self._spawn_driver(record, target)
+
+    async def already_delivered(self, client: discord.Client, record: JobRecord, *, token_age: float) -> bool | None:
+        """Whether the result of a job left unfinished by a restart is already on its message (None: can't tell)."""
+        target = StoredInteractionMessage(
+            client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
+        )
+        return await target.shows_result()
+
+    def answer_failed(
+        self, client: discord.Client, record: JobRecord, reason: str, *, token_age: float
+    ) -> asyncio.Task[None]:
+        """Record a job accepted before a restart as failed and tell its owner why."""
+        target = StoredInteractionMessage(
+            client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
+        )
+        failure = JobFailed(record.job_id, reason)
+
+        async def answer() -> None:
+            await self.store.mark_finished(record.job_id, failure)
+            log.info("job %s answered as failed after a restart: %s", record.job_id, reason)
+            await self._quietly(target.withdraw(failure_text(failure, record.request)))
+
+        with job_context(record.job_id):
+            task = asyncio.create_task(answer(), name=f"stepgrid-job-{record.job_id}")
+        return self._track(record.job_id, task)
+
+    def _spawn_driver(self, record: JobRecord, target: JobMessage) -> asyncio.Task[None]:
+        with job_context(record.job_id):  # the task inherits it: every line it logs names the job
+            task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{record.job_id}")
+        return self._track(record.job_id, task)
+
+    def _track(self, job_id: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+        return task
+
+    async def handle_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
+        """Act on a click on one of a job's buttons (only in the server the job belongs to)."""
+        if interaction.guild_id is None:
+            raise ServerOnly()
+        record = await self.store.get(job_id)
+        # Job ids are public (every footer shows one): from another server, a job is not found there.
+        if record is None or record.guild_id != interaction.guild_id:
+            raise JobNotFound(job_id)
+        if action == "details":
+            await interaction.response.send_message(embed=details_embed(record), ephemeral=True)
+        elif action == "cancel":
+            await self.cancel(interaction, record)
+        else:
+            # The job's own model, with its ladder and its ceiling in this server.
+            limits = await self.limits(interaction.guild_id)
+            defaults = self.defaults_for(record.request.model or None, limits)
+            request = derive_request(
+                record.request,
+                action,
+                defaults=defaults,
+                max_steps=limits.max_steps_for(defaults.model or record.request.model),
+                max_cells=limits.max_grid_cells,
+            )
+            await self.start(interaction, request, origin=action, limits=limits, parent_job_id=job_id)
+
+    async def cancel(self, interaction: discord.Interaction, record: JobRecord) -> None:
+        """Cancel a queued or running job for its owner or a moderator."""
+        user = interaction.user
+        if user.id != record.user_id and not interaction.permissions.manage_messages:
+            raise NotYourJob()
+        if record.job_id in self._cancelled_by:  # a running job stops once the worker ends its current step
+            await send_ephemeral(interaction, "Already cancelled; it stops after its current step.")
+            return
+        self._cancelled_by[record.job_id] = user.id
+        if self.queue.cancel(record.job_id):
+            log.info("job %s cancelled by user %s", record.job_id, user.id, extra={"job_id": record.job_id})
+            await send_ephemeral(interaction, "Cancelled.")
+        else:
+            self._cancelled_by.pop(record.job_id, None)
+            await send_ephemeral(interaction, "That job has already finished.")
+
+    def begin_shutdown(self, *, keep_queued: bool) -> None:
+        """A planned shutdown starts (call before closing the queue).
+
+        With `keep_queued`, jobs the queue fails because it is closing, and that had not started,
+        stay queued in the ledger for start-up recovery to run, and their owners are told so.
+        Only for a store that outlives the process (the database).
+        """
+        self._keep_queued = keep_queued
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Wait for the drivers to answer their jobs (close the queue first), then cancel the rest."""
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._ledger_retry is not None:
+            self._ledger_retry.cancel()
+            await asyncio.gather(self._ledger_retry, return_exceptions=True)
+        await self.record_pending_outcomes()
+
+    async def record_pending_outcomes(self) -> None:
+        """Try again to record the outcomes the ledger refused (a disk that was full for a moment)."""
+        for job_id, outcome in list(self._unrecorded.items()):
+            try:
+                await self.store.mark_finished(job_id, outcome)
+            except Exception:
+                log.warning(
+                    "the ledger still can't record how job %s ended", job_id, exc_info=True, extra={"job_id": job_id}
+                )
+                return
+            self._unrecorded.pop(job_id, None)
+            log.info("job %s: its outcome is recorded in the ledger now", job_id, extra={"job_id": job_id})
+
+    async def _record_outcome(self, job_id: str, outcome: JobResult | JobFailed) -> None:
+        """Record how a job ended; if the ledger refuses, keep it and try again in the background.
+
+        The member must not stay "running" in the ledger (it counts against their concurrent jobs),
+        and a job whose answer was sent must not look unfinished to the next start.
+        """
+        try:
+            await self.store.mark_finished(job_id, outcome)
+            return
+        except Exception:
+            if isinstance(outcome, JobResult):
+                log.exception("job %s was delivered but the ledger could not record its result; trying again", job_id)
+            else:
+                log.exception("job %s ended but the ledger could not record how; trying again", job_id)
+        self._unrecorded[job_id] = outcome
+        if self._ledger_retry is None or self._ledger_retry.done():
+            self._ledger_retry = asyncio.create_task(self._retry_ledger(), name="stepgrid-ledger-retry")
+
+    async def _retry_ledger(self) -> None:
+        for delay in LEDGER_RETRY_DELAYS:
+            await self._sleep(delay)
+            await self.record_pending_outcomes()
+            if not self._unrecorded:
+                return
+        log.error("the ledger could not record %d job outcome(s); trying again at the next job", len(self._unrecorded))
+
+    async def _drive(self, record: JobRecord, target: JobMessage) -> None:
+        job_id = record.job_id
+        editor: ThrottledEditor[MessageUpdate] = ThrottledEditor(
+            target.show, interval=self.edit_interval, clock=self._clock, sleep=self._sleep
+        )
+        state = ProgressState(loading=not self.queue.ready)
+        marked_running = False
+        try:
+            position = self.queue.position(job_id)
+            if position is not None:
+                state.position = position
+            editor.push(progress_message(record, state))
+            async for event in self.queue.events(job_id):
+                if isinstance(event, JobResult):
+                    await self._finish_with_result(record, event, target, editor)
+                    return
+                if isinstance(event, JobFailed):
+                    if self._keep_queued and not marked_running and not event.cancelled:
+                        await self._leave_queued(record, state, editor)
+                    else:
+                        # A worker that crashed can't say how many steps ran; the bot saw them.
+                        failure = dataclasses.replace(event, steps_run=max(event.steps_run, state.steps_seen))
+                        await self._finish_with_failure(record, failure, target, editor)
+                    return
+                if isinstance(event, JobStarted) and not marked_running:
+                    # Once per driver: the queue's own retries (worker crash, out of memory) start
+                    # the job again, but the ledger's attempts count the bot runs that started it.
+                    await self.store.mark_running(job_id)
+                    marked_running = True
+                state.apply(event)
+                editor.push(progress_message(record, state))
+            raise RuntimeError(f"the event stream of job {job_id} ended without a result")
+        except asyncio.CancelledError:
+            self.queue.cancel(job_id)
+            await editor.stop()
+            raise
+        except Exception:
+            reference = new_reference()
+            log.exception("job %s failed in the bot (ref %s)", job_id, reference)
+            self.queue.cancel(job_id)
+            await editor.stop()
+            if job_id not in self._unrecorded:
+                failure = JobFailed(job_id, f"bot error (ref {reference})", steps_run=state.steps_seen)
+                self._count(record, failure)
+                await self._quietly(self.store.mark_finished(job_id, failure))
+            await self._quietly(
+                target.withdraw(f"Something went wrong on my side (ref `{reference}`). It has been logged; try again.")
+            )
+        finally:
+            self._cancelled_by.pop(job_id, None)
+
+    async def _finish_with_result(
+        self, record: JobRecord, result: JobResult, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
+    ) -> None:
+        rendered = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
+        # Recorded before the upload: if the bot dies between the upload and the last write, the
+        # next start finds the row "delivering", sees the result on the job's message and does not
+        # run the job a second time. A ledger that refuses this write doesn't hold the result back.
+        try:
+            await self.store.mark_delivering(record.job_id, result)
+        except Exception:
+            log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
+        message = result_message(record, result, rendered, max_steps=await self._step_ceiling(record))
+        await editor.finish(message)
+        # Delivered: from here on a failure must not withdraw the result the user already has.
+        self._count(record, result, model=result.model)
+        await self._record_outcome(record.job_id, result)
+        if record.job_id in self._unrecorded:
+            return
+        log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
+
+    async def _step_ceiling(self, record: JobRecord) -> int:
+        """The most steps the job's model may run in its server now: where the result's "more" button stops."""
+        try:
+            limits = await self.limits(record.guild_id)
+        except Exception:  # the result matters more than one button's label
+            log.warning("job %s: could not read its server's limits", record.job_id, exc_info=True)
+            return MAX_STEPS
+        return limits.max_steps_for(record.request.model)
+
+    async def _leave_queued(
+        self, record: JobRecord, state: ProgressState, editor: ThrottledEditor[MessageUpdate]
+    ) -> None:
+        # The ledger row stays queued: start-up recovery runs the job again and edits this message.
+        log.info("job %s stays queued in the ledger for the next start", record.job_id)
+        note = dataclasses.replace(progress_message(record, state), content=RESTART_NOTE, view=None)
+        await self._quietly(editor.finish(note))
+
+    async def _finish_with_failure(
+        self, record: JobRecord, failure: JobFailed, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
+    ) -> None:
+        await editor.stop()
+        self._count(record, failure)
+        await self._record_outcome(record.job_id, failure)
+        if failure.cancelled:
+            cancelled_by = self._cancelled_by.get(record.job_id)
+            # The owner who clicked Cancel was already told; anyone else hears it here.
+            if cancelled_by == record.user_id:
+                await target.withdraw(None)
+            else:
+                await target.withdraw(
+                    failure_text(failure, record.request, cancelled_by_other=cancelled_by is not None)
+                )
+        else:
+            log.info("job %s failed: %s", record.job_id, failure.message)
+            await target.withdraw(failure_text(failure, record.request))
+
+    def _count(self, record: JobRecord, outcome: JobResult | JobFailed, *, model: str = "") -> None:
+        """Count an answered job in the metrics."""
+        request = record.request
+        if isinstance(outcome, JobResult):
+            name, images = "done", len(outcome.images)
+        else:
+            name, images = ("cancelled" if outcome.cancelled else "failed"), 0
+        self.metrics.job_answered(
+            command=command_of(request),
+            model=model or request.model or next(iter(self.queue.models), ""),
+            scheduler=request.scheduler,
+            outcome=name,
+            images=images,
+            steps=outcome.steps_run,
+            gpu_seconds=outcome.gpu_seconds,
+            queue_seconds=outcome.queue_seconds,
+        )
+
+    @staticmethod
+    async def _quietly(awaitable: Awaitable[object]) -> None:
+        try:
+            await awaitable
+        except Exception:
+            log.warning("could not tell the user about a failed job", exc_info=True)

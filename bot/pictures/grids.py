@@ -1,0 +1,69 @@
+"""A comparison grid as people see it: the labelled image with each cell's change, the settled
+cells framed, and the sweet spot in words. Used by the bot and the offline CLI alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, steps_label
+from bot.pictures.sweet_spot import RowChanges, format_change, measure_row, summary
+from inference.protocol import CompareSchedulersRequest, GeneratedImage, GridRequest
+
+LEGEND = "Δ = change from the previous step count · framed: where the row settles"
+
+
+@dataclass(frozen=True)
+class Grid:
+    png: bytes
+    summary: str  # where each row settles, in words
+
+
+def grid_rows(request: GridRequest, images: Sequence[GeneratedImage]) -> list[tuple[int, RowChanges]]:
+    """Each row of the grid with the index of its first cell: one row per scheduler (one for compare-steps)."""
+    columns = len(request.steps)
+    schedulers = request.schedulers if isinstance(request, CompareSchedulersRequest) else (request.scheduler,)
+    rows = []
+    for row, scheduler in enumerate(schedulers):
+        first = row * columns
+        pngs = [image.png for image in images[first : first + columns]]
+        rows.append((first, measure_row(scheduler, request.steps, pngs)))
+    return rows
+
+
+def render_grid(
+    request: GridRequest, images: Sequence[GeneratedImage], *, header: str | None = None, parameters: str | None = None
+) -> Grid:
+    """The grid's PNG (axis labels on a scheduler grid, per-cell seconds and Δ, the settled cells
+    framed, a footer saying what the numbers are, `parameters` in its PNG chunk) and the sweet-spot
+    sentence."""
+    rows = grid_rows(request, images)
+    changes: dict[int, float] = {}
+    marked = set()
+    for first, row in rows:
+        for position, index in enumerate(row.order):
+            if position:  # the first step count has nothing before it
+                changes[first + index] = row.changes[position]
+        if row.settled is not None:
+            marked.add(first + row.order[row.settled])
+    scheduler_grid = isinstance(request, CompareSchedulersRequest)
+    row_labels = request.schedulers if isinstance(request, CompareSchedulersRequest) else ()
+    texts = {}
+    for index, image in enumerate(images):
+        parts = [] if scheduler_grid else [steps_label(image.steps)]
+        parts.append(format_seconds(image.seconds))
+        if index in changes:
+            parts.append(format_change(changes[index]))
+        texts[id(image)] = " · ".join(parts)
+    footer = "\n".join(line for line in (header, SECONDS_NOTE, LEGEND) if line)
+    png = grid_png(
+        images,
+        caption=lambda image: texts[id(image)],
+        footer=footer,
+        columns=len(request.steps) if scheduler_grid else None,
+        row_labels=row_labels,
+        column_labels=[steps_label(steps) for steps in request.steps] if scheduler_grid else (),
+        marked=marked,
+        parameters=parameters,
+    )
+    return Grid(png, summary([row for _, row in rows]))

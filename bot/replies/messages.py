@@ -1,0 +1,299 @@
+"""What a job looks like in Discord: the progress, result and failure messages and their embeds.
+
+Presentation only: `JobService` decides what happens, this module decides how it reads. The
+buttons under the messages are in `bot.replies.buttons`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.formatting import counted
+from bot.pictures.film import downscale_note, film_animation, source_note
+from bot.pictures.grids import render_grid
+from bot.pictures.render import fit_attachment
+from bot.replies.buttons import progress_view, result_view
+from inference.parameters import grid_infotext
+from inference.protocol import (
+    MAX_STEPS,
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    GenerateRequest,
+    JobFailed,
+    JobProgress,
+    JobQueued,
+    JobResult,
+    JobStarted,
+    Request,
+)
+
+if TYPE_CHECKING:
+    from bot.storage.job_store import JobRecord
+
+log = logging.getLogger(__name__)
+
+COLOUR = discord.Colour.blurple()
+
+
+# --- message contents -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """File bytes with a name; turned into a fresh `discord.File` for every send."""
+
+    data: bytes
+    filename: str
+
+    def to_file(self) -> discord.File:
+        return discord.File(io.BytesIO(self.data), filename=self.filename)
+
+
+FILM_FILE_PREFIX = "stepgrid-film-"
+
+
+@dataclass(frozen=True)
+class RenderedResult:
+    """A result's attachments and, for a comparison grid, where its rows settle in words; a film job's
+    film size when its film is among the attachments."""
+
+    files: tuple[Attachment, ...]
+    summary: str | None = None
+    film_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class MessageUpdate:
+    """Everything one edit of a job's message sets; attachments and view replace the old ones."""
+
+    content: str | None = None
+    embeds: tuple[discord.Embed, ...] = ()
+    files: tuple[Attachment, ...] = ()
+    view: discord.ui.View | None = None
+
+
+@dataclass
+class ProgressState:
+    """What the user is shown while a job waits or runs."""
+
+    position: int | None = None
+    loading: bool = False  # the worker is still loading the model: the job waits for it
+    started: bool = False
+    attempt: int = 1
+    lane_steps: dict[int, int] = field(default_factory=dict)
+    job_step: int = 0
+    job_total: int = 0
+    preview_png: bytes | None = None
+    steps_before: int = 0  # steps that ran in earlier attempts (the worker crashed and restarted)
+
+    @property
+    def steps_seen(self) -> int:
+        """Steps that ran over every attempt, as far as the progress events tell."""
+        return self.steps_before + self.job_step
+
+    def apply(self, event: JobQueued | JobStarted | JobProgress) -> None:
+        """Fold one queue event into the state."""
+        if isinstance(event, JobQueued):
+            self.position = event.position
+        elif isinstance(event, JobStarted):
+            self.started = True
+            self.loading = False
+            self.attempt = event.attempt
+            self.lane_steps.clear()
+            self.steps_before += self.job_step
+            self.job_step = 0
+        else:
+            self.started = True
+            for lane, step in event.lane_steps or ((event.lane, event.step),):
+                self.lane_steps[lane] = step
+            self.job_step, self.job_total = event.job_step, event.job_total
+            if event.preview_png is not None:
+                self.preview_png = event.preview_png
+
+
+def progress_bar(done: int, total: int, width: int = 12) -> str:
+    """A text bar like ▰▰▰▱▱▱ for `done` of `total`."""
+    filled = 0 if total <= 0 else min(width, round(width * done / total))
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def progress_text(request: Request, state: ProgressState) -> str:
+    """One line saying where the job is: queued at a position, starting, or at step k/N."""
+    if not state.started:
+        loading = " The model is still loading; your job runs as soon as it is ready." if state.loading else ""
+        if state.position is None:
+            return f"⏳ Queued…{loading}"
+        return f"⏳ Queued — position {state.position}.{loading}"
+    retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
+    if state.job_total <= 0:
+        return f"🎨 Starting…{retry}"
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        # The job's total is the sum over cells ("step 80/155" reads as a step count nobody asked
+        # for): show the share of the work done and where the longest cell is.
+        lane_steps = request.lane_steps
+        cells = len(lane_steps)
+        done = sum(1 for lane, steps in enumerate(lane_steps) if state.lane_steps.get(lane, 0) >= steps)
+        longest = max(range(cells), key=lambda lane: lane_steps[lane])
+        percent = min(100, 100 * state.job_step // state.job_total)
+        return (
+            f"🎨 {progress_bar(state.job_step, state.job_total)} {percent}% · {done}/{cells} cells done"
+            f" · longest cell at step {state.lane_steps.get(longest, 0)}/{lane_steps[longest]}{retry}"
+        )
+    step = min((state.lane_steps.get(lane, 0) for lane in range(request.count)), default=0)
+    images = f" · {request.count} images" if request.count > 1 else ""
+    return f"🎨 {progress_bar(step, request.steps)} step {step}/{request.steps}{images}{retry}"
+
+
+def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:
+    """The message while a job waits or runs: status line, prompt, latest preview, Cancel button."""
+    embed = discord.Embed(description=_clip(record.request.prompt, 300), colour=COLOUR)
+    model = f" · {record.request.model}" if record.request.model else ""
+    embed.set_footer(text=f"job {record.job_id}{model}")
+    files: tuple[Attachment, ...] = ()
+    if state.preview_png is not None:
+        files = (Attachment(state.preview_png, "preview.png"),)
+        embed.set_image(url="attachment://preview.png")
+    return MessageUpdate(
+        content=progress_text(record.request, state),
+        embeds=(embed,),
+        files=files,
+        view=progress_view(record.job_id),
+    )
+
+
+def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> RenderedResult:
+    """The result's image(s) as attachments no larger than `limit` each, and a grid's sweet spot in
+    words (CPU-bound: run in a thread)."""
+    request = record.request
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        parameters = grid_infotext(request, model=result.model or request.model)
+        grid = render_grid(request, result.images, parameters=parameters)
+        data, extension = fit_attachment(grid.png, limit)
+        return RenderedResult((Attachment(data, f"stepgrid-compare-{request.seed}.{extension}"),), grid.summary)
+    files, summary, film_size = [], None, None
+    for image in result.images:
+        if image.frames:
+            try:
+                film = film_animation(image.frames, request.prompt, limit)
+                files.append(Attachment(film.data, f"{FILM_FILE_PREFIX}{image.seed}.{film.extension}"))
+                film_size = film.size
+            except ValueError as error:  # the image is finished: deliver it without its film
+                log.warning("job %s: %s", record.job_id, error, extra={"job_id": record.job_id})
+                summary = (
+                    f"The steps film ({len(image.frames)} frames) did not fit this channel's upload limit; "
+                    "here is the image."
+                )
+        data, extension = fit_attachment(image.png, limit)
+        files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
+    return RenderedResult(tuple(files), summary, film_size)
+
+
+def result_message(
+    record: JobRecord, result: JobResult, rendered: RenderedResult, *, max_steps: int = MAX_STEPS
+) -> MessageUpdate:
+    """The final message: image(s), a grid's sweet spot in words, an embed with every parameter and
+    timing, the result buttons ("more" stops at `max_steps`, the model's ceiling in the job's server)."""
+    files = rendered.files
+    request = dataclasses.replace(record.request, model=result.model or record.request.model)
+    embed = parameters_embed(request, film=_film_text(request, result, rendered.film_size))
+    if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest):
+        value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
+        embed.add_field(name="Generation", value=value)
+    else:
+        per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
+        embed.add_field(name="Generation", value=per_image)
+    embed.add_field(name="Queue wait", value=f"{result.queue_seconds:.1f} s")
+    notes = [f"job {record.job_id}", model_name(result.model or record.request.model)]
+    if result.prompt_truncated:
+        notes.append("prompt truncated to the model's token limit")
+    if result.is_test_model:
+        notes.append("random-weight test model")
+    embed.set_footer(text=" · ".join(notes))
+    if len(files) == 1 or rendered.film_size:  # a film job shows its film (the first file); the PNG rides along
+        embed.set_image(url=f"attachment://{files[0].filename}")
+    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record, max_steps))
+
+
+def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] | None) -> str:
+    """The result's "Steps film" line: its frames, whether they are downscaled and what they show."""
+    image = result.images[0] if isinstance(request, GenerateRequest) and request.film and result.images else None
+    if image is None or not image.frames:
+        return ""
+    if film_size is None:
+        return f"{counted(len(image.frames), 'frame')}, one per step; not posted (it did not fit the upload limit)."
+    downscaled = downscale_note(film_size, (request.width, request.height))
+    size = f", {downscaled}" if downscaled else ""
+    return f"{counted(len(image.frames), 'frame')}, one per step{size}: {source_note(image.frames_source)}."
+
+
+def parameters_embed(request: Request, *, job_id: str | None = None, film: str = "") -> discord.Embed:
+    """An embed listing every parameter of a request; a film job's "Steps film" says `film` when given."""
+    titles = {CompareStepsRequest: "Compare steps", CompareSchedulersRequest: "Compare schedulers"}
+    title = titles.get(type(request), "Imagine")
+    embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        embed.add_field(name="Steps", value=", ".join(str(steps) for steps in request.steps))
+        embed.add_field(name="Seed", value=str(request.seed))
+    else:
+        embed.add_field(name="Steps", value=str(request.steps))
+        seeds = request.lane_seeds
+        embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(map(str, seeds)))
+    embed.add_field(name="Model", value=model_name(request.model))
+    if isinstance(request, CompareSchedulersRequest):
+        embed.add_field(name="Schedulers", value=", ".join(request.schedulers))
+    else:
+        embed.add_field(name="Scheduler", value=request.scheduler)
+    embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    embed.add_field(name="Size", value=f"{request.width}×{request.height}")
+    if isinstance(request, GenerateRequest):
+        embed.add_field(name="Images", value=str(request.count))
+        if request.film:
+            embed.add_field(
+                name="Steps film", value=film or f"{counted(request.steps, 'frame')}, one per step", inline=False
+            )
+    if request.negative_prompt:
+        embed.add_field(name="Negative prompt", value=_clip(request.negative_prompt, 1000), inline=False)
+    if job_id is not None:
+        embed.set_footer(text=f"job {job_id}")
+    return embed
+
+
+def model_name(model: str) -> str:
+    """The model as shown on results and in Details; jobs from before models were recorded show "—"."""
+    return model or "—"
+
+
+def details_embed(record: JobRecord) -> discord.Embed:
+    """The Details button's answer: every parameter, who asked and when."""
+    embed = parameters_embed(record.request, job_id=record.job_id)
+    embed.add_field(name="Requested by", value=f"<@{record.user_id}>")
+    embed.add_field(name="Command", value=record.origin)
+    embed.timestamp = record.created_at
+    return embed
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bool = False) -> str:
+    """What the owner is told when their job ends without a result."""
+    if failure.cancelled:
+        return "A moderator cancelled your job." if cancelled_by_other else "Your job was cancelled."
+    message = failure.message.strip()
+    # Messages that already say what to do keep their own advice; the rest say when to retry.
+    if failure.retryable and "try" not in message.lower():
+        message = f"{message} Try again in a moment."
+    return f"{_what_was_asked(request)} could not be made. {message}"
+
+
+def _what_was_asked(request: Request) -> str:
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        return "Your comparison grid"
+    return "Your images" if request.count > 1 else "Your image"

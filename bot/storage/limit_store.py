@@ -1,0 +1,101 @@
+"""Each server's own limits in the database, and the audit trail of who changed them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.limits.server import LIMIT_FIELDS, ServerLimits, validate_limit_changes
+from bot.storage.models import GuildLimits, LimitsChange
+from bot.storage.writer import DatabaseWriter
+
+
+class LimitStorage:
+    """Read, change (validated, audited) and reset a server's limits."""
+
+    def __init__(self, database: DatabaseWriter) -> None:
+        self.database = database
+
+    async def get_limits(self, guild_id: int) -> ServerLimits:
+        """The server's own limits (all None when it never set any)."""
+        async with self.database.sessions() as session:
+            return _server_limits(await session.get(GuildLimits, guild_id))
+
+    async def set_limits(self, guild_id: int, user_id: int, **changes: Any) -> ServerLimits:
+        """Validate and apply `/limits set` changes, one audit row per field that changed.
+
+        Raises InvalidLimit (a UserFacingError) naming the field and allowed range; then nothing changes.
+        """
+        now = self.database.clock()
+
+        async def operation(session: AsyncSession) -> ServerLimits:
+            row = await session.get(GuildLimits, guild_id)
+            # Validated inside the writer's transaction, so two admins can't interleave.
+            normalised = validate_limit_changes(changes, _server_limits(row), self.database.settings)
+            return await _apply_limits(session, row, guild_id, user_id, normalised, now)
+
+        return await self.database.write(operation)
+
+    async def reset_limits(self, guild_id: int, user_id: int, fields: Iterable[str] | None = None) -> ServerLimits:
+        """Put `fields` (default: all) back to the operator's values; audited like `set_limits`."""
+        names = tuple(fields) if fields is not None else LIMIT_FIELDS
+        return await self.set_limits(guild_id, user_id, **dict.fromkeys(names))
+
+    async def limits_history(self, guild_id: int, *, limit: int = 50) -> list[LimitsChange]:
+        """The server's most recent limit changes, newest first."""
+        query = (
+            sa.select(LimitsChange)
+            .where(LimitsChange.guild_id == guild_id)
+            .order_by(LimitsChange.changed_at.desc(), LimitsChange.id.desc())
+            .limit(limit)
+        )
+        async with self.database.sessions() as session:
+            return list(await session.scalars(query))
+
+
+def _server_limits(row: GuildLimits | None) -> ServerLimits:
+    if row is None:
+        return ServerLimits()
+    values = {name: getattr(row, name) for name in LIMIT_FIELDS}
+    for name in ("allowed_schedulers", "banned_words", "allowed_models"):
+        if values[name] is not None:
+            values[name] = tuple(values[name])
+    if values["model_max_steps"] is not None:
+        values["model_max_steps"] = tuple((str(name), int(steps)) for name, steps in values["model_max_steps"].items())
+    return ServerLimits(**values)
+
+
+def _json_value(name: str, value: Any) -> Any:
+    if name == "model_max_steps" and value is not None:
+        return dict(value)  # {model: ceiling}, in the registry's order
+    return list(value) if isinstance(value, tuple) else value
+
+
+async def _apply_limits(
+    session: AsyncSession,
+    row: GuildLimits | None,
+    guild_id: int,
+    user_id: int,
+    changes: dict[str, Any],
+    now: datetime,
+) -> ServerLimits:
+    if row is None:
+        row = GuildLimits(guild_id=guild_id)
+        session.add(row)
+        await session.flush()  # the audit rows reference it
+    for name, new in changes.items():
+        old = getattr(row, name)
+        new = _json_value(name, new)
+        if old == new:
+            continue
+        setattr(row, name, new)
+        session.add(
+            LimitsChange(guild_id=guild_id, user_id=user_id, field=name, old_value=old, new_value=new, changed_at=now)
+        )
+        row.updated_at = now
+        row.updated_by = user_id
+    return _server_limits(row)

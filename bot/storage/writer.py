@@ -1,0 +1,134 @@
+"""The SQLite connection and its one writer task: what the ledger and the limit storage write through.
+
+Every write goes through one asyncio queue consumed by a single task, so SQLite never sees two
+writers at once (no "database is locked", however many interactions arrive together). Reads open
+their own sessions and wait (busy_timeout) for the moment a write commits.
+
+The journal is a rollback journal (TRUNCATE), not WAL, and nothing is memory-mapped: WAL keeps its
+index in a memory-mapped `-shm` file, and when the disk under it goes read-only (remounted after
+I/O errors) or fills, touching that mapping kills the whole process with SIGBUS: no job is answered
+and nothing can be logged. Without a mapping, the same fault is an ordinary error from the write
+that met it (the job driver retries its final write; see `JobService`). WAL's gain, reads running
+during a commit, is worth little here: one writer, a handful of small reads per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from bot.config import Settings
+from bot.errors import UserFacingError
+from bot.storage.migrate import check_revision, sqlite_url, upgrade_database
+from bot.storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WallClock = Callable[[], datetime]
+
+BUSY_TIMEOUT_MS = 10_000
+JOURNAL_MODE = "truncate"
+
+
+@dataclass
+class _Write:
+    operation: Callable[[AsyncSession], Awaitable[Any]]
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class RefusedWrite(Exception):
+    """Raised on purpose by a write (an unknown row, say): the caller's to handle, not logged as a failure."""
+
+
+class DatabaseWriter:
+    """A SQLite file: call `start()` (migrates, starts the writer), then `write` and `sessions`."""
+
+    def __init__(self, path: Path | str, settings: Settings | None = None, *, clock: WallClock = utcnow) -> None:
+        self.path = Path(path).expanduser()
+        self.settings = settings if settings is not None else Settings()
+        self.clock = clock
+        self.engine: AsyncEngine = create_async_engine(sqlite_url(self.path, driver="aiosqlite"))
+        event.listen(self.engine.sync_engine, "connect", _configure_connection)
+        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self, *, upgrade: bool = True) -> None:
+        """Apply migrations (unless told not to) and start the writer task."""
+        if self._writer is not None:
+            raise RuntimeError("Database already started")
+        if upgrade:
+            await asyncio.to_thread(upgrade_database, self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(check_revision, self.path)
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name="stepgrid-db-writer")
+
+    async def close(self) -> None:
+        """Finish the writes already queued, stop the writer, close every connection."""
+        if self._writer is not None:
+            self._closing = True
+            await self._writes.put(None)
+            await self._writer
+            self._writer = None
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- the writer ---------------------------------------------------------------------------
+
+    async def write(self, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `operation` in its own transaction on the writer task; returns its result or raises its error."""
+        if self._writer is None or self._writer.done() or self._closing:
+            raise RuntimeError("the database is not running (call start() first)")
+        item = _Write(operation)
+        await self._writes.put(item)
+        # Shielded: a caller cancelled mid-write must not leave the writer's result unread, and the
+        # write itself still happens (a job accepted is a job recorded).
+        result: T = await asyncio.shield(item.done)
+        return result
+
+    async def _write_loop(self) -> None:
+        while (item := await self._writes.get()) is not None:
+            try:
+                async with self.sessions() as session, session.begin():
+                    result = await item.operation(session)
+            except Exception as error:
+                if not item.done.cancelled():
+                    item.done.set_exception(error)
+                # Errors raised on purpose (bad input, unknown job) are the caller's to handle.
+                if not isinstance(error, UserFacingError | RefusedWrite):
+                    log.exception("database write failed")
+            else:
+                if not item.done.cancelled():
+                    item.done.set_result(result)
+
+
+def _configure_connection(dbapi_connection: Any, connection_record: Any) -> None:
+    """Pragmas for every new connection: a rollback journal and no memory mapping (no SIGBUS; see the
+    module's docstring), wait instead of failing when busy, enforce foreign keys."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")  # also turns a WAL database of older versions back
+        cursor.execute("PRAGMA mmap_size=0")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")  # with a rollback journal, what makes a commit survive power loss
+    finally:
+        cursor.close()

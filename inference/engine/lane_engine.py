@@ -1,0 +1,614 @@
+"""The batched lane engine, family-agnostic: it groups lanes by (model, height, width) and steps each.
+
+Every denoising run is a *lane* (its own scheduler instance, latents and seeded generator). Each
+engine iteration stacks the active lanes of one group into ONE denoiser call with per-sample
+timesteps (the model's family adapter builds that call), then steps each lane with its own
+scheduler. Lanes join and leave between iterations; models and sizes take turns.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache, partial
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inference.engine.batch_steps import BatchKind, Coefficients, coefficient_rows, plan_for
+from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
+from inference.families import Conditioning
+from inference.imaging import encode_png, latent_preview_png
+from inference.loading import LoadedModel
+from inference.parameters import image_infotext
+from inference.protocol import (
+    INTERNAL_ERROR_MESSAGE,
+    OUT_OF_MEMORY_MESSAGE,
+    GeneratedImage,
+    GenerateRequest,
+    JobEvent,
+    JobFailed,
+    JobProgress,
+    JobResult,
+    ProgressBatch,
+    Request,
+)
+from inference.recent import Recent
+from inference.schedulers import Scheduler, seed_dependent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PREVIEW_INTERVAL_S = 1.5
+# Batch sizes (in lanes) a compiled denoiser is specialised for; a batch is padded up to the next one.
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
+# Admission runs on the engine thread between two iterations, so every running lane waits for it. It
+# reuses what earlier jobs built: schedulers with their timesteps set (DPM2's `set_timesteps` alone
+# takes 10–15 ms for 30 steps on a CPU), each lane getting its own copy, and text conditionings
+# (read-only once built; a re-roll or a film of the same prompt skips the text encoders). How many of
+# each are kept, the least recently used dropped first:
+SCHEDULERS_KEPT = 64
+CONDITIONINGS_KEPT = 16
+
+
+@cache
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+class UnknownModel(LookupError):
+    """A request names a model this engine has not loaded."""
+
+
+@dataclass(eq=False)
+class Lane:
+    job: EngineJob
+    index: int
+    steps: int
+    seed: int
+    scheduler: Scheduler
+    timesteps: list[torch.Tensor]
+    latents: torch.Tensor
+    generator: torch.Generator
+    step_kwargs: dict[str, Any]
+    kind: BatchKind | None = None  # batched scheduler arithmetic for this lane's kind (None: per-lane step)
+    table: Coefficients = ()  # the kind's coefficients per step index
+    position: int = 0
+    # What this lane cost: its share of every batched call it took part in (CPU seconds, or CUDA
+    # events read once its image is done).
+    cpu_seconds: float = 0.0
+    gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)
+    film: FilmCapture | None = None  # a film lane keeps every step's predicted clean image
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.timesteps)
+
+    @property
+    def remaining(self) -> int:
+        """UNet calls left."""
+        return len(self.timesteps) - self.position
+
+    @property
+    def progress_steps(self) -> int:
+        """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
+        return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
+
+    @property
+    def rows(self) -> int:
+        """Rows this lane adds to a denoiser call: two with classifier-free guidance, else one."""
+        return 1 if self.job.conditioning.uncond is None else 2
+
+    @property
+    def seconds(self) -> float:
+        """Its share of the batched device time so far; reading CUDA events waits for them."""
+        total = self.cpu_seconds
+        for start, end, share in self.gpu_spans:
+            end.synchronize()
+            total += start.elapsed_time(end) / 1000 * share
+        return total
+
+
+@dataclass(eq=False)
+class EngineJob:
+    job_id: str
+    request: Request
+    model: LoadedModel
+    conditioning: Conditioning
+    order: int
+    all_lanes: list[Lane] = field(default_factory=list)
+    lanes: list[Lane] = field(default_factory=list)  # still denoising
+    images: dict[int, GeneratedImage] = field(default_factory=dict)
+    pending_encodes: int = 0
+    last_preview_at: float = 0.0
+    preview_png: bytes | None = None  # encoded off the denoising thread, sent with the next progress
+    previewing: bool = False
+    progress_sent: bool = False  # its first progress event has gone out
+    answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
+
+    @property
+    def group(self) -> tuple[str, int, int]:
+        """Lanes batch only with lanes of the same model and size."""
+        return (self.model.name, self.request.height, self.request.width)
+
+    @property
+    def steps_done(self) -> int:
+        return sum(lane.progress_steps for lane in self.all_lanes)
+
+    @property
+    def steps_total(self) -> int:
+        return sum(lane.steps for lane in self.all_lanes)
+
+    def due_lanes(self) -> list[Lane]:
+        """Lanes that should run now, longest first. A lane starts once the job's longest started lane
+        has as many UNet calls left as it needs, so all of a job's cells finish together."""
+        started = [lane for lane in self.lanes if lane.position > 0]
+        clock = max(lane.remaining for lane in started or self.lanes)
+        due = [lane for lane in self.lanes if lane.position > 0 or lane.remaining >= clock]
+        return sorted(due, key=lambda lane: -lane.remaining)
+
+    @property
+    def gpu_seconds(self) -> float:
+        """Device time of this job's lanes' shares of each batch; reading CUDA events waits for them."""
+        return sum(lane.seconds for lane in self.all_lanes)
+
+
+class BatchError(RuntimeError):
+    """An engine iteration failed; its jobs were answered with a failure and removed."""
+
+    def __init__(self, job_ids: list[str], *, out_of_memory: bool) -> None:
+        super().__init__(f"{'out of memory' if out_of_memory else 'error'} in a batch of jobs {job_ids}")
+        self.job_ids = job_ids
+        self.out_of_memory = out_of_memory
+
+
+Emit = Callable[[JobEvent | ProgressBatch], None]
+
+
+class LaneEngine:
+    """Continuous batching of denoising lanes over one or more loaded pipelines (the first is the
+    default model); different models and sizes take turns.
+
+    Every job gets exactly one answer through `emit`: its JobResult, or a JobFailed when it is
+    cancelled or its batch or image encoding fails.
+    """
+
+    def __init__(
+        self,
+        models: LoadedModel | Sequence[LoadedModel],
+        emit: Emit,
+        *,
+        max_batch_lanes: int = 8,
+        encoder: ThreadPoolExecutor | None = None,
+        previews: bool = True,
+        batched_steps: bool = True,
+    ) -> None:
+        loaded = [models] if isinstance(models, LoadedModel) else list(models)
+        if not loaded:
+            raise ValueError("an engine needs at least one model")
+        self.models: dict[str, LoadedModel] = {model.name: model for model in loaded}
+        self.model = loaded[0]  # the default model
+        self.emit = emit
+        self.max_batch_lanes = max_batch_lanes
+        self.previews = previews
+        self.batched_steps = batched_steps  # False: every lane through its scheduler's own step (tests)
+        self.batch_buckets = tuple(sorted({*(b for b in BATCH_BUCKETS if b < max_batch_lanes), max_batch_lanes}))
+        self._compiled_unet: Any = None
+        self._compiled_group: tuple[str, int, int] | None = None
+        self._encoder = encoder or ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
+        self._owns_encoder = encoder is None
+        self._jobs: dict[str, EngineJob] = {}  # jobs with lanes still denoising
+        self._encoding: dict[str, EngineJob] = {}  # jobs whose images are being encoded
+        self._order = itertools.count()
+        self._group_turn = 0
+        self._encodes: set[Future[None]] = set()
+        self._lock = threading.Lock()  # guards job bookkeeping shared with the encoder threads
+        self._cuda = self.model.device.type == "cuda"
+        self._schedulers: Recent[Scheduler] = Recent(SCHEDULERS_KEPT)
+        self._conditionings: Recent[Conditioning] = Recent(CONDITIONINGS_KEPT)
+
+    # -- admission ---------------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """No lane is denoising (images may still be encoding)."""
+        return not self._jobs
+
+    @torch.no_grad()
+    def add_job(self, job_id: str, request: Request) -> None:
+        """Turn a validated request into lanes; they start at the next iteration."""
+        model = self.model_for(request.model)
+        text = (request.prompt, request.negative_prompt, request.guidance, request.height, request.width)
+        conditioning = self._conditionings.get((model.name, *text), lambda: model.family.encode(*text))
+        job = EngineJob(job_id, request, model, conditioning, next(self._order))
+        lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
+        job.all_lanes = [self._make_lane(job, i, *lane) for i, lane in enumerate(lanes)]
+        job.lanes = list(job.all_lanes)
+        self._jobs[job_id] = job
+
+    def model_for(self, name: str) -> LoadedModel:
+        """The loaded model of that name ("" = the default one)."""
+        if not name:
+            return self.model
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModel(f"Unknown model {name!r}; this worker runs: {', '.join(self.models)}.") from None
+
+    def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int, scheduler_name: str) -> Lane:
+        request, family = job.request, job.model.family
+        size = (request.height, request.width)
+        if seed_dependent(scheduler_name):  # one per seed: nothing to reuse
+            scheduler = family.new_scheduler(scheduler_name, steps, seed, *size)
+        else:
+            key = (job.model.name, scheduler_name, steps, *size)
+            ready = self._schedulers.get(key, lambda: family.new_scheduler(scheduler_name, steps, seed, *size))
+            scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
+        generator = torch.Generator("cpu").manual_seed(seed)
+        latents = family.initial_latents(scheduler, request.height, request.width, generator)
+        step_kwargs: dict[str, Any] = {}
+        if _accepts(type(scheduler).step, "generator"):
+            step_kwargs["generator"] = generator
+        filmed = isinstance(request, GenerateRequest) and request.film
+        # A film lane steps through its scheduler's own `step`, whose output carries x0.
+        plan = plan_for(scheduler) if self.batched_steps and not filmed else None
+        return Lane(
+            job=job,
+            index=index,
+            steps=steps,
+            seed=seed,
+            scheduler=scheduler,
+            timesteps=list(scheduler.timesteps),
+            latents=latents,
+            generator=generator,
+            step_kwargs=step_kwargs,
+            kind=plan[0] if plan else None,
+            table=plan[1] if plan else (),
+            film=FilmCapture() if filmed else None,
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job, even one whose images are being encoded; it is answered as cancelled."""
+        job = self._jobs.pop(job_id, None) or self._encoding.get(job_id)
+        if job is None or not self._claim_answer(job):
+            return False
+        self.emit(JobFailed(job_id, "Cancelled.", cancelled=True, gpu_seconds=job.gpu_seconds,
+                            steps_run=job.steps_done))  # fmt: skip
+        return True
+
+    def _claim_answer(self, job: EngineJob) -> bool:
+        """True for the one caller allowed to answer this job (results race cancels and failures)."""
+        with self._lock:
+            if job.answered:
+                return False
+            job.answered = True
+            self._encoding.pop(job.job_id, None)
+            return True
+
+    def _fail(self, job: EngineJob, message: str, *, retryable: bool = False) -> None:
+        self._jobs.pop(job.job_id, None)
+        if self._claim_answer(job):
+            self.emit(JobFailed(job.job_id, message, retryable=retryable, gpu_seconds=job.gpu_seconds,
+                                steps_run=job.steps_done))  # fmt: skip
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[Lane]:
+        """The due lanes of one (model, size) group (groups take turns), oldest job first, up to the cap."""
+        groups: dict[tuple[str, int, int], list[EngineJob]] = {}
+        for job in sorted(self._jobs.values(), key=lambda j: j.order):
+            groups.setdefault(job.group, []).append(job)
+        if not groups:
+            return []
+        keys = sorted(groups)
+        key = keys[self._group_turn % len(keys)]
+        self._group_turn += 1
+        return [lane for job in groups[key] for lane in job.due_lanes()][: self.max_batch_lanes]
+
+    def step(self) -> int:
+        """Run one UNet call over a batch of lanes and advance them; returns the lanes run."""
+        lanes = self._next_batch()
+        if not lanes:
+            return 0
+        jobs = list({lane.job: None for lane in lanes})
+        try:
+            self._timed(lanes, self._denoise)
+            self._report_progress(lanes, jobs)
+            finished = [lane for lane in lanes if lane.done]
+            if finished:
+                self._finish(finished)
+        except Exception as exc:
+            out_of_memory = isinstance(exc, torch.cuda.OutOfMemoryError)
+            if out_of_memory:
+                torch.cuda.empty_cache()
+            for job in jobs:
+                if out_of_memory:
+                    self._fail(job, OUT_OF_MEMORY_MESSAGE, retryable=True)
+                else:
+                    self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
+            raise BatchError([job.job_id for job in jobs], out_of_memory=out_of_memory) from exc
+        return len(lanes)
+
+    def _timed(self, lanes: list[Lane], work: Callable[[list[Lane]], T]) -> T:
+        """Run `work` on a batch of lanes and charge each lane its share of the time, by the rows it
+        adds to the batch (CUDA events: no host sync). A job's time is the sum of its lanes'."""
+        rows = sum(lane.rows for lane in lanes)
+        if self._cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = work(lanes)
+            end.record()
+            for lane in lanes:
+                lane.gpu_spans.append((start, end, lane.rows / rows))
+            return out
+        started = time.perf_counter()
+        out = work(lanes)
+        elapsed = time.perf_counter() - started
+        for lane in lanes:
+            lane.cpu_seconds += elapsed * lane.rows / rows
+        return out
+
+    @torch.no_grad()
+    def _denoise(self, lanes: list[Lane]) -> None:
+        """One denoiser call over the batch. Lanes of a scheduler kind with a batched form are scaled
+        and stepped as tensor ops over their rows; the rest step one by one through `step`."""
+        family = lanes[0].job.model.family
+        timesteps = [lane.timesteps[lane.position] for lane in lanes]
+        groups: dict[BatchKind | None, list[int]] = {}
+        for i, lane in enumerate(lanes):
+            groups.setdefault(lane.kind, []).append(i)
+        model_inputs: list[torch.Tensor] = [lanes[0].latents] * len(lanes)
+        batched: list[tuple[BatchKind, list[int], list[Lane], torch.Tensor, torch.Tensor]] = []
+        for kind, rows in groups.items():
+            if kind is None:
+                for i in rows:
+                    model_inputs[i] = family.model_input(lanes[i].scheduler, lanes[i].latents, timesteps[i])
+                continue
+            group = [lanes[i] for i in rows]
+            latents = group[0].latents if len(group) == 1 else torch.cat([lane.latents for lane in group])
+            coefs = coefficient_rows([lane.table[lane.position] for lane in group], latents)
+            for i, row in zip(rows, kind.model_input(latents, coefs).split(1), strict=True):
+                model_inputs[i] = row
+            batched.append((kind, rows, group, latents, coefs))
+        denoiser, padded_rows = self._denoiser_for(lanes)
+        conditionings = [lane.job.conditioning for lane in lanes]
+        predictions = family.predict(denoiser, model_inputs, timesteps, conditionings, padded_rows)
+        for kind, rows, group, latents, coefs in batched:
+            # Row slices, not a list index: indexing with a list would copy an index tensor to the device.
+            prediction = predictions if len(rows) == len(lanes) else torch.cat([predictions[i : i + 1] for i in rows])
+            stepped = kind.step(
+                [lane.scheduler for lane in group], [lane.generator for lane in group], prediction, latents, coefs
+            )
+            for lane, row in zip(group, stepped.split(1), strict=True):
+                lane.latents = row
+        filmed: list[tuple[Lane, torch.Tensor, str]] = []
+        for i in groups.get(None, ()):
+            lane = lanes[i]
+            if lane.film is not None:
+                x0, source = self._step_filmed(lane, model_inputs[i], predictions[i : i + 1], timesteps[i])
+                filmed.append((lane, x0, source))
+                continue
+            lane.latents = lane.scheduler.step(
+                predictions[i : i + 1], timesteps[i], lane.latents, return_dict=False, **lane.step_kwargs
+            )[0]
+        for lane in lanes:
+            lane.position += 1
+        for lane, x0, source in filmed:
+            self._capture_frame(lane, x0, source)
+
+    # -- the Steps film: x0 of every step, for film lanes only ------------------------------------
+
+    @staticmethod
+    def _step_filmed(
+        lane: Lane, model_input: torch.Tensor, prediction: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, str]:
+        """Step a film lane through its scheduler's own `step`; returns this step's x0 and its source."""
+        output = lane.scheduler.step(prediction, t, lane.latents, return_dict=True, **lane.step_kwargs)
+        lane.latents = output.prev_sample
+        return predicted_clean(lane.scheduler, model_input, prediction, t, output)
+
+    def _capture_frame(self, lane: Lane, x0: torch.Tensor, source: str) -> None:
+        """Keep x0 under the step it belongs to; decode final ones a batch at a time."""
+        film = lane.film
+        assert film is not None
+        film.record(lane.progress_steps, x0, source)
+        ready = film.ready(lane.progress_steps, lane.done)
+        if len(ready) < FILM_DECODE_BATCH and not (lane.done and ready):
+            return
+        job, request = lane.job, lane.job.request
+        # Charged to the lane like its denoising: CUDA events on a GPU (no double count of the batch
+        # still running when the decode is queued), wall time on a CPU.
+        started = time.perf_counter()
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if self._cuda else None
+        if events:
+            events[0].record()
+        for first in range(0, len(ready), FILM_DECODE_BATCH):
+            steps = ready[first : first + FILM_DECODE_BATCH]
+            latents = torch.cat([film.pending.pop(step) for step in steps])
+            for step, pixels in zip(steps, self.decode(latents, job.model, request.height, request.width), strict=True):
+                film.frames[step] = to_frame(pixels)
+        if events:
+            events[1].record()
+            lane.gpu_spans.append((events[0], events[1], 1.0))
+        else:
+            lane.cpu_seconds += time.perf_counter() - started
+
+    def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
+        """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
+        job = lanes[0].job
+        compiled = self._compiled_unet is not None and job.group == self._compiled_group
+        if compiled and job.model.family.supports_padding([lane.job.conditioning for lane in lanes]):
+            for bucket in self.batch_buckets:
+                if bucket >= len(lanes):
+                    return self._compiled_unet, bucket
+        return job.model.family.denoiser, len(lanes)
+
+    def compile_unet(
+        self,
+        height: int = 512,
+        width: int = 512,
+        compiler: Callable[[Any], Any] = CUDA_GRAPH_COMPILER,
+    ) -> float:
+        """torch.compile the default model's denoiser with CUDA graphs for one image size and a few
+        static batch sizes.
+
+        Every bucket is compiled now, during warm-up, so no user waits for a compile; batches are
+        padded up to their bucket. Other sizes and models run eagerly. Returns the seconds it took.
+        """
+        started = time.perf_counter()
+        torch._dynamo.config.automatic_dynamic_shapes = False  # a dynamic UNet compile takes "forever"
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(self.batch_buckets))
+        model = self.model
+        family = model.family
+        self._compiled_unet = compiler(family.denoiser)
+        self._compiled_group = (model.name, height, width)
+        conditioning = family.encode("", "", 7.5, height, width)
+        scheduler = family.new_scheduler("Euler", 2, 0, height, width)
+        generator = torch.Generator("cpu").manual_seed(0)
+        with torch.no_grad():
+            for bucket in self.batch_buckets:
+                latents = [family.initial_latents(scheduler, height, width, generator) for _ in range(bucket)]
+                timesteps = [scheduler.timesteps[0]] * bucket
+                for _ in range(3):  # compile, record the CUDA graph, replay it
+                    family.predict(self._compiled_unet, latents, timesteps, [conditioning] * bucket, bucket)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+        return time.perf_counter() - started
+
+    def _report_progress(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
+        """One progress event per job per iteration, with the steps of every lane it advanced, and
+        one message for all of them when several jobs advanced. Previews are made on an encoder
+        thread: a job's first progress event waits for its first preview and is sent from there
+        (so the user's first progress shows one, as before); later ones ride on the next event."""
+        now = time.perf_counter()
+        advanced: dict[EngineJob, list[tuple[int, int]]] = {job: [] for job in jobs}
+        for lane in lanes:
+            advanced[lane.job].append((lane.index, lane.progress_steps))
+        events = []
+        for job, lane_steps in advanced.items():
+            preview = job.preview_png  # taken before a new preview is asked for, so none is overwritten
+            if preview is not None:
+                job.preview_png = None
+            if self.previews and not job.previewing and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
+                job.last_preview_at = now
+                job.previewing = True
+                latents = max(job.lanes, key=lambda lane: lane.position).latents
+                future = self._encoder.submit(self._make_preview, job, latents, lane_steps)
+                self._encodes.add(future)
+                future.add_done_callback(self._encodes.discard)
+            if job.previewing and not job.progress_sent:
+                continue  # its first event goes out with its first preview
+            job.progress_sent = True
+            events.append(self._progress_event(job, lane_steps, preview))
+        if events:
+            self.emit(events[0] if len(events) == 1 else ProgressBatch(tuple(events)))
+
+    @staticmethod
+    def _progress_event(job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None) -> JobProgress:
+        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
+        return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
+                           lane_steps=tuple(lane_steps))  # fmt: skip
+
+    def _make_preview(self, job: EngineJob, latents: torch.Tensor, lane_steps: list[tuple[int, int]]) -> None:
+        """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
+        png = None
+        try:
+            request = job.request
+            png = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
+        except Exception:
+            log.exception("could not make a preview of job %s", job.job_id, extra={"job_id": job.job_id})
+        if not job.progress_sent:
+            job.progress_sent = True
+            self.emit(self._progress_event(job, lane_steps, png))
+        else:
+            job.preview_png = png
+        job.previewing = False
+
+    @torch.no_grad()
+    def _finish(self, lanes: list[Lane]) -> None:
+        job = lanes[0].job  # one batch: one model and size
+        height, width = job.request.height, job.request.width
+        images = self._timed(
+            lanes, lambda done: self.decode(torch.cat([lane.latents for lane in done]), job.model, height, width)
+        )
+        for lane, pixels in zip(lanes, images, strict=True):
+            job = lane.job
+            with self._lock:
+                job.lanes.remove(lane)
+                job.pending_encodes += 1
+                if not job.lanes:
+                    self._jobs.pop(job.job_id, None)
+                    if not job.answered:
+                        self._encoding[job.job_id] = job
+            future = self._encoder.submit(self._encode, job, lane, pixels)
+            self._encodes.add(future)
+            future.add_done_callback(self._encodes.discard)
+
+    def decode(self, latents: torch.Tensor, model: LoadedModel, height: int, width: int) -> np.ndarray:
+        """VAE-decode a batch of latents of one model and size to uint8 HxWx3 arrays."""
+        return model.family.decode(latents, height, width)
+
+    def _encode(self, job: EngineJob, lane: Lane, pixels: np.ndarray) -> None:
+        """Encoder thread: PNG-encode one image (with its A1111 parameters) and its film's frames;
+        the last image of a job emits its result."""
+        request = job.request
+        film = lane.film
+        parameters = image_infotext(
+            request,
+            seed=lane.seed,
+            steps=lane.steps,
+            model=job.model.name,
+            scheduler=request.lane_schedulers[lane.index],
+        )
+        try:
+            png = encode_png(Image.fromarray(pixels), parameters=parameters)
+            frames = tuple(encode_png(frame) for _, frame in sorted(film.frames.items())) if film else ()
+            seconds = lane.seconds  # here, off the denoising thread: reading CUDA events waits for them
+        except Exception:
+            log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
+            self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
+            return
+        image = GeneratedImage(png, lane.seed, lane.steps, request.width, request.height, seconds, frames=frames,
+                               frames_source=film.source if film else "")  # fmt: skip
+        with self._lock:
+            job.images[lane.index] = image
+            job.pending_encodes -= 1
+            if job.pending_encodes or job.lanes:
+                return
+        if not self._claim_answer(job):
+            return  # cancelled or failed meanwhile
+        self.emit(
+            JobResult(
+                job.job_id,
+                images=tuple(image for _, image in sorted(job.images.items())),
+                gpu_seconds=job.gpu_seconds,
+                prompt_truncated=job.conditioning.truncated,
+                is_test_model=job.model.is_test_model,
+                model=job.model.name,
+            )
+        )
+
+    def run_until_idle(self) -> None:
+        """Step until every lane is done and every image is encoded (benchmarks and tests)."""
+        while not self.idle:
+            self.step()
+        self.wait_encodes()
+
+    def wait_encodes(self) -> None:
+        for future in list(self._encodes):
+            future.result()
+
+    def close(self) -> None:
+        if self._owns_encoder:
+            self._encoder.shutdown(wait=True)

@@ -1,0 +1,59 @@
+"""`/usage` and `/usage-server`: how the figures read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bot.chat.cogs.usage import member_usage_embed, server_usage_embed
+from bot.ops.usage_report import MemberUsage
+from bot.storage.ledger import ModelTotal, SchedulerTotal, ServerUsage, UserTotal
+
+NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
+
+
+def test_a_members_usage_shows_what_is_left_of_the_quota() -> None:
+    usage = MemberUsage(
+        jobs=3, images=5, steps=1_234, gpu_seconds=12.25, steps_today=4_900, daily_quota=5_000, resets_at=NOON
+    )
+    fields = {field.name: field.value for field in member_usage_embed(usage, now_resets_in="3 h").fields}
+    assert (fields["Images"], fields["Steps run"], fields["GPU time"]) == ("5", "1,234", "12.2 s")
+    assert "4,900 of 5,000 steps used; **100 left**" in fields["Today's quota"]
+    assert "(in 3 h, 12:00 UTC)" in fields["Today's quota"]
+
+
+def test_a_servers_usage_ranks_members_and_schedulers() -> None:
+    usage = ServerUsage(
+        since=None,
+        until=NOON,
+        jobs=4,
+        images=6,
+        steps=300,
+        gpu_seconds=3.0,
+        members=2,
+        failed=1,
+        cancelled=0,
+        top_users=(UserTotal(22, 3, 5, 200, 2.0), UserTotal(11, 1, 1, 100, 1.0)),
+        top_schedulers=(SchedulerTotal("Euler a", 4, 300),),
+    )
+    embed = server_usage_embed(usage, "7 days")
+    fields = {field.name: field.value for field in embed.fields}
+    assert embed.title == "Server usage: 7 days"
+    assert fields["Jobs"] == "4 (1 failed, 0 cancelled)"
+    assert fields["Top members"].splitlines() == [
+        "1. <@22>: 200 steps, 5 images, 2.0 s",
+        "2. <@11>: 100 steps, 1 images, 1.0 s",
+    ]
+    assert fields["Top schedulers"] == "1. Euler a: 4 jobs, 300 steps"
+
+
+def test_a_servers_usage_lists_its_models_old_jobs_as_before_models() -> None:
+    usage = ServerUsage(
+        since=None, until=NOON, jobs=3, images=3, steps=38, gpu_seconds=4.5, members=1, failed=0, cancelled=0,
+        top_users=(), top_schedulers=(),
+        top_models=(ModelTotal("", 1, 30, 3.0), ModelTotal("sdxl-turbo", 2, 8, 1.5)),
+    )  # fmt: skip
+    fields = {field.name: field.value for field in server_usage_embed(usage, "all time").fields}
+    assert fields["Models"].splitlines() == [
+        "1. — (before models were recorded): 1 jobs, 30 steps, 3.0 s",
+        "2. sdxl-turbo: 2 jobs, 8 steps, 1.5 s",
+    ]

@@ -1,0 +1,63 @@
+"""Where a server's limits come from, and the check against the member's jobs and steps in the ledger."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import Settings
+from bot.errors import DuplicateRequest
+from bot.jobs.policy import DatabasePolicy, SettingsPolicy
+from bot.limits.server import LimitExceeded
+from bot.storage.database import Database
+from inference.protocol import GeneratedImage, GenerateRequest, JobResult
+
+GUILD, ALICE = 1000, 11
+SETTINGS = Settings(_env_file=None, default_steps=40, max_concurrent_jobs_per_user=1)  # type: ignore[call-arg]
+
+
+async def test_without_a_database_the_operators_limits_apply_everywhere() -> None:
+    policy = SettingsPolicy(SETTINGS)
+    limits = await policy.limits(GUILD)
+    assert limits == await policy.limits(None)
+    assert (limits.default_steps, limits.max_steps) == (40, SETTINGS.max_steps)
+    # No ledger to count with: a member's jobs and steps never refuse a request.
+    await policy.check(GenerateRequest("fox"), limits, guild_id=GUILD, user_id=ALICE)
+
+
+async def test_a_servers_own_limits_apply_in_that_server_only(db: Database) -> None:
+    await db.server_limits.set_limits(GUILD, ALICE, default_steps=12)
+    policy = DatabasePolicy(db, SETTINGS)
+    assert (await policy.limits(GUILD)).request_defaults().steps == 12
+    assert (await policy.limits(GUILD + 1)).request_defaults().steps == 40
+    assert (await policy.limits(None)).request_defaults().steps == 40
+
+
+async def test_the_check_counts_the_members_jobs_in_the_ledger(db: Database) -> None:
+    policy = DatabasePolicy(db, SETTINGS)
+    limits = await policy.limits(GUILD)
+    await policy.check(GenerateRequest("fox"), limits, guild_id=GUILD, user_id=ALICE)
+    await db.ledger.record_job(GenerateRequest("fox"), user_id=ALICE, channel_id=5, guild_id=GUILD)
+    with pytest.raises(LimitExceeded) as caught:
+        await policy.check(GenerateRequest("wolf"), limits, guild_id=GUILD, user_id=ALICE)
+    assert caught.value.limit == "max_concurrent_jobs_per_user"
+    await policy.check(GenerateRequest("wolf"), limits, guild_id=GUILD + 1, user_id=ALICE)
+
+
+async def test_a_request_equal_to_one_the_member_has_queued_is_refused_as_a_duplicate(db: Database) -> None:
+    policy = DatabasePolicy(db, Settings(_env_file=None))  # type: ignore[call-arg]
+    limits = await policy.limits(GUILD)
+    await db.ledger.record_job(GenerateRequest("fox", seed=7), user_id=ALICE, channel_id=5, guild_id=GUILD)
+    with pytest.raises(DuplicateRequest, match="already have this exact job queued or running"):
+        await policy.check(GenerateRequest("fox", seed=7), limits, guild_id=GUILD, user_id=ALICE)
+    await policy.check(GenerateRequest("fox", seed=8), limits, guild_id=GUILD, user_id=ALICE)  # a reroll
+    await policy.check(GenerateRequest("fox", seed=7), limits, guild_id=GUILD, user_id=ALICE + 1)  # someone else
+
+
+async def test_a_request_equal_to_one_whose_result_is_being_delivered_is_no_duplicate(db: Database) -> None:
+    policy = DatabasePolicy(db, Settings(_env_file=None))  # type: ignore[call-arg]
+    job = await db.ledger.record_job(GenerateRequest("fox", seed=7), user_id=ALICE, channel_id=5, guild_id=GUILD)
+    await db.ledger.mark_running(job.id)
+    image = GeneratedImage(b"png", seed=7, steps=30, width=512, height=512, seconds=1.0)
+    assert await db.ledger.mark_delivering(job.id, JobResult(job.id, (image,), gpu_seconds=1.0))
+    # The member may already see that result and ask for the same image again on purpose.
+    await policy.check(GenerateRequest("fox", seed=7), await policy.limits(GUILD), guild_id=GUILD, user_id=ALICE)

@@ -1,0 +1,307 @@
+"""The job ledger: each job's row from queued to finished, crash leftovers, quota figures."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.storage.database import Database
+from bot.storage.ledger import LedgerJobMissing
+from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
+from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, plain_settings, record
+from tests.bot.fakes import FakeWallClock as FakeClock
+
+# --- the job ledger ------------------------------------------------------------------------------
+
+
+async def test_a_recorded_job_rebuilds_its_exact_request(db: Database) -> None:
+    imagine = GenerateRequest(
+        prompt="a red fox, snow",
+        steps=25,
+        scheduler="DPM++ 2M Karras",
+        seed=4_000_000_000,
+        guidance=6.5,
+        width=768,
+        height=512,
+        negative_prompt="blurry",
+        count=3,
+    )
+    compare = CompareStepsRequest(prompt="a fox", steps=(4, 8, 16), scheduler="Heun", seed=7, guidance=0.0)
+
+    for request in (imagine, compare):
+        job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=None)
+        stored = await db.ledger.get_job(job.id)
+        assert stored is not None
+        assert stored.to_request() == request
+        assert stored.status == "queued"
+        assert stored.guild_id is None
+
+
+async def test_a_job_row_holds_what_a_restarted_bot_needs_to_answer(db: Database, clock: FakeClock) -> None:
+    job = await record(db, count=2, steps=20)
+    await db.ledger.set_message(job.id, message_id=777, channel_id=CHANNEL)
+
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert (stored.application_id, stored.interaction_token) == (42, "token-abc")
+    assert (stored.message_id, stored.message_channel_id) == (777, CHANNEL)
+    assert stored.created_at == clock.now
+    assert (stored.command, stored.scheduler, stored.images, stored.steps_requested) == ("imagine", "Euler a", 2, 40)
+
+
+async def test_a_finished_job_is_one_row_with_its_figures(db: Database, clock: FakeClock) -> None:
+    job = await record(db)
+    clock.advance(seconds=3)
+    assert await db.ledger.mark_running(job.id)
+    clock.advance(seconds=2)
+    assert await db.ledger.mark_done(job.id, gpu_seconds=1.25, queue_seconds=3.0, steps_run=30)
+
+    rows = await all_jobs(db)
+    assert len(rows) == 1
+    done = rows[0]
+    assert (done.status, done.attempts, done.gpu_seconds, done.queue_seconds, done.steps_run, done.error) == (
+        "done",
+        1,
+        1.25,
+        3.0,
+        30,
+        None,
+    )
+    assert done.started_at == datetime(2026, 3, 14, 12, 0, 3, tzinfo=UTC)
+    assert done.finished_at == datetime(2026, 3, 14, 12, 0, 5, tzinfo=UTC)
+
+
+async def test_a_failed_job_is_one_row_with_its_error_and_figures(db: Database) -> None:
+    job = await record(db)
+    await db.ledger.mark_running(job.id)
+    await db.ledger.mark_running(job.id)  # the worker crashed; the supervisor tried again
+    await db.ledger.mark_finished(
+        job.id, JobFailed(job.id, "The GPU worker crashed twice.", gpu_seconds=0.4, queue_seconds=1.0, steps_run=12)
+    )
+
+    rows = await all_jobs(db)
+    assert len(rows) == 1
+    failed = rows[0]
+    assert (failed.status, failed.error, failed.attempts, failed.steps_run, failed.gpu_seconds) == (
+        "failed",
+        "The GPU worker crashed twice.",
+        2,
+        12,
+        0.4,
+    )
+    assert failed.finished_at is not None
+
+
+async def test_a_job_cancelled_while_queued_is_one_row_that_never_ran(db: Database) -> None:
+    job = await record(db)
+    await db.ledger.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True))
+
+    rows = await all_jobs(db)
+    assert len(rows) == 1
+    assert (rows[0].status, rows[0].attempts, rows[0].started_at, rows[0].steps_run) == ("cancelled", 0, None, 0)
+
+
+async def test_a_job_cancelled_while_running_keeps_the_steps_it_ran(db: Database) -> None:
+    job = await record(db)
+    await db.ledger.mark_running(job.id)
+    await db.ledger.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True, steps_run=7, gpu_seconds=0.2))
+
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.steps_run, stored.gpu_seconds) == ("cancelled", 7, 0.2)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        JobResult("id", images=(), gpu_seconds=1.0),
+        JobFailed("id", "The worker crashed."),
+        JobFailed("id", "Cancelled.", cancelled=True),
+    ],
+    ids=["done", "failed", "cancelled"],
+)
+async def test_a_finished_job_keeps_no_interaction_token(db: Database, outcome: JobResult | JobFailed) -> None:
+    job = await record(db)
+    assert job.interaction_token == "token-abc"
+    await db.ledger.mark_finished(job.id, outcome)
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None and stored.interaction_token is None
+    assert stored.application_id == 42  # not secret; kept
+
+
+async def test_a_cancelled_job_counts_the_steps_it_ran_toward_the_quota(db: Database) -> None:
+    job = await record(db, steps=150)
+    await db.ledger.mark_running(job.id)
+    cancelled = JobFailed(job.id, "Cancelled.", cancelled=True, gpu_seconds=9.5, steps_run=149, queue_seconds=0.25)
+    await db.ledger.mark_finished(job.id, cancelled)
+
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.steps_run, stored.gpu_seconds, stored.queue_seconds) == ("cancelled", 149, 9.5, 0.25)
+    assert await db.ledger.steps_used_today(job.guild_id, job.user_id) == 149
+
+
+async def test_a_failed_job_keeps_its_error_and_figures_from_the_queue(db: Database) -> None:
+    job = await record(db)
+    await db.ledger.mark_finished(
+        job.id, JobFailed(job.id, "The GPU ran out of memory.", gpu_seconds=1.5, steps_run=12)
+    )
+
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert (stored.status, stored.error, stored.steps_run, stored.gpu_seconds) == (
+        "failed",
+        "The GPU ran out of memory.",
+        12,
+        1.5,
+    )
+
+
+async def test_the_queues_final_event_is_recorded_with_its_figures(db: Database) -> None:
+    image = GeneratedImage(png=b"", seed=1, steps=20, width=512, height=512, seconds=0.5)
+    done, failed, cancelled = (await record(db), await record(db), await record(db))
+
+    await db.ledger.mark_finished(
+        done.id, JobResult(done.id, images=(image, image), gpu_seconds=1.5, queue_seconds=2.0)
+    )
+    await db.ledger.mark_finished(failed.id, JobFailed(failed.id, "The model could not load."))
+    await db.ledger.mark_finished(cancelled.id, JobFailed(cancelled.id, "Cancelled.", cancelled=True))
+
+    rows = {job.id: job for job in await all_jobs(db)}
+    assert (rows[done.id].status, rows[done.id].steps_run, rows[done.id].gpu_seconds) == ("done", 40, 1.5)
+    assert rows[done.id].queue_seconds == 2.0
+    assert (rows[failed.id].status, rows[failed.id].error) == ("failed", "The model could not load.")
+    assert rows[cancelled.id].status == "cancelled"
+
+
+async def test_a_button_job_remembers_what_started_it(db: Database) -> None:
+    parent = await record(db)
+    child = await db.ledger.record_job(
+        GenerateRequest(prompt="a lighthouse", seed=99),
+        user_id=BOB,
+        channel_id=CHANNEL,
+        guild_id=GUILD,
+        origin="reroll",
+        parent_job_id=parent.id,
+    )
+
+    stored = await db.ledger.get_job(child.id)
+    assert stored is not None
+    assert (stored.command, stored.origin, stored.parent_job_id) == ("imagine", "reroll", parent.id)
+    assert (await db.ledger.get_job(parent.id)).origin == "imagine"  # type: ignore[union-attr]
+
+
+async def test_a_finished_job_ignores_a_late_status_change(db: Database) -> None:
+    job = await record(db)
+    await db.ledger.mark_running(job.id)
+    await db.ledger.mark_finished(job.id, JobFailed(job.id, "Cancelled.", cancelled=True))
+
+    assert not await db.ledger.mark_done(job.id, gpu_seconds=1.0, queue_seconds=0.0, steps_run=30)
+    assert not await db.ledger.mark_running(job.id)
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert stored.status == "cancelled"
+    assert stored.steps_run == 0
+
+
+async def test_an_unknown_job_is_an_error(db: Database) -> None:
+    with pytest.raises(LedgerJobMissing):
+        await db.ledger.mark_done("nope", gpu_seconds=0, queue_seconds=0, steps_run=0)
+    assert await db.ledger.get_job("nope") is None
+
+
+async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_path: Path, clock: FakeClock) -> None:
+    before = Database(db_path, plain_settings(), clock=clock)
+    await before.start()
+    queued = await record(before)
+    clock.advance(seconds=1)
+    running = await record(before, user=BOB)
+    await before.ledger.mark_running(running.id)
+    done = await record(before)
+    await before.ledger.mark_running(done.id)
+    await before.ledger.mark_done(done.id, gpu_seconds=1, queue_seconds=0, steps_run=30)
+    # The crash: no close(), the writer and connections just vanish.
+    assert before._writer is not None
+    before._writer.cancel()
+    await asyncio.gather(before._writer, return_exceptions=True)
+    await before.engine.dispose()
+
+    after = Database(db_path, plain_settings(), clock=clock)
+    await after.start()
+    unfinished = await after.ledger.unfinished_jobs()
+    assert [(job.id, job.status) for job in unfinished] == [(queued.id, "queued"), (running.id, "running")]
+    assert all(job.interaction_token == "token-abc" for job in unfinished)
+    assert unfinished[1].to_request() == GenerateRequest(prompt="a lighthouse", steps=30)
+
+    # Re-queue the one that was running: it keeps its attempt count for the 2-attempt rule.
+    await after.ledger.mark_queued(running.id)
+    requeued = await after.ledger.get_job(running.id)
+    assert requeued is not None
+    assert (requeued.status, requeued.attempts) == ("queued", 1)
+    await after.close()
+
+
+# --- quota figures -------------------------------------------------------------------------------
+
+
+async def test_steps_used_today_counts_what_ran_and_what_is_waiting(db: Database, clock: FakeClock) -> None:
+    yesterday = await record(db, steps=50)
+    await db.ledger.mark_running(yesterday.id)
+    await db.ledger.mark_done(yesterday.id, gpu_seconds=1, queue_seconds=0, steps_run=50)
+    clock.advance(hours=12)  # 00:00 UTC: a new quota day
+
+    finished = await record(db, steps=30)
+    await db.ledger.mark_running(finished.id)
+    await db.ledger.mark_done(finished.id, gpu_seconds=1, queue_seconds=0, steps_run=30)
+    cancelled = await record(db, steps=40)
+    await db.ledger.mark_running(cancelled.id)
+    await db.ledger.mark_finished(cancelled.id, JobFailed(cancelled.id, "Cancelled.", cancelled=True, steps_run=5))
+    await record(db, steps=20, count=2)  # queued: counts what it will use
+    await record(db, user=BOB, steps=25)
+    await record(db, guild=OTHER_GUILD, steps=25)
+    await record(db, guild=None, steps=10)
+
+    assert await db.ledger.steps_used_today(GUILD, ALICE) == 30 + 5 + 40
+    assert await db.ledger.steps_used_today(GUILD, BOB) == 25
+    assert await db.ledger.steps_used_today(None, ALICE) == 10
+    assert await db.ledger.steps_used_today(GUILD, ALICE, now=clock.now - timedelta(hours=1)) == 50
+
+
+async def test_active_jobs_are_the_queued_and_running_ones_with_their_requests(db: Database) -> None:
+    jobs = [await record(db, steps=20 + n) for n in range(4)]
+    await db.ledger.mark_running(jobs[0].id)
+    await db.ledger.mark_running(jobs[1].id)
+    await db.ledger.mark_done(jobs[1].id, gpu_seconds=1, queue_seconds=0, steps_run=30)
+    await db.ledger.mark_finished(jobs[2].id, JobFailed(jobs[2].id, "Cancelled.", cancelled=True))
+    await record(db, user=BOB)
+
+    asked = [GenerateRequest("a lighthouse", steps=steps) for steps in (20, 23)]
+    active = [job.to_request() for job in await db.ledger.active_jobs(GUILD, ALICE)]
+    assert sorted(active, key=lambda request: request.steps) == asked  # created together: any order
+    assert len(await db.ledger.active_jobs(GUILD, BOB)) == 1
+    assert len(await db.ledger.active_jobs(OTHER_GUILD, ALICE)) == 0
+
+
+async def test_a_delivering_job_keeps_its_figures_and_counts_as_unfinished_until_recorded(db: Database) -> None:
+    job = await record(db, steps=30)
+    await db.ledger.mark_running(job.id)
+    image = GeneratedImage(b"png", seed=1, steps=30, width=512, height=512, seconds=1.0)
+    assert await db.ledger.mark_delivering(job.id, JobResult(job.id, (image,), gpu_seconds=2.0, queue_seconds=0.5))
+    assert len(await db.ledger.active_jobs(GUILD, ALICE)) == 1  # the upload may not have happened yet
+    [unfinished] = await db.ledger.unfinished_jobs()
+    assert (unfinished.status, unfinished.steps_run, unfinished.gpu_seconds) == ("delivering", 30, 2.0)
+    assert await db.ledger.mark_delivered(job.id)  # recovery saw the result on its message
+    [done] = await all_jobs(db)
+    assert (done.status, done.steps_run, done.gpu_seconds, done.interaction_token) == ("done", 30, 2.0, None)
+    assert len(await db.ledger.active_jobs(GUILD, ALICE)) == 0
+
+
+async def test_a_job_found_delivered_without_its_figures_counts_the_steps_it_asked_for(db: Database) -> None:
+    job = await record(db, steps=30, count=2)
+    await db.ledger.mark_running(job.id)  # the write before the upload failed: no figures
+    assert await db.ledger.mark_delivered(job.id)
+    [done] = await all_jobs(db)
+    assert (done.status, done.steps_run) == ("done", 60)

@@ -1,0 +1,234 @@
+"""Alembic owns the schema: upgrades from nothing, matches the models, round-trips, refuses the future."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.orm import Session
+
+from bot.config import Settings
+from bot.storage.database import Database
+from bot.storage.migrate import (
+    DatabaseTooNew,
+    alembic_config,
+    check_revision,
+    database_revisions,
+    migrations_folder,
+    sqlite_url,
+    upgrade_database,
+)
+from bot.storage.models import Base, JobRow
+
+REPO = Path(__file__).resolve().parents[3]
+TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs"}
+
+
+def downgrade_database(path: Path | str, revision: str) -> None:
+    """`alembic downgrade REVISION` on the database at `path`."""
+    check_revision(path)
+    command.downgrade(alembic_config(sqlite_url(path)), revision)
+
+
+def head_revision() -> str | None:
+    """The newest revision this code knows."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def table_names(path: Path) -> set[str]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows} - {"alembic_version"}
+
+
+def schema_diff(path: Path) -> list[object]:
+    engine = sa.create_engine(sqlite_url(path))
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True, "render_as_batch": True})
+            return list(compare_metadata(context, Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def make_newer(path: Path, revision: str = "ffffffffffff") -> None:
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+
+
+def test_upgrade_creates_the_folder_and_every_table_from_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "stepgrid.sqlite3"
+
+    upgrade_database(path)
+
+    assert table_names(path) == TABLES
+    assert database_revisions(path) == (head_revision(),)
+
+
+def test_models_match_the_migrations(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+
+    assert schema_diff(path) == []
+
+
+def test_downgrade_to_base_then_upgrade_to_head_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+
+    downgrade_database(path, "base")
+    assert table_names(path) == set()
+    assert database_revisions(path) == ()
+
+    upgrade_database(path)
+    assert table_names(path) == TABLES
+    assert schema_diff(path) == []
+
+
+def test_upgrade_twice_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+    upgrade_database(path)
+
+    assert database_revisions(path) == (head_revision(),)
+
+
+def test_there_is_one_head() -> None:
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+    assert len(scripts.get_heads()) == 1
+
+
+def test_the_migrations_come_from_the_installed_package() -> None:
+    folder = migrations_folder()
+
+    assert (folder / "env.py").is_file()
+    assert (folder / "script.py.mako").is_file()
+    assert list((folder / "versions").glob("*.py"))
+
+
+def test_a_database_from_a_newer_stepgrid_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+    make_newer(path, "abc123future")
+
+    with pytest.raises(DatabaseTooNew) as caught:
+        upgrade_database(path)
+
+    assert str(caught.value) == (
+        "This database was written by a newer Stepgrid (revision abc123future); "
+        "upgrade Stepgrid or point STEPGRID_DATABASE_PATH at another file."
+    )
+    assert database_revisions(path) == ("abc123future",)  # left untouched
+
+
+async def test_the_bot_refuses_to_start_on_a_newer_database(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+    make_newer(path)
+    db = Database(path, Settings(_env_file=None))  # type: ignore[call-arg]
+
+    with pytest.raises(DatabaseTooNew, match="newer Stepgrid"):
+        await db.start()
+    await db.close()
+
+
+def test_env_py_migrates_through_an_async_url(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+
+    command.upgrade(alembic_config(sqlite_url(path, driver="aiosqlite")), "head")
+
+    assert table_names(path) == TABLES
+
+
+async def test_env_py_migrates_a_connection_handed_over_by_run_sync(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    config = alembic_config(sqlite_url(path, driver="aiosqlite"))
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(sqlite_url(path, driver="aiosqlite"))
+
+    def upgrade(connection: sa.Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(upgrade)
+    await engine.dispose()
+
+    assert table_names(path) == TABLES
+
+
+def test_the_alembic_cli_uses_alembic_ini(tmp_path: Path) -> None:
+    path = tmp_path / "cli" / "db.sqlite3"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"url={sqlite_url(path)}", "upgrade", "head"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert table_names(path) == TABLES
+
+
+def test_the_schema_comparison_does_see_a_difference(tmp_path: Path) -> None:
+    # Guards the test above against passing vacuously.
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE jobs ADD COLUMN stray INTEGER")
+
+    assert schema_diff(path) != []
+
+
+def test_0003_models_keeps_old_jobs_and_limits_working(tmp_path: Path) -> None:
+    # A database at 0001_initial with a job and a server's limits, from before models were recorded.
+    path = tmp_path / "db.sqlite3"
+    command.upgrade(alembic_config(sqlite_url(path)), "0001_initial")
+    params = '{"prompt": "a fox", "steps": 20, "scheduler": "Euler a", "seed": 1}'
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO jobs (id, channel_id, user_id, command, params, scheduler, images, steps_requested, "
+            "status, attempts, created_at) VALUES ('old', 5, 11, 'imagine', ?, 'Euler a', 1, 20, 'done', 1, "
+            "'2026-03-14 12:00:00')",
+            (params,),
+        )
+        connection.execute("INSERT INTO guild_limits (guild_id, max_steps) VALUES (1000, 40)")
+
+    upgrade_database(path)
+
+    assert schema_diff(path) == []
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT model FROM jobs WHERE id = 'old'").fetchone() == (None,)
+        row = connection.execute(
+            "SELECT max_steps, allowed_models, default_model, model_max_steps FROM guild_limits"
+        ).fetchone()
+    assert row == (40, None, None, None)
+    engine = sa.create_engine(sqlite_url(path))
+    try:
+        with Session(engine) as session:
+            job = session.get(JobRow, "old")
+            assert job is not None and job.to_request().model == ""  # runs on the worker's default model
+    finally:
+        engine.dispose()
+
+
+def test_0003_models_downgrades_to_0001(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    upgrade_database(path)
+    downgrade_database(path, "0001_initial")
+    with sqlite3.connect(path) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+        limit_columns = {row[1] for row in connection.execute("PRAGMA table_info(guild_limits)")}
+    assert "model" not in columns and not {"allowed_models", "default_model", "model_max_steps"} & limit_columns

@@ -1,0 +1,37 @@
+"""The ledger's models: a request stored as JSON parameters and rebuilt exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.storage.models import command_of, params_to_request, request_to_params
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, Request
+
+IMAGINE = GenerateRequest("a fox", 17, "Heun", 9, 4.5, 768, 512, "blur", 3)
+COMPARE = CompareStepsRequest("a boat", (3, 9), "DDIM", 1, 6.0, 256, 384, "fog")
+SCHEDULERS = CompareSchedulersRequest("a cat", ("Euler a", "DDIM"), (2, 8), 4, 5.0, 256, 256, "rain", "tiny")
+
+
+@pytest.mark.parametrize(
+    "request_", [IMAGINE, COMPARE, SCHEDULERS], ids=["imagine", "compare-steps", "compare-schedulers"]
+)
+def test_a_request_survives_its_json_parameters(request_: Request) -> None:
+    params = request_to_params(request_)
+    assert all(not isinstance(value, tuple) for value in params.values())  # JSON has no tuples
+    assert params_to_request(command_of(request_), params) == request_
+
+
+def test_each_command_has_its_own_name_in_the_ledger() -> None:
+    assert [command_of(request) for request in (IMAGINE, COMPARE, SCHEDULERS)] == [
+        "imagine", "compare-steps", "compare-schedulers"
+    ]  # fmt: skip
+
+
+def test_parameters_a_newer_version_stored_are_ignored() -> None:
+    params = {**request_to_params(IMAGINE), "film_frames": 12}
+    assert params_to_request("imagine", params) == IMAGINE
+
+
+def test_an_unknown_command_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown command 'paint'"):
+        params_to_request("paint", request_to_params(IMAGINE))
