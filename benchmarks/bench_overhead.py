@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.engine.lane_engine import Lane, LaneEngine
+from inference.engine.lane_engine import LaneEngine
+from inference.engine.lanes import Lane
 from inference.loading import LoadedModel, load_model
 from inference.protocol import GenerateRequest, JobEvent, JobProgress
 

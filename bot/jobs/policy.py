@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from bot.config import Settings
 from bot.errors import DuplicateRequest
-from bot.limits.server import EffectiveLimits, check_request
+from bot.limits.checks import check_request
+from bot.limits.server import EffectiveLimits
 from bot.storage.models import JobStatus
 from inference.protocol import Request
 

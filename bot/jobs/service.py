@@ -33,7 +33,8 @@ from bot.errors import (
 )
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, derive_request
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
-from bot.limits.server import EffectiveLimits, UnknownModel, check_image_size, choose_model
+from bot.limits.checks import check_image_size
+from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
 from bot.replies.messages import (
     MessageUpdate,

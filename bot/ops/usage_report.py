@@ -19,7 +19,8 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bot.limits.server import EffectiveLimits, day_start, next_quota_reset
+from bot.limits.checks import day_start, next_quota_reset
+from bot.limits.server import EffectiveLimits
 from bot.pictures.render import usage_chart_png
 from bot.storage.ledger import Ledger
 from bot.storage.migrate import DatabaseUnusable, check_database_file, read_only_uri

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.limits.server import day_start, next_quota_reset
+from bot.limits.checks import day_start, next_quota_reset
 from bot.storage.models import (
     FINISHED_STATUSES,
     UNFINISHED_STATUSES,

@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.limits.server import LIMIT_FIELDS, ServerLimits, validate_limit_changes
+from bot.limits.changes import validate_limit_changes
+from bot.limits.server import LIMIT_FIELDS, ServerLimits
 from bot.storage.models import GuildLimits, LimitsChange
 from bot.storage.writer import DatabaseWriter
 

@@ -3,8 +3,7 @@
 Every denoising run is a *lane* (its own scheduler instance, latents and seeded generator). Each
 engine iteration stacks the active lanes of one group into ONE denoiser call with per-sample
 timesteps (the model's family adapter builds that call), then steps each lane with its own
-scheduler. Lanes join and leave between iterations; models and sizes take turns.
-"""
+scheduler. Lanes join and leave between iterations; models and sizes take turns."""
 
 from __future__ import annotations
 
@@ -12,12 +11,10 @@ import copy
 import inspect
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import cache, partial
 from typing import Any, TypeVar
 
@@ -25,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inference.engine.batch_steps import BatchKind, Coefficients, coefficient_rows, plan_for
+from inference.engine.batch_steps import BatchKind, coefficient_rows, plan_for
 from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
+from inference.engine.lanes import EngineJob, Lane
 from inference.families import Conditioning
 from inference.imaging import encode_png, latent_preview_png
 from inference.loading import LoadedModel
@@ -47,18 +45,29 @@ from inference.recent import Recent
 from inference.schedulers import Scheduler, seed_dependent
 
 log = logging.getLogger(__name__)
+
+
 T = TypeVar("T")
 
+
 PREVIEW_INTERVAL_S = 1.5
+
+
 # Batch sizes (in lanes) a compiled denoiser is specialised for; a batch is padded up to the next one.
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+
+
 CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
+
+
 # Admission runs on the engine thread between two iterations, so every running lane waits for it. It
 # reuses what earlier jobs built: schedulers with their timesteps set (DPM2's `set_timesteps` alone
 # takes 10–15 ms for 30 steps on a CPU), each lane getting its own copy, and text conditionings
 # (read-only once built; a re-roll or a film of the same prompt skips the text encoders). How many of
 # each are kept, the least recently used dropped first:
 SCHEDULERS_KEPT = 64
+
+
 CONDITIONINGS_KEPT = 16
 
 
@@ -69,99 +78,6 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
 
 class UnknownModel(LookupError):
     """A request names a model this engine has not loaded."""
-
-
-@dataclass(eq=False)
-class Lane:
-    job: EngineJob
-    index: int
-    steps: int
-    seed: int
-    scheduler: Scheduler
-    timesteps: list[torch.Tensor]
-    latents: torch.Tensor
-    generator: torch.Generator
-    step_kwargs: dict[str, Any]
-    kind: BatchKind | None = None  # batched scheduler arithmetic for this lane's kind (None: per-lane step)
-    table: Coefficients = ()  # the kind's coefficients per step index
-    position: int = 0
-    # What this lane cost: its share of every batched call it took part in (CPU seconds, or CUDA
-    # events read once its image is done).
-    cpu_seconds: float = 0.0
-    gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)
-    film: FilmCapture | None = None  # a film lane keeps every step's predicted clean image
-
-    @property
-    def done(self) -> bool:
-        return self.position >= len(self.timesteps)
-
-    @property
-    def remaining(self) -> int:
-        """UNet calls left."""
-        return len(self.timesteps) - self.position
-
-    @property
-    def progress_steps(self) -> int:
-        """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
-        return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
-
-    @property
-    def rows(self) -> int:
-        """Rows this lane adds to a denoiser call: two with classifier-free guidance, else one."""
-        return 1 if self.job.conditioning.uncond is None else 2
-
-    @property
-    def seconds(self) -> float:
-        """Its share of the batched device time so far; reading CUDA events waits for them."""
-        total = self.cpu_seconds
-        for start, end, share in self.gpu_spans:
-            end.synchronize()
-            total += start.elapsed_time(end) / 1000 * share
-        return total
-
-
-@dataclass(eq=False)
-class EngineJob:
-    job_id: str
-    request: Request
-    model: LoadedModel
-    conditioning: Conditioning
-    order: int
-    all_lanes: list[Lane] = field(default_factory=list)
-    lanes: list[Lane] = field(default_factory=list)  # still denoising
-    images: dict[int, GeneratedImage] = field(default_factory=dict)
-    pending_encodes: int = 0
-    last_preview_at: float = 0.0
-    preview_png: bytes | None = None  # encoded off the denoising thread, sent with the next progress
-    previewing: bool = False
-    progress_sent: bool = False  # its first progress event has gone out
-    answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
-
-    @property
-    def group(self) -> tuple[str, int, int]:
-        """Lanes batch only with lanes of the same model and size."""
-        return (self.model.name, self.request.height, self.request.width)
-
-    @property
-    def steps_done(self) -> int:
-        return sum(lane.progress_steps for lane in self.all_lanes)
-
-    @property
-    def steps_total(self) -> int:
-        return sum(lane.steps for lane in self.all_lanes)
-
-    def due_lanes(self) -> list[Lane]:
-        """Lanes that should run now, longest first. A lane starts once the job's longest started lane
-        has as many UNet calls left as it needs, so all of a job's cells finish together."""
-        started = [lane for lane in self.lanes if lane.position > 0]
-        clock = max(lane.remaining for lane in started or self.lanes)
-        due = [lane for lane in self.lanes if lane.position > 0 or lane.remaining >= clock]
-        return sorted(due, key=lambda lane: -lane.remaining)
-
-    @property
-    def gpu_seconds(self) -> float:
-        """Device time of this job's lanes' shares of each batch; reading CUDA events waits for them."""
-        return sum(lane.seconds for lane in self.all_lanes)
 
 
 class BatchError(RuntimeError):

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from inference.engine.lane_engine import Lane, LaneEngine
+from inference.engine.lane_engine import LaneEngine
+from inference.engine.lanes import Lane
 from inference.loading import LoadedModel
 from inference.protocol import JobEvent, JobResult, Request
 

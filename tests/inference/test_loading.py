@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.loading import ModelLoadError, build_test_pipeline, ensure_test_model, load_model, load_models
+from inference.loading import ModelLoadError, load_model, load_models
 from inference.protocol import WorkerConfig
 from inference.registry import ModelSpec
+from inference.test_models import build_test_pipeline, ensure_test_model
 from tests.inference.conftest import LoadTestModel
 
 

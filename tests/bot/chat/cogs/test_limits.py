@@ -10,7 +10,8 @@ from discord import app_commands
 
 from bot.chat.cogs.limits import OPTION_NAMES, Limits, change_line, display_value, limits_embed, option_name
 from bot.config import Settings
-from bot.limits.server import LIMIT_FIELDS, EffectiveLimits, InvalidLimit, ServerLimits, validate_limit_changes
+from bot.limits.changes import validate_limit_changes
+from bot.limits.server import LIMIT_FIELDS, EffectiveLimits, InvalidLimit, ServerLimits
 from bot.storage.models import LimitsChange
 from tests.bot.fakes import REGISTRY
 

@@ -1,0 +1,114 @@
+"""`stepgrid models`: the configured registry, then each model loaded as members will see it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from bot.cli.generate import TEST_MODEL_NOTE, TINY_MODELS, checked_hardware, quiet_worker
+from bot.config import Settings
+from bot.errors import InvalidOption
+from bot.limits.server import EffectiveLimits
+from inference.protocol import (
+    GUIDANCE_IGNORED,
+    GUIDANCE_INPUT,
+    ModelInfo,
+    WorkerReady,
+)
+from inference.queues.base import ModelsUnavailable, WorkerUnavailable
+from inference.queues.local import LocalJobQueue
+from inference.registry import ModelSpec
+
+
+def configured_lines(specs: Sequence[ModelSpec]) -> list[str]:
+    """The registry as `stepgrid models` lists it: name, source and the operator's overrides."""
+    lines = []
+    for number, spec in enumerate(specs):
+        extras = [
+            f"{key} {value if not isinstance(value, tuple) else ','.join(map(str, value))}"
+            for key, value in (
+                ("variant", spec.variant),
+                ("revision", spec.revision),
+                ("steps", spec.steps),
+                ("scheduler", spec.scheduler),
+                ("guidance", spec.guidance),
+                ("ladder", spec.compare_steps),
+                ("max steps", spec.max_steps),
+            )
+            if value is not None
+        ]
+        default = " (default)" if number == 0 else ""
+        lines.append(f"  {spec.name}{default}: {spec.source}" + (f" · {', '.join(extras)}" if extras else ""))
+    return lines
+
+
+def loaded_lines(model: ModelInfo, limits: EffectiveLimits) -> list[str]:
+    """One loaded model as `stepgrid models` shows it: family, defaults, ladder, sizes, ceilings."""
+    defaults = limits.request_defaults(model)
+    guidance = guidance_text(model)
+    ceiling = limits.max_steps_for(model.name)
+    note = f" — {TEST_MODEL_NOTE}" if model.is_test_model else ""
+    return [
+        f"  {model.name}: {model.family}{note}",
+        f"    defaults: {defaults.steps} steps, {defaults.scheduler}, {guidance}, "
+        f"{defaults.width}x{defaults.height} (native {model.native_size}, multiples of {model.size_multiple})",
+        f"    compare-steps ladder: {','.join(map(str, defaults.compare_steps))}; max steps {ceiling}",
+        f"    schedulers: {', '.join(model.schedulers)}",
+    ]
+
+
+def guidance_text(model: ModelInfo) -> str:
+    """How a model takes guidance, for `stepgrid models`: what a member can change and what not."""
+    if model.guidance_mode == GUIDANCE_IGNORED:
+        return "no guidance (ignored), no negative prompt"
+    if model.guidance_mode == GUIDANCE_INPUT:
+        return f"guidance {model.default_guidance:g} (a model input), no negative prompt"
+    if model.default_guidance <= 1:
+        return f"guidance {model.default_guidance:g} (no CFG; a negative prompt needs guidance above 1)"
+    return f"guidance {model.default_guidance:g}"
+
+
+async def load_models(settings: Settings, specs: Sequence[ModelSpec]) -> WorkerReady:
+    """Start a worker with `specs`, wait until it reports what loaded, and stop it."""
+    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs))
+    queue = LocalJobQueue(config, hang_seconds=settings.worker_hang_seconds)
+    await queue.start()
+    try:
+        await queue.wait_ready()
+        assert queue.worker_info is not None
+        return queue.worker_info
+    finally:
+        await queue.close()
+
+
+def models_command(args: argparse.Namespace, settings: Settings) -> int:
+    specs = settings.model_specs()
+    print("configured (STEPGRID_MODEL):")
+    print("\n".join(configured_lines(specs)))
+    print(f"built in, to try offline (random weights, --model NAME): {', '.join(TINY_MODELS)}")
+    if args.no_load:
+        return 0
+    try:
+        device, dtype = checked_hardware(args)
+    except InvalidOption as error:  # or the worker would crash three times over it, with tracebacks
+        print(f"stepgrid: {error}", file=sys.stderr)
+        return 2
+    settings = settings.model_copy(update={"device": device, "dtype": dtype})
+    quiet_worker(args)
+    try:
+        ready = asyncio.run(load_models(settings, specs))
+    except WorkerUnavailable as error:
+        print(f"stepgrid: no model loaded: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ModelsUnavailable) else 1  # 2: the configured models are the problem
+    limits = EffectiveLimits.combine(None, settings, models=specs)
+    print(f"loaded on {ready.device} ({ready.dtype}) in {ready.load_seconds:.1f}s:")
+    for model in ready.models:
+        print("\n".join(loaded_lines(model, limits)))
+    if ready.unavailable:
+        print("unavailable:")
+        for missing in ready.unavailable:
+            print(f"  {missing.name}: {missing.message}")
+    return 0

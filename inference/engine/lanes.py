@@ -1,0 +1,113 @@
+"""A lane (one denoising run: its scheduler, latents, seed and place in its own timesteps) and the job
+that owns a set of lanes; what the lane engine batches."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from inference.engine.batch_steps import BatchKind, Coefficients
+from inference.engine.film import FilmCapture
+from inference.families import Conditioning
+from inference.loading import LoadedModel
+from inference.protocol import (
+    GeneratedImage,
+    Request,
+)
+from inference.schedulers import Scheduler
+
+
+@dataclass(eq=False)
+class Lane:
+    job: EngineJob
+    index: int
+    steps: int
+    seed: int
+    scheduler: Scheduler
+    timesteps: list[torch.Tensor]
+    latents: torch.Tensor
+    generator: torch.Generator
+    step_kwargs: dict[str, Any]
+    kind: BatchKind | None = None  # batched scheduler arithmetic for this lane's kind (None: per-lane step)
+    table: Coefficients = ()  # the kind's coefficients per step index
+    position: int = 0
+    # What this lane cost: its share of every batched call it took part in (CPU seconds, or CUDA
+    # events read once its image is done).
+    cpu_seconds: float = 0.0
+    gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)
+    film: FilmCapture | None = None  # a film lane keeps every step's predicted clean image
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.timesteps)
+
+    @property
+    def remaining(self) -> int:
+        """UNet calls left."""
+        return len(self.timesteps) - self.position
+
+    @property
+    def progress_steps(self) -> int:
+        """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
+        return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
+
+    @property
+    def rows(self) -> int:
+        """Rows this lane adds to a denoiser call: two with classifier-free guidance, else one."""
+        return 1 if self.job.conditioning.uncond is None else 2
+
+    @property
+    def seconds(self) -> float:
+        """Its share of the batched device time so far; reading CUDA events waits for them."""
+        total = self.cpu_seconds
+        for start, end, share in self.gpu_spans:
+            end.synchronize()
+            total += start.elapsed_time(end) / 1000 * share
+        return total
+
+
+@dataclass(eq=False)
+class EngineJob:
+    job_id: str
+    request: Request
+    model: LoadedModel
+    conditioning: Conditioning
+    order: int
+    all_lanes: list[Lane] = field(default_factory=list)
+    lanes: list[Lane] = field(default_factory=list)  # still denoising
+    images: dict[int, GeneratedImage] = field(default_factory=dict)
+    pending_encodes: int = 0
+    last_preview_at: float = 0.0
+    preview_png: bytes | None = None  # encoded off the denoising thread, sent with the next progress
+    previewing: bool = False
+    progress_sent: bool = False  # its first progress event has gone out
+    answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
+
+    @property
+    def group(self) -> tuple[str, int, int]:
+        """Lanes batch only with lanes of the same model and size."""
+        return (self.model.name, self.request.height, self.request.width)
+
+    @property
+    def steps_done(self) -> int:
+        return sum(lane.progress_steps for lane in self.all_lanes)
+
+    @property
+    def steps_total(self) -> int:
+        return sum(lane.steps for lane in self.all_lanes)
+
+    def due_lanes(self) -> list[Lane]:
+        """Lanes that should run now, longest first. A lane starts once the job's longest started lane
+        has as many UNet calls left as it needs, so all of a job's cells finish together."""
+        started = [lane for lane in self.lanes if lane.position > 0]
+        clock = max(lane.remaining for lane in started or self.lanes)
+        due = [lane for lane in self.lanes if lane.position > 0 or lane.remaining >= clock]
+        return sorted(due, key=lambda lane: -lane.remaining)
+
+    @property
+    def gpu_seconds(self) -> float:
+        """Device time of this job's lanes' shares of each batch; reading CUDA events waits for them."""
+        return sum(lane.seconds for lane in self.all_lanes)
