@@ -25,7 +25,7 @@ from PIL import Image
 from inference.engine.batch_steps import BatchKind, coefficient_rows, plan_for
 from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
 from inference.engine.lanes import EngineJob, Lane
-from inference.families import Conditioning
+from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png
 from inference.loading import LoadedModel
 from inference.parameters import image_infotext
@@ -299,7 +299,7 @@ class LaneEngine:
             batched.append((kind, rows, group, latents, coefs))
         denoiser, padded_rows = self._denoiser_for(lanes)
         conditionings = [lane.job.conditioning for lane in lanes]
-        predictions = family.predict(denoiser, model_inputs, timesteps, conditionings, padded_rows)
+        predictions = family.predict(denoiser, DenoiserBatch(model_inputs, timesteps, conditionings, padded_rows))
         for kind, rows, group, latents, coefs in batched:
             # Row slices, not a list index: indexing with a list would copy an index tensor to the device.
             prediction = predictions if len(rows) == len(lanes) else torch.cat([predictions[i : i + 1] for i in rows])
@@ -397,7 +397,9 @@ class LaneEngine:
                 latents = [family.initial_latents(scheduler, height, width, generator) for _ in range(bucket)]
                 timesteps = [scheduler.timesteps[0]] * bucket
                 for _ in range(3):  # compile, record the CUDA graph, replay it
-                    family.predict(self._compiled_unet, latents, timesteps, [conditioning] * bucket, bucket)
+                    family.predict(
+                        self._compiled_unet, DenoiserBatch(latents, timesteps, [conditioning] * bucket, bucket)
+                    )
             if model.device.type == "cuda":
                 torch.cuda.synchronize(model.device)
         return time.perf_counter() - started

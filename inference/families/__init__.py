@@ -18,7 +18,7 @@ import torch
 
 from inference.protocol import GUIDANCE_CFG, ModelInfo
 from inference.registry import ModelSpec
-from inference.schedulers import Scheduler
+from inference.schedulers import FLOW_SCHEDULERS, Scheduler
 
 Pipeline = Any  # a diffusers pipeline: its components are attached dynamically
 
@@ -42,6 +42,22 @@ class Conditioning:
     guidance: torch.Tensor  # shape (1,), float32 on the device, so a batch needs no host copy
     shared: dict[str, torch.Tensor] = field(default_factory=dict)  # equal for every lane of a batch
     truncated: bool = False
+
+
+@dataclass
+class DenoiserBatch:
+    """The lanes of one denoiser call: each lane's model input, timestep and conditioning, in lane
+    order, and the batch to pad up to (`rows` >= the lane count: a compiled denoiser's bucket)."""
+
+    inputs: list[torch.Tensor]
+    timesteps: list[torch.Tensor]
+    conditionings: list[Conditioning]
+    rows: int
+
+    @property
+    def guided(self) -> list[int]:
+        """The lanes that run classifier-free guidance (an unconditional row each)."""
+        return [i for i, c in enumerate(self.conditionings) if c.uncond is not None]
 
 
 @dataclass(frozen=True)
@@ -143,17 +159,8 @@ class Family(abc.ABC):
         return latents
 
     @abc.abstractmethod
-    def predict(
-        self,
-        denoiser: Any,
-        inputs: list[torch.Tensor],
-        timesteps: list[torch.Tensor],
-        conditionings: list[Conditioning],
-        rows: int,
-    ) -> torch.Tensor:
-        """One denoiser call over a batch of lanes; returns each lane's (guided) prediction.
-
-        `rows` >= len(inputs) is the batch to pad up to (a compiled denoiser's bucket)."""
+    def predict(self, denoiser: Any, batch: DenoiserBatch) -> torch.Tensor:
+        """One denoiser call over a batch of lanes; returns each lane's (guided) prediction."""
 
     @abc.abstractmethod
     def decode(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -166,6 +173,23 @@ class Family(abc.ABC):
     def supports_padding(self, conditionings: list[Conditioning]) -> bool:
         """Whether `predict` can pad this batch to a compiled bucket."""
         return False
+
+
+class TransformerFamily(Family):
+    """A flow-matching family whose denoiser is a transformer (FLUX, SD 3)."""
+
+    schedulers: ClassVar[tuple[str, ...]] = tuple(FLOW_SCHEDULERS)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        transformer: torch.nn.Module = self.pipe.transformer
+        return transformer
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """VAE-decode unpacked latents: undo the VAE's scaling and shift first."""
+        vae = self.pipe.vae
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        return to_uint8(vae.decode(latents.to(vae.dtype), return_dict=False)[0])
 
 
 def guided_rows(

@@ -15,22 +15,16 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.families import Conditioning, Defaults, Family, to_uint8
+from inference.families import Conditioning, Defaults, DenoiserBatch, TransformerFamily
 from inference.families.sd import FEW_STEP_LADDER
 from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT
-from inference.schedulers import FLOW_SCHEDULERS, Scheduler, make_flow_scheduler
+from inference.schedulers import Scheduler, make_flow_scheduler
 
 DEV_LADDER = (4, 8, 12, 20, 28, 40)
 
 
-class Flux(Family):
+class Flux(TransformerFamily):
     name: ClassVar[str] = "flux"
-    schedulers: ClassVar[tuple[str, ...]] = tuple(FLOW_SCHEDULERS)
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        transformer: torch.nn.Module = self.pipe.transformer
-        return transformer
 
     @property
     def guidance_distilled(self) -> bool:
@@ -109,16 +103,10 @@ class Flux(Family):
         packed: torch.Tensor = self.pipe._pack_latents(noise, 1, channels, latent_h, latent_w)
         return packed
 
-    def predict(
-        self,
-        denoiser: Any,
-        inputs: list[torch.Tensor],
-        timesteps: list[torch.Tensor],
-        conditionings: list[Conditioning],
-        rows: int,
-    ) -> torch.Tensor:
-        latents = torch.cat(inputs)
-        t = torch.cat([t.expand(1).to(latents.dtype) for t in timesteps])
+    def predict(self, denoiser: Any, batch: DenoiserBatch) -> torch.Tensor:
+        conditionings = batch.conditionings
+        latents = torch.cat(batch.inputs)
+        t = torch.cat([t.expand(1).to(latents.dtype) for t in batch.timesteps])
         guidance = torch.cat([c.guidance for c in conditionings]) if self.guidance_distilled else None
         first = conditionings[0]
         prediction: torch.Tensor = denoiser(
@@ -134,10 +122,7 @@ class Flux(Family):
         return prediction
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
-        vae = self.pipe.vae
-        unpacked = self.pipe._unpack_latents(latents, height, width, self.vae_scale)
-        unpacked = unpacked / vae.config.scaling_factor + vae.config.shift_factor
-        return to_uint8(vae.decode(unpacked.to(vae.dtype), return_dict=False)[0])
+        return self.decode_latents(self.pipe._unpack_latents(latents, height, width, self.vae_scale))
 
     def preview_latents(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
         unpacked = self.pipe._unpack_latents(latents[:1], height, width, self.vae_scale)

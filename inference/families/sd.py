@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.families import Conditioning, Defaults, Family, guided_rows, to_uint8
+from inference.families import Conditioning, Defaults, DenoiserBatch, Family, guided_rows, to_uint8
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GUIDANCE,
@@ -128,17 +128,10 @@ class UNetFamily(Family):
     def supports_padding(self, conditionings: list[Conditioning]) -> bool:
         return all(c.uncond is not None for c in conditionings)
 
-    def predict(
-        self,
-        denoiser: Any,
-        inputs: list[torch.Tensor],
-        timesteps: list[torch.Tensor],
-        conditionings: list[Conditioning],
-        rows: int,
-    ) -> torch.Tensor:
+    def predict(self, denoiser: Any, batch: DenoiserBatch) -> torch.Tensor:
         """Unconditional rows of the guided lanes first, then every lane's conditional row."""
-        n = len(inputs)
-        guided = [i for i, c in enumerate(conditionings) if c.uncond is not None]
+        inputs, timesteps, conditionings, guided = batch.inputs, batch.timesteps, batch.conditionings, batch.guided
+        n, rows = len(inputs), batch.rows
         all_guided = len(guided) == n
         pad = rows - n
         assert pad == 0 or all_guided, "only batches where every lane uses CFG are padded"

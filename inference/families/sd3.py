@@ -11,22 +11,16 @@ import torch
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.families import Conditioning, Defaults, Family, guided_rows, to_uint8
+from inference.families import Conditioning, Defaults, DenoiserBatch, TransformerFamily, guided_rows
 from inference.families.sd import FEW_STEP_LADDER, looks_few_step
-from inference.schedulers import FLOW_SCHEDULERS, Scheduler, make_flow_scheduler
+from inference.schedulers import Scheduler, make_flow_scheduler
 
 SD3_LADDER = (4, 8, 12, 20, 28, 40)
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default
 
 
-class StableDiffusion3(Family):
+class StableDiffusion3(TransformerFamily):
     name: ClassVar[str] = "sd3"
-    schedulers: ClassVar[tuple[str, ...]] = tuple(FLOW_SCHEDULERS)
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        transformer: torch.nn.Module = self.pipe.transformer
-        return transformer
 
     @property
     def patch_size(self) -> int:
@@ -91,22 +85,15 @@ class StableDiffusion3(Family):
         shape = (1, self.pipe.transformer.config.in_channels, height // self.vae_scale, width // self.vae_scale)
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
 
-    def predict(
-        self,
-        denoiser: Any,
-        inputs: list[torch.Tensor],
-        timesteps: list[torch.Tensor],
-        conditionings: list[Conditioning],
-        rows: int,
-    ) -> torch.Tensor:
+    def predict(self, denoiser: Any, batch: DenoiserBatch) -> torch.Tensor:
         """Unconditional rows of the guided lanes first, then every lane's conditional row."""
-        guided = [i for i, c in enumerate(conditionings) if c.uncond is not None]
+        inputs, conditionings, guided = batch.inputs, batch.conditionings, batch.guided
         uncond = [c.uncond for c in conditionings if c.uncond is not None]
 
         def rows_of(key: str) -> torch.Tensor:
             return torch.cat([u[key] for u in uncond] + [c.cond[key] for c in conditionings])
 
-        t_rows = [t.expand(1) for t in timesteps]
+        t_rows = [t.expand(1) for t in batch.timesteps]
         prediction = denoiser(
             hidden_states=torch.cat([inputs[i] for i in guided] + inputs),
             timestep=torch.cat([t_rows[i] for i in guided] + t_rows),
@@ -117,9 +104,7 @@ class StableDiffusion3(Family):
         return guided_rows(prediction, guided, len(inputs), 0, conditionings)
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
-        vae = self.pipe.vae
-        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        return to_uint8(vae.decode(latents.to(vae.dtype), return_dict=False)[0])
+        return self.decode_latents(latents)
 
 
 FAMILY = StableDiffusion3
