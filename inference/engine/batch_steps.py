@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -47,16 +48,30 @@ def _floats(*values: torch.Tensor | float) -> tuple[float, ...]:
     return tuple(float(value) for value in values)  # float32 -> Python float is exact
 
 
+@dataclass
+class StepBatch:
+    """The lanes of one kind in one engine iteration: their schedulers and generators, in row order,
+    the denoiser's prediction and their latents (one row each), and their coefficient rows."""
+
+    schedulers: Sequence[Scheduler]
+    generators: Sequence[torch.Generator]
+    prediction: torch.Tensor
+    latents: torch.Tensor
+    coefs: torch.Tensor  # (lanes, k, 1, 1, ...) on the device
+
+
 class BatchKind(abc.ABC):
     """One scheduler kind's batched `scale_model_input` + `step`."""
 
     name: ClassVar[str]
+    scheduler_class: ClassVar[type]  # the diffusers class this kind's batched form is written for
     scales_input: ClassVar[bool] = True  # column 0 of the coefficients divides the model input
 
     @classmethod
-    @abc.abstractmethod
     def covers(cls, scheduler: Scheduler) -> bool:
-        """Whether this kind's batched form is exact for that scheduler and config."""
+        """Whether this kind's batched form is exact for that scheduler and config (epsilon prediction)."""
+        config = scheduler.config
+        return type(scheduler) is cls.scheduler_class and config.get("prediction_type") == "epsilon"
 
     @classmethod
     @abc.abstractmethod
@@ -68,14 +83,7 @@ class BatchKind(abc.ABC):
         return _div(latents, coefs[:, 0]) if self.scales_input else latents
 
     @abc.abstractmethod
-    def step(
-        self,
-        schedulers: Sequence[Scheduler],
-        generators: Sequence[torch.Generator],
-        prediction: torch.Tensor,
-        latents: torch.Tensor,
-        coefs: torch.Tensor,
-    ) -> torch.Tensor:
+    def step(self, batch: StepBatch) -> torch.Tensor:
         """Every lane's next latents; advances each lane's scheduler state as its `step` would."""
 
 
@@ -85,13 +93,17 @@ def _advance(schedulers: Sequence[Scheduler]) -> None:
         scheduler.is_scale_input_called = True
 
 
+def _euler_update(batch: StepBatch, sigma: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """The Euler step of both Euler kinds, in float32: sample + (sample - x0) / sigma * dt."""
+    sample = batch.latents.to(torch.float32)
+    pred_original = sample - _mul(sigma, batch.prediction)
+    derivative = (sample - pred_original) / sigma
+    return sample + derivative * dt
+
+
 class Euler(BatchKind):
     name = "Euler"
-
-    @classmethod
-    def covers(cls, scheduler: Scheduler) -> bool:
-        prediction_type = scheduler.config.get("prediction_type")
-        return type(scheduler) is EulerDiscreteScheduler and prediction_type == "epsilon"
+    scheduler_class = EulerDiscreteScheduler
 
     @classmethod
     def coefficients(cls, scheduler: Scheduler) -> Coefficients:
@@ -104,29 +116,16 @@ class Euler(BatchKind):
             rows.append(_floats((sigma**2 + 1) ** 0.5, sigma_hat, sigmas[i + 1] - sigma_hat))
         return tuple(rows)
 
-    def step(
-        self,
-        schedulers: Sequence[Scheduler],
-        generators: Sequence[torch.Generator],
-        prediction: torch.Tensor,
-        latents: torch.Tensor,
-        coefs: torch.Tensor,
-    ) -> torch.Tensor:
-        sigma_hat, dt = coefs[:, 1], coefs[:, 2]
-        sample = latents.to(torch.float32)
-        pred_original = sample - _mul(sigma_hat, prediction)
-        derivative = (sample - pred_original) / sigma_hat
-        _advance(schedulers)
-        return (sample + derivative * dt).to(prediction.dtype)
+    def step(self, batch: StepBatch) -> torch.Tensor:
+        sigma_hat, dt = batch.coefs[:, 1], batch.coefs[:, 2]
+        stepped = _euler_update(batch, sigma_hat, dt)
+        _advance(batch.schedulers)
+        return stepped.to(batch.prediction.dtype)
 
 
 class EulerAncestral(BatchKind):
     name = "Euler a"
-
-    @classmethod
-    def covers(cls, scheduler: Scheduler) -> bool:
-        prediction_type = scheduler.config.get("prediction_type")
-        return type(scheduler) is EulerAncestralDiscreteScheduler and prediction_type == "epsilon"
+    scheduler_class = EulerAncestralDiscreteScheduler
 
     @classmethod
     def coefficients(cls, scheduler: Scheduler) -> Coefficients:
@@ -139,19 +138,10 @@ class EulerAncestral(BatchKind):
             rows.append(_floats((sigma_from**2 + 1) ** 0.5, sigma_from, sigma_down - sigma_from, sigma_up))
         return tuple(rows)
 
-    def step(
-        self,
-        schedulers: Sequence[Scheduler],
-        generators: Sequence[torch.Generator],
-        prediction: torch.Tensor,
-        latents: torch.Tensor,
-        coefs: torch.Tensor,
-    ) -> torch.Tensor:
-        sigma, dt, sigma_up = coefs[:, 1], coefs[:, 2], coefs[:, 3]
-        sample = latents.to(torch.float32)
-        pred_original = sample - _mul(sigma, prediction)
-        derivative = (sample - pred_original) / sigma
-        prev = sample + derivative * dt
+    def step(self, batch: StepBatch) -> torch.Tensor:
+        sigma, dt, sigma_up = batch.coefs[:, 1], batch.coefs[:, 2], batch.coefs[:, 3]
+        prediction, generators = batch.prediction, batch.generators
+        prev = _euler_update(batch, sigma, dt)
         # Each lane's noise from its own generator, drawn as diffusers draws it (on the CPU for a CPU
         # generator), then moved to the device in one copy.
         shape = (1, *prediction.shape[1:])
@@ -159,7 +149,7 @@ class EulerAncestral(BatchKind):
         noise = torch.cat(
             [randn_tensor(shape, generator=g, device=noise_device, dtype=prediction.dtype) for g in generators]
         ).to(prediction.device, non_blocking=True)
-        _advance(schedulers)
+        _advance(batch.schedulers)
         return (prev + _mul(sigma_up, noise)).to(prediction.dtype)
 
 
@@ -167,17 +157,17 @@ class DPMSolver2M(BatchKind):
     """DPM++ 2M (dpmsolver++, order 2, midpoint), plain or Karras sigmas, epsilon prediction."""
 
     name = "DPM++ 2M"
+    scheduler_class = DPMSolverMultistepScheduler
     scales_input = False  # its scale_model_input is the identity
 
     @classmethod
     def covers(cls, scheduler: Scheduler) -> bool:
         config = scheduler.config
         return (
-            type(scheduler) is DPMSolverMultistepScheduler
+            super().covers(scheduler)
             and config.algorithm_type == "dpmsolver++"
             and config.solver_order == 2
             and config.solver_type == "midpoint"
-            and config.prediction_type == "epsilon"
             and not config.thresholding
             and config.variance_type not in ("learned", "learned_range")
         )
@@ -213,15 +203,9 @@ class DPMSolver2M(BatchKind):
             rows.append(_floats(1.0, alpha_now, sigma_now, a, b, c, r))
         return tuple(rows)
 
-    def step(
-        self,
-        schedulers: Sequence[Scheduler],
-        generators: Sequence[torch.Generator],
-        prediction: torch.Tensor,
-        latents: torch.Tensor,
-        coefs: torch.Tensor,
-    ) -> torch.Tensor:
-        alpha_now, sigma_now, a, b, c, r = (coefs[:, k] for k in range(1, 7))
+    def step(self, batch: StepBatch) -> torch.Tensor:
+        schedulers, prediction, latents = batch.schedulers, batch.prediction, batch.latents
+        alpha_now, sigma_now, a, b, c, r = (batch.coefs[:, k] for k in range(1, 7))
         m0 = _div(latents - _mul(sigma_now, prediction), alpha_now)  # convert_model_output
         rows = m0.split(1)
         previous = [scheduler.model_outputs[-1] for scheduler in schedulers]

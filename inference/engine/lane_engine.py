@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inference.engine.batch_steps import BatchKind, coefficient_rows, plan_for
+from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
 from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
 from inference.engine.lanes import EngineJob, Lane
 from inference.families import Conditioning, DenoiserBatch
@@ -303,9 +303,8 @@ class LaneEngine:
         for kind, rows, group, latents, coefs in batched:
             # Row slices, not a list index: indexing with a list would copy an index tensor to the device.
             prediction = predictions if len(rows) == len(lanes) else torch.cat([predictions[i : i + 1] for i in rows])
-            stepped = kind.step(
-                [lane.scheduler for lane in group], [lane.generator for lane in group], prediction, latents, coefs
-            )
+            schedulers, generators = [lane.scheduler for lane in group], [lane.generator for lane in group]
+            stepped = kind.step(StepBatch(schedulers, generators, prediction, latents, coefs))
             for lane, row in zip(group, stepped.split(1), strict=True):
                 lane.latents = row
         filmed: list[tuple[Lane, torch.Tensor, str]] = []
