@@ -8,9 +8,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, scheduler_autocomplete, size_autocomplete
-from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
-from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE
+from bot.chat.cogs.options import (
+    GRID_DESCRIPTIONS,
+    SHARED_DESCRIPTIONS,
+    Guidance,
+    ModelName,
+    NegativePrompt,
+    Prompt,
+    Seed,
+    model_autocomplete,
+    scheduler_autocomplete,
+    size_autocomplete,
+)
+from bot.job_requests import RequestOptions
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid
@@ -28,22 +38,21 @@ class CompareSteps(commands.Cog):
     @app_commands.describe(
         **SHARED_DESCRIPTIONS,
         steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
-        seed="Seed shared by every cell (random when left out)",
-        size="Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
+        **GRID_DESCRIPTIONS,
     )
     @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
     @app_commands.guild_only()
     async def compare_steps(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        prompt: Prompt,
         steps: app_commands.Range[str, 1, 100] | None = None,
         scheduler: str | None = None,
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
-        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        seed: Seed | None = None,
+        negative_prompt: NegativePrompt | None = None,
+        guidance: Guidance | None = None,
         size: str | None = None,
-        model: app_commands.Range[str, 1, 100] | None = None,
+        model: ModelName | None = None,
     ) -> None:
         options = RequestOptions(
             prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model

@@ -8,15 +8,22 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.cogs.options import SHARED_DESCRIPTIONS, model_autocomplete, scheduler_autocomplete, size_autocomplete
-from bot.job_requests import MAX_PROMPT_CHARS, RequestOptions
+from bot.chat.cogs.options import (
+    SHARED_DESCRIPTIONS,
+    Guidance,
+    ModelName,
+    NegativePrompt,
+    Prompt,
+    Seed,
+    model_autocomplete,
+    scheduler_autocomplete,
+    size_autocomplete,
+)
+from bot.job_requests import RequestOptions
 from inference.protocol import (
     MAX_COUNT,
-    MAX_GUIDANCE,
-    MAX_SEED,
     MAX_STEPS,
     MIN_COUNT,
-    MIN_GUIDANCE,
     MIN_STEPS,
 )
 
@@ -44,15 +51,15 @@ class Imagine(commands.Cog):
     async def imagine(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
-        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+        prompt: Prompt,
+        negative_prompt: NegativePrompt | None = None,
         steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
         scheduler: str | None = None,
-        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        seed: Seed | None = None,
+        guidance: Guidance | None = None,
         size: str | None = None,
         count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
-        model: app_commands.Range[str, 1, 100] | None = None,
+        model: ModelName | None = None,
         film: bool | None = None,
     ) -> None:
         options = RequestOptions(

@@ -18,8 +18,10 @@ from discord.ext import commands
 
 from bot.chat.cogs.options import (
     SCHEDULER_CHOICES,
+    ModelName,
     allowed_schedulers_autocomplete,
     guild_id_of,
+    manage_server_only,
     registry_models_autocomplete,
     require_database,
 )
@@ -194,9 +196,7 @@ class Limits(commands.Cog):
         allowed_models=registry_models_autocomplete,
         default_model=registry_models_autocomplete,
     )
-    @app_commands.default_permissions(manage_guild=True)
-    @app_commands.checks.has_permissions(manage_guild=True)
-    @app_commands.guild_only()
+    @manage_server_only
     async def set_limits(
         self,
         interaction: discord.Interaction,
@@ -211,7 +211,7 @@ class Limits(commands.Cog):
         max_concurrent_jobs_per_user: app_commands.Range[int, 1, None] | None = None,
         banned_words: str | None = None,
         allowed_models: app_commands.Range[str, 1, 1000] | None = None,
-        default_model: app_commands.Range[str, 1, 100] | None = None,
+        default_model: ModelName | None = None,
         model_max_steps: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         given = {
@@ -247,9 +247,7 @@ class Limits(commands.Cog):
     )
     @app_commands.describe(setting="The one setting to reset (all of them when left out)")
     @app_commands.choices(setting=RESET_CHOICES)
-    @app_commands.default_permissions(manage_guild=True)
-    @app_commands.checks.has_permissions(manage_guild=True)
-    @app_commands.guild_only()
+    @manage_server_only
     async def reset_limits(self, interaction: discord.Interaction, setting: str | None = None) -> None:
         guild_id = guild_id_of(interaction)
         database = require_database(self.bot)

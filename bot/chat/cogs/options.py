@@ -6,15 +6,16 @@ Not an extension (no `setup`): cogs import it, so that no cog imports another.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import discord
 from discord import app_commands
 
 from bot.errors import UserFacingError
+from bot.job_requests import MAX_PROMPT_CHARS
 from bot.limits.server import EffectiveLimits
-from inference.protocol import SCHEDULER_NAMES, ModelInfo
+from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, SCHEDULER_NAMES, ModelInfo
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid
@@ -31,6 +32,30 @@ SHARED_DESCRIPTIONS = {
     "model": "Which model draws it (this server's default when left out)",
     "guidance": "How closely to follow the prompt (classifier-free guidance scale)",
 }
+# What the grid commands (/compare-steps, /compare-schedulers) say of their own seed and size.
+GRID_DESCRIPTIONS = {
+    "seed": "Seed shared by every cell (random when left out)",
+    "size": "Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
+}
+
+# The option types every generating command shares, declared once: discord.py reads each command's
+# options (and their ranges) from its signature.
+Prompt = app_commands.Range[str, 1, MAX_PROMPT_CHARS]
+NegativePrompt = app_commands.Range[str, 0, MAX_PROMPT_CHARS]
+Seed = app_commands.Range[int, 0, MAX_SEED]
+Guidance = app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE]
+ModelName = app_commands.Range[str, 1, 100]
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def manage_server_only(command: Command) -> Command:
+    """An admin command: hidden from members by default, refused without Manage Server, servers only."""
+    command = app_commands.guild_only()(command)
+    command = app_commands.checks.has_permissions(manage_guild=True)(command)
+    return app_commands.default_permissions(manage_guild=True)(command)
+
+
 SCHEDULER_CHOICES: list[app_commands.Choice[str]] = [
     app_commands.Choice(name=name, value=name) for name in SCHEDULER_NAMES
 ]

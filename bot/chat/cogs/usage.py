@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.cogs.options import guild_id_of, require_database
+from bot.chat.cogs.options import guild_id_of, manage_server_only, require_database
 from bot.errors import InvalidOption, echo
 from bot.formatting import format_duration
 from bot.limits.server import EffectiveLimits
@@ -98,9 +98,7 @@ class Usage(commands.Cog):
     )
     @app_commands.describe(period="How far back to count (default: 7 days)")
     @app_commands.choices(period=PERIOD_CHOICES)
-    @app_commands.default_permissions(manage_guild=True)
-    @app_commands.checks.has_permissions(manage_guild=True)
-    @app_commands.guild_only()
+    @manage_server_only
     async def usage_server(self, interaction: discord.Interaction, period: str = DEFAULT_PERIOD) -> None:
         guild_id = guild_id_of(interaction)
         if period not in USAGE_PERIODS:  # Discord offers only the choices, but a client may send anything
