@@ -8,18 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.cogs.options import (
-    GRID_DESCRIPTIONS,
-    SHARED_DESCRIPTIONS,
-    Guidance,
-    ModelName,
-    NegativePrompt,
-    Prompt,
-    Seed,
-    model_autocomplete,
-    scheduler_autocomplete,
-    size_autocomplete,
-)
+from bot.chat.cogs import options as shared
 from bot.job_requests import RequestOptions
 
 if TYPE_CHECKING:
@@ -36,23 +25,25 @@ class CompareSteps(commands.Cog):
         name="compare-steps", description="Render one prompt and seed at several step counts, side by side."
     )
     @app_commands.describe(
-        **SHARED_DESCRIPTIONS,
+        **shared.SHARED_DESCRIPTIONS,
         steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
-        **GRID_DESCRIPTIONS,
+        **shared.GRID_DESCRIPTIONS,
     )
-    @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
+    @app_commands.autocomplete(
+        model=shared.model_autocomplete, scheduler=shared.scheduler_autocomplete, size=shared.size_autocomplete
+    )
     @app_commands.guild_only()
     async def compare_steps(
         self,
         interaction: discord.Interaction,
-        prompt: Prompt,
+        prompt: shared.Prompt,
         steps: app_commands.Range[str, 1, 100] | None = None,
         scheduler: str | None = None,
-        seed: Seed | None = None,
-        negative_prompt: NegativePrompt | None = None,
-        guidance: Guidance | None = None,
+        seed: shared.Seed | None = None,
+        negative_prompt: shared.NegativePrompt | None = None,
+        guidance: shared.Guidance | None = None,
         size: str | None = None,
-        model: ModelName | None = None,
+        model: shared.ModelName | None = None,
     ) -> None:
         options = RequestOptions(
             prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model

@@ -8,18 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.cogs.options import (
-    GRID_DESCRIPTIONS,
-    SHARED_DESCRIPTIONS,
-    Guidance,
-    ModelName,
-    NegativePrompt,
-    Prompt,
-    Seed,
-    model_autocomplete,
-    schedulers_autocomplete,
-    size_autocomplete,
-)
+from bot.chat.cogs import options as shared
 from bot.job_requests import MAX_SCHEDULER_LIST_CHARS, MAX_STEP_LIST_CHARS, RequestOptions
 
 if TYPE_CHECKING:
@@ -37,27 +26,29 @@ class CompareSchedulers(commands.Cog):
         description="Render one prompt and seed with several schedulers at several step counts, as one grid.",
     )
     @app_commands.describe(
-        prompt=SHARED_DESCRIPTIONS["prompt"],
-        negative_prompt=SHARED_DESCRIPTIONS["negative_prompt"],
-        model=SHARED_DESCRIPTIONS["model"],
-        guidance=SHARED_DESCRIPTIONS["guidance"],
+        prompt=shared.SHARED_DESCRIPTIONS["prompt"],
+        negative_prompt=shared.SHARED_DESCRIPTIONS["negative_prompt"],
+        model=shared.SHARED_DESCRIPTIONS["model"],
+        guidance=shared.SHARED_DESCRIPTIONS["guidance"],
         schedulers="Rows: 2 to 6 schedulers separated by commas (default: a varied set the model can run)",
         steps="Columns: step counts separated by commas (default: the model's ladder, trimmed to fit the grid)",
-        **GRID_DESCRIPTIONS,
+        **shared.GRID_DESCRIPTIONS,
     )
-    @app_commands.autocomplete(model=model_autocomplete, schedulers=schedulers_autocomplete, size=size_autocomplete)
+    @app_commands.autocomplete(
+        model=shared.model_autocomplete, schedulers=shared.schedulers_autocomplete, size=shared.size_autocomplete
+    )
     @app_commands.guild_only()
     async def compare_schedulers(
         self,
         interaction: discord.Interaction,
-        prompt: Prompt,
+        prompt: shared.Prompt,
         schedulers: app_commands.Range[str, 1, MAX_SCHEDULER_LIST_CHARS] | None = None,
         steps: app_commands.Range[str, 1, MAX_STEP_LIST_CHARS] | None = None,
-        seed: Seed | None = None,
-        negative_prompt: NegativePrompt | None = None,
-        guidance: Guidance | None = None,
+        seed: shared.Seed | None = None,
+        negative_prompt: shared.NegativePrompt | None = None,
+        guidance: shared.Guidance | None = None,
         size: str | None = None,
-        model: ModelName | None = None,
+        model: shared.ModelName | None = None,
     ) -> None:
         options = RequestOptions(
             prompt,

@@ -8,17 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.cogs.options import (
-    SHARED_DESCRIPTIONS,
-    Guidance,
-    ModelName,
-    NegativePrompt,
-    Prompt,
-    Seed,
-    model_autocomplete,
-    scheduler_autocomplete,
-    size_autocomplete,
-)
+from bot.chat.cogs import options as shared
 from bot.job_requests import RequestOptions
 from inference.protocol import (
     MAX_COUNT,
@@ -39,27 +29,29 @@ class Imagine(commands.Cog):
 
     @app_commands.command(name="imagine", description="Generate images from a prompt with Stable Diffusion.")
     @app_commands.describe(
-        **SHARED_DESCRIPTIONS,
+        **shared.SHARED_DESCRIPTIONS,
         steps="Denoising steps (default: the model's own; more is slower, not always better)",
-        seed="Seed for a repeatable image (random when left out)",
+        seed="shared.Seed for a repeatable image (random when left out)",
         size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
         count="How many images (consecutive seeds)",
         film="Also post a Steps film: the predicted finished image at every step (one image only)",
     )
-    @app_commands.autocomplete(model=model_autocomplete, scheduler=scheduler_autocomplete, size=size_autocomplete)
+    @app_commands.autocomplete(
+        model=shared.model_autocomplete, scheduler=shared.scheduler_autocomplete, size=shared.size_autocomplete
+    )
     @app_commands.guild_only()
     async def imagine(
         self,
         interaction: discord.Interaction,
-        prompt: Prompt,
-        negative_prompt: NegativePrompt | None = None,
+        prompt: shared.Prompt,
+        negative_prompt: shared.NegativePrompt | None = None,
         steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
         scheduler: str | None = None,
-        seed: Seed | None = None,
-        guidance: Guidance | None = None,
+        seed: shared.Seed | None = None,
+        guidance: shared.Guidance | None = None,
         size: str | None = None,
         count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
-        model: ModelName | None = None,
+        model: shared.ModelName | None = None,
         film: bool | None = None,
     ) -> None:
         options = RequestOptions(
