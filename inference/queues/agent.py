@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from inference.protocol import JobFailed, JobProgress, JobResult, Request, WorkerConfig
+from inference.queues.base import QueuedJob
 from inference.queues.local import LocalJobQueue
 from inference.queues.wire import (
     DEAD_LETTER_MESSAGE,
@@ -56,15 +57,8 @@ _WORKER_DIED = "\x00worker died"
 class _AgentQueue(LocalJobQueue):
     """The local queue, except that a job whose worker died is handed back instead of re-run here."""
 
-    def _on_worker_exit(self) -> None:
-        crashed = list(self._running.values())
-        self._running.clear()
-        for job in crashed:
-            if job.cancel_requested:
-                self._finish(job, JobFailed.cancellation(job.job_id))
-            else:
-                self._finish(job, JobFailed(job.job_id, _WORKER_DIED, retryable=True))
-        self._update_positions()
+    def _after_crash(self, job: QueuedJob) -> None:
+        self._finish(job, JobFailed(job.job_id, _WORKER_DIED, retryable=True))
 
 
 @dataclass(eq=False)

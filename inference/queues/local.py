@@ -383,13 +383,18 @@ class LocalJobQueue(FairJobQueue):
         for job in crashed:
             if job.cancel_requested:
                 self._finish(job, JobFailed.cancellation(job.job_id))
-            elif job.attempts >= self.max_attempts:
-                message = (
-                    f"The GPU worker crashed {job.attempts} times while running this job, so it was "
-                    "stopped. Try fewer steps, a smaller size, or a different scheduler."
-                )
-                self._finish(job, JobFailed(job.job_id, message))
             else:
-                job.isolate = True
-                self._pending.append(job)
+                self._after_crash(job)
         self._update_positions()
+
+    def _after_crash(self, job: QueuedJob) -> None:
+        """A job whose worker died under it runs again, alone, until it has had its attempts."""
+        if job.attempts >= self.max_attempts:
+            message = (
+                f"The GPU worker crashed {job.attempts} times while running this job, so it was "
+                "stopped. Try fewer steps, a smaller size, or a different scheduler."
+            )
+            self._finish(job, JobFailed(job.job_id, message))
+        else:
+            job.isolate = True
+            self._pending.append(job)
