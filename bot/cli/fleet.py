@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import time
 from typing import Any, TextIO
@@ -12,7 +13,6 @@ import redis.asyncio as aioredis
 
 from bot.config import Settings, checked_device, checked_dtype, warn_unknown_settings
 from inference.logs import configure_logging, report_fatal
-from inference.protocol import WorkerConfig
 from inference.queues.agent import AgentTimings, RedisAgent, run_agent
 from inference.queues.redis import AgentInfo, RedisUnreachable, ping, read_agents
 from inference.queues.wire import BadRedisUrl, Keys, check_redis_url, describe_url
@@ -108,13 +108,8 @@ def worker_command(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     configure_logging("agent", level=settings.log_level, log_format=settings.log_format)
     warn_unknown_settings()
-    config = WorkerConfig(
-        model=args.models,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_lanes=args.lanes,
-        cache_dir=str(settings.model_cache_dir) if settings.model_cache_dir else None,
-        compile=settings.compile_unet,
+    config = dataclasses.replace(
+        settings.worker_config(), model=args.models, device=args.device, dtype=args.dtype, max_batch_lanes=args.lanes
     )
     timings = AgentTimings(
         heartbeat_seconds=args.heartbeat,
