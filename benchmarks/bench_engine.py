@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_overhead import add_arguments as add_overhead_arguments
 from benchmarks.bench_overhead import run_overhead
+from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.imaging import encode_png
 from inference.loading import LoadedModel, load_model
@@ -211,19 +211,6 @@ class Bench:
         ).images  # fmt: skip
 
 
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
-
-
-def _card(model: LoadedModel) -> str:
-    return torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else _cpu_name()
-
-
 def _pixels(result: JobResult) -> np.ndarray:
     return np.asarray(Image.open(BytesIO(result.images[0].png)).convert("RGB"))
 
@@ -273,7 +260,7 @@ def family_row(name: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]
         "single_engine_vs_plain": single_ratio,
         "psnr_db": psnr(_pixels(result), plain_pixels),
     }
-    return _card(model), row
+    return device_name(model), row
 
 
 def run_families(args: argparse.Namespace) -> Report:
@@ -311,7 +298,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(args: argparse.Namespace) -> Report:
     model = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
-    card = _card(model)
+    card = device_name(model)
     report = Report(device=card, model=args.model)
     print(f"# {args.model} on {card} ({str(model.dtype).removeprefix('torch.')}), {args.size}x{args.size}, "
           f"{args.scheduler}, {'random weights' if model.is_test_model else 'real weights'}, "

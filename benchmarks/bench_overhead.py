@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.engine.lanes import Lane
 from inference.loading import LoadedModel, load_model
@@ -126,7 +127,6 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.bench_engine import _card
 
     args.engine_options = _engine_options(args)
     if args.threads:
@@ -134,7 +134,7 @@ def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
         # OpenMP barriers across a busy sibling core add milliseconds of noise to every op.
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
-    card = _card(model)
+    card = device_name(model)
     sizes = ", ".join(f"{size}x{size} ({size // 8}x{size // 8} latents)" for size in args.sizes)
     print(f"# host overhead of the lane engine on {card}: {args.model} ({str(model.dtype).removeprefix('torch.')}), "
           f"{sizes}, {torch.get_num_threads()} torch thread(s), CFG 7.5, denoiser returns at once, "
