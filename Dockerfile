@@ -54,7 +54,7 @@ ENV STEPGRID_MODEL_CACHE_DIR=/models \
     STEPGRID_HTTP_PORT=8080
 VOLUME ["/models", "/data"]
 
-# No curl in a slim image: bot/healthcheck.py (standard library) asks /healthz where the bot listens,
+# No curl in a slim image: bot/ops/healthcheck.py (standard library) asks /healthz where the bot listens,
 # STEPGRID_HTTP_PORT and STEPGRID_HTTP_BIND as the container runs (an --env-file may change them), and
 # prints one line `docker inspect` shows. With the port set empty (endpoint off) it fails saying so.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \

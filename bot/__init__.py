@@ -1,0 +1,1 @@
+"""The Discord side and the `stepgrid` command line: never imports torch, diffusers or transformers."""

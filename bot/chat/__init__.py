@@ -1,0 +1,1 @@
+"""The Discord face: the Bot subclass and one cog per command family."""

@@ -1,0 +1,1 @@
+"""The lane engine: continuous batching of denoising lanes, batched scheduler steps, film frames."""
