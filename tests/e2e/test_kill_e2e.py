@@ -239,3 +239,41 @@ async def test_kill_9_between_the_result_upload_and_the_ledger_write_posts_the_r
         assert (await asyncio.to_thread(job_rows, database))[job_id] == (None, "done", 1)
     finally:
         await bot.kill(signal.SIGKILL)
+
+
+async def test_restoring_a_backup_taken_mid_burst_posts_no_job_a_second_time(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    backup = tmp_path / "backup.sqlite3"
+    env = bot_env(fake, database, model_cache_dir)
+    bot = BotProcess(env, tmp_path / "bot.log")
+    await bot.start()
+    try:
+        running, queued = await one_running_one_queued(fake, bot, seed=7)
+        # The documented procedure: a backup while the bot runs (one job running, one queued in it) ...
+        copy = await asyncio.create_subprocess_exec(str(STEPGRID), "db", "backup", str(backup), env=env, cwd=tmp_path)
+        assert await copy.wait() == 0
+        backed_up = await asyncio.to_thread(job_rows, backup)
+        running_id, queued_id = job_id_of(backed_up, running), job_id_of(backed_up, queued)
+        for job_id in (running_id, queued_id):  # ... both answered after it ...
+            await bot.wait_for_log(f"job {job_id} done", within=fake.timeout)
+        await bot.kill(signal.SIGKILL)
+        # ... and restored: stop the bot, copy the backup over the database, start it again.
+        assert backed_up == {
+            running_id: (running.token, "running", 1),
+            queued_id: (queued.token, "queued", 0),
+        }
+        database.write_bytes(backup.read_bytes())
+
+        await bot.start()
+        await bot.wait_for_log("recovered 2 job(s) left by the last run", within=fake.timeout)
+        assert any("0 re-queued, 0 answered as failed, 2 already delivered" in line for line in bot.lines)
+        assert await asyncio.to_thread(job_rows, database) == {
+            running_id: (None, "done", 1),
+            queued_id: (None, "done", 0),
+        }
+        for handle in (running, queued):
+            assert len([r for r in handle.requests if result_files(r)]) == 1
+    finally:
+        await bot.kill(signal.SIGKILL)
