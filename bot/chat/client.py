@@ -163,13 +163,17 @@ class Stepgrid(commands.Bot):
     async def close(self) -> None:
         """Answer every job, then disconnect.
 
-        Jobs that were running are answered as stopped; with a database, jobs still waiting stay
-        queued in the ledger and the next start runs them (their owners are told so).
+        No new job is taken and none starts; running jobs have STEPGRID_SHUTDOWN_GRACE_SECONDS to
+        finish. With a database, the jobs still waiting or running then stay queued in the ledger and
+        the next start runs them (their owners are told so); without one they are answered as stopped.
         """
-        if self._ready_watch is not None:
+        if self._ready_watch is not None and self._ready_watch is not asyncio.current_task():
             self._ready_watch.cancel()
-        self.jobs.begin_shutdown(keep_queued=self.database is not None)
+        self.jobs.stop_accepting()
         try:
+            if self._queue_started:
+                await self.queue.drain(self.settings.shutdown_grace_seconds)
+            self.jobs.begin_shutdown(keep_queued=self.database is not None)
             if self._queue_started:
                 await self.queue.close()
             await self.jobs.close()

@@ -25,6 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 # Twelve cells of 139..150 steps at 512x512 on a one-lane worker: long enough to be caught mid-run.
 SLOW_STEPS = ",".join(str(steps) for steps in range(139, 151))
+SLOW_GRID: tuple[str, dict[str, object]] = ("compare-steps", {"steps": SLOW_STEPS, "size": "512"})
+# One image of 150 steps: still running when the bot sees its first steps, a twelfth of the grid's time.
+SLOW_IMAGE: tuple[str, dict[str, object]] = ("imagine", {"steps": 150, "size": "512"})
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -67,13 +70,12 @@ def answered(fake: FakeDiscord, handle: InteractionHandle) -> RecordedRequest | 
 
 
 async def one_running_one_queued(
-    fake: FakeDiscord, bot: BotProcess, *, seed: int
+    fake: FakeDiscord, bot: BotProcess, *, seed: int, slow: tuple[str, dict[str, object]] = SLOW_GRID
 ) -> tuple[InteractionHandle, InteractionHandle]:
-    """Once the worker is ready: a slow grid that is running, and an /imagine queued behind it."""
+    """Once the worker is ready: a slow job (a grid, or `slow`) that is running, and an /imagine queued behind it."""
     await bot.wait_for_log(WORKER_READY, within=fake.timeout)
-    running = await fake.invoke(
-        "compare-steps", {"prompt": "a slow one", "steps": SLOW_STEPS, "size": "512", "seed": seed}, user=fake.member
-    )
+    command, options = slow
+    running = await fake.invoke(command, {"prompt": "a slow one", **options, "seed": seed}, user=fake.member)
     await wait_for_progress(running, "step ")
     queued = await fake.invoke("imagine", {"prompt": "a quick one", "steps": 4, "size": "256", "seed": seed + 1},
                                user=fake.admin)  # fmt: skip
@@ -111,26 +113,64 @@ async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_o
         await bot.kill(signal.SIGKILL)
 
 
-async def test_sigterm_stops_gracefully_leaving_the_waiting_job_queued_for_the_next_start(
+async def sigterm(fake: FakeDiscord, bot: BotProcess) -> None:
+    """What `docker stop` does: SIGTERM to the bot alone; it exits 0 once it has stopped gracefully."""
+    assert bot.process is not None
+    bot.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(fake.timeout):  # a hang guard, not a timing expectation
+        assert await bot.exited() == 0
+    assert any("SIGTERM received" in line for line in bot.lines)
+
+
+async def test_sigterm_lets_the_running_job_finish_and_leaves_the_waiting_one_for_the_next_start(
     fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
 ) -> None:
     database = tmp_path / "stepgrid.sqlite3"
-    bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
+    env = {**bot_env(fake, database, model_cache_dir), "STEPGRID_SHUTDOWN_GRACE_SECONDS": "600"}  # a hang guard
+    bot = BotProcess(env, tmp_path / "bot.log")
     await bot.start()
     try:
-        _, queued = await one_running_one_queued(fake, bot, seed=3)
-
-        assert bot.process is not None
-        bot.process.send_signal(signal.SIGTERM)  # what `docker stop` sends: to the bot alone
-        async with asyncio.timeout(fake.timeout):  # a hang guard, not a timing expectation
-            assert await bot.process.wait() == 0
-        assert any("SIGTERM received" in line for line in bot.lines)
+        running, queued = await one_running_one_queued(fake, bot, seed=3, slow=SLOW_IMAGE)
+        await sigterm(fake, bot)
 
         rows = await asyncio.to_thread(job_rows, database)
-        [running_id] = [job_id for job_id, row in rows.items() if row != (queued.token, "queued", 0)]
-        assert rows[running_id] == (None, "failed", 1)  # told it was stopped
-        assert len(rows) == 2  # and the waiting job stays queued, token kept: the next start runs it
-        await wait_for_progress(queued, "restarting")
+        queued_id = job_id_of(rows, queued)
+        [running_id] = [job_id for job_id in rows if job_id != queued_id]
+        assert rows == {running_id: (None, "done", 1), queued_id: (queued.token, "queued", 0)}
+        assert result_files(await wait_for_result(running))  # finished within the grace period, delivered
+        await wait_for_progress(queued, "restarting")  # the waiting one is told it runs after the restart
+
+        await bot.start()
+        reply = await queued.wait_for(lambda r: answered(fake, queued) is r)
+        assert reply.files, f"the waiting job was answered with a failure: {content(reply)}"
+        assert len([r for r in running.requests if result_files(r)]) == 1
+    finally:
+        await bot.kill(signal.SIGKILL)
+
+
+async def test_sigterm_after_the_grace_period_leaves_the_running_job_too_for_the_next_start(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    env = {**bot_env(fake, database, model_cache_dir), "STEPGRID_SHUTDOWN_GRACE_SECONDS": "0"}
+    bot = BotProcess(env, tmp_path / "bot.log")
+    await bot.start()
+    try:
+        running, queued = await one_running_one_queued(fake, bot, seed=9, slow=SLOW_IMAGE)
+        await sigterm(fake, bot)
+
+        rows = await asyncio.to_thread(job_rows, database)
+        running_id, queued_id = job_id_of(rows, running), job_id_of(rows, queued)
+        # Neither failed: both queued for the next start, the run the deploy cut short not counted as an attempt.
+        assert rows == {running_id: (running.token, "queued", 0), queued_id: (queued.token, "queued", 0)}
+        for handle in (running, queued):
+            await wait_for_progress(handle, "restarting")
+
+        await bot.start()
+        for handle in (running, queued):
+            reply = await handle.wait_for(lambda r, handle=handle: answered(fake, handle) is r)
+            assert reply.files, f"a job was answered with a failure: {content(reply)}"
+        assert any("recovered 2 job(s) left by the last run: 2 re-queued" in line for line in bot.lines)
     finally:
         await bot.kill(signal.SIGKILL)
 
