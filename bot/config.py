@@ -148,6 +148,9 @@ class Settings(BaseSettings):
 
     queue_max_length: int = Field(default=100, ge=1)
     worker_hang_seconds: float = Field(default=120.0, gt=0)
+    # On SIGTERM (a deploy): how long running jobs may go on to finish; the rest run at the next start.
+    # Under the time the process manager waits before SIGKILL (Docker's default: 10 s).
+    shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=3600)
 
     # The operator's HTTP endpoint (health, metrics, status page): off unless a port is set.
     http_port: int | None = None

@@ -56,6 +56,13 @@ class QueueBusy(UserFacingError):
     """The job queue is full; nothing was queued."""
 
 
+class Restarting(UserFacingError):
+    """The bot is stopping for a restart (a deploy); nothing was queued."""
+
+    def __init__(self) -> None:
+        super().__init__("Stepgrid is restarting; try again in a minute.")
+
+
 class ModelUnavailable(UserFacingError):
     """The GPU worker cannot load its model at all; only the operator can fix that."""
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import discord
@@ -30,7 +30,7 @@ from bot.storage.job_store import DatabaseJobStore, JobStore
 from bot.storage.lock import DatabaseInUse, database_lock
 from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable
 from inference.logs import configure_logging, report_fatal
-from inference.queues.base import JobQueue
+from inference.queues.base import JobQueue, WorkerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ class Stepgrid(commands.Bot):
         self._sync_commands = sync_commands
         self._ready_watch: asyncio.Task[None] | None = None
         self._queue_started = False
+        # Set by `stepgrid run`: stops the process (one line, exit 2) when there is no model to serve.
+        self.stop_on_fatal: Callable[[Exception], None] | None = None
 
     async def setup_hook(self) -> None:
         if self.endpoint is not None:
@@ -161,13 +163,17 @@ class Stepgrid(commands.Bot):
     async def close(self) -> None:
         """Answer every job, then disconnect.
 
-        Jobs that were running are answered as stopped; with a database, jobs still waiting stay
-        queued in the ledger and the next start runs them (their owners are told so).
+        No new job is taken and none starts; running jobs have STEPGRID_SHUTDOWN_GRACE_SECONDS to
+        finish. With a database, the jobs still waiting or running then stay queued in the ledger and
+        the next start runs them (their owners are told so); without one they are answered as stopped.
         """
-        if self._ready_watch is not None:
+        if self._ready_watch is not None and self._ready_watch is not asyncio.current_task():
             self._ready_watch.cancel()
-        self.jobs.begin_shutdown(keep_queued=self.database is not None)
+        self.jobs.stop_accepting()
         try:
+            if self._queue_started:
+                await self.queue.drain(self.settings.shutdown_grace_seconds)
+            self.jobs.begin_shutdown(keep_queued=self.database is not None)
             if self._queue_started:
                 await self.queue.close()
             await self.jobs.close()
@@ -179,10 +185,13 @@ class Stepgrid(commands.Bot):
     async def _log_when_ready(self) -> None:
         try:
             await self.queue.wait_ready()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("the GPU worker could not start; commands will say the model is unavailable")
+        except WorkerUnavailable as error:
+            # No model loaded and none will (restarting won't help): a bot that stayed up would look healthy
+            # to its health check while refusing every command.
+            if self.stop_on_fatal is not None:
+                self.stop_on_fatal(NoModelToServe(f"no model to serve: {error}"))
+            else:
+                log.error("the GPU worker could not start (%s); commands will say the model is unavailable", error)
             return
         log.info("the GPU worker is ready")
 
@@ -222,8 +231,12 @@ class DiscordUnreachable(Exception):
     """Discord (or the configured API base) could not be reached at start-up; the message is safe to print."""
 
 
+class NoModelToServe(Exception):
+    """The GPU worker loaded none of the configured models (or could not start at all); the message says why."""
+
+
 # What keeps the bot (or `stepgrid sync`) from starting: one line for the operator, exit status 2.
-STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable, DatabaseInUse)
+STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable, DatabaseInUse, NoModelToServe)
 
 
 def _token(settings: Settings) -> str:
@@ -255,9 +268,10 @@ async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
 async def _run_bot_on(settings: Settings, token: str, queue: JobQueue | None) -> None:
     database = Database(settings.database_path, settings)
     await database.start()  # applies migrations; refuses a database newer than this code
-    stop = _stop_on_sigterm()
+    stop = _MainStopper()
     try:
         bot = Stepgrid(settings, queue=queue, database=database)
+        bot.stop_on_fatal = stop
         point_at_discord(settings)
         async with bot:
             if bot.endpoint is not None:
@@ -265,12 +279,14 @@ async def _run_bot_on(settings: Settings, token: str, queue: JobQueue | None) ->
             await _login(bot, token)
             await bot.connect()
     except asyncio.CancelledError:
-        if not stop.is_set():
+        if not stop.requested:
             raise
-        # SIGTERM (docker stop): `async with bot` has closed the bot gracefully; exit normally.
+        # SIGTERM (docker stop), or no model to serve: `async with bot` has closed the bot gracefully.
         current = asyncio.current_task()
         if current is not None:
             current.uncancel()
+        if stop.error is not None:
+            raise stop.error from None
     finally:
         await database.close()
 
@@ -302,29 +318,33 @@ async def sync_now(settings: Settings) -> None:
         await database.close()
 
 
-def _stop_on_sigterm() -> asyncio.Event:
-    """Make SIGTERM stop the bot as Ctrl-C does: cancel the main task, so the bot closes gracefully.
+class _MainStopper:
+    """Stops the bot as Ctrl-C does, on SIGTERM or a fatal error (call it with the error): cancels the main
+    task, so the bot closes gracefully. `requested` tells a planned stop from another cancellation."""
 
-    Returns an event set once SIGTERM arrived (the cancellation is then a planned stop).
-    """
-    requested = asyncio.Event()
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
+    def __init__(self) -> None:
+        self.requested = False
+        self.error: Exception | None = None
+        self._main = asyncio.current_task()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers on Windows
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
 
-    def stop() -> None:
+    def _on_sigterm(self) -> None:
         log.info("SIGTERM received: shutting down")
-        requested.set()
-        if main is not None:
-            main.cancel()
+        self(None)
 
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers on Windows
-        loop.add_signal_handler(signal.SIGTERM, stop)
-    return requested
+    def __call__(self, error: Exception | None) -> None:
+        if self.requested:
+            return
+        self.requested, self.error = True, error
+        if self._main is not None:
+            self._main.cancel()
 
 
 def run(settings: Settings | None = None) -> int:
     """`stepgrid run`: returns the exit status (2 for a missing or rejected token, an unusable database or one
-    another bot is using, an HTTP port that can't be listened on, or a Discord that can't be reached at start-up)."""
+    another bot is using, an HTTP port that can't be listened on, a Discord that can't be reached at start-up, or
+    a GPU worker that loaded none of the models)."""
     settings = settings or Settings()
     configure_logging("bot", level=settings.log_level, log_format=settings.log_format)
     warn_unknown_settings()

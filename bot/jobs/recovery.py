@@ -65,9 +65,10 @@ async def recover_jobs(
     """Re-queue (oldest first) or fail every job left queued or running; their drivers answer them.
 
     A job that was running (or delivering) may have had its result posted just before the bot died,
-    with the ledger write after the upload lost: its message is read first, and a job whose result
-    is there is recorded as done instead of being run a second time. When the message can't be
-    read, the job runs again: better a second copy than no answer.
+    with the ledger write after the upload lost, and any job of a database restored from a backup
+    (queued ones too) may have been answered after the backup: every job's message is read first,
+    and a job whose result is there is recorded as done instead of being run a second time. When
+    the message can't be read, the job runs again: better a second copy than no answer.
     """
     now = database.clock()
     requeued: list[str] = []
@@ -88,8 +89,9 @@ async def recover_jobs(
             )
             failed.append(job.id)
             continue
-        started = job.status != JobStatus.QUEUED.value
-        if started and job.message_id is not None and await jobs.already_delivered(client, record, token_age=token_age):
+        # Queued jobs too: a database restored from a backup holds jobs as queued (or running) that were
+        # answered after the backup was taken.
+        if job.message_id is not None and await jobs.already_delivered(client, record, token_age=token_age):
             await database.ledger.mark_delivered(job.id)
             log.info("job %s was delivered before the restart; recorded as done", job.id, extra={"job_id": job.id})
             delivered.append(job.id)

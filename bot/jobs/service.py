@@ -26,6 +26,7 @@ from bot.errors import (
     ModelUnavailable,
     NotYourJob,
     QueueBusy,
+    Restarting,
     ServerOnly,
     UserFacingError,
     new_reference,
@@ -110,6 +111,7 @@ class JobService:
         self._unrecorded: dict[str, JobResult | JobFailed] = {}
         self._ledger_retry: asyncio.Task[None] | None = None
         self._keep_queued = False
+        self._accepting = True
         self._admission_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -167,6 +169,8 @@ class JobService:
         """
         if interaction.guild_id is None:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
+        if not self._accepting:
+            raise Restarting()
         if limits is None:
             limits = await self.policy.limits(interaction.guild_id)
         # The server's size limit first and in the size range: the general one (up to 2048) would suggest
@@ -349,13 +353,18 @@ class JobService:
             self._cancelled_by.pop(record.job_id, None)
             await send_ephemeral(interaction, "That job has already finished.")
 
-    def begin_shutdown(self, *, keep_queued: bool) -> None:
-        """A planned shutdown starts (call before closing the queue).
+    def stop_accepting(self) -> None:
+        """A planned shutdown starts: new jobs are refused, saying the bot is restarting."""
+        self._accepting = False
 
-        With `keep_queued`, jobs the queue fails because it is closing, and that had not started,
-        stay queued in the ledger for start-up recovery to run, and their owners are told so.
-        Only for a store that outlives the process (the database).
+    def begin_shutdown(self, *, keep_queued: bool) -> None:
+        """The queue is about to close (after its grace period): call just before closing it.
+
+        With `keep_queued`, jobs the queue fails because it is closing (waiting, or still running
+        when the grace period ended) stay queued in the ledger for start-up recovery to run, and
+        their owners are told so. Only for a store that outlives the process (the database).
         """
+        self._accepting = False
         self._keep_queued = keep_queued
 
     async def close(self, grace: float = 10.0) -> None:
@@ -427,8 +436,8 @@ class JobService:
                     await self._finish_with_result(record, event, target, editor)
                     return
                 if isinstance(event, JobFailed):
-                    if self._keep_queued and not marked_running and not event.cancelled:
-                        await self._leave_queued(record, state, editor)
+                    if self._keep_queued and not event.cancelled:
+                        await self._leave_queued(record, state, editor, started=marked_running)
                     else:
                         # A worker that crashed can't say how many steps ran; the bot saw them.
                         failure = dataclasses.replace(event, steps_run=max(event.steps_run, state.steps_seen))
@@ -491,9 +500,11 @@ class JobService:
         return limits.max_steps_for(record.request.model)
 
     async def _leave_queued(
-        self, record: JobRecord, state: ProgressState, editor: ThrottledEditor[MessageUpdate]
+        self, record: JobRecord, state: ProgressState, editor: ThrottledEditor[MessageUpdate], *, started: bool
     ) -> None:
-        # The ledger row stays queued: start-up recovery runs the job again and edits this message.
+        # The ledger row stays (or is again) queued: start-up recovery runs the job again and edits this message.
+        if started:
+            await self._quietly(self.store.mark_interrupted(record.job_id))
         log.info("job %s stays queued in the ledger for the next start", record.job_id)
         note = dataclasses.replace(progress_message(record, state), content=RESTART_NOTE, view=None)
         await self._quietly(editor.finish(note))

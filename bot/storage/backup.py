@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.storage.lock import lock_path
 from bot.storage.migrate import DatabaseUnusable, check_database_file, read_only_uri
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,29 @@ def _check_target(source: Path, target: Path, *, force: bool) -> None:
         raise BackupRefused(f"{target} is a folder; give a file name like {target / 'stepgrid-backup.sqlite3'}.")
     if not target.parent.is_dir():
         raise BackupRefused(f"the folder {target.parent} does not exist; create it first or choose another.")
-    if target.exists() and target.resolve() == source.resolve():
-        raise BackupRefused(f"{target} is the database itself; choose another file.")
+    what = _database_file(source, target)
+    if what is not None:
+        # Replacing the lock file frees the lock the running bot holds (a second bot could start on the
+        # database); replacing the journal or the database corrupts it. Refused with --force too.
+        raise BackupRefused(f"{target} is {what}; choose another file, outside the database's own.")
     if target.exists() and not force:
         raise BackupRefused(f"{target} already exists; add --force to replace it.")
+
+
+def _database_file(source: Path, target: Path) -> str | None:
+    """What `target` is to the database at `source` (itself, its lock file, its journal, WAL or shared
+    memory file), or None when it is none of them."""
+    database = source.resolve()
+    own = {
+        database: "the database itself",
+        lock_path(database): "the database's lock file",
+        **{database.with_name(database.name + suffix): f"the database's {name}" for suffix, name in _SIDE_FILES},
+    }
+    return own.get(target.resolve())
+
+
+# The files SQLite keeps beside a database: a rollback journal, or WAL and its shared-memory index.
+_SIDE_FILES = (("-journal", "journal"), ("-wal", "WAL file"), ("-shm", "shared-memory file"))
 
 
 def _copy(source: Path, copy: Path) -> int:

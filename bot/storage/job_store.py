@@ -67,6 +67,9 @@ class JobStore(Protocol):
     async def mark_delivering(self, job_id: str, result: JobResult) -> None:
         """The result is about to be uploaded (its figures are recorded first)."""
 
+    async def mark_interrupted(self, job_id: str) -> None:
+        """A planned stop left the job unfinished: queued again for the next start (a run it was in uncounted)."""
+
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         """The job ended with a result, a failure or a cancellation."""
 
@@ -93,6 +96,9 @@ class MemoryJobStore:
 
     async def mark_delivering(self, job_id: str, result: JobResult) -> None:
         self.status[job_id] = "delivering"
+
+    async def mark_interrupted(self, job_id: str) -> None:
+        self.status[job_id] = "queued"
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         if isinstance(outcome, JobResult):
@@ -135,6 +141,9 @@ class DatabaseJobStore:
 
     async def mark_delivering(self, job_id: str, result: JobResult) -> None:
         await self.database.ledger.mark_delivering(job_id, result)
+
+    async def mark_interrupted(self, job_id: str) -> None:
+        await self.database.ledger.mark_interrupted(job_id)
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         await self.database.ledger.mark_finished(job_id, outcome)

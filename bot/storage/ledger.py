@@ -207,6 +207,17 @@ class Ledger:
 
         return await self._transition(job_id, change)
 
+    async def mark_interrupted(self, job_id: str) -> bool:
+        """running → queued again by a planned stop (a deploy): the run that started it is not counted as
+        an attempt, since the bot did not go down because of this job."""
+
+        def change(job: JobRow) -> None:
+            if job.status == JobStatus.RUNNING.value:
+                job.attempts = max(0, job.attempts - 1)
+            job.status = JobStatus.QUEUED.value
+
+        return await self._transition(job_id, change)
+
     async def mark_queued(self, job_id: str) -> bool:
         """running → queued again, e.g. re-queued at start-up after a crash; keeps its attempts."""
         return await self._transition(job_id, lambda job: setattr(job, "status", JobStatus.QUEUED.value))

@@ -75,6 +75,10 @@ class JobQueue(abc.ABC):
     async def close(self) -> None:
         """Stop the workers; jobs still pending are answered as failed."""
 
+    async def drain(self, grace: float) -> None:
+        """Before `close`: start no more jobs, and wait (at most `grace` seconds) for the running ones to end."""
+        return None  # a queue that holds no jobs of its own (a test's view of another) has none to wait for
+
     @property
     @abc.abstractmethod
     def ready(self) -> bool:
@@ -137,6 +141,7 @@ class QueuedJob:
     position: int | None = None
     finished: bool = False
     cancel_requested: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set with its last event
 
     @property
     def lane_count(self) -> int:
@@ -156,6 +161,7 @@ class FairJobQueue(JobQueue):
         self._seq = itertools.count()
         self._ready = asyncio.Event()
         self._closing = False
+        self._draining = False  # a planned stop: no job starts any more
 
     @abc.abstractmethod
     def _dispatch(self) -> None:
@@ -175,6 +181,15 @@ class FairJobQueue(JobQueue):
         if request.model and request.model not in self.config.model_names:
             names = ", ".join(self.config.model_names)
             raise InvalidRequest(f"Unknown model {request.model!r}; choose one of: {names}.")
+
+    async def drain(self, grace: float) -> None:
+        self._draining = True
+        running = [asyncio.ensure_future(job.settled.wait()) for job in self._running.values()]
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=grace)
+        for waiter in late:
+            waiter.cancel()
 
     # -- the public queue API ---------------------------------------------------------------
 
@@ -255,6 +270,7 @@ class FairJobQueue(JobQueue):
         self._running.pop(job.job_id, None)
         queue_seconds = (job.started_at or time.monotonic()) - job.submitted_at
         job.events.put_nowait(dataclasses.replace(event, queue_seconds=queue_seconds))
+        job.settled.set()
 
     def _answer_unfinished(self) -> None:
         """At close: every job still held is answered (as retryable: the next start may run it)."""

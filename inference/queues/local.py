@@ -201,7 +201,7 @@ class LocalJobQueue(FairJobQueue):
     # -- dispatch ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        if not self._ready.is_set() or self._conn is None:
+        if not self._ready.is_set() or self._conn is None or self._draining:
             return
         while self._pending:
             if any(job.isolate for job in self._running.values()):

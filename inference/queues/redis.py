@@ -278,7 +278,7 @@ class RedisJobQueue(FairJobQueue):
         return {name: sum(agent.lanes for agent in agents) for name, agents in self._served().items()}
 
     def _dispatch(self) -> None:
-        if not self._ready.is_set() or self._closing:
+        if not self._ready.is_set() or self._closing or self._draining:
             return
         capacity = self._capacity()
         in_flight: dict[str, int] = {}

@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from tests.e2e.bot_process import STEPGRID, WORKER_READY, BotProcess, bot_env
 from tests.e2e.helpers import content, result_files, wait_for_progress, wait_for_result
 from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-WORKER_READY = "the GPU worker is ready"
-STEPGRID = Path(sys.executable).with_name("stepgrid")
-REPOSITORY = Path(__file__).resolve().parents[2]
 # Twelve cells of 139..150 steps at 512x512 on a one-lane worker: long enough to be caught mid-run.
 SLOW_STEPS = ",".join(str(steps) for steps in range(139, 151))
+SLOW_GRID: tuple[str, dict[str, object]] = ("compare-steps", {"steps": SLOW_STEPS, "size": "512"})
+# One image of 150 steps: still running when the bot sees its first steps, a twelfth of the grid's time.
+SLOW_IMAGE: tuple[str, dict[str, object]] = ("imagine", {"steps": 150, "size": "512"})
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -40,62 +39,6 @@ async def fake() -> AsyncIterator[FakeDiscord]:
     finally:
         await fake.stop()
     fake.assert_no_unknown_routes()
-
-
-class BotProcess:
-    """`stepgrid run` in its own process group (with its worker), its log lines watched as they come."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._changed = asyncio.Condition()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        command = [str(STEPGRID), "run"] if STEPGRID.exists() else [sys.executable, "-m", "bot.cli.main", "run"]
-        self.lines.clear()
-        self.process = await asyncio.create_subprocess_exec(
-            *command,
-            env=self.env,
-            cwd=self.log_path.parent,  # no stray .env from the repository
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: the worker dies with it
-        )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        with self.log_path.open("a") as log:
-            while line := await self.process.stderr.readline():
-                text = line.decode(errors="replace")
-                log.write(text)
-                async with self._changed:
-                    self.lines.append(text)
-                    self._changed.notify_all()
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for_log(self, text: str, within: float) -> None:
-        """Wait until the bot logs a line containing `text` (fails if it exits first or `within` s pass)."""
-        async with self._changed, asyncio.timeout(within):
-            await self._changed.wait_for(lambda: any(text in line for line in self.lines) or self._reader_done())
-        if not any(text in line for line in self.lines):
-            raise AssertionError(f"the bot exited before logging {text!r}; see {self.log_path}")
-
-    def _reader_done(self) -> bool:
-        return self._reader is not None and self._reader.done()
-
-    async def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Send `sig` to the bot's whole process group and wait for the bot to exit."""
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-        await self.process.wait()
-        if self._reader is not None:
-            await self._reader
 
 
 def job_rows(database: Path) -> dict[str, tuple[str | None, str, int]]:
@@ -126,31 +69,13 @@ def answered(fake: FakeDiscord, handle: InteractionHandle) -> RecordedRequest | 
     return None
 
 
-def bot_env(fake: FakeDiscord, database: Path, model_cache_dir: Path) -> dict[str, str]:
-    """`stepgrid run`'s environment: the fake Discord, the tiny model, one lane, this database."""
-    return {
-        **{name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")},
-        "STEPGRID_DISCORD_TOKEN": fake.token,
-        "STEPGRID_DISCORD_API_BASE": f"{fake.base_url}/api/v10",
-        "STEPGRID_DISCORD_GATEWAY_URL": f"ws://127.0.0.1:{fake.port}/gateway",
-        "STEPGRID_DEV_GUILD_ID": str(fake.guild.id),
-        "STEPGRID_MODEL": "tiny",
-        "STEPGRID_MODEL_CACHE_DIR": str(model_cache_dir),
-        "STEPGRID_DATABASE_PATH": str(database),
-        "STEPGRID_MAX_BATCH_LANES": "1",  # the running job keeps the next one queued
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPOSITORY),
-    }
-
-
 async def one_running_one_queued(
-    fake: FakeDiscord, bot: BotProcess, *, seed: int
+    fake: FakeDiscord, bot: BotProcess, *, seed: int, slow: tuple[str, dict[str, object]] = SLOW_GRID
 ) -> tuple[InteractionHandle, InteractionHandle]:
-    """Once the worker is ready: a slow grid that is running, and an /imagine queued behind it."""
+    """Once the worker is ready: a slow job (a grid, or `slow`) that is running, and an /imagine queued behind it."""
     await bot.wait_for_log(WORKER_READY, within=fake.timeout)
-    running = await fake.invoke(
-        "compare-steps", {"prompt": "a slow one", "steps": SLOW_STEPS, "size": "512", "seed": seed}, user=fake.member
-    )
+    command, options = slow
+    running = await fake.invoke(command, {"prompt": "a slow one", **options, "seed": seed}, user=fake.member)
     await wait_for_progress(running, "step ")
     queued = await fake.invoke("imagine", {"prompt": "a quick one", "steps": 4, "size": "256", "seed": seed + 1},
                                user=fake.admin)  # fmt: skip
@@ -188,26 +113,64 @@ async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_o
         await bot.kill(signal.SIGKILL)
 
 
-async def test_sigterm_stops_gracefully_leaving_the_waiting_job_queued_for_the_next_start(
+async def sigterm(fake: FakeDiscord, bot: BotProcess) -> None:
+    """What `docker stop` does: SIGTERM to the bot alone; it exits 0 once it has stopped gracefully."""
+    assert bot.process is not None
+    bot.process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(fake.timeout):  # a hang guard, not a timing expectation
+        assert await bot.exited() == 0
+    assert any("SIGTERM received" in line for line in bot.lines)
+
+
+async def test_sigterm_lets_the_running_job_finish_and_leaves_the_waiting_one_for_the_next_start(
     fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
 ) -> None:
     database = tmp_path / "stepgrid.sqlite3"
-    bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
+    env = {**bot_env(fake, database, model_cache_dir), "STEPGRID_SHUTDOWN_GRACE_SECONDS": "600"}  # a hang guard
+    bot = BotProcess(env, tmp_path / "bot.log")
     await bot.start()
     try:
-        _, queued = await one_running_one_queued(fake, bot, seed=3)
-
-        assert bot.process is not None
-        bot.process.send_signal(signal.SIGTERM)  # what `docker stop` sends: to the bot alone
-        async with asyncio.timeout(fake.timeout):  # a hang guard, not a timing expectation
-            assert await bot.process.wait() == 0
-        assert any("SIGTERM received" in line for line in bot.lines)
+        running, queued = await one_running_one_queued(fake, bot, seed=3, slow=SLOW_IMAGE)
+        await sigterm(fake, bot)
 
         rows = await asyncio.to_thread(job_rows, database)
-        [running_id] = [job_id for job_id, row in rows.items() if row != (queued.token, "queued", 0)]
-        assert rows[running_id] == (None, "failed", 1)  # told it was stopped
-        assert len(rows) == 2  # and the waiting job stays queued, token kept: the next start runs it
-        await wait_for_progress(queued, "restarting")
+        queued_id = job_id_of(rows, queued)
+        [running_id] = [job_id for job_id in rows if job_id != queued_id]
+        assert rows == {running_id: (None, "done", 1), queued_id: (queued.token, "queued", 0)}
+        assert result_files(await wait_for_result(running))  # finished within the grace period, delivered
+        await wait_for_progress(queued, "restarting")  # the waiting one is told it runs after the restart
+
+        await bot.start()
+        reply = await queued.wait_for(lambda r: answered(fake, queued) is r)
+        assert reply.files, f"the waiting job was answered with a failure: {content(reply)}"
+        assert len([r for r in running.requests if result_files(r)]) == 1
+    finally:
+        await bot.kill(signal.SIGKILL)
+
+
+async def test_sigterm_after_the_grace_period_leaves_the_running_job_too_for_the_next_start(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    env = {**bot_env(fake, database, model_cache_dir), "STEPGRID_SHUTDOWN_GRACE_SECONDS": "0"}
+    bot = BotProcess(env, tmp_path / "bot.log")
+    await bot.start()
+    try:
+        running, queued = await one_running_one_queued(fake, bot, seed=9, slow=SLOW_IMAGE)
+        await sigterm(fake, bot)
+
+        rows = await asyncio.to_thread(job_rows, database)
+        running_id, queued_id = job_id_of(rows, running), job_id_of(rows, queued)
+        # Neither failed: both queued for the next start, the run the deploy cut short not counted as an attempt.
+        assert rows == {running_id: (running.token, "queued", 0), queued_id: (queued.token, "queued", 0)}
+        for handle in (running, queued):
+            await wait_for_progress(handle, "restarting")
+
+        await bot.start()
+        for handle in (running, queued):
+            reply = await handle.wait_for(lambda r, handle=handle: answered(fake, handle) is r)
+            assert reply.files, f"a job was answered with a failure: {content(reply)}"
+        assert any("recovered 2 job(s) left by the last run: 2 re-queued" in line for line in bot.lines)
     finally:
         await bot.kill(signal.SIGKILL)
 
@@ -237,5 +200,43 @@ async def test_kill_9_between_the_result_upload_and_the_ledger_write_posts_the_r
         await wait_for_result(later)
         assert len([r for r in handle.requests if result_files(r)]) == 1
         assert (await asyncio.to_thread(job_rows, database))[job_id] == (None, "done", 1)
+    finally:
+        await bot.kill(signal.SIGKILL)
+
+
+async def test_restoring_a_backup_taken_mid_burst_posts_no_job_a_second_time(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    database = tmp_path / "stepgrid.sqlite3"
+    backup = tmp_path / "backup.sqlite3"
+    env = bot_env(fake, database, model_cache_dir)
+    bot = BotProcess(env, tmp_path / "bot.log")
+    await bot.start()
+    try:
+        running, queued = await one_running_one_queued(fake, bot, seed=7)
+        # The documented procedure: a backup while the bot runs (one job running, one queued in it) ...
+        copy = await asyncio.create_subprocess_exec(str(STEPGRID), "db", "backup", str(backup), env=env, cwd=tmp_path)
+        assert await copy.wait() == 0
+        backed_up = await asyncio.to_thread(job_rows, backup)
+        running_id, queued_id = job_id_of(backed_up, running), job_id_of(backed_up, queued)
+        for job_id in (running_id, queued_id):  # ... both answered after it ...
+            await bot.wait_for_log(f"job {job_id} done", within=fake.timeout)
+        await bot.kill(signal.SIGKILL)
+        # ... and restored: stop the bot, copy the backup over the database, start it again.
+        assert backed_up == {
+            running_id: (running.token, "running", 1),
+            queued_id: (queued.token, "queued", 0),
+        }
+        database.write_bytes(backup.read_bytes())
+
+        await bot.start()
+        await bot.wait_for_log("recovered 2 job(s) left by the last run", within=fake.timeout)
+        assert any("0 re-queued, 0 answered as failed, 2 already delivered" in line for line in bot.lines)
+        assert await asyncio.to_thread(job_rows, database) == {
+            running_id: (None, "done", 1),
+            queued_id: (None, "done", 0),
+        }
+        for handle in (running, queued):
+            assert len([r for r in handle.requests if result_files(r)]) == 1
     finally:
         await bot.kill(signal.SIGKILL)

@@ -475,24 +475,36 @@ async def test_the_queues_own_retries_count_one_attempt(database: Database) -> N
     assert row is not None and (row.status, row.attempts) == ("done", 1)
 
 
-async def test_a_planned_shutdown_leaves_waiting_jobs_queued_and_says_so(database: Database) -> None:
+async def test_a_planned_shutdown_leaves_waiting_and_running_jobs_queued_and_says_so(database: Database) -> None:
     harness = database_harness(database)
-    running_id, _, running_task = await harness.start(IMAGINE)
+    running_id, running_interaction, running_task = await harness.start(IMAGINE)
     queued_id, queued_interaction, queued_task = await harness.start(dataclasses.replace(IMAGINE, seed=5678))
     harness.queue.emit(JobStarted(running_id, 1))
     await queued_interaction.recorder.wait_for(lambda calls: any(c.kind == "edit" for c in calls))
 
-    harness.service.begin_shutdown(keep_queued=True)
+    harness.service.begin_shutdown(keep_queued=True)  # the grace period is over: the queue closes
     await harness.queue.close()
     await harness.service.close()
 
     assert running_task.done() and queued_task.done()
     running, queued = await database.ledger.get_job(running_id), await database.ledger.get_job(queued_id)
-    assert running is not None and running.status == "failed"
+    # Both run at the next start; the run the planned stop cut short is not counted as an attempt.
+    assert running is not None and (running.status, running.attempts, running.finished_at) == ("queued", 0, None)
     assert queued is not None and (queued.status, queued.finished_at) == ("queued", None)
-    note = queued_interaction.recorder.calls[-1]
-    assert note.kind == "edit" and "restarting" in (note.content or "") and note.view is None
-    assert queued_interaction.recorder.of("delete", "followup") == []
+    for interaction in (running_interaction, queued_interaction):
+        note = interaction.recorder.calls[-1]
+        assert note.kind == "edit" and "restarting" in (note.content or "") and note.view is None
+        assert interaction.recorder.of("delete", "followup") == []
+
+
+async def test_a_command_sent_once_a_planned_shutdown_began_is_refused_saying_the_bot_restarts(
+    database: Database,
+) -> None:
+    harness = database_harness(database)
+    harness.service.stop_accepting()
+    with pytest.raises(UserFacingError, match="Stepgrid is restarting; try again in a minute"):
+        await harness.start(IMAGINE)
+    assert await database.ledger.unfinished_jobs() == []
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 from bot.cli.main import main
 from bot.config import Settings
 from bot.storage.database import Database
+from bot.storage.lock import DatabaseInUse, database_lock
 from bot.storage.migrate import upgrade_database
 from inference.protocol import GenerateRequest
 
@@ -98,6 +99,11 @@ def backup_line(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, st
         ("/proc/stepgrid-copy.sqlite3", "can't write in /proc"),
         (".", "is a folder; give a file name"),
         ("stepgrid.sqlite3", "is the database itself"),
+        ("stepgrid.sqlite3.lock", "is the database's lock file"),
+        ("stepgrid.sqlite3-wal", "is the database's WAL file"),
+        ("stepgrid.sqlite3-shm", "is the database's shared-memory file"),
+        ("stepgrid.sqlite3-journal", "is the database's journal"),
+        ("././stepgrid.sqlite3.lock", "is the database's lock file"),
     ],
 )
 def test_a_target_that_cannot_be_written_is_one_line_and_exit_2(
@@ -108,6 +114,17 @@ def test_a_target_that_cannot_be_written_is_one_line_and_exit_2(
     assert status == 2
     assert "\n" not in line and problem in line, line
     assert database_path.read_bytes() == before
+
+
+def test_a_backup_onto_the_running_bots_lock_file_is_refused_and_its_lock_still_holds(
+    database_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with database_lock(database_path) as lock:  # what `stepgrid run` holds
+        status, line = backup_line(capsys, lock.name, "--force")
+        assert status == 2
+        assert "\n" not in line and "is the database's lock file" in line, line
+        with pytest.raises(DatabaseInUse), database_lock(database_path):  # a second bot is still refused
+            pass
 
 
 def test_an_existing_backup_is_replaced_only_with_force(
