@@ -61,6 +61,8 @@ GUIDANCE_IGNORED = "ignored"  # distilled without it: FLUX.1-schnell
 OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
 INTERNAL_ERROR_MESSAGE = "The GPU worker hit an internal error on this request (ref {ref})."
 CANCELLED_MESSAGE = "Cancelled."
+# How a worker whose image checker failed to load starts its WorkerFailed message (inference.safety).
+SAFETY_CHECKER_FAILED = "The image safety checker"
 
 
 class InvalidRequest(ValueError):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.protocol import SafetyVerdict, WorkerConfig
+from inference.protocol import SAFETY_CHECKER_FAILED, SafetyVerdict, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ImageChecker:
 
     name: str
 
-    def check(self, pictures: Sequence[np.ndarray]) -> list[SafetyVerdict]:
+    def check(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict]:
         raise NotImplementedError
 
 
@@ -68,7 +68,7 @@ class ClassifierChecker(ImageChecker):
     dtype: torch.dtype
 
     @torch.no_grad()
-    def check(self, pictures: Sequence[np.ndarray]) -> list[SafetyVerdict]:
+    def check(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict]:
         if len(pictures) == 0:
             return []
         inputs = self.processor(images=list(pictures), return_tensors="pt")
@@ -90,7 +90,7 @@ class DiffusersChecker(ImageChecker):
     dtype: torch.dtype
 
     @torch.no_grad()
-    def check(self, pictures: Sequence[np.ndarray]) -> list[SafetyVerdict]:
+    def check(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict]:
         if len(pictures) == 0:
             return []
         clip_input = self.processor(images=list(pictures), return_tensors="pt")["pixel_values"]
@@ -114,7 +114,7 @@ def load_checker(config: WorkerConfig, device: torch.device, dtype: torch.dtype)
     except Exception as error:  # OSError (not found, offline), ValueError (not a classifier), ...
         first = str(error).strip().split("\n")[0][:200] or type(error).__name__
         raise SafetyCheckerError(
-            f"The image safety checker {choice!r} could not be loaded ({first}); no picture is posted until it "
+            f"{SAFETY_CHECKER_FAILED} {choice!r} could not be loaded ({first}); no picture is posted until it "
             "loads: fix STEPGRID_SAFETY_CHECKER (a hub id or folder of an image classifier, 'diffusers', or 'none')."
         ) from error
 
@@ -141,6 +141,7 @@ def _load_diffusers(source: str, cache: str | None, device: torch.device, dtype:
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
-    model = StableDiffusionSafetyChecker.from_pretrained(source, cache_dir=cache).to(device, dtype).eval()
+    model: Any = StableDiffusionSafetyChecker.from_pretrained(source, cache_dir=cache)
+    model = model.to(device, dtype).eval()
     processor = CLIPImageProcessor.from_pretrained(source, cache_dir=cache)
     return DiffusersChecker(f"{DIFFUSERS_CHECKER}:{source}", model, processor, device, dtype)

@@ -485,7 +485,7 @@ class LaneEngine:
         """VAE-decode a batch of latents of one model and size to uint8 HxWx3 arrays."""
         return model.family.decode(latents, height, width)
 
-    def verdicts(self, pictures: Sequence[np.ndarray]) -> list[SafetyVerdict | None]:
+    def verdicts(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict | None]:
         """The checker's verdict on each decoded picture, in one batch on the models' device (None: no checker)."""
         if self.checker is None:
             return [None] * len(pictures)
