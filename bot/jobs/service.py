@@ -493,11 +493,12 @@ class JobService:
         )
         if rendered.withheld:
             log.info("job %s: %d flagged picture(s) withheld in this channel", record.job_id, rendered.withheld)
+            self.metrics.images_withheld.inc(rendered.withheld)
         # Recorded before the upload: if the bot dies between the upload and the last write, the
         # next start finds the row "delivering", sees the result on the job's message and does not
         # run the job a second time. A ledger that refuses this write doesn't hold the result back.
         try:
-            await self.store.mark_delivering(record.job_id, result)
+            await self.store.mark_delivering(record.job_id, result, withheld=rendered.withheld)
         except Exception:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
         message = result_message(record, result, rendered, max_steps=await self._step_ceiling(record))

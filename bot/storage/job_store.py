@@ -64,8 +64,9 @@ class JobStore(Protocol):
     async def mark_running(self, job_id: str) -> None:
         """The worker started the job (called once per bot run, not for the queue's retries)."""
 
-    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
-        """The result is about to be uploaded (its figures are recorded first)."""
+    async def mark_delivering(self, job_id: str, result: JobResult, *, withheld: int = 0) -> None:
+        """The result is about to be uploaded (its figures are recorded first, and how many flagged
+        pictures are withheld from it)."""
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         """The job ended with a result, a failure or a cancellation."""
@@ -91,7 +92,7 @@ class MemoryJobStore:
     async def mark_running(self, job_id: str) -> None:
         self.status[job_id] = "running"
 
-    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+    async def mark_delivering(self, job_id: str, result: JobResult, *, withheld: int = 0) -> None:
         self.status[job_id] = "delivering"
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
@@ -133,8 +134,8 @@ class DatabaseJobStore:
     async def mark_running(self, job_id: str) -> None:
         await self.database.ledger.mark_running(job_id)
 
-    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
-        await self.database.ledger.mark_delivering(job_id, result)
+    async def mark_delivering(self, job_id: str, result: JobResult, *, withheld: int = 0) -> None:
+        await self.database.ledger.mark_delivering(job_id, result, withheld=withheld)
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         await self.database.ledger.mark_finished(job_id, outcome)

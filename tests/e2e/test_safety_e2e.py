@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
 
 from bot.storage.database import Database
+from bot.storage.models import JobRow
 from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
-from tests.e2e.helpers import content, e2e_settings, image_of, result_files, running_bot, wait_for_result
+from tests.e2e.helpers import content, e2e_settings, embed_fields, image_of, result_files, running_bot, wait_for_result
 from tests.fake_discord import FakeDiscord, InteractionHandle, running_fake
 from tests.safety_checkers import save_tiny_classifier
 from tests.workers import started_queue
@@ -69,14 +71,22 @@ def uploaded(fake: FakeDiscord) -> list[str]:
     return [file.filename for request in fake.requests for file in request.files]
 
 
-async def test_a_flagged_image_in_an_ordinary_channel_is_never_uploaded(
-    fake: FakeDiscord, worker: LocalJobQueue
+async def test_a_flagged_image_in_an_ordinary_channel_is_never_uploaded_and_is_counted(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
 ) -> None:
-    async with running_bot(fake, worker):
+    async with running_bot(fake, worker, database=database) as (bot, _):
         handle = await fake.invoke("imagine", imagine_options(count=2))
         text = await final_answer(handle)
+        usage = await fake.invoke("usage-server", user=fake.admin)
+        usage_fields = embed_fields(await usage.wait_for(lambda r: r.ok and bool(r.data.get("embeds"))))
+        metrics = bot.metrics.exposition().decode()
     assert "2 images withheld: the image checker flagged them" in text
     assert uploaded(fake) == [], "no flagged picture, preview or result, left the bot"
+    async with database.sessions() as session:
+        [job] = (await session.scalars(sa.select(JobRow))).all()
+    assert job.status == "done" and job.images_withheld == 2 and job.steps_run == 16, "it counts as it ran"
+    assert usage_fields["Withheld"].startswith("2 flagged")
+    assert "stepgrid_images_withheld_total 2.0" in metrics
 
 
 async def test_a_flagged_grid_in_an_ordinary_channel_has_neutral_tiles_in_its_cells(
