@@ -157,6 +157,14 @@ class Settings(BaseSettings):
     http_bind: str = "127.0.0.1"
     status_show_prompts: bool = False  # the status page shows what every server asked for
 
+    # The image checker every picture goes through in the worker (docs/safety.md): "auto" (the default
+    # NSFW classifier, none for random-weight test models), "none", "diffusers[:SOURCE]", or an image
+    # classifier's hub id or folder. A picture scoring at least the threshold is flagged.
+    safety_checker: str = "auto"
+    safety_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Whether a server may post flagged pictures outside age-restricted channels (`/limits-set`).
+    safety_allow_everywhere: bool = False
+
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -185,6 +193,13 @@ class Settings(BaseSettings):
         classmethod(lambda cls, value: checked_choice(value, LOG_FORMATS, "log format"))
     )
 
+    @field_validator("safety_checker")
+    @classmethod
+    def _checker(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("empty; use auto, none, diffusers, or an image classifier's hub id or folder")
+        return value.strip()
+
     @field_validator("model")
     @classmethod
     def _model_or_registry(cls, value: str) -> str:
@@ -211,6 +226,8 @@ class Settings(BaseSettings):
             max_batch_lanes=self.max_batch_lanes,
             cache_dir=str(self.model_cache_dir) if self.model_cache_dir else None,
             compile=self.compile_unet,
+            safety_checker=self.safety_checker,
+            safety_threshold=self.safety_threshold,
         )
 
 

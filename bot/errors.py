@@ -13,7 +13,7 @@ import secrets
 import discord
 from discord import app_commands
 
-from inference.protocol import InvalidRequest
+from inference.protocol import SAFETY_CHECKER_FAILED, InvalidRequest
 from inference.queues.base import QueueFull
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,13 @@ class Restarting(UserFacingError):
 class ModelUnavailable(UserFacingError):
     """The GPU worker cannot load its model at all; only the operator can fix that."""
 
-    def __init__(self) -> None:
+    def __init__(self, why: str | None = None) -> None:
+        if why is not None and why.startswith(SAFETY_CHECKER_FAILED):
+            super().__init__(
+                "Image generation is unavailable: the image safety checker failed to load, and no picture is "
+                "posted unchecked. Please tell the bot's operator."
+            )
+            return
         super().__init__("Image generation is unavailable: the model failed to load. Please tell the bot's operator.")
 
 

@@ -35,6 +35,12 @@ def encode_png(image: Image.Image, *, parameters: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def png_pixels(png: bytes) -> np.ndarray:
+    """An encoded picture back as HxWx3 uint8 pixels (what the image checker reads)."""
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def latent_preview_png(latents: np.ndarray, size: int = PREVIEW_SIZE) -> bytes:
     """A small RGB preview of (channels, h, w) latents: SD's linear latent->RGB map for 4 channels;
     for other latent spaces (FLUX, SD3: 16) the first three channels, each stretched to its range."""

@@ -61,6 +61,8 @@ GUIDANCE_IGNORED = "ignored"  # distilled without it: FLUX.1-schnell
 OUT_OF_MEMORY_MESSAGE = "The GPU ran out of memory for this request; try a smaller size or fewer images."
 INTERNAL_ERROR_MESSAGE = "The GPU worker hit an internal error on this request (ref {ref})."
 CANCELLED_MESSAGE = "Cancelled."
+# How a worker whose image checker failed to load starts its WorkerFailed message (inference.safety).
+SAFETY_CHECKER_FAILED = "The image safety checker"
 
 
 class InvalidRequest(ValueError):
@@ -352,6 +354,10 @@ class WorkerConfig:
     compile: bool = False
     warmup: bool = True
     models: tuple[ModelSpec, ...] = field(default=())
+    # The image checker (inference.safety): "auto", "none", "diffusers[:SOURCE]" or an image
+    # classifier's hub id or folder; a picture scoring at least `safety_threshold` is flagged.
+    safety_checker: str = "none"
+    safety_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -395,6 +401,7 @@ class WorkerReady:
     dtype: str
     load_seconds: float
     unavailable: tuple[ModelUnavailable, ...] = ()
+    safety_checker: str = "none"  # the checker every picture went through ("none": unchecked)
 
     @property
     def model(self) -> str:
@@ -426,6 +433,15 @@ class JobStarted:
 
 
 @dataclass(frozen=True)
+class SafetyVerdict:
+    """What the worker's image checker said of one picture; the bot decides from it what to post."""
+
+    flagged: bool
+    score: float  # the checker's unsafe score, 0 to 1
+    checker: str  # which checker said so
+
+
+@dataclass(frozen=True)
 class JobProgress:
     """One denoising iteration of a job: at most one event per job per engine iteration.
 
@@ -440,6 +456,7 @@ class JobProgress:
     job_total: int
     preview_png: bytes | None = None
     lane_steps: tuple[tuple[int, int], ...] = ()
+    preview_verdict: SafetyVerdict | None = None  # None: no preview, or no checker
 
 
 @dataclass(frozen=True)
@@ -463,6 +480,13 @@ class GeneratedImage:
     # "epsilon", "v_prediction" or "flow".
     frames: tuple[bytes, ...] = ()
     frames_source: str = ""
+    verdict: SafetyVerdict | None = None  # None: no checker ran (STEPGRID_SAFETY_CHECKER=none)
+    frame_verdicts: tuple[SafetyVerdict, ...] = ()  # one per frame, when checked
+
+    @property
+    def flagged(self) -> bool:
+        """The image or any of its film's frames was flagged by the checker."""
+        return bool(self.verdict and self.verdict.flagged) or any(v.flagged for v in self.frame_verdicts)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,23 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
         log.error("%s", message)
         send(WorkerFailed(message))
         return
-    engine = LaneEngine(models, send, max_batch_lanes=config.max_batch_lanes)
+    from inference.safety import SafetyCheckerError, load_checker
+
+    default = models[0]
+    try:
+        checker = load_checker(config, default.device, default.dtype)
+    except SafetyCheckerError as error:
+        log.error("%s", error)
+        send(WorkerFailed(str(error)))
+        return
+    if checker is None:
+        log.warning(
+            "NO IMAGE SAFETY CHECKER (STEPGRID_SAFETY_CHECKER=%s): pictures are posted unchecked in every channel",
+            config.safety_checker,
+        )
+    else:
+        log.info("image safety checker: %s (flags a score of %g or more)", checker.name, config.safety_threshold)
+    engine = LaneEngine(models, send, max_batch_lanes=config.max_batch_lanes, checker=checker)
     if config.compile and not engine.model.family.compilable:
         log.warning("not compiling: the default model's family (%s) runs eagerly", engine.model.info.family)
     elif config.compile:
@@ -89,10 +105,9 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
             model.name, model.info.family, model.device, str(model.dtype).removeprefix("torch."), model.load_seconds,
             " — RANDOM-WEIGHT TEST MODEL, images are noise" if model.is_test_model else "",
         )  # fmt: skip
-    default = models[0]
     send(WorkerReady(tuple(model.info for model in models), str(default.device),
                      str(default.dtype).removeprefix("torch."), time.perf_counter() - started,
-                     tuple(unavailable)))  # fmt: skip
+                     tuple(unavailable), safety_checker=checker.name if checker else "none"))  # fmt: skip
     try:
         _serve(conn, engine, send)
     finally:

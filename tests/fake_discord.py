@@ -33,6 +33,7 @@ MANAGE_GUILD = 0x20
 DEFAULT_PERMISSIONS = 0x400 | 0x800 | 0x4000 | 0x8000 | 0x10000 | 0x8000_0000
 DEFAULT_ATTACHMENT_LIMIT = 10 * 1024 * 1024
 EPHEMERAL, LOADING = 64, 128
+PUBLIC_THREAD = 11
 
 Json = dict[str, Any]
 Predicate = Callable[["RecordedRequest"], bool]
@@ -102,11 +103,23 @@ class FakeChannel:
     guild_id: int
     name: str
     position: int = 0
-    type: int = 0  # GUILD_TEXT
+    type: int = 0  # GUILD_TEXT; PUBLIC_THREAD (11) for a thread
+    nsfw: bool = False  # Discord's age-restricted flag (a thread has none of its own: it follows its parent)
+    parent_id: int | None = None  # a thread's channel
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type == PUBLIC_THREAD
 
     def payload(self) -> Json:
+        if self.is_thread:
+            return {"id": str(self.id), "guild_id": str(self.guild_id), "type": self.type, "name": self.name,
+                    "parent_id": str(self.parent_id), "owner_id": str(self.guild_id), "last_message_id": None,
+                    "rate_limit_per_user": 0, "message_count": 0, "member_count": 1, "flags": 0,
+                    "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "locked": False,
+                                        "archive_timestamp": _now()}}  # fmt: skip
         return {"id": str(self.id), "guild_id": str(self.guild_id), "type": self.type, "name": self.name,
-                "position": self.position, "permission_overwrites": [], "nsfw": False, "topic": None,
+                "position": self.position, "permission_overwrites": [], "nsfw": self.nsfw, "topic": None,
                 "parent_id": None, "last_message_id": None, "rate_limit_per_user": 0}  # fmt: skip
 
 
@@ -122,11 +135,17 @@ class FakeGuild:
     channels: list[FakeChannel] = field(default_factory=list)
     members: dict[int, FakeMember] = field(default_factory=dict)
 
-    def text_channel(self, name: str, channel_id: int | None = None) -> FakeChannel:
-        """Add a text channel."""
-        channel = FakeChannel(channel_id or self.new_id(), self.id, name, position=len(self.channels))
+    def text_channel(self, name: str, channel_id: int | None = None, *, nsfw: bool = False) -> FakeChannel:
+        """Add a text channel (`nsfw`: Discord marks it age-restricted)."""
+        channel = FakeChannel(channel_id or self.new_id(), self.id, name, position=len(self.channels), nsfw=nsfw)
         self.channels.append(channel)
         return channel
+
+    def thread(self, name: str, parent: FakeChannel) -> FakeChannel:
+        """Add a public thread under `parent` (add it before the bot connects: it is in GUILD_CREATE)."""
+        thread = FakeChannel(self.new_id(), self.id, name, type=PUBLIC_THREAD, parent_id=parent.id)
+        self.channels.append(thread)
+        return thread
 
     def member(self, user_id: int, name: str, permissions: int = DEFAULT_PERMISSIONS) -> FakeMember:
         """Add a member whose computed channel permissions are `permissions` (e.g. MANAGE_GUILD for an admin)."""
@@ -141,7 +160,8 @@ class FakeGuild:
         members = [m.payload() for m in self.members.values()] + [FakeMember(me, ADMINISTRATOR).payload()]
         return {"id": str(self.id), "name": self.name, "icon": None, "owner_id": str(self.owner_id),
                 "unavailable": False, "large": False, "member_count": len(members), "roles": [everyone],
-                "channels": [c.payload() for c in self.channels], "members": members, "threads": [],
+                "channels": [c.payload() for c in self.channels if not c.is_thread], "members": members,
+                "threads": [c.payload() for c in self.channels if c.is_thread],
                 "features": [], "emojis": [], "stickers": [], "voice_states": [], "presences": [],
                 "joined_at": _now(), "preferred_locale": "en-US", "premium_tier": 0}  # fmt: skip
 

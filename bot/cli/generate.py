@@ -120,7 +120,9 @@ async def generate(
     """Run what `options` ask through a LocalJobQueue and its spawned worker loading `specs`,
     drawing a progress bar. Options left out take the loaded model's defaults, decided where the
     bot decides them. Returns the request as run and its result."""
-    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs))
+    # The files are written for the person at the terminal, who sees them first: no image checker here
+    # (it would fetch the default classifier on first use). `--safety` is not there yet (docs/safety.md).
+    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs), safety_checker="none")
     queue = LocalJobQueue(config, hang_seconds=settings.worker_hang_seconds)
     await queue.start()
     try:

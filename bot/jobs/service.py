@@ -47,6 +47,7 @@ from bot.replies.messages import (
     result_message,
 )
 from bot.replies.reply import InteractionMessage, JobMessage, StoredInteractionMessage
+from bot.replies.screening import Screening
 from bot.replies.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from bot.storage.job_store import JobRecord, JobStore, MemoryJobStore
 from bot.storage.models import command_of
@@ -55,6 +56,7 @@ from inference.protocol import (
     MAX_STEPS,
     InvalidRequest,
     JobFailed,
+    JobProgress,
     JobResult,
     JobStarted,
     ModelInfo,
@@ -178,7 +180,7 @@ class JobService:
         check_image_size(request, limits)
         checked(request, max_size=limits.max_image_size)
         if self.queue.unavailable:
-            raise ModelUnavailable()
+            raise ModelUnavailable(self.queue.unavailable)
         # While the model loads (minutes with a compiled UNet) the job waits in the queue, its place shown.
         self._check_for_model(request)
         record = JobRecord(
@@ -426,6 +428,7 @@ class JobService:
         )
         state = ProgressState(loading=not self.queue.ready)
         marked_running = False
+        screening = await self._screening(record, target)
         try:
             position = self.queue.position(job_id)
             if position is not None:
@@ -433,7 +436,7 @@ class JobService:
             editor.push(progress_message(record, state))
             async for event in self.queue.events(job_id):
                 if isinstance(event, JobResult):
-                    await self._finish_with_result(record, event, target, editor)
+                    await self._finish_with_result(record, event, target, editor, await self._screening(record, target))
                     return
                 if isinstance(event, JobFailed):
                     if self._keep_queued and not event.cancelled:
@@ -448,6 +451,10 @@ class JobService:
                     # the job again, but the ledger's attempts count the bot runs that started it.
                     await self.store.mark_running(job_id)
                     marked_running = True
+                if isinstance(event, JobProgress) and screening.hides_preview(event):
+                    state.stop_previews()
+                elif isinstance(event, JobProgress) and screening.spoils_preview(event):
+                    state.preview_spoiler = True
                 state.apply(event)
                 editor.push(progress_message(record, state))
             raise RuntimeError(f"the event stream of job {job_id} ended without a result")
@@ -470,15 +477,37 @@ class JobService:
         finally:
             self._cancelled_by.pop(job_id, None)
 
+    async def _screening(self, record: JobRecord, target: JobMessage) -> Screening:
+        """How flagged pictures are handled where the job's message is, under its server's choice now; if the
+        server's limits can't be read, flagged pictures are withheld."""
+        try:
+            limits = await self.limits(record.guild_id)
+        except Exception:
+            log.warning("job %s: could not read its server's limits; flagged pictures are withheld", record.job_id,
+                        exc_info=True)  # fmt: skip
+            return Screening(posts_flagged=False)
+        posts = limits.posts_flagged(age_restricted=target.age_restricted)
+        return Screening(posts_flagged=posts, spoiler=limits.spoils_flagged)
+
     async def _finish_with_result(
-        self, record: JobRecord, result: JobResult, target: JobMessage, editor: ThrottledEditor[MessageUpdate]
+        self,
+        record: JobRecord,
+        result: JobResult,
+        target: JobMessage,
+        editor: ThrottledEditor[MessageUpdate],
+        screening: Screening,
     ) -> None:
-        rendered = await asyncio.to_thread(encode_result_files, record, result, limit=target.attachment_limit)
+        rendered = await asyncio.to_thread(
+            encode_result_files, record, result, limit=target.attachment_limit, screening=screening
+        )
+        if rendered.withheld:
+            log.info("job %s: %d flagged picture(s) withheld in this channel", record.job_id, rendered.withheld)
+            self.metrics.images_withheld.inc(rendered.withheld)
         # Recorded before the upload: if the bot dies between the upload and the last write, the
         # next start finds the row "delivering", sees the result on the job's message and does not
         # run the job a second time. A ledger that refuses this write doesn't hold the result back.
         try:
-            await self.store.mark_delivering(record.job_id, result)
+            await self.store.mark_delivering(record.job_id, result, withheld=rendered.withheld)
         except Exception:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
         message = result_message(record, result, rendered, max_steps=await self._step_ceiling(record))

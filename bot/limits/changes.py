@@ -10,6 +10,8 @@ from bot.config import Settings
 from bot.errors import echo
 from bot.job_requests import find_scheduler
 from bot.limits.server import (
+    FLAGGED_EVERYWHERE,
+    FLAGGED_POLICIES,
     LIMIT_FIELDS,
     MAX_BANNED_WORD_LENGTH,
     MAX_BANNED_WORDS,
@@ -74,9 +76,26 @@ def _normalise(field: str, value: Any, settings: Settings) -> Any:
                 f"Each banned word may be at most {MAX_BANNED_WORD_LENGTH} characters long.", field=field
             )
         return words or None
+    if field == "flagged_images":
+        return _flagged_policy(field, value, settings)
     if field in ("allowed_models", "default_model", "model_max_steps"):
         return _normalise_models(field, value, settings)
     raise AssertionError(f"no validation for {field}")  # pragma: no cover - LIMIT_FIELDS is exhaustive
+
+
+def _flagged_policy(field: str, value: Any, settings: Settings) -> str:
+    policy = str(value).strip().casefold()
+    if policy not in FLAGGED_POLICIES:
+        raise InvalidLimit(
+            f"{SETTING} must be one of {', '.join(FLAGGED_POLICIES)}; got {echo(str(value))}.", field=field
+        )
+    if policy == FLAGGED_EVERYWHERE and not settings.safety_allow_everywhere:
+        raise InvalidLimit(
+            f"The operator doesn't allow flagged pictures outside age-restricted channels; set {SETTING} to one of "
+            f"{', '.join(p for p in FLAGGED_POLICIES if p != FLAGGED_EVERYWHERE)}.",
+            field=field,
+        )
+    return policy
 
 
 def _check_consistent(

@@ -27,6 +27,20 @@ from inference.registry import ModelSpec
 
 MAX_BANNED_WORDS = 200
 
+# Where pictures the image checker flagged may be posted in a server (`flagged_images`). Outside an
+# age-restricted channel (Discord's `nsfw` flag; a thread follows its parent) a flagged picture is
+# withheld unless the server chose "everywhere", which the operator must allow.
+FLAGGED_AGE_RESTRICTED = "age-restricted"
+FLAGGED_SPOILER = "age-restricted-spoiler"
+FLAGGED_NOWHERE = "nowhere"
+FLAGGED_EVERYWHERE = "everywhere"
+FLAGGED_POLICIES: dict[str, str] = {
+    FLAGGED_AGE_RESTRICTED: "in age-restricted channels",
+    FLAGGED_SPOILER: "in age-restricted channels, as spoilers",
+    FLAGGED_NOWHERE: "nowhere",
+    FLAGGED_EVERYWHERE: "in every channel, as spoilers",
+}
+
 
 MAX_BANNED_WORD_LENGTH = 100
 
@@ -81,6 +95,7 @@ class ServerLimits:
     allowed_models: tuple[str, ...] | None = None  # registry names members may choose
     default_model: str | None = None
     model_max_steps: tuple[tuple[str, int], ...] | None = None  # (model, ceiling), tighter than max_steps
+    flagged_images: str | None = None  # one of FLAGGED_POLICIES
 
     def with_changes(self, changes: dict[str, Any]) -> ServerLimits:
         return replace(self, **changes)
@@ -104,6 +119,7 @@ LIMIT_LABELS: dict[str, str] = {
     "allowed_models": "allowed models",
     "default_model": "default model",
     "model_max_steps": "max steps per model",
+    "flagged_images": "flagged pictures posted",
 }
 
 
@@ -127,6 +143,7 @@ class EffectiveLimits:
     # Defaults someone chose (the server, else the operator explicitly): they win over a model's own.
     chosen_default_steps: int | None = None
     chosen_default_scheduler: str | None = None
+    flagged_images: str = FLAGGED_AGE_RESTRICTED
 
     @classmethod
     def combine(
@@ -185,7 +202,19 @@ class EffectiveLimits:
             model_max_steps=model_max_steps,
             chosen_default_steps=chosen_steps,
             chosen_default_scheduler=chosen_scheduler,
+            flagged_images=_flagged_policy(server.flagged_images, settings),
         )
+
+    def posts_flagged(self, *, age_restricted: bool) -> bool:
+        """Whether a picture the checker flagged may be posted in a channel of this server."""
+        if self.flagged_images == FLAGGED_EVERYWHERE:
+            return True
+        return age_restricted and self.flagged_images != FLAGGED_NOWHERE
+
+    @property
+    def spoils_flagged(self) -> bool:
+        """Flagged pictures that are posted go as spoilers."""
+        return self.flagged_images in (FLAGGED_SPOILER, FLAGGED_EVERYWHERE)
 
     def max_steps_for(self, model: str) -> int:
         """The most steps per image with `model` in this server ("" = the default model)."""
@@ -221,6 +250,13 @@ class EffectiveLimits:
             compare_steps=ladder,
             model=model.name,
         )
+
+
+def _flagged_policy(own: str | None, settings: Settings) -> str:
+    """The server's choice, unless it is "everywhere" and the operator no longer allows it."""
+    if own not in FLAGGED_POLICIES or (own == FLAGGED_EVERYWHERE and not settings.safety_allow_everywhere):
+        return FLAGGED_AGE_RESTRICTED
+    return own
 
 
 def _grid_schedulers(runnable: Sequence[str], own: str) -> tuple[str, ...]:

@@ -187,7 +187,9 @@ class OperatorEndpoint:
         models += [ModelLine(name, "unavailable", why.message) for name, why in self.queue.unavailable_models.items()]
         jobs: list[JobLine] = []
         hours: list[HourFigures] = []
+        withheld = 0
         if self.database is not None:
+            withheld = await self.database.ledger.images_withheld(since=now - timedelta(hours=HOURS), until=now)
             jobs = [self._job_line(row) for row in await self.database.ledger.unfinished_jobs()]
             activity = await self.database.ledger.hourly_activity(since=now - timedelta(hours=HOURS), until=now)
             hours = [HourFigures(a.hour, a.jobs, a.steps, a.mean_wait) for a in activity]
@@ -199,6 +201,7 @@ class OperatorEndpoint:
             workers=self.queue.workers(),
             jobs=jobs,
             hours=last_hours(now, {figures.hour: figures for figures in hours}),
+            images_withheld=withheld,
         )
 
     def _job_line(self, row: JobRow) -> JobLine:

@@ -72,6 +72,11 @@ class Metrics:
             "stepgrid_queue_wait_seconds", "Time jobs waited for the GPU", buckets=WAIT_BUCKETS, registry=self.registry
         )
         self.images = Counter("stepgrid_images", "Images delivered (grid cells count one each)", registry=self.registry)
+        self.images_withheld = Counter(
+            "stepgrid_images_withheld",
+            "Pictures the image checker flagged that were not posted in their channel (grid cells count one each)",
+            registry=self.registry,
+        )
         self.steps = Counter("stepgrid_steps", "Denoising steps run, failed and cancelled jobs included",
                              registry=self.registry)  # fmt: skip
         self.gpu_seconds = Counter("stepgrid_gpu_seconds", "GPU time used by jobs (their share of each batch)",

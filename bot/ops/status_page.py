@@ -55,6 +55,7 @@ class StatusView:
     workers: Sequence[WorkerStatus]
     jobs: Sequence[JobLine]
     hours: Sequence[HourFigures]  # oldest first, HOURS of them
+    images_withheld: int = 0  # flagged pictures not posted in their channel, last 24 hours
 
 
 def last_hours(now: datetime, known: dict[datetime, HourFigures]) -> list[HourFigures]:
@@ -177,6 +178,7 @@ def status_html(view: StatusView) -> str:
         f"<h1>Stepgrid: {state}</h1><p>{escape(view.discord)} · {_time(view.now)}</p>"
         f"<h2>Queued and running ({len(view.jobs)})</h2>{jobs}"
         f"<h2>Models</h2>{models}<h2>Workers</h2>{workers}"
-        f"<h2>Last 24 hours (hours in UTC)</h2>{charts}"
+        f"<h2>Last 24 hours (hours in UTC)</h2>"
+        f"<p>Pictures withheld (flagged by the image checker): {view.images_withheld:,}</p>{charts}"
         f"<script>{SCRIPT}</script></body></html>"
     )

@@ -275,3 +275,20 @@ def _encode(image: Image.Image, format: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
+
+
+WITHHELD_BACKGROUND = (64, 66, 71)
+
+
+def withheld_tile(width: int, height: int, reason: str) -> bytes:
+    """A neutral grey picture of the given size with the reason it stands in for one that was withheld."""
+    tile = Image.new("RGB", (width, height), WITHHELD_BACKGROUND)
+    draw = ImageDraw.Draw(tile)
+    size = max(10, min(24, width // 16))
+    font = _latin_font(size)
+    y = height / 2 - size * 1.5
+    for line in ("Withheld", reason):
+        text = fit_text(line, size, width - 16)
+        draw.text(((width - text_length(text, size)) / 2, y), text, font=font, fill=CAPTION_TEXT)
+        y += size * 1.6
+    return encode_png(tile)

@@ -19,6 +19,7 @@ from bot.pictures.film import downscale_note, film_animation, source_note
 from bot.pictures.grids import render_grid
 from bot.pictures.render import fit_attachment
 from bot.replies.buttons import progress_view, result_view
+from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
 from inference.parameters import grid_infotext
 from inference.protocol import (
     MAX_STEPS,
@@ -66,6 +67,8 @@ class RenderedResult:
     files: tuple[Attachment, ...]
     summary: str | None = None
     film_size: tuple[int, int] | None = None
+    withheld: int = 0  # flagged pictures (images or grid cells) not posted here
+    spoiler: bool = False  # the files go as spoilers
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +93,8 @@ class ProgressState:
     job_step: int = 0
     job_total: int = 0
     preview_png: bytes | None = None
+    previews_stopped: bool = False  # a flagged preview may not be shown here: no more previews for this job
+    preview_spoiler: bool = False  # a flagged preview shown here goes as a spoiler
     steps_before: int = 0  # steps that ran in earlier attempts (the worker crashed and restarted)
 
     @property
@@ -113,8 +118,13 @@ class ProgressState:
             for lane, step in event.lane_steps or ((event.lane, event.step),):
                 self.lane_steps[lane] = step
             self.job_step, self.job_total = event.job_step, event.job_total
-            if event.preview_png is not None:
+            if event.preview_png is not None and not self.previews_stopped:
                 self.preview_png = event.preview_png
+
+    def stop_previews(self) -> None:
+        """Show no preview from now on (the one shown goes too)."""
+        self.previews_stopped = True
+        self.preview_png = None
 
 
 def progress_bar(done: int, total: int, width: int = 12) -> str:
@@ -156,7 +166,9 @@ def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:
     model = f" · {record.request.model}" if record.request.model else ""
     embed.set_footer(text=f"job {record.job_id}{model}")
     files: tuple[Attachment, ...] = ()
-    if state.preview_png is not None:
+    if state.preview_png is not None and state.preview_spoiler:  # an embed's image is never blurred
+        files = (Attachment(state.preview_png, f"{SPOILER_PREFIX}preview.png"),)
+    elif state.preview_png is not None:
         files = (Attachment(state.preview_png, "preview.png"),)
         embed.set_image(url="attachment://preview.png")
     return MessageUpdate(
@@ -167,17 +179,36 @@ def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:
     )
 
 
-def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> RenderedResult:
+def encode_result_files(
+    record: JobRecord, result: JobResult, *, limit: int, screening: Screening | None = None
+) -> RenderedResult:
     """The result's image(s) as attachments no larger than `limit` each, and a grid's sweet spot in
-    words (CPU-bound: run in a thread)."""
+    words (CPU-bound: run in a thread). `screening` says which flagged pictures are withheld (a grid
+    cell becomes a neutral tile, an image is left out) and whether the rest go as spoilers."""
+    rendered = _encode_files(record, result, limit, screening or Screening())
+    if not rendered.spoiler:
+        return rendered
+    spoiled = tuple(Attachment(file.data, SPOILER_PREFIX + file.filename) for file in rendered.files)
+    return dataclasses.replace(rendered, files=spoiled)
+
+
+def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: Screening) -> RenderedResult:
     request = record.request
+    withheld = screening.withheld(result)
+    spoiler = screening.spoils(result)
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         parameters = grid_infotext(request, model=result.model or request.model)
-        grid = render_grid(request, result.images, parameters=parameters)
+        cells = [as_withheld(image) if i in withheld else image for i, image in enumerate(result.images)]
+        grid = render_grid(request, cells, parameters=parameters)
         data, extension = fit_attachment(grid.png, limit)
-        return RenderedResult((Attachment(data, f"stepgrid-compare-{request.seed}.{extension}"),), grid.summary)
+        notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
+        grid_summary = " ".join(line for line in notes if line)
+        grid_file = Attachment(data, f"stepgrid-compare-{request.seed}.{extension}")
+        return RenderedResult((grid_file,), grid_summary, withheld=len(withheld), spoiler=spoiler)
     files, summary, film_size = [], None, None
-    for image in result.images:
+    for index, image in enumerate(result.images):
+        if index in withheld:  # the image and its film: a film's last frames are the image
+            continue
         if image.frames:
             try:
                 film = film_animation(image.frames, request.prompt, limit)
@@ -191,7 +222,9 @@ def encode_result_files(record: JobRecord, result: JobResult, *, limit: int) -> 
                 )
         data, extension = fit_attachment(image.png, limit)
         files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
-    return RenderedResult(tuple(files), summary, film_size)
+    if withheld:
+        summary = " ".join(line for line in (withheld_note(len(withheld), grid=False), summary) if line)
+    return RenderedResult(tuple(files), summary, film_size, withheld=len(withheld), spoiler=spoiler)
 
 
 def result_message(
@@ -215,7 +248,9 @@ def result_message(
     if result.is_test_model:
         notes.append("random-weight test model")
     embed.set_footer(text=" · ".join(notes))
-    if len(files) == 1 or rendered.film_size:  # a film job shows its film (the first file); the PNG rides along
+    # A film job shows its film (the first file); the PNG rides along. An embed's image is never blurred:
+    # spoilers are posted as plain attachments.
+    if (len(files) == 1 or rendered.film_size) and not rendered.spoiler:
         embed.set_image(url=f"attachment://{files[0].filename}")
     return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record, max_steps))
 

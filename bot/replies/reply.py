@@ -11,6 +11,7 @@ import discord
 from bot.errors import MAX_CONTENT, clip
 from bot.replies.buttons import custom_id
 from bot.replies.messages import MessageUpdate
+from bot.replies.screening import channel_is_age_restricted
 from bot.replies.throttle import MonotonicClock
 
 if TYPE_CHECKING:
@@ -56,6 +57,14 @@ class JobMessage:
 
     def _interaction_limit(self) -> int:
         return discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+    @property
+    def age_restricted(self) -> bool:
+        """Whether Discord marks the job's channel age-restricted now (a thread: its parent); not when unknown."""
+        guild = self._guild()
+        if guild is None or self._channel_id is None:
+            return False
+        return channel_is_age_restricted(guild.get_channel_or_thread(self._channel_id))
 
     def _guild(self) -> discord.Guild | None:
         return self._client.get_guild(self._guild_id) if self._guild_id is not None else None

@@ -64,8 +64,9 @@ class JobStore(Protocol):
     async def mark_running(self, job_id: str) -> None:
         """The worker started the job (called once per bot run, not for the queue's retries)."""
 
-    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
-        """The result is about to be uploaded (its figures are recorded first)."""
+    async def mark_delivering(self, job_id: str, result: JobResult, *, withheld: int = 0) -> None:
+        """The result is about to be uploaded (its figures are recorded first, and how many flagged
+        pictures are withheld from it)."""
 
     async def mark_interrupted(self, job_id: str) -> None:
         """A planned stop left the job unfinished: queued again for the next start (a run it was in uncounted)."""
@@ -94,7 +95,7 @@ class MemoryJobStore:
     async def mark_running(self, job_id: str) -> None:
         self.status[job_id] = "running"
 
-    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
+    async def mark_delivering(self, job_id: str, result: JobResult, *, withheld: int = 0) -> None:
         self.status[job_id] = "delivering"
 
     async def mark_interrupted(self, job_id: str) -> None:
@@ -139,8 +140,8 @@ class DatabaseJobStore:
     async def mark_running(self, job_id: str) -> None:
         await self.database.ledger.mark_running(job_id)
 
-    async def mark_delivering(self, job_id: str, result: JobResult) -> None:
-        await self.database.ledger.mark_delivering(job_id, result)
+    async def mark_delivering(self, job_id: str, result: JobResult, *, withheld: int = 0) -> None:
+        await self.database.ledger.mark_delivering(job_id, result, withheld=withheld)
 
     async def mark_interrupted(self, job_id: str) -> None:
         await self.database.ledger.mark_interrupted(job_id)

@@ -86,6 +86,7 @@ class ServerUsage:
     top_users: tuple[UserTotal, ...]
     top_schedulers: tuple[SchedulerTotal, ...]
     top_models: tuple[ModelTotal, ...] = ()
+    withheld: int = 0  # flagged pictures not posted where they were asked for
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class Ledger:
 
         return await self._transition(job_id, change)
 
-    async def mark_delivering(self, job_id: str, result: JobResult) -> bool:
+    async def mark_delivering(self, job_id: str, result: JobResult, *, withheld: int = 0) -> bool:
         """running → delivering: the result's figures, written before it is uploaded.
 
         If the bot dies before `mark_finished`, start-up recovery finds the row here and looks at the
@@ -187,6 +188,7 @@ class Ledger:
             job.gpu_seconds = result.gpu_seconds
             job.queue_seconds = result.queue_seconds
             job.steps_run = result.steps_run
+            job.images_withheld = withheld or None
 
         return await self._transition(job_id, change)
 
@@ -339,6 +341,7 @@ class Ledger:
             sa.func.count(sa.distinct(JobRow.user_id)),
             sa.func.coalesce(sa.func.sum(sa.case((JobRow.status == JobStatus.FAILED.value, 1), else_=0)), 0),
             sa.func.coalesce(sa.func.sum(sa.case((JobRow.status == JobStatus.CANCELLED.value, 1), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(JobRow.images_withheld), 0),
         ).where(*in_period)
         by_user = (
             sa.select(JobRow.user_id, jobs_col, images_col, steps_col, gpu_col)
@@ -357,7 +360,9 @@ class Ledger:
             .limit(top)
         )
         async with self.database.sessions() as session:
-            jobs, images, steps, gpu_seconds, members, failed, cancelled = (await session.execute(overall)).one()
+            jobs, images, steps, gpu_seconds, members, failed, cancelled, withheld = (
+                await session.execute(overall)
+            ).one()
             users = (await session.execute(by_user)).all()
             schedulers = (await session.execute(by_scheduler)).all()
             models = (await session.execute(by_model)).all()
@@ -371,6 +376,7 @@ class Ledger:
             members=int(members),
             failed=int(failed),
             cancelled=int(cancelled),
+            withheld=int(withheld),
             top_users=tuple(
                 UserTotal(user_id=int(u), jobs=int(j), images=int(i), steps=int(s), gpu_seconds=float(g))
                 for u, j, i, s, g in users
@@ -380,6 +386,14 @@ class Ledger:
                 ModelTotal(model=str(m), jobs=int(j), steps=int(s), gpu_seconds=float(g)) for m, j, s, g in models
             ),
         )
+
+    async def images_withheld(self, *, since: datetime, until: datetime) -> int:
+        """Flagged pictures withheld from the jobs accepted in [since, until), every server (counts, never images)."""
+        query = sa.select(sa.func.coalesce(sa.func.sum(JobRow.images_withheld), 0)).where(
+            JobRow.created_at >= since, JobRow.created_at < until
+        )
+        async with self.database.sessions() as session:
+            return int((await session.execute(query)).scalar_one() or 0)
 
     async def hourly_activity(self, *, since: datetime, until: datetime) -> list[HourActivity]:
         """Every server's jobs accepted in [since, until), by hour (hours without jobs left out)."""

@@ -117,6 +117,8 @@ class JobRow(Base):
     gpu_seconds: Mapped[float | None] = mapped_column(Float)
     steps_run: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    # Pictures the image checker flagged that were not posted in the job's channel (counts, never images).
+    images_withheld: Mapped[int | None] = mapped_column(Integer)
 
     # What a restarted bot needs to answer: the interaction (valid for 15 minutes; the token is
     # cleared once the job finishes), else the channel.
@@ -156,6 +158,7 @@ class GuildLimits(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     default_model: Mapped[str | None] = mapped_column(String(100))
     model_max_steps: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))  # {model: ceiling}
+    flagged_images: Mapped[str | None] = mapped_column(String(32))  # where flagged pictures may be posted
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
 

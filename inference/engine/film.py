@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from inference.protocol import SafetyVerdict
 from inference.schedulers import Scheduler
 
 # x0 latents decoded per VAE call: a few at a time keeps the decode batched without holding up the
@@ -31,6 +32,7 @@ class FilmCapture:
     pending: dict[int, torch.Tensor] = field(default_factory=dict)
     frames: dict[int, Image.Image] = field(default_factory=dict)
     source: str = ""
+    verdicts: dict[int, SafetyVerdict] = field(default_factory=dict)  # the checker's, per frame
 
     def record(self, step: int, x0: torch.Tensor, source: str) -> None:
         """Keep the latest x0 of `step` (a second-order scheduler calls the model twice per step)."""

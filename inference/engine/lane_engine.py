@@ -26,7 +26,7 @@ from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows,
 from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
 from inference.engine.lanes import EngineJob, Lane
 from inference.families import Conditioning, DenoiserBatch
-from inference.imaging import encode_png, latent_preview_png
+from inference.imaging import encode_png, latent_preview_png, png_pixels
 from inference.loading import LoadedModel
 from inference.parameters import image_infotext
 from inference.protocol import (
@@ -40,8 +40,10 @@ from inference.protocol import (
     JobResult,
     ProgressBatch,
     Request,
+    SafetyVerdict,
 )
 from inference.recent import Recent
+from inference.safety import ImageChecker
 from inference.schedulers import Scheduler, seed_dependent
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class LaneEngine:
         encoder: ThreadPoolExecutor | None = None,
         previews: bool = True,
         batched_steps: bool = True,
+        checker: ImageChecker | None = None,
     ) -> None:
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not loaded:
@@ -118,6 +121,7 @@ class LaneEngine:
         self.emit = emit
         self.max_batch_lanes = max_batch_lanes
         self.previews = previews
+        self.checker = checker  # every decoded picture gets its verdict before it leaves the engine
         self.batched_steps = batched_steps  # False: every lane through its scheduler's own step (tests)
         self.batch_buckets = tuple(sorted({*(b for b in BATCH_BUCKETS if b < max_batch_lanes), max_batch_lanes}))
         self._compiled_unet: Any = None
@@ -351,8 +355,11 @@ class LaneEngine:
         for first in range(0, len(ready), FILM_DECODE_BATCH):
             steps = ready[first : first + FILM_DECODE_BATCH]
             latents = torch.cat([film.pending.pop(step) for step in steps])
-            for step, pixels in zip(steps, self.decode(latents, job.model, request.height, request.width), strict=True):
+            decoded = self.decode(latents, job.model, request.height, request.width)
+            for step, pixels, verdict in zip(steps, decoded, self.verdicts(decoded), strict=True):
                 film.frames[step] = to_frame(pixels)
+                if verdict is not None:
+                    film.verdicts[step] = verdict
         if events:
             events[1].record()
             lane.gpu_spans.append((events[0], events[1], 1.0))
@@ -434,15 +441,18 @@ class LaneEngine:
     @staticmethod
     def _progress_event(job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None) -> JobProgress:
         (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
+        verdict = job.preview_verdict if preview is not None else None
         return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
-                           lane_steps=tuple(lane_steps))  # fmt: skip
+                           lane_steps=tuple(lane_steps), preview_verdict=verdict)  # fmt: skip
 
     def _make_preview(self, job: EngineJob, latents: torch.Tensor, lane_steps: list[tuple[int, int]]) -> None:
         """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
         png = None
         try:
             request = job.request
-            png = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
+            preview = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
+            job.preview_verdict = self.verdicts([png_pixels(preview)])[0]
+            png = preview  # only once checked: a preview the checker failed on is not sent
         except Exception:
             log.exception("could not make a preview of job %s", job.job_id, extra={"job_id": job.job_id})
         if not job.progress_sent:
@@ -456,10 +466,9 @@ class LaneEngine:
     def _finish(self, lanes: list[Lane]) -> None:
         job = lanes[0].job  # one batch: one model and size
         height, width = job.request.height, job.request.width
-        images = self._timed(
-            lanes, lambda done: self.decode(torch.cat([lane.latents for lane in done]), job.model, height, width)
-        )
-        for lane, pixels in zip(lanes, images, strict=True):
+        # Checked where decoded, in one batch with the lanes it checks: its cost is theirs.
+        images, verdicts = self._timed(lanes, lambda done: self._decode_checked(done, job.model, height, width))
+        for lane, pixels, verdict in zip(lanes, images, verdicts, strict=True):
             job = lane.job
             with self._lock:
                 job.lanes.remove(lane)
@@ -468,7 +477,7 @@ class LaneEngine:
                     self._jobs.pop(job.job_id, None)
                     if not job.answered:
                         self._encoding[job.job_id] = job
-            future = self._encoder.submit(self._encode, job, lane, pixels)
+            future = self._encoder.submit(self._encode, job, lane, pixels, verdict)
             self._encodes.add(future)
             future.add_done_callback(self._encodes.discard)
 
@@ -476,7 +485,19 @@ class LaneEngine:
         """VAE-decode a batch of latents of one model and size to uint8 HxWx3 arrays."""
         return model.family.decode(latents, height, width)
 
-    def _encode(self, job: EngineJob, lane: Lane, pixels: np.ndarray) -> None:
+    def verdicts(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict | None]:
+        """The checker's verdict on each decoded picture, in one batch on the models' device (None: no checker)."""
+        if self.checker is None:
+            return [None] * len(pictures)
+        return list(self.checker.check(pictures))
+
+    def _decode_checked(
+        self, lanes: list[Lane], model: LoadedModel, height: int, width: int
+    ) -> tuple[np.ndarray, list[SafetyVerdict | None]]:
+        pixels = self.decode(torch.cat([lane.latents for lane in lanes]), model, height, width)
+        return pixels, self.verdicts(pixels)
+
+    def _encode(self, job: EngineJob, lane: Lane, pixels: np.ndarray, verdict: SafetyVerdict | None = None) -> None:
         """Encoder thread: PNG-encode one image (with its A1111 parameters) and its film's frames;
         the last image of a job emits its result."""
         request = job.request
@@ -496,8 +517,10 @@ class LaneEngine:
             log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
+        frame_verdicts = tuple(v for _, v in sorted(film.verdicts.items())) if film else ()
         image = GeneratedImage(png, lane.seed, lane.steps, request.width, request.height, seconds, frames=frames,
-                               frames_source=film.source if film else "")  # fmt: skip
+                               frames_source=film.source if film else "", verdict=verdict,
+                               frame_verdicts=frame_verdicts)  # fmt: skip
         with self._lock:
             job.images[lane.index] = image
             job.pending_encodes -= 1

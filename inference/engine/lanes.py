@@ -16,6 +16,7 @@ from inference.loading import LoadedModel
 from inference.protocol import (
     GeneratedImage,
     Request,
+    SafetyVerdict,
 )
 from inference.schedulers import Scheduler
 
@@ -82,6 +83,7 @@ class EngineJob:
     pending_encodes: int = 0
     last_preview_at: float = 0.0
     preview_png: bytes | None = None  # encoded off the denoising thread, sent with the next progress
+    preview_verdict: SafetyVerdict | None = None  # the checker's verdict on the latest preview
     previewing: bool = False
     progress_sent: bool = False  # its first progress event has gone out
     answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)

@@ -27,7 +27,14 @@ from bot.chat.cogs.options import (
 )
 from bot.errors import UserFacingError
 from bot.formatting import format_amount
-from bot.limits.server import LIMIT_FIELDS, LIMIT_LABELS, EffectiveLimits, InvalidLimit, ServerLimits
+from bot.limits.server import (
+    FLAGGED_POLICIES,
+    LIMIT_FIELDS,
+    LIMIT_LABELS,
+    EffectiveLimits,
+    InvalidLimit,
+    ServerLimits,
+)
 from bot.replies.messages import COLOUR
 from inference.protocol import MIN_COMPARE_CELLS, MIN_SIZE, MIN_STEPS, SCHEDULER_NAMES
 
@@ -52,6 +59,9 @@ def option_name(field: str) -> str:
     return OPTION_NAMES.get(field, field)
 
 
+FLAGGED_CHOICES = [app_commands.Choice(name=words, value=name) for name, words in FLAGGED_POLICIES.items()]
+
+
 RESET_CHOICES = [app_commands.Choice(name=LIMIT_LABELS[name], value=name) for name in LIMIT_FIELDS]
 
 
@@ -63,6 +73,8 @@ def display_value(name: str, value: Any) -> str:
         return ", ".join(value) or "all"
     if name == "banned_words":
         return f"{len(value)} word(s) (not listed)" if value else "none"
+    if name == "flagged_images":
+        return FLAGGED_POLICIES.get(value, str(value))
     if isinstance(value, tuple):
         return ", ".join(value) if len(value) < len(SCHEDULER_NAMES) else "all"
     if name == "max_image_size":
@@ -188,9 +200,10 @@ class Limits(commands.Cog):
         allowed_models="Comma-separated models members may choose (of the operator's)",
         default_model="Model when a member leaves it out",
         model_max_steps='Step ceilings per model, e.g. "sdxl-turbo=8, flux=28" (replaces them all)',
+        flagged_images="Where pictures the image checker flags may be posted (elsewhere they are withheld)",
     )
     @app_commands.rename(**OPTION_NAMES)
-    @app_commands.choices(default_scheduler=SCHEDULER_CHOICES)
+    @app_commands.choices(default_scheduler=SCHEDULER_CHOICES, flagged_images=FLAGGED_CHOICES)
     @app_commands.autocomplete(
         allowed_schedulers=allowed_schedulers_autocomplete,
         allowed_models=registry_models_autocomplete,
@@ -213,6 +226,7 @@ class Limits(commands.Cog):
         allowed_models: app_commands.Range[str, 1, 1000] | None = None,
         default_model: ModelName | None = None,
         model_max_steps: app_commands.Range[str, 1, 1000] | None = None,
+        flagged_images: str | None = None,
     ) -> None:
         given = {
             "max_steps": max_steps,
@@ -228,6 +242,7 @@ class Limits(commands.Cog):
             "allowed_models": allowed_models,
             "default_model": default_model,
             "model_max_steps": model_max_steps,
+            "flagged_images": flagged_images,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:

@@ -54,6 +54,7 @@ def server_usage_embed(usage: ServerUsage, period: str) -> discord.Embed:
     embed = discord.Embed(title=f"Server usage: {period}", colour=COLOUR)
     embed.add_field(name="Jobs", value=f"{usage.jobs:,} ({usage.failed:,} failed, {usage.cancelled:,} cancelled)")
     embed.add_field(name="Images", value=f"{usage.images:,}")
+    embed.add_field(name="Withheld", value=f"{usage.withheld:,} flagged picture(s) not posted where asked")
     embed.add_field(name="Steps run", value=f"{usage.steps:,}")
     embed.add_field(name="GPU time", value=f"{usage.gpu_seconds:,.1f} s")
     embed.add_field(name="Members", value=f"{usage.members:,}")
