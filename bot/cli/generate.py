@@ -238,6 +238,7 @@ def write_outputs(request: Request, result: JobResult, output: Path, film: Path 
     """Write the image (or numbered images, or the labelled grid, and the film) and return the paths."""
     from bot.pictures.film import film_file
     from bot.pictures.grids import render_grid
+    from bot.pictures.render import png_parameters
 
     output.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
@@ -254,7 +255,9 @@ def write_outputs(request: Request, result: JobResult, output: Path, film: Path 
             return [output]
         # The name says the format; no upload limit here, so the frames keep their size.
         film.parent.mkdir(parents=True, exist_ok=True)
-        film.write_bytes(film_file(image.frames, request.prompt, film.suffix.lower().lstrip(".")))
+        film.write_bytes(
+            film_file(image.frames, request.prompt, film.suffix.lower().lstrip("."), png_parameters(image.png))
+        )
         return [output, film]
     paths = []
     for number, image in enumerate(result.images, start=1):

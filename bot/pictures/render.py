@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bot.pictures.fonts import draw_text, fit_text, font_for, text_length
 from inference.imaging import encode_png
-from inference.parameters import EXIF_IFD, PNG_KEY, USER_COMMENT, exif_user_comment
+from inference.parameters import PNG_KEY, exif_parameters
 from inference.protocol import GeneratedImage
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,13 @@ _LOSSY_QUALITIES = (95, 90, 85, 80, 70, 60)
 _MIN_SIDE = 64
 
 
+def png_parameters(png: bytes) -> str | None:
+    """The A1111 `parameters` text a PNG carries, or None."""
+    with Image.open(io.BytesIO(png)) as image:
+        parameters = image.info.get(PNG_KEY)
+    return parameters if isinstance(parameters, str) else None
+
+
 def fit_attachment(png: bytes, limit: int) -> tuple[bytes, str]:
     """Return (bytes, extension without dot) no larger than `limit`.
 
@@ -243,10 +250,8 @@ def fit_attachment(png: bytes, limit: int) -> tuple[bytes, str]:
     image.load()
     rgb = image.convert("RGB")
     # A1111 keeps a JPEG's or WebP's parameters in the EXIF UserComment; so do we.
-    exif = Image.Exif()
     parameters = image.info.get(PNG_KEY)
-    if isinstance(parameters, str):
-        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = exif_user_comment(parameters)
+    exif = exif_parameters(parameters) if isinstance(parameters, str) else b""
 
     webp = _encode(image, "WEBP", lossless=True, method=4, exif=exif)
     if len(webp) <= limit:

@@ -27,9 +27,8 @@ from bot.pictures.render import (
     steps_label,
     usage_chart_png,
 )
-from inference.parameters import EXIF_IFD, USER_COMMENT
 from inference.protocol import CompareSchedulersRequest, GeneratedImage
-from tests.a1111 import read_user_comment
+from tests.a1111 import read_info_from_exif
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 
@@ -249,8 +248,8 @@ def test_re_encoded_attachments_keep_the_parameters_where_a1111_reads_them(exten
     image = Image.open(io.BytesIO(data))
     if got == "png":
         assert image.info["parameters"] == PARAMETERS
-    else:  # EXIF UserComment, as A1111 writes JPEG and WebP
-        assert read_user_comment(image.getexif().get_ifd(EXIF_IFD)[USER_COMMENT]) == PARAMETERS
+    else:  # EXIF UserComment, as A1111 writes JPEG and WebP, read back as A1111 reads it (through piexif)
+        assert read_info_from_exif(image.info["exif"]) == PARAMETERS
 
 
 def test_captions_and_footers_draw_every_script() -> None:
