@@ -103,3 +103,11 @@ def test_the_discord_film_carries_the_parameters_in_either_format() -> None:
         image = Image.open(io.BytesIO(film.data))
         carried = image.info["comment"].decode() if film.extension == "gif" else read_info_from_exif(image.info["exif"])
         assert carried == PARAMETERS, film.extension
+
+
+def test_a_prompt_typed_on_several_lines_captions_every_frame_on_one() -> None:
+    """A prompt with line breaks (the CLI's and the bot's film) used to end in Pillow's multiline ValueError."""
+    prompt = "a fox\nin the snow\n\n"
+    film = film_animation(frames(3), prompt, 10**7)
+    assert Image.open(io.BytesIO(film.data)).n_frames == 3
+    assert Image.open(io.BytesIO(film_file(frames(3), prompt, "gif"))).n_frames == 3
