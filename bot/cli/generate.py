@@ -21,6 +21,7 @@ from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from bot.limits.server import EffectiveLimits
+from inference.model_files import local_source_problem
 from inference.parameters import grid_infotext
 from inference.protocol import (
     CompareSchedulersRequest,
@@ -176,9 +177,12 @@ def check_output_and_model(args: argparse.Namespace) -> None:
         return
     model = Path(args.model).expanduser()
     looks_like_path = (args.model.startswith((".", "/", "~")) or model.exists()) and model.suffix != ".toml"
-    if looks_like_path and not (model / "model_index.json").is_file():
-        what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
-        raise InvalidOption(f"--model {args.model} {what}.")
+    if not looks_like_path:
+        return
+    if not model.exists():
+        raise InvalidOption(f"--model {args.model} does not exist.")
+    if (problem := local_source_problem(model, repr(args.model))) is not None:  # as the worker would say it
+        raise InvalidOption(problem)
 
 
 def checked_hardware(args: argparse.Namespace) -> tuple[str, str]:
