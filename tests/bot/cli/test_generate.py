@@ -20,7 +20,7 @@ from bot.cli.main import main
 from bot.config import Settings
 from bot.limits.server import EffectiveLimits
 from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, GenerateRequest
-from tests.a1111 import parse_generation_parameters
+from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.cli.stepgrid_process import STEPGRID, one_error_line, stepgrid
 from tests.bot.fakes import TURBO, noise_png, result_for
 
@@ -336,3 +336,30 @@ def test_a_single_file_checkpoint_as_model_says_how_to_convert_it_before_loading
     assert "is a single-file checkpoint (juggernaut.safetensors); Stepgrid loads diffusers folders." in line
     assert "StableDiffusionXLPipeline.from_single_file(" in line
     assert "loading" not in result.stderr, "refused before a worker started"
+
+
+@pytest.mark.slow
+def test_a_prompt_on_two_lines_writes_the_film_with_the_images_parameters(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out, film = tmp_path / "fox.png", tmp_path / "fox.webp"
+    argv = ["imagine", "a fox\nin the snow", "--model", "tiny", "--steps", "3", "--size", "256", "--seed", "9"]
+    assert main([*argv, "-o", str(out), "--film", str(film)]) == 0  # was Pillow's multiline ValueError, exit 1
+    animation = Image.open(film)
+    assert animation.n_frames == 3
+    assert read_info_from_exif(animation.info["exif"]) == Image.open(out).info["parameters"]
+    assert "Steps: 3" in read_info_from_exif(animation.info["exif"])
+
+
+@pytest.mark.slow
+def test_a_grid_written_over_an_existing_file_says_so_and_names_the_device(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"yesterday's grid")
+    argv = ["compare-steps", "a fox", "--model", "tiny", "--steps", "1,2", "--size", "256", "--device", "cpu"]
+    assert main([*argv, "-o", str(out)]) == 0
+    assert f"replaced the file already there: {out}." in capsys.readouterr().out
+    assert Image.open(out).size[0] > 2 * 256 and os.listdir(tmp_path) == ["grid.png"]
