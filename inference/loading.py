@@ -17,6 +17,7 @@ from diffusers import (
 
 from inference.families import FAMILY_MODULES, Family, Pipeline, family_for, supported_pipelines
 from inference.hub import why_the_hub_failed
+from inference.model_files import local_source_problem
 from inference.protocol import ModelInfo, ModelUnavailable, WorkerConfig
 from inference.registry import ModelSpec, spec_for
 from inference.test_models import IN_MEMORY_TEST_MODELS, TEST_MODEL_NATIVE_SIZE, build_test_pipeline, ensure_test_model
@@ -134,61 +135,20 @@ def load_model(
     return LoadedModel(pipe, spec.name, torch_device, torch_dtype, is_test_model, seconds, family, info)
 
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
-
-
 def _check_local_source(path: Path, label: str) -> None:
     """Refuse, before loading anything, a local path that isn't a pipeline folder Stepgrid runs: a
     single-file checkpoint (say how to convert it), a folder without model_index.json, or a folder of
     a pipeline no family adapter takes (diffusers would load every weight before that shows)."""
-    if path.is_file():
-        raise ModelLoadError(_single_file_message(path, label))
+    if (problem := local_source_problem(path, label)) is not None:
+        raise ModelLoadError(problem)
     if not path.is_dir():
         return  # a hub id, or a missing folder: from_pretrained says which
-    index = path / "model_index.json"
-    if not index.is_file():
-        checkpoints = sorted(p for p in path.iterdir() if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file())
-        if checkpoints:
-            raise ModelLoadError(_single_file_message(checkpoints[0], label))
-        raise ModelLoadError(
-            f"Model {label}: {path} has no model_index.json, so it is not a diffusers pipeline folder; give the "
-            "folder that holds model_index.json (the one `save_pretrained` or `hf download` wrote)."
-        )
     try:
-        pipeline = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        pipeline = json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
     except (OSError, ValueError, AttributeError):
         return  # a damaged index: from_pretrained's own error says what is wrong with it
     if isinstance(pipeline, str) and pipeline not in FAMILY_MODULES:
         raise ModelLoadError(_unsupported_pipeline_message(label, pipeline))
-
-
-def _single_file_message(path: Path, label: str) -> str:
-    """How to convert the checkpoint, for the family its tensor names show (a .safetensors header)."""
-    header = _safetensors_header(path)
-    folder = path.with_suffix("")
-    if "double_blocks." in header:  # a FLUX.1 transformer alone, as Black Forest Labs ship it
-        base = "black-forest-labs/FLUX.1-dev" if "guidance_in." in header else "black-forest-labs/FLUX.1-schnell"
-        convert = (
-            f"from diffusers import FluxPipeline, FluxTransformer2DModel; FluxPipeline.from_pretrained('{base}', "
-            f"transformer=FluxTransformer2DModel.from_single_file('{path}')).save_pretrained('{folder}')"
-        )
-    else:
-        pipeline = "StableDiffusionXLPipeline" if "conditioner.embedders.1." in header else "StableDiffusionPipeline"
-        convert = f"from diffusers import {pipeline}; {pipeline}.from_single_file('{path}').save_pretrained('{folder}')"
-    return (
-        f"Model {label} is a single-file checkpoint ({path.name}); Stepgrid loads diffusers folders. Convert it "
-        f'once: python -c "{convert}" and give that folder.'
-    )
-
-
-def _safetensors_header(path: Path) -> str:
-    """A .safetensors file's JSON header (its tensor names); "" for another format."""
-    try:
-        with path.open("rb") as file:
-            length = int.from_bytes(file.read(8), "little")
-            return file.read(length).decode("utf-8") if 0 < length < 100_000_000 else ""
-    except (OSError, UnicodeDecodeError):
-        return ""
 
 
 def _unsupported_pipeline_message(label: str, pipeline: str) -> str:

@@ -13,6 +13,7 @@ Stdlib only, so both the worker (its PNGs) and the bot (grids, re-encoded attach
 from __future__ import annotations
 
 import json
+import struct
 
 from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, Request
 
@@ -20,6 +21,7 @@ PNG_KEY = "parameters"
 # The EXIF UserComment A1111 writes for JPEG/WebP: an 8-byte charset prefix, then UTF-16 big-endian.
 EXIF_IFD = 0x8769
 USER_COMMENT = 0x9286
+_LONG, _UNDEFINED = 4, 7  # TIFF field types; the EXIF spec types UserComment as UNDEFINED
 _UNICODE_PREFIX = b"UNICODE\x00"
 # A1111 (since 1.9) names the sigma schedule apart from the sampler: "DPM++ 2M Karras" is written
 # "Sampler: DPM++ 2M, Schedule type: Karras"; its reader still splits the old combined names.
@@ -100,3 +102,15 @@ def grid_infotext(request: CompareStepsRequest | CompareSchedulersRequest, *, mo
 def exif_user_comment(text: str) -> bytes:
     """`text` as the EXIF UserComment A1111 writes into JPEG and WebP files."""
     return _UNICODE_PREFIX + text.encode("utf-16-be")
+
+
+def exif_parameters(text: str) -> bytes:
+    """EXIF bytes (for Pillow's `exif=`) holding only `text` as the UserComment, typed UNDEFINED as the EXIF
+    spec says: readers that follow it (piexif, so A1111's own `read_info_from_image`) fail on the BYTE
+    type Pillow gives a bare bytes value."""
+    comment = exif_user_comment(text)
+    exif_ifd = 8 + 2 + 12 + 4  # after the header and IFD0's one entry
+    data = exif_ifd + 2 + 12 + 4
+    ifd0 = struct.pack(">H", 1) + struct.pack(">HHII", EXIF_IFD, _LONG, 1, exif_ifd) + struct.pack(">I", 0)
+    exif = struct.pack(">H", 1) + struct.pack(">HHII", USER_COMMENT, _UNDEFINED, len(comment), data)
+    return b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd0 + exif + struct.pack(">I", 0) + comment

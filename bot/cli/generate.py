@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import difflib
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -19,10 +21,12 @@ from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
 from bot.limits.server import EffectiveLimits
+from inference.model_files import local_source_problem
 from inference.parameters import grid_infotext
 from inference.protocol import (
     CompareSchedulersRequest,
     CompareStepsRequest,
+    GenerateRequest,
     InvalidRequest,
     JobFailed,
     JobProgress,
@@ -116,10 +120,10 @@ class ProgressBar:
 
 async def generate(
     options: RequestOptions, settings: Settings, specs: Sequence[ModelSpec], *, out: TextIO = sys.stderr
-) -> tuple[Request, JobResult]:
+) -> tuple[Request, JobResult, str]:
     """Run what `options` ask through a LocalJobQueue and its spawned worker loading `specs`,
     drawing a progress bar. Options left out take the loaded model's defaults, decided where the
-    bot decides them. Returns the request as run and its result."""
+    bot decides them. Returns the request as run, its result and the device it ran on."""
     # The files are written for the person at the terminal, who sees them first: no image checker here
     # (it would fetch the default classifier on first use). `--safety` is not there yet (docs/safety.md).
     config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs), safety_checker="none")
@@ -145,7 +149,7 @@ async def generate(
                 bar.update(event.job_step, event.job_total)
             elif isinstance(event, JobResult):
                 out.write("\n")
-                return request, event
+                return request, event, info.device if info is not None else "the worker's device"
             elif isinstance(event, JobFailed):
                 out.write("\n")
                 raise GenerationFailed(event.message)
@@ -175,9 +179,12 @@ def check_output_and_model(args: argparse.Namespace) -> None:
         return
     model = Path(args.model).expanduser()
     looks_like_path = (args.model.startswith((".", "/", "~")) or model.exists()) and model.suffix != ".toml"
-    if looks_like_path and not (model / "model_index.json").is_file():
-        what = "is not a diffusers model folder (no model_index.json)" if model.is_dir() else "does not exist"
-        raise InvalidOption(f"--model {args.model} {what}.")
+    if not looks_like_path:
+        return
+    if not model.exists():
+        raise InvalidOption(f"--model {args.model} does not exist.")
+    if (problem := local_source_problem(model, repr(args.model))) is not None:  # as the worker would say it
+        raise InvalidOption(problem)
 
 
 def checked_hardware(args: argparse.Namespace) -> tuple[str, str]:
@@ -220,50 +227,97 @@ class OutputLost(RuntimeError):
 
 
 def save_outputs(
-    request: Request, result: JobResult, output: Path, film: Path | None = None
+    request: Request, result: JobResult, output: Path, film: Path | None = None, *, device: str | None = None
 ) -> tuple[list[Path], str | None]:
     """Write the outputs where asked; if that fails after the render, write them to a new folder in the
     temporary directory instead, so that a finished image is never lost. Returns the paths written and,
     when they were rescued, why the asked-for place failed."""
     try:
-        return write_outputs(request, result, output, film), None
+        return write_outputs(request, result, output, film, device=device), None
     except OSError as error:
         problem = f"could not write {output} ({_reason(error)})"
     try:
         rescue = Path(tempfile.mkdtemp(prefix="stepgrid-rescued-")) / output.name
-        return write_outputs(request, result, rescue, film and rescue.with_name(film.name)), problem
+        return write_outputs(request, result, rescue, film and rescue.with_name(film.name), device=device), problem
     except OSError as error:
         raise OutputLost(f"{problem}, nor a copy in the temporary folder ({_reason(error)}).") from None
 
 
-def write_outputs(request: Request, result: JobResult, output: Path, film: Path | None = None) -> list[Path]:
-    """Write the image (or numbered images, or the labelled grid, and the film) and return the paths."""
+def output_paths(request: Request, output: Path, film: Path | None = None) -> list[Path]:
+    """Where `write_outputs` writes: the image or grid, numbered images for --count, and the film."""
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+        return [output]
+    if isinstance(request, GenerateRequest) and request.count > 1:
+        return [output.with_name(f"{output.stem}-{number}{output.suffix}") for number in range(1, request.count + 1)]
+    return [output] if film is None or not request.film else [output, film]
+
+
+def write_outputs(
+    request: Request, result: JobResult, output: Path, film: Path | None = None, *, device: str | None = None
+) -> list[Path]:
+    """Write the image (or numbered images, or the labelled grid, and the film) and return the paths.
+    Each file appears whole or not at all (see `write_file`)."""
     from bot.pictures.film import film_file
     from bot.pictures.grids import render_grid
+    from bot.pictures.render import png_parameters
 
     output.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        header = f"{request.prompt} · {result.model} · {request.scheduler} · seed {request.seed}"
+        scheduler = "" if isinstance(request, CompareSchedulersRequest) else f" · {request.scheduler}"  # rows name them
+        facts = f"{result.model}{scheduler} · seed {request.seed}"
         if result.is_test_model:
-            header += f" · {TEST_MODEL_NOTE}"
+            facts += f" · {TEST_MODEL_NOTE}"
         parameters = grid_infotext(request, model=result.model)
-        output.write_bytes(render_grid(request, result.images, header=header, parameters=parameters).png)
+        write_file(output, render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png)
         return [output]
     if len(result.images) == 1:
         image = result.images[0]
-        output.write_bytes(image.png)
+        write_file(output, image.png)
         if film is None or not image.frames:
             return [output]
         # The name says the format; no upload limit here, so the frames keep their size.
         film.parent.mkdir(parents=True, exist_ok=True)
-        film.write_bytes(film_file(image.frames, request.prompt, film.suffix.lower().lstrip(".")))
+        extension = film.suffix.lower().lstrip(".")
+        write_file(film, film_file(image.frames, request.prompt, extension, png_parameters(image.png)))
         return [output, film]
     paths = []
     for number, image in enumerate(result.images, start=1):
         path = output.with_name(f"{output.stem}-{number}{output.suffix or '.png'}")
-        path.write_bytes(image.png)
+        write_file(path, image.png)
         paths.append(path)
     return paths
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: into a temporary file beside it, then renamed over it (a
+    full disk leaves the old file, or none, never a cut-off one). A symlink is written through, to the file
+    it names; a target that is not a regular file (a device such as /dev/full) is written directly."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        target.write_bytes(data)
+        return
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, _mode_for(target))
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _mode_for(target: Path) -> int:
+    """The file mode a new file gets (mkstemp's 0600 is for secrets), or the replaced file's own."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def generate_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -279,7 +333,7 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     quiet_worker(args)
     started = time.perf_counter()
     try:
-        request, result = asyncio.run(generate(options_from_args(args), settings, specs))
+        request, result, device = asyncio.run(generate(options_from_args(args), settings, specs))
     except (InvalidRequest, InvalidOption, ModelsUnavailable) as error:  # e.g. a scheduler or size this
         print(f"stepgrid: {error}", file=sys.stderr)  # model can't do, or a --model that doesn't load
         return 2
@@ -289,8 +343,10 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         print("stepgrid: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    film = getattr(args, "film", None)
+    replaced = [path for path in output_paths(request, args.output, film) if path.exists()]
     try:
-        paths, problem = save_outputs(request, result, args.output, getattr(args, "film", None))
+        paths, problem = save_outputs(request, result, args.output, film, device=device)
     except OutputLost as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1
@@ -305,6 +361,8 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {', '.join(map(str, paths))}: {request.scheduler}, steps {steps}, seed {seeds}, "
         f"{time.perf_counter() - started:.1f}s in all{note}.{truncated}{_film_note(request, result)}"
     )
+    if replaced:
+        print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         from bot.pictures.grids import grid_rows
         from bot.pictures.sweet_spot import summary

@@ -16,6 +16,7 @@ from PIL import Image
 
 from bot.pictures.fonts import draw_text, fit_text
 from bot.pictures.render import CAPTION_BACKGROUND, CAPTION_TEXT
+from inference.parameters import exif_parameters
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,23 @@ class Film:
     size: tuple[int, int]
 
 
-def film_file(frames: Sequence[bytes], prompt: str, extension: str) -> bytes:
-    """The captioned animation as `extension` ("webp" or "gif") says, its frames at their own size."""
+def film_file(frames: Sequence[bytes], prompt: str, extension: str, parameters: str | None = None) -> bytes:
+    """The captioned animation as `extension` ("webp" or "gif") says, its frames at their own size;
+    `parameters` (the run's A1111 infotext) in a WebP's EXIF UserComment or a GIF's comment."""
     images = captioned_frames(frames, prompt)
-    return _gif(images) if extension == "gif" else _webp(images, WEBP_QUALITY)
+    return _gif(images, parameters) if extension == "gif" else _webp(images, WEBP_QUALITY, parameters)
 
 
-def film_animation(frames: Sequence[bytes], prompt: str, limit: int) -> Film:
+def film_animation(frames: Sequence[bytes], prompt: str, limit: int, parameters: str | None = None) -> Film:
     """The captioned animation for Discord: lossy animated WebP, or GIF where that is smaller, scaled down
-    until it fits `limit`. Every step keeps its frame; raises ValueError when even tiny frames do not fit."""
+    until it fits `limit`, carrying `parameters` as `film_file` does. Every step keeps its frame; raises
+    ValueError when even tiny frames do not fit."""
     if not frames:
         raise ValueError("a film needs at least one frame")
     scale = 1.0
     while True:
         images = captioned_frames(frames, prompt, scale)
-        webp, gif = _webp(images, WEBP_QUALITY), _gif(images)
+        webp, gif = _webp(images, WEBP_QUALITY, parameters), _gif(images, parameters)
         data, extension = (gif, "gif") if len(gif) < len(webp) else (webp, "webp")  # GIF only where smaller
         if len(data) <= limit:
             log.info("film: %d frames at %.2fx as %s, %d bytes", len(images), scale, extension, len(data))
@@ -121,17 +124,20 @@ def downscale_note(frames: tuple[int, int], image: tuple[int, int]) -> str | Non
     return f"downscaled to {frames[0]}×{frames[1]} (the image is {image[0]}×{image[1]})"
 
 
-def _webp(images: list[Image.Image], quality: int) -> bytes:
+def _webp(images: list[Image.Image], quality: int, parameters: str | None = None) -> bytes:
+    exif = exif_parameters(parameters) if parameters else b""  # where A1111 keeps a WebP's parameters
     buffer = io.BytesIO()
     images[0].save(buffer, format="WEBP", save_all=True, append_images=images[1:], duration=durations(len(images)),
-                   loop=0, quality=quality, method=4)  # fmt: skip
+                   loop=0, quality=quality, method=4, exif=exif)  # fmt: skip
     return buffer.getvalue()
 
 
-def _gif(images: list[Image.Image]) -> bytes:
+def _gif(images: list[Image.Image], parameters: str | None = None) -> bytes:
     # Fast octree palettes: Pillow's default quantizer takes ~1 s per noisy 256 px frame.
     paletted = [image.quantize(256, method=Image.Quantize.FASTOCTREE) for image in images]
+    # GIF has no EXIF: the parameters go into a comment extension, UTF-8.
+    comment = {"comment": parameters.encode("utf-8")} if parameters else {}
     buffer = io.BytesIO()
     paletted[0].save(buffer, format="GIF", save_all=True, append_images=paletted[1:],
-                     duration=durations(len(images)), loop=0)  # fmt: skip
+                     duration=durations(len(images)), loop=0, **comment)  # fmt: skip
     return buffer.getvalue()

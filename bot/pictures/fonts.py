@@ -196,13 +196,33 @@ def _run_length(font: FontFile, run: str, size: int) -> float:
     return length * size / EMOJI_BITMAP_SIZE if font.is_colour else length
 
 
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace (line breaks and tabs too) folded into one space: captions and
+    footers are single lines, and Pillow refuses to measure text with a line break in it."""
+    return " ".join(text.split())
+
+
 def text_length(text: str, size: int) -> float:
-    """The width of `text` drawn at `size` pixels."""
-    return sum(_run_length(font, run, size) for font, run in runs(text))
+    """The width of `text` (as one line) drawn at `size` pixels."""
+    return sum(_run_length(font, run, size) for font, run in runs(one_line(text)))
+
+
+def wrap_text(text: str, size: int, width: float) -> list[str]:
+    """`text` (as one line) broken between words into lines that fit `width` pixels; a word too long for a
+    line of its own is shortened with an ellipsis."""
+    lines: list[str] = []
+    for word in one_line(text).split(" "):
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and text_length(joined, size) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(fit_text(word, size, width))
+    return lines
 
 
 def fit_text(text: str, size: int, width: float) -> str:
-    """`text`, shortened with an ellipsis until it fits `width` pixels."""
+    """`text` (as one line), shortened with an ellipsis until it fits `width` pixels."""
+    text = one_line(text)
     if text_length(text, size) <= width:
         return text
     # The longest start that fits with the ellipsis, found by halving: measuring is what costs, and a
@@ -230,6 +250,7 @@ def draw_text(
     if anchor not in ("lm", "mm"):
         raise ValueError(f"anchor must be 'lm' or 'mm'; got {anchor!r}")
     x, y = xy
+    text = one_line(text)
     if anchor == "mm":
         x -= text_length(text, size) / 2
     draw = ImageDraw.Draw(canvas)

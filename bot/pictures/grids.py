@@ -32,11 +32,17 @@ def grid_rows(request: GridRequest, images: Sequence[GeneratedImage]) -> list[tu
 
 
 def render_grid(
-    request: GridRequest, images: Sequence[GeneratedImage], *, header: str | None = None, parameters: str | None = None
+    request: GridRequest,
+    images: Sequence[GeneratedImage],
+    *,
+    facts: str | None = None,
+    device: str | None = None,
+    parameters: str | None = None,
 ) -> Grid:
     """The grid's PNG (axis labels on a scheduler grid, per-cell seconds and Δ, the settled cells
     framed, a footer saying what the numbers are, `parameters` in its PNG chunk) and the sweet-spot
-    sentence."""
+    sentence. With `facts` ("model · scheduler · seed 42") the footer opens with the prompt and them;
+    `device` names where the seconds were spent."""
     rows = grid_rows(request, images)
     changes: dict[int, float] = {}
     marked = set()
@@ -55,11 +61,12 @@ def render_grid(
         if index in changes:
             parts.append(format_change(changes[index]))
         texts[id(image)] = " · ".join(parts)
-    footer = "\n".join(line for line in (header, SECONDS_NOTE, LEGEND) if line)
+    seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
     png = grid_png(
         images,
         caption=lambda image: texts[id(image)],
-        footer=footer,
+        title=(request.prompt, facts) if facts else None,
+        footer=f"{seconds_note}\n{LEGEND}",
         columns=len(request.steps) if scheduler_grid else None,
         row_labels=row_labels,
         column_labels=[steps_label(steps) for steps in request.steps] if scheduler_grid else (),

@@ -13,9 +13,9 @@ from datetime import date
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bot.pictures.fonts import draw_text, fit_text, font_for, text_length
+from bot.pictures.fonts import draw_text, fit_text, font_for, one_line, text_length, wrap_text
 from inference.imaging import encode_png
-from inference.parameters import EXIF_IFD, PNG_KEY, USER_COMMENT, exif_user_comment
+from inference.parameters import PNG_KEY, exif_parameters
 from inference.protocol import GeneratedImage
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ BACKGROUND = (17, 18, 20)
 CAPTION_BACKGROUND = (32, 34, 37)
 CAPTION_TEXT = (236, 237, 239)
 MARK = (87, 242, 135)  # the settled cell's frame
-SECONDS_NOTE = "seconds = this cell's share of the batched GPU time"
+SECONDS_NOTE = "seconds = this cell's share of the batched compute time"
 
 # Columns per cell count: the guide's 3 x 2 for six cells, never more than four across so that
 # cells stay large in Discord's preview.
@@ -59,6 +59,7 @@ def grid_png(
     *,
     caption: Callable[[GeneratedImage], str] | None = None,
     footer: str | None = None,
+    title: tuple[str, str] | None = None,
     parameters: str | None = None,
     columns: int | None = None,
     row_labels: Sequence[str] = (),
@@ -66,7 +67,9 @@ def grid_png(
     marked: Collection[int] = (),
 ) -> bytes:
     """Compose the images, at full resolution, into one grid with a caption strip under each cell,
-    and optional footer lines across the bottom (the prompt, scheduler and seed; what the numbers are).
+    and optional footer lines across the bottom: a `title` (prompt, facts) such as ("a fox", "sd15 · Euler
+    a · seed 42"), its prompt shortened so the facts always show, then the `footer`'s lines (what the
+    numbers are), each wrapped to the grid's width.
 
     `columns` fixes the layout (a scheduler × steps grid); `row_labels` and `column_labels` name
     the rows on the left and the columns on top; the cells at the `marked` indices get a frame.
@@ -92,8 +95,8 @@ def grid_png(
     slot_height = cell_height + strip
     width = margin_left + columns * cell_width + (columns + 1) * gap
     grid_height = margin_top + rows * slot_height + (rows + 1) * gap
-    footer_lines = footer.splitlines() if footer else []
-    footer_height = len(footer_lines) * strip + (gap if footer_lines else 0)
+    below = footer_lines(title, footer, font_size, width - 4 * gap)
+    footer_height = len(below) * strip + (gap if below else 0)
     canvas = Image.new("RGB", (width, grid_height + footer_height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     _draw_axis_labels(canvas, font_size, row_labels, column_labels, (margin_left, margin_top, gap),
@@ -112,10 +115,25 @@ def grid_png(
                   anchor="mm")  # fmt: skip
         if index in marked:
             _draw_mark(draw, (left, top, left + cell_width - 1, top + slot_height - 1), gap)
-    for line_number, line in enumerate(footer_lines):
-        draw_text(canvas, (2 * gap, grid_height + (line_number + 0.5) * strip),
-                  fit_text(line, font_size, width - 4 * gap), font_size, CAPTION_TEXT)  # fmt: skip
+    for line_number, line in enumerate(below):
+        draw_text(canvas, (2 * gap, grid_height + (line_number + 0.5) * strip), line, font_size, CAPTION_TEXT)
     return encode_png(canvas, parameters=parameters)
+
+
+def footer_lines(title: tuple[str, str] | None, footer: str | None, size: int, width: float) -> list[str]:
+    """The footer as drawn: "prompt · facts" with the prompt shortened to leave the facts room (the prompt on a
+    line of its own when the grid is too narrow for both), then each footer line wrapped between words."""
+    lines = []
+    if title is not None:
+        prompt, facts = one_line(title[0]), one_line(title[1])
+        room = width - text_length(f" · {facts}", size)
+        if room >= min(text_length(prompt, size), width / 3):
+            lines.append(f"{fit_text(prompt, size, room)} · {facts}")
+        else:
+            lines += [fit_text(prompt, size, width), *wrap_text(facts, size, width)]
+    for line in footer.splitlines() if footer else ():
+        lines += wrap_text(line, size, width)
+    return lines
 
 
 def _draw_axis_labels(
@@ -229,6 +247,13 @@ _LOSSY_QUALITIES = (95, 90, 85, 80, 70, 60)
 _MIN_SIDE = 64
 
 
+def png_parameters(png: bytes) -> str | None:
+    """The A1111 `parameters` text a PNG carries, or None."""
+    with Image.open(io.BytesIO(png)) as image:
+        parameters = image.info.get(PNG_KEY)
+    return parameters if isinstance(parameters, str) else None
+
+
 def fit_attachment(png: bytes, limit: int) -> tuple[bytes, str]:
     """Return (bytes, extension without dot) no larger than `limit`.
 
@@ -243,10 +268,8 @@ def fit_attachment(png: bytes, limit: int) -> tuple[bytes, str]:
     image.load()
     rgb = image.convert("RGB")
     # A1111 keeps a JPEG's or WebP's parameters in the EXIF UserComment; so do we.
-    exif = Image.Exif()
     parameters = image.info.get(PNG_KEY)
-    if isinstance(parameters, str):
-        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = exif_user_comment(parameters)
+    exif = exif_parameters(parameters) if isinstance(parameters, str) else b""
 
     webp = _encode(image, "WEBP", lossless=True, method=4, exif=exif)
     if len(webp) <= limit:

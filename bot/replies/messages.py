@@ -17,7 +17,7 @@ import discord
 from bot.formatting import counted
 from bot.pictures.film import downscale_note, film_animation, source_note
 from bot.pictures.grids import render_grid
-from bot.pictures.render import fit_attachment
+from bot.pictures.render import fit_attachment, png_parameters
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
 from inference.parameters import grid_infotext
@@ -211,7 +211,7 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
             continue
         if image.frames:
             try:
-                film = film_animation(image.frames, request.prompt, limit)
+                film = film_animation(image.frames, request.prompt, limit, png_parameters(image.png))
                 files.append(Attachment(film.data, f"{FILM_FILE_PREFIX}{image.seed}.{film.extension}"))
                 film_size = film.size
             except ValueError as error:  # the image is finished: deliver it without its film

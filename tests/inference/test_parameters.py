@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from inference.parameters import exif_user_comment, grid_infotext, image_infotext, infotext
+from inference.parameters import exif_parameters, exif_user_comment, grid_infotext, image_infotext, infotext
 from inference.protocol import CompareStepsRequest, GenerateRequest
-from tests.a1111 import parse_generation_parameters, read_user_comment
+from tests.a1111 import parse_generation_parameters, piexif_user_comment, read_info_from_exif, read_user_comment
 
 
 def test_an_image_reads_back_as_a1111_reads_it() -> None:
@@ -63,3 +63,10 @@ def test_the_exif_user_comment_is_a1111s_unicode_form() -> None:
     comment = exif_user_comment(text)
     assert comment.startswith(b"UNICODE\x00") and comment[8:].decode("utf-16-be") == text
     assert read_user_comment(comment) == text
+
+
+def test_the_exif_bytes_type_the_user_comment_undefined_as_piexif_reads_it() -> None:
+    text = "fox 狐\nSteps: 4"
+    comment = piexif_user_comment(exif_parameters(text))
+    assert isinstance(comment, bytes), "UNDEFINED (type 7) comes back as bytes; BYTE would be a tuple"
+    assert read_info_from_exif(exif_parameters(text)) == text

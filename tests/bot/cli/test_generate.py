@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import resource
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bot.cli.generate import cli_defaults, save_outputs, select_models
+from bot.cli.generate import OutputLost, cli_defaults, save_outputs, select_models
 from bot.cli.main import main
 from bot.config import Settings
 from bot.limits.server import EffectiveLimits
 from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, GenerateRequest
-from tests.a1111 import parse_generation_parameters
+from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.cli.stepgrid_process import STEPGRID, one_error_line, stepgrid
 from tests.bot.fakes import TURBO, noise_png, result_for
 
@@ -286,3 +290,76 @@ def test_steps_over_a_registry_ceiling_exit_2_in_one_line(
     monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
     assert main(["imagine", "fox", "--model", "quick", "--steps", "12", "-o", str(tmp_path / "x.png")]) == 2
     assert "steps must be at most 8 for the model quick; got 12." in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def disk_full_after(size: int) -> Iterator[None]:
+    """Writes past `size` bytes fail (EFBIG) in this process, as on a disk that filled up mid-write."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_whole_and_no_partial_one(tmp_path: Path) -> None:
+    request = GenerateRequest("a fox", steps=2, width=256, height=256)
+    result = result_for("job", request, png=noise_png)
+    output = tmp_path / "fox.png"
+    output.write_bytes(b"the picture from yesterday")
+    with disk_full_after(4096), pytest.raises(OutputLost):  # the rescue copy in the temporary folder fails too
+        save_outputs(request, result, output)
+    assert os.listdir(tmp_path) == ["fox.png"], "no temporary file left behind"
+    assert output.read_bytes() == b"the picture from yesterday", "not truncated"
+    paths, problem = save_outputs(request, result, output)
+    assert problem is None and Image.open(paths[0]).size == (256, 256) and os.listdir(tmp_path) == ["fox.png"]
+
+
+def test_an_output_written_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
+    request = GenerateRequest("a fox", steps=2, width=256, height=256)
+    (tmp_path / "real.png").write_bytes(b"old")
+    (tmp_path / "link.png").symlink_to("real.png")
+    save_outputs(request, result_for("job", request), tmp_path / "link.png")
+    assert (tmp_path / "link.png").is_symlink() and Image.open(tmp_path / "real.png").size == (256, 256)
+
+
+@pytest.mark.parametrize("given", ["./juggernaut.safetensors", "juggernaut.safetensors", "."])
+def test_a_single_file_checkpoint_as_model_says_how_to_convert_it_before_loading(tmp_path: Path, given: str) -> None:
+    """The same hint as a checkpoint named in STEPGRID_MODEL, for the file or the folder it was downloaded into."""
+    tensor = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    header = json.dumps({"conditioner.embedders.1.model.ln_final.weight": tensor}).encode()  # an SDXL checkpoint
+    (tmp_path / "juggernaut.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    result = stepgrid("imagine", "a fox", "--model", given, "-o", str(tmp_path / "out.png"), cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "is a single-file checkpoint (juggernaut.safetensors); Stepgrid loads diffusers folders." in line
+    assert "StableDiffusionXLPipeline.from_single_file(" in line
+    assert "loading" not in result.stderr, "refused before a worker started"
+
+
+@pytest.mark.slow
+def test_a_prompt_on_two_lines_writes_the_film_with_the_images_parameters(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out, film = tmp_path / "fox.png", tmp_path / "fox.webp"
+    argv = ["imagine", "a fox\nin the snow", "--model", "tiny", "--steps", "3", "--size", "256", "--seed", "9"]
+    assert main([*argv, "-o", str(out), "--film", str(film)]) == 0  # was Pillow's multiline ValueError, exit 1
+    animation = Image.open(film)
+    assert animation.n_frames == 3
+    assert read_info_from_exif(animation.info["exif"]) == Image.open(out).info["parameters"]
+    assert "Steps: 3" in read_info_from_exif(animation.info["exif"])
+
+
+@pytest.mark.slow
+def test_a_grid_written_over_an_existing_file_says_so_and_names_the_device(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"yesterday's grid")
+    argv = ["compare-steps", "a fox", "--model", "tiny", "--steps", "1,2", "--size", "256", "--device", "cpu"]
+    assert main([*argv, "-o", str(out)]) == 0
+    assert f"replaced the file already there: {out}." in capsys.readouterr().out
+    assert Image.open(out).size[0] > 2 * 256 and os.listdir(tmp_path) == ["grid.png"]

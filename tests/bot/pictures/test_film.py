@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bot.pictures.film import downscale_note, durations, film_animation, film_file, frame_caption, source_note
+from tests.a1111 import read_info_from_exif
 
 
 def frames(count: int, size: int = 96, *, noisy: bool = False) -> list[bytes]:
@@ -81,3 +82,32 @@ def test_every_frame_source_is_explained() -> None:
     assert "scheduler's own" in source_note("scheduler")
     for source, formula in (("epsilon", "ε"), ("v_prediction", "v"), ("flow", "σ·v")):
         assert "reports no x0" in source_note(source) and formula in source_note(source)
+
+
+PARAMETERS = "a fox 狐 🦊\nSteps: 4, Sampler: Euler, CFG scale: 7, Seed: 42, Size: 96x96, Model: tiny"
+
+
+@pytest.mark.parametrize("extension", ["webp", "gif"])
+def test_a_film_file_carries_the_parameters_where_readers_look(extension: str) -> None:
+    """WebP: the EXIF UserComment A1111 reads (typed UNDEFINED, as piexif needs); GIF: a comment extension."""
+    film = Image.open(io.BytesIO(film_file(frames(4), "fox", extension, PARAMETERS)))
+    if extension == "gif":
+        assert film.info["comment"].decode("utf-8") == PARAMETERS
+    else:
+        assert read_info_from_exif(film.info["exif"]) == PARAMETERS
+
+
+def test_the_discord_film_carries_the_parameters_in_either_format() -> None:
+    for noisy in (False, True):  # flat frames come out as GIF, noisy ones as WebP
+        film = film_animation(frames(6, noisy=noisy), "fox", 10**7, PARAMETERS)
+        image = Image.open(io.BytesIO(film.data))
+        carried = image.info["comment"].decode() if film.extension == "gif" else read_info_from_exif(image.info["exif"])
+        assert carried == PARAMETERS, film.extension
+
+
+def test_a_prompt_typed_on_several_lines_captions_every_frame_on_one() -> None:
+    """A prompt with line breaks (the CLI's and the bot's film) used to end in Pillow's multiline ValueError."""
+    prompt = "a fox\nin the snow\n\n"
+    film = film_animation(frames(3), prompt, 10**7)
+    assert Image.open(io.BytesIO(film.data)).n_frames == 3
+    assert Image.open(io.BytesIO(film_file(frames(3), prompt, "gif"))).n_frames == 3

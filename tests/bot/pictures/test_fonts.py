@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageChops, ImageDraw, features
 
 from bot.pictures import fonts
-from bot.pictures.fonts import FontFile, draw_text, fit_text, font_chain, runs, text_length, visual_runs
+from bot.pictures.fonts import FontFile, draw_text, fit_text, font_chain, runs, text_length, visual_runs, wrap_text
 
 SAMPLES = ["café crème", "狐", "🦊", "café crème 狐 🦊", "Ærøskøbing · Ŝtupo · Привет · 東京タワー · 👍🏽 ❤️"]
 SIZE = 32
@@ -144,3 +144,21 @@ def test_without_installed_fonts_text_uses_pillows_default_with_one_warning(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "fonts-noto-core" in warnings[0]
     assert ImageChops.difference(canvas, Image.new("RGB", (300, 40))).getbbox() is not None
+
+
+def test_text_with_line_breaks_is_measured_fitted_and_drawn_as_one_line() -> None:
+    """Pillow can't measure text with a line break in it: a prompt typed on two lines is folded onto one."""
+    text = "a fox\nin the\r\n\tsnow"
+    assert text_length(text, SIZE) == text_length("a fox in the snow", SIZE)
+    assert fit_text(text, SIZE, 1000) == "a fox in the snow"
+    assert "\n" not in fit_text(text * 20, SIZE, 300)
+    canvas = Image.new("RGB", (600, 60), (0, 0, 0))
+    draw_text(canvas, (300, 30), text, SIZE, (255, 255, 255), anchor="mm")
+    assert canvas.getbbox() is not None
+
+
+def test_wrap_text_breaks_between_words_and_shortens_only_a_word_too_long_for_a_line() -> None:
+    lines = wrap_text("Δ = change from the previous step count · framed: where the row settles", SIZE, 400)
+    assert len(lines) > 1 and all(text_length(line, SIZE) <= 400 for line in lines)
+    assert " ".join(lines) == "Δ = change from the previous step count · framed: where the row settles"
+    assert wrap_text("x" * 200, SIZE, 100)[0].endswith("…")

@@ -11,15 +11,17 @@ import pytest
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
-from bot.pictures.fonts import font_for
-from bot.pictures.grids import render_grid
+from bot.pictures.fonts import font_for, text_length
+from bot.pictures.grids import LEGEND, render_grid
 from bot.pictures.render import (
     CAPTION_BACKGROUND,
     CHART_COLOURS,
     CHART_SIZE,
     MARK,
+    SECONDS_NOTE,
     default_caption,
     fit_attachment,
+    footer_lines,
     grid_png,
     grid_shape,
     nice_ceiling,
@@ -27,9 +29,8 @@ from bot.pictures.render import (
     steps_label,
     usage_chart_png,
 )
-from inference.parameters import EXIF_IFD, USER_COMMENT
-from inference.protocol import CompareSchedulersRequest, GeneratedImage
-from tests.a1111 import read_user_comment
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GeneratedImage
+from tests.a1111 import read_info_from_exif
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
 
@@ -249,8 +250,8 @@ def test_re_encoded_attachments_keep_the_parameters_where_a1111_reads_them(exten
     image = Image.open(io.BytesIO(data))
     if got == "png":
         assert image.info["parameters"] == PARAMETERS
-    else:  # EXIF UserComment, as A1111 writes JPEG and WebP
-        assert read_user_comment(image.getexif().get_ifd(EXIF_IFD)[USER_COMMENT]) == PARAMETERS
+    else:  # EXIF UserComment, as A1111 writes JPEG and WebP, read back as A1111 reads it (through piexif)
+        assert read_info_from_exif(image.info["exif"]) == PARAMETERS
 
 
 def test_captions_and_footers_draw_every_script() -> None:
@@ -302,7 +303,42 @@ def test_a_grid_with_its_changes_marks_where_each_row_settles_and_says_it() -> N
 
     request = CompareSchedulersRequest("a fox", schedulers=("DDIM", "Euler a"), steps=(2, 4, 8), width=256, height=256)
     images = [shifted(0, 2), shifted(20, 4), shifted(20, 8), shifted(0, 2), shifted(20, 4), shifted(40, 8)]
-    grid = render_grid(request, images, header="a fox · tiny · seed 1")
+    grid = render_grid(request, images, facts="tiny · seed 1")
     assert grid.summary.startswith("For this prompt and seed: DDIM settles at 4 steps; Euler a keeps changing")
     image = open_png(grid.png).convert("RGB")
     assert MARK in {colour for _, colour in image.getcolors(maxcolors=image.width * image.height) or []}
+
+
+# --- the footer: the facts always show, the words wrap -------------------------------------------------------
+
+FISHERMAN = "portrait of an old fisherman, dramatic lighting, highly detailed, 85mm, bokeh, golden hour"
+FACTS = "tiny-flux · Euler · seed 5"
+
+
+@pytest.mark.parametrize("width", [2000, 800, 500, 200])
+def test_the_footer_shortens_the_prompt_never_the_model_scheduler_and_seed(width: int) -> None:
+    lines = footer_lines((FISHERMAN, FACTS), None, 18, width)
+    assert all(text_length(line, 18) <= width for line in lines)
+    shown = " ".join(lines)
+    assert all(fact in shown for fact in ("tiny-flux", "Euler", "seed 5")), lines
+    assert lines[0].startswith("portrait of an old"), "the prompt comes first"
+
+
+def test_a_prompt_with_line_breaks_is_one_footer_line() -> None:
+    assert footer_lines(("a fox\nin the\tsnow", FACTS), None, 18, 2000) == [f"a fox in the snow · {FACTS}"]
+
+
+def test_footer_lines_wrap_between_words_instead_of_being_cut() -> None:
+    lines = footer_lines(None, f"{SECONDS_NOTE}\n{LEGEND}", 18, 300)
+    assert len(lines) > 2 and not any("…" in line for line in lines)
+    assert " ".join(lines) == f"{SECONDS_NOTE} {LEGEND}"
+    assert all(text_length(line, 18) <= 300 for line in lines)
+
+
+def test_a_two_cell_grid_wraps_the_legend_onto_more_footer_lines() -> None:
+    """Two 256 px cells are narrower than the legend: the footer grows a line instead of cutting it."""
+    request = CompareStepsRequest("a fox", steps=(2, 4), width=256, height=256)
+    images = [solid(COLOURS[0], 256, 256, steps) for steps in (2, 4)]
+    grid = open_png(render_grid(request, images).png)
+    two_lines = open_png(grid_png(images, footer="one\ntwo"))  # the seconds note and the legend, uncut
+    assert grid.width == two_lines.width and grid.height > two_lines.height

@@ -21,8 +21,10 @@ from bot.replies.messages import (
     progress_text,
     result_message,
 )
+from inference.imaging import encode_png
+from inference.parameters import image_infotext
 from inference.protocol import CompareSchedulersRequest, GenerateRequest, JobProgress, JobResult
-from tests.a1111 import parse_generation_parameters
+from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, noise_png, png_of, record_for, result_for
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -164,6 +166,18 @@ def test_a_film_result_posts_the_animation_with_the_image_and_says_what_the_fram
     assert embed.image.url == f"attachment://{files[0].filename}"
 
 
+def test_a_posted_film_carries_the_images_parameters_where_a1111_reads_them() -> None:
+    request = dataclasses.replace(IMAGINE, steps=6, film=True)
+    record = record_for(request)
+    result = film_result(record.job_id, request)
+    parameters = image_infotext(request, seed=request.seed, steps=6, model="tiny")
+    image = dataclasses.replace(result.images[0], png=encode_png(Image.new("RGB", (64, 64)), parameters=parameters))
+    rendered = encode_result_files(record, dataclasses.replace(result, images=(image,)), limit=10**7)
+    film = Image.open(io.BytesIO(rendered.files[0].data))
+    carried = film.info["comment"].decode() if film.format == "GIF" else read_info_from_exif(film.info["exif"])
+    assert carried == parameters
+
+
 def test_a_film_of_frames_smaller_than_the_image_says_they_are_downscaled() -> None:
     request = dataclasses.replace(IMAGINE, steps=3, width=768, height=640, film=True)
     record = record_for(request)
@@ -190,7 +204,7 @@ def test_a_film_shrunk_to_fit_the_upload_limit_says_how_small_its_frames_are() -
 def test_a_film_that_cannot_fit_the_limit_still_delivers_the_image_and_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def too_big(frames: object, prompt: str, limit: int) -> Film:
+    def too_big(frames: object, prompt: str, limit: int, parameters: str | None = None) -> Film:
         raise ValueError(f"a film of 6 frames cannot fit into {limit} bytes")
 
     monkeypatch.setattr(bot.replies.messages, "film_animation", too_big)
