@@ -122,6 +122,7 @@ class JobQueue(abc.ABC):
 
     def recorded(self, job_id: str) -> None:
         """The bot recorded how the job ended: what was kept to answer it after a restart may go."""
+        return None  # the local queue keeps nothing outside the bot's process
 
 
 @dataclass(eq=False)
