@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.clipping import echo
 from inference.protocol import (
     DEFAULT_SCHEDULER,
     MAX_COMPARE_CELLS,
@@ -61,7 +63,7 @@ def checked_dtype(value: str) -> str:
     """`value` if it names a dtype the worker can load a model in; ValueError saying what is allowed."""
     dtype = value.strip().lower()
     if dtype not in DTYPES:
-        raise ValueError(f"{value!r} is not a dtype; use one of {', '.join(DTYPES)}")
+        raise ValueError(f"{echo(value)} is not a dtype; use one of {', '.join(DTYPES)}")
     return dtype
 
 
@@ -69,27 +71,32 @@ def checked_device(value: str) -> str:
     """`value` if it names a device this machine has; ValueError saying why not (no torch needed)."""
     device = value.strip().lower()
     if not DEVICE_PATTERN.fullmatch(device):
-        raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        raise ValueError(f"{echo(value)} is not a device; use auto, cpu, cuda, cuda:N or mps")
     if device.startswith("cuda"):
         count = cuda_device_count()
         index = int(device.partition(":")[2] or 0)
         if count == 0:
-            raise ValueError(f"{value!r} asks for a CUDA GPU, but this machine has none (no CUDA driver or device)")
+            raise ValueError(f"{echo(value)} asks for a CUDA GPU, but this machine has none (no CUDA driver or device)")
         if index >= count:
-            raise ValueError(f"{value!r}: this machine has {count} CUDA device(s), numbered from 0")
+            raise ValueError(f"{echo(value)}: this machine has {count} CUDA device(s), numbered from 0")
     return device
 
 
 def checked_bind(value: str) -> str:
-    """`value` if it is an IP address (v4 or v6) or "localhost"; ValueError otherwise."""
+    """`value` if it is an IP address (v4 or v6) or a host name this machine resolves; ValueError otherwise."""
     address = value.strip()
-    if address != "localhost":
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not an IP address; use 127.0.0.1 (this host only) or 0.0.0.0 (all)"
-            ) from None
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ValueError(
+            f"{echo(value)} is not an IP address or a host name this machine resolves; "
+            "use 127.0.0.1 (this host only) or 0.0.0.0 (all)"
+        ) from None
     return address
 
 
@@ -100,7 +107,9 @@ def checked_port(value: object) -> int | None:
     try:
         port = int(str(value).strip())
     except ValueError:
-        raise ValueError(f"{value!r} is not a port number; use 1 to 65535, or leave it empty to turn it off") from None
+        raise ValueError(
+            f"{echo(value)} is not a port number; use 1 to 65535, or leave it empty to turn it off"
+        ) from None
     if not 1 <= port <= 65535:
         raise ValueError(f"{port} is not a port number; use 1 to 65535, or leave it empty to turn it off")
     return port
@@ -110,7 +119,7 @@ def checked_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     """`value` (any case) if it is one of `choices`; ValueError listing them otherwise."""
     found = next((choice for choice in choices if choice.casefold() == value.strip().casefold()), None)
     if found is None:
-        raise ValueError(f"{value!r} is not a {what}; use one of {', '.join(choices)}")
+        raise ValueError(f"{echo(value)} is not a {what}; use one of {', '.join(choices)}")
     return found
 
 
@@ -119,7 +128,7 @@ def checked_scheduler(value: str) -> str:
     wanted = value.strip().casefold()
     found = next((name for name in SCHEDULER_NAMES if name.casefold() == wanted), None)
     if found is None:
-        raise ValueError(f"unknown scheduler {value!r}; use one of {', '.join(SCHEDULER_NAMES)}")
+        raise ValueError(f"unknown scheduler {echo(value)}; use one of {', '.join(SCHEDULER_NAMES)}")
     return found
 
 

@@ -13,6 +13,7 @@ import secrets
 import discord
 from discord import app_commands
 
+from inference.clipping import MAX_ECHO, clip, echo
 from inference.protocol import SAFETY_CHECKER_FAILED, InvalidRequest
 from inference.queues.base import QueueFull
 
@@ -21,20 +22,7 @@ log = logging.getLogger(__name__)
 # Discord refuses a message whose content is longer than this (the member then sees "The
 # application did not respond"), so every reply is clipped to it.
 MAX_CONTENT = 2000
-# How much of a value a member typed is quoted back in a refusal.
-MAX_ECHO = 60
-
-
-def clip(text: str, limit: int) -> str:
-    """`text`, cut to at most `limit` characters with an ellipsis when it was longer."""
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
-
-
-def echo(value: object, limit: int = MAX_ECHO) -> str:
-    """A value a member typed, as a reply quotes it (its repr), clipped: never the whole of a long input."""
-    if isinstance(value, str):
-        return repr(clip(value, limit))
-    return clip(repr(value), limit)
+__all__ = ["MAX_ECHO", "clip", "echo"]  # what bot modules quote values with; inference.clipping holds it
 
 
 class UserFacingError(Exception):

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference.clipping import clip, echo
+
 # Built-in random-weight test models, one per family (built offline from configs).
 TEST_MODEL_NAMES: tuple[str, ...] = (
     "tiny",
@@ -103,7 +105,7 @@ def parse_registry(text: str, *, where: str = "the model registry") -> tuple[Mod
         raise RegistryError(f"{where} is not valid TOML: {exc}.") from None
     extra = sorted(set(data) - {"models"})
     if extra:
-        raise RegistryError(f"{where}: unknown top-level key {extra[0]!r}; write the models as [[models]] tables.")
+        raise RegistryError(f"{where}: unknown top-level key {echo(extra[0])}; write the models as [[models]] tables.")
     entries = data.get("models")
     if not isinstance(entries, list) or not entries:
         raise RegistryError(f"{where} lists no models: add at least one [[models]] table with a name and a source.")
@@ -111,7 +113,7 @@ def parse_registry(text: str, *, where: str = "the model registry") -> tuple[Mod
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
-            raise RegistryError(f"{where}: the model name {spec.name!r} is used twice; names must be unique.")
+            raise RegistryError(f"{where}: the model name {echo(spec.name)} is used twice; names must be unique.")
         seen.add(spec.name)
     return specs
 
@@ -121,8 +123,8 @@ def load_registry(path: Path) -> tuple[ModelSpec, ...]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise RegistryError(f"can't read the model registry {path}: {exc.strerror or exc}.") from None
-    return parse_registry(text, where=str(path))
+        raise RegistryError(f"can't read the model registry {clip(str(path), 200)}: {exc.strerror or exc}.") from None
+    return parse_registry(text, where=clip(str(path), 200))
 
 
 def models_from_setting(value: str) -> tuple[ModelSpec, ...]:
@@ -143,12 +145,12 @@ def _spec(entry: object, number: int, where: str) -> ModelSpec:
         raise RegistryError(f"{label}: expected a table with a name and a source.")
     unknown = [key for key in entry if key not in ALLOWED_KEYS]
     if unknown:
-        raise RegistryError(f"{label}: unknown key {unknown[0]!r}; allowed keys: {', '.join(ALLOWED_KEYS)}.")
+        raise RegistryError(f"{label}: unknown key {echo(unknown[0])}; allowed keys: {', '.join(ALLOWED_KEYS)}.")
     for key in ("name", "source"):
         if key not in entry:
-            raise RegistryError(f"{label}: missing {key!r} (every model needs a name and a source).")
+            raise RegistryError(f"{label}: missing {echo(key)} (every model needs a name and a source).")
     name = _typed(entry, "name", str, label)
-    label = f"{where}, model {name!r}"
+    label = f"{where}, model {echo(name)}"
     if not _NAME.match(name):
         raise RegistryError(
             f"{label}: a name is 1-40 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit."
@@ -177,7 +179,9 @@ def _spec(entry: object, number: int, where: str) -> ModelSpec:
     if guidance is not None:
         g_low, g_high = GUIDANCE_RANGE
         if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not g_low <= guidance <= g_high:
-            raise RegistryError(f"{label}: 'guidance' must be a number from {g_low:g} to {g_high:g}; got {guidance!r}.")
+            raise RegistryError(
+                f"{label}: 'guidance' must be a number from {g_low:g} to {g_high:g}; got {echo(guidance)}."
+            )
         guidance = float(guidance)
     if steps is not None and max_steps is not None and steps > max_steps:
         raise RegistryError(f"{label}: 'steps' ({steps}) is above 'max_steps' ({max_steps}).")
@@ -207,14 +211,14 @@ def _is_int(value: object) -> bool:
 def _typed(entry: dict[str, Any], key: str, kind: type, label: str) -> Any:
     value = entry[key]
     if not isinstance(value, kind):
-        raise RegistryError(f"{label}: {key!r} must be a {kind.__name__}; got {value!r}.")
+        raise RegistryError(f"{label}: {echo(key)} must be a {kind.__name__}; got {echo(value)}.")
     return value
 
 
 def _flag(entry: dict[str, Any], key: str, label: str) -> bool | None:
     value = entry.get(key)
     if value is not None and not isinstance(value, bool):
-        raise RegistryError(f"{label}: {key!r} must be true or false; got {value!r}.")
+        raise RegistryError(f"{label}: {echo(key)} must be true or false; got {echo(value)}.")
     return value
 
 
@@ -224,5 +228,5 @@ def _positive(entry: dict[str, Any], key: str, label: str) -> int | None:
         return None
     low, high = STEPS_RANGE
     if not _is_int(value) or not low <= value <= high:
-        raise RegistryError(f"{label}: {key!r} must be a whole number from {low} to {high}; got {value!r}.")
+        raise RegistryError(f"{label}: {echo(key)} must be a whole number from {low} to {high}; got {echo(value)}.")
     return int(value)

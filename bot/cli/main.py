@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from bot.cli.generate import TINY_MODELS, generate_command
 from bot.cli.models import models_command
-from bot.config import Settings
+from bot.config import Settings, unknown_settings
 from bot.errors import echo
 from inference.logs import report_fatal
 from inference.protocol import (
@@ -177,7 +178,7 @@ def backup_command(args: argparse.Namespace, settings: Settings) -> int:
         backup = backup_database(settings.database_path, args.path, force=args.force)
     except FileNotFoundError as error:
         print(f"stepgrid: {error}", file=sys.stderr)
-        return 1
+        return 2
     except (BackupRefused, DatabaseUnusable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
@@ -192,12 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         problem = error.errors()[0]
         name = "STEPGRID_" + "_".join(str(part) for part in problem["loc"]).upper()
-        message = str(problem["msg"]).removeprefix("Value error, ")
+        message = str(problem["msg"]).removeprefix("Value error, ").rstrip(".")
         if problem["type"] != "value_error":  # pydantic's own checks don't name the value; ours do
-            message += f"; got {problem['input']!r}"
+            message += f"; got {echo(problem['input'])}"
         print(f"stepgrid: the setting {name} is invalid: {message}.", file=sys.stderr)
         return 2
     args = build_parser(settings).parse_args(argv)
+    if args.command not in ("run", "worker"):  # those two log it, in the log's own format
+        for line in unknown_settings(os.environ):
+            print(f"stepgrid: warning: {line}", file=sys.stderr)
     if args.command in ("worker", "workers"):
         from bot.cli.fleet import worker_command, workers_command
 
@@ -244,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (export_limits_csv if args.limits_csv else export_csv)(settings.database_path, sys.stdout)
         except FileNotFoundError as error:
             print(f"stepgrid: {error}", file=sys.stderr)
-            return 1
+            return 2
         except DatabaseUnusable as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 2

@@ -393,6 +393,7 @@ class JobService:
                 )
                 return
             self._unrecorded.pop(job_id, None)
+            self.queue.recorded(job_id)
             log.info("job %s: its outcome is recorded in the ledger now", job_id, extra={"job_id": job_id})
 
     async def _record_outcome(self, job_id: str, outcome: JobResult | JobFailed) -> None:
@@ -403,6 +404,7 @@ class JobService:
         """
         try:
             await self.store.mark_finished(job_id, outcome)
+            self.queue.recorded(job_id)
             return
         except Exception:
             if isinstance(outcome, JobResult):

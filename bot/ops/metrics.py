@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from inference.protocol import SCHEDULER_NAMES
+
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,6 +60,17 @@ class _LiveCollector(Collector):
             "stepgrid_worker_restarts", "GPU worker processes restarted after a crash or hang",
             value=figures.worker_restarts,
         )  # fmt: skip
+
+
+def scheduler_label(scheduler: str) -> str:
+    """The scheduler label: one scheduler's name, "several" for a comparison of schedulers, "other" else.
+
+    A label per ordered list of compared schedulers would make every combination and order a series
+    of its own (thousands); these keep the label to the scheduler names and two words.
+    """
+    if "," in scheduler:
+        return "several"
+    return scheduler if scheduler in SCHEDULER_NAMES else "other"
 
 
 class Metrics:
@@ -114,8 +127,8 @@ class Metrics:
         gpu_seconds: float,
         queue_seconds: float,
     ) -> None:
-        """Count a job that got its answer."""
-        self.jobs.labels(command=command, model=model, scheduler=scheduler, outcome=outcome).inc()
+        """Count a job that got its answer; `scheduler` is one name, or the names of a scheduler comparison."""
+        self.jobs.labels(command=command, model=model, scheduler=scheduler_label(scheduler), outcome=outcome).inc()
         self.images.inc(images)
         self.steps.inc(steps)
         self.gpu_seconds.inc(gpu_seconds)

@@ -28,7 +28,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from inference.protocol import JobFailed, JobProgress, JobResult, Request, WorkerConfig
+from inference.protocol import GenerateRequest, JobFailed, JobProgress, JobResult, Request, WorkerConfig
 from inference.queues.base import QueuedJob
 from inference.queues.local import LocalJobQueue
 from inference.queues.wire import (
@@ -36,7 +36,11 @@ from inference.queues.wire import (
     GROUP,
     MAX_DELIVERIES,
     RESULT_TTL_SECONDS,
+    UNREADABLE_JOB_MESSAGE,
+    UNREADABLE_JOB_OTHER_VERSION_MESSAGE,
     Keys,
+    UnknownWireType,
+    WireError,
     check_redis_url,
     describe_url,
     dumps,
@@ -71,6 +75,40 @@ class _Delivery:
     request: Request
     attempt: int
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+# Deletes the consumers of one stream's group that hold no pending entry, have been idle at least
+# ARGV[2] ms and whose agent's heartbeat (ARGV[3] .. name) is gone; ARGV[4], when not empty, limits it
+# to that one consumer. In one script, so that no read can slip between the look and the delete
+# (deleting a consumer drops its pending entries, and the jobs with them).
+_DELETE_IDLE_CONSUMERS = """
+local deleted = 0
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  if (ARGV[4] == '' or info['name'] == ARGV[4]) and info['pending'] == 0
+      and info['idle'] >= tonumber(ARGV[2]) and redis.call('EXISTS', ARGV[3] .. info['name']) == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+
+_UNREAD = GenerateRequest("")  # the request of a delivery that could not be read: only its ids are used
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode(errors="replace") if value else ""
+
+
+def _read_entry(stream: str, entry: str, fields: dict[bytes, bytes], attempt: int) -> _Delivery:
+    """A stream entry as a delivery; raises WireError (or KeyError) when this version can't read it."""
+    request = loads(fields[b"request"])
+    if not isinstance(request, Request):
+        raise WireError(f"a {type(request).__name__} where a request belongs")
+    return _Delivery(fields[b"job"].decode(), stream, entry, fields[b"bot"].decode(), fields[b"user"].decode(),
+                     request, attempt)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,6 +207,9 @@ class RedisAgent:
         if self._client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._client.delete(self.keys.agent(self.agent_id))
+                # Its consumer goes too, unless jobs it was running are still pending on it: those
+                # wait for a janitor, which deletes the consumer once they have been taken over.
+                await self._delete_idle_consumers(min_idle_ms=0, only=self.agent_id)
             await self._client.aclose()
 
     # -- heartbeats ------------------------------------------------------------------------------
@@ -227,20 +268,31 @@ class RedisAgent:
             return
         for stream, entries in replies or []:
             for entry, fields in entries:
-                await self._take(stream.decode(), entry.decode(), fields, attempt=None)
+                await self._take_safely(stream.decode(), entry.decode(), fields, attempt=None)
+
+    async def _take_safely(self, stream: str, entry: str, fields: dict[bytes, bytes], *, attempt: int | None) -> None:
+        """`_take`, except that a bug on one entry leaves it pending for the janitor and the batch goes on."""
+        try:
+            await self._take(stream, entry, fields, attempt=attempt)
+        except (RedisError, OSError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("could not take entry %s of %s; leaving it to another delivery", entry, stream)
 
     async def _take(self, stream: str, entry: str, fields: dict[bytes, bytes], *, attempt: int | None) -> None:
         if not fields:  # deleted while it was pending: nothing to run
             await self._redis().xack(stream, GROUP, entry)
             return
-        job_id = fields[b"job"].decode()
-        if job_id in self._running:
+        try:
+            delivery = _read_entry(stream, entry, fields, attempt or 1)
+        except (WireError, KeyError, UnicodeDecodeError) as error:
+            await self._refuse_unreadable(stream, entry, fields, error)
+            return
+        if delivery.job_id in self._running:
             return  # a janitor handed this agent a job it is already running
         if attempt is None:
-            attempt = await self._deliveries(stream, entry)
-        request = loads(fields[b"request"])
-        delivery = _Delivery(job_id, stream, entry, fields[b"bot"].decode(), fields[b"user"].decode(),
-                             request, attempt)  # type: ignore[arg-type]  # fmt: skip
+            delivery.attempt = await self._deliveries(stream, entry)
+        job_id = delivery.job_id
         self._running[job_id] = delivery
         delivery.task = asyncio.create_task(self._run(delivery), name=f"agent-job-{job_id[:8]}")
 
@@ -347,17 +399,41 @@ class RedisAgent:
                 if count > self.max_deliveries:
                     await self._dead_letter(stream, entry_text, fields, count - 1)
                 else:
-                    await self._take(stream, entry_text, fields, attempt=count)
+                    await self._take_safely(stream, entry_text, fields, attempt=count)
+        await self._delete_idle_consumers(min_idle_ms=min_idle)
         await asyncio.sleep(max(0.2, self.timings.min_idle_seconds / 2))
+
+    async def _delete_idle_consumers(self, *, min_idle_ms: int, only: str = "") -> int:
+        """Delete the group's consumers of agents that are gone and left nothing pending; how many went.
+
+        Every agent that ever took a job is a consumer until deleted: without this they pile up forever.
+        """
+        deleted = 0
+        for stream in self.streams:
+            try:
+                deleted += int(
+                    await self._redis().eval(  # type: ignore[misc]
+                        _DELETE_IDLE_CONSUMERS, 1, stream, GROUP, min_idle_ms, self.keys.agent(""), only
+                    )
+                )
+            except ResponseError as error:
+                if "NOGROUP" not in str(error) and "no such key" not in str(error):
+                    raise
+        if deleted and not only:
+            log.info("deleted %d consumer(s) of agents that are gone", deleted)
+        return deleted
 
     async def _dead_letter(self, stream: str, entry: str, fields: dict[bytes, bytes], deliveries: int) -> None:
         client = self._redis()
         if not fields:
             await client.xack(stream, GROUP, entry)
             return
-        job_id = fields[b"job"].decode()
-        delivery = _Delivery(job_id, stream, entry, fields[b"bot"].decode(), fields[b"user"].decode(),
-                             loads(fields[b"request"]), deliveries)  # type: ignore[arg-type]  # fmt: skip
+        try:
+            delivery = _read_entry(stream, entry, fields, deliveries)
+        except (WireError, KeyError, UnicodeDecodeError) as error:
+            await self._refuse_unreadable(stream, entry, fields, error)
+            return
+        job_id = delivery.job_id
         log.error(
             "job %s stopped a worker on each of its %d deliveries; dead-lettering it",
             job_id,
@@ -366,6 +442,44 @@ class RedisAgent:
         )
         await client.xadd(self.keys.dead, {**fields, "stream": stream, "deliveries": deliveries}, maxlen=10_000)  # type: ignore[dict-item]
         await self._answer(delivery, JobFailed(job_id, DEAD_LETTER_MESSAGE.format(count=deliveries)))
+        self.dead_lettered += 1
+
+    async def _refuse_unreadable(self, stream: str, entry: str, fields: dict[bytes, bytes], error: Exception) -> None:
+        """Dead-letter at once an entry this agent can't read, answer its job as failed, and acknowledge it.
+
+        Left pending, it would come back on every janitor pass and, read in a batch with real jobs,
+        keep them from running: running it again can't help, so it is not retried.
+        """
+        client = self._redis()
+        job_id = _text(fields.get(b"job"))
+        bot_id = _text(fields.get(b"bot"))
+        why = f"no field {error}" if isinstance(error, KeyError) else str(error)
+        older = isinstance(error, UnknownWireType)
+        advice = (
+            "this agent is older than the bot that queued it; upgrade it"
+            if older
+            else "the bot that queued it runs another Stepgrid version; run the same version on both"
+        )
+        log.error(
+            "job %s (entry %s in %s) can't be read here (%s): %s. Dead-lettered and answered as failed.",
+            job_id or "?",
+            entry,
+            stream,
+            why,
+            advice,
+            extra={"job_id": job_id} if job_id else {},
+        )
+        dead_fields: dict[bytes | str, bytes | str | int] = {**fields}  # type: ignore[dict-item]
+        dead_fields.update(stream=stream, deliveries=1, reason=f"unreadable: {why}"[:500])
+        await client.xadd(self.keys.dead, dead_fields, maxlen=10_000)  # type: ignore[arg-type]
+        if job_id and bot_id:
+            failure = JobFailed(job_id, UNREADABLE_JOB_MESSAGE if older else UNREADABLE_JOB_OTHER_VERSION_MESSAGE)
+            await client.set(self.keys.result(job_id), dumps(failure), nx=True, ex=RESULT_TTL_SECONDS)
+            await self._notify(_Delivery(job_id, stream, entry, bot_id, "", _UNREAD, 1), {"kind": "done"})
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, GROUP, entry)
+            pipe.xdel(stream, entry)
+            await pipe.execute()
         self.dead_lettered += 1
 
     # -- plumbing ------------------------------------------------------------------------------

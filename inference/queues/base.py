@@ -124,6 +124,10 @@ class JobQueue(abc.ABC):
     def position(self, job_id: str) -> int | None:
         """1-based place among waiting jobs, or None when running or unknown."""
 
+    def recorded(self, job_id: str) -> None:
+        """The bot recorded how the job ended: what was kept to answer it after a restart may go."""
+        return None  # the local queue keeps nothing outside the bot's process
+
 
 @dataclass(eq=False)
 class QueuedJob:

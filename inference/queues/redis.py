@@ -33,7 +33,15 @@ from inference.protocol import (
     validate_for_model,
 )
 from inference.queues.base import FairJobQueue, QueuedJob, WorkerStatus
-from inference.queues.wire import Keys, check_redis_url, dumps, loads, redis_problem
+from inference.queues.wire import (
+    UNREADABLE_RESULT_MESSAGE,
+    Keys,
+    WireError,
+    check_redis_url,
+    dumps,
+    loads,
+    redis_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +84,27 @@ class AgentInfo:
         def text(name: str) -> str:
             return fields.get(name.encode(), b"").decode()
 
-        infos = loads(fields[b"infos"]) if fields.get(b"infos") else ()
-        assert isinstance(infos, tuple)
+        state, message = text("state"), text("message")
+        try:
+            infos = loads(fields[b"infos"]) if fields.get(b"infos") else ()
+            if not (isinstance(infos, tuple) and all(isinstance(info, ModelInfo) for info in infos)):
+                raise WireError(f"a {type(infos).__name__} where model descriptions belong")
+        except WireError as error:  # an agent of another version: shown, and given no job
+            infos = ()
+            state = "unusable"
+            message = f"its heartbeat can't be read here ({error}); run the bot's Stepgrid version on it"
         return cls(
             agent_id=agent_id,
             host=text("host"),
             device=text("device"),
-            state=text("state"),
+            state=state,
             model_names=tuple(name for name in text("models").split(",") if name),
             models=infos,
             lanes=int(text("lanes") or 0),
             busy_lanes=int(text("busy") or 0),
             jobs_done=int(text("done") or 0),
             heartbeat_at=float(text("at") or 0.0),
-            message=text("message"),
+            message=message,
         )
 
 
@@ -217,6 +232,21 @@ class RedisJobQueue(FairJobQueue):
             self._finish(job, JobFailed.cancellation(job.job_id))
         else:
             self._background(self._send_cancel(job.job_id))
+
+    def recorded(self, job_id: str) -> None:
+        """Drop the job's result (150–660 KB) once the ledger has its outcome, rather than after an hour.
+
+        Until then it stays, so that a bot restarted between delivery and recording still finds it.
+        """
+        if self._client is not None and not self._closing:
+            self._background(self._forget(job_id))
+
+    async def _forget(self, job_id: str) -> None:
+        keys = self.keys
+        try:
+            await self._redis().delete(keys.result(job_id), keys.released(job_id), keys.cancel(job_id))
+        except (RedisError, OSError) as error:  # it expires on its own within the hour
+            log.debug("job %s: its result stays until it expires (%s)", job_id, error, extra={"job_id": job_id})
 
     # -- models ------------------------------------------------------------------------------
 
@@ -374,7 +404,10 @@ class RedisJobQueue(FairJobQueue):
             job.attempts = int(fields[b"attempt"])
             job.events.put_nowait(JobStarted(job_id, job.attempts))
         elif kind == b"progress":
-            event = loads(fields[b"event"])
+            try:
+                event = loads(fields[b"event"])
+            except WireError:
+                return  # an agent of another version: its answer says so; a progress notice is not worth a line
             if isinstance(event, JobProgress):
                 job.events.put_nowait(event)
         elif kind == b"done":
@@ -386,10 +419,19 @@ class RedisJobQueue(FairJobQueue):
         job = self._running.get(job_id)
         if job is None or job.finished:
             return
-        event = loads(data)
-        if not isinstance(event, JobResult | JobFailed):
-            log.error("job %s: unexpected result %r", job_id, type(event), extra={"job_id": job_id})
-            return
+        try:
+            event = loads(data)
+            if not isinstance(event, JobResult | JobFailed):
+                raise WireError(f"a {type(event).__name__} where a result belongs")
+        except WireError as error:
+            log.error(
+                "job %s: its answer can't be read (%s): the agent that ran it runs another Stepgrid version; "
+                "run the bot's version on every agent",
+                job_id,
+                error,
+                extra={"job_id": job_id},
+            )
+            event = JobFailed(job_id, UNREADABLE_RESULT_MESSAGE)
         self._unreleased.discard(job_id)
         self._released_at.pop(job_id, None)
         self._model_of.pop(job_id, None)

@@ -2,7 +2,7 @@
 
 Keys (all under one prefix, so that several deployments or test cases can share a server):
   <p>:jobs:<model>      a stream per model; consumer group "agents"; fields job, bot, user, request
-  <p>:result:<job>      the pickled JobResult/JobFailed, `SET NX EX 3600`: the first answer wins
+  <p>:result:<job>      the encoded JobResult/JobFailed, `SET NX EX 3600`: the first answer wins
   <p>:cancel:<job>      set by the bot to cancel a released job; agents check it while it runs
   <p>:released:<job>    the stream entry of a released job, so a restarted bot does not release it twice
   <p>:events:<bot>      a stream of started/progress/done notices for one bot (losing one is harmless)
@@ -13,8 +13,9 @@ Keys (all under one prefix, so that several deployments or test cases can share 
 
 from __future__ import annotations
 
-import io
-import pickle
+import dataclasses
+import json
+import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -37,6 +38,22 @@ MAX_DELIVERIES = 3
 DEAD_LETTER_MESSAGE = (
     "The GPU worker stopped {count} times while running this job, so it was not run again. "
     "Try fewer steps, a smaller size, or a different scheduler."
+)
+
+# Shown to the member when the agent that took a job can't read it (a rolling upgrade: the bot is newer).
+UNREADABLE_JOB_MESSAGE = (
+    "The GPU worker that took this job can't read it: it runs an older Stepgrid than the bot. "
+    "The operator needs to upgrade that worker; then try again."
+)
+# The same when the entry is not even in this version's format (a bot older, or other, than the worker).
+UNREADABLE_JOB_OTHER_VERSION_MESSAGE = (
+    "The GPU worker that took this job can't read it: the bot and the worker run different Stepgrid "
+    "versions. The operator needs to run the same version on both; then try again."
+)
+# Shown to the member when the bot can't read a worker's answer (the worker runs another version).
+UNREADABLE_RESULT_MESSAGE = (
+    "The GPU worker answered in a form this bot can't read: they run different Stepgrid versions. "
+    "The operator needs to upgrade the older one; then try again."
 )
 
 
@@ -135,24 +152,91 @@ class Keys:
         return f"{self.prefix}:bot:models"
 
 
-class _ProtocolUnpickler(pickle.Unpickler):
-    """Unpickle only the wire types and the builtins they are made of: Redis data is not code."""
+class WireError(ValueError):
+    """Bytes in Redis that are not a wire value this version can read; the message says what they were."""
 
-    _BUILTINS = frozenset({"tuple", "list", "dict", "frozenset", "set", "bytes", "str", "int", "float", "bool"})
 
-    def find_class(self, module: str, name: str) -> object:
-        if module == "inference.protocol" and not name.startswith("_"):
-            return getattr(inference.protocol, name)
-        if module == "builtins" and name in self._BUILTINS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+class UnknownWireType(WireError):
+    """A wire type (or a field of one) this version does not have: the writer runs a newer Stepgrid."""
+
+
+# Data only, never code: a JSON tree in which a tuple is an array, a wire dataclass is
+# {"w": name, "f": {field: value}} and bytes are {"b": [offset, length]} into the blobs that follow
+# the JSON, so that PNGs travel as they are. Decoding builds only the dataclasses of
+# `inference.protocol` (WorkerConfig excepted: it reads the registry), by calling them.
+_MAGIC = b"SGW1"
+_HEADER = struct.Struct(">4sI")
+_WIRE_TYPES: dict[str, type] = {
+    name: value
+    for name, value in vars(inference.protocol).items()
+    if isinstance(value, type)
+    and dataclasses.is_dataclass(value)
+    and value.__module__ == inference.protocol.__name__
+    and name != "WorkerConfig"
+}
+
+
+def _encode(value: object, blobs: list[bytes]) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        start = sum(map(len, blobs))
+        blobs.append(value)
+        return {"b": [start, len(value)]}
+    if isinstance(value, tuple):
+        return [_encode(item, blobs) for item in value]
+    kind = type(value)
+    if _WIRE_TYPES.get(kind.__name__) is kind:
+        fields = {f.name: _encode(getattr(value, f.name), blobs) for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+        return {"w": kind.__name__, "f": fields}
+    raise WireError(f"{kind.__module__}.{kind.__qualname__} is not a wire value")
+
+
+def _decode(node: object, blobs: memoryview) -> object:
+    if node is None or isinstance(node, bool | int | float | str):
+        return node
+    if isinstance(node, list):
+        return tuple(_decode(item, blobs) for item in node)
+    if isinstance(node, dict) and set(node) == {"b"}:
+        start, length = node["b"]
+        if not (isinstance(start, int) and isinstance(length, int) and 0 <= start <= start + length <= len(blobs)):
+            raise WireError("a bytes value points outside the payload")
+        return bytes(blobs[start : start + length])
+    if isinstance(node, dict) and set(node) == {"w", "f"} and isinstance(node["f"], dict):
+        name = node["w"]
+        kind = _WIRE_TYPES.get(name) if isinstance(name, str) else None
+        if kind is None:
+            raise UnknownWireType(f"an unknown wire type {str(name)[:60]!r}")
+        known = {f.name for f in dataclasses.fields(kind)}
+        unknown = sorted(set(node["f"]) - known)
+        if unknown:
+            raise UnknownWireType(f"a {name} with fields this version lacks ({', '.join(unknown)[:120]})")
+        try:
+            return kind(**{key: _decode(item, blobs) for key, item in node["f"].items()})
+        except TypeError as error:  # a required field missing: written by another version
+            raise WireError(f"a {name} this version can't build ({error})") from None
+    raise WireError(f"not a wire value: {type(node).__name__}")
 
 
 def dumps(value: object) -> bytes:
-    """Encode a wire value (a Request, an event, a ModelInfo tuple)."""
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    """Encode a wire value (a Request, an event, a ModelInfo tuple) as data: JSON and raw bytes."""
+    blobs: list[bytes] = []
+    tree = json.dumps(_encode(value, blobs), separators=(",", ":"), allow_nan=True).encode()
+    return b"".join([_HEADER.pack(_MAGIC, len(tree)), tree, *blobs])
 
 
 def loads(data: bytes) -> object:
-    """Decode what `dumps` wrote; anything but wire types is refused."""
-    return _ProtocolUnpickler(io.BytesIO(data)).load()
+    """Decode what `dumps` wrote; raise WireError for anything else (old pickles included)."""
+    if len(data) < _HEADER.size or data[:4] != _MAGIC:
+        raise WireError("not a Stepgrid wire payload (written by a Stepgrid older than this one?)")
+    _, length = _HEADER.unpack_from(data)
+    if _HEADER.size + length > len(data):
+        raise WireError("a truncated wire payload")
+    try:
+        tree = json.loads(data[_HEADER.size : _HEADER.size + length])
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WireError(f"a damaged wire payload ({error})") from None
+    try:
+        return _decode(tree, memoryview(data)[_HEADER.size + length :])
+    except RecursionError:
+        raise WireError("a wire payload nested too deep") from None

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -60,7 +60,17 @@ async def wait_ready_agents(client: aioredis.Redis, count: int, within: float) -
         await asyncio.sleep(0.1)
 
 
-async def test_two_agents_behind_redis_answer_commands_and_survive_losing_one_mid_job(
+async def wait_until(condition: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+# A hang guard above the default 300 s: two agents, a bot, a takeover and the gone agent's heartbeat
+# expiring take 6 minutes on a shared 2-core machine (378 s measured, building the tiny model included).
+@pytest.mark.timeout(900)
+async def test_two_agents_behind_redis_answer_commands_survive_losing_one_mid_job_and_leave_nothing_behind(
     fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
 ) -> None:
     server = RedisServer(tmp_path / "redis")
@@ -94,6 +104,25 @@ async def test_two_agents_behind_redis_answer_commands_and_survive_losing_one_mi
         os.killpg(victim.pid, signal.SIGKILL)  # the agent and its worker, as a host that vanished
         await victim.wait()
         assert result_files(await wait_for_result(slow)), "the other agent finished the job"
+
+        # Nothing piles up in Redis: each result goes once the bot has recorded it, the killed agent's
+        # consumer goes once the survivor's janitor has taken its job over, the survivor's as it exits.
+        async def no_results_left() -> bool:
+            return not [key async for key in client.scan_iter(match=KEYS.result("*"))]
+
+        await wait_until(no_results_left, "the bot deleting the results it recorded", fake.timeout)
+        survivor = next(name for name, process in agents.items() if process is not victim)
+
+        async def consumers() -> set[str]:
+            return {c["name"].decode() for c in await client.xinfo_consumers(KEYS.jobs("tiny"), GROUP)}
+
+        async def only_the_survivor_left() -> bool:
+            return await consumers() == {survivor}
+
+        await wait_until(only_the_survivor_left, "the janitor deleting the killed agent's consumer", fake.timeout)
+        os.killpg(agents[survivor].pid, signal.SIGTERM)
+        assert await agents[survivor].wait() == 0
+        assert await consumers() == set(), "a clean exit deletes its own consumer"
     finally:
         with contextlib.suppress(ProcessLookupError, AssertionError):
             await bot.kill(signal.SIGTERM)

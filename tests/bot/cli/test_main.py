@@ -197,7 +197,10 @@ BAD_SETTINGS = [
     ({"STEPGRID_MAX_STEPS": "many"}, "STEPGRID_MAX_STEPS is invalid"),
     ({"STEPGRID_MAX_STEPS": "500"}, "STEPGRID_MAX_STEPS is invalid: Input should be less than or equal to 150; got"),
     ({"STEPGRID_MAX_BATCH_LANES": "0"}, "STEPGRID_MAX_BATCH_LANES is invalid: Input should be greater than or equal"),
-    ({"STEPGRID_HTTP_BIND": "localhots"}, "STEPGRID_HTTP_BIND is invalid: 'localhots' is not an IP address"),
+    (
+        {"STEPGRID_HTTP_BIND": "localhots"},
+        "STEPGRID_HTTP_BIND is invalid: 'localhots' is not an IP address or a host name this machine resolves",
+    ),
     ({"STEPGRID_HTTP_BIND": "10.0.0.300"}, "STEPGRID_HTTP_BIND is invalid: '10.0.0.300' is not an IP address"),
     ({"STEPGRID_HTTP_PORT": "70000"}, "STEPGRID_HTTP_PORT is invalid: 70000 is not a port number; use 1 to 65535"),
     ({"STEPGRID_HTTP_PORT": "http"}, "STEPGRID_HTTP_PORT is invalid: 'http' is not a port number"),
@@ -284,3 +287,63 @@ def test_a_registry_with_a_typo_in_the_setting_is_named_at_start(
     assert main(["imagine", "fox", "-o", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("stepgrid: the setting STEPGRID_MODEL is invalid") and "missing 'source'" in err
+
+
+def test_a_setting_error_ends_in_one_full_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL", "[[models]]")
+    assert main(["usage", "--csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("(every model needs a name and a source).\n"), err
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STEPGRID_MODEL", '[[models]]\nname = "a"\nsource = "tiny"\nsteps = "' + "9" * 100_000 + '"\n'),
+        ("STEPGRID_MODEL", '[[models]]\nname = "' + "n" * 100_000 + '"\nsource = "tiny"\nsteps = 0\n'),
+        ("STEPGRID_MODEL", '[[models]]\nname = "a"\nsource = "tiny"\n' + "k" * 100_000 + " = 1\n"),
+        ("STEPGRID_MODEL", "/" + "d" * 100_000 + ".toml"),
+        ("STEPGRID_MAX_STEPS", "x" * 100_000),
+        ("STEPGRID_DEVICE", "x" * 100_000),
+    ],
+    ids=["value", "model name", "key", "registry path", "number", "device"],
+)
+def test_a_huge_setting_is_clipped_in_its_error_line(name: str, value: str, tmp_path: Path) -> None:
+    result = stepgrid("usage", "--csv", cwd=tmp_path, **{name: value})
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"the setting {name} is invalid" in line and "…" in line and len(line) < 500, line[:1000]
+
+
+@pytest.mark.parametrize("command", [["usage", "--csv"], ["db", "backup", "copy.sqlite3"]])
+def test_no_database_exits_2_like_every_operator_error(command: list[str], tmp_path: Path) -> None:
+    result = stepgrid(*command, cwd=tmp_path, STEPGRID_DATABASE_PATH=str(tmp_path / "nope.sqlite3"))
+    assert result.returncode == 2, result.stderr
+    assert "nope.sqlite3" in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    "command", [["usage", "--csv"], ["db", "upgrade"], ["imagine", "fox", "--steps", "0", "-o", "x.png"]]
+)
+def test_a_misspelt_setting_is_named_by_every_command(command: list[str], tmp_path: Path) -> None:
+    result = stepgrid(*command, cwd=tmp_path, STEPGRID_MODEL="tiny", STEPGRID_MAX_STEP="20")
+    assert (
+        "stepgrid: warning: STEPGRID_MAX_STEP is not a Stepgrid setting and is ignored; "
+        "did you mean STEPGRID_MAX_STEPS?\n"
+    ) in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("host", ["localhost", socket.gethostname()])
+def test_a_host_name_is_a_good_http_bind(host: str, tmp_path: Path) -> None:
+    with socket.socket() as holder:  # the port taken, so that `run` stops at the endpoint, after the settings
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = stepgrid("run", cwd=tmp_path, STEPGRID_DISCORD_TOKEN="x" * 20, STEPGRID_MODEL="tiny",
+                          STEPGRID_HTTP_BIND=host, STEPGRID_HTTP_PORT=str(port),
+                          STEPGRID_DISCORD_API_BASE="http://127.0.0.1:9/api/v10")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "is invalid" not in result.stderr
+    assert f"cannot serve the HTTP endpoint on {host}:{port}" in one_error_line(result)

@@ -90,3 +90,19 @@ async def test_a_blocked_event_loop_shows_as_lag() -> None:
     assert value(metrics, "stepgrid_event_loop_lag_seconds_sum") >= 0.29
     count = value(metrics, "stepgrid_event_loop_lag_seconds_count")
     assert value(metrics, "stepgrid_event_loop_lag_seconds_bucket", le="0.25") == count - 1  # one wake-up was late
+
+
+def test_a_scheduler_comparison_is_one_series_whatever_its_schedulers_and_their_order() -> None:
+    metrics = Metrics()
+    answered = {"command": "compare-schedulers", "model": "tiny", "outcome": "done", "images": 4, "steps": 40,
+                "gpu_seconds": 1.0, "queue_seconds": 0.0}  # fmt: skip
+    for schedulers in ("Euler a, DDIM", "DDIM, Euler a", "Euler a, DDIM, UniPC"):
+        metrics.job_answered(scheduler=schedulers, **answered)  # type: ignore[arg-type]
+    metrics.job_answered(scheduler="Euler", **answered)  # type: ignore[arg-type]
+    series = {
+        sample.labels["scheduler"]: sample.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for sample in family.samples
+        if sample.name == "stepgrid_jobs_total"
+    }
+    assert series == {"several": 3, "Euler": 1}

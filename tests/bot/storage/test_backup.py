@@ -148,7 +148,7 @@ def test_a_missing_database_is_named(
     monkeypatch.setenv("STEPGRID_DATABASE_PATH", str(tmp_path / "nope.sqlite3"))
     monkeypatch.chdir(tmp_path)
     status, line = backup_line(capsys, str(tmp_path / "copy.sqlite3"))
-    assert status == 1
+    assert status == 2
     assert "No database at" in line and "nope.sqlite3" in line
     assert not (tmp_path / "copy.sqlite3").exists()
 

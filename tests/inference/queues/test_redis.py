@@ -7,8 +7,11 @@ of their own. Waits poll for a condition with a deadline, never sleep for a fixe
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import pickle
 import signal
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +32,14 @@ from inference.protocol import (
 )
 from inference.queues.base import QueuedJob
 from inference.queues.redis import RedisJobQueue
-from inference.queues.wire import GROUP, Keys, dumps
+from inference.queues.wire import (
+    GROUP,
+    UNREADABLE_JOB_MESSAGE,
+    UNREADABLE_RESULT_MESSAGE,
+    Keys,
+    dumps,
+    loads,
+)
 from tests.inference.crashy_worker import crashy_worker_main
 from tests.inference.redis_backends import redis_queue, started_agent
 from tests.redis_server import RedisServer, fresh_keys
@@ -290,3 +300,144 @@ async def test_notices_that_overtake_the_release_reaching_the_bot_are_kept(
             assert isinstance(events[-1], JobResult)
         finally:
             await bot.close()
+
+
+def _newer_bots_request() -> bytes:
+    """What a newer bot writes for a request type this agent does not have (a rolling upgrade)."""
+    tree = json.dumps({"w": "UpscaleRequest", "f": {"prompt": "a fox", "factor": 2}}).encode()
+    return struct.pack(">4sI", b"SGW1", len(tree)) + tree
+
+
+async def test_an_entry_the_agent_cannot_read_is_dead_lettered_at_once_and_the_rest_of_its_batch_runs(
+    tiny_config: WorkerConfig, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = fresh_keys()
+    client = aioredis.from_url(redis_server.url)
+    stream = keys.jobs("tiny")
+    await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    # Written before the agent starts, so that its first read takes all three in one batch.
+    jobs = {"poison": _newer_bots_request()}
+    jobs |= {f"fox-{i}": dumps(GenerateRequest(f"fox {i}", steps=2, seed=i, model="tiny", **SMALL)) for i in (1, 2)}
+    entries = {
+        job_id: (await client.xadd(stream, {"job": job_id, "bot": "b1", "user": "u", "request": request})).decode()
+        for job_id, request in jobs.items()
+    }
+    try:
+        async with started_agent(redis_server.url, tiny_config, keys) as agent:
+
+            async def all_answered() -> bool:
+                return bool(await client.exists(*(keys.result(job_id) for job_id in jobs)) == len(jobs))
+
+            await until(all_answered, "an answer for every job of the batch, the unreadable one included")
+            poison = loads(await client.get(keys.result("poison")))
+            assert poison == JobFailed("poison", UNREADABLE_JOB_MESSAGE)
+            assert "it runs an older Stepgrid than the bot" in UNREADABLE_JOB_MESSAGE
+            for job_id in ("fox-1", "fox-2"):
+                assert isinstance(loads(await client.get(keys.result(job_id))), JobResult)
+            notices = [fields for _, fields in await client.xrange(keys.events("b1"))]
+            started = sorted(f[b"job"] for f in notices if f[b"kind"] == b"started")
+            assert started == [b"fox-1", b"fox-2"]
+            assert all(f[b"attempt"] == b"1" for f in notices if f[b"kind"] == b"started"), "delivered once"
+            assert {f[b"job"] for f in notices if f[b"kind"] == b"done"} == {b"poison", b"fox-1", b"fox-2"}
+            [(_, dead)] = await client.xrange(keys.dead)
+            assert dead[b"job"] == b"poison" and dead[b"reason"].startswith(b"unreadable: an unknown wire type")
+
+            async def nothing_pending() -> bool:
+                return int((await client.xpending(stream, GROUP))["pending"]) == 0
+
+            await until(nothing_pending, "every entry acknowledged")
+            await until(lambda: agent.jobs_done == 2, "the agent counting both real jobs")
+            assert agent.dead_lettered == 1
+        assert [r.getMessage() for r in caplog.records if "can't be read here" in r.getMessage()] == [
+            f"job poison (entry {entries['poison']} in {stream}) can't be read here (an unknown wire type "
+            "'UpscaleRequest'): this agent is older than the bot that queued it; upgrade it. "
+            "Dead-lettered and answered as failed."
+        ], "logged once"
+        assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    finally:
+        await client.aclose()
+
+
+async def test_the_bot_answers_a_result_it_cannot_read_as_a_failure_naming_the_version_mismatch(
+    tiny_config: WorkerConfig, redis_server: RedisServer
+) -> None:
+    keys = fresh_keys()
+    client = aioredis.from_url(redis_server.url)
+    async with started_agent(redis_server.url, tiny_config, keys, name="real"):
+        bot = await started_bot(tiny_config, redis_server.url, keys)
+        try:
+            # An answer already stored by an agent of another version (an old pickle), as a restarted bot finds it.
+            await client.set(keys.result("old"), pickle.dumps(JobResult("old", (), 0.0)))
+            events = await collect(bot, bot.submit(GenerateRequest("fox", **SMALL), user_id="u", job_id="old"))
+            failure = events[-1]
+            assert isinstance(failure, JobFailed) and failure.message == UNREADABLE_RESULT_MESSAGE
+        finally:
+            await bot.close()
+            await client.aclose()
+
+
+async def _consumers(client: aioredis.Redis, stream: str) -> set[str]:
+    return {consumer["name"].decode() for consumer in await client.xinfo_consumers(stream, GROUP)}
+
+
+async def test_an_agent_that_stops_cleanly_deletes_its_consumer(
+    tiny_config: WorkerConfig, redis_server: RedisServer
+) -> None:
+    keys = fresh_keys()
+    client = aioredis.from_url(redis_server.url)
+    try:
+        async with started_agent(redis_server.url, tiny_config, keys, name="leaving"):
+            bot = await started_bot(tiny_config, redis_server.url, keys)
+            try:
+                assert isinstance((await collect(bot, bot.submit(GenerateRequest("fox", **SMALL), user_id="u")))[-1],
+                                  JobResult)  # fmt: skip
+            finally:
+                await bot.close()
+            assert await _consumers(client, keys.jobs("tiny")) == {"leaving"}
+        assert await _consumers(client, keys.jobs("tiny")) == set()
+    finally:
+        await client.aclose()
+
+
+async def test_the_janitor_deletes_consumers_of_gone_agents_that_hold_nothing(
+    tiny_config: WorkerConfig, redis_server: RedisServer
+) -> None:
+    keys = fresh_keys()
+    client = aioredis.from_url(redis_server.url)
+    stream = keys.jobs("tiny")
+    await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    for name in ("gone-1", "gone-2", "alive-elsewhere"):
+        await client.xgroup_createconsumer(stream, GROUP, name)
+    await client.hset(keys.agent("alive-elsewhere"), mapping={"host": "h", "state": "loading"})
+    try:
+        async with started_agent(redis_server.url, tiny_config, keys, name="janitor"):
+
+            async def ghosts_gone() -> bool:
+                return not {"gone-1", "gone-2"} & await _consumers(client, stream)
+
+            await until(ghosts_gone, "the janitor deleting the consumers of agents that are gone")
+            assert "alive-elsewhere" in await _consumers(client, stream), "an agent with a heartbeat keeps its own"
+    finally:
+        await client.aclose()
+
+
+async def test_a_result_goes_from_redis_once_the_bot_has_recorded_it(
+    tiny_config: WorkerConfig, redis_server: RedisServer
+) -> None:
+    keys = fresh_keys()
+    client = aioredis.from_url(redis_server.url)
+    async with started_agent(redis_server.url, tiny_config, keys):
+        bot = await started_bot(tiny_config, redis_server.url, keys)
+        try:
+            job_id = bot.submit(GenerateRequest("fox", **SMALL), user_id="u")
+            assert isinstance((await collect(bot, job_id))[-1], JobResult)
+            assert await client.exists(keys.result(job_id)), "kept until recorded: a restarted bot would need it"
+            bot.recorded(job_id)
+
+            async def result_gone() -> bool:
+                return not await client.exists(keys.result(job_id), keys.released(job_id))
+
+            await until(result_gone, "the result deleted")
+        finally:
+            await bot.close()
+            await client.aclose()
