@@ -73,7 +73,8 @@ def guidance_text(model: ModelInfo) -> str:
 
 async def load_models(settings: Settings, specs: Sequence[ModelSpec]) -> WorkerReady:
     """Start a worker with `specs`, wait until it reports what loaded, and stop it."""
-    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs))
+    # Only the models: the image checker is `stepgrid run`'s to load and report (docs/safety.md).
+    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs), safety_checker="none")
     queue = LocalJobQueue(config, hang_seconds=settings.worker_hang_seconds)
     await queue.start()
     try:

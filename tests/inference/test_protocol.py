@@ -180,7 +180,7 @@ def modules_loaded_by(probe: str) -> set[str]:
 
 def outside_the_standard_library(modules: set[str]) -> set[str]:
     """The loaded modules that are neither the standard library nor the protocol's stdlib-only neighbours."""
-    ours = {"inference", "inference.protocol", "inference.registry"}
+    ours = {"inference", "inference.protocol", "inference.registry", "inference.clipping"}
     return {name for name in modules if name not in ours and name.partition(".")[0] not in sys.stdlib_module_names}
 
 
