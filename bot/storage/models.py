@@ -156,6 +156,7 @@ class GuildLimits(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     default_model: Mapped[str | None] = mapped_column(String(100))
     model_max_steps: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))  # {model: ceiling}
+    allowed_loras: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))  # [] = none allowed
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -211,6 +212,11 @@ def request_to_params(request: Request) -> dict[str, Any]:
     return params
 
 
+def _tuples(value: list[Any]) -> tuple[Any, ...]:
+    """JSON lists back to tuples, nested ones too (a request's LoRAs are (name, weight) pairs)."""
+    return tuple(_tuples(item) if isinstance(item, list) else item for item in value)
+
+
 def params_to_request(command: str, params: dict[str, Any]) -> Request:
     """Rebuild the request stored by `request_to_params`; fields this version doesn't know are ignored."""
     cls = _REQUEST_TYPES.get(command)
@@ -219,6 +225,6 @@ def params_to_request(command: str, params: dict[str, Any]) -> Request:
     known = {f.name for f in dataclasses.fields(cls)}
     # JSON has lists where the request has tuples (a grid's steps and schedulers).
     kwargs: dict[str, Any] = {
-        name: tuple(value) if isinstance(value, list) else value for name, value in params.items() if name in known
+        name: _tuples(value) if isinstance(value, list) else value for name, value in params.items() if name in known
     }
     return cls(**kwargs)
