@@ -69,7 +69,6 @@ class RequestDefaults:
     lora_weights: tuple[tuple[str, float], ...] = ()  # the model's LoRAs and their default weights
 
 
-
 # --- parsing what people type ------------------------------------------------------------------
 
 

@@ -88,6 +88,8 @@ class Adapters:
 
     def _load(self, spec: LoraSpec) -> None:
         """load_lora_weights under the LoRA's registry name; LoraLoadError with one line on failure."""
+        if spec.name in self.loaded:
+            return
         source, kwargs = self._source(spec)
         try:
             self.pipe.load_lora_weights(source, adapter_name=spec.name, **kwargs)
