@@ -113,8 +113,14 @@ def main() -> None:
     diffusers.utils.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
-    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                               "size": args.size, "repeats": args.repeats, "threads": args.threads, "families": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "size": args.size,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "families": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.families.split(","):
             figures = measure(name, Path(tmp) / name, Path(tmp) / "cache", args.size, args.repeats)
