@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from inference.families import Family, Pipeline
 from inference.families.sd import FEW_STEP_LADDER
 from inference.protocol import MAX_LORAS, LoraInfo, ModelInfo, ModelUnavailable
@@ -59,6 +61,7 @@ class Adapters:
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self.active: AdapterKey = ()
         self._stale = False  # load_lora_weights activated what it loaded: the next activate resets
+        self._layers: list[Any] | None = None  # the PEFT LoRA layers, found once per load
         self.hashes: dict[str, str] = {}  # A1111's short hash of each LoRA's file, for "Lora hashes"
         self.loads = 0  # times a LoRA was read from its file (tests: switching never reloads)
 
@@ -105,6 +108,7 @@ class Adapters:
         self.loads += 1
         self.loaded[spec.name] = None
         self._stale = True
+        self._layers = None
 
     def _source(self, spec: LoraSpec) -> tuple[str, dict[str, Any]]:
         kwargs: dict[str, Any] = {}
@@ -168,6 +172,7 @@ class Adapters:
         except Exception:  # nothing of it was left
             log.debug("no adapter %s to delete", name)
         self.loaded.pop(name, None)
+        self._layers = None
 
     def _evict(self, keep: Sequence[str]) -> None:
         while len(self.loaded) > self.kept:
@@ -189,13 +194,34 @@ class Adapters:
                 self._load(self.specs[name])
             self.loaded.move_to_end(name)
         self._evict(keep=names)
-        if not key:
-            if self.loaded:
-                self.pipe.disable_lora()
-        else:
-            self.pipe.enable_lora()  # set_adapters leaves layers disabled by disable_lora disabled
-            self.pipe.set_adapters(names, [weight for _, weight in key])
+        # What diffusers' set_adapters / disable_lora do (set_adapter and set_scale on every LoRA
+        # layer), over the LoRA layers found once instead of every module of every component.
+        for layer in self._tuner_layers():
+            if not key:
+                if not layer.disable_adapters:
+                    layer.enable_adapters(False)
+                continue
+            if layer.disable_adapters:
+                layer.enable_adapters(True)
+            layer.set_adapter(names)
+            for name, weight in key:
+                layer.set_scale(name, weight)
         self.active, self._stale = key, False
+
+    def _tuner_layers(self) -> list[Any]:
+        """The PEFT LoRA layers of every component (found again after a load or an unload)."""
+        if self._layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            components = [getattr(self.pipe, name, None) for name in self.pipe._lora_loadable_modules]
+            self._layers = [
+                module
+                for component in components
+                if isinstance(component, torch.nn.Module)
+                for module in component.modules()
+                if isinstance(module, BaseTunerLayer)
+            ]
+        return self._layers
 
     def infos(self, base: ModelInfo) -> tuple[LoraInfo, ...]:
         """What the bot is told of each LoRA that serves: defaults, triggers, few-step settings."""
