@@ -101,6 +101,8 @@ class JobRow(Base):
     scheduler: Mapped[str] = mapped_column(String(32))
     # The registry name of the model; NULL for jobs recorded before there were several models.
     model: Mapped[str | None] = mapped_column(String(100))
+    # Its LoRAs as "name weight, name weight" (usage groups by it); NULL without any.
+    loras: Mapped[str | None] = mapped_column(String(400))
     images: Mapped[int] = mapped_column(Integer)
     steps_requested: Mapped[int] = mapped_column(Integer)
 
@@ -210,6 +212,11 @@ def request_to_params(request: Request) -> dict[str, Any]:
         value = getattr(request, f.name)
         params[f.name] = list(value) if isinstance(value, tuple) else value
     return params
+
+
+def loras_label(request: Request) -> str | None:
+    """A request's LoRAs as the ledger's `loras` column and /usage-server show them: "pixel 0.8, lcm 1"."""
+    return ", ".join(f"{name} {weight:g}" for name, weight in request.loras)[:400] or None
 
 
 def _tuples(value: list[Any]) -> tuple[Any, ...]:
