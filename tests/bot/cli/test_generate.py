@@ -286,3 +286,13 @@ def test_steps_over_a_registry_ceiling_exit_2_in_one_line(
     monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
     assert main(["imagine", "fox", "--model", "quick", "--steps", "12", "-o", str(tmp_path / "x.png")]) == 2
     assert "steps must be at most 8 for the model quick; got 12." in capsys.readouterr().err
+
+
+def test_a_few_step_lora_in_a_cli_prompt_brings_its_defaults_as_in_discord() -> None:
+    from tests.bot.limits.test_loras import WITH_LORAS
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    specs = settings.model_specs()
+    defaults = cli_defaults(settings, specs, WITH_LORAS, ["lightning"])
+    assert (defaults.steps, defaults.scheduler, defaults.guidance) == (4, "Euler", 0.0)
+    assert defaults == EffectiveLimits.combine(None, settings).request_defaults(WITH_LORAS, ["lightning"])
