@@ -8,6 +8,7 @@ options left out and the one translation of `InvalidRequest` into the error a us
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 from collections.abc import Callable
@@ -65,6 +66,7 @@ class RequestDefaults:
     grid_schedulers: tuple[str, ...] = DEFAULT_GRID_SCHEDULERS  # /compare-schedulers rows
     max_grid_cells: int = MAX_COMPARE_CELLS  # a default scheduler grid's ladder is trimmed to fit
     model: str = ""  # the model these defaults are for ("" = the worker's default)
+    lora_weights: tuple[tuple[str, float], ...] = ()  # the model's LoRAs and their default weights
 
 
 # --- parsing what people type ------------------------------------------------------------------
@@ -179,9 +181,11 @@ class RequestOptions:
     film: bool = False
     schedulers: str | None = None
     scheduler_grid: bool = False
+    lora: str | None = None
+    lora_weight: float | None = None
 
 
-_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers")
+_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora")
 _WHOLE_OPTIONS = ("seed", "steps", "count")
 
 
@@ -199,10 +203,48 @@ def typed(options: RequestOptions) -> RequestOptions:
         value = getattr(options, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidOption(f"{name} must be a whole number; got {echo(value)}.")
-    guidance = options.guidance
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)):
-        raise InvalidOption(f"guidance must be a number; got {echo(guidance)}.")
+    for name in ("guidance", "lora_weight"):
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise InvalidOption(f"{name.replace('_', ' ')} must be a number; got {echo(value)}.")
     return options
+
+
+# A1111's prompt syntax for a LoRA: <lora:name> or <lora:name:weight>.
+LORA_TAG = re.compile(r"<lora:([^:>]*)(?::([^>]*))?>", re.IGNORECASE)
+
+
+def requested_loras(options: RequestOptions) -> tuple[str, tuple[tuple[str, float | None], ...]]:
+    """The prompt without its `<lora:name:weight>` tags, and the LoRAs asked for: the tags', then the
+    `lora` option's (with `lora_weight`). A weight left out is None (the LoRA's default)."""
+    options = typed(options)
+    loras: list[tuple[str, float | None]] = []
+    for match in LORA_TAG.finditer(options.prompt):
+        name, weight = match.group(1).strip(), match.group(2)
+        if not name:
+            raise InvalidOption("A LoRA tag needs a name: write it like <lora:name:0.8>.")
+        loras.append((name, _lora_weight(name, weight)))
+    prompt = " ".join(LORA_TAG.sub(" ", options.prompt).split()) if loras else options.prompt
+    if options.lora is not None and options.lora.strip():
+        loras.append((options.lora.strip(), options.lora_weight))
+    elif options.lora_weight is not None:
+        raise InvalidOption("lora weight needs a lora: choose one, or leave the weight out.")
+    return prompt, tuple(loras)
+
+
+def _lora_weight(name: str, text: str | None) -> float | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        weight = float(text)
+    except ValueError:
+        raise InvalidOption(
+            f"Could not read the weight of the LoRA {clip(name, 40)!r} ({clip(text, 20)!r}): write it like "
+            "<lora:name:0.8>."
+        ) from None
+    if not math.isfinite(weight):
+        raise InvalidOption(f"The weight of the LoRA {clip(name, 40)!r} must be a number, like 0.8.")
+    return weight
 
 
 def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request:
@@ -212,10 +254,11 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
     `checked` (JobService.start does it for the commands and buttons).
     """
     options = typed(options)
+    prompt, asked = requested_loras(options)
     width, height = resolve_size(options.size, defaults)
     scheduler = options.scheduler
     fields = {
-        "prompt": options.prompt.strip(),
+        "prompt": prompt.strip(),
         "negative_prompt": (options.negative_prompt or "").strip(),
         "scheduler": defaults.scheduler if scheduler is None else _scheduler_as_typed(scheduler),
         "seed": random_seed() if options.seed is None else options.seed,
@@ -225,6 +268,7 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         # The defaults are made for the chosen model, under its proper name; without a known model
         # the name stays as typed and the queue checks it.
         "model": defaults.model or (options.model or "").strip(),
+        "loras": _resolved_loras(asked, defaults),
     }
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
@@ -243,6 +287,19 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         count=1 if options.count is None else options.count,
         film=options.film is True,
     )
+
+
+def _resolved_loras(
+    asked: tuple[tuple[str, float | None], ...], defaults: RequestDefaults
+) -> tuple[tuple[str, float], ...]:
+    """The LoRAs under their proper names, a weight left out the LoRA's default (1 for one the model
+    lacks: the request is refused by name, with the close ones, when it is checked against the model)."""
+    known = {name.casefold(): (name, weight) for name, weight in defaults.lora_weights}
+    resolved = []
+    for name, weight in asked:
+        proper, default = known.get(name.casefold(), (name, 1.0))
+        resolved.append((proper, default if weight is None else weight))
+    return tuple(resolved)
 
 
 # --- a result's buttons --------------------------------------------------------------------------

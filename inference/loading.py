@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from diffusers import (
     DiffusionPipeline,
 )
 
+from inference.adapters import Adapters
 from inference.families import FAMILY_MODULES, Family, Pipeline, family_for, supported_pipelines
 from inference.hub import why_the_hub_failed
 from inference.model_files import local_source_problem
@@ -62,6 +63,7 @@ class LoadedModel:
     load_seconds: float
     family: Family
     info: ModelInfo
+    adapters: Adapters | None = None  # its registry LoRAs (None: it has none)
 
 
 class ModelLoadError(RuntimeError):
@@ -131,8 +133,12 @@ def load_model(
     if torch_device.type == "cuda":
         denoiser: Any = family.denoiser
         denoiser.to(memory_format=torch.channels_last)
+    adapters = Adapters(pipe, family, cache_dir=cache)
+    if spec.loras:
+        adapters.load_all(spec.loras)
+        info = replace(info, loras=adapters.infos(info), unavailable_loras=tuple(adapters.unavailable))
     seconds = time.perf_counter() - started
-    return LoadedModel(pipe, spec.name, torch_device, torch_dtype, is_test_model, seconds, family, info)
+    return LoadedModel(pipe, spec.name, torch_device, torch_dtype, is_test_model, seconds, family, info, adapters)
 
 
 def _check_local_source(path: Path, label: str) -> None:
@@ -170,8 +176,6 @@ def _build_in_memory(name: str, device: torch.device, dtype: torch.dtype) -> Pip
 
 
 def _with_native_size(info: ModelInfo, size: int) -> ModelInfo:
-    from dataclasses import replace
-
     return replace(info, native_size=size)
 
 

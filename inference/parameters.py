@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping, Sequence
 
 from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, Request
 
@@ -55,8 +56,11 @@ def infotext(
     width: int,
     height: int,
     model: str,
+    loras: Sequence[tuple[str, float]] = (),
+    lora_hashes: Mapping[str, str] | None = None,
 ) -> str:
-    """The `parameters` text of one image."""
+    """The `parameters` text of one image; LoRAs as A1111 writes them: `<lora:name:weight>` in the
+    prompt and the short hash of each file in "Lora hashes"."""
     fields: list[tuple[str, object]] = [
         ("Steps", steps),
         *sampler_fields(scheduler),
@@ -66,14 +70,30 @@ def infotext(
     ]
     if model:
         fields.append(("Model", model))
-    lines = [prompt.strip()]
+    hashes = [f"{name}: {(lora_hashes or {}).get(name)}" for name, _ in loras if (lora_hashes or {}).get(name)]
+    if hashes:
+        fields.append(("Lora hashes", ", ".join(hashes)))
+    lines = [" ".join([prompt.strip(), *(lora_tag(name, weight) for name, weight in loras)])]
     if negative_prompt.strip():
         lines.append(f"Negative prompt: {negative_prompt.strip()}")
     lines.append(", ".join(f"{key}: {quote(value)}" for key, value in fields))
     return "\n".join(lines)
 
 
-def image_infotext(request: Request, *, seed: int, steps: int, model: str, scheduler: str | None = None) -> str:
+def lora_tag(name: str, weight: float) -> str:
+    """A LoRA as A1111's prompt syntax writes it: <lora:name:0.8>."""
+    return f"<lora:{name}:{weight:g}>"
+
+
+def image_infotext(
+    request: Request,
+    *,
+    seed: int,
+    steps: int,
+    model: str,
+    scheduler: str | None = None,
+    lora_hashes: Mapping[str, str] | None = None,
+) -> str:
     """The `parameters` of one image of `request` (its own seed, step count and, in a scheduler
     grid, scheduler)."""
     return infotext(
@@ -86,13 +106,17 @@ def image_infotext(request: Request, *, seed: int, steps: int, model: str, sched
         width=request.width,
         height=request.height,
         model=model,
+        loras=request.loras,
+        lora_hashes=lora_hashes,
     )
 
 
-def grid_infotext(request: CompareStepsRequest | CompareSchedulersRequest, *, model: str) -> str:
+def grid_infotext(
+    request: CompareStepsRequest | CompareSchedulersRequest, *, model: str, lora_hashes: Mapping[str, str] | None = None
+) -> str:
     """A grid's `parameters`, as A1111 writes an X/Y/Z plot's: the first cell's parameters, then the
     axes ("X Type: Steps, X Values: \"5, 10, 20\"", and a scheduler grid's "Y Type: Sampler")."""
-    first = image_infotext(request, seed=request.seed, steps=request.steps[0], model=model)
+    first = image_infotext(request, seed=request.seed, steps=request.steps[0], model=model, lora_hashes=lora_hashes)
     axis = [("Script", "X/Y/Z plot"), ("X Type", "Steps"), ("X Values", ", ".join(map(str, request.steps)))]
     if isinstance(request, CompareSchedulersRequest):
         axis += [("Y Type", "Sampler"), ("Y Values", ", ".join(request.schedulers))]

@@ -48,6 +48,8 @@ MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 MAX_SEED = 2**32 - 1
+MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = registry.LORA_WEIGHT_RANGE
+MAX_LORAS = 4  # LoRAs one request may stack (the worker keeps more loaded than this)
 assert registry.STEPS_RANGE == (MIN_STEPS, MAX_STEPS) and registry.GUIDANCE_RANGE == (MIN_GUIDANCE, MAX_GUIDANCE)
 assert registry.COMPARE_CELLS_RANGE == (MIN_COMPARE_CELLS, MAX_COMPARE_CELLS)
 # How a model uses the guidance value (ModelInfo.guidance_mode). A negative prompt is the
@@ -84,6 +86,7 @@ class GenerateRequest:
     count: int = 1
     model: str = ""  # registry name; "" = the worker's default model
     film: bool = False  # also return the predicted clean image of every step (the Steps film)
+    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -112,6 +115,7 @@ class CompareStepsRequest:
     height: int = 512
     negative_prompt: str = ""
     model: str = ""  # registry name; "" = the worker's default model
+    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -140,6 +144,7 @@ class CompareSchedulersRequest:
     height: int = 512
     negative_prompt: str = ""
     model: str = ""  # registry name; "" = the worker's default model
+    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
 
     @property
     def scheduler(self) -> str:
@@ -206,6 +211,23 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
         )
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
+    _validate_loras(request.loras)
+
+
+def _validate_loras(loras: tuple[tuple[str, float], ...]) -> None:
+    if len(loras) > MAX_LORAS:
+        raise InvalidRequest(f"At most {MAX_LORAS} LoRAs at once; got {len(loras)}: leave some out.")
+    for name, weight in loras:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest("A LoRA needs a name: write it like <lora:name:0.8>.")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise InvalidRequest(f"The weight of the LoRA {name!r} must be a number; got {weight!r}.")
+        if not MIN_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+            raise InvalidRequest(
+                f"The weight of the LoRA {name!r} must be {MIN_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}; got {weight:g}."
+            )
+    if (twice := _repeated([name for name, _ in loras])) is not None:
+        raise InvalidRequest(f"The LoRA {twice!r} is given twice; give each LoRA once, with one weight.")
 
 
 def _did_you_mean(scheduler: str) -> str:
@@ -259,12 +281,15 @@ def _validate_grid(request: GridRequest) -> None:
 
 def validate_for_model(request: Request, model: ModelInfo) -> None:
     """Raise InvalidRequest if the request is fine in general but not for this model."""
+    for name, _ in request.loras:
+        model.lora(name)  # an unknown one is refused by name, with the close ones
+    schedulers = model.schedulers_with(request.loras)
     for scheduler in dict.fromkeys(request.lane_schedulers):
-        if scheduler not in model.schedulers:
+        if scheduler not in schedulers:
             why = " (it is for LCM and other few-step distills)" if scheduler == "LCM" else ""
             raise InvalidRequest(
                 f"The model {model.name} can't run the scheduler {scheduler!r}{why}; "
-                f"choose one of: {', '.join(model.schedulers)}."
+                f"choose one of: {', '.join(schedulers)}."
             )
     for name, value in (("width", request.width), ("height", request.height)):
         if value % model.size_multiple:
@@ -313,6 +338,26 @@ def parse_step_list(text: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
+class LoraInfo:
+    """A LoRA a loaded model serves, as the worker reports it: the bot's choices and defaults."""
+
+    name: str  # registry name users type
+    default_weight: float = 1.0
+    triggers: tuple[str, ...] = ()
+    few_step: bool = False  # a step-distillation LoRA: the defaults below replace the model's
+    default_steps: int | None = None
+    default_scheduler: str | None = None
+    default_guidance: float | None = None
+    compare_steps: tuple[int, ...] | None = None
+    schedulers: tuple[str, ...] = ()  # what the model can run with it (a few-step LoRA adds LCM)
+    hash: str = ""  # A1111's short hash of its file ("Lora hashes"); "" where the file isn't at hand
+
+
+class UnknownLora(InvalidRequest):
+    """A request names a LoRA its model doesn't serve."""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a loaded model can do, as the worker reports it: the bot's options come from here."""
 
@@ -328,6 +373,32 @@ class ModelInfo:
     max_steps: int | None = None  # operator ceiling from the registry
     guidance_mode: str = GUIDANCE_CFG  # GUIDANCE_CFG, GUIDANCE_INPUT or GUIDANCE_IGNORED
     is_test_model: bool = False
+    loras: tuple[LoraInfo, ...] = ()
+    unavailable_loras: tuple[ModelUnavailable, ...] = ()  # registry LoRAs that failed to load
+
+    def lora(self, name: str) -> LoraInfo:
+        """The LoRA of that name; UnknownLora names the close ones (or says why it isn't served)."""
+        for lora in self.loras:
+            if lora.name == name:
+                return lora
+        for failed in self.unavailable_loras:
+            if failed.name == name:
+                raise UnknownLora(f"The LoRA {name!r} didn't load on this worker: {failed.message}")
+        names = [lora.name for lora in self.loras]
+        if not names:
+            raise UnknownLora(f"The model {self.name} has no LoRAs; leave {name!r} out.")
+        close = difflib.get_close_matches(name.strip().casefold(), names, n=3, cutoff=0.5)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise UnknownLora(f"Unknown LoRA {name!r} for the model {self.name}{hint}; its LoRAs: {', '.join(names)}.")
+
+    def schedulers_with(self, loras: Sequence[tuple[str, float]]) -> tuple[str, ...]:
+        """The schedulers this model runs with these LoRAs (a few-step LoRA allows LCM)."""
+        extra = [s for name, _ in loras for s in self.lora(name).schedulers if s not in self.schedulers]
+        return self.schedulers + tuple(dict.fromkeys(extra))
+
+    def few_step_lora(self, loras: Sequence[tuple[str, float]]) -> LoraInfo | None:
+        """The first step-distillation LoRA among these, whose defaults replace the model's."""
+        return next((info for name, _ in loras if (info := self.lora(name)).few_step), None)
 
 
 @dataclass(frozen=True)

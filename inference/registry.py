@@ -21,6 +21,18 @@ looks like this (a file, or the same text in an environment value):
     source = "/models/my-distill"
     few_step = true
 
+      [[models.loras]]              # LoRAs of that model: a local .safetensors file (kohya/A1111 or
+      name = "pixel"                # diffusers/PEFT format) or a hub id with weight_name
+      source = "/loras/pixel-art.safetensors"
+      weight = 0.8                  # the default weight (1.0)
+      triggers = ["pixel art"]      # words its training used, shown to members
+
+      [[models.loras]]
+      name = "lcm"
+      source = "latent-consistency/lcm-lora-sdv1-5"
+      weight_name = "pytorch_lora_weights.safetensors"
+      few_step = true               # a step-distillation LoRA: few-step ladder, scheduler and guidance
+
 On one line, for an environment variable: `models = [{name = "a", source = "tiny"}, {...}]`.
 """
 
@@ -53,6 +65,9 @@ COMPARE_CELLS_RANGE = (2, 12)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
 
+# The weights a LoRA can be given (A1111 allows any; past ±2 a LoRA only breaks the image).
+LORA_WEIGHT_RANGE = (-2.0, 2.0)
+
 
 class RegistryError(ValueError):
     """The registry can't be read; the message is one line naming what to fix."""
@@ -72,10 +87,46 @@ class ModelSpec:
     compare_steps: tuple[int, ...] | None = None
     max_steps: int | None = None
     few_step: bool | None = None  # a few-step distill (Turbo, Lightning, …); None: told by its name
+    loras: tuple[LoraSpec, ...] = ()
 
     @property
     def is_test_model(self) -> bool:
         return self.source in TEST_MODEL_NAMES
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA the operator offers with a model: where it comes from, its default weight, its
+    trigger words, and whether it is a step-distillation LoRA (LCM, TCD, Lightning, Hyper)."""
+
+    name: str
+    source: str  # a local .safetensors file, or a hub id (with weight_name)
+    weight_name: str | None = None  # the file inside a hub repository or local folder
+    weight: float = 1.0
+    triggers: tuple[str, ...] = ()
+    few_step: bool = False
+    # A few-step LoRA's defaults where the family's guess isn't what its card says.
+    steps: int | None = None
+    scheduler: str | None = None
+    guidance: float | None = None
+
+    @property
+    def is_local_file(self) -> bool:
+        """A path on this host (absolute, ~, ./ or a *.safetensors name), not a hub id."""
+        return self.source.startswith(("/", "~", "./", "../")) or self.source.endswith(".safetensors")
+
+
+LORA_KEYS: tuple[str, ...] = (
+    "name",
+    "source",
+    "weight_name",
+    "weight",
+    "triggers",
+    "few_step",
+    "steps",
+    "scheduler",
+    "guidance",
+)
 
 
 ALLOWED_KEYS: tuple[str, ...] = (
@@ -89,6 +140,7 @@ ALLOWED_KEYS: tuple[str, ...] = (
     "compare_steps",
     "max_steps",
     "few_step",
+    "loras",
 )
 
 
@@ -175,14 +227,7 @@ def _spec(entry: object, number: int, where: str) -> ModelSpec:
                 f"to {high}, like [1, 2, 4, 8]."
             )
         compare = tuple(compare)
-    guidance = entry.get("guidance")
-    if guidance is not None:
-        g_low, g_high = GUIDANCE_RANGE
-        if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not g_low <= guidance <= g_high:
-            raise RegistryError(
-                f"{label}: 'guidance' must be a number from {g_low:g} to {g_high:g}; got {echo(guidance)}."
-            )
-        guidance = float(guidance)
+    guidance = _guidance(entry, label)
     if steps is not None and max_steps is not None and steps > max_steps:
         raise RegistryError(f"{label}: 'steps' ({steps}) is above 'max_steps' ({max_steps}).")
     if compare and max_steps is not None and max(compare) > max_steps:
@@ -201,7 +246,72 @@ def _spec(entry: object, number: int, where: str) -> ModelSpec:
         compare_steps=compare,
         max_steps=max_steps,
         few_step=_flag(entry, "few_step", label),
+        loras=_loras(entry.get("loras"), label),
     )
+
+
+def _loras(entries: object, where: str) -> tuple[LoraSpec, ...]:
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise RegistryError(f"{where}: 'loras' must be [[models.loras]] tables, each with a name and a source.")
+    specs = tuple(_lora(entry, number, where) for number, entry in enumerate(entries, start=1))
+    names = [spec.name for spec in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise RegistryError(f"{where}: the LoRA name {name!r} is used twice; names must be unique per model.")
+    return specs
+
+
+def _lora(entry: object, number: int, where: str) -> LoraSpec:
+    label = f"{where}, LoRA {number}"
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{label}: expected a table with a name and a source.")
+    unknown = [key for key in entry if key not in LORA_KEYS]
+    if unknown:
+        raise RegistryError(f"{label}: unknown key {unknown[0]!r}; allowed keys: {', '.join(LORA_KEYS)}.")
+    for key in ("name", "source"):
+        if key not in entry:
+            raise RegistryError(f"{label}: missing {key!r} (every LoRA needs a name and a source).")
+    name = _typed(entry, "name", str, label)
+    label = f"{where}, LoRA {name!r}"
+    if not _NAME.match(name):
+        raise RegistryError(
+            f"{label}: a name is 1-40 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit."
+        )
+    source = _typed(entry, "source", str, label).strip()
+    if not source:
+        raise RegistryError(f"{label}: 'source' is empty; give a local .safetensors file or a hub id.")
+    weight = entry.get("weight", 1.0)
+    w_low, w_high = LORA_WEIGHT_RANGE
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not w_low <= weight <= w_high:
+        raise RegistryError(f"{label}: 'weight' must be a number from {w_low:g} to {w_high:g}; got {echo(weight)}.")
+    triggers = entry.get("triggers", [])
+    if not isinstance(triggers, list) or not all(isinstance(t, str) and t.strip() for t in triggers):
+        raise RegistryError(f"{label}: 'triggers' must be a list of words, like [\"pixel art\"].")
+    weight_name = entry.get("weight_name")
+    scheduler = entry.get("scheduler")
+    return LoraSpec(
+        name=name,
+        source=source,
+        weight_name=_typed(entry, "weight_name", str, label) if weight_name is not None else None,
+        weight=float(weight),
+        triggers=tuple(t.strip() for t in triggers),
+        few_step=bool(_flag(entry, "few_step", label)),
+        steps=_positive(entry, "steps", label),
+        scheduler=_typed(entry, "scheduler", str, label) if scheduler is not None else None,
+        guidance=_guidance(entry, label),
+    )
+
+
+def _guidance(entry: dict[str, Any], label: str) -> float | None:
+    guidance = entry.get("guidance")
+    if guidance is None:
+        return None
+    g_low, g_high = GUIDANCE_RANGE
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float) or not g_low <= guidance <= g_high:
+        raise RegistryError(f"{label}: 'guidance' must be a number from {g_low:g} to {g_high:g}; got {echo(guidance)}.")
+    return float(guidance)
 
 
 def _is_int(value: object) -> bool:

@@ -19,6 +19,7 @@ from inference.protocol import (
     INTERNAL_ERROR_MESSAGE,
     CancelJob,
     GenerateRequest,
+    InvalidRequest,
     JobEvent,
     JobFailed,
     ProgressBatch,
@@ -137,7 +138,7 @@ def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent | Prog
         if isinstance(message, SubmitJob):
             try:
                 engine.add_job(message.job_id, message.request)
-            except UnknownModel as exc:  # the queue checks first; this is the worker's own guard
+            except (UnknownModel, InvalidRequest) as exc:  # the queue checks first; this is the worker's own guard
                 send(JobFailed(message.job_id, str(exc)))
             except Exception:
                 log.exception("could not start job %s", message.job_id, extra={"job_id": message.job_id})

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
-from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked
+from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, requested_loras
 from bot.limits.server import EffectiveLimits
 from inference.model_files import local_source_problem
 from inference.parameters import grid_infotext
@@ -74,9 +74,12 @@ def request_from_args(args: argparse.Namespace, defaults: RequestDefaults | None
     return checked(build_request(options_from_args(args), defaults or RequestDefaults()))
 
 
-def cli_defaults(settings: Settings, specs: Sequence[ModelSpec], model: ModelInfo) -> RequestDefaults:
-    """The defaults the bot would use for `model`, from the same place (the operator's limits, no server)."""
-    return EffectiveLimits.combine(None, settings, models=specs).request_defaults(model)
+def cli_defaults(
+    settings: Settings, specs: Sequence[ModelSpec], model: ModelInfo, loras: Sequence[str] = ()
+) -> RequestDefaults:
+    """The defaults the bot would use for `model` (and the prompt's `<lora:…>` LoRAs), from the same place
+    (the operator's limits, no server)."""
+    return EffectiveLimits.combine(None, settings, models=specs).request_defaults(model, loras)
 
 
 def select_models(choice: str | None, settings: Settings) -> tuple[ModelSpec, ...]:
@@ -139,7 +142,8 @@ async def generate(
         for missing in info.unavailable if info else ():
             out.write(f"model {missing.name} is unavailable: {missing.message}\n")
         model = queue.model_info("")
-        request = checked(build_request(options, cli_defaults(settings, specs, model)))
+        loras = [name for name, _ in requested_loras(options)[1]]
+        request = checked(build_request(options, cli_defaults(settings, specs, model, loras)))
         job_id = queue.submit(request, user_id="cli")
         bar = ProgressBar(out)
         async for event in queue.events(job_id):

@@ -42,6 +42,10 @@ def configured_lines(specs: Sequence[ModelSpec]) -> list[str]:
         ]
         default = " (default)" if number == 0 else ""
         lines.append(f"  {spec.name}{default}: {spec.source}" + (f" · {', '.join(extras)}" if extras else ""))
+        for lora in spec.loras:
+            where = f"{lora.source} ({lora.weight_name})" if lora.weight_name else lora.source
+            few = ", few-step" if lora.few_step else ""
+            lines.append(f"    LoRA {lora.name}: {where} · weight {lora.weight:g}{few}")
     return lines
 
 
@@ -57,7 +61,24 @@ def loaded_lines(model: ModelInfo, limits: EffectiveLimits) -> list[str]:
         f"{defaults.width}x{defaults.height} (native {model.native_size}, multiples of {model.size_multiple})",
         f"    compare-steps ladder: {','.join(map(str, defaults.compare_steps))}; max steps {ceiling}",
         f"    schedulers: {', '.join(model.schedulers)}",
+        *lora_lines(model),
     ]
+
+
+def lora_lines(model: ModelInfo) -> list[str]:
+    """A model's LoRAs as `stepgrid models` shows them: weight, trigger words, few-step defaults;
+    then the ones that didn't load, each with why."""
+    lines = []
+    for lora in model.loras:
+        parts = [f"weight {lora.default_weight:g}"]
+        if lora.triggers:
+            parts.append(f"triggers: {', '.join(lora.triggers)}")
+        if lora.few_step:
+            parts.append(f"few-step: {lora.default_steps} steps, {lora.default_scheduler}, guidance "
+                         f"{lora.default_guidance:g}")  # fmt: skip
+        lines.append(f"    LoRA {lora.name}: {'; '.join(parts)}")
+    lines += [f"    LoRA {failed.name} unavailable: {failed.message}" for failed in model.unavailable_loras]
+    return lines
 
 
 def guidance_text(model: ModelInfo) -> str:

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 import discord
 
@@ -32,7 +32,14 @@ from bot.errors import (
     new_reference,
     send_ephemeral,
 )
-from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, derive_request
+from bot.job_requests import (
+    RequestDefaults,
+    RequestOptions,
+    build_request,
+    checked,
+    derive_request,
+    requested_loras,
+)
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
 from bot.limits.checks import check_image_size
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
@@ -139,7 +146,8 @@ class JobService:
         if interaction.guild_id is None:
             raise ServerOnly()
         limits = await self.limits(interaction.guild_id)
-        request = build_request(options, self.defaults_for(options.model, limits))
+        _, loras = requested_loras(options)  # a step-distillation LoRA brings its own defaults
+        request = build_request(options, self.defaults_for(options.model, limits, [name for name, _ in loras]))
         return await self.start(interaction, request, origin=origin, limits=limits)
 
     def model_for(self, name: str | None, limits: EffectiveLimits) -> ModelInfo | None:
@@ -147,9 +155,9 @@ class JobService:
         worker is ready. Refuses a model the server doesn't allow or that failed to load."""
         return choose_model(name, limits, self.queue.models, self.queue.unavailable_models)
 
-    def defaults_for(self, model: str | None, limits: EffectiveLimits) -> RequestDefaults:
-        """The defaults for options left out with this model in this server (commands and buttons)."""
-        return limits.request_defaults(self.model_for(model, limits))
+    def defaults_for(self, model: str | None, limits: EffectiveLimits, loras: Sequence[str] = ()) -> RequestDefaults:
+        """The defaults for options left out with this model (and LoRAs) in this server (commands and buttons)."""
+        return limits.request_defaults(self.model_for(model, limits), loras)
 
     async def start(
         self,

@@ -80,6 +80,8 @@ def _normalise(field: str, value: Any, settings: Settings) -> Any:
         return _flagged_policy(field, value, settings)
     if field in ("allowed_models", "default_model", "model_max_steps"):
         return _normalise_models(field, value, settings)
+    if field == "allowed_loras":
+        return _normalise_loras(field, value, settings)
     raise AssertionError(f"no validation for {field}")  # pragma: no cover - LIMIT_FIELDS is exhaustive
 
 
@@ -153,6 +155,26 @@ def _check_consistent(
             f"change the default first or allow it.",
             field=field,
         )
+
+
+def _normalise_loras(field: str, value: Any, settings: Settings) -> tuple[str, ...]:
+    """LoRA names of the operator's registry (any model's), in its order; "none" allows none."""
+    registry = tuple(dict.fromkeys(lora.name for spec in settings.model_specs() for lora in spec.loras))
+    items = [item.strip() for item in _as_items(field, value)]
+    if [item.casefold() for item in items] == ["none"]:
+        return ()
+    names = set()
+    for item in items:
+        match = find_name(item, registry)
+        if match is None:
+            known = ", ".join(registry) or "none"
+            raise InvalidLimit(
+                f"{SETTING}: unknown LoRA {item!r}; the operator's LoRAs are: {known} (or write none).", field=field
+            )
+        names.add(match)
+    if not names:
+        raise InvalidLimit(f"{SETTING} needs at least one LoRA, or none; reset it to allow them all.", field=field)
+    return tuple(name for name in registry if name in names)
 
 
 def _normalise_models(field: str, value: Any, settings: Settings) -> Any:

@@ -167,6 +167,15 @@ def check_request(
             "with the image); please leave it out.",
             limit="banned_words",
         )
+    for name, _ in request.loras:
+        if not limits.lora_allowed(name):
+            raise LimitExceeded(
+                f"This server doesn't allow the LoRA {name}; "
+                f"it allows: {', '.join(limits.allowed_loras or ()) or 'none'}.",
+                limit="allowed_loras",
+                asked=name,
+                allowed=limits.allowed_loras,
+            )
     if request.model and limits.allowed_models and request.model not in limits.allowed_models:
         raise LimitExceeded(
             f"This server doesn't allow the model {request.model}; it allows: {', '.join(limits.allowed_models)}.",

@@ -20,6 +20,7 @@ from inference.protocol import (
     MIN_SIZE,
     MIN_STEPS,
     SCHEDULER_NAMES,
+    LoraInfo,
     ModelInfo,
     ModelUnavailable,
 )
@@ -96,6 +97,7 @@ class ServerLimits:
     default_model: str | None = None
     model_max_steps: tuple[tuple[str, int], ...] | None = None  # (model, ceiling), tighter than max_steps
     flagged_images: str | None = None  # one of FLAGGED_POLICIES
+    allowed_loras: tuple[str, ...] | None = None  # registry LoRA names members may choose; () = none
 
     def with_changes(self, changes: dict[str, Any]) -> ServerLimits:
         return replace(self, **changes)
@@ -120,6 +122,7 @@ LIMIT_LABELS: dict[str, str] = {
     "default_model": "default model",
     "model_max_steps": "max steps per model",
     "flagged_images": "flagged pictures posted",
+    "allowed_loras": "allowed LoRAs",
 }
 
 
@@ -144,6 +147,7 @@ class EffectiveLimits:
     chosen_default_steps: int | None = None
     chosen_default_scheduler: str | None = None
     flagged_images: str = FLAGGED_AGE_RESTRICTED
+    allowed_loras: tuple[str, ...] | None = None  # None = every LoRA of the operator's registry
 
     @classmethod
     def combine(
@@ -203,6 +207,7 @@ class EffectiveLimits:
             chosen_default_steps=chosen_steps,
             chosen_default_scheduler=chosen_scheduler,
             flagged_images=_flagged_policy(server.flagged_images, settings),
+            allowed_loras=server.allowed_loras,
         )
 
     def posts_flagged(self, *, age_restricted: bool) -> bool:
@@ -216,23 +221,33 @@ class EffectiveLimits:
         """Flagged pictures that are posted go as spoilers."""
         return self.flagged_images in (FLAGGED_SPOILER, FLAGGED_EVERYWHERE)
 
+    def lora_allowed(self, name: str) -> bool:
+        return self.allowed_loras is None or name in self.allowed_loras
+
     def max_steps_for(self, model: str) -> int:
         """The most steps per image with `model` in this server ("" = the default model)."""
         return dict(self.model_max_steps).get(model or self.default_model, self.max_steps)
 
-    def request_defaults(self, model: ModelInfo | None = None) -> RequestDefaults:
+    def request_defaults(self, model: ModelInfo | None = None, loras: Sequence[str] = ()) -> RequestDefaults:
         """Values for the options a member left out in this server: the one place defaults are made.
 
         With a model: its own scheduler, steps, guidance, size (its native size within the max
         image size) and compare ladder, unless the server (or the operator) chose a default step
-        count or scheduler that fits the model. Without one (no worker ready yet): the server's.
+        count or scheduler that fits the model. A step-distillation LoRA among `loras` replaces the
+        model's steps, scheduler, guidance and ladder with its own (over the server's choices too).
+        Without a model (no worker ready yet): the server's.
         """
         if model is None:
             return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler)
+        few_step = _few_step_lora(model, loras)
+        chosen_steps, chosen_scheduler = self.chosen_default_steps, self.chosen_default_scheduler
+        if few_step is not None:
+            model = _with_few_step_lora(model, few_step)
+            chosen_steps = chosen_scheduler = None
         ceiling = min(self.max_steps_for(model.name), model.max_steps or self.max_steps)
-        steps = min(self.chosen_default_steps or model.default_steps, ceiling)
+        steps = min(chosen_steps or model.default_steps, ceiling)
         runnable = [name for name in model.schedulers if name in self.allowed_schedulers]
-        candidates = (self.chosen_default_scheduler, model.default_scheduler, *runnable)
+        candidates = (chosen_scheduler, model.default_scheduler, *runnable)
         scheduler = next((name for name in candidates if name in runnable), model.default_scheduler)
         ladder = tuple(rung for rung in model.compare_steps if rung <= ceiling)[: self.max_grid_cells]
         if len(ladder) < MIN_COMPARE_CELLS:
@@ -249,6 +264,7 @@ class EffectiveLimits:
             height=size,
             compare_steps=ladder,
             model=model.name,
+            lora_weights=tuple((lora.name, lora.default_weight) for lora in model.loras),
         )
 
 
@@ -257,6 +273,25 @@ def _flagged_policy(own: str | None, settings: Settings) -> str:
     if own not in FLAGGED_POLICIES or (own == FLAGGED_EVERYWHERE and not settings.safety_allow_everywhere):
         return FLAGGED_AGE_RESTRICTED
     return own
+
+
+def _few_step_lora(model: ModelInfo, names: Sequence[str]) -> LoraInfo | None:
+    """The first step-distillation LoRA among `names` (any capitalisation; unknown ones are refused later)."""
+    loras = {lora.name.casefold(): lora for lora in model.loras}
+    chosen = (loras.get(name.strip().casefold()) for name in names)
+    return next((lora for lora in chosen if lora is not None and lora.few_step), None)
+
+
+def _with_few_step_lora(model: ModelInfo, lora: LoraInfo) -> ModelInfo:
+    """The model as a few-step LoRA makes it: the LoRA's steps, scheduler, guidance, ladder and schedulers."""
+    return replace(
+        model,
+        default_steps=lora.default_steps or model.default_steps,
+        default_scheduler=lora.default_scheduler or model.default_scheduler,
+        default_guidance=model.default_guidance if lora.default_guidance is None else lora.default_guidance,
+        compare_steps=lora.compare_steps or model.compare_steps,
+        schedulers=model.schedulers_with(((lora.name, lora.default_weight),)),
+    )
 
 
 def _grid_schedulers(runnable: Sequence[str], own: str) -> tuple[str, ...]:

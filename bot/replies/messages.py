@@ -280,6 +280,8 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
         seeds = request.lane_seeds
         embed.add_field(name="Seed" if len(seeds) == 1 else "Seeds", value=", ".join(map(str, seeds)))
     embed.add_field(name="Model", value=model_name(request.model))
+    if request.loras:
+        embed.add_field(name="LoRAs", value=", ".join(f"{name} {weight:g}" for name, weight in request.loras))
     if isinstance(request, CompareSchedulersRequest):
         embed.add_field(name="Schedulers", value=", ".join(request.schedulers))
     else:

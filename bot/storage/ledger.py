@@ -24,6 +24,7 @@ from bot.storage.models import (
     JobStatus,
     command_of,
     in_guild,
+    loras_label,
     request_to_params,
 )
 from bot.storage.writer import DatabaseWriter, RefusedWrite
@@ -71,6 +72,13 @@ class ModelTotal:
 
 
 @dataclass(frozen=True)
+class LoraTotal:
+    loras: str  # "pixel 0.8, lcm 1"
+    jobs: int
+    steps: int
+
+
+@dataclass(frozen=True)
 class ServerUsage:
     """A server's usage over a period."""
 
@@ -87,6 +95,7 @@ class ServerUsage:
     top_schedulers: tuple[SchedulerTotal, ...]
     top_models: tuple[ModelTotal, ...] = ()
     withheld: int = 0  # flagged pictures not posted where they were asked for
+    top_loras: tuple[LoraTotal, ...] = ()  # the LoRA sets jobs used (with their weights), most steps first
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,7 @@ class Ledger:
             params=request_to_params(request),
             scheduler=request.scheduler,
             model=request.model or None,
+            loras=loras_label(request),
             images=len(request.lane_steps),
             steps_requested=total_steps(request),
             status=JobStatus.QUEUED.value,
@@ -359,6 +369,13 @@ class Ledger:
             .order_by(steps_col.desc(), jobs_col.desc(), model_col)
             .limit(top)
         )
+        by_loras = (
+            sa.select(JobRow.loras, jobs_col, steps_col)
+            .where(*in_period, JobRow.loras.is_not(None))
+            .group_by(JobRow.loras)
+            .order_by(steps_col.desc(), jobs_col.desc(), JobRow.loras)
+            .limit(top)
+        )
         async with self.database.sessions() as session:
             jobs, images, steps, gpu_seconds, members, failed, cancelled, withheld = (
                 await session.execute(overall)
@@ -366,6 +383,7 @@ class Ledger:
             users = (await session.execute(by_user)).all()
             schedulers = (await session.execute(by_scheduler)).all()
             models = (await session.execute(by_model)).all()
+            loras = (await session.execute(by_loras)).all()
         return ServerUsage(
             since=since,
             until=until,
@@ -385,6 +403,7 @@ class Ledger:
             top_models=tuple(
                 ModelTotal(model=str(m), jobs=int(j), steps=int(s), gpu_seconds=float(g)) for m, j, s, g in models
             ),
+            top_loras=tuple(LoraTotal(loras=str(n), jobs=int(j), steps=int(s)) for n, j, s in loras),
         )
 
     async def images_withheld(self, *, since: datetime, until: datetime) -> int:

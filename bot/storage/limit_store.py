@@ -62,7 +62,7 @@ def _server_limits(row: GuildLimits | None) -> ServerLimits:
     if row is None:
         return ServerLimits()
     values = {name: getattr(row, name) for name in LIMIT_FIELDS}
-    for name in ("allowed_schedulers", "banned_words", "allowed_models"):
+    for name in ("allowed_schedulers", "banned_words", "allowed_models", "allowed_loras"):
         if values[name] is not None:
             values[name] = tuple(values[name])
     if values["model_max_steps"] is not None:

@@ -101,6 +101,8 @@ class JobRow(Base):
     scheduler: Mapped[str] = mapped_column(String(32))
     # The registry name of the model; NULL for jobs recorded before there were several models.
     model: Mapped[str | None] = mapped_column(String(100))
+    # Its LoRAs as "name weight, name weight" (usage groups by it); NULL without any.
+    loras: Mapped[str | None] = mapped_column(String(400))
     images: Mapped[int] = mapped_column(Integer)
     steps_requested: Mapped[int] = mapped_column(Integer)
 
@@ -159,6 +161,7 @@ class GuildLimits(Base):
     default_model: Mapped[str | None] = mapped_column(String(100))
     model_max_steps: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))  # {model: ceiling}
     flagged_images: Mapped[str | None] = mapped_column(String(32))  # where flagged pictures may be posted
+    allowed_loras: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))  # [] = none allowed
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -214,6 +217,16 @@ def request_to_params(request: Request) -> dict[str, Any]:
     return params
 
 
+def loras_label(request: Request) -> str | None:
+    """A request's LoRAs as the ledger's `loras` column and /usage-server show them: "pixel 0.8, lcm 1"."""
+    return ", ".join(f"{name} {weight:g}" for name, weight in request.loras)[:400] or None
+
+
+def _tuples(value: list[Any]) -> tuple[Any, ...]:
+    """JSON lists back to tuples, nested ones too (a request's LoRAs are (name, weight) pairs)."""
+    return tuple(_tuples(item) if isinstance(item, list) else item for item in value)
+
+
 def params_to_request(command: str, params: dict[str, Any]) -> Request:
     """Rebuild the request stored by `request_to_params`; fields this version doesn't know are ignored."""
     cls = _REQUEST_TYPES.get(command)
@@ -222,6 +235,6 @@ def params_to_request(command: str, params: dict[str, Any]) -> Request:
     known = {f.name for f in dataclasses.fields(cls)}
     # JSON has lists where the request has tuples (a grid's steps and schedulers).
     kwargs: dict[str, Any] = {
-        name: tuple(value) if isinstance(value, list) else value for name, value in params.items() if name in known
+        name: _tuples(value) if isinstance(value, list) else value for name, value in params.items() if name in known
     }
     return cls(**kwargs)

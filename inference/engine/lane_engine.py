@@ -1,9 +1,10 @@
-"""The batched lane engine, family-agnostic: it groups lanes by (model, height, width) and steps each.
+"""The batched lane engine, family-agnostic: it groups lanes by (model, LoRAs, height, width) and steps each.
 
 Every denoising run is a *lane* (its own scheduler instance, latents and seeded generator). Each
 engine iteration stacks the active lanes of one group into ONE denoiser call with per-sample
 timesteps (the model's family adapter builds that call), then steps each lane with its own
-scheduler. Lanes join and leave between iterations; models and sizes take turns."""
+scheduler. Lanes join and leave between iterations; models, LoRA sets and sizes take turns (a LoRA
+set is switched between calls with `set_adapters`, never reloaded: inference.adapters)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from inference.adapters import AdapterKey, adapter_key
 from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
 from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
 from inference.engine.lanes import EngineJob, Lane
@@ -125,7 +127,7 @@ class LaneEngine:
         self.batched_steps = batched_steps  # False: every lane through its scheduler's own step (tests)
         self.batch_buckets = tuple(sorted({*(b for b in BATCH_BUCKETS if b < max_batch_lanes), max_batch_lanes}))
         self._compiled_unet: Any = None
-        self._compiled_group: tuple[str, int, int] | None = None
+        self._compiled_group: tuple[str, AdapterKey, int, int] | None = None
         self._encoder = encoder or ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
         self._owns_encoder = encoder is None
         self._jobs: dict[str, EngineJob] = {}  # jobs with lanes still denoising
@@ -149,9 +151,15 @@ class LaneEngine:
     def add_job(self, job_id: str, request: Request) -> None:
         """Turn a validated request into lanes; they start at the next iteration."""
         model = self.model_for(request.model)
+        adapters = self._adapters_for(model, request)
         text = (request.prompt, request.negative_prompt, request.guidance, request.height, request.width)
-        conditioning = self._conditionings.get((model.name, *text), lambda: model.family.encode(*text))
-        job = EngineJob(job_id, request, model, conditioning, next(self._order))
+
+        def encode() -> Conditioning:
+            self._activate(model, adapters)  # a LoRA with text-encoder layers changes the conditioning
+            return model.family.encode(*text)
+
+        conditioning = self._conditionings.get((model.name, adapters, *text), encode)
+        job = EngineJob(job_id, request, model, conditioning, next(self._order), adapters)
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
         job.all_lanes = [self._make_lane(job, i, *lane) for i, lane in enumerate(lanes)]
         job.lanes = list(job.all_lanes)
@@ -166,14 +174,29 @@ class LaneEngine:
         except KeyError:
             raise UnknownModel(f"Unknown model {name!r}; this worker runs: {', '.join(self.models)}.") from None
 
+    @staticmethod
+    def _adapters_for(model: LoadedModel, request: Request) -> AdapterKey:
+        """The request's LoRAs as a group key; UnknownLora (an InvalidRequest) for one the model lacks."""
+        for name, _ in request.loras:
+            model.info.lora(name)
+        return adapter_key(request.loras)
+
+    @staticmethod
+    def _activate(model: LoadedModel, adapters: AdapterKey) -> None:
+        if model.adapters is not None:
+            model.adapters.activate(adapters)
+
     def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int, scheduler_name: str) -> Lane:
         request, family = job.request, job.model.family
         size = (request.height, request.width)
+        few_step = job.model.info.few_step_lora(request.loras) is not None
         if seed_dependent(scheduler_name):  # one per seed: nothing to reuse
-            scheduler = family.new_scheduler(scheduler_name, steps, seed, *size)
+            scheduler = family.new_scheduler(scheduler_name, steps, seed, *size, few_step=few_step)
         else:
-            key = (job.model.name, scheduler_name, steps, *size)
-            ready = self._schedulers.get(key, lambda: family.new_scheduler(scheduler_name, steps, seed, *size))
+            key = (job.model.name, scheduler_name, steps, *size, few_step)
+            ready = self._schedulers.get(
+                key, lambda: family.new_scheduler(scheduler_name, steps, seed, *size, few_step=few_step)
+            )
             scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
         generator = torch.Generator("cpu").manual_seed(seed)
         latents = family.initial_latents(scheduler, request.height, request.width, generator)
@@ -225,8 +248,8 @@ class LaneEngine:
     # -- iteration ---------------------------------------------------------------------------
 
     def _next_batch(self) -> list[Lane]:
-        """The due lanes of one (model, size) group (groups take turns), oldest job first, up to the cap."""
-        groups: dict[tuple[str, int, int], list[EngineJob]] = {}
+        """The due lanes of one (model, LoRAs, size) group (groups take turns), oldest job first, up to the cap."""
+        groups: dict[tuple[str, AdapterKey, int, int], list[EngineJob]] = {}
         for job in sorted(self._jobs.values(), key=lambda j: j.order):
             groups.setdefault(job.group, []).append(job)
         if not groups:
@@ -283,7 +306,9 @@ class LaneEngine:
     def _denoise(self, lanes: list[Lane]) -> None:
         """One denoiser call over the batch. Lanes of a scheduler kind with a batched form are scaled
         and stepped as tensor ops over their rows; the rest step one by one through `step`."""
-        family = lanes[0].job.model.family
+        job = lanes[0].job
+        self._activate(job.model, job.adapters)  # the group's LoRA set: no reload, base weights untouched
+        family = job.model.family
         timesteps = [lane.timesteps[lane.position] for lane in lanes]
         groups: dict[BatchKind | None, list[int]] = {}
         for i, lane in enumerate(lanes):
@@ -394,7 +419,7 @@ class LaneEngine:
         model = self.model
         family = model.family
         self._compiled_unet = compiler(family.denoiser)
-        self._compiled_group = (model.name, height, width)
+        self._compiled_group = (model.name, (), height, width)  # lanes without LoRAs only
         conditioning = family.encode("", "", 7.5, height, width)
         scheduler = family.new_scheduler("Euler", 2, 0, height, width)
         generator = torch.Generator("cpu").manual_seed(0)
@@ -508,6 +533,7 @@ class LaneEngine:
             steps=lane.steps,
             model=job.model.name,
             scheduler=request.lane_schedulers[lane.index],
+            lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
         )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)

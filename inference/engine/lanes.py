@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from inference.adapters import AdapterKey
 from inference.engine.batch_steps import BatchKind, Coefficients
 from inference.engine.film import FilmCapture
 from inference.families import Conditioning
@@ -77,6 +78,7 @@ class EngineJob:
     model: LoadedModel
     conditioning: Conditioning
     order: int
+    adapters: AdapterKey = ()  # its LoRAs with their weights (name order): lanes batch only within one set
     all_lanes: list[Lane] = field(default_factory=list)
     lanes: list[Lane] = field(default_factory=list)  # still denoising
     images: dict[int, GeneratedImage] = field(default_factory=dict)
@@ -89,9 +91,9 @@ class EngineJob:
     answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
 
     @property
-    def group(self) -> tuple[str, int, int]:
-        """Lanes batch only with lanes of the same model and size."""
-        return (self.model.name, self.request.height, self.request.width)
+    def group(self) -> tuple[str, AdapterKey, int, int]:
+        """Lanes batch only with lanes of the same model, LoRAs (and weights) and size."""
+        return (self.model.name, self.adapters, self.request.height, self.request.width)
 
     @property
     def steps_done(self) -> int:

@@ -146,8 +146,11 @@ class Family(abc.ABC):
         """Encode the prompt (and the negative one where the family uses it)."""
 
     @abc.abstractmethod
-    def new_scheduler(self, name: str, steps: int, seed: int, height: int, width: int) -> Scheduler:
-        """A fresh scheduler for one lane, its timesteps set for `steps` at this size."""
+    def new_scheduler(
+        self, name: str, steps: int, seed: int, height: int, width: int, *, few_step: bool = False
+    ) -> Scheduler:
+        """A fresh scheduler for one lane, its timesteps set for `steps` at this size (`few_step`: a
+        step-distillation LoRA is active, so space the steps as a few-step model's)."""
 
     @abc.abstractmethod
     def initial_latents(

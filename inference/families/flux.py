@@ -86,7 +86,10 @@ class Flux(TransformerFamily):
             )
         )
 
-    def new_scheduler(self, name: str, steps: int, seed: int, height: int, width: int) -> Scheduler:
+    def new_scheduler(
+        self, name: str, steps: int, seed: int, height: int, width: int, *, few_step: bool = False
+    ) -> Scheduler:
+        # Flow-matching sigmas already start at pure noise: a few-step LoRA changes nothing here.
         sigmas = np.linspace(1.0, 1 / steps, steps) if name == "Euler" else None  # as FluxPipeline
         return make_flow_scheduler(
             self.pipe.scheduler.config, name, seed, steps, self.device, mu=self.mu(height, width), sigmas=sigmas

@@ -105,10 +105,14 @@ class UNetFamily(Family):
         tokenizer = self.pipe.tokenizer
         return len(tokenizer(prompt, truncation=False).input_ids) > tokenizer.model_max_length
 
-    def new_scheduler(self, name: str, steps: int, seed: int, height: int, width: int) -> Scheduler:
-        # Few-step distills start at the last training timestep, as their model cards ask ("trailing");
-        # the "leading" spacing of SD/SDXL base configs would start a 1-step run at t=1, on pure noise.
-        extra: dict[str, Any] = {"timestep_spacing": "trailing"} if self.looks_few_step() else {}
+    def new_scheduler(
+        self, name: str, steps: int, seed: int, height: int, width: int, *, few_step: bool = False
+    ) -> Scheduler:
+        # Few-step distills (and step-distillation LoRAs) start at the last training timestep, as their
+        # cards ask ("trailing"); the "leading" spacing of SD/SDXL base configs would start a 1-step run
+        # at t=1, on pure noise.
+        trailing = few_step or self.looks_few_step()
+        extra: dict[str, Any] = {"timestep_spacing": "trailing"} if trailing else {}
         scheduler = make_scheduler(self.pipe.scheduler.config, name, seed, **extra)
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler

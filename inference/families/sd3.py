@@ -74,7 +74,9 @@ class StableDiffusion3(TransformerFamily):
             )
         )
 
-    def new_scheduler(self, name: str, steps: int, seed: int, height: int, width: int) -> Scheduler:
+    def new_scheduler(
+        self, name: str, steps: int, seed: int, height: int, width: int, *, few_step: bool = False
+    ) -> Scheduler:
         return make_flow_scheduler(
             self.pipe.scheduler.config, name, seed, steps, self.device, mu=self.mu(height, width)
         )

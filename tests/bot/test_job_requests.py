@@ -288,3 +288,26 @@ def test_a_bad_scheduler_grid_is_refused_saying_what_to_change(schedulers: str, 
     options = RequestOptions("a fox", schedulers=schedulers, compare_steps=steps, scheduler_grid=True)
     with pytest.raises(InvalidOption, match=re.escape(message)):
         checked(build_request(options, RequestDefaults()))
+
+
+def test_a1111_lora_tags_leave_the_prompt_and_become_the_requests_loras() -> None:
+    defaults = RequestDefaults(lora_weights=(("pixel-art", 0.8), ("lcm", 1.0)))
+    request = build_request(RequestOptions("a fox <lora:Pixel-Art:0.5>, in snow <lora:lcm>", seed=1), defaults)
+    assert request.prompt == "a fox , in snow" and request.loras == (("pixel-art", 0.5), ("lcm", 1.0))
+    option = build_request(RequestOptions("a fox", seed=1, lora="pixel-art"), defaults)
+    assert option.loras == (("pixel-art", 0.8),)  # its default weight
+    weighted = build_request(RequestOptions("a fox", seed=1, lora="pixel-art", lora_weight=1.2), defaults)
+    assert weighted.loras == (("pixel-art", 1.2),)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (RequestOptions("a fox <lora::0.5>"), "A LoRA tag needs a name: write it like <lora:name:0.8>."),
+        (RequestOptions("a fox <lora:pixel:lots>"), "Could not read the weight of the LoRA 'pixel' ('lots')"),
+        (RequestOptions("a fox", lora_weight=0.5), "lora weight needs a lora"),
+    ],
+)
+def test_a_lora_written_wrong_is_one_line_saying_how_to_write_it(options: RequestOptions, message: str) -> None:
+    with pytest.raises(InvalidOption, match=re.escape(message)):
+        build_request(options, RequestDefaults())

@@ -70,3 +70,12 @@ def test_the_exif_bytes_type_the_user_comment_undefined_as_piexif_reads_it() -> 
     comment = piexif_user_comment(exif_parameters(text))
     assert isinstance(comment, bytes), "UNDEFINED (type 7) comes back as bytes; BYTE would be a tuple"
     assert read_info_from_exif(exif_parameters(text)) == text
+
+
+def test_loras_are_written_as_a1111_writes_them_and_read_back() -> None:
+    request = GenerateRequest("a fox", steps=4, scheduler="Euler", seed=1, guidance=1.0, width=512, height=512,
+                              loras=(("pixel", 0.8), ("lcm", 1.0)))  # fmt: skip
+    text = image_infotext(request, seed=1, steps=4, model="sd15", lora_hashes={"pixel": "0123456789ab"})
+    parsed = parse_generation_parameters(text)
+    assert parsed["Prompt"] == "a fox <lora:pixel:0.8> <lora:lcm:1>"
+    assert parsed["Lora hashes"] == "pixel: 0123456789ab"  # a LoRA without a known hash is left out of the field

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
     InvalidRequest,
+    LoraInfo,
     ModelInfo,
     ModelUnavailable,
     WorkerReady,
@@ -192,3 +194,30 @@ def test_the_stdlib_check_sees_other_modules() -> None:
     loaded = modules_loaded_by(PROBE.replace("import inference.protocol", "import inference.protocol, json, numpy"))
     assert "json" in loaded
     assert outside_the_standard_library(loaded) >= {"numpy"}
+
+
+@pytest.mark.parametrize(
+    ("loras", "message"),
+    [
+        ((("a", 2.5),), "weight of the LoRA 'a' must be -2 to 2; got 2.5"),
+        ((("a", float("nan")),), "must be a number"),
+        ((("a", 1.0), ("a", 0.5)), "The LoRA 'a' is given twice"),
+        (tuple((f"l{i}", 1.0) for i in range(5)), "At most 4 LoRAs at once; got 5"),
+    ],
+)
+def test_bad_loras_are_refused_with_one_line(loras: tuple[tuple[str, float], ...], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        validate(GenerateRequest("a fox", loras=loras))
+
+
+def test_a_lora_the_model_lacks_is_refused_with_the_close_names_or_that_it_has_none() -> None:
+    info = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8,
+                     loras=(LoraInfo("pixel-art"), LoraInfo("watercolor")),
+                     unavailable_loras=(ModelUnavailable("broken", "the file can't be read."),))  # fmt: skip
+    with pytest.raises(InvalidRequest, match=r"Unknown LoRA 'pixelart' for the model sd15 \(close: pixel-art\)"):
+        validate_for_model(GenerateRequest("a fox", loras=(("pixelart", 1.0),)), info)
+    with pytest.raises(InvalidRequest, match="didn't load on this worker: the file can't be read"):
+        validate_for_model(GenerateRequest("a fox", loras=(("broken", 1.0),)), info)
+    bare = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8)
+    with pytest.raises(InvalidRequest, match="The model sd15 has no LoRAs"):
+        validate_for_model(GenerateRequest("a fox", loras=(("pixel", 1.0),)), bare)

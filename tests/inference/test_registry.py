@@ -9,6 +9,7 @@ import pytest
 from inference.protocol import WorkerConfig
 from inference.registry import (
     ALLOWED_KEYS,
+    LoraSpec,
     ModelSpec,
     RegistryError,
     load_registry,
@@ -95,3 +96,53 @@ def test_registry_mistakes_are_one_clear_line(text: str, message: str) -> None:
 def test_a_missing_registry_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=r"can't read the model registry .*models\.toml"):
         models_from_setting(str(tmp_path / "models.toml"))
+
+
+LORAS = """
+[[models]]
+name = "sd15"
+source = "tiny"
+
+  [[models.loras]]
+  name = "pixel"
+  source = "/loras/pixel-art.safetensors"
+  weight = 0.8
+  triggers = ["pixel art", "8-bit"]
+
+  [[models.loras]]
+  name = "lcm"
+  source = "latent-consistency/lcm-lora-sdv1-5"
+  weight_name = "pytorch_lora_weights.safetensors"
+  few_step = true
+"""
+
+
+def test_a_model_lists_its_loras_a_local_file_or_a_hub_id_with_weight_name() -> None:
+    (spec,) = parse_registry(LORAS)
+    pixel, lcm = spec.loras
+    assert pixel == LoraSpec("pixel", "/loras/pixel-art.safetensors", weight=0.8, triggers=("pixel art", "8-bit"))
+    assert pixel.is_local_file and not lcm.is_local_file
+    assert (lcm.weight_name, lcm.few_step, lcm.weight) == ("pytorch_lora_weights.safetensors", True, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("lora", "message"),
+    [
+        ('name = "x"', "missing 'source'"),
+        ('name = "x"\nsource = "/a.safetensors"\nweight = 3', "'weight' must be a number from -2 to 2"),
+        ('name = "x"\nsource = "/a.safetensors"\ntriggers = "pixel"', "'triggers' must be a list of words"),
+        ('name = "x"\nsource = "/a.safetensors"\nstrength = 1', "unknown key 'strength'"),
+        ('name = "X Y"\nsource = "/a.safetensors"', "a name is 1-40 lower-case"),
+    ],
+)
+def test_a_bad_lora_entry_is_one_line_naming_it(lora: str, message: str) -> None:
+    text = f'[[models]]\nname = "m"\nsource = "tiny"\n[[models.loras]]\n{lora}\n'
+    with pytest.raises(RegistryError, match=message) as caught:
+        parse_registry(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_lora_name_used_twice_in_one_model_is_refused() -> None:
+    lora = '[[models.loras]]\nname = "x"\nsource = "/a.safetensors"\n'
+    with pytest.raises(RegistryError, match="LoRA name 'x' is used twice"):
+        parse_registry(f'[[models]]\nname = "m"\nsource = "tiny"\n{lora}{lora}')

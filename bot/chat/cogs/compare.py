@@ -30,7 +30,10 @@ class CompareSteps(commands.Cog):
         **shared.GRID_DESCRIPTIONS,
     )
     @app_commands.autocomplete(
-        model=shared.model_autocomplete, scheduler=shared.scheduler_autocomplete, size=shared.size_autocomplete
+        lora=shared.lora_autocomplete,
+        model=shared.model_autocomplete,
+        scheduler=shared.scheduler_autocomplete,
+        size=shared.size_autocomplete,
     )
     @app_commands.guild_only()
     async def compare_steps(
@@ -44,10 +47,13 @@ class CompareSteps(commands.Cog):
         guidance: shared.Guidance | None = None,
         size: str | None = None,
         model: shared.ModelName | None = None,
+        lora: shared.LoraName | None = None,
+        lora_weight: shared.LoraWeight | None = None,
     ) -> None:
         options = RequestOptions(
-            prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model
-        )
+            prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model,
+            lora=lora, lora_weight=lora_weight,
+        )  # fmt: skip
         await self.bot.jobs.start_command(interaction, options, origin="compare-steps")
 
 

@@ -35,7 +35,10 @@ class CompareSchedulers(commands.Cog):
         **shared.GRID_DESCRIPTIONS,
     )
     @app_commands.autocomplete(
-        model=shared.model_autocomplete, schedulers=shared.schedulers_autocomplete, size=shared.size_autocomplete
+        lora=shared.lora_autocomplete,
+        model=shared.model_autocomplete,
+        schedulers=shared.schedulers_autocomplete,
+        size=shared.size_autocomplete,
     )
     @app_commands.guild_only()
     async def compare_schedulers(
@@ -49,6 +52,8 @@ class CompareSchedulers(commands.Cog):
         guidance: shared.Guidance | None = None,
         size: str | None = None,
         model: shared.ModelName | None = None,
+        lora: shared.LoraName | None = None,
+        lora_weight: shared.LoraWeight | None = None,
     ) -> None:
         options = RequestOptions(
             prompt,
@@ -60,6 +65,8 @@ class CompareSchedulers(commands.Cog):
             model=model,
             schedulers=schedulers,
             scheduler_grid=True,
+            lora=lora,
+            lora_weight=lora_weight,
         )
         await self.bot.jobs.start_command(interaction, options, origin="compare-schedulers")
 

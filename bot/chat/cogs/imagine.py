@@ -37,7 +37,10 @@ class Imagine(commands.Cog):
         film="Also post a Steps film: the predicted finished image at every step (one image only)",
     )
     @app_commands.autocomplete(
-        model=shared.model_autocomplete, scheduler=shared.scheduler_autocomplete, size=shared.size_autocomplete
+        lora=shared.lora_autocomplete,
+        model=shared.model_autocomplete,
+        scheduler=shared.scheduler_autocomplete,
+        size=shared.size_autocomplete,
     )
     @app_commands.guild_only()
     async def imagine(
@@ -52,6 +55,8 @@ class Imagine(commands.Cog):
         size: str | None = None,
         count: app_commands.Range[int, MIN_COUNT, MAX_COUNT] | None = None,
         model: shared.ModelName | None = None,
+        lora: shared.LoraName | None = None,
+        lora_weight: shared.LoraWeight | None = None,
         film: bool | None = None,
     ) -> None:
         options = RequestOptions(
@@ -65,6 +70,8 @@ class Imagine(commands.Cog):
             count=count,
             model=model,
             film=film is True,
+            lora=lora,
+            lora_weight=lora_weight,
         )
         await self.bot.jobs.start_command(interaction, options, origin="imagine")
 

@@ -22,6 +22,7 @@ from bot.chat.cogs.options import (
     allowed_schedulers_autocomplete,
     guild_id_of,
     manage_server_only,
+    registry_loras_autocomplete,
     registry_models_autocomplete,
     require_database,
 )
@@ -71,6 +72,8 @@ def display_value(name: str, value: Any) -> str:
         return ", ".join(f"{model}: {steps:,}" for model, steps in value) or "none"
     if name == "allowed_models":
         return ", ".join(value) or "all"
+    if name == "allowed_loras":
+        return "all" if value is None else ", ".join(value) or "none"
     if name == "banned_words":
         return f"{len(value)} word(s) (not listed)" if value else "none"
     if name == "flagged_images":
@@ -201,6 +204,7 @@ class Limits(commands.Cog):
         default_model="Model when a member leaves it out",
         model_max_steps='Step ceilings per model, e.g. "sdxl-turbo=8, flux=28" (replaces them all)',
         flagged_images="Where pictures the image checker flags may be posted (elsewhere they are withheld)",
+        allowed_loras="Comma-separated LoRAs members may choose (of the operator's), or none",
     )
     @app_commands.rename(**OPTION_NAMES)
     @app_commands.choices(default_scheduler=SCHEDULER_CHOICES, flagged_images=FLAGGED_CHOICES)
@@ -208,6 +212,7 @@ class Limits(commands.Cog):
         allowed_schedulers=allowed_schedulers_autocomplete,
         allowed_models=registry_models_autocomplete,
         default_model=registry_models_autocomplete,
+        allowed_loras=registry_loras_autocomplete,
     )
     @manage_server_only
     async def set_limits(
@@ -227,6 +232,7 @@ class Limits(commands.Cog):
         default_model: ModelName | None = None,
         model_max_steps: app_commands.Range[str, 1, 1000] | None = None,
         flagged_images: str | None = None,
+        allowed_loras: app_commands.Range[str, 1, 1000] | None = None,
     ) -> None:
         given = {
             "max_steps": max_steps,
@@ -243,6 +249,7 @@ class Limits(commands.Cog):
             "default_model": default_model,
             "model_max_steps": model_max_steps,
             "flagged_images": flagged_images,
+            "allowed_loras": allowed_loras,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:

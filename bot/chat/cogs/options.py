@@ -15,7 +15,15 @@ from discord import app_commands
 from bot.errors import UserFacingError
 from bot.job_requests import MAX_PROMPT_CHARS
 from bot.limits.server import EffectiveLimits
-from inference.protocol import MAX_GUIDANCE, MAX_SEED, MIN_GUIDANCE, SCHEDULER_NAMES, ModelInfo
+from inference.protocol import (
+    MAX_GUIDANCE,
+    MAX_LORA_WEIGHT,
+    MAX_SEED,
+    MIN_GUIDANCE,
+    MIN_LORA_WEIGHT,
+    SCHEDULER_NAMES,
+    ModelInfo,
+)
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid
@@ -31,6 +39,8 @@ SHARED_DESCRIPTIONS = {
     "scheduler": "Sampler / scheduler (those the chosen model can run)",
     "model": "Which model draws it (this server's default when left out)",
     "guidance": "How closely to follow the prompt (classifier-free guidance scale)",
+    "lora": "A LoRA of the chosen model (or write <lora:name:0.8> in the prompt)",
+    "lora_weight": "How strongly the LoRA applies (default: its own, usually 1)",
 }
 # What the grid commands (/compare-steps, /compare-schedulers) say of their own seed and size.
 GRID_DESCRIPTIONS = {
@@ -45,6 +55,8 @@ NegativePrompt = app_commands.Range[str, 0, MAX_PROMPT_CHARS]
 Seed = app_commands.Range[int, 0, MAX_SEED]
 Guidance = app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE]
 ModelName = app_commands.Range[str, 1, 100]
+LoraName = app_commands.Range[str, 1, 100]
+LoraWeight = app_commands.Range[float, MIN_LORA_WEIGHT, MAX_LORA_WEIGHT]
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -131,6 +143,39 @@ async def schedulers_autocomplete(interaction: discord.Interaction, current: str
     model = _chosen_model(interaction, bot, limits)
     runnable = model.schedulers if model is not None else SCHEDULER_NAMES
     return list_completions(current, tuple(name for name in runnable if name in limits.allowed_schedulers))
+
+
+def lora_choices(current: str, model: ModelInfo | None, limits: EffectiveLimits) -> list[app_commands.Choice[str]]:
+    """The chosen model's LoRAs this server allows whose name (or trigger words) contain what was typed;
+    each labelled with its weight, few-step settings and trigger words. Discord shows at most 25."""
+    if model is None:
+        return []
+    typed = current.strip().casefold()
+    choices = []
+    for lora in model.loras:
+        if not limits.lora_allowed(lora.name):
+            continue
+        if typed not in lora.name.casefold() and not any(typed in word.casefold() for word in lora.triggers):
+            continue
+        few = f" · few-step: {lora.default_steps} steps, {lora.default_scheduler}" if lora.few_step else ""
+        triggers = f" · {', '.join(lora.triggers)}" if lora.triggers else ""
+        label = f"{lora.name} · weight {lora.default_weight:g}{few}{triggers}"[:100]
+        choices.append(app_commands.Choice(name=label, value=lora.name))
+    return choices[:MAX_CHOICES]
+
+
+async def lora_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """The `lora` option: the chosen model's LoRAs this server allows."""
+    bot = cast("Stepgrid", interaction.client)
+    limits = await bot.jobs.limits(interaction.guild_id)
+    return lora_choices(current, _chosen_model(interaction, bot, limits), limits)
+
+
+async def registry_loras_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """The operator's LoRAs, of every model (for `/limits-set`), completing the last name of a list."""
+    bot = cast("Stepgrid", interaction.client)
+    names = (lora.name for spec in bot.settings.model_specs() for lora in spec.loras)
+    return list_completions(current, ("none", *dict.fromkeys(names)))
 
 
 def _chosen_model(interaction: discord.Interaction, bot: Stepgrid, limits: EffectiveLimits) -> ModelInfo | None:

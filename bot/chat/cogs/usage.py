@@ -74,6 +74,12 @@ def server_usage_embed(usage: ServerUsage, period: str) -> discord.Embed:
     )
     embed.add_field(name="Top schedulers", value=schedulers or "none yet", inline=False)
     embed.add_field(name="Models", value=models or "none yet", inline=False)
+    if usage.top_loras:
+        loras = "\n".join(
+            f"{rank}. {row.loras}: {row.jobs:,} jobs, {row.steps:,} steps"
+            for rank, row in enumerate(usage.top_loras, start=1)
+        )
+        embed.add_field(name="LoRAs", value=loras[:1024], inline=False)
     return embed
 
 

@@ -60,7 +60,10 @@ async def test_the_commands_offer_a_model_schedulers_by_autocomplete_and_bounded
         compare = bot.tree.get_command("compare-steps")
         assert isinstance(compare, app_commands.Command)
         names = [option["name"] for option in compare.to_dict(bot.tree)["options"]]
-        assert names == ["prompt", "steps", "scheduler", "seed", "negative_prompt", "guidance", "size", "model"]
+        assert names == ["prompt", "steps", "scheduler", "seed", "negative_prompt", "guidance", "size", "model",
+                         "lora", "lora_weight"]  # fmt: skip
+        assert options["lora"]["autocomplete"] is True
+        assert (options["lora_weight"]["min_value"], options["lora_weight"]["max_value"]) == (-2, 2)
     finally:
         await bot.close()
 

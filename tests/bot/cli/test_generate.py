@@ -363,3 +363,13 @@ def test_a_grid_written_over_an_existing_file_says_so_and_names_the_device(
     assert main([*argv, "-o", str(out)]) == 0
     assert f"replaced the file already there: {out}." in capsys.readouterr().out
     assert Image.open(out).size[0] > 2 * 256 and os.listdir(tmp_path) == ["grid.png"]
+
+
+def test_a_few_step_lora_in_a_cli_prompt_brings_its_defaults_as_in_discord() -> None:
+    from tests.bot.limits.test_loras import WITH_LORAS
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    specs = settings.model_specs()
+    defaults = cli_defaults(settings, specs, WITH_LORAS, ["lightning"])
+    assert (defaults.steps, defaults.scheduler, defaults.guidance) == (4, "Euler", 0.0)
+    assert defaults == EffectiveLimits.combine(None, settings).request_defaults(WITH_LORAS, ["lightning"])

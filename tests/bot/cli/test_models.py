@@ -107,3 +107,39 @@ def test_models_exits_2_when_no_configured_model_loads(
     monkeypatch.setenv("STEPGRID_MODEL", str(tmp_path / "img2img"))
     assert main(["models"]) == 2
     assert "no model loaded" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_models_lists_each_models_loras_and_names_one_of_another_family(
+    model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.inference.loras import make_lora
+
+    sd = make_lora("tiny", tmp_path, "sd", seed=1, cache_dir=model_cache_dir)
+    sdxl = make_lora("tiny-sdxl", tmp_path, "sdxl", seed=2, cache_dir=model_cache_dir)
+    registry = tmp_path / "models.toml"
+    registry.write_text(f"""
+[[models]]
+name = "sd"
+source = "tiny"
+  [[models.loras]]
+  name = "pixel"
+  source = "{sd.kohya}"
+  weight = 0.8
+  triggers = ["pixel art"]
+  [[models.loras]]
+  name = "lcm"
+  source = "{sd.diffusers}"
+  few_step = true
+  [[models.loras]]
+  name = "xl-only"
+  source = "{sdxl.kohya}"
+""")
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    monkeypatch.setenv("STEPGRID_MODEL", str(registry))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"    LoRA pixel: {sd.kohya} · weight 0.8\n" in out
+    assert "    LoRA pixel: weight 0.8; triggers: pixel art\n" in out
+    assert "    LoRA lcm: weight 1; few-step: 4 steps, LCM, guidance 1\n" in out
+    assert "    LoRA xl-only unavailable: LoRA 'xl-only' (" in out and "another model family" in out

@@ -319,3 +319,17 @@ async def test_hourly_activity_counts_jobs_steps_and_the_mean_wait_of_every_serv
         ("2026-03-14T10:00:00+00:00", 2, 30, 0.5),
         ("2026-03-14T12:00:00+00:00", 1, 0, None),  # queued: nothing ran, no wait known yet
     ]
+
+
+async def test_server_usage_counts_the_lora_sets_jobs_used(db: Database, clock: FakeClock) -> None:
+    pixel = (("pixel", 0.8),)
+    await finished(db, GenerateRequest(prompt="a", steps=4, loras=pixel), user=ALICE)
+    await finished(db, CompareStepsRequest(prompt="b", steps=(1, 2, 4), loras=pixel), user=BOB)
+    await finished(db, GenerateRequest(prompt="c", steps=6, loras=(("pixel", 0.8), ("lcm", 1.0))), user=BOB)
+    await finished(db, GenerateRequest(prompt="d", steps=30), user=BOB)  # no LoRA: not counted
+
+    usage = await db.ledger.server_usage(GUILD, since=None, until=NOON)
+    assert [(row.loras, row.jobs, row.steps) for row in usage.top_loras] == [
+        ("pixel 0.8", 2, 11),
+        ("pixel 0.8, lcm 1", 1, 6),
+    ]

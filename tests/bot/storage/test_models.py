@@ -35,3 +35,12 @@ def test_parameters_a_newer_version_stored_are_ignored() -> None:
 def test_an_unknown_command_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown command 'paint'"):
         params_to_request("paint", request_to_params(IMAGINE))
+
+
+def test_a_requests_loras_survive_the_json_the_ledger_stores() -> None:
+    import json
+
+    request = GenerateRequest("a fox", loras=(("pixel", 0.8), ("lcm", 1.0)))
+    stored = json.loads(json.dumps(request_to_params(request)))
+    assert stored["loras"] == [["pixel", 0.8], ["lcm", 1.0]]  # the ledger's record of the LoRAs used
+    assert params_to_request("imagine", stored) == request

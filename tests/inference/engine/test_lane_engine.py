@@ -332,8 +332,8 @@ def test_admission_builds_a_scheduler_and_encodes_a_prompt_once_for_jobs_that_sh
     builds: list[tuple[str, int]] = []
     encodes: list[str] = []
     new_scheduler, encode = family.new_scheduler, family.encode
-    monkeypatch.setattr(family, "new_scheduler", lambda name, steps, *a: builds.append((name, steps)) or
-                        new_scheduler(name, steps, *a))  # fmt: skip
+    monkeypatch.setattr(family, "new_scheduler", lambda name, steps, *a, **kw: builds.append((name, steps)) or
+                        new_scheduler(name, steps, *a, **kw))  # fmt: skip
     monkeypatch.setattr(family, "encode", lambda prompt, *a: encodes.append(prompt) or encode(prompt, *a))
     engine = RecordingEngine(tiny)
     for job, (prompt, seed) in enumerate([("a fox", 1), ("a fox", 2), ("a fox", 3), ("a boat", 4)]):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from bot.chat.cogs.usage import member_usage_embed, server_usage_embed
 from bot.ops.usage_report import MemberUsage
-from bot.storage.ledger import ModelTotal, SchedulerTotal, ServerUsage, UserTotal
+from bot.storage.ledger import LoraTotal, ModelTotal, SchedulerTotal, ServerUsage, UserTotal
 
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 
@@ -57,3 +58,14 @@ def test_a_servers_usage_lists_its_models_old_jobs_as_before_models() -> None:
         "1. — (before models were recorded): 1 jobs, 30 steps, 3.0 s",
         "2. sdxl-turbo: 2 jobs, 8 steps, 1.5 s",
     ]
+
+
+def test_a_servers_usage_lists_the_lora_sets_its_jobs_used_and_none_without_any() -> None:
+    usage = ServerUsage(
+        since=None, until=NOON, jobs=3, images=3, steps=38, gpu_seconds=4.5, members=1, failed=0, cancelled=0,
+        top_users=(), top_schedulers=(), top_loras=(LoraTotal("pixel 0.8", 2, 11), LoraTotal("pixel 0.8, lcm 1", 1, 6)),
+    )  # fmt: skip
+    fields = {field.name: field.value for field in server_usage_embed(usage, "all time").fields}
+    assert fields["LoRAs"].splitlines() == ["1. pixel 0.8: 2 jobs, 11 steps", "2. pixel 0.8, lcm 1: 1 jobs, 6 steps"]
+    plain = dataclasses.replace(usage, top_loras=())
+    assert "LoRAs" not in {field.name for field in server_usage_embed(plain, "all time").fields}
