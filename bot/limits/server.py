@@ -20,6 +20,7 @@ from inference.protocol import (
     MIN_SIZE,
     MIN_STEPS,
     SCHEDULER_NAMES,
+    SIZE_MULTIPLE,
     ModelInfo,
     ModelUnavailable,
 )
@@ -196,10 +197,13 @@ class EffectiveLimits:
 
         With a model: its own scheduler, steps, guidance, size (its native size within the max
         image size) and compare ladder, unless the server (or the operator) chose a default step
-        count or scheduler that fits the model. Without one (no worker ready yet): the server's.
+        count or scheduler that fits the model. Without one (no worker ready yet): the server's, at a
+        generic size within its max image size.
         """
         if model is None:
-            return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler)
+            size = min(RequestDefaults.width, self.max_image_size)
+            size -= size % SIZE_MULTIPLE
+            return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler, width=size, height=size)
         ceiling = min(self.max_steps_for(model.name), model.max_steps or self.max_steps)
         steps = min(self.chosen_default_steps or model.default_steps, ceiling)
         runnable = [name for name in model.schedulers if name in self.allowed_schedulers]
