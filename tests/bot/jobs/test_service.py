@@ -47,6 +47,7 @@ from tests.bot.fakes import (
     OWNER,
     SD15,
     TURBO,
+    WAIT,
     FakeInteraction,
     Harness,
     ScriptedQueue,
@@ -771,6 +772,11 @@ async def start_while_loading(harness: Harness, **options: Any) -> tuple[FakeInt
     return interaction, task
 
 
+async def ended(task: asyncio.Task[None]) -> None:
+    """The job's driver has answered it (a bug fails fast instead of hanging)."""
+    await asyncio.wait_for(task, WAIT)
+
+
 async def shown(interaction: FakeInteraction, text: str) -> None:
     await interaction.recorder.wait_for(lambda calls: any(text in (c.content or "") for c in calls))
 
@@ -793,7 +799,7 @@ async def test_a_command_sent_while_the_models_load_gets_its_models_defaults_onc
     stored = await harness.store.get(job_id)
     assert stored is not None and stored.request == flux and stored.options is None
     harness.queue.emit(result_for(job_id, flux))
-    await task
+    await ended(task)
     assert harness.store.status[job_id] == "done"
 
 
@@ -807,14 +813,14 @@ async def test_a_left_out_seed_drawn_at_acceptance_is_kept_when_the_job_is_built
     assert harness.queue.requests[job_id].seed == provisional.seed
     assert (harness.queue.requests[job_id].steps, harness.queue.requests[job_id].model) == (25, "sd15")
     harness.queue.emit(JobFailed(job_id, "done with it"))
-    await task
+    await ended(task)
 
 
 async def test_a_scheduler_its_model_cant_run_is_refused_on_the_jobs_message_once_the_model_is_known() -> None:
     harness = model_harness(loading=True)
     interaction, task = await start_while_loading(harness, scheduler="DDIM", model="flux")
     harness.queue.finish_loading(SD15, FLUX)
-    await task
+    await ended(task)
     assert harness.queue.requests == {}
     assert list(harness.store.status.values()) == ["failed"]
     note = interaction.recorder.calls[-1]
@@ -831,7 +837,7 @@ async def test_a_size_off_the_models_grid_is_refused_once_the_model_is_known() -
     assert harness.store.jobs == {}
     interaction, task = await start_while_loading(harness, size="264", model="flux")
     harness.queue.finish_loading(SD15, FLUX)
-    await task
+    await ended(task)
     note = interaction.recorder.calls[-1]
     assert note.content is not None and "width must be a multiple of 16 for the model flux; got 264." in note.content
 
@@ -847,7 +853,7 @@ async def test_commands_held_while_the_models_load_show_their_place_and_are_queu
     assert [harness.queue.requests[job_id].prompt for job_id in job_ids] == ["one", "two"]
     for job_id, task in zip(job_ids, (first_task, second_task), strict=True):
         harness.queue.emit(result_for(job_id, harness.queue.requests[job_id]))
-        await task
+        await ended(task)
 
 
 async def test_a_command_held_while_the_models_load_can_be_cancelled() -> None:
@@ -856,7 +862,7 @@ async def test_a_command_held_while_the_models_load_can_be_cancelled() -> None:
     [job_id] = list(harness.store.jobs)
     click = harness.interaction()
     await harness.service.handle_button(click.as_interaction(), "cancel", job_id)
-    await task
+    await ended(task)
     assert click.recorder.calls[-1].content == "Cancelled."
     assert interaction.recorder.calls[-1].kind == "delete"
     assert harness.store.status[job_id] == "cancelled"
@@ -871,7 +877,7 @@ async def test_a_shutdown_while_the_models_load_leaves_the_held_job_queued_with_
     interaction, task = await start_while_loading(harness, seed=3)
     [job_id] = [row.id for row in await database.ledger.unfinished_jobs()]
     harness.service.begin_shutdown(keep_queued=True)
-    await task
+    await ended(task)
     await shown(interaction, "Stepgrid is restarting")
     row = await database.ledger.get_job(job_id)
     assert row is not None and row.status == "queued"
@@ -893,4 +899,4 @@ async def test_a_shutdown_while_the_models_load_leaves_the_held_job_queued_with_
     assert row is not None and row.to_request() == request and record_of(row).options is None
     assert (row.scheduler, row.model, row.steps_requested) == ("Euler", default, 28)
     restarted.queue.emit(JobFailed(job_id, "stopped"))
-    await task
+    await ended(task)
