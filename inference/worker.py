@@ -8,10 +8,12 @@ takes new jobs and cancellations, so lanes join and leave a running batch.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inference.logs import configure_logging
@@ -35,6 +37,10 @@ if TYPE_CHECKING:  # the bot imports this module to name the spawn target: keep 
 
 log = logging.getLogger(__name__)
 
+# Tests only: the worker starts loading its models once the file this names exists, so an end-to-end test
+# sees `stepgrid run` while the model is still loading for as long as it needs (not a setting).
+LOAD_GATE = "STEPGRID_TEST_LOAD_GATE"
+
 
 def _quiet_libraries() -> None:
     """diffusers and transformers log errors only, through our handler (JSON too), at our level if higher:
@@ -48,6 +54,15 @@ def _quiet_libraries() -> None:
         library.disable_progress_bar()
         library.disable_default_handler()
         library.enable_propagation()
+
+
+def _wait_for_load_gate() -> None:
+    gate = os.environ.get(LOAD_GATE)
+    if not gate:
+        return
+    log.info("waiting for %s to exist before loading the models (%s)", gate, LOAD_GATE)
+    while not Path(gate).exists():
+        time.sleep(0.02)
 
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
@@ -64,6 +79,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
     from inference.engine.lane_engine import LaneEngine
     from inference.loading import load_models
 
+    _wait_for_load_gate()
     started = time.perf_counter()
     models, unavailable = load_models(config)
     if not models:

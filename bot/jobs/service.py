@@ -4,6 +4,10 @@
 follows the queue's events, edits one message (queue position, then "step k/N" with a preview,
 at most once per `edit_interval`) and ends it with the result or a short failure note. A job
 accepted is a job answered: every path out of the driver leaves the user a message.
+
+A command sent while the worker is still loading can't have its model's defaults yet (its native
+size, steps, scheduler): the job is recorded with what the member typed, held in the bot until the
+models are known, then built and checked as if it had come then, and queued in the order accepted.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from bot.job_requests import (
     requested_loras,
 )
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
-from bot.limits.checks import check_image_size
+from bot.limits.checks import check_image_size, check_request
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
 from bot.replies.messages import (
@@ -124,6 +128,12 @@ class JobService:
         self._admission_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # Jobs accepted before any model was known, in the order accepted, waiting to be built.
+        self._held: list[str] = []
+        self._held_wakeup = asyncio.Event()  # set (and replaced) whenever a held job may go on
+        self._loading_watch: asyncio.Task[None] | None = None
+        self._loading_over = False
+        self._stopping = False
 
     @property
     def active_jobs(self) -> frozenset[str]:
@@ -132,7 +142,8 @@ class JobService:
 
     def waiting_jobs(self) -> int:
         """How many of the active jobs wait for the GPU (the rest are running or being answered)."""
-        return sum(1 for job_id in self._tasks if self.queue.position(job_id) is not None)
+        queued = sum(1 for job_id in self._tasks if self.queue.position(job_id) is not None)
+        return queued + len(self._held)
 
     async def limits(self, guild_id: int | None) -> EffectiveLimits:
         """The limits that apply in this server: read once per command, for its defaults and its check."""
@@ -142,13 +153,20 @@ class JobService:
         self, interaction: discord.Interaction, options: RequestOptions, *, origin: str
     ) -> asyncio.Task[None]:
         """Start the job a command's options ask for; the server's limits are read once, for its
-        defaults and for its check."""
+        defaults and for its check.
+
+        Before the worker has reported its models, the request built now is provisional (the server's
+        generic defaults): the job keeps `options` and is built again for its model once it is known.
+        """
         if interaction.guild_id is None:
             raise ServerOnly()
         limits = await self.limits(interaction.guild_id)
         _, loras = requested_loras(options)  # a step-distillation LoRA brings its own defaults
-        request = build_request(options, self.defaults_for(options.model, limits, [name for name, _ in loras]))
-        return await self.start(interaction, request, origin=origin, limits=limits)
+        lora_names = [name for name, _ in loras]
+        model = self.model_for(options.model, limits)
+        unbuilt = options if model is None and not self.queue.ready else None
+        request = build_request(options, limits.request_defaults(model, lora_names))
+        return await self.start(interaction, request, origin=origin, limits=limits, options=unbuilt)
 
     def model_for(self, name: str | None, limits: EffectiveLimits) -> ModelInfo | None:
         """The loaded model `name` means in this server (its default when None); None before the
@@ -167,6 +185,7 @@ class JobService:
         origin: str,
         limits: EffectiveLimits | None = None,
         parent_job_id: str | None = None,
+        options: RequestOptions | None = None,
     ) -> asyncio.Task[None]:
         """Check and record `request`, defer the interaction, queue the job and drive it in a task.
 
@@ -175,7 +194,9 @@ class JobService:
         with nothing answered, so they can still be ephemeral; a queue that refuses after the defer
         marks the row failed, removes the "thinking…" message and raises too (the error handler
         then answers in an ephemeral follow-up). `origin` is what started the job (the command or
-        a button action); `limits` are the server's, when the caller has already read them.
+        a button action); `limits` are the server's, when the caller has already read them. With
+        `options` (no model known yet), `request` is provisional and the driver queues the job once
+        it is built for its model.
         """
         if interaction.guild_id is None:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
@@ -189,7 +210,8 @@ class JobService:
         checked(request, max_size=limits.max_image_size)
         if self.queue.unavailable:
             raise ModelUnavailable(self.queue.unavailable)
-        # While the model loads (minutes with a compiled UNet) the job waits in the queue, its place shown.
+        # While the model loads (minutes with a compiled UNet) the job waits, its place shown; one accepted
+        # with `options` is checked against its model once that is known.
         self._check_for_model(request)
         record = JobRecord(
             job_id=new_job_id(),
@@ -201,6 +223,7 @@ class JobService:
             parent_job_id=parent_job_id,
             application_id=interaction.application_id,
             interaction_token=interaction.token,
+            options=options,
         )
         job_id = record.job_id
         # One admission at a time per member: the limits count the member's jobs in the ledger, so
@@ -217,7 +240,8 @@ class JobService:
             message_id = response.message_id if response is not None else None
             if message_id is not None:
                 await self.store.set_message(job_id, message_id)
-            self._submit(record)
+            if record.options is None:
+                self._submit(record)
         except UserFacingError as refusal:
             await self._quietly(self.store.mark_finished(job_id, JobFailed(job_id, str(refusal))))
             with contextlib.suppress(discord.HTTPException):
@@ -277,6 +301,9 @@ class JobService:
         target = StoredInteractionMessage(
             client, record, deadline=self._clock() + self.token_lifetime - token_age, clock=self._clock
         )
+        if record.options is not None:  # accepted while the model loaded: built once the models are known
+            log.info("job %s waits for the models again after a restart", record.job_id)
+            return self._spawn_driver(record, target)
         try:
             validate(record.request)  # what this version accepts may have changed since the job was
             self.queue.submit(record.request, user_id=str(record.user_id), job_id=record.job_id)
@@ -313,8 +340,13 @@ class JobService:
         return self._track(record.job_id, task)
 
     def _spawn_driver(self, record: JobRecord, target: JobMessage) -> asyncio.Task[None]:
+        if record.options is not None:
+            self._held.append(record.job_id)  # here, so that jobs keep the order they were accepted in
+            self._watch_loading()
         with job_context(record.job_id):  # the task inherits it: every line it logs names the job
             task = asyncio.create_task(self._drive(record, target), name=f"stepgrid-job-{record.job_id}")
+        if record.options is not None:  # also when it is cancelled before it ever ran
+            task.add_done_callback(lambda _: self._unhold(record.job_id))
         return self._track(record.job_id, task)
 
     def _track(self, job_id: str, task: asyncio.Task[None]) -> asyncio.Task[None]:
@@ -356,7 +388,11 @@ class JobService:
             await send_ephemeral(interaction, "Already cancelled; it stops after its current step.")
             return
         self._cancelled_by[record.job_id] = user.id
-        if self.queue.cancel(record.job_id):
+        if record.job_id in self._held:  # not queued yet: its driver answers it as cancelled
+            log.info("job %s cancelled by user %s", record.job_id, user.id, extra={"job_id": record.job_id})
+            self._wake_held()
+            await send_ephemeral(interaction, "Cancelled.")
+        elif self.queue.cancel(record.job_id):
             log.info("job %s cancelled by user %s", record.job_id, user.id, extra={"job_id": record.job_id})
             await send_ephemeral(interaction, "Cancelled.")
         else:
@@ -376,6 +412,8 @@ class JobService:
         """
         self._accepting = False
         self._keep_queued = keep_queued
+        self._stopping = True
+        self._wake_held()
 
     async def close(self, grace: float = 10.0) -> None:
         """Wait for the drivers to answer their jobs (close the queue first), then cancel the rest."""
@@ -385,9 +423,10 @@ class JobService:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._ledger_retry is not None:
-            self._ledger_retry.cancel()
-            await asyncio.gather(self._ledger_retry, return_exceptions=True)
+        for helper in (self._ledger_retry, self._loading_watch):
+            if helper is not None:
+                helper.cancel()
+                await asyncio.gather(helper, return_exceptions=True)
         await self.record_pending_outcomes()
 
     async def record_pending_outcomes(self) -> None:
@@ -440,6 +479,11 @@ class JobService:
         marked_running = False
         screening = await self._screening(record, target)
         try:
+            if record.options is not None:
+                built = await self._build_when_loaded(record, target, editor, state)
+                if built is None:
+                    return
+                record = built
             position = self.queue.position(job_id)
             if position is not None:
                 state.position = position
@@ -498,6 +542,91 @@ class JobService:
             return Screening(posts_flagged=False)
         posts = limits.posts_flagged(age_restricted=target.age_restricted)
         return Screening(posts_flagged=posts, spoiler=limits.spoils_flagged)
+
+    # -- jobs accepted before the models were known ----------------------------------------------
+
+    def _watch_loading(self) -> None:
+        if self._loading_watch is None:
+            self._loading_watch = asyncio.create_task(self._await_loading(), name="stepgrid-await-models")
+
+    async def _await_loading(self) -> None:
+        try:
+            await self.queue.wait_ready()
+        except Exception as error:  # the model failed to load: the held jobs are answered with the queue's reason
+            log.info("the held jobs can't be built: %s", error)
+        self._loading_over = True
+        self._wake_held()
+
+    def _unhold(self, job_id: str) -> None:
+        if job_id in self._held:
+            self._held.remove(job_id)
+            self._wake_held()  # the next one may go on, and the others' places move up
+
+    def _wake_held(self) -> None:
+        wakeup, self._held_wakeup = self._held_wakeup, asyncio.Event()
+        wakeup.set()
+
+    async def _build_when_loaded(
+        self, record: JobRecord, target: JobMessage, editor: ThrottledEditor[MessageUpdate], state: ProgressState
+    ) -> JobRecord | None:
+        """Hold a job accepted before the models were known until they are, then build it with its model's
+        defaults, check it as if it came now and queue it (held jobs go in the order accepted).
+
+        The record as queued, or None once the job is answered here: cancelled, refused (on its message,
+        saying what to change), or left queued in the ledger by a shutdown.
+        """
+        job_id = record.job_id
+        state.loading = True
+        try:
+            while True:
+                wakeup = self._held_wakeup
+                if job_id in self._cancelled_by:
+                    await self._finish_with_failure(record, JobFailed.cancellation(job_id), target, editor)
+                    return None
+                if self._stopping:
+                    if self._keep_queued:  # the row keeps its options: the next start builds it
+                        await self._leave_queued(record, state, editor, started=False)
+                    else:
+                        failure = JobFailed(job_id, "Stepgrid is shutting down; this job did not run.", retryable=True)
+                        await self._finish_with_failure(record, failure, target, editor)
+                    return None
+                if self._loading_over and self._held[0] == job_id:
+                    break
+                position = self._held.index(job_id) + 1
+                if position != state.position:
+                    state.position = position
+                    editor.push(progress_message(record, state))
+                await wakeup.wait()
+            try:
+                request = await self._built(record)
+                await self.store.set_request(job_id, request)
+                record = dataclasses.replace(record, request=request, options=None)
+                self._submit(record)
+            except UserFacingError as refusal:
+                await self._finish_with_failure(record, JobFailed(job_id, str(refusal)), target, editor)
+                return None
+            state.position, state.loading = None, not self.queue.ready
+            log.info("job %s built for model %s and queued", job_id, request.model or "(default)")
+            return record
+        finally:
+            self._unhold(job_id)
+
+    async def _built(self, record: JobRecord) -> Request:
+        """The held job's request with its model's defaults in its server now (the seed drawn at acceptance
+        kept), through the checks a command meets before it is accepted that depend on the model."""
+        assert record.options is not None
+        if self.queue.unavailable:
+            raise ModelUnavailable(self.queue.unavailable)
+        options = dataclasses.replace(record.options, seed=record.request.seed)
+        limits = await self.limits(record.guild_id)
+        _, loras = requested_loras(options)
+        request = build_request(options, self.defaults_for(options.model, limits, [name for name, _ in loras]))
+        check_image_size(request, limits)
+        checked(request, max_size=limits.max_image_size)
+        self._check_for_model(request)
+        # The per-request limits; the member's quota and running jobs were counted when it was accepted.
+        check_request(request, limits, steps_used_today=0, active_jobs=0)
+        return request
 
     async def _finish_with_result(
         self,

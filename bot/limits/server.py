@@ -20,6 +20,7 @@ from inference.protocol import (
     MIN_SIZE,
     MIN_STEPS,
     SCHEDULER_NAMES,
+    SIZE_MULTIPLE,
     LoraInfo,
     ModelInfo,
     ModelUnavailable,
@@ -235,10 +236,12 @@ class EffectiveLimits:
         image size) and compare ladder, unless the server (or the operator) chose a default step
         count or scheduler that fits the model. A step-distillation LoRA among `loras` replaces the
         model's steps, scheduler, guidance and ladder with its own (over the server's choices too).
-        Without a model (no worker ready yet): the server's.
+        Without a model (no worker ready yet): the server's, at a generic size within its max image size.
         """
         if model is None:
-            return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler)
+            size = min(RequestDefaults.width, self.max_image_size)
+            size -= size % SIZE_MULTIPLE
+            return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler, width=size, height=size)
         few_step = _few_step_lora(model, loras)
         chosen_steps, chosen_scheduler = self.chosen_default_steps, self.chosen_default_scheduler
         if few_step is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from bot.job_requests import RequestOptions
+from bot.storage.models import UNBUILT_OPTIONS
 from inference.protocol import JobFailed, JobResult, Request
 
 if TYPE_CHECKING:
@@ -16,7 +18,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class JobRecord:
-    """A job as accepted: who asked where, and the full request (what buttons resolve)."""
+    """A job as accepted: who asked where, and the full request (what buttons resolve).
+
+    A job accepted while no model was known carries `options`, what the member typed: its `request`
+    (generic defaults where options were left out) is provisional until the job is built with its
+    model's defaults.
+    """
 
     job_id: str
     request: Request
@@ -30,6 +37,21 @@ class JobRecord:
     application_id: int | None = None
     interaction_token: str | None = None
     message_id: int | None = None
+    options: RequestOptions | None = None
+
+
+def options_to_params(options: RequestOptions) -> dict[str, Any]:
+    """The options as JSON-safe values."""
+    return dataclasses.asdict(options)
+
+
+def options_of(params: dict[str, Any]) -> RequestOptions | None:
+    """The unbuilt options stored beside a provisional request, or None (a built request)."""
+    stored = params.get(UNBUILT_OPTIONS)
+    if stored is None:
+        return None
+    known = {f.name for f in dataclasses.fields(RequestOptions)}
+    return RequestOptions(**{name: value for name, value in stored.items() if name in known})
 
 
 def record_of(job: JobRow) -> JobRecord:
@@ -46,6 +68,7 @@ def record_of(job: JobRow) -> JobRecord:
         application_id=job.application_id,
         interaction_token=job.interaction_token,
         message_id=job.message_id,
+        options=options_of(job.params),
     )
 
 
@@ -60,6 +83,9 @@ class JobStore(Protocol):
 
     async def set_message(self, job_id: str, message_id: int) -> None:
         """Remember the message (the deferred interaction response) that shows the job."""
+
+    async def set_request(self, job_id: str, request: Request) -> None:
+        """The job is built for its model: `request` replaces the provisional one, and its options are dropped."""
 
     async def mark_running(self, job_id: str) -> None:
         """The worker started the job (called once per bot run, not for the queue's retries)."""
@@ -91,6 +117,9 @@ class MemoryJobStore:
 
     async def set_message(self, job_id: str, message_id: int) -> None:
         self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], message_id=message_id)
+
+    async def set_request(self, job_id: str, request: Request) -> None:
+        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], request=request, options=None)
 
     async def mark_running(self, job_id: str) -> None:
         self.status[job_id] = "running"
@@ -126,6 +155,7 @@ class DatabaseJobStore:
             application_id=job.application_id,
             interaction_token=job.interaction_token,
             message_id=job.message_id,
+            unbuilt_options=None if job.options is None else options_to_params(job.options),
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -136,6 +166,9 @@ class DatabaseJobStore:
 
     async def set_message(self, job_id: str, message_id: int) -> None:
         await self.database.ledger.set_message(job_id, message_id=message_id)
+
+    async def set_request(self, job_id: str, request: Request) -> None:
+        await self.database.ledger.set_request(job_id, request)
 
     async def mark_running(self, job_id: str) -> None:
         await self.database.ledger.mark_running(job_id)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.limits.checks import day_start, next_quota_reset
 from bot.storage.models import (
     FINISHED_STATUSES,
+    UNBUILT_OPTIONS,
     UNFINISHED_STATUSES,
     JobRow,
     JobStatus,
@@ -136,18 +137,24 @@ class Ledger:
         message_id: int | None = None,
         origin: str | None = None,
         parent_job_id: str | None = None,
+        unbuilt_options: dict[str, Any] | None = None,
     ) -> JobRow:
         """Record an accepted request as a queued job (before it is submitted to the queue).
 
         `origin` says what started it (the command, or a button action on `parent_job_id`'s result).
+        With `unbuilt_options` (what the member typed, while no model was known), `request` is
+        provisional: `set_request` replaces it once the job is built for its model.
         """
+        params = request_to_params(request)
+        if unbuilt_options is not None:
+            params[UNBUILT_OPTIONS] = unbuilt_options
         job = JobRow(
             id=job_id or uuid.uuid4().hex,
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=user_id,
             command=command_of(request),
-            params=request_to_params(request),
+            params=params,
             scheduler=request.scheduler,
             model=request.model or None,
             loras=loras_label(request),
@@ -169,6 +176,20 @@ class Ledger:
             return job
 
         return await self.database.write(insert)
+
+    async def set_request(self, job_id: str, request: Request) -> bool:
+        """The job's request as built for its model, replacing the provisional one (and its unbuilt options).
+        False (and no change) if the job already finished."""
+
+        def change(job: JobRow) -> None:
+            job.command = command_of(request)
+            job.params = request_to_params(request)
+            job.scheduler = request.scheduler
+            job.model = request.model or None
+            job.images = len(request.lane_steps)
+            job.steps_requested = total_steps(request)
+
+        return await self._transition(job_id, change)
 
     async def mark_running(self, job_id: str) -> bool:
         """queued → running; counts an attempt. False (and no change) if the job already finished.

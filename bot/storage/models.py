@@ -208,6 +208,11 @@ def command_of(request: Request) -> str:
     return next(command for command, cls in _REQUEST_TYPES.items() if isinstance(request, cls))
 
 
+# The params key that holds what a member typed while no model was known yet: the request beside it is
+# provisional until the job is built with its model's defaults (`params_to_request` ignores the key).
+UNBUILT_OPTIONS = "unbuilt_options"
+
+
 def request_to_params(request: Request) -> dict[str, Any]:
     """Every field of the request as JSON-safe values (tuples become lists)."""
     params: dict[str, Any] = {}

@@ -111,6 +111,8 @@ class ScriptedQueue(JobQueue):
         # What the worker reported: none until a test gives some (the queue then knows no models).
         self.loaded_models: dict[str, ModelInfo] = {}
         self.failed_models: dict[str, ModelUnavailable] = {}
+        self._became_ready = asyncio.Event()
+        self._submitted = asyncio.Event()
 
     async def start(self) -> None:
         self.started = True
@@ -129,7 +131,14 @@ class ScriptedQueue(JobQueue):
         self.failed_models = {item.name: item for item in failed}
 
     async def wait_ready(self) -> None:
-        return None
+        if not self._ready:
+            await self._became_ready.wait()
+
+    def finish_loading(self, *models: ModelInfo) -> None:
+        """Act as a worker that has loaded `models` (the first is the default) and is ready."""
+        self.load(*models)
+        self._ready = True
+        self._became_ready.set()
 
     async def close(self) -> None:
         self.closed = True
@@ -149,7 +158,16 @@ class ScriptedQueue(JobQueue):
         self.requests[job_id] = request
         self.users[job_id] = user_id
         self._streams[job_id] = asyncio.Queue()
+        self._submitted.set()
         return job_id
+
+    async def wait_for_jobs(self, count: int) -> list[str]:
+        """Wait until `count` jobs have been submitted; their ids in submission order."""
+        async with asyncio.timeout(WAIT):
+            while len(self.requests) < count:
+                self._submitted.clear()
+                await self._submitted.wait()
+        return self.job_ids
 
     async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
         stream = self._streams[job_id]
@@ -453,8 +471,8 @@ async def finished_job(harness: Harness, request: Request = IMAGINE) -> str:
     return job_id
 
 
-def database_harness(database: Database) -> Harness:
-    harness = Harness()
+def database_harness(database: Database, *, ready: bool = True) -> Harness:
+    harness = Harness(ready=ready)
     harness.store = DatabaseJobStore(database)  # type: ignore[assignment]
     harness.service = JobService(
         harness.queue,
@@ -499,10 +517,12 @@ class CountingPolicy(SettingsPolicy):
         return await super().limits(guild_id)
 
 
-def model_harness(**settings: Any) -> Harness:
-    """A Harness whose worker reports SD15, TURBO and FLUX (REGISTRY), under the operator's `settings`."""
-    harness = Harness()
-    harness.queue.load(SD15, TURBO, FLUX)
+def model_harness(*, loading: bool = False, **settings: Any) -> Harness:
+    """A Harness whose worker reports SD15, TURBO and FLUX (REGISTRY), under the operator's `settings`;
+    with `loading`, one whose worker is still loading them (`queue.finish_loading` reports them)."""
+    harness = Harness(ready=not loading)
+    if not loading:
+        harness.queue.load(SD15, TURBO, FLUX)
     values: dict[str, Any] = {"model": REGISTRY, "max_steps": 100, **settings}
     harness.service.policy = SettingsPolicy(Settings(_env_file=None, **values))  # type: ignore[call-arg]
     return harness

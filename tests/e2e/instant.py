@@ -107,6 +107,10 @@ class LoadingQueue(InstantQueue):
     def __init__(self) -> None:
         super().__init__(ready=False)
         self._waiting: list[tuple[str, Request]] = []
+        self._loaded = asyncio.Event()
+
+    async def wait_ready(self) -> None:
+        await self._loaded.wait()
 
     def submit(self, request: Request, *, user_id: str, job_id: str | None = None) -> str:
         if self._ready:
@@ -124,6 +128,7 @@ class LoadingQueue(InstantQueue):
 
     def finish_loading(self) -> None:
         self._ready = True
+        self._loaded.set()
         waiting, self._waiting = self._waiting, []
         for job_id, request in waiting:
             self.answer(job_id, request)

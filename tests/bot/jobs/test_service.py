@@ -5,11 +5,12 @@ The fakes (tests/bot/fakes.py) stand in for the GPU worker and Discord.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import itertools
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import discord
 import pytest
@@ -27,7 +28,7 @@ from bot.job_requests import RequestOptions
 from bot.limits.server import LimitExceeded, UnknownModel
 from bot.replies.buttons import JobButton
 from bot.storage.database import Database
-from bot.storage.job_store import MemoryJobStore
+from bot.storage.job_store import MemoryJobStore, record_of
 from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
@@ -46,6 +47,7 @@ from tests.bot.fakes import (
     OWNER,
     SD15,
     TURBO,
+    WAIT,
     FakeInteraction,
     Harness,
     ScriptedQueue,
@@ -756,3 +758,145 @@ async def test_a_moderator_of_another_server_cannot_cancel_a_running_job(harness
     assert harness.queue.cancelled == []
     harness.queue.emit(result_for(job_id, IMAGINE))
     await task
+
+
+# --- commands sent while the models load --------------------------------------------------------
+
+
+async def start_while_loading(harness: Harness, **options: Any) -> tuple[FakeInteraction, asyncio.Task[None]]:
+    """Send a command's options while the worker is still loading: accepted, not queued yet."""
+    interaction = harness.interaction()
+    task = await harness.service.start_command(
+        interaction.as_interaction(), RequestOptions(**{"prompt": "a fox", **options}), origin="imagine"
+    )
+    return interaction, task
+
+
+async def ended(task: asyncio.Task[None]) -> None:
+    """The job's driver has answered it (a bug fails fast instead of hanging)."""
+    await asyncio.wait_for(task, WAIT)
+
+
+async def shown(interaction: FakeInteraction, text: str) -> None:
+    await interaction.recorder.wait_for(lambda calls: any(text in (c.content or "") for c in calls))
+
+
+FLUX_FIRST = 'models = [{name = "flux", source = "tiny-flux"}, {name = "sd15", source = "tiny"}]'
+
+
+async def test_a_command_sent_while_the_models_load_gets_its_models_defaults_once_they_are_known() -> None:
+    harness = model_harness(loading=True, model=FLUX_FIRST)  # FLUX is the default: Euler a would be refused
+    interaction, task = await start_while_loading(harness, seed=7)
+    await shown(interaction, "The model is still loading")
+    assert harness.queue.requests == {}  # held: its defaults aren't known yet
+
+    harness.queue.finish_loading(FLUX, SD15)
+    [job_id] = await harness.queue.wait_for_jobs(1)
+    flux = GenerateRequest(
+        "a fox", steps=28, scheduler="Euler", seed=7, guidance=3.5, width=1024, height=1024, model="flux"
+    )
+    assert harness.queue.requests[job_id] == flux
+    stored = await harness.store.get(job_id)
+    assert stored is not None and stored.request == flux and stored.options is None
+    harness.queue.emit(result_for(job_id, flux))
+    await ended(task)
+    assert harness.store.status[job_id] == "done"
+
+
+async def test_a_left_out_seed_drawn_at_acceptance_is_kept_when_the_job_is_built() -> None:
+    harness = model_harness(loading=True)
+    _, task = await start_while_loading(harness)
+    [job_id] = [job for job in harness.store.jobs]
+    provisional = harness.store.jobs[job_id].request
+    harness.queue.finish_loading(SD15)
+    await harness.queue.wait_for_jobs(1)
+    assert harness.queue.requests[job_id].seed == provisional.seed
+    assert (harness.queue.requests[job_id].steps, harness.queue.requests[job_id].model) == (25, "sd15")
+    harness.queue.emit(JobFailed(job_id, "done with it"))
+    await ended(task)
+
+
+async def test_a_scheduler_its_model_cant_run_is_refused_on_the_jobs_message_once_the_model_is_known() -> None:
+    harness = model_harness(loading=True)
+    interaction, task = await start_while_loading(harness, scheduler="DDIM", model="flux")
+    harness.queue.finish_loading(SD15, FLUX)
+    await ended(task)
+    assert harness.queue.requests == {}
+    assert list(harness.store.status.values()) == ["failed"]
+    note = interaction.recorder.calls[-1]
+    assert note.kind == "followup" and note.ephemeral
+    assert note.content is not None and "The model flux can't run the scheduler 'DDIM'; choose one of: Euler" in (
+        note.content
+    )
+
+
+async def test_a_size_off_the_models_grid_is_refused_once_the_model_is_known() -> None:
+    harness = model_harness(loading=True, max_image_size=512)
+    with pytest.raises(LimitExceeded, match="at most 512×512; you asked for 1024×1024"):
+        await start_while_loading(harness, size="1024")  # a size typed over the limit: refused at once
+    assert harness.store.jobs == {}
+    interaction, task = await start_while_loading(harness, size="264", model="flux")
+    harness.queue.finish_loading(SD15, FLUX)
+    await ended(task)
+    note = interaction.recorder.calls[-1]
+    assert note.content is not None and "width must be a multiple of 16 for the model flux; got 264." in note.content
+
+
+async def test_commands_held_while_the_models_load_show_their_place_and_are_queued_in_that_order() -> None:
+    harness = model_harness(loading=True)
+    first, first_task = await start_while_loading(harness, prompt="one")
+    second, second_task = await start_while_loading(harness, prompt="two")
+    await shown(first, "Queued — position 1. The model is still loading")
+    await shown(second, "Queued — position 2. The model is still loading")
+    harness.queue.finish_loading(SD15)
+    job_ids = await harness.queue.wait_for_jobs(2)
+    assert [harness.queue.requests[job_id].prompt for job_id in job_ids] == ["one", "two"]
+    for job_id, task in zip(job_ids, (first_task, second_task), strict=True):
+        harness.queue.emit(result_for(job_id, harness.queue.requests[job_id]))
+        await ended(task)
+
+
+async def test_a_command_held_while_the_models_load_can_be_cancelled() -> None:
+    harness = model_harness(loading=True)
+    interaction, task = await start_while_loading(harness)
+    [job_id] = list(harness.store.jobs)
+    click = harness.interaction()
+    await harness.service.handle_button(click.as_interaction(), "cancel", job_id)
+    await ended(task)
+    assert click.recorder.calls[-1].content == "Cancelled."
+    assert interaction.recorder.calls[-1].kind == "delete"
+    assert harness.store.status[job_id] == "cancelled"
+    harness.queue.finish_loading(SD15)
+    assert harness.queue.requests == {}
+
+
+async def test_a_shutdown_while_the_models_load_leaves_the_held_job_queued_with_its_options(
+    database: Database,
+) -> None:
+    harness = database_harness(database, ready=False)
+    interaction, task = await start_while_loading(harness, seed=3)
+    [job_id] = [row.id for row in await database.ledger.unfinished_jobs()]
+    harness.service.begin_shutdown(keep_queued=True)
+    await ended(task)
+    await shown(interaction, "Stepgrid is restarting")
+    row = await database.ledger.get_job(job_id)
+    assert row is not None and row.status == "queued"
+    record = record_of(row)
+    assert record.options == RequestOptions("a fox", seed=3)
+
+    # The next start: recovery resumes it, and it is built for its model once that is known.
+    restarted = database_harness(database, ready=False)
+    client = cast(discord.Client, restarted.interaction().client)
+    # (its interaction expired meanwhile: the answer goes to the channel)
+    task = restarted.service.resume(client, dataclasses.replace(record, interaction_token=None), token_age=900.0)
+    default = (await restarted.service.limits(record.guild_id)).default_model
+    restarted.queue.finish_loading(dataclasses.replace(FLUX, name=default))  # a FLUX model as the default
+    [queued] = await restarted.queue.wait_for_jobs(1)
+    request = restarted.queue.requests[queued]
+    assert (request.model, request.scheduler, request.steps, request.width) == (default, "Euler", 28, 1024)
+    assert request.seed == 3
+    row = await database.ledger.get_job(job_id)
+    assert row is not None and row.to_request() == request and record_of(row).options is None
+    assert (row.scheduler, row.model, row.steps_requested) == ("Euler", default, 28)
+    restarted.queue.emit(JobFailed(job_id, "stopped"))
+    await ended(task)
