@@ -48,6 +48,11 @@ MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 MAX_SEED = 2**32 - 1
+MIN_STRENGTH, MAX_STRENGTH = 0.0, 1.0
+# The input image of an img2img request, as PNG bytes: a 2048x2048 RGB PNG of a photo is ~8 MB.
+MAX_INPUT_IMAGE_BYTES = 16 * 1024 * 1024
+# Families whose img2img pipelines compute the start of the schedule with a float `init_timestep`.
+FLOW_FAMILIES = frozenset({"flux", "sd3"})
 assert registry.STEPS_RANGE == (MIN_STEPS, MAX_STEPS) and registry.GUIDANCE_RANGE == (MIN_GUIDANCE, MAX_GUIDANCE)
 assert registry.COMPARE_CELLS_RANGE == (MIN_COMPARE_CELLS, MAX_COMPARE_CELLS)
 # How a model uses the guidance value (ModelInfo.guidance_mode). A negative prompt is the
@@ -82,10 +87,14 @@ class GenerateRequest:
     count: int = 1
     model: str = ""  # registry name; "" = the worker's default model
     film: bool = False  # also return the predicted clean image of every step (the Steps film)
+    # img2img: the input image (PNG bytes, resized to width x height by the worker) and how much of
+    # the schedule runs over it (1.0: all of it, the image is only the starting point's content).
+    image: bytes = field(default=b"", repr=False)
+    strength: float = 1.0
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
-        """Step count of each denoising lane this request becomes."""
+        """Step count of each denoising lane this request becomes (its schedule's length)."""
         return (self.steps,) * self.count
 
     @property
@@ -110,6 +119,8 @@ class CompareStepsRequest:
     height: int = 512
     negative_prompt: str = ""
     model: str = ""  # registry name; "" = the worker's default model
+    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
+    strength: float = 1.0
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -138,6 +149,8 @@ class CompareSchedulersRequest:
     height: int = 512
     negative_prompt: str = ""
     model: str = ""  # registry name; "" = the worker's default model
+    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
+    strength: float = 1.0
 
     @property
     def scheduler(self) -> str:
@@ -161,9 +174,31 @@ Request = GenerateRequest | CompareStepsRequest | CompareSchedulersRequest
 GridRequest = CompareStepsRequest | CompareSchedulersRequest
 
 
+def img2img_steps(steps: int, strength: float, *, flow: bool) -> int:
+    """Steps an img2img lane runs of its `steps`-step schedule, as the family's diffusers img2img
+    pipeline counts them (`get_timesteps`): SD/SDXL round `steps * strength` down; SD 3 and FLUX
+    round the start index `steps - steps * strength` down, so they can run one step more."""
+    if flow:
+        return steps - int(max(steps - min(steps * strength, steps), 0))
+    return steps - max(steps - min(int(steps * strength), steps), 0)
+
+
+def lane_steps_run(request: Request, family: str = "") -> tuple[int, ...]:
+    """Steps each lane actually runs: all of them, or an img2img lane's share at its strength."""
+    if not input_image(request):
+        return request.lane_steps
+    flow = family in FLOW_FAMILIES
+    return tuple(img2img_steps(steps, request.strength, flow=flow) for steps in request.lane_steps)
+
+
+def input_image(request: Request) -> bytes:
+    """The request's input image (PNG bytes), or b"" for text to image."""
+    return request.image
+
+
 def total_steps(request: Request) -> int:
     """Denoising steps a request costs, summed over every image or grid cell."""
-    return sum(request.lane_steps)
+    return sum(lane_steps_run(request))
 
 
 def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
@@ -204,6 +239,34 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
         )
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
+    if input_image(request):
+        _validate_image_input(request)
+
+
+def _validate_image_input(request: Request) -> None:
+    strength = request.strength
+    if not (math.isfinite(strength) and MIN_STRENGTH <= strength <= MAX_STRENGTH):
+        raise InvalidRequest(f"strength must be {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; got {strength:g}.")
+    image = input_image(request)
+    if len(image) > MAX_INPUT_IMAGE_BYTES:
+        raise InvalidRequest(
+            f"The input image is {len(image) / 1e6:.1f} MB; at most {MAX_INPUT_IMAGE_BYTES / 1e6:.0f} MB."
+        )
+    if not image.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise InvalidRequest("The input image must be a PNG.")
+    if isinstance(request, GenerateRequest) and request.film:
+        raise InvalidRequest("A steps film starts from noise: leave out the input image, or the film.")
+    # The bigger of the two families' counts: the model's own check is `validate_for_model`'s.
+    if min(img2img_steps(steps, strength, flow=True) for steps in request.lane_steps) < 1:
+        raise InvalidRequest(_too_weak(request, strength))
+
+
+def _too_weak(request: Request, strength: float) -> str:
+    steps = min(request.lane_steps)
+    return (
+        f"At strength {strength:g}, {steps} steps run no step over the image; raise the strength "
+        f"or the steps (strength × steps must reach 1)."
+    )
 
 
 def _did_you_mean(scheduler: str) -> str:
@@ -283,6 +346,8 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
         raise InvalidRequest(
             f"The model {model.name} ({model.family}) ignores guidance; leave it out (got {request.guidance:g})."
         )
+    if input_image(request) and min(lane_steps_run(request, model.family)) < 1:
+        raise InvalidRequest(_too_weak(request, request.strength))
     if model.max_steps is not None and max(request.lane_steps) > model.max_steps:
         raise InvalidRequest(
             f"steps must be at most {model.max_steps} for the model {model.name}; got {max(request.lane_steps)}."
@@ -463,6 +528,12 @@ class GeneratedImage:
     # "epsilon", "v_prediction" or "flow".
     frames: tuple[bytes, ...] = ()
     frames_source: str = ""
+    # img2img: the steps of its `steps`-step schedule that ran over the input image (None: all).
+    steps_ran: int | None = None
+
+    @property
+    def steps_run(self) -> int:
+        return self.steps if self.steps_ran is None else self.steps_ran
 
 
 @dataclass(frozen=True)
@@ -477,7 +548,7 @@ class JobResult:
 
     @property
     def steps_run(self) -> int:
-        return sum(image.steps for image in self.images)
+        return sum(image.steps_run for image in self.images)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import itertools
 import logging
 import threading
@@ -40,6 +41,7 @@ from inference.protocol import (
     JobResult,
     ProgressBatch,
     Request,
+    input_image,
 )
 from inference.recent import Recent
 from inference.schedulers import Scheduler, seed_dependent
@@ -78,6 +80,27 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
 
 class UnknownModel(LookupError):
     """A request names a model this engine has not loaded."""
+
+
+class UnreadableImage(ValueError):
+    """A request's input image can't be decoded (the bot checks first: this is the worker's guard)."""
+
+
+# The worker's own guard against a decompression bomb, well above protocol.MAX_PIXELS.
+MAX_INPUT_PIXELS = 4 * 2048 * 2048
+
+
+def read_image(png: bytes) -> Image.Image:
+    """An input image's bytes as an RGB image; raises UnreadableImage."""
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            if image.width * image.height > MAX_INPUT_PIXELS:
+                raise UnreadableImage(f"The input image is {image.width}x{image.height}: too many pixels.")
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, UnreadableImage):
+            raise
+        raise UnreadableImage("The input image could not be read as an image.") from exc
 
 
 class BatchError(RuntimeError):
@@ -148,6 +171,8 @@ class LaneEngine:
         text = (request.prompt, request.negative_prompt, request.guidance, request.height, request.width)
         conditioning = self._conditionings.get((model.name, *text), lambda: model.family.encode(*text))
         job = EngineJob(job_id, request, model, conditioning, next(self._order))
+        if png := input_image(request):
+            job.pixels = model.family.image_pixels(read_image(png), request.height, request.width)
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
         job.all_lanes = [self._make_lane(job, i, *lane) for i, lane in enumerate(lanes)]
         job.lanes = list(job.all_lanes)
@@ -172,26 +197,38 @@ class LaneEngine:
             ready = self._schedulers.get(key, lambda: family.new_scheduler(scheduler_name, steps, seed, *size))
             scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
         generator = torch.Generator("cpu").manual_seed(seed)
-        latents = family.initial_latents(scheduler, request.height, request.width, generator)
         step_kwargs: dict[str, Any] = {}
         if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
         filmed = isinstance(request, GenerateRequest) and request.film
         # A film lane steps through its scheduler's own `step`, whose output carries x0.
         plan = plan_for(scheduler) if self.batched_steps and not filmed else None
+        start = 0
+        if job.pixels is None:
+            latents = family.initial_latents(scheduler, request.height, request.width, generator)
+        else:
+            # img2img: the lane starts part-way down its schedule; its latents (the encoded image,
+            # noised to that timestep) are made when it first runs, the VAE encode batched.
+            start = family.img2img_start(scheduler, steps, request.strength)
+            latents = torch.empty(0)
+            if plan is not None:
+                plan = (plan[0], plan[1][start:]) if start == 0 or plan[0].starts_anywhere else None
+        timesteps = list(scheduler.timesteps)[start:]
         return Lane(
             job=job,
             index=index,
             steps=steps,
             seed=seed,
             scheduler=scheduler,
-            timesteps=list(scheduler.timesteps),
+            timesteps=timesteps,
             latents=latents,
             generator=generator,
             step_kwargs=step_kwargs,
             kind=plan[0] if plan else None,
             table=plan[1] if plan else (),
             film=FilmCapture() if filmed else None,
+            ran=steps - start // scheduler.order,
+            awaiting_image=job.pixels is not None,
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -239,6 +276,9 @@ class LaneEngine:
             return 0
         jobs = list({lane.job: None for lane in lanes})
         try:
+            starting = [lane for lane in lanes if lane.awaiting_image]
+            if starting:
+                self._timed(starting, self._start_from_images)
             self._timed(lanes, self._denoise)
             self._report_progress(lanes, jobs)
             finished = [lane for lane in lanes if lane.done]
@@ -274,6 +314,24 @@ class LaneEngine:
         for lane in lanes:
             lane.cpu_seconds += elapsed * lane.rows / rows
         return out
+
+    @torch.no_grad()
+    def _start_from_images(self, lanes: list[Lane]) -> None:
+        """img2img lanes' first latents: every new input image of the batch through ONE VAE encode,
+        then each lane's own sample of it, noised to its first timestep with its own generator."""
+        family = lanes[0].job.model.family
+        new = [job for job in dict.fromkeys(lane.job for lane in lanes) if job.encoded is None]
+        if new:
+            pixels = torch.cat([job.pixels for job in new if job.pixels is not None])
+            for job, encoded in zip(new, family.encode_images(pixels), strict=True):
+                job.encoded = encoded
+        for lane in lanes:
+            job = lane.job
+            assert job.encoded is not None
+            image = family.image_latents(job.encoded, lane.generator)
+            noised = family.noised_image_latents(lane.scheduler, image, lane.timesteps[0], lane.generator)
+            lane.latents = family.pack_latents(noised, job.request.height, job.request.width)
+            lane.awaiting_image = False
 
     @torch.no_grad()
     def _denoise(self, lanes: list[Lane]) -> None:
@@ -433,7 +491,7 @@ class LaneEngine:
 
     @staticmethod
     def _progress_event(job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None) -> JobProgress:
-        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
+        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].ran
         return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
                            lane_steps=tuple(lane_steps))  # fmt: skip
 
@@ -497,7 +555,8 @@ class LaneEngine:
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
         image = GeneratedImage(png, lane.seed, lane.steps, request.width, request.height, seconds, frames=frames,
-                               frames_source=film.source if film else "")  # fmt: skip
+                               frames_source=film.source if film else "",
+                               steps_ran=None if job.pixels is None else lane.ran)  # fmt: skip
         with self._lock:
             job.images[lane.index] = image
             job.pending_encodes -= 1

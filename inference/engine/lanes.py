@@ -11,7 +11,7 @@ import torch
 
 from inference.engine.batch_steps import BatchKind, Coefficients
 from inference.engine.film import FilmCapture
-from inference.families import Conditioning
+from inference.families import Conditioning, EncodedImage
 from inference.loading import LoadedModel
 from inference.protocol import (
     GeneratedImage,
@@ -39,6 +39,13 @@ class Lane:
     cpu_seconds: float = 0.0
     gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)
     film: FilmCapture | None = None  # a film lane keeps every step's predicted clean image
+    # img2img: the scheduler steps this lane runs of its `steps` (it starts part-way down its
+    # schedule), and whether its first latents (the image's, noised) are still to be made.
+    ran: int = 0
+    awaiting_image: bool = False
+
+    def __post_init__(self) -> None:
+        self.ran = self.ran or self.steps
 
     @property
     def done(self) -> bool:
@@ -52,7 +59,7 @@ class Lane:
     @property
     def progress_steps(self) -> int:
         """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
-        return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
+        return min(self.ran, math.floor(self.position * self.ran / len(self.timesteps) + 1e-9))
 
     @property
     def rows(self) -> int:
@@ -85,6 +92,8 @@ class EngineJob:
     previewing: bool = False
     progress_sent: bool = False  # its first progress event has gone out
     answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
+    pixels: torch.Tensor | None = None  # img2img: the input image, preprocessed for the VAE
+    encoded: EncodedImage | None = None  # ... and through the VAE's encoder, once its first lane starts
 
     @property
     def group(self) -> tuple[str, int, int]:
@@ -97,7 +106,7 @@ class EngineJob:
 
     @property
     def steps_total(self) -> int:
-        return sum(lane.steps for lane in self.all_lanes)
+        return sum(lane.ran for lane in self.all_lanes)
 
     def due_lanes(self) -> list[Lane]:
         """Lanes that should run now, longest first. A lane starts once the job's longest started lane

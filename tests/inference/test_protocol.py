@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from inference.protocol import (
     ModelInfo,
     ModelUnavailable,
     WorkerReady,
+    img2img_steps,
     parse_step_list,
     total_steps,
     validate,
@@ -192,3 +194,41 @@ def test_the_stdlib_check_sees_other_modules() -> None:
     loaded = modules_loaded_by(PROBE.replace("import inference.protocol", "import inference.protocol, json, numpy"))
     assert "json" in loaded
     assert outside_the_standard_library(loaded) >= {"numpy"}
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # validation reads the signature only; the worker decodes
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"strength": 1.5}, "strength must be 0 to 1; got 1.5."),
+        ({"strength": -0.1}, "strength must be 0 to 1; got -0.1."),
+        ({"strength": float("nan")}, "strength must be 0 to 1"),
+        ({"strength": 0.0}, "At strength 0, 30 steps run no step over the image; raise the strength or the steps"),
+        ({"image": b"GIF89a..."}, "The input image must be a PNG."),
+        ({"film": True}, "A steps film starts from noise: leave out the input image, or the film."),
+    ],
+)
+def test_a_bad_img2img_request_names_the_value(change: dict[str, object], message: str) -> None:
+    request = dataclasses.replace(GOOD, **{"image": PNG, "strength": 0.6, **change})  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        validate(request)
+
+
+def test_steps_that_run_follow_each_familys_img2img_pipeline() -> None:
+    # diffusers: SD/SDXL run int(N * strength) steps, SD 3 and FLUX start at int(N - N * strength).
+    assert img2img_steps(10, 0.55, flow=False) == 5 and img2img_steps(10, 0.55, flow=True) == 6
+    assert img2img_steps(4, 0.2, flow=False) == 0 and img2img_steps(4, 0.2, flow=True) == 1
+    request = dataclasses.replace(GOOD, steps=4, image=PNG, strength=0.2)
+    validate(request)  # one step runs on a flow model
+    sd = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8)
+    with pytest.raises(InvalidRequest, match=r"At strength 0\.2, 4 steps run no step over the image"):
+        validate_for_model(request, sd)
+    validate_for_model(request, dataclasses.replace(sd, family="flux", schedulers=("Euler a",)))
+    assert total_steps(dataclasses.replace(GOOD, image=PNG, strength=0.6)) == 18
+    assert total_steps(GOOD) == 30
+
+
+def test_the_input_image_is_left_out_of_the_requests_repr() -> None:
+    assert "image" not in repr(dataclasses.replace(GOOD, image=PNG * 1000))
