@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, Request
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
 
 PNG_KEY = "parameters"
 # The EXIF UserComment A1111 writes for JPEG/WebP: an 8-byte charset prefix, then UTF-16 big-endian.
@@ -53,8 +53,11 @@ def infotext(
     width: int,
     height: int,
     model: str,
+    strength: float | None = None,
+    hires: HiresFix | None = None,
 ) -> str:
-    """The `parameters` text of one image."""
+    """The `parameters` text of one image. An img2img image carries its `Denoising strength`; a hires
+    one its first pass's steps and size, then the hires pass's strength, scale, steps and upscaler."""
     fields: list[tuple[str, object]] = [
         ("Steps", steps),
         *sampler_fields(scheduler),
@@ -64,6 +67,11 @@ def infotext(
     ]
     if model:
         fields.append(("Model", model))
+    if hires is not None:
+        fields.append(("Denoising strength", f"{hires.strength:g}"))
+        fields += [("Hires upscale", hires.scale), ("Hires steps", hires.steps), ("Hires upscaler", hires.upscaler)]
+    elif strength is not None:
+        fields.append(("Denoising strength", f"{strength:g}"))
     lines = [prompt.strip()]
     if negative_prompt.strip():
         lines.append(f"Negative prompt: {negative_prompt.strip()}")
@@ -84,6 +92,8 @@ def image_infotext(request: Request, *, seed: int, steps: int, model: str, sched
         width=request.width,
         height=request.height,
         model=model,
+        strength=request.strength if request.image else None,
+        hires=request.hires if isinstance(request, GenerateRequest) else None,
     )
 
 

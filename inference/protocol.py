@@ -72,6 +72,24 @@ class InvalidRequest(ValueError):
     """A request value is out of range; the message names the value and what is allowed."""
 
 
+HIRES_UPSCALERS: tuple[str, ...] = ("Lanczos",)  # A1111's name for a Lanczos resize in pixel space
+HIRES_SCALE = 2
+DEFAULT_HIRES_STRENGTH = 0.5
+DEFAULT_STRENGTH = 0.6
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A second pass inside one job (A1111's "hires fix"): each first-pass image (or the input image)
+    is resized `scale` times in pixel space, then run through an img2img pass of its own `steps` at
+    `strength`. The request's width and height are the first pass's; the result is `scale` times that."""
+
+    steps: int
+    strength: float = DEFAULT_HIRES_STRENGTH
+    scale: int = HIRES_SCALE
+    upscaler: str = "Lanczos"
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     """One `/imagine`: `count` images, image i seeded with `seed + i`."""
@@ -91,6 +109,19 @@ class GenerateRequest:
     # the schedule runs over it (1.0: all of it, the image is only the starting point's content).
     image: bytes = field(default=b"", repr=False)
     strength: float = 1.0
+    # A hires pass after the first; with an input image, no first pass runs: the image is upscaled.
+    hires: HiresFix | None = None
+
+    @property
+    def upscale_only(self) -> bool:
+        """An input image with a hires pass: the image is the first pass (Upscale)."""
+        return self.hires is not None and bool(self.image)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the images this request returns."""
+        scale = self.hires.scale if self.hires else 1
+        return self.width * scale, self.height * scale
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -184,11 +215,32 @@ def img2img_steps(steps: int, strength: float, *, flow: bool) -> int:
 
 
 def lane_steps_run(request: Request, family: str = "") -> tuple[int, ...]:
-    """Steps each lane actually runs: all of them, or an img2img lane's share at its strength."""
+    """Steps each first-pass lane actually runs: all of them, or an img2img lane's share at its
+    strength (none for an Upscale, whose input image is its first pass)."""
+    if isinstance(request, GenerateRequest) and request.upscale_only:
+        return (0,) * len(request.lane_steps)
     if not input_image(request):
         return request.lane_steps
     flow = family in FLOW_FAMILIES
     return tuple(img2img_steps(steps, request.strength, flow=flow) for steps in request.lane_steps)
+
+
+def hires_steps_run(request: Request, family: str = "") -> int:
+    """Steps each lane's hires pass runs (0 without one)."""
+    hires = request.hires if isinstance(request, GenerateRequest) else None
+    if hires is None:
+        return 0
+    return img2img_steps(hires.steps, hires.strength, flow=family in FLOW_FAMILIES)
+
+
+def step_pixels(request: Request, family: str = "") -> int:
+    """Steps that run times the pixels they run at, summed over every lane and pass: a hires pass
+    counts its own (larger) size."""
+    first = sum(lane_steps_run(request, family)) * request.width * request.height
+    if not isinstance(request, GenerateRequest) or request.hires is None:
+        return first
+    width, height = request.output_size
+    return first + request.count * hires_steps_run(request, family) * width * height
 
 
 def input_image(request: Request) -> bytes:
@@ -197,8 +249,9 @@ def input_image(request: Request) -> bytes:
 
 
 def total_steps(request: Request) -> int:
-    """Denoising steps a request costs, summed over every image or grid cell."""
-    return sum(lane_steps_run(request))
+    """Denoising steps a request costs, summed over every image or grid cell and pass."""
+    hires = hires_steps_run(request) * len(request.lane_steps)
+    return sum(lane_steps_run(request)) + hires
 
 
 def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
@@ -239,21 +292,51 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
         )
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
-    if input_image(request):
+    if isinstance(request, GenerateRequest) and request.hires is not None:
+        _validate_hires(request, max_size)
+    if input_image(request) and not (isinstance(request, GenerateRequest) and request.upscale_only):
         _validate_image_input(request)
+    elif input_image(request):
+        _validate_image_bytes(input_image(request))
 
 
-def _validate_image_input(request: Request) -> None:
-    strength = request.strength
-    if not (math.isfinite(strength) and MIN_STRENGTH <= strength <= MAX_STRENGTH):
-        raise InvalidRequest(f"strength must be {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; got {strength:g}.")
-    image = input_image(request)
+def _validate_hires(request: GenerateRequest, max_size: int) -> None:
+    hires = request.hires
+    assert hires is not None
+    if request.film:
+        raise InvalidRequest("A steps film follows one pass: leave out the hires pass, or the film.")
+    if hires.upscaler not in HIRES_UPSCALERS:
+        raise InvalidRequest(f"Unknown upscaler {hires.upscaler!r}; choose one of: {', '.join(HIRES_UPSCALERS)}.")
+    if hires.scale != HIRES_SCALE:
+        raise InvalidRequest(f"The hires pass upscales x{HIRES_SCALE}; got x{hires.scale}.")
+    if not MIN_STEPS <= hires.steps <= MAX_STEPS:
+        raise InvalidRequest(f"hires steps must be {MIN_STEPS} to {MAX_STEPS}; got {hires.steps}.")
+    if not (math.isfinite(hires.strength) and 0 < hires.strength <= MAX_STRENGTH):
+        raise InvalidRequest(f"hires strength must be above 0, at most {MAX_STRENGTH:g}; got {hires.strength:g}.")
+    if img2img_steps(hires.steps, hires.strength, flow=True) < 1:
+        raise InvalidRequest(f"At hires strength {hires.strength:g}, {hires.steps} steps run no step; raise either.")
+    width, height = request.output_size
+    if max(width, height) > min(max_size, MAX_SIZE) or width * height > MAX_PIXELS:
+        raise InvalidRequest(
+            f"Upscaled x{hires.scale}, {request.width}x{request.height} would be {width}x{height}: more than "
+            f"{min(max_size, MAX_SIZE)} a side or {MAX_PIXELS:,} pixels; start from a smaller image."
+        )
+
+
+def _validate_image_bytes(image: bytes) -> None:
     if len(image) > MAX_INPUT_IMAGE_BYTES:
         raise InvalidRequest(
             f"The input image is {len(image) / 1e6:.1f} MB; at most {MAX_INPUT_IMAGE_BYTES / 1e6:.0f} MB."
         )
     if not image.startswith(b"\x89PNG\r\n\x1a\n"):
         raise InvalidRequest("The input image must be a PNG.")
+
+
+def _validate_image_input(request: Request) -> None:
+    strength = request.strength
+    if not (math.isfinite(strength) and MIN_STRENGTH <= strength <= MAX_STRENGTH):
+        raise InvalidRequest(f"strength must be {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; got {strength:g}.")
+    _validate_image_bytes(input_image(request))
     if isinstance(request, GenerateRequest) and request.film:
         raise InvalidRequest("A steps film starts from noise: leave out the input image, or the film.")
     # The bigger of the two families' counts: the model's own check is `validate_for_model`'s.
@@ -346,7 +429,8 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
         raise InvalidRequest(
             f"The model {model.name} ({model.family}) ignores guidance; leave it out (got {request.guidance:g})."
         )
-    if input_image(request) and min(lane_steps_run(request, model.family)) < 1:
+    upscale = isinstance(request, GenerateRequest) and request.upscale_only
+    if input_image(request) and not upscale and min(lane_steps_run(request, model.family)) < 1:
         raise InvalidRequest(_too_weak(request, request.strength))
     if model.max_steps is not None and max(request.lane_steps) > model.max_steps:
         raise InvalidRequest(
@@ -531,9 +615,14 @@ class GeneratedImage:
     # img2img: the steps of its `steps`-step schedule that ran over the input image (None: all).
     steps_ran: int | None = None
 
+    # A hires result: the steps its first pass ran, at the first pass's size (0: none ran).
+    first_pass_steps: int = 0
+    strength: float = 1.0  # of the pass that made it (its hires pass', for a hires result)
+
     @property
     def steps_run(self) -> int:
-        return self.steps if self.steps_ran is None else self.steps_ran
+        """Steps that ran for this image, over every pass."""
+        return (self.steps if self.steps_ran is None else self.steps_ran) + self.first_pass_steps
 
 
 @dataclass(frozen=True)

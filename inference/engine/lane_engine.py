@@ -25,7 +25,7 @@ from PIL import Image
 
 from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
 from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
-from inference.engine.lanes import EngineJob, Lane
+from inference.engine.lanes import EngineJob, InputImage, Lane
 from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png
 from inference.loading import LoadedModel
@@ -168,15 +168,54 @@ class LaneEngine:
     def add_job(self, job_id: str, request: Request) -> None:
         """Turn a validated request into lanes; they start at the next iteration."""
         model = self.model_for(request.model)
-        text = (request.prompt, request.negative_prompt, request.guidance, request.height, request.width)
-        conditioning = self._conditionings.get((model.name, *text), lambda: model.family.encode(*text))
-        job = EngineJob(job_id, request, model, conditioning, next(self._order))
+        job = EngineJob(job_id, request, model, self._conditioning(model, request, request.height, request.width),
+                        next(self._order))  # fmt: skip
+        source = None
         if png := input_image(request):
-            job.pixels = model.family.image_pixels(read_image(png), request.height, request.width)
+            image = read_image(png)
+            if isinstance(request, GenerateRequest) and request.upscale_only:
+                # Upscale: the input image is the first pass; only the hires pass runs.
+                job.all_lanes = [self._placeholder_lane(job, i, seed) for i, seed in enumerate(request.lane_seeds)]
+                self._start_hires(job, [image] * request.count)
+                self._jobs[job_id] = job
+                return
+            source = InputImage(model.family.image_pixels(image, request.height, request.width))
+        job.hires_pending = isinstance(request, GenerateRequest) and request.hires is not None
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
-        job.all_lanes = [self._make_lane(job, i, *lane) for i, lane in enumerate(lanes)]
+        job.all_lanes = [self._make_lane(job, i, *lane, source, request.strength) for i, lane in enumerate(lanes)]
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
+
+    def _conditioning(self, model: LoadedModel, request: Request, height: int, width: int) -> Conditioning:
+        text = (request.prompt, request.negative_prompt, request.guidance, height, width)
+        return self._conditionings.get((model.name, *text), lambda: model.family.encode(*text))
+
+    def _placeholder_lane(self, job: EngineJob, index: int, seed: int) -> Lane:
+        """An Upscale's first pass: its input image, no steps run."""
+        scheduler = job.request.lane_schedulers[index]
+        lane = self._make_lane(job, index, 1, seed, scheduler, InputImage(torch.empty(0)), 1.0)
+        lane.timesteps, lane.ran, lane.awaiting_image = [], 0, False
+        return lane
+
+    def _start_hires(self, job: EngineJob, images: list[Image.Image]) -> None:
+        """Move a job on to its hires pass: each first-pass image resized in pixel space (Lanczos, as
+        A1111's "Lanczos" upscaler), then an img2img lane from it at the larger size, its own steps
+        and strength, the same seed and scheduler."""
+        request = job.request
+        assert isinstance(request, GenerateRequest) and request.hires is not None
+        hires = request.hires
+        job.first_pass, job.hires_pending = job.all_lanes, False
+        job.width, job.height = request.output_size
+        job.conditioning = self._conditioning(job.model, request, job.height, job.width)
+        family = job.model.family
+        lanes = []
+        for lane, image in zip(job.first_pass, images, strict=True):
+            upscaled = image.resize((job.width, job.height), Image.Resampling.LANCZOS)
+            source = InputImage(family.image_pixels(upscaled, job.height, job.width))
+            scheduler = request.lane_schedulers[lane.index]
+            lanes.append(self._make_lane(job, lane.index, hires.steps, lane.seed, scheduler, source, hires.strength))
+        job.all_lanes = lanes
+        job.lanes = list(lanes)
 
     def model_for(self, name: str) -> LoadedModel:
         """The loaded model of that name ("" = the default one)."""
@@ -187,9 +226,18 @@ class LaneEngine:
         except KeyError:
             raise UnknownModel(f"Unknown model {name!r}; this worker runs: {', '.join(self.models)}.") from None
 
-    def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int, scheduler_name: str) -> Lane:
+    def _make_lane(
+        self,
+        job: EngineJob,
+        index: int,
+        steps: int,
+        seed: int,
+        scheduler_name: str,
+        source: InputImage | None = None,
+        strength: float = 1.0,
+    ) -> Lane:
         request, family = job.request, job.model.family
-        size = (request.height, request.width)
+        size = (job.height, job.width)
         if seed_dependent(scheduler_name):  # one per seed: nothing to reuse
             scheduler = family.new_scheduler(scheduler_name, steps, seed, *size)
         else:
@@ -204,12 +252,12 @@ class LaneEngine:
         # A film lane steps through its scheduler's own `step`, whose output carries x0.
         plan = plan_for(scheduler) if self.batched_steps and not filmed else None
         start = 0
-        if job.pixels is None:
-            latents = family.initial_latents(scheduler, request.height, request.width, generator)
+        if source is None:
+            latents = family.initial_latents(scheduler, job.height, job.width, generator)
         else:
             # img2img: the lane starts part-way down its schedule; its latents (the encoded image,
             # noised to that timestep) are made when it first runs, the VAE encode batched.
-            start = family.img2img_start(scheduler, steps, request.strength)
+            start = family.img2img_start(scheduler, steps, strength)
             latents = torch.empty(0)
             if plan is not None:
                 plan = (plan[0], plan[1][start:]) if start == 0 or plan[0].starts_anywhere else None
@@ -228,7 +276,10 @@ class LaneEngine:
             table=plan[1] if plan else (),
             film=FilmCapture() if filmed else None,
             ran=steps - start // scheduler.order,
-            awaiting_image=job.pixels is not None,
+            source=source,
+            awaiting_image=source is not None,
+            from_image=source is not None,
+            strength=strength,
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -320,18 +371,18 @@ class LaneEngine:
         """img2img lanes' first latents: every new input image of the batch through ONE VAE encode,
         then each lane's own sample of it, noised to its first timestep with its own generator."""
         family = lanes[0].job.model.family
-        new = [job for job in dict.fromkeys(lane.job for lane in lanes) if job.encoded is None]
+        sources = [lane.source for lane in lanes if lane.source is not None]
+        new = [source for source in dict.fromkeys(sources) if source.encoded is None]
         if new:
-            pixels = torch.cat([job.pixels for job in new if job.pixels is not None])
-            for job, encoded in zip(new, family.encode_images(pixels), strict=True):
-                job.encoded = encoded
+            for source, encoded in zip(new, family.encode_images(torch.cat([s.pixels for s in new])), strict=True):
+                source.encoded = encoded
         for lane in lanes:
-            job = lane.job
-            assert job.encoded is not None
-            image = family.image_latents(job.encoded, lane.generator)
+            assert lane.source is not None and lane.source.encoded is not None
+            image = family.image_latents(lane.source.encoded, lane.generator)
             noised = family.noised_image_latents(lane.scheduler, image, lane.timesteps[0], lane.generator)
-            lane.latents = family.pack_latents(noised, job.request.height, job.request.width)
+            lane.latents = family.pack_latents(noised, lane.job.height, lane.job.width)
             lane.awaiting_image = False
+            lane.source = None  # its pixels and encoding are no longer needed
 
     @torch.no_grad()
     def _denoise(self, lanes: list[Lane]) -> None:
@@ -399,7 +450,7 @@ class LaneEngine:
         ready = film.ready(lane.progress_steps, lane.done)
         if len(ready) < FILM_DECODE_BATCH and not (lane.done and ready):
             return
-        job, request = lane.job, lane.job.request
+        job = lane.job
         # Charged to the lane like its denoising: CUDA events on a GPU (no double count of the batch
         # still running when the decode is queued), wall time on a CPU.
         started = time.perf_counter()
@@ -409,7 +460,7 @@ class LaneEngine:
         for first in range(0, len(ready), FILM_DECODE_BATCH):
             steps = ready[first : first + FILM_DECODE_BATCH]
             latents = torch.cat([film.pending.pop(step) for step in steps])
-            for step, pixels in zip(steps, self.decode(latents, job.model, request.height, request.width), strict=True):
+            for step, pixels in zip(steps, self.decode(latents, job.model, job.height, job.width), strict=True):
                 film.frames[step] = to_frame(pixels)
         if events:
             events[1].record()
@@ -479,7 +530,7 @@ class LaneEngine:
                 job.last_preview_at = now
                 job.previewing = True
                 latents = max(job.lanes, key=lambda lane: lane.position).latents
-                future = self._encoder.submit(self._make_preview, job, latents, lane_steps)
+                future = self._encoder.submit(self._make_preview, job, latents, (job.height, job.width), lane_steps)
                 self._encodes.add(future)
                 future.add_done_callback(self._encodes.discard)
             if job.previewing and not job.progress_sent:
@@ -495,12 +546,13 @@ class LaneEngine:
         return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
                            lane_steps=tuple(lane_steps))  # fmt: skip
 
-    def _make_preview(self, job: EngineJob, latents: torch.Tensor, lane_steps: list[tuple[int, int]]) -> None:
+    def _make_preview(
+        self, job: EngineJob, latents: torch.Tensor, size: tuple[int, int], lane_steps: list[tuple[int, int]]
+    ) -> None:
         """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
         png = None
         try:
-            request = job.request
-            png = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
+            png = latent_preview_png(job.model.family.preview_latents(latents, *size))  # the size they ran at
         except Exception:
             log.exception("could not make a preview of job %s", job.job_id, extra={"job_id": job.job_id})
         if not job.progress_sent:
@@ -513,12 +565,20 @@ class LaneEngine:
     @torch.no_grad()
     def _finish(self, lanes: list[Lane]) -> None:
         job = lanes[0].job  # one batch: one model and size
-        height, width = job.request.height, job.request.width
+        height, width = job.height, job.width
         images = self._timed(
             lanes, lambda done: self.decode(torch.cat([lane.latents for lane in done]), job.model, height, width)
         )
         for lane, pixels in zip(lanes, images, strict=True):
             job = lane.job
+            if job.hires_pending:
+                job.lanes.remove(lane)
+                lane.latents = torch.empty(0)
+                lane.decoded = pixels
+                if not job.lanes:  # the first pass is done: the job moves on to its hires pass
+                    decoded = [Image.fromarray(first.decoded) for first in job.all_lanes if first.decoded is not None]
+                    self._start_hires(job, decoded)
+                continue
             with self._lock:
                 job.lanes.remove(lane)
                 job.pending_encodes += 1
@@ -539,24 +599,31 @@ class LaneEngine:
         the last image of a job emits its result."""
         request = job.request
         film = lane.film
+        first = job.first_pass[lane.index] if job.first_pass else None
         parameters = image_infotext(
             request,
             seed=lane.seed,
-            steps=lane.steps,
+            steps=lane.steps if first is None or not first.timesteps else first.steps,
             model=job.model.name,
             scheduler=request.lane_schedulers[lane.index],
         )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)
             frames = tuple(encode_png(frame) for _, frame in sorted(film.frames.items())) if film else ()
-            seconds = lane.seconds  # here, off the denoising thread: reading CUDA events waits for them
+            seconds = lane.seconds + (
+                first.seconds if first else 0.0
+            )  # off the denoising thread: reading CUDA events waits
         except Exception:
             log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
-        image = GeneratedImage(png, lane.seed, lane.steps, request.width, request.height, seconds, frames=frames,
-                               frames_source=film.source if film else "",
-                               steps_ran=None if job.pixels is None else lane.ran)  # fmt: skip
+        image = GeneratedImage(
+            png, lane.seed, lane.steps, job.width, job.height, seconds, frames=frames,
+            frames_source=film.source if film else "",
+            steps_ran=lane.ran if lane.from_image else None,
+            first_pass_steps=first.ran if first else 0,
+            strength=lane.strength,
+        )  # fmt: skip
         with self._lock:
             job.images[lane.index] = image
             job.pending_encodes -= 1

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from inference.engine.batch_steps import BatchKind, Coefficients
@@ -15,9 +16,20 @@ from inference.families import Conditioning, EncodedImage
 from inference.loading import LoadedModel
 from inference.protocol import (
     GeneratedImage,
+    GenerateRequest,
     Request,
+    img2img_steps,
 )
 from inference.schedulers import Scheduler
+
+
+@dataclass(eq=False)
+class InputImage:
+    """An img2img lane's input: preprocessed for the VAE, then its encoding (made once, when the first
+    lane that starts from it runs, batched with the other new inputs of that iteration)."""
+
+    pixels: torch.Tensor
+    encoded: EncodedImage | None = None
 
 
 @dataclass(eq=False)
@@ -42,7 +54,11 @@ class Lane:
     # img2img: the scheduler steps this lane runs of its `steps` (it starts part-way down its
     # schedule), and whether its first latents (the image's, noised) are still to be made.
     ran: int = 0
+    source: InputImage | None = None
     awaiting_image: bool = False
+    from_image: bool = False
+    strength: float = 1.0
+    decoded: np.ndarray | None = None  # a hires job's first-pass image, until its hires pass starts
 
     def __post_init__(self) -> None:
         self.ran = self.ran or self.steps
@@ -59,6 +75,8 @@ class Lane:
     @property
     def progress_steps(self) -> int:
         """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
+        if not self.timesteps:
+            return 0
         return min(self.ran, math.floor(self.position * self.ran / len(self.timesteps) + 1e-9))
 
     @property
@@ -92,21 +110,34 @@ class EngineJob:
     previewing: bool = False
     progress_sent: bool = False  # its first progress event has gone out
     answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
-    pixels: torch.Tensor | None = None  # img2img: the input image, preprocessed for the VAE
-    encoded: EncodedImage | None = None  # ... and through the VAE's encoder, once its first lane starts
+    height: int = 0  # the size its lanes run at now (a hires pass runs larger than the first)
+    width: int = 0
+    first_pass: list[Lane] = field(default_factory=list)  # a hires job's first-pass lanes, once done
+    hires_pending: bool = False  # its lanes are a first pass that a hires pass follows
+
+    def __post_init__(self) -> None:
+        self.height = self.height or self.request.height
+        self.width = self.width or self.request.width
 
     @property
     def group(self) -> tuple[str, int, int]:
         """Lanes batch only with lanes of the same model and size."""
-        return (self.model.name, self.request.height, self.request.width)
+        return (self.model.name, self.height, self.width)
 
     @property
     def steps_done(self) -> int:
-        return sum(lane.progress_steps for lane in self.all_lanes)
+        return sum(lane.progress_steps for lane in [*self.first_pass, *self.all_lanes])
 
     @property
     def steps_total(self) -> int:
-        return sum(lane.ran for lane in self.all_lanes)
+        """Steps of every pass: a hires job's second pass counts from the start."""
+        request = self.request
+        hires = request.hires if isinstance(request, GenerateRequest) else None
+        later = 0
+        if self.hires_pending and hires is not None:
+            flow = self.model.family.flow
+            later = len(self.all_lanes) * img2img_steps(hires.steps, hires.strength, flow=flow)
+        return sum(lane.ran for lane in [*self.first_pass, *self.all_lanes]) + later
 
     def due_lanes(self) -> list[Lane]:
         """Lanes that should run now, longest first. A lane starts once the job's longest started lane
@@ -119,4 +150,4 @@ class EngineJob:
     @property
     def gpu_seconds(self) -> float:
         """Device time of this job's lanes' shares of each batch; reading CUDA events waits for them."""
-        return sum(lane.seconds for lane in self.all_lanes)
+        return sum(lane.seconds for lane in [*self.first_pass, *self.all_lanes])

@@ -19,12 +19,14 @@ from inference.protocol import (
     SCHEDULER_NAMES,
     CompareStepsRequest,
     GenerateRequest,
+    HiresFix,
     InvalidRequest,
     ModelInfo,
     ModelUnavailable,
     WorkerReady,
     img2img_steps,
     parse_step_list,
+    step_pixels,
     total_steps,
     validate,
     validate_for_model,
@@ -232,3 +234,32 @@ def test_steps_that_run_follow_each_familys_img2img_pipeline() -> None:
 
 def test_the_input_image_is_left_out_of_the_requests_repr() -> None:
     assert "image" not in repr(dataclasses.replace(GOOD, image=PNG * 1000))
+
+
+@pytest.mark.parametrize(
+    ("hires", "message"),
+    [
+        (HiresFix(steps=0), "hires steps must be 1 to 150; got 0."),
+        (HiresFix(steps=10, strength=0.0), "hires strength must be above 0, at most 1; got 0."),
+        (HiresFix(steps=10, upscaler="ESRGAN"), "Unknown upscaler 'ESRGAN'; choose one of: Lanczos."),
+        (HiresFix(steps=10, scale=3), "The hires pass upscales x2; got x3."),
+    ],
+)
+def test_a_bad_hires_pass_names_the_value(hires: HiresFix, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        validate(dataclasses.replace(GOOD, hires=hires))
+
+
+def test_a_hires_pass_that_would_exceed_the_size_cap_is_refused_before_it_runs() -> None:
+    request = dataclasses.replace(GOOD, width=1024, height=1024, hires=HiresFix(steps=10))
+    with pytest.raises(InvalidRequest, match=r"Upscaled x2, 1024x1024 would be 2048x2048"):
+        validate(request)
+    validate(dataclasses.replace(request, width=512, height=512))
+
+
+def test_a_hires_pass_counts_its_steps_at_its_own_size() -> None:
+    request = dataclasses.replace(GOOD, steps=20, width=512, height=512, hires=HiresFix(steps=10, strength=0.5))
+    assert total_steps(request) == 25
+    assert step_pixels(request) == 20 * 512 * 512 + 5 * 1024 * 1024
+    upscale = dataclasses.replace(request, image=PNG)
+    assert total_steps(upscale) == 5 and step_pixels(upscale) == 5 * 1024 * 1024
