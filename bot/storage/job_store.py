@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
+from bot.storage.inputs import InputImageMissing, InputImages
 from inference.protocol import JobFailed, JobResult, Request
 
 if TYPE_CHECKING:
@@ -32,11 +33,18 @@ class JobRecord:
     message_id: int | None = None
 
 
-def record_of(job: JobRow) -> JobRecord:
-    """The JobRecord of a ledger row, with what is needed to answer it."""
+def record_of(job: JobRow, inputs: InputImages | None = None) -> JobRecord:
+    """The JobRecord of a ledger row, with what is needed to answer it (and its input image from
+    `inputs`; InputImageMissing, a ValueError, when it is gone)."""
+    sha256 = job.input_sha256
+    image = b""
+    if sha256 is not None:
+        if inputs is None:
+            raise InputImageMissing(f"job {job.id} has an input image and no store was given to read it")
+        image = inputs.load(job.id, sha256)
     return JobRecord(
         job_id=job.id,
-        request=job.to_request(),
+        request=job.to_request(image),
         user_id=job.user_id,
         guild_id=job.guild_id,
         channel_id=job.channel_id,
@@ -125,7 +133,7 @@ class DatabaseJobStore:
         row = await self.database.ledger.get_job(job_id)
         if row is None:
             return None
-        return record_of(row)
+        return record_of(row, self.database.inputs)
 
     async def set_message(self, job_id: str, message_id: int) -> None:
         await self.database.ledger.set_message(job_id, message_id=message_id)

@@ -5,6 +5,7 @@ Writes go through the database's one writer task; reads open their own sessions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import defaultdict
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.limits.checks import day_start, next_quota_reset
+from bot.storage.inputs import InputImages
 from bot.storage.models import (
     FINISHED_STATUSES,
     UNFINISHED_STATUSES,
@@ -110,8 +112,9 @@ class DayImages:
 class Ledger:
     """Jobs in the database: record, move through their statuses, and count what members used."""
 
-    def __init__(self, database: DatabaseWriter) -> None:
+    def __init__(self, database: DatabaseWriter, inputs: InputImages | None = None) -> None:
         self.database = database
+        self.inputs = inputs
 
     async def record_job(
         self,
@@ -131,8 +134,14 @@ class Ledger:
 
         `origin` says what started it (the command, or a button action on `parent_job_id`'s result).
         """
+        job_id = job_id or uuid.uuid4().hex
+        if request.image:
+            if self.inputs is None:
+                raise ValueError("this ledger keeps no input images")
+            # On disk before the row exists: a row always finds its image after a crash.
+            await asyncio.to_thread(self.inputs.save, job_id, request.image)
         job = JobRow(
-            id=job_id or uuid.uuid4().hex,
+            id=job_id,
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=user_id,
@@ -205,7 +214,9 @@ class Ledger:
             if job.steps_run is None:
                 job.steps_run = job.steps_requested
 
-        return await self._transition(job_id, change)
+        delivered = await self._transition(job_id, change)
+        self._forget_input(job_id)
+        return delivered
 
     async def mark_queued(self, job_id: str) -> bool:
         """running → queued again, e.g. re-queued at start-up after a crash; keeps its attempts."""
@@ -449,7 +460,14 @@ class Ledger:
                 if value is not None:
                     setattr(job, name, value)
 
-        return await self._transition(job_id, change)
+        finished = await self._transition(job_id, change)
+        self._forget_input(job_id)
+        return finished
+
+    def _forget_input(self, job_id: str) -> None:
+        """A finished job's input image is no longer needed: nothing runs it again."""
+        if self.inputs is not None:
+            self.inputs.remove(job_id)
 
     async def _update(self, job_id: str, change: Callable[[JobRow], None]) -> None:
         async def operation(session: AsyncSession) -> None:

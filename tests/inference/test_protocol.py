@@ -263,3 +263,11 @@ def test_a_hires_pass_counts_its_steps_at_its_own_size() -> None:
     assert step_pixels(request) == 20 * 512 * 512 + 5 * 1024 * 1024
     upscale = dataclasses.replace(request, image=PNG)
     assert total_steps(upscale) == 5 and step_pixels(upscale) == 5 * 1024 * 1024
+
+
+def test_an_img2img_request_reaches_a_redis_agent_with_its_input_image_and_hires_pass() -> None:
+    from inference.queues import wire
+
+    png = PNG + bytes(range(256)) * 64
+    request = dataclasses.replace(GOOD, image=png, strength=0.4, hires=HiresFix(steps=9, strength=0.3))
+    assert wire.loads(wire.dumps(request)) == request
