@@ -18,7 +18,9 @@ from bot.errors import MAX_ECHO, InvalidOption, clip, echo
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GRID_SCHEDULERS,
+    DEFAULT_HIRES_STRENGTH,
     DEFAULT_SCHEDULER,
+    DEFAULT_STRENGTH,
     MAX_COMPARE_CELLS,
     MAX_SEED,
     MAX_SIZE,
@@ -65,6 +67,8 @@ class RequestDefaults:
     grid_schedulers: tuple[str, ...] = DEFAULT_GRID_SCHEDULERS  # /compare-schedulers rows
     max_grid_cells: int = MAX_COMPARE_CELLS  # a default scheduler grid's ladder is trimmed to fit
     model: str = ""  # the model these defaults are for ("" = the worker's default)
+    strength: float = DEFAULT_STRENGTH  # img2img: how much of the schedule runs over the input image
+    hires_strength: float = DEFAULT_HIRES_STRENGTH
 
 
 # --- parsing what people type ------------------------------------------------------------------
@@ -179,6 +183,8 @@ class RequestOptions:
     film: bool = False
     schedulers: str | None = None
     scheduler_grid: bool = False
+    image: bytes | None = None  # the input image, checked and normalised (bot.pictures.input_image)
+    strength: float | None = None
 
 
 _TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers")
@@ -199,9 +205,10 @@ def typed(options: RequestOptions) -> RequestOptions:
         value = getattr(options, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidOption(f"{name} must be a whole number; got {echo(value)}.")
-    guidance = options.guidance
-    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, int | float)):
-        raise InvalidOption(f"guidance must be a number; got {echo(guidance)}.")
+    for name in ("guidance", "strength"):
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise InvalidOption(f"{name} must be a number; got {echo(value)}.")
     return options
 
 
@@ -226,6 +233,9 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         # the name stays as typed and the queue checks it.
         "model": defaults.model or (options.model or "").strip(),
     }
+    if options.image:
+        fields["image"] = options.image
+        fields["strength"] = defaults.strength if options.strength is None else float(options.strength)
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
         return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]

@@ -475,6 +475,8 @@ class ModelInfo:
     max_steps: int | None = None  # operator ceiling from the registry
     guidance_mode: str = GUIDANCE_CFG  # GUIDANCE_CFG, GUIDANCE_INPUT or GUIDANCE_IGNORED
     is_test_model: bool = False
+    default_strength: float = DEFAULT_STRENGTH  # img2img, Vary
+    hires_strength: float = DEFAULT_HIRES_STRENGTH  # the hires pass and Upscale
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,12 @@ from bot.errors import (
     send_ephemeral,
 )
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, derive_request
+from bot.jobs.attachments import read_attachment
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
 from bot.limits.checks import check_image_size
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
+from bot.pictures.input_image import prepare_input_image
 from bot.replies.messages import (
     MessageUpdate,
     ProgressState,
@@ -51,6 +53,8 @@ from bot.storage.job_store import JobRecord, JobStore, MemoryJobStore
 from bot.storage.models import command_of
 from inference.logs import job_context
 from inference.protocol import (
+    MAX_PIXELS,
+    MAX_SIZE,
     MAX_STEPS,
     InvalidRequest,
     JobFailed,
@@ -128,15 +132,42 @@ class JobService:
         return await self.policy.limits(guild_id)
 
     async def start_command(
-        self, interaction: discord.Interaction, options: RequestOptions, *, origin: str
+        self,
+        interaction: discord.Interaction,
+        options: RequestOptions,
+        *,
+        origin: str,
+        attachment: discord.Attachment | None = None,
     ) -> asyncio.Task[None]:
         """Start the job a command's options ask for; the server's limits are read once, for its
-        defaults and for its check."""
+        defaults and for its check. An attached image is read from Discord, checked and normalised
+        first (what was changed in it is said with the job)."""
         if interaction.guild_id is None:
             raise ServerOnly()
         limits = await self.limits(interaction.guild_id)
+        notes: tuple[str, ...] = ()
+        if attachment is not None:
+            options, notes = await self._with_input_image(options, attachment, limits)
+        elif options.strength is not None:
+            raise InvalidOption("strength applies to an input image: attach one with `image`, or leave strength out.")
         request = build_request(options, self.defaults_for(options.model, limits))
-        return await self.start(interaction, request, origin=origin, limits=limits)
+        return await self.start(interaction, request, origin=origin, limits=limits, notes=notes)
+
+    async def _with_input_image(
+        self, options: RequestOptions, attachment: discord.Attachment, limits: EffectiveLimits
+    ) -> tuple[RequestOptions, tuple[str, ...]]:
+        """The options with the attachment as their input image (and its size, unless one was given)."""
+        model = self.model_for(options.model, limits)
+        data = await read_attachment(attachment)
+        side = min(limits.max_image_size, MAX_SIZE)
+        prepared = await asyncio.to_thread(
+            prepare_input_image,
+            data,
+            multiple=model.size_multiple if model else 8,
+            max_pixels=min(MAX_PIXELS, side * side),
+        )
+        size = options.size or f"{prepared.width}x{prepared.height}"
+        return dataclasses.replace(options, image=prepared.png, size=size), prepared.notes
 
     def model_for(self, name: str | None, limits: EffectiveLimits) -> ModelInfo | None:
         """The loaded model `name` means in this server (its default when None); None before the
@@ -155,6 +186,7 @@ class JobService:
         origin: str,
         limits: EffectiveLimits | None = None,
         parent_job_id: str | None = None,
+        notes: tuple[str, ...] = (),
     ) -> asyncio.Task[None]:
         """Check and record `request`, defer the interaction, queue the job and drive it in a task.
 
@@ -187,6 +219,7 @@ class JobService:
             parent_job_id=parent_job_id,
             application_id=interaction.application_id,
             interaction_token=interaction.token,
+            notes=notes,
         )
         job_id = record.job_id
         # One admission at a time per member: the limits count the member's jobs in the ledger, so

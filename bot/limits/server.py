@@ -220,6 +220,8 @@ class EffectiveLimits:
             height=size,
             compare_steps=ladder,
             model=model.name,
+            strength=model.default_strength,
+            hires_strength=model.hires_strength,
         )
 
 

@@ -31,6 +31,7 @@ class JobRecord:
     application_id: int | None = None
     interaction_token: str | None = None
     message_id: int | None = None
+    notes: tuple[str, ...] = ()  # what was changed in its input image (shown with the job; not stored)
 
 
 def record_of(job: JobRow, inputs: InputImages | None = None) -> JobRecord:

@@ -18,7 +18,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from inference.protocol import GUIDANCE_CFG, ModelInfo, img2img_steps
+from inference.protocol import DEFAULT_HIRES_STRENGTH, DEFAULT_STRENGTH, GUIDANCE_CFG, ModelInfo, img2img_steps
 from inference.registry import ModelSpec
 from inference.schedulers import FLOW_SCHEDULERS, Scheduler
 
@@ -141,6 +141,9 @@ class Family(abc.ABC):
             max_steps=spec.max_steps,
             guidance_mode=base.guidance_mode,
             is_test_model=spec.is_test_model,
+            # A few-step distill at 0.6 of 4 steps runs 2: start it higher so the image changes.
+            default_strength=0.75 if base.steps <= 8 else DEFAULT_STRENGTH,
+            hires_strength=0.6 if base.steps <= 8 else DEFAULT_HIRES_STRENGTH,
         )
 
     def offered_schedulers(self) -> tuple[str, ...]:
