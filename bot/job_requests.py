@@ -31,6 +31,7 @@ from inference.protocol import (
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
+    HiresFix,
     InvalidRequest,
     Request,
     parse_step_list,
@@ -185,6 +186,7 @@ class RequestOptions:
     scheduler_grid: bool = False
     image: bytes | None = None  # the input image, checked and normalised (bot.pictures.input_image)
     strength: float | None = None
+    upscale: bool = False  # Upscale x2 the input image: a hires pass of `steps` at `strength`
 
 
 _TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers")
@@ -236,6 +238,14 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
     if options.image:
         fields["image"] = options.image
         fields["strength"] = defaults.strength if options.strength is None else float(options.strength)
+    if options.upscale:
+        if not options.image:
+            raise InvalidOption("Upscale needs an image to start from.")
+        hires_strength = defaults.hires_strength if options.strength is None else float(options.strength)
+        hires_steps = defaults.steps if options.steps is None else options.steps
+        fields["strength"] = 1.0  # no first pass runs: the image is the first pass
+        hires = HiresFix(steps=hires_steps, strength=hires_strength)
+        return GenerateRequest(**fields, steps=hires_steps, hires=hires)  # type: ignore[arg-type]
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
         return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
@@ -256,6 +266,32 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
 
 
 # --- a result's buttons --------------------------------------------------------------------------
+
+# Vary: img2img of a result at these strengths, with a new seed.
+VARY_STRENGTHS = {"vary": 0.35, "vary-strong": 0.7}
+
+
+def derive_from_image(
+    request: GenerateRequest,
+    action: str,
+    image: bytes,
+    size: tuple[int, int],
+    *,
+    defaults: RequestDefaults | None = None,
+    rng: random.Random | None = None,
+) -> GenerateRequest:
+    """The request a Vary or Upscale button asks for, from the result `image` (normalised PNG bytes of
+    `size`): Vary is img2img of it at a subtle or strong strength and a new seed; Upscale x2 is a
+    hires pass over it at the model's hires strength and its default steps."""
+    defaults = defaults or RequestDefaults()
+    width, height = size
+    same = dataclasses.replace(request, image=image, width=width, height=height, count=1, film=False, hires=None)
+    if action in VARY_STRENGTHS:
+        return dataclasses.replace(same, strength=VARY_STRENGTHS[action], seed=random_seed(rng))
+    if action == "upscale":
+        hires = HiresFix(steps=request.steps, strength=defaults.hires_strength)
+        return dataclasses.replace(same, strength=1.0, hires=hires)
+    raise ValueError(f"no request to derive from an image for action {action!r}")
 
 
 def step_down(steps: int) -> int | None:
@@ -311,6 +347,8 @@ def derive_request(
         # Everything but the step count carries over: the grid shows this very image among its cells.
         same = {f.name: getattr(request, f.name) for f in dataclasses.fields(CompareStepsRequest) if f.name != "steps"}
         return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
+    if action in VARY_STRENGTHS or action == "upscale":
+        raise InvalidOption("That button starts from the result image: use `derive_from_image`.")
     if action == "film":
         # The same run again (model, seed, scheduler, steps), keeping every step's x0; of several
         # images, the first one's seed.

@@ -31,13 +31,21 @@ from bot.errors import (
     new_reference,
     send_ephemeral,
 )
-from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, derive_request
+from bot.job_requests import (
+    RequestDefaults,
+    RequestOptions,
+    build_request,
+    checked,
+    derive_from_image,
+    derive_request,
+)
 from bot.jobs.attachments import read_attachment
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
 from bot.limits.checks import check_image_size
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
 from bot.pictures.input_image import prepare_input_image
+from bot.replies.buttons import IMAGE_ACTIONS
 from bot.replies.messages import (
     MessageUpdate,
     ProgressState,
@@ -56,6 +64,7 @@ from inference.protocol import (
     MAX_PIXELS,
     MAX_SIZE,
     MAX_STEPS,
+    GenerateRequest,
     InvalidRequest,
     JobFailed,
     JobResult,
@@ -353,6 +362,8 @@ class JobService:
             await interaction.response.send_message(embed=details_embed(record), ephemeral=True)
         elif action == "cancel":
             await self.cancel(interaction, record)
+        elif action in IMAGE_ACTIONS:
+            await self._start_from_result(interaction, record, action)
         else:
             # The job's own model, with its ladder and its ceiling in this server.
             limits = await self.limits(interaction.guild_id)
@@ -365,6 +376,27 @@ class JobService:
                 max_cells=limits.max_grid_cells,
             )
             await self.start(interaction, request, origin=action, limits=limits, parent_job_id=job_id)
+
+    async def _start_from_result(self, interaction: discord.Interaction, record: JobRecord, action: str) -> None:
+        """Vary or Upscale: the result image, read back from its message (a Discord attachment), as
+        the input of a new job; a size over the server's cap is refused before anything is queued."""
+        if not isinstance(record.request, GenerateRequest):
+            raise InvalidOption("That button works only on single images.")
+        message = interaction.message
+        attachment = next(
+            (a for a in (message.attachments if message else []) if a.filename.startswith("stepgrid-")), None
+        )
+        if attachment is None:
+            raise InvalidOption("The result image is no longer on this message; run the prompt again.")
+        limits = await self.limits(interaction.guild_id)
+        defaults = self.defaults_for(record.request.model or None, limits)
+        model = self.model_for(record.request.model or None, limits)
+        data = await read_attachment(attachment)
+        prepared = await asyncio.to_thread(prepare_input_image, data, multiple=model.size_multiple if model else 8)
+        request = derive_from_image(
+            record.request, action, prepared.png, (prepared.width, prepared.height), defaults=defaults
+        )
+        await self.start(interaction, request, origin=action, limits=limits, parent_job_id=record.job_id)
 
     async def cancel(self, interaction: discord.Interaction, record: JobRecord) -> None:
         """Cancel a queued or running job for its owner or a moderator."""

@@ -14,7 +14,7 @@ from inference.parameters import PNG_KEY
 from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
 from tests.a1111 import parse_generation_parameters
-from tests.e2e.helpers import embed_fields, image_of, result_files, running_bot, wait_for_result
+from tests.e2e.helpers import button, embed_fields, image_of, result_files, running_bot, wait_for_result
 from tests.fake_discord import FakeDiscord, attachment_option, running_fake
 from tests.workers import started_queue
 
@@ -87,3 +87,42 @@ async def test_strength_without_an_image_is_refused(fake: FakeDiscord, worker: L
         answer = await handle.wait_for_callback()
         assert answer.ephemeral and "strength applies to an input image" in answer.json["data"]["content"]
         assert not queue.submitted
+
+
+async def test_vary_and_upscale_start_from_the_result_image(fake: FakeDiscord, worker: LocalJobQueue) -> None:
+    options = {"prompt": "a lighthouse", "steps": 6, "size": "256", "scheduler": "Euler", "seed": 5}
+    async with running_bot(fake, worker) as (_, queue):
+        handle = await fake.invoke("imagine", options)
+        final = await wait_for_result(handle)
+        message = handle.original_message
+        [posted] = result_files(final)
+        click = await fake.click(message, button(message, "vary-strong"))
+        varied = await wait_for_result(click)
+        click = await fake.click(message, button(message, "upscale"))
+        upscaled = await wait_for_result(click)
+        first, vary, upscale = (s.request for s in queue.submitted)
+    assert vary.image and vary.strength == 0.7 and vary.seed != first.seed
+    assert image_of(vary.image).tobytes() == image_of(posted.data).tobytes(), "Vary starts from the posted image"
+    assert embed_fields(varied)["Steps"] == "6 steps · strength 0.7 · 4 ran"
+    assert upscale.hires is not None and upscale.upscale_only
+    [big] = result_files(upscaled)
+    assert image_of(big.data).size == (512, 512)
+    assert "×2 Lanczos" in embed_fields(upscaled)["Steps"]
+
+
+async def test_upscale_over_the_servers_size_cap_is_refused_before_it_is_queued(
+    fake: FakeDiscord, worker: LocalJobQueue
+) -> None:
+    from tests.e2e.helpers import e2e_settings
+
+    settings = e2e_settings(max_image_size=384)
+    async with running_bot(fake, worker, settings=settings) as (_, queue):
+        handle = await fake.invoke(
+            "imagine", {"prompt": "a lighthouse", "steps": 4, "size": "256", "scheduler": "Euler"}
+        )
+        await wait_for_result(handle)
+        message = handle.original_message
+        click = await fake.click(message, button(message, "upscale"))
+        answer = await click.wait_for_callback()
+        assert answer.ephemeral and "would be 512x512" in answer.json["data"]["content"]
+        assert len(queue.submitted) == 1
