@@ -19,7 +19,9 @@ from bot.errors import MAX_ECHO, InvalidOption, clip, echo
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GRID_SCHEDULERS,
+    DEFAULT_HIRES_STRENGTH,
     DEFAULT_SCHEDULER,
+    DEFAULT_STRENGTH,
     MAX_COMPARE_CELLS,
     MAX_SEED,
     MAX_SIZE,
@@ -30,6 +32,7 @@ from inference.protocol import (
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
+    HiresFix,
     InvalidRequest,
     Request,
     parse_step_list,
@@ -67,6 +70,8 @@ class RequestDefaults:
     max_grid_cells: int = MAX_COMPARE_CELLS  # a default scheduler grid's ladder is trimmed to fit
     model: str = ""  # the model these defaults are for ("" = the worker's default)
     lora_weights: tuple[tuple[str, float], ...] = ()  # the model's LoRAs and their default weights
+    strength: float = DEFAULT_STRENGTH  # img2img: how much of the schedule runs over the input image
+    hires_strength: float = DEFAULT_HIRES_STRENGTH
 
 
 # --- parsing what people type ------------------------------------------------------------------
@@ -183,6 +188,9 @@ class RequestOptions:
     scheduler_grid: bool = False
     lora: str | None = None
     lora_weight: float | None = None
+    image: bytes | None = None  # the input image, checked and normalised (bot.pictures.input_image)
+    strength: float | None = None
+    upscale: bool = False  # Upscale x2 the input image: a hires pass of `steps` at `strength`
 
 
 _TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora")
@@ -203,7 +211,7 @@ def typed(options: RequestOptions) -> RequestOptions:
         value = getattr(options, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidOption(f"{name} must be a whole number; got {echo(value)}.")
-    for name in ("guidance", "lora_weight"):
+    for name in ("guidance", "lora_weight", "strength"):
         value = getattr(options, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise InvalidOption(f"{name.replace('_', ' ')} must be a number; got {echo(value)}.")
@@ -270,6 +278,17 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         "model": defaults.model or (options.model or "").strip(),
         "loras": _resolved_loras(asked, defaults),
     }
+    if options.image:
+        fields["image"] = options.image
+        fields["strength"] = defaults.strength if options.strength is None else float(options.strength)
+    if options.upscale:
+        if not options.image:
+            raise InvalidOption("Upscale needs an image to start from.")
+        hires_strength = defaults.hires_strength if options.strength is None else float(options.strength)
+        hires_steps = defaults.steps if options.steps is None else options.steps
+        fields["strength"] = 1.0  # no first pass runs: the image is the first pass
+        hires = HiresFix(steps=hires_steps, strength=hires_strength)
+        return GenerateRequest(**fields, steps=hires_steps, hires=hires)  # type: ignore[arg-type]
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
         return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
@@ -303,6 +322,32 @@ def _resolved_loras(
 
 
 # --- a result's buttons --------------------------------------------------------------------------
+
+# Vary: img2img of a result at these strengths, with a new seed.
+VARY_STRENGTHS = {"vary": 0.35, "vary-strong": 0.7}
+
+
+def derive_from_image(
+    request: GenerateRequest,
+    action: str,
+    image: bytes,
+    size: tuple[int, int],
+    *,
+    defaults: RequestDefaults | None = None,
+    rng: random.Random | None = None,
+) -> GenerateRequest:
+    """The request a Vary or Upscale button asks for, from the result `image` (normalised PNG bytes of
+    `size`): Vary is img2img of it at a subtle or strong strength and a new seed; Upscale x2 is a
+    hires pass over it at the model's hires strength and its default steps."""
+    defaults = defaults or RequestDefaults()
+    width, height = size
+    same = dataclasses.replace(request, image=image, width=width, height=height, count=1, film=False, hires=None)
+    if action in VARY_STRENGTHS:
+        return dataclasses.replace(same, strength=VARY_STRENGTHS[action], seed=random_seed(rng))
+    if action == "upscale":
+        hires = HiresFix(steps=request.steps, strength=defaults.hires_strength)
+        return dataclasses.replace(same, strength=1.0, hires=hires)
+    raise ValueError(f"no request to derive from an image for action {action!r}")
 
 
 def step_down(steps: int) -> int | None:
@@ -358,6 +403,8 @@ def derive_request(
         # Everything but the step count carries over: the grid shows this very image among its cells.
         same = {f.name: getattr(request, f.name) for f in dataclasses.fields(CompareStepsRequest) if f.name != "steps"}
         return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
+    if action in VARY_STRENGTHS or action == "upscale":
+        raise InvalidOption("That button starts from the result image: use `derive_from_image`.")
     if action == "film":
         # The same run again (model, seed, scheduler, steps), keeping every step's x0; of several
         # images, the first one's seed.

@@ -16,7 +16,7 @@ import json
 import struct
 from collections.abc import Mapping, Sequence
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, Request
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
 
 PNG_KEY = "parameters"
 # The EXIF UserComment A1111 writes for JPEG/WebP: an 8-byte charset prefix, then UTF-16 big-endian.
@@ -58,9 +58,12 @@ def infotext(
     model: str,
     loras: Sequence[tuple[str, float]] = (),
     lora_hashes: Mapping[str, str] | None = None,
+    strength: float | None = None,
+    hires: HiresFix | None = None,
 ) -> str:
-    """The `parameters` text of one image; LoRAs as A1111 writes them: `<lora:name:weight>` in the
-    prompt and the short hash of each file in "Lora hashes"."""
+    """The `parameters` text of one image. LoRAs as A1111 writes them: `<lora:name:weight>` in the prompt
+    and the short hash of each file in "Lora hashes". An img2img image carries its `Denoising strength`;
+    a hires one its first pass's steps and size, then the hires pass's strength, scale, steps and upscaler."""
     fields: list[tuple[str, object]] = [
         ("Steps", steps),
         *sampler_fields(scheduler),
@@ -70,6 +73,11 @@ def infotext(
     ]
     if model:
         fields.append(("Model", model))
+    if hires is not None:
+        fields.append(("Denoising strength", f"{hires.strength:g}"))
+        fields += [("Hires upscale", hires.scale), ("Hires steps", hires.steps), ("Hires upscaler", hires.upscaler)]
+    elif strength is not None:
+        fields.append(("Denoising strength", f"{strength:g}"))
     hashes = [f"{name}: {(lora_hashes or {}).get(name)}" for name, _ in loras if (lora_hashes or {}).get(name)]
     if hashes:
         fields.append(("Lora hashes", ", ".join(hashes)))
@@ -108,6 +116,8 @@ def image_infotext(
         model=model,
         loras=request.loras,
         lora_hashes=lora_hashes,
+        strength=request.strength if request.image else None,
+        hires=request.hires if isinstance(request, GenerateRequest) else None,
     )
 
 

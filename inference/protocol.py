@@ -50,6 +50,11 @@ MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 MAX_SEED = 2**32 - 1
 MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = registry.LORA_WEIGHT_RANGE
 MAX_LORAS = 4  # LoRAs one request may stack (the worker keeps more loaded than this)
+MIN_STRENGTH, MAX_STRENGTH = 0.0, 1.0
+# The input image of an img2img request, as PNG bytes: a 2048x2048 RGB PNG of a photo is ~8 MB.
+MAX_INPUT_IMAGE_BYTES = 16 * 1024 * 1024
+# Families whose img2img pipelines compute the start of the schedule with a float `init_timestep`.
+FLOW_FAMILIES = frozenset({"flux", "sd3"})
 assert registry.STEPS_RANGE == (MIN_STEPS, MAX_STEPS) and registry.GUIDANCE_RANGE == (MIN_GUIDANCE, MAX_GUIDANCE)
 assert registry.COMPARE_CELLS_RANGE == (MIN_COMPARE_CELLS, MAX_COMPARE_CELLS)
 # How a model uses the guidance value (ModelInfo.guidance_mode). A negative prompt is the
@@ -71,6 +76,24 @@ class InvalidRequest(ValueError):
     """A request value is out of range; the message names the value and what is allowed."""
 
 
+HIRES_UPSCALERS: tuple[str, ...] = ("Lanczos",)  # A1111's name for a Lanczos resize in pixel space
+HIRES_SCALE = 2
+DEFAULT_HIRES_STRENGTH = 0.5
+DEFAULT_STRENGTH = 0.6
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """A second pass inside one job (A1111's "hires fix"): each first-pass image (or the input image)
+    is resized `scale` times in pixel space, then run through an img2img pass of its own `steps` at
+    `strength`. The request's width and height are the first pass's; the result is `scale` times that."""
+
+    steps: int
+    strength: float = DEFAULT_HIRES_STRENGTH
+    scale: int = HIRES_SCALE
+    upscaler: str = "Lanczos"
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     """One `/imagine`: `count` images, image i seeded with `seed + i`."""
@@ -87,10 +110,27 @@ class GenerateRequest:
     model: str = ""  # registry name; "" = the worker's default model
     film: bool = False  # also return the predicted clean image of every step (the Steps film)
     loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
+    # img2img: the input image (PNG bytes, resized to width x height by the worker) and how much of
+    # the schedule runs over it (1.0: all of it, the image is only the starting point's content).
+    image: bytes = field(default=b"", repr=False)
+    strength: float = 1.0
+    # A hires pass after the first; with an input image, no first pass runs: the image is upscaled.
+    hires: HiresFix | None = None
+
+    @property
+    def upscale_only(self) -> bool:
+        """An input image with a hires pass: the image is the first pass (Upscale)."""
+        return self.hires is not None and bool(self.image)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the images this request returns."""
+        scale = self.hires.scale if self.hires else 1
+        return self.width * scale, self.height * scale
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
-        """Step count of each denoising lane this request becomes."""
+        """Step count of each denoising lane this request becomes (its schedule's length)."""
         return (self.steps,) * self.count
 
     @property
@@ -116,6 +156,8 @@ class CompareStepsRequest:
     negative_prompt: str = ""
     model: str = ""  # registry name; "" = the worker's default model
     loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
+    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
+    strength: float = 1.0
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -145,6 +187,8 @@ class CompareSchedulersRequest:
     negative_prompt: str = ""
     model: str = ""  # registry name; "" = the worker's default model
     loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
+    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
+    strength: float = 1.0
 
     @property
     def scheduler(self) -> str:
@@ -168,9 +212,53 @@ Request = GenerateRequest | CompareStepsRequest | CompareSchedulersRequest
 GridRequest = CompareStepsRequest | CompareSchedulersRequest
 
 
+def img2img_steps(steps: int, strength: float, *, flow: bool) -> int:
+    """Steps an img2img lane runs of its `steps`-step schedule, as the family's diffusers img2img
+    pipeline counts them (`get_timesteps`): SD/SDXL round `steps * strength` down; SD 3 and FLUX
+    round the start index `steps - steps * strength` down, so they can run one step more."""
+    if flow:
+        return steps - int(max(steps - min(steps * strength, steps), 0))
+    return steps - max(steps - min(int(steps * strength), steps), 0)
+
+
+def lane_steps_run(request: Request, family: str = "") -> tuple[int, ...]:
+    """Steps each first-pass lane actually runs: all of them, or an img2img lane's share at its
+    strength (none for an Upscale, whose input image is its first pass)."""
+    if isinstance(request, GenerateRequest) and request.upscale_only:
+        return (0,) * len(request.lane_steps)
+    if not input_image(request):
+        return request.lane_steps
+    flow = family in FLOW_FAMILIES
+    return tuple(img2img_steps(steps, request.strength, flow=flow) for steps in request.lane_steps)
+
+
+def hires_steps_run(request: Request, family: str = "") -> int:
+    """Steps each lane's hires pass runs (0 without one)."""
+    hires = request.hires if isinstance(request, GenerateRequest) else None
+    if hires is None:
+        return 0
+    return img2img_steps(hires.steps, hires.strength, flow=family in FLOW_FAMILIES)
+
+
+def step_pixels(request: Request, family: str = "") -> int:
+    """Steps that run times the pixels they run at, summed over every lane and pass: a hires pass
+    counts its own (larger) size."""
+    first = sum(lane_steps_run(request, family)) * request.width * request.height
+    if not isinstance(request, GenerateRequest) or request.hires is None:
+        return first
+    width, height = request.output_size
+    return first + request.count * hires_steps_run(request, family) * width * height
+
+
+def input_image(request: Request) -> bytes:
+    """The request's input image (PNG bytes), or b"" for text to image."""
+    return request.image
+
+
 def total_steps(request: Request) -> int:
-    """Denoising steps a request costs, summed over every image or grid cell."""
-    return sum(request.lane_steps)
+    """Denoising steps a request costs, summed over every image or grid cell and pass."""
+    hires = hires_steps_run(request) * len(request.lane_steps)
+    return sum(lane_steps_run(request)) + hires
 
 
 def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
@@ -212,6 +300,12 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be 0 to {MAX_SEED}; got {request.seed}.")
     _validate_loras(request.loras)
+    if isinstance(request, GenerateRequest) and request.hires is not None:
+        _validate_hires(request, max_size)
+    if input_image(request) and not (isinstance(request, GenerateRequest) and request.upscale_only):
+        _validate_image_input(request)
+    elif input_image(request):
+        _validate_image_bytes(input_image(request))
 
 
 def _validate_loras(loras: tuple[tuple[str, float], ...]) -> None:
@@ -228,6 +322,58 @@ def _validate_loras(loras: tuple[tuple[str, float], ...]) -> None:
             )
     if (twice := _repeated([name for name, _ in loras])) is not None:
         raise InvalidRequest(f"The LoRA {twice!r} is given twice; give each LoRA once, with one weight.")
+
+
+def _validate_hires(request: GenerateRequest, max_size: int) -> None:
+    hires = request.hires
+    assert hires is not None
+    if request.film:
+        raise InvalidRequest("A steps film follows one pass: leave out the hires pass, or the film.")
+    if hires.upscaler not in HIRES_UPSCALERS:
+        raise InvalidRequest(f"Unknown upscaler {hires.upscaler!r}; choose one of: {', '.join(HIRES_UPSCALERS)}.")
+    if hires.scale != HIRES_SCALE:
+        raise InvalidRequest(f"The hires pass upscales x{HIRES_SCALE}; got x{hires.scale}.")
+    if not MIN_STEPS <= hires.steps <= MAX_STEPS:
+        raise InvalidRequest(f"hires steps must be {MIN_STEPS} to {MAX_STEPS}; got {hires.steps}.")
+    if not (math.isfinite(hires.strength) and 0 < hires.strength <= MAX_STRENGTH):
+        raise InvalidRequest(f"hires strength must be above 0, at most {MAX_STRENGTH:g}; got {hires.strength:g}.")
+    if img2img_steps(hires.steps, hires.strength, flow=True) < 1:
+        raise InvalidRequest(f"At hires strength {hires.strength:g}, {hires.steps} steps run no step; raise either.")
+    width, height = request.output_size
+    if max(width, height) > min(max_size, MAX_SIZE) or width * height > MAX_PIXELS:
+        raise InvalidRequest(
+            f"Upscaled x{hires.scale}, {request.width}x{request.height} would be {width}x{height}: more than "
+            f"{min(max_size, MAX_SIZE)} a side or {MAX_PIXELS:,} pixels; start from a smaller image."
+        )
+
+
+def _validate_image_bytes(image: bytes) -> None:
+    if len(image) > MAX_INPUT_IMAGE_BYTES:
+        raise InvalidRequest(
+            f"The input image is {len(image) / 1e6:.1f} MB; at most {MAX_INPUT_IMAGE_BYTES / 1e6:.0f} MB."
+        )
+    if not image.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise InvalidRequest("The input image must be a PNG.")
+
+
+def _validate_image_input(request: Request) -> None:
+    strength = request.strength
+    if not (math.isfinite(strength) and MIN_STRENGTH <= strength <= MAX_STRENGTH):
+        raise InvalidRequest(f"strength must be {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; got {strength:g}.")
+    _validate_image_bytes(input_image(request))
+    if isinstance(request, GenerateRequest) and request.film:
+        raise InvalidRequest("A steps film starts from noise: leave out the input image, or the film.")
+    # The bigger of the two families' counts: the model's own check is `validate_for_model`'s.
+    if min(img2img_steps(steps, strength, flow=True) for steps in request.lane_steps) < 1:
+        raise InvalidRequest(_too_weak(request, strength))
+
+
+def _too_weak(request: Request, strength: float) -> str:
+    steps = min(request.lane_steps)
+    return (
+        f"At strength {strength:g}, {steps} steps run no step over the image; raise the strength "
+        f"or the steps (strength × steps must reach 1)."
+    )
 
 
 def _did_you_mean(scheduler: str) -> str:
@@ -310,6 +456,9 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
         raise InvalidRequest(
             f"The model {model.name} ({model.family}) ignores guidance; leave it out (got {request.guidance:g})."
         )
+    upscale = isinstance(request, GenerateRequest) and request.upscale_only
+    if input_image(request) and not upscale and min(lane_steps_run(request, model.family)) < 1:
+        raise InvalidRequest(_too_weak(request, request.strength))
     if model.max_steps is not None and max(request.lane_steps) > model.max_steps:
         raise InvalidRequest(
             f"steps must be at most {model.max_steps} for the model {model.name}; got {max(request.lane_steps)}."
@@ -399,6 +548,9 @@ class ModelInfo:
     def few_step_lora(self, loras: Sequence[tuple[str, float]]) -> LoraInfo | None:
         """The first step-distillation LoRA among these, whose defaults replace the model's."""
         return next((info for name, _ in loras if (info := self.lora(name)).few_step), None)
+
+    default_strength: float = DEFAULT_STRENGTH  # img2img, Vary
+    hires_strength: float = DEFAULT_HIRES_STRENGTH  # the hires pass and Upscale
 
 
 @dataclass(frozen=True)
@@ -559,6 +711,18 @@ class GeneratedImage:
         """The image or any of its film's frames was flagged by the checker."""
         return bool(self.verdict and self.verdict.flagged) or any(v.flagged for v in self.frame_verdicts)
 
+    # img2img: the steps of its `steps`-step schedule that ran over the input image (None: all).
+    steps_ran: int | None = None
+
+    # A hires result: the steps its first pass ran, at the first pass's size (0: none ran).
+    first_pass_steps: int = 0
+    strength: float = 1.0  # of the pass that made it (its hires pass', for a hires result)
+
+    @property
+    def steps_run(self) -> int:
+        """Steps that ran for this image, over every pass."""
+        return (self.steps if self.steps_ran is None else self.steps_ran) + self.first_pass_steps
+
 
 @dataclass(frozen=True)
 class JobResult:
@@ -572,7 +736,7 @@ class JobResult:
 
     @property
     def steps_run(self) -> int:
-        return sum(image.steps for image in self.images)
+        return sum(image.steps_run for image in self.images)
 
 
 @dataclass(frozen=True)

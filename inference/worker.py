@@ -148,13 +148,17 @@ def warm_up(engine: LaneEngine, model: str = "") -> None:
 
 
 def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent | ProgressBatch], None]) -> None:
-    from inference.engine.lane_engine import BatchError, UnknownModel
+    from inference.engine.lane_engine import BatchError, UnknownModel, UnreadableImage
 
     def handle(message: object) -> bool:
         if isinstance(message, SubmitJob):
             try:
                 engine.add_job(message.job_id, message.request)
-            except (UnknownModel, InvalidRequest) as exc:  # the queue checks first; this is the worker's own guard
+            except (
+                UnknownModel,
+                InvalidRequest,
+                UnreadableImage,
+            ) as exc:  # the queue and bot check first; this is the worker's guard
                 send(JobFailed(message.job_id, str(exc)))
             except Exception:
                 log.exception("could not start job %s", message.job_id, extra={"job_id": message.job_id})

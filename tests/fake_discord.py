@@ -790,6 +790,11 @@ class FakeDiscord:
             raise _ApiError(50027)
         return ix
 
+    def member_upload(self, filename: str, data: bytes, content_type: str = "image/png") -> Json:
+        """A file a member attached to a command: its Attachment object (served on loopback like the
+        CDN); pass it as an option of type 11 with `attachment_option` and `resolved`."""
+        return self._attachments([RecordedFile("files[0]", filename, content_type, data)])[0]
+
     def _attachments(self, files: list[RecordedFile]) -> list[Json]:
         """Attachment objects for uploaded files, served back under /attachments/ like Discord's CDN."""
         attachments = []
@@ -965,6 +970,11 @@ class FakeDiscord:
         if f is None:
             raise web.HTTPNotFound()
         return web.Response(body=f.data, headers={"Content-Type": f.content_type})
+
+
+def attachment_option(name: str, attachment: Json) -> tuple[Json, Json]:
+    """The option (type 11) and the `resolved` data of an attachment made with `member_upload`."""
+    return {"name": name, "type": 11, "value": attachment["id"]}, {"attachments": {attachment["id"]: attachment}}
 
 
 def _option(name: str, value: Any) -> Json:

@@ -8,22 +8,28 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import io
 import os
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TextIO
+
+from PIL import Image
 
 from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, requested_loras
 from bot.limits.server import EffectiveLimits
+from bot.pictures.input_image import prepare_input_image
 from inference.model_files import local_source_problem
-from inference.parameters import grid_infotext
+from inference.parameters import PNG_KEY, grid_infotext
 from inference.protocol import (
+    SIZE_MULTIPLE,
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
@@ -45,24 +51,59 @@ TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
 TINY_MODELS = TEST_MODEL_NAMES[:5]  # one per family; the rest are full-size random weights, for benchmarks
 
 
-def options_from_args(args: argparse.Namespace) -> RequestOptions:
-    """What the arguments ask for, options left out as None (the model's defaults fill them in)."""
+def read_input_image(args: argparse.Namespace) -> bytes | None:
+    """The bytes of `--image` (or upscale's image); InvalidOption when it can't be read."""
+    path: Path | None = getattr(args, "image", None)
+    if path is None:
+        return None
+    try:
+        return path.expanduser().read_bytes()
+    except OSError as error:
+        raise InvalidOption(f"{path}: {_reason(error)}") from None
+
+
+def prompt_of(image: bytes) -> str:
+    """The prompt in an image's A1111 `parameters` (Stepgrid's and A1111's own images carry one), or ""."""
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            text = opened.info.get(PNG_KEY, "")
+    except Exception:
+        return ""
+    return text.split("\n", 1)[0].strip() if isinstance(text, str) else ""
+
+
+def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -> RequestOptions:
+    """What the arguments ask for, options left out as None (the model's defaults fill them in). An
+    input image is checked and normalised for a model whose sizes are multiples of `multiple`."""
     grid = args.command == "compare-steps"
     scheduler_grid = args.command == "compare-schedulers"
+    upscale = args.command == "upscale"
+    data = read_input_image(args)
+    image, size, prompt = None, getattr(args, "size", None), args.prompt
+    if data is not None:
+        prepared = prepare_input_image(data, multiple=multiple)
+        image, size = prepared.png, size or f"{prepared.width}x{prepared.height}"
+        if prompt is None:
+            prompt = prompt_of(data)
+            if not prompt:
+                raise InvalidOption(f"{args.image} carries no prompt in its parameters: give one with --prompt.")
     return RequestOptions(
-        prompt=args.prompt,
+        prompt=prompt,
         negative_prompt=args.negative,
         scheduler=None if scheduler_grid else args.scheduler,
         seed=None if args.seed == -1 else args.seed,
         guidance=args.guidance,
-        size=args.size,
+        size=size,
         steps=None if grid or scheduler_grid else args.steps,
-        count=None if grid or scheduler_grid else args.count,
+        count=None if grid or scheduler_grid or upscale else args.count,
         compare_steps=args.steps if grid or scheduler_grid else None,
         grid=grid,
         film=getattr(args, "film", None) is not None,
         schedulers=args.schedulers if scheduler_grid else None,
         scheduler_grid=scheduler_grid,
+        image=image,
+        strength=getattr(args, "strength", None),
+        upscale=upscale,
     )
 
 
@@ -122,7 +163,11 @@ class ProgressBar:
 
 
 async def generate(
-    options: RequestOptions, settings: Settings, specs: Sequence[ModelSpec], *, out: TextIO = sys.stderr
+    options: RequestOptions | Callable[[int], RequestOptions],
+    settings: Settings,
+    specs: Sequence[ModelSpec],
+    *,
+    out: TextIO = sys.stderr,
 ) -> tuple[Request, JobResult, str]:
     """Run what `options` ask through a LocalJobQueue and its spawned worker loading `specs`,
     drawing a progress bar. Options left out take the loaded model's defaults, decided where the
@@ -142,6 +187,8 @@ async def generate(
         for missing in info.unavailable if info else ():
             out.write(f"model {missing.name} is unavailable: {missing.message}\n")
         model = queue.model_info("")
+        if callable(options):  # an input image, normalised for the loaded model's size multiple
+            options = options(model.size_multiple)
         loras = [name for name, _ in requested_loras(options)[1]]
         request = checked(build_request(options, cli_defaults(settings, specs, model, loras)))
         job_id = queue.submit(request, user_id="cli")
@@ -337,7 +384,7 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     quiet_worker(args)
     started = time.perf_counter()
     try:
-        request, result, device = asyncio.run(generate(options_from_args(args), settings, specs))
+        request, result, device = asyncio.run(generate(partial(options_from_args, args), settings, specs))
     except (InvalidRequest, InvalidOption, ModelsUnavailable) as error:  # e.g. a scheduler or size this
         print(f"stepgrid: {error}", file=sys.stderr)  # model can't do, or a --model that doesn't load
         return 2

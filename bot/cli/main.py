@@ -48,8 +48,15 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{echo(text)} is not a number") from None
 
 
-def _add_generation_options(parser: argparse.ArgumentParser, settings: Settings, *, scheduler: bool = True) -> None:
-    parser.add_argument("prompt", help="what to draw")
+def _add_generation_options(
+    parser: argparse.ArgumentParser, settings: Settings, *, scheduler: bool = True, prompt: bool = True
+) -> None:
+    if prompt:
+        parser.add_argument("prompt", help="what to draw")
+    else:
+        parser.add_argument(
+            "--prompt", default=None, help="what the image shows (default: the prompt in its parameters)"
+        )
     if scheduler:
         parser.add_argument(
             "--scheduler",
@@ -108,6 +115,28 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="also write the Steps film, the predicted finished image at every step, to PATH: an animated WebP "
         "or GIF, as its name ends (.webp or .gif); one image only",
     )
+    imagine.add_argument(
+        "--image", type=Path, default=None, metavar="PATH", help="start from this image (img2img): PNG, JPEG or WebP"
+    )
+    imagine.add_argument(
+        "--strength",
+        type=_number,
+        default=None,
+        help="with --image: how much to change it, 0-1; of 30 steps at 0.6 the last 18 run (default: the model's)",
+    )
+
+    about = (
+        "Upscale an image x2: a Lanczos resize, then an img2img pass at the larger size that adds detail "
+        "(A1111's hires fix)."
+    )
+    upscale = commands.add_parser("upscale", help="upscale an image x2 with an img2img pass", description=about)
+    upscale.add_argument("image", type=Path, help="the image to upscale: PNG, JPEG or WebP")
+    _add_generation_options(upscale, settings, prompt=False)
+    upscale.add_argument("--steps", type=_whole_number, default=None, help="1-150 (default: the model's own)")
+    upscale.add_argument(
+        "--strength", type=_number, default=None, help="how much the pass may change, 0-1 (default: the model's)"
+    )
+    upscale.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
 
     about = "One labelled grid of the same prompt and seed at several step counts."
     compare = commands.add_parser("compare-steps", help=about, description=about)

@@ -12,7 +12,7 @@ from bot.config import Settings
 from bot.errors import DuplicateRequest
 from bot.limits.checks import check_request
 from bot.limits.server import EffectiveLimits
-from bot.storage.models import JobStatus
+from bot.storage.models import JobStatus, command_of, request_to_params
 from inference.protocol import Request
 
 if TYPE_CHECKING:
@@ -60,7 +60,9 @@ class DatabasePolicy:
         active = await ledger.active_jobs(guild_id, user_id)
         # A button pressed twice, or the same seeded command sent again while the first waits or runs
         # (a result being delivered is already the member's to see: asking again is not a repeat press).
-        if any(job.status != JobStatus.DELIVERING and job.to_request() == request for job in active):
+        # Compared as stored: an img2img job's input image by its SHA-256 (the image itself is on disk).
+        command, params = command_of(request), request_to_params(request)
+        if any(job.status != JobStatus.DELIVERING and (job.command, job.params) == (command, params) for job in active):
             raise DuplicateRequest()
         check_request(
             request, limits, steps_used_today=await ledger.steps_used_today(guild_id, user_id), active_jobs=len(active)

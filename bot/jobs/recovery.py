@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from bot.storage.inputs import InputImageMissing
 from bot.storage.job_store import record_of
 from bot.storage.models import JobStatus
 from inference.protocol import JobFailed
@@ -77,7 +78,14 @@ async def recover_jobs(
     for job in await database.ledger.unfinished_jobs():
         token_age = (now - job.created_at).total_seconds()
         try:
-            record = record_of(job)
+            record = record_of(job, database.inputs)
+        except InputImageMissing as missing:
+            log.error("job %s can't run again: %s", job.id, missing, extra={"job_id": job.id})
+            await database.ledger.mark_finished(
+                job.id, JobFailed(job.id, "Its input image was lost in a restart; send the image again.")
+            )
+            failed.append(job.id)
+            continue
         except (TypeError, ValueError):
             log.exception(
                 "job %s has parameters this version can't read; answering it as failed",

@@ -41,13 +41,17 @@ from bot.job_requests import (
     RequestOptions,
     build_request,
     checked,
+    derive_from_image,
     derive_request,
     requested_loras,
 )
+from bot.jobs.attachments import read_attachment
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
 from bot.limits.checks import check_image_size, check_request
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
+from bot.pictures.input_image import prepare_input_image
+from bot.replies.buttons import IMAGE_ACTIONS
 from bot.replies.messages import (
     MessageUpdate,
     ProgressState,
@@ -64,7 +68,10 @@ from bot.storage.job_store import JobRecord, JobStore, MemoryJobStore
 from bot.storage.models import command_of
 from inference.logs import job_context
 from inference.protocol import (
+    MAX_PIXELS,
+    MAX_SIZE,
     MAX_STEPS,
+    GenerateRequest,
     InvalidRequest,
     JobFailed,
     JobProgress,
@@ -150,10 +157,16 @@ class JobService:
         return await self.policy.limits(guild_id)
 
     async def start_command(
-        self, interaction: discord.Interaction, options: RequestOptions, *, origin: str
+        self,
+        interaction: discord.Interaction,
+        options: RequestOptions,
+        *,
+        origin: str,
+        attachment: discord.Attachment | None = None,
     ) -> asyncio.Task[None]:
         """Start the job a command's options ask for; the server's limits are read once, for its
-        defaults and for its check.
+        defaults and for its check. An attached image is read from Discord, checked and normalised
+        first (what was changed in it is said with the job).
 
         Before the worker has reported its models, the request built now is provisional (the server's
         generic defaults): the job keeps `options` and is built again for its model once it is known.
@@ -161,12 +174,33 @@ class JobService:
         if interaction.guild_id is None:
             raise ServerOnly()
         limits = await self.limits(interaction.guild_id)
+        notes: tuple[str, ...] = ()
+        if attachment is not None:
+            options, notes = await self._with_input_image(options, attachment, limits)
+        elif options.strength is not None:
+            raise InvalidOption("strength applies to an input image: attach one with `image`, or leave strength out.")
         _, loras = requested_loras(options)  # a step-distillation LoRA brings its own defaults
         lora_names = [name for name, _ in loras]
         model = self.model_for(options.model, limits)
         unbuilt = options if model is None and not self.queue.ready else None
         request = build_request(options, limits.request_defaults(model, lora_names))
-        return await self.start(interaction, request, origin=origin, limits=limits, options=unbuilt)
+        return await self.start(interaction, request, origin=origin, limits=limits, options=unbuilt, notes=notes)
+
+    async def _with_input_image(
+        self, options: RequestOptions, attachment: discord.Attachment, limits: EffectiveLimits
+    ) -> tuple[RequestOptions, tuple[str, ...]]:
+        """The options with the attachment as their input image (and its size, unless one was given)."""
+        model = self.model_for(options.model, limits)
+        data = await read_attachment(attachment)
+        side = min(limits.max_image_size, MAX_SIZE)
+        prepared = await asyncio.to_thread(
+            prepare_input_image,
+            data,
+            multiple=model.size_multiple if model else 8,
+            max_pixels=min(MAX_PIXELS, side * side),
+        )
+        size = options.size or f"{prepared.width}x{prepared.height}"
+        return dataclasses.replace(options, image=prepared.png, size=size), prepared.notes
 
     def model_for(self, name: str | None, limits: EffectiveLimits) -> ModelInfo | None:
         """The loaded model `name` means in this server (its default when None); None before the
@@ -186,6 +220,7 @@ class JobService:
         limits: EffectiveLimits | None = None,
         parent_job_id: str | None = None,
         options: RequestOptions | None = None,
+        notes: tuple[str, ...] = (),
     ) -> asyncio.Task[None]:
         """Check and record `request`, defer the interaction, queue the job and drive it in a task.
 
@@ -224,6 +259,7 @@ class JobService:
             application_id=interaction.application_id,
             interaction_token=interaction.token,
             options=options,
+            notes=notes,
         )
         job_id = record.job_id
         # One admission at a time per member: the limits count the member's jobs in the ledger, so
@@ -366,6 +402,8 @@ class JobService:
             await interaction.response.send_message(embed=details_embed(record), ephemeral=True)
         elif action == "cancel":
             await self.cancel(interaction, record)
+        elif action in IMAGE_ACTIONS:
+            await self._start_from_result(interaction, record, action)
         else:
             # The job's own model, with its ladder and its ceiling in this server.
             limits = await self.limits(interaction.guild_id)
@@ -378,6 +416,27 @@ class JobService:
                 max_cells=limits.max_grid_cells,
             )
             await self.start(interaction, request, origin=action, limits=limits, parent_job_id=job_id)
+
+    async def _start_from_result(self, interaction: discord.Interaction, record: JobRecord, action: str) -> None:
+        """Vary or Upscale: the result image, read back from its message (a Discord attachment), as
+        the input of a new job; a size over the server's cap is refused before anything is queued."""
+        if not isinstance(record.request, GenerateRequest):
+            raise InvalidOption("That button works only on single images.")
+        message = interaction.message
+        attachment = next(
+            (a for a in (message.attachments if message else []) if a.filename.startswith("stepgrid-")), None
+        )
+        if attachment is None:
+            raise InvalidOption("The result image is no longer on this message; run the prompt again.")
+        limits = await self.limits(interaction.guild_id)
+        defaults = self.defaults_for(record.request.model or None, limits)
+        model = self.model_for(record.request.model or None, limits)
+        data = await read_attachment(attachment)
+        prepared = await asyncio.to_thread(prepare_input_image, data, multiple=model.size_multiple if model else 8)
+        request = derive_from_image(
+            record.request, action, prepared.png, (prepared.width, prepared.height), defaults=defaults
+        )
+        await self.start(interaction, request, origin=action, limits=limits, parent_job_id=record.job_id)
 
     async def cancel(self, interaction: discord.Interaction, record: JobRecord) -> None:
         """Cancel a queued or running job for its owner or a moderator."""
@@ -617,7 +676,10 @@ class JobService:
         assert record.options is not None
         if self.queue.unavailable:
             raise ModelUnavailable(self.queue.unavailable)
-        options = dataclasses.replace(record.options, seed=record.request.seed)
+        # The seed drawn at acceptance; an input image kept on disk with the job (not among the stored options).
+        options = dataclasses.replace(
+            record.options, seed=record.request.seed, image=record.options.image or record.request.image or None
+        )
         limits = await self.limits(record.guild_id)
         _, loras = requested_loras(options)
         request = build_request(options, self.defaults_for(options.model, limits, [name for name, _ in loras]))

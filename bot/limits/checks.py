@@ -16,6 +16,7 @@ from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
     Request,
+    step_pixels,
     total_steps,
 )
 
@@ -39,8 +40,9 @@ def film_decodes(request: Request) -> int:
 def compute_cost(request: Request) -> int:
     """The compute budget a request uses: width × height × steps, summed over every image or cell, with
     each of a film's decodes counted as a step (a full-size VAE decode costs about one denoising step
-    with guidance: 1.6× with SD 1.5 at 512 px, 0.8× with SDXL at 1024 px, in FLOPs)."""
-    return request.width * request.height * (total_steps(request) + film_decodes(request))
+    with guidance: 1.6× with SD 1.5 at 512 px, 0.8× with SDXL at 1024 px, in FLOPs). Only the steps that
+    run count: an img2img lane's share at its strength, and a hires pass at its own (larger) size."""
+    return step_pixels(request) + request.width * request.height * film_decodes(request)
 
 
 # Letters of other scripts that look like Latin ones (after case folding), as used to slip a word

@@ -268,6 +268,8 @@ class EffectiveLimits:
             compare_steps=ladder,
             model=model.name,
             lora_weights=tuple((lora.name, lora.default_weight) for lora in model.loras),
+            strength=model.default_strength,
+            hires_strength=model.hires_strength,
         )
 
 

@@ -21,7 +21,9 @@ from inference.protocol import MAX_STEPS, GenerateRequest
 if TYPE_CHECKING:
     from bot.storage.job_store import JobRecord
 
-ACTIONS = ("reroll", "fewer", "more", "compare", "film", "details", "cancel")
+ACTIONS = ("reroll", "fewer", "more", "compare", "film", "details", "cancel", "vary", "vary-strong", "upscale")
+# Actions that start from the result image itself (read back from the result's message).
+IMAGE_ACTIONS = ("vary", "vary-strong", "upscale")
 CUSTOM_ID_PATTERN = rf"stepgrid:(?P<action>{'|'.join(ACTIONS)}):(?P<job_id>[A-Za-z0-9_-]{{1,64}})"
 
 
@@ -120,7 +122,12 @@ def result_view(record: JobRecord, max_steps: int = MAX_STEPS) -> discord.ui.Vie
             JobButton("more", job_id, label=counted(more or request.steps, "step"), emoji="➕", disabled=more is None)
         )
         view.add_item(JobButton("compare", job_id, label="Compare steps", emoji="🔬"))
-        if not request.film:
+        if not request.film and not request.image:
             view.add_item(JobButton("film", job_id, label="Steps film", emoji="🎞️"))
+        if request.count == 1 and not request.film:
+            view.add_item(JobButton("vary", job_id, label="Vary (subtle)", emoji="🌱"))
+            view.add_item(JobButton("vary-strong", job_id, label="Vary (strong)", emoji="🌪️"))
+            if request.hires is None:
+                view.add_item(JobButton("upscale", job_id, label="Upscale ×2", emoji="🔍"))
     view.add_item(JobButton("details", job_id, label="Details", emoji="ℹ️"))
     return view

@@ -92,6 +92,7 @@ class ProgressState:
     lane_steps: dict[int, int] = field(default_factory=dict)
     job_step: int = 0
     job_total: int = 0
+    lane_total: int = 0  # steps the latest lane runs (an img2img lane runs fewer than it was asked)
     preview_png: bytes | None = None
     previews_stopped: bool = False  # a flagged preview may not be shown here: no more previews for this job
     preview_spoiler: bool = False  # a flagged preview shown here goes as a spoiler
@@ -117,7 +118,7 @@ class ProgressState:
             self.started = True
             for lane, step in event.lane_steps or ((event.lane, event.step),):
                 self.lane_steps[lane] = step
-            self.job_step, self.job_total = event.job_step, event.job_total
+            self.job_step, self.job_total, self.lane_total = event.job_step, event.job_total, event.total
             if event.preview_png is not None and not self.previews_stopped:
                 self.preview_png = event.preview_png
 
@@ -157,7 +158,8 @@ def progress_text(request: Request, state: ProgressState) -> str:
         )
     step = min((state.lane_steps.get(lane, 0) for lane in range(request.count)), default=0)
     images = f" · {request.count} images" if request.count > 1 else ""
-    return f"🎨 {progress_bar(step, request.steps)} step {step}/{request.steps}{images}{retry}"
+    total = state.lane_total or request.steps  # of an img2img lane, the steps that run
+    return f"🎨 {progress_bar(step, total)} step {step}/{total}{images}{retry}"
 
 
 def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:
@@ -242,6 +244,12 @@ def result_message(
         per_image = ", ".join(f"{image.seconds:.1f} s" for image in result.images)
         embed.add_field(name="Generation", value=per_image)
     embed.add_field(name="Queue wait", value=f"{result.queue_seconds:.1f} s")
+    ran = steps_ran_text(record.request, result)
+    if ran:
+        index = next(i for i, item in enumerate(embed.fields) if item.name == "Steps")
+        embed.set_field_at(index, name="Steps", value=ran, inline=False)
+    if record.notes:
+        embed.add_field(name="Input image", value=_clip("; ".join(record.notes), 1000), inline=False)
     notes = [f"job {record.job_id}", model_name(result.model or record.request.model)]
     if result.prompt_truncated:
         notes.append("prompt truncated to the model's token limit")
@@ -253,6 +261,25 @@ def result_message(
     if (len(files) == 1 or rendered.film_size) and not rendered.spoiler:
         embed.set_image(url=f"attachment://{files[0].filename}")
     return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record, max_steps))
+
+
+def steps_ran_text(request: Request, result: JobResult) -> str:
+    """What ran of a job that started from an image or had a hires pass ("30 steps · strength 0.6 ·
+    18 ran"); "" for one that ran every step it asked for."""
+    if not result.images or not (request.image or (isinstance(request, GenerateRequest) and request.hires)):
+        return ""
+    if isinstance(request, GenerateRequest) and request.hires is not None:
+        hires, first = request.hires, result.images[0]
+        before = "input image" if request.image else f"{counted(request.steps, 'step')}"
+        return (
+            f"{before} → ×{hires.scale} Lanczos → {counted(hires.steps, 'step')} · strength {hires.strength:g} · "
+            f"{first.steps_run} ran"
+        )
+    if isinstance(request, GenerateRequest):
+        first = result.images[0]
+        return f"{counted(first.steps, 'step')} · strength {request.strength:g} · {first.steps_run} ran"
+    cells = ", ".join(str(image.steps_run) for image in result.images)
+    return f"{', '.join(map(str, request.steps))} · strength {request.strength:g} · ran {cells}"
 
 
 def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] | None) -> str:

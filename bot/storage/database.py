@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.storage.command_syncs import CommandSyncs
+from bot.storage.inputs import InputImages
 from bot.storage.ledger import Ledger
 from bot.storage.limit_store import LimitStorage
 from bot.storage.models import utcnow
@@ -18,6 +19,8 @@ class Database(DatabaseWriter):
 
     def __init__(self, path: Path | str, settings: Settings | None = None, *, clock: WallClock = utcnow) -> None:
         super().__init__(path, settings, clock=clock)
-        self.ledger = Ledger(self)
+        # Input images of unfinished jobs, beside the database file (the data folder).
+        self.inputs = InputImages(self.path.parent / "inputs")
+        self.ledger = Ledger(self, self.inputs)
         self.server_limits = LimitStorage(self)
         self.command_syncs = CommandSyncs(self)

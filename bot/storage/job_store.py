@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.job_requests import RequestOptions
+from bot.storage.inputs import InputImageMissing, InputImages
 from bot.storage.models import UNBUILT_OPTIONS
 from inference.protocol import JobFailed, JobResult, Request
 
@@ -38,11 +39,12 @@ class JobRecord:
     interaction_token: str | None = None
     message_id: int | None = None
     options: RequestOptions | None = None
+    notes: tuple[str, ...] = ()  # what was changed in its input image (shown with the job; not stored)
 
 
 def options_to_params(options: RequestOptions) -> dict[str, Any]:
-    """The options as JSON-safe values."""
-    return dataclasses.asdict(options)
+    """The options as JSON-safe values; an input image is kept on disk with the job (bot.storage.inputs)."""
+    return {name: value for name, value in dataclasses.asdict(options).items() if name != "image"}
 
 
 def options_of(params: dict[str, Any]) -> RequestOptions | None:
@@ -54,11 +56,18 @@ def options_of(params: dict[str, Any]) -> RequestOptions | None:
     return RequestOptions(**{name: value for name, value in stored.items() if name in known})
 
 
-def record_of(job: JobRow) -> JobRecord:
-    """The JobRecord of a ledger row, with what is needed to answer it."""
+def record_of(job: JobRow, inputs: InputImages | None = None) -> JobRecord:
+    """The JobRecord of a ledger row, with what is needed to answer it (and its input image from
+    `inputs`; InputImageMissing, a ValueError, when it is gone)."""
+    sha256 = job.input_sha256
+    image = b""
+    if sha256 is not None:
+        if inputs is None:
+            raise InputImageMissing(f"job {job.id} has an input image and no store was given to read it")
+        image = inputs.load(job.id, sha256)
     return JobRecord(
         job_id=job.id,
-        request=job.to_request(),
+        request=job.to_request(image),
         user_id=job.user_id,
         guild_id=job.guild_id,
         channel_id=job.channel_id,
@@ -162,7 +171,7 @@ class DatabaseJobStore:
         row = await self.database.ledger.get_job(job_id)
         if row is None:
             return None
-        return record_of(row)
+        return record_of(row, self.database.inputs)
 
     async def set_message(self, job_id: str, message_id: int) -> None:
         await self.database.ledger.set_message(job_id, message_id=message_id)

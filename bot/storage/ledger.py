@@ -5,6 +5,7 @@ Writes go through the database's one writer task; reads open their own sessions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import defaultdict
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.limits.checks import day_start, next_quota_reset
+from bot.storage.inputs import InputImages
 from bot.storage.models import (
     FINISHED_STATUSES,
     UNBUILT_OPTIONS,
@@ -121,8 +123,9 @@ class DayImages:
 class Ledger:
     """Jobs in the database: record, move through their statuses, and count what members used."""
 
-    def __init__(self, database: DatabaseWriter) -> None:
+    def __init__(self, database: DatabaseWriter, inputs: InputImages | None = None) -> None:
         self.database = database
+        self.inputs = inputs
 
     async def record_job(
         self,
@@ -145,11 +148,17 @@ class Ledger:
         With `unbuilt_options` (what the member typed, while no model was known), `request` is
         provisional: `set_request` replaces it once the job is built for its model.
         """
+        job_id = job_id or uuid.uuid4().hex
+        if request.image:
+            if self.inputs is None:
+                raise ValueError("this ledger keeps no input images")
+            # On disk before the row exists: a row always finds its image after a crash.
+            await asyncio.to_thread(self.inputs.save, job_id, request.image)
         params = request_to_params(request)
         if unbuilt_options is not None:
             params[UNBUILT_OPTIONS] = unbuilt_options
         job = JobRow(
-            id=job_id or uuid.uuid4().hex,
+            id=job_id,
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=user_id,
@@ -238,7 +247,9 @@ class Ledger:
             if job.steps_run is None:
                 job.steps_run = job.steps_requested
 
-        return await self._transition(job_id, change)
+        delivered = await self._transition(job_id, change)
+        self._forget_input(job_id)
+        return delivered
 
     async def mark_interrupted(self, job_id: str) -> bool:
         """running → queued again by a planned stop (a deploy): the run that started it is not counted as
@@ -514,7 +525,14 @@ class Ledger:
                 if value is not None:
                     setattr(job, name, value)
 
-        return await self._transition(job_id, change)
+        finished = await self._transition(job_id, change)
+        self._forget_input(job_id)
+        return finished
+
+    def _forget_input(self, job_id: str) -> None:
+        """A finished job's input image is no longer needed: nothing runs it again."""
+        if self.inputs is not None:
+            self.inputs.remove(job_id)
 
     async def _update(self, job_id: str, change: Callable[[JobRow], None]) -> None:
         async def operation(session: AsyncSession) -> None:

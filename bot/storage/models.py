@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, Request
+from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
 
 COMMAND_IMAGINE = "imagine"
 COMMAND_COMPARE_STEPS = "compare-steps"
@@ -133,9 +134,15 @@ class JobRow(Base):
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
-    def to_request(self) -> Request:
-        """Rebuild the exact request this job was accepted with."""
-        return params_to_request(self.command, self.params)
+    def to_request(self, image: bytes = b"") -> Request:
+        """Rebuild the exact request this job was accepted with (`image`: its input image, kept on disk)."""
+        return params_to_request(self.command, self.params, image=image)
+
+    @property
+    def input_sha256(self) -> str | None:
+        """The SHA-256 of the job's input image, or None for a job without one."""
+        value = (self.params or {}).get("image_sha256")
+        return value if isinstance(value, str) else None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.command} {self.status} user={self.user_id} guild={self.guild_id}>"
@@ -214,10 +221,17 @@ UNBUILT_OPTIONS = "unbuilt_options"
 
 
 def request_to_params(request: Request) -> dict[str, Any]:
-    """Every field of the request as JSON-safe values (tuples become lists)."""
+    """Every field of the request as JSON-safe values (tuples become lists). An input image is not
+    stored, only its size and SHA-256 (the image itself waits on disk until the job ends)."""
     params: dict[str, Any] = {}
     for f in dataclasses.fields(request):
         value = getattr(request, f.name)
+        if f.name == "image":
+            if value:
+                params["image_bytes"], params["image_sha256"] = len(value), hashlib.sha256(value).hexdigest()
+            continue
+        if isinstance(value, HiresFix):
+            value = dataclasses.asdict(value)
         params[f.name] = list(value) if isinstance(value, tuple) else value
     return params
 
@@ -232,14 +246,21 @@ def _tuples(value: list[Any]) -> tuple[Any, ...]:
     return tuple(_tuples(item) if isinstance(item, list) else item for item in value)
 
 
-def params_to_request(command: str, params: dict[str, Any]) -> Request:
-    """Rebuild the request stored by `request_to_params`; fields this version doesn't know are ignored."""
+def params_to_request(command: str, params: dict[str, Any], *, image: bytes = b"") -> Request:
+    """Rebuild the request stored by `request_to_params`, with its input image where it had one;
+    fields this version doesn't know are ignored."""
     cls = _REQUEST_TYPES.get(command)
     if cls is None:
         raise ValueError(f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)} - {"image"}
     # JSON has lists where the request has tuples (a grid's steps and schedulers).
     kwargs: dict[str, Any] = {
         name: _tuples(value) if isinstance(value, list) else value for name, value in params.items() if name in known
     }
+    if isinstance(kwargs.get("hires"), dict):
+        kwargs["hires"] = HiresFix(**kwargs["hires"])
+    if params.get("image_sha256"):
+        if not image:
+            raise ValueError("this job's input image was not given")
+        kwargs["image"] = image
     return cls(**kwargs)

@@ -66,6 +66,9 @@ class BatchKind(abc.ABC):
     name: ClassVar[str]
     scheduler_class: ClassVar[type]  # the diffusers class this kind's batched form is written for
     scales_input: ClassVar[bool] = True  # column 0 of the coefficients divides the model input
+    # Whether a lane may start at any step index (img2img): its coefficients depend on that index
+    # alone, not on the steps before it.
+    starts_anywhere: ClassVar[bool] = True
 
     @classmethod
     def covers(cls, scheduler: Scheduler) -> bool:
@@ -89,7 +92,8 @@ class BatchKind(abc.ABC):
 
 def _advance(schedulers: Sequence[Scheduler]) -> None:
     for scheduler in schedulers:
-        scheduler._step_index = (scheduler._step_index or 0) + 1
+        index = scheduler._step_index
+        scheduler._step_index = ((scheduler._begin_index or 0) if index is None else index) + 1
         scheduler.is_scale_input_called = True
 
 
@@ -159,6 +163,7 @@ class DPMSolver2M(BatchKind):
     name = "DPM++ 2M"
     scheduler_class = DPMSolverMultistepScheduler
     scales_input = False  # its scale_model_input is the identity
+    starts_anywhere = False  # a lane that starts late takes a first-order step there: per lane
 
     @classmethod
     def covers(cls, scheduler: Scheduler) -> bool:

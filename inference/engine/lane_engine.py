@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import itertools
 import logging
 import threading
@@ -26,7 +27,7 @@ from PIL import Image
 from inference.adapters import AdapterKey, adapter_key
 from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
 from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
-from inference.engine.lanes import EngineJob, Lane
+from inference.engine.lanes import EngineJob, InputImage, Lane
 from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png, png_pixels
 from inference.loading import LoadedModel
@@ -43,6 +44,7 @@ from inference.protocol import (
     ProgressBatch,
     Request,
     SafetyVerdict,
+    input_image,
 )
 from inference.recent import Recent
 from inference.safety import ImageChecker
@@ -82,6 +84,27 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
 
 class UnknownModel(LookupError):
     """A request names a model this engine has not loaded."""
+
+
+class UnreadableImage(ValueError):
+    """A request's input image can't be decoded (the bot checks first: this is the worker's guard)."""
+
+
+# The worker's own guard against a decompression bomb, well above protocol.MAX_PIXELS.
+MAX_INPUT_PIXELS = 4 * 2048 * 2048
+
+
+def read_image(png: bytes) -> Image.Image:
+    """An input image's bytes as an RGB image; raises UnreadableImage."""
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            if image.width * image.height > MAX_INPUT_PIXELS:
+                raise UnreadableImage(f"The input image is {image.width}x{image.height}: too many pixels.")
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, UnreadableImage):
+            raise
+        raise UnreadableImage("The input image could not be read as an image.") from exc
 
 
 class BatchError(RuntimeError):
@@ -152,18 +175,61 @@ class LaneEngine:
         """Turn a validated request into lanes; they start at the next iteration."""
         model = self.model_for(request.model)
         adapters = self._adapters_for(model, request)
-        text = (request.prompt, request.negative_prompt, request.guidance, request.height, request.width)
+        conditioning = self._conditioning(model, request, adapters, request.height, request.width)
+        job = EngineJob(job_id, request, model, conditioning, next(self._order), adapters)
+        source = None
+        if png := input_image(request):
+            image = read_image(png)
+            if isinstance(request, GenerateRequest) and request.upscale_only:
+                # Upscale: the input image is the first pass; only the hires pass runs.
+                job.all_lanes = [self._placeholder_lane(job, i, seed) for i, seed in enumerate(request.lane_seeds)]
+                self._start_hires(job, [image] * request.count)
+                self._jobs[job_id] = job
+                return
+            source = InputImage(model.family.image_pixels(image, request.height, request.width))
+        job.hires_pending = isinstance(request, GenerateRequest) and request.hires is not None
+        lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
+        job.all_lanes = [self._make_lane(job, i, *lane, source, request.strength) for i, lane in enumerate(lanes)]
+        job.lanes = list(job.all_lanes)
+        self._jobs[job_id] = job
+
+    def _conditioning(
+        self, model: LoadedModel, request: Request, adapters: AdapterKey, height: int, width: int
+    ) -> Conditioning:
+        text = (request.prompt, request.negative_prompt, request.guidance, height, width)
 
         def encode() -> Conditioning:
             self._activate(model, adapters)  # a LoRA with text-encoder layers changes the conditioning
             return model.family.encode(*text)
 
-        conditioning = self._conditionings.get((model.name, adapters, *text), encode)
-        job = EngineJob(job_id, request, model, conditioning, next(self._order), adapters)
-        lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
-        job.all_lanes = [self._make_lane(job, i, *lane) for i, lane in enumerate(lanes)]
-        job.lanes = list(job.all_lanes)
-        self._jobs[job_id] = job
+        return self._conditionings.get((model.name, adapters, *text), encode)
+
+    def _placeholder_lane(self, job: EngineJob, index: int, seed: int) -> Lane:
+        """An Upscale's first pass: its input image, no steps run."""
+        scheduler = job.request.lane_schedulers[index]
+        lane = self._make_lane(job, index, 1, seed, scheduler, InputImage(torch.empty(0)), 1.0)
+        lane.timesteps, lane.ran, lane.awaiting_image = [], 0, False
+        return lane
+
+    def _start_hires(self, job: EngineJob, images: list[Image.Image]) -> None:
+        """Move a job on to its hires pass: each first-pass image resized in pixel space (Lanczos, as
+        A1111's "Lanczos" upscaler), then an img2img lane from it at the larger size, its own steps
+        and strength, the same seed and scheduler."""
+        request = job.request
+        assert isinstance(request, GenerateRequest) and request.hires is not None
+        hires = request.hires
+        job.first_pass, job.hires_pending = job.all_lanes, False
+        job.width, job.height = request.output_size
+        job.conditioning = self._conditioning(job.model, request, job.adapters, job.height, job.width)
+        family = job.model.family
+        lanes = []
+        for lane, image in zip(job.first_pass, images, strict=True):
+            upscaled = image.resize((job.width, job.height), Image.Resampling.LANCZOS)
+            source = InputImage(family.image_pixels(upscaled, job.height, job.width))
+            scheduler = request.lane_schedulers[lane.index]
+            lanes.append(self._make_lane(job, lane.index, hires.steps, lane.seed, scheduler, source, hires.strength))
+        job.all_lanes = lanes
+        job.lanes = list(lanes)
 
     def model_for(self, name: str) -> LoadedModel:
         """The loaded model of that name ("" = the default one)."""
@@ -186,9 +252,18 @@ class LaneEngine:
         if model.adapters is not None:
             model.adapters.activate(adapters)
 
-    def _make_lane(self, job: EngineJob, index: int, steps: int, seed: int, scheduler_name: str) -> Lane:
+    def _make_lane(
+        self,
+        job: EngineJob,
+        index: int,
+        steps: int,
+        seed: int,
+        scheduler_name: str,
+        source: InputImage | None = None,
+        strength: float = 1.0,
+    ) -> Lane:
         request, family = job.request, job.model.family
-        size = (request.height, request.width)
+        size = (job.height, job.width)
         few_step = job.model.info.few_step_lora(request.loras) is not None
         if seed_dependent(scheduler_name):  # one per seed: nothing to reuse
             scheduler = family.new_scheduler(scheduler_name, steps, seed, *size, few_step=few_step)
@@ -199,26 +274,41 @@ class LaneEngine:
             )
             scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
         generator = torch.Generator("cpu").manual_seed(seed)
-        latents = family.initial_latents(scheduler, request.height, request.width, generator)
         step_kwargs: dict[str, Any] = {}
         if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
         filmed = isinstance(request, GenerateRequest) and request.film
         # A film lane steps through its scheduler's own `step`, whose output carries x0.
         plan = plan_for(scheduler) if self.batched_steps and not filmed else None
+        start = 0
+        if source is None:
+            latents = family.initial_latents(scheduler, job.height, job.width, generator)
+        else:
+            # img2img: the lane starts part-way down its schedule; its latents (the encoded image,
+            # noised to that timestep) are made when it first runs, the VAE encode batched.
+            start = family.img2img_start(scheduler, steps, strength)
+            latents = torch.empty(0)
+            if plan is not None:
+                plan = (plan[0], plan[1][start:]) if start == 0 or plan[0].starts_anywhere else None
+        timesteps = list(scheduler.timesteps)[start:]
         return Lane(
             job=job,
             index=index,
             steps=steps,
             seed=seed,
             scheduler=scheduler,
-            timesteps=list(scheduler.timesteps),
+            timesteps=timesteps,
             latents=latents,
             generator=generator,
             step_kwargs=step_kwargs,
             kind=plan[0] if plan else None,
             table=plan[1] if plan else (),
             film=FilmCapture() if filmed else None,
+            ran=steps - start // scheduler.order,
+            source=source,
+            awaiting_image=source is not None,
+            from_image=source is not None,
+            strength=strength,
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -266,6 +356,9 @@ class LaneEngine:
             return 0
         jobs = list({lane.job: None for lane in lanes})
         try:
+            starting = [lane for lane in lanes if lane.awaiting_image]
+            if starting:
+                self._timed(starting, self._start_from_images)
             self._timed(lanes, self._denoise)
             self._report_progress(lanes, jobs)
             finished = [lane for lane in lanes if lane.done]
@@ -301,6 +394,24 @@ class LaneEngine:
         for lane in lanes:
             lane.cpu_seconds += elapsed * lane.rows / rows
         return out
+
+    @torch.no_grad()
+    def _start_from_images(self, lanes: list[Lane]) -> None:
+        """img2img lanes' first latents: every new input image of the batch through ONE VAE encode,
+        then each lane's own sample of it, noised to its first timestep with its own generator."""
+        family = lanes[0].job.model.family
+        sources = [lane.source for lane in lanes if lane.source is not None]
+        new = [source for source in dict.fromkeys(sources) if source.encoded is None]
+        if new:
+            for source, encoded in zip(new, family.encode_images(torch.cat([s.pixels for s in new])), strict=True):
+                source.encoded = encoded
+        for lane in lanes:
+            assert lane.source is not None and lane.source.encoded is not None
+            image = family.image_latents(lane.source.encoded, lane.generator)
+            noised = family.noised_image_latents(lane.scheduler, image, lane.timesteps[0], lane.generator)
+            lane.latents = family.pack_latents(noised, lane.job.height, lane.job.width)
+            lane.awaiting_image = False
+            lane.source = None  # its pixels and encoding are no longer needed
 
     @torch.no_grad()
     def _denoise(self, lanes: list[Lane]) -> None:
@@ -370,7 +481,7 @@ class LaneEngine:
         ready = film.ready(lane.progress_steps, lane.done)
         if len(ready) < FILM_DECODE_BATCH and not (lane.done and ready):
             return
-        job, request = lane.job, lane.job.request
+        job = lane.job
         # Charged to the lane like its denoising: CUDA events on a GPU (no double count of the batch
         # still running when the decode is queued), wall time on a CPU.
         started = time.perf_counter()
@@ -380,7 +491,7 @@ class LaneEngine:
         for first in range(0, len(ready), FILM_DECODE_BATCH):
             steps = ready[first : first + FILM_DECODE_BATCH]
             latents = torch.cat([film.pending.pop(step) for step in steps])
-            decoded = self.decode(latents, job.model, request.height, request.width)
+            decoded = self.decode(latents, job.model, job.height, job.width)
             for step, pixels, verdict in zip(steps, decoded, self.verdicts(decoded), strict=True):
                 film.frames[step] = to_frame(pixels)
                 if verdict is not None:
@@ -453,7 +564,7 @@ class LaneEngine:
                 job.last_preview_at = now
                 job.previewing = True
                 latents = max(job.lanes, key=lambda lane: lane.position).latents
-                future = self._encoder.submit(self._make_preview, job, latents, lane_steps)
+                future = self._encoder.submit(self._make_preview, job, latents, (job.height, job.width), lane_steps)
                 self._encodes.add(future)
                 future.add_done_callback(self._encodes.discard)
             if job.previewing and not job.progress_sent:
@@ -465,17 +576,18 @@ class LaneEngine:
 
     @staticmethod
     def _progress_event(job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None) -> JobProgress:
-        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].steps
+        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].ran
         verdict = job.preview_verdict if preview is not None else None
         return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
                            lane_steps=tuple(lane_steps), preview_verdict=verdict)  # fmt: skip
 
-    def _make_preview(self, job: EngineJob, latents: torch.Tensor, lane_steps: list[tuple[int, int]]) -> None:
+    def _make_preview(
+        self, job: EngineJob, latents: torch.Tensor, size: tuple[int, int], lane_steps: list[tuple[int, int]]
+    ) -> None:
         """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
         png = None
         try:
-            request = job.request
-            preview = latent_preview_png(job.model.family.preview_latents(latents, request.height, request.width))
+            preview = latent_preview_png(job.model.family.preview_latents(latents, *size))  # the size they ran at
             job.preview_verdict = self.verdicts([png_pixels(preview)])[0]
             png = preview  # only once checked: a preview the checker failed on is not sent
         except Exception:
@@ -490,11 +602,19 @@ class LaneEngine:
     @torch.no_grad()
     def _finish(self, lanes: list[Lane]) -> None:
         job = lanes[0].job  # one batch: one model and size
-        height, width = job.request.height, job.request.width
+        height, width = job.height, job.width
         # Checked where decoded, in one batch with the lanes it checks: its cost is theirs.
         images, verdicts = self._timed(lanes, lambda done: self._decode_checked(done, job.model, height, width))
         for lane, pixels, verdict in zip(lanes, images, verdicts, strict=True):
             job = lane.job
+            if job.hires_pending:
+                job.lanes.remove(lane)
+                lane.latents = torch.empty(0)
+                lane.decoded = pixels
+                if not job.lanes:  # the first pass is done: the job moves on to its hires pass
+                    decoded = [Image.fromarray(first.decoded) for first in job.all_lanes if first.decoded is not None]
+                    self._start_hires(job, decoded)
+                continue
             with self._lock:
                 job.lanes.remove(lane)
                 job.pending_encodes += 1
@@ -527,10 +647,11 @@ class LaneEngine:
         the last image of a job emits its result."""
         request = job.request
         film = lane.film
+        first = job.first_pass[lane.index] if job.first_pass else None
         parameters = image_infotext(
             request,
             seed=lane.seed,
-            steps=lane.steps,
+            steps=lane.steps if first is None or not first.timesteps else first.steps,
             model=job.model.name,
             scheduler=request.lane_schedulers[lane.index],
             lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
@@ -538,15 +659,21 @@ class LaneEngine:
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)
             frames = tuple(encode_png(frame) for _, frame in sorted(film.frames.items())) if film else ()
-            seconds = lane.seconds  # here, off the denoising thread: reading CUDA events waits for them
+            seconds = lane.seconds + (
+                first.seconds if first else 0.0
+            )  # off the denoising thread: reading CUDA events waits
         except Exception:
             log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
         frame_verdicts = tuple(v for _, v in sorted(film.verdicts.items())) if film else ()
-        image = GeneratedImage(png, lane.seed, lane.steps, request.width, request.height, seconds, frames=frames,
-                               frames_source=film.source if film else "", verdict=verdict,
-                               frame_verdicts=frame_verdicts)  # fmt: skip
+        image = GeneratedImage(
+            png, lane.seed, lane.steps, job.width, job.height, seconds, frames=frames,
+            frames_source=film.source if film else "", verdict=verdict, frame_verdicts=frame_verdicts,
+            steps_ran=lane.ran if lane.from_image else None,
+            first_pass_steps=first.ran if first else 0,
+            strength=lane.strength,
+        )  # fmt: skip
         with self._lock:
             job.images[lane.index] = image
             job.pending_encodes -= 1

@@ -7,19 +7,31 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from inference.adapters import AdapterKey
 from inference.engine.batch_steps import BatchKind, Coefficients
 from inference.engine.film import FilmCapture
-from inference.families import Conditioning
+from inference.families import Conditioning, EncodedImage
 from inference.loading import LoadedModel
 from inference.protocol import (
     GeneratedImage,
+    GenerateRequest,
     Request,
     SafetyVerdict,
+    img2img_steps,
 )
 from inference.schedulers import Scheduler
+
+
+@dataclass(eq=False)
+class InputImage:
+    """An img2img lane's input: preprocessed for the VAE, then its encoding (made once, when the first
+    lane that starts from it runs, batched with the other new inputs of that iteration)."""
+
+    pixels: torch.Tensor
+    encoded: EncodedImage | None = None
 
 
 @dataclass(eq=False)
@@ -41,6 +53,17 @@ class Lane:
     cpu_seconds: float = 0.0
     gpu_spans: list[tuple[Any, Any, float]] = field(default_factory=list)
     film: FilmCapture | None = None  # a film lane keeps every step's predicted clean image
+    # img2img: the scheduler steps this lane runs of its `steps` (it starts part-way down its
+    # schedule), and whether its first latents (the image's, noised) are still to be made.
+    ran: int = 0
+    source: InputImage | None = None
+    awaiting_image: bool = False
+    from_image: bool = False
+    strength: float = 1.0
+    decoded: np.ndarray | None = None  # a hires job's first-pass image, until its hires pass starts
+
+    def __post_init__(self) -> None:
+        self.ran = self.ran or self.steps
 
     @property
     def done(self) -> bool:
@@ -54,7 +77,9 @@ class Lane:
     @property
     def progress_steps(self) -> int:
         """Scheduler steps done, in the user's terms (second-order schedulers call the UNet twice)."""
-        return min(self.steps, math.floor(self.position * self.steps / len(self.timesteps) + 1e-9))
+        if not self.timesteps:
+            return 0
+        return min(self.ran, math.floor(self.position * self.ran / len(self.timesteps) + 1e-9))
 
     @property
     def rows(self) -> int:
@@ -89,19 +114,34 @@ class EngineJob:
     previewing: bool = False
     progress_sent: bool = False  # its first progress event has gone out
     answered: bool = False  # a result, failure or cancellation has been emitted (guarded by the engine's lock)
+    height: int = 0  # the size its lanes run at now (a hires pass runs larger than the first)
+    width: int = 0
+    first_pass: list[Lane] = field(default_factory=list)  # a hires job's first-pass lanes, once done
+    hires_pending: bool = False  # its lanes are a first pass that a hires pass follows
+
+    def __post_init__(self) -> None:
+        self.height = self.height or self.request.height
+        self.width = self.width or self.request.width
 
     @property
     def group(self) -> tuple[str, AdapterKey, int, int]:
         """Lanes batch only with lanes of the same model, LoRAs (and weights) and size."""
-        return (self.model.name, self.adapters, self.request.height, self.request.width)
+        return (self.model.name, self.adapters, self.height, self.width)
 
     @property
     def steps_done(self) -> int:
-        return sum(lane.progress_steps for lane in self.all_lanes)
+        return sum(lane.progress_steps for lane in [*self.first_pass, *self.all_lanes])
 
     @property
     def steps_total(self) -> int:
-        return sum(lane.steps for lane in self.all_lanes)
+        """Steps of every pass: a hires job's second pass counts from the start."""
+        request = self.request
+        hires = request.hires if isinstance(request, GenerateRequest) else None
+        later = 0
+        if self.hires_pending and hires is not None:
+            flow = self.model.family.flow
+            later = len(self.all_lanes) * img2img_steps(hires.steps, hires.strength, flow=flow)
+        return sum(lane.ran for lane in [*self.first_pass, *self.all_lanes]) + later
 
     def due_lanes(self) -> list[Lane]:
         """Lanes that should run now, longest first. A lane starts once the job's longest started lane
@@ -114,4 +154,4 @@ class EngineJob:
     @property
     def gpu_seconds(self) -> float:
         """Device time of this job's lanes' shares of each batch; reading CUDA events waits for them."""
-        return sum(lane.seconds for lane in self.all_lanes)
+        return sum(lane.seconds for lane in [*self.first_pass, *self.all_lanes])

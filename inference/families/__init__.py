@@ -15,8 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
-from inference.protocol import GUIDANCE_CFG, ModelInfo
+from inference.protocol import DEFAULT_HIRES_STRENGTH, DEFAULT_STRENGTH, GUIDANCE_CFG, ModelInfo, img2img_steps
 from inference.registry import ModelSpec
 from inference.schedulers import FLOW_SCHEDULERS, Scheduler
 
@@ -60,6 +62,15 @@ class DenoiserBatch:
         return [i for i, c in enumerate(self.conditionings) if c.uncond is not None]
 
 
+@dataclass
+class EncodedImage:
+    """An input image through the VAE's encoder: its latent distribution's mean and std (batch of 1).
+    Each lane samples its own latents from it with its own generator, as diffusers' `retrieve_latents`."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
 @dataclass(frozen=True)
 class Defaults:
     steps: int
@@ -75,6 +86,7 @@ class Family(abc.ABC):
     name: ClassVar[str]
     schedulers: ClassVar[tuple[str, ...]]
     compilable: ClassVar[bool] = False  # whether `predict` pads batches to a compiled denoiser's buckets
+    flow: ClassVar[bool] = False  # flow matching: img2img noises with `scale_noise` and counts steps as SD 3
 
     def __init__(self, pipe: Pipeline, spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> None:
         self.pipe = pipe
@@ -129,6 +141,9 @@ class Family(abc.ABC):
             max_steps=spec.max_steps,
             guidance_mode=base.guidance_mode,
             is_test_model=spec.is_test_model,
+            # A few-step distill at 0.6 of 4 steps runs 2: start it higher so the image changes.
+            default_strength=0.75 if base.steps <= 8 else DEFAULT_STRENGTH,
+            hires_strength=0.6 if base.steps <= 8 else DEFAULT_HIRES_STRENGTH,
         )
 
     def offered_schedulers(self) -> tuple[str, ...]:
@@ -177,11 +192,63 @@ class Family(abc.ABC):
         """Whether `predict` can pad this batch to a compiled bucket."""
         return False
 
+    # -- img2img: a lane that starts part-way down its schedule from an encoded image ------------
+
+    def img2img_start(self, scheduler: Scheduler, steps: int, strength: float) -> int:
+        """The index into the scheduler's timesteps where an img2img lane starts, and set the
+        scheduler's begin index there: the family's img2img pipeline's `get_timesteps`."""
+        start = (steps - img2img_steps(steps, strength, flow=self.flow)) * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        return int(start)
+
+    def image_pixels(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
+        """An RGB input image as the VAE takes it, preprocessed as the img2img pipelines do (resized to
+        the size with Lanczos where it differs, scaled to [-1, 1]): float32 (1, 3, height, width)."""
+        pixels: torch.Tensor = self.pipe.image_processor.preprocess(image, height=height, width=width)
+        return pixels.to(torch.float32)
+
+    def encode_images(self, pixels: torch.Tensor) -> list[EncodedImage]:
+        """VAE-encode a batch of input images of one size in one call; one EncodedImage each."""
+        vae = self.pipe.vae
+        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+        return [EncodedImage(dist.mean[i : i + 1], dist.std[i : i + 1]) for i in range(len(pixels))]
+
+    def image_latents(self, encoded: EncodedImage, generator: torch.Generator) -> torch.Tensor:
+        """One lane's sample of the image's latents, scaled as the denoiser's latents are."""
+        mean = encoded.mean
+        sample = mean + encoded.std * randn_tensor(
+            mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+        )
+        return self.scale_image_latents(sample.to(self.dtype))
+
+    def scale_image_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's raw latents in the denoiser's scale (the inverse of what `decode` undoes)."""
+        vae = self.pipe.vae
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def noised_image_latents(
+        self, scheduler: Scheduler, latents: torch.Tensor, t: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """A lane's first latents: the image's, noised to its first timestep `t` (unpacked layout)."""
+        noise = randn_tensor(latents.shape, generator=generator, device=self.device, dtype=self.dtype)
+        timestep = t.reshape(1)
+        if self.flow and hasattr(scheduler, "scale_noise"):
+            noised: torch.Tensor = scheduler.scale_noise(latents, timestep, noise)
+        else:  # DPM++ 2M and UniPC with flow sigmas noise the same way through add_noise
+            noised = scheduler.add_noise(latents, noise, timestep)
+        return noised.to(self.dtype)
+
+    def pack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Latents in the denoiser's layout (FLUX packs 2x2 patches)."""
+        return latents
+
 
 class TransformerFamily(Family):
     """A flow-matching family whose denoiser is a transformer (FLUX, SD 3)."""
 
     schedulers: ClassVar[tuple[str, ...]] = tuple(FLOW_SCHEDULERS)
+    flow: ClassVar[bool] = True
 
     @property
     def denoiser(self) -> torch.nn.Module:

@@ -106,6 +106,11 @@ class Flux(TransformerFamily):
         packed: torch.Tensor = self.pipe._pack_latents(noise, 1, channels, latent_h, latent_w)
         return packed
 
+    def pack_latents(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        _, channels, latent_h, latent_w = latents.shape
+        packed: torch.Tensor = self.pipe._pack_latents(latents, 1, channels, latent_h, latent_w)
+        return packed
+
     def predict(self, denoiser: Any, batch: DenoiserBatch) -> torch.Tensor:
         conditionings = batch.conditionings
         latents = torch.cat(batch.inputs)

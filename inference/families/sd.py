@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.families import Conditioning, Defaults, DenoiserBatch, Family, guided_rows, to_uint8
+from inference.families import Conditioning, Defaults, DenoiserBatch, EncodedImage, Family, guided_rows, to_uint8
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GUIDANCE,
@@ -165,6 +165,33 @@ class UNetFamily(Family):
             return_dict=False,
         )[0]
         return guided_rows(noise, guided, n, pad, conditionings)
+
+    def _upcasts_vae(self) -> bool:
+        vae = self.pipe.vae
+        return vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+
+    def encode_images(self, pixels: torch.Tensor) -> list[EncodedImage]:
+        vae = self.pipe.vae
+        upcast = self._upcasts_vae()
+        if upcast:  # SDXL's VAE overflows in float16, as StableDiffusionXLImg2ImgPipeline knows
+            vae.to(torch.float32)
+        try:
+            dist = vae.encode(pixels.to(self.device, torch.float32 if upcast else vae.dtype)).latent_dist
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return [EncodedImage(dist.mean[i : i + 1], dist.std[i : i + 1]) for i in range(len(pixels))]
+
+    def scale_image_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        config = self.pipe.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:  # as StableDiffusionXLImg2ImgPipeline.prepare_latents
+            channels = latents.shape[1]
+            mean_t = torch.tensor(mean).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+            std_t = torch.tensor(std).view(1, channels, 1, 1).to(latents.device, latents.dtype)
+            return (latents - mean_t) * config.scaling_factor / std_t
+        scaled: torch.Tensor = config.scaling_factor * latents
+        return scaled
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> np.ndarray:
         vae = self.pipe.vae

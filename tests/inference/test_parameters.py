@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inference.parameters import exif_parameters, exif_user_comment, grid_infotext, image_infotext, infotext
-from inference.protocol import CompareStepsRequest, GenerateRequest
+from inference.protocol import CompareStepsRequest, GenerateRequest, HiresFix
 from tests.a1111 import parse_generation_parameters, piexif_user_comment, read_info_from_exif, read_user_comment
 
 
@@ -79,3 +79,19 @@ def test_loras_are_written_as_a1111_writes_them_and_read_back() -> None:
     parsed = parse_generation_parameters(text)
     assert parsed["Prompt"] == "a fox <lora:pixel:0.8> <lora:lcm:1>"
     assert parsed["Lora hashes"] == "pixel: 0123456789ab"  # a LoRA without a known hash is left out of the field
+
+
+def test_an_img2img_image_carries_its_denoising_strength_and_a_hires_one_its_pass() -> None:
+    png = b"\x89PNG\r\n\x1a\n"
+    img2img = GenerateRequest("a fox", steps=30, scheduler="Euler", seed=1, width=512, height=512, image=png,
+                              strength=0.6)  # fmt: skip
+    parsed = parse_generation_parameters(image_infotext(img2img, seed=1, steps=30, model="sd15"))
+    assert parsed["Denoising strength"] == "0.6" and "Hires upscale" not in parsed
+    hires = GenerateRequest("a fox", steps=20, scheduler="Euler", seed=1, width=512, height=512,
+                            hires=HiresFix(steps=12, strength=0.45))  # fmt: skip
+    parsed = parse_generation_parameters(image_infotext(hires, seed=1, steps=20, model="sd15"))
+    assert (parsed["Steps"], parsed["Size-1"], parsed["Size-2"]) == ("20", "512", "512")
+    assert parsed["Denoising strength"] == "0.45"
+    assert (parsed["Hires upscale"], parsed["Hires steps"], parsed["Hires upscaler"]) == ("2", "12", "Lanczos")
+    plain = parse_generation_parameters(image_infotext(GenerateRequest("a fox"), seed=1, steps=30, model=""))
+    assert "Denoising strength" not in plain

@@ -19,12 +19,15 @@ from inference.protocol import (
     SCHEDULER_NAMES,
     CompareStepsRequest,
     GenerateRequest,
+    HiresFix,
     InvalidRequest,
     LoraInfo,
     ModelInfo,
     ModelUnavailable,
     WorkerReady,
+    img2img_steps,
     parse_step_list,
+    step_pixels,
     total_steps,
     validate,
     validate_for_model,
@@ -221,3 +224,78 @@ def test_a_lora_the_model_lacks_is_refused_with_the_close_names_or_that_it_has_n
     bare = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8)
     with pytest.raises(InvalidRequest, match="The model sd15 has no LoRAs"):
         validate_for_model(GenerateRequest("a fox", loras=(("pixel", 1.0),)), bare)
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # validation reads the signature only; the worker decodes
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"strength": 1.5}, "strength must be 0 to 1; got 1.5."),
+        ({"strength": -0.1}, "strength must be 0 to 1; got -0.1."),
+        ({"strength": float("nan")}, "strength must be 0 to 1"),
+        ({"strength": 0.0}, "At strength 0, 30 steps run no step over the image; raise the strength or the steps"),
+        ({"image": b"GIF89a..."}, "The input image must be a PNG."),
+        ({"film": True}, "A steps film starts from noise: leave out the input image, or the film."),
+    ],
+)
+def test_a_bad_img2img_request_names_the_value(change: dict[str, object], message: str) -> None:
+    request = dataclasses.replace(GOOD, **{"image": PNG, "strength": 0.6, **change})  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        validate(request)
+
+
+def test_steps_that_run_follow_each_familys_img2img_pipeline() -> None:
+    # diffusers: SD/SDXL run int(N * strength) steps, SD 3 and FLUX start at int(N - N * strength).
+    assert img2img_steps(10, 0.55, flow=False) == 5 and img2img_steps(10, 0.55, flow=True) == 6
+    assert img2img_steps(4, 0.2, flow=False) == 0 and img2img_steps(4, 0.2, flow=True) == 1
+    request = dataclasses.replace(GOOD, steps=4, image=PNG, strength=0.2)
+    validate(request)  # one step runs on a flow model
+    sd = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8)
+    with pytest.raises(InvalidRequest, match=r"At strength 0\.2, 4 steps run no step over the image"):
+        validate_for_model(request, sd)
+    validate_for_model(request, dataclasses.replace(sd, family="flux", schedulers=("Euler a",)))
+    assert total_steps(dataclasses.replace(GOOD, image=PNG, strength=0.6)) == 18
+    assert total_steps(GOOD) == 30
+
+
+def test_the_input_image_is_left_out_of_the_requests_repr() -> None:
+    assert "image" not in repr(dataclasses.replace(GOOD, image=PNG * 1000))
+
+
+@pytest.mark.parametrize(
+    ("hires", "message"),
+    [
+        (HiresFix(steps=0), "hires steps must be 1 to 150; got 0."),
+        (HiresFix(steps=10, strength=0.0), "hires strength must be above 0, at most 1; got 0."),
+        (HiresFix(steps=10, upscaler="ESRGAN"), "Unknown upscaler 'ESRGAN'; choose one of: Lanczos."),
+        (HiresFix(steps=10, scale=3), "The hires pass upscales x2; got x3."),
+    ],
+)
+def test_a_bad_hires_pass_names_the_value(hires: HiresFix, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        validate(dataclasses.replace(GOOD, hires=hires))
+
+
+def test_a_hires_pass_that_would_exceed_the_size_cap_is_refused_before_it_runs() -> None:
+    request = dataclasses.replace(GOOD, width=1024, height=1024, hires=HiresFix(steps=10))
+    with pytest.raises(InvalidRequest, match=r"Upscaled x2, 1024x1024 would be 2048x2048"):
+        validate(request)
+    validate(dataclasses.replace(request, width=512, height=512))
+
+
+def test_a_hires_pass_counts_its_steps_at_its_own_size() -> None:
+    request = dataclasses.replace(GOOD, steps=20, width=512, height=512, hires=HiresFix(steps=10, strength=0.5))
+    assert total_steps(request) == 25
+    assert step_pixels(request) == 20 * 512 * 512 + 5 * 1024 * 1024
+    upscale = dataclasses.replace(request, image=PNG)
+    assert total_steps(upscale) == 5 and step_pixels(upscale) == 5 * 1024 * 1024
+
+
+def test_an_img2img_request_reaches_a_redis_agent_with_its_input_image_and_hires_pass() -> None:
+    from inference.queues import wire
+
+    png = PNG + bytes(range(256)) * 64
+    request = dataclasses.replace(GOOD, image=png, strength=0.4, hires=HiresFix(steps=9, strength=0.3))
+    assert wire.loads(wire.dumps(request)) == request

@@ -13,8 +13,10 @@ from bot.job_requests import RequestOptions
 from inference.protocol import (
     MAX_COUNT,
     MAX_STEPS,
+    MAX_STRENGTH,
     MIN_COUNT,
     MIN_STEPS,
+    MIN_STRENGTH,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +37,10 @@ class Imagine(commands.Cog):
         size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
         count="How many images (consecutive seeds)",
         film="Also post a Steps film: the predicted finished image at every step (one image only)",
+        image="An image to start from (img2img): PNG, JPEG or WebP; the result keeps its layout",
+        strength=(
+            "With an image: how much to change it, 0 to 1 (default: the model's). Of 30 steps at 0.6, the last 18 run"
+        ),
     )
     @app_commands.autocomplete(
         lora=shared.lora_autocomplete,
@@ -58,6 +64,8 @@ class Imagine(commands.Cog):
         lora: shared.LoraName | None = None,
         lora_weight: shared.LoraWeight | None = None,
         film: bool | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
     ) -> None:
         options = RequestOptions(
             prompt,
@@ -72,8 +80,9 @@ class Imagine(commands.Cog):
             film=film is True,
             lora=lora,
             lora_weight=lora_weight,
+            strength=strength,
         )
-        await self.bot.jobs.start_command(interaction, options, origin="imagine")
+        await self.bot.jobs.start_command(interaction, options, origin="imagine", attachment=image)
 
 
 async def setup(bot: Stepgrid) -> None:

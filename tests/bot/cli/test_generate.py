@@ -373,3 +373,35 @@ def test_a_few_step_lora_in_a_cli_prompt_brings_its_defaults_as_in_discord() -> 
     defaults = cli_defaults(settings, specs, WITH_LORAS, ["lightning"])
     assert (defaults.steps, defaults.scheduler, defaults.guidance) == (4, "Euler", 0.0)
     assert defaults == EffectiveLimits.combine(None, settings).request_defaults(WITH_LORAS, ["lightning"])
+
+
+def test_imagine_from_an_image_and_upscale_it_x2_through_the_real_worker(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    source = tmp_path / "in.jpg"
+    Image.new("RGB", (300, 260), (30, 120, 200)).save(source)
+    out = tmp_path / "fox.png"
+    argv = ["imagine", "a fox", "--model", "tiny", "--seed", "3", "--steps", "10", "--scheduler", "Euler"]
+    assert main([*argv, "--image", str(source), "--strength", "0.6", "-o", str(out)]) == 0
+    image = Image.open(out)
+    assert image.size == (296, 256), "the input's size, to the model's multiple"
+    parsed = parse_generation_parameters(image.info["parameters"])
+    assert (parsed["Steps"], parsed["Denoising strength"]) == ("10", "0.6")
+    capsys.readouterr()
+    # The prompt comes from the image's own parameters; the result is twice its size.
+    upscaled = tmp_path / "fox-x2.png"
+    assert main(["upscale", str(out), "--model", "tiny", "--steps", "4", "--strength", "0.5", "-o", str(upscaled)]) == 0
+    result = Image.open(upscaled)
+    assert result.size == (592, 512)
+    parsed = parse_generation_parameters(result.info["parameters"])
+    assert parsed["Prompt"] == "a fox"
+    assert (parsed["Hires upscale"], parsed["Hires steps"], parsed["Denoising strength"]) == ("2", "4", "0.5")
+
+
+def test_upscale_refuses_an_image_without_a_prompt_in_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "plain.png"
+    Image.new("RGB", (256, 256)).save(source)
+    result = stepgrid("upscale", str(source), "--model", "tiny", "-o", str(tmp_path / "out.png"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "carries no prompt in its parameters: give one with --prompt" in one_error_line(result)

@@ -61,3 +61,15 @@ async def test_a_request_equal_to_one_whose_result_is_being_delivered_is_no_dupl
     assert await db.ledger.mark_delivering(job.id, JobResult(job.id, (image,), gpu_seconds=1.0))
     # The member may already see that result and ask for the same image again on purpose.
     await policy.check(GenerateRequest("fox", seed=7), await policy.limits(GUILD), guild_id=GUILD, user_id=ALICE)
+
+
+async def test_an_img2img_request_is_a_duplicate_only_of_the_same_image(db: Database) -> None:
+    policy = DatabasePolicy(db, Settings(_env_file=None))  # type: ignore[call-arg]
+    limits = await policy.limits(GUILD)
+    png = b"\x89PNG\r\n\x1a\n" + b"one"
+    first = GenerateRequest("fox", seed=7, image=png, strength=0.5)
+    await db.ledger.record_job(first, user_id=ALICE, channel_id=5, guild_id=GUILD)
+    with pytest.raises(DuplicateRequest):
+        await policy.check(first, limits, guild_id=GUILD, user_id=ALICE)
+    other = GenerateRequest("fox", seed=7, image=b"\x89PNG\r\n\x1a\n" + b"two", strength=0.5)
+    await policy.check(other, limits, guild_id=GUILD, user_id=ALICE)

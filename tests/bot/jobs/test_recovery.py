@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any, cast
 
@@ -12,9 +13,10 @@ import sqlalchemy as sa
 from bot.jobs.recovery import MAX_AGE, MAX_ATTEMPTS, recover_jobs, why_not_rerun
 from bot.jobs.service import JobService
 from bot.storage.database import Database
+from bot.storage.inputs import InputImageMissing
 from bot.storage.job_store import JobRecord, record_of
 from bot.storage.models import JobRow
-from inference.protocol import GenerateRequest, JobResult
+from inference.protocol import GenerateRequest, HiresFix, JobResult
 from tests.bot.fakes import FakeClient, FakeWallClock, Harness, Recorder
 
 CHANNEL, GUILD, ALICE = 500, 1000, 11
@@ -193,3 +195,37 @@ async def test_a_queued_job_whose_result_is_on_its_message_is_recorded_done_not_
     assert jobs.looked_at == [job.id] and recovered.delivered == (job.id,) and jobs.resumed == []
     done = await db.ledger.get_job(job.id)
     assert done is not None and done.status == "done"
+
+
+# --- img2img: the input image waits on disk -------------------------------------------------------
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+async def test_an_img2img_job_left_running_runs_again_with_the_same_input_image(db: Database) -> None:
+    request = GenerateRequest("a lighthouse", steps=20, image=PNG, strength=0.6, hires=HiresFix(steps=8))
+    job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD)
+    await db.ledger.mark_running(job.id)
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None and "image" not in stored.params
+    assert (stored.params["image_bytes"], stored.params["image_sha256"]) == (len(PNG), hashlib.sha256(PNG).hexdigest())
+    jobs = RecordingJobs()
+    recovered = await recover(db, jobs)
+    assert recovered.requeued == (job.id,)
+    assert jobs.resumed[0][0].request == request
+    await db.ledger.mark_finished(job.id, JobResult(job.id, images=(), gpu_seconds=1.0))
+    assert not db.inputs.path(job.id).exists(), "a finished job's input image is removed"
+
+
+async def test_an_img2img_job_whose_input_image_is_gone_is_answered_as_failed(db: Database) -> None:
+    request = GenerateRequest("a lighthouse", steps=20, image=PNG, strength=0.6)
+    job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD)
+    db.inputs.path(job.id).unlink()
+    jobs = RecordingJobs()
+    recovered = await recover(db, jobs)
+    assert recovered.failed == (job.id,) and not jobs.resumed
+    row = await db.ledger.get_job(job.id)
+    assert row is not None and row.status == "failed" and "send the image again" in (row.error or "")
+    with pytest.raises(InputImageMissing):
+        record_of(row, db.inputs)

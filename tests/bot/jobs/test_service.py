@@ -211,7 +211,7 @@ async def test_the_result_has_the_image_an_embed_with_every_parameter_and_button
     assert "random-weight test model" in (embed.footer.text or "")
     assert final.view is not None
     ids = [item.custom_id for item in final.view.children]  # type: ignore[attr-defined]
-    actions = ("reroll", "fewer", "more", "compare", "film", "details")
+    actions = ("reroll", "fewer", "more", "compare", "film", "vary", "vary-strong", "upscale", "details")
     assert ids == [f"stepgrid:{action}:{job_id}" for action in actions]
     assert harness.store.status[job_id] == "done"
 

@@ -297,3 +297,14 @@ def test_a_refusal_can_name_the_setting_another_way() -> None:
     renamed = caught.value.renamed("daily_steps")
     assert isinstance(renamed, InvalidLimit) and renamed.field == "daily_steps_per_user"
     assert str(renamed) == str(caught.value).replace("daily_steps_per_user", "daily_steps")
+
+
+def test_the_compute_cost_counts_the_steps_that_run_at_the_size_they_run() -> None:
+    from inference.protocol import GenerateRequest, HiresFix
+
+    png = b"\x89PNG\r\n\x1a\n"
+    assert compute_cost(GenerateRequest("a fox", steps=30, width=512, height=512, image=png, strength=0.6)) == (
+        512 * 512 * 18
+    )
+    hires = GenerateRequest("a fox", steps=20, width=512, height=512, hires=HiresFix(steps=10, strength=0.5))
+    assert compute_cost(hires) == 512 * 512 * 20 + 1024 * 1024 * 5

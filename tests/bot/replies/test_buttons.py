@@ -71,7 +71,7 @@ async def test_an_image_result_has_reroll_step_compare_film_and_details_buttons(
     view = result_view(record_for(IMAGINE))
     assert view.timeout is None
     assert view.is_persistent()
-    actions = ("reroll", "fewer", "more", "compare", "film", "details")
+    actions = ("reroll", "fewer", "more", "compare", "film", "vary", "vary-strong", "upscale", "details")
     assert custom_ids(view) == [f"stepgrid:{a}:{JOB_ID}" for a in actions]
     assert button(view, "film").label == "Steps film"
 

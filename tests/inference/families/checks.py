@@ -60,3 +60,46 @@ def neighbours_for(size: int, scheduler: str, guidances: tuple[float, float]) ->
         CompareStepsRequest("a boat", steps=(2, 4, 5), scheduler=scheduler, seed=5, guidance=guidances[1],
                             width=size, height=size),
     ]  # fmt: skip
+
+
+def input_png(width: int, height: int, seed: int = 0) -> bytes:
+    """A deterministic input image with some structure (gradients and a disc), as PNG bytes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    red = 255 * x / max(width - 1, 1)
+    green = 255 * y / max(height - 1, 1)
+    blue = np.where((x - width / 2) ** 2 + (y - height / 2) ** 2 < (min(width, height) / 3) ** 2, 200, 40)
+    pixels = np.stack([red, green, (blue + 37 * seed) % 256], axis=-1).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def assert_img2img_equals_plain_pipeline(
+    model: LoadedModel, request: Request, scheduler: Scheduler, pipeline_class: Any, **call: Any
+) -> None:
+    """An img2img lane's final latents equal the family's own diffusers img2img pipeline, built from the
+    same components with `from_pipe`, given the same image, strength, seed, steps and scheduler."""
+    import io
+
+    from PIL import Image
+
+    assert isinstance(request, GenerateRequest) and request.image
+    ours = run_alone(model, request)
+    plain = pipeline_class.from_pipe(model.pipe, scheduler=scheduler)
+    plain.set_progress_bar_config(disable=True)
+    theirs = plain(
+        request.prompt,
+        image=Image.open(io.BytesIO(request.image)).convert("RGB"),
+        strength=request.strength,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        generator=torch.Generator("cpu").manual_seed(request.seed),
+        output_type="latent",
+        **call,
+    ).images
+    assert relative_error(ours, theirs) <= TOLERANCE
