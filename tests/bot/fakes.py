@@ -334,6 +334,9 @@ class FakeClient:
     def get_partial_messageable(self, channel_id: int, *, guild_id: int | None = None) -> FakeChannel:
         return FakeChannel(self._recorder)
 
+    def get_guild(self, guild_id: int) -> None:
+        return None  # no guild in the cache: its channels are taken as not age-restricted
+
 
 class FakeInteraction:
     """The parts of `discord.Interaction` the job driver uses, recording every call."""

@@ -96,7 +96,7 @@ def test_pickles_are_refused_whatever_they_hold(data: bytes) -> None:
         {"w": "registry", "f": {}},  # a module inference.protocol imports
         {"w": "UpscaleRequest", "f": {"prompt": "fox"}},  # a newer bot's request type
         {"w": "GenerateRequest", "f": {"prompt": "fox", "__class__": "x"}},
-        {"w": "GenerateRequest", "f": {"prompt": "fox", "strength": 0.5}},  # a newer bot's field
+        {"w": "GenerateRequest", "f": {"prompt": "fox", "mask_blur": 4}},  # a newer bot's field
     ],
 )
 def test_types_and_fields_this_version_lacks_are_refused(tree: object) -> None:
