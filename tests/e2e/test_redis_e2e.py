@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 
 from inference.queues.redis import read_agents
 from inference.queues.wire import GROUP, Keys
-from tests.e2e.helpers import result_files, wait_for_progress, wait_for_result
 from tests.e2e.bot_process import REPOSITORY, STEPGRID, WORKER_READY, BotProcess, bot_env
+from tests.e2e.helpers import result_files, wait_for_progress, wait_for_result
 from tests.e2e.test_kill_e2e import SLOW_STEPS
 from tests.fake_discord import FakeDiscord
 from tests.redis_server import RedisServer
