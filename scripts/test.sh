@@ -30,9 +30,10 @@ fi
 . "$VENV/bin/activate"
 python -m pip install --quiet --upgrade pip
 # The CPU build of the torch the lock pins first, from PyTorch's CPU index (PyPI's own build would pull
-# gigabytes of CUDA wheels), then exactly what the lock says (--no-deps: nothing it doesn't list), then
+# gigabytes of CUDA wheels; torch alone, its dependencies are in the lock), then exactly what the lock says
+# (--no-deps: nothing it doesn't list), then
 # the project itself.
-python -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+python -m pip install --quiet --no-deps torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 python -m pip install --quiet --no-deps -r requirements-dev.lock
 python -m pip install --quiet --no-deps -e .
 python -m pip check
