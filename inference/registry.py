@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,22 +192,30 @@ def models_from_setting(value: str) -> tuple[ModelSpec, ...]:
     return (spec_for(value),)
 
 
-def _spec(entry: object, number: int, where: str) -> ModelSpec:
-    label = f"{where}, model {number}"
+def _named_table(
+    entry: object, number: int, where: str, kind: str, allowed: Sequence[str]
+) -> tuple[dict[str, Any], str, str]:
+    """A model's or LoRA's table with its keys checked: (the table, its valid name, the label naming it)."""
+    label = f"{where}, {kind} {number}"
     if not isinstance(entry, dict):
         raise RegistryError(f"{label}: expected a table with a name and a source.")
-    unknown = [key for key in entry if key not in ALLOWED_KEYS]
+    unknown = [key for key in entry if key not in allowed]
     if unknown:
-        raise RegistryError(f"{label}: unknown key {echo(unknown[0])}; allowed keys: {', '.join(ALLOWED_KEYS)}.")
+        raise RegistryError(f"{label}: unknown key {echo(unknown[0])}; allowed keys: {', '.join(allowed)}.")
     for key in ("name", "source"):
         if key not in entry:
-            raise RegistryError(f"{label}: missing {echo(key)} (every model needs a name and a source).")
+            raise RegistryError(f"{label}: missing {echo(key)} (every {kind} needs a name and a source).")
     name = _typed(entry, "name", str, label)
-    label = f"{where}, model {echo(name)}"
+    label = f"{where}, {kind} {echo(name)}"
     if not _NAME.match(name):
         raise RegistryError(
             f"{label}: a name is 1-40 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit."
         )
+    return entry, name, label
+
+
+def _spec(entry: object, number: int, where: str) -> ModelSpec:
+    entry, name, label = _named_table(entry, number, where, "model", ALLOWED_KEYS)
     source = _typed(entry, "source", str, label)
     if not source.strip():
         raise RegistryError(f"{label}: 'source' is empty; give a hub id, a local folder or a test model name.")
@@ -264,21 +273,7 @@ def _loras(entries: object, where: str) -> tuple[LoraSpec, ...]:
 
 
 def _lora(entry: object, number: int, where: str) -> LoraSpec:
-    label = f"{where}, LoRA {number}"
-    if not isinstance(entry, dict):
-        raise RegistryError(f"{label}: expected a table with a name and a source.")
-    unknown = [key for key in entry if key not in LORA_KEYS]
-    if unknown:
-        raise RegistryError(f"{label}: unknown key {unknown[0]!r}; allowed keys: {', '.join(LORA_KEYS)}.")
-    for key in ("name", "source"):
-        if key not in entry:
-            raise RegistryError(f"{label}: missing {key!r} (every LoRA needs a name and a source).")
-    name = _typed(entry, "name", str, label)
-    label = f"{where}, LoRA {name!r}"
-    if not _NAME.match(name):
-        raise RegistryError(
-            f"{label}: a name is 1-40 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit."
-        )
+    entry, name, label = _named_table(entry, number, where, "LoRA", LORA_KEYS)
     source = _typed(entry, "source", str, label).strip()
     if not source:
         raise RegistryError(f"{label}: 'source' is empty; give a local .safetensors file or a hub id.")

@@ -46,12 +46,22 @@ def chosen_checker(config: WorkerConfig) -> str:
     return setting or "none"
 
 
+@dataclass
 class ImageChecker:
     """A loaded checker: a batch of HxWx3 uint8 pictures in, one verdict each out."""
 
     name: str
+    model: Any
+    processor: Any
+    device: torch.device
+    dtype: torch.dtype
 
+    @torch.no_grad()
     def check(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict]:
+        return self.verdicts(list(pictures)) if len(pictures) else []
+
+    def verdicts(self, pictures: list[np.ndarray]) -> list[SafetyVerdict]:
+        """The verdicts of a batch of at least one picture."""
         raise NotImplementedError
 
 
@@ -59,19 +69,11 @@ class ImageChecker:
 class ClassifierChecker(ImageChecker):
     """A Hugging Face image classifier: the unsafe score is the summed probability of its unsafe labels."""
 
-    name: str
-    model: Any
-    processor: Any
-    unsafe: tuple[int, ...]  # the label ids that count as unsafe
-    threshold: float
-    device: torch.device
-    dtype: torch.dtype
+    unsafe: tuple[int, ...] = ()  # the label ids that count as unsafe
+    threshold: float = 0.5
 
-    @torch.no_grad()
-    def check(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict]:
-        if len(pictures) == 0:
-            return []
-        inputs = self.processor(images=list(pictures), return_tensors="pt")
+    def verdicts(self, pictures: list[np.ndarray]) -> list[SafetyVerdict]:
+        inputs = self.processor(images=pictures, return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
         probabilities = self.model(pixel_values=pixels).logits.float().softmax(dim=-1)
         scores = probabilities[:, list(self.unsafe)].sum(dim=-1).tolist()
@@ -83,17 +85,8 @@ class DiffusersChecker(ImageChecker):
     """diffusers' StableDiffusionSafetyChecker (CLIP concept embeddings with its own thresholds):
     its verdict is yes or no, so the score is 1 or 0."""
 
-    name: str
-    model: Any
-    processor: Any
-    device: torch.device
-    dtype: torch.dtype
-
-    @torch.no_grad()
-    def check(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict]:
-        if len(pictures) == 0:
-            return []
-        clip_input = self.processor(images=list(pictures), return_tensors="pt")["pixel_values"]
+    def verdicts(self, pictures: list[np.ndarray]) -> list[SafetyVerdict]:
+        clip_input = self.processor(images=pictures, return_tensors="pt")["pixel_values"]
         images = np.stack([picture.astype(np.float32) / 255 for picture in pictures])
         _, flagged = self.model(images=images, clip_input=clip_input.to(self.device, self.dtype))
         return [SafetyVerdict(bool(nsfw), 1.0 if nsfw else 0.0, self.name) for nsfw in flagged]
@@ -134,7 +127,7 @@ def _load_classifier(
             f"unsafe ({', '.join(sorted(UNSAFE_LABELS))}): choose an NSFW classifier for STEPGRID_SAFETY_CHECKER."
         )
     model = model.to(device, dtype).eval()
-    return ClassifierChecker(source, model, processor, unsafe, threshold, device, dtype)
+    return ClassifierChecker(source, model, processor, device, dtype, unsafe=unsafe, threshold=threshold)
 
 
 def _load_diffusers(source: str, cache: str | None, device: torch.device, dtype: torch.dtype) -> DiffusersChecker:

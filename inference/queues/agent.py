@@ -44,6 +44,7 @@ from inference.queues.wire import (
     check_redis_url,
     describe_url,
     dumps,
+    keep_running,
     loads,
     redis_problem,
 )
@@ -501,21 +502,7 @@ class RedisAgent:
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))
 
     async def _forever(self, name: str, once: Callable[[], Awaitable[None]]) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                await once()
-                failures = 0
-            except (RedisError, OSError) as error:
-                failures += 1
-                if failures == 1:
-                    log.warning("%s (the %s loop); retrying", redis_problem(self.url, error), name)
-                await asyncio.sleep(min(2.0, 0.1 * 2**failures))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("unexpected error in the agent's %s loop", name)
-                await asyncio.sleep(1.0)
+        await keep_running(name, once, url=self.url, running=lambda: not self._stopping.is_set())
 
 
 async def run_agent(agent: RedisAgent) -> int:

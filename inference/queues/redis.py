@@ -39,6 +39,7 @@ from inference.queues.wire import (
     WireError,
     check_redis_url,
     dumps,
+    keep_running,
     loads,
     redis_problem,
 )
@@ -516,28 +517,21 @@ class RedisJobQueue(FairJobQueue):
         task.add_done_callback(lambda done: self._tasks.remove(done) if done in self._tasks else None)
 
     async def _forever(self, name: str, once: Callable[[], Awaitable[None]]) -> None:
-        """Run `once` again and again; Redis errors (a restart, a network blip) are waited out."""
-        failures = 0
-        while not self._closing:
-            try:
-                await once()
-                if failures:
-                    log.info("Redis is reachable again (%s)", name)
-                    self.reconnects += 1
-                failures = 0
-                self._connection_problem = None
-            except (RedisError, OSError) as error:
-                failures += 1
-                self._connection_problem = f"{redis_problem(self.url, error)}; jobs wait meanwhile"
-                if name == "events":
-                    self._events_from = "$"  # a restarted Redis numbers its stream entries anew
-                if failures == 1:
-                    log.warning("%s (the %s loop); retrying", redis_problem(self.url, error), name)
-                if name == "release":
-                    self._wake_release.set()
-                await asyncio.sleep(min(2.0, 0.1 * 2**failures))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("unexpected error in the Redis %s loop", name)
-                await asyncio.sleep(1.0)
+        """Run `once` again and again; while Redis is unreachable, jobs wait and readiness says why."""
+
+        def on_redis_error(error: Exception) -> None:
+            self._connection_problem = f"{redis_problem(self.url, error)}; jobs wait meanwhile"
+            if name == "events":
+                self._events_from = "$"  # a restarted Redis numbers its stream entries anew
+            if name == "release":
+                self._wake_release.set()
+
+        def on_reachable_again() -> None:
+            log.info("Redis is reachable again (%s)", name)
+            self.reconnects += 1
+            self._connection_problem = None
+
+        await keep_running(
+            name, once, url=self.url, running=lambda: not self._closing,
+            on_redis_error=on_redis_error, on_reachable_again=on_reachable_again,
+        )  # fmt: skip

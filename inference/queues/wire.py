@@ -13,9 +13,12 @@ Keys (all under one prefix, so that several deployments or test cases can share 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,10 +29,13 @@ from redis.exceptions import (
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
 )
 
 import inference.protocol
+
+log = logging.getLogger(__name__)
 
 GROUP = "agents"
 RESULT_TTL_SECONDS = 3600
@@ -240,3 +246,35 @@ def loads(data: bytes) -> object:
         return _decode(tree, memoryview(data)[_HEADER.size + length :])
     except RecursionError:
         raise WireError("a wire payload nested too deep") from None
+
+
+async def keep_running(
+    name: str,
+    once: Callable[[], Awaitable[None]],
+    *,
+    url: str,
+    running: Callable[[], bool],
+    on_redis_error: Callable[[Exception], None] | None = None,
+    on_reachable_again: Callable[[], None] | None = None,
+) -> None:
+    """Run `once` again and again while `running()`: Redis errors (a restart, a network blip) are waited
+    out with backoff and logged once per outage; any other error is logged with its traceback."""
+    failures = 0
+    while running():
+        try:
+            await once()
+            if failures and on_reachable_again is not None:
+                on_reachable_again()
+            failures = 0
+        except (RedisError, OSError) as error:
+            failures += 1
+            if on_redis_error is not None:
+                on_redis_error(error)
+            if failures == 1:
+                log.warning("%s (the %s loop); retrying", redis_problem(url, error), name)
+            await asyncio.sleep(min(2.0, 0.1 * 2**failures))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error in the Redis %s loop", name)
+            await asyncio.sleep(1.0)
