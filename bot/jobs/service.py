@@ -127,6 +127,7 @@ class JobService:
         self._sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled_by: dict[str, int] = {}
+        self._steps: dict[str, tuple[int, int]] = {}  # running jobs: (steps done, steps in all), for the status page
         # Final outcomes the ledger could not record yet, by job id: retried until it can.
         self._unrecorded: dict[str, JobResult | JobFailed] = {}
         self._ledger_retry: asyncio.Task[None] | None = None
@@ -146,6 +147,10 @@ class JobService:
     def active_jobs(self) -> frozenset[str]:
         """Ids of jobs whose driver is still running."""
         return frozenset(self._tasks)
+
+    def steps_of(self, job_id: str) -> tuple[int, int] | None:
+        """A running job's (steps done, steps in all) as its last progress said; None before any."""
+        return self._steps.get(job_id)
 
     def waiting_jobs(self) -> int:
         """How many of the active jobs wait for the GPU (the rest are running or being answered)."""
@@ -569,6 +574,8 @@ class JobService:
                 elif isinstance(event, JobProgress) and screening.spoils_preview(event):
                     state.preview_spoiler = True
                 state.apply(event)
+                if isinstance(event, JobProgress):
+                    self._steps[job_id] = (event.job_step, event.job_total)
                 editor.push(progress_message(record, state))
             raise RuntimeError(f"the event stream of job {job_id} ended without a result")
         except asyncio.CancelledError:
@@ -589,6 +596,7 @@ class JobService:
             )
         finally:
             self._cancelled_by.pop(job_id, None)
+            self._steps.pop(job_id, None)
 
     async def _screening(self, record: JobRecord, target: JobMessage) -> Screening:
         """How flagged pictures are handled where the job's message is, under its server's choice now; if the

@@ -35,6 +35,8 @@ class JobCounts(Protocol):
 
     def waiting_jobs(self) -> int: ...
 
+    def steps_of(self, job_id: str) -> tuple[int, int] | None: ...
+
 
 HEALTH_WRITE_TIMEOUT = 5.0  # seconds the database may take to accept the health check's write
 
@@ -206,16 +208,24 @@ class OperatorEndpoint:
 
     def _job_line(self, row: JobRow) -> JobLine:
         position = self.queue.position(row.id)
+        status = (
+            f"queued (#{position})" if position is not None else _running_status(row.status, self.jobs.steps_of(row.id))
+        )
         guild = self.client.get_guild(row.guild_id) if row.guild_id is not None else None
         return JobLine(
             job_id=row.id,
             command=row.command,
             model=row.model or "default",
-            status=f"queued (#{position})" if position is not None else row.status,
+            status=status,
             server=guild.name if guild is not None else str(row.guild_id),
             accepted_at=row.created_at,
             prompt=str(row.params.get("prompt", "")) if self.settings.status_show_prompts else None,
         )
+
+
+def _running_status(status: str, steps: tuple[int, int] | None) -> str:
+    """ "running · step 12/30" once its progress is known."""
+    return f"{status} · step {steps[0]}/{steps[1]}" if status == "running" and steps is not None else status
 
 
 async def _write_probe(session: AsyncSession) -> None:

@@ -74,7 +74,7 @@ def bar_chart(title: str, values: Sequence[float], hours: Sequence[datetime], un
         f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" '
         f'width="{CHART_WIDTH}" height="{CHART_HEIGHT}">',
         f'<line x1="{left}" y1="{bottom}" x2="{CHART_WIDTH - 8}" y2="{bottom}" class="axis"/>',
-        f'<text x="{left - 6}" y="{top + 10}" class="tick" text-anchor="end">{top_value:g}</text>',
+        f'<text x="{left - 6}" y="{top + 10}" class="tick" text-anchor="end">{top_value:.3g}</text>',
         f'<text x="{left - 6}" y="{bottom}" class="tick" text-anchor="end">0</text>',
     ]
     for index, (value, hour) in enumerate(zip(values, hours, strict=True)):
@@ -82,9 +82,9 @@ def bar_chart(title: str, values: Sequence[float], hours: Sequence[datetime], un
         x = left + index * slot + slot * 0.15
         parts.append(
             f'<rect x="{x:.1f}" y="{bottom - height:.1f}" width="{slot * 0.7:.1f}" height="{height:.1f}">'
-            f"<title>{hour:%H:00} UTC: {value:g} {escape(unit)}</title></rect>"
+            f"<title>{hour:%H:00} UTC: {value:.3g} {escape(unit)}</title></rect>"
         )
-        if index % 6 == 0:
+        if (len(values) - 1 - index) % 6 == 0:  # counted from the current hour, which always has its label
             parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{CHART_HEIGHT - 6}" class="tick" '
                          f'text-anchor="middle">{hour:%H:00}</text>')  # fmt: skip
     parts.append("</svg>")
@@ -142,12 +142,12 @@ def status_html(view: StatusView) -> str:
         "Nothing queued or running.",
     )
     models = _table(
-        ("model", "state", ""),
+        ("model", "state", "detail"),
         [(escape(m.name), f'<span class="{m.state}">{m.state}</span>', escape(m.detail)) for m in view.models],
         "No model loaded yet.",
     )
     workers = _table(
-        ("worker", "state", "device", "models", "restarts", ""),
+        ("worker", "state", "device", "models", "restarts", "detail"),
         [
             (
                 escape(w.name),
@@ -167,7 +167,8 @@ def status_html(view: StatusView) -> str:
         for title, values, unit in (
             ("Jobs per hour", [figures.jobs for figures in view.hours], "jobs"),
             ("Steps per hour", [figures.steps for figures in view.hours], "steps"),
-            ("Mean wait for the GPU (s)", [round(f.mean_wait or 0.0, 1) for f in view.hours], "s"),
+            # Unrounded: waits under a second are the usual case and must still show as bars.
+            ("Mean wait for the GPU (s)", [f.mean_wait or 0.0 for f in view.hours], "s"),
         )
     )
     return (

@@ -169,9 +169,9 @@ class LocalJobQueue(FairJobQueue):
             WorkerStatus(
                 name=f"local worker pid {self.worker_pid}" if self.worker_pid else "local worker",
                 state=state,
-                device=f"{info.device} ({info.dtype})" if info else "",
+                device=info.device if info else "",  # as an agent's heartbeat names it; the dtype is a detail
                 models=tuple(self.models) or self.config.model_names,
-                detail=self._fatal or (f"loaded in {info.load_seconds:.1f}s" if info else ""),
+                detail=self._fatal or (f"{info.dtype}, loaded in {info.load_seconds:.1f}s" if info else ""),
                 restarts=self.restarts,
             )
         ]
