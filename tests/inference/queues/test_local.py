@@ -166,7 +166,11 @@ async def test_a_worker_killed_mid_job_is_restarted_and_no_job_is_lost(
         assert f"GPU worker pid {pid} was killed by SIGKILL (the kernel's out-of-memory killer" in caplog.text
         [worker] = queue.workers()  # what the status page shows
         assert (worker.state, worker.restarts, worker.models) == ("ready", 1, ("tiny",))
-        assert worker.name == f"local worker pid {queue.worker_pid}" and worker.device == "cpu" and worker.detail.startswith("float32, loaded in")
+        assert (
+            worker.name == f"local worker pid {queue.worker_pid}"
+            and worker.device == "cpu"
+            and worker.detail.startswith("float32, loaded in")
+        )
     assert queue.restarts == 1
     for events in outcomes:
         assert isinstance(events[-1], JobResult), events[-1]
