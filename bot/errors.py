@@ -13,7 +13,7 @@ import secrets
 import discord
 from discord import app_commands
 
-from inference.clipping import MAX_ECHO, clip, echo
+from inference.clipping import clip, echo
 from inference.protocol import SAFETY_CHECKER_FAILED, InvalidRequest
 from inference.queues.base import QueueFull
 
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 # Discord refuses a message whose content is longer than this (the member then sees "The
 # application did not respond"), so every reply is clipped to it.
 MAX_CONTENT = 2000
-__all__ = ["MAX_ECHO", "clip", "echo"]  # what bot modules quote values with; inference.clipping holds it
 
 
 class UserFacingError(Exception):

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bot.errors import MAX_ECHO, InvalidOption, clip, echo
+from bot.errors import InvalidOption
+from inference.clipping import MAX_ECHO, clip, echo
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GRID_SCHEDULERS,

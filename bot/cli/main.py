@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from bot.cli.generate import TINY_MODELS, generate_command
 from bot.cli.models import models_command
 from bot.config import Settings, unknown_settings
-from bot.errors import echo
+from inference.clipping import echo
 from inference.logs import report_fatal
 from inference.protocol import (
     DEFAULT_GRID_SCHEDULERS,

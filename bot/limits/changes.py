@@ -7,7 +7,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bot.config import Settings
-from bot.errors import echo
 from bot.job_requests import find_scheduler
 from bot.limits.server import (
     FLAGGED_EVERYWHERE,
@@ -21,6 +20,7 @@ from bot.limits.server import (
     ServerLimits,
     find_name,
 )
+from inference.clipping import echo
 from inference.protocol import (
     MIN_COMPARE_CELLS,
     MIN_SIZE,

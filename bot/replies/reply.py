@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.errors import MAX_CONTENT, clip
+from bot.errors import MAX_CONTENT
 from bot.replies.buttons import custom_id
 from bot.replies.messages import MessageUpdate
 from bot.replies.screening import channel_is_age_restricted
 from bot.replies.throttle import MonotonicClock
+from inference.clipping import clip
 
 if TYPE_CHECKING:
     from bot.storage.job_store import JobRecord

@@ -27,9 +27,10 @@ from bot.storage.database import Database
 from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, configure_logging
 from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
+from inference.worker import LOAD_GATE
 from tests.e2e.helpers import e2e_settings, running_bot, wait_for_result, worker_paused
 from tests.fake_discord import FakeDiscord, running_fake
-from tests.workers import LOAD_GATE, gated_worker_main, started_queue
+from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -90,7 +91,7 @@ async def test_health_readiness_metrics_and_status_page_of_a_running_bot(
     port = free_port()
     gate = tmp_path / "load-the-model"
     monkeypatch.setenv(LOAD_GATE, str(gate))  # this bot's own worker waits for the file before loading
-    queue = LocalJobQueue(tiny_config, worker_target=gated_worker_main)
+    queue = LocalJobQueue(tiny_config)
     bot = Stepgrid(e2e_settings(http_port=port), queue=queue, database=database, guild_ready_timeout=0.05)
     async with bot:
         runner = asyncio.create_task(bot.start(fake.token))

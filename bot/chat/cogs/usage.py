@@ -14,12 +14,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.cogs.options import guild_id_of, manage_server_only, require_database
-from bot.errors import InvalidOption, echo
+from bot.errors import InvalidOption
 from bot.formatting import format_duration
 from bot.limits.server import EffectiveLimits
 from bot.ops.usage_report import CHART_DAYS, USAGE_PERIODS, MemberUsage, member_usage, period_start, server_chart
 from bot.replies.messages import COLOUR
 from bot.storage.ledger import ServerUsage
+from inference.clipping import echo
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid
