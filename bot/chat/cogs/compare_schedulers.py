@@ -30,6 +30,8 @@ class CompareSchedulers(commands.Cog):
         negative_prompt=shared.SHARED_DESCRIPTIONS["negative_prompt"],
         model=shared.SHARED_DESCRIPTIONS["model"],
         guidance=shared.SHARED_DESCRIPTIONS["guidance"],
+        lora=shared.SHARED_DESCRIPTIONS["lora"],
+        lora_weight=shared.SHARED_DESCRIPTIONS["lora_weight"],
         schedulers="Rows: 2 to 6 schedulers separated by commas (default: a varied set the model can run)",
         steps="Columns: step counts separated by commas (default: the model's ladder, trimmed to fit the grid)",
         **shared.GRID_DESCRIPTIONS,

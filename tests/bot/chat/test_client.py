@@ -79,3 +79,16 @@ async def test_the_tree_error_handler_answers_command_errors() -> None:
         assert reply.ephemeral and reply.content == "The queue is full; try again in a minute."
     finally:
         await bot.close()
+
+
+async def test_every_option_description_reads_as_words_not_code() -> None:
+    bot = await make_bot()
+    try:
+        for command in bot.tree.get_commands():
+            assert isinstance(command, app_commands.Command)
+            for option in command.to_dict(bot.tree).get("options", []):
+                description = option["description"]
+                assert description[:1].isupper(), (command.name, option["name"], description)
+                assert "shared." not in description and "_" not in description.split()[0], (command.name, description)
+    finally:
+        await bot.close()
