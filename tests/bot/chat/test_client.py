@@ -84,8 +84,8 @@ async def test_the_tree_error_handler_answers_command_errors() -> None:
 async def test_every_option_description_reads_as_words_not_code() -> None:
     bot = await make_bot()
     try:
-        for command in bot.tree.get_commands():
-            assert isinstance(command, app_commands.Command)
+        commands = [c for c in bot.tree.walk_commands() if isinstance(c, app_commands.Command)]
+        for command in commands:
             for option in command.to_dict(bot.tree).get("options", []):
                 description = option["description"]
                 assert description[:1].isupper(), (command.name, option["name"], description)
