@@ -294,9 +294,12 @@ def operator_upscale_size(settings: Settings) -> int:
 
 
 def _upscale_ceiling(server: ServerLimits, settings: Settings, *, max_image_size: int) -> int:
-    """A server's own upscale cap, else its max image size; never over the operator's ceiling."""
-    own = server.max_upscale_size if server.max_upscale_size is not None else max_image_size
-    return min(own, operator_upscale_size(settings))
+    """A server's own upscale cap, else the operator's, else the server's max image size; never over the
+    operator's ceiling."""
+    for own in (server.max_upscale_size, settings.max_upscale_size, max_image_size):
+        if own is not None:
+            return min(own, operator_upscale_size(settings))
+    raise AssertionError("max_image_size is always set")  # pragma: no cover
 
 
 def _flagged_policy(own: str | None, settings: Settings) -> str:
