@@ -104,11 +104,16 @@ def render_strength_grid(
 ) -> Grid:
     """A strength grid's PNG: a row per step count, a column per strength, every caption saying the steps that
     ran; and in words, each row's steps that ran and how far each cell moved from the input image."""
+    captions = {id(image): strength_caption(image) for image in images}
+    seconds = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+    if not all(" ran · " in captions[id(image)] for image in images):  # cells too narrow for their seconds
+        where = f" on {device}" if device else ""
+        seconds = f"{format_seconds(sum(image.seconds for image in images))} of batched compute{where}, all cells"
     png = grid_png(
         images,
-        caption=strength_caption,
+        caption=lambda image: captions[id(image)],
         title=(request.prompt, facts) if facts else None,
-        footer=f"{f'{SECONDS_NOTE} on {device}' if device else SECONDS_NOTE}\n{STRENGTH_LEGEND}",
+        footer=f"{seconds}\n{STRENGTH_LEGEND}",
         columns=len(request.strengths),
         parameters=parameters,
     )

@@ -96,3 +96,18 @@ def test_the_strength_summary_measures_a_withheld_tile_of_another_size_too() -> 
     cells = cells_of(request)
     cells[0] = dataclasses.replace(cells[0], png=png_of(32, 32))
     assert strength_summary(request, cells).startswith("30 steps at strength 0.3, 0.6, 0.9 ran 9, 18, 27 steps")
+
+
+def test_a_grid_too_narrow_for_each_cells_seconds_gives_their_sum_in_its_footer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn: dict[str, object] = {}
+
+    def grid_png(images: object, **options: object) -> bytes:
+        drawn.update(options)
+        return b""
+
+    monkeypatch.setattr(bot.pictures.grids, "grid_png", grid_png)
+    request = strength_grid(256)
+    render_strength_grid(request, cells_of(request), device="cpu")
+    assert str(drawn["footer"]).startswith("0.54s of batched compute on cpu, all cells\n")
