@@ -14,6 +14,7 @@ from bot.limits.server import EffectiveLimits, LimitExceeded
 from inference.protocol import (
     CompareSchedulersRequest,
     CompareStepsRequest,
+    CompareStrengthRequest,
     GenerateRequest,
     Request,
     step_pixels,
@@ -263,12 +264,14 @@ def check_request(
             asked=most_steps,
             allowed=model_ceiling,
         )
-    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest)
+    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest)
     cells = len(request.lane_steps)
     if grid and cells > limits.max_grid_cells:
         shape = ""
         if isinstance(request, CompareSchedulersRequest):
             shape = f" ({len(request.schedulers)} schedulers × {len(request.steps)} step counts): give fewer of either"
+        if isinstance(request, CompareStrengthRequest):
+            shape = f" ({len(request.strengths)} strengths × {len(request.steps)} step counts): give fewer of either"
         raise LimitExceeded(
             f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {cells}{shape}.",
             limit="max_grid_cells",
@@ -281,6 +284,8 @@ def check_request(
         budget = limits.max_compute_per_request
         lanes = len(request.lane_steps)
         steps, advice = f"{total_steps(request)} steps", ""
+        if request.image:  # an img2img lane runs only its share of its schedule, and only that counts
+            steps += " that run"
         if lanes > 1:
             steps += f" over {lanes} cells" if grid else f" over {lanes} images"
         if decodes := film_decodes(request):

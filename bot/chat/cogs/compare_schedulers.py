@@ -35,6 +35,7 @@ class CompareSchedulers(commands.Cog):
         schedulers="Rows: 2 to 6 schedulers separated by commas (default: a varied set the model can run)",
         steps="Columns: step counts separated by commas (default: the model's ladder, trimmed to fit the grid)",
         **shared.GRID_DESCRIPTIONS,
+        **shared.IMAGE_DESCRIPTIONS,
     )
     @app_commands.autocomplete(
         lora=shared.lora_autocomplete,
@@ -56,6 +57,8 @@ class CompareSchedulers(commands.Cog):
         model: shared.ModelName | None = None,
         lora: shared.LoraName | None = None,
         lora_weight: shared.LoraWeight | None = None,
+        image: discord.Attachment | None = None,
+        strength: shared.Strength | None = None,
     ) -> None:
         options = RequestOptions(
             prompt,
@@ -69,8 +72,9 @@ class CompareSchedulers(commands.Cog):
             scheduler_grid=True,
             lora=lora,
             lora_weight=lora_weight,
+            strength=strength,
         )
-        await self.bot.jobs.start_command(interaction, options, origin="compare-schedulers")
+        await self.bot.jobs.start_command(interaction, options, origin="compare-schedulers", attachment=image)
 
 
 async def setup(bot: Stepgrid) -> None:
