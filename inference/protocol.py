@@ -31,7 +31,11 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "LMS",
     "UniPC",
     "LCM",  # for LCM-distilled and LCM-LoRA-merged SD/SDXL models (few steps, guidance 1-2)
+    "TCD",  # Trajectory Consistency Distillation: TCD-LoRA on SD/SDXL (few steps, guidance 0, eta 0.3)
 )
+# Consistency schedulers: they fit only step-distilled models (or a step-distillation LoRA); on a
+# full-step model they give a blur, so such a model isn't offered them.
+FEW_STEP_SCHEDULERS: tuple[str, ...] = ("LCM", "TCD")
 DEFAULT_SCHEDULER = "Euler a"
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_COMPARE_STEPS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
@@ -432,7 +436,7 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
     schedulers = model.schedulers_with(request.loras)
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in schedulers:
-            why = " (it is for LCM and other few-step distills)" if scheduler == "LCM" else ""
+            why = f" (it is for {scheduler} and other few-step distills)" if scheduler in FEW_STEP_SCHEDULERS else ""
             raise InvalidRequest(
                 f"The model {model.name} can't run the scheduler {scheduler!r}{why}; "
                 f"choose one of: {', '.join(schedulers)}."

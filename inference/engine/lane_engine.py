@@ -48,7 +48,7 @@ from inference.protocol import (
 )
 from inference.recent import Recent
 from inference.safety import ImageChecker
-from inference.schedulers import Scheduler, seed_dependent
+from inference.schedulers import Scheduler, seed_dependent, step_options
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class LaneEngine:
             )
             scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
         generator = torch.Generator("cpu").manual_seed(seed)
-        step_kwargs: dict[str, Any] = {}
+        step_kwargs: dict[str, Any] = step_options(scheduler_name)  # TCD's eta
         if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
         filmed = isinstance(request, GenerateRequest) and request.film

@@ -5,6 +5,7 @@ a LoRA that doesn't fit (or a broken file) is reported by name and the rest serv
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from collections.abc import Callable
@@ -263,3 +264,26 @@ def test_a_step_distillation_lora_switches_the_defaults_and_spaces_steps_as_few_
     assert int(engine._jobs["job"].lanes[0].timesteps[0]) == 999
     assert int(engine._jobs["plain"].lanes[0].timesteps[0]) < 999
     engine.run_until_idle()
+
+
+def test_a_tcd_lora_runs_tcd_at_guidance_0_by_its_name_or_by_the_registrys_scheduler(
+    lora_files: Callable[[str], dict[str, TinyLora]], model_cache_dir: Path
+) -> None:
+    files = lora_files("tiny")
+    specs = (
+        LoraSpec("tcd-sd15", str(files["style"].kohya), few_step=True),
+        LoraSpec("my-distill", str(files["detail"].kohya), few_step=True, scheduler="TCD"),
+    )
+    model = serve("tiny", specs, model_cache_dir)
+    for info in model.info.loras:
+        assert (info.default_scheduler, info.default_guidance, info.default_steps) == ("TCD", 0.0, 4), info.name
+        assert "TCD" in info.schedulers
+    # TCD is for few-step models: refused without the LoRA (saying why), accepted with it.
+    plain = GenerateRequest("a fox", steps=4, scheduler="TCD", guidance=0.0, width=SIZE, height=SIZE)
+    with pytest.raises(InvalidRequest, match=r"can't run the scheduler 'TCD' \(it is for TCD and other few-step"):
+        validate_for_model(plain, model.info)
+    validate_for_model(dataclasses.replace(plain, loras=(("my-distill", 1.0),)), model.info)
+    engine = RecordingEngine(model)
+    engine.add_job("tcd", dataclasses.replace(plain, loras=(("tcd-sd15", 1.0),)))
+    engine.run_until_idle()
+    assert engine._jobs == {} and len(engine.result("tcd").images) == 1
