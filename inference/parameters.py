@@ -13,6 +13,7 @@ Stdlib only, so both the worker (its PNGs) and the bot (grids, re-encoded attach
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 
@@ -86,6 +87,25 @@ def infotext(
         lines.append(f"Negative prompt: {negative_prompt.strip()}")
     lines.append(", ".join(f"{key}: {quote(value)}" for key, value in fields))
     return "\n".join(lines)
+
+
+# The "Lora hashes" field as `infotext` writes it: always quoted (its value holds colons).
+_LORA_HASHES = re.compile(r'(?:^|, )Lora hashes: ("(?:[^"\\]|\\.)*")')
+
+
+def lora_hashes_in(parameters: str | None) -> dict[str, str]:
+    """The LoRA short hashes an image's `parameters` carry ("Lora hashes"), by LoRA name ({} for none):
+    a grid takes them from its cells, which the worker wrote knowing the files."""
+    lines = (parameters or "").splitlines()
+    found = _LORA_HASHES.search(lines[-1]) if lines else None
+    if found is None:
+        return {}
+    try:
+        value = json.loads(found.group(1))
+    except ValueError:
+        return {}
+    pairs = (item.partition(": ") for item in str(value).split(", "))
+    return {name.strip(): digest.strip() for name, _, digest in pairs if name.strip() and digest.strip()}
 
 
 def lora_tag(name: str, weight: float) -> str:

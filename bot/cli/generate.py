@@ -309,7 +309,7 @@ def write_outputs(
     """Write the image (or numbered images, or the labelled grid, and the film) and return the paths.
     Each file appears whole or not at all (see `write_file`)."""
     from bot.pictures.film import film_file
-    from bot.pictures.grids import render_grid
+    from bot.pictures.grids import cell_lora_hashes, render_grid
     from bot.pictures.render import png_parameters
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -318,7 +318,7 @@ def write_outputs(
         facts = f"{result.model}{scheduler} · seed {request.seed}"
         if result.is_test_model:
             facts += f" · {TEST_MODEL_NOTE}"
-        parameters = grid_infotext(request, model=result.model)
+        parameters = grid_infotext(request, model=result.model, lora_hashes=cell_lora_hashes(result.images))
         write_file(output, render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png)
         return [output]
     if len(result.images) == 1:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, steps_label
+from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, png_parameters, steps_label
 from bot.pictures.sweet_spot import RowChanges, format_change, measure_row, summary
+from inference.parameters import lora_hashes_in
 from inference.protocol import CompareSchedulersRequest, GeneratedImage, GridRequest
 
 LEGEND = "Δ = change from the previous step count · framed: where the row settles"
@@ -17,6 +18,15 @@ LEGEND = "Δ = change from the previous step count · framed: where the row sett
 class Grid:
     png: bytes
     summary: str  # where each row settles, in words
+
+
+def cell_lora_hashes(images: Sequence[GeneratedImage]) -> dict[str, str]:
+    """The short hash of every LoRA the cells ran with, from the `parameters` the worker wrote into
+    each cell (the bot never sees the LoRA files): the grid's "Lora hashes"."""
+    hashes: dict[str, str] = {}
+    for image in images:
+        hashes.update(lora_hashes_in(png_parameters(image.png)))
+    return hashes
 
 
 def grid_rows(request: GridRequest, images: Sequence[GeneratedImage]) -> list[tuple[int, RowChanges]]:

@@ -16,7 +16,7 @@ import discord
 
 from bot.formatting import counted
 from bot.pictures.film import downscale_note, film_animation, source_note
-from bot.pictures.grids import render_grid
+from bot.pictures.grids import cell_lora_hashes, render_grid
 from bot.pictures.render import fit_attachment, png_parameters
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
@@ -199,7 +199,8 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     withheld = screening.withheld(result)
     spoiler = screening.spoils(result)
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        parameters = grid_infotext(request, model=result.model or request.model)
+        hashes = cell_lora_hashes(result.images)
+        parameters = grid_infotext(request, model=result.model or request.model, lora_hashes=hashes)
         cells = [as_withheld(image) if i in withheld else image for i, image in enumerate(result.images)]
         grid = render_grid(request, cells, parameters=parameters)
         data, extension = fit_attachment(grid.png, limit)
