@@ -150,6 +150,10 @@ def grid_infotext(
     axis = [("Script", "X/Y/Z plot"), ("X Type", "Steps"), ("X Values", ", ".join(map(str, request.steps)))]
     if isinstance(request, CompareSchedulersRequest):
         axis += [("Y Type", "Sampler"), ("Y Values", ", ".join(request.schedulers))]
+    elif request.without_loras is not None:  # a LoRA comparison: the row without the LoRAs, then with them
+        row = request.without_loras
+        loras = " ".join(lora_tag(name, weight) for name, weight in request.loras)
+        axis += [("Y Type", "LoRA"), ("Y Values", f"none ({row.scheduler}, CFG {row.guidance:g}), {loras}")]
     return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
 
 

@@ -236,10 +236,12 @@ GridRequest = CompareStepsRequest | CompareSchedulersRequest
 def lane_request(request: Request, index: int) -> Request:
     """The request as its lane `index` runs it: in a LoRA comparison the plain row's lanes run the
     request without its LoRAs, at that row's scheduler and guidance; every other lane runs the request."""
-    plain = request.without_loras if isinstance(request, CompareStepsRequest) else None
-    if plain is None or index >= len(request.steps):
+    if not isinstance(request, CompareStepsRequest) or request.without_loras is None or index >= len(request.steps):
         return request
-    return dataclasses.replace(request, loras=(), scheduler=plain.scheduler, guidance=plain.guidance, without_loras=None)
+    plain = request.without_loras
+    return dataclasses.replace(
+        request, loras=(), scheduler=plain.scheduler, guidance=plain.guidance, without_loras=None
+    )
 
 
 def row_requests(request: Request) -> tuple[Request, ...]:

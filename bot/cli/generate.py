@@ -104,6 +104,9 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         image=image,
         strength=getattr(args, "strength", None),
         upscale=upscale,
+        lora=getattr(args, "lora", None),
+        lora_weight=getattr(args, "lora_weight", None),
+        lora_compare=getattr(args, "lora_compare", False),
     )
 
 
@@ -314,7 +317,8 @@ def write_outputs(
 
     output.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        scheduler = "" if isinstance(request, CompareSchedulersRequest) else f" · {request.scheduler}"  # rows name them
+        rows_named = isinstance(request, CompareSchedulersRequest) or request.without_loras is not None
+        scheduler = "" if rows_named else f" · {request.scheduler}"  # rows name their schedulers
         facts = f"{result.model}{scheduler} · seed {request.seed}"
         if result.is_test_model:
             facts += f" · {TEST_MODEL_NOTE}"
@@ -415,10 +419,12 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     if replaced:
         print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        from bot.pictures.grids import grid_rows
+        from bot.pictures.grids import grid_rows, lora_summary
         from bot.pictures.sweet_spot import summary
 
-        print(summary([row for _, row in grid_rows(request, result.images)]))
+        rows = [row for _, row in grid_rows(request, result.images)]
+        lora_comparison = isinstance(request, CompareStepsRequest) and request.without_loras is not None
+        print(lora_summary(request, rows) if lora_comparison else summary(rows))  # type: ignore[arg-type]
     return 0
 
 

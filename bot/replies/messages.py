@@ -312,9 +312,14 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
         embed.add_field(name="LoRAs", value=", ".join(f"{name} {weight:g}" for name, weight in request.loras))
     if isinstance(request, CompareSchedulersRequest):
         embed.add_field(name="Schedulers", value=", ".join(request.schedulers))
+    elif isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        row = request.without_loras
+        embed.add_field(name="Scheduler", value=f"{request.scheduler} (without the LoRA: {row.scheduler})")
+        embed.add_field(name="Guidance", value=f"{request.guidance:g} (without the LoRA: {row.guidance:g})")
     else:
         embed.add_field(name="Scheduler", value=request.scheduler)
-    embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    if not (isinstance(request, CompareStepsRequest) and request.without_loras is not None):
+        embed.add_field(name="Guidance", value=f"{request.guidance:g}")
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))

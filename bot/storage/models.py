@@ -17,7 +17,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    GenerateRequest,
+    HiresFix,
+    PlainRow,
+    Request,
+)
 
 COMMAND_IMAGINE = "imagine"
 COMMAND_COMPARE_STEPS = "compare-steps"
@@ -230,7 +237,7 @@ def request_to_params(request: Request) -> dict[str, Any]:
             if value:
                 params["image_bytes"], params["image_sha256"] = len(value), hashlib.sha256(value).hexdigest()
             continue
-        if isinstance(value, HiresFix):
+        if isinstance(value, HiresFix | PlainRow):
             value = dataclasses.asdict(value)
         params[f.name] = list(value) if isinstance(value, tuple) else value
     return params
@@ -259,6 +266,8 @@ def params_to_request(command: str, params: dict[str, Any], *, image: bytes = b"
     }
     if isinstance(kwargs.get("hires"), dict):
         kwargs["hires"] = HiresFix(**kwargs["hires"])
+    if isinstance(kwargs.get("without_loras"), dict):
+        kwargs["without_loras"] = PlainRow(**kwargs["without_loras"])
     if params.get("image_sha256"):
         if not image:
             raise ValueError("this job's input image was not given")

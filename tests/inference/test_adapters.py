@@ -306,7 +306,8 @@ def test_a_lora_comparison_runs_both_rows_in_one_job_each_cell_equal_to_its_row_
     files = lora_files("tiny")
     model = serve("tiny", (LoraSpec("lcm", str(files["style"].kohya), few_step=True),), model_cache_dir)
     comparison = CompareStepsRequest("a fox", steps=(1, 2, 4), scheduler="LCM", seed=3, guidance=1.0, width=SIZE,
-                                     height=SIZE, loras=(("lcm", 1.0),), without_loras=PlainRow("Euler a", 7.5))  # fmt: skip
+                                     height=SIZE, loras=(("lcm", 1.0),),
+                                     without_loras=PlainRow("Euler a", 7.5))  # fmt: skip
     validate_for_model(comparison, model.info)
     engine = RecordingEngine(model)
     engine.add_job("both", comparison)
