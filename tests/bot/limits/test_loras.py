@@ -84,5 +84,5 @@ def test_a_lora_comparison_over_the_servers_cell_limit_is_refused_saying_it_has_
                                   loras=(("lightning", 1.0),), without_loras=PlainRow("Euler a", 7.5))  # fmt: skip
     assert str(refusal(request, limits(max_grid_cells=6))) == (
         "This server allows grids of at most 6 cells; you asked for 8 (two rows, without and with the LoRA, "
-        "× 4 step counts): give fewer of them."
+        "× 4 step counts): give fewer step counts."
     )
