@@ -13,6 +13,7 @@ Stdlib only, so both the worker (its PNGs) and the bot (grids, re-encoded attach
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 
@@ -96,6 +97,25 @@ def infotext(
     return "\n".join(lines)
 
 
+# The "Lora hashes" field as `infotext` writes it: always quoted (its value holds colons).
+_LORA_HASHES = re.compile(r'(?:^|, )Lora hashes: ("(?:[^"\\]|\\.)*")')
+
+
+def lora_hashes_in(parameters: str | None) -> dict[str, str]:
+    """The LoRA short hashes an image's `parameters` carry ("Lora hashes"), by LoRA name ({} for none):
+    a grid takes them from its cells, which the worker wrote knowing the files."""
+    lines = (parameters or "").splitlines()
+    found = _LORA_HASHES.search(lines[-1]) if lines else None
+    if found is None:
+        return {}
+    try:
+        value = json.loads(found.group(1))
+    except ValueError:
+        return {}
+    pairs = (item.partition(": ") for item in str(value).split(", "))
+    return {name.strip(): digest.strip() for name, _, digest in pairs if name.strip() and digest.strip()}
+
+
 def lora_tag(name: str, weight: float) -> str:
     """A LoRA as A1111's prompt syntax writes it: <lora:name:0.8>."""
     return f"<lora:{name}:{weight:g}>"
@@ -139,6 +159,10 @@ def grid_infotext(
     axis = [("Script", "X/Y/Z plot"), ("X Type", "Steps"), ("X Values", ", ".join(map(str, request.steps)))]
     if isinstance(request, CompareSchedulersRequest):
         axis += [("Y Type", "Sampler"), ("Y Values", ", ".join(request.schedulers))]
+    elif request.without_loras is not None:  # a LoRA comparison: the row without the LoRAs, then with them
+        row = request.without_loras
+        loras = " ".join(lora_tag(name, weight) for name, weight in request.loras)
+        axis += [("Y Type", "LoRA"), ("Y Values", f"none ({row.scheduler}, CFG {row.guidance:g}), {loras}")]
     return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
 
 

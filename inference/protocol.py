@@ -7,6 +7,7 @@ what users type (sizes, step lists, scheduler names) is the bot's (`bot.job_requ
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Hashable, Sequence
@@ -31,7 +32,11 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "LMS",
     "UniPC",
     "LCM",  # for LCM-distilled and LCM-LoRA-merged SD/SDXL models (few steps, guidance 1-2)
+    "TCD",  # Trajectory Consistency Distillation: TCD-LoRA on SD/SDXL (few steps, guidance 0, eta 0.3)
 )
+# Consistency schedulers: they fit only step-distilled models (or a step-distillation LoRA); on a
+# full-step model they give a blur, so such a model isn't offered them.
+FEW_STEP_SCHEDULERS: tuple[str, ...] = ("LCM", "TCD")
 DEFAULT_SCHEDULER = "Euler a"
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_COMPARE_STEPS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
@@ -149,8 +154,18 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class PlainRow:
+    """`lora_compare` on /compare-steps: the row drawn without the request's LoRAs, at its own scheduler
+    and guidance (the model's own, where a few-step LoRA switches them for the row with it)."""
+
+    scheduler: str
+    guidance: float
+
+
+@dataclass(frozen=True)
 class CompareStepsRequest:
-    """One `/compare-steps`: the same prompt and seed rendered once per step count."""
+    """One `/compare-steps`: the same prompt and seed rendered once per step count. With `without_loras`
+    (a LoRA comparison) two rows of those step counts: first without the LoRAs, then with them."""
 
     prompt: str
     steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
@@ -164,18 +179,24 @@ class CompareStepsRequest:
     loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
     image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
     strength: float = 1.0
+    without_loras: PlainRow | None = None  # a LoRA comparison: the plain row drawn first
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.without_loras is None else 2
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
-        return self.steps
+        return self.steps * self.rows
 
     @property
     def lane_seeds(self) -> tuple[int, ...]:
-        return (self.seed,) * len(self.steps)
+        return (self.seed,) * len(self.lane_steps)
 
     @property
     def lane_schedulers(self) -> tuple[str, ...]:
-        return (self.scheduler,) * len(self.steps)
+        plain = () if self.without_loras is None else (self.without_loras.scheduler,) * len(self.steps)
+        return plain + (self.scheduler,) * len(self.steps)
 
 
 @dataclass(frozen=True)
@@ -261,6 +282,25 @@ def lane_strengths(request: Request) -> tuple[float, ...]:
     if isinstance(request, CompareStrengthRequest):
         return request.lane_strengths
     return (request.strength if request.image else 1.0,) * len(request.lane_steps)
+
+
+def lane_request(request: Request, index: int) -> Request:
+    """The request as its lane `index` runs it: in a LoRA comparison the plain row's lanes run the
+    request without its LoRAs, at that row's scheduler and guidance; every other lane runs the request."""
+    if not isinstance(request, CompareStepsRequest) or request.without_loras is None or index >= len(request.steps):
+        return request
+    plain = request.without_loras
+    return dataclasses.replace(
+        request, loras=(), scheduler=plain.scheduler, guidance=plain.guidance, without_loras=None
+    )
+
+
+def row_requests(request: Request) -> tuple[Request, ...]:
+    """Each row's own request where rows differ in more than the scheduler (a LoRA comparison: without,
+    then with its LoRAs); the request alone otherwise."""
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        return (lane_request(request, 0), dataclasses.replace(request, without_loras=None))
+    return (request,)
 
 
 def img2img_steps(steps: int, strength: float, *, flow: bool) -> int:
@@ -484,6 +524,23 @@ def _validate_grid(request: GridRequest) -> None:
     if (steps_twice := _repeated(request.steps)) is not None:
         steps = f"{steps_twice} step{'' if steps_twice == 1 else 's'}"
         raise InvalidRequest(f"{steps} is in the list twice; give each step count once.")
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        _validate_lora_comparison(request)
+
+
+def _validate_lora_comparison(request: CompareStepsRequest) -> None:
+    """Two rows, without and with the LoRAs: it needs a LoRA, and both rows must fit the cell limit."""
+    if not request.loras:
+        raise InvalidRequest("lora_compare needs a LoRA: choose one with lora, or write <lora:name:0.8> in the prompt.")
+    columns, most = len(request.steps), MAX_COMPARE_CELLS // 2
+    if columns > most:
+        raise InvalidRequest(
+            f"A LoRA comparison draws two rows (without and with the LoRA): at most {most} step counts, "
+            f"{MAX_COMPARE_CELLS} cells; got {columns} step counts."
+        )
+    guidance = request.without_loras.guidance if request.without_loras else request.guidance
+    if not (math.isfinite(guidance) and MIN_GUIDANCE <= guidance <= MAX_GUIDANCE):
+        raise InvalidRequest(f"guidance must be {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {guidance:g}.")
 
 
 def _validate_strength_grid(request: CompareStrengthRequest) -> None:
@@ -509,13 +566,25 @@ def _validate_strength_grid(request: CompareStrengthRequest) -> None:
 
 
 def validate_for_model(request: Request, model: ModelInfo) -> None:
-    """Raise InvalidRequest if the request is fine in general but not for this model."""
+    """Raise InvalidRequest if the request is fine in general but not for this model (each row of a LoRA
+    comparison: the row without the LoRAs is named in the refusal)."""
+    rows = row_requests(request)
+    if len(rows) > 1:
+        names = ", ".join(name for name, _ in request.loras)
+        try:
+            _validate_row_for_model(rows[0], model)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"Without {names} (the comparison's first row): {error}") from None
+    _validate_row_for_model(rows[-1], model)
+
+
+def _validate_row_for_model(request: Request, model: ModelInfo) -> None:
     for name, _ in request.loras:
         model.lora(name)  # an unknown one is refused by name, with the close ones
     schedulers = model.schedulers_with(request.loras)
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in schedulers:
-            why = " (it is for LCM and other few-step distills)" if scheduler == "LCM" else ""
+            why = f" (it is for {scheduler} and other few-step distills)" if scheduler in FEW_STEP_SCHEDULERS else ""
             raise InvalidRequest(
                 f"The model {model.name} can't run the scheduler {scheduler!r}{why}; "
                 f"choose one of: {', '.join(schedulers)}."

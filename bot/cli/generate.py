@@ -109,6 +109,9 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         upscale=upscale,
         strengths=getattr(args, "strengths", None),
         strength_grid=strength_grid,
+        lora=getattr(args, "lora", None),
+        lora_weight=getattr(args, "lora_weight", None),
+        lora_compare=getattr(args, "lora_compare", False),
     )
 
 
@@ -314,7 +317,7 @@ def write_outputs(
     """Write the image (or numbered images, or the labelled grid, and the film) and return the paths.
     Each file appears whole or not at all (see `write_file`)."""
     from bot.pictures.film import film_file
-    from bot.pictures.grids import render_grid, render_strength_grid
+    from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
     from bot.pictures.render import png_parameters
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -327,11 +330,12 @@ def write_outputs(
         write_file(output, grid.png)
         return [output]
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        scheduler = "" if isinstance(request, CompareSchedulersRequest) else f" · {request.scheduler}"  # rows name them
+        rows_named = isinstance(request, CompareSchedulersRequest) or request.without_loras is not None
+        scheduler = "" if rows_named else f" · {request.scheduler}"  # rows name their schedulers
         facts = f"{result.model}{scheduler} · seed {request.seed}"
         if result.is_test_model:
             facts += f" · {TEST_MODEL_NOTE}"
-        parameters = grid_infotext(request, model=result.model)
+        parameters = grid_infotext(request, model=result.model, lora_hashes=cell_lora_hashes(result.images))
         write_file(output, render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png)
         return [output]
     if len(result.images) == 1:
@@ -428,10 +432,12 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     if replaced:
         print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        from bot.pictures.grids import grid_rows
+        from bot.pictures.grids import grid_rows, lora_summary
         from bot.pictures.sweet_spot import summary
 
-        print(summary([row for _, row in grid_rows(request, result.images)]))
+        rows = [row for _, row in grid_rows(request, result.images)]
+        lora_comparison = isinstance(request, CompareStepsRequest) and request.without_loras is not None
+        print(lora_summary(request, rows) if lora_comparison else summary(rows))  # type: ignore[arg-type]
     if isinstance(request, CompareStrengthRequest):
         from bot.pictures.grids import strength_summary
 

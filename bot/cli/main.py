@@ -85,6 +85,12 @@ def _add_generation_options(
         help=f"a configured model ({names}), a hub id, local diffusers folder, registry file (.toml), or a "
         f"random-weight test model: {', '.join(TINY_MODELS)} (default: the first configured model)",
     )
+    parser.add_argument(
+        "--lora", default=None, help="a LoRA of the model by its registry name (or write <lora:name:0.8> in the prompt)"
+    )
+    parser.add_argument(
+        "--lora-weight", type=_number, default=None, help="how strongly the LoRA applies (default: its own, usually 1)"
+    )
     parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument(
         "--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16 (default: %(default)s)"
@@ -162,6 +168,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     _add_grid_image_options(compare)
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+    compare.add_argument(
+        "--lora-compare",
+        action="store_true",
+        help="two rows: without the LoRA, then with it, over both their ladders, each with its own scheduler and "
+        "guidance where a few-step LoRA changes them (needs --lora or a <lora:name> in the prompt)",
+    )
 
     about = "One labelled grid of the same prompt and seed: rows = schedulers, columns = step counts."
     schedulers = commands.add_parser("compare-schedulers", help=about, description=about)

@@ -270,8 +270,12 @@ def check_request(
         shape = ""
         if isinstance(request, CompareSchedulersRequest):
             shape = f" ({len(request.schedulers)} schedulers × {len(request.steps)} step counts): give fewer of either"
-        if isinstance(request, CompareStrengthRequest):
+        elif isinstance(request, CompareStrengthRequest):
             shape = f" ({len(request.strengths)} strengths × {len(request.steps)} step counts): give fewer of either"
+        elif isinstance(request, CompareStepsRequest) and request.rows > 1:
+            shape = (
+                f" (two rows, without and with the LoRA, × {len(request.steps)} step counts): give fewer step counts"
+            )
         raise LimitExceeded(
             f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {cells}{shape}.",
             limit="max_grid_cells",

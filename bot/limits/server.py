@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.config import MAX_INPUT_MEGAPIXELS, Settings
 from bot.errors import InvalidOption, UserFacingError
-from bot.job_requests import RequestDefaults
+from bot.job_requests import RequestDefaults, RowDefaults
 from inference.protocol import (
     DEFAULT_GRID_SCHEDULERS,
     FLOW_GRID_SCHEDULERS,
@@ -259,7 +259,10 @@ class EffectiveLimits:
             return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler, width=size, height=size)
         few_step = _few_step_lora(model, loras)
         chosen_steps, chosen_scheduler = self.chosen_default_steps, self.chosen_default_scheduler
+        without_loras = None
         if few_step is not None:
+            plain = self.request_defaults(model)  # a LoRA comparison's row without it
+            without_loras = RowDefaults(plain.scheduler, plain.guidance, plain.compare_steps)
             model = _with_few_step_lora(model, few_step)
             chosen_steps = chosen_scheduler = None
         ceiling = min(self.max_steps_for(model.name), model.max_steps or self.max_steps)
@@ -285,6 +288,7 @@ class EffectiveLimits:
             lora_weights=tuple((lora.name, lora.default_weight) for lora in model.loras),
             strength=model.default_strength,
             hires_strength=model.hires_strength,
+            without_loras=without_loras,
         )
 
 

@@ -9,9 +9,17 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, steps_label
+from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, png_parameters, steps_label
 from bot.pictures.sweet_spot import RowChanges, change_percent, format_change, measure_row, summary
-from inference.protocol import CompareSchedulersRequest, CompareStrengthRequest, GeneratedImage, GridRequest
+from inference.parameters import lora_hashes_in
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    CompareStrengthRequest,
+    GeneratedImage,
+    GridRequest,
+    row_requests,
+)
 
 LEGEND = "Δ = change from the previous step count · framed: where the row settles"
 
@@ -22,10 +30,21 @@ class Grid:
     summary: str  # where each row settles, in words
 
 
+def cell_lora_hashes(images: Sequence[GeneratedImage]) -> dict[str, str]:
+    """The short hash of every LoRA the cells ran with, from the `parameters` the worker wrote into
+    each cell (the bot never sees the LoRA files): the grid's "Lora hashes"."""
+    hashes: dict[str, str] = {}
+    for image in images:
+        hashes.update(lora_hashes_in(png_parameters(image.png)))
+    return hashes
+
+
 def grid_rows(request: GridRequest, images: Sequence[GeneratedImage]) -> list[tuple[int, RowChanges]]:
     """Each row of the grid with the index of its first cell: one row per scheduler (one for compare-steps)."""
     columns = len(request.steps)
     schedulers = request.schedulers if isinstance(request, CompareSchedulersRequest) else (request.scheduler,)
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        schedulers = request.lane_schedulers[::columns]  # a LoRA comparison: the row without, then with
     rows = []
     for row, scheduler in enumerate(schedulers):
         first = row * columns
@@ -46,6 +65,8 @@ def render_grid(
     framed, a footer saying what the numbers are, `parameters` in its PNG chunk) and the sweet-spot
     sentence. With `facts` ("model · scheduler · seed 42") the footer opens with the prompt and them;
     `device` names where the seconds were spent."""
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        return render_lora_grid(request, images, facts=facts, device=device, parameters=parameters)
     rows = grid_rows(request, images)
     changes: dict[int, float] = {}
     marked = set()
@@ -141,3 +162,66 @@ def _change_from(source: Image.Image, image: GeneratedImage) -> float:
     if picture.size != source.size:  # a withheld cell is a small neutral tile
         source = source.resize(picture.size)
     return change_percent(source, picture)
+
+
+# --- a LoRA comparison: the row without the LoRA above the row with it ---------------------------
+
+
+def lora_row_labels(request: CompareStepsRequest) -> tuple[str, str]:
+    """Each row's name with its scheduler and guidance: "without lcm · Euler a, CFG 7.5", "with lcm 1 · LCM, CFG 1"."""
+    plain, with_loras = row_requests(request)
+    names = ", ".join(name for name, _ in request.loras)
+    weighted = ", ".join(f"{name} {weight:g}" for name, weight in request.loras)
+    return (
+        f"without {names} · {plain.scheduler}, CFG {plain.guidance:g}",
+        f"with {weighted} · {with_loras.scheduler}, CFG {with_loras.guidance:g}",
+    )
+
+
+def lora_summary(request: CompareStepsRequest, rows: Sequence[RowChanges]) -> str:
+    """Where each row settles in words: "with lcm it settles at 4 steps; without, it settles at 20 steps"."""
+    plain, with_loras = rows
+    names = ", ".join(name for name, _ in request.loras)
+    text = f"with {names} it {_row_words(with_loras)}; without, it {_row_words(plain)}"
+    return summary([]).replace("For this prompt and seed: ", f"For this prompt and seed: {text}", 1)
+
+
+def _row_words(row: RowChanges) -> str:
+    """A row's sentence without its scheduler's name: "settles at 20 steps"."""
+    return row.describe().removeprefix(f"{row.scheduler} ")
+
+
+def render_lora_grid(
+    request: CompareStepsRequest,
+    images: Sequence[GeneratedImage],
+    *,
+    facts: str | None = None,
+    device: str | None = None,
+    parameters: str | None = None,
+) -> Grid:
+    """A LoRA comparison's grid: two rows (without, then with the LoRA) named with their scheduler and
+    guidance, step counts over the columns, each cell's seconds and Δ, each row's settled cell framed."""
+    rows = grid_rows(request, images)
+    texts: dict[int, str] = {}
+    marked = set()
+    for first, row in rows:
+        for position, index in enumerate(row.order):
+            parts = [format_seconds(images[first + index].seconds)]
+            if position:
+                parts.append(format_change(row.changes[position]))
+            texts[id(images[first + index])] = " · ".join(parts)
+        if row.settled is not None:
+            marked.add(first + row.order[row.settled])
+    seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+    png = grid_png(
+        images,
+        caption=lambda image: texts[id(image)],
+        title=(request.prompt, facts) if facts else None,
+        footer=f"{seconds_note}\n{LEGEND}",
+        columns=len(request.steps),
+        row_labels=lora_row_labels(request),
+        column_labels=[steps_label(steps) for steps in request.steps],
+        marked=marked,
+        parameters=parameters,
+    )
+    return Grid(png, lora_summary(request, [row for _, row in rows]))

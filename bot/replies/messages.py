@@ -16,7 +16,7 @@ import discord
 
 from bot.formatting import counted
 from bot.pictures.film import downscale_note, film_animation, source_note
-from bot.pictures.grids import render_grid, render_strength_grid
+from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
 from bot.pictures.render import fit_attachment, png_parameters
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
@@ -207,7 +207,8 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
             parameters = strength_grid_infotext(request, model=result.model or request.model)
             grid = render_strength_grid(request, cells, parameters=parameters)
         else:
-            parameters = grid_infotext(request, model=result.model or request.model)
+            hashes = cell_lora_hashes(result.images)
+            parameters = grid_infotext(request, model=result.model or request.model, lora_hashes=hashes)
             grid = render_grid(request, cells, parameters=parameters)
         data, extension = fit_attachment(grid.png, limit)
         notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
@@ -330,11 +331,16 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
         embed.add_field(name="LoRAs", value=", ".join(f"{name} {weight:g}" for name, weight in request.loras))
     if isinstance(request, CompareSchedulersRequest):
         embed.add_field(name="Schedulers", value=", ".join(request.schedulers))
+    elif isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        row = request.without_loras
+        embed.add_field(name="Scheduler", value=f"{request.scheduler} (without the LoRA: {row.scheduler})")
+        embed.add_field(name="Guidance", value=f"{request.guidance:g} (without the LoRA: {row.guidance:g})")
     else:
         embed.add_field(name="Scheduler", value=request.scheduler)
     if isinstance(request, CompareStrengthRequest):
         embed.add_field(name="Strengths", value=", ".join(f"{strength:g}" for strength in request.strengths))
-    embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    if not (isinstance(request, CompareStepsRequest) and request.without_loras is not None):
+        embed.add_field(name="Guidance", value=f"{request.guidance:g}")
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))

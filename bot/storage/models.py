@@ -23,6 +23,7 @@ from inference.protocol import (
     CompareStrengthRequest,
     GenerateRequest,
     HiresFix,
+    PlainRow,
     Request,
 )
 
@@ -283,7 +284,7 @@ def request_to_params(request: Request) -> dict[str, Any]:
             if value:
                 params["image_bytes"], params["image_sha256"] = len(value), hashlib.sha256(value).hexdigest()
             continue
-        if isinstance(value, HiresFix):
+        if isinstance(value, HiresFix | PlainRow):
             value = dataclasses.asdict(value)
         params[f.name] = list(value) if isinstance(value, tuple) else value
     return params
@@ -312,6 +313,8 @@ def params_to_request(command: str, params: dict[str, Any], *, image: bytes = b"
     }
     if isinstance(kwargs.get("hires"), dict):
         kwargs["hires"] = HiresFix(**kwargs["hires"])
+    if isinstance(kwargs.get("without_loras"), dict):
+        kwargs["without_loras"] = PlainRow(**kwargs["without_loras"])
     if params.get("image_sha256"):
         if not image:
             raise ValueError("this job's input image was not given")

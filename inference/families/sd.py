@@ -14,6 +14,7 @@ from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GUIDANCE,
     DEFAULT_SCHEDULER,
+    FEW_STEP_SCHEDULERS,
     GUIDANCE_INPUT,
     SCHEDULER_NAMES,
 )
@@ -31,6 +32,7 @@ SHIPPED_SCHEDULERS = {
     "EulerAncestralDiscreteScheduler": "Euler a",
     "DDIMScheduler": "DDIM",
     "LCMScheduler": "LCM",
+    "TCDScheduler": "TCD",
 }
 
 
@@ -90,8 +92,10 @@ class UNetFamily(Family):
         return Defaults(30, self.full_step_guidance, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)
 
     def offered_schedulers(self) -> tuple[str, ...]:
-        """LCM's consistency steps fit only distilled models; on a full-step one they give a blur."""
-        return self.schedulers if self.looks_few_step() else tuple(s for s in self.schedulers if s != "LCM")
+        """LCM's and TCD's consistency steps fit only distilled models; on a full-step one they give a blur."""
+        if self.looks_few_step():
+            return self.schedulers
+        return tuple(s for s in self.schedulers if s not in FEW_STEP_SCHEDULERS)
 
     def guidance_embedding(self, guidance: float) -> dict[str, torch.Tensor]:
         """LCM-distilled UNets take the guidance as an embedding (`timestep_cond`) instead of CFG rows."""

@@ -29,6 +29,7 @@ class CompareSteps(commands.Cog):
         steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
         **shared.GRID_DESCRIPTIONS,
         **shared.IMAGE_DESCRIPTIONS,
+        lora_compare="Two rows: without the LoRA, then with it, over both their step ladders (needs a lora)",
     )
     @app_commands.autocomplete(
         lora=shared.lora_autocomplete,
@@ -52,10 +53,11 @@ class CompareSteps(commands.Cog):
         lora_weight: shared.LoraWeight | None = None,
         image: discord.Attachment | None = None,
         strength: shared.Strength | None = None,
+        lora_compare: bool = False,
     ) -> None:
         options = RequestOptions(
             prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model,
-            lora=lora, lora_weight=lora_weight, strength=strength,
+            lora=lora, lora_weight=lora_weight, strength=strength, lora_compare=lora_compare,
         )  # fmt: skip
         await self.bot.jobs.start_command(interaction, options, origin="compare-steps", attachment=image)
 
