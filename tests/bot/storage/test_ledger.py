@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
 from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
-from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, plain_settings, record
+from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, record
 from tests.bot.fakes import FakeWallClock as FakeClock
+from tests.bot.storage.conftest import Backend
 
 # --- the job ledger ------------------------------------------------------------------------------
 
@@ -213,8 +213,8 @@ async def test_an_unknown_job_is_an_error(db: Database) -> None:
     assert await db.ledger.get_job("nope") is None
 
 
-async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_path: Path, clock: FakeClock) -> None:
-    before = Database(db_path, plain_settings(), clock=clock)
+async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(backend: Backend, clock: FakeClock) -> None:
+    before = backend.database(clock=clock)
     await before.start()
     queued = await record(before)
     clock.advance(seconds=1)
@@ -229,7 +229,7 @@ async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_p
     await asyncio.gather(before._writer, return_exceptions=True)
     await before.engine.dispose()
 
-    after = Database(db_path, plain_settings(), clock=clock)
+    after = backend.database(clock=clock)
     await after.start()
     unfinished = await after.ledger.unfinished_jobs()
     assert [(job.id, job.status) for job in unfinished] == [(queued.id, "queued"), (running.id, "running")]
