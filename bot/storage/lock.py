@@ -109,7 +109,8 @@ def _holder(connection: sa.Connection, key: int) -> str:
     high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
     query = sa.text(
         "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid) AND l.objsubid = 1 "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+        "AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid) "
         "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     )
     row = connection.execute(query, {"high": high, "low": low}).first()

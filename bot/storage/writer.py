@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.config import Settings
 from bot.errors import UserFacingError
 from bot.storage.migrate import check_revision, sqlite_url, upgrade_database
-from bot.storage.postgres import check_server_revision, shown, upgrade_server_database
 from bot.storage.models import utcnow
+from bot.storage.postgres import check_server_revision, shown, upgrade_server_database
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import pytest
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
 from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
+from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, record
 from tests.bot.fakes import FakeWallClock as FakeClock
-from tests.bot.storage.conftest import Backend
 
 # --- the job ledger ------------------------------------------------------------------------------
 

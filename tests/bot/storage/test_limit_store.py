@@ -9,9 +9,9 @@ import pytest
 from bot.config import Settings
 from bot.limits.server import InvalidLimit, ServerLimits
 from bot.storage.database import Database
+from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, BOB, GUILD, OTHER_GUILD, REGISTRY
 from tests.bot.fakes import FakeWallClock as FakeClock
-from tests.bot.storage.conftest import Backend
 
 # --- limits ----------------------------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
 from bot.storage.models import LimitsChange
+from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, GUILD, all_jobs, plain_settings, record
 from tests.bot.fakes import FakeWallClock as FakeClock
-from tests.bot.storage.conftest import Backend
 
 # --- connections -------------------------------------------------------------------------------
 
