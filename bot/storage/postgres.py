@@ -85,7 +85,12 @@ def upgrade_server_database(url: str, revision: str = "head") -> None:
     """
     engine = blocking_engine(url)
     try:
-        with engine.begin() as connection:
+        connection = engine.connect()
+    except sa.exc.DBAPIError as error:
+        engine.dispose()
+        raise unusable(url, error, "the server can't be reached") from None
+    try:
+        with connection, connection.begin():
             connection.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_key(*MIGRATION_OWNER))))
             unknown = unknown_revision(server_revisions(connection))
             if unknown is not None:
