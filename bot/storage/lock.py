@@ -27,8 +27,6 @@ from bot.config import Settings
 from bot.storage.migrate import DatabaseUnusable, check_database_file
 from bot.storage.postgres import SETTING, advisory_key, blocking_engine, shown, unusable
 
-__all__ = ["BOT_ID", "advisory_key", "bot_lock", "database_lock", "server_lock"]
-
 # The bot's id: one Stepgrid bot per database until jobs record which bot (or shard) owns them.
 BOT_ID = "stepgrid"
 # A vanished host's lock is freed after about IDLE + INTERVAL x COUNT seconds (the server's keepalive probes).

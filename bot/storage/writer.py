@@ -33,7 +33,7 @@ from bot.config import Settings
 from bot.errors import UserFacingError
 from bot.storage.migrate import check_revision, sqlite_url, upgrade_database
 from bot.storage.models import utcnow
-from bot.storage.postgres import check_server_revision, shown, upgrade_server_database
+from bot.storage.postgres import check_server_revision, upgrade_server_database
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,6 @@ class DatabaseWriter:
             await asyncio.to_thread(check_revision, self.path)
         self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="stepgrid-db-writer")
-
-    @property
-    def name(self) -> str:
-        """Where the database is, for messages: the SQLite file, or the server's URL without its password."""
-        return str(self.path) if self.url is None else shown(self.url)
 
     async def close(self) -> None:
         """Finish the writes already queued, stop the writer, close every connection."""

@@ -9,7 +9,14 @@ import pytest
 
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
-from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    GeneratedImage,
+    GenerateRequest,
+    JobFailed,
+    JobResult,
+)
 from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, record
 from tests.bot.fakes import FakeWallClock as FakeClock
@@ -205,6 +212,19 @@ async def test_a_finished_job_ignores_a_late_status_change(db: Database) -> None
     assert stored is not None
     assert stored.status == "cancelled"
     assert stored.steps_run == 0
+
+
+async def test_a_scheduler_grid_and_a_model_named_by_its_path_are_recorded_whole(db: Database) -> None:
+    # Longer than the columns once said (32 and 100): SQLite never minded, PostgreSQL refused the write.
+    schedulers = ("DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ SDE", "Euler a")
+    model = "/srv/models/" + "checkpoints/" * 10 + "dreamshaper"
+    request = CompareSchedulersRequest("a fox", schedulers, steps=(4,), model=model)
+    job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD)
+
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert (stored.scheduler, stored.model) == ("DPM++ 2M Karras, DPM++ 2M SDE, DPM++ SDE, Euler a", model)
+    assert stored.to_request() == request
 
 
 async def test_an_unknown_job_is_an_error(db: Database) -> None:

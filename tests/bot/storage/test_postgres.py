@@ -18,10 +18,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from bot.storage.database import Database
-from bot.storage.lock import BOT_ID, advisory_key
+from bot.storage.lock import BOT_ID
 from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable, alembic_config
 from bot.storage.models import Base
-from bot.storage.postgres import upgrade_server_database
+from bot.storage.postgres import advisory_key, upgrade_server_database
 from inference.protocol import JobFailed, JobResult
 from tests.bot.cli.stepgrid_process import one_error_line, stepgrid
 from tests.bot.fakes import ALICE, BOB, GUILD, plain_settings, record
