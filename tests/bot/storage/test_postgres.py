@@ -77,6 +77,23 @@ def test_every_migration_downgrades_and_upgrades_again_on_postgresql(postgres_se
     assert tables(url) == TABLES and schema_diff(url) == []
 
 
+def test_the_alembic_cli_migrates_the_database_stepgrid_database_url_names(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database()
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("STEPGRID_")}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=Path(__file__).resolve().parents[3],
+        env={**clean, "STEPGRID_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert tables(url) == TABLES
+
+
 async def test_a_database_from_a_newer_stepgrid_is_refused_naming_the_url_setting(
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
