@@ -16,7 +16,15 @@ import json
 import struct
 from collections.abc import Mapping, Sequence
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    CompareStrengthRequest,
+    GenerateRequest,
+    HiresFix,
+    Request,
+    lane_strengths,
+)
 
 PNG_KEY = "parameters"
 # The EXIF UserComment A1111 writes for JPEG/WebP: an 8-byte charset prefix, then UTF-16 big-endian.
@@ -101,9 +109,10 @@ def image_infotext(
     model: str,
     scheduler: str | None = None,
     lora_hashes: Mapping[str, str] | None = None,
+    strength: float | None = None,
 ) -> str:
     """The `parameters` of one image of `request` (its own seed, step count and, in a scheduler
-    grid, scheduler)."""
+    grid, scheduler; in a strength grid, its `strength`)."""
     return infotext(
         request.prompt,
         request.negative_prompt,
@@ -116,7 +125,7 @@ def image_infotext(
         model=model,
         loras=request.loras,
         lora_hashes=lora_hashes,
-        strength=request.strength if request.image else None,
+        strength=(lane_strengths(request)[0] if strength is None else strength) if request.image else None,
         hires=request.hires if isinstance(request, GenerateRequest) else None,
     )
 
@@ -148,3 +157,23 @@ def exif_parameters(text: str) -> bytes:
     ifd0 = struct.pack(">H", 1) + struct.pack(">HHII", EXIF_IFD, _LONG, 1, exif_ifd) + struct.pack(">I", 0)
     exif = struct.pack(">H", 1) + struct.pack(">HHII", USER_COMMENT, _UNDEFINED, len(comment), data)
     return b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd0 + exif + struct.pack(">I", 0) + comment
+
+
+def strength_grid_infotext(
+    request: CompareStrengthRequest, *, model: str, lora_hashes: Mapping[str, str] | None = None
+) -> str:
+    """A strength grid's `parameters`, as A1111 writes an X/Y/Z plot over img2img: the first cell's parameters
+    (its "Denoising strength"), then the axes, named as A1111's script names them ("X Type: Denoising", and
+    "Y Type: Steps" with several step counts)."""
+    first = image_infotext(
+        request, seed=request.seed, steps=request.steps[0], model=model, lora_hashes=lora_hashes,
+        strength=request.strengths[0],
+    )  # fmt: skip
+    axis = [
+        ("Script", "X/Y/Z plot"),
+        ("X Type", "Denoising"),
+        ("X Values", ", ".join(f"{s:g}" for s in request.strengths)),
+    ]
+    if len(request.steps) > 1:
+        axis += [("Y Type", "Steps"), ("Y Values", ", ".join(map(str, request.steps)))]
+    return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)

@@ -3,12 +3,15 @@ cells framed, and the sweet spot in words. Used by the bot and the offline CLI a
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, steps_label
-from bot.pictures.sweet_spot import RowChanges, format_change, measure_row, summary
-from inference.protocol import CompareSchedulersRequest, GeneratedImage, GridRequest
+from PIL import Image
+
+from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, steps_label
+from bot.pictures.sweet_spot import RowChanges, change_percent, format_change, measure_row, summary
+from inference.protocol import CompareSchedulersRequest, CompareStrengthRequest, GeneratedImage, GridRequest
 
 LEGEND = "Δ = change from the previous step count · framed: where the row settles"
 
@@ -57,6 +60,8 @@ def render_grid(
     texts = {}
     for index, image in enumerate(images):
         parts = [] if scheduler_grid else [steps_label(image.steps)]
+        if image.steps_ran is not None:  # from an input image: the steps of its schedule that ran
+            parts.append(f"{image.steps_ran} ran")
         parts.append(format_seconds(image.seconds))
         if index in changes:
             parts.append(format_change(changes[index]))
@@ -66,7 +71,8 @@ def render_grid(
         images,
         caption=lambda image: texts[id(image)],
         title=(request.prompt, facts) if facts else None,
-        footer=f"{seconds_note}\n{LEGEND}",
+        footer=f"{seconds_note}\n{LEGEND}"
+        + (f" · from the image at strength {request.strength:g}" if request.image else ""),
         columns=len(request.steps) if scheduler_grid else None,
         row_labels=row_labels,
         column_labels=[steps_label(steps) for steps in request.steps] if scheduler_grid else (),
@@ -74,3 +80,64 @@ def render_grid(
         parameters=parameters,
     )
     return Grid(png, summary([row for _, row in rows]))
+
+
+STRENGTH_LEGEND = "strength = how much of the schedule runs over the image: of 30 steps at 0.6, the last 18 run"
+
+
+def strength_caption(image: GeneratedImage) -> str:
+    """A strength grid cell's words: "30 steps · strength 0.6 · 18 ran · 0.52s"; in a cell too narrow for
+    all of it, the seconds are left out first (the steps that ran always show)."""
+    ran = image.steps if image.steps_ran is None else image.steps_ran
+    words = f"{steps_label(image.steps)} · strength {image.strength:g} · {ran} ran"
+    timed = f"{words} · {format_seconds(image.seconds)}"
+    return timed if caption_fits(timed, image.width) else words
+
+
+def render_strength_grid(
+    request: CompareStrengthRequest,
+    images: Sequence[GeneratedImage],
+    *,
+    facts: str | None = None,
+    device: str | None = None,
+    parameters: str | None = None,
+) -> Grid:
+    """A strength grid's PNG: a row per step count, a column per strength, every caption saying the steps that
+    ran; and in words, each row's steps that ran and how far each cell moved from the input image."""
+    captions = {id(image): strength_caption(image) for image in images}
+    seconds = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+    if not all(" ran · " in captions[id(image)] for image in images):  # cells too narrow for their seconds
+        where = f" on {device}" if device else ""
+        seconds = f"{format_seconds(sum(image.seconds for image in images))} of batched compute{where}, all cells"
+    png = grid_png(
+        images,
+        caption=lambda image: captions[id(image)],
+        title=(request.prompt, facts) if facts else None,
+        footer=f"{seconds}\n{STRENGTH_LEGEND}",
+        columns=len(request.strengths),
+        parameters=parameters,
+    )
+    return Grid(png, strength_summary(request, images))
+
+
+def strength_summary(request: CompareStrengthRequest, images: Sequence[GeneratedImage]) -> str:
+    """Each row in words: "30 steps at strength 0.3, 0.6, 0.9 ran 9, 18, 27 steps, moving Δ 6%, 14%, 31% from
+    the input image." (Δ = the mean colour change, as the step grids measure it.)"""
+    source = Image.open(io.BytesIO(request.image)).convert("RGB")
+    columns = len(request.strengths)
+    rows = []
+    for row, steps in enumerate(request.steps):
+        cells = images[row * columns : (row + 1) * columns]
+        ran = ", ".join(str(image.steps_run) for image in cells)
+        moved = ", ".join(format_change(_change_from(source, image)).removeprefix("Δ ") for image in cells)
+        strengths = ", ".join(f"{image.strength:g}" for image in cells)
+        rows.append(f"{steps_label(steps)} at strength {strengths} ran {ran} steps, moving Δ {moved}")
+    return f"{'; '.join(rows)} from the input image. (Δ = mean colour change.)"
+
+
+def _change_from(source: Image.Image, image: GeneratedImage) -> float:
+    with Image.open(io.BytesIO(image.png)) as cell:
+        picture = cell.convert("RGB")
+    if picture.size != source.size:  # a withheld cell is a small neutral tile
+        source = source.resize(picture.size)
+    return change_percent(source, picture)

@@ -45,6 +45,7 @@ from inference.protocol import (
     Request,
     SafetyVerdict,
     input_image,
+    lane_strengths,
 )
 from inference.recent import Recent
 from inference.safety import ImageChecker
@@ -188,8 +189,9 @@ class LaneEngine:
                 return
             source = InputImage(model.family.image_pixels(image, request.height, request.width))
         job.hires_pending = isinstance(request, GenerateRequest) and request.hires is not None
+        strengths = lane_strengths(request)
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
-        job.all_lanes = [self._make_lane(job, i, *lane, source, request.strength) for i, lane in enumerate(lanes)]
+        job.all_lanes = [self._make_lane(job, i, *lane, source, strengths[i]) for i, lane in enumerate(lanes)]
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
 
@@ -655,6 +657,7 @@ class LaneEngine:
             model=job.model.name,
             scheduler=request.lane_schedulers[lane.index],
             lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
+            strength=lane.strength if lane.from_image else None,
         )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)

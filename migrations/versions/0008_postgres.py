@@ -1,7 +1,7 @@
 """postgres: names without a length limit where a value can be longer than its column said
 
-Revision ID: 0007_postgres
-Revises: 0006_allowed_loras
+Revision ID: 0008_postgres
+Revises: 0007_image_limits
 Create Date: 2026-12-07 21:30:00.000000
 
 SQLite never enforced VARCHAR lengths; PostgreSQL does, and refuses the whole write. Three columns
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_postgres"
-down_revision: str | Sequence[str] | None = "0006_allowed_loras"
+revision: str = "0008_postgres"
+down_revision: str | Sequence[str] | None = "0007_image_limits"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
