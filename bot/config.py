@@ -86,6 +86,29 @@ def checked_device(value: str) -> str:
     return device
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+POSTGRES_DRIVER = "postgresql+psycopg"  # psycopg 3: one driver for the async ledger and the sync migrations
+
+
+def checked_database_url(value: str) -> str:
+    """A PostgreSQL URL for SQLAlchemy's psycopg 3 driver (`postgres://` and `postgresql://` are taken as
+    it); ValueError naming the problem (never the password) otherwise."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    example = "use postgresql://USER:PASSWORD@HOST:5432/DATABASE (unset, the ledger is the SQLite file)"
+    try:
+        url = make_url(value.strip())
+    except ArgumentError:
+        raise ValueError(f"it is not a database URL; {example}") from None
+    shown = url.render_as_string(hide_password=True)
+    if url.drivername not in POSTGRES_SCHEMES:
+        raise ValueError(f"{echo(shown)} is not a PostgreSQL URL; {example}")
+    if not url.database:
+        raise ValueError(f"{echo(shown)} names no database; {example}")
+    return url.set(drivername=POSTGRES_DRIVER).render_as_string(hide_password=False)
+
+
 def checked_bind(value: str) -> str:
     """`value` if it is an IP address (v4 or v6) or a host name this machine resolves; ValueError otherwise."""
     address = value.strip()
@@ -155,6 +178,9 @@ class Settings(BaseSettings):
     compile_unet: bool = False
 
     database_path: Path = Path("data/stepgrid.sqlite3")
+    # Set: the ledger lives on this PostgreSQL server (docs/scaling.md); unset: the SQLite file above.
+    # Either way the data folder (database_path's folder) keeps accepted jobs' input images.
+    database_url: str | None = Field(default=None, description="e.g. postgresql://stepgrid:PASSWORD@HOST:5432/stepgrid")
 
     # Set: GPU agents (`stepgrid worker`) on any hosts behind this Redis do the work; unset: one local worker.
     redis_url: str | None = Field(default=None, description="e.g. redis://HOST:6379/0")
@@ -234,6 +260,12 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         """A malformed URL is named at start-up, not at the first job."""
         return check_redis_url(value) if value else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        """A URL that isn't PostgreSQL's is named at start-up, not at the first write."""
+        return checked_database_url(value) if value and value.strip() else None
 
     def worker_config(self) -> WorkerConfig:
         """The part of the settings a GPU worker needs."""

@@ -1,1 +1,1 @@
-"""Alembic migrations of Stepgrid's SQLite database; `bot.storage.database.upgrade_database` applies them."""
+"""Alembic migrations of Stepgrid's database, SQLite or PostgreSQL (`bot.storage.migrate` applies them)."""

@@ -5,7 +5,8 @@ Three ways in:
   async connection's `run_sync`); used as is.
 - an async URL (`sqlite+aiosqlite:///...`): an async engine, migrations run through `run_sync`.
 - a sync URL (`sqlite:///...`), as `bot.storage.database.upgrade_database` and the `alembic` CLI use.
-Without a URL in the config (or `-x url=...`), the database is the one Stepgrid's settings name.
+Without a URL in the config (or `-x url=...`), the database is the one Stepgrid's settings name
+(STEPGRID_DATABASE_URL's PostgreSQL, else the SQLite file). The same migrations run on both.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def database_url() -> str:
     if not url:
         from bot.config import Settings
 
-        url = f"sqlite:///{Settings().database_path}"
+        settings = Settings()
+        url = settings.database_url or f"sqlite:///{settings.database_path}"
     database = make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
+    sqlite = make_url(url).get_backend_name() == "sqlite"
+    if sqlite and database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return url
 

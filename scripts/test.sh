@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 python3 --version
-# The Redis tests start Debian's redis-server on a free loopback port: never a mock. The status page
+# The Redis tests start Debian's redis-server on a free loopback port: never a mock. The ledger's tests
+# run on SQLite and on a throwaway cluster of Debian's PostgreSQL (initdb + postgres on a free loopback
+# port; its pg_dump and pg_restore test `stepgrid db backup`). The status page
 # test loads the page in Debian's headless chromium. Text on images (captions, footers, film frames)
 # is drawn in the prompt's own script with Debian's Noto and DejaVu fonts; the glyph tests check them.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 for font in truetype/noto/NotoSans-Regular.ttf:fonts-noto-core opentype/noto/NotoSansCJK-Regular.ttc:fonts-noto-cjk \
     truetype/noto/NotoColorEmoji.ttf:fonts-noto-color-emoji truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core; do
     [ -e "/usr/share/fonts/${font%%:*}" ] || missing+=("${font##*:}")

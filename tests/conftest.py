@@ -15,6 +15,7 @@ import pytest
 
 from inference.protocol import WorkerConfig
 from tests.fake_discord import fake_discord  # noqa: F401  (a fixture)
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 
 
@@ -53,6 +54,18 @@ def tiny_config(model_cache_dir: Path) -> WorkerConfig:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session; tests keep apart by key prefix (`fresh_keys`)."""
     server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL cluster for the session (each xdist worker its own); tests keep apart by database
+    (`create_database`)."""
+    server = PostgresServer()
     server.start()
     try:
         yield server

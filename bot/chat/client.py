@@ -27,7 +27,7 @@ from bot.replies.buttons import JobButton
 from bot.replies.throttle import EDIT_INTERVAL
 from bot.storage.database import Database
 from bot.storage.job_store import DatabaseJobStore, JobStore
-from bot.storage.lock import DatabaseInUse, database_lock
+from bot.storage.lock import DatabaseInUse, bot_lock
 from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable
 from inference.logs import configure_logging, report_fatal
 from inference.queues.base import JobQueue, WorkerUnavailable
@@ -262,12 +262,12 @@ async def _login(bot: Stepgrid, token: str) -> None:
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     token = _token(settings)
-    with database_lock(settings.database_path):  # one bot per ledger, or both would answer its jobs
+    with bot_lock(settings):  # one bot per ledger, or both would answer its jobs
         await _run_bot_on(settings, token, queue)
 
 
 async def _run_bot_on(settings: Settings, token: str, queue: JobQueue | None) -> None:
-    database = Database(settings.database_path, settings)
+    database = Database.from_settings(settings)
     await database.start()  # applies migrations; refuses a database newer than this code
     stop = _MainStopper()
     try:
@@ -307,7 +307,7 @@ async def sync_now(settings: Settings) -> None:
     connects to the gateway, so it can run beside the bot.
     """
     token = _token(settings)
-    database = Database(settings.database_path, settings)
+    database = Database.from_settings(settings)
     await database.start()
     try:
         syncer = _CommandSyncer(settings, database=database, sync_commands=False)

@@ -215,7 +215,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="upgrade|backup", required=True, parser_class=_Parser)
     db_commands.add_parser("upgrade", help="apply migrations to the configured database")
-    about = "Copy the database to PATH, consistent even while the bot runs (SQLite's online backup)."
+    about = (
+        "Copy the database to PATH, consistent even while the bot runs (SQLite's online backup; on PostgreSQL, "
+        "pg_dump's custom format, which pg_restore reads)."
+    )
     backup = db_commands.add_parser("backup", help="copy the database safely while the bot runs", description=about)
     backup.add_argument("path", type=Path, help="the file to write the copy to")
     backup.add_argument("--force", action="store_true", help="replace PATH if it exists")
@@ -247,18 +250,23 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def backup_command(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.storage.backup import BackupRefused, backup_database
+    from bot.storage.backup import BackupRefused, backup_database, backup_server_database
     from bot.storage.migrate import DatabaseUnusable
+    from bot.storage.postgres import shown
 
+    where = settings.database_path if settings.database_url is None else shown(settings.database_url)
     try:
-        backup = backup_database(settings.database_path, args.path, force=args.force)
+        if settings.database_url is None:
+            backup = backup_database(settings.database_path, args.path, force=args.force)
+        else:
+            backup = backup_server_database(settings.database_url, args.path, force=args.force)
     except FileNotFoundError as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
     except (BackupRefused, DatabaseUnusable) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
-    print(f"backed up {settings.database_path} to {backup.path}: {backup.jobs} jobs, {backup.size / 1e6:.1f} MB")
+    print(f"backed up {where} to {backup.path}: {backup.jobs} jobs, {backup.size / 1e6:.1f} MB")
     return 0
 
 
@@ -303,16 +311,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "db" and args.db_command == "backup":
         return backup_command(args, settings)
     if args.command == "db":
-        from bot.storage.lock import DatabaseInUse, database_lock
+        from bot.storage.lock import DatabaseInUse, bot_lock
         from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable, upgrade_database
+        from bot.storage.postgres import shown, upgrade_server_database
 
         try:
-            with database_lock(settings.database_path):  # not under a running bot, which expects its own schema
-                upgrade_database(settings.database_path)
+            with bot_lock(settings):  # not under a running bot, which expects its own schema
+                if settings.database_url is None:
+                    upgrade_database(settings.database_path)
+                else:
+                    upgrade_server_database(settings.database_url)
         except (DatabaseTooNew, DatabaseUnusable, DatabaseInUse) as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 2
-        print(f"database {settings.database_path} is at the latest schema")
+        where = settings.database_path if settings.database_url is None else shown(settings.database_url)
+        print(f"database {where} is at the latest schema")
         return 0
     if args.command == "models":
         return models_command(args, settings)
@@ -321,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.storage.migrate import DatabaseUnusable
 
         try:
-            (export_limits_csv if args.limits_csv else export_csv)(settings.database_path, sys.stdout)
+            export = export_limits_csv if args.limits_csv else export_csv
+            export(settings.database_path, sys.stdout, url=settings.database_url)
         except FileNotFoundError as error:
             print(f"stepgrid: {error}", file=sys.stderr)
             return 2

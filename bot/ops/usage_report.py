@@ -25,6 +25,7 @@ from bot.pictures.render import usage_chart_png
 from bot.storage.ledger import KindTotal, Ledger
 from bot.storage.migrate import DatabaseUnusable, check_database_file, read_only_uri
 from bot.storage.models import JobRow, LimitsChange
+from bot.storage.postgres import SETTING, blocking_engine, shown
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +148,17 @@ async def server_chart(ledger: Ledger, guild_id: int, *, now: datetime) -> bytes
     return await asyncio.to_thread(usage_chart_png, days, series, title=f"Images per day, last {CHART_DAYS} days")
 
 
-def export_csv(database_path: Path | str, out: TextIO) -> int:
+def export_csv(database_path: Path | str, out: TextIO, *, url: str | None = None) -> int:
     """Write the whole ledger as CSV (one row per job, oldest first) for operators; returns the row count.
 
     Opens the database read-only, so it is safe while the bot runs.
     """
     path = Path(database_path).expanduser()
-    engine = _read_only_engine(path)
+    engine = _read_only_engine(path, url)
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     count = 0
     try:
-        for page in _pages_of_jobs(engine, path):
+        for page in _pages_of_jobs(engine, path, url):
             if count == 0:
                 # Only once the ledger could be read: a failure leaves no CSV that is just a header.
                 writer.writeheader()
@@ -168,25 +169,25 @@ def export_csv(database_path: Path | str, out: TextIO) -> int:
         engine.dispose()
     if count == 0:
         writer.writeheader()
-    log.info("exported %d jobs from %s", count, path)
+    log.info("exported %d jobs from %s", count, shown(url) if url else path)
     return count
 
 
-def export_limits_csv(database_path: Path | str, out: TextIO) -> int:
+def export_limits_csv(database_path: Path | str, out: TextIO, *, url: str | None = None) -> int:
     """Write the limits history (who changed which server limit, from what to what; oldest first) as CSV.
 
     One row per changed field, as `/limits history` lists them; values are JSON (`null`: the operator's).
     Read-only, so it is safe while the bot runs. Returns the row count.
     """
     path = Path(database_path).expanduser()
-    engine = _read_only_engine(path)
+    engine = _read_only_engine(path, url)
     query = sa.select(LimitsChange).order_by(LimitsChange.changed_at, LimitsChange.id)
     try:
         # The history is a handful of rows per server: one short read, unlike the ledger's pages.
         with Session(engine) as session:
             changes = list(session.scalars(query))
     except sa.exc.DBAPIError as error:
-        raise DatabaseUnusable(path, f"its limits history can't be read ({error.orig})") from None
+        raise _unreadable(path, url, f"its limits history can't be read ({error.orig})") from None
     finally:
         engine.dispose()
     writer = csv.writer(out)
@@ -203,12 +204,15 @@ def export_limits_csv(database_path: Path | str, out: TextIO) -> int:
                 _cell_text(json.dumps(change.new_value, ensure_ascii=False)),
             )
         )
-    log.info("exported %d limit changes from %s", len(changes), path)
+    log.info("exported %d limit changes from %s", len(changes), shown(url) if url else path)
     return len(changes)
 
 
-def _read_only_engine(path: Path) -> sa.Engine:
-    """An engine on the database file opened read-only (safe while the bot runs); refuses a bad file."""
+def _read_only_engine(path: Path, url: str | None = None) -> sa.Engine:
+    """An engine on the database file opened read-only (safe while the bot runs); refuses a bad file. With a
+    `url`, read-only transactions on the PostgreSQL server instead."""
+    if url is not None:
+        return blocking_engine(url).execution_options(postgresql_readonly=True)
     if not path.exists():
         raise FileNotFoundError(f"No database at {path}; is STEPGRID_DATABASE_PATH right?")
     check_database_file(path, writable=False)
@@ -219,7 +223,13 @@ def _read_only_engine(path: Path) -> sa.Engine:
 EXPORT_PAGE = 500
 
 
-def _pages_of_jobs(engine: sa.Engine, path: Path) -> Iterator[list[JobRow]]:
+def _unreadable(path: Path, url: str | None, problem: str) -> DatabaseUnusable:
+    if url is None:
+        return DatabaseUnusable(path, problem)
+    return DatabaseUnusable(shown(url), problem, setting=SETTING)
+
+
+def _pages_of_jobs(engine: sa.Engine, path: Path, url: str | None = None) -> Iterator[list[JobRow]]:
     """Every job, oldest first, a page at a time, each page read in its own short transaction.
 
     The database has a rollback journal: a read transaction held for a whole export would keep the
@@ -234,7 +244,7 @@ def _pages_of_jobs(engine: sa.Engine, path: Path) -> Iterator[list[JobRow]]:
             with Session(engine) as session:
                 page = list(session.scalars(query))
         except sa.exc.DBAPIError as error:
-            raise DatabaseUnusable(path, f"its jobs can't be read ({error.orig})") from None
+            raise _unreadable(path, url, f"its jobs can't be read ({error.orig})") from None
         if not page:
             return
         yield page

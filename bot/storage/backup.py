@@ -6,6 +6,10 @@ between two of them, and could chase a busy ledger forever. One step holds off t
 for as long as the copy takes, and they wait for it (busy_timeout) rather than fail: measured on a
 shared 2-core machine, a ledger of 100,000 jobs (54 MB) copied in 0.7 s. The integrity check of
 the copy (3-4 s there) reads only the copy.
+
+On PostgreSQL (STEPGRID_DATABASE_URL) the backup is PostgreSQL's own: `pg_dump --format=custom` of one
+exported snapshot (the job count is read in that same snapshot), restored with `pg_restore`. It needs
+PostgreSQL's client tools where the command runs, of the server's major version or newer.
 """
 
 from __future__ import annotations
@@ -13,13 +17,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from bot.storage.lock import lock_path
 from bot.storage.migrate import DatabaseUnusable, check_database_file, read_only_uri
+from bot.storage.postgres import blocking_engine, shown, unusable
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,85 @@ def backup_database(source: Path | str, target: Path | str, *, force: bool = Fal
     backup = Backup(target, target.stat().st_size, jobs)
     log.info("backed up %s to %s (%d jobs, %d bytes)", source, target, jobs, backup.size)
     return backup
+
+
+def backup_server_database(url: str, target: Path | str, *, force: bool = False) -> Backup:
+    """`pg_dump` the PostgreSQL database at `url` into the file `target` (custom format: `pg_restore` reads it).
+
+    Like the SQLite backup, the dump is written beside `target` and renamed into place once pg_dump
+    succeeded. Raises BackupRefused without pg_dump, for a target that can't be written (or exists,
+    unless `force`) and when pg_dump fails (its own line); DatabaseUnusable if the server can't be reached.
+    """
+    target = Path(target).expanduser()
+    _check_writable_target(target, force=force, example="stepgrid-backup.dump")
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise BackupRefused(
+            "pg_dump is not installed here: install PostgreSQL's client tools (Debian: postgresql-client) of the "
+            "server's major version or newer, or run pg_dump where the server is (docs/scaling.md)."
+        )
+    try:
+        handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-partial-")
+    except OSError as error:
+        raise BackupRefused(f"can't write in {target.parent} ({_reason(error)}); choose another folder.") from None
+    os.close(handle)
+    dump = Path(partial)
+    try:
+        jobs = _dump(url, pg_dump, dump)
+        with dump.open("rb+") as file:
+            os.fsync(file.fileno())  # on disk before it replaces an older backup
+        os.replace(dump, target)
+    except BaseException:
+        dump.unlink(missing_ok=True)
+        raise
+    backup = Backup(target, target.stat().st_size, jobs)
+    log.info("backed up %s to %s (%d jobs, %d bytes)", shown(url), target, jobs, backup.size)
+    return backup
+
+
+def _dump(url: str, pg_dump: str, dump: Path) -> int:
+    """pg_dump the database into `dump` from one snapshot, and return how many jobs that snapshot holds."""
+    parts = sa.make_url(url)
+    # libpq's own URL for pg_dump, the password in its environment (not on a command line others can read).
+    libpq_url = parts.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    environment = dict(os.environ)
+    if parts.password:
+        environment["PGPASSWORD"] = str(parts.password)
+    engine = blocking_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                snapshot = connection.scalar(sa.select(sa.func.pg_export_snapshot()))
+                has_jobs = connection.scalar(sa.select(sa.func.to_regclass("jobs")))
+                jobs = connection.scalar(sa.text("SELECT count(*) FROM jobs")) if has_jobs else 0
+                # The snapshot lives as long as this transaction: pg_dump must run inside it.
+                finished = subprocess.run(
+                    [pg_dump, "--format=custom", f"--snapshot={snapshot}", f"--file={dump}", f"--dbname={libpq_url}"],
+                    env=environment,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+    except sa.exc.DBAPIError as error:
+        raise unusable(url, error, "the backup failed") from None
+    finally:
+        engine.dispose()
+    if finished.returncode != 0:
+        lines = [line for line in finished.stderr.splitlines() if line.strip()]
+        problem = lines[-1] if lines else f"exit status {finished.returncode}"
+        hint = "; pg_dump must be the server's major version or newer" if "version mismatch" in problem else ""
+        raise BackupRefused(f"pg_dump failed: {problem.removeprefix('pg_dump: ')}{hint}.")
+    return int(jobs or 0)
+
+
+def _check_writable_target(target: Path, *, force: bool, example: str) -> None:
+    if target.is_dir():
+        raise BackupRefused(f"{target} is a folder; give a file name like {target / example}.")
+    if not target.parent.is_dir():
+        raise BackupRefused(f"the folder {target.parent} does not exist; create it first or choose another.")
+    if target.exists() and not force:
+        raise BackupRefused(f"{target} already exists; add --force to replace it.")
 
 
 def _check_target(source: Path, target: Path, *, force: bool) -> None:

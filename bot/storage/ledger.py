@@ -16,6 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from bot.limits.checks import day_start, next_quota_reset
 from bot.storage.inputs import InputImages
@@ -499,7 +501,7 @@ class Ledger:
 
     async def hourly_activity(self, *, since: datetime, until: datetime) -> list[HourActivity]:
         """Every server's jobs accepted in [since, until), by hour (hours without jobs left out)."""
-        hour = sa.func.strftime("%Y-%m-%d %H:00:00", JobRow.created_at)
+        hour = HourStart(JobRow.created_at)
         query = (
             sa.select(
                 hour,
@@ -593,10 +595,31 @@ class Ledger:
 
 
 async def _load(session: AsyncSession, job_id: str) -> JobRow:
-    job = await session.get(JobRow, job_id)
+    # FOR UPDATE (PostgreSQL; SQLite has one writer and ignores it): another process changing the same
+    # job waits for this transaction, then sees its outcome, so a finished job is finished exactly once.
+    job = await session.get(JobRow, job_id, with_for_update=True, populate_existing=True)
     if job is None:
         raise LedgerJobMissing(job_id)
     return job
+
+
+class HourStart(FunctionElement[str]):
+    """The start of a timestamp's hour as text, "YYYY-MM-DD HH:00:00", on SQLite and PostgreSQL alike."""
+
+    type = sa.String()
+    name = "hour_start"
+    inherit_cache = True
+
+
+@compiles(HourStart, "sqlite")
+def _hour_start_sqlite(element: HourStart, compiler: Any, **kw: Any) -> str:
+    # Constants as literals, not parameters: the expression is grouped by, and must read the same twice.
+    return f"strftime('%Y-%m-%d %H:00:00', {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(HourStart, "postgresql")
+def _hour_start_postgresql(element: HourStart, compiler: Any, **kw: Any) -> str:
+    return f"to_char(date_trunc('hour', {compiler.process(element.clauses, **kw)}), 'YYYY-MM-DD HH24:00:00')"
 
 
 def _totals() -> tuple[Any, ...]:

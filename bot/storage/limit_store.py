@@ -34,8 +34,9 @@ class LimitStorage:
         now = self.database.clock()
 
         async def operation(session: AsyncSession) -> ServerLimits:
-            row = await session.get(GuildLimits, guild_id)
-            # Validated inside the writer's transaction, so two admins can't interleave.
+            # Locked (PostgreSQL's FOR UPDATE) and validated inside the writer's transaction, so two admins
+            # can't interleave, even from two bot processes.
+            row = await session.get(GuildLimits, guild_id, with_for_update=True, populate_existing=True)
             normalised = validate_limit_changes(changes, _server_limits(row), self.database.settings)
             return await _apply_limits(session, row, guild_id, user_id, normalised, now)
 

@@ -4,6 +4,12 @@ Two bots on one ledger would both recover and both answer the same jobs. The loc
 `<database>.lock`: the kernel drops it when its holder exits, however it exits (kill -9 included), so
 a lock left by a dead bot never blocks the next start. The file keeps the holder's pid and host, for
 the message. `stepgrid sync`, `db backup` and `usage` don't take it: they are meant to run beside the bot.
+
+On PostgreSQL a file beside the database means nothing (the bots may run on other hosts): the lock
+is a session-level advisory lock, keyed by the bot's id, on a connection held open for as long as
+the bot runs. The server drops it when that connection ends: a clean exit, a kill -9 (the kernel
+closes the socket), or a vanished host (TCP keepalives, set short on that connection). The key is a
+tuple (`advisory_key`): one per bot id today; a shard's ownership can be a key of its own beside it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,16 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from bot.config import Settings
 from bot.storage.migrate import DatabaseUnusable, check_database_file
+from bot.storage.postgres import SETTING, advisory_key, blocking_engine, shown, unusable
+
+# The bot's id: one Stepgrid bot per database until jobs record which bot (or shard) owns them.
+BOT_ID = "stepgrid"
+# A vanished host's lock is freed after about IDLE + INTERVAL x COUNT seconds (the server's keepalive probes).
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3
 
 
 class DatabaseInUse(RuntimeError):
@@ -26,6 +41,83 @@ class DatabaseInUse(RuntimeError):
             f"another Stepgrid bot ({holder or 'pid unknown'}) is using the database {path}: stop it first, "
             f"or give this bot its own STEPGRID_DATABASE_PATH (the lock is {lock}; it goes when that bot exits)."
         )
+
+
+class ServerDatabaseInUse(DatabaseInUse):
+    """Another running bot holds this bot's advisory lock on the PostgreSQL database."""
+
+    def __init__(self, url: str, owner: tuple[str, ...], holder: str) -> None:
+        RuntimeError.__init__(
+            self,
+            f"another Stepgrid bot ({holder or 'unknown'}) runs as {'/'.join(owner)} on the database {shown(url)}: "
+            f"stop it first, or give this bot its own database ({SETTING}); the lock goes when that bot's "
+            "connection closes.",
+        )
+
+
+@contextlib.contextmanager
+def bot_lock(settings: Settings, *, owner: tuple[str, ...] = ("bot", BOT_ID)) -> Iterator[None]:
+    """One bot per database, on the operator's database: the SQLite file's lock, or PostgreSQL's advisory lock."""
+    if settings.database_url is None:
+        with database_lock(settings.database_path):
+            yield
+    else:
+        with server_lock(settings.database_url, owner):
+            yield
+
+
+@contextlib.contextmanager
+def server_lock(url: str, owner: tuple[str, ...]) -> Iterator[None]:
+    """Hold `owner`'s advisory lock on the PostgreSQL database for the block; ServerDatabaseInUse if a live
+    bot holds it, DatabaseUnusable if the server can't be reached."""
+    me = f"pid {os.getpid()} on {socket.gethostname()}"
+    engine = blocking_engine(url, application_name=f"stepgrid bot ({me})"[:63])
+    key = advisory_key(*owner)
+    try:
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except sa.exc.DBAPIError as error:
+        engine.dispose()
+        raise unusable(url, error, "the server can't be reached") from None
+    try:
+        for name, value in (
+            ("tcp_keepalives_idle", KEEPALIVE_IDLE_S),
+            ("tcp_keepalives_interval", KEEPALIVE_INTERVAL_S),
+            ("tcp_keepalives_count", KEEPALIVE_COUNT),
+        ):
+            connection.execute(sa.select(sa.func.set_config(name, str(value), False)))
+        locked = connection.scalar(sa.select(sa.func.pg_try_advisory_lock(key)))
+        holder = "" if locked else _holder(connection, key)
+    except sa.exc.DBAPIError as error:
+        connection.close()
+        engine.dispose()
+        raise unusable(url, error, "the bot's lock could not be taken") from None
+    if not locked:
+        connection.close()
+        engine.dispose()
+        raise ServerDatabaseInUse(url, owner, holder)
+    try:
+        yield
+    finally:
+        # Closing the connection frees the lock (unlocking first would only cost a round trip that can fail).
+        connection.close()
+        engine.dispose()
+
+
+def _holder(connection: sa.Connection, key: int) -> str:
+    """Who holds the advisory lock `key`, as its connection named itself ("stepgrid bot (pid 12 on host)")."""
+    # pg_locks splits a 64-bit key into two 32-bit halves (classid, objid; objsubid 1).
+    high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+    query = sa.text(
+        "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+        "AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid) "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    row = connection.execute(query, {"high": high, "low": low}).first()
+    if row is None:
+        return ""
+    name, address = row
+    return f"{name or 'a connection'} from {address}" if address else str(name or "")
 
 
 def lock_path(database: Path) -> Path:

@@ -23,10 +23,9 @@ log = logging.getLogger(__name__)
 class DatabaseTooNew(RuntimeError):
     """The database was migrated by a newer Stepgrid than this one; refusing to touch it."""
 
-    def __init__(self, revision: str) -> None:
+    def __init__(self, revision: str, *, elsewhere: str = "point STEPGRID_DATABASE_PATH at another file") -> None:
         super().__init__(
-            f"This database was written by a newer Stepgrid (revision {revision}); "
-            "upgrade Stepgrid or point STEPGRID_DATABASE_PATH at another file."
+            f"This database was written by a newer Stepgrid (revision {revision}); upgrade Stepgrid or {elsewhere}."
         )
         self.revision = revision
 
@@ -40,8 +39,8 @@ class DatabaseUnusable(RuntimeError):
     The message names the file and says what is wrong with it, in one line.
     """
 
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"cannot use the database {path}: {problem}; check STEPGRID_DATABASE_PATH.")
+    def __init__(self, path: Path | str, problem: str, *, setting: str = "STEPGRID_DATABASE_PATH") -> None:
+        super().__init__(f"cannot use the database {path}: {problem}; check {setting}.")
         self.path = path
 
 
@@ -150,14 +149,22 @@ def check_revision(path: Path | str) -> None:
 
 
 def _check_known_revision(path: Path | str) -> None:
-    scripts = ScriptDirectory.from_config(alembic_config(sqlite_url(path)))
-    for revision in database_revisions(path):
+    unknown = unknown_revision(database_revisions(path))
+    if unknown is not None:
+        raise DatabaseTooNew(unknown)
+
+
+def unknown_revision(revisions: tuple[str, ...]) -> str | None:
+    """The first of a database's revisions that these migrations don't know (a newer Stepgrid's), or None."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    for revision in revisions:
         try:
             known = scripts.get_revision(revision)
         except CommandError:
             known = None
         if known is None:
-            raise DatabaseTooNew(revision)
+            return revision
+    return None
 
 
 def upgrade_database(path: Path | str, revision: str = "head") -> None:

@@ -109,9 +109,10 @@ class JobRow(Base):
     command: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Denormalised from params so that usage queries stay plain SQL.
-    scheduler: Mapped[str] = mapped_column(String(32))
+    # Unbounded (TEXT): a scheduler grid's rows joined; a model's name can be its hub id or folder path.
+    scheduler: Mapped[str] = mapped_column(Text)
     # The registry name of the model; NULL for jobs recorded before there were several models.
-    model: Mapped[str | None] = mapped_column(String(100))
+    model: Mapped[str | None] = mapped_column(Text)
     # Its LoRAs as "name weight, name weight" (usage groups by it); NULL without any.
     loras: Mapped[str | None] = mapped_column(String(400))
     images: Mapped[int] = mapped_column(Integer)
@@ -185,7 +186,7 @@ class GuildLimits(Base):
     max_concurrent_jobs_per_user: Mapped[int | None] = mapped_column(Integer)
     banned_words: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
-    default_model: Mapped[str | None] = mapped_column(String(100))
+    default_model: Mapped[str | None] = mapped_column(Text)
     model_max_steps: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))  # {model: ceiling}
     flagged_images: Mapped[str | None] = mapped_column(String(32))  # where flagged pictures may be posted
     allowed_loras: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))  # [] = none allowed

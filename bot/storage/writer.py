@@ -10,6 +10,10 @@ I/O errors) or fills, touching that mapping kills the whole process with SIGBUS:
 and nothing can be logged. Without a mapping, the same fault is an ordinary error from the write
 that met it (the job driver retries its final write; see `JobService`). WAL's gain, reads running
 during a commit, is worth little here: one writer, a handful of small reads per command.
+
+On PostgreSQL (a `url`: STEPGRID_DATABASE_URL) the same writer task serialises this process's
+writes; the server takes care of other processes, and the ledger locks the rows it changes
+(`SELECT ... FOR UPDATE`), so a status change read-then-written is exactly once across processes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from bot.config import Settings
 from bot.errors import UserFacingError
 from bot.storage.migrate import check_revision, sqlite_url, upgrade_database
 from bot.storage.models import utcnow
+from bot.storage.postgres import check_server_revision, upgrade_server_database
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +55,27 @@ class RefusedWrite(Exception):
 
 
 class DatabaseWriter:
-    """A SQLite file: call `start()` (migrates, starts the writer), then `write` and `sessions`."""
+    """A SQLite file, or with `url` a PostgreSQL database: call `start()` (migrates, starts the writer), then
+    `write` and `sessions`. With a `url`, `path` only names the data folder (its parent)."""
 
-    def __init__(self, path: Path | str, settings: Settings | None = None, *, clock: WallClock = utcnow) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        settings: Settings | None = None,
+        *,
+        clock: WallClock = utcnow,
+        url: str | None = None,
+    ) -> None:
         self.path = Path(path).expanduser()
+        self.url = url
         self.settings = settings if settings is not None else Settings()
         self.clock = clock
-        self.engine: AsyncEngine = create_async_engine(sqlite_url(self.path, driver="aiosqlite"))
-        event.listen(self.engine.sync_engine, "connect", _configure_connection)
+        if url is None:
+            self.engine: AsyncEngine = create_async_engine(sqlite_url(self.path, driver="aiosqlite"))
+            event.listen(self.engine.sync_engine, "connect", _configure_connection)
+        else:
+            # pre_ping: a connection the server dropped (a restart, a failover) is replaced, not used.
+            self.engine = create_async_engine(url, pool_pre_ping=True)
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -67,7 +85,9 @@ class DatabaseWriter:
         """Apply migrations (unless told not to) and start the writer task."""
         if self._writer is not None:
             raise RuntimeError("Database already started")
-        if upgrade:
+        if self.url is not None:
+            await asyncio.to_thread(upgrade_server_database if upgrade else check_server_revision, self.url)
+        elif upgrade:
             await asyncio.to_thread(upgrade_database, self.path)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -206,6 +206,14 @@ BAD_SETTINGS = [
     ({"STEPGRID_HTTP_PORT": "http"}, "STEPGRID_HTTP_PORT is invalid: 'http' is not a port number"),
     ({"STEPGRID_LOG_LEVEL": "loud"}, "STEPGRID_LOG_LEVEL is invalid: 'loud' is not a log level"),
     ({"STEPGRID_LOG_FORMAT": "xml"}, "STEPGRID_LOG_FORMAT is invalid: 'xml' is not a log format; use one of text"),
+    (
+        {"STEPGRID_DATABASE_URL": "mysql://bot:hunter2@db/stepgrid"},
+        "STEPGRID_DATABASE_URL is invalid: 'mysql://bot:***@db/stepgrid' is not a PostgreSQL URL; use postgresql://",
+    ),
+    (
+        {"STEPGRID_DATABASE_URL": "postgresql://db:5432"},
+        "STEPGRID_DATABASE_URL is invalid: 'postgresql://db:5432' names no database",
+    ),
 ]
 
 

@@ -25,6 +25,7 @@ from bot.ops.usage_report import (
 from bot.pictures.render import CHART_COLOURS, CHART_SIZE
 from bot.storage.database import Database
 from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, JobFailed, Request
+from tests.bot.backends import Backend
 from tests.bot.fakes import FakeWallClock as FakeClock
 
 GUILD, OTHER_GUILD = 1000, 2000
@@ -130,7 +131,7 @@ def test_periods_start_where_their_names_say() -> None:
         period_start("fortnight", NOON)
 
 
-async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database, db_path: Path) -> None:
+async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database, backend: Backend) -> None:
     done = await finished(
         db, CompareStepsRequest(prompt="=HYPERLINK(1)", steps=(5, 10), seed=9), user=ALICE, gpu_seconds=1.25
     )
@@ -138,7 +139,7 @@ async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database,
     queued = await finished(db, GenerateRequest(prompt="dm", steps=30), user=BOB, guild=None, status="queued")
 
     out = io.StringIO()
-    count = export_csv(db_path, out)  # while the bot's database is still open
+    count = export_csv(backend.path, out, url=backend.url)  # while the bot's database is still open
 
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert count == len(rows) == 3
@@ -152,13 +153,13 @@ async def test_the_csv_export_has_one_row_per_job_with_its_figures(db: Database,
     assert (by_id[queued]["guild_id"], by_id[queued]["finished_at"], by_id[queued]["steps_run"]) == ("", "", "")
 
 
-async def test_the_csv_export_says_which_jobs_were_films_and_of_how_many_frames(db: Database, db_path: Path) -> None:
+async def test_the_csv_export_says_which_jobs_were_films_and_of_how_many_frames(db: Database, backend: Backend) -> None:
     film = await finished(db, GenerateRequest(prompt="a fox", steps=12, film=True), user=ALICE)
     plain = await finished(db, GenerateRequest(prompt="a fox", steps=12), user=ALICE)
     grid = await finished(db, CompareStepsRequest(prompt="a fox", steps=(5, 10)), user=ALICE)
 
     out = io.StringIO()
-    export_csv(db_path, out)
+    export_csv(backend.path, out, url=backend.url)
 
     by_id = {row["id"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
     assert [by_id[job]["film_frames"] for job in (film, plain, grid)] == ["12", "", ""]
@@ -185,7 +186,7 @@ def test_exporting_a_missing_database_says_so(tmp_path: Path) -> None:
         export_csv(tmp_path / "nope.sqlite3", io.StringIO())
 
 
-async def test_server_usage_and_the_csv_name_each_jobs_model(db: Database, db_path: Path, clock: FakeClock) -> None:
+async def test_server_usage_and_the_csv_name_each_jobs_model(db: Database, backend: Backend, clock: FakeClock) -> None:
     turbo = await finished(db, GenerateRequest(prompt="a", steps=4, model="sdxl-turbo"), user=ALICE, gpu_seconds=0.5)
     await finished(db, CompareStepsRequest(prompt="b", steps=(1, 2, 4), model="sdxl-turbo"), user=BOB)
     old = await finished(db, GenerateRequest(prompt="c", steps=30), user=BOB, gpu_seconds=3.0)  # before models
@@ -196,20 +197,22 @@ async def test_server_usage_and_the_csv_name_each_jobs_model(db: Database, db_pa
         ("sdxl-turbo", 2, 11, 1.5),
     ]
     out = io.StringIO()
-    export_csv(db_path, out)
+    export_csv(backend.path, out, url=backend.url)
     by_id = {row["id"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
     assert (by_id[turbo]["model"], by_id[old]["model"]) == ("sdxl-turbo", "")
 
 
 async def test_the_csv_export_reads_page_by_page_so_the_bot_can_write_between_pages(
-    db: Database, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    db: Database, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import bot.ops.usage_report
 
     monkeypatch.setattr(bot.ops.usage_report, "EXPORT_PAGE", 2)
     ids = [await finished(db, GenerateRequest(prompt=f"job {n}", steps=4), user=ALICE) for n in range(5)]
     out = io.StringIO()
-    assert export_csv(db_path, out) == 5  # same timestamps: the id orders them, no row twice or lost
+    assert (
+        export_csv(backend.path, out, url=backend.url) == 5
+    )  # same timestamps: the id orders them, no row twice or lost
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert sorted(row["id"] for row in rows) == sorted(ids) and len({row["id"] for row in rows}) == 5
 
@@ -224,7 +227,7 @@ def test_an_empty_ledger_exports_just_the_header(tmp_path: Path) -> None:
 
 
 async def test_the_limits_history_exports_one_row_per_change_oldest_first(
-    db: Database, db_path: Path, clock: FakeClock
+    db: Database, backend: Backend, clock: FakeClock
 ) -> None:
     await db.server_limits.set_limits(GUILD, ALICE, max_steps=40, banned_words="=cmd, fox")
     clock.advance(hours=1)
@@ -234,7 +237,7 @@ async def test_the_limits_history_exports_one_row_per_change_oldest_first(
     await finished(db, GenerateRequest(prompt="a fox", steps=4), user=ALICE)  # jobs are not limit changes
 
     out = io.StringIO()
-    count = export_limits_csv(db_path, out)  # while the bot's database is open
+    count = export_limits_csv(backend.path, out, url=backend.url)  # while the bot's database is open
 
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert count == len(rows) == 4

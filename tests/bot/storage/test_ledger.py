@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
-from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobFailed, JobResult
-from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, plain_settings, record
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    GeneratedImage,
+    GenerateRequest,
+    JobFailed,
+    JobResult,
+)
+from tests.bot.backends import Backend
+from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, record
 from tests.bot.fakes import FakeWallClock as FakeClock
 
 # --- the job ledger ------------------------------------------------------------------------------
@@ -207,14 +214,27 @@ async def test_a_finished_job_ignores_a_late_status_change(db: Database) -> None
     assert stored.steps_run == 0
 
 
+async def test_a_scheduler_grid_and_a_model_named_by_its_path_are_recorded_whole(db: Database) -> None:
+    # Longer than the columns once said (32 and 100): SQLite never minded, PostgreSQL refused the write.
+    schedulers = ("DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ SDE", "Euler a")
+    model = "/srv/models/" + "checkpoints/" * 10 + "dreamshaper"
+    request = CompareSchedulersRequest("a fox", schedulers, steps=(4,), model=model)
+    job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD)
+
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert (stored.scheduler, stored.model) == ("DPM++ 2M Karras, DPM++ 2M SDE, DPM++ SDE, Euler a", model)
+    assert stored.to_request() == request
+
+
 async def test_an_unknown_job_is_an_error(db: Database) -> None:
     with pytest.raises(LedgerJobMissing):
         await db.ledger.mark_done("nope", gpu_seconds=0, queue_seconds=0, steps_run=0)
     assert await db.ledger.get_job("nope") is None
 
 
-async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_path: Path, clock: FakeClock) -> None:
-    before = Database(db_path, plain_settings(), clock=clock)
+async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(backend: Backend, clock: FakeClock) -> None:
+    before = backend.database(clock=clock)
     await before.start()
     queued = await record(before)
     clock.advance(seconds=1)
@@ -229,7 +249,7 @@ async def test_jobs_left_queued_or_running_by_a_crash_are_found_at_start_up(db_p
     await asyncio.gather(before._writer, return_exceptions=True)
     await before.engine.dispose()
 
-    after = Database(db_path, plain_settings(), clock=clock)
+    after = backend.database(clock=clock)
     await after.start()
     unfinished = await after.ledger.unfinished_jobs()
     assert [(job.id, job.status) for job in unfinished] == [(queued.id, "queued"), (running.id, "running")]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from bot.config import Settings
 from bot.limits.server import InvalidLimit, ServerLimits
 from bot.storage.database import Database
+from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, BOB, GUILD, OTHER_GUILD, REGISTRY
 from tests.bot.fakes import FakeWallClock as FakeClock
 
@@ -89,9 +89,9 @@ async def test_limits_of_one_server_do_not_touch_another(db: Database) -> None:
 # --- model limits ----------------------------------------------------------------------------------
 
 
-async def test_model_limits_are_stored_and_audited(db_path: Path, clock: FakeClock) -> None:
+async def test_model_limits_are_stored_and_audited(backend: Backend, clock: FakeClock) -> None:
     settings = Settings(_env_file=None, model=REGISTRY)  # type: ignore[call-arg]
-    async with Database(db_path, settings, clock=clock) as database:
+    async with backend.database(settings, clock=clock) as database:
         await database.server_limits.set_limits(
             GUILD, ALICE, allowed_models="flux, sd15", default_model="flux", model_max_steps="flux=28, sd15=40"
         )

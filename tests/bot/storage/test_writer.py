@@ -1,4 +1,4 @@
-"""The database file and its writer: connection pragmas, and one writer under load."""
+"""The database and its writer: SQLite's connection pragmas, and one writer under load (on both backends)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
 from bot.storage.models import LimitsChange
+from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, GUILD, all_jobs, plain_settings, record
 from tests.bot.fakes import FakeWallClock as FakeClock
 
 # --- connections -------------------------------------------------------------------------------
 
 
-async def test_every_connection_uses_a_rollback_journal_busy_timeout_and_foreign_keys(db: Database) -> None:
-    async with db.engine.connect() as connection:
+async def test_every_connection_uses_a_rollback_journal_busy_timeout_and_foreign_keys(sqlite_db: Database) -> None:
+    async with sqlite_db.engine.connect() as connection:
         journal = await connection.exec_driver_sql("PRAGMA journal_mode")
         mmap = await connection.exec_driver_sql("PRAGMA mmap_size")
         busy = await connection.exec_driver_sql("PRAGMA busy_timeout")
@@ -31,10 +32,10 @@ async def test_every_connection_uses_a_rollback_journal_busy_timeout_and_foreign
 
 
 async def test_nothing_is_memory_mapped_so_a_disk_gone_read_only_cannot_kill_the_bot_with_sigbus(
-    db: Database, db_path: Path
+    sqlite_db: Database, db_path: Path
 ) -> None:
-    await record(db)
-    assert len(await all_jobs(db)) == 1
+    await record(sqlite_db)
+    assert len(await all_jobs(sqlite_db)) == 1
     # WAL would keep a memory-mapped `-shm` index beside the file: SIGBUS when the disk turns read-only.
     assert not db_path.with_name(db_path.name + "-shm").exists()
 
@@ -67,7 +68,7 @@ async def test_foreign_keys_are_enforced(db: Database) -> None:
         await db.write(orphan_audit_row)
 
 
-async def test_the_database_folder_is_created(db: Database, db_path: Path) -> None:
+async def test_the_database_folder_is_created(sqlite_db: Database, db_path: Path) -> None:
     assert await asyncio.to_thread(db_path.is_file)
 
 
@@ -98,21 +99,21 @@ async def test_200_concurrent_writers_mixed_with_reads_never_hit_a_locked_databa
     assert {job.status for job in stored} == {"done"}
 
 
-async def test_writes_queued_before_close_are_finished(db_path: Path, clock: FakeClock) -> None:
-    database = Database(db_path, plain_settings(), clock=clock)
+async def test_writes_queued_before_close_are_finished(backend: Backend, clock: FakeClock) -> None:
+    database = backend.database(clock=clock)
     await database.start()
 
     # gather starts the tasks in order: all 20 writes are queued before close() queues its stop.
     *jobs, _ = await asyncio.gather(*(record(database) for _ in range(20)), database.close())
 
-    reopened = Database(db_path, plain_settings(), clock=clock)
+    reopened = backend.database(clock=clock)
     await reopened.start()
     assert {job.id for job in await all_jobs(reopened)} == {job.id for job in jobs}
     await reopened.close()
 
 
-async def test_a_write_after_close_is_refused(db_path: Path) -> None:
-    database = Database(db_path, plain_settings())
+async def test_a_write_after_close_is_refused(backend: Backend) -> None:
+    database = backend.database()
     await database.start()
     await database.close()
 
