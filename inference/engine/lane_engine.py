@@ -33,7 +33,9 @@ from inference.imaging import encode_png, latent_preview_png, png_pixels
 from inference.loading import LoadedModel
 from inference.parameters import image_infotext
 from inference.protocol import (
+    GUIDANCE_INPUT,
     INTERNAL_ERROR_MESSAGE,
+    CompareGuidanceRequest,
     OUT_OF_MEMORY_MESSAGE,
     GeneratedImage,
     GenerateRequest,
@@ -80,6 +82,15 @@ CONDITIONINGS_KEPT = 16
 @cache
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
+
+
+def _guidance_fields(job: EngineJob, lane: Lane) -> dict[str, Any]:
+    """A guidance grid's cell: its own guidance, written as FLUX-dev's distilled one on that model."""
+    request = job.request
+    if not isinstance(request, CompareGuidanceRequest):
+        return {}
+    distilled = job.model.family.name == "flux" and job.model.info.guidance_mode == GUIDANCE_INPUT
+    return {"guidance": request.lane_guidances[lane.index], "distilled": distilled}
 
 
 class UnknownModel(LookupError):
@@ -190,13 +201,23 @@ class LaneEngine:
         job.hires_pending = isinstance(request, GenerateRequest) and request.hires is not None
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
         job.all_lanes = [self._make_lane(job, i, *lane, source, request.strength) for i, lane in enumerate(lanes)]
+        if isinstance(request, CompareGuidanceRequest):
+            for lane, guidance in zip(job.all_lanes, request.lane_guidances, strict=True):
+                lane.conditioning = self._conditioning(model, request, adapters, request.height, request.width, guidance)
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
 
     def _conditioning(
-        self, model: LoadedModel, request: Request, adapters: AdapterKey, height: int, width: int
+        self,
+        model: LoadedModel,
+        request: Request,
+        adapters: AdapterKey,
+        height: int,
+        width: int,
+        guidance: float | None = None,
     ) -> Conditioning:
-        text = (request.prompt, request.negative_prompt, request.guidance, height, width)
+        guidance = request.guidance if guidance is None else guidance
+        text = (request.prompt, request.negative_prompt, guidance, height, width)
 
         def encode() -> Conditioning:
             self._activate(model, adapters)  # a LoRA with text-encoder layers changes the conditioning
@@ -438,7 +459,7 @@ class LaneEngine:
                 model_inputs[i] = row
             batched.append((kind, rows, group, latents, coefs))
         denoiser, padded_rows = self._denoiser_for(lanes)
-        conditionings = [lane.job.conditioning for lane in lanes]
+        conditionings = [lane.cond for lane in lanes]
         predictions = family.predict(denoiser, DenoiserBatch(model_inputs, timesteps, conditionings, padded_rows))
         for kind, rows, group, latents, coefs in batched:
             # Row slices, not a list index: indexing with a list would copy an index tensor to the device.
@@ -506,7 +527,7 @@ class LaneEngine:
         """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
         job = lanes[0].job
         compiled = self._compiled_unet is not None and job.group == self._compiled_group
-        if compiled and job.model.family.supports_padding([lane.job.conditioning for lane in lanes]):
+        if compiled and job.model.family.supports_padding([lane.cond for lane in lanes]):
             for bucket in self.batch_buckets:
                 if bucket >= len(lanes):
                     return self._compiled_unet, bucket
@@ -655,6 +676,7 @@ class LaneEngine:
             model=job.model.name,
             scheduler=request.lane_schedulers[lane.index],
             lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
+            **_guidance_fields(job, lane),
         )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)

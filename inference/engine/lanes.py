@@ -61,6 +61,8 @@ class Lane:
     from_image: bool = False
     strength: float = 1.0
     decoded: np.ndarray | None = None  # a hires job's first-pass image, until its hires pass starts
+    # A guidance grid's cell runs at its own guidance: its own conditioning (None: the job's).
+    conditioning: Conditioning | None = None
 
     def __post_init__(self) -> None:
         self.ran = self.ran or self.steps
@@ -84,7 +86,12 @@ class Lane:
     @property
     def rows(self) -> int:
         """Rows this lane adds to a denoiser call: two with classifier-free guidance, else one."""
-        return 1 if self.job.conditioning.uncond is None else 2
+        return 1 if self.cond.uncond is None else 2
+
+    @property
+    def cond(self) -> Conditioning:
+        """The text conditioning (and guidance) this lane runs with."""
+        return self.conditioning or self.job.conditioning
 
     @property
     def seconds(self) -> float:
