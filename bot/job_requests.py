@@ -30,6 +30,9 @@ from inference.protocol import (
     MIN_COMPARE_CELLS,
     MIN_STEPS,
     SCHEDULER_NAMES,
+    DEFAULT_COMPARE_GUIDANCE,
+    DISTILLED_COMPARE_GUIDANCE,
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
@@ -46,6 +49,7 @@ MAX_PROMPT_CHARS = 1500
 MAX_STEP_LIST_CHARS = 100
 MAX_SIZE_CHARS = 20
 MAX_SCHEDULER_LIST_CHARS = 200
+MAX_GUIDANCE_LIST_CHARS = 100
 
 # Steps a user is likely to want next; "fewer"/"more" move one rung along this ladder.
 STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150)
@@ -100,7 +104,7 @@ def resolve_scheduler_list(text: str | None, default: tuple[str, ...]) -> tuple[
     return tuple(_scheduler_as_typed(name.strip()) for name in re.split("[,;]", text) if name.strip())
 
 
-def spread(ladder: tuple[int, ...], count: int) -> tuple[int, ...]:
+def spread(ladder: tuple[T, ...], count: int) -> tuple[T, ...]:
     """`count` rungs of the ladder spread from its first to its last (all of it if it is that short)."""
     if len(ladder) <= count:
         return ladder
@@ -157,6 +161,34 @@ def resolve_step_list(text: str | None, default: tuple[int, ...] = DEFAULT_COMPA
     return tuple(sorted(as_option_error(lambda: parse_step_list(text))))
 
 
+def parse_guidance_list(text: str) -> tuple[float, ...]:
+    """Guidance values from "1, 3.5, 7" (commas, spaces or semicolons between), in ascending order."""
+    if len(text) > MAX_GUIDANCE_LIST_CHARS:
+        raise InvalidOption(f"Could not read guidance values {echo(text)}: write a few numbers like 1, 3, 5, 7.5.")
+    parts = [part.strip() for part in text.replace(" ", ",").replace(";", ",").split(",") if part.strip()]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise InvalidOption(
+            f"Could not read guidance values {echo(text)}: write numbers separated by commas, like 1, 3, 5, 7.5."
+        ) from None
+    if not values:
+        raise InvalidOption("No guidance values given: write them like 1, 3, 5, 7.5.")
+    return tuple(sorted(values))
+
+
+def guidance_ladder(default: float, cells: int) -> tuple[float, ...]:
+    """A guidance grid's default columns for a model whose own guidance is `default`: classifier-free
+    guidance from off to strong, or around a distilled guidance (FLUX-dev's 3.5), the model's own value
+    among them, spread to at most `cells` columns."""
+    ladder = DISTILLED_COMPARE_GUIDANCE if 1 < default < 5 else DEFAULT_COMPARE_GUIDANCE
+    chosen = list(spread(tuple(sorted({*ladder, default})), max(2, cells)))
+    if default not in chosen:
+        nearest = min(range(len(chosen)), key=lambda i: abs(chosen[i] - default))
+        chosen[nearest] = default
+    return tuple(sorted(set(chosen)))
+
+
 def random_seed(rng: random.Random | None = None) -> int:
     """A fresh seed in the range the worker accepts."""
     return (rng or random.SystemRandom()).randint(0, MAX_SEED)
@@ -187,6 +219,8 @@ class RequestOptions:
     film: bool = False
     schedulers: str | None = None
     scheduler_grid: bool = False
+    guidances: str | None = None  # a guidance grid's columns ("1, 3, 7.5")
+    guidance_grid: bool = False  # `guidances` (columns) × `compare_steps` (rows, default: `steps`)
     lora: str | None = None
     lora_weight: float | None = None
     image: bytes | None = None  # the input image, checked and normalised (bot.pictures.input_image)
@@ -194,7 +228,7 @@ class RequestOptions:
     upscale: bool = False  # Upscale x2 the input image: a hires pass of `steps` at `strength`
 
 
-_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora")
+_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora", "guidances")
 _WHOLE_OPTIONS = ("seed", "steps", "count")
 
 
@@ -293,6 +327,8 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
         return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
+    if options.guidance_grid:
+        return _guidance_grid(options, fields, defaults)
     if options.scheduler_grid:
         del fields["scheduler"]
         schedulers = resolve_scheduler_list(options.schedulers, defaults.grid_schedulers)
@@ -307,6 +343,19 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         count=1 if options.count is None else options.count,
         film=options.film is True,
     )
+
+
+def _guidance_grid(options: RequestOptions, fields: dict[str, object], defaults: RequestDefaults) -> Request:
+    """A guidance grid: columns from `guidances` (else a ladder around the model's guidance, trimmed to
+    fit the cell limit), rows from `compare_steps` (else one row of the model's steps)."""
+    default_guidance = float(fields.pop("guidance"))  # type: ignore[arg-type]
+    one_row: tuple[int, ...] = (defaults.steps if options.steps is None else options.steps,)
+    rows = resolve_step_list(options.compare_steps, one_row)
+    if options.guidances is not None and options.guidances.strip():
+        guidances = parse_guidance_list(options.guidances)
+    else:
+        guidances = guidance_ladder(default_guidance, defaults.max_grid_cells // max(1, len(rows)))
+    return CompareGuidanceRequest(**fields, guidances=guidances, steps=rows)  # type: ignore[arg-type]
 
 
 def _resolved_loras(

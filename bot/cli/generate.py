@@ -30,6 +30,7 @@ from inference.model_files import local_source_problem
 from inference.parameters import PNG_KEY, grid_infotext
 from inference.protocol import (
     SIZE_MULTIPLE,
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
@@ -77,6 +78,8 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
     input image is checked and normalised for a model whose sizes are multiples of `multiple`."""
     grid = args.command == "compare-steps"
     scheduler_grid = args.command == "compare-schedulers"
+    guidance_grid = args.command == "compare-guidance"
+    any_grid = grid or scheduler_grid or guidance_grid
     upscale = args.command == "upscale"
     data = read_input_image(args)
     image, size, prompt = None, getattr(args, "size", None), args.prompt
@@ -92,15 +95,17 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         negative_prompt=args.negative,
         scheduler=None if scheduler_grid else args.scheduler,
         seed=None if args.seed == -1 else args.seed,
-        guidance=args.guidance,
+        guidance=None if guidance_grid else args.guidance,
         size=size,
-        steps=None if grid or scheduler_grid else args.steps,
-        count=None if grid or scheduler_grid or upscale else args.count,
-        compare_steps=args.steps if grid or scheduler_grid else None,
+        steps=None if any_grid else args.steps,
+        count=None if any_grid or upscale else args.count,
+        compare_steps=args.steps if any_grid else None,
         grid=grid,
         film=getattr(args, "film", None) is not None,
         schedulers=args.schedulers if scheduler_grid else None,
         scheduler_grid=scheduler_grid,
+        guidances=args.guidance if guidance_grid else None,
+        guidance_grid=guidance_grid,
         image=image,
         strength=getattr(args, "strength", None),
         upscale=upscale,
@@ -296,7 +301,7 @@ def save_outputs(
 
 def output_paths(request: Request, output: Path, film: Path | None = None) -> list[Path]:
     """Where `write_outputs` writes: the image or grid, numbered images for --count, and the film."""
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest):
         return [output]
     if isinstance(request, GenerateRequest) and request.count > 1:
         return [output.with_name(f"{output.stem}-{number}{output.suffix}") for number in range(1, request.count + 1)]
@@ -313,6 +318,15 @@ def write_outputs(
     from bot.pictures.render import png_parameters
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(request, CompareGuidanceRequest):
+        from bot.pictures.guidance_grid import render_guidance_result
+
+        facts = f"{result.model} · {request.scheduler} · seed {request.seed}"
+        if result.is_test_model:
+            facts += f" · {TEST_MODEL_NOTE}"
+        grid = render_guidance_result(request, result.images, model=result.model, facts=facts, device=device)
+        write_file(output, grid.png)
+        return [output]
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         scheduler = "" if isinstance(request, CompareSchedulersRequest) else f" · {request.scheduler}"  # rows name them
         facts = f"{result.model}{scheduler} · seed {request.seed}"
@@ -419,6 +433,10 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         from bot.pictures.sweet_spot import summary
 
         print(summary([row for _, row in grid_rows(request, result.images)]))
+    if isinstance(request, CompareGuidanceRequest):
+        from bot.pictures.guidance_grid import guidance_rows, guidance_summary, is_distilled
+
+        print(guidance_summary(guidance_rows(request, result.images), distilled=is_distilled(result.images)))
     return 0
 
 

@@ -49,7 +49,12 @@ def _number(text: str) -> float:
 
 
 def _add_generation_options(
-    parser: argparse.ArgumentParser, settings: Settings, *, scheduler: bool = True, prompt: bool = True
+    parser: argparse.ArgumentParser,
+    settings: Settings,
+    *,
+    scheduler: bool = True,
+    prompt: bool = True,
+    guidance: bool = True,
 ) -> None:
     if prompt:
         parser.add_argument("prompt", help="what to draw")
@@ -65,12 +70,13 @@ def _add_generation_options(
         )
     parser.add_argument("--seed", type=_whole_number, default=-1, help="0 to 4294967295; -1 or left out: random")
     parser.add_argument("--negative", default="", help="negative prompt: what to keep out of the image")
-    parser.add_argument(
-        "--guidance",
-        type=_number,
-        default=None,
-        help="classifier-free guidance, 0-30 (default: the model's own)",
-    )
+    if guidance:
+        parser.add_argument(
+            "--guidance",
+            type=_number,
+            default=None,
+            help="classifier-free guidance, 0-30 (default: the model's own)",
+        )
     parser.add_argument(
         "--size",
         default=None,
@@ -89,6 +95,25 @@ def _add_generation_options(
         "--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16 (default: %(default)s)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
+
+
+def _add_compare_guidance(commands: argparse._SubParsersAction[_Parser], settings: Settings) -> None:
+    about = (
+        "One labelled grid of the same prompt and seed: columns = guidance values (FLUX-dev: its distilled "
+        "guidance), rows = step counts."
+    )
+    guidance = commands.add_parser("compare-guidance", help=about, description=about)
+    _add_generation_options(guidance, settings, guidance=False)
+    guidance.add_argument(
+        "--guidance",
+        default=None,
+        help="2 or more guidance values, comma-separated, 0-30; at most 12 cells in all (default: a ladder around "
+        "the model's own, e.g. 1,3,5,7.5,10,15)",
+    )
+    guidance.add_argument(
+        "--steps", default=None, help="rows: step counts, comma-separated, 1 to 6 (default: the model's own steps)"
+    )
+    guidance.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -164,6 +189,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="step counts, comma-separated; at most 12 cells in all (default: the model's ladder, spread to fit)",
     )
     schedulers.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+
+    _add_compare_guidance(commands, settings)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="upgrade|backup", required=True, parser_class=_Parser)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from bot.formatting import format_amount, format_duration
 from bot.limits.server import EffectiveLimits, LimitExceeded
 from inference.protocol import (
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
@@ -211,12 +212,16 @@ def check_request(
             asked=most_steps,
             allowed=model_ceiling,
         )
-    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest)
+    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest)
     cells = len(request.lane_steps)
     if grid and cells > limits.max_grid_cells:
         shape = ""
         if isinstance(request, CompareSchedulersRequest):
             shape = f" ({len(request.schedulers)} schedulers × {len(request.steps)} step counts): give fewer of either"
+        elif isinstance(request, CompareGuidanceRequest):
+            shape = (
+                f" ({len(request.guidances)} guidance values × {len(request.steps)} step counts): give fewer of either"
+            )
         raise LimitExceeded(
             f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {cells}{shape}.",
             limit="max_grid_cells",

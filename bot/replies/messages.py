@@ -16,15 +16,18 @@ import discord
 
 from bot.formatting import counted
 from bot.pictures.film import downscale_note, film_animation, source_note
-from bot.pictures.grids import render_grid
+from bot.pictures.grids import Grid, render_grid
+from bot.pictures.guidance_grid import render_guidance_result
 from bot.pictures.render import fit_attachment, png_parameters
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
 from inference.parameters import grid_infotext
 from inference.protocol import (
     MAX_STEPS,
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
+    GeneratedImage,
     GenerateRequest,
     JobFailed,
     JobProgress,
@@ -144,7 +147,7 @@ def progress_text(request: Request, state: ProgressState) -> str:
     retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest):
         # The job's total is the sum over cells ("step 80/155" reads as a step count nobody asked
         # for): show the share of the work done and where the longest cell is.
         lane_steps = request.lane_steps
@@ -198,10 +201,9 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     request = record.request
     withheld = screening.withheld(result)
     spoiler = screening.spoils(result)
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        parameters = grid_infotext(request, model=result.model or request.model)
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest):
         cells = [as_withheld(image) if i in withheld else image for i, image in enumerate(result.images)]
-        grid = render_grid(request, cells, parameters=parameters)
+        grid = _render_grid(request, result, cells)
         data, extension = fit_attachment(grid.png, limit)
         notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
         grid_summary = " ".join(line for line in notes if line)
@@ -229,6 +231,18 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     return RenderedResult(tuple(files), summary, film_size, withheld=len(withheld), spoiler=spoiler)
 
 
+def _render_grid(
+    request: CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest,
+    result: JobResult,
+    cells: list[GeneratedImage],
+) -> Grid:
+    model = result.model or request.model
+    if isinstance(request, CompareGuidanceRequest):
+        # Whether the guidance is FLUX-dev's distilled one: the worker wrote it in the cells' own text.
+        return render_guidance_result(request, cells, model=model)
+    return render_grid(request, cells, parameters=grid_infotext(request, model=model))
+
+
 def result_message(
     record: JobRecord, result: JobResult, rendered: RenderedResult, *, max_steps: int = MAX_STEPS
 ) -> MessageUpdate:
@@ -237,7 +251,7 @@ def result_message(
     files = rendered.files
     request = dataclasses.replace(record.request, model=result.model or record.request.model)
     embed = parameters_embed(request, film=_film_text(request, result, rendered.film_size))
-    if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest):
         value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
         embed.add_field(name="Generation", value=value)
     else:
@@ -296,10 +310,14 @@ def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] |
 
 def parameters_embed(request: Request, *, job_id: str | None = None, film: str = "") -> discord.Embed:
     """An embed listing every parameter of a request; a film job's "Steps film" says `film` when given."""
-    titles = {CompareStepsRequest: "Compare steps", CompareSchedulersRequest: "Compare schedulers"}
+    titles = {
+        CompareStepsRequest: "Compare steps",
+        CompareSchedulersRequest: "Compare schedulers",
+        CompareGuidanceRequest: "Compare guidance",
+    }
     title = titles.get(type(request), "Imagine")
     embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest):
         embed.add_field(name="Steps", value=", ".join(str(steps) for steps in request.steps))
         embed.add_field(name="Seed", value=str(request.seed))
     else:
@@ -313,7 +331,8 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
         embed.add_field(name="Schedulers", value=", ".join(request.schedulers))
     else:
         embed.add_field(name="Scheduler", value=request.scheduler)
-    embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    guidance = request.guidances if isinstance(request, CompareGuidanceRequest) else (request.guidance,)
+    embed.add_field(name="Guidance", value=", ".join(f"{value:g}" for value in guidance))
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))
@@ -358,6 +377,6 @@ def failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bo
 
 
 def _what_was_asked(request: Request) -> str:
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareGuidanceRequest):
         return "Your comparison grid"
     return "Your images" if request.count > 1 else "Your image"

@@ -17,16 +17,25 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
+from inference.protocol import (
+    CompareGuidanceRequest,
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    GenerateRequest,
+    HiresFix,
+    Request,
+)
 
 COMMAND_IMAGINE = "imagine"
 COMMAND_COMPARE_STEPS = "compare-steps"
 COMMAND_COMPARE_SCHEDULERS = "compare-schedulers"
-COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS)
+COMMAND_COMPARE_GUIDANCE = "compare-guidance"
+COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS, COMMAND_COMPARE_GUIDANCE)
 _REQUEST_TYPES: dict[str, type[Request]] = {
     COMMAND_IMAGINE: GenerateRequest,
     COMMAND_COMPARE_STEPS: CompareStepsRequest,
     COMMAND_COMPARE_SCHEDULERS: CompareSchedulersRequest,
+    COMMAND_COMPARE_GUIDANCE: CompareGuidanceRequest,
 }
 
 

@@ -203,7 +203,9 @@ class LaneEngine:
         job.all_lanes = [self._make_lane(job, i, *lane, source, request.strength) for i, lane in enumerate(lanes)]
         if isinstance(request, CompareGuidanceRequest):
             for lane, guidance in zip(job.all_lanes, request.lane_guidances, strict=True):
-                lane.conditioning = self._conditioning(model, request, adapters, request.height, request.width, guidance)
+                lane.conditioning = self._conditioning(
+                    model, request, adapters, request.height, request.width, guidance
+                )
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
 
