@@ -38,6 +38,7 @@ EXTENSIONS: tuple[str, ...] = (
     "bot.chat.cogs.imagine",
     "bot.chat.cogs.compare",
     "bot.chat.cogs.compare_schedulers",
+    "bot.chat.cogs.compare_guidance",
     "bot.chat.cogs.limits",
     "bot.chat.cogs.usage",
 )

@@ -55,7 +55,9 @@ def test_flux_dev_sweeps_its_distilled_guidance_and_writes_it_as_forge_does(load
 
 
 @pytest.mark.parametrize("guidances", [(1.0, 4.0), (2.0, 9.0)])
-def test_guidance_changes_the_image_of_a_cfg_model(load_test_model: LoadTestModel, guidances: tuple[float, ...]) -> None:
+def test_guidance_changes_the_image_of_a_cfg_model(
+    load_test_model: LoadTestModel, guidances: tuple[float, ...]
+) -> None:
     engine = RecordingEngine(load_test_model("tiny"))
     engine.add_job("grid", CompareGuidanceRequest("a boat", guidances=guidances, steps=(2,), scheduler="Euler",
                                                   width=SIZE, height=SIZE))  # fmt: skip
