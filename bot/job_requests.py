@@ -18,11 +18,13 @@ from typing import TypeVar
 from bot.errors import InvalidOption
 from inference.clipping import MAX_ECHO, clip, echo
 from inference.protocol import (
+    DEFAULT_COMPARE_GUIDANCE,
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GRID_SCHEDULERS,
     DEFAULT_HIRES_STRENGTH,
     DEFAULT_SCHEDULER,
     DEFAULT_STRENGTH,
+    DISTILLED_COMPARE_GUIDANCE,
     MAX_COMPARE_CELLS,
     MAX_SEED,
     MAX_SIZE,
@@ -30,8 +32,6 @@ from inference.protocol import (
     MIN_COMPARE_CELLS,
     MIN_STEPS,
     SCHEDULER_NAMES,
-    DEFAULT_COMPARE_GUIDANCE,
-    DISTILLED_COMPARE_GUIDANCE,
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,

@@ -35,8 +35,8 @@ from inference.parameters import image_infotext
 from inference.protocol import (
     GUIDANCE_INPUT,
     INTERNAL_ERROR_MESSAGE,
-    CompareGuidanceRequest,
     OUT_OF_MEMORY_MESSAGE,
+    CompareGuidanceRequest,
     GeneratedImage,
     GenerateRequest,
     JobEvent,

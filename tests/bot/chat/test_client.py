@@ -35,8 +35,8 @@ async def test_setup_hook_starts_the_queue_and_loads_every_command() -> None:
     try:
         assert cast(ScriptedQueue, bot.queue).started
         assert sorted(command.name for command in bot.tree.get_commands()) == [
-            "compare-guidance", "compare-schedulers", "compare-steps", "imagine", "limits", "limits-reset", "limits-set", "usage",
-            "usage-server",
+            "compare-guidance", "compare-schedulers", "compare-steps", "imagine", "limits", "limits-reset",
+            "limits-set", "usage", "usage-server",
         ]  # fmt: skip
         assert sorted(bot.extensions) == sorted(EXTENSIONS)
     finally:
