@@ -829,6 +829,9 @@ class GeneratedImage:
     # A hires result: the steps its first pass ran, at the first pass's size (0: none ran).
     first_pass_steps: int = 0
     strength: float = 1.0  # of the pass that made it (its hires pass', for a hires result)
+    # A film's noise level (sigma) at each frame's step, on its scheduler's schedule: what the model was
+    # given at the step's first call (sqrt((1 - a) / a), or the flow-matching sigma).
+    frame_sigmas: tuple[float, ...] = ()
 
     @property
     def steps_run(self) -> int:

@@ -343,7 +343,8 @@ def write_outputs(
         # The name says the format; no upload limit here, so the frames keep their size.
         film.parent.mkdir(parents=True, exist_ok=True)
         extension = film.suffix.lower().lstrip(".")
-        write_file(film, film_file(image.frames, request.prompt, extension, png_parameters(image.png)))
+        frames = film_file(image.frames, request.prompt, extension, png_parameters(image.png), image.frame_sigmas)
+        write_file(film, frames)
         return [output, film]
     paths = []
     for number, image in enumerate(result.images, start=1):

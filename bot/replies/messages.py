@@ -215,7 +215,9 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
             continue
         if image.frames:
             try:
-                film = film_animation(image.frames, request.prompt, limit, png_parameters(image.png))
+                film = film_animation(
+                    image.frames, request.prompt, limit, png_parameters(image.png), image.frame_sigmas
+                )
                 files.append(Attachment(film.data, f"{FILM_FILE_PREFIX}{image.seed}.{film.extension}"))
                 film_size = film.size
             except ValueError as error:  # the image is finished: deliver it without its film

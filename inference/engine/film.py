@@ -73,6 +73,24 @@ def predicted_clean(
     return x0.to(model_input.dtype), "epsilon"
 
 
+def noise_level(scheduler: Scheduler, t: torch.Tensor | float) -> float:
+    """The noise level (sigma) a model is given at training timestep `t` on this scheduler's schedule:
+    the flow-matching sigma (t / num_train_timesteps), else sqrt((1 - a) / a)."""
+    config = scheduler.config
+    if "FlowMatch" in type(scheduler).__name__ or config.get("prediction_type") == "flow_prediction":
+        return float(t) / config.num_train_timesteps
+    return _sigma_at(scheduler, float(t))
+
+
+def step_noise_levels(scheduler: Scheduler, timesteps: list[torch.Tensor], steps: int) -> tuple[float, ...]:
+    """Sigma at the first model call of each of a lane's `steps` scheduler steps (a second-order
+    scheduler calls the model twice a step): where its schedule spends its steps."""
+    calls = len(timesteps)
+    if not calls or steps < 1:
+        return ()
+    return tuple(noise_level(scheduler, timesteps[min(calls - 1, -(-k * calls // steps))]) for k in range(steps))
+
+
 def _sigma_at(scheduler: Scheduler, t: float) -> float:
     """The noise level (sigma = sqrt((1 - a) / a)) the model was given at a possibly fractional training
     timestep, found as diffusers maps sigmas to timesteps: linearly in log-sigma. (DPM++ with Karras

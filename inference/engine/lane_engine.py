@@ -26,7 +26,7 @@ from PIL import Image
 
 from inference.adapters import AdapterKey, adapter_key
 from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
-from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
+from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, step_noise_levels, to_frame
 from inference.engine.lanes import EngineJob, InputImage, Lane
 from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png, png_pixels
@@ -691,9 +691,11 @@ class LaneEngine:
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
         frame_verdicts = tuple(v for _, v in sorted(film.verdicts.items())) if film else ()
+        frame_sigmas = step_noise_levels(lane.scheduler, lane.timesteps, len(frames)) if film else ()
         image = GeneratedImage(
             png, lane.seed, lane.steps, job.width, job.height, seconds, frames=frames,
             frames_source=film.source if film else "", verdict=verdict, frame_verdicts=frame_verdicts,
+            frame_sigmas=frame_sigmas,
             steps_ran=lane.ran if lane.from_image else None,
             first_pass_steps=first.ran if first else 0,
             strength=lane.strength,
