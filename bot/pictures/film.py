@@ -78,10 +78,10 @@ NOISE_AHEAD = (72, 75, 82)  # steps still to come
 
 
 def noise_strip(width: int, height: int, sigmas: Sequence[float], step: int) -> Image.Image:
-    """The scheduler's whole noise schedule under a frame: a bar per step, its height the noise level
-    (σ) the model was given there on a log scale (from half the last step's to the first step's), taken steps in blue, this step's bar
-    highlighted, and "σ 14.6" of this step written at the right. It shows where a schedule spends its
-    steps: Karras sigmas crowd the low-noise end, a flow schedule with a shift the high one."""
+    """The scheduler's whole noise schedule under a frame: a bar per step, its height the noise level (σ)
+    the model was given there on a log scale (from half the last step's σ to the first step's), taken
+    steps in blue, this step's bar highlighted, and "σ 14.6" of this step written at the right. It shows
+    where a schedule spends its steps: Karras sigmas crowd the low-noise end."""
     strip = Image.new("RGB", (width, height), CAPTION_BACKGROUND)
     draw = ImageDraw.Draw(strip)
     size = max(10, round(height * 0.3))
