@@ -221,6 +221,7 @@ class RequestOptions:
     scheduler_grid: bool = False
     guidances: str | None = None  # a guidance grid's columns ("1, 3, 7.5")
     guidance_grid: bool = False  # `guidances` (columns) × `compare_steps` (rows, default: `steps`)
+    stop_early: bool = False  # a steps grid also shows its longest run stopped at each step count
     lora: str | None = None
     lora_weight: float | None = None
     image: bytes | None = None  # the input image, checked and normalised (bot.pictures.input_image)
@@ -326,7 +327,7 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         return GenerateRequest(**fields, steps=hires_steps, hires=hires)  # type: ignore[arg-type]
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
-        return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
+        return CompareStepsRequest(**fields, steps=steps, stop_early=options.stop_early is True)  # type: ignore[arg-type]
     if options.guidance_grid:
         return _guidance_grid(options, fields, defaults)
     if options.scheduler_grid:

@@ -165,6 +165,9 @@ class CompareStepsRequest:
     loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
     image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
     strength: float = 1.0
+    # Also show the longest run stopped at each shorter step count: its predicted clean image (x0) there,
+    # from the same batched job (the longest cell's own run, its x0 decoded at those steps).
+    stop_early: bool = False
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
@@ -454,6 +457,8 @@ def _repeated(items: Sequence[H]) -> H | None:
 
 def _validate_grid(request: GridRequest) -> None:
     columns = len(request.steps)
+    if isinstance(request, CompareStepsRequest) and request.stop_early and request.image:
+        raise InvalidRequest("stop early follows runs from noise: leave out the image, or stop early.")
     if isinstance(request, CompareStepsRequest) and not MIN_COMPARE_CELLS <= columns <= MAX_COMPARE_CELLS:
         raise InvalidRequest(
             f"A comparison needs {MIN_COMPARE_CELLS} to {MAX_COMPARE_CELLS} step counts; got {columns}."
@@ -829,8 +834,8 @@ class GeneratedImage:
     # A hires result: the steps its first pass ran, at the first pass's size (0: none ran).
     first_pass_steps: int = 0
     strength: float = 1.0  # of the pass that made it (its hires pass', for a hires result)
-    # A film's noise level (sigma) at each frame's step, on its scheduler's schedule: what the model was
-    # given at the step's first call (sqrt((1 - a) / a), or the flow-matching sigma).
+    # A film's noise level (sigma) at each step of its run (frame k is step k) on its scheduler's schedule:
+    # what the model was given at the step's first call (sqrt((1 - a) / a), or the flow-matching sigma).
     frame_sigmas: tuple[float, ...] = ()
 
     @property

@@ -106,6 +106,7 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         scheduler_grid=scheduler_grid,
         guidances=args.guidance if guidance_grid else None,
         guidance_grid=guidance_grid,
+        stop_early=getattr(args, "stop_early", False) is True,
         image=image,
         strength=getattr(args, "strength", None),
         upscale=upscale,
@@ -327,6 +328,15 @@ def write_outputs(
         grid = render_guidance_result(request, result.images, model=result.model, facts=facts, device=device)
         write_file(output, grid.png)
         return [output]
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        from bot.pictures.stop_early import render_stop_early_grid
+
+        facts = f"{result.model} · {request.scheduler} · seed {request.seed}"
+        if result.is_test_model:
+            facts += f" · {TEST_MODEL_NOTE}"
+        write_file(output, render_stop_early_grid(request, result.images, model=result.model, facts=facts,
+                                                  device=device).png)  # fmt: skip
+        return [output]
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         scheduler = "" if isinstance(request, CompareSchedulersRequest) else f" · {request.scheduler}"  # rows name them
         facts = f"{result.model}{scheduler} · seed {request.seed}"
@@ -429,7 +439,11 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     if replaced:
         print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        from bot.pictures.stop_early import stop_early_summary
+
+        print(stop_early_summary(request, result.images))
+    elif isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         from bot.pictures.grids import grid_rows
         from bot.pictures.sweet_spot import summary
 

@@ -172,6 +172,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="2 to 12 step counts, comma-separated, any order (default: the model's own ladder, e.g. 1,2,3,4,6,8 for a "
         "few-step model, 5,10,20,30,40,50 for SD 1.5)",
     )
+    compare.add_argument(
+        "--stop-early",
+        action="store_true",
+        help="add a row: the longest run stopped at each step count (its predicted clean image there, and the noise "
+        "left), under the honest runs",
+    )
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
     about = "One labelled grid of the same prompt and seed: rows = schedulers, columns = step counts."

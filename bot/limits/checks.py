@@ -34,7 +34,10 @@ def day_start(now: datetime) -> datetime:
 
 
 def film_decodes(request: Request) -> int:
-    """The VAE decodes a Steps film adds to its run: one per step, each step's x0 becoming a frame."""
+    """The VAE decodes a Steps film adds to its run: one per step, each step's x0 becoming a frame; a
+    stop-early grid's: one per shorter step count, where its longest run is shown stopped."""
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        return len(request.steps) - 1
     return request.steps if isinstance(request, GenerateRequest) and request.film else 0
 
 

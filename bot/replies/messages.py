@@ -19,6 +19,7 @@ from bot.pictures.film import downscale_note, film_animation, source_note
 from bot.pictures.grids import Grid, render_grid
 from bot.pictures.guidance_grid import render_guidance_result
 from bot.pictures.render import fit_attachment, png_parameters
+from bot.pictures.stop_early import render_stop_early_grid
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
 from inference.parameters import grid_infotext
@@ -239,6 +240,8 @@ def _render_grid(
     cells: list[GeneratedImage],
 ) -> Grid:
     model = result.model or request.model
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        return render_stop_early_grid(request, cells, model=model)
     if isinstance(request, CompareGuidanceRequest):
         # Whether the guidance is FLUX-dev's distilled one: the worker wrote it in the cells' own text.
         return render_guidance_result(request, cells, model=model)

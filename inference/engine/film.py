@@ -33,10 +33,11 @@ class FilmCapture:
     frames: dict[int, Image.Image] = field(default_factory=dict)
     source: str = ""
     verdicts: dict[int, SafetyVerdict] = field(default_factory=dict)  # the checker's, per frame
+    keep: frozenset[int] | None = None  # the steps whose x0 becomes a frame (None: every step)
 
     def record(self, step: int, x0: torch.Tensor, source: str) -> None:
         """Keep the latest x0 of `step` (a second-order scheduler calls the model twice per step)."""
-        if step >= 1:
+        if step >= 1 and (self.keep is None or step in self.keep):
             self.pending[step] = x0
             self.source = source
 

@@ -37,6 +37,7 @@ from inference.protocol import (
     INTERNAL_ERROR_MESSAGE,
     OUT_OF_MEMORY_MESSAGE,
     CompareGuidanceRequest,
+    CompareStepsRequest,
     GeneratedImage,
     GenerateRequest,
     JobEvent,
@@ -201,6 +202,8 @@ class LaneEngine:
         job.hires_pending = isinstance(request, GenerateRequest) and request.hires is not None
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
         job.all_lanes = [self._make_lane(job, i, *lane, source, request.strength) for i, lane in enumerate(lanes)]
+        if isinstance(request, CompareStepsRequest) and request.stop_early:
+            self._stop_early(job)
         if isinstance(request, CompareGuidanceRequest):
             for lane, guidance in zip(job.all_lanes, request.lane_guidances, strict=True):
                 lane.conditioning = self._conditioning(
@@ -208,6 +211,15 @@ class LaneEngine:
                 )
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
+
+    @staticmethod
+    def _stop_early(job: EngineJob) -> None:
+        """A stop-early grid: its longest cell's run also keeps its x0 at every shorter step count (film
+        frames of those steps only), stepping through its scheduler's own `step`, which reports x0."""
+        longest = max(job.all_lanes, key=lambda lane: lane.steps)
+        shorter = frozenset(lane.steps for lane in job.all_lanes if lane.steps < longest.steps)
+        longest.film = FilmCapture(keep=shorter)
+        longest.kind, longest.table = None, ()
 
     def _conditioning(
         self,
@@ -691,7 +703,7 @@ class LaneEngine:
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
         frame_verdicts = tuple(v for _, v in sorted(film.verdicts.items())) if film else ()
-        frame_sigmas = step_noise_levels(lane.scheduler, lane.timesteps, len(frames)) if film else ()
+        frame_sigmas = step_noise_levels(lane.scheduler, lane.timesteps, lane.ran) if film else ()
         image = GeneratedImage(
             png, lane.seed, lane.steps, job.width, job.height, seconds, frames=frames,
             frames_source=film.source if film else "", verdict=verdict, frame_verdicts=frame_verdicts,

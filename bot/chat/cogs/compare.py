@@ -28,6 +28,7 @@ class CompareSteps(commands.Cog):
         **shared.SHARED_DESCRIPTIONS,
         steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
         **shared.GRID_DESCRIPTIONS,
+        stop_early="Add a row: the longest run stopped at each step count (its predicted image there)",
     )
     @app_commands.autocomplete(
         lora=shared.lora_autocomplete,
@@ -49,10 +50,11 @@ class CompareSteps(commands.Cog):
         model: shared.ModelName | None = None,
         lora: shared.LoraName | None = None,
         lora_weight: shared.LoraWeight | None = None,
+        stop_early: bool | None = None,
     ) -> None:
         options = RequestOptions(
             prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model,
-            lora=lora, lora_weight=lora_weight,
+            lora=lora, lora_weight=lora_weight, stop_early=stop_early is True,
         )  # fmt: skip
         await self.bot.jobs.start_command(interaction, options, origin="compare-steps")
 

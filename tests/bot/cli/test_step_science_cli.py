@@ -1,4 +1,5 @@
-"""`stepgrid compare-guidance` end to end: the real CLI, a spawned worker and the tiny models."""
+"""`stepgrid compare-guidance` and `compare-steps --stop-early` end to end: the real CLI, a spawned worker and
+the tiny models."""
 
 from __future__ import annotations
 
@@ -53,3 +54,20 @@ def test_unreadable_guidance_values_are_refused_before_a_worker_starts(
     assert main(["compare-guidance", "fox", "--guidance", guidance, "-o", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert problem in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_compare_steps_stop_early_writes_the_stopped_row_under_the_honest_one_and_says_how_far_apart(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    argv = ["compare-steps", "a red fox", "--model", "tiny", "--seed", "42", "--size", "256", "--steps", "2,5",
+            "--scheduler", "DPM++ 2M Karras", "--stop-early"]  # fmt: skip
+    assert main([*argv, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Stopped early vs fewer steps: the 5-step run's x0, stopped at each step count, differs from an honest " \
+           "run of that many steps by 2 steps Δ " in printed  # fmt: skip
+    grid = Image.open(out)
+    assert grid.width > 2 * 256 and grid.height > 2 * 256 + 3 * 28
+    assert (png_parameters(out.read_bytes()) or "").endswith("Stop early: True")

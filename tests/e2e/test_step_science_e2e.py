@@ -1,7 +1,8 @@
-"""`/compare-guidance` end to end: the real discord.py client against the fake Discord, the tiny model in
-a real worker, a real ledger. A grid comes back with the neighbour Δ in words and A1111's X/Y/Z fields;
-the server's limits and guidance values that can't differ are refused before anything is queued; a grid
-left running by a crash is run again at start-up. Waits are on what the fake records, never on sleeps."""
+"""Step science end to end (`/compare-guidance`, `/compare-steps stop_early:`): the real discord.py client
+against the fake Discord, the tiny model in a real worker, a real ledger. A guidance grid comes back with
+the neighbour Δ in words and A1111's X/Y/Z fields; a stop-early grid with its two rows from one job; the
+server's limits and values that can't make a grid are refused before anything is queued. Waits are on
+what the fake records, never on sleeps."""
 
 from __future__ import annotations
 
@@ -128,4 +129,34 @@ async def test_guidance_values_that_cant_make_a_grid_are_refused_in_one_line(
     async with running_bot(fake, worker) as (_, queue):
         answer = await refusal(await fake.invoke("compare-guidance", options))
         assert expected in answer and "\n" not in answer
+        assert queue.submitted == []
+
+
+async def test_compare_steps_with_stop_early_answers_two_rows_from_one_job(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    options = {"prompt": "a red fox", "steps": "2,4", "size": "256", "scheduler": "Euler", "seed": 5,
+               "stop_early": True}  # fmt: skip
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        final = await wait_for_result(await fake.invoke("compare-steps", options))
+        assert len(queue.submitted) == 1, "both rows come from one job"
+    assert [file.filename for file in final.files] == ["stepgrid-compare-5.png"]
+    sentence = content(final) or ""
+    assert "Stopped early vs fewer steps: the 4-step run's x0, stopped at each step count, differs from an " in sentence
+    image = image_of(final.files[0].data)
+    assert image.width > 2 * 256 and image.height > 2 * 256
+    assert (png_parameters(final.files[0].data) or "").endswith("Stop early: True")
+    (job,) = await all_jobs(database)
+    assert (job.command, job.status, job.steps_run, job.params["stop_early"]) == ("compare-steps", "done", 6, True)
+
+
+async def test_stop_early_counts_its_decodes_against_the_compute_budget(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    # 256² × (2 + 4 steps) fits 400,000 pixel-steps; the stopped row's one decode more does not.
+    options = {"prompt": "a fox", "steps": "2,4", "size": "256", "stop_early": True}
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        await refusal(await fake.invoke("limits-set", {"compute_budget": 400_000}, user=fake.admin))
+        answer = await refusal(await fake.invoke("compare-steps", options))
+        assert answer.startswith("This request needs ") and "pixel-steps" in answer and "\n" not in answer
         assert queue.submitted == []
