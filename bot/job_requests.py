@@ -452,7 +452,11 @@ def derive_request(
         return dataclasses.replace(request, steps=steps)
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.
-        same = {f.name: getattr(request, f.name) for f in dataclasses.fields(CompareStepsRequest) if f.name != "steps"}
+        same = {
+            f.name: getattr(request, f.name)
+            for f in dataclasses.fields(CompareStepsRequest)
+            if f.name not in ("steps", "stop_early")
+        }
         return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
     if action in VARY_STRENGTHS or action == "upscale":
         raise InvalidOption("That button starts from the result image: use `derive_from_image`.")

@@ -12,6 +12,7 @@ from inference.protocol import (
     GUIDANCE_INPUT,
     SCHEDULER_NAMES,
     CompareGuidanceRequest,
+    CompareStepsRequest,
     InvalidRequest,
     LoraInfo,
     ModelInfo,
@@ -93,3 +94,8 @@ def test_a_bad_guidance_grid_is_refused_naming_the_value(changes: dict[str, obje
     with pytest.raises(InvalidRequest) as refused:
         validate(grid(**changes))
     assert message in str(refused.value)
+
+
+def test_stop_early_from_an_input_image_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="stop early follows runs from noise: leave out the image"):
+        validate(CompareStepsRequest("a fox", (2, 4), stop_early=True, image=b"\x89PNG"))
