@@ -18,12 +18,14 @@ from typing import TypeVar
 from bot.errors import InvalidOption
 from inference.clipping import MAX_ECHO, clip, echo
 from inference.protocol import (
+    DEFAULT_COMPARE_GUIDANCE,
     DEFAULT_COMPARE_STEPS,
     DEFAULT_COMPARE_STRENGTHS,
     DEFAULT_GRID_SCHEDULERS,
     DEFAULT_HIRES_STRENGTH,
     DEFAULT_SCHEDULER,
     DEFAULT_STRENGTH,
+    DISTILLED_COMPARE_GUIDANCE,
     MAX_COMPARE_CELLS,
     MAX_SEED,
     MAX_SIZE,
@@ -31,6 +33,7 @@ from inference.protocol import (
     MIN_COMPARE_CELLS,
     MIN_STEPS,
     SCHEDULER_NAMES,
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
@@ -50,6 +53,7 @@ MAX_STEP_LIST_CHARS = 100
 MAX_SIZE_CHARS = 20
 MAX_SCHEDULER_LIST_CHARS = 200
 MAX_STRENGTH_LIST_CHARS = 60  # six strengths like 0.35 with spaces
+MAX_GUIDANCE_LIST_CHARS = 100
 
 # Steps a user is likely to want next; "fewer"/"more" move one rung along this ladder.
 STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150)
@@ -115,7 +119,7 @@ def resolve_scheduler_list(text: str | None, default: tuple[str, ...]) -> tuple[
     return tuple(_scheduler_as_typed(name.strip()) for name in re.split("[,;]", text) if name.strip())
 
 
-def spread(ladder: tuple[int, ...], count: int) -> tuple[int, ...]:
+def spread(ladder: tuple[T, ...], count: int) -> tuple[T, ...]:
     """`count` rungs of the ladder spread from its first to its last (all of it if it is that short)."""
     if len(ladder) <= count:
         return ladder
@@ -191,6 +195,34 @@ def resolve_strength_list(
     return tuple(sorted(strengths))
 
 
+def parse_guidance_list(text: str) -> tuple[float, ...]:
+    """Guidance values from "1, 3.5, 7" (commas, spaces or semicolons between), in ascending order."""
+    if len(text) > MAX_GUIDANCE_LIST_CHARS:
+        raise InvalidOption(f"Could not read guidance values {echo(text)}: write a few numbers like 1, 3, 5, 7.5.")
+    parts = [part.strip() for part in text.replace(" ", ",").replace(";", ",").split(",") if part.strip()]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise InvalidOption(
+            f"Could not read guidance values {echo(text)}: write numbers separated by commas, like 1, 3, 5, 7.5."
+        ) from None
+    if not values:
+        raise InvalidOption("No guidance values given: write them like 1, 3, 5, 7.5.")
+    return tuple(sorted(values))
+
+
+def guidance_ladder(default: float, cells: int) -> tuple[float, ...]:
+    """A guidance grid's default columns for a model whose own guidance is `default`: classifier-free
+    guidance from off to strong, or around a distilled guidance (FLUX-dev's 3.5), the model's own value
+    among them, spread to at most `cells` columns."""
+    ladder = DISTILLED_COMPARE_GUIDANCE if 1 < default < 5 else DEFAULT_COMPARE_GUIDANCE
+    chosen = list(spread(tuple(sorted({*ladder, default})), max(2, cells)))
+    if default not in chosen:
+        nearest = min(range(len(chosen)), key=lambda i: abs(chosen[i] - default))
+        chosen[nearest] = default
+    return tuple(sorted(set(chosen)))
+
+
 def random_seed(rng: random.Random | None = None) -> int:
     """A fresh seed in the range the worker accepts."""
     return (rng or random.SystemRandom()).randint(0, MAX_SEED)
@@ -221,6 +253,9 @@ class RequestOptions:
     film: bool = False
     schedulers: str | None = None
     scheduler_grid: bool = False
+    guidances: str | None = None  # a guidance grid's columns ("1, 3, 7.5")
+    guidance_grid: bool = False  # `guidances` (columns) × `compare_steps` (rows, default: `steps`)
+    stop_early: bool = False  # a steps grid also shows its longest run stopped at each step count
     lora: str | None = None
     lora_weight: float | None = None
     image: bytes | None = None  # the input image, checked and normalised (bot.pictures.input_image)
@@ -232,7 +267,9 @@ class RequestOptions:
     lora_compare: bool = False  # with `grid`: a row without the LoRA above the row with it
 
 
-_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora", "strengths")
+_TEXT_OPTIONS = (
+    "prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora", "strengths", "guidances",
+)  # fmt: skip
 _WHOLE_OPTIONS = ("seed", "steps", "count")
 
 
@@ -336,7 +373,9 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         raise InvalidOption("lora_compare is for /compare-steps: leave it out here.")
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
-        return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
+        return CompareStepsRequest(**fields, steps=steps, stop_early=options.stop_early is True)  # type: ignore[arg-type]
+    if options.guidance_grid:
+        return _guidance_grid(options, fields, defaults)
     if options.scheduler_grid:
         del fields["scheduler"]
         schedulers = resolve_scheduler_list(options.schedulers, defaults.grid_schedulers)
@@ -379,6 +418,8 @@ def union_ladder(plain: tuple[int, ...], with_lora: tuple[int, ...], columns: in
 def _lora_comparison(options: RequestOptions, fields: dict[str, object], defaults: RequestDefaults) -> Request:
     """/compare-steps with `lora_compare`: a row without the LoRAs, then the row with them, over the union of
     both ladders. A scheduler or guidance given applies to both rows; left out, each row has its own."""
+    if options.stop_early:
+        raise InvalidOption("Choose one of lora_compare and stop_early: each adds a row of its own.")
     if not fields["loras"]:
         raise InvalidOption("lora_compare needs a LoRA: choose one with lora, or write <lora:name:0.8> in the prompt.")
     plain = defaults.without_loras or RowDefaults(defaults.scheduler, defaults.guidance, defaults.compare_steps)
@@ -390,6 +431,19 @@ def _lora_comparison(options: RequestOptions, fields: dict[str, object], default
     ladder = union_ladder(plain.compare_steps, defaults.compare_steps, columns)
     steps = resolve_step_list(options.compare_steps, ladder)
     return CompareStepsRequest(**fields, steps=steps, without_loras=row)  # type: ignore[arg-type]
+
+
+def _guidance_grid(options: RequestOptions, fields: dict[str, object], defaults: RequestDefaults) -> Request:
+    """A guidance grid: columns from `guidances` (else a ladder around the model's guidance, trimmed to
+    fit the cell limit), rows from `compare_steps` (else one row of the model's steps)."""
+    default_guidance = float(fields.pop("guidance"))  # type: ignore[arg-type]
+    one_row: tuple[int, ...] = (defaults.steps if options.steps is None else options.steps,)
+    rows = resolve_step_list(options.compare_steps, one_row)
+    if options.guidances is not None and options.guidances.strip():
+        guidances = parse_guidance_list(options.guidances)
+    else:
+        guidances = guidance_ladder(default_guidance, defaults.max_grid_cells // max(1, len(rows)))
+    return CompareGuidanceRequest(**fields, guidances=guidances, steps=rows)  # type: ignore[arg-type]
 
 
 def _resolved_loras(
@@ -485,7 +539,8 @@ def derive_request(
         return dataclasses.replace(request, steps=steps)
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.
-        carried = [f.name for f in dataclasses.fields(CompareStepsRequest) if f.name not in ("steps", "without_loras")]
+        left_out = ("steps", "without_loras", "stop_early")
+        carried = [f.name for f in dataclasses.fields(CompareStepsRequest) if f.name not in left_out]
         same = {name: getattr(request, name) for name in carried}
         return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
     if action in VARY_STRENGTHS or action == "upscale":

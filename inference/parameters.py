@@ -18,6 +18,7 @@ import struct
 from collections.abc import Mapping, Sequence
 
 from inference.protocol import (
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
@@ -69,14 +70,22 @@ def infotext(
     lora_hashes: Mapping[str, str] | None = None,
     strength: float | None = None,
     hires: HiresFix | None = None,
+    distilled: bool = False,
 ) -> str:
     """The `parameters` text of one image. LoRAs as A1111 writes them: `<lora:name:weight>` in the prompt
     and the short hash of each file in "Lora hashes". An img2img image carries its `Denoising strength`;
-    a hires one its first pass's steps and size, then the hires pass's strength, scale, steps and upscaler."""
+    a hires one its first pass's steps and size, then the hires pass's strength, scale, steps and upscaler.
+    `distilled`: the guidance is FLUX-dev's distilled guidance, written as Forge does ("CFG scale: 1,
+    Distilled CFG Scale: 3.5")."""
+    cfg = (
+        [("CFG scale", "1"), ("Distilled CFG Scale", f"{guidance:g}")]
+        if distilled
+        else [("CFG scale", f"{guidance:g}")]
+    )
     fields: list[tuple[str, object]] = [
         ("Steps", steps),
         *sampler_fields(scheduler),
-        ("CFG scale", f"{guidance:g}"),
+        *cfg,
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
     ]
@@ -130,15 +139,19 @@ def image_infotext(
     scheduler: str | None = None,
     lora_hashes: Mapping[str, str] | None = None,
     strength: float | None = None,
+    guidance: float | None = None,
+    distilled: bool = False,
 ) -> str:
     """The `parameters` of one image of `request` (its own seed, step count and, in a scheduler
-    grid, scheduler; in a strength grid, its `strength`)."""
+    grid, scheduler; in a strength grid, its `strength`; in a guidance grid, `guidance`, FLUX-dev's
+    `distilled` one)."""
     return infotext(
         request.prompt,
         request.negative_prompt,
         steps=steps,
         scheduler=scheduler or request.lane_schedulers[0],
-        guidance=request.guidance,
+        guidance=request.guidance if guidance is None else guidance,
+        distilled=distilled,
         seed=seed,
         width=request.width,
         height=request.height,
@@ -163,6 +176,26 @@ def grid_infotext(
         row = request.without_loras
         loras = " ".join(lora_tag(name, weight) for name, weight in request.loras)
         axis += [("Y Type", "LoRA"), ("Y Values", f"none ({row.scheduler}, CFG {row.guidance:g}), {loras}")]
+    return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
+
+
+def guidance_grid_infotext(
+    request: CompareGuidanceRequest,
+    *,
+    model: str,
+    distilled: bool = False,
+    lora_hashes: Mapping[str, str] | None = None,
+) -> str:
+    """A guidance grid's `parameters` as A1111 writes an X/Y/Z plot's: the first cell's, then the axes
+    ("X Type: CFG Scale" — Forge's "Distilled CFG Scale" on FLUX-dev — and, with several step counts,
+    "Y Type: Steps")."""
+    first = image_infotext(
+        request, seed=request.seed, steps=request.steps[0], model=model, lora_hashes=lora_hashes, distilled=distilled
+    )
+    x_type = "Distilled CFG Scale" if distilled else "CFG Scale"
+    axis = [("Script", "X/Y/Z plot"), ("X Type", x_type), ("X Values", ", ".join(f"{g:g}" for g in request.guidances))]
+    if len(request.steps) > 1:
+        axis += [("Y Type", "Steps"), ("Y Values", ", ".join(map(str, request.steps)))]
     return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
 
 

@@ -58,6 +58,13 @@ MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 DEFAULT_COMPARE_STRENGTHS: tuple[float, ...] = (0.3, 0.45, 0.6, 0.75, 0.9)
 MIN_GRID_STRENGTHS, MAX_GRID_STRENGTHS = 2, 6
 MAX_GRID_STEP_ROWS = 4
+# /compare-guidance: columns (guidance values) and rows (step counts) of its grid.
+MIN_GRID_GUIDANCES = 2
+MAX_GUIDANCE_ROWS = 6
+# Its default columns, the model's own guidance added: classifier-free guidance from off (1) to strong,
+# and FLUX-dev's distilled guidance around its 3.5.
+DEFAULT_COMPARE_GUIDANCE: tuple[float, ...] = (1.0, 3.0, 5.0, 7.5, 10.0, 15.0)
+DISTILLED_COMPARE_GUIDANCE: tuple[float, ...] = (1.5, 2.5, 3.5, 5.0, 7.0, 10.0)
 MAX_SEED = 2**32 - 1
 MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = registry.LORA_WEIGHT_RANGE
 MAX_LORAS = 4  # LoRAs one request may stack (the worker keeps more loaded than this)
@@ -185,6 +192,10 @@ class CompareStepsRequest:
     def rows(self) -> int:
         return 1 if self.without_loras is None else 2
 
+    # Also show the longest run stopped at each shorter step count: its predicted clean image (x0) there,
+    # from the same batched job (the longest cell's own run, its x0 decoded at those steps).
+    stop_early: bool = False
+
     @property
     def lane_steps(self) -> tuple[int, ...]:
         return self.steps * self.rows
@@ -271,10 +282,51 @@ class CompareStrengthRequest:
         return self.strengths * len(self.steps)
 
 
-Request = GenerateRequest | CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest
+@dataclass(frozen=True)
+class CompareGuidanceRequest:
+    """One `/compare-guidance`: the same prompt and seed as a grid of columns = guidance values and
+    rows = step counts (one row by default); its lanes run row by row (every guidance of the first
+    step count first). On FLUX-dev the values are its distilled guidance (an input of the model)."""
+
+    prompt: str
+    guidances: tuple[float, ...] = DEFAULT_COMPARE_GUIDANCE
+    steps: tuple[int, ...] = (30,)
+    scheduler: str = DEFAULT_SCHEDULER
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    negative_prompt: str = ""
+    model: str = ""  # registry name; "" = the worker's default model
+    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
+    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
+    strength: float = 1.0
+
+    @property
+    def guidance(self) -> float:
+        """The first column's guidance (what a field for one value shows); each lane has its own."""
+        return self.guidances[0]
+
+    @property
+    def lane_steps(self) -> tuple[int, ...]:
+        return tuple(steps for steps in self.steps for _ in self.guidances)
+
+    @property
+    def lane_seeds(self) -> tuple[int, ...]:
+        return (self.seed,) * len(self.lane_steps)
+
+    @property
+    def lane_schedulers(self) -> tuple[str, ...]:
+        return (self.scheduler,) * len(self.lane_steps)
+
+    @property
+    def lane_guidances(self) -> tuple[float, ...]:
+        return self.guidances * len(self.steps)
+
+
+Request = (
+    GenerateRequest | CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest
+)
 GridRequest = CompareStepsRequest | CompareSchedulersRequest
-# Every request drawn as a grid (GridRequest: the step grids, whose columns are step counts).
-GRID_REQUESTS = (CompareStepsRequest, CompareSchedulersRequest, CompareStrengthRequest)
 
 
 def lane_strengths(request: Request) -> tuple[float, ...]:
@@ -301,6 +353,11 @@ def row_requests(request: Request) -> tuple[Request, ...]:
     if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
         return (lane_request(request, 0), dataclasses.replace(request, without_loras=None))
     return (request,)
+
+
+def guidance_values(request: Request) -> tuple[float, ...]:
+    """Every guidance value a request runs at: a guidance grid's columns, else its one value."""
+    return request.guidances if isinstance(request, CompareGuidanceRequest) else (request.guidance,)
 
 
 def img2img_steps(steps: int, strength: float, *, flow: bool) -> int:
@@ -370,6 +427,8 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
         _validate_strength_grid(request)
     elif isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         _validate_grid(request)
+    elif isinstance(request, CompareGuidanceRequest):
+        _validate_guidance_grid(request)
     else:
         if not MIN_COUNT <= request.count <= MAX_COUNT:
             raise InvalidRequest(f"count must be {MIN_COUNT} to {MAX_COUNT}; got {request.count}.")
@@ -378,8 +437,9 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
     for steps in request.lane_steps:
         if not MIN_STEPS <= steps <= MAX_STEPS:
             raise InvalidRequest(f"steps must be {MIN_STEPS} to {MAX_STEPS}; got {steps}.")
-    if not (math.isfinite(request.guidance) and MIN_GUIDANCE <= request.guidance <= MAX_GUIDANCE):
-        raise InvalidRequest(f"guidance must be {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {request.guidance:g}.")
+    for guidance in guidance_values(request):
+        if not (math.isfinite(guidance) and MIN_GUIDANCE <= guidance <= MAX_GUIDANCE):
+            raise InvalidRequest(f"guidance must be {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {guidance:g}.")
     for name, value in (("width", request.width), ("height", request.height)):
         if not MIN_SIZE <= value <= min(max_size, MAX_SIZE) or value % SIZE_MULTIPLE:
             raise InvalidRequest(
@@ -499,6 +559,8 @@ def _repeated(items: Sequence[H]) -> H | None:
 
 def _validate_grid(request: GridRequest) -> None:
     columns = len(request.steps)
+    if isinstance(request, CompareStepsRequest) and request.stop_early and request.image:
+        raise InvalidRequest("stop early follows runs from noise: leave out the image, or stop early.")
     if isinstance(request, CompareStepsRequest) and not MIN_COMPARE_CELLS <= columns <= MAX_COMPARE_CELLS:
         raise InvalidRequest(
             f"A comparison needs {MIN_COMPARE_CELLS} to {MAX_COMPARE_CELLS} step counts; got {columns}."
@@ -565,6 +627,60 @@ def _validate_strength_grid(request: CompareStrengthRequest) -> None:
         )
 
 
+def _validate_guidance_grid(request: CompareGuidanceRequest) -> None:
+    columns, rows = len(request.guidances), len(request.steps)
+    if columns < MIN_GRID_GUIDANCES:
+        raise InvalidRequest(
+            f"A guidance comparison needs at least {MIN_GRID_GUIDANCES} guidance values; got {columns}."
+        )
+    if not 1 <= rows <= MAX_GUIDANCE_ROWS:
+        raise InvalidRequest(f"A guidance comparison has 1 to {MAX_GUIDANCE_ROWS} step counts (rows); got {rows}.")
+    if (twice := _repeated(request.guidances)) is not None:
+        raise InvalidRequest(f"Guidance {twice:g} is in the list twice; give each value once.")
+    if (steps_twice := _repeated(request.steps)) is not None:
+        raise InvalidRequest(f"{steps_twice} steps is in the list twice; give each step count once.")
+    cells = columns * rows
+    if cells > MAX_COMPARE_CELLS:
+        shape = f"{columns} guidance values × {rows} step counts" if rows > 1 else f"{columns} guidance values"
+        raise InvalidRequest(
+            f"A comparison grid has at most {MAX_COMPARE_CELLS} cells; {shape} would be {cells}: give fewer."
+        )
+
+
+def ignores_guidance(model: ModelInfo, loras: Sequence[tuple[str, float]] = ()) -> str:
+    """Why guidance can't change this model's image, in words ("" when it can): distilled without it
+    (FLUX.1-schnell), or a few-step distill that runs with classifier-free guidance off (Turbo at 0,
+    LCM-LoRA and Lightning at 1, a few-step LoRA), where a higher value only overcooks the image."""
+    if model.guidance_mode == GUIDANCE_IGNORED:
+        return (
+            f"The model {model.name} ({model.family}) is distilled without guidance: every value gives the same image"
+        )
+    few_step = model.few_step_lora(loras) if loras else None
+    default = few_step.default_guidance if few_step and few_step.default_guidance is not None else None
+    default = model.default_guidance if default is None else default
+    if model.guidance_mode == GUIDANCE_CFG and default <= 1:
+        what = f"The LoRA {few_step.name}" if few_step else f"The model {model.name}"
+        return (
+            f"{what} is a few-step distill that runs "
+            f"without guidance (at {default:g}): the values at or below 1 give the same image and higher ones only "
+            "overcook it"
+        )
+    return ""
+
+
+def _validate_guidance_grid_for_model(request: CompareGuidanceRequest, model: ModelInfo) -> None:
+    why = ignores_guidance(model, request.loras)
+    if why:
+        raise InvalidRequest(f"{why}; compare steps or schedulers instead.")
+    if model.guidance_mode == GUIDANCE_CFG:
+        off = [value for value in request.guidances if value <= 1]
+        if len(off) > 1:
+            raise InvalidRequest(
+                f"Guidance {' and '.join(f'{value:g}' for value in off)} run without classifier-free guidance "
+                "(1 or below turns it off), so their cells would be the same image; keep one of them."
+            )
+
+
 def validate_for_model(request: Request, model: ModelInfo) -> None:
     """Raise InvalidRequest if the request is fine in general but not for this model (each row of a LoRA
     comparison: the row without the LoRAs is named in the refusal)."""
@@ -581,6 +697,8 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
 def _validate_row_for_model(request: Request, model: ModelInfo) -> None:
     for name, _ in request.loras:
         model.lora(name)  # an unknown one is refused by name, with the close ones
+    if isinstance(request, CompareGuidanceRequest):
+        _validate_guidance_grid_for_model(request, model)
     schedulers = model.schedulers_with(request.loras)
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in schedulers:
@@ -599,7 +717,7 @@ def _validate_row_for_model(request: Request, model: ModelInfo) -> None:
             raise InvalidRequest(
                 f"The model {model.name} ({model.family}) doesn't use a negative prompt; leave it out."
             )
-        if request.guidance <= 1:
+        if max(guidance_values(request)) <= 1:
             raise InvalidRequest(
                 f"A negative prompt takes effect only with guidance above 1; got guidance {request.guidance:g} "
                 f"with the model {model.name}: leave the negative prompt out or raise guidance."
@@ -870,6 +988,9 @@ class GeneratedImage:
     # A hires result: the steps its first pass ran, at the first pass's size (0: none ran).
     first_pass_steps: int = 0
     strength: float = 1.0  # of the pass that made it (its hires pass', for a hires result)
+    # A film's noise level (sigma) at each step of its run (frame k is step k) on its scheduler's schedule:
+    # what the model was given at the step's first call (sqrt((1 - a) / a), or the flow-matching sigma).
+    frame_sigmas: tuple[float, ...] = ()
 
     @property
     def steps_run(self) -> int:

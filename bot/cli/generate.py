@@ -30,6 +30,7 @@ from inference.model_files import local_source_problem
 from inference.parameters import PNG_KEY, grid_infotext, strength_grid_infotext
 from inference.protocol import (
     SIZE_MULTIPLE,
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
@@ -78,9 +79,10 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
     input image is checked and normalised for a model whose sizes are multiples of `multiple`."""
     grid = args.command == "compare-steps"
     scheduler_grid = args.command == "compare-schedulers"
+    guidance_grid = args.command == "compare-guidance"
     upscale = args.command == "upscale"
     strength_grid = args.command == "compare-strength"
-    steps_grid = grid or scheduler_grid or strength_grid  # --steps is a list of step counts
+    steps_grid = grid or scheduler_grid or strength_grid or guidance_grid  # --steps is a list of step counts
     data = read_input_image(args)
     image, size, prompt = None, getattr(args, "size", None), args.prompt
     if data is not None:
@@ -95,7 +97,7 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         negative_prompt=args.negative,
         scheduler=None if scheduler_grid else args.scheduler,
         seed=None if args.seed == -1 else args.seed,
-        guidance=args.guidance,
+        guidance=None if guidance_grid else args.guidance,
         size=size,
         steps=None if steps_grid else args.steps,
         count=None if steps_grid or upscale else args.count,
@@ -104,6 +106,9 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         film=getattr(args, "film", None) is not None,
         schedulers=args.schedulers if scheduler_grid else None,
         scheduler_grid=scheduler_grid,
+        guidances=args.guidance if guidance_grid else None,
+        guidance_grid=guidance_grid,
+        stop_early=getattr(args, "stop_early", False) is True,
         image=image,
         strength=getattr(args, "strength", None),
         upscale=upscale,
@@ -304,11 +309,39 @@ def save_outputs(
 
 def output_paths(request: Request, output: Path, film: Path | None = None) -> list[Path]:
     """Where `write_outputs` writes: the image or grid, numbered images for --count, and the film."""
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
+    if not isinstance(request, GenerateRequest):
         return [output]
-    if isinstance(request, GenerateRequest) and request.count > 1:
+    if request.count > 1:
         return [output.with_name(f"{output.stem}-{number}{output.suffix}") for number in range(1, request.count + 1)]
     return [output] if film is None or not request.film else [output, film]
+
+
+def _grid_png(
+    request: CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest,
+    result: JobResult,
+    device: str | None,
+) -> bytes:
+    """A grid request's labelled PNG, titled with the prompt and the facts every cell shares."""
+    from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
+    from bot.pictures.guidance_grid import render_guidance_result
+    from bot.pictures.stop_early import render_stop_early_grid
+
+    rows_named = isinstance(request, CompareSchedulersRequest) or (
+        isinstance(request, CompareStepsRequest) and request.without_loras is not None
+    )
+    scheduler = "" if rows_named else f" · {request.scheduler}"  # rows name their schedulers
+    facts = f"{result.model}{scheduler} · seed {request.seed}"
+    if result.is_test_model:
+        facts += f" · {TEST_MODEL_NOTE}"
+    if isinstance(request, CompareStrengthRequest):
+        parameters = strength_grid_infotext(request, model=result.model)
+        return render_strength_grid(request, result.images, facts=facts, device=device, parameters=parameters).png
+    if isinstance(request, CompareGuidanceRequest):
+        return render_guidance_result(request, result.images, model=result.model, facts=facts, device=device).png
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        return render_stop_early_grid(request, result.images, model=result.model, facts=facts, device=device).png
+    parameters = grid_infotext(request, model=result.model, lora_hashes=cell_lora_hashes(result.images))
+    return render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png
 
 
 def write_outputs(
@@ -317,26 +350,11 @@ def write_outputs(
     """Write the image (or numbered images, or the labelled grid, and the film) and return the paths.
     Each file appears whole or not at all (see `write_file`)."""
     from bot.pictures.film import film_file
-    from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
     from bot.pictures.render import png_parameters
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(request, CompareStrengthRequest):
-        facts = f"{result.model} · {request.scheduler} · seed {request.seed}"
-        if result.is_test_model:
-            facts += f" · {TEST_MODEL_NOTE}"
-        parameters = strength_grid_infotext(request, model=result.model)
-        grid = render_strength_grid(request, result.images, facts=facts, device=device, parameters=parameters)
-        write_file(output, grid.png)
-        return [output]
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        rows_named = isinstance(request, CompareSchedulersRequest) or request.without_loras is not None
-        scheduler = "" if rows_named else f" · {request.scheduler}"  # rows name their schedulers
-        facts = f"{result.model}{scheduler} · seed {request.seed}"
-        if result.is_test_model:
-            facts += f" · {TEST_MODEL_NOTE}"
-        parameters = grid_infotext(request, model=result.model, lora_hashes=cell_lora_hashes(result.images))
-        write_file(output, render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png)
+    if not isinstance(request, GenerateRequest):
+        write_file(output, _grid_png(request, result, device))
         return [output]
     if len(result.images) == 1:
         image = result.images[0]
@@ -346,7 +364,8 @@ def write_outputs(
         # The name says the format; no upload limit here, so the frames keep their size.
         film.parent.mkdir(parents=True, exist_ok=True)
         extension = film.suffix.lower().lstrip(".")
-        write_file(film, film_file(image.frames, request.prompt, extension, png_parameters(image.png)))
+        frames = film_file(image.frames, request.prompt, extension, png_parameters(image.png), image.frame_sigmas)
+        write_file(film, frames)
         return [output, film]
     paths = []
     for number, image in enumerate(result.images, start=1):
@@ -431,13 +450,21 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     if replaced:
         print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        from bot.pictures.stop_early import stop_early_summary
+
+        print(stop_early_summary(request, result.images))
+    elif isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         from bot.pictures.grids import grid_rows, lora_summary
         from bot.pictures.sweet_spot import summary
 
         rows = [row for _, row in grid_rows(request, result.images)]
         lora_comparison = isinstance(request, CompareStepsRequest) and request.without_loras is not None
         print(lora_summary(request, rows) if lora_comparison else summary(rows))  # type: ignore[arg-type]
+    if isinstance(request, CompareGuidanceRequest):
+        from bot.pictures.guidance_grid import guidance_rows, guidance_summary, is_distilled
+
+        print(guidance_summary(guidance_rows(request, result.images), distilled=is_distilled(result.images)))
     if isinstance(request, CompareStrengthRequest):
         from bot.pictures.grids import strength_summary
 

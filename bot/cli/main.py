@@ -50,7 +50,12 @@ def _number(text: str) -> float:
 
 
 def _add_generation_options(
-    parser: argparse.ArgumentParser, settings: Settings, *, scheduler: bool = True, prompt: bool = True
+    parser: argparse.ArgumentParser,
+    settings: Settings,
+    *,
+    scheduler: bool = True,
+    prompt: bool = True,
+    guidance: bool = True,
 ) -> None:
     if prompt:
         parser.add_argument("prompt", help="what to draw")
@@ -66,12 +71,13 @@ def _add_generation_options(
         )
     parser.add_argument("--seed", type=_whole_number, default=-1, help="0 to 4294967295; -1 or left out: random")
     parser.add_argument("--negative", default="", help="negative prompt: what to keep out of the image")
-    parser.add_argument(
-        "--guidance",
-        type=_number,
-        default=None,
-        help="classifier-free guidance, 0-30 (default: the model's own)",
-    )
+    if guidance:
+        parser.add_argument(
+            "--guidance",
+            type=_number,
+            default=None,
+            help="classifier-free guidance, 0-30 (default: the model's own)",
+        )
     parser.add_argument(
         "--size",
         default=None,
@@ -108,6 +114,25 @@ def _add_grid_image_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="with --image: how much to change it, 0-1; of 30 steps at 0.6 the last 18 run (default: the model's)",
     )
+
+
+def _add_compare_guidance(commands: argparse._SubParsersAction[_Parser], settings: Settings) -> None:
+    about = (
+        "One labelled grid of the same prompt and seed: columns = guidance values (FLUX-dev: its distilled "
+        "guidance), rows = step counts."
+    )
+    guidance = commands.add_parser("compare-guidance", help=about, description=about)
+    _add_generation_options(guidance, settings, guidance=False)
+    guidance.add_argument(
+        "--guidance",
+        default=None,
+        help="2 or more guidance values, comma-separated, 0-30; at most 12 cells in all (default: a ladder around "
+        "the model's own, e.g. 1,3,5,7.5,10,15)",
+    )
+    guidance.add_argument(
+        "--steps", default=None, help="rows: step counts, comma-separated, 1 to 6 (default: the model's own steps)"
+    )
+    guidance.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -167,6 +192,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "few-step model, 5,10,20,30,40,50 for SD 1.5)",
     )
     _add_grid_image_options(compare)
+    compare.add_argument(
+        "--stop-early",
+        action="store_true",
+        help="add a row: the longest run stopped at each step count (its predicted clean image there, and the noise "
+        "left), under the honest runs",
+    )
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
     compare.add_argument(
         "--lora-compare",
@@ -211,6 +242,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--steps", default=None, help="the rows: step counts, comma-separated (default: the model's own, one row)"
     )
     strength.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+    _add_compare_guidance(commands, settings)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="upgrade|backup", required=True, parser_class=_Parser)

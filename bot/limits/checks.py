@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from bot.formatting import format_amount, format_duration
 from bot.limits.server import EffectiveLimits, LimitExceeded
 from inference.protocol import (
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
@@ -34,7 +35,10 @@ def day_start(now: datetime) -> datetime:
 
 
 def film_decodes(request: Request) -> int:
-    """The VAE decodes a Steps film adds to its run: one per step, each step's x0 becoming a frame."""
+    """The VAE decodes a Steps film adds to its run: one per step, each step's x0 becoming a frame; a
+    stop-early grid's: one per shorter step count, where its longest run is shown stopped."""
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        return len(request.steps) - 1
     return request.steps if isinstance(request, GenerateRequest) and request.film else 0
 
 
@@ -264,7 +268,7 @@ def check_request(
             asked=most_steps,
             allowed=model_ceiling,
         )
-    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest)
+    grid = not isinstance(request, GenerateRequest)
     cells = len(request.lane_steps)
     if grid and cells > limits.max_grid_cells:
         shape = ""
@@ -275,6 +279,10 @@ def check_request(
         elif isinstance(request, CompareStepsRequest) and request.rows > 1:
             shape = (
                 f" (two rows, without and with the LoRA, × {len(request.steps)} step counts): give fewer step counts"
+            )
+        elif isinstance(request, CompareGuidanceRequest):
+            shape = (
+                f" ({len(request.guidances)} guidance values × {len(request.steps)} step counts): give fewer of either"
             )
         raise LimitExceeded(
             f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {cells}{shape}.",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from bot.pictures.fonts import draw_text, fit_text
-from bot.pictures.render import CAPTION_BACKGROUND, CAPTION_TEXT
+from bot.pictures.fonts import draw_text, fit_text, text_length
+from bot.pictures.render import CAPTION_BACKGROUND, CAPTION_TEXT, MARK
 from inference.parameters import exif_parameters
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,57 @@ def frame_caption(step: int, total: int, prompt: str) -> str:
     return f"step {step}/{total} · {prompt}" if prompt else f"step {step}/{total}"
 
 
-def captioned_frames(frames: Sequence[bytes], prompt: str, scale: float = 1.0) -> list[Image.Image]:
-    """Every frame (scaled) with a strip under it captioned "step k/N · prompt"."""
+def captioned_frames(
+    frames: Sequence[bytes], prompt: str, scale: float = 1.0, sigmas: Sequence[float] = ()
+) -> list[Image.Image]:
+    """Every frame (scaled) with a strip under it captioned "step k/N · prompt" and, given the noise
+    level of every step (`sigmas`, one per frame), the noise strip under that (`noise_strip`)."""
     images = [Image.open(io.BytesIO(frame)).convert("RGB") for frame in frames]
+    levels = list(sigmas) if len(sigmas) == len(images) else []  # a film of another length: no strip
     out = []
     for step, image in enumerate(images, start=1):
         if scale != 1.0:
             image = image.resize(_scaled(image.size, scale), Image.Resampling.LANCZOS)
         strip = max(18, round(image.width * 0.08))
         size = max(10, round(strip * 0.6))
-        canvas = Image.new("RGB", (image.width, image.height + strip), CAPTION_BACKGROUND)
+        noise = noise_strip(image.width, strip * 2, levels, step) if levels else None
+        extra = noise.height if noise else 0
+        canvas = Image.new("RGB", (image.width, image.height + strip + extra), CAPTION_BACKGROUND)
         canvas.paste(image, (0, 0))
         text = fit_text(frame_caption(step, len(images), prompt), size, image.width - strip / 2)
         draw_text(canvas, (strip / 4, image.height + strip / 2), text, size, CAPTION_TEXT)
+        if noise is not None:
+            canvas.paste(noise, (0, image.height + strip))
         out.append(canvas)
     return out
+
+
+NOISE_PAST = (88, 101, 242)  # steps already taken
+NOISE_AHEAD = (72, 75, 82)  # steps still to come
+
+
+def noise_strip(width: int, height: int, sigmas: Sequence[float], step: int) -> Image.Image:
+    """The scheduler's whole noise schedule under a frame: a bar per step, its height the noise level (σ)
+    the model was given there on a log scale (from half the last step's σ to the first step's), taken
+    steps in blue, this step's bar highlighted, and "σ 14.6" of this step written at the right. It shows
+    where a schedule spends its steps: Karras sigmas crowd the low-noise end."""
+    strip = Image.new("RGB", (width, height), CAPTION_BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    size = max(10, round(height * 0.3))
+    label = f"σ {sigmas[step - 1]:.3g}"
+    label_width = round(text_length(label, size) + size)
+    bars = max(1, width - label_width - 6)
+    top, bottom = 3, height - 3
+    floor = max(min(sigmas), 1e-6) / 2
+    span = max(math.log(max(max(sigmas), floor * 2) / floor), 1e-9)
+    for index, sigma in enumerate(sigmas, start=1):
+        left = 3 + (index - 1) * bars / len(sigmas)
+        right = max(left + 1, 3 + index * bars / len(sigmas) - 1)
+        level = bottom - max(1.0, (bottom - top) * math.log(max(sigma, floor) / floor) / span)
+        colour = MARK if index == step else NOISE_PAST if index < step else NOISE_AHEAD
+        draw.rectangle((left, level, right, bottom), fill=colour)
+    draw_text(strip, (width - label_width, height / 2), label, size, CAPTION_TEXT)
+    return strip
 
 
 def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -84,14 +121,23 @@ class Film:
     size: tuple[int, int]
 
 
-def film_file(frames: Sequence[bytes], prompt: str, extension: str, parameters: str | None = None) -> bytes:
+def film_file(
+    frames: Sequence[bytes],
+    prompt: str,
+    extension: str,
+    parameters: str | None = None,
+    sigmas: Sequence[float] = (),
+) -> bytes:
     """The captioned animation as `extension` ("webp" or "gif") says, its frames at their own size;
-    `parameters` (the run's A1111 infotext) in a WebP's EXIF UserComment or a GIF's comment."""
-    images = captioned_frames(frames, prompt)
+    `parameters` (the run's A1111 infotext) in a WebP's EXIF UserComment or a GIF's comment; with the
+    noise level of each step (`sigmas`), the noise strip under every frame."""
+    images = captioned_frames(frames, prompt, sigmas=sigmas)
     return _gif(images, parameters) if extension == "gif" else _webp(images, WEBP_QUALITY, parameters)
 
 
-def film_animation(frames: Sequence[bytes], prompt: str, limit: int, parameters: str | None = None) -> Film:
+def film_animation(
+    frames: Sequence[bytes], prompt: str, limit: int, parameters: str | None = None, sigmas: Sequence[float] = ()
+) -> Film:
     """The captioned animation for Discord: lossy animated WebP, or GIF where that is smaller, scaled down
     until it fits `limit`, carrying `parameters` as `film_file` does. Every step keeps its frame; raises
     ValueError when even tiny frames do not fit."""
@@ -99,7 +145,7 @@ def film_animation(frames: Sequence[bytes], prompt: str, limit: int, parameters:
         raise ValueError("a film needs at least one frame")
     scale = 1.0
     while True:
-        images = captioned_frames(frames, prompt, scale)
+        images = captioned_frames(frames, prompt, scale, sigmas)
         webp, gif = _webp(images, WEBP_QUALITY, parameters), _gif(images, parameters)
         data, extension = (gif, "gif") if len(gif) < len(webp) else (webp, "webp")  # GIF only where smaller
         if len(data) <= limit:

@@ -16,16 +16,20 @@ import discord
 
 from bot.formatting import counted
 from bot.pictures.film import downscale_note, film_animation, source_note
-from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
+from bot.pictures.grids import Grid, cell_lora_hashes, render_grid, render_strength_grid
+from bot.pictures.guidance_grid import render_guidance_result
 from bot.pictures.render import fit_attachment, png_parameters
+from bot.pictures.stop_early import render_stop_early_grid
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
 from inference.parameters import grid_infotext, strength_grid_infotext
 from inference.protocol import (
     MAX_STEPS,
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
+    GeneratedImage,
     GenerateRequest,
     JobFailed,
     JobProgress,
@@ -146,7 +150,7 @@ def progress_text(request: Request, state: ProgressState) -> str:
     retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
+    if not isinstance(request, GenerateRequest):
         # The job's total is the sum over cells ("step 80/155" reads as a step count nobody asked
         # for): show the share of the work done and where the longest cell is. A cell that starts from
         # an image runs only its share of its schedule (as SD counts it: FLUX and SD 3 may run one more).
@@ -201,15 +205,9 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     request = record.request
     withheld = screening.withheld(result)
     spoiler = screening.spoils(result)
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
+    if not isinstance(request, GenerateRequest):
         cells = [as_withheld(image) if i in withheld else image for i, image in enumerate(result.images)]
-        if isinstance(request, CompareStrengthRequest):
-            parameters = strength_grid_infotext(request, model=result.model or request.model)
-            grid = render_strength_grid(request, cells, parameters=parameters)
-        else:
-            hashes = cell_lora_hashes(result.images)
-            parameters = grid_infotext(request, model=result.model or request.model, lora_hashes=hashes)
-            grid = render_grid(request, cells, parameters=parameters)
+        grid = _render_grid(request, result, cells)
         data, extension = fit_attachment(grid.png, limit)
         notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
         grid_summary = " ".join(line for line in notes if line)
@@ -221,7 +219,9 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
             continue
         if image.frames:
             try:
-                film = film_animation(image.frames, request.prompt, limit, png_parameters(image.png))
+                film = film_animation(
+                    image.frames, request.prompt, limit, png_parameters(image.png), image.frame_sigmas
+                )
                 files.append(Attachment(film.data, f"{FILM_FILE_PREFIX}{image.seed}.{film.extension}"))
                 film_size = film.size
             except ValueError as error:  # the image is finished: deliver it without its film
@@ -237,6 +237,23 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     return RenderedResult(tuple(files), summary, film_size, withheld=len(withheld), spoiler=spoiler)
 
 
+def _render_grid(
+    request: CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest,
+    result: JobResult,
+    cells: list[GeneratedImage],
+) -> Grid:
+    model = result.model or request.model
+    if isinstance(request, CompareStrengthRequest):
+        return render_strength_grid(request, cells, parameters=strength_grid_infotext(request, model=model))
+    if isinstance(request, CompareStepsRequest) and request.stop_early:
+        return render_stop_early_grid(request, cells, model=model)
+    if isinstance(request, CompareGuidanceRequest):
+        # Whether the guidance is FLUX-dev's distilled one: the worker wrote it in the cells' own text.
+        return render_guidance_result(request, cells, model=model)
+    hashes = cell_lora_hashes(result.images)
+    return render_grid(request, cells, parameters=grid_infotext(request, model=model, lora_hashes=hashes))
+
+
 def result_message(
     record: JobRecord, result: JobResult, rendered: RenderedResult, *, max_steps: int = MAX_STEPS
 ) -> MessageUpdate:
@@ -245,7 +262,7 @@ def result_message(
     files = rendered.files
     request = dataclasses.replace(record.request, model=result.model or record.request.model)
     embed = parameters_embed(request, film=_film_text(request, result, rendered.film_size))
-    if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
+    if not isinstance(record.request, GenerateRequest):
         value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
         embed.add_field(name="Generation", value=value)
     else:
@@ -316,10 +333,11 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
         CompareStepsRequest: "Compare steps",
         CompareSchedulersRequest: "Compare schedulers",
         CompareStrengthRequest: "Compare strength",
+        CompareGuidanceRequest: "Compare guidance",
     }
     title = titles.get(type(request), "Imagine")
     embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
+    if not isinstance(request, GenerateRequest):
         embed.add_field(name="Steps", value=", ".join(str(steps) for steps in request.steps))
         embed.add_field(name="Seed", value=str(request.seed))
     else:
@@ -340,7 +358,8 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
     if isinstance(request, CompareStrengthRequest):
         embed.add_field(name="Strengths", value=", ".join(f"{strength:g}" for strength in request.strengths))
     if not (isinstance(request, CompareStepsRequest) and request.without_loras is not None):
-        embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+        guidance = request.guidances if isinstance(request, CompareGuidanceRequest) else (request.guidance,)
+        embed.add_field(name="Guidance", value=", ".join(f"{value:g}" for value in guidance))
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))
@@ -385,6 +404,6 @@ def failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bo
 
 
 def _what_was_asked(request: Request) -> str:
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
+    if not isinstance(request, GenerateRequest):
         return "Your comparison grid"
     return "Your images" if request.count > 1 else "Your image"

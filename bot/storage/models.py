@@ -18,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from inference.protocol import (
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
@@ -31,12 +32,17 @@ COMMAND_IMAGINE = "imagine"
 COMMAND_COMPARE_STEPS = "compare-steps"
 COMMAND_COMPARE_SCHEDULERS = "compare-schedulers"
 COMMAND_COMPARE_STRENGTH = "compare-strength"
-COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS, COMMAND_COMPARE_STRENGTH)
+COMMAND_COMPARE_GUIDANCE = "compare-guidance"
+COMMANDS = (
+    COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS, COMMAND_COMPARE_STRENGTH,
+    COMMAND_COMPARE_GUIDANCE,
+)  # fmt: skip
 _REQUEST_TYPES: dict[str, type[Request]] = {
     COMMAND_IMAGINE: GenerateRequest,
     COMMAND_COMPARE_STEPS: CompareStepsRequest,
     COMMAND_COMPARE_SCHEDULERS: CompareSchedulersRequest,
     COMMAND_COMPARE_STRENGTH: CompareStrengthRequest,
+    COMMAND_COMPARE_GUIDANCE: CompareGuidanceRequest,
 }
 
 

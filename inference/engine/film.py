@@ -33,10 +33,11 @@ class FilmCapture:
     frames: dict[int, Image.Image] = field(default_factory=dict)
     source: str = ""
     verdicts: dict[int, SafetyVerdict] = field(default_factory=dict)  # the checker's, per frame
+    keep: frozenset[int] | None = None  # the steps whose x0 becomes a frame (None: every step)
 
     def record(self, step: int, x0: torch.Tensor, source: str) -> None:
         """Keep the latest x0 of `step` (a second-order scheduler calls the model twice per step)."""
-        if step >= 1:
+        if step >= 1 and (self.keep is None or step in self.keep):
             self.pending[step] = x0
             self.source = source
 
@@ -71,6 +72,24 @@ def predicted_clean(
         return x0.to(model_input.dtype), "v_prediction"
     x0 = x * (1 + sigma**2) ** 0.5 - sigma * p  # epsilon: (x_t - sqrt(1 - a) eps) / sqrt(a)
     return x0.to(model_input.dtype), "epsilon"
+
+
+def noise_level(scheduler: Scheduler, t: torch.Tensor | float) -> float:
+    """The noise level (sigma) a model is given at training timestep `t` on this scheduler's schedule:
+    the flow-matching sigma (t / num_train_timesteps), else sqrt((1 - a) / a)."""
+    config = scheduler.config
+    if "FlowMatch" in type(scheduler).__name__ or config.get("prediction_type") == "flow_prediction":
+        return float(t) / config.num_train_timesteps
+    return _sigma_at(scheduler, float(t))
+
+
+def step_noise_levels(scheduler: Scheduler, timesteps: list[torch.Tensor], steps: int) -> tuple[float, ...]:
+    """Sigma at the first model call of each of a lane's `steps` scheduler steps (a second-order
+    scheduler calls the model twice a step): where its schedule spends its steps."""
+    calls = len(timesteps)
+    if not calls or steps < 1:
+        return ()
+    return tuple(noise_level(scheduler, timesteps[min(calls - 1, -(-k * calls // steps))]) for k in range(steps))
 
 
 def _sigma_at(scheduler: Scheduler, t: float) -> float:

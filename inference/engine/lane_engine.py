@@ -26,15 +26,18 @@ from PIL import Image
 
 from inference.adapters import AdapterKey, adapter_key
 from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
-from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, to_frame
+from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, step_noise_levels, to_frame
 from inference.engine.lanes import EngineJob, InputImage, Lane
 from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png, png_pixels
 from inference.loading import LoadedModel
 from inference.parameters import image_infotext
 from inference.protocol import (
+    GUIDANCE_INPUT,
     INTERNAL_ERROR_MESSAGE,
     OUT_OF_MEMORY_MESSAGE,
+    CompareGuidanceRequest,
+    CompareStepsRequest,
     GeneratedImage,
     GenerateRequest,
     JobEvent,
@@ -82,6 +85,15 @@ CONDITIONINGS_KEPT = 16
 @cache
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
+
+
+def _guidance_fields(job: EngineJob, lane: Lane) -> dict[str, Any]:
+    """A guidance grid's cell: its own guidance, written as FLUX-dev's distilled one on that model."""
+    request = job.request
+    if not isinstance(request, CompareGuidanceRequest):
+        return {}
+    distilled = job.model.family.name == "flux" and job.model.info.guidance_mode == GUIDANCE_INPUT
+    return {"guidance": request.lane_guidances[lane.index], "distilled": distilled}
 
 
 class UnknownModel(LookupError):
@@ -193,14 +205,38 @@ class LaneEngine:
         strengths = lane_strengths(request)
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
         job.all_lanes = [self._make_lane(job, i, *lane, source, strengths[i]) for i, lane in enumerate(lanes)]
+        if isinstance(request, CompareStepsRequest) and request.stop_early:
+            self._stop_early(job)
+        if isinstance(request, CompareGuidanceRequest):
+            for lane, guidance in zip(job.all_lanes, request.lane_guidances, strict=True):
+                lane.own_conditioning = self._conditioning(
+                    model, request, adapters, request.height, request.width, guidance
+                )
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
 
+    @staticmethod
+    def _stop_early(job: EngineJob) -> None:
+        """A stop-early grid: its longest cell's run also keeps its x0 at every shorter step count (film
+        frames of those steps only), stepping through its scheduler's own `step`, which reports x0."""
+        longest = max(job.all_lanes, key=lambda lane: lane.steps)
+        shorter = frozenset(lane.steps for lane in job.all_lanes if lane.steps < longest.steps)
+        longest.film = FilmCapture(keep=shorter)
+        longest.kind, longest.table = None, ()
+
     def _conditioning(
-        self, model: LoadedModel, request: Request, adapters: AdapterKey, height: int, width: int
+        self,
+        model: LoadedModel,
+        request: Request,
+        adapters: AdapterKey,
+        height: int,
+        width: int,
+        guidance: float | None = None,
     ) -> Conditioning:
-        """The request's text conditioning with these LoRAs at this size (kept for later jobs)."""
-        text = (request.prompt, request.negative_prompt, request.guidance, height, width)
+        """The request's text conditioning with these LoRAs at this size, at the request's guidance
+        or `guidance` (kept for later jobs)."""
+        guidance = request.guidance if guidance is None else guidance
+        text = (request.prompt, request.negative_prompt, guidance, height, width)
 
         def encode() -> Conditioning:
             self._activate(model, adapters)  # a LoRA with text-encoder layers changes the conditioning
@@ -669,6 +705,7 @@ class LaneEngine:
             scheduler=request.lane_schedulers[lane.index],
             lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
             strength=lane.strength if lane.from_image else None,
+            **_guidance_fields(job, lane),
         )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)
@@ -681,9 +718,11 @@ class LaneEngine:
             self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             return
         frame_verdicts = tuple(v for _, v in sorted(film.verdicts.items())) if film else ()
+        frame_sigmas = step_noise_levels(lane.scheduler, lane.timesteps, lane.ran) if film else ()
         image = GeneratedImage(
             png, lane.seed, lane.steps, job.width, job.height, seconds, frames=frames,
             frames_source=film.source if film else "", verdict=verdict, frame_verdicts=frame_verdicts,
+            frame_sigmas=frame_sigmas,
             steps_ran=lane.ran if lane.from_image else None,
             first_pass_steps=first.ran if first else 0,
             strength=lane.strength,

@@ -223,6 +223,15 @@ COMMANDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         guidance=any_float,
         size=sizes,
     ),
+    "compare-guidance": options(
+        prompt=st.sampled_from(["a lighthouse", "a cat"]) | any_text,
+        guidance=st.sampled_from(["1, 3, 7.5", "0, 1, 5", "3"]) | any_text,
+        steps=st.sampled_from(["2", "2,4"]) | any_text,
+        scheduler=schedulers,
+        seed=any_int,
+        negative_prompt=any_text,
+        size=sizes,
+    ),
     "usage": options(),
     "usage-server": options(period=st.sampled_from(["today", "7 days", "30 days", "all time"]) | any_text),
     "limits-set": options(

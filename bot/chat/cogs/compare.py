@@ -30,6 +30,7 @@ class CompareSteps(commands.Cog):
         **shared.GRID_DESCRIPTIONS,
         **shared.IMAGE_DESCRIPTIONS,
         lora_compare="Two rows: without the LoRA, then with it, over both their step ladders (needs a lora)",
+        stop_early="Add a row: the longest run stopped at each step count (its predicted image there)",
     )
     @app_commands.autocomplete(
         lora=shared.lora_autocomplete,
@@ -54,10 +55,12 @@ class CompareSteps(commands.Cog):
         image: discord.Attachment | None = None,
         strength: shared.Strength | None = None,
         lora_compare: bool = False,
+        stop_early: bool | None = None,
     ) -> None:
         options = RequestOptions(
             prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model,
             lora=lora, lora_weight=lora_weight, strength=strength, lora_compare=lora_compare,
+            stop_early=stop_early is True,
         )  # fmt: skip
         await self.bot.jobs.start_command(interaction, options, origin="compare-steps", attachment=image)
 

@@ -35,8 +35,8 @@ async def test_setup_hook_starts_the_queue_and_loads_every_command() -> None:
     try:
         assert cast(ScriptedQueue, bot.queue).started
         assert sorted(command.name for command in bot.tree.get_commands()) == [
-            "compare-schedulers", "compare-steps", "compare-strength", "imagine", "limits", "limits-reset",
-            "limits-set", "usage", "usage-server",
+            "compare-guidance", "compare-schedulers", "compare-steps", "compare-strength", "imagine", "limits",
+            "limits-reset", "limits-set", "usage", "usage-server",
         ]  # fmt: skip
         assert sorted(bot.extensions) == sorted(EXTENSIONS)
     finally:
@@ -61,7 +61,7 @@ async def test_the_commands_offer_a_model_schedulers_by_autocomplete_and_bounded
         assert isinstance(compare, app_commands.Command)
         names = [option["name"] for option in compare.to_dict(bot.tree)["options"]]
         assert names == ["prompt", "steps", "scheduler", "seed", "negative_prompt", "guidance", "size", "model",
-                         "lora", "lora_weight", "image", "strength", "lora_compare"]  # fmt: skip
+                         "lora", "lora_weight", "image", "strength", "lora_compare", "stop_early"]  # fmt: skip
         assert options["lora"]["autocomplete"] is True
         assert (options["lora_weight"]["min_value"], options["lora_weight"]["max_value"]) == (-2, 2)
     finally:

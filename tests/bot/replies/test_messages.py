@@ -204,7 +204,7 @@ def test_a_film_shrunk_to_fit_the_upload_limit_says_how_small_its_frames_are() -
 def test_a_film_that_cannot_fit_the_limit_still_delivers_the_image_and_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def too_big(frames: object, prompt: str, limit: int, parameters: str | None = None) -> Film:
+    def too_big(frames: object, prompt: str, limit: int, parameters: str | None = None, sigmas: object = ()) -> Film:
         raise ValueError(f"a film of 6 frames cannot fit into {limit} bytes")
 
     monkeypatch.setattr(bot.replies.messages, "film_animation", too_big)

@@ -7,15 +7,24 @@ import json
 import pytest
 
 from bot.storage.models import command_of, params_to_request, request_to_params
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, Request
+from inference.protocol import (
+    CompareGuidanceRequest,
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    GenerateRequest,
+    Request,
+)
 
 IMAGINE = GenerateRequest("a fox", 17, "Heun", 9, 4.5, 768, 512, "blur", 3)
 COMPARE = CompareStepsRequest("a boat", (3, 9), "DDIM", 1, 6.0, 256, 384, "fog")
 SCHEDULERS = CompareSchedulersRequest("a cat", ("Euler a", "DDIM"), (2, 8), 4, 5.0, 256, 256, "rain", "tiny")
+GUIDANCE = CompareGuidanceRequest("a dog", (1.0, 3.5, 7.0), (4, 8), "DDIM", 2, 256, 256, "haze", "tiny")
 
 
 @pytest.mark.parametrize(
-    "request_", [IMAGINE, COMPARE, SCHEDULERS], ids=["imagine", "compare-steps", "compare-schedulers"]
+    "request_",
+    [IMAGINE, COMPARE, SCHEDULERS, GUIDANCE],
+    ids=["imagine", "compare-steps", "compare-schedulers", "compare-guidance"],
 )
 def test_a_request_survives_its_json_parameters(request_: Request) -> None:
     params = request_to_params(request_)
@@ -24,8 +33,8 @@ def test_a_request_survives_its_json_parameters(request_: Request) -> None:
 
 
 def test_each_command_has_its_own_name_in_the_ledger() -> None:
-    assert [command_of(request) for request in (IMAGINE, COMPARE, SCHEDULERS)] == [
-        "imagine", "compare-steps", "compare-schedulers"
+    assert [command_of(request) for request in (IMAGINE, COMPARE, SCHEDULERS, GUIDANCE)] == [
+        "imagine", "compare-steps", "compare-schedulers", "compare-guidance"
     ]  # fmt: skip
 
 
