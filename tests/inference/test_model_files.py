@@ -45,7 +45,12 @@ def test_a_downloaded_hub_model_is_read_from_its_snapshot_in_the_cache(tmp_path:
     (repo / "refs" / "main").write_text("abc123")
     info = info_before_loading(ModelSpec("schnell", "black-forest-labs/FLUX.1-schnell"), tmp_path)
     assert info is not None
-    assert (info.family, info.guidance_mode, info.default_steps, info.size_multiple) == ("flux", GUIDANCE_IGNORED, 4, 16)
+    assert (info.family, info.guidance_mode, info.default_steps, info.size_multiple) == (
+        "flux",
+        GUIDANCE_IGNORED,
+        4,
+        16,
+    )
     assert info_before_loading(ModelSpec("pinned", "black-forest-labs/FLUX.1-schnell", revision="abc123"), tmp_path)
     assert info_before_loading(ModelSpec("dev", "black-forest-labs/FLUX.1-dev"), tmp_path) is None  # not downloaded
 

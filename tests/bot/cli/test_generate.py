@@ -355,7 +355,9 @@ def test_a_model_specific_refusal_comes_before_the_model_loads(
     """The folder's configs say what the model can do; its weights can't even be read, so a refusal that
     waited for the load would be a load error instead (and, with a real model, minutes later)."""
     folder = config_only_folder(tmp_path / "model", configs)
-    result = stepgrid("imagine", "a fox", "--model", str(folder), *options, "-o", str(tmp_path / "out.png"), cwd=tmp_path)
+    result = stepgrid(
+        "imagine", "a fox", "--model", str(folder), *options, "-o", str(tmp_path / "out.png"), cwd=tmp_path
+    )
     assert result.returncode == 2
     assert refusal in one_error_line(result)
     assert "loading" not in result.stderr, "refused before a worker started"
