@@ -2,8 +2,9 @@
 
 An adapter answers what differs between families: prompt encoding, the denoiser call on a batch of
 lanes with per-sample timesteps (with or without classifier-free guidance rows), latent shape and
-packing, the timestep schedule, VAE decoding, and the family's defaults. A new family is one file
-with a `Family` subclass, named in `FAMILY_MODULES`.
+packing, the timestep schedule, VAE decoding; its defaults, sizes and schedulers are decided from the
+pipeline's configs by `inference.family_rules` (which the bot also reads before a model loads). A new
+family is one file with a `Family` subclass, named in `family_rules.FAMILY_MODULES`, and its rules there.
 """
 
 from __future__ import annotations
