@@ -39,6 +39,10 @@ LOG_FORMATS = ("text", "json")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 PREFIX = "STEPGRID_"
 # Read by the tests and benchmarks, not by Settings.
+# The most pixels a member's attached image may have, in millions: under the bomb guard of
+# `bot.pictures.input_image` (4 × the wire's MAX_PIXELS = 9,437,184), so a server's cap speaks first.
+MAX_INPUT_MEGAPIXELS = 9.4
+MIN_INPUT_MEGAPIXELS = 0.1
 NOT_SETTINGS = frozenset({"STEPGRID_TEST_LOAD_GATE", "STEPGRID_BENCH_STEP_SECONDS"})
 
 log = logging.getLogger(__name__)
@@ -188,6 +192,11 @@ class Settings(BaseSettings):
     max_compute_per_request: int = Field(default=1024 * 1024 * 600, ge=1)  # width x height x total steps
     daily_steps_per_user: int = Field(default=5000, ge=1)
     max_concurrent_jobs_per_user: int = Field(default=3, ge=1)
+    # Images members attach to start from (img2img): whether they may, and how many pixels one may have.
+    image_input: bool = True
+    max_input_megapixels: float = Field(default=MAX_INPUT_MEGAPIXELS, ge=MIN_INPUT_MEGAPIXELS, le=MAX_INPUT_MEGAPIXELS)
+    # The largest side of an Upscale ×2 result; unset: the max image size.
+    max_upscale_size: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE)
 
     # Checked when read, before any model loads: a typo is one line at start, not worker tracebacks later.
     _dtype = field_validator("dtype")(classmethod(lambda cls, value: checked_dtype(value)))

@@ -19,6 +19,7 @@ from bot.errors import InvalidOption
 from inference.clipping import MAX_ECHO, clip, echo
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
+    DEFAULT_COMPARE_STRENGTHS,
     DEFAULT_GRID_SCHEDULERS,
     DEFAULT_HIRES_STRENGTH,
     DEFAULT_SCHEDULER,
@@ -32,9 +33,11 @@ from inference.protocol import (
     SCHEDULER_NAMES,
     CompareSchedulersRequest,
     CompareStepsRequest,
+    CompareStrengthRequest,
     GenerateRequest,
     HiresFix,
     InvalidRequest,
+    PlainRow,
     Request,
     parse_step_list,
     validate,
@@ -46,11 +49,21 @@ MAX_PROMPT_CHARS = 1500
 MAX_STEP_LIST_CHARS = 100
 MAX_SIZE_CHARS = 20
 MAX_SCHEDULER_LIST_CHARS = 200
+MAX_STRENGTH_LIST_CHARS = 60  # six strengths like 0.35 with spaces
 
 # Steps a user is likely to want next; "fewer"/"more" move one rung along this ladder.
 STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """A LoRA comparison's row without the LoRA: the model's own scheduler, guidance and ladder."""
+
+    scheduler: str = DEFAULT_SCHEDULER
+    guidance: float = GenerateRequest.guidance
+    compare_steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,8 @@ class RequestDefaults:
     lora_weights: tuple[tuple[str, float], ...] = ()  # the model's LoRAs and their default weights
     strength: float = DEFAULT_STRENGTH  # img2img: how much of the schedule runs over the input image
     hires_strength: float = DEFAULT_HIRES_STRENGTH
+    # Without the LoRAs these defaults are for (a few-step LoRA switches them): None, the same.
+    without_loras: RowDefaults | None = None
 
 
 # --- parsing what people type ------------------------------------------------------------------
@@ -157,6 +172,25 @@ def resolve_step_list(text: str | None, default: tuple[int, ...] = DEFAULT_COMPA
     return tuple(sorted(as_option_error(lambda: parse_step_list(text))))
 
 
+def resolve_strength_list(
+    text: str | None, default: tuple[float, ...] = DEFAULT_COMPARE_STRENGTHS
+) -> tuple[float, ...]:
+    """Strengths from "0.3, 0.6, 0.9" in ascending order (the grid's columns), or the default when left out."""
+    if text is None or not text.strip():
+        return default
+    hint = "write 2 to 6 numbers from 0 to 1 like 0.3,0.6,0.9"
+    if len(text) > MAX_STRENGTH_LIST_CHARS:
+        raise InvalidOption(f"Could not read strengths {echo(text)}: {hint}.")
+    parts = [part for part in re.split("[,; ]", text) if part.strip()]
+    try:
+        strengths = tuple(float(part) for part in parts)
+    except ValueError:
+        raise InvalidOption(f"Could not read strengths {echo(text)}: {hint}.") from None
+    if not strengths or not all(math.isfinite(strength) for strength in strengths):
+        raise InvalidOption(f"Could not read strengths {echo(text)}: {hint}.")
+    return tuple(sorted(strengths))
+
+
 def random_seed(rng: random.Random | None = None) -> int:
     """A fresh seed in the range the worker accepts."""
     return (rng or random.SystemRandom()).randint(0, MAX_SEED)
@@ -192,9 +226,13 @@ class RequestOptions:
     image: bytes | None = None  # the input image, checked and normalised (bot.pictures.input_image)
     strength: float | None = None
     upscale: bool = False  # Upscale x2 the input image: a hires pass of `steps` at `strength`
+    # A strength grid over the input image: `strengths` (columns) × `compare_steps` (rows, default the model's steps).
+    strengths: str | None = None
+    strength_grid: bool = False
+    lora_compare: bool = False  # with `grid`: a row without the LoRA above the row with it
 
 
-_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora")
+_TEXT_OPTIONS = ("prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora", "strengths")
 _WHOLE_OPTIONS = ("seed", "steps", "count")
 
 
@@ -290,6 +328,12 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         fields["strength"] = 1.0  # no first pass runs: the image is the first pass
         hires = HiresFix(steps=hires_steps, strength=hires_strength)
         return GenerateRequest(**fields, steps=hires_steps, hires=hires)  # type: ignore[arg-type]
+    if options.strength_grid:
+        return _strength_grid(options, fields, defaults)
+    if options.grid and options.lora_compare:
+        return _lora_comparison(options, fields, defaults)
+    if options.lora_compare:
+        raise InvalidOption("lora_compare is for /compare-steps: leave it out here.")
     if options.grid:
         steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
         return CompareStepsRequest(**fields, steps=steps)  # type: ignore[arg-type]
@@ -307,6 +351,45 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         count=1 if options.count is None else options.count,
         film=options.film is True,
     )
+
+
+def _strength_grid(options: RequestOptions, fields: dict[str, object], defaults: RequestDefaults) -> Request:
+    """A strength grid over the input image: the strengths as columns, the step counts as rows (the
+    model's default steps, one row, when left out)."""
+    if not options.image:
+        raise InvalidOption("A strength comparison starts from an image: attach one with `image`.")
+    if options.strength is not None:
+        raise InvalidOption("Give the strengths to compare with `strengths`, like 0.3,0.6,0.9.")
+    del fields["strength"]
+    strengths = resolve_strength_list(options.strengths)
+    steps = resolve_step_list(options.compare_steps, (defaults.steps,))
+    return CompareStrengthRequest(**fields, strengths=strengths, steps=steps)  # type: ignore[arg-type]
+
+
+def union_ladder(plain: tuple[int, ...], with_lora: tuple[int, ...], columns: int) -> tuple[int, ...]:
+    """Both rows' ladders as one: all their step counts when they fit `columns`, else each spread over
+    its share (the few-step ladder keeps its short end in view beside the model's long one)."""
+    union = tuple(sorted({*plain, *with_lora}))
+    if len(union) <= columns:
+        return union
+    half = max(1, columns // 2)
+    return tuple(sorted({*spread(with_lora, half), *spread(plain, columns - half)}))
+
+
+def _lora_comparison(options: RequestOptions, fields: dict[str, object], defaults: RequestDefaults) -> Request:
+    """/compare-steps with `lora_compare`: a row without the LoRAs, then the row with them, over the union of
+    both ladders. A scheduler or guidance given applies to both rows; left out, each row has its own."""
+    if not fields["loras"]:
+        raise InvalidOption("lora_compare needs a LoRA: choose one with lora, or write <lora:name:0.8> in the prompt.")
+    plain = defaults.without_loras or RowDefaults(defaults.scheduler, defaults.guidance, defaults.compare_steps)
+    row = PlainRow(
+        scheduler=plain.scheduler if options.scheduler is None else str(fields["scheduler"]),
+        guidance=plain.guidance if options.guidance is None else float(options.guidance),
+    )
+    columns = max(MIN_COMPARE_CELLS, defaults.max_grid_cells // 2)
+    ladder = union_ladder(plain.compare_steps, defaults.compare_steps, columns)
+    steps = resolve_step_list(options.compare_steps, ladder)
+    return CompareStepsRequest(**fields, steps=steps, without_loras=row)  # type: ignore[arg-type]
 
 
 def _resolved_loras(
@@ -402,7 +485,8 @@ def derive_request(
         return dataclasses.replace(request, steps=steps)
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.
-        same = {f.name: getattr(request, f.name) for f in dataclasses.fields(CompareStepsRequest) if f.name != "steps"}
+        carried = [f.name for f in dataclasses.fields(CompareStepsRequest) if f.name not in ("steps", "without_loras")]
+        same = {name: getattr(request, name) for name in carried}
         return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
     if action in VARY_STRENGTHS or action == "upscale":
         raise InvalidOption("That button starts from the result image: use `derive_from_image`.")

@@ -35,6 +35,7 @@ FEW_STEP_STEPS = 4  # LCM/TCD/Lightning/Hyper LoRA cards: 4 to 8 steps
 FLOW_FEW_STEP_STEPS = 8  # Hyper-FLUX and the FLUX turbo LoRAs: 8 steps
 
 _LCM = re.compile(r"lcm")
+_TCD = re.compile(r"tcd")
 
 
 class LoraLoadError(RuntimeError):
@@ -230,8 +231,10 @@ class Adapters:
 
 def lora_info(spec: LoraSpec, family: Family, base: ModelInfo, digest: str = "") -> LoraInfo:
     """A LoRA's defaults; a step-distillation one replaces the model's ladder, scheduler and guidance
-    as its card asks: LCM-LoRA runs LCM at guidance 1, Lightning/Hyper Euler at guidance 0 (one row),
-    trailing spacing (the scheduler's, set per lane) and 4 steps; on FLUX it keeps the model's guidance."""
+    as its card asks: LCM-LoRA runs LCM at guidance 1, TCD-LoRA TCD at guidance 0 (eta 0.3, the scheduler
+    table's), Lightning/Hyper Euler at guidance 0 (one row), trailing spacing (the scheduler's, set per
+    lane) and 4 steps; on FLUX it keeps the model's guidance. The registry's `scheduler` (`"TCD"` on a
+    TCD-LoRA whose name doesn't say so), `steps` and `guidance` win over these guesses."""
     if not spec.few_step:
         return LoraInfo(spec.name, spec.weight, spec.triggers, hash=digest)
     schedulers = family.schedulers  # the family's whole table: LCM too, which fits a step-distilled UNet
@@ -240,6 +243,8 @@ def lora_info(spec: LoraSpec, family: Family, base: ModelInfo, digest: str = "")
         scheduler, guidance, steps = "Euler", base.default_guidance, FLOW_FEW_STEP_STEPS
     elif _LCM.search(f"{spec.name} {spec.source}".lower()):
         scheduler, guidance, steps = "LCM", 1.0, FEW_STEP_STEPS
+    elif _TCD.search(f"{spec.name} {spec.source}".lower()) or spec.scheduler == "TCD":
+        scheduler, guidance, steps = "TCD", 0.0, FEW_STEP_STEPS
     else:
         scheduler, guidance, steps = "Euler", 0.0, FEW_STEP_STEPS
     return LoraInfo(

@@ -16,6 +16,7 @@ from inference.protocol import (
     DEFAULT_HIRES_STRENGTH,
     DEFAULT_SCHEDULER,
     DEFAULT_STRENGTH,
+    FEW_STEP_SCHEDULERS,
     GUIDANCE_CFG,
     GUIDANCE_IGNORED,
     GUIDANCE_INPUT,
@@ -51,6 +52,7 @@ SHIPPED_SCHEDULERS = {
     "EulerAncestralDiscreteScheduler": "Euler a",
     "DDIMScheduler": "DDIM",
     "LCMScheduler": "LCM",
+    "TCDScheduler": "TCD",
 }
 
 
@@ -154,11 +156,13 @@ def defaults(config: PipelineConfig, spec: ModelSpec) -> Defaults:
 
 
 def offered_schedulers(config: PipelineConfig, spec: ModelSpec) -> tuple[str, ...]:
-    """The schedulers this model can honestly run: flow-matching ones for FLUX and SD 3; for a UNet, LCM's
-    consistency steps only on a distilled model (on a full-step one they give a blur)."""
+    """The schedulers this model can honestly run: flow-matching ones for FLUX and SD 3; for a UNet, LCM's and
+    TCD's consistency steps only on a distilled model (on a full-step one they give a blur)."""
     if config.family not in UNET_FAMILIES:
         return FLOW_SCHEDULER_NAMES
-    return SCHEDULER_NAMES if is_few_step(config, spec) else tuple(s for s in SCHEDULER_NAMES if s != "LCM")
+    if is_few_step(config, spec):
+        return SCHEDULER_NAMES
+    return tuple(s for s in SCHEDULER_NAMES if s not in FEW_STEP_SCHEDULERS)
 
 
 def model_info(config: PipelineConfig, spec: ModelSpec) -> ModelInfo:

@@ -13,10 +13,19 @@ Stdlib only, so both the worker (its PNGs) and the bot (grids, re-encoded attach
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    CompareStrengthRequest,
+    GenerateRequest,
+    HiresFix,
+    Request,
+    lane_strengths,
+)
 
 PNG_KEY = "parameters"
 # The EXIF UserComment A1111 writes for JPEG/WebP: an 8-byte charset prefix, then UTF-16 big-endian.
@@ -88,6 +97,25 @@ def infotext(
     return "\n".join(lines)
 
 
+# The "Lora hashes" field as `infotext` writes it: always quoted (its value holds colons).
+_LORA_HASHES = re.compile(r'(?:^|, )Lora hashes: ("(?:[^"\\]|\\.)*")')
+
+
+def lora_hashes_in(parameters: str | None) -> dict[str, str]:
+    """The LoRA short hashes an image's `parameters` carry ("Lora hashes"), by LoRA name ({} for none):
+    a grid takes them from its cells, which the worker wrote knowing the files."""
+    lines = (parameters or "").splitlines()
+    found = _LORA_HASHES.search(lines[-1]) if lines else None
+    if found is None:
+        return {}
+    try:
+        value = json.loads(found.group(1))
+    except ValueError:
+        return {}
+    pairs = (item.partition(": ") for item in str(value).split(", "))
+    return {name.strip(): digest.strip() for name, _, digest in pairs if name.strip() and digest.strip()}
+
+
 def lora_tag(name: str, weight: float) -> str:
     """A LoRA as A1111's prompt syntax writes it: <lora:name:0.8>."""
     return f"<lora:{name}:{weight:g}>"
@@ -101,9 +129,10 @@ def image_infotext(
     model: str,
     scheduler: str | None = None,
     lora_hashes: Mapping[str, str] | None = None,
+    strength: float | None = None,
 ) -> str:
     """The `parameters` of one image of `request` (its own seed, step count and, in a scheduler
-    grid, scheduler)."""
+    grid, scheduler; in a strength grid, its `strength`)."""
     return infotext(
         request.prompt,
         request.negative_prompt,
@@ -116,7 +145,7 @@ def image_infotext(
         model=model,
         loras=request.loras,
         lora_hashes=lora_hashes,
-        strength=request.strength if request.image else None,
+        strength=(lane_strengths(request)[0] if strength is None else strength) if request.image else None,
         hires=request.hires if isinstance(request, GenerateRequest) else None,
     )
 
@@ -130,6 +159,10 @@ def grid_infotext(
     axis = [("Script", "X/Y/Z plot"), ("X Type", "Steps"), ("X Values", ", ".join(map(str, request.steps)))]
     if isinstance(request, CompareSchedulersRequest):
         axis += [("Y Type", "Sampler"), ("Y Values", ", ".join(request.schedulers))]
+    elif request.without_loras is not None:  # a LoRA comparison: the row without the LoRAs, then with them
+        row = request.without_loras
+        loras = " ".join(lora_tag(name, weight) for name, weight in request.loras)
+        axis += [("Y Type", "LoRA"), ("Y Values", f"none ({row.scheduler}, CFG {row.guidance:g}), {loras}")]
     return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
 
 
@@ -148,3 +181,23 @@ def exif_parameters(text: str) -> bytes:
     ifd0 = struct.pack(">H", 1) + struct.pack(">HHII", EXIF_IFD, _LONG, 1, exif_ifd) + struct.pack(">I", 0)
     exif = struct.pack(">H", 1) + struct.pack(">HHII", USER_COMMENT, _UNDEFINED, len(comment), data)
     return b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd0 + exif + struct.pack(">I", 0) + comment
+
+
+def strength_grid_infotext(
+    request: CompareStrengthRequest, *, model: str, lora_hashes: Mapping[str, str] | None = None
+) -> str:
+    """A strength grid's `parameters`, as A1111 writes an X/Y/Z plot over img2img: the first cell's parameters
+    (its "Denoising strength"), then the axes, named as A1111's script names them ("X Type: Denoising", and
+    "Y Type: Steps" with several step counts)."""
+    first = image_infotext(
+        request, seed=request.seed, steps=request.steps[0], model=model, lora_hashes=lora_hashes,
+        strength=request.strengths[0],
+    )  # fmt: skip
+    axis = [
+        ("Script", "X/Y/Z plot"),
+        ("X Type", "Denoising"),
+        ("X Values", ", ".join(f"{s:g}" for s in request.strengths)),
+    ]
+    if len(request.steps) > 1:
+        axis += [("Y Type", "Steps"), ("Y Values", ", ".join(map(str, request.steps)))]
+    return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)

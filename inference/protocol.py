@@ -7,6 +7,7 @@ what users type (sizes, step lists, scheduler names) is the bot's (`bot.job_requ
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from collections.abc import Hashable, Sequence
@@ -31,7 +32,11 @@ SCHEDULER_NAMES: tuple[str, ...] = (
     "LMS",
     "UniPC",
     "LCM",  # for LCM-distilled and LCM-LoRA-merged SD/SDXL models (few steps, guidance 1-2)
+    "TCD",  # Trajectory Consistency Distillation: TCD-LoRA on SD/SDXL (few steps, guidance 0, eta 0.3)
 )
+# Consistency schedulers: they fit only step-distilled models (or a step-distillation LoRA); on a
+# full-step model they give a blur, so such a model isn't offered them.
+FEW_STEP_SCHEDULERS: tuple[str, ...] = ("LCM", "TCD")
 DEFAULT_SCHEDULER = "Euler a"
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_COMPARE_STEPS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
@@ -47,6 +52,12 @@ MAX_PIXELS = 1536 * 1536  # 1024x1024 and 2048x1024 fit; 2048x2048 does not
 MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
+# /compare-strength: the columns (strengths) and rows (step counts) of its grid. The default columns go from
+# a light touch (0.3: colours and shapes stay, surfaces change) to little more than the layout (0.9), in even
+# steps, so that the column where the picture stops being the input's is easy to see.
+DEFAULT_COMPARE_STRENGTHS: tuple[float, ...] = (0.3, 0.45, 0.6, 0.75, 0.9)
+MIN_GRID_STRENGTHS, MAX_GRID_STRENGTHS = 2, 6
+MAX_GRID_STEP_ROWS = 4
 MAX_SEED = 2**32 - 1
 MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = registry.LORA_WEIGHT_RANGE
 MAX_LORAS = 4  # LoRAs one request may stack (the worker keeps more loaded than this)
@@ -143,8 +154,18 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class PlainRow:
+    """`lora_compare` on /compare-steps: the row drawn without the request's LoRAs, at its own scheduler
+    and guidance (the model's own, where a few-step LoRA switches them for the row with it)."""
+
+    scheduler: str
+    guidance: float
+
+
+@dataclass(frozen=True)
 class CompareStepsRequest:
-    """One `/compare-steps`: the same prompt and seed rendered once per step count."""
+    """One `/compare-steps`: the same prompt and seed rendered once per step count. With `without_loras`
+    (a LoRA comparison) two rows of those step counts: first without the LoRAs, then with them."""
 
     prompt: str
     steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
@@ -158,18 +179,24 @@ class CompareStepsRequest:
     loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
     image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
     strength: float = 1.0
+    without_loras: PlainRow | None = None  # a LoRA comparison: the plain row drawn first
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.without_loras is None else 2
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
-        return self.steps
+        return self.steps * self.rows
 
     @property
     def lane_seeds(self) -> tuple[int, ...]:
-        return (self.seed,) * len(self.steps)
+        return (self.seed,) * len(self.lane_steps)
 
     @property
     def lane_schedulers(self) -> tuple[str, ...]:
-        return (self.scheduler,) * len(self.steps)
+        plain = () if self.without_loras is None else (self.without_loras.scheduler,) * len(self.steps)
+        return plain + (self.scheduler,) * len(self.steps)
 
 
 @dataclass(frozen=True)
@@ -208,8 +235,72 @@ class CompareSchedulersRequest:
         return tuple(name for name in self.schedulers for _ in self.steps)
 
 
-Request = GenerateRequest | CompareStepsRequest | CompareSchedulersRequest
+@dataclass(frozen=True)
+class CompareStrengthRequest:
+    """One `/compare-strength`: one input image and seed at several strengths (columns) and step counts
+    (rows); its lanes run row by row (every strength of the first step count first). Every lane is
+    img2img, so the image is required."""
+
+    prompt: str
+    strengths: tuple[float, ...] = DEFAULT_COMPARE_STRENGTHS
+    steps: tuple[int, ...] = (30,)  # the rows: each a schedule of that many steps
+    scheduler: str = DEFAULT_SCHEDULER
+    seed: int = 0
+    guidance: float = DEFAULT_GUIDANCE
+    width: int = 512
+    height: int = 512
+    negative_prompt: str = ""
+    model: str = ""  # registry name; "" = the worker's default model
+    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
+    image: bytes = field(default=b"", repr=False)  # every cell starts from this image
+
+    @property
+    def lane_steps(self) -> tuple[int, ...]:
+        return tuple(steps for steps in self.steps for _ in self.strengths)
+
+    @property
+    def lane_seeds(self) -> tuple[int, ...]:
+        return (self.seed,) * len(self.lane_steps)
+
+    @property
+    def lane_schedulers(self) -> tuple[str, ...]:
+        return (self.scheduler,) * len(self.lane_steps)
+
+    @property
+    def lane_strengths(self) -> tuple[float, ...]:
+        return self.strengths * len(self.steps)
+
+
+Request = GenerateRequest | CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest
 GridRequest = CompareStepsRequest | CompareSchedulersRequest
+# Every request drawn as a grid (GridRequest: the step grids, whose columns are step counts).
+GRID_REQUESTS = (CompareStepsRequest, CompareSchedulersRequest, CompareStrengthRequest)
+
+
+def lane_strengths(request: Request) -> tuple[float, ...]:
+    """The strength each first-pass lane runs at (1.0 for a lane that starts from noise)."""
+    if isinstance(request, CompareStrengthRequest):
+        return request.lane_strengths
+    return (request.strength if request.image else 1.0,) * len(request.lane_steps)
+
+
+def lane_request(request: Request, index: int) -> Request:
+    """The request as its lane `index` runs it: in a LoRA comparison the plain row's lanes run the
+    request without its LoRAs, at that row's scheduler and guidance; every other lane runs the request."""
+    if not isinstance(request, CompareStepsRequest) or request.without_loras is None or index >= len(request.steps):
+        return request
+    plain = request.without_loras
+    return dataclasses.replace(
+        request, loras=(), scheduler=plain.scheduler, guidance=plain.guidance, without_loras=None
+    )
+
+
+def row_requests(request: Request) -> tuple[Request, ...]:
+    """Each row's own request where rows differ in more than the scheduler (a LoRA comparison: without,
+    then with its LoRAs); the request alone otherwise."""
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        return (lane_request(request, 0), dataclasses.replace(request, without_loras=None))
+    return (request,)
 
 
 def img2img_steps(steps: int, strength: float, *, flow: bool) -> int:
@@ -229,7 +320,8 @@ def lane_steps_run(request: Request, family: str = "") -> tuple[int, ...]:
     if not input_image(request):
         return request.lane_steps
     flow = family in FLOW_FAMILIES
-    return tuple(img2img_steps(steps, request.strength, flow=flow) for steps in request.lane_steps)
+    lanes = zip(request.lane_steps, lane_strengths(request), strict=True)
+    return tuple(img2img_steps(steps, strength, flow=flow) for steps, strength in lanes)
 
 
 def hires_steps_run(request: Request, family: str = "") -> int:
@@ -274,7 +366,9 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
                 f"Unknown scheduler {scheduler!r}{_did_you_mean(scheduler)}; "
                 f"choose one of: {', '.join(SCHEDULER_NAMES)}."
             )
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStrengthRequest):
+        _validate_strength_grid(request)
+    elif isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         _validate_grid(request)
     else:
         if not MIN_COUNT <= request.count <= MAX_COUNT:
@@ -357,19 +451,26 @@ def _validate_image_bytes(image: bytes) -> None:
 
 
 def _validate_image_input(request: Request) -> None:
-    strength = request.strength
-    if not (math.isfinite(strength) and MIN_STRENGTH <= strength <= MAX_STRENGTH):
-        raise InvalidRequest(f"strength must be {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; got {strength:g}.")
+    for strength in dict.fromkeys(lane_strengths(request)):
+        if not (math.isfinite(strength) and MIN_STRENGTH <= strength <= MAX_STRENGTH):
+            raise InvalidRequest(f"strength must be {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; got {strength:g}.")
     _validate_image_bytes(input_image(request))
     if isinstance(request, GenerateRequest) and request.film:
         raise InvalidRequest("A steps film starts from noise: leave out the input image, or the film.")
     # The bigger of the two families' counts: the model's own check is `validate_for_model`'s.
-    if min(img2img_steps(steps, strength, flow=True) for steps in request.lane_steps) < 1:
-        raise InvalidRequest(_too_weak(request, strength))
+    if (weakest := _weakest_lane(request, flow=True)) is not None:
+        raise InvalidRequest(_too_weak(*weakest))
 
 
-def _too_weak(request: Request, strength: float) -> str:
-    steps = min(request.lane_steps)
+def _weakest_lane(request: Request, *, flow: bool) -> tuple[int, float] | None:
+    """(steps, strength) of the first lane that would run no step over its input image, or None."""
+    for steps, strength in zip(request.lane_steps, lane_strengths(request), strict=True):
+        if img2img_steps(steps, strength, flow=flow) < 1:
+            return steps, strength
+    return None
+
+
+def _too_weak(steps: int, strength: float) -> str:
     return (
         f"At strength {strength:g}, {steps} steps run no step over the image; raise the strength "
         f"or the steps (strength × steps must reach 1)."
@@ -423,16 +524,67 @@ def _validate_grid(request: GridRequest) -> None:
     if (steps_twice := _repeated(request.steps)) is not None:
         steps = f"{steps_twice} step{'' if steps_twice == 1 else 's'}"
         raise InvalidRequest(f"{steps} is in the list twice; give each step count once.")
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        _validate_lora_comparison(request)
+
+
+def _validate_lora_comparison(request: CompareStepsRequest) -> None:
+    """Two rows, without and with the LoRAs: it needs a LoRA, and both rows must fit the cell limit."""
+    if not request.loras:
+        raise InvalidRequest("lora_compare needs a LoRA: choose one with lora, or write <lora:name:0.8> in the prompt.")
+    columns, most = len(request.steps), MAX_COMPARE_CELLS // 2
+    if columns > most:
+        raise InvalidRequest(
+            f"A LoRA comparison draws two rows (without and with the LoRA): at most {most} step counts, "
+            f"{MAX_COMPARE_CELLS} cells; got {columns} step counts."
+        )
+    guidance = request.without_loras.guidance if request.without_loras else request.guidance
+    if not (math.isfinite(guidance) and MIN_GUIDANCE <= guidance <= MAX_GUIDANCE):
+        raise InvalidRequest(f"guidance must be {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {guidance:g}.")
+
+
+def _validate_strength_grid(request: CompareStrengthRequest) -> None:
+    if not request.image:
+        raise InvalidRequest("A strength comparison starts from an image: attach one.")
+    columns, rows = len(request.strengths), len(request.steps)
+    if not MIN_GRID_STRENGTHS <= columns <= MAX_GRID_STRENGTHS:
+        raise InvalidRequest(
+            f"A strength comparison needs {MIN_GRID_STRENGTHS} to {MAX_GRID_STRENGTHS} strengths; got {columns}."
+        )
+    if not 1 <= rows <= MAX_GRID_STEP_ROWS:
+        raise InvalidRequest(f"A strength comparison takes 1 to {MAX_GRID_STEP_ROWS} step counts; got {rows}.")
+    if (twice := _repeated(request.strengths)) is not None:
+        raise InvalidRequest(f"Strength {twice:g} is in the list twice; give each strength once.")
+    if (steps_twice := _repeated(request.steps)) is not None:
+        raise InvalidRequest(f"{steps_twice} steps is in the list twice; give each step count once.")
+    cells = len(request.lane_steps)
+    if cells > MAX_COMPARE_CELLS:
+        raise InvalidRequest(
+            f"A comparison grid has at most {MAX_COMPARE_CELLS} cells; {columns} strengths × {rows} step counts "
+            f"would be {cells}: give fewer of either."
+        )
 
 
 def validate_for_model(request: Request, model: ModelInfo) -> None:
-    """Raise InvalidRequest if the request is fine in general but not for this model."""
+    """Raise InvalidRequest if the request is fine in general but not for this model (each row of a LoRA
+    comparison: the row without the LoRAs is named in the refusal)."""
+    rows = row_requests(request)
+    if len(rows) > 1:
+        names = ", ".join(name for name, _ in request.loras)
+        try:
+            _validate_row_for_model(rows[0], model)
+        except InvalidRequest as error:
+            raise InvalidRequest(f"Without {names} (the comparison's first row): {error}") from None
+    _validate_row_for_model(rows[-1], model)
+
+
+def _validate_row_for_model(request: Request, model: ModelInfo) -> None:
     for name, _ in request.loras:
         model.lora(name)  # an unknown one is refused by name, with the close ones
     schedulers = model.schedulers_with(request.loras)
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in schedulers:
-            why = " (it is for LCM and other few-step distills)" if scheduler == "LCM" else ""
+            why = f" (it is for {scheduler} and other few-step distills)" if scheduler in FEW_STEP_SCHEDULERS else ""
             raise InvalidRequest(
                 f"The model {model.name} can't run the scheduler {scheduler!r}{why}; "
                 f"choose one of: {', '.join(schedulers)}."
@@ -457,8 +609,9 @@ def validate_for_model(request: Request, model: ModelInfo) -> None:
             f"The model {model.name} ({model.family}) ignores guidance; leave it out (got {request.guidance:g})."
         )
     upscale = isinstance(request, GenerateRequest) and request.upscale_only
-    if input_image(request) and not upscale and min(lane_steps_run(request, model.family)) < 1:
-        raise InvalidRequest(_too_weak(request, request.strength))
+    weakest = _weakest_lane(request, flow=model.family in FLOW_FAMILIES) if input_image(request) else None
+    if weakest is not None and not upscale:
+        raise InvalidRequest(_too_weak(*weakest))
     if model.max_steps is not None and max(request.lane_steps) > model.max_steps:
         raise InvalidRequest(
             f"steps must be at most {model.max_steps} for the model {model.name}; got {max(request.lane_steps)}."

@@ -26,6 +26,7 @@ from diffusers import (
     LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -50,6 +51,7 @@ SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "LMS": (LMSDiscreteScheduler, {}),
     "UniPC": (UniPCMultistepScheduler, {}),
     "LCM": (LCMScheduler, {}),
+    "TCD": (TCDScheduler, {}),
 }
 assert tuple(SCHEDULERS) == SCHEDULER_NAMES, "protocol.SCHEDULER_NAMES and SCHEDULERS must agree"
 
@@ -68,6 +70,16 @@ assert set(FLOW_SCHEDULERS) <= set(SCHEDULER_NAMES)
 # (DPM2 and DPM2 a compute 1000 timesteps through a Python loop in `__init__`, ~0.4 s on a CPU, on
 # the engine thread, while every running lane waits).
 _CONSTRUCTED: Recent[Scheduler] = Recent(64)
+
+
+# TCD's stochasticity per step (its paper's gamma, diffusers' `eta`): 0.3, as diffusers' TCD docs and
+# the TCD-LoRA cards run it (diffusers' pipelines pass their own `eta`, 0 unless given).
+TCD_ETA = 0.3
+
+
+def step_options(name: str) -> dict[str, Any]:
+    """Keyword arguments a lane of this scheduler passes to every `step` (as a pipeline call would)."""
+    return {"eta": TCD_ETA} if SCHEDULERS[name][0] is TCDScheduler else {}
 
 
 def seed_dependent(name: str) -> bool:

@@ -44,5 +44,6 @@ mypy
 lint-imports
 hadolint Dockerfile
 
-# The tests, on every core (pytest-xdist; --dist loadfile keeps a module's shared fixtures in one process).
-pytest -q -n auto --dist loadfile "$@"
+# The tests, on every core (pytest-xdist; --dist loadfile keeps a module's shared fixtures in one process;
+# --no-loadscope-reorder keeps tests/conftest.py's order, which starts the longest modules first).
+pytest -q -n auto --dist loadfile --no-loadscope-reorder "$@"

@@ -18,6 +18,26 @@ from tests.fake_discord import fake_discord  # noqa: F401  (a fixture)
 from tests.redis_server import RedisServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that spawn processes first, the end-to-end ones before all.
+
+    pytest-xdist (`--dist loadfile --no-loadscope-reorder`, see scripts/test.sh) hands whole modules to
+    the workers in this order: the long ones start at once instead of ending the run on one worker
+    while the other idles. Within a module the order stays as written.
+    """
+
+    def weight(item: pytest.Item) -> int:
+        if item.nodeid.startswith("tests/e2e/"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    module_weight: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        module_weight[module] = min(module_weight.get(module, 2), weight(item))
+    items.sort(key=lambda item: module_weight[item.nodeid.split("::")[0]])
+
+
 @pytest.fixture(scope="session")
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One folder per test session for the tiny model, built on first use by the worker."""

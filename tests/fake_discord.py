@@ -333,6 +333,8 @@ class FakeDiscord:
         self.messages: dict[int, Json] = {}
         self.deleted_messages: set[int] = set()
         self.attachments: dict[int, RecordedFile] = {}
+        self.attachment_downloads: list[int] = []  # ids of the attachments the bot asked the CDN for, in order
+        self._attachment_gates: dict[int, asyncio.Event] = {}
         self.connections: list[GatewayConnection] = []
         self.identify_count = 0
         self._sessions: dict[str, int] = {}  # session id -> last sequence number
@@ -911,7 +913,8 @@ class FakeDiscord:
             raise _ApiError(10015)
         self._check_files(rec, ix.size_limit)
         body = rec.json or {}
-        if ix.loading and ix.original_id is not None:  # after a defer, the first follow-up *is* the original
+        # After a defer, the first follow-up *is* the original (unless the bot deleted it: then it is a new message).
+        if ix.loading and ix.original_id is not None and ix.original_id not in self.deleted_messages:
             ix.loading = False
             message = self._edit_message(self.messages[ix.original_id], body, rec.files)
             message["flags"] &= ~LOADING
@@ -965,10 +968,26 @@ class FakeDiscord:
             self._edit_message(message, rec.json or {}, rec.files)
         return message
 
+    def hold_attachment(self, attachment: Json) -> asyncio.Event:
+        """Serve this attachment (from `member_upload`) only once the returned event is set: a slow CDN."""
+        release = asyncio.Event()
+        self._attachment_gates[int(attachment["id"])] = release
+        return release
+
+    async def wait_for_download(self, attachment: Json) -> None:
+        """Until the bot has asked the CDN for this attachment."""
+        await self._wait(lambda: int(attachment["id"]) in self.attachment_downloads, "the attachment's download")
+
     async def _attachment(self, request: web.Request) -> web.StreamResponse:
-        f = self.attachments.get(int(request.match_info["aid"]))
+        aid = int(request.match_info["aid"])
+        f = self.attachments.get(aid)
         if f is None:
             raise web.HTTPNotFound()
+        self.attachment_downloads.append(aid)
+        await self._notify()
+        gate = self._attachment_gates.get(aid)
+        if gate is not None:
+            await gate.wait()
         return web.Response(body=f.data, headers={"Content-Type": f.content_type})
 
 

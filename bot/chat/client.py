@@ -39,6 +39,7 @@ EXTENSIONS: tuple[str, ...] = (
     "bot.chat.cogs.imagine",
     "bot.chat.cogs.compare",
     "bot.chat.cogs.compare_schedulers",
+    "bot.chat.cogs.compare_strength",
     "bot.chat.cogs.limits",
     "bot.chat.cogs.usage",
 )

@@ -1,4 +1,4 @@
-"""`stepgrid imagine`, `compare-steps` and `compare-schedulers` offline: requests from arguments, the same
+"""`stepgrid imagine`, `upscale` and the `compare-*` grids offline: requests from arguments, the same
 queue and worker the bot uses, a progress bar, and outputs written where asked (or rescued)."""
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from bot.job_requests import RequestDefaults, RequestOptions, build_request, che
 from bot.limits.server import EffectiveLimits
 from bot.pictures.input_image import prepare_input_image
 from inference.model_files import info_before_loading, local_source_problem
-from inference.parameters import PNG_KEY, grid_infotext
+from inference.parameters import PNG_KEY, grid_infotext, strength_grid_infotext
 from inference.protocol import (
     SIZE_MULTIPLE,
     CompareSchedulersRequest,
     CompareStepsRequest,
+    CompareStrengthRequest,
     GenerateRequest,
     InvalidRequest,
     JobFailed,
@@ -79,6 +80,8 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
     grid = args.command == "compare-steps"
     scheduler_grid = args.command == "compare-schedulers"
     upscale = args.command == "upscale"
+    strength_grid = args.command == "compare-strength"
+    steps_grid = grid or scheduler_grid or strength_grid  # --steps is a list of step counts
     data = read_input_image(args)
     image, size, prompt = None, getattr(args, "size", None), args.prompt
     if data is not None:
@@ -95,9 +98,9 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         seed=None if args.seed == -1 else args.seed,
         guidance=args.guidance,
         size=size,
-        steps=None if grid or scheduler_grid else args.steps,
-        count=None if grid or scheduler_grid or upscale else args.count,
-        compare_steps=args.steps if grid or scheduler_grid else None,
+        steps=None if steps_grid else args.steps,
+        count=None if steps_grid or upscale else args.count,
+        compare_steps=args.steps if steps_grid else None,
         grid=grid,
         film=getattr(args, "film", None) is not None,
         schedulers=args.schedulers if scheduler_grid else None,
@@ -105,6 +108,11 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         image=image,
         strength=getattr(args, "strength", None),
         upscale=upscale,
+        strengths=getattr(args, "strengths", None),
+        strength_grid=strength_grid,
+        lora=getattr(args, "lora", None),
+        lora_weight=getattr(args, "lora_weight", None),
+        lora_compare=getattr(args, "lora_compare", False),
     )
 
 
@@ -314,7 +322,7 @@ def save_outputs(
 
 def output_paths(request: Request, output: Path, film: Path | None = None) -> list[Path]:
     """Where `write_outputs` writes: the image or grid, numbered images for --count, and the film."""
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
         return [output]
     if isinstance(request, GenerateRequest) and request.count > 1:
         return [output.with_name(f"{output.stem}-{number}{output.suffix}") for number in range(1, request.count + 1)]
@@ -327,16 +335,25 @@ def write_outputs(
     """Write the image (or numbered images, or the labelled grid, and the film) and return the paths.
     Each file appears whole or not at all (see `write_file`)."""
     from bot.pictures.film import film_file
-    from bot.pictures.grids import render_grid
+    from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
     from bot.pictures.render import png_parameters
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(request, CompareStrengthRequest):
+        facts = f"{result.model} · {request.scheduler} · seed {request.seed}"
+        if result.is_test_model:
+            facts += f" · {TEST_MODEL_NOTE}"
+        parameters = strength_grid_infotext(request, model=result.model)
+        grid = render_strength_grid(request, result.images, facts=facts, device=device, parameters=parameters)
+        write_file(output, grid.png)
+        return [output]
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        scheduler = "" if isinstance(request, CompareSchedulersRequest) else f" · {request.scheduler}"  # rows name them
+        rows_named = isinstance(request, CompareSchedulersRequest) or request.without_loras is not None
+        scheduler = "" if rows_named else f" · {request.scheduler}"  # rows name their schedulers
         facts = f"{result.model}{scheduler} · seed {request.seed}"
         if result.is_test_model:
             facts += f" · {TEST_MODEL_NOTE}"
-        parameters = grid_infotext(request, model=result.model)
+        parameters = grid_infotext(request, model=result.model, lora_hashes=cell_lora_hashes(result.images))
         write_file(output, render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png)
         return [output]
     if len(result.images) == 1:
@@ -434,10 +451,16 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     if replaced:
         print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
     if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        from bot.pictures.grids import grid_rows
+        from bot.pictures.grids import grid_rows, lora_summary
         from bot.pictures.sweet_spot import summary
 
-        print(summary([row for _, row in grid_rows(request, result.images)]))
+        rows = [row for _, row in grid_rows(request, result.images)]
+        lora_comparison = isinstance(request, CompareStepsRequest) and request.without_loras is not None
+        print(lora_summary(request, rows) if lora_comparison else summary(rows))  # type: ignore[arg-type]
+    if isinstance(request, CompareStrengthRequest):
+        from bot.pictures.grids import strength_summary
+
+        print(strength_summary(request, result.images))
     return 0
 
 

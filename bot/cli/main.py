@@ -18,6 +18,7 @@ from bot.config import Settings, unknown_settings
 from inference.clipping import echo
 from inference.logs import report_fatal
 from inference.protocol import (
+    DEFAULT_COMPARE_STRENGTHS,
     DEFAULT_GRID_SCHEDULERS,
     MAX_PIXELS,
     MAX_SIZE,
@@ -84,11 +85,29 @@ def _add_generation_options(
         help=f"a configured model ({names}), a hub id, local diffusers folder, registry file (.toml), or a "
         f"random-weight test model: {', '.join(TINY_MODELS)} (default: the first configured model)",
     )
+    parser.add_argument(
+        "--lora", default=None, help="a LoRA of the model by its registry name (or write <lora:name:0.8> in the prompt)"
+    )
+    parser.add_argument(
+        "--lora-weight", type=_number, default=None, help="how strongly the LoRA applies (default: its own, usually 1)"
+    )
     parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument(
         "--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16 (default: %(default)s)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
+
+
+def _add_grid_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image", type=Path, default=None, metavar="PATH", help="every cell starts from this image (img2img)"
+    )
+    parser.add_argument(
+        "--strength",
+        type=_number,
+        default=None,
+        help="with --image: how much to change it, 0-1; of 30 steps at 0.6 the last 18 run (default: the model's)",
+    )
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -147,7 +166,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="2 to 12 step counts, comma-separated, any order (default: the model's own ladder, e.g. 1,2,3,4,6,8 for a "
         "few-step model, 5,10,20,30,40,50 for SD 1.5)",
     )
+    _add_grid_image_options(compare)
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+    compare.add_argument(
+        "--lora-compare",
+        action="store_true",
+        help="two rows: without the LoRA, then with it, over both their ladders, each with its own scheduler and "
+        "guidance where a few-step LoRA changes them (needs --lora or a <lora:name> in the prompt)",
+    )
 
     about = "One labelled grid of the same prompt and seed: rows = schedulers, columns = step counts."
     schedulers = commands.add_parser("compare-schedulers", help=about, description=about)
@@ -163,7 +189,28 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         default=None,
         help="step counts, comma-separated; at most 12 cells in all (default: the model's ladder, spread to fit)",
     )
+    _add_grid_image_options(schedulers)
     schedulers.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+
+    about = (
+        "One labelled grid of an image at several img2img strengths (columns) and step counts (rows); each cell "
+        "says the steps that ran: of 30 steps at strength 0.6, the last 18."
+    )
+    strength = commands.add_parser(
+        "compare-strength", help="one image at several strengths, as a grid", description=about
+    )
+    strength.add_argument("image", type=Path, help="the image every cell starts from: PNG, JPEG or WebP")
+    _add_generation_options(strength, settings, prompt=False)
+    strength.add_argument(
+        "--strengths",
+        default=None,
+        help="2 to 6 strengths from 0 to 1, comma-separated (default: "
+        f"{','.join(map(str, DEFAULT_COMPARE_STRENGTHS))}, from a light touch to only the layout kept)",
+    )
+    strength.add_argument(
+        "--steps", default=None, help="the rows: step counts, comma-separated (default: the model's own, one row)"
+    )
+    strength.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="upgrade|backup", required=True, parser_class=_Parser)

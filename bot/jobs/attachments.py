@@ -11,8 +11,9 @@ from bot.errors import InvalidOption
 
 # What a member may attach: a photo of a phone camera fits; Discord's own upload limit is 10 MB for most.
 MAX_ATTACHMENT_BYTES = 16 * 1024 * 1024
-# The download runs before the interaction is deferred, which Discord wants within 3 s.
-READ_TIMEOUT_S = 2.5
+# The download runs after the interaction is deferred (Discord's 3 s are met), so this guards only
+# against a download that hangs; the member is answered in a follow-up.
+READ_TIMEOUT_S = 30.0
 
 
 async def read_attachment(

@@ -19,7 +19,8 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import discord
 
@@ -47,10 +48,10 @@ from bot.job_requests import (
 )
 from bot.jobs.attachments import read_attachment
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
-from bot.limits.checks import check_image_size, check_request
+from bot.limits.checks import check_image_input, check_input_pixels, check_request, check_sizes, size_ceiling
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
-from bot.pictures.input_image import prepare_input_image
+from bot.pictures.input_image import image_dimensions, prepare_input_image
 from bot.replies.buttons import IMAGE_ACTIONS
 from bot.replies.messages import (
     MessageUpdate,
@@ -95,6 +96,13 @@ RESTART_NOTE = "Stepgrid is restarting. Your job keeps its place in the queue an
 # A job's final ledger write that fails (a disk full for a moment) is tried again, waiting this long
 # between tries; after the last, it is tried again before each admission and at shutdown.
 LEDGER_RETRY_DELAYS = (0.5, 2.0, 5.0, 15.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """An interaction deferred before its job was recorded (an attachment was read first): its message."""
+
+    message_id: int | None
 
 
 def new_job_id() -> str:
@@ -174,8 +182,9 @@ class JobService:
         attachment: discord.Attachment | None = None,
     ) -> asyncio.Task[None]:
         """Start the job a command's options ask for; the server's limits are read once, for its
-        defaults and for its check. An attached image is read from Discord, checked and normalised
-        first (what was changed in it is said with the job).
+        defaults and for its check. An attached image is read from Discord after the interaction is
+        deferred (a slow download can't outlast Discord's 3 s), then checked and normalised (what was
+        changed in it is said with the job).
 
         Before the worker has reported its models, the request built now is provisional (the server's
         generic defaults): the job keeps `options` and is built again for its model once it is known.
@@ -183,11 +192,33 @@ class JobService:
         if interaction.guild_id is None:
             raise ServerOnly()
         limits = await self.limits(interaction.guild_id)
-        notes: tuple[str, ...] = ()
-        if attachment is not None:
-            options, notes = await self._with_input_image(options, attachment, limits)
-        elif options.strength is not None:
-            raise InvalidOption("strength applies to an input image: attach one with `image`, or leave strength out.")
+        if attachment is None:
+            if options.strength is not None:
+                raise InvalidOption(
+                    "strength applies to an input image: attach one with `image`, or leave strength out."
+                )
+            return await self._start_options(interaction, options, origin=origin, limits=limits)
+        check_image_input(limits)
+        self.model_for(options.model, limits)  # a model this server refuses: one line, before the defer
+
+        async def with_image(deferred: Deferred) -> asyncio.Task[None]:
+            with_input, notes = await self._with_input_image(options, attachment, limits)
+            return await self._start_options(
+                interaction, with_input, origin=origin, limits=limits, notes=notes, deferred=deferred
+            )
+
+        return await self._deferred_first(interaction, with_image)
+
+    async def _start_options(
+        self,
+        interaction: discord.Interaction,
+        options: RequestOptions,
+        *,
+        origin: str,
+        limits: EffectiveLimits,
+        notes: tuple[str, ...] = (),
+        deferred: Deferred | None = None,
+    ) -> asyncio.Task[None]:
         _, loras = requested_loras(options)  # a step-distillation LoRA brings its own defaults
         lora_names = [name for name, _ in loras]
         model = self.model_for(options.model, limits)
@@ -195,7 +226,29 @@ class JobService:
         if unbuilt is not None and not lora_names:
             self._check_before_loading(options, limits)
         request = build_request(options, limits.request_defaults(model, lora_names))
-        return await self.start(interaction, request, origin=origin, limits=limits, options=unbuilt, notes=notes)
+        return await self.start(
+            interaction, request, origin=origin, limits=limits, options=unbuilt, notes=notes, deferred=deferred
+        )
+
+    async def _deferred_first(
+        self, interaction: discord.Interaction, start: Callable[[Deferred], Awaitable[asyncio.Task[None]]]
+    ) -> asyncio.Task[None]:
+        """Defer the interaction now, then `start` (which reads an attachment from Discord first).
+
+        A refusal after the defer removes the "thinking…" message and is raised: the error handler
+        answers it in an ephemeral follow-up. Nothing is recorded before `start` records the job, so
+        a crash during the download leaves no job to answer (only the "thinking…" message).
+        """
+        if not self._accepting:
+            raise Restarting()
+        response = await interaction.response.defer(thinking=True)
+        deferred = Deferred(response.message_id if response is not None else None)
+        try:
+            return await start(deferred)
+        except Exception:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+            raise
 
     async def _with_input_image(
         self, options: RequestOptions, attachment: discord.Attachment, limits: EffectiveLimits
@@ -203,6 +256,7 @@ class JobService:
         """The options with the attachment as their input image (and its size, unless one was given)."""
         model = self.model_for(options.model, limits)
         data = await read_attachment(attachment)
+        check_input_pixels(*await asyncio.to_thread(image_dimensions, data), limits)
         side = min(limits.max_image_size, MAX_SIZE)
         prepared = await asyncio.to_thread(
             prepare_input_image,
@@ -247,6 +301,7 @@ class JobService:
         parent_job_id: str | None = None,
         options: RequestOptions | None = None,
         notes: tuple[str, ...] = (),
+        deferred: Deferred | None = None,
     ) -> asyncio.Task[None]:
         """Check and record `request`, defer the interaction, queue the job and drive it in a task.
 
@@ -257,7 +312,8 @@ class JobService:
         then answers in an ephemeral follow-up). `origin` is what started the job (the command or
         a button action); `limits` are the server's, when the caller has already read them. With
         `options` (no model known yet), `request` is provisional and the driver queues the job once
-        it is built for its model.
+        it is built for its model. `deferred`: the interaction was deferred already (before an attachment
+        was read), with that message.
         """
         if interaction.guild_id is None:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
@@ -267,8 +323,8 @@ class JobService:
             limits = await self.policy.limits(interaction.guild_id)
         # The server's size limit first and in the size range: the general one (up to 2048) would suggest
         # sizes the server then refuses.
-        check_image_size(request, limits)
-        checked(request, max_size=limits.max_image_size)
+        check_sizes(request, limits)
+        checked(request, max_size=size_ceiling(request, limits))
         if self.queue.unavailable:
             raise ModelUnavailable(self.queue.unavailable)
         # While the model loads (minutes with a compiled UNet) the job waits, its place shown; one accepted
@@ -298,8 +354,11 @@ class JobService:
         # The row exists: every way out from here finishes it or hands it to a driver.
         deadline = self._clock() + self.token_lifetime
         try:
-            response = await interaction.response.defer(thinking=True)
-            message_id = response.message_id if response is not None else None
+            if deferred is None:
+                response = await interaction.response.defer(thinking=True)
+                message_id = response.message_id if response is not None else None
+            else:
+                message_id = deferred.message_id
             if message_id is not None:
                 await self.store.set_message(job_id, message_id)
             if record.options is None:
@@ -444,8 +503,9 @@ class JobService:
             await self.start(interaction, request, origin=action, limits=limits, parent_job_id=job_id)
 
     async def _start_from_result(self, interaction: discord.Interaction, record: JobRecord, action: str) -> None:
-        """Vary or Upscale: the result image, read back from its message (a Discord attachment), as
-        the input of a new job; a size over the server's cap is refused before anything is queued."""
+        """Vary or Upscale: the result image, read back from its message (a Discord attachment) after the
+        click is deferred, as the input of a new job; a size over the server's cap is refused before
+        anything is queued."""
         if not isinstance(record.request, GenerateRequest):
             raise InvalidOption("That button works only on single images.")
         message = interaction.message
@@ -454,15 +514,24 @@ class JobService:
         )
         if attachment is None:
             raise InvalidOption("The result image is no longer on this message; run the prompt again.")
+        request = record.request
         limits = await self.limits(interaction.guild_id)
-        defaults = self.defaults_for(record.request.model or None, limits)
-        model = self.model_for(record.request.model or None, limits)
-        data = await read_attachment(attachment)
-        prepared = await asyncio.to_thread(prepare_input_image, data, multiple=model.size_multiple if model else 8)
-        request = derive_from_image(
-            record.request, action, prepared.png, (prepared.width, prepared.height), defaults=defaults
-        )
-        await self.start(interaction, request, origin=action, limits=limits, parent_job_id=record.job_id)
+        defaults = self.defaults_for(request.model or None, limits)
+        model = self.model_for(request.model or None, limits)
+        # The posted image has the result's size: an upscale over the server's cap is refused before the defer.
+        check_sizes(derive_from_image(request, action, b"", request.output_size, defaults=defaults), limits)
+
+        async def from_image(deferred: Deferred) -> asyncio.Task[None]:
+            data = await read_attachment(attachment)
+            prepared = await asyncio.to_thread(prepare_input_image, data, multiple=model.size_multiple if model else 8)
+            derived = derive_from_image(
+                request, action, prepared.png, (prepared.width, prepared.height), defaults=defaults
+            )
+            return await self.start(
+                interaction, derived, origin=action, limits=limits, parent_job_id=record.job_id, deferred=deferred
+            )
+
+        await self._deferred_first(interaction, from_image)
 
     async def cancel(self, interaction: discord.Interaction, record: JobRecord) -> None:
         """Cancel a queued or running job for its owner or a moderator."""
@@ -712,8 +781,8 @@ class JobService:
         limits = await self.limits(record.guild_id)
         _, loras = requested_loras(options)
         request = build_request(options, self.defaults_for(options.model, limits, [name for name, _ in loras]))
-        check_image_size(request, limits)
-        checked(request, max_size=limits.max_image_size)
+        check_sizes(request, limits)
+        checked(request, max_size=size_ceiling(request, limits))
         self._check_for_model(request)
         # The per-request limits; the member's quota and running jobs were counted when it was accepted.
         check_request(request, limits, steps_used_today=0, active_jobs=0)

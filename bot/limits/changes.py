@@ -3,10 +3,11 @@ ceilings and the other limits, with one clear error naming what to change."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bot.config import Settings
+from bot.config import MIN_INPUT_MEGAPIXELS, Settings
 from bot.job_requests import find_scheduler
 from bot.limits.server import (
     FLAGGED_EVERYWHERE,
@@ -19,6 +20,7 @@ from bot.limits.server import (
     InvalidLimit,
     ServerLimits,
     find_name,
+    operator_upscale_size,
 )
 from inference.clipping import echo
 from inference.protocol import (
@@ -78,6 +80,13 @@ def _normalise(field: str, value: Any, settings: Settings) -> Any:
         return words or None
     if field == "flagged_images":
         return _flagged_policy(field, value, settings)
+    if field == "image_input":
+        return _image_input(field, value, settings)
+    if field == "max_input_megapixels":
+        return _megapixels(field, value, settings)
+    if field == "max_upscale_size":
+        ceiling = operator_upscale_size(settings)
+        return _int_in_range(field, value, MIN_SIZE, ceiling, high_note="the operator's ceiling")
     if field in ("allowed_models", "default_model", "model_max_steps"):
         return _normalise_models(field, value, settings)
     if field == "allowed_loras":
@@ -98,6 +107,29 @@ def _flagged_policy(field: str, value: Any, settings: Settings) -> str:
             field=field,
         )
     return policy
+
+
+def _image_input(field: str, value: Any, settings: Settings) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidLimit(f"{SETTING} must be on (true) or off (false); got {echo(value)}.", field=field)
+    if value and not settings.image_input:
+        raise InvalidLimit(f"The operator has switched image input off; {SETTING} can't be switched on.", field=field)
+    return value
+
+
+def _megapixels(field: str, value: Any, settings: Settings) -> float:
+    low, high = MIN_INPUT_MEGAPIXELS, settings.max_input_megapixels
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise InvalidLimit(f"{SETTING} must be a number of megapixels from {low:g} to {high:g}; got {echo(value)}.",
+                           field=field)  # fmt: skip
+    if not low <= number <= high:
+        why = " (the operator's ceiling)" if number > high else ""
+        raise InvalidLimit(f"{SETTING} must be {low:g} to {high:g} megapixels{why}; got {number:g}.", field=field)
+    return round(number, 2)
 
 
 def _check_consistent(

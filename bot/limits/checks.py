@@ -14,6 +14,7 @@ from bot.limits.server import EffectiveLimits, LimitExceeded
 from inference.protocol import (
     CompareSchedulersRequest,
     CompareStepsRequest,
+    CompareStrengthRequest,
     GenerateRequest,
     Request,
     step_pixels,
@@ -144,6 +145,58 @@ def check_image_size(request: Request, limits: EffectiveLimits) -> None:
         )
 
 
+def check_upscale(request: Request, limits: EffectiveLimits) -> None:
+    """Raise LimitExceeded if an Upscale (a hires pass) would come out larger than the server's upscale cap."""
+    if not isinstance(request, GenerateRequest) or request.hires is None:
+        return
+    width, height = request.output_size
+    cap = limits.max_upscale_size
+    if max(width, height) > cap:
+        raise LimitExceeded(
+            f"Upscaled ×{request.hires.scale}, {request.width}x{request.height} would be {width}x{height}; "
+            f"this server allows upscales of at most {cap}x{cap}. Upscale a smaller image.",
+            limit="max_upscale_size",
+            asked=max(width, height),
+            allowed=cap,
+        )
+
+
+def check_sizes(request: Request, limits: EffectiveLimits) -> None:
+    """The server's size caps: the size asked for, and an upscale's result."""
+    check_image_size(request, limits)
+    check_upscale(request, limits)
+
+
+def size_ceiling(request: Request, limits: EffectiveLimits) -> int:
+    """The largest side the wire's own checks may allow this request: an upscale's result may be larger
+    than the server's max image size (its first pass is not) when the server's upscale cap says so."""
+    if isinstance(request, GenerateRequest) and request.hires is not None:
+        return max(limits.max_image_size, limits.max_upscale_size)
+    return limits.max_image_size
+
+
+def check_image_input(limits: EffectiveLimits) -> None:
+    """Raise LimitExceeded if this server (or the operator) switched image input off."""
+    if not limits.image_input:
+        raise LimitExceeded(
+            "This server has switched image input off; run the command without an image.", limit="image_input"
+        )
+
+
+def check_input_pixels(width: int, height: int, limits: EffectiveLimits) -> None:
+    """Raise LimitExceeded if an attached image has more pixels than the server takes (read from its header)."""
+    megapixels = width * height / 1e6
+    cap = limits.max_input_megapixels
+    if megapixels > cap:
+        raise LimitExceeded(
+            f"That image is {width}x{height} ({megapixels:.3g} megapixels); this server takes images of at most "
+            f"{cap:g} megapixels. Send a smaller one.",
+            limit="max_input_megapixels",
+            asked=round(megapixels, 2),
+            allowed=cap,
+        )
+
+
 def check_request(
     request: Request,
     limits: EffectiveLimits,
@@ -211,24 +264,32 @@ def check_request(
             asked=most_steps,
             allowed=model_ceiling,
         )
-    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest)
+    grid = isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest)
     cells = len(request.lane_steps)
     if grid and cells > limits.max_grid_cells:
         shape = ""
         if isinstance(request, CompareSchedulersRequest):
             shape = f" ({len(request.schedulers)} schedulers × {len(request.steps)} step counts): give fewer of either"
+        elif isinstance(request, CompareStrengthRequest):
+            shape = f" ({len(request.strengths)} strengths × {len(request.steps)} step counts): give fewer of either"
+        elif isinstance(request, CompareStepsRequest) and request.rows > 1:
+            shape = (
+                f" (two rows, without and with the LoRA, × {len(request.steps)} step counts): give fewer step counts"
+            )
         raise LimitExceeded(
             f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {cells}{shape}.",
             limit="max_grid_cells",
             asked=cells,
             allowed=limits.max_grid_cells,
         )
-    check_image_size(request, limits)
+    check_sizes(request, limits)
     cost = compute_cost(request)
     if cost > limits.max_compute_per_request:
         budget = limits.max_compute_per_request
         lanes = len(request.lane_steps)
         steps, advice = f"{total_steps(request)} steps", ""
+        if request.image:  # an img2img lane runs only its share of its schedule, and only that counts
+            steps += " that run"
         if lanes > 1:
             steps += f" over {lanes} cells" if grid else f" over {lanes} images"
         if decodes := film_decodes(request):

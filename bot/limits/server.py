@@ -5,16 +5,18 @@ admin's changes, `bot.limits.checks` a request, before anything is queued."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from bot.config import Settings
+from bot.config import MAX_INPUT_MEGAPIXELS, Settings
 from bot.errors import InvalidOption, UserFacingError
-from bot.job_requests import RequestDefaults
+from bot.job_requests import RequestDefaults, RowDefaults
 from inference.protocol import (
     DEFAULT_GRID_SCHEDULERS,
     FLOW_GRID_SCHEDULERS,
+    MAX_SIZE,
     MIN_COMPARE_CELLS,
     MIN_GRID_SCHEDULERS,
     MIN_SIZE,
@@ -99,6 +101,9 @@ class ServerLimits:
     model_max_steps: tuple[tuple[str, int], ...] | None = None  # (model, ceiling), tighter than max_steps
     flagged_images: str | None = None  # one of FLAGGED_POLICIES
     allowed_loras: tuple[str, ...] | None = None  # registry LoRA names members may choose; () = none
+    image_input: bool | None = None  # whether members may attach an image to start from (False: off here)
+    max_input_megapixels: float | None = None  # the most pixels an attached image may have, in millions
+    max_upscale_size: int | None = None  # the largest side of an Upscale result (None: the max image size)
 
     def with_changes(self, changes: dict[str, Any]) -> ServerLimits:
         return replace(self, **changes)
@@ -124,6 +129,9 @@ LIMIT_LABELS: dict[str, str] = {
     "model_max_steps": "max steps per model",
     "flagged_images": "flagged pictures posted",
     "allowed_loras": "allowed LoRAs",
+    "image_input": "image input",
+    "max_input_megapixels": "max input image",
+    "max_upscale_size": "max upscale size",
 }
 
 
@@ -149,6 +157,9 @@ class EffectiveLimits:
     chosen_default_scheduler: str | None = None
     flagged_images: str = FLAGGED_AGE_RESTRICTED
     allowed_loras: tuple[str, ...] | None = None  # None = every LoRA of the operator's registry
+    image_input: bool = True
+    max_input_megapixels: float = MAX_INPUT_MEGAPIXELS
+    max_upscale_size: int = MAX_SIZE
 
     @classmethod
     def combine(
@@ -166,6 +177,7 @@ class EffectiveLimits:
             return ceiling if own is None else min(own, ceiling)
 
         max_steps = tighter(server.max_steps, settings.max_steps)
+        max_image_size = tighter(server.max_image_size, settings.max_image_size)
         default_steps = min(server.default_steps or settings.default_steps, max_steps)
         allowed = SCHEDULER_NAMES
         if server.allowed_schedulers is not None:
@@ -195,7 +207,7 @@ class EffectiveLimits:
             allowed_schedulers=allowed,
             default_scheduler=default_scheduler,
             max_grid_cells=tighter(server.max_grid_cells, settings.max_grid_cells),
-            max_image_size=tighter(server.max_image_size, settings.max_image_size),
+            max_image_size=max_image_size,
             max_compute_per_request=tighter(server.max_compute_per_request, settings.max_compute_per_request),
             daily_steps_per_user=tighter(server.daily_steps_per_user, settings.daily_steps_per_user),
             max_concurrent_jobs_per_user=tighter(
@@ -209,6 +221,9 @@ class EffectiveLimits:
             chosen_default_scheduler=chosen_scheduler,
             flagged_images=_flagged_policy(server.flagged_images, settings),
             allowed_loras=server.allowed_loras,
+            image_input=settings.image_input and server.image_input is not False,
+            max_input_megapixels=min(server.max_input_megapixels or math.inf, settings.max_input_megapixels),
+            max_upscale_size=_upscale_ceiling(server, settings, max_image_size=max_image_size),
         )
 
     def posts_flagged(self, *, age_restricted: bool) -> bool:
@@ -244,7 +259,10 @@ class EffectiveLimits:
             return RequestDefaults(steps=self.default_steps, scheduler=self.default_scheduler, width=size, height=size)
         few_step = _few_step_lora(model, loras)
         chosen_steps, chosen_scheduler = self.chosen_default_steps, self.chosen_default_scheduler
+        without_loras = None
         if few_step is not None:
+            plain = self.request_defaults(model)  # a LoRA comparison's row without it
+            without_loras = RowDefaults(plain.scheduler, plain.guidance, plain.compare_steps)
             model = _with_few_step_lora(model, few_step)
             chosen_steps = chosen_scheduler = None
         ceiling = min(self.max_steps_for(model.name), model.max_steps or self.max_steps)
@@ -270,7 +288,22 @@ class EffectiveLimits:
             lora_weights=tuple((lora.name, lora.default_weight) for lora in model.loras),
             strength=model.default_strength,
             hires_strength=model.hires_strength,
+            without_loras=without_loras,
         )
+
+
+def operator_upscale_size(settings: Settings) -> int:
+    """The operator's ceiling on an Upscale result's largest side: their own, else their max image size."""
+    return settings.max_upscale_size or settings.max_image_size
+
+
+def _upscale_ceiling(server: ServerLimits, settings: Settings, *, max_image_size: int) -> int:
+    """A server's own upscale cap, else the operator's, else the server's max image size; never over the
+    operator's ceiling."""
+    for own in (server.max_upscale_size, settings.max_upscale_size, max_image_size):
+        if own is not None:
+            return min(own, operator_upscale_size(settings))
+    raise AssertionError("max_image_size is always set")  # pragma: no cover
 
 
 def _flagged_policy(own: str | None, settings: Settings) -> str:

@@ -10,7 +10,7 @@ import csv
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from bot.limits.checks import day_start, next_quota_reset
 from bot.limits.server import EffectiveLimits
 from bot.pictures.render import usage_chart_png
-from bot.storage.ledger import Ledger
+from bot.storage.ledger import KindTotal, Ledger
 from bot.storage.migrate import DatabaseUnusable, check_database_file, read_only_uri
 from bot.storage.models import JobRow, LimitsChange
 
@@ -45,6 +45,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "channel_id",
     "user_id",
     "command",
+    "kind",
     "origin",
     "parent_job_id",
     "status",
@@ -65,6 +66,10 @@ CSV_COLUMNS: tuple[str, ...] = (
     "prompt",
     "negative_prompt",
     "error",
+    "input_sha256",  # the input image's, never the image itself; empty without one
+    "input_width",
+    "input_height",
+    "input_bytes",
 )
 
 
@@ -82,6 +87,7 @@ class MemberUsage:
     steps_today: int
     daily_quota: int
     resets_at: datetime
+    by_kind: tuple[KindTotal, ...] = ()  # the same figures by kind of job (text2img, img2img, vary, …)
 
     @property
     def quota_remaining(self) -> int:
@@ -113,6 +119,16 @@ async def member_usage(
         steps_today=steps_today,
         daily_quota=limits.daily_steps_per_user,
         resets_at=next_quota_reset(now),
+        by_kind=await ledger.kind_totals(guild_id, user_id=user_id),
+    )
+
+
+def kind_lines(totals: Sequence[KindTotal]) -> str:
+    """Usage by kind of job, a line each: "img2img: 3 jobs, 3 images, 54 steps, 4.1 s"."""
+    return "\n".join(
+        f"{total.kind or '— (before kinds were recorded)'}: {total.jobs:,} jobs, {total.images:,} images, "
+        f"{total.steps:,} steps, {total.gpu_seconds:,.1f} s"
+        for total in totals
     )
 
 
@@ -237,6 +253,11 @@ def _csv_row(job: JobRow) -> dict[str, Any]:
         "channel_id": job.channel_id,
         "user_id": job.user_id,
         "command": job.command,
+        "kind": job.kind or "",
+        "input_sha256": job.input_sha256 or "",
+        "input_width": job.input_width or "",
+        "input_height": job.input_height or "",
+        "input_bytes": job.input_bytes or "",
         "origin": job.origin or "",
         "parent_job_id": job.parent_job_id or "",
         "status": job.status,

@@ -118,20 +118,7 @@ def runs(text: str) -> Iterator[tuple[FontFile, str]]:
     current: FontFile | None = None
     run = ""
     for index, character in enumerate(text):
-        if text[index + 1 : index + 2] == "\ufe0f":  # emoji presentation asked for: the emoji font if it has it
-            emoji = next((font for font in font_chain() if font.is_colour and font.has(character)), None)
-            if emoji is not None:
-                if run and current is not emoji:
-                    assert current is not None
-                    yield current, run
-                    run = ""
-                current = emoji
-                run += character
-                continue
-        attached = character in _JOINERS or unicodedata.combining(character) or 0x1F3FB <= ord(character) <= 0x1F3FF
-        # A space stays in the run it follows, except after emoji (the emoji font's space is too wide).
-        keep = attached or (character == " " and current is not None and not current.is_colour)
-        font = current if current is not None and keep else font_for(character)
+        font = _font_at(text, index, current)
         if font is not current and run:
             assert current is not None
             yield current, run
@@ -140,6 +127,19 @@ def runs(text: str) -> Iterator[tuple[FontFile, str]]:
         run += character
     if run and current is not None:
         yield current, run
+
+
+def _font_at(text: str, index: int, current: FontFile | None) -> FontFile:
+    """The font that draws `text[index]`, given the font of the run before it."""
+    character = text[index]
+    if text[index + 1 : index + 2] == "\ufe0f":  # emoji presentation asked for: the emoji font if it has it
+        emoji = next((font for font in font_chain() if font.is_colour and font.has(character)), None)
+        if emoji is not None:
+            return emoji
+    attached = character in _JOINERS or unicodedata.combining(character) or 0x1F3FB <= ord(character) <= 0x1F3FF
+    # A space stays in the run it follows, except after emoji (the emoji font's space is too wide).
+    keep = attached or (character == " " and current is not None and not current.is_colour)
+    return current if current is not None and keep else font_for(character)
 
 
 def _direction(run: str) -> str:

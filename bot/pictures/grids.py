@@ -3,12 +3,23 @@ cells framed, and the sweet spot in words. Used by the bot and the offline CLI a
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, steps_label
-from bot.pictures.sweet_spot import RowChanges, format_change, measure_row, summary
-from inference.protocol import CompareSchedulersRequest, GeneratedImage, GridRequest
+from PIL import Image
+
+from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, png_parameters, steps_label
+from bot.pictures.sweet_spot import RowChanges, change_percent, format_change, measure_row, summary
+from inference.parameters import lora_hashes_in
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    CompareStrengthRequest,
+    GeneratedImage,
+    GridRequest,
+    row_requests,
+)
 
 LEGEND = "Δ = change from the previous step count · framed: where the row settles"
 
@@ -19,10 +30,21 @@ class Grid:
     summary: str  # where each row settles, in words
 
 
+def cell_lora_hashes(images: Sequence[GeneratedImage]) -> dict[str, str]:
+    """The short hash of every LoRA the cells ran with, from the `parameters` the worker wrote into
+    each cell (the bot never sees the LoRA files): the grid's "Lora hashes"."""
+    hashes: dict[str, str] = {}
+    for image in images:
+        hashes.update(lora_hashes_in(png_parameters(image.png)))
+    return hashes
+
+
 def grid_rows(request: GridRequest, images: Sequence[GeneratedImage]) -> list[tuple[int, RowChanges]]:
     """Each row of the grid with the index of its first cell: one row per scheduler (one for compare-steps)."""
     columns = len(request.steps)
     schedulers = request.schedulers if isinstance(request, CompareSchedulersRequest) else (request.scheduler,)
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        schedulers = request.lane_schedulers[::columns]  # a LoRA comparison: the row without, then with
     rows = []
     for row, scheduler in enumerate(schedulers):
         first = row * columns
@@ -43,6 +65,8 @@ def render_grid(
     framed, a footer saying what the numbers are, `parameters` in its PNG chunk) and the sweet-spot
     sentence. With `facts` ("model · scheduler · seed 42") the footer opens with the prompt and them;
     `device` names where the seconds were spent."""
+    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        return render_lora_grid(request, images, facts=facts, device=device, parameters=parameters)
     rows = grid_rows(request, images)
     changes: dict[int, float] = {}
     marked = set()
@@ -57,6 +81,8 @@ def render_grid(
     texts = {}
     for index, image in enumerate(images):
         parts = [] if scheduler_grid else [steps_label(image.steps)]
+        if image.steps_ran is not None:  # from an input image: the steps of its schedule that ran
+            parts.append(f"{image.steps_ran} ran")
         parts.append(format_seconds(image.seconds))
         if index in changes:
             parts.append(format_change(changes[index]))
@@ -66,7 +92,8 @@ def render_grid(
         images,
         caption=lambda image: texts[id(image)],
         title=(request.prompt, facts) if facts else None,
-        footer=f"{seconds_note}\n{LEGEND}",
+        footer=f"{seconds_note}\n{LEGEND}"
+        + (f" · from the image at strength {request.strength:g}" if request.image else ""),
         columns=len(request.steps) if scheduler_grid else None,
         row_labels=row_labels,
         column_labels=[steps_label(steps) for steps in request.steps] if scheduler_grid else (),
@@ -74,3 +101,127 @@ def render_grid(
         parameters=parameters,
     )
     return Grid(png, summary([row for _, row in rows]))
+
+
+STRENGTH_LEGEND = "strength = how much of the schedule runs over the image: of 30 steps at 0.6, the last 18 run"
+
+
+def strength_caption(image: GeneratedImage) -> str:
+    """A strength grid cell's words: "30 steps · strength 0.6 · 18 ran · 0.52s"; in a cell too narrow for
+    all of it, the seconds are left out first (the steps that ran always show)."""
+    ran = image.steps if image.steps_ran is None else image.steps_ran
+    words = f"{steps_label(image.steps)} · strength {image.strength:g} · {ran} ran"
+    timed = f"{words} · {format_seconds(image.seconds)}"
+    return timed if caption_fits(timed, image.width) else words
+
+
+def render_strength_grid(
+    request: CompareStrengthRequest,
+    images: Sequence[GeneratedImage],
+    *,
+    facts: str | None = None,
+    device: str | None = None,
+    parameters: str | None = None,
+) -> Grid:
+    """A strength grid's PNG: a row per step count, a column per strength, every caption saying the steps that
+    ran; and in words, each row's steps that ran and how far each cell moved from the input image."""
+    captions = {id(image): strength_caption(image) for image in images}
+    seconds = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+    if not all(" ran · " in captions[id(image)] for image in images):  # cells too narrow for their seconds
+        where = f" on {device}" if device else ""
+        seconds = f"{format_seconds(sum(image.seconds for image in images))} of batched compute{where}, all cells"
+    png = grid_png(
+        images,
+        caption=lambda image: captions[id(image)],
+        title=(request.prompt, facts) if facts else None,
+        footer=f"{seconds}\n{STRENGTH_LEGEND}",
+        columns=len(request.strengths),
+        parameters=parameters,
+    )
+    return Grid(png, strength_summary(request, images))
+
+
+def strength_summary(request: CompareStrengthRequest, images: Sequence[GeneratedImage]) -> str:
+    """Each row in words: "30 steps at strength 0.3, 0.6, 0.9 ran 9, 18, 27 steps, moving Δ 6%, 14%, 31% from
+    the input image." (Δ = the mean colour change, as the step grids measure it.)"""
+    source = Image.open(io.BytesIO(request.image)).convert("RGB")
+    columns = len(request.strengths)
+    rows = []
+    for row, steps in enumerate(request.steps):
+        cells = images[row * columns : (row + 1) * columns]
+        ran = ", ".join(str(image.steps_run) for image in cells)
+        moved = ", ".join(format_change(_change_from(source, image)).removeprefix("Δ ") for image in cells)
+        strengths = ", ".join(f"{image.strength:g}" for image in cells)
+        rows.append(f"{steps_label(steps)} at strength {strengths} ran {ran} steps, moving Δ {moved}")
+    return f"{'; '.join(rows)} from the input image. (Δ = mean colour change.)"
+
+
+def _change_from(source: Image.Image, image: GeneratedImage) -> float:
+    with Image.open(io.BytesIO(image.png)) as cell:
+        picture = cell.convert("RGB")
+    if picture.size != source.size:  # a withheld cell is a small neutral tile
+        source = source.resize(picture.size)
+    return change_percent(source, picture)
+
+
+# --- a LoRA comparison: the row without the LoRA above the row with it ---------------------------
+
+
+def lora_row_labels(request: CompareStepsRequest) -> tuple[str, str]:
+    """Each row's name with its scheduler and guidance: "without lcm · Euler a, CFG 7.5", "with lcm 1 · LCM, CFG 1"."""
+    plain, with_loras = row_requests(request)
+    names = ", ".join(name for name, _ in request.loras)
+    weighted = ", ".join(f"{name} {weight:g}" for name, weight in request.loras)
+    return (
+        f"without {names} · {plain.scheduler}, CFG {plain.guidance:g}",
+        f"with {weighted} · {with_loras.scheduler}, CFG {with_loras.guidance:g}",
+    )
+
+
+def lora_summary(request: CompareStepsRequest, rows: Sequence[RowChanges]) -> str:
+    """Where each row settles in words: "with lcm it settles at 4 steps; without, it settles at 20 steps"."""
+    plain, with_loras = rows
+    names = ", ".join(name for name, _ in request.loras)
+    text = f"with {names} it {_row_words(with_loras)}; without, it {_row_words(plain)}"
+    return summary([]).replace("For this prompt and seed: ", f"For this prompt and seed: {text}", 1)
+
+
+def _row_words(row: RowChanges) -> str:
+    """A row's sentence without its scheduler's name: "settles at 20 steps"."""
+    return row.describe().removeprefix(f"{row.scheduler} ")
+
+
+def render_lora_grid(
+    request: CompareStepsRequest,
+    images: Sequence[GeneratedImage],
+    *,
+    facts: str | None = None,
+    device: str | None = None,
+    parameters: str | None = None,
+) -> Grid:
+    """A LoRA comparison's grid: two rows (without, then with the LoRA) named with their scheduler and
+    guidance, step counts over the columns, each cell's seconds and Δ, each row's settled cell framed."""
+    rows = grid_rows(request, images)
+    texts: dict[int, str] = {}
+    marked = set()
+    for first, row in rows:
+        for position, index in enumerate(row.order):
+            parts = [format_seconds(images[first + index].seconds)]
+            if position:
+                parts.append(format_change(row.changes[position]))
+            texts[id(images[first + index])] = " · ".join(parts)
+        if row.settled is not None:
+            marked.add(first + row.order[row.settled])
+    seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+    png = grid_png(
+        images,
+        caption=lambda image: texts[id(image)],
+        title=(request.prompt, facts) if facts else None,
+        footer=f"{seconds_note}\n{LEGEND}",
+        columns=len(request.steps),
+        row_labels=lora_row_labels(request),
+        column_labels=[steps_label(steps) for steps in request.steps],
+        marked=marked,
+        parameters=parameters,
+    )
+    return Grid(png, lora_summary(request, [row for _, row in rows]))

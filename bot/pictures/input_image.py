@@ -20,6 +20,7 @@ from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE
 # past this many pixels (Pillow raises DecompressionBombError at twice the limit, warns above it).
 OPEN_LIMIT = 4 * MAX_PIXELS
 Image.MAX_IMAGE_PIXELS = OPEN_LIMIT
+NOT_AN_IMAGE = "That attachment is not an image Stepgrid can read; send a PNG, JPEG or WebP."
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,22 @@ class PreparedImage:
     width: int
     height: int
     notes: tuple[str, ...] = ()
+
+
+def image_dimensions(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image's header, nothing decoded; InvalidOption when it is not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                return width, height
+    except Image.DecompressionBombError:
+        raise InvalidOption(
+            f"That image has too many pixels to open (at most {OPEN_LIMIT:,}); send a smaller one."
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise InvalidOption(NOT_AN_IMAGE) from None
 
 
 def prepare_input_image(data: bytes, *, multiple: int, max_pixels: int = MAX_PIXELS) -> PreparedImage:
@@ -54,7 +71,7 @@ def prepare_input_image(data: bytes, *, multiple: int, max_pixels: int = MAX_PIX
             f"That image has too many pixels to open (at most {OPEN_LIMIT:,}); send a smaller one."
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidOption("That attachment is not an image Stepgrid can read; send a PNG, JPEG or WebP.") from None
+        raise InvalidOption(NOT_AN_IMAGE) from None
     if _orientation(image) not in (None, 1):
         image = ImageOps.exif_transpose(image)
         notes.append("it was turned upright as its EXIF orientation says")

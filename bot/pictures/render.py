@@ -54,6 +54,18 @@ def grid_shape(cells: int) -> tuple[int, int]:
     return columns, math.ceil(cells / columns)
 
 
+def cell_metrics(cell_width: int) -> tuple[int, int, int]:
+    """(caption strip height, gap, font size) of a grid whose cells are `cell_width` pixels wide."""
+    strip = max(28, round(cell_width * 0.075))
+    return strip, max(4, cell_width // 128), max(12, round(strip * 0.58))
+
+
+def caption_fits(text: str, cell_width: int) -> bool:
+    """Whether `text` fits a caption strip of a cell `cell_width` pixels wide without being shortened."""
+    _, gap, font_size = cell_metrics(cell_width)
+    return text_length(one_line(text), font_size) <= cell_width - 2 * gap
+
+
 def grid_png(
     images: Sequence[GeneratedImage],
     *,
@@ -81,9 +93,7 @@ def grid_png(
     cells = [Image.open(io.BytesIO(image.png)).convert("RGB") for image in images]
     cell_width = max(cell.width for cell in cells)
     cell_height = max(cell.height for cell in cells)
-    strip = max(28, round(cell_width * 0.075))
-    gap = max(4, cell_width // 128)
-    font_size = max(12, round(strip * 0.58))
+    strip, gap, font_size = cell_metrics(cell_width)
     if columns is None:
         columns, rows = grid_shape(len(cells))
     else:

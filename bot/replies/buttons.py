@@ -16,7 +16,7 @@ import discord
 from bot.errors import report_error
 from bot.formatting import counted
 from bot.job_requests import step_down, step_up
-from inference.protocol import MAX_STEPS, GenerateRequest
+from inference.protocol import HIRES_SCALE, MAX_PIXELS, MAX_SIZE, MAX_STEPS, GenerateRequest
 
 if TYPE_CHECKING:
     from bot.storage.job_store import JobRecord
@@ -102,6 +102,12 @@ def progress_view(job_id: str) -> discord.ui.View:
     return view
 
 
+def upscalable(request: GenerateRequest) -> bool:
+    """Whether the result of `request` upscaled ×2 stays within what any worker takes (an Upscale's result too)."""
+    width, height = (side * HIRES_SCALE for side in request.output_size)
+    return max(width, height) <= MAX_SIZE and width * height <= MAX_PIXELS
+
+
 def result_view(record: JobRecord, max_steps: int = MAX_STEPS) -> discord.ui.View:
     """Buttons under a result: Reroll, fewer/more steps, Compare steps, Steps film (unless it is one), Details.
 
@@ -124,10 +130,12 @@ def result_view(record: JobRecord, max_steps: int = MAX_STEPS) -> discord.ui.Vie
         view.add_item(JobButton("compare", job_id, label="Compare steps", emoji="🔬"))
         if not request.film and not request.image:
             view.add_item(JobButton("film", job_id, label="Steps film", emoji="🎞️"))
+        # Under every one-image result (from text, an image, a Vary or an Upscale); Upscale while twice the
+        # result can still be made at all (a server's own cap is checked, in one line, when it is clicked).
         if request.count == 1 and not request.film:
             view.add_item(JobButton("vary", job_id, label="Vary (subtle)", emoji="🌱"))
             view.add_item(JobButton("vary-strong", job_id, label="Vary (strong)", emoji="🌪️"))
-            if request.hires is None:
+            if upscalable(request):
                 view.add_item(JobButton("upscale", job_id, label="Upscale ×2", emoji="🔍"))
     view.add_item(JobButton("details", job_id, label="Details", emoji="ℹ️"))
     return view

@@ -16,15 +16,16 @@ import discord
 
 from bot.formatting import counted
 from bot.pictures.film import downscale_note, film_animation, source_note
-from bot.pictures.grids import render_grid
+from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
 from bot.pictures.render import fit_attachment, png_parameters
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
-from inference.parameters import grid_infotext
+from inference.parameters import grid_infotext, strength_grid_infotext
 from inference.protocol import (
     MAX_STEPS,
     CompareSchedulersRequest,
     CompareStepsRequest,
+    CompareStrengthRequest,
     GenerateRequest,
     JobFailed,
     JobProgress,
@@ -32,6 +33,7 @@ from inference.protocol import (
     JobResult,
     JobStarted,
     Request,
+    lane_steps_run,
 )
 
 if TYPE_CHECKING:
@@ -144,10 +146,11 @@ def progress_text(request: Request, state: ProgressState) -> str:
     retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
         # The job's total is the sum over cells ("step 80/155" reads as a step count nobody asked
-        # for): show the share of the work done and where the longest cell is.
-        lane_steps = request.lane_steps
+        # for): show the share of the work done and where the longest cell is. A cell that starts from
+        # an image runs only its share of its schedule (as SD counts it: FLUX and SD 3 may run one more).
+        lane_steps = lane_steps_run(request)
         cells = len(lane_steps)
         done = sum(1 for lane, steps in enumerate(lane_steps) if state.lane_steps.get(lane, 0) >= steps)
         longest = max(range(cells), key=lambda lane: lane_steps[lane])
@@ -198,10 +201,15 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     request = record.request
     withheld = screening.withheld(result)
     spoiler = screening.spoils(result)
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        parameters = grid_infotext(request, model=result.model or request.model)
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
         cells = [as_withheld(image) if i in withheld else image for i, image in enumerate(result.images)]
-        grid = render_grid(request, cells, parameters=parameters)
+        if isinstance(request, CompareStrengthRequest):
+            parameters = strength_grid_infotext(request, model=result.model or request.model)
+            grid = render_strength_grid(request, cells, parameters=parameters)
+        else:
+            hashes = cell_lora_hashes(result.images)
+            parameters = grid_infotext(request, model=result.model or request.model, lora_hashes=hashes)
+            grid = render_grid(request, cells, parameters=parameters)
         data, extension = fit_attachment(grid.png, limit)
         notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
         grid_summary = " ".join(line for line in notes if line)
@@ -237,7 +245,7 @@ def result_message(
     files = rendered.files
     request = dataclasses.replace(record.request, model=result.model or record.request.model)
     embed = parameters_embed(request, film=_film_text(request, result, rendered.film_size))
-    if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(record.request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
         value = f"{result.gpu_seconds:.1f} s, all cells batched (a cell's seconds are its share of the GPU time)"
         embed.add_field(name="Generation", value=value)
     else:
@@ -278,6 +286,14 @@ def steps_ran_text(request: Request, result: JobResult) -> str:
     if isinstance(request, GenerateRequest):
         first = result.images[0]
         return f"{counted(first.steps, 'step')} · strength {request.strength:g} · {first.steps_run} ran"
+    if isinstance(request, CompareStrengthRequest):  # a line per row: "30 steps · strength 0.3, 0.6 · ran 9, 18"
+        columns = len(request.strengths)
+        rows = [result.images[start : start + columns] for start in range(0, len(result.images), columns)]
+        return "\n".join(
+            f"{counted(row[0].steps, 'step')} · strength {', '.join(f'{i.strength:g}' for i in row)} · "
+            f"ran {', '.join(str(i.steps_run) for i in row)}"
+            for row in rows
+        )
     cells = ", ".join(str(image.steps_run) for image in result.images)
     return f"{', '.join(map(str, request.steps))} · strength {request.strength:g} · ran {cells}"
 
@@ -296,10 +312,14 @@ def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] |
 
 def parameters_embed(request: Request, *, job_id: str | None = None, film: str = "") -> discord.Embed:
     """An embed listing every parameter of a request; a film job's "Steps film" says `film` when given."""
-    titles = {CompareStepsRequest: "Compare steps", CompareSchedulersRequest: "Compare schedulers"}
+    titles = {
+        CompareStepsRequest: "Compare steps",
+        CompareSchedulersRequest: "Compare schedulers",
+        CompareStrengthRequest: "Compare strength",
+    }
     title = titles.get(type(request), "Imagine")
     embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
         embed.add_field(name="Steps", value=", ".join(str(steps) for steps in request.steps))
         embed.add_field(name="Seed", value=str(request.seed))
     else:
@@ -311,9 +331,16 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
         embed.add_field(name="LoRAs", value=", ".join(f"{name} {weight:g}" for name, weight in request.loras))
     if isinstance(request, CompareSchedulersRequest):
         embed.add_field(name="Schedulers", value=", ".join(request.schedulers))
+    elif isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+        row = request.without_loras
+        embed.add_field(name="Scheduler", value=f"{request.scheduler} (without the LoRA: {row.scheduler})")
+        embed.add_field(name="Guidance", value=f"{request.guidance:g} (without the LoRA: {row.guidance:g})")
     else:
         embed.add_field(name="Scheduler", value=request.scheduler)
-    embed.add_field(name="Guidance", value=f"{request.guidance:g}")
+    if isinstance(request, CompareStrengthRequest):
+        embed.add_field(name="Strengths", value=", ".join(f"{strength:g}" for strength in request.strengths))
+    if not (isinstance(request, CompareStepsRequest) and request.without_loras is not None):
+        embed.add_field(name="Guidance", value=f"{request.guidance:g}")
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))
@@ -358,6 +385,6 @@ def failure_text(failure: JobFailed, request: Request, *, cancelled_by_other: bo
 
 
 def _what_was_asked(request: Request) -> str:
-    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
+    if isinstance(request, CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest):
         return "Your comparison grid"
     return "Your images" if request.count > 1 else "Your image"

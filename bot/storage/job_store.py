@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.job_requests import RequestOptions
 from bot.storage.inputs import InputImageMissing, InputImages
-from bot.storage.models import UNBUILT_OPTIONS
+from bot.storage.models import INPUT_NOTES, UNBUILT_OPTIONS
 from inference.protocol import JobFailed, JobResult, Request
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class JobRecord:
     interaction_token: str | None = None
     message_id: int | None = None
     options: RequestOptions | None = None
-    notes: tuple[str, ...] = ()  # what was changed in its input image (shown with the job; not stored)
+    notes: tuple[str, ...] = ()  # what was changed in its input image (shown with the result; kept in its params)
 
 
 def options_to_params(options: RequestOptions) -> dict[str, Any]:
@@ -78,6 +78,7 @@ def record_of(job: JobRow, inputs: InputImages | None = None) -> JobRecord:
         interaction_token=job.interaction_token,
         message_id=job.message_id,
         options=options_of(job.params),
+        notes=tuple(str(note) for note in job.params.get(INPUT_NOTES) or ()),
     )
 
 
@@ -165,6 +166,7 @@ class DatabaseJobStore:
             interaction_token=job.interaction_token,
             message_id=job.message_id,
             unbuilt_options=None if job.options is None else options_to_params(job.options),
+            notes=job.notes,
         )
 
     async def get(self, job_id: str) -> JobRecord | None:

@@ -21,6 +21,8 @@ from bot.limits.checks import day_start, next_quota_reset
 from bot.storage.inputs import InputImages
 from bot.storage.models import (
     FINISHED_STATUSES,
+    INPUT_NOTES,
+    JOB_KINDS,
     UNBUILT_OPTIONS,
     UNFINISHED_STATUSES,
     JobRow,
@@ -82,6 +84,18 @@ class LoraTotal:
 
 
 @dataclass(frozen=True)
+class KindTotal:
+    """The jobs of one kind (text2img, img2img, vary, upscale, grid, img2img-grid): how many, images
+    delivered, steps run, GPU seconds."""
+
+    kind: str  # "" for rows a migration could not classify
+    jobs: int
+    images: int
+    steps: int
+    gpu_seconds: float
+
+
+@dataclass(frozen=True)
 class ServerUsage:
     """A server's usage over a period."""
 
@@ -99,6 +113,7 @@ class ServerUsage:
     top_models: tuple[ModelTotal, ...] = ()
     withheld: int = 0  # flagged pictures not posted where they were asked for
     top_loras: tuple[LoraTotal, ...] = ()  # the LoRA sets jobs used (with their weights), most steps first
+    by_kind: tuple[KindTotal, ...] = ()  # text2img, img2img, vary, upscale, grids: in that order
 
 
 @dataclass(frozen=True)
@@ -141,12 +156,14 @@ class Ledger:
         origin: str | None = None,
         parent_job_id: str | None = None,
         unbuilt_options: dict[str, Any] | None = None,
+        notes: Sequence[str] = (),
     ) -> JobRow:
         """Record an accepted request as a queued job (before it is submitted to the queue).
 
         `origin` says what started it (the command, or a button action on `parent_job_id`'s result).
         With `unbuilt_options` (what the member typed, while no model was known), `request` is
-        provisional: `set_request` replaces it once the job is built for its model.
+        provisional: `set_request` replaces it once the job is built for its model. `notes` say what was
+        changed in its input image (kept in its params, so a restarted bot still says it with the result).
         """
         job_id = job_id or uuid.uuid4().hex
         if request.image:
@@ -157,6 +174,8 @@ class Ledger:
         params = request_to_params(request)
         if unbuilt_options is not None:
             params[UNBUILT_OPTIONS] = unbuilt_options
+        if notes:
+            params[INPUT_NOTES] = list(notes)
         job = JobRow(
             id=job_id,
             guild_id=guild_id,
@@ -179,6 +198,7 @@ class Ledger:
             origin=origin or command_of(request),
             parent_job_id=parent_job_id,
         )
+        job.set_kind_and_input(request, job.origin)
 
         async def insert(session: AsyncSession) -> JobRow:
             session.add(job)
@@ -191,8 +211,10 @@ class Ledger:
         False (and no change) if the job already finished."""
 
         def change(job: JobRow) -> None:
+            notes = job.params.get(INPUT_NOTES)
             job.command = command_of(request)
-            job.params = request_to_params(request)
+            job.params = request_to_params(request) | ({INPUT_NOTES: notes} if notes else {})
+            job.set_kind_and_input(request, job.origin)
             job.scheduler = request.scheduler
             job.model = request.model or None
             job.images = len(request.lane_steps)
@@ -361,6 +383,33 @@ class Ledger:
             jobs, images, steps, gpu_seconds = (await session.execute(query)).one()
         return Totals(jobs=int(jobs), images=int(images), steps=int(steps), gpu_seconds=float(gpu_seconds))
 
+    async def kind_totals(
+        self,
+        guild_id: int | None,
+        *,
+        user_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[KindTotal, ...]:
+        """Jobs, images, steps and GPU seconds by kind of job in one server (of one member), over [since, until)."""
+        where = [in_guild(guild_id)]
+        if user_id is not None:
+            where.append(JobRow.user_id == user_id)
+        if since is not None:
+            where.append(JobRow.created_at >= since)
+        if until is not None:
+            where.append(JobRow.created_at < until)
+        kind = sa.func.coalesce(JobRow.kind, "")
+        query = sa.select(kind, *_totals()).where(*where).group_by(kind)
+        async with self.database.sessions() as session:
+            rows = (await session.execute(query)).all()
+        order = {name: rank for rank, name in enumerate(JOB_KINDS)}
+        totals = (
+            KindTotal(kind=str(k), jobs=int(j), images=int(i), steps=int(s), gpu_seconds=float(g))
+            for k, j, i, s, g in rows
+        )
+        return tuple(sorted(totals, key=lambda total: (order.get(total.kind, len(order)), total.kind)))
+
     async def server_usage(
         self,
         guild_id: int,
@@ -416,6 +465,7 @@ class Ledger:
             schedulers = (await session.execute(by_scheduler)).all()
             models = (await session.execute(by_model)).all()
             loras = (await session.execute(by_loras)).all()
+        by_kind = await self.kind_totals(guild_id, since=since, until=until)
         return ServerUsage(
             since=since,
             until=until,
@@ -436,6 +486,7 @@ class Ledger:
                 ModelTotal(model=str(m), jobs=int(j), steps=int(s), gpu_seconds=float(g)) for m, j, s, g in models
             ),
             top_loras=tuple(LoraTotal(loras=str(n), jobs=int(j), steps=int(s)) for n, j, s in loras),
+            by_kind=by_kind,
         )
 
     async def images_withheld(self, *, since: datetime, until: datetime) -> int:

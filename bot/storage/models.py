@@ -11,22 +11,32 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, HiresFix, Request
+from inference.protocol import (
+    CompareSchedulersRequest,
+    CompareStepsRequest,
+    CompareStrengthRequest,
+    GenerateRequest,
+    HiresFix,
+    PlainRow,
+    Request,
+)
 
 COMMAND_IMAGINE = "imagine"
 COMMAND_COMPARE_STEPS = "compare-steps"
 COMMAND_COMPARE_SCHEDULERS = "compare-schedulers"
-COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS)
+COMMAND_COMPARE_STRENGTH = "compare-strength"
+COMMANDS = (COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS, COMMAND_COMPARE_STRENGTH)
 _REQUEST_TYPES: dict[str, type[Request]] = {
     COMMAND_IMAGINE: GenerateRequest,
     COMMAND_COMPARE_STEPS: CompareStepsRequest,
     COMMAND_COMPARE_SCHEDULERS: CompareSchedulersRequest,
+    COMMAND_COMPARE_STRENGTH: CompareStrengthRequest,
 }
 
 
@@ -122,6 +132,14 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Pictures the image checker flagged that were not posted in the job's channel (counts, never images).
     images_withheld: Mapped[int | None] = mapped_column(Integer)
+    # What kind of job it is (JOB_KINDS: text2img, img2img, vary, upscale, grid, img2img-grid); NULL only for
+    # rows a migration could not classify.
+    kind: Mapped[str | None] = mapped_column(String(16))
+    # Its input image, never the image itself: the PNG's SHA-256, pixel size and bytes (NULL without one).
+    input_sha256: Mapped[str | None] = mapped_column(String(64))
+    input_width: Mapped[int | None] = mapped_column(Integer)
+    input_height: Mapped[int | None] = mapped_column(Integer)
+    input_bytes: Mapped[int | None] = mapped_column(Integer)
 
     # What a restarted bot needs to answer: the interaction (valid for 15 minutes; the token is
     # cleared once the job finishes), else the channel.
@@ -138,11 +156,13 @@ class JobRow(Base):
         """Rebuild the exact request this job was accepted with (`image`: its input image, kept on disk)."""
         return params_to_request(self.command, self.params, image=image)
 
-    @property
-    def input_sha256(self) -> str | None:
-        """The SHA-256 of the job's input image, or None for a job without one."""
-        value = (self.params or {}).get("image_sha256")
-        return value if isinstance(value, str) else None
+    def set_kind_and_input(self, request: Request, origin: str | None) -> None:
+        """The columns that describe the job's kind and its input image, from its request."""
+        self.kind = job_kind(request, origin)
+        image = request.image
+        self.input_sha256 = hashlib.sha256(image).hexdigest() if image else None
+        self.input_width, self.input_height = png_size(image) if image else (None, None)
+        self.input_bytes = len(image) if image else None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.command} {self.status} user={self.user_id} guild={self.guild_id}>"
@@ -169,6 +189,9 @@ class GuildLimits(Base):
     model_max_steps: Mapped[dict[str, int] | None] = mapped_column(JSON(none_as_null=True))  # {model: ceiling}
     flagged_images: Mapped[str | None] = mapped_column(String(32))  # where flagged pictures may be posted
     allowed_loras: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))  # [] = none allowed
+    image_input: Mapped[bool | None] = mapped_column(Boolean)  # False: members may not attach images here
+    max_input_megapixels: Mapped[float | None] = mapped_column(Float)
+    max_upscale_size: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -215,9 +238,40 @@ def command_of(request: Request) -> str:
     return next(command for command, cls in _REQUEST_TYPES.items() if isinstance(request, cls))
 
 
+KIND_TEXT2IMG = "text2img"
+KIND_IMG2IMG = "img2img"
+KIND_VARY = "vary"
+KIND_UPSCALE = "upscale"
+KIND_GRID = "grid"
+KIND_IMG2IMG_GRID = "img2img-grid"
+JOB_KINDS = (KIND_TEXT2IMG, KIND_IMG2IMG, KIND_VARY, KIND_UPSCALE, KIND_GRID, KIND_IMG2IMG_GRID)
+VARY_ORIGINS = ("vary", "vary-strong")
+
+
+def job_kind(request: Request, origin: str | None) -> str:
+    """What kind of job a request is: from text or from an image, one image or a grid; a Vary (the
+    button) or an Upscale (a hires pass) of an image."""
+    if not isinstance(request, GenerateRequest):
+        return KIND_IMG2IMG_GRID if request.image else KIND_GRID
+    if request.hires is not None:
+        return KIND_UPSCALE
+    if request.image and origin in VARY_ORIGINS:
+        return KIND_VARY
+    return KIND_IMG2IMG if request.image else KIND_TEXT2IMG
+
+
+def png_size(png: bytes) -> tuple[int | None, int | None]:
+    """(width, height) from a PNG's header (IHDR), without decoding it; (None, None) if it is not a PNG."""
+    if len(png) < 24 or not png.startswith(b"\x89PNG\r\n\x1a\n") or png[12:16] != b"IHDR":
+        return None, None
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
 # The params key that holds what a member typed while no model was known yet: the request beside it is
 # provisional until the job is built with its model's defaults (`params_to_request` ignores the key).
 UNBUILT_OPTIONS = "unbuilt_options"
+# The params key that holds what was changed in the job's input image ("it was converted from CMYK to RGB").
+INPUT_NOTES = "input_notes"
 
 
 def request_to_params(request: Request) -> dict[str, Any]:
@@ -230,7 +284,7 @@ def request_to_params(request: Request) -> dict[str, Any]:
             if value:
                 params["image_bytes"], params["image_sha256"] = len(value), hashlib.sha256(value).hexdigest()
             continue
-        if isinstance(value, HiresFix):
+        if isinstance(value, HiresFix | PlainRow):
             value = dataclasses.asdict(value)
         params[f.name] = list(value) if isinstance(value, tuple) else value
     return params
@@ -259,6 +313,8 @@ def params_to_request(command: str, params: dict[str, Any], *, image: bytes = b"
     }
     if isinstance(kwargs.get("hires"), dict):
         kwargs["hires"] = HiresFix(**kwargs["hires"])
+    if isinstance(kwargs.get("without_loras"), dict):
+        kwargs["without_loras"] = PlainRow(**kwargs["without_loras"])
     if params.get("image_sha256"):
         if not image:
             raise ValueError("this job's input image was not given")

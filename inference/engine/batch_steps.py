@@ -17,7 +17,7 @@ scheduler, and any config these forms don't cover, returns no plan and is steppe
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -97,6 +97,15 @@ def _advance(schedulers: Sequence[Scheduler]) -> None:
         scheduler.is_scale_input_called = True
 
 
+SigmaRow = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def _per_sigma_pair(scheduler: Scheduler, row: SigmaRow) -> Coefficients:
+    """One coefficient row per step index, from that step's sigma and the next one."""
+    sigmas = scheduler.sigmas
+    return tuple(_floats(*row(sigmas[i], sigmas[i + 1])) for i in range(len(scheduler.timesteps)))
+
+
 def _euler_update(batch: StepBatch, sigma: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
     """The Euler step of both Euler kinds, in float32: sample + (sample - x0) / sigma * dt."""
     sample = batch.latents.to(torch.float32)
@@ -111,14 +120,12 @@ class Euler(BatchKind):
 
     @classmethod
     def coefficients(cls, scheduler: Scheduler) -> Coefficients:
-        rows = []
-        sigmas = scheduler.sigmas
-        for i in range(len(scheduler.timesteps)):
-            sigma = sigmas[i]
+        def row(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, ...]:
             # step() with the engine's defaults (s_churn=0): gamma is 0.0, sigma_hat = sigma * 1.0
             sigma_hat = sigma * (0.0 + 1)
-            rows.append(_floats((sigma**2 + 1) ** 0.5, sigma_hat, sigmas[i + 1] - sigma_hat))
-        return tuple(rows)
+            return (sigma**2 + 1) ** 0.5, sigma_hat, sigma_next - sigma_hat
+
+        return _per_sigma_pair(scheduler, row)
 
     def step(self, batch: StepBatch) -> torch.Tensor:
         sigma_hat, dt = batch.coefs[:, 1], batch.coefs[:, 2]
@@ -133,14 +140,12 @@ class EulerAncestral(BatchKind):
 
     @classmethod
     def coefficients(cls, scheduler: Scheduler) -> Coefficients:
-        rows = []
-        sigmas = scheduler.sigmas
-        for i in range(len(scheduler.timesteps)):
-            sigma_from, sigma_to = sigmas[i], sigmas[i + 1]
+        def row(sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> tuple[torch.Tensor, ...]:
             sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
             sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-            rows.append(_floats((sigma_from**2 + 1) ** 0.5, sigma_from, sigma_down - sigma_from, sigma_up))
-        return tuple(rows)
+            return (sigma_from**2 + 1) ** 0.5, sigma_from, sigma_down - sigma_from, sigma_up
+
+        return _per_sigma_pair(scheduler, row)
 
     def step(self, batch: StepBatch) -> torch.Tensor:
         sigma, dt, sigma_up = batch.coefs[:, 1], batch.coefs[:, 2], batch.coefs[:, 3]

@@ -45,10 +45,12 @@ from inference.protocol import (
     Request,
     SafetyVerdict,
     input_image,
+    lane_request,
+    lane_strengths,
 )
 from inference.recent import Recent
 from inference.safety import ImageChecker
-from inference.schedulers import Scheduler, seed_dependent
+from inference.schedulers import Scheduler, seed_dependent, step_options
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +207,16 @@ class LaneEngine:
                 return
             source = InputImage(model.family.image_pixels(image, request.height, request.width))
         job.hires_pending = isinstance(request, GenerateRequest) and request.hires is not None
+        strengths = lane_strengths(request)
         lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
-        job.all_lanes = [self._make_lane(job, i, *lane, source, request.strength) for i, lane in enumerate(lanes)]
+        job.all_lanes = [self._make_lane(job, i, *lane, source, strengths[i]) for i, lane in enumerate(lanes)]
         job.lanes = list(job.all_lanes)
         self._jobs[job_id] = job
 
     def _conditioning(
         self, model: LoadedModel, request: Request, adapters: AdapterKey, height: int, width: int
     ) -> Conditioning:
+        """The request's text conditioning with these LoRAs at this size (kept for later jobs)."""
         text = (request.prompt, request.negative_prompt, request.guidance, height, width)
 
         def encode() -> Conditioning:
@@ -279,7 +283,8 @@ class LaneEngine:
         source: InputImage | None = None,
         strength: float = 1.0,
     ) -> Lane:
-        request, family = job.request, job.model.family
+        family = job.model.family
+        request = lane_request(job.request, index)  # a LoRA comparison's plain row: without the LoRAs
         size = (job.height, job.width)
         few_step = job.model.info.few_step_lora(request.loras) is not None
         if seed_dependent(scheduler_name):  # one per seed: nothing to reuse
@@ -291,7 +296,7 @@ class LaneEngine:
             )
             scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
         generator = torch.Generator("cpu").manual_seed(seed)
-        step_kwargs: dict[str, Any] = {}
+        step_kwargs: dict[str, Any] = step_options(scheduler_name)  # TCD's eta
         if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
         filmed = isinstance(request, GenerateRequest) and request.film
@@ -308,6 +313,10 @@ class LaneEngine:
             if plan is not None:
                 plan = (plan[0], plan[1][start:]) if start == 0 or plan[0].starts_anywhere else None
         timesteps = list(scheduler.timesteps)[start:]
+        own_conditioning = own_adapters = None
+        if request is not job.request:
+            own_adapters = adapter_key(request.loras)
+            own_conditioning = self._conditioning(job.model, request, own_adapters, job.height, job.width)
         return Lane(
             job=job,
             index=index,
@@ -326,6 +335,8 @@ class LaneEngine:
             awaiting_image=source is not None,
             from_image=source is not None,
             strength=strength,
+            own_conditioning=own_conditioning,
+            own_adapters=own_adapters,
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -356,16 +367,18 @@ class LaneEngine:
     # -- iteration ---------------------------------------------------------------------------
 
     def _next_batch(self) -> list[Lane]:
-        """The due lanes of one (model, LoRAs, size) group (groups take turns), oldest job first, up to the cap."""
-        groups: dict[tuple[str, AdapterKey, int, int], list[EngineJob]] = {}
+        """The due lanes of one (model, LoRAs, size) group (groups take turns), oldest job first, up to the cap.
+        A LoRA comparison's two rows are lanes of two groups."""
+        groups: dict[tuple[str, AdapterKey, int, int], list[Lane]] = {}
         for job in sorted(self._jobs.values(), key=lambda j: j.order):
-            groups.setdefault(job.group, []).append(job)
+            for lane in job.due_lanes():
+                groups.setdefault(lane.group, []).append(lane)
         if not groups:
             return []
         keys = sorted(groups)
         key = keys[self._group_turn % len(keys)]
         self._group_turn += 1
-        return [lane for job in groups[key] for lane in job.due_lanes()][: self.max_batch_lanes]
+        return groups[key][: self.max_batch_lanes]
 
     def step(self) -> int:
         """Run one UNet call over a batch of lanes and advance them; returns the lanes run."""
@@ -463,7 +476,7 @@ class LaneEngine:
         """One denoiser call over the batch. Lanes of a scheduler kind with a batched form are scaled
         and stepped as tensor ops over their rows; the rest step one by one through `step`."""
         job = lanes[0].job
-        self._activate(job.model, job.adapters)  # the group's LoRA set: no reload, base weights untouched
+        self._activate(job.model, lanes[0].adapters)  # the group's LoRA set: no reload, base weights untouched
         family = job.model.family
         timesteps = [lane.timesteps[lane.position] for lane in lanes]
         groups: dict[BatchKind | None, list[int]] = {}
@@ -483,7 +496,7 @@ class LaneEngine:
                 model_inputs[i] = row
             batched.append((kind, rows, group, latents, coefs))
         denoiser, padded_rows = self._denoiser_for(lanes)
-        conditionings = [lane.job.conditioning for lane in lanes]
+        conditionings = [lane.conditioning for lane in lanes]
         predictions = family.predict(denoiser, DenoiserBatch(model_inputs, timesteps, conditionings, padded_rows))
         for kind, rows, group, latents, coefs in batched:
             # Row slices, not a list index: indexing with a list would copy an index tensor to the device.
@@ -550,8 +563,8 @@ class LaneEngine:
     def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
         """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
         job = lanes[0].job
-        compiled = self._compiled_unet is not None and job.group == self._compiled_group
-        if compiled and job.model.family.supports_padding([lane.job.conditioning for lane in lanes]):
+        compiled = self._compiled_unet is not None and lanes[0].group == self._compiled_group
+        if compiled and job.model.family.supports_padding([lane.conditioning for lane in lanes]):
             for bucket in self.batch_buckets:
                 if bucket >= len(lanes):
                     return self._compiled_unet, bucket
@@ -697,12 +710,13 @@ class LaneEngine:
         film = lane.film
         first = job.first_pass[lane.index] if job.first_pass else None
         parameters = image_infotext(
-            request,
+            lane_request(request, lane.index),
             seed=lane.seed,
             steps=lane.steps if first is None or not first.timesteps else first.steps,
             model=job.model.name,
             scheduler=request.lane_schedulers[lane.index],
             lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
+            strength=lane.strength if lane.from_image else None,
         )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)

@@ -61,9 +61,26 @@ class Lane:
     from_image: bool = False
     strength: float = 1.0
     decoded: np.ndarray | None = None  # a hires job's first-pass image, until its hires pass starts
+    # A LoRA comparison's plain row runs without the job's LoRAs, at its own guidance: such a lane
+    # carries its own conditioning and adapter set (None: the job's).
+    own_conditioning: Conditioning | None = None
+    own_adapters: AdapterKey | None = None
 
     def __post_init__(self) -> None:
         self.ran = self.ran or self.steps
+
+    @property
+    def conditioning(self) -> Conditioning:
+        return self.job.conditioning if self.own_conditioning is None else self.own_conditioning
+
+    @property
+    def adapters(self) -> AdapterKey:
+        return self.job.adapters if self.own_adapters is None else self.own_adapters
+
+    @property
+    def group(self) -> tuple[str, AdapterKey, int, int]:
+        """Lanes batch only with lanes of the same model, LoRAs (and weights) and size."""
+        return (self.job.model.name, self.adapters, self.job.height, self.job.width)
 
     @property
     def done(self) -> bool:
@@ -84,7 +101,7 @@ class Lane:
     @property
     def rows(self) -> int:
         """Rows this lane adds to a denoiser call: two with classifier-free guidance, else one."""
-        return 1 if self.job.conditioning.uncond is None else 2
+        return 1 if self.conditioning.uncond is None else 2
 
     @property
     def seconds(self) -> float:

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import bench_admission
 from benchmarks.bench_engine import interleaved, main
-from inference.protocol import SCHEDULER_NAMES
+from inference.protocol import FEW_STEP_SCHEDULERS, SCHEDULER_NAMES
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,7 @@ def test_the_admission_benchmark_reports_every_scheduler_of_the_model(
     args = ["--steps", "2", "--size", "64", "--repeats", "1", "--cache-dir", str(tmp_path), "--out", str(out)]
     assert bench_admission.main(args) == 0
     rows = json.loads(out.read_text())["ms"]
-    # The tiny SD model offers every scheduler but LCM, which is for few-step distills.
-    assert list(rows) == [name for name in SCHEDULER_NAMES if name != "LCM"]
+    # The tiny SD model offers every scheduler but LCM and TCD, which are for few-step distills.
+    assert list(rows) == [name for name in SCHEDULER_NAMES if name not in FEW_STEP_SCHEDULERS]
     assert all(ms > 0 for row in rows.values() for ms in row.values())
     assert "| DPM2 |" in capsys.readouterr().out

@@ -311,3 +311,43 @@ def test_a1111_lora_tags_leave_the_prompt_and_become_the_requests_loras() -> Non
 def test_a_lora_written_wrong_is_one_line_saying_how_to_write_it(options: RequestOptions, message: str) -> None:
     with pytest.raises(InvalidOption, match=re.escape(message)):
         build_request(options, RequestDefaults())
+
+
+# --- /compare-strength -----------------------------------------------------------------------
+
+IMAGE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_strength_grid_left_to_its_defaults_is_the_default_strengths_at_the_models_steps() -> None:
+    from inference.protocol import DEFAULT_COMPARE_STRENGTHS, CompareStrengthRequest
+
+    options = RequestOptions("a fox", seed=3, image=IMAGE, size="320x256", strength_grid=True)
+    request = build_request(options, RequestDefaults(steps=25, scheduler="DDIM"))
+    assert request == CompareStrengthRequest("a fox", DEFAULT_COMPARE_STRENGTHS, (25,), "DDIM", 3,
+                                             width=320, height=256, image=IMAGE)  # fmt: skip
+
+
+def test_strengths_and_step_rows_are_read_in_ascending_order() -> None:
+    from inference.protocol import CompareStrengthRequest
+
+    options = RequestOptions("a fox", image=IMAGE, strengths="0.9, 0.3;0.6", compare_steps="30,10", strength_grid=True)
+    request = build_request(options, RequestDefaults())
+    assert isinstance(request, CompareStrengthRequest)
+    assert (request.strengths, request.steps) == ((0.3, 0.6, 0.9), (10, 30))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (RequestOptions("a fox", strength_grid=True), "A strength comparison starts from an image: attach one"),
+        (RequestOptions("a fox", image=IMAGE, strengths="a lot", strength_grid=True), "Could not read strengths"),
+        (RequestOptions("a fox", image=IMAGE, strengths="0.5,nan", strength_grid=True), "Could not read strengths"),
+        (
+            RequestOptions("a fox", image=IMAGE, strength=0.5, strength_grid=True),
+            "Give the strengths to compare with `strengths`",
+        ),
+    ],
+)
+def test_a_strength_grid_that_cant_be_built_is_one_line(options: RequestOptions, message: str) -> None:
+    with pytest.raises(InvalidOption, match=f"^{re.escape(message)}"):
+        build_request(options, RequestDefaults())

@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from PIL import Image
 
+from bot.storage.database import Database
 from inference.parameters import PNG_KEY
 from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
 from tests.a1111 import parse_generation_parameters
-from tests.e2e.helpers import button, embed_fields, image_of, result_files, running_bot, wait_for_result
+from tests.e2e.helpers import (
+    button,
+    e2e_settings,
+    embed_fields,
+    image_of,
+    result_files,
+    running_bot,
+    wait_for_result,
+)
 from tests.fake_discord import FakeDiscord, attachment_option, running_fake
 from tests.workers import started_queue
 
@@ -75,9 +85,11 @@ async def test_an_attachment_that_is_not_an_image_gets_one_line_and_nothing_runs
     async with running_bot(fake, worker) as (_, queue):
         handle = await fake.invoke("imagine", [{"name": "prompt", "type": 3, "value": "a fox"}, option],
                                    resolved=resolved)  # fmt: skip
-        answer = await handle.wait_for_callback()
-        assert answer.json["type"] == 4 and answer.ephemeral
-        assert "not an image Stepgrid can read; send a PNG, JPEG or WebP" in answer.json["data"]["content"]
+        assert (await handle.wait_for_callback()).json["type"] == 5, "deferred before the download"
+        answer = await handle.wait_for_followup()
+        assert answer.ephemeral
+        assert answer.json["content"] == "That attachment is not an image Stepgrid can read; send a PNG, JPEG or WebP."
+        assert int(handle.original_message["id"]) in fake.deleted_messages, "no thinking message is left"
         assert not queue.submitted
 
 
@@ -126,3 +138,66 @@ async def test_upscale_over_the_servers_size_cap_is_refused_before_it_is_queued(
         answer = await click.wait_for_callback()
         assert answer.ephemeral and "would be 512x512" in answer.json["data"]["content"]
         assert len(queue.submitted) == 1
+
+
+async def test_a_slow_attachment_download_starts_after_the_interaction_is_deferred(
+    fake: FakeDiscord, worker: LocalJobQueue
+) -> None:
+    attachment = fake.member_upload("photo.png", uploaded_png((256, 256), "RGB"))
+    release = fake.hold_attachment(attachment)  # the CDN answers only when the test says
+    option, resolved = attachment_option("image", attachment)
+    options = [{"name": "prompt", "type": 3, "value": "a lighthouse"}, {"name": "steps", "type": 4, "value": 4},
+               {"name": "scheduler", "type": 3, "value": "Euler"}, option]  # fmt: skip
+    async with running_bot(fake, worker) as (_, queue):
+        handle = await fake.invoke("imagine", options, resolved=resolved)
+        await fake.wait_for_download(attachment)
+        callback = await handle.wait_for_callback()
+        assert callback.ok and callback.json["type"] == 5, "deferred while the download is held"
+        assert not release.is_set() and not queue.submitted
+        release.set()
+        final = await wait_for_result(handle)
+        assert len(queue.submitted) == 1
+    [png] = result_files(final)
+    assert image_of(png.data).size == (256, 256)
+
+
+async def test_image_input_switched_off_by_an_admin_is_one_line_and_nothing_is_read_or_run(
+    fake: FakeDiscord, worker: LocalJobQueue, tmp_path: Path
+) -> None:
+    attachment = fake.member_upload("photo.png", uploaded_png((256, 256), "RGB"))
+    option, resolved = attachment_option("image", attachment)
+    async with Database(tmp_path / "stepgrid.sqlite3", e2e_settings()) as database:
+        async with running_bot(fake, worker, database=database) as (_, queue):
+            changed = await (
+                await fake.invoke("limits-set", {"image_input": False}, user=fake.admin)
+            ).wait_for_callback()
+            assert "**image input**: off" in (changed.json["data"]["content"] or "")
+            handle = await fake.invoke("imagine", [{"name": "prompt", "type": 3, "value": "a fox"}, option],
+                                       resolved=resolved)  # fmt: skip
+            answer = await handle.wait_for_callback()
+            assert answer.json["type"] == 4 and answer.ephemeral
+            assert answer.json["data"]["content"] == (
+                "This server has switched image input off; run the command without an image."
+            )
+            assert not queue.submitted and not fake.attachment_downloads
+        history = await database.server_limits.limits_history(fake.guild.id)
+    assert [(change.field, change.old_value, change.new_value) for change in history] == [("image_input", None, False)]
+
+
+async def test_an_attachment_over_the_servers_pixel_cap_is_answered_in_a_followup_and_nothing_runs(
+    fake: FakeDiscord, worker: LocalJobQueue
+) -> None:
+    attachment = fake.member_upload("photo.png", uploaded_png((512, 400), "RGB"))
+    option, resolved = attachment_option("image", attachment)
+    settings = e2e_settings(max_input_megapixels=0.2)
+    async with running_bot(fake, worker, settings=settings) as (_, queue):
+        handle = await fake.invoke("imagine", [{"name": "prompt", "type": 3, "value": "a fox"}, option],
+                                   resolved=resolved)  # fmt: skip
+        assert (await handle.wait_for_callback()).json["type"] == 5
+        answer = await handle.wait_for_followup()
+        assert answer.ephemeral and answer.json["content"] == (
+            "That image is 512x400 (0.205 megapixels); this server takes images of at most 0.2 megapixels. "
+            "Send a smaller one."
+        )
+        assert int(handle.original_message["id"]) in fake.deleted_messages, "no thinking message is left"
+        assert not queue.submitted

@@ -23,10 +23,11 @@ from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-# Twelve cells of 139..150 steps at 512x512 on a one-lane worker: long enough to be caught mid-run.
+# Twelve cells of 139..150 steps at 512x512 on a one-lane worker: still running while a backup is taken.
 SLOW_STEPS = ",".join(str(steps) for steps in range(139, 151))
 SLOW_GRID: tuple[str, dict[str, object]] = ("compare-steps", {"steps": SLOW_STEPS, "size": "512"})
-# One image of 150 steps: still running when the bot sees its first steps, a twelfth of the grid's time.
+# One image of 150 steps: still running when the bot sees its first steps, a twelfth of the grid's time
+# (what a job re-run after a kill or a restart costs).
 SLOW_IMAGE: tuple[str, dict[str, object]] = ("imagine", {"steps": 150, "size": "512"})
 
 
@@ -90,7 +91,7 @@ async def test_kill_9_with_jobs_queued_and_running_then_a_restart_answers_each_o
     bot = BotProcess(bot_env(fake, database, model_cache_dir), tmp_path / "bot.log")
     await bot.start()
     try:
-        running, queued = await one_running_one_queued(fake, bot, seed=1)
+        running, queued = await one_running_one_queued(fake, bot, seed=1, slow=SLOW_IMAGE)
 
         await bot.kill(signal.SIGKILL)
         before = await asyncio.to_thread(job_rows, database)

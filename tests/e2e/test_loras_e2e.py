@@ -7,19 +7,30 @@ are refused (in one line, nothing queued) a LoRA the server doesn't allow or the
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
 from bot.config import Settings
 from bot.storage.database import Database
-from inference.protocol import WorkerConfig
+from inference.protocol import PlainRow, WorkerConfig
 from inference.queues.local import LocalJobQueue
 from tests.a1111 import parse_generation_parameters
-from tests.e2e.helpers import content, embed_fields, image_of, result_files, running_bot, wait_for_result
+from tests.e2e.helpers import (
+    content,
+    embed_fields,
+    image_of,
+    result_files,
+    running_bot,
+    wait_for_progress,
+    wait_for_result,
+)
 from tests.fake_discord import FakeDiscord, InteractionHandle, running_fake
 from tests.inference.loras import make_lora
 from tests.workers import started_queue
@@ -158,3 +169,66 @@ async def test_an_unknown_or_disallowed_lora_and_a_bad_weight_are_refused_in_one
         offered = await choice_labels(await fake.autocomplete("imagine", {"prompt": "a", "lora": ""}, "lora"))
         assert list(offered) == ["lightning"]
         assert queue.submitted == []
+
+
+async def test_lora_compare_draws_the_row_without_and_the_row_with_a_few_step_lora_in_one_job(
+    fake: FakeDiscord, worker: LocalJobQueue, registry: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    async with running_bot(fake, worker, settings=settings_for(registry)) as (_, queue):
+        refused = await fake.invoke("compare-steps", {"prompt": "a boat", "lora_compare": True})
+        assert await ephemeral_text(refused) == (
+            "lora_compare needs a LoRA: choose one with lora, or write <lora:name:0.8> in the prompt."
+        )
+        options = {"prompt": "a castle", "lora": "lightning", "lora_compare": True, "seed": 8, "size": "256"}
+        result = await wait_for_result(await fake.invoke("compare-steps", options))
+        [submitted] = queue.submitted  # one job: both rows
+        request = submitted.request
+        # The union of both ladders (the model's 5…50, the LoRA's 1…8), spread to fit 12 cells in two rows.
+        assert request.steps == (1, 3, 5, 8, 20, 50) and len(request.lane_steps) == 12
+        assert (request.scheduler, request.guidance) == ("Euler", 0.0)  # the LoRA row: its own defaults
+        assert request.without_loras == PlainRow("Euler a", 7.5)  # the row without: the model's
+        fields = embed_fields(result)
+        assert fields["Scheduler"] == "Euler (without the LoRA: Euler a)"
+        assert fields["Guidance"] == "0 (without the LoRA: 7.5)"
+        summary = content(result) or ""
+        assert summary.startswith("For this prompt and seed: with lightning it ") and "; without, it " in summary
+        [png] = result_files(result)
+        grid = image_of(png.data)
+        (tmp_path_factory.mktemp("grid") / "lora-compare.png").write_bytes(png.data)  # to look at
+        parsed = parse_generation_parameters(grid.info["parameters"])
+        assert parsed["Prompt"] == "a castle <lora:lightning:1>" and parsed["Y Type"] == "LoRA"
+        assert parsed["Lora hashes"].startswith("lightning: ") and len(parsed["Lora hashes"]) == len("lightning: ") + 12
+        assert parsed["X Values"] == "1, 3, 5, 8, 20, 50"
+        assert grid.width > 6 * 256 and 2 * 256 < grid.height < 3 * 256 + 200  # six columns, two rows
+
+
+async def test_a_lora_grid_png_carries_lora_hashes(fake: FakeDiscord, worker: LocalJobQueue, registry: str) -> None:
+    async with running_bot(fake, worker, settings=settings_for(registry)):
+        options = {"prompt": "a castle", "lora": "pixel-art", "steps": "2,4", "seed": 1, "size": "256"}
+        [png] = result_files(await wait_for_result(await fake.invoke("compare-steps", options)))
+        parsed = parse_generation_parameters(image_of(png.data).info["parameters"])
+        assert parsed["Prompt"] == "a castle <lora:pixel-art:0.8>"
+        assert parsed["Lora hashes"].startswith("pixel-art: ") and len(parsed["Lora hashes"]) == len("pixel-art: ") + 12
+
+
+async def test_a_lora_job_whose_worker_is_killed_mid_job_is_answered_by_the_restarted_worker_with_its_lora(
+    worker: LocalJobQueue, registry: str
+) -> None:
+    """Last in this module: it kills the shared worker. The restarted worker loads the LoRAs again, and the
+    re-sent job's image is the very image the job makes when nothing is killed."""
+    options = {"prompt": "a castle", "lora": "pixel-art", "steps": 60, "seed": 11, "size": "256"}
+    # A hang guard long enough for a restart (loading the model and its LoRAs again) on a busy CPU.
+    async with running_fake(timeout=240.0) as fake, running_bot(fake, worker, settings=settings_for(registry)):
+        [undisturbed] = result_files(await wait_for_result(await fake.invoke("imagine", options)))
+        restarts = worker.restarts
+        handle = await fake.invoke("imagine", options)
+        await wait_for_progress(handle, "step ")
+        pid = worker.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        [again] = result_files(await wait_for_result(handle))
+    assert worker.restarts == restarts + 1 and worker.worker_pid != pid
+    assert [lora.name for lora in worker.models["sd"].loras] == ["pixel-art", "lightning"]
+    assert np.array_equal(np.asarray(image_of(again.data)), np.asarray(image_of(undisturbed.data)))
+    parsed = parse_generation_parameters(image_of(again.data).info["parameters"])
+    assert parsed["Prompt"] == "a castle <lora:pixel-art:0.8>" and parsed["Lora hashes"].startswith("pixel-art: ")

@@ -25,7 +25,7 @@ from inference.queues.redis import read_agents
 from inference.queues.wire import GROUP, Keys
 from tests.e2e.bot_process import REPOSITORY, STEPGRID, WORKER_READY, BotProcess, bot_env
 from tests.e2e.helpers import result_files, wait_for_progress, wait_for_result
-from tests.e2e.test_kill_e2e import SLOW_STEPS
+from tests.e2e.test_kill_e2e import SLOW_IMAGE
 from tests.fake_discord import FakeDiscord
 from tests.redis_server import RedisServer
 
@@ -95,8 +95,8 @@ async def test_two_agents_behind_redis_answer_commands_survive_losing_one_mid_jo
         assert result_files(await wait_for_result(imagine))
         assert result_files(await wait_for_result(grid))
 
-        slow = await fake.invoke("compare-steps", {"prompt": "slow", "steps": SLOW_STEPS, "size": "512", "seed": 6},
-                                 user=fake.member)  # fmt: skip
+        command, options = SLOW_IMAGE
+        slow = await fake.invoke(command, {"prompt": "slow", **options, "seed": 6}, user=fake.member)
         await wait_for_progress(slow, "step ")
         holders = {entry["consumer"].decode() for entry in
                    await client.xpending_range(KEYS.jobs("tiny"), GROUP, "-", "+", 10)}  # fmt: skip

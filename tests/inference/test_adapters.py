@@ -5,6 +5,7 @@ a LoRA that doesn't fit (or a broken file) is reported by name and the rest serv
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 from collections.abc import Callable
@@ -18,7 +19,16 @@ from PIL import Image
 
 from inference.adapters import Adapters, adapter_key
 from inference.loading import LoadedModel, load_model
-from inference.protocol import CompareStepsRequest, GenerateRequest, InvalidRequest, UnknownLora, validate_for_model
+from inference.protocol import (
+    CompareStepsRequest,
+    GenerateRequest,
+    InvalidRequest,
+    PlainRow,
+    UnknownLora,
+    row_requests,
+    validate,
+    validate_for_model,
+)
 from inference.registry import LoraSpec, ModelSpec
 from inference.schedulers import make_scheduler
 from tests.a1111 import parse_generation_parameters
@@ -263,3 +273,73 @@ def test_a_step_distillation_lora_switches_the_defaults_and_spaces_steps_as_few_
     assert int(engine._jobs["job"].lanes[0].timesteps[0]) == 999
     assert int(engine._jobs["plain"].lanes[0].timesteps[0]) < 999
     engine.run_until_idle()
+
+
+def test_a_tcd_lora_runs_tcd_at_guidance_0_by_its_name_or_by_the_registrys_scheduler(
+    lora_files: Callable[[str], dict[str, TinyLora]], model_cache_dir: Path
+) -> None:
+    files = lora_files("tiny")
+    specs = (
+        LoraSpec("tcd-sd15", str(files["style"].kohya), few_step=True),
+        LoraSpec("my-distill", str(files["detail"].kohya), few_step=True, scheduler="TCD"),
+    )
+    model = serve("tiny", specs, model_cache_dir)
+    for info in model.info.loras:
+        assert (info.default_scheduler, info.default_guidance, info.default_steps) == ("TCD", 0.0, 4), info.name
+        assert "TCD" in info.schedulers
+    # TCD is for few-step models: refused without the LoRA (saying why), accepted with it.
+    plain = GenerateRequest("a fox", steps=4, scheduler="TCD", guidance=0.0, width=SIZE, height=SIZE)
+    with pytest.raises(InvalidRequest, match=r"can't run the scheduler 'TCD' \(it is for TCD and other few-step"):
+        validate_for_model(plain, model.info)
+    validate_for_model(dataclasses.replace(plain, loras=(("my-distill", 1.0),)), model.info)
+    engine = RecordingEngine(model)
+    engine.add_job("tcd", dataclasses.replace(plain, loras=(("tcd-sd15", 1.0),)))
+    engine.run_until_idle()
+    assert engine._jobs == {} and len(engine.result("tcd").images) == 1
+
+
+def test_a_lora_comparison_runs_both_rows_in_one_job_each_cell_equal_to_its_row_run_alone(
+    lora_files: Callable[[str], dict[str, TinyLora]], model_cache_dir: Path
+) -> None:
+    """Without the LoRA (Euler a at guidance 7.5, leading spacing) and with a few-step one (LCM at guidance
+    1, trailing spacing): two adapter sets, two groups, one job; the cells say which row they are."""
+    files = lora_files("tiny")
+    model = serve("tiny", (LoraSpec("lcm", str(files["style"].kohya), few_step=True),), model_cache_dir)
+    comparison = CompareStepsRequest("a fox", steps=(1, 2, 4), scheduler="LCM", seed=3, guidance=1.0, width=SIZE,
+                                     height=SIZE, loras=(("lcm", 1.0),),
+                                     without_loras=PlainRow("Euler a", 7.5))  # fmt: skip
+    validate_for_model(comparison, model.info)
+    engine = RecordingEngine(model)
+    engine.add_job("both", comparison)
+    engine.run_until_idle()
+    for row, alone in enumerate(row_requests(comparison)):
+        own = RecordingEngine(model)
+        own.add_job("row", alone)
+        own.run_until_idle()
+        for column in range(3):
+            both = engine.final_latents[("both", row * 3 + column)]
+            assert relative_error(both, own.final_latents[("row", column)]) <= 1e-4, (row, column)
+    images = engine.result("both").images
+    assert [image.steps for image in images] == [1, 2, 4, 1, 2, 4]
+    plain, with_lora = (parse_generation_parameters(Image.open(io.BytesIO(images[i].png)).info["parameters"])
+                        for i in (0, 3))  # fmt: skip
+    assert (plain["Prompt"], plain["Sampler"], plain["CFG scale"]) == ("a fox", "Euler a", "7.5")
+    assert "Lora hashes" not in plain
+    assert (with_lora["Prompt"], with_lora["Sampler"], with_lora["CFG scale"]) == ("a fox <lora:lcm:1>", "LCM", "1")
+    assert with_lora["Lora hashes"] == f"lcm: {model.adapters.hashes['lcm']}"  # type: ignore[union-attr]
+
+
+def test_a_lora_comparison_is_refused_without_a_lora_past_six_step_counts_or_naming_its_plain_row(
+    lora_files: Callable[[str], dict[str, TinyLora]], model_cache_dir: Path
+) -> None:
+    files = lora_files("tiny")
+    model = serve("tiny", (LoraSpec("lcm", str(files["style"].kohya), few_step=True),), model_cache_dir)
+    base = CompareStepsRequest("a fox", steps=(1, 2, 4), scheduler="LCM", guidance=1.0, loras=(("lcm", 1.0),),
+                               without_loras=PlainRow("Euler a", 7.5))  # fmt: skip
+    with pytest.raises(InvalidRequest, match=r"^lora_compare needs a LoRA: choose one with lora"):
+        validate(dataclasses.replace(base, loras=()))
+    with pytest.raises(InvalidRequest, match=r"at most 6 step counts, 12 cells; got 7 step counts\.$"):
+        validate(dataclasses.replace(base, steps=(1, 2, 3, 4, 5, 6, 7)))
+    both_lcm = dataclasses.replace(base, without_loras=PlainRow("LCM", 1.0))
+    with pytest.raises(InvalidRequest, match=r"^Without lcm \(the comparison's first row\): The model tiny can't run"):
+        validate_for_model(both_lcm, model.info)

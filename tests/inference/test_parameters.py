@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from inference.parameters import exif_parameters, exif_user_comment, grid_infotext, image_infotext, infotext
+from inference.parameters import (
+    exif_parameters,
+    exif_user_comment,
+    grid_infotext,
+    image_infotext,
+    infotext,
+    lora_hashes_in,
+)
 from inference.protocol import CompareStepsRequest, GenerateRequest, HiresFix
 from tests.a1111 import parse_generation_parameters, piexif_user_comment, read_info_from_exif, read_user_comment
 
@@ -95,3 +102,38 @@ def test_an_img2img_image_carries_its_denoising_strength_and_a_hires_one_its_pas
     assert (parsed["Hires upscale"], parsed["Hires steps"], parsed["Hires upscaler"]) == ("2", "12", "Lanczos")
     plain = parse_generation_parameters(image_infotext(GenerateRequest("a fox"), seed=1, steps=30, model=""))
     assert "Denoising strength" not in plain
+
+
+def test_a_strength_grid_carries_its_first_cell_and_the_denoising_axis_as_a1111s_xyz_plot_does() -> None:
+    from inference.parameters import strength_grid_infotext
+    from inference.protocol import CompareStrengthRequest
+
+    request = CompareStrengthRequest("fox", strengths=(0.3, 0.45, 0.6), steps=(10, 30), scheduler="Euler", seed=7,
+                                     width=256, height=256, image=b"\x89PNG")  # fmt: skip
+    parsed = parse_generation_parameters(strength_grid_infotext(request, model="tiny"))
+    assert (parsed["Steps"], parsed["Denoising strength"], parsed["Seed"]) == ("10", "0.3", "7")
+    assert (parsed["Script"], parsed["X Type"], parsed["X Values"]) == ("X/Y/Z plot", "Denoising", "0.3, 0.45, 0.6")
+    assert (parsed["Y Type"], parsed["Y Values"]) == ("Steps", "10, 30")
+
+
+def test_a_cell_of_a_strength_grid_carries_its_own_strength() -> None:
+    from inference.protocol import CompareStrengthRequest
+
+    request = CompareStrengthRequest("fox", strengths=(0.3, 0.6), image=b"\x89PNG")
+    parsed = parse_generation_parameters(image_infotext(request, seed=1, steps=30, model="tiny", strength=0.6))
+    assert parsed["Denoising strength"] == "0.6"
+
+
+def test_lora_hashes_come_back_from_an_images_parameters_as_written() -> None:
+    request = GenerateRequest("a fox", steps=4, loras=(("pixel", 0.8), ("lcm", 1.0)))
+    hashes = {"pixel": "0123456789ab", "lcm": "ba9876543210"}
+    assert lora_hashes_in(image_infotext(request, seed=1, steps=4, model="sd15", lora_hashes=hashes)) == hashes
+    assert lora_hashes_in(image_infotext(request, seed=1, steps=4, model="sd15")) == {}
+    assert lora_hashes_in(None) == {} and lora_hashes_in("") == {}
+
+
+def test_a_lora_grid_carries_its_lora_hashes_as_a1111_reads_them() -> None:
+    request = CompareStepsRequest("fox", steps=(2, 4), scheduler="Euler", seed=7, loras=(("pixel", 0.8),))
+    parsed = parse_generation_parameters(grid_infotext(request, model="tiny", lora_hashes={"pixel": "0123456789ab"}))
+    assert parsed["Prompt"] == "fox <lora:pixel:0.8>" and parsed["Lora hashes"] == "pixel: 0123456789ab"
+    assert parsed["X Values"] == "2, 4"

@@ -18,6 +18,7 @@ from inference.protocol import (
     MAX_STEPS,
     SCHEDULER_NAMES,
     CompareStepsRequest,
+    CompareStrengthRequest,
     GenerateRequest,
     HiresFix,
     InvalidRequest,
@@ -26,6 +27,7 @@ from inference.protocol import (
     ModelUnavailable,
     WorkerReady,
     img2img_steps,
+    lane_steps_run,
     parse_step_list,
     step_pixels,
     total_steps,
@@ -299,3 +301,55 @@ def test_an_img2img_request_reaches_a_redis_agent_with_its_input_image_and_hires
     png = PNG + bytes(range(256)) * 64
     request = dataclasses.replace(GOOD, image=png, strength=0.4, hires=HiresFix(steps=9, strength=0.3))
     assert wire.loads(wire.dumps(request)) == request
+
+
+# --- /compare-strength -------------------------------------------------------------------------
+
+
+def _strength_grid(**fields: object) -> CompareStrengthRequest:
+    values: dict[str, object] = {"strengths": (0.3, 0.6, 0.9), "steps": (10,), "image": b"\x89PNG\r\n\x1a\n", **fields}
+    return CompareStrengthRequest("a cat", **values)  # type: ignore[arg-type]
+
+
+def test_a_strength_grid_runs_row_by_row_each_lane_at_its_strength() -> None:
+    request = _strength_grid(steps=(10, 30))
+
+    assert request.lane_steps == (10, 10, 10, 30, 30, 30)
+    assert request.lane_strengths == (0.3, 0.6, 0.9) * 2
+    assert lane_steps_run(request) == (3, 6, 9, 9, 18, 27)
+    assert total_steps(request) == 72 and step_pixels(request) == 72 * 512 * 512
+    validate(request)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"image": b""}, "A strength comparison starts from an image: attach one."),
+        ({"strengths": (0.5,)}, "A strength comparison needs 2 to 6 strengths; got 1."),
+        ({"strengths": (0.5, 0.5)}, "Strength 0.5 is in the list twice; give each strength once."),
+        ({"strengths": (0.5, 1.5)}, "strength must be 0 to 1; got 1.5."),
+        ({"steps": (10, 10)}, "10 steps is in the list twice; give each step count once."),
+        ({"steps": (4, 8, 12, 16, 20)}, "A strength comparison takes 1 to 4 step counts; got 5."),
+        (
+            {"strengths": (0.2, 0.4, 0.6, 0.8), "steps": (10, 20, 30, 40)},
+            "A comparison grid has at most 12 cells; 4 strengths × 4 step counts would be 16: give fewer of either.",
+        ),
+        (
+            {"strengths": (0.0, 0.5), "steps": (4, 20)},
+            "At strength 0, 4 steps run no step over the image; raise the strength or the steps "
+            "(strength × steps must reach 1).",
+        ),
+    ],
+)
+def test_a_bad_strength_grid_is_refused_in_one_line(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate(_strength_grid(**fields))
+    assert str(caught.value) == message
+
+
+def test_a_strength_grid_cell_too_weak_for_an_sd_model_is_refused_for_that_model() -> None:
+    sd = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8)
+    request = _strength_grid(strengths=(0.1, 0.5), steps=(4, 20))
+    validate(request)  # SD 3 and FLUX would run one step of it
+    with pytest.raises(InvalidRequest, match=r"^At strength 0.1, 4 steps run no step over the image; raise"):
+        validate_for_model(request, sd)

@@ -28,6 +28,7 @@ A1111_MEANING: dict[str, tuple[str, dict[str, object]]] = {
     "LMS": ("LMSDiscreteScheduler", {}),
     "UniPC": ("UniPCMultistepScheduler", {}),
     "LCM": ("LCMScheduler", {}),
+    "TCD": ("TCDScheduler", {}),
 }
 
 

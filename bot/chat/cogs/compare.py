@@ -28,6 +28,8 @@ class CompareSteps(commands.Cog):
         **shared.SHARED_DESCRIPTIONS,
         steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
         **shared.GRID_DESCRIPTIONS,
+        **shared.IMAGE_DESCRIPTIONS,
+        lora_compare="Two rows: without the LoRA, then with it, over both their step ladders (needs a lora)",
     )
     @app_commands.autocomplete(
         lora=shared.lora_autocomplete,
@@ -49,12 +51,15 @@ class CompareSteps(commands.Cog):
         model: shared.ModelName | None = None,
         lora: shared.LoraName | None = None,
         lora_weight: shared.LoraWeight | None = None,
+        image: discord.Attachment | None = None,
+        strength: shared.Strength | None = None,
+        lora_compare: bool = False,
     ) -> None:
         options = RequestOptions(
             prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model,
-            lora=lora, lora_weight=lora_weight,
+            lora=lora, lora_weight=lora_weight, strength=strength, lora_compare=lora_compare,
         )  # fmt: skip
-        await self.bot.jobs.start_command(interaction, options, origin="compare-steps")
+        await self.bot.jobs.start_command(interaction, options, origin="compare-steps", attachment=image)
 
 
 async def setup(bot: Stepgrid) -> None:

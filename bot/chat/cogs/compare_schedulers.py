@@ -30,9 +30,12 @@ class CompareSchedulers(commands.Cog):
         negative_prompt=shared.SHARED_DESCRIPTIONS["negative_prompt"],
         model=shared.SHARED_DESCRIPTIONS["model"],
         guidance=shared.SHARED_DESCRIPTIONS["guidance"],
+        lora=shared.SHARED_DESCRIPTIONS["lora"],
+        lora_weight=shared.SHARED_DESCRIPTIONS["lora_weight"],
         schedulers="Rows: 2 to 6 schedulers separated by commas (default: a varied set the model can run)",
         steps="Columns: step counts separated by commas (default: the model's ladder, trimmed to fit the grid)",
         **shared.GRID_DESCRIPTIONS,
+        **shared.IMAGE_DESCRIPTIONS,
     )
     @app_commands.autocomplete(
         lora=shared.lora_autocomplete,
@@ -54,6 +57,8 @@ class CompareSchedulers(commands.Cog):
         model: shared.ModelName | None = None,
         lora: shared.LoraName | None = None,
         lora_weight: shared.LoraWeight | None = None,
+        image: discord.Attachment | None = None,
+        strength: shared.Strength | None = None,
     ) -> None:
         options = RequestOptions(
             prompt,
@@ -67,8 +72,9 @@ class CompareSchedulers(commands.Cog):
             scheduler_grid=True,
             lora=lora,
             lora_weight=lora_weight,
+            strength=strength,
         )
-        await self.bot.jobs.start_command(interaction, options, origin="compare-schedulers")
+        await self.bot.jobs.start_command(interaction, options, origin="compare-schedulers", attachment=image)
 
 
 async def setup(bot: Stepgrid) -> None:

@@ -33,7 +33,7 @@ class Imagine(commands.Cog):
     @app_commands.describe(
         **shared.SHARED_DESCRIPTIONS,
         steps="Denoising steps (default: the model's own; more is slower, not always better)",
-        seed="shared.Seed for a repeatable image (random when left out)",
+        seed="Seed for a repeatable image (random when left out)",
         size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
         count="How many images (consecutive seeds)",
         film="Also post a Steps film: the predicted finished image at every step (one image only)",

@@ -26,6 +26,7 @@ from bot.chat.cogs.options import (
     registry_models_autocomplete,
     require_database,
 )
+from bot.config import MIN_INPUT_MEGAPIXELS
 from bot.errors import UserFacingError
 from bot.formatting import format_amount
 from bot.limits.server import (
@@ -78,9 +79,13 @@ def display_value(name: str, value: Any) -> str:
         return f"{len(value)} word(s) (not listed)" if value else "none"
     if name == "flagged_images":
         return FLAGGED_POLICIES.get(value, str(value))
+    if name == "image_input":
+        return "on" if value else "off: members can't attach an image to start from"
+    if name == "max_input_megapixels":
+        return f"{value:g} megapixels"
     if isinstance(value, tuple):
         return ", ".join(value) if len(value) < len(SCHEDULER_NAMES) else "all"
-    if name == "max_image_size":
+    if name in ("max_image_size", "max_upscale_size"):
         return f"{value}×{value}"
     if name == "max_compute_per_request":
         return f"{format_amount(value)} pixel-steps (e.g. 512×512 × {value // (512 * 512):,} steps)"
@@ -94,6 +99,8 @@ def source_of(name: str, server: ServerLimits, effective: EffectiveLimits) -> st
     if name == "model_max_steps":
         return _source_of_model_ceilings(server, effective)
     own = getattr(server, name)
+    if name == "max_upscale_size" and own is None and effective.max_upscale_size == effective.max_image_size:
+        return "the max image size"
     if own is None:
         return "operator"
     return "server" if own == getattr(effective, name) else "operator (caps the server's value)"
@@ -205,6 +212,9 @@ class Limits(commands.Cog):
         model_max_steps='Step ceilings per model, e.g. "sdxl-turbo=8, flux=28" (replaces them all)',
         flagged_images="Where pictures the image checker flags may be posted (elsewhere they are withheld)",
         allowed_loras="Comma-separated LoRAs members may choose (of the operator's), or none",
+        image_input="Whether members may attach an image to start from (img2img); Vary and Upscale still work",
+        max_input_megapixels="Most pixels an attached image may have, in millions (a 12 MP photo is 4000×3000)",
+        max_upscale_size="Largest width or height of an Upscale ×2 result (default: the max image size)",
     )
     @app_commands.rename(**OPTION_NAMES)
     @app_commands.choices(default_scheduler=SCHEDULER_CHOICES, flagged_images=FLAGGED_CHOICES)
@@ -233,6 +243,9 @@ class Limits(commands.Cog):
         model_max_steps: app_commands.Range[str, 1, 1000] | None = None,
         flagged_images: str | None = None,
         allowed_loras: app_commands.Range[str, 1, 1000] | None = None,
+        image_input: bool | None = None,
+        max_input_megapixels: app_commands.Range[float, MIN_INPUT_MEGAPIXELS, None] | None = None,
+        max_upscale_size: app_commands.Range[int, MIN_SIZE, None] | None = None,
     ) -> None:
         given = {
             "max_steps": max_steps,
@@ -250,6 +263,9 @@ class Limits(commands.Cog):
             "model_max_steps": model_max_steps,
             "flagged_images": flagged_images,
             "allowed_loras": allowed_loras,
+            "image_input": image_input,
+            "max_input_megapixels": max_input_megapixels,
+            "max_upscale_size": max_upscale_size,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:

@@ -19,8 +19,10 @@ from inference.protocol import (
     MAX_GUIDANCE,
     MAX_LORA_WEIGHT,
     MAX_SEED,
+    MAX_STRENGTH,
     MIN_GUIDANCE,
     MIN_LORA_WEIGHT,
+    MIN_STRENGTH,
     SCHEDULER_NAMES,
     ModelInfo,
 )
@@ -48,6 +50,13 @@ GRID_DESCRIPTIONS = {
     "size": "Width x height of each cell, e.g. 512 or 768x512 (multiples of 8)",
 }
 
+# The input image of a grid (/compare-steps, /compare-schedulers; /compare-strength needs one): every cell starts
+# from it. Discord shows at most 100 characters of a description.
+IMAGE_DESCRIPTIONS = {
+    "image": "An image every cell starts from (img2img): PNG, JPEG or WebP; the grid keeps its layout",
+    "strength": "With an image: how much to change it, 0 to 1 (default: the model's). At 0.6 of 30 steps, 18 run",
+}
+
 # The option types every generating command shares, declared once: discord.py reads each command's
 # options (and their ranges) from its signature.
 Prompt = app_commands.Range[str, 1, MAX_PROMPT_CHARS]
@@ -57,6 +66,7 @@ Guidance = app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE]
 ModelName = app_commands.Range[str, 1, 100]
 LoraName = app_commands.Range[str, 1, 100]
 LoraWeight = app_commands.Range[float, MIN_LORA_WEIGHT, MAX_LORA_WEIGHT]
+Strength = app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH]
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 

@@ -17,7 +17,15 @@ from bot.chat.cogs.options import guild_id_of, manage_server_only, require_datab
 from bot.errors import InvalidOption
 from bot.formatting import format_duration
 from bot.limits.server import EffectiveLimits
-from bot.ops.usage_report import CHART_DAYS, USAGE_PERIODS, MemberUsage, member_usage, period_start, server_chart
+from bot.ops.usage_report import (
+    CHART_DAYS,
+    USAGE_PERIODS,
+    MemberUsage,
+    kind_lines,
+    member_usage,
+    period_start,
+    server_chart,
+)
 from bot.replies.messages import COLOUR
 from bot.storage.ledger import ServerUsage
 from inference.clipping import echo
@@ -47,6 +55,8 @@ def member_usage_embed(usage: MemberUsage, *, now_resets_in: str) -> discord.Emb
         ),
         inline=False,
     )
+    if usage.by_kind:
+        embed.add_field(name="By kind", value=kind_lines(usage.by_kind)[:1024], inline=False)
     return embed
 
 
@@ -68,6 +78,7 @@ def server_usage_embed(usage: ServerUsage, period: str) -> discord.Embed:
         for rank, row in enumerate(usage.top_schedulers, start=1)
     )
     embed.add_field(name="Top members", value=users or "nobody yet", inline=False)
+    embed.add_field(name="By kind", value=kind_lines(usage.by_kind)[:1024] or "none yet", inline=False)
     models = "\n".join(
         f"{rank}. {row.model or '— (before models were recorded)'}: {row.jobs:,} jobs, {row.steps:,} steps, "
         f"{row.gpu_seconds:,.1f} s"

@@ -35,8 +35,8 @@ async def test_setup_hook_starts_the_queue_and_loads_every_command() -> None:
     try:
         assert cast(ScriptedQueue, bot.queue).started
         assert sorted(command.name for command in bot.tree.get_commands()) == [
-            "compare-schedulers", "compare-steps", "imagine", "limits", "limits-reset", "limits-set", "usage",
-            "usage-server",
+            "compare-schedulers", "compare-steps", "compare-strength", "imagine", "limits", "limits-reset",
+            "limits-set", "usage", "usage-server",
         ]  # fmt: skip
         assert sorted(bot.extensions) == sorted(EXTENSIONS)
     finally:
@@ -61,7 +61,7 @@ async def test_the_commands_offer_a_model_schedulers_by_autocomplete_and_bounded
         assert isinstance(compare, app_commands.Command)
         names = [option["name"] for option in compare.to_dict(bot.tree)["options"]]
         assert names == ["prompt", "steps", "scheduler", "seed", "negative_prompt", "guidance", "size", "model",
-                         "lora", "lora_weight"]  # fmt: skip
+                         "lora", "lora_weight", "image", "strength", "lora_compare"]  # fmt: skip
         assert options["lora"]["autocomplete"] is True
         assert (options["lora_weight"]["min_value"], options["lora_weight"]["max_value"]) == (-2, 2)
     finally:
@@ -77,5 +77,18 @@ async def test_the_tree_error_handler_answers_command_errors() -> None:
         await bot.tree.on_error(cast(discord.Interaction[Stepgrid], interaction), error)
         (reply,) = interaction.recorder.calls
         assert reply.ephemeral and reply.content == "The queue is full; try again in a minute."
+    finally:
+        await bot.close()
+
+
+async def test_every_option_description_reads_as_words_not_code() -> None:
+    bot = await make_bot()
+    try:
+        commands = [c for c in bot.tree.walk_commands() if isinstance(c, app_commands.Command)]
+        for command in commands:
+            for option in command.to_dict(bot.tree).get("options", []):
+                description = option["description"]
+                assert description[:1].isupper(), (command.name, option["name"], description)
+                assert "shared." not in description and "_" not in description.split()[0], (command.name, description)
     finally:
         await bot.close()

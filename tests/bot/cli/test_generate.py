@@ -430,3 +430,35 @@ def test_upscale_refuses_an_image_without_a_prompt_in_one_line(tmp_path: Path) -
     result = stepgrid("upscale", str(source), "--model", "tiny", "-o", str(tmp_path / "out.png"), cwd=tmp_path)
     assert result.returncode == 2
     assert "carries no prompt in its parameters: give one with --prompt" in one_error_line(result)
+
+
+@pytest.mark.slow
+def test_compare_strength_writes_a_grid_of_strengths_by_step_counts_saying_what_ran(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    source = tmp_path / "in.png"
+    Image.new("RGB", (256, 256), (200, 160, 40)).save(source)
+    out = tmp_path / "strength.png"
+    argv = ["compare-strength", str(source), "--prompt", "a sun", "--model", "tiny", "--seed", "5"]
+    assert main([*argv, "--scheduler", "Euler", "--strengths", "0.9,0.5", "--steps", "6,4", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "4 steps at strength 0.5, 0.9 ran 2, 3 steps" in printed and "6 steps at strength 0.5, 0.9 ran 3, 5" in printed
+    )
+    grid = Image.open(out)
+    assert 2 * 256 < grid.width < 3 * 256 and 2 * 256 < grid.height < 3 * 256, "two strengths by two step counts"
+    parsed = parse_generation_parameters(grid.info["parameters"])
+    assert (parsed["X Type"], parsed["X Values"], parsed["Y Type"], parsed["Y Values"]) == (
+        "Denoising", "0.5, 0.9", "Steps", "4, 6"
+    )  # fmt: skip
+    assert (parsed["Denoising strength"], parsed["Prompt"], parsed["Model"]) == ("0.5", "a sun", "tiny")
+
+
+def test_compare_strength_with_one_strength_exits_2_before_loading_anything(tmp_path: Path) -> None:
+    source = tmp_path / "in.png"
+    Image.new("RGB", (256, 256)).save(source)
+    argv = ["compare-strength", str(source), "--prompt", "a sun", "--model", "tiny", "--strengths", "0.5"]
+    result = stepgrid(*argv, "-o", str(tmp_path / "out.png"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_error_line(result) == "stepgrid: A strength comparison needs 2 to 6 strengths; got 1."

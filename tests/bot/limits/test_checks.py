@@ -308,3 +308,44 @@ def test_the_compute_cost_counts_the_steps_that_run_at_the_size_they_run() -> No
     )
     hires = GenerateRequest("a fox", steps=20, width=512, height=512, hires=HiresFix(steps=10, strength=0.5))
     assert compute_cost(hires) == 512 * 512 * 20 + 1024 * 1024 * 5
+
+
+# --- /compare-strength -------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # the checks read only that there is an image
+
+
+def test_a_strength_grid_with_too_many_cells_is_refused_naming_its_shape() -> None:
+    from inference.protocol import CompareStrengthRequest
+
+    request = CompareStrengthRequest("a cat", strengths=(0.3, 0.5, 0.7, 0.9), steps=(10, 20), image=PNG)
+
+    error = refusal(request, limits(max_grid_cells=6))
+
+    assert str(error) == (
+        "This server allows grids of at most 6 cells; you asked for 8 (4 strengths × 2 step counts): give fewer of "
+        "either."
+    )
+
+
+def test_a_strength_grid_row_over_the_servers_steps_is_refused() -> None:
+    from inference.protocol import CompareStrengthRequest
+
+    request = CompareStrengthRequest("a cat", strengths=(0.3, 0.6), steps=(20, 50), image=PNG)
+
+    assert str(refusal(request, limits(max_steps=40))) == "This server allows at most 40 steps; you asked for 50."
+
+
+def test_a_strength_grid_costs_only_the_steps_that_run_and_says_so() -> None:
+    from inference.protocol import CompareStrengthRequest
+
+    # Of 30 steps at 0.3, 0.6 and 0.9: 9 + 18 + 27 = 54 steps run, not 90.
+    request = CompareStrengthRequest("a cat", strengths=(0.3, 0.6, 0.9), steps=(30,), image=PNG)
+    assert compute_cost(request) == 512 * 512 * 54
+
+    error = refusal(request, limits(max_compute_per_request=10_000_000))
+
+    assert str(error) == (
+        "This request needs 14.2M pixel-steps (512×512 × 54 steps that run over 3 cells); this server allows 10.0M "
+        "per request."
+    )

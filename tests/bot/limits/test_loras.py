@@ -57,3 +57,32 @@ def test_allowed_loras_are_the_operators_named_in_any_case_or_none() -> None:
     with pytest.raises(InvalidLimit, match="unknown LoRA 'pixl'; the operator's LoRAs are: pixel, lightning"):
         validate_limit_changes({"allowed_loras": "pixl"}, current, LORA_SETTINGS)
     assert EffectiveLimits.combine(None, SETTINGS).allowed_loras is None  # unset: every LoRA
+
+
+def test_lora_compare_gives_each_row_its_own_defaults_over_both_ladders() -> None:
+    from bot.job_requests import RequestOptions, build_request
+    from inference.protocol import CompareStepsRequest, PlainRow
+
+    few = limits().request_defaults(WITH_LORAS, ["lightning"])
+    options = RequestOptions("a fox", grid=True, lora="lightning", lora_compare=True, seed=1)
+    request = build_request(options, few)
+    assert isinstance(request, CompareStepsRequest)
+    assert (request.scheduler, request.guidance, request.loras) == ("Euler", 0.0, (("lightning", 1.0),))
+    assert request.without_loras == PlainRow("Euler a", 7.5)
+    # SD15's ladder and the LoRA's, spread to six columns (twelve cells in two rows).
+    assert request.steps == (1, 3, 5, 8, 20, 50) and len(request.lane_steps) == 12
+    # A scheduler or guidance given applies to both rows.
+    both = build_request(dataclasses.replace(options, scheduler="DDIM", guidance=2.0), few)
+    assert isinstance(both, CompareStepsRequest) and both.without_loras == PlainRow("DDIM", 2.0)
+    assert (both.scheduler, both.guidance) == ("DDIM", 2.0)
+
+
+def test_a_lora_comparison_over_the_servers_cell_limit_is_refused_saying_it_has_two_rows() -> None:
+    from inference.protocol import CompareStepsRequest, PlainRow
+
+    request = CompareStepsRequest("a fox", steps=(1, 2, 4, 8), scheduler="Euler", guidance=0.0,
+                                  loras=(("lightning", 1.0),), without_loras=PlainRow("Euler a", 7.5))  # fmt: skip
+    assert str(refusal(request, limits(max_grid_cells=6))) == (
+        "This server allows grids of at most 6 cells; you asked for 8 (two rows, without and with the LoRA, "
+        "× 4 step counts): give fewer step counts."
+    )

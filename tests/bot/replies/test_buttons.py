@@ -10,8 +10,10 @@ import discord
 import pytest
 
 from bot.replies.buttons import CUSTOM_ID_PATTERN, JobButton, result_view
-from inference.protocol import GenerateRequest
-from tests.bot.fakes import COMPARE, IMAGINE, Harness, custom_ids, record_for
+from inference.protocol import GenerateRequest, HiresFix
+from tests.bot.fakes import COMPARE, IMAGINE, Harness, custom_ids, png_of, record_for
+
+PNG_BYTES = png_of(256, 256)
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
 
@@ -81,6 +83,31 @@ async def test_a_film_result_has_no_second_film_button() -> None:
     assert f"stepgrid:film:{JOB_ID}" not in custom_ids(view)
     assert button(view, "fewer").label == "15 steps"
     assert button(view, "more").label == "25 steps"
+
+
+@pytest.mark.parametrize(
+    ("kind", "request_"),
+    [
+        ("text2img", GenerateRequest("x", width=512, height=512)),
+        ("img2img", GenerateRequest("x", width=512, height=512, image=PNG_BYTES, strength=0.6)),
+        ("vary", GenerateRequest("x", width=512, height=512, image=PNG_BYTES, strength=0.35)),
+        ("upscale", GenerateRequest("x", width=384, height=384, image=PNG_BYTES, strength=1.0, hires=HiresFix(8))),
+    ],
+)
+async def test_every_one_image_result_offers_vary_and_upscale(kind: str, request_: GenerateRequest) -> None:
+    ids = custom_ids(result_view(record_for(request_)))
+    assert {f"stepgrid:{a}:{JOB_ID}" for a in ("vary", "vary-strong", "upscale")} <= set(ids), kind
+
+
+async def test_upscale_is_not_offered_where_twice_the_result_is_more_than_any_worker_takes() -> None:
+    upscaled = GenerateRequest("x", width=1024, height=1024, image=PNG_BYTES, strength=1.0, hires=HiresFix(8))
+    ids = custom_ids(result_view(record_for(upscaled)))  # 2048x2048 now: 4096x4096 after another
+    assert f"stepgrid:upscale:{JOB_ID}" not in ids and f"stepgrid:vary:{JOB_ID}" in ids
+
+
+async def test_several_images_in_one_result_offer_no_vary_or_upscale() -> None:
+    ids = custom_ids(result_view(record_for(dataclasses.replace(IMAGINE, count=4))))
+    assert not {f"stepgrid:{a}:{JOB_ID}" for a in ("vary", "vary-strong", "upscale")} & set(ids)
 
 
 async def test_a_grid_result_has_only_reroll_and_details() -> None:

@@ -246,3 +246,32 @@ def test_a_scheduler_grid_result_says_where_each_row_settles_and_lists_its_rows(
     embed = message.embeds[0]
     assert embed.title == "Compare schedulers"
     assert {field.name: field.value for field in embed.fields}["Schedulers"] == "Euler a, DDIM"
+
+
+def test_a_strength_grid_result_says_what_ran_in_each_cell_and_carries_the_denoising_axis() -> None:
+    from inference.protocol import CompareStrengthRequest, img2img_steps
+
+    request = CompareStrengthRequest("a fox", strengths=(0.3, 0.6), steps=(10, 30), seed=5, width=256, height=256,
+                                     image=png_of(256, 256))  # fmt: skip
+    record = record_for(request)
+    images = tuple(
+        dataclasses.replace(image, strength=strength, steps_ran=img2img_steps(image.steps, strength, flow=False))
+        for image, strength in zip(result_for(record.job_id, request).images, request.lane_strengths, strict=True)
+    )
+    result = dataclasses.replace(result_for(record.job_id, request), images=images)
+    rendered = encode_result_files(record, result, limit=10**7)
+    [grid] = rendered.files
+    parsed = parse_generation_parameters(Image.open(io.BytesIO(grid.data)).info["parameters"])
+    assert (parsed["X Type"], parsed["X Values"], parsed["Y Values"]) == ("Denoising", "0.3, 0.6", "10, 30")
+    assert (rendered.summary or "").startswith("10 steps at strength 0.3, 0.6 ran 3, 6 steps, moving Δ")
+    embed = result_message(record, result, rendered).embeds[0]
+    fields = {field.name: field.value for field in embed.fields}
+    assert embed.title == "Compare strength" and fields["Strengths"] == "0.3, 0.6"
+    assert fields["Steps"] == "10 steps · strength 0.3, 0.6 · ran 3, 6\n30 steps · strength 0.3, 0.6 · ran 9, 18"
+
+
+def test_progress_of_a_grid_from_an_image_counts_a_cell_done_when_its_share_has_run() -> None:
+    request = dataclasses.replace(COMPARE, image=png_of(8, 8), strength=0.5)  # 5, 10, 20 steps: 2, 5, 10 run
+    state = ProgressState(started=True, lane_steps={0: 2, 1: 5, 2: 7}, job_step=14, job_total=17)
+    text = progress_text(request, state)
+    assert "2/3 cells done" in text and "longest cell at step 7/10" in text

@@ -305,3 +305,73 @@ async def test_a_job_found_delivered_without_its_figures_counts_the_steps_it_ask
     assert await db.ledger.mark_delivered(job.id)
     [done] = await all_jobs(db)
     assert (done.status, done.steps_run) == ("done", 60)
+
+
+# --- images in: each job's kind and its input image (never the image) ----------------------------
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 20, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_each_job_records_its_kind_and_its_input_images_size_and_sha256(db: Database) -> None:
+    import hashlib
+
+    from inference.protocol import HiresFix
+
+    png = _png(320, 256)
+    requests = {
+        "text2img": (GenerateRequest("a fox"), "imagine"),
+        "img2img": (GenerateRequest("a fox", image=png, strength=0.6), "imagine"),
+        "vary": (GenerateRequest("a fox", image=png, strength=0.35), "vary"),
+        "upscale": (GenerateRequest("a fox", image=png, strength=1.0, hires=HiresFix(steps=8)), "upscale"),
+        "grid": (CompareStepsRequest("a fox", steps=(4, 8)), "compare-steps"),
+        "img2img-grid": (CompareStepsRequest("a fox", steps=(4, 8), image=png), "compare-steps"),
+    }
+    for kind, (request, origin) in requests.items():
+        job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD, origin=origin)
+        stored = await db.ledger.get_job(job.id)
+        assert stored is not None and stored.kind == kind
+        if request.image:
+            assert (stored.input_width, stored.input_height, stored.input_bytes) == (320, 256, len(png))
+            assert stored.input_sha256 == hashlib.sha256(png).hexdigest()
+            assert "image" not in stored.params
+        else:
+            assert (stored.input_sha256, stored.input_width, stored.input_bytes) == (None, None, None)
+
+
+async def test_usage_by_kind_counts_each_kinds_jobs_steps_and_gpu_seconds(db: Database, clock: FakeClock) -> None:
+    png = _png(256, 256)
+    for request, origin, user in (
+        (GenerateRequest("a fox", steps=10), "imagine", ALICE),
+        (GenerateRequest("a fox", steps=10), "imagine", BOB),
+        (GenerateRequest("a fox", steps=10, image=png, strength=0.5), "vary", ALICE),
+    ):
+        job = await db.ledger.record_job(request, user_id=user, channel_id=CHANNEL, guild_id=GUILD, origin=origin)
+        await db.ledger.mark_done(job.id, gpu_seconds=2.0, queue_seconds=0.0, steps_run=5)
+    server = await db.ledger.kind_totals(GUILD)
+    assert [(t.kind, t.jobs, t.steps, t.gpu_seconds) for t in server] == [("text2img", 2, 10, 4.0), ("vary", 1, 5, 2.0)]
+    alice = await db.ledger.kind_totals(GUILD, user_id=ALICE)
+    assert [(t.kind, t.jobs) for t in alice] == [("text2img", 1), ("vary", 1)]
+    usage = await db.ledger.server_usage(GUILD, since=None, until=clock.now + timedelta(hours=1))
+    assert usage.by_kind == server
+
+
+async def test_the_conversion_notes_of_an_input_image_are_kept_with_the_job(db: Database) -> None:
+    from bot.storage.job_store import record_of
+
+    request = GenerateRequest("a fox", image=_png(256, 256), strength=0.5)
+    notes = ("it was converted from CMYK to RGB", "it is animated: the first frame was used")
+    job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD, notes=notes)
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None
+    assert record_of(stored, db.inputs).notes == notes
+    await db.ledger.set_request(job.id, request)  # a held job built for its model keeps them
+    stored = await db.ledger.get_job(job.id)
+    assert stored is not None and record_of(stored, db.inputs).notes == notes

@@ -232,3 +232,49 @@ def test_0003_models_downgrades_to_0001(tmp_path: Path) -> None:
         columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
         limit_columns = {row[1] for row in connection.execute("PRAGMA table_info(guild_limits)")}
     assert "model" not in columns and not {"allowed_models", "default_model", "model_max_steps"} & limit_columns
+
+
+def test_0007_image_limits_gives_old_jobs_their_kind_and_input_and_downgrades(tmp_path: Path) -> None:
+    # A database at 0006 with jobs of every kind recorded before kinds were: their params say what they were.
+    path = tmp_path / "db.sqlite3"
+    command.upgrade(alembic_config(sqlite_url(path)), "0006_allowed_loras")
+    image = '"image_sha256": "ab12", "image_bytes": 5000'
+    rows = {
+        "text": ("imagine", "imagine", '{"prompt": "a fox", "steps": 20}'),
+        "img": ("imagine", "imagine", '{"prompt": "a fox", "steps": 20, ' + image + "}"),
+        "vary": ("imagine", "vary-strong", '{"prompt": "a fox", "steps": 20, ' + image + "}"),
+        "up": ("imagine", "upscale", '{"prompt": "a fox", "steps": 8, "hires": {"steps": 8}, ' + image + "}"),
+        "grid": ("compare-steps", "compare-steps", '{"prompt": "a fox", "steps": [4, 8]}'),
+    }
+    with sqlite3.connect(path) as connection:
+        for job_id, (command_, origin, params) in rows.items():
+            connection.execute(
+                "INSERT INTO jobs (id, channel_id, user_id, command, params, scheduler, images, steps_requested, "
+                "status, attempts, created_at, origin) VALUES (?, 5, 11, ?, ?, 'Euler', 1, 20, 'done', 1, "
+                "'2026-03-14 12:00:00', ?)",
+                (job_id, command_, params, origin),
+            )
+        connection.execute("INSERT INTO guild_limits (guild_id, max_steps) VALUES (1000, 40)")
+
+    upgrade_database(path)
+
+    assert schema_diff(path) == []
+    with sqlite3.connect(path) as connection:
+        kinds = dict(connection.execute("SELECT id, kind FROM jobs").fetchall())
+        inputs = connection.execute(
+            "SELECT input_sha256, input_bytes, input_width FROM jobs WHERE id = 'up'"
+        ).fetchone()
+        limits = connection.execute(
+            "SELECT max_steps, image_input, max_input_megapixels, max_upscale_size FROM guild_limits"
+        ).fetchone()
+    assert kinds == {"text": "text2img", "img": "img2img", "vary": "vary", "up": "upscale", "grid": "grid"}
+    assert inputs == ("ab12", 5000, None)  # the params never held the image's width and height
+    assert limits == (40, None, None, None)
+
+    downgrade_database(path, "0006_allowed_loras")
+    with sqlite3.connect(path) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+        limit_columns = {row[1] for row in connection.execute("PRAGMA table_info(guild_limits)")}
+        assert connection.execute("SELECT count(*) FROM jobs").fetchone() == (5,)
+    assert not {"kind", "input_sha256", "input_width", "input_height", "input_bytes"} & columns
+    assert not {"image_input", "max_input_megapixels", "max_upscale_size"} & limit_columns

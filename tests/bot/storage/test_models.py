@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bot.storage.models import command_of, params_to_request, request_to_params
@@ -44,3 +46,13 @@ def test_a_requests_loras_survive_the_json_the_ledger_stores() -> None:
     stored = json.loads(json.dumps(request_to_params(request)))
     assert stored["loras"] == [["pixel", 0.8], ["lcm", 1.0]]  # the ledger's record of the LoRAs used
     assert params_to_request("imagine", stored) == request
+
+
+def test_a_strength_grid_is_its_own_command_and_comes_back_with_its_input_image() -> None:
+    from inference.protocol import CompareStrengthRequest
+
+    image = b"\x89PNG\r\n\x1a\nstand-in"
+    request = CompareStrengthRequest("a sun", (0.3, 0.6), (10, 20), "Euler", 4, 6.0, 256, 256, image=image)
+    params = json.loads(json.dumps(request_to_params(request)))
+    assert command_of(request) == "compare-strength" and "image" not in params
+    assert params_to_request("compare-strength", params, image=image) == request

@@ -10,7 +10,7 @@ from inference.families import family_for
 from inference.loading import LoadedModel
 from inference.protocol import DEFAULT_COMPARE_STEPS, GUIDANCE_INPUT, SCHEDULER_NAMES, GenerateRequest
 from inference.registry import ModelSpec
-from inference.schedulers import make_scheduler
+from inference.schedulers import TCD_ETA, make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (
     assert_equals_plain_pipeline,
@@ -28,8 +28,8 @@ def tiny(load_test_model: LoadTestModel) -> LoadedModel:
 
 def test_sd_reports_every_scheduler_and_todays_defaults(tiny: LoadedModel) -> None:
     info = tiny.info
-    # LCM's consistency steps are for distilled models only: a full-step model isn't offered them.
-    assert info.family == "sd" and info.schedulers == tuple(s for s in SCHEDULER_NAMES if s != "LCM")
+    # LCM's and TCD's consistency steps are for distilled models only: a full-step model isn't offered them.
+    assert info.family == "sd" and info.schedulers == tuple(s for s in SCHEDULER_NAMES if s not in ("LCM", "TCD"))
     assert (info.default_steps, info.default_guidance, info.default_scheduler) == (30, 7.5, "Euler a")
     assert info.compare_steps == DEFAULT_COMPARE_STEPS and info.size_multiple == 8
 
@@ -41,6 +41,16 @@ def test_guidance_at_most_1_runs_one_row_as_the_plain_pipeline_does(tiny: Loaded
     )
     assert_equals_plain_pipeline(tiny, request, make_scheduler(tiny.pipe.scheduler.config, "Euler", 5))
     assert_mixed_batch_equals_alone(tiny, request, neighbours_for(SIZE, "Euler a", (7.5, 3.0)))
+
+
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_a_tcd_lane_equals_the_pipeline_with_tcd_at_the_docs_eta(tiny: LoadedModel, guidance: float) -> None:
+    """TCD (a TCD-LoRA's scheduler) steps with eta 0.3 and the lane's own generator, as diffusers' TCD docs
+    call the pipeline; alone and beside lanes of other schedulers and guidance."""
+    request = GenerateRequest("a red fox", steps=4, scheduler="TCD", seed=5, guidance=guidance, width=SIZE, height=SIZE)
+    tcd = make_scheduler(tiny.pipe.scheduler.config, "TCD", 5)
+    assert_equals_plain_pipeline(tiny, request, tcd, eta=TCD_ETA)
+    assert_mixed_batch_equals_alone(tiny, request, neighbours_for(SIZE, "Euler a", (7.5, 0.0)))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from inference.families import family_for
 from inference.loading import LoadedModel
 from inference.protocol import GUIDANCE_CFG, GenerateRequest
 from inference.registry import ModelSpec
-from inference.schedulers import make_scheduler
+from inference.schedulers import TCD_ETA, make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (
     assert_equals_plain_pipeline,
@@ -27,7 +27,7 @@ def sdxl(load_test_model: LoadTestModel) -> LoadedModel:
     return load_test_model("tiny-sdxl")
 
 
-@pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DPM++ 2M Karras", "Heun", "DPM++ SDE", "LCM"])
+@pytest.mark.parametrize("scheduler", ["Euler", "Euler a", "DPM++ 2M Karras", "Heun", "DPM++ SDE", "LCM", "TCD"])
 def test_a_lane_in_a_mixed_batch_equals_the_same_lane_alone(sdxl: LoadedModel, scheduler: str) -> None:
     subject = GenerateRequest("a red fox", steps=5, scheduler=scheduler, seed=1234, guidance=6.0,
                               width=SIZE, height=SIZE, negative_prompt="blurry")  # fmt: skip
@@ -43,7 +43,7 @@ def test_a_turbo_style_lane_at_guidance_0_equals_itself_alone_beside_cfg_lanes(s
 @pytest.mark.parametrize(
     ("scheduler", "guidance", "width", "height"),
     [("Euler", 5.0, SIZE, SIZE), ("Euler a", 0.0, SIZE, SIZE), ("DPM++ 2M", 7.5, 2 * SIZE, SIZE),
-     ("Heun", 3.0, SIZE, SIZE), ("LCM", 1.0, SIZE, SIZE)],
+     ("Heun", 3.0, SIZE, SIZE), ("LCM", 1.0, SIZE, SIZE), ("TCD", 0.0, SIZE, SIZE), ("TCD", 3.0, SIZE, SIZE)],
 )  # fmt: skip
 def test_a_lane_matches_the_plain_stable_diffusion_xl_pipeline(
     sdxl: LoadedModel, scheduler: str, guidance: float, width: int, height: int
@@ -51,7 +51,9 @@ def test_a_lane_matches_the_plain_stable_diffusion_xl_pipeline(
     request = GenerateRequest("a red fox", steps=4, scheduler=scheduler, seed=77, guidance=guidance,
                               width=width, height=height, negative_prompt="blurry")  # fmt: skip
     fresh = make_scheduler(sdxl.pipe.scheduler.config, scheduler, 77)
-    assert_equals_plain_pipeline(sdxl, request, fresh, negative_prompt="blurry")
+    # TCD runs at eta 0.3, as diffusers' TCD docs call the pipeline (its own default eta is 0).
+    call = {"eta": TCD_ETA} if scheduler == "TCD" else {}
+    assert_equals_plain_pipeline(sdxl, request, fresh, negative_prompt="blurry", **call)
 
 
 def test_sdxl_reports_its_family_and_defaults(sdxl: LoadedModel) -> None:

@@ -16,6 +16,7 @@ import pytest_asyncio
 from PIL import Image
 
 from inference.protocol import (
+    FEW_STEP_SCHEDULERS,
     SCHEDULER_NAMES,
     CompareStepsRequest,
     GenerateRequest,
@@ -62,9 +63,9 @@ async def queue(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_every_scheduler_produces_an_image_in_the_worker(queue: LocalJobQueue) -> None:
-    # Every scheduler the tiny SD model offers: all but LCM, which is for few-step distills.
+    # Every scheduler the tiny SD model offers: all but LCM and TCD, which are for few-step distills.
     ids = {name: queue.submit(GenerateRequest("a fox", steps=3, scheduler=name, seed=1, **SMALL), user_id=name)
-           for name in SCHEDULER_NAMES if name != "LCM"}  # fmt: skip
+           for name in SCHEDULER_NAMES if name not in FEW_STEP_SCHEDULERS}  # fmt: skip
     results = await asyncio.gather(*(collect(queue, job_id) for job_id in ids.values()))
     for name, events in zip(ids, results, strict=True):
         result = final(events)

@@ -53,6 +53,10 @@ def test_limits_set_offers_every_setting_under_its_option_name() -> None:
         ("banned_words", (), "none"),
         ("max_image_size", 768, "768×768"),
         ("max_steps", 1500, "1,500"),
+        ("image_input", True, "on"),
+        ("image_input", False, "off: members can't attach an image to start from"),
+        ("max_input_megapixels", 2.5, "2.5 megapixels"),
+        ("max_upscale_size", 1536, "1536×1536"),
     ],
 )
 def test_values_read_as_limits_show_prints_them(name: str, value: Any, shown: str) -> None:

@@ -69,3 +69,21 @@ def test_a_servers_usage_lists_the_lora_sets_its_jobs_used_and_none_without_any(
     assert fields["LoRAs"].splitlines() == ["1. pixel 0.8: 2 jobs, 11 steps", "2. pixel 0.8, lcm 1: 1 jobs, 6 steps"]
     plain = dataclasses.replace(usage, top_loras=())
     assert "LoRAs" not in {field.name for field in server_usage_embed(plain, "all time").fields}
+
+
+def test_usage_is_split_by_kind_of_job_for_the_member_and_the_server() -> None:
+    from bot.storage.ledger import KindTotal
+
+    kinds = (KindTotal("text2img", 3, 3, 90, 3.0), KindTotal("upscale", 1, 1, 8, 2.5))
+    lines = ["text2img: 3 jobs, 3 images, 90 steps, 3.0 s", "upscale: 1 jobs, 1 images, 8 steps, 2.5 s"]
+    member = MemberUsage(
+        jobs=4, images=4, steps=98, gpu_seconds=5.5, steps_today=98, daily_quota=5_000, resets_at=NOON, by_kind=kinds
+    )
+    fields = {field.name: field.value for field in member_usage_embed(member, now_resets_in="3 h").fields}
+    assert fields["By kind"].splitlines() == lines
+    server = ServerUsage(
+        since=None, until=NOON, jobs=4, images=4, steps=98, gpu_seconds=5.5, members=1, failed=0, cancelled=0,
+        top_users=(), top_schedulers=(), by_kind=kinds,
+    )  # fmt: skip
+    fields = {field.name: field.value for field in server_usage_embed(server, "7 days").fields}
+    assert fields["By kind"].splitlines() == lines
