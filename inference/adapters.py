@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from inference.families import Family, Pipeline
-from inference.families.sd import FEW_STEP_LADDER
+from inference.family_rules import FEW_STEP_LADDER
 from inference.protocol import MAX_LORAS, LoraInfo, ModelInfo, ModelUnavailable
 from inference.registry import LoraSpec
 

@@ -16,9 +16,10 @@ from diffusers import (
 )
 
 from inference.adapters import Adapters
-from inference.families import FAMILY_MODULES, Family, Pipeline, family_for, supported_pipelines
+from inference.families import Family, Pipeline, family_for, supported_pipelines
+from inference.family_rules import FAMILY_MODULES
 from inference.hub import why_the_hub_failed
-from inference.model_files import local_source_problem
+from inference.model_files import default_cache_dir, local_source_problem
 from inference.protocol import ModelInfo, ModelUnavailable, WorkerConfig
 from inference.registry import ModelSpec, spec_for
 from inference.test_models import IN_MEMORY_TEST_MODELS, TEST_MODEL_NATIVE_SIZE, build_test_pipeline, ensure_test_model
@@ -37,10 +38,6 @@ def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype not in dtypes:
         raise ValueError(f"dtype must be one of {', '.join(['auto', *dtypes])}; got {dtype!r}.")
     return dev, dtypes[dtype]
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "stepgrid"
 
 
 def _first_sentence(text: str, limit: int = 200) -> str:

@@ -1,10 +1,18 @@
 """What a local model path is, told from its files without loading a weight: a diffusers folder, a
-single-file checkpoint (and how to convert it), or neither. Standard library only, so the `stepgrid`
-command can refuse a path before it starts a worker, with the same words the worker would use."""
+single-file checkpoint (and how to convert it), or neither; and what a model folder (or a downloaded hub
+snapshot) can do, from its configs. Standard library only, so the `stepgrid` command and the bot can refuse
+a path or a model-specific option before a worker loads anything, with the same words the worker would use."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from inference.family_rules import PipelineConfig, model_info
+from inference.protocol import ModelInfo
+from inference.registry import ModelSpec
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 
@@ -52,3 +60,72 @@ def safetensors_header(path: Path) -> str:
             return file.read(length).decode("utf-8") if 0 < length < 100_000_000 else ""
     except (OSError, UnicodeDecodeError):
         return ""
+
+
+def default_cache_dir() -> Path:
+    """Where models are downloaded (under hub/) and test models built, unless the operator says otherwise."""
+    return Path.home() / ".cache" / "stepgrid"
+
+
+def info_before_loading(spec: ModelSpec, cache_dir: str | Path | None = None) -> ModelInfo | None:
+    """What the model can do (its ModelInfo, LoRAs aside), read from its folder's configs without loading a
+    weight: a local folder, or a hub id already downloaded into `cache_dir`. None where that can't be told so
+    (a test model, a hub id not downloaded yet, a folder of a pipeline Stepgrid doesn't run, unreadable configs):
+    the loaded model says then."""
+    if spec.is_test_model:
+        return None
+    folder: Path | None = Path(spec.source).expanduser()
+    if folder is not None and not folder.is_dir():
+        folder = hub_snapshot(spec, Path(cache_dir) if cache_dir else default_cache_dir())
+    config = pipeline_config(folder) if folder is not None else None
+    if config is None or config.family is None:
+        return None
+    try:
+        return model_info(config, spec)
+    except (ValueError, KeyError, TypeError):  # the registry's scheduler, or a config without a field: said at load
+        return None
+
+
+def hub_snapshot(spec: ModelSpec, cache_dir: Path) -> Path | None:
+    """The folder of a hub model's snapshot already in the cache (huggingface_hub's layout), or None."""
+    if spec.source.count("/") != 1 or spec.source.startswith((".", "/", "~")):
+        return None
+    repo = cache_dir / "hub" / f"models--{spec.source.replace('/', '--')}"
+    revision = spec.revision or "main"
+    try:
+        commit = (repo / "refs" / revision).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        commit = revision  # a commit hash is its own snapshot's name
+    snapshot = repo / "snapshots" / commit
+    return snapshot if commit and (snapshot / "model_index.json").is_file() else None
+
+
+def pipeline_config(folder: Path) -> PipelineConfig | None:
+    """The configs of a diffusers pipeline folder that decide what it can do, or None where one is missing."""
+    index = _json(folder / "model_index.json")
+    pipeline = index.get("_class_name") if index else None
+    if not index or not isinstance(pipeline, str):
+        return None
+    denoiser_folder = "transformer" if "transformer" in index else "unet"
+    denoiser, vae = _json(folder / denoiser_folder / "config.json"), _json(folder / "vae" / "config.json")
+    scheduler = _json(folder / "scheduler" / "scheduler_config.json")
+    scheduler_class = scheduler.get("_class_name") if scheduler else None
+    if denoiser is None or vae is None:
+        return None
+    return PipelineConfig(pipeline, scheduler_class if isinstance(scheduler_class, str) else "", denoiser, vae)
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def infos_before_loading(specs: Sequence[ModelSpec], cache_dir: str | Path | None = None) -> dict[str, ModelInfo]:
+    """Every model's `info_before_loading` by name, or {} unless all of them are known: then the default model
+    and every name resolve as they will once loaded."""
+    infos = {spec.name: info_before_loading(spec, cache_dir) for spec in specs}
+    known = {name: info for name, info in infos.items() if info is not None}
+    return known if len(known) == len(specs) else {}

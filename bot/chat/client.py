@@ -30,6 +30,7 @@ from bot.storage.job_store import DatabaseJobStore, JobStore
 from bot.storage.lock import DatabaseInUse, bot_lock
 from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable
 from inference.logs import configure_logging, report_fatal
+from inference.model_files import infos_before_loading
 from inference.queues.base import JobQueue, WorkerUnavailable
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,10 @@ class Stepgrid(commands.Bot):
         if database is not None:
             store = store if store is not None else DatabaseJobStore(database)
             policy = policy if policy is not None else DatabasePolicy(database, settings)
+        # What the local worker's models can do, from their configs while they load (Redis agents have their own).
+        known_models = (
+            None if settings.redis_url else infos_before_loading(settings.model_specs(), settings.model_cache_dir)
+        )
         self.jobs = JobService(
             self.queue,
             store=store,
@@ -103,6 +108,7 @@ class Stepgrid(commands.Bot):
             edit_interval=EDIT_INTERVAL if edit_interval is None else edit_interval,
             token_lifetime=TOKEN_LIFETIME if token_lifetime is None else token_lifetime,
             metrics=self.metrics,
+            known_models=known_models,
         )
         self.endpoint: OperatorEndpoint | None = None
         if settings.http_port is not None:

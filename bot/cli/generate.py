@@ -26,7 +26,7 @@ from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, requested_loras
 from bot.limits.server import EffectiveLimits
 from bot.pictures.input_image import prepare_input_image
-from inference.model_files import local_source_problem
+from inference.model_files import info_before_loading, local_source_problem
 from inference.parameters import PNG_KEY, grid_infotext, strength_grid_infotext
 from inference.protocol import (
     SIZE_MULTIPLE,
@@ -42,6 +42,7 @@ from inference.protocol import (
     JobResult,
     ModelInfo,
     Request,
+    validate_for_model,
 )
 from inference.queues.base import ModelsUnavailable, WorkerUnavailable
 from inference.queues.local import LocalJobQueue
@@ -134,6 +135,23 @@ def cli_defaults(
     """The defaults the bot would use for `model` (and the prompt's `<lora:…>` LoRAs), from the same place
     (the operator's limits, no server)."""
     return EffectiveLimits.combine(None, settings, models=specs).request_defaults(model, loras)
+
+
+def check_before_loading(args: argparse.Namespace, settings: Settings, specs: Sequence[ModelSpec]) -> None:
+    """Refuse what the model can't do where its folder's configs tell that without loading a weight (minutes for
+    a real model): the request built with the model's own defaults and checked as the worker will check it.
+    Options naming LoRAs wait for the load (what a LoRA allows is known once it is loaded)."""
+    model = info_before_loading(specs[0], settings.model_cache_dir) if specs else None
+    if model is None:
+        return
+    options = options_from_args(args, model.size_multiple)
+    if requested_loras(options)[1]:
+        return
+    request = checked(build_request(options, cli_defaults(settings, specs, model)))
+    try:
+        validate_for_model(request, model)
+    except InvalidRequest as error:
+        raise InvalidOption(str(error)) from None
 
 
 def select_models(choice: str | None, settings: Settings) -> tuple[ModelSpec, ...]:
@@ -413,6 +431,7 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         args.device, args.dtype = checked_hardware(args)
         check_output_and_model(args)
         specs = select_models(args.model, settings)
+        check_before_loading(args, settings, specs)
     except (InvalidOption, RegistryError) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import discord
@@ -124,8 +124,12 @@ class JobService:
         metrics: Metrics | None = None,
         clock: MonotonicClock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        known_models: Mapping[str, ModelInfo] | None = None,
     ) -> None:
         self.queue = queue
+        # What each model can do, read from its configs before it loads (inference.model_files): a job
+        # accepted while the models load is refused at once for what its model can't do, instead of later.
+        self.known_models: Mapping[str, ModelInfo] = known_models or {}
         self.metrics = metrics if metrics is not None else Metrics()
         self.store: JobStore = store if store is not None else MemoryJobStore()
         self.policy: RequestPolicy = policy if policy is not None else SettingsPolicy(Settings())
@@ -219,6 +223,8 @@ class JobService:
         lora_names = [name for name, _ in loras]
         model = self.model_for(options.model, limits)
         unbuilt = options if model is None and not self.queue.ready else None
+        if unbuilt is not None and not lora_names:
+            self._check_before_loading(options, limits)
         request = build_request(options, limits.request_defaults(model, lora_names))
         return await self.start(
             interaction, request, origin=origin, limits=limits, options=unbuilt, notes=notes, deferred=deferred
@@ -260,6 +266,21 @@ class JobService:
         )
         size = options.size or f"{prepared.width}x{prepared.height}"
         return dataclasses.replace(options, image=prepared.png, size=size), prepared.notes
+
+    def _check_before_loading(self, options: RequestOptions, limits: EffectiveLimits) -> None:
+        """While the models load: refuse at once what the model can't do, where its configs already say so
+        (the request built with that model's defaults, checked as the queue will check it once it is loaded)."""
+        try:
+            model = choose_model(options.model, limits, self.known_models)
+        except UserFacingError:
+            return  # an unknown or unavailable model is told once the worker has said which loaded
+        if model is None:
+            return
+        request = build_request(options, limits.request_defaults(model))
+        try:
+            validate_for_model(request, model)
+        except InvalidRequest as error:
+            raise InvalidOption(str(error)) from None
 
     def model_for(self, name: str | None, limits: EffectiveLimits) -> ModelInfo | None:
         """The loaded model `name` means in this server (its default when None); None before the

@@ -2,8 +2,9 @@
 
 An adapter answers what differs between families: prompt encoding, the denoiser call on a batch of
 lanes with per-sample timesteps (with or without classifier-free guidance rows), latent shape and
-packing, the timestep schedule, VAE decoding, and the family's defaults. A new family is one file
-with a `Family` subclass, named in `FAMILY_MODULES`.
+packing, the timestep schedule, VAE decoding; its defaults, sizes and schedulers are decided from the
+pipeline's configs by `inference.family_rules` (which the bot also reads before a model loads). A new
+family is one file with a `Family` subclass, named in `family_rules.FAMILY_MODULES`, and its rules there.
 """
 
 from __future__ import annotations
@@ -18,20 +19,15 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from inference.protocol import DEFAULT_HIRES_STRENGTH, DEFAULT_STRENGTH, GUIDANCE_CFG, ModelInfo, img2img_steps
+from inference import family_rules
+from inference.family_rules import FAMILY_MODULES, FLOW_SCHEDULER_NAMES, Defaults, PipelineConfig
+from inference.protocol import ModelInfo, img2img_steps
 from inference.registry import ModelSpec
 from inference.schedulers import FLOW_SCHEDULERS, Scheduler
 
 Pipeline = Any  # a diffusers pipeline: its components are attached dynamically
 
-# diffusers pipeline class name -> module under inference.families
-FAMILY_MODULES: dict[str, str] = {
-    "StableDiffusionPipeline": "sd",
-    "LatentConsistencyModelPipeline": "sd",  # SD 1.5 LCM-distilled (LCM_Dreamshaper_v7): the same components
-    "StableDiffusionXLPipeline": "sdxl",
-    "FluxPipeline": "flux",
-    "StableDiffusion3Pipeline": "sd3",
-}
+assert tuple(FLOW_SCHEDULERS) == FLOW_SCHEDULER_NAMES, "family_rules and schedulers must agree"
 
 
 @dataclass
@@ -71,15 +67,6 @@ class EncodedImage:
     std: torch.Tensor
 
 
-@dataclass(frozen=True)
-class Defaults:
-    steps: int
-    guidance: float
-    scheduler: str
-    compare_steps: tuple[int, ...]
-    guidance_mode: str = GUIDANCE_CFG
-
-
 class Family(abc.ABC):
     """The adapter of one loaded pipeline."""
 
@@ -101,54 +88,40 @@ class Family(abc.ABC):
     def denoiser(self) -> torch.nn.Module:
         """The UNet or transformer called once per engine iteration."""
 
+    def pipeline_config(self) -> PipelineConfig:
+        """The configs that decide what this model can do (`inference.family_rules` reads them)."""
+        pipe = self.pipe
+        return PipelineConfig(
+            pipeline=type(pipe).__name__,
+            scheduler=type(pipe.scheduler).__name__,
+            denoiser=(pipe.transformer if self.flow else pipe.unet).config,
+            vae=pipe.vae.config,
+            default_sample_size=int(getattr(pipe, "default_sample_size", family_rules.FLUX_DEFAULT_SAMPLE_SIZE)),
+        )
+
     @property
     def vae_scale(self) -> int:
-        return int(2 ** (len(self.pipe.vae.config.block_out_channels) - 1))
+        return family_rules.vae_scale(self.pipeline_config())
 
     @property
     def size_multiple(self) -> int:
-        return self.vae_scale
+        return family_rules.size_multiple(self.pipeline_config())
 
     @property
-    @abc.abstractmethod
-    def native_size(self) -> int: ...
+    def native_size(self) -> int:
+        return family_rules.native_size(self.pipeline_config())
 
-    @abc.abstractmethod
     def defaults(self) -> Defaults:
         """The family's defaults for this model, before the registry's own."""
+        return family_rules.defaults(self.pipeline_config(), self.spec)
 
     def info(self) -> ModelInfo:
         """Defaults overlaid with the registry entry's; raises ValueError for a scheduler it can't run."""
-        base, spec = self.defaults(), self.spec
-        scheduler = spec.scheduler or base.scheduler
-        schedulers = self.offered_schedulers()
-        if scheduler not in schedulers:
-            raise ValueError(
-                f"the registry's scheduler {scheduler!r} can't run on this {self.name} model; "
-                f"choose one of: {', '.join(schedulers)}"
-            )
-        guidance = base.guidance if spec.guidance is None else spec.guidance
-        return ModelInfo(
-            name=spec.name,
-            family=self.name,
-            schedulers=schedulers,
-            default_scheduler=scheduler,
-            default_steps=spec.steps or base.steps,
-            default_guidance=guidance,
-            compare_steps=spec.compare_steps or base.compare_steps,
-            native_size=self.native_size,
-            size_multiple=self.size_multiple,
-            max_steps=spec.max_steps,
-            guidance_mode=base.guidance_mode,
-            is_test_model=spec.is_test_model,
-            # A few-step distill at 0.6 of 4 steps runs 2: start it higher so the image changes.
-            default_strength=0.75 if base.steps <= 8 else DEFAULT_STRENGTH,
-            hires_strength=0.6 if base.steps <= 8 else DEFAULT_HIRES_STRENGTH,
-        )
+        return family_rules.model_info(self.pipeline_config(), self.spec)
 
     def offered_schedulers(self) -> tuple[str, ...]:
         """The schedulers this model can honestly run (its family's table, unless narrowed)."""
-        return self.schedulers
+        return family_rules.offered_schedulers(self.pipeline_config(), self.spec)
 
     def uses_cfg_at(self, guidance: float) -> bool:
         """Whether this guidance value runs classifier-free guidance (diffusers: only above 1)."""

@@ -15,12 +15,9 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.families import Conditioning, Defaults, DenoiserBatch, TransformerFamily
-from inference.families.sd import FEW_STEP_LADDER
-from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT
+from inference import family_rules
+from inference.families import Conditioning, DenoiserBatch, TransformerFamily
 from inference.schedulers import Scheduler, make_flow_scheduler
-
-DEV_LADDER = (4, 8, 12, 20, 28, 40)
 
 
 class Flux(TransformerFamily):
@@ -29,24 +26,11 @@ class Flux(TransformerFamily):
     @property
     def guidance_distilled(self) -> bool:
         """FLUX-dev takes guidance as an input; schnell (no guidance embedding) ignores it."""
-        return bool(self.pipe.transformer.config.guidance_embeds)
+        return family_rules.embeds_guidance(self.pipeline_config())
 
     @property
     def max_sequence_length(self) -> int:
         return 512 if self.guidance_distilled else 256  # schnell was trained with 256 T5 tokens
-
-    @property
-    def size_multiple(self) -> int:
-        return self.vae_scale * 2  # latents are packed in 2x2 patches
-
-    @property
-    def native_size(self) -> int:
-        return int(self.pipe.default_sample_size) * self.vae_scale
-
-    def defaults(self) -> Defaults:
-        if self.guidance_distilled:
-            return Defaults(28, 3.5, "Euler", DEV_LADDER, guidance_mode=GUIDANCE_INPUT)
-        return Defaults(4, 0.0, "Euler", FEW_STEP_LADDER, guidance_mode=GUIDANCE_IGNORED)
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:

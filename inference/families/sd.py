@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.families import Conditioning, Defaults, DenoiserBatch, EncodedImage, Family, guided_rows, to_uint8
-from inference.protocol import (
-    DEFAULT_COMPARE_STEPS,
-    DEFAULT_GUIDANCE,
-    DEFAULT_SCHEDULER,
-    FEW_STEP_SCHEDULERS,
-    GUIDANCE_INPUT,
-    SCHEDULER_NAMES,
-)
-from inference.registry import ModelSpec
+from inference import family_rules
+from inference.families import Conditioning, DenoiserBatch, EncodedImage, Family, guided_rows, to_uint8
+from inference.protocol import SCHEDULER_NAMES
 from inference.schedulers import Scheduler, make_scheduler
-
-# Hyper-SD by its own spelling ("Hyper-SD", "Hyper-SDXL", "hypersd"): "hyper" alone would also take
-# the many "HyperRealism"-style full-step finetunes for distills.
-FEW_STEP_HINTS = re.compile(r"turbo|lightning|lcm|hyper[-_ ]?sd")
-FEW_STEP_LADDER = (1, 2, 3, 4, 6, 8)
-LCM_EMBEDDED_GUIDANCE = 8.5
-# A pipeline's own scheduler class -> its A1111 name, where that name means the same scheduler.
-SHIPPED_SCHEDULERS = {
-    "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a",
-    "DDIMScheduler": "DDIM",
-    "LCMScheduler": "LCM",
-    "TCDScheduler": "TCD",
-}
-
-
-def looks_lcm(spec: ModelSpec) -> bool:
-    return spec.few_step is not False and "lcm" in f"{spec.name} {spec.source}".lower()
-
-
-def looks_few_step(spec: ModelSpec) -> bool:
-    """Distilled few-step models (Turbo, Lightning, LCM, Hyper): the registry's `few_step` where the
-    operator set it, else by the model's registry name or source."""
-    if spec.few_step is not None:
-        return spec.few_step
-    text = f"{spec.name} {spec.source}".lower()
-    return FEW_STEP_HINTS.search(text) is not None
 
 
 class UNetFamily(Family):
@@ -60,42 +25,16 @@ class UNetFamily(Family):
         unet: torch.nn.Module = self.pipe.unet
         return unet
 
-    @property
-    def native_size(self) -> int:
-        return int(self.pipe.unet.config.sample_size) * self.vae_scale
-
     def uses_cfg_at(self, guidance: float) -> bool:
         return guidance > 1 and self.pipe.unet.config.time_cond_proj_dim is None
 
-    full_step_guidance: ClassVar[float]
-
     def is_lcm(self) -> bool:
         """LCM-distilled (the UNet takes a guidance embedding) or LCM-LoRA merged (told by its name)."""
-        return self.pipe.unet.config.time_cond_proj_dim is not None or looks_lcm(self.spec)
+        return family_rules.is_lcm(self.pipeline_config(), self.spec)
 
     def looks_few_step(self) -> bool:
         """Distilled few-step models (Turbo, Lightning, LCM, Hyper) can't be told from their config."""
-        return self.is_lcm() or looks_few_step(self.spec)
-
-    def defaults(self) -> Defaults:
-        if self.pipe.unet.config.time_cond_proj_dim is not None:
-            # LCM-distilled with the guidance as an input (LCM_Dreamshaper_v7): LatentConsistencyModelPipeline's
-            # default; its guidance embedding was trained on w = guidance - 1 well above 0.
-            return Defaults(4, LCM_EMBEDDED_GUIDANCE, "LCM", FEW_STEP_LADDER, guidance_mode=GUIDANCE_INPUT)
-        if self.is_lcm():  # LCM-LoRA merged: plain CFG, which the LCM cards keep at 1-2
-            return Defaults(4, 1.0, "LCM", FEW_STEP_LADDER)
-        if self.looks_few_step():
-            # Turbo/Lightning/Hyper: guidance 0 means one row per lane (no CFG), 1-4 steps, and the scheduler
-            # the distill ships with, which its card runs (Euler a for SDXL Turbo, Euler for Lightning).
-            shipped = SHIPPED_SCHEDULERS.get(type(self.pipe.scheduler).__name__, DEFAULT_SCHEDULER)
-            return Defaults(4, 0.0, shipped, FEW_STEP_LADDER)
-        return Defaults(30, self.full_step_guidance, DEFAULT_SCHEDULER, DEFAULT_COMPARE_STEPS)
-
-    def offered_schedulers(self) -> tuple[str, ...]:
-        """LCM's and TCD's consistency steps fit only distilled models; on a full-step one they give a blur."""
-        if self.looks_few_step():
-            return self.schedulers
-        return tuple(s for s in self.schedulers if s not in FEW_STEP_SCHEDULERS)
+        return family_rules.is_few_step(self.pipeline_config(), self.spec)
 
     def guidance_embedding(self, guidance: float) -> dict[str, torch.Tensor]:
         """LCM-distilled UNets take the guidance as an embedding (`timestep_cond`) instead of CFG rows."""
@@ -222,7 +161,6 @@ class UNetFamily(Family):
 
 class StableDiffusion(UNetFamily):
     name: ClassVar[str] = "sd"
-    full_step_guidance: ClassVar[float] = DEFAULT_GUIDANCE
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:

@@ -11,11 +11,9 @@ import torch
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.families import Conditioning, Defaults, DenoiserBatch, TransformerFamily, guided_rows
-from inference.families.sd import FEW_STEP_LADDER, looks_few_step
+from inference.families import Conditioning, DenoiserBatch, TransformerFamily, guided_rows
 from inference.schedulers import Scheduler, make_flow_scheduler
 
-SD3_LADDER = (4, 8, 12, 20, 28, 40)
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default
 
 
@@ -25,19 +23,6 @@ class StableDiffusion3(TransformerFamily):
     @property
     def patch_size(self) -> int:
         return int(self.pipe.transformer.config.patch_size)
-
-    @property
-    def size_multiple(self) -> int:
-        return self.vae_scale * self.patch_size
-
-    @property
-    def native_size(self) -> int:
-        return int(self.pipe.transformer.config.sample_size) * self.vae_scale
-
-    def defaults(self) -> Defaults:
-        if looks_few_step(self.spec):
-            return Defaults(4, 0.0, "Euler", FEW_STEP_LADDER)
-        return Defaults(28, 7.0, "Euler", SD3_LADDER)
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:

@@ -10,12 +10,9 @@ import torch
 from inference.families import Conditioning
 from inference.families.sd import UNetFamily
 
-SDXL_GUIDANCE = 5.0  # diffusers' default for SDXL
-
 
 class StableDiffusionXL(UNetFamily):
     name: ClassVar[str] = "sdxl"
-    full_step_guidance: ClassVar[float] = SDXL_GUIDANCE
 
     @torch.no_grad()
     def encode(self, prompt: str, negative_prompt: str, guidance: float, height: int, width: int) -> Conditioning:

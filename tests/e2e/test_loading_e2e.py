@@ -21,6 +21,7 @@ from inference.worker import LOAD_GATE
 from tests.e2e.bot_process import WORKER_READY, BotProcess, bot_env
 from tests.e2e.helpers import content, image_of, result_files, wait_for_progress
 from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest
+from tests.inference.config_folders import FLUX_SCHNELL, config_only_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -88,5 +89,35 @@ async def test_commands_sent_while_the_worker_loads_run_with_their_models_defaul
             ["flux", "Euler", "done"],  # FLUX's own scheduler, not the generic Euler a
             ["sd", "Euler a", "done"],
         ]
+    finally:
+        await bot.kill(signal.SIGKILL)
+
+
+async def test_an_option_the_model_cant_take_is_refused_at_once_while_it_loads(
+    fake: FakeDiscord, tmp_path: Path, model_cache_dir: Path
+) -> None:
+    """The model folder's configs say it is FLUX.1-schnell: guidance or a negative prompt is refused as the
+    command is sent, not held until the model has loaded (minutes for a real one) and refused then. Its weights
+    can't even be read, and the worker never starts loading them here."""
+    database, gate = tmp_path / "stepgrid.sqlite3", tmp_path / "load-gate"  # the gate is never opened
+    folder = config_only_folder(tmp_path / "schnell", FLUX_SCHNELL)
+    registry = f'[[models]]\nname = "schnell"\nsource = "{folder}"\n'
+    env = {**bot_env(fake, database, model_cache_dir), "STEPGRID_MODEL": registry, LOAD_GATE: str(gate)}
+    bot = BotProcess(env, tmp_path / "bot.log")
+    await bot.start()
+    try:
+        refusals = {
+            "ignores guidance; leave it out (got 3).": {"prompt": "a lighthouse", "guidance": 3.0},
+            "doesn't use a negative prompt; leave it out.": {"prompt": "a lighthouse", "negative_prompt": "fog"},
+        }
+        for expected, options in refusals.items():
+            handle = await fake.invoke("imagine", options)
+            answer = await handle.wait_for_callback()
+            assert answer.json["type"] == 4 and answer.ephemeral, content(answer)
+            assert expected in (content(answer) or "")
+        held = await fake.invoke("imagine", {"prompt": "a lighthouse", "seed": 5})  # fine for it: held, as before
+        assert "The model is still loading" in (content(await wait_for_progress(held, "Queued")) or "")
+        assert not any(WORKER_READY in line for line in bot.lines)
+        assert [status for *_, status in await asyncio.to_thread(job_settings, database)] == ["queued"]
     finally:
         await bot.kill(signal.SIGKILL)

@@ -23,6 +23,7 @@ from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, Ge
 from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.cli.stepgrid_process import STEPGRID, one_error_line, stepgrid
 from tests.bot.fakes import TURBO, noise_png, result_for
+from tests.inference.config_folders import FLUX_SCHNELL, SD15, config_only_folder
 
 
 def test_the_size_help_gives_the_sizes_the_commands_take(capsys: pytest.CaptureFixture[str]) -> None:
@@ -335,6 +336,30 @@ def test_a_single_file_checkpoint_as_model_says_how_to_convert_it_before_loading
     line = one_error_line(result)
     assert "is a single-file checkpoint (juggernaut.safetensors); Stepgrid loads diffusers folders." in line
     assert "StableDiffusionXLPipeline.from_single_file(" in line
+    assert "loading" not in result.stderr, "refused before a worker started"
+
+
+@pytest.mark.parametrize(
+    ("configs", "options", "refusal"),
+    [
+        (FLUX_SCHNELL, ["--guidance", "3"], "(flux) ignores guidance; leave it out (got 3)."),
+        (FLUX_SCHNELL, ["--negative", "blurry"], "(flux) doesn't use a negative prompt; leave it out."),
+        (FLUX_SCHNELL, ["--size", "264"], "width must be a multiple of 16 for the model"),
+        (FLUX_SCHNELL, ["--scheduler", "DDIM"], "can't run the scheduler 'DDIM'; choose one of: Euler, Heun, DPM++ 2M"),
+        (SD15, ["--scheduler", "LCM"], "can't run the scheduler 'LCM' (it is for LCM and other few-step distills)"),
+    ],
+)
+def test_a_model_specific_refusal_comes_before_the_model_loads(
+    tmp_path: Path, configs: dict[str, object], options: list[str], refusal: str
+) -> None:
+    """The folder's configs say what the model can do; its weights can't even be read, so a refusal that
+    waited for the load would be a load error instead (and, with a real model, minutes later)."""
+    folder = config_only_folder(tmp_path / "model", configs)
+    result = stepgrid(
+        "imagine", "a fox", "--model", str(folder), *options, "-o", str(tmp_path / "out.png"), cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert refusal in one_error_line(result)
     assert "loading" not in result.stderr, "refused before a worker started"
 
 

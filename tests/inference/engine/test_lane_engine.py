@@ -8,6 +8,7 @@ import dataclasses
 import io
 import itertools
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -438,3 +439,21 @@ def test_captions_seconds_grow_with_step_count_in_a_busy_batch(tiny: LoadedModel
         assert result.gpu_seconds == pytest.approx(sum(image.seconds for image in result.images))
     one_step = next(image for image in engine.result("steps").images if image.steps == 1)
     assert default_caption(one_step).startswith("1 step · ")
+
+
+def test_a_first_calls_one_off_cost_lands_on_no_cell_of_a_cold_grid(tiny: LoadedModel) -> None:
+    """A cold first run: the first call of each shape pays one-off costs (kernel selection, memory growing). The
+    clock here makes the very first call (the longest cell, alone) look 1000 s long; charged to it, its caption
+    would read minutes beside the others' fractions of a second, as "50 steps · 20.4s" did beside "40 steps · 3.1s"."""
+    reads = itertools.count()
+    engine = RecordingEngine(tiny, clock=lambda: time.perf_counter() + (1000.0 if next(reads) >= 1 else 0.0))
+    engine.add_job("grid", CompareStepsRequest("a boat", steps=(2, 4, 8), scheduler="Euler", seed=5, width=SIZE,
+                                               height=SIZE))  # fmt: skip
+    engine.run_until_idle()
+
+    result = engine.result("grid")
+    assert engine.batch_sizes[:4] == [1, 1, 1, 1], "the 8-step cell ran alone first"
+    assert result.gpu_seconds < 1000, "the first call's one-off cost is charged to no cell"
+    per_step = [image.seconds / image.steps for image in result.images]
+    assert max(per_step) < 10 * min(per_step), per_step  # sharing makes a long cell's steps dearer, never 10x
+    assert result.gpu_seconds == pytest.approx(sum(image.seconds for image in result.images))
