@@ -29,11 +29,15 @@ RUN groupadd --system --gid 10001 stepgrid \
 # The dependencies, from the lock file alone, before any source: a code change reuses this layer
 # and never downloads torch again. torch is the release CI tests, in its CUDA 12.8 build, whose
 # nvidia-* wheels torch itself pins exactly (the lock leaves them out: see .ci/lock).
+# The ledger is SQLite; `--build-arg POSTGRES=1` adds the PostgreSQL driver (docs/scaling.md), which
+# stays out of the default image: psycopg is LGPL-3.0, every other dependency is permissive.
 WORKDIR /app
-COPY requirements.lock ./
+ARG POSTGRES=0
+COPY requirements.lock requirements-postgres.lock ./
 RUN python -m venv "$VIRTUAL_ENV" \
     && pip install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0 \
     && pip install --no-deps -r requirements.lock \
+    && if [ "$POSTGRES" = 1 ]; then pip install --no-deps -r requirements-postgres.lock; fi \
     && pip check
 
 COPY pyproject.toml README.md ./
