@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TypeVar
 
 from inference import registry
@@ -113,24 +113,43 @@ class HiresFix:
 
 
 @dataclass(frozen=True)
-class GenerateRequest:
-    """One `/imagine`: `count` images, image i seeded with `seed + i`."""
+class ImageRequestBase:
+    """What every request carries besides its steps, schedulers, guidance and strength: the prompt
+    (positional), then by keyword the seed, size, negative prompt, model, LoRAs and input image."""
 
     prompt: str
-    steps: int = 30
-    scheduler: str = DEFAULT_SCHEDULER
+    _: KW_ONLY
     seed: int = 0
-    guidance: float = DEFAULT_GUIDANCE
     width: int = 512
     height: int = 512
     negative_prompt: str = ""
-    count: int = 1
     model: str = ""  # registry name; "" = the worker's default model
-    film: bool = False  # also return the predicted clean image of every step (the Steps film)
     loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
-    # img2img: the input image (PNG bytes, resized to width x height by the worker) and how much of
-    # the schedule runs over it (1.0: all of it, the image is only the starting point's content).
+    # img2img: the input image (PNG bytes, resized to width x height by the worker) every lane starts from.
     image: bytes = field(default=b"", repr=False)
+
+    @property
+    def lane_steps(self) -> tuple[int, ...]:
+        """Step count of each denoising lane this request becomes (its schedule's length)."""
+        raise NotImplementedError
+
+    @property
+    def lane_seeds(self) -> tuple[int, ...]:
+        """A grid's cells share one seed."""
+        return (self.seed,) * len(self.lane_steps)
+
+
+@dataclass(frozen=True)
+class GenerateRequest(ImageRequestBase):
+    """One `/imagine`: `count` images, image i seeded with `seed + i`."""
+
+    steps: int = 30
+    scheduler: str = DEFAULT_SCHEDULER
+    guidance: float = DEFAULT_GUIDANCE
+    count: int = 1
+    film: bool = False  # also return the predicted clean image of every step (the Steps film)
+    # With an image: how much of the schedule runs over it (1.0: all of it, the image is only the
+    # starting point's content).
     strength: float = 1.0
     # A hires pass after the first; with an input image, no first pass runs: the image is upscaled.
     hires: HiresFix | None = None
@@ -148,7 +167,6 @@ class GenerateRequest:
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
-        """Step count of each denoising lane this request becomes (its schedule's length)."""
         return (self.steps,) * self.count
 
     @property
@@ -170,39 +188,26 @@ class PlainRow:
 
 
 @dataclass(frozen=True)
-class CompareStepsRequest:
+class CompareStepsRequest(ImageRequestBase):
     """One `/compare-steps`: the same prompt and seed rendered once per step count. With `without_loras`
     (a LoRA comparison) two rows of those step counts: first without the LoRAs, then with them."""
 
-    prompt: str
     steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
     scheduler: str = DEFAULT_SCHEDULER
-    seed: int = 0
     guidance: float = DEFAULT_GUIDANCE
-    width: int = 512
-    height: int = 512
-    negative_prompt: str = ""
-    model: str = ""  # registry name; "" = the worker's default model
-    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
-    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
     strength: float = 1.0
     without_loras: PlainRow | None = None  # a LoRA comparison: the plain row drawn first
-
-    @property
-    def rows(self) -> int:
-        return 1 if self.without_loras is None else 2
-
     # Also show the longest run stopped at each shorter step count: its predicted clean image (x0) there,
     # from the same batched job (the longest cell's own run, its x0 decoded at those steps).
     stop_early: bool = False
 
     @property
-    def lane_steps(self) -> tuple[int, ...]:
-        return self.steps * self.rows
+    def rows(self) -> int:
+        return 1 if self.without_loras is None else 2
 
     @property
-    def lane_seeds(self) -> tuple[int, ...]:
-        return (self.seed,) * len(self.lane_steps)
+    def lane_steps(self) -> tuple[int, ...]:
+        return self.steps * self.rows
 
     @property
     def lane_schedulers(self) -> tuple[str, ...]:
@@ -211,21 +216,13 @@ class CompareStepsRequest:
 
 
 @dataclass(frozen=True)
-class CompareSchedulersRequest:
+class CompareSchedulersRequest(ImageRequestBase):
     """One `/compare-schedulers`: the same prompt and seed as a grid of rows = schedulers and
     columns = step counts; its lanes run row by row (every step count of the first scheduler first)."""
 
-    prompt: str
     schedulers: tuple[str, ...] = DEFAULT_GRID_SCHEDULERS
     steps: tuple[int, ...] = (5, 20, 50)
-    seed: int = 0
     guidance: float = DEFAULT_GUIDANCE
-    width: int = 512
-    height: int = 512
-    negative_prompt: str = ""
-    model: str = ""  # registry name; "" = the worker's default model
-    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
-    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
     strength: float = 1.0
 
     @property
@@ -238,40 +235,24 @@ class CompareSchedulersRequest:
         return self.steps * len(self.schedulers)
 
     @property
-    def lane_seeds(self) -> tuple[int, ...]:
-        return (self.seed,) * len(self.lane_steps)
-
-    @property
     def lane_schedulers(self) -> tuple[str, ...]:
         return tuple(name for name in self.schedulers for _ in self.steps)
 
 
 @dataclass(frozen=True)
-class CompareStrengthRequest:
+class CompareStrengthRequest(ImageRequestBase):
     """One `/compare-strength`: one input image and seed at several strengths (columns) and step counts
     (rows); its lanes run row by row (every strength of the first step count first). Every lane is
     img2img, so the image is required."""
 
-    prompt: str
     strengths: tuple[float, ...] = DEFAULT_COMPARE_STRENGTHS
     steps: tuple[int, ...] = (30,)  # the rows: each a schedule of that many steps
     scheduler: str = DEFAULT_SCHEDULER
-    seed: int = 0
     guidance: float = DEFAULT_GUIDANCE
-    width: int = 512
-    height: int = 512
-    negative_prompt: str = ""
-    model: str = ""  # registry name; "" = the worker's default model
-    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
-    image: bytes = field(default=b"", repr=False)  # every cell starts from this image
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
         return tuple(steps for steps in self.steps for _ in self.strengths)
-
-    @property
-    def lane_seeds(self) -> tuple[int, ...]:
-        return (self.seed,) * len(self.lane_steps)
 
     @property
     def lane_schedulers(self) -> tuple[str, ...]:
@@ -283,22 +264,14 @@ class CompareStrengthRequest:
 
 
 @dataclass(frozen=True)
-class CompareGuidanceRequest:
+class CompareGuidanceRequest(ImageRequestBase):
     """One `/compare-guidance`: the same prompt and seed as a grid of columns = guidance values and
     rows = step counts (one row by default); its lanes run row by row (every guidance of the first
     step count first). On FLUX-dev the values are its distilled guidance (an input of the model)."""
 
-    prompt: str
     guidances: tuple[float, ...] = DEFAULT_COMPARE_GUIDANCE
     steps: tuple[int, ...] = (30,)
     scheduler: str = DEFAULT_SCHEDULER
-    seed: int = 0
-    width: int = 512
-    height: int = 512
-    negative_prompt: str = ""
-    model: str = ""  # registry name; "" = the worker's default model
-    loras: tuple[tuple[str, float], ...] = ()  # (registry name, weight) of the model's LoRAs, in order
-    image: bytes = field(default=b"", repr=False)  # img2img: every cell starts from this image
     strength: float = 1.0
 
     @property
@@ -309,10 +282,6 @@ class CompareGuidanceRequest:
     @property
     def lane_steps(self) -> tuple[int, ...]:
         return tuple(steps for steps in self.steps for _ in self.guidances)
-
-    @property
-    def lane_seeds(self) -> tuple[int, ...]:
-        return (self.seed,) * len(self.lane_steps)
 
     @property
     def lane_schedulers(self) -> tuple[str, ...]:

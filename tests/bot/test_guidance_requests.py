@@ -18,7 +18,7 @@ from tests.bot.fakes import harness_with_counting_policy
 
 def test_left_out_the_columns_are_a_ladder_around_the_models_guidance_and_one_row_of_its_steps() -> None:
     request = build_request(RequestOptions("a fox", seed=1, guidance_grid=True), RequestDefaults(steps=20))
-    assert request == CompareGuidanceRequest("a fox", (1.0, 3.0, 5.0, 7.5, 10.0, 15.0), (20,), seed=1)
+    assert request == CompareGuidanceRequest("a fox", guidances=(1.0, 3.0, 5.0, 7.5, 10.0, 15.0), steps=(20,), seed=1)
 
 
 def test_a_distilled_guidance_gets_its_own_ladder_and_the_models_value_is_always_a_column() -> None:
@@ -46,5 +46,5 @@ async def test_the_cog_builds_a_guidance_grid_from_one_read_of_the_limits() -> N
     await callback(cog, harness.interaction().as_interaction(), "a boat", guidance="5,2", steps="8", seed=1,
                    scheduler="ddim")  # fmt: skip
     (request,) = harness.queue.requests.values()
-    assert request == CompareGuidanceRequest("a boat", (2.0, 5.0), (8,), "DDIM", 1)
+    assert request == CompareGuidanceRequest("a boat", guidances=(2.0, 5.0), steps=(8,), scheduler="DDIM", seed=1)
     assert policy.reads == 1

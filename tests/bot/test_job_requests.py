@@ -85,12 +85,22 @@ def test_options_left_out_take_the_defaults_and_a_random_seed() -> None:
 def test_given_options_win_over_the_defaults() -> None:
     options = RequestOptions("fox", " blur ", "dpm++ 2m karras", 7, 3.5, "768x512", steps=20, count=2)
     request = build_request(options, RequestDefaults())
-    assert request == GenerateRequest("fox", 20, "DPM++ 2M Karras", 7, 3.5, 768, 512, "blur", 2)
+    assert request == GenerateRequest(
+        "fox",
+        steps=20,
+        scheduler="DPM++ 2M Karras",
+        seed=7,
+        guidance=3.5,
+        width=768,
+        height=512,
+        negative_prompt="blur",
+        count=2,
+    )
 
 
 def test_a_comparison_is_built_from_its_step_list() -> None:
     request = build_request(RequestOptions("fox", seed=1, compare_steps="4, 8", grid=True), RequestDefaults())
-    assert request == CompareStepsRequest("fox", (4, 8), DEFAULT_SCHEDULER, 1)
+    assert request == CompareStepsRequest("fox", steps=(4, 8), scheduler=DEFAULT_SCHEDULER, seed=1)
     default = build_request(RequestOptions("fox", seed=1, grid=True), RequestDefaults())
     assert isinstance(default, CompareStepsRequest) and default.steps == (5, 10, 20, 30, 40, 50)
 
@@ -323,8 +333,16 @@ def test_a_strength_grid_left_to_its_defaults_is_the_default_strengths_at_the_mo
 
     options = RequestOptions("a fox", seed=3, image=IMAGE, size="320x256", strength_grid=True)
     request = build_request(options, RequestDefaults(steps=25, scheduler="DDIM"))
-    assert request == CompareStrengthRequest("a fox", DEFAULT_COMPARE_STRENGTHS, (25,), "DDIM", 3,
-                                             width=320, height=256, image=IMAGE)  # fmt: skip
+    assert request == CompareStrengthRequest(
+        "a fox",
+        strengths=DEFAULT_COMPARE_STRENGTHS,
+        steps=(25,),
+        scheduler="DDIM",
+        seed=3,
+        width=320,
+        height=256,
+        image=IMAGE,
+    )
 
 
 def test_strengths_and_step_rows_are_read_in_ascending_order() -> None:

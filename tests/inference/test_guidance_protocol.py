@@ -31,7 +31,9 @@ SD_WITH_LORA = dataclasses.replace(SD, loras=(FEW_STEP,))
 
 
 def grid(**changes: object) -> CompareGuidanceRequest:
-    return dataclasses.replace(CompareGuidanceRequest("a fox", (1.0, 3.0, 7.5), (4, 8), "Euler", 3), **changes)
+    return dataclasses.replace(
+        CompareGuidanceRequest("a fox", guidances=(1.0, 3.0, 7.5), steps=(4, 8), scheduler="Euler", seed=3), **changes
+    )
 
 
 def test_lanes_run_row_by_row_each_at_its_columns_guidance() -> None:
@@ -98,4 +100,4 @@ def test_a_bad_guidance_grid_is_refused_naming_the_value(changes: dict[str, obje
 
 def test_stop_early_from_an_input_image_is_refused() -> None:
     with pytest.raises(InvalidRequest, match="stop early follows runs from noise: leave out the image"):
-        validate(CompareStepsRequest("a fox", (2, 4), stop_early=True, image=b"\x89PNG"))
+        validate(CompareStepsRequest("a fox", steps=(2, 4), stop_early=True, image=b"\x89PNG"))

@@ -104,7 +104,19 @@ def test_lanes_and_cost() -> None:
 def test_every_request_inside_the_ranges_is_accepted(
     steps: int, scheduler: str, size: int, guidance: float, count: int
 ) -> None:
-    validate(GenerateRequest("fox", steps, scheduler, 0, guidance, size, size, "", count))
+    validate(
+        GenerateRequest(
+            "fox",
+            steps=steps,
+            scheduler=scheduler,
+            seed=0,
+            guidance=guidance,
+            width=size,
+            height=size,
+            negative_prompt="",
+            count=count,
+        )
+    )
 
 
 SDXL_TURBO = ModelInfo(

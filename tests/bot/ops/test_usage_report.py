@@ -270,7 +270,7 @@ def test_the_limits_history_of_a_new_database_is_just_the_header(
 async def test_a_scheduler_grid_counts_as_a_job_of_each_of_its_schedulers(db: Database, clock: FakeClock) -> None:
     clock.now = NOON - timedelta(hours=1)
     await finished(db, GenerateRequest(prompt="a", steps=30, scheduler="Heun"), user=ALICE)
-    await finished(db, CompareSchedulersRequest("b", ("Heun", "DDIM"), steps=(2, 4)), user=BOB)
+    await finished(db, CompareSchedulersRequest("b", schedulers=("Heun", "DDIM"), steps=(2, 4)), user=BOB)
     clock.now = NOON
     usage = await db.ledger.server_usage(GUILD, since=None)
     assert [(s.scheduler, s.jobs, s.steps) for s in usage.top_schedulers] == [("Heun", 2, 36), ("DDIM", 1, 6)]
@@ -285,7 +285,7 @@ async def test_images_per_day_counts_a_servers_delivered_images_by_day_and_sched
     await finished(db, GenerateRequest(prompt="c", steps=4, scheduler="Heun"), user=BOB, guild=OTHER_GUILD)
     clock.now = NOON
     await finished(db, CompareStepsRequest(prompt="d", steps=(2, 4), scheduler="DDIM"), user=BOB)
-    await finished(db, CompareSchedulersRequest("e", ("Euler a", "DDIM", "Heun"), steps=(2, 4)), user=BOB)
+    await finished(db, CompareSchedulersRequest("e", schedulers=("Euler a", "DDIM", "Heun"), steps=(2, 4)), user=BOB)
 
     rows = await db.ledger.images_per_day(GUILD, since=NOON - timedelta(days=30), until=NOON + timedelta(hours=1))
     assert [(row.day.isoformat(), row.scheduler, row.images) for row in rows] == [

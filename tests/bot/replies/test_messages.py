@@ -235,7 +235,9 @@ def test_a_comparison_grid_carries_the_whole_grids_parameters() -> None:
 
 
 def test_a_scheduler_grid_result_says_where_each_row_settles_and_lists_its_rows() -> None:
-    request = CompareSchedulersRequest("a fox", ("Euler a", "DDIM"), (2, 4), seed=3, width=256, height=256)
+    request = CompareSchedulersRequest(
+        "a fox", schedulers=("Euler a", "DDIM"), steps=(2, 4), seed=3, width=256, height=256
+    )
     record = record_for(request)
     result = result_for(record.job_id, request)  # every cell the same image: each row settles at once
     rendered = encode_result_files(record, result, limit=10 * 1024 * 1024)

@@ -19,9 +19,31 @@ from inference.protocol import (
 )
 
 # Every field away from its default, so that a field the store drops or mangles shows.
-IMAGINE = GenerateRequest("a fox", 17, "DPM++ 2M Karras", 4_000_000_000, 4.5, 768, 512, "blurry, text", 3)
-COMPARE = CompareStepsRequest("a boat", (3, 9, 27), "Heun", 9, 11.0, 640, 384, "fog")
-SCHEDULERS = CompareSchedulersRequest("a cat", ("Euler a", "DPM++ 2M Karras"), (4, 8), 9, 3.0, 512, 256, "rain", "sd15")
+IMAGINE = GenerateRequest(
+    "a fox",
+    steps=17,
+    scheduler="DPM++ 2M Karras",
+    seed=4_000_000_000,
+    guidance=4.5,
+    width=768,
+    height=512,
+    negative_prompt="blurry, text",
+    count=3,
+)
+COMPARE = CompareStepsRequest(
+    "a boat", steps=(3, 9, 27), scheduler="Heun", seed=9, guidance=11.0, width=640, height=384, negative_prompt="fog"
+)
+SCHEDULERS = CompareSchedulersRequest(
+    "a cat",
+    schedulers=("Euler a", "DPM++ 2M Karras"),
+    steps=(4, 8),
+    seed=9,
+    guidance=3.0,
+    width=512,
+    height=256,
+    negative_prompt="rain",
+    model="sd15",
+)
 
 
 def accepted(request: Request, job_id: str = "a" * 32) -> JobRecord:

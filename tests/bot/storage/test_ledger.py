@@ -218,7 +218,7 @@ async def test_a_scheduler_grid_and_a_model_named_by_its_path_are_recorded_whole
     # Longer than the columns once said (32 and 100): SQLite never minded, PostgreSQL refused the write.
     schedulers = ("DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ SDE", "Euler a")
     model = "/srv/models/" + "checkpoints/" * 10 + "dreamshaper"
-    request = CompareSchedulersRequest("a fox", schedulers, steps=(4,), model=model)
+    request = CompareSchedulersRequest("a fox", schedulers=schedulers, steps=(4,), model=model)
     job = await db.ledger.record_job(request, user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD)
 
     stored = await db.ledger.get_job(job.id)

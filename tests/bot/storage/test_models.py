@@ -15,10 +15,34 @@ from inference.protocol import (
     Request,
 )
 
-IMAGINE = GenerateRequest("a fox", 17, "Heun", 9, 4.5, 768, 512, "blur", 3)
-COMPARE = CompareStepsRequest("a boat", (3, 9), "DDIM", 1, 6.0, 256, 384, "fog")
-SCHEDULERS = CompareSchedulersRequest("a cat", ("Euler a", "DDIM"), (2, 8), 4, 5.0, 256, 256, "rain", "tiny")
-GUIDANCE = CompareGuidanceRequest("a dog", (1.0, 3.5, 7.0), (4, 8), "DDIM", 2, 256, 256, "haze", "tiny")
+IMAGINE = GenerateRequest(
+    "a fox", steps=17, scheduler="Heun", seed=9, guidance=4.5, width=768, height=512, negative_prompt="blur", count=3
+)
+COMPARE = CompareStepsRequest(
+    "a boat", steps=(3, 9), scheduler="DDIM", seed=1, guidance=6.0, width=256, height=384, negative_prompt="fog"
+)
+SCHEDULERS = CompareSchedulersRequest(
+    "a cat",
+    schedulers=("Euler a", "DDIM"),
+    steps=(2, 8),
+    seed=4,
+    guidance=5.0,
+    width=256,
+    height=256,
+    negative_prompt="rain",
+    model="tiny",
+)
+GUIDANCE = CompareGuidanceRequest(
+    "a dog",
+    guidances=(1.0, 3.5, 7.0),
+    steps=(4, 8),
+    scheduler="DDIM",
+    seed=2,
+    width=256,
+    height=256,
+    negative_prompt="haze",
+    model="tiny",
+)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +85,17 @@ def test_a_strength_grid_is_its_own_command_and_comes_back_with_its_input_image(
     from inference.protocol import CompareStrengthRequest
 
     image = b"\x89PNG\r\n\x1a\nstand-in"
-    request = CompareStrengthRequest("a sun", (0.3, 0.6), (10, 20), "Euler", 4, 6.0, 256, 256, image=image)
+    request = CompareStrengthRequest(
+        "a sun",
+        strengths=(0.3, 0.6),
+        steps=(10, 20),
+        scheduler="Euler",
+        seed=4,
+        guidance=6.0,
+        width=256,
+        height=256,
+        image=image,
+    )
     params = json.loads(json.dumps(request_to_params(request)))
     assert command_of(request) == "compare-strength" and "image" not in params
     assert params_to_request("compare-strength", params, image=image) == request

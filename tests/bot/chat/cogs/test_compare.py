@@ -17,5 +17,5 @@ async def test_compare_steps_builds_a_grid_from_one_read_of_the_limits() -> None
     callback: Any = CompareSteps.compare_steps.callback
     await callback(cog, harness.interaction().as_interaction(), "a boat", steps="4,8", seed=1, scheduler="Heun")
     (request,) = harness.queue.requests.values()
-    assert request == CompareStepsRequest("a boat", (4, 8), "Heun", 1)
+    assert request == CompareStepsRequest("a boat", steps=(4, 8), scheduler="Heun", seed=1)
     assert policy.reads == 1

@@ -18,5 +18,5 @@ async def test_compare_schedulers_builds_a_grid_from_one_read_of_the_limits() ->
     interaction = harness.interaction().as_interaction()
     await callback(cog, interaction, "a boat", schedulers="heun, DDIM", steps="4,8", seed=1)
     (request,) = harness.queue.requests.values()
-    assert request == CompareSchedulersRequest("a boat", ("Heun", "DDIM"), (4, 8), 1)
+    assert request == CompareSchedulersRequest("a boat", schedulers=("Heun", "DDIM"), steps=(4, 8), seed=1)
     assert policy.reads == 1

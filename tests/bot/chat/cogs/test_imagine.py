@@ -17,5 +17,7 @@ async def test_imagine_fills_left_out_options_from_one_read_of_the_limits() -> N
     callback: Any = Imagine.imagine.callback
     await callback(cog, harness.interaction().as_interaction(), "  a fox ", seed=5, size="768x512")
     (request,) = harness.queue.requests.values()
-    assert request == GenerateRequest("a fox", 30, "Euler a", 5, 7.5, 768, 512, "", 1)
+    assert request == GenerateRequest(
+        "a fox", steps=30, scheduler="Euler a", seed=5, guidance=7.5, width=768, height=512, negative_prompt="", count=1
+    )
     assert policy.reads == 1
