@@ -4,16 +4,12 @@ the cell from which more guidance stops changing the image framed, and that in w
 
 from __future__ import annotations
 
-import io
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image
-
 from bot.pictures.grids import Grid
 from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, png_parameters, steps_label
-from bot.pictures.sweet_spot import SETTLED_BELOW, change_percent, format_change, settle_index
+from bot.pictures.sweet_spot import SETTLED_BELOW, changes_along, format_change, settle_index
 from inference.parameters import guidance_grid_infotext
 from inference.protocol import CompareGuidanceRequest, GeneratedImage
 
@@ -46,10 +42,8 @@ class GuidanceRow:
 
 def measure_guidance_row(steps: int, guidances: Sequence[float], pngs: Sequence[bytes]) -> GuidanceRow:
     """Each cell's change from the next lower guidance of its row."""
-    order = sorted(range(len(guidances)), key=lambda i: guidances[i])
-    images = [Image.open(io.BytesIO(pngs[i])) for i in order]
-    changes = [0.0, *(change_percent(a, b) for a, b in itertools.pairwise(images))]
-    return GuidanceRow(steps, tuple(order), tuple(guidances[i] for i in order), tuple(changes), settle_index(changes))
+    order, changes = changes_along(guidances, pngs)
+    return GuidanceRow(steps, order, tuple(guidances[i] for i in order), changes, settle_index(changes))
 
 
 def guidance_rows(request: CompareGuidanceRequest, images: Sequence[GeneratedImage]) -> list[GuidanceRow]:

@@ -7,8 +7,10 @@ was changed (first frame of an animation, colour mode, orientation, size) is sai
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,37 +35,14 @@ class PreparedImage:
     notes: tuple[str, ...] = ()
 
 
-def image_dimensions(data: bytes) -> tuple[int, int]:
-    """(width, height) from the image's header, nothing decoded; InvalidOption when it is not an image."""
+@contextlib.contextmanager
+def _reading_image() -> Iterator[None]:
+    """Pillow's errors while an image is opened and decoded, as the one line a member reads."""
     try:
         with warnings.catch_warnings():
+            # Above the limit Pillow only warns; the size checks refuse with the size named.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                return width, height
-    except Image.DecompressionBombError:
-        raise InvalidOption(
-            f"That image has too many pixels to open (at most {OPEN_LIMIT:,}); send a smaller one."
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidOption(NOT_AN_IMAGE) from None
-
-
-def prepare_input_image(data: bytes, *, multiple: int, max_pixels: int = MAX_PIXELS) -> PreparedImage:
-    """Check and normalise an input image; InvalidOption with one line saying what to do when it can't be used."""
-    try:
-        with warnings.catch_warnings():
-            # Above the limit Pillow only warns; the size check below refuses with the size named.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data))
-            width, height = image.size  # from the header: nothing decoded yet
-            if width * height > OPEN_LIMIT:
-                raise InvalidOption(_too_big(width, height))
-            notes = []
-            if getattr(image, "is_animated", False):
-                notes.append("it is animated: the first frame was used")
-            image.seek(0)
-            image.load()
+            yield
     except InvalidOption:
         raise
     except Image.DecompressionBombError:
@@ -72,6 +51,27 @@ def prepare_input_image(data: bytes, *, multiple: int, max_pixels: int = MAX_PIX
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InvalidOption(NOT_AN_IMAGE) from None
+
+
+def image_dimensions(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image's header, nothing decoded; InvalidOption when it is not an image."""
+    with _reading_image(), Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        return width, height
+
+
+def prepare_input_image(data: bytes, *, multiple: int, max_pixels: int = MAX_PIXELS) -> PreparedImage:
+    """Check and normalise an input image; InvalidOption with one line saying what to do when it can't be used."""
+    with _reading_image():
+        image: Image.Image = Image.open(io.BytesIO(data))
+        width, height = image.size  # from the header: nothing decoded yet
+        if width * height > OPEN_LIMIT:
+            raise InvalidOption(_too_big(width, height))
+        notes = []
+        if getattr(image, "is_animated", False):
+            notes.append("it is animated: the first frame was used")
+        image.seek(0)
+        image.load()
     if _orientation(image) not in (None, 1):
         image = ImageOps.exif_transpose(image)
         notes.append("it was turned upright as its EXIF orientation says")

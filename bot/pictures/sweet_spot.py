@@ -88,12 +88,18 @@ class RowChanges:
         )
 
 
+def changes_along(values: Sequence[float], pngs: Sequence[bytes]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """A row's cells ordered by their axis value (step count, guidance …): that order, and each cell's
+    change from the cell before it in it (0 for the first)."""
+    order = tuple(sorted(range(len(values)), key=lambda i: values[i]))
+    images = [Image.open(io.BytesIO(pngs[i])) for i in order]
+    return order, (0.0, *(change_percent(a, b) for a, b in itertools.pairwise(images)))
+
+
 def measure_row(scheduler: str, steps: Sequence[int], pngs: Sequence[bytes]) -> RowChanges:
     """Each cell's change from the previous step count (cells are ordered by step count here)."""
-    order = sorted(range(len(steps)), key=lambda i: steps[i])
-    images = [Image.open(io.BytesIO(pngs[i])) for i in order]
-    changes = [0.0, *(change_percent(a, b) for a, b in itertools.pairwise(images))]
-    return RowChanges(scheduler, tuple(order), tuple(steps[i] for i in order), tuple(changes), settle_index(changes))
+    order, changes = changes_along(steps, pngs)
+    return RowChanges(scheduler, order, tuple(steps[i] for i in order), changes, settle_index(changes))
 
 
 def format_change(percent: float) -> str:

@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,21 +61,28 @@ def backup_database(source: Path | str, target: Path | str, *, force: bool = Fal
         raise FileNotFoundError(f"No database at {source}; is STEPGRID_DATABASE_PATH right?")
     check_database_file(source, writable=False)
     _check_target(source, target, force=force)
+    jobs = _written_beside(target, lambda copy: _copy(source, copy))
+    backup = Backup(target, target.stat().st_size, jobs)
+    log.info("backed up %s to %s (%d jobs, %d bytes)", source, target, jobs, backup.size)
+    return backup
+
+
+def _written_beside(target: Path, write: Callable[[Path], int]) -> int:
+    """`write` a partial file in `target`'s folder, then rename it to `target`: a failed backup leaves no
+    half file and replaces no older one. Returns what `write` returns (the jobs backed up)."""
     try:
         handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-partial-")
     except OSError as error:
         raise BackupRefused(f"can't write in {target.parent} ({_reason(error)}); choose another folder.") from None
     os.close(handle)
-    copy = Path(partial)
+    path = Path(partial)
     try:
-        jobs = _copy(source, copy)
-        os.replace(copy, target)
+        jobs = write(path)
+        os.replace(path, target)
     except BaseException:
-        copy.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
-    backup = Backup(target, target.stat().st_size, jobs)
-    log.info("backed up %s to %s (%d jobs, %d bytes)", source, target, jobs, backup.size)
-    return backup
+    return jobs
 
 
 def backup_server_database(url: str, target: Path | str, *, force: bool = False) -> Backup:
@@ -92,20 +100,14 @@ def backup_server_database(url: str, target: Path | str, *, force: bool = False)
             "pg_dump is not installed here: install PostgreSQL's client tools (Debian: postgresql-client) of the "
             "server's major version or newer, or run pg_dump where the server is (docs/scaling.md)."
         )
-    try:
-        handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-partial-")
-    except OSError as error:
-        raise BackupRefused(f"can't write in {target.parent} ({_reason(error)}); choose another folder.") from None
-    os.close(handle)
-    dump = Path(partial)
-    try:
-        jobs = _dump(url, pg_dump, dump)
-        with dump.open("rb+") as file:
+
+    def dump(partial: Path) -> int:
+        jobs = _dump(url, pg_dump, partial)
+        with partial.open("rb+") as file:
             os.fsync(file.fileno())  # on disk before it replaces an older backup
-        os.replace(dump, target)
-    except BaseException:
-        dump.unlink(missing_ok=True)
-        raise
+        return jobs
+
+    jobs = _written_beside(target, dump)
     backup = Backup(target, target.stat().st_size, jobs)
     log.info("backed up %s to %s (%d jobs, %d bytes)", shown(url), target, jobs, backup.size)
     return backup
