@@ -11,12 +11,13 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor
 
+from inference.imaging import png_pixels
 from inference.loading import LoadedModel
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobProgress, SafetyVerdict, WorkerConfig
 from inference.safety import DEFAULT_CLASSIFIER, SafetyCheckerError, chosen_checker, load_checker
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine
-from tests.safety_checkers import save_tiny_classifier
+from tests.safety_checkers import aim_at, save_tiny_classifier
 
 CPU = torch.device("cpu")
 
@@ -116,3 +117,24 @@ def test_without_a_checker_pictures_carry_no_verdict(tiny: LoadedModel) -> None:
     engine.add_job("imagine", GenerateRequest("a fox", steps=2, scheduler="Euler", width=256, height=256))
     engine.run_until_idle()
     assert engine.result("imagine").images[0].verdict is None
+
+
+def test_one_flagged_cell_among_unflagged_ones_is_the_only_one_flagged(tiny: LoadedModel, tmp_path: Path) -> None:
+    """The checker judges each grid cell by its own picture: aimed at one cell's picture (a middle one), it
+    flags that cell only, and the others keep their pictures and unflagged verdicts."""
+    checker = load_checker(_config(save_tiny_classifier(tmp_path / "c", flags=False)), CPU, torch.float32)
+    assert checker is not None
+    request = CompareStepsRequest("a fox", steps=(2, 3, 4, 5), scheduler="Euler", width=256, height=256, seed=11)
+    first = RecordingEngine(tiny, checker=checker)
+    first.add_job("read", request)
+    first.run_until_idle()
+    pictures = [png_pixels(image.png) for image in first.result("read").images]
+    assert not any(image.flagged for image in first.result("read").images)
+    aim_at(checker.model, checker.processor, pictures, chosen=1)  # the 3-step cell
+    second = RecordingEngine(tiny, checker=checker)
+    second.add_job("grid", request)
+    second.run_until_idle()
+    images = second.result("grid").images
+    assert [image.flagged for image in images] == [False, True, False, False]
+    assert [image.png for image in images] == [image.png for image in first.result("read").images], "same pictures"
+    assert images[1].verdict is not None and images[1].verdict.score > 0.98
