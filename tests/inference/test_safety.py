@@ -4,7 +4,9 @@ the engine makes (results, grid cells, film frames, previews), and a checker tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,3 +140,32 @@ def test_one_flagged_cell_among_unflagged_ones_is_the_only_one_flagged(tiny: Loa
     assert [image.flagged for image in images] == [False, True, False, False]
     assert [image.png for image in images] == [image.png for image in first.result("read").images], "same pictures"
     assert images[1].verdict is not None and images[1].verdict.score > 0.98
+
+
+class CountingChecks(RecordingEngine):
+    """The real engine, keeping how many pictures each call of its checker judged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checks: list[int] = []
+
+    def verdicts(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict | None]:
+        self.checks.append(len(pictures))
+        return super().verdicts(pictures)
+
+
+@pytest.mark.parametrize(
+    ("request_", "pictures"),
+    [
+        (GenerateRequest("a fox", steps=3, scheduler="Euler", width=256, height=256, count=4), [4]),
+        (CompareStepsRequest("a fox", steps=(2, 3, 4, 5, 6), scheduler="Euler", width=256, height=256), [5]),
+    ],
+)
+def test_the_checker_judges_the_lanes_that_finish_together_in_one_call(
+    tiny: LoadedModel, tmp_path: Path, request_: GenerateRequest | CompareStepsRequest, pictures: list[int]
+) -> None:
+    checker = load_checker(_config(save_tiny_classifier(tmp_path / "c", flags=False)), CPU, torch.float32)
+    engine = CountingChecks(tiny, checker=checker)
+    engine.add_job("job", request_)
+    engine.run_until_idle()
+    assert engine.checks == pictures, "one batched call for the lanes decoded together, not one per picture"
