@@ -146,7 +146,7 @@ def realistic_pair(folder: Path, repeats: int) -> dict[str, Any]:
     text = torch.randn(2, 77, 768)
     unet_s = best(lambda: unet(latents, timestep, encoder_hidden_states=text), max(1, repeats // 2))
     decode_s = best(lambda: vae.decode(latents[:1] / 0.18215), max(1, repeats // 2))
-    del unet, vae, parts
+    print(json.dumps({"unet_call_s": unet_s, "vae_decode_s": decode_s}), file=sys.stderr, flush=True)
     image = STEPS * unet_s + decode_s
     checker = load_checker(WorkerConfig(model="x", safety_checker=str(save_vit_base(folder))), CPU, torch.float32)
     assert checker is not None
@@ -169,16 +169,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--skip-realistic", action="store_true")
+    parser.add_argument("--part", choices=("tiny", "realistic", "both"), default="both")
     args = parser.parse_args()
+    figures: dict[str, Any] = {"machine": cpu_name(), "python": platform.python_version(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
-        figures: dict[str, Any] = {
-            "machine": cpu_name(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "tiny": tiny_pair(Path(tmp) / "models", Path(tmp) / "tiny-checker", args.repeats),
-        }
-        if not args.skip_realistic:
+        if args.part in ("tiny", "both"):
+            figures["tiny"] = tiny_pair(Path(tmp) / "models", Path(tmp) / "tiny-checker", args.repeats)
+            print(json.dumps(figures["tiny"]), file=sys.stderr, flush=True)  # kept if a later part is cut short
+        if args.part in ("realistic", "both"):
             figures["realistic"] = realistic_pair(Path(tmp) / "vit-base", args.repeats)
     text = json.dumps(figures, indent=2)
     print(text)
