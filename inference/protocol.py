@@ -88,6 +88,8 @@ INTERNAL_ERROR_MESSAGE = "The GPU worker hit an internal error on this request (
 CANCELLED_MESSAGE = "Cancelled."
 # How a worker whose image checker failed to load starts its WorkerFailed message (inference.safety).
 SAFETY_CHECKER_FAILED = "The image safety checker"
+# The image classifier STEPGRID_SAFETY_CHECKER=auto loads (inference.safety; its licence in docs/safety.md).
+DEFAULT_SAFETY_CLASSIFIER = "Falconsai/nsfw_image_detection"
 
 
 class InvalidRequest(ValueError):

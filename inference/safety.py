@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.protocol import SAFETY_CHECKER_FAILED, SafetyVerdict, WorkerConfig
+from inference.protocol import DEFAULT_SAFETY_CLASSIFIER, SAFETY_CHECKER_FAILED, SafetyVerdict, WorkerConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLASSIFIER = "Falconsai/nsfw_image_detection"
+DEFAULT_CLASSIFIER = DEFAULT_SAFETY_CLASSIFIER
 DIFFUSERS_CHECKER = "diffusers"
 DIFFUSERS_SOURCE = "CompVis/stable-diffusion-safety-checker"
 # Labels of an image classifier whose probabilities add up to the unsafe score.

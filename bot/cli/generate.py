@@ -14,13 +14,14 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 from PIL import Image
 
+from bot.cli.safety import ALL_WITHHELD_EXIT, cli_checker, screen
 from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, requested_loras
@@ -199,13 +200,14 @@ async def generate(
     specs: Sequence[ModelSpec],
     *,
     out: TextIO = sys.stderr,
+    safety_checker: str = "none",
 ) -> tuple[Request, JobResult, str]:
     """Run what `options` ask through a LocalJobQueue and its spawned worker loading `specs`,
     drawing a progress bar. Options left out take the loaded model's defaults, decided where the
     bot decides them. Returns the request as run, its result and the device it ran on."""
-    # The files are written for the person at the terminal, who sees them first: no image checker here
-    # (it would fetch the default classifier on first use). `--safety` is not there yet (docs/safety.md).
-    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs), safety_checker="none")
+    # The files are written for the person at the terminal, who sees them first: no image checker unless
+    # `--safety` asks for one (`safety_checker`; it runs in the worker as the bot's does, docs/safety.md).
+    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs), safety_checker=safety_checker)
     queue = LocalJobQueue(config, hang_seconds=settings.worker_hang_seconds)
     await queue.start()
     try:
@@ -215,6 +217,8 @@ async def generate(
         if info is not None:
             note = f" — {TEST_MODEL_NOTE}" if info.is_test_model else ""
             out.write(f"model {info.model} on {info.device} ({info.dtype}){note}\n")
+        if info is not None and info.safety_checker != "none":
+            out.write(f"image checker {info.safety_checker}: flags a score of {settings.safety_threshold:g} or more\n")
         for missing in info.unavailable if info else ():
             out.write(f"model {missing.name} is unavailable: {missing.message}\n")
         model = queue.model_info("")
@@ -309,18 +313,25 @@ class OutputLost(RuntimeError):
 
 
 def save_outputs(
-    request: Request, result: JobResult, output: Path, film: Path | None = None, *, device: str | None = None
+    request: Request,
+    result: JobResult,
+    output: Path,
+    film: Path | None = None,
+    *,
+    device: str | None = None,
+    withheld: Collection[int] = (),
 ) -> tuple[list[Path], str | None]:
-    """Write the outputs where asked; if that fails after the render, write them to a new folder in the
-    temporary directory instead, so that a finished image is never lost. Returns the paths written and,
-    when they were rescued, why the asked-for place failed."""
+    """Write the outputs where asked (but not the images at the indexes `withheld`); if that fails after the
+    render, write them to a new folder in the temporary directory instead, so that a finished image is never
+    lost. Returns the paths written and, when they were rescued, why the asked-for place failed."""
     try:
-        return write_outputs(request, result, output, film, device=device), None
+        return write_outputs(request, result, output, film, device=device, withheld=withheld), None
     except OSError as error:
         problem = f"could not write {output} ({_reason(error)})"
     try:
         rescue = Path(tempfile.mkdtemp(prefix="stepgrid-rescued-")) / output.name
-        return write_outputs(request, result, rescue, film and rescue.with_name(film.name), device=device), problem
+        rescued_film = film and rescue.with_name(film.name)
+        return write_outputs(request, result, rescue, rescued_film, device=device, withheld=withheld), problem
     except OSError as error:
         raise OutputLost(f"{problem}, nor a copy in the temporary folder ({_reason(error)}).") from None
 
@@ -363,13 +374,22 @@ def _grid_png(
 
 
 def write_outputs(
-    request: Request, result: JobResult, output: Path, film: Path | None = None, *, device: str | None = None
+    request: Request,
+    result: JobResult,
+    output: Path,
+    film: Path | None = None,
+    *,
+    device: str | None = None,
+    withheld: Collection[int] = (),
 ) -> list[Path]:
-    """Write the image (or numbered images, or the labelled grid, and the film) and return the paths.
-    Each file appears whole or not at all (see `write_file`)."""
+    """Write the image (or numbered images, or the labelled grid, and the film) and return the paths; the
+    images at the indexes `withheld` (and their films) are not written. Each file appears whole or not at all
+    (see `write_file`)."""
     from bot.pictures.film import film_file
     from bot.pictures.render import png_parameters
 
+    if isinstance(request, GenerateRequest) and set(withheld) >= set(range(len(result.images))):
+        return []  # every image withheld: no file, and no folder made for one
     output.parent.mkdir(parents=True, exist_ok=True)
     if not isinstance(request, GenerateRequest):
         write_file(output, _grid_png(request, result, device))
@@ -387,6 +407,8 @@ def write_outputs(
         return [output, film]
     paths = []
     for number, image in enumerate(result.images, start=1):
+        if number - 1 in withheld:
+            continue
         path = output.with_name(f"{output.stem}-{number}{output.suffix or '.png'}")
         write_file(path, image.png)
         paths.append(path)
@@ -432,6 +454,7 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         check_output_and_model(args)
         specs = select_models(args.model, settings)
         check_before_loading(args, settings, specs)
+        checker = cli_checker(settings) if getattr(args, "safety", False) else "none"
     except (InvalidOption, RegistryError) as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 2
@@ -439,7 +462,9 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     quiet_worker(args)
     started = time.perf_counter()
     try:
-        request, result, device = asyncio.run(generate(partial(options_from_args, args), settings, specs))
+        request, result, device = asyncio.run(
+            generate(partial(options_from_args, args), settings, specs, safety_checker=checker)
+        )
     except (InvalidRequest, InvalidOption, ModelsUnavailable) as error:  # e.g. a scheduler or size this
         print(f"stepgrid: {error}", file=sys.stderr)  # model can't do, or a --model that doesn't load
         return 2
@@ -450,17 +475,25 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         print("stepgrid: interrupted; nothing was written.", file=sys.stderr)
         return 130
     film = getattr(args, "film", None)
-    replaced = [path for path in output_paths(request, args.output, film) if path.exists()]
+    targets = output_paths(request, args.output, film)
+    screened = screen(request, result, targets, settings.safety_threshold)
+    result = screened.result  # a grid's flagged cells are neutral tiles now
+    replaced = [path for path in targets if path.exists()]
     try:
-        paths, problem = save_outputs(request, result, args.output, film, device=device)
+        paths, problem = save_outputs(request, result, args.output, film, device=device, withheld=screened.withheld)
     except OutputLost as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1
     if problem is not None:
         print(f"stepgrid: {problem}; saved to {', '.join(map(str, paths))} instead.", file=sys.stderr)
         return 1
-    steps = ",".join(str(steps) for steps in sorted({image.steps for image in result.images}))
-    seeds = ",".join(str(seed) for seed in dict.fromkeys(image.seed for image in result.images))
+    if not paths:
+        print(screened.line)
+        return ALL_WITHHELD_EXIT
+    replaced = [path for path in replaced if path in paths]
+    written = [image for index, image in enumerate(result.images) if index not in screened.withheld]
+    steps = ",".join(str(steps) for steps in sorted({image.steps for image in written}))
+    seeds = ",".join(str(seed) for seed in dict.fromkeys(image.seed for image in written))
     note = f" ({TEST_MODEL_NOTE})" if result.is_test_model else ""
     truncated = " The prompt was cut to the model's token limit." if result.prompt_truncated else ""
     print(
@@ -469,6 +502,8 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     if replaced:
         print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
+    if screened.line:
+        print(screened.line)
     if isinstance(request, CompareStepsRequest) and request.stop_early:
         from bot.pictures.stop_early import stop_early_summary
 

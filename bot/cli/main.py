@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from bot.cli.generate import TINY_MODELS, generate_command
 from bot.cli.models import models_command
+from bot.cli.safety import ALL_WITHHELD_EXIT
 from bot.config import Settings, unknown_settings
 from inference.clipping import echo
 from inference.logs import report_fatal
@@ -100,6 +101,13 @@ def _add_generation_options(
     parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda, cuda:1, ... (default: %(default)s)")
     parser.add_argument(
         "--dtype", default=settings.dtype, help="auto, float32, float16, bfloat16 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--safety",
+        action="store_true",
+        help="run the image checker on every picture, as the bot does (the one STEPGRID_SAFETY_CHECKER names; auto: "
+        "the default classifier): a flagged image and its film are not written, a flagged grid cell is a neutral "
+        f"tile; exit status {ALL_WITHHELD_EXIT} when nothing was written",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
 

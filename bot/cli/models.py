@@ -15,6 +15,7 @@ from bot.limits.server import EffectiveLimits
 from inference.protocol import (
     GUIDANCE_IGNORED,
     GUIDANCE_INPUT,
+    SAFETY_CHECKER_FAILED,
     ModelInfo,
     WorkerReady,
 )
@@ -92,10 +93,17 @@ def guidance_text(model: ModelInfo) -> str:
     return f"guidance {model.default_guidance:g}"
 
 
+def checker_line(checker: str, threshold: float) -> str:
+    """The image checker the worker loaded, as `stepgrid models` shows it."""
+    if checker == "none":
+        return "image checker: none (STEPGRID_SAFETY_CHECKER): pictures are posted unchecked in every channel"
+    return f"image checker: {checker}, flags a score of {threshold:g} or more"
+
+
 async def load_models(settings: Settings, specs: Sequence[ModelSpec]) -> WorkerReady:
     """Start a worker with `specs`, wait until it reports what loaded, and stop it."""
-    # Only the models: the image checker is `stepgrid run`'s to load and report (docs/safety.md).
-    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs), safety_checker="none")
+    # The operator's image checker too, as `stepgrid run` loads it: one that can't load is said here.
+    config = dataclasses.replace(settings.worker_config(), model="", models=tuple(specs))
     queue = LocalJobQueue(config, hang_seconds=settings.worker_hang_seconds)
     await queue.start()
     try:
@@ -123,12 +131,16 @@ def models_command(args: argparse.Namespace, settings: Settings) -> int:
     try:
         ready = asyncio.run(load_models(settings, specs))
     except WorkerUnavailable as error:
+        if str(error).startswith(SAFETY_CHECKER_FAILED):  # the models loaded; the bot would post no picture
+            print(f"stepgrid: {error}", file=sys.stderr)
+            return 2
         print(f"stepgrid: no model loaded: {error}", file=sys.stderr)
         return 2 if isinstance(error, ModelsUnavailable) else 1  # 2: the configured models are the problem
     limits = EffectiveLimits.combine(None, settings, models=specs)
     print(f"loaded on {ready.device} ({ready.dtype}) in {ready.load_seconds:.1f}s:")
     for model in ready.models:
         print("\n".join(loaded_lines(model, limits)))
+    print(checker_line(ready.safety_checker, settings.safety_threshold))
     if ready.unavailable:
         print("unavailable:")
         for missing in ready.unavailable:

@@ -2,13 +2,14 @@
 rigged classifier loaded from its folder) flags every picture. In an ordinary channel no flagged picture is
 ever uploaded (every REST body the fake recorded is checked, previews included); in an age-restricted
 channel, or a thread under one, it is (as a spoiler when the server asks); a checker that can't load stops
-every picture."""
+every picture. Behind Redis the agent's worker checks before a result leaves the GPU host, and its verdicts
+reach the bot on the wire; a button's job obeys its channel as it is when pressed."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -16,10 +17,22 @@ import sqlalchemy as sa
 
 from bot.storage.database import Database
 from bot.storage.models import JobRow
-from inference.protocol import WorkerConfig
+from inference.protocol import JobEvent, JobProgress, JobResult, WorkerConfig
 from inference.queues.local import LocalJobQueue
-from tests.e2e.helpers import content, e2e_settings, embed_fields, image_of, result_files, running_bot, wait_for_result
+from tests.e2e.helpers import (
+    SharedQueue,
+    button,
+    content,
+    e2e_settings,
+    embed_fields,
+    image_of,
+    result_files,
+    running_bot,
+    wait_for_result,
+)
 from tests.fake_discord import FakeDiscord, InteractionHandle, running_fake
+from tests.inference.redis_backends import redis_queue, started_agent
+from tests.redis_server import RedisServer, fresh_keys
 from tests.safety_checkers import save_tiny_classifier
 from tests.workers import started_queue
 
@@ -170,3 +183,69 @@ async def test_a_checker_that_fails_to_load_stops_every_picture(
         await broken.close()
     assert "the image safety checker failed to load, and no picture is posted unchecked" in answer
     assert uploaded(fake) == []
+
+
+class SeenQueue(SharedQueue):
+    """A bot's view of a queue that keeps every event the bot received, as it received them."""
+
+    def __init__(self, inner: LocalJobQueue) -> None:
+        super().__init__(inner)
+        self.seen: list[JobEvent] = []
+
+    async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
+        async for event in super().events(job_id):
+            self.seen.append(event)
+            yield event
+
+
+async def test_behind_redis_the_agent_checks_and_a_flagged_result_never_leaves_the_bot(
+    fake: FakeDiscord, tiny_config: WorkerConfig, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The bot's side has no checker at all: what it withholds, it knows from the verdicts on the wire."""
+    checker = save_tiny_classifier(tmp_path / "flags-all", flags=True)
+    agent_config = WorkerConfig(model="tiny", cache_dir=tiny_config.cache_dir, safety_checker=str(checker))
+    bot_config = WorkerConfig(model="tiny", cache_dir=tiny_config.cache_dir, safety_checker="none")
+    keys = fresh_keys()
+    async with started_agent(redis_server.url, agent_config, keys, hang_seconds=120):
+        queue = redis_queue(bot_config, redis_server.url, keys)
+        await queue.start()
+        try:
+            await queue.wait_ready()
+            seen = SeenQueue(cast(LocalJobQueue, queue))  # duck-typed: SharedQueue uses the JobQueue contract only
+            async with running_bot(fake, cast(LocalJobQueue, queue), queue=seen):
+                handle = await fake.invoke("imagine", imagine_options(count=2))
+                text = await final_answer(handle)
+        finally:
+            await queue.close()
+    assert "2 images withheld: the image checker flagged them" in text
+    assert uploaded(fake) == [], "no flagged picture or preview left the bot"
+    [result] = [event for event in seen.seen if isinstance(event, JobResult)]
+    verdicts = [image.verdict for image in result.images]
+    assert all(v is not None and v.flagged and v.checker == str(checker) and v.score > 0.99 for v in verdicts)
+    previews = [e for e in seen.seen if isinstance(e, JobProgress) and e.preview_png is not None]
+    assert previews and all(e.preview_verdict is not None and e.preview_verdict.flagged for e in previews)
+
+
+async def test_a_button_obeys_its_channel_as_it_is_when_pressed_not_as_it_was_for_the_first_job(
+    fake: FakeDiscord, worker: LocalJobQueue
+) -> None:
+    """A result posted in an age-restricted channel; then an admin unmarks the channel. Vary and Compare steps
+    pressed on that result now start jobs in an ordinary channel: their flagged pictures are withheld."""
+    channel = fake.guild.text_channel("was-adult", nsfw=True)
+    async with running_bot(fake, worker):
+        handle = await fake.invoke("imagine", imagine_options(seed=21), channel=channel)
+        final = await wait_for_result(handle)
+        assert [f.filename for f in result_files(final)] == ["stepgrid-21.png"], "posted while age-restricted"
+        message = handle.original_message
+        channel.nsfw = False
+        await fake.dispatch("CHANNEL_UPDATE", channel.payload())  # Discord tells the bot, as it does
+        vary = await fake.click(message, button(message, "vary"))
+        vary_text = await final_answer(vary)
+        compare = await fake.click(message, button(message, "compare"))
+        grid = await wait_for_result(compare)
+    assert "1 image withheld: the image checker flagged it" in vary_text
+    assert not [f for request in vary.requests for f in request.files], "no picture or preview of Vary's job"
+    assert "grid cells withheld" in (content(grid) or "")
+    [grid_file] = result_files(grid)
+    assert [f.filename for r in compare.requests for f in r.files if f.filename != grid_file.filename] == []
+    assert image_of(grid_file.data).convert("RGB").getpixel((20, 60)) == (64, 66, 71), "the neutral tile"

@@ -4,19 +4,22 @@ the engine makes (results, grid cells, film frames, previews), and a checker tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor
 
+from inference.imaging import png_pixels
 from inference.loading import LoadedModel
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobProgress, SafetyVerdict, WorkerConfig
 from inference.safety import DEFAULT_CLASSIFIER, SafetyCheckerError, chosen_checker, load_checker
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine
-from tests.safety_checkers import save_tiny_classifier
+from tests.safety_checkers import aim_at, save_tiny_classifier
 
 CPU = torch.device("cpu")
 
@@ -116,3 +119,53 @@ def test_without_a_checker_pictures_carry_no_verdict(tiny: LoadedModel) -> None:
     engine.add_job("imagine", GenerateRequest("a fox", steps=2, scheduler="Euler", width=256, height=256))
     engine.run_until_idle()
     assert engine.result("imagine").images[0].verdict is None
+
+
+def test_one_flagged_cell_among_unflagged_ones_is_the_only_one_flagged(tiny: LoadedModel, tmp_path: Path) -> None:
+    """The checker judges each grid cell by its own picture: aimed at one cell's picture (a middle one), it
+    flags that cell only, and the others keep their pictures and unflagged verdicts."""
+    checker = load_checker(_config(save_tiny_classifier(tmp_path / "c", flags=False)), CPU, torch.float32)
+    assert checker is not None
+    request = CompareStepsRequest("a fox", steps=(2, 3, 4, 5), scheduler="Euler", width=256, height=256, seed=11)
+    first = RecordingEngine(tiny, checker=checker)
+    first.add_job("read", request)
+    first.run_until_idle()
+    pictures = [png_pixels(image.png) for image in first.result("read").images]
+    assert not any(image.flagged for image in first.result("read").images)
+    aim_at(checker.model, checker.processor, pictures, chosen=1)  # the 3-step cell
+    second = RecordingEngine(tiny, checker=checker)
+    second.add_job("grid", request)
+    second.run_until_idle()
+    images = second.result("grid").images
+    assert [image.flagged for image in images] == [False, True, False, False]
+    assert [image.png for image in images] == [image.png for image in first.result("read").images], "same pictures"
+    assert images[1].verdict is not None and images[1].verdict.score > 0.98
+
+
+class CountingChecks(RecordingEngine):
+    """The real engine, keeping how many pictures each call of its checker judged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checks: list[int] = []
+
+    def verdicts(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict | None]:
+        self.checks.append(len(pictures))
+        return super().verdicts(pictures)
+
+
+@pytest.mark.parametrize(
+    ("request_", "pictures"),
+    [
+        (GenerateRequest("a fox", steps=3, scheduler="Euler", width=256, height=256, count=4), [4]),
+        (CompareStepsRequest("a fox", steps=(2, 3, 4, 5, 6), scheduler="Euler", width=256, height=256), [5]),
+    ],
+)
+def test_the_checker_judges_the_lanes_that_finish_together_in_one_call(
+    tiny: LoadedModel, tmp_path: Path, request_: GenerateRequest | CompareStepsRequest, pictures: list[int]
+) -> None:
+    checker = load_checker(_config(save_tiny_classifier(tmp_path / "c", flags=False)), CPU, torch.float32)
+    engine = CountingChecks(tiny, checker=checker)
+    engine.add_job("job", request_)
+    engine.run_until_idle()
+    assert engine.checks == pictures, "one batched call for the lanes decoded together, not one per picture"
