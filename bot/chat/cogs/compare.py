@@ -32,13 +32,7 @@ class CompareSteps(commands.Cog):
         lora_compare="Two rows: without the LoRA, then with it, over both their step ladders (needs a lora)",
         stop_early="Add a row: the longest run stopped at each step count (its predicted image there)",
     )
-    @app_commands.autocomplete(
-        lora=shared.lora_autocomplete,
-        model=shared.model_autocomplete,
-        scheduler=shared.scheduler_autocomplete,
-        size=shared.size_autocomplete,
-    )
-    @app_commands.guild_only()
+    @shared.drawing_command()
     async def compare_steps(
         self,
         interaction: discord.Interaction,

@@ -36,13 +36,7 @@ class CompareGuidance(commands.Cog):
         steps="Rows: step counts separated by commas, 1 to 6 (default: the model's own steps)",
         **shared.GRID_DESCRIPTIONS,
     )
-    @app_commands.autocomplete(
-        lora=shared.lora_autocomplete,
-        model=shared.model_autocomplete,
-        scheduler=shared.scheduler_autocomplete,
-        size=shared.size_autocomplete,
-    )
-    @app_commands.guild_only()
+    @shared.drawing_command()
     async def compare_guidance(
         self,
         interaction: discord.Interaction,

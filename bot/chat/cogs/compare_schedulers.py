@@ -37,13 +37,7 @@ class CompareSchedulers(commands.Cog):
         **shared.GRID_DESCRIPTIONS,
         **shared.IMAGE_DESCRIPTIONS,
     )
-    @app_commands.autocomplete(
-        lora=shared.lora_autocomplete,
-        model=shared.model_autocomplete,
-        schedulers=shared.schedulers_autocomplete,
-        size=shared.size_autocomplete,
-    )
-    @app_commands.guild_only()
+    @shared.drawing_command(schedulers=True)
     async def compare_schedulers(
         self,
         interaction: discord.Interaction,

@@ -38,12 +38,7 @@ class CompareStrength(commands.Cog):
         lora_weight=shared.SHARED_DESCRIPTIONS["lora_weight"],
         seed=shared.GRID_DESCRIPTIONS["seed"],
     )
-    @app_commands.autocomplete(
-        lora=shared.lora_autocomplete,
-        model=shared.model_autocomplete,
-        scheduler=shared.scheduler_autocomplete,
-    )
-    @app_commands.guild_only()
+    @shared.drawing_command(size=False)
     async def compare_strength(
         self,
         interaction: discord.Interaction,

@@ -42,13 +42,7 @@ class Imagine(commands.Cog):
             "With an image: how much to change it, 0 to 1 (default: the model's). Of 30 steps at 0.6, the last 18 run"
         ),
     )
-    @app_commands.autocomplete(
-        lora=shared.lora_autocomplete,
-        model=shared.model_autocomplete,
-        scheduler=shared.scheduler_autocomplete,
-        size=shared.size_autocomplete,
-    )
-    @app_commands.guild_only()
+    @shared.drawing_command()
     async def imagine(
         self,
         interaction: discord.Interaction,

@@ -78,6 +78,23 @@ def manage_server_only(command: Command) -> Command:
     return app_commands.default_permissions(manage_guild=True)(command)
 
 
+def drawing_command(*, schedulers: bool = False, size: bool = True) -> Callable[[Command], Command]:
+    """What every command that draws pictures shares: servers only, and autocomplete of the model, its
+    LoRAs, the scheduler (a grid's list of `schedulers`) and the size (unless the size is the image's)."""
+    completions: dict[str, Any] = {"lora": lora_autocomplete, "model": model_autocomplete}
+    if schedulers:
+        completions["schedulers"] = schedulers_autocomplete
+    else:
+        completions["scheduler"] = scheduler_autocomplete
+    if size:
+        completions["size"] = size_autocomplete
+
+    def decorate(command: Command) -> Command:
+        return app_commands.guild_only()(app_commands.autocomplete(**completions)(command))
+
+    return decorate
+
+
 SCHEDULER_CHOICES: list[app_commands.Choice[str]] = [
     app_commands.Choice(name=name, value=name) for name in SCHEDULER_NAMES
 ]
