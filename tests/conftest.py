@@ -8,11 +8,13 @@ import os
 # oversubscribed OpenMP threads spin-wait each other into 10-100x slowdowns. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, JsonFormatter, TextFormatter
 from inference.protocol import WorkerConfig
 from tests.fake_discord import fake_discord  # noqa: F401  (a fixture)
 from tests.postgres_server import PostgresServer
@@ -37,6 +39,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = item.nodeid.split("::")[0]
         module_weight[module] = min(module_weight.get(module, 2), weight(item))
     items.sort(key=lambda item: module_weight[item.nodeid.split("::")[0]])
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_left_behind() -> Iterator[None]:
+    """An in-process CLI test calls `configure_logging`, which points the root logger at that test's
+    (captured, later closed) stderr and sets STEPGRID_LOG_* for spawned workers: undo both, so that no
+    later test in the same process logs into a closed stream or inherits a log format."""
+    saved = {name: os.environ.get(name) for name in (LEVEL_VARIABLE, FORMAT_VARIABLE)}
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler.formatter, JsonFormatter | TextFormatter):
+            root.removeHandler(handler)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ def test_the_img2img_benchmark_runs_on_cpu_and_reports_every_figure(
     tmp_path: Path, model_cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "figures.json"
-    args = ["--steps", "3", "--lanes", "2", "--pairs", "1", "--cache-dir", str(model_cache_dir), "--out", str(out)]
+    # 4 steps: the weakest strength, 0.3, runs one of them (SD rounds steps × strength down).
+    args = ["--steps", "4", "--lanes", "2", "--pairs", "1", "--cache-dir", str(model_cache_dir), "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for phrase in ("2 img2img jobs", "1 img2img + 1 text-to-image jobs", "compare-strength 0.3, 0.45, 0.6, 0.75, 0.9"):

@@ -93,8 +93,11 @@ async def test_compare_strength_over_a_server_limit_is_refused_before_it_is_queu
     listed, resolved = with_image(fake, {"prompt": "a sun", **options})
     async with running_bot(fake, worker, settings=e2e_settings(**limits)) as (_, queue):
         handle = await fake.invoke("compare-strength", listed, resolved=resolved)
-        answer = await handle.wait_for_callback()
-        assert answer.ephemeral and refusal in answer.json["data"]["content"]
+        # An attachment is read after the defer (Discord's 3 s): the refusal is a private follow-up.
+        assert (await handle.wait_for_callback()).json["type"] == 5
+        answer = await handle.wait_for_followup()
+        assert answer.ephemeral and refusal in answer.json["content"]
+        assert int(handle.original_message["id"]) in fake.deleted_messages, "no thinking message is left"
         assert not queue.submitted
 
 
