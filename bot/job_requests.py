@@ -176,39 +176,32 @@ def resolve_step_list(text: str | None, default: tuple[int, ...] = DEFAULT_COMPA
     return tuple(sorted(as_option_error(lambda: parse_step_list(text))))
 
 
+def read_numbers(text: str, what: str, hint: str, max_chars: int) -> tuple[float, ...]:
+    """Numbers from "0.3, 0.6; 0.9" (commas, semicolons or spaces between), in ascending order; one line
+    naming `what` and saying `hint` when they can't be read."""
+    parts = [part for part in re.split("[,; ]", text) if part.strip()] if len(text) <= max_chars else ["?"]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(value) for value in values):
+        raise InvalidOption(f"Could not read {what} {echo(text)}: {hint}.")
+    return tuple(sorted(values))
+
+
 def resolve_strength_list(
     text: str | None, default: tuple[float, ...] = DEFAULT_COMPARE_STRENGTHS
 ) -> tuple[float, ...]:
     """Strengths from "0.3, 0.6, 0.9" in ascending order (the grid's columns), or the default when left out."""
     if text is None or not text.strip():
         return default
-    hint = "write 2 to 6 numbers from 0 to 1 like 0.3,0.6,0.9"
-    if len(text) > MAX_STRENGTH_LIST_CHARS:
-        raise InvalidOption(f"Could not read strengths {echo(text)}: {hint}.")
-    parts = [part for part in re.split("[,; ]", text) if part.strip()]
-    try:
-        strengths = tuple(float(part) for part in parts)
-    except ValueError:
-        raise InvalidOption(f"Could not read strengths {echo(text)}: {hint}.") from None
-    if not strengths or not all(math.isfinite(strength) for strength in strengths):
-        raise InvalidOption(f"Could not read strengths {echo(text)}: {hint}.")
-    return tuple(sorted(strengths))
+    return read_numbers(text, "strengths", "write 2 to 6 numbers from 0 to 1 like 0.3,0.6,0.9", MAX_STRENGTH_LIST_CHARS)
 
 
 def parse_guidance_list(text: str) -> tuple[float, ...]:
     """Guidance values from "1, 3.5, 7" (commas, spaces or semicolons between), in ascending order."""
-    if len(text) > MAX_GUIDANCE_LIST_CHARS:
-        raise InvalidOption(f"Could not read guidance values {echo(text)}: write a few numbers like 1, 3, 5, 7.5.")
-    parts = [part.strip() for part in text.replace(" ", ",").replace(";", ",").split(",") if part.strip()]
-    try:
-        values = tuple(float(part) for part in parts)
-    except ValueError:
-        raise InvalidOption(
-            f"Could not read guidance values {echo(text)}: write numbers separated by commas, like 1, 3, 5, 7.5."
-        ) from None
-    if not values:
-        raise InvalidOption("No guidance values given: write them like 1, 3, 5, 7.5.")
-    return tuple(sorted(values))
+    hint = "write numbers separated by commas, like 1, 3, 5, 7.5"
+    return read_numbers(text, "guidance values", hint, MAX_GUIDANCE_LIST_CHARS)
 
 
 def guidance_ladder(default: float, cells: int) -> tuple[float, ...]:
