@@ -214,6 +214,20 @@ async def wait_for_progress(handle: InteractionHandle, text: str) -> RecordedReq
     return await handle.wait_for(lambda r: r.is_edit and r.ok and text in (content(r) or ""))
 
 
+async def ephemeral_reply(handle: InteractionHandle) -> RecordedRequest:
+    """The interaction's first answer, which must be an ephemeral message (not a defer)."""
+    callback = await handle.wait_for_callback()
+    assert callback.ok
+    assert callback.json["type"] == 4, f"expected a message, got callback type {callback.json['type']}"
+    assert callback.ephemeral
+    return callback
+
+
+async def refusal(handle: InteractionHandle) -> str:
+    """The words of a command refused at once, privately."""
+    return content(await ephemeral_reply(handle)) or ""
+
+
 def content(request: RecordedRequest) -> str | None:
     value = request.data.get("content")
     return value if isinstance(value, str) else None

@@ -26,7 +26,9 @@ from tests.e2e.helpers import (
     content,
     e2e_settings,
     embed_fields,
+    ephemeral_reply,
     image_of,
+    refusal,
     result_files,
     running_bot,
     wait_for_progress,
@@ -38,7 +40,6 @@ from tests.fake_discord import (
     FakeDiscord,
     FakeMember,
     InteractionHandle,
-    RecordedRequest,
     running_fake,
 )
 from tests.workers import started_queue
@@ -74,19 +75,6 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-
-
-async def ephemeral_reply(handle: InteractionHandle) -> RecordedRequest:
-    """The interaction's first answer, which must be an ephemeral message (not a defer)."""
-    callback = await handle.wait_for_callback()
-    assert callback.ok
-    assert callback.json["type"] == 4, f"expected a message, got callback type {callback.json['type']}"
-    assert callback.ephemeral
-    return callback
-
-
-async def refusal(handle: InteractionHandle) -> str:
-    return content(await ephemeral_reply(handle)) or ""
 
 
 def grant_to_everyone(fake: FakeDiscord, name: str) -> None:

@@ -20,8 +20,8 @@ from bot.storage.database import Database
 from bot.storage.models import JobRow
 from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
-from tests.e2e.helpers import content, e2e_settings, embed_fields, image_of, running_bot, wait_for_result
-from tests.fake_discord import FakeDiscord, InteractionHandle, running_fake
+from tests.e2e.helpers import content, e2e_settings, embed_fields, image_of, refusal, running_bot, wait_for_result
+from tests.fake_discord import FakeDiscord, running_fake
 from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -49,12 +49,6 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
-
-
-async def refusal(handle: InteractionHandle) -> str:
-    callback = await handle.wait_for_callback()
-    assert callback.ok and callback.json["type"] == 4 and callback.ephemeral
-    return content(callback) or ""
 
 
 async def all_jobs(database: Database) -> list[JobRow]:
