@@ -321,23 +321,54 @@ def save_outputs(
     device: str | None = None,
     withheld: Collection[int] = (),
 ) -> tuple[list[Path], str | None]:
-    """Write the outputs where asked (but not the images at the indexes `withheld`); if that fails after the
-    render, write them to a new folder in the temporary directory instead, so that a finished image is never
-    lost. Returns the paths written and, when they were rescued, why the asked-for place failed."""
+    """Write the image (or numbered images, or the labelled grid, and the film) where asked, but not the
+    images at the indexes `withheld` (nor their films); each file appears whole or not at all (see
+    `write_file`). If that fails after the render, write them to a new folder in the temporary directory
+    instead, so that a finished image is never lost. Returns the paths written and, when they were rescued,
+    why the asked-for place failed."""
+    from bot.pictures.film import film_file
+    from bot.pictures.render import png_parameters
+
+    def write(output: Path, film: Path | None) -> list[Path]:
+        if isinstance(request, GenerateRequest) and set(withheld) >= set(range(len(result.images))):
+            return []  # every image withheld: no file, and no folder made for one
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if not isinstance(request, GenerateRequest):
+            write_file(output, _grid_png(request, result, device))
+            return [output]
+        if len(result.images) == 1:
+            image = result.images[0]
+            write_file(output, image.png)
+            if film is None or not image.frames:
+                return [output]
+            # The name says the format; no upload limit here, so the frames keep their size.
+            film.parent.mkdir(parents=True, exist_ok=True)
+            extension = film.suffix.lower().lstrip(".")
+            frames = film_file(image.frames, request.prompt, extension, png_parameters(image.png), image.frame_sigmas)
+            write_file(film, frames)
+            return [output, film]
+        paths = []
+        for number, image in enumerate(result.images, start=1):
+            if number - 1 in withheld:
+                continue
+            path = output.with_name(f"{output.stem}-{number}{output.suffix or '.png'}")
+            write_file(path, image.png)
+            paths.append(path)
+        return paths
+
     try:
-        return write_outputs(request, result, output, film, device=device, withheld=withheld), None
+        return write(output, film), None
     except OSError as error:
         problem = f"could not write {output} ({_reason(error)})"
     try:
         rescue = Path(tempfile.mkdtemp(prefix="stepgrid-rescued-")) / output.name
-        rescued_film = film and rescue.with_name(film.name)
-        return write_outputs(request, result, rescue, rescued_film, device=device, withheld=withheld), problem
+        return write(rescue, film and rescue.with_name(film.name)), problem
     except OSError as error:
         raise OutputLost(f"{problem}, nor a copy in the temporary folder ({_reason(error)}).") from None
 
 
 def output_paths(request: Request, output: Path, film: Path | None = None) -> list[Path]:
-    """Where `write_outputs` writes: the image or grid, numbered images for --count, and the film."""
+    """Where `save_outputs` writes: the image or grid, numbered images for --count, and the film."""
     if not isinstance(request, GenerateRequest):
         return [output]
     if request.count > 1:
@@ -371,48 +402,6 @@ def _grid_png(
         return render_stop_early_grid(request, result.images, model=result.model, facts=facts, device=device).png
     parameters = grid_infotext(request, model=result.model, lora_hashes=cell_lora_hashes(result.images))
     return render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png
-
-
-def write_outputs(
-    request: Request,
-    result: JobResult,
-    output: Path,
-    film: Path | None = None,
-    *,
-    device: str | None = None,
-    withheld: Collection[int] = (),
-) -> list[Path]:
-    """Write the image (or numbered images, or the labelled grid, and the film) and return the paths; the
-    images at the indexes `withheld` (and their films) are not written. Each file appears whole or not at all
-    (see `write_file`)."""
-    from bot.pictures.film import film_file
-    from bot.pictures.render import png_parameters
-
-    if isinstance(request, GenerateRequest) and set(withheld) >= set(range(len(result.images))):
-        return []  # every image withheld: no file, and no folder made for one
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if not isinstance(request, GenerateRequest):
-        write_file(output, _grid_png(request, result, device))
-        return [output]
-    if len(result.images) == 1:
-        image = result.images[0]
-        write_file(output, image.png)
-        if film is None or not image.frames:
-            return [output]
-        # The name says the format; no upload limit here, so the frames keep their size.
-        film.parent.mkdir(parents=True, exist_ok=True)
-        extension = film.suffix.lower().lstrip(".")
-        frames = film_file(image.frames, request.prompt, extension, png_parameters(image.png), image.frame_sigmas)
-        write_file(film, frames)
-        return [output, film]
-    paths = []
-    for number, image in enumerate(result.images, start=1):
-        if number - 1 in withheld:
-            continue
-        path = output.with_name(f"{output.stem}-{number}{output.suffix or '.png'}")
-        write_file(path, image.png)
-        paths.append(path)
-    return paths
 
 
 def write_file(path: Path, data: bytes) -> None:

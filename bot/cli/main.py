@@ -112,10 +112,10 @@ def _add_generation_options(
     parser.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
 
 
-def _add_grid_image_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--image", type=Path, default=None, metavar="PATH", help="every cell starts from this image (img2img)"
-    )
+def _add_image_options(
+    parser: argparse.ArgumentParser, image_help: str = "every cell starts from this image (img2img)"
+) -> None:
+    parser.add_argument("--image", type=Path, default=None, metavar="PATH", help=image_help)
     parser.add_argument(
         "--strength",
         type=_number,
@@ -124,23 +124,28 @@ def _add_grid_image_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_compare_guidance(commands: argparse._SubParsersAction[_Parser], settings: Settings) -> None:
-    about = (
-        "One labelled grid of the same prompt and seed: columns = guidance values (FLUX-dev: its distilled "
-        "guidance), rows = step counts."
-    )
-    guidance = commands.add_parser("compare-guidance", help=about, description=about)
-    _add_generation_options(guidance, settings, guidance=False)
-    guidance.add_argument(
-        "--guidance",
-        default=None,
-        help="2 or more guidance values, comma-separated, 0-30; at most 12 cells in all (default: a ladder around "
-        "the model's own, e.g. 1,3,5,7.5,10,15)",
-    )
-    guidance.add_argument(
-        "--steps", default=None, help="rows: step counts, comma-separated, 1 to 6 (default: the model's own steps)"
-    )
-    guidance.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+def _grid_command(
+    commands: argparse._SubParsersAction[_Parser],
+    settings: Settings,
+    name: str,
+    about: str,
+    *,
+    short: str | None = None,
+    **generation: bool,
+) -> _Parser:
+    """A grid command's parser with the generation options and its output file; the caller adds its axes
+    (comma-separated lists, see `_add_list`)."""
+    parser = commands.add_parser(name, help=short or about, description=about)
+    if generation.get("prompt") is False:  # the grid starts from an image instead
+        parser.add_argument("image", type=Path, help="the image every cell starts from: PNG, JPEG or WebP")
+    _add_generation_options(parser, settings, **generation)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+    return parser
+
+
+def _add_list(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """A comma-separated list option; empty means the model's own default."""
+    parser.add_argument(flag, default=None, help=help)
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -167,15 +172,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="also write the Steps film, the predicted finished image at every step, to PATH: an animated WebP "
         "or GIF, as its name ends (.webp or .gif); one image only",
     )
-    imagine.add_argument(
-        "--image", type=Path, default=None, metavar="PATH", help="start from this image (img2img): PNG, JPEG or WebP"
-    )
-    imagine.add_argument(
-        "--strength",
-        type=_number,
-        default=None,
-        help="with --image: how much to change it, 0-1; of 30 steps at 0.6 the last 18 run (default: the model's)",
-    )
+    _add_image_options(imagine, "start from this image (img2img): PNG, JPEG or WebP")
 
     about = (
         "Upscale an image x2: a Lanczos resize, then an img2img pass at the larger size that adds detail "
@@ -191,22 +188,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     upscale.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
 
     about = "One labelled grid of the same prompt and seed at several step counts."
-    compare = commands.add_parser("compare-steps", help=about, description=about)
-    _add_generation_options(compare, settings)
-    compare.add_argument(
+    compare = _grid_command(commands, settings, "compare-steps", about)
+    _add_list(
+        compare,
         "--steps",
-        default=None,
-        help="2 to 12 step counts, comma-separated, any order (default: the model's own ladder, e.g. 1,2,3,4,6,8 for a "
+        "2 to 12 step counts, comma-separated, any order (default: the model's own ladder, e.g. 1,2,3,4,6,8 for a "
         "few-step model, 5,10,20,30,40,50 for SD 1.5)",
     )
-    _add_grid_image_options(compare)
+    _add_image_options(compare)
     compare.add_argument(
         "--stop-early",
         action="store_true",
         help="add a row: the longest run stopped at each step count (its predicted clean image there, and the noise "
         "left), under the honest runs",
     )
-    compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
     compare.add_argument(
         "--lora-compare",
         action="store_true",
@@ -215,42 +210,46 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
 
     about = "One labelled grid of the same prompt and seed: rows = schedulers, columns = step counts."
-    schedulers = commands.add_parser("compare-schedulers", help=about, description=about)
-    _add_generation_options(schedulers, settings, scheduler=False)
-    schedulers.add_argument(
+    schedulers = _grid_command(commands, settings, "compare-schedulers", about, scheduler=False)
+    _add_list(
+        schedulers,
         "--schedulers",
-        default=None,
-        help="2 to 6 schedulers, comma-separated (default: a varied set the model can run, e.g. "
+        "2 to 6 schedulers, comma-separated (default: a varied set the model can run, e.g. "
         f"{', '.join(DEFAULT_GRID_SCHEDULERS)})",
     )
-    schedulers.add_argument(
+    _add_list(
+        schedulers,
         "--steps",
-        default=None,
-        help="step counts, comma-separated; at most 12 cells in all (default: the model's ladder, spread to fit)",
+        "step counts, comma-separated; at most 12 cells in all (default: the model's ladder, spread to fit)",
     )
-    _add_grid_image_options(schedulers)
-    schedulers.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
+    _add_image_options(schedulers)
 
     about = (
         "One labelled grid of an image at several img2img strengths (columns) and step counts (rows); each cell "
         "says the steps that ran: of 30 steps at strength 0.6, the last 18."
     )
-    strength = commands.add_parser(
-        "compare-strength", help="one image at several strengths, as a grid", description=about
-    )
-    strength.add_argument("image", type=Path, help="the image every cell starts from: PNG, JPEG or WebP")
-    _add_generation_options(strength, settings, prompt=False)
-    strength.add_argument(
+    short = "one image at several strengths, as a grid"
+    strength = _grid_command(commands, settings, "compare-strength", about, short=short, prompt=False)
+    _add_list(
+        strength,
         "--strengths",
-        default=None,
-        help="2 to 6 strengths from 0 to 1, comma-separated (default: "
+        "2 to 6 strengths from 0 to 1, comma-separated (default: "
         f"{','.join(map(str, DEFAULT_COMPARE_STRENGTHS))}, from a light touch to only the layout kept)",
     )
-    strength.add_argument(
-        "--steps", default=None, help="the rows: step counts, comma-separated (default: the model's own, one row)"
+    _add_list(strength, "--steps", "the rows: step counts, comma-separated (default: the model's own, one row)")
+
+    about = (
+        "One labelled grid of the same prompt and seed: columns = guidance values (FLUX-dev: its distilled "
+        "guidance), rows = step counts."
     )
-    strength.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
-    _add_compare_guidance(commands, settings)
+    guidance = _grid_command(commands, settings, "compare-guidance", about, guidance=False)
+    _add_list(
+        guidance,
+        "--guidance",
+        "2 or more guidance values, comma-separated, 0-30; at most 12 cells in all (default: a ladder around "
+        "the model's own, e.g. 1,3,5,7.5,10,15)",
+    )
+    _add_list(guidance, "--steps", "rows: step counts, comma-separated, 1 to 6 (default: the model's own steps)")
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", metavar="upgrade|backup", required=True, parser_class=_Parser)

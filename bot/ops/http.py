@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import KW_ONLY, dataclass
 from datetime import timedelta
 from typing import Protocol
 
@@ -45,25 +46,19 @@ class EndpointUnavailable(Exception):
     """The endpoint can't listen where the settings say; the message is one line for the operator."""
 
 
+@dataclass(eq=False)
 class OperatorEndpoint:
     """`/healthz`, `/readyz`, `/metrics` and `/` for one bot; `start()` listens, `close()` stops."""
 
-    def __init__(
-        self,
-        client: discord.Client,
-        settings: Settings,
-        *,
-        jobs: JobCounts,
-        queue: JobQueue,
-        metrics: Metrics,
-        database: Database | None,
-    ) -> None:
-        self.client = client
-        self.settings = settings
-        self.jobs = jobs
-        self.queue = queue
-        self.metrics = metrics
-        self.database = database
+    client: discord.Client
+    settings: Settings
+    _: KW_ONLY
+    jobs: JobCounts
+    queue: JobQueue
+    metrics: Metrics
+    database: Database | None
+
+    def __post_init__(self) -> None:
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -75,7 +70,7 @@ class OperatorEndpoint:
         )
         self._runner: web.AppRunner | None = None
         self._lag_watch: asyncio.Task[None] | None = None
-        metrics.watch(self.live_figures)
+        self.metrics.watch(self.live_figures)
 
     async def start(self) -> None:
         """Listen on the configured address; EndpointUnavailable (one line) if it can't."""

@@ -3,35 +3,37 @@ command syncs."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import cached_property
 
 from bot.config import Settings
 from bot.storage.command_syncs import CommandSyncs
 from bot.storage.inputs import InputImages
 from bot.storage.ledger import Ledger
 from bot.storage.limit_store import LimitStorage
-from bot.storage.models import utcnow
-from bot.storage.writer import DatabaseWriter, WallClock
+from bot.storage.writer import DatabaseWriter
 
 
 class Database(DatabaseWriter):
     """The database: `ledger` holds the jobs, `server_limits` each server's own limits, `command_syncs` what
     slash commands were last synced."""
 
-    def __init__(
-        self,
-        path: Path | str,
-        settings: Settings | None = None,
-        *,
-        clock: WallClock = utcnow,
-        url: str | None = None,
-    ) -> None:
-        super().__init__(path, settings, clock=clock, url=url)
-        # Input images of unfinished jobs, beside the database file (the data folder; on PostgreSQL too).
-        self.inputs = InputImages(self.path.parent / "inputs")
-        self.ledger = Ledger(self, self.inputs)
-        self.server_limits = LimitStorage(self)
-        self.command_syncs = CommandSyncs(self)
+    # Built on first use, after the writer set the path and engine they work through.
+    @cached_property
+    def inputs(self) -> InputImages:
+        """Input images of unfinished jobs, beside the database file (the data folder; on PostgreSQL too)."""
+        return InputImages(self.path.parent / "inputs")
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self, self.inputs)
+
+    @cached_property
+    def server_limits(self) -> LimitStorage:
+        return LimitStorage(self)
+
+    @cached_property
+    def command_syncs(self) -> CommandSyncs:
+        return CommandSyncs(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

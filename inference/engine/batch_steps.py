@@ -17,7 +17,7 @@ scheduler, and any config these forms don't cover, returns no plan and is steppe
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -97,13 +97,18 @@ def _advance(schedulers: Sequence[Scheduler]) -> None:
         scheduler.is_scale_input_called = True
 
 
-SigmaRow = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+class SigmaPairKind(BatchKind):
+    """A kind whose coefficients at each step index come from that step's sigma and the next one."""
 
+    @staticmethod
+    @abc.abstractmethod
+    def sigma_row(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One step's coefficients."""
 
-def _per_sigma_pair(scheduler: Scheduler, row: SigmaRow) -> Coefficients:
-    """One coefficient row per step index, from that step's sigma and the next one."""
-    sigmas = scheduler.sigmas
-    return tuple(_floats(*row(sigmas[i], sigmas[i + 1])) for i in range(len(scheduler.timesteps)))
+    @classmethod
+    def coefficients(cls, scheduler: Scheduler) -> Coefficients:
+        sigmas = scheduler.sigmas
+        return tuple(_floats(*cls.sigma_row(sigmas[i], sigmas[i + 1])) for i in range(len(scheduler.timesteps)))
 
 
 def _euler_update(batch: StepBatch, sigma: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
@@ -114,18 +119,15 @@ def _euler_update(batch: StepBatch, sigma: torch.Tensor, dt: torch.Tensor) -> to
     return sample + derivative * dt
 
 
-class Euler(BatchKind):
+class Euler(SigmaPairKind):
     name = "Euler"
     scheduler_class = EulerDiscreteScheduler
 
-    @classmethod
-    def coefficients(cls, scheduler: Scheduler) -> Coefficients:
-        def row(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            # step() with the engine's defaults (s_churn=0): gamma is 0.0, sigma_hat = sigma * 1.0
-            sigma_hat = sigma * (0.0 + 1)
-            return (sigma**2 + 1) ** 0.5, sigma_hat, sigma_next - sigma_hat
-
-        return _per_sigma_pair(scheduler, row)
+    @staticmethod
+    def sigma_row(sigma: torch.Tensor, sigma_next: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # step() with the engine's defaults (s_churn=0): gamma is 0.0, sigma_hat = sigma * 1.0
+        sigma_hat = sigma * (0.0 + 1)
+        return (sigma**2 + 1) ** 0.5, sigma_hat, sigma_next - sigma_hat
 
     def step(self, batch: StepBatch) -> torch.Tensor:
         sigma_hat, dt = batch.coefs[:, 1], batch.coefs[:, 2]
@@ -134,18 +136,15 @@ class Euler(BatchKind):
         return stepped.to(batch.prediction.dtype)
 
 
-class EulerAncestral(BatchKind):
+class EulerAncestral(SigmaPairKind):
     name = "Euler a"
     scheduler_class = EulerAncestralDiscreteScheduler
 
-    @classmethod
-    def coefficients(cls, scheduler: Scheduler) -> Coefficients:
-        def row(sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-            sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-            return (sigma_from**2 + 1) ** 0.5, sigma_from, sigma_down - sigma_from, sigma_up
-
-        return _per_sigma_pair(scheduler, row)
+    @staticmethod
+    def sigma_row(sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+        return (sigma_from**2 + 1) ** 0.5, sigma_from, sigma_down - sigma_from, sigma_up
 
     def step(self, batch: StepBatch) -> torch.Tensor:
         sigma, dt, sigma_up = batch.coefs[:, 1], batch.coefs[:, 2], batch.coefs[:, 3]
