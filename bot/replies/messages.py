@@ -63,6 +63,14 @@ class Attachment:
 
 
 FILM_FILE_PREFIX = "stepgrid-film-"
+IMAGE_FILE_PREFIX = "stepgrid-"  # then the image's seed: `stepgrid-<seed>.png`
+
+
+def result_attachment(message: discord.Message | None, seed: int) -> discord.Attachment | None:
+    """The image of seed `seed` as posted on a result message (as a spoiler too), or None if it is not there."""
+    name = f"{IMAGE_FILE_PREFIX}{seed}."
+    attachments = message.attachments if message is not None else []
+    return next((a for a in attachments if a.filename.removeprefix(SPOILER_PREFIX).startswith(name)), None)
 
 
 @dataclass(frozen=True)
@@ -231,7 +239,7 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
                     "here is the image."
                 )
         data, extension = fit_attachment(image.png, limit)
-        files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
+        files.append(Attachment(data, f"{IMAGE_FILE_PREFIX}{image.seed}.{extension}"))
     if withheld:
         summary = " ".join(line for line in (withheld_note(len(withheld), grid=False), summary) if line)
     return RenderedResult(tuple(files), summary, film_size, withheld=len(withheld), spoiler=spoiler)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.config import Settings
+from bot.storage.cells import CellImages
 from bot.storage.command_syncs import CommandSyncs
 from bot.storage.inputs import InputImages
 from bot.storage.ledger import Ledger
@@ -30,6 +31,8 @@ class Database(DatabaseWriter):
         # Input images of unfinished jobs, beside the database file (the data folder; on PostgreSQL too).
         self.inputs = InputImages(self.path.parent / "inputs")
         self.ledger = Ledger(self, self.inputs)
+        # A grid's cells, unframed, for their Vary and Upscale (the oldest cleared past a cap).
+        self.cells = CellImages(self.path.parent / "cells")
         self.server_limits = LimitStorage(self)
         self.command_syncs = CommandSyncs(self)
 
