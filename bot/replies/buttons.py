@@ -11,7 +11,7 @@ menu per action listing its cells (`stepgrid:cells:vary:<job_id>`, the cell's nu
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import discord
@@ -113,14 +113,19 @@ class CellMenu(discord.ui.DynamicItem[discord.ui.Select[discord.ui.View]], templ
     """A grid's menu for one image action (Vary subtle or strong, Upscale): picking a cell runs it on that cell."""
 
     def __init__(
-        self, action: str, job_id: str, *, cells: Sequence[str] = (), row: int | None = None, disabled: bool = False
+        self,
+        action: str,
+        job_id: str,
+        *,
+        cells: Mapping[int, str] | None = None,
+        row: int | None = None,
+        disabled: bool = False,
     ) -> None:
+        """`cells`: each cell's label by its number (1-based, lane order)."""
         if action not in IMAGE_ACTIONS:
             raise ValueError(f"unknown cell action {action!r}")
-        options = [
-            discord.SelectOption(label=label[:100], value=str(number))
-            for number, label in enumerate(cells[:MAX_MENU_OPTIONS], start=1)
-        ]
+        listed = list((cells or {}).items())[:MAX_MENU_OPTIONS]
+        options = [discord.SelectOption(label=label[:100], value=str(number)) for number, label in listed]
         super().__init__(
             discord.ui.Select(
                 custom_id=cell_menu_id(action, job_id),
@@ -184,10 +189,12 @@ def upscalable(request: GenerateRequest) -> bool:
     return max(width, height) <= MAX_SIZE and width * height <= MAX_PIXELS
 
 
-def result_view(record: JobRecord, max_steps: int = MAX_STEPS) -> discord.ui.View:
-    """Buttons under a result: Reroll, fewer/more steps, Compare steps, Steps film (unless it is one), Details.
+def result_view(record: JobRecord, max_steps: int = MAX_STEPS, *, leave_out: Collection[int] = ()) -> discord.ui.View:
+    """Buttons under a result: Reroll, fewer/more steps, Compare steps, Steps film (unless it is one), Vary,
+    Upscale, Details; under a grid, Reroll, Details and its cell menus.
 
-    `max_steps` is the most the job's model may run in its server: "more" stops there.
+    `max_steps` is the most the job's model may run in its server: "more" stops there. `leave_out`: a grid's
+    cells (lane indices) not posted here (withheld), left out of its menus.
     """
     view = discord.ui.View(timeout=None)
     job_id = record.job_id
@@ -217,7 +224,7 @@ def result_view(record: JobRecord, max_steps: int = MAX_STEPS) -> discord.ui.Vie
     if isinstance(request, GenerateRequest) and request.count > 1 and not request.film:
         _add_image_rows(view, job_id, request)
     elif not isinstance(request, GenerateRequest):
-        _add_cell_menus(view, job_id, request)
+        _add_cell_menus(view, job_id, request, leave_out)
     return view
 
 
@@ -240,14 +247,14 @@ def _add_image_rows(view: discord.ui.View, job_id: str, request: GenerateRequest
             )
 
 
-def _add_cell_menus(view: discord.ui.View, job_id: str, request: Request) -> None:
+def _add_cell_menus(view: discord.ui.View, job_id: str, request: Request, leave_out: Collection[int]) -> None:
     """A menu per image action listing the grid's cells by what sets each apart (up to 36 buttons would
     not fit a message's 25: a menu holds every cell, one pick starts the job)."""
-    labels = cell_labels(request)
-    if not labels:
+    cells = {number: label for number, label in enumerate(cell_labels(request), start=1) if number - 1 not in leave_out}
+    if not cells:
         return
     for row, action in enumerate(image_actions(grid_cell(request, 1)), start=1):
-        view.add_item(CellMenu(action, job_id, cells=labels, row=row))
+        view.add_item(CellMenu(action, job_id, cells=cells, row=row))
 
 
 def cell_labels(request: Request) -> tuple[str, ...]:

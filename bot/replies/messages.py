@@ -83,6 +83,7 @@ class RenderedResult:
     film_size: tuple[int, int] | None = None
     withheld: int = 0  # flagged pictures (images or grid cells) not posted here
     spoiler: bool = False  # the files go as spoilers
+    withheld_cells: frozenset[int] = frozenset()  # a grid's (lane indices): left out of its cell menus
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +221,9 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
         notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
         grid_summary = " ".join(line for line in notes if line)
         grid_file = Attachment(data, f"stepgrid-compare-{request.seed}.{extension}")
-        return RenderedResult((grid_file,), grid_summary, withheld=len(withheld), spoiler=spoiler)
+        return RenderedResult(
+            (grid_file,), grid_summary, withheld=len(withheld), spoiler=spoiler, withheld_cells=frozenset(withheld)
+        )
     files, summary, film_size = [], None, None
     for index, image in enumerate(result.images):
         if index in withheld:  # the image and its film: a film's last frames are the image
@@ -293,7 +296,8 @@ def result_message(
     # spoilers are posted as plain attachments.
     if (len(files) == 1 or rendered.film_size) and not rendered.spoiler:
         embed.set_image(url=f"attachment://{files[0].filename}")
-    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record, max_steps))
+    view = result_view(record, max_steps, leave_out=rendered.withheld_cells)
+    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=view)
 
 
 def steps_ran_text(request: Request, result: JobResult) -> str:

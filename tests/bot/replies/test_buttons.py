@@ -210,6 +210,12 @@ async def test_grid_cells_are_named_by_what_sets_each_apart(request_: Request, l
     assert [option.value for option in menu.options] == [str(n) for n in range(1, len(labels) + 1)]
 
 
+async def test_withheld_cells_are_left_out_of_the_menus_and_keep_their_numbers() -> None:
+    view = result_view(record_for(COMPARE), leave_out={1})
+    assert [(o.label, o.value) for o in menus(view)["vary"].options] == [("5 steps", "1"), ("20 steps", "3")]
+    assert menus(result_view(record_for(COMPARE), leave_out={0, 1, 2})) == {}, "no menu when no cell was posted"
+
+
 async def test_a_grid_too_big_to_upscale_has_no_upscale_menu() -> None:
     big = CompareStepsRequest("x", steps=(5, 10), width=1536, height=1536)
     assert list(menus(result_view(record_for(big)))) == ["vary", "vary-strong"]
