@@ -42,6 +42,8 @@ from inference.protocol import (
     InvalidRequest,
     PlainRow,
     Request,
+    lane_request,
+    lane_strengths,
     parse_step_list,
     validate,
 )
@@ -479,6 +481,41 @@ def derive_from_image(
         hires = HiresFix(steps=request.steps, strength=defaults.hires_strength)
         return dataclasses.replace(same, strength=1.0, hires=hires)
     raise ValueError(f"no request to derive from an image for action {action!r}")
+
+
+def one_of_images(request: GenerateRequest, number: int) -> GenerateRequest:
+    """Image `number` (1-based, as V2 and U2 name it) of a result of several, as a request of its own:
+    the same run at that image's seed."""
+    if not 1 <= number <= request.count:
+        images = f"{request.count} image{'s' if request.count > 1 else ''}"
+        raise InvalidOption(f"That result has {images}; no image {number}.")
+    return dataclasses.replace(request, seed=request.lane_seeds[number - 1], count=1)
+
+
+def grid_cell(request: Request, number: int) -> GenerateRequest:
+    """Cell `number` (1-based, in lane order: row by row) of a comparison grid as the one-image request
+    that runs it alone: the grid's prompt, seed, size, model and input image with the cell's own step count,
+    scheduler, guidance and strength (and in a LoRA comparison, its row's LoRAs)."""
+    lanes = len(request.lane_steps)
+    if isinstance(request, GenerateRequest) or not 1 <= number <= lanes:
+        raise InvalidOption(f"That grid has {lanes} cells; no cell {number}.")
+    index = number - 1
+    row = lane_request(request, index)
+    guidance = request.lane_guidances[index] if isinstance(request, CompareGuidanceRequest) else row.guidance
+    return GenerateRequest(
+        request.prompt,
+        seed=request.lane_seeds[index],
+        width=request.width,
+        height=request.height,
+        negative_prompt=request.negative_prompt,
+        model=request.model,
+        loras=row.loras,
+        image=request.image,
+        steps=request.lane_steps[index],
+        scheduler=request.lane_schedulers[index],
+        guidance=guidance,
+        strength=lane_strengths(request)[index],
+    )
 
 
 def step_down(steps: int) -> int | None:

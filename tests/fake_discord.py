@@ -613,19 +613,32 @@ class FakeDiscord:
         attachment_size_limit: int = DEFAULT_ATTACHMENT_LIMIT,
     ) -> InteractionHandle:
         """Press the button `custom_id` on a message the bot sent (looked up as the fake holds it now)."""
+        return await self._component(message, custom_id, None, user, attachment_size_limit)
+
+    async def choose(
+        self, message: Json | int, custom_id: str, value: str, *, user: FakeMember | None = None
+    ) -> InteractionHandle:
+        """Pick the option `value` in the select menu `custom_id` on a message the bot sent."""
+        return await self._component(message, custom_id, value, user, DEFAULT_ATTACHMENT_LIMIT)
+
+    async def _component(
+        self, message: Json | int, custom_id: str, value: str | None, user: FakeMember | None, size_limit: int
+    ) -> InteractionHandle:
         message_id = message if isinstance(message, int) else int(message["id"])
         current = self.messages.get(message_id)
         if current is None or message_id in self.deleted_messages:
             raise LookupError(f"message {message_id} does not exist (any more)")
-        button = next((c for c in _walk(current.get("components", [])) if c.get("custom_id") == custom_id), None)
-        if button is None or button.get("disabled"):
+        component = next((c for c in _walk(current.get("components", [])) if c.get("custom_id") == custom_id), None)
+        if component is None or component.get("disabled"):
             raise LookupError(f"no enabled component {custom_id!r} on message {message_id}")
+        data: Json = {"custom_id": custom_id, "component_type": component["type"]}
+        if value is not None:
+            if component["type"] != 3 or value not in [option["value"] for option in component.get("options", [])]:
+                raise LookupError(f"{custom_id!r} on message {message_id} is not a menu with the option {value!r}")
+            data["values"] = [value]
         channel = next(c for g in self.guilds.values() for c in g.channels if str(c.id) == current["channel_id"])
         guild = self.guilds[channel.guild_id]
-        data = {"custom_id": custom_id, "component_type": button["type"]}
-        return await self._interact(
-            3, data, user or self.member, guild, channel, attachment_size_limit, "en-US", current
-        )
+        return await self._interact(3, data, user or self.member, guild, channel, size_limit, "en-US", current)
 
     async def _interact(
         self,

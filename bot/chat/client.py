@@ -23,7 +23,7 @@ from bot.jobs.recovery import recover_jobs
 from bot.jobs.service import TOKEN_LIFETIME, JobService
 from bot.ops.http import EndpointUnavailable, OperatorEndpoint
 from bot.ops.metrics import Metrics
-from bot.replies.buttons import JobButton
+from bot.replies.buttons import CellMenu, JobButton
 from bot.replies.throttle import EDIT_INTERVAL
 from bot.storage.database import Database
 from bot.storage.job_store import DatabaseJobStore, JobStore
@@ -129,7 +129,7 @@ class Stepgrid(commands.Bot):
         self._queue_started = True
         self._ready_watch = asyncio.create_task(self._log_when_ready(), name="stepgrid-wait-ready")
         # Buttons of results posted before a restart still resolve: their custom ids carry the job.
-        self.add_dynamic_items(JobButton)
+        self.add_dynamic_items(JobButton, CellMenu)
         for extension in self._extensions:
             await self.load_extension(extension)
         if self.database is not None:

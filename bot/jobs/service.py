@@ -44,6 +44,8 @@ from bot.job_requests import (
     checked,
     derive_from_image,
     derive_request,
+    grid_cell,
+    one_of_images,
     requested_loras,
 )
 from bot.jobs.attachments import read_attachment
@@ -60,6 +62,7 @@ from bot.replies.messages import (
     encode_result_files,
     failure_text,
     progress_message,
+    result_attachment,
     result_message,
 )
 from bot.replies.reply import InteractionMessage, JobMessage, StoredInteractionMessage
@@ -475,8 +478,11 @@ class JobService:
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
         return task
 
-    async def handle_button(self, interaction: discord.Interaction, action: str, job_id: str) -> None:
-        """Act on a click on one of a job's buttons (only in the server the job belongs to)."""
+    async def handle_button(
+        self, interaction: discord.Interaction, action: str, job_id: str, number: int | None = None
+    ) -> None:
+        """Act on a click on one of a job's buttons (only in the server the job belongs to); `number`: on
+        which image of several, or which grid cell (1-based)."""
         if interaction.guild_id is None:
             raise ServerOnly()
         record = await self.store.get(job_id)
@@ -488,7 +494,7 @@ class JobService:
         elif action == "cancel":
             await self.cancel(interaction, record)
         elif action in IMAGE_ACTIONS:
-            await self._start_from_result(interaction, record, action)
+            await self._start_from_result(interaction, record, action, number)
         else:
             # The job's own model, with its ladder and its ceiling in this server.
             limits = await self.limits(interaction.guild_id)
@@ -502,27 +508,22 @@ class JobService:
             )
             await self.start(interaction, request, origin=action, limits=limits, parent_job_id=job_id)
 
-    async def _start_from_result(self, interaction: discord.Interaction, record: JobRecord, action: str) -> None:
-        """Vary or Upscale: the result image, read back from its message (a Discord attachment) after the
-        click is deferred, as the input of a new job; a size over the server's cap is refused before
-        anything is queued."""
-        if not isinstance(record.request, GenerateRequest):
-            raise InvalidOption("That button works only on single images.")
-        message = interaction.message
-        attachment = next(
-            (a for a in (message.attachments if message else []) if a.filename.startswith("stepgrid-")), None
-        )
-        if attachment is None:
-            raise InvalidOption("The result image is no longer on this message; run the prompt again.")
-        request = record.request
+    async def _start_from_result(
+        self, interaction: discord.Interaction, record: JobRecord, action: str, number: int | None = None
+    ) -> None:
+        """Vary or Upscale of one result image (image `number` of several) or grid cell `number`: the image,
+        read back from its message (a Discord attachment) after the click is deferred, or the grid's kept
+        cell, as the input of a new job with that image's own settings; a size over the server's cap is
+        refused before anything is queued."""
+        request, read_image = await self._result_image(interaction, record, number)
         limits = await self.limits(interaction.guild_id)
         defaults = self.defaults_for(request.model or None, limits)
         model = self.model_for(request.model or None, limits)
-        # The posted image has the result's size: an upscale over the server's cap is refused before the defer.
+        # The image has the result's size: an upscale over the server's cap is refused before the defer.
         check_sizes(derive_from_image(request, action, b"", request.output_size, defaults=defaults), limits)
 
         async def from_image(deferred: Deferred) -> asyncio.Task[None]:
-            data = await read_attachment(attachment)
+            data = await read_image()
             prepared = await asyncio.to_thread(prepare_input_image, data, multiple=model.size_multiple if model else 8)
             derived = derive_from_image(
                 request, action, prepared.png, (prepared.width, prepared.height), defaults=defaults
@@ -532,6 +533,32 @@ class JobService:
             )
 
         await self._deferred_first(interaction, from_image)
+
+    async def _result_image(
+        self, interaction: discord.Interaction, record: JobRecord, number: int | None
+    ) -> tuple[GenerateRequest, Callable[[], Awaitable[bytes]]]:
+        """The one-image request that made the image a Vary or Upscale starts from, and how to read that image:
+        a result's from its message, a grid cell's from the cells kept when the grid was delivered."""
+        request = record.request
+        if isinstance(request, GenerateRequest):
+            if number is None and request.count != 1:
+                raise InvalidOption("Pick one of the images with the V and U buttons under them.")
+            source = request if number is None else one_of_images(request, number)
+            attachment = result_attachment(interaction.message, source.seed)
+            if attachment is None:
+                raise InvalidOption("The result image is no longer on this message; run the prompt again.")
+            return source, lambda: read_attachment(attachment)
+        if number is None:
+            raise InvalidOption("Pick a cell from the menus under the grid.")
+        cell = grid_cell(request, number)
+        png = await self.store.cell_image(record.job_id, number - 1)
+        if png is None:
+            raise InvalidOption("That cell's image is not kept any more; run the grid again.")
+
+        async def kept() -> bytes:
+            return png
+
+        return cell, kept
 
     async def cancel(self, interaction: discord.Interaction, record: JobRecord) -> None:
         """Cancel a queued or running job for its owner or a moderator."""
@@ -799,6 +826,7 @@ class JobService:
         rendered = await asyncio.to_thread(
             encode_result_files, record, result, limit=target.attachment_limit, screening=screening
         )
+        await self._keep_cells(record, result, screening)
         if rendered.withheld:
             log.info("job %s: %d flagged picture(s) withheld in this channel", record.job_id, rendered.withheld)
             self.metrics.images_withheld.inc(rendered.withheld)
@@ -817,6 +845,19 @@ class JobService:
         if record.job_id in self._unrecorded:
             return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
+
+    async def _keep_cells(self, record: JobRecord, result: JobResult, screening: Screening) -> None:
+        """A grid's cells as the worker made them, kept before the grid is posted so that its cell menus
+        (Vary, Upscale) start from the cell itself; withheld cells are not kept. The result goes out anyway
+        if they can't be kept."""
+        if isinstance(record.request, GenerateRequest):
+            return
+        withheld = screening.withheld(result)
+        cells = {index: image.png for index, image in enumerate(result.images) if index not in withheld}
+        try:
+            await self.store.keep_cells(record.job_id, cells)
+        except Exception:
+            log.exception("job %s: could not keep its grid's cells", record.job_id, extra={"job_id": record.job_id})
 
     async def _step_ceiling(self, record: JobRecord) -> int:
         """The most steps the job's model may run in its server now: where the result's "more" button stops."""

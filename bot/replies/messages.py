@@ -63,6 +63,14 @@ class Attachment:
 
 
 FILM_FILE_PREFIX = "stepgrid-film-"
+IMAGE_FILE_PREFIX = "stepgrid-"  # then the image's seed: `stepgrid-<seed>.png`
+
+
+def result_attachment(message: discord.Message | None, seed: int) -> discord.Attachment | None:
+    """The image of seed `seed` as posted on a result message (as a spoiler too), or None if it is not there."""
+    name = f"{IMAGE_FILE_PREFIX}{seed}."
+    attachments = message.attachments if message is not None else []
+    return next((a for a in attachments if a.filename.removeprefix(SPOILER_PREFIX).startswith(name)), None)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class RenderedResult:
     film_size: tuple[int, int] | None = None
     withheld: int = 0  # flagged pictures (images or grid cells) not posted here
     spoiler: bool = False  # the files go as spoilers
+    withheld_cells: frozenset[int] = frozenset()  # a grid's (lane indices): left out of its cell menus
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,7 +221,9 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
         notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
         grid_summary = " ".join(line for line in notes if line)
         grid_file = Attachment(data, f"stepgrid-compare-{request.seed}.{extension}")
-        return RenderedResult((grid_file,), grid_summary, withheld=len(withheld), spoiler=spoiler)
+        return RenderedResult(
+            (grid_file,), grid_summary, withheld=len(withheld), spoiler=spoiler, withheld_cells=frozenset(withheld)
+        )
     files, summary, film_size = [], None, None
     for index, image in enumerate(result.images):
         if index in withheld:  # the image and its film: a film's last frames are the image
@@ -231,7 +242,7 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
                     "here is the image."
                 )
         data, extension = fit_attachment(image.png, limit)
-        files.append(Attachment(data, f"stepgrid-{image.seed}.{extension}"))
+        files.append(Attachment(data, f"{IMAGE_FILE_PREFIX}{image.seed}.{extension}"))
     if withheld:
         summary = " ".join(line for line in (withheld_note(len(withheld), grid=False), summary) if line)
     return RenderedResult(tuple(files), summary, film_size, withheld=len(withheld), spoiler=spoiler)
@@ -285,7 +296,8 @@ def result_message(
     # spoilers are posted as plain attachments.
     if (len(files) == 1 or rendered.film_size) and not rendered.spoiler:
         embed.set_image(url=f"attachment://{files[0].filename}")
-    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=result_view(record, max_steps))
+    view = result_view(record, max_steps, leave_out=rendered.withheld_cells)
+    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=view)
 
 
 def steps_ran_text(request: Request, result: JobResult) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from bot.config import Settings
+from bot.storage.cells import CellImages
 from bot.storage.command_syncs import CommandSyncs
 from bot.storage.inputs import InputImages
 from bot.storage.ledger import Ledger
@@ -26,6 +27,11 @@ class Database(DatabaseWriter):
     @cached_property
     def ledger(self) -> Ledger:
         return Ledger(self, self.inputs)
+
+    @cached_property
+    def cells(self) -> CellImages:
+        """A grid's cells, unframed, for their Vary and Upscale (the oldest cleared past a cap)."""
+        return CellImages(self.path.parent / "cells")
 
     @cached_property
     def server_limits(self) -> LimitStorage:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -110,6 +112,12 @@ class JobStore(Protocol):
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         """The job ended with a result, a failure or a cancellation."""
 
+    async def keep_cells(self, job_id: str, cells: Mapping[int, bytes]) -> None:
+        """Keep a grid's cell images (by lane index) for its cells' Vary and Upscale."""
+
+    async def cell_image(self, job_id: str, index: int) -> bytes | None:
+        """A grid's kept cell image, or None if it is not kept."""
+
 
 class MemoryJobStore:
     """A JobStore in a dict: buttons work until the process exits."""
@@ -117,6 +125,7 @@ class MemoryJobStore:
     def __init__(self) -> None:
         self.jobs: dict[str, JobRecord] = {}
         self.status: dict[str, str] = {}
+        self.cells: dict[tuple[str, int], bytes] = {}
 
     async def record(self, job: JobRecord) -> None:
         self.jobs[job.job_id] = job
@@ -145,6 +154,12 @@ class MemoryJobStore:
             self.status[job_id] = "done"
         else:
             self.status[job_id] = "cancelled" if outcome.cancelled else "failed"
+
+    async def keep_cells(self, job_id: str, cells: Mapping[int, bytes]) -> None:
+        self.cells.update(((job_id, index), png) for index, png in cells.items())
+
+    async def cell_image(self, job_id: str, index: int) -> bytes | None:
+        return self.cells.get((job_id, index))
 
 
 class DatabaseJobStore:
@@ -192,3 +207,9 @@ class DatabaseJobStore:
 
     async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
         await self.database.ledger.mark_finished(job_id, outcome)
+
+    async def keep_cells(self, job_id: str, cells: Mapping[int, bytes]) -> None:
+        await asyncio.to_thread(self.database.cells.save, job_id, cells)
+
+    async def cell_image(self, job_id: str, index: int) -> bytes | None:
+        return await asyncio.to_thread(self.database.cells.load, job_id, index)

@@ -18,6 +18,8 @@ from bot.job_requests import (
     compare_steps_around,
     derive_request,
     find_scheduler,
+    grid_cell,
+    one_of_images,
     parse_size,
     resolve_size,
     resolve_step_list,
@@ -30,10 +32,13 @@ from inference.protocol import (
     DEFAULT_SCHEDULER,
     MAX_STEPS,
     SCHEDULER_NAMES,
+    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
+    CompareStrengthRequest,
     GenerateRequest,
     InvalidRequest,
+    PlainRow,
 )
 from tests.bot.fakes import COMPARE, IMAGINE
 
@@ -369,3 +374,55 @@ def test_strengths_and_step_rows_are_read_in_ascending_order() -> None:
 def test_a_strength_grid_that_cant_be_built_is_one_line(options: RequestOptions, message: str) -> None:
     with pytest.raises(InvalidOption, match=f"^{re.escape(message)}"):
         build_request(options, RequestDefaults())
+
+
+# --- one image of several, one grid cell (their Vary and Upscale) ------------------------------
+
+
+def test_one_of_several_images_is_that_images_run_alone() -> None:
+    several = GenerateRequest("a fox", seed=40, count=4, steps=12, scheduler="Euler")
+    second = one_of_images(several, 2)
+    assert (second.seed, second.count, second.steps, second.scheduler) == (41, 1, 12, "Euler")
+    with pytest.raises(InvalidOption, match=r"That result has 4 images; no image 5\."):
+        one_of_images(several, 5)
+
+
+def test_a_steps_cell_is_its_step_count_of_the_grid() -> None:
+    grid = CompareStepsRequest("a fox", seed=9, steps=(5, 10, 20), scheduler="Euler", guidance=6.0, width=256)
+    cell = grid_cell(grid, 2)
+    expected = GenerateRequest("a fox", seed=9, width=256, steps=10, scheduler="Euler", guidance=6.0)
+    assert cell == expected
+
+
+def test_a_lora_comparisons_plain_cell_runs_without_its_loras_at_its_rows_scheduler() -> None:
+    grid = CompareStepsRequest(
+        "a fox",
+        steps=(4, 8),
+        loras=(("lcm", 1.0),),
+        scheduler="LCM",
+        guidance=1.0,
+        without_loras=PlainRow("Euler a", 7.5),
+    )
+    plain, with_lora = grid_cell(grid, 2), grid_cell(grid, 4)
+    assert (plain.loras, plain.scheduler, plain.guidance, plain.steps) == ((), "Euler a", 7.5, 8)
+    assert (with_lora.loras, with_lora.scheduler, with_lora.guidance, with_lora.steps) == (
+        (("lcm", 1.0),),
+        "LCM",
+        1.0,
+        8,
+    )
+
+
+def test_grid_cells_carry_their_own_scheduler_strength_and_guidance() -> None:
+    schedulers = CompareSchedulersRequest("x", schedulers=("Euler", "DPM++ 2M"), steps=(5, 20))
+    assert (grid_cell(schedulers, 3).scheduler, grid_cell(schedulers, 3).steps) == ("DPM++ 2M", 5)
+    strength = CompareStrengthRequest("x", image=b"png", strengths=(0.3, 0.6), steps=(10, 30))
+    cell = grid_cell(strength, 4)
+    assert (cell.strength, cell.steps, cell.image) == (0.6, 30, b"png")
+    guidance = CompareGuidanceRequest("x", guidances=(3.0, 7.5), steps=(20, 30))
+    assert (grid_cell(guidance, 2).guidance, grid_cell(guidance, 3).steps) == (7.5, 30)
+
+
+def test_a_cell_past_the_grids_end_is_one_line() -> None:
+    with pytest.raises(InvalidOption, match=r"That grid has 3 cells; no cell 4\."):
+        grid_cell(COMPARE, 4)

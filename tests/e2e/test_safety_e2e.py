@@ -16,6 +16,7 @@ import pytest_asyncio
 import sqlalchemy as sa
 
 from bot.storage.database import Database
+from bot.storage.job_store import MemoryJobStore
 from bot.storage.models import JobRow
 from inference.protocol import JobEvent, JobProgress, JobResult, WorkerConfig
 from inference.queues.local import LocalJobQueue
@@ -23,6 +24,7 @@ from tests.e2e.helpers import (
     SharedQueue,
     button,
     content,
+    custom_ids,
     e2e_settings,
     embed_fields,
     image_of,
@@ -105,10 +107,14 @@ async def test_a_flagged_image_in_an_ordinary_channel_is_never_uploaded_and_is_c
 async def test_a_flagged_grid_in_an_ordinary_channel_has_neutral_tiles_in_its_cells(
     fake: FakeDiscord, worker: LocalJobQueue
 ) -> None:
-    async with running_bot(fake, worker):
+    async with running_bot(fake, worker) as (bot, _):
         handle = await fake.invoke("compare-steps", {"prompt": "a fox", "steps": "2,4", "size": "256"})
         final = await wait_for_result(handle)
+        job_id = button(handle.original_message, "reroll").rsplit(":", 1)[1]
+        store = bot.jobs.store
     assert "2 grid cells withheld" in (content(final) or "")
+    assert not [c for c in custom_ids(handle.original_message) if c.startswith("stepgrid:cells:")], "no cell menus"
+    assert isinstance(store, MemoryJobStore) and not [key for key in store.cells if key[0] == job_id], "none kept"
     [grid] = result_files(final)
     assert [f for f in uploaded(fake) if f != grid.filename] == [], "no preview left the bot"
     pixels = image_of(grid.data).convert("RGB")
@@ -156,6 +162,23 @@ async def test_a_server_that_asks_for_spoilers_gets_flagged_images_as_spoilers(
         "SPOILER_preview.png",
     }, "its previews went as spoilers too"
     assert not [r for r in ordinary.requests if r.files], "spoilers are for age-restricted channels only"
+
+
+async def test_vary_under_a_spoilered_result_starts_from_the_spoilered_image(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    adult = fake.guild.text_channel("adult-vary", nsfw=True)
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        change = await fake.invoke("limits-set", {"flagged_images": "age-restricted-spoiler"}, user=fake.admin)
+        await change.wait_for_callback()
+        handle = await fake.invoke("imagine", imagine_options(seed=8, steps=4), channel=adult)
+        final = await handle.wait_for(lambda r: r.ok and any("stepgrid-" in f.filename for f in r.files))
+        message = handle.original_message
+        vary = await fake.click(message, button(message, "vary"))
+        await vary.wait_for(lambda r: r.ok and any("stepgrid-" in f.filename for f in r.files))
+        _, varied = (s.request for s in queue.submitted)
+    [posted] = [f for f in final.files if f.filename == "SPOILER_stepgrid-8.png"]
+    assert image_of(varied.image).tobytes() == image_of(posted.data).tobytes()
 
 
 async def test_allow_everywhere_is_refused_unless_the_operator_allows_it(
