@@ -70,7 +70,9 @@ async def test_imagine_with_auto_steps_says_the_steps_that_ran_and_the_ledger_co
         final = await wait_for_result(await fake.invoke("imagine", imagine()))
 
     steps = embed_fields(final)["Steps"]
-    assert steps.startswith("auto → ") and steps.endswith(f" steps (settled: the predicted clean image; at most {MOST})")
+    assert steps.startswith("auto → ") and steps.endswith(
+        f" steps (settled: the predicted clean image; at most {MOST})"
+    )
     ran = int(steps.removeprefix("auto → ").split(" ")[0])
     assert ran < MOST
     parameters = png_parameters(final.files[0].data) or ""

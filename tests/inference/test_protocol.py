@@ -369,7 +369,9 @@ def test_a_strength_grid_cell_too_weak_for_an_sd_model_is_refused_for_that_model
 
 @pytest.mark.parametrize("scheduler", ["Euler a", "DPM++ 2M SDE", "LCM"])
 def test_auto_steps_on_a_scheduler_that_never_settles_is_refused_in_one_line(scheduler: str) -> None:
-    with pytest.raises(InvalidRequest, match=re.escape(f"steps: auto stops when the image settles, and {scheduler} adds")):
+    with pytest.raises(
+        InvalidRequest, match=re.escape(f"steps: auto stops when the image settles, and {scheduler} adds")
+    ):
         validate(GenerateRequest("a fox", steps=50, scheduler=scheduler, auto_steps=True))
 
 
