@@ -62,6 +62,8 @@ STEP_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100,
 
 T = TypeVar("T")
 
+AUTO = "auto"  # what people type for `steps: auto` (the CLI's `--steps auto`)
+
 
 @dataclass(frozen=True)
 class RowDefaults:
@@ -260,6 +262,8 @@ class RequestOptions:
     strengths: str | None = None
     strength_grid: bool = False
     lora_compare: bool = False  # with `grid`: a row without the LoRA above the row with it
+    # `steps: auto`: stop when the image settles, at most `steps` (left out: the model's longest ladder count).
+    auto_steps: bool = False
 
 
 _TEXT_OPTIONS = (
@@ -379,11 +383,15 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         ladder = spread(defaults.compare_steps, columns)
         steps = resolve_step_list(options.compare_steps, ladder)
         return CompareSchedulersRequest(**fields, schedulers=schedulers, steps=steps)  # type: ignore[arg-type]
+    if options.auto_steps and (options.grid or options.guidance_grid or options.scheduler_grid):
+        raise InvalidOption("steps: auto is for /imagine: a grid shows its own step counts; leave it out.")
+    most = max(defaults.compare_steps) if options.auto_steps else defaults.steps
     return GenerateRequest(
         **fields,  # type: ignore[arg-type]
-        steps=defaults.steps if options.steps is None else options.steps,
+        steps=most if options.steps is None else options.steps,
         count=1 if options.count is None else options.count,
         film=options.film is True,
+        auto_steps=options.auto_steps is True,
     )
 
 
@@ -566,7 +574,7 @@ def derive_request(
             if action == "fewer":
                 raise InvalidOption(f"{now} is already the least.")
             raise InvalidOption(f"{now} is already the most{' allowed here' if max_steps < MAX_STEPS else ''}.")
-        return dataclasses.replace(request, steps=steps)
+        return dataclasses.replace(request, steps=steps, auto_steps=False)  # an auto job's buttons: fixed counts
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.
         left_out = ("steps", "without_loras", "stop_early")
@@ -578,5 +586,5 @@ def derive_request(
     if action == "film":
         # The same run again (model, seed, scheduler, steps), keeping every step's x0; of several
         # images, the first one's seed.
-        return dataclasses.replace(request, film=True, count=1)
+        return dataclasses.replace(request, film=True, count=1, auto_steps=False)
     raise ValueError(f"no request to derive for action {action!r}")

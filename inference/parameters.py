@@ -71,12 +71,14 @@ def infotext(
     strength: float | None = None,
     hires: HiresFix | None = None,
     distilled: bool = False,
+    auto_note: str = "",
 ) -> str:
     """The `parameters` text of one image. LoRAs as A1111 writes them: `<lora:name:weight>` in the prompt
     and the short hash of each file in "Lora hashes". An img2img image carries its `Denoising strength`;
     a hires one its first pass's steps and size, then the hires pass's strength, scale, steps and upscaler.
     `distilled`: the guidance is FLUX-dev's distilled guidance, written as Forge does ("CFG scale: 1,
-    Distilled CFG Scale: 3.5")."""
+    Distilled CFG Scale: 3.5"). `auto_note`: how a `steps: auto` run ended ("Auto steps: …"), its
+    "Steps" being the steps that ran."""
     cfg = (
         [("CFG scale", "1"), ("Distilled CFG Scale", f"{guidance:g}")]
         if distilled
@@ -96,6 +98,8 @@ def infotext(
         fields += [("Hires upscale", hires.scale), ("Hires steps", hires.steps), ("Hires upscaler", hires.upscaler)]
     elif strength is not None:
         fields.append(("Denoising strength", f"{strength:g}"))
+    if auto_note:
+        fields.append(("Auto steps", auto_note))
     hashes = [f"{name}: {(lora_hashes or {}).get(name)}" for name, _ in loras if (lora_hashes or {}).get(name)]
     if hashes:
         fields.append(("Lora hashes", ", ".join(hashes)))
@@ -141,6 +145,7 @@ def image_infotext(
     strength: float | None = None,
     guidance: float | None = None,
     distilled: bool = False,
+    auto_note: str = "",
 ) -> str:
     """The `parameters` of one image of `request` (its own seed, step count and, in a scheduler
     grid, scheduler; in a strength grid, its `strength`; in a guidance grid, `guidance`, FLUX-dev's
@@ -160,7 +165,16 @@ def image_infotext(
         lora_hashes=lora_hashes,
         strength=(lane_strengths(request)[0] if strength is None else strength) if request.image else None,
         hires=request.hires if isinstance(request, GenerateRequest) else None,
+        auto_note=auto_note,
     )
+
+
+def auto_steps_note(ran: int, most: int, *, settled: bool, sigma: float) -> str:
+    """How a `steps: auto` run ended, for its PNG text: "settled at 18 of 50 steps; the predicted clean
+    image at sigma 0.58" or "ran all 50 steps; not settled"."""
+    if not settled:
+        return f"ran all {most} steps; not settled"
+    return f"settled at {ran} of {most} steps; the predicted clean image at sigma {sigma:.2f}"
 
 
 def grid_infotext(

@@ -37,6 +37,11 @@ SCHEDULER_NAMES: tuple[str, ...] = (
 # Consistency schedulers: they fit only step-distilled models (or a step-distillation LoRA); on a
 # full-step model they give a blur, so such a model isn't offered them.
 FEW_STEP_SCHEDULERS: tuple[str, ...] = ("LCM", "TCD")
+# Schedulers that draw fresh noise at every step: more steps means a different image, not a finer one.
+ANCESTRAL_SCHEDULERS: tuple[str, ...] = ("Euler a", "DPM2 a", "DPM++ 2M SDE", "DPM++ SDE")
+# What `steps: auto` can't run: the ancestral ones and the consistency ones (they re-noise every step),
+# whose predicted clean image never settles.
+NEVER_SETTLE: tuple[str, ...] = (*ANCESTRAL_SCHEDULERS, *FEW_STEP_SCHEDULERS)
 DEFAULT_SCHEDULER = "Euler a"
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_COMPARE_STEPS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
@@ -155,6 +160,9 @@ class GenerateRequest(ImageRequestBase):
     strength: float = 1.0
     # A hires pass after the first; with an input image, no first pass runs: the image is upscaled.
     hires: HiresFix | None = None
+    # `steps: auto`: run at most `steps`, and stop once the predicted clean image has settled
+    # (inference.settling); the image is then that prediction, and the result says the steps that ran.
+    auto_steps: bool = False
 
     @property
     def upscale_only(self) -> bool:
@@ -405,6 +413,8 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
             raise InvalidRequest(f"count must be {MIN_COUNT} to {MAX_COUNT}; got {request.count}.")
         if request.film and request.count != 1:
             raise InvalidRequest(f"A steps film follows one image: set count to 1; got {request.count}.")
+        if request.auto_steps:
+            _validate_auto_steps(request)
     for steps in request.lane_steps:
         if not MIN_STEPS <= steps <= MAX_STEPS:
             raise InvalidRequest(f"steps must be {MIN_STEPS} to {MAX_STEPS}; got {steps}.")
@@ -431,6 +441,18 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
         _validate_image_input(request)
     elif input_image(request):
         _validate_image_bytes(input_image(request))
+
+
+def _validate_auto_steps(request: GenerateRequest) -> None:
+    if request.scheduler in NEVER_SETTLE:
+        raise InvalidRequest(
+            f"steps: auto stops when the image settles, and {request.scheduler} adds fresh noise at every step, "
+            "so it never does: choose a scheduler such as Euler or DPM++ 2M, or give a step count."
+        )
+    for what, present in (("an input image", bool(request.image)), ("a hires pass", request.hires is not None),
+                          ("a steps film", request.film)):  # fmt: skip
+        if present:
+            raise InvalidRequest(f"steps: auto is for text-to-image runs: leave out {what}, or give a step count.")
 
 
 def _validate_loras(loras: tuple[tuple[str, float], ...]) -> None:
@@ -953,8 +975,13 @@ class GeneratedImage:
         """The image or any of its film's frames was flagged by the checker."""
         return bool(self.verdict and self.verdict.flagged) or any(v.flagged for v in self.frame_verdicts)
 
-    # img2img: the steps of its `steps`-step schedule that ran over the input image (None: all).
+    # img2img: the steps of its `steps`-step schedule that ran over the input image (None: all); `steps: auto`:
+    # the steps it ran of at most `steps` before it settled.
     steps_ran: int | None = None
+    # `steps: auto` (None: a fixed step count): True when it stopped because its image settled (the image is
+    # then the predicted clean image at `stopped_sigma`, the noise level left), False when it ran them all.
+    auto_settled: bool | None = None
+    stopped_sigma: float = 0.0
 
     # A hires result: the steps its first pass ran, at the first pass's size (0: none ran).
     first_pass_steps: int = 0

@@ -24,7 +24,7 @@ from PIL import Image
 from bot.cli.safety import ALL_WITHHELD_EXIT, cli_checker, screen
 from bot.config import Settings, checked_device, checked_dtype
 from bot.errors import InvalidOption
-from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, requested_loras
+from bot.job_requests import AUTO, RequestDefaults, RequestOptions, build_request, checked, requested_loras
 from bot.limits.server import EffectiveLimits
 from bot.pictures.input_image import prepare_input_image
 from inference.model_files import info_before_loading, local_source_problem
@@ -101,7 +101,7 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         seed=None if args.seed == -1 else args.seed,
         guidance=None if guidance_grid else args.guidance,
         size=size,
-        steps=None if steps_grid else args.steps,
+        steps=None if steps_grid or args.steps == AUTO else args.steps,
         count=None if steps_grid or upscale else args.count,
         compare_steps=args.steps if steps_grid else None,
         grid=grid,
@@ -119,6 +119,7 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         lora=getattr(args, "lora", None),
         lora_weight=getattr(args, "lora_weight", None),
         lora_compare=getattr(args, "lora_compare", False),
+        auto_steps=not steps_grid and args.steps == AUTO,
     )
 
 
@@ -482,6 +483,8 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     replaced = [path for path in replaced if path in paths]
     written = [image for index, image in enumerate(result.images) if index not in screened.withheld]
     steps = ",".join(str(steps) for steps in sorted({image.steps for image in written}))
+    if isinstance(request, GenerateRequest) and request.auto_steps:
+        steps = f"auto → {','.join(str(image.steps_run) for image in written)} (at most {request.steps})"
     seeds = ",".join(str(seed) for seed in dict.fromkeys(image.seed for image in written))
     note = f" ({TEST_MODEL_NOTE})" if result.is_test_model else ""
     truncated = " The prompt was cut to the model's token limit." if result.prompt_truncated else ""

@@ -16,6 +16,7 @@ from bot.cli.generate import TINY_MODELS, generate_command
 from bot.cli.models import models_command
 from bot.cli.safety import ALL_WITHHELD_EXIT
 from bot.config import Settings, unknown_settings
+from bot.job_requests import AUTO
 from inference.clipping import echo
 from inference.logs import report_fatal
 from inference.protocol import (
@@ -41,6 +42,16 @@ def _whole_number(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{echo(text)} is not a whole number") from None
+
+
+def _steps_or_auto(text: str) -> int | str:
+    """--steps of `imagine`: a whole number, or "auto"."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{echo(text)} is not a whole number or auto") from None
 
 
 def _number(text: str) -> float:
@@ -157,7 +168,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     imagine = commands.add_parser("imagine", help="generate images offline", description="Generate images offline.")
     _add_generation_options(imagine, settings)
-    imagine.add_argument("--steps", type=_whole_number, default=None, help="1-150 (default: the model's own)")
+    imagine.add_argument(
+        "--steps",
+        type=_steps_or_auto,
+        default=None,
+        help="1-150 (default: the model's own), or auto: stop once the image settles, at most the model's longest "
+        "ladder count",
+    )
     imagine.add_argument(
         "--count", type=_whole_number, default=1, help="1-4 images, seeded seed, seed+1, ... (default: 1)"
     )

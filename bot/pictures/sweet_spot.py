@@ -1,9 +1,7 @@
 """How much a grid's images still change from one step count to the next, and where a row settles.
 
-The measure (pure, on this run's finished images): both images downscaled to at most
-`SAMPLE_SIDE` pixels on the long side with a box filter (so pixel-level sampler noise averages out
-and the composition counts), converted from sRGB to CIELAB (D65), and the mean CIE76 colour
-difference ΔE*ab over the pixels, written as a percent of the lightness range (ΔE 100 = 100%).
+The measure itself (mean ΔE*ab on downscaled images) is inference.settling's, which the worker's
+`steps: auto` uses too: one measure for "settled" on both sides.
 A row *settles* at the first step count after which every change stays under `SETTLED_BELOW`;
 a row whose last change is still at or over it has not settled within the grid.
 """
@@ -15,41 +13,13 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
-SAMPLE_SIDE = 64
-# Percent: a mean ΔE*ab of about 2.3 is the textbook just-noticeable difference of two colours.
-SETTLED_BELOW = 2.0
-# Schedulers that draw fresh noise at every step: more steps means a different image, not a finer one.
-ANCESTRAL = ("Euler a", "DPM2 a", "DPM++ 2M SDE", "DPM++ SDE")
-
-_SRGB_TO_XYZ = np.array(
-    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
-)
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-
-
-def to_lab(image: Image.Image) -> np.ndarray:
-    """CIELAB (D65) of an sRGB image downscaled to at most SAMPLE_SIDE on its long side: HxWx3 float."""
-    rgb = image.convert("RGB")
-    scale = SAMPLE_SIDE / max(rgb.size)
-    if scale < 1:
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-        rgb = rgb.resize(size, Image.Resampling.BOX)
-    srgb = np.asarray(rgb, dtype=np.float64) / 255
-    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _SRGB_TO_XYZ.T / _D65_WHITE
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
-def change_percent(before: Image.Image, after: Image.Image) -> float:
-    """The mean ΔE*ab between two images of one size, downscaled, as a percent (0 = identical)."""
-    if before.size != after.size:
-        raise ValueError(f"images of different sizes: {before.size} and {after.size}")
-    difference = to_lab(after) - to_lab(before)
-    return float(np.sqrt((difference**2).sum(axis=-1)).mean())
+from inference.protocol import ANCESTRAL_SCHEDULERS as ANCESTRAL
+from inference.settling import SAMPLE_SIDE as SAMPLE_SIDE
+from inference.settling import SETTLED_BELOW as SETTLED_BELOW
+from inference.settling import change_percent as change_percent
+from inference.settling import to_lab as to_lab
 
 
 def settle_index(changes: Sequence[float]) -> int | None:

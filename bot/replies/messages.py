@@ -302,7 +302,9 @@ def result_message(
 
 def steps_ran_text(request: Request, result: JobResult) -> str:
     """What ran of a job that started from an image or had a hires pass ("30 steps · strength 0.6 ·
-    18 ran"); "" for one that ran every step it asked for."""
+    18 ran"), or a `steps: auto` job's ("auto → 18 steps"); "" for one that ran every step it asked for."""
+    if isinstance(request, GenerateRequest) and request.auto_steps and result.images:
+        return auto_steps_text(request, result)
     if not result.images or not (request.image or (isinstance(request, GenerateRequest) and request.hires)):
         return ""
     if isinstance(request, GenerateRequest) and request.hires is not None:
@@ -325,6 +327,20 @@ def steps_ran_text(request: Request, result: JobResult) -> str:
         )
     cells = ", ".join(str(image.steps_run) for image in result.images)
     return f"{', '.join(map(str, request.steps))} · strength {request.strength:g} · ran {cells}"
+
+
+def auto_steps_text(request: GenerateRequest, result: JobResult) -> str:
+    """ "auto → 18 steps (settled: the predicted clean image; at most 50)", or for several images "auto → 18, 24
+    steps"; a run that never settled says so."""
+    ran = ", ".join(str(image.steps_run) for image in result.images)
+    settled = [image.auto_settled for image in result.images]
+    if all(settled):
+        how = "settled: the predicted clean image"
+    elif not any(settled):
+        how = "not settled"
+    else:
+        how = "settled: " + ", ".join("yes" if done else "no" for done in settled)
+    return f"auto → {ran} step{'' if ran == '1' else 's'} ({how}; at most {request.steps})"
 
 
 def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] | None) -> str:

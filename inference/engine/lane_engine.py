@@ -26,12 +26,19 @@ from PIL import Image
 
 from inference.adapters import AdapterKey, adapter_key
 from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
-from inference.engine.film import FILM_DECODE_BATCH, FilmCapture, predicted_clean, step_noise_levels, to_frame
+from inference.engine.film import (
+    FILM_DECODE_BATCH,
+    FilmCapture,
+    noise_level,
+    predicted_clean,
+    step_noise_levels,
+    to_frame,
+)
 from inference.engine.lanes import EngineJob, InputImage, Lane
 from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png, png_pixels
 from inference.loading import LoadedModel
-from inference.parameters import image_infotext
+from inference.parameters import auto_steps_note, image_infotext
 from inference.protocol import (
     GUIDANCE_INPUT,
     INTERNAL_ERROR_MESSAGE,
@@ -54,6 +61,7 @@ from inference.protocol import (
 from inference.recent import Recent
 from inference.safety import ImageChecker
 from inference.schedulers import Scheduler, seed_dependent, step_options
+from inference.settling import SettleWatch
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,14 @@ def _guidance_fields(job: EngineJob, lane: Lane) -> dict[str, Any]:
         return {}
     distilled = job.model.family.name == "flux" and job.model.info.guidance_mode == GUIDANCE_INPUT
     return {"guidance": request.lane_guidances[lane.index], "distilled": distilled}
+
+
+def _auto_fields(lane: Lane) -> dict[str, Any]:
+    """An auto lane's note in its PNG text (its "Steps" are the steps that ran)."""
+    if lane.auto is None:
+        return {}
+    settled = lane.settled_pixels is not None
+    return {"auto_note": auto_steps_note(lane.ran, lane.steps, settled=settled, sigma=lane.stopped_sigma)}
 
 
 class UnknownModel(LookupError):
@@ -336,8 +352,9 @@ class LaneEngine:
         if _accepts(type(scheduler).step, "generator"):
             step_kwargs["generator"] = generator
         filmed = isinstance(request, GenerateRequest) and request.film
-        # A film lane steps through its scheduler's own `step`, whose output carries x0.
-        plan = plan_for(scheduler) if self.batched_steps and not filmed else None
+        auto = isinstance(request, GenerateRequest) and request.auto_steps
+        # A film lane (and an auto one) steps through its scheduler's own `step`, whose output carries x0.
+        plan = plan_for(scheduler) if self.batched_steps and not filmed and not auto else None
         start = 0
         if source is None:
             latents = family.initial_latents(scheduler, job.height, job.width, generator)
@@ -373,6 +390,7 @@ class LaneEngine:
             strength=strength,
             own_conditioning=own_conditioning,
             own_adapters=own_adapters,
+            auto=SettleWatch(steps) if auto else None,
         )
 
     def cancel(self, job_id: str) -> bool:
@@ -427,6 +445,11 @@ class LaneEngine:
             if starting:
                 self._timed(starting, self._start_from_images, "encode")
             self._timed(lanes, self._denoise, "denoise")
+            checking = [
+                lane for lane in lanes if lane.auto is not None and not lane.done and lane.auto.due(lane.progress_steps)
+            ]
+            if checking:
+                self._timed(checking, self._check_settled, "settle-check")
             self._report_progress(lanes, jobs)
             finished = [lane for lane in lanes if lane.done]
             if finished:
@@ -548,6 +571,9 @@ class LaneEngine:
                 x0, source = self._step_filmed(lane, model_inputs[i], predictions[i : i + 1], timesteps[i])
                 filmed.append((lane, x0, source))
                 continue
+            if lane.auto is not None:
+                lane.x0, _ = self._step_filmed(lane, model_inputs[i], predictions[i : i + 1], timesteps[i])
+                continue
             lane.latents = lane.scheduler.step(
                 predictions[i : i + 1], timesteps[i], lane.latents, return_dict=False, **lane.step_kwargs
             )[0]
@@ -555,6 +581,25 @@ class LaneEngine:
             lane.position += 1
         for lane, x0, source in filmed:
             self._capture_frame(lane, x0, source)
+
+    # -- steps: auto: stop a lane once its predicted clean image has settled ----------------------
+
+    @torch.no_grad()
+    def _check_settled(self, lanes: list[Lane]) -> None:
+        """Auto lanes at a check: their x0 decoded in one VAE call and measured against their last check's.
+        A lane that has settled stops here, its place in the batch freed: its image is that x0 (for a
+        deterministic scheduler, a jump from here to sigma 0 lands on x0 itself), its steps the ones that ran."""
+        job = lanes[0].job
+        x0s = torch.cat([lane.x0 for lane in lanes if lane.x0 is not None])
+        pictures = self.decode(x0s, job.model, job.height, job.width)
+        for lane, pixels in zip(lanes, pictures, strict=True):
+            assert lane.auto is not None and lane.x0 is not None
+            step = lane.progress_steps
+            if not lane.auto.observe(step, Image.fromarray(pixels)):
+                continue
+            lane.stopped_sigma = noise_level(lane.scheduler, lane.timesteps[lane.position - 1])
+            lane.latents, lane.settled_pixels = lane.x0, pixels
+            lane.ran, lane.timesteps = step, lane.timesteps[: lane.position]
 
     # -- the Steps film: x0 of every step, for film lanes only ------------------------------------
 
@@ -736,7 +781,9 @@ class LaneEngine:
     def _decode_checked(
         self, lanes: list[Lane], model: LoadedModel, height: int, width: int
     ) -> tuple[np.ndarray, list[SafetyVerdict | None]]:
-        pixels = self.decode(torch.cat([lane.latents for lane in lanes]), model, height, width)
+        fresh = [lane for lane in lanes if lane.settled_pixels is None]  # a settled auto lane's image is decoded
+        decoded = iter(self.decode(torch.cat([lane.latents for lane in fresh]), model, height, width) if fresh else ())
+        pixels = np.stack([next(decoded) if lane.settled_pixels is None else lane.settled_pixels for lane in lanes])
         return pixels, self.verdicts(pixels)
 
     def _encode(self, job: EngineJob, lane: Lane, pixels: np.ndarray, verdict: SafetyVerdict | None = None) -> None:
@@ -748,12 +795,13 @@ class LaneEngine:
         parameters = image_infotext(
             lane_request(request, lane.index),
             seed=lane.seed,
-            steps=lane.steps if first is None or not first.timesteps else first.steps,
+            steps=lane.ran if lane.auto else lane.steps if first is None or not first.timesteps else first.steps,
             model=job.model.name,
             scheduler=request.lane_schedulers[lane.index],
             lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
             strength=lane.strength if lane.from_image else None,
             **_guidance_fields(job, lane),
+            **_auto_fields(lane),
         )
         try:
             png = encode_png(Image.fromarray(pixels), parameters=parameters)
@@ -771,9 +819,11 @@ class LaneEngine:
             png, lane.seed, lane.steps, job.width, job.height, seconds, frames=frames,
             frames_source=film.source if film else "", verdict=verdict, frame_verdicts=frame_verdicts,
             frame_sigmas=frame_sigmas,
-            steps_ran=lane.ran if lane.from_image else None,
+            steps_ran=lane.ran if lane.from_image or lane.auto else None,
             first_pass_steps=first.ran if first else 0,
             strength=lane.strength,
+            auto_settled=None if lane.auto is None else lane.settled_pixels is not None,
+            stopped_sigma=lane.stopped_sigma,
         )  # fmt: skip
         with self._lock:
             job.images[lane.index] = image

@@ -23,6 +23,7 @@ from inference.protocol import (
     img2img_steps,
 )
 from inference.schedulers import Scheduler
+from inference.settling import SettleWatch
 
 
 @dataclass(eq=False)
@@ -65,6 +66,12 @@ class Lane:
     # carries its own conditioning and adapter set (None: the job's).
     own_conditioning: Conditioning | None = None
     own_adapters: AdapterKey | None = None
+    # `steps: auto`: its checks, its latest predicted clean image (x0 latents), and once it settles, that
+    # x0 decoded (its image: no second decode) and the noise level left where it stopped.
+    auto: SettleWatch | None = None
+    x0: torch.Tensor | None = None
+    settled_pixels: np.ndarray | None = None
+    stopped_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         self.ran = self.ran or self.steps

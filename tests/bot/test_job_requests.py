@@ -426,3 +426,21 @@ def test_grid_cells_carry_their_own_scheduler_strength_and_guidance() -> None:
 def test_a_cell_past_the_grids_end_is_one_line() -> None:
     with pytest.raises(InvalidOption, match=r"That grid has 3 cells; no cell 4\."):
         grid_cell(COMPARE, 4)
+# --- steps: auto ---------------------------------------------------------------------------------
+
+
+def test_auto_steps_runs_at_most_the_models_longest_ladder_count_unless_steps_are_given() -> None:
+    defaults = RequestDefaults(steps=30, compare_steps=(5, 10, 20, 30, 40, 50))
+    request = build_request(RequestOptions("a fox", scheduler="Euler", auto_steps=True), defaults)
+    assert isinstance(request, GenerateRequest) and (request.steps, request.auto_steps) == (50, True)
+    capped = build_request(RequestOptions("a fox", scheduler="Euler", steps=24, auto_steps=True), defaults)
+    assert isinstance(capped, GenerateRequest) and (capped.steps, capped.auto_steps) == (24, True)
+
+
+def test_an_auto_jobs_step_and_film_buttons_ask_for_a_fixed_step_count() -> None:
+    request = GenerateRequest("a fox", steps=50, scheduler="Euler", auto_steps=True)
+    for action in ("fewer", "more", "film"):
+        derived = derive_request(request, action)
+        assert isinstance(derived, GenerateRequest) and derived.auto_steps is False
+        checked(derived)
+    assert derive_request(request, "reroll").auto_steps is True  # type: ignore[union-attr]

@@ -365,3 +365,16 @@ def test_a_strength_grid_cell_too_weak_for_an_sd_model_is_refused_for_that_model
     validate(request)  # SD 3 and FLUX would run one step of it
     with pytest.raises(InvalidRequest, match=r"^At strength 0.1, 4 steps run no step over the image; raise"):
         validate_for_model(request, sd)
+
+
+@pytest.mark.parametrize("scheduler", ["Euler a", "DPM++ 2M SDE", "LCM"])
+def test_auto_steps_on_a_scheduler_that_never_settles_is_refused_in_one_line(scheduler: str) -> None:
+    with pytest.raises(
+        InvalidRequest, match=re.escape(f"steps: auto stops when the image settles, and {scheduler} adds")
+    ):
+        validate(GenerateRequest("a fox", steps=50, scheduler=scheduler, auto_steps=True))
+
+
+def test_auto_steps_with_a_film_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="steps: auto is for text-to-image runs: leave out a steps film"):
+        validate(GenerateRequest("a fox", steps=50, scheduler="Euler", auto_steps=True, film=True))

@@ -32,7 +32,8 @@ class Imagine(commands.Cog):
     @app_commands.command(name="imagine", description="Generate images from a prompt with Stable Diffusion.")
     @app_commands.describe(
         **shared.SHARED_DESCRIPTIONS,
-        steps="Denoising steps (default: the model's own; more is slower, not always better)",
+        steps="Denoising steps (default: the model's own; more is slower); with auto_steps, the most to run",
+        auto_steps="Stop once the image settles (not with Euler a); at most steps, or the model's longest ladder",
         seed="Seed for a repeatable image (random when left out)",
         size="Width x height, e.g. 512 or 768x512 (multiples of 8)",
         count="How many images (consecutive seeds)",
@@ -60,6 +61,7 @@ class Imagine(commands.Cog):
         film: bool | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
+        auto_steps: bool | None = None,
     ) -> None:
         options = RequestOptions(
             prompt,
@@ -75,6 +77,7 @@ class Imagine(commands.Cog):
             lora=lora,
             lora_weight=lora_weight,
             strength=strength,
+            auto_steps=auto_steps is True,
         )
         await self.bot.jobs.start_command(interaction, options, origin="imagine", attachment=image)
 

@@ -92,6 +92,22 @@ def test_imagine_writes_the_png_with_its_parameters_and_the_steps_film(
     assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ 2M", "Karras")
 
 
+@pytest.mark.slow
+def test_imagine_with_steps_auto_says_the_steps_that_ran_and_writes_them_in_the_png(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "fox.png"
+    argv = ["imagine", "a red fox", "--model", "tiny", "--seed", "8", "--size", "256", "--scheduler", "Euler"]
+    assert main([*argv, "--steps", "auto", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    ran = int(printed.split("steps auto → ")[1].split(" ")[0])
+    assert ran < 50 and "(at most 50)" in printed
+    parsed = parse_generation_parameters(Image.open(out).info["parameters"])
+    assert parsed["Steps"] == str(ran)
+    assert parsed["Auto steps"].startswith(f"settled at {ran} of 50 steps; the predicted clean image at sigma ")
+
+
 @pytest.mark.parametrize("name", ["fox.webp", "fox.gif", "FOX.GIF"])
 def test_the_film_is_written_at_the_path_asked_for_in_the_format_its_name_says(tmp_path: Path, name: str) -> None:
     request = GenerateRequest("a fox", steps=5, width=384, height=384, film=True)

@@ -39,6 +39,10 @@ from tests.bot.cli.stepgrid_process import one_error_line, stepgrid
         (["imagine", "fox", "--model", "./no/such/folder"], "--model ./no/such/folder does not exist."),
         (["compare-schedulers", "fox", "--schedulers", "Euler a"], "needs 2 to 6 schedulers; got 1."),
         (
+            ["imagine", "fox", "--steps", "auto", "--scheduler", "Euler a"],
+            "steps: auto stops when the image settles, and Euler a adds fresh noise at every step, so it never does",
+        ),
+        (
             ["compare-schedulers", "fox", "--schedulers", "Euler a,DDIM,UniPC", "--steps", "1,2,3,4,5"],
             "at most 12 cells; 3 schedulers × 5 step counts would be 15: give fewer of either.",
         ),
@@ -64,7 +68,10 @@ def test_an_unknown_option_exits_2_with_one_line(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["imagine", "fox", "--steps", "ten"], "stepgrid imagine: argument --steps: 'ten' is not a whole number"),
+        (
+            ["imagine", "fox", "--steps", "ten"],
+            "stepgrid imagine: argument --steps: 'ten' is not a whole number or auto",
+        ),
         (["imagine", "fox", "--count", "2.5"], "stepgrid imagine: argument --count: '2.5' is not a whole number"),
         (
             ["compare-steps", "fox", "--seed", "1e3"],

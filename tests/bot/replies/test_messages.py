@@ -13,6 +13,7 @@ from bot.pictures.film import Film
 from bot.replies.messages import (
     ProgressState,
     RenderedResult,
+    auto_steps_text,
     details_embed,
     encode_result_files,
     parameters_embed,
@@ -23,7 +24,7 @@ from bot.replies.messages import (
 )
 from inference.imaging import encode_png
 from inference.parameters import image_infotext
-from inference.protocol import CompareSchedulersRequest, GenerateRequest, JobProgress, JobResult
+from inference.protocol import CompareSchedulersRequest, GeneratedImage, GenerateRequest, JobProgress, JobResult
 from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, noise_png, png_of, record_for, result_for
 
@@ -277,3 +278,14 @@ def test_progress_of_a_grid_from_an_image_counts_a_cell_done_when_its_share_has_
     state = ProgressState(started=True, lane_steps={0: 2, 1: 5, 2: 7}, job_step=14, job_total=17)
     text = progress_text(request, state)
     assert "2/3 cells done" in text and "longest cell at step 7/10" in text
+
+
+def test_an_auto_steps_result_says_the_steps_that_ran_and_whether_it_settled() -> None:
+    request = GenerateRequest("a fox", steps=50, scheduler="Euler", auto_steps=True, count=2)
+    images = [GeneratedImage(b"", 1, 50, 512, 512, 1.0, steps_ran=ran, auto_settled=ran < 50) for ran in (18, 50)]
+    assert auto_steps_text(request, JobResult("j", images=(images[0],), gpu_seconds=1.0)) == (
+        "auto → 18 steps (settled: the predicted clean image; at most 50)"
+    )
+    assert auto_steps_text(request, JobResult("j", images=tuple(images), gpu_seconds=1.0)) == (
+        "auto → 18, 50 steps (settled: yes, no; at most 50)"
+    )
