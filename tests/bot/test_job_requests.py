@@ -426,6 +426,8 @@ def test_grid_cells_carry_their_own_scheduler_strength_and_guidance() -> None:
 def test_a_cell_past_the_grids_end_is_one_line() -> None:
     with pytest.raises(InvalidOption, match=r"That grid has 3 cells; no cell 4\."):
         grid_cell(COMPARE, 4)
+
+
 # --- steps: auto ---------------------------------------------------------------------------------
 
 
