@@ -206,6 +206,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help="add a row: the longest run stopped at each step count (its predicted clean image there, and the noise "
         "left), under the honest runs",
     )
+    compare.add_argument(
+        "--seeds",
+        type=_whole_number,
+        default=None,
+        help="2 to 8: the ladder once per seed, a row each (--seed, then the next seeds), and where they settle: "
+        "the median settle point and its spread",
+    )
     compare.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write the grid to")
     compare.add_argument(
         "--lora-compare",
