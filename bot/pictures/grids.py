@@ -11,7 +11,7 @@ from PIL import Image
 
 from bot.pictures.over_seeds import seeds_summary
 from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, png_parameters, steps_label
-from bot.pictures.sweet_spot import RowChanges, change_percent, format_change, measure_row, summary
+from bot.pictures.sweet_spot import MEASURE_NOTE, RowChanges, change_percent, format_change, measure_row, summary
 from inference.parameters import lora_hashes_in
 from inference.protocol import (
     CompareSchedulersRequest,
@@ -221,8 +221,10 @@ def render_seed_grid(
     over the columns, each row's settled cell framed; in words, the median settle point and its spread."""
     rows = grid_rows(request, images)
     labels = [f"seed {seed}" for seed in request.row_seeds]
-    png = rows_png(request, images, rows, labels, facts=facts, device=device, parameters=parameters)
-    return Grid(png, seeds_summary([row for _, row in rows], request.row_seeds))
+    words = seeds_summary([row for _, row in rows], request.row_seeds)
+    headline = words.removesuffix(f" {MEASURE_NOTE}")  # the picture's legend says what Δ and settled are
+    png = rows_png(request, images, rows, labels, facts=facts, device=device, parameters=parameters, note=headline)
+    return Grid(png, words)
 
 
 def rows_png(
@@ -234,9 +236,10 @@ def rows_png(
     facts: str | None = None,
     device: str | None = None,
     parameters: str | None = None,
+    note: str = "",
 ) -> bytes:
     """A steps grid of several rows (LoRA comparison, seeds): the rows named, step counts over the columns,
-    each cell's seconds and Δ, each row's settled cell framed."""
+    each cell's seconds and Δ, each row's settled cell framed; `note`, a line of words, over the legend."""
     texts: dict[int, str] = {}
     marked = set()
     for first, row in rows:
@@ -252,7 +255,7 @@ def rows_png(
         images,
         caption=lambda image: texts[id(image)],
         title=(request.prompt, facts) if facts else None,
-        footer=f"{seconds_note}\n{LEGEND}",
+        footer="\n".join(line for line in (note, seconds_note, LEGEND) if line),
         columns=len(request.steps),
         row_labels=row_labels,
         column_labels=[steps_label(steps) for steps in request.steps],
