@@ -56,5 +56,6 @@ def test_seeds_that_cant_make_a_grid_are_refused_in_one_line(change: dict[str, o
 
 def test_the_grids_parameters_name_the_seeds_as_a1111s_seed_axis() -> None:
     text = grid_infotext(GRID, model="tiny")
-    assert text.endswith('Script: X/Y/Z plot, X Type: Steps, X Values: "5, 10, 20", Y Type: Seed, Y Values: "42, 43, 44"')
+    axes = 'Script: X/Y/Z plot, X Type: Steps, X Values: "5, 10, 20", Y Type: Seed, Y Values: "42, 43, 44"'
+    assert text.endswith(axes)
     assert "Seed: 42," in text  # the first cell's own parameters
