@@ -264,12 +264,13 @@ class RequestOptions:
     lora_compare: bool = False  # with `grid`: a row without the LoRA above the row with it
     # `steps: auto`: stop when the image settles, at most `steps` (left out: the model's longest ladder count).
     auto_steps: bool = False
+    seeds: int | None = None  # with `grid`: the ladder once per seed, a row each (the sweet spot over seeds)
 
 
 _TEXT_OPTIONS = (
     "prompt", "negative_prompt", "scheduler", "size", "compare_steps", "schedulers", "lora", "strengths", "guidances",
 )  # fmt: skip
-_WHOLE_OPTIONS = ("seed", "steps", "count")
+_WHOLE_OPTIONS = ("seed", "steps", "count", "seeds")
 
 
 def typed(options: RequestOptions) -> RequestOptions:
@@ -370,9 +371,10 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         return _lora_comparison(options, fields, defaults)
     if options.lora_compare:
         raise InvalidOption("lora_compare is for /compare-steps: leave it out here.")
+    if options.seeds is not None and not options.grid:
+        raise InvalidOption("seeds is for /compare-steps: leave it out here.")
     if options.grid:
-        steps = resolve_step_list(options.compare_steps, defaults.compare_steps)
-        return CompareStepsRequest(**fields, steps=steps, stop_early=options.stop_early is True)  # type: ignore[arg-type]
+        return _steps_grid(options, fields, defaults)
     if options.guidance_grid:
         return _guidance_grid(options, fields, defaults)
     if options.scheduler_grid:
@@ -393,6 +395,20 @@ def build_request(options: RequestOptions, defaults: RequestDefaults) -> Request
         film=options.film is True,
         auto_steps=options.auto_steps is True,
     )
+
+
+def _steps_grid(options: RequestOptions, fields: dict[str, object], defaults: RequestDefaults) -> Request:
+    """/compare-steps: the step counts given, else the model's ladder; with `seeds`, a row per seed and the
+    ladder left out spread thin enough that every seed's row fits the cell limit."""
+    seeds = 1 if options.seeds is None else options.seeds
+    if seeds > 1 and options.stop_early:
+        raise InvalidOption("Choose one of seeds and stop_early: each draws rows of its own.")
+    ladder = defaults.compare_steps
+    if seeds > 1:
+        ladder = spread(ladder, max(MIN_COMPARE_CELLS, defaults.max_grid_cells // seeds))
+    steps = resolve_step_list(options.compare_steps, ladder)
+    stop_early = options.stop_early is True
+    return CompareStepsRequest(**fields, steps=steps, stop_early=stop_early, seeds=seeds)  # type: ignore[arg-type]
 
 
 def _strength_grid(options: RequestOptions, fields: dict[str, object], defaults: RequestDefaults) -> Request:
@@ -423,6 +439,8 @@ def _lora_comparison(options: RequestOptions, fields: dict[str, object], default
     both ladders. A scheduler or guidance given applies to both rows; left out, each row has its own."""
     if options.stop_early:
         raise InvalidOption("Choose one of lora_compare and stop_early: each adds a row of its own.")
+    if options.seeds is not None and options.seeds > 1:
+        raise InvalidOption("Choose one of seeds and lora_compare: each draws rows of its own.")
     if not fields["loras"]:
         raise InvalidOption("lora_compare needs a LoRA: choose one with lora, or write <lora:name:0.8> in the prompt.")
     plain = defaults.without_loras or RowDefaults(defaults.scheduler, defaults.guidance, defaults.compare_steps)
@@ -577,7 +595,7 @@ def derive_request(
         return dataclasses.replace(request, steps=steps, auto_steps=False)  # an auto job's buttons: fixed counts
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.
-        left_out = ("steps", "without_loras", "stop_early")
+        left_out = ("steps", "without_loras", "stop_early", "seeds")
         carried = [f.name for f in dataclasses.fields(CompareStepsRequest) if f.name not in left_out]
         same = {name: getattr(request, name) for name in carried}
         return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))

@@ -181,7 +181,8 @@ def grid_infotext(
     request: CompareStepsRequest | CompareSchedulersRequest, *, model: str, lora_hashes: Mapping[str, str] | None = None
 ) -> str:
     """A grid's `parameters`, as A1111 writes an X/Y/Z plot's: the first cell's parameters, then the
-    axes ("X Type: Steps, X Values: \"5, 10, 20\"", and a scheduler grid's "Y Type: Sampler")."""
+    axes ("X Type: Steps, X Values: \"5, 10, 20\"", and a scheduler grid's "Y Type: Sampler", a seeds
+    grid's "Y Type: Seed")."""
     first = image_infotext(request, seed=request.seed, steps=request.steps[0], model=model, lora_hashes=lora_hashes)
     axis = [("Script", "X/Y/Z plot"), ("X Type", "Steps"), ("X Values", ", ".join(map(str, request.steps)))]
     if isinstance(request, CompareSchedulersRequest):
@@ -190,6 +191,8 @@ def grid_infotext(
         row = request.without_loras
         loras = " ".join(lora_tag(name, weight) for name, weight in request.loras)
         axis += [("Y Type", "LoRA"), ("Y Values", f"none ({row.scheduler}, CFG {row.guidance:g}), {loras}")]
+    elif request.seeds > 1:  # a row per seed, as A1111's Seed axis
+        axis += [("Y Type", "Seed"), ("Y Values", ", ".join(map(str, request.row_seeds)))]
     return first + ", " + ", ".join(f"{key}: {quote(value)}" for key, value in axis)
 
 

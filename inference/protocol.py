@@ -56,6 +56,8 @@ MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 256, 2048, 8
 MAX_PIXELS = 1536 * 1536  # 1024x1024 and 2048x1024 fit; 2048x2048 does not
 MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
+# Sweet spot over seeds: /compare-steps draws the ladder once per seed, a row each (1 = the one seed).
+MIN_COMPARE_SEEDS, MAX_COMPARE_SEEDS = 2, 8
 MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 # /compare-strength: the columns (strengths) and rows (step counts) of its grid. The default columns go from
 # a light touch (0.3: colours and shapes stay, surfaces change) to little more than the layout (0.9), in even
@@ -210,19 +212,34 @@ class CompareStepsRequest(ImageRequestBase):
     # Also show the longest run stopped at each shorter step count: its predicted clean image (x0) there,
     # from the same batched job (the longest cell's own run, its x0 decoded at those steps).
     stop_early: bool = False
+    # Sweet spot over seeds: the ladder once per seed, a row each, all lanes in one job. Row i's seed is
+    # `seed + i` (wrapping at MAX_SEED), as /imagine numbers the images of a count.
+    seeds: int = 1
 
     @property
     def rows(self) -> int:
-        return 1 if self.without_loras is None else 2
+        return self.seeds if self.without_loras is None else 2
+
+    @property
+    def row_seeds(self) -> tuple[int, ...]:
+        """Each row's seed: the request's, then the next ones (a LoRA comparison's rows share one)."""
+        if self.without_loras is not None:
+            return (self.seed,) * self.rows
+        return tuple((self.seed + i) % (MAX_SEED + 1) for i in range(self.seeds))
 
     @property
     def lane_steps(self) -> tuple[int, ...]:
         return self.steps * self.rows
 
     @property
+    def lane_seeds(self) -> tuple[int, ...]:
+        return tuple(seed for seed in self.row_seeds for _ in self.steps)
+
+    @property
     def lane_schedulers(self) -> tuple[str, ...]:
-        plain = () if self.without_loras is None else (self.without_loras.scheduler,) * len(self.steps)
-        return plain + (self.scheduler,) * len(self.steps)
+        if self.without_loras is None:
+            return (self.scheduler,) * len(self.lane_steps)
+        return (self.without_loras.scheduler,) * len(self.steps) + (self.scheduler,) * len(self.steps)
 
 
 @dataclass(frozen=True)
@@ -396,6 +413,8 @@ def validate(request: Request, *, max_size: int = MAX_SIZE) -> None:
     """
     if not request.prompt.strip():
         raise InvalidRequest("The prompt is empty: describe the image you want.")
+    if isinstance(request, CompareStepsRequest):
+        _validate_seed_rows(request)  # before anything counts the lanes a bad count would make
     for scheduler in dict.fromkeys(request.lane_schedulers):
         if scheduler not in SCHEDULER_NAMES:
             raise InvalidRequest(
@@ -581,6 +600,28 @@ def _validate_grid(request: GridRequest) -> None:
         raise InvalidRequest(f"{steps} is in the list twice; give each step count once.")
     if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
         _validate_lora_comparison(request)
+
+
+def _validate_seed_rows(request: CompareStepsRequest) -> None:
+    """`seeds`: 1 (one row), or 2 to 8 rows that fit the cell limit, with no other rows added."""
+    seeds = request.seeds
+    whole = isinstance(seeds, int) and not isinstance(seeds, bool)
+    if not whole or not (seeds == 1 or MIN_COMPARE_SEEDS <= seeds <= MAX_COMPARE_SEEDS):
+        raise InvalidRequest(
+            f"seeds must be {MIN_COMPARE_SEEDS} to {MAX_COMPARE_SEEDS} (a row per seed); got {seeds!r}."
+        )
+    if seeds == 1:
+        return
+    if request.without_loras is not None:
+        raise InvalidRequest("Choose one of seeds and lora_compare: each draws rows of its own.")
+    if request.stop_early:
+        raise InvalidRequest("Choose one of seeds and stop_early: each draws rows of its own.")
+    columns = len(request.steps)
+    if seeds * columns > MAX_COMPARE_CELLS:
+        raise InvalidRequest(
+            f"A comparison grid has at most {MAX_COMPARE_CELLS} cells; {seeds} seeds × {columns} step counts would "
+            f"be {seeds * columns}: give fewer of either."
+        )
 
 
 def _validate_lora_comparison(request: CompareStepsRequest) -> None:

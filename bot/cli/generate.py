@@ -120,6 +120,7 @@ def options_from_args(args: argparse.Namespace, multiple: int = SIZE_MULTIPLE) -
         lora_weight=getattr(args, "lora_weight", None),
         lora_compare=getattr(args, "lora_compare", False),
         auto_steps=not steps_grid and args.steps == AUTO,
+        seeds=getattr(args, "seeds", None),
     )
 
 
@@ -391,7 +392,8 @@ def _grid_png(
         isinstance(request, CompareStepsRequest) and request.without_loras is not None
     )
     scheduler = "" if rows_named else f" · {request.scheduler}"  # rows name their schedulers
-    facts = f"{result.model}{scheduler} · seed {request.seed}"
+    seeds = request.seeds if isinstance(request, CompareStepsRequest) else 1  # several: the rows name them
+    facts = f"{result.model}{scheduler} · " + (f"{seeds} seeds" if seeds > 1 else f"seed {request.seed}")
     if result.is_test_model:
         facts += f" · {TEST_MODEL_NOTE}"
     if isinstance(request, CompareStrengthRequest):
@@ -502,11 +504,16 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         print(stop_early_summary(request, result.images))
     elif isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
         from bot.pictures.grids import grid_rows, lora_summary
+        from bot.pictures.over_seeds import seeds_summary
         from bot.pictures.sweet_spot import summary
 
         rows = [row for _, row in grid_rows(request, result.images)]
-        lora_comparison = isinstance(request, CompareStepsRequest) and request.without_loras is not None
-        print(lora_summary(request, rows) if lora_comparison else summary(rows))  # type: ignore[arg-type]
+        if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
+            print(lora_summary(request, rows))
+        elif isinstance(request, CompareStepsRequest) and request.seeds > 1:
+            print(seeds_summary(rows, request.row_seeds))
+        else:
+            print(summary(rows))
     if isinstance(request, CompareGuidanceRequest):
         from bot.pictures.guidance_grid import guidance_rows, guidance_summary, is_distilled
 

@@ -220,6 +220,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "left), under the honest runs",
     )
     compare.add_argument(
+        "--seeds",
+        type=_whole_number,
+        default=None,
+        help="2 to 8: the ladder once per seed, a row each (--seed, then the next seeds), and where they settle: "
+        "the median settle point and its spread",
+    )
+    compare.add_argument(
         "--lora-compare",
         action="store_true",
         help="two rows: without the LoRA, then with it, over both their ladders, each with its own scheduler and "

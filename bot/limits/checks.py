@@ -276,6 +276,8 @@ def check_request(
             shape = f" ({len(request.schedulers)} schedulers × {len(request.steps)} step counts): give fewer of either"
         elif isinstance(request, CompareStrengthRequest):
             shape = f" ({len(request.strengths)} strengths × {len(request.steps)} step counts): give fewer of either"
+        elif isinstance(request, CompareStepsRequest) and request.seeds > 1:
+            shape = f" ({request.seeds} seeds × {len(request.steps)} step counts): give fewer of either"
         elif isinstance(request, CompareStepsRequest) and request.rows > 1:
             shape = (
                 f" (two rows, without and with the LoRA, × {len(request.steps)} step counts): give fewer step counts"

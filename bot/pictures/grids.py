@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from bot.pictures.over_seeds import seeds_summary
 from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, png_parameters, steps_label
-from bot.pictures.sweet_spot import RowChanges, change_percent, format_change, measure_row, summary
+from bot.pictures.sweet_spot import MEASURE_NOTE, RowChanges, change_percent, format_change, measure_row, summary
 from inference.parameters import lora_hashes_in
 from inference.protocol import (
     CompareSchedulersRequest,
@@ -43,8 +44,8 @@ def grid_rows(request: GridRequest, images: Sequence[GeneratedImage]) -> list[tu
     """Each row of the grid with the index of its first cell: one row per scheduler (one for compare-steps)."""
     columns = len(request.steps)
     schedulers = request.schedulers if isinstance(request, CompareSchedulersRequest) else (request.scheduler,)
-    if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
-        schedulers = request.lane_schedulers[::columns]  # a LoRA comparison: the row without, then with
+    if isinstance(request, CompareStepsRequest) and request.rows > 1:
+        schedulers = request.lane_schedulers[::columns]  # a LoRA comparison (without, then with), or a row per seed
     rows = []
     for row, scheduler in enumerate(schedulers):
         first = row * columns
@@ -67,6 +68,8 @@ def render_grid(
     `device` names where the seconds were spent."""
     if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
         return render_lora_grid(request, images, facts=facts, device=device, parameters=parameters)
+    if isinstance(request, CompareStepsRequest) and request.seeds > 1:
+        return render_seed_grid(request, images, facts=facts, device=device, parameters=parameters)
     rows = grid_rows(request, images)
     changes: dict[int, float] = {}
     marked = set()
@@ -202,6 +205,41 @@ def render_lora_grid(
     """A LoRA comparison's grid: two rows (without, then with the LoRA) named with their scheduler and
     guidance, step counts over the columns, each cell's seconds and Δ, each row's settled cell framed."""
     rows = grid_rows(request, images)
+    png = rows_png(request, images, rows, lora_row_labels(request), facts=facts, device=device, parameters=parameters)
+    return Grid(png, lora_summary(request, [row for _, row in rows]))
+
+
+def render_seed_grid(
+    request: CompareStepsRequest,
+    images: Sequence[GeneratedImage],
+    *,
+    facts: str | None = None,
+    device: str | None = None,
+    parameters: str | None = None,
+) -> Grid:
+    """A sweet spot over seeds: a row per seed, named with it (any row is that seed's /imagine), step counts
+    over the columns, each row's settled cell framed; in words, the median settle point and its spread."""
+    rows = grid_rows(request, images)
+    labels = [f"seed {seed}" for seed in request.row_seeds]
+    words = seeds_summary([row for _, row in rows], request.row_seeds)
+    headline = words.removesuffix(f" {MEASURE_NOTE}")  # the picture's legend says what Δ and settled are
+    png = rows_png(request, images, rows, labels, facts=facts, device=device, parameters=parameters, note=headline)
+    return Grid(png, words)
+
+
+def rows_png(
+    request: CompareStepsRequest,
+    images: Sequence[GeneratedImage],
+    rows: Sequence[tuple[int, RowChanges]],
+    row_labels: Sequence[str],
+    *,
+    facts: str | None = None,
+    device: str | None = None,
+    parameters: str | None = None,
+    note: str = "",
+) -> bytes:
+    """A steps grid of several rows (LoRA comparison, seeds): the rows named, step counts over the columns,
+    each cell's seconds and Δ, each row's settled cell framed; `note`, a line of words, over the legend."""
     texts: dict[int, str] = {}
     marked = set()
     for first, row in rows:
@@ -213,15 +251,14 @@ def render_lora_grid(
         if row.settled is not None:
             marked.add(first + row.order[row.settled])
     seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
-    png = grid_png(
+    return grid_png(
         images,
         caption=lambda image: texts[id(image)],
         title=(request.prompt, facts) if facts else None,
-        footer=f"{seconds_note}\n{LEGEND}",
+        footer="\n".join(line for line in (note, seconds_note, LEGEND) if line),
         columns=len(request.steps),
-        row_labels=lora_row_labels(request),
+        row_labels=row_labels,
         column_labels=[steps_label(steps) for steps in request.steps],
         marked=marked,
         parameters=parameters,
     )
-    return Grid(png, lora_summary(request, [row for _, row in rows]))

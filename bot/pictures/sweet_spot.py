@@ -80,10 +80,12 @@ def format_change(percent: float) -> str:
 def summary(rows: Sequence[RowChanges]) -> str:
     """The rows in words: "For this prompt and seed: DDIM settles at 20 steps; Euler a keeps changing …"."""
     text = "; ".join(row.describe() for row in rows)
-    return (
-        f"For this prompt and seed: {text}. (Δ = mean colour change from the previous step count; "
-        f"settled = every later Δ under {SETTLED_BELOW:g}%.)"
-    )
+    return f"For this prompt and seed: {text}. {MEASURE_NOTE}"
+
+
+MEASURE_NOTE = (
+    f"(Δ = mean colour change from the previous step count; settled = every later Δ under {SETTLED_BELOW:g}%.)"
+)
 
 
 def _steps(count: int) -> str:

@@ -259,7 +259,7 @@ def _add_cell_menus(view: discord.ui.View, job_id: str, request: Request, leave_
 
 def cell_labels(request: Request) -> tuple[str, ...]:
     """Each grid cell in lane order (row by row), named by its own settings: "20 steps",
-    "DPM++ 2M · 20 steps", "strength 0.6 · 30 steps", "CFG 7.5 · 30 steps", "with lcm · 4 steps"."""
+    "DPM++ 2M · 20 steps", "strength 0.6 · 30 steps", "CFG 7.5 · 30 steps", "with lcm · 4 steps", "seed 43 · 20 steps"."""
     steps = tuple(counted(n, "step") for n in request.lane_steps)
     if isinstance(request, CompareSchedulersRequest):
         return tuple(f"{name} · {n}" for name, n in zip(request.lane_schedulers, steps, strict=True))
@@ -271,4 +271,6 @@ def cell_labels(request: Request) -> tuple[str, ...]:
         names = ", ".join(name for name, _ in request.loras)
         rows = (f"without {names}",) * len(request.steps) + (f"with {names}",) * len(request.steps)
         return tuple(f"{row} · {n}" for row, n in zip(rows, steps, strict=True))
+    if isinstance(request, CompareStepsRequest) and request.seeds is not None:
+        return tuple(f"seed {seed} · {n}" for seed, n in zip(request.lane_seeds, steps, strict=True))
     return steps if isinstance(request, CompareStepsRequest) else ()

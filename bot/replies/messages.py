@@ -367,7 +367,10 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
     embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
     if not isinstance(request, GenerateRequest):
         embed.add_field(name="Steps", value=", ".join(str(steps) for steps in request.steps))
-        embed.add_field(name="Seed", value=str(request.seed))
+        if isinstance(request, CompareStepsRequest) and request.seeds > 1:  # a row per seed
+            embed.add_field(name="Seeds", value=", ".join(map(str, request.row_seeds)))
+        else:
+            embed.add_field(name="Seed", value=str(request.seed))
     else:
         embed.add_field(name="Steps", value=str(request.steps))
         seeds = request.lane_seeds

@@ -154,3 +154,39 @@ async def test_stop_early_counts_its_decodes_against_the_compute_budget(
         answer = await refusal(await fake.invoke("compare-steps", options))
         assert answer.startswith("This request needs ") and "pixel-steps" in answer and "\n" not in answer
         assert queue.submitted == []
+
+
+async def test_compare_steps_with_seeds_answers_a_row_per_seed_from_one_job_with_the_settle_points_in_words(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    options = {"prompt": "a red fox", "steps": "2,4", "size": "256", "scheduler": "Euler", "seed": 5, "seeds": 3}
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        final = await wait_for_result(await fake.invoke("compare-steps", options))
+        assert len(queue.submitted) == 1, "every seed's row comes from one job"
+    sentence = content(final) or ""
+    assert sentence.startswith("Over seeds 5–7, Euler ") and " seeds" in sentence and "\n" not in sentence
+    assert embed_fields(final)["Seeds"] == "5, 6, 7"
+    image = image_of(final.files[0].data)
+    assert image.width > 2 * 256 and 3 * 256 < image.height < 4 * 256  # three rows, labels around them
+    assert (png_parameters(final.files[0].data) or "").endswith('Y Type: Seed, Y Values: "5, 6, 7"')
+    (job,) = await all_jobs(database)
+    assert (job.command, job.status, job.steps_run, job.images, job.params["seeds"]) == (
+        "compare-steps", "done", 18, 6, 3
+    )  # fmt: skip
+
+
+async def test_seeds_over_the_servers_cell_limit_or_with_stop_early_are_refused_and_nothing_is_queued(
+    fake: FakeDiscord, worker: LocalJobQueue, database: Database
+) -> None:
+    options = {"prompt": "a fox", "steps": "2,3,4", "size": "256", "seeds": 3}
+    async with running_bot(fake, worker, database=database) as (_, queue):
+        await refusal(await fake.invoke("limits-set", {"max_grid_cells": 6}, user=fake.admin))
+        assert await refusal(await fake.invoke("compare-steps", options)) == (
+            "This server allows grids of at most 6 cells; you asked for 9 (3 seeds × 3 step counts): "
+            "give fewer of either."
+        )
+        assert await refusal(await fake.invoke("compare-steps", {**options, "steps": "2,3", "stop_early": True})) == (
+            "Choose one of seeds and stop_early: each draws rows of its own."
+        )
+        assert queue.submitted == []
+    assert await all_jobs(database) == []

@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.chat.cogs import options as shared
 from bot.job_requests import RequestOptions
+from inference.protocol import MAX_COMPARE_SEEDS, MIN_COMPARE_SEEDS
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid
@@ -31,6 +32,7 @@ class CompareSteps(commands.Cog):
         **shared.IMAGE_DESCRIPTIONS,
         lora_compare="Two rows: without the LoRA, then with it, over both their step ladders (needs a lora)",
         stop_early="Add a row: the longest run stopped at each step count (its predicted image there)",
+        seeds="Rows of seeds, 2 to 8 (this seed, then the next ones): is the sweet spot the same for every seed?",
     )
     @shared.drawing_command()
     async def compare_steps(
@@ -50,11 +52,12 @@ class CompareSteps(commands.Cog):
         strength: shared.Strength | None = None,
         lora_compare: bool = False,
         stop_early: bool | None = None,
+        seeds: app_commands.Range[int, MIN_COMPARE_SEEDS, MAX_COMPARE_SEEDS] | None = None,
     ) -> None:
         options = RequestOptions(
             prompt, negative_prompt, scheduler, seed, guidance, size, compare_steps=steps, grid=True, model=model,
             lora=lora, lora_weight=lora_weight, strength=strength, lora_compare=lora_compare,
-            stop_early=stop_early is True,
+            stop_early=stop_early is True, seeds=seeds,
         )  # fmt: skip
         await self.bot.jobs.start_command(interaction, options, origin="compare-steps", attachment=image)
 

@@ -61,7 +61,7 @@ async def test_the_commands_offer_a_model_schedulers_by_autocomplete_and_bounded
         assert isinstance(compare, app_commands.Command)
         names = [option["name"] for option in compare.to_dict(bot.tree)["options"]]
         assert names == ["prompt", "steps", "scheduler", "seed", "negative_prompt", "guidance", "size", "model",
-                         "lora", "lora_weight", "image", "strength", "lora_compare", "stop_early"]  # fmt: skip
+                         "lora", "lora_weight", "image", "strength", "lora_compare", "stop_early", "seeds"]  # fmt: skip
         assert options["lora"]["autocomplete"] is True
         assert (options["lora_weight"]["min_value"], options["lora_weight"]["max_value"]) == (-2, 2)
     finally:

@@ -71,3 +71,36 @@ def test_compare_steps_stop_early_writes_the_stopped_row_under_the_honest_one_an
     grid = Image.open(out)
     assert grid.width > 2 * 256 and grid.height > 2 * 256 + 3 * 28
     assert (png_parameters(out.read_bytes()) or "").endswith("Stop early: True")
+
+
+@pytest.mark.slow
+def test_compare_steps_with_seeds_writes_a_row_per_seed_and_says_where_they_settle(
+    tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))
+    out = tmp_path / "grid.png"
+    argv = ["compare-steps", "a red fox", "--model", "tiny", "--seed", "42", "--size", "256", "--steps", "2,4",
+            "--scheduler", "Euler", "--seeds", "3"]  # fmt: skip
+    assert main([*argv, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Euler, steps 2,4, seed 42,43,44," in printed  # every row's seed, for /imagine
+    assert "Over seeds 42–44, Euler " in printed and " seeds" in printed.splitlines()[-1]
+    grid = Image.open(out)
+    assert grid.width > 2 * 256 and grid.height > 3 * 256
+    assert (png_parameters(out.read_bytes()) or "").endswith('Y Type: Seed, Y Values: "42, 43, 44"')
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (["--seeds", "9"], "seeds must be 2 to 8 (a row per seed); got 9."),
+        (["--seeds", "3", "--stop-early"], "Choose one of seeds and stop_early: each draws rows of its own."),
+        (["--seeds", "5", "--steps", "5,10,20"], "5 seeds × 3 step counts would be 15: give fewer of either."),
+    ],
+)
+def test_seeds_that_cant_make_a_grid_are_refused_before_a_worker_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], problem: str
+) -> None:
+    assert main(["compare-steps", "fox", *extra, "-o", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1

@@ -202,6 +202,10 @@ async def test_a_grid_result_has_a_menu_of_its_cells_per_vary_and_upscale() -> N
             CompareStepsRequest("x", steps=(4, 8), loras=(("lcm", 1.0),), without_loras=PlainRow("Euler a", 7.5)),
             ["without lcm · 4 steps", "without lcm · 8 steps", "with lcm · 4 steps", "with lcm · 8 steps"],
         ),
+        (
+            CompareStepsRequest("x", seed=7, steps=(4, 8), seeds=2),
+            ["seed 7 · 4 steps", "seed 7 · 8 steps", "seed 8 · 4 steps", "seed 8 · 8 steps"],
+        ),
     ],
 )
 async def test_grid_cells_are_named_by_what_sets_each_apart(request_: Request, labels: list[str]) -> None:
