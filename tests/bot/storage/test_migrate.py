@@ -29,7 +29,7 @@ from bot.storage.migrate import (
 from bot.storage.models import Base, JobRow
 
 REPO = Path(__file__).resolve().parents[3]
-TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs"}
+TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs", "settle_points"}
 
 
 def downgrade_database(path: Path | str, revision: str) -> None:
