@@ -879,12 +879,13 @@ class JobService:
             await self.store.mark_delivering(record.job_id, result, withheld=rendered.withheld)
         except Exception:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
+        # Before the upload too: once a member sees the grid, `/sweet-spots` and learned steps count it.
+        await self._remember_settle_points(record, result, screening)
         message = result_message(record, result, rendered, max_steps=await self._step_ceiling(record))
         await editor.finish(message)
         # Delivered: from here on a failure must not withdraw the result the user already has.
         self._count(record, result, model=result.model)
         await self._record_outcome(record.job_id, result)
-        await self._remember_settle_points(record, result, screening)
         if record.job_id in self._unrecorded:
             return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
