@@ -217,7 +217,7 @@ class Limits(commands.Cog):
         image_input="Whether members may attach an image to start from (img2img); Vary and Upscale still work",
         max_input_megapixels="Most pixels an attached image may have, in millions (a 12 MP photo is 4000×3000)",
         max_upscale_size="Largest width or height of an Upscale ×2 result (default: the max image size)",
-        learned_steps="/imagine without steps runs where this server's grids settle (see /sweet-spots)",
+        learned_steps="Whether /imagine without steps runs where this server's grids settle (see /sweet-spots)",
     )
     @app_commands.rename(**OPTION_NAMES)
     @app_commands.choices(default_scheduler=SCHEDULER_CHOICES, flagged_images=FLAGGED_CHOICES)
