@@ -254,8 +254,8 @@ class JobService:
     ) -> tuple[Request, str]:
         """An /imagine from text without steps, where the server turned `learned_steps` on: the steps where its
         grids of the model and scheduler settle (else the default), and the line that says which and why."""
-        if model is None or not limits.learned_steps or options.steps is not None:
-            return request, ""
+        if model is None or not limits.learned_steps or options.steps is not None or options.auto_steps:
+            return request, ""  # steps typed, or `steps: auto` (it finds its own)
         if not isinstance(request, GenerateRequest) or request.loras or request.image or request.hires is not None:
             return request, ""  # the remembered grids are drawn from text without LoRAs
         chosen = learned_steps(

@@ -13,7 +13,7 @@ from bot.job_requests import RequestOptions
 from bot.jobs.learned_steps import LearnedSteps, learned_steps
 from bot.jobs.policy import SettingsPolicy
 from bot.storage.sweet_spots import SettledRow, SweetSpot, sweet_spot
-from inference.protocol import CompareSchedulersRequest, JobFailed, SafetyVerdict
+from inference.protocol import CompareSchedulersRequest, GenerateRequest, JobFailed, SafetyVerdict
 from tests.bot.fakes import SD15, Harness, model_harness, result_for
 
 
@@ -104,6 +104,20 @@ async def test_typed_steps_win_and_a_scheduler_without_n_grids_keeps_the_default
     assert note == ("" if "steps" in options else
                     "25 steps, the default: learned steps need 3 grids of DDIM on sd15; this server has 0 "
                     "(`/compare-steps` adds one).")  # fmt: skip
+    harness.queue.emit(JobFailed(job_id, "done with it"))
+
+
+async def test_steps_auto_finds_its_own_steps_without_a_learned_count() -> None:
+    harness = remembering(model_harness(learned_steps=True))
+    await harness.service.start_command(
+        harness.interaction().as_interaction(),
+        RequestOptions("a fox", scheduler="Euler", auto_steps=True),
+        origin="imagine",
+    )
+    [job_id] = await harness.queue.wait_for_jobs(1)
+    request = harness.queue.requests[job_id]
+    assert isinstance(request, GenerateRequest) and request.auto_steps and request.steps != 12
+    assert harness.store.jobs[job_id].steps_note == ""
     harness.queue.emit(JobFailed(job_id, "done with it"))
 
 
