@@ -1,9 +1,10 @@
 """Which rows of a finished grid a server remembers as settle points, and where each settled.
 
-Only honest step ladders count: `/compare-steps` (its row of N-step runs; not the stop-early row) and
-`/compare-schedulers` (a row per scheduler), drawn from text without LoRAs (a LoRA or an input image
-moves where a ladder settles, and `/imagine`'s learned steps apply to neither). A row with a cell the
-image checker withheld is left out: its Δ was measured on a neutral tile, not on the picture.
+Only honest step ladders count: `/compare-steps` (its row of N-step runs, a row per seed over several
+seeds; not the stop-early row) and `/compare-schedulers` (a row per scheduler), drawn from text without
+LoRAs (a LoRA or an input image moves where a ladder settles, and `/imagine`'s learned steps apply to
+neither). A row with a cell the image checker withheld is left out: its Δ was measured on a neutral tile,
+not on the picture.
 """
 
 from __future__ import annotations

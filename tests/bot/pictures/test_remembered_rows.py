@@ -62,3 +62,9 @@ def test_grids_with_a_lora_from_an_image_or_over_guidance_and_single_images_are_
         GenerateRequest("a fox", steps=20),
     ):
         assert remembered_rows(request, cells(request, SETTLING[: len(request.lane_steps)])) == []
+
+
+def test_a_grid_over_seeds_gives_a_row_per_seed() -> None:
+    request = CompareStepsRequest("a fox", steps=STEPS, scheduler="Euler", seeds=2)
+
+    assert settles(request, SETTLING + CHANGING) == [(0, "Euler", STEPS, 10), (1, "Euler", STEPS, None)]
