@@ -223,6 +223,10 @@ class Settings(BaseSettings):
     max_input_megapixels: float = Field(default=MAX_INPUT_MEGAPIXELS, ge=MIN_INPUT_MEGAPIXELS, le=MAX_INPUT_MEGAPIXELS)
     # The largest side of an Upscale ×2 result; unset: the max image size.
     max_upscale_size: int | None = Field(default=None, ge=MIN_SIZE, le=MAX_SIZE)
+    # /imagine without steps runs where a server's grids settle (docs/steps.md): the default for servers that
+    # haven't chosen (`/limits-set learned_steps`), and how many grids of a model × scheduler it takes first.
+    learned_steps: bool = False
+    learned_steps_min_grids: int = Field(default=3, ge=1, le=1000)
 
     # Checked when read, before any model loads: a typo is one line at start, not worker tracebacks later.
     _dtype = field_validator("dtype")(classmethod(lambda cls, value: checked_dtype(value)))

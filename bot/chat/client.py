@@ -43,6 +43,7 @@ EXTENSIONS: tuple[str, ...] = (
     "bot.chat.cogs.compare_guidance",
     "bot.chat.cogs.limits",
     "bot.chat.cogs.usage",
+    "bot.chat.cogs.sweet_spots",
 )
 
 

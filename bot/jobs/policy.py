@@ -6,13 +6,14 @@ give the defaults for options left out and are what the request is checked again
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.config import Settings
 from bot.errors import DuplicateRequest
 from bot.limits.checks import check_request
 from bot.limits.server import EffectiveLimits
-from bot.storage.models import JobStatus, command_of, request_to_params
+from bot.storage.models import STEPS_NOTE, JobStatus, command_of, request_to_params
+from bot.storage.sweet_spots import SweetSpot
 from inference.protocol import Request
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ class RequestPolicy(Protocol):
     async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:
         """Raise a UserFacingError naming the limit if `request` is over one of `limits`."""
 
+    async def sweet_spot(self, guild_id: int | None, model: str, scheduler: str) -> SweetSpot | None:
+        """Where this server's grids of `model` × `scheduler` settle; None before any was remembered."""
+
 
 class SettingsPolicy:
     """The operator's global defaults and ceilings from Settings (no per-server state)."""
@@ -41,6 +45,9 @@ class SettingsPolicy:
     async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:
         # No ledger here to count a member's jobs or steps: only the per-request limits can bite.
         check_request(request, limits, steps_used_today=0, active_jobs=0)
+
+    async def sweet_spot(self, guild_id: int | None, model: str, scheduler: str) -> SweetSpot | None:
+        return None  # no ledger: nothing remembered
 
 
 class DatabasePolicy:
@@ -62,8 +69,17 @@ class DatabasePolicy:
         # (a result being delivered is already the member's to see: asking again is not a repeat press).
         # Compared as stored: an img2img job's input image by its SHA-256 (the image itself is on disk).
         command, params = command_of(request), request_to_params(request)
-        if any(job.status != JobStatus.DELIVERING and (job.command, job.params) == (command, params) for job in active):
+        repeats = (job for job in active if job.status != JobStatus.DELIVERING)
+        if any((job.command, _asked(job.params)) == (command, params) for job in repeats):
             raise DuplicateRequest()
         check_request(
             request, limits, steps_used_today=await ledger.steps_used_today(guild_id, user_id), active_jobs=len(active)
         )
+
+    async def sweet_spot(self, guild_id: int | None, model: str, scheduler: str) -> SweetSpot | None:
+        return await self.database.sweet_spots.for_scheduler(guild_id, model, scheduler)
+
+
+def _asked(params: dict[str, Any]) -> dict[str, Any]:
+    """A job's params as its request gives them: without the line saying where its learned steps came from."""
+    return {name: value for name, value in params.items() if name != STEPS_NOTE}

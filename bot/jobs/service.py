@@ -49,11 +49,13 @@ from bot.job_requests import (
     requested_loras,
 )
 from bot.jobs.attachments import read_attachment
+from bot.jobs.learned_steps import learned_steps
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
 from bot.limits.checks import check_image_input, check_input_pixels, check_request, check_sizes, size_ceiling
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
 from bot.pictures.input_image import image_dimensions, prepare_input_image
+from bot.pictures.remembered_rows import remembered_rows, settle_step
 from bot.replies.buttons import IMAGE_ACTIONS
 from bot.replies.messages import (
     MessageUpdate,
@@ -70,6 +72,7 @@ from bot.replies.screening import Screening
 from bot.replies.throttle import EDIT_INTERVAL, MonotonicClock, Sleep, ThrottledEditor
 from bot.storage.job_store import JobRecord, JobStore, MemoryJobStore
 from bot.storage.models import command_of
+from bot.storage.sweet_spots import SettledRow
 from inference.logs import job_context
 from inference.protocol import (
     MAX_PIXELS,
@@ -229,9 +232,43 @@ class JobService:
         if unbuilt is not None and not lora_names:
             self._check_before_loading(options, limits)
         request = build_request(options, limits.request_defaults(model, lora_names))
+        request, steps_note = await self._with_learned_steps(request, options, model, limits, interaction.guild_id)
         return await self.start(
-            interaction, request, origin=origin, limits=limits, options=unbuilt, notes=notes, deferred=deferred
+            interaction,
+            request,
+            origin=origin,
+            limits=limits,
+            options=unbuilt,
+            notes=notes,
+            deferred=deferred,
+            steps_note=steps_note,
         )
+
+    async def _with_learned_steps(
+        self,
+        request: Request,
+        options: RequestOptions,
+        model: ModelInfo | None,
+        limits: EffectiveLimits,
+        guild_id: int | None,
+    ) -> tuple[Request, str]:
+        """An /imagine from text without steps, where the server turned `learned_steps` on: the steps where its
+        grids of the model and scheduler settle (else the default), and the line that says which and why."""
+        if model is None or not limits.learned_steps or options.steps is not None or options.auto_steps:
+            return request, ""  # steps typed, or `steps: auto` (it finds its own)
+        if not isinstance(request, GenerateRequest) or request.loras or request.image or request.hires is not None:
+            return request, ""  # the remembered grids are drawn from text without LoRAs
+        chosen = learned_steps(
+            await self.policy.sweet_spot(guild_id, request.model, request.scheduler),
+            model=request.model,
+            scheduler=request.scheduler,
+            default_steps=request.steps,
+            ceiling=min(limits.max_steps_for(model.name), model.max_steps or limits.max_steps),
+            min_grids=limits.learned_steps_min_grids,
+        )
+        if chosen.steps is not None:
+            request = dataclasses.replace(request, steps=chosen.steps)
+        return request, chosen.note
 
     async def _deferred_first(
         self, interaction: discord.Interaction, start: Callable[[Deferred], Awaitable[asyncio.Task[None]]]
@@ -305,6 +342,7 @@ class JobService:
         options: RequestOptions | None = None,
         notes: tuple[str, ...] = (),
         deferred: Deferred | None = None,
+        steps_note: str = "",
     ) -> asyncio.Task[None]:
         """Check and record `request`, defer the interaction, queue the job and drive it in a task.
 
@@ -316,7 +354,7 @@ class JobService:
         a button action); `limits` are the server's, when the caller has already read them. With
         `options` (no model known yet), `request` is provisional and the driver queues the job once
         it is built for its model. `deferred`: the interaction was deferred already (before an attachment
-        was read), with that message.
+        was read), with that message. `steps_note`: where its learned steps came from, said with the result.
         """
         if interaction.guild_id is None:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
@@ -345,6 +383,7 @@ class JobService:
             interaction_token=interaction.token,
             options=options,
             notes=notes,
+            steps_note=steps_note,
         )
         job_id = record.job_id
         # One admission at a time per member: the limits count the member's jobs in the ledger, so
@@ -782,9 +821,9 @@ class JobService:
                     editor.push(progress_message(record, state))
                 await wakeup.wait()
             try:
-                request = await self._built(record)
-                await self.store.set_request(job_id, request)
-                record = dataclasses.replace(record, request=request, options=None)
+                request, steps_note = await self._built(record)
+                await self.store.set_request(job_id, request, steps_note=steps_note)
+                record = dataclasses.replace(record, request=request, options=None, steps_note=steps_note)
                 self._submit(record)
             except UserFacingError as refusal:
                 await self._finish_with_failure(record, JobFailed(job_id, str(refusal)), target, editor)
@@ -795,9 +834,10 @@ class JobService:
         finally:
             self._unhold(job_id)
 
-    async def _built(self, record: JobRecord) -> Request:
+    async def _built(self, record: JobRecord) -> tuple[Request, str]:
         """The held job's request with its model's defaults in its server now (the seed drawn at acceptance
-        kept), through the checks a command meets before it is accepted that depend on the model."""
+        kept), through the checks a command meets before it is accepted that depend on the model; and where its
+        learned steps came from."""
         assert record.options is not None
         if self.queue.unavailable:
             raise ModelUnavailable(self.queue.unavailable)
@@ -808,12 +848,14 @@ class JobService:
         limits = await self.limits(record.guild_id)
         _, loras = requested_loras(options)
         request = build_request(options, self.defaults_for(options.model, limits, [name for name, _ in loras]))
+        model = self.model_for(options.model, limits)
+        request, steps_note = await self._with_learned_steps(request, options, model, limits, record.guild_id)
         check_sizes(request, limits)
         checked(request, max_size=size_ceiling(request, limits))
         self._check_for_model(request)
         # The per-request limits; the member's quota and running jobs were counted when it was accepted.
         check_request(request, limits, steps_used_today=0, active_jobs=0)
-        return request
+        return request, steps_note
 
     async def _finish_with_result(
         self,
@@ -837,6 +879,8 @@ class JobService:
             await self.store.mark_delivering(record.job_id, result, withheld=rendered.withheld)
         except Exception:
             log.exception("job %s: the ledger could not record its result before the upload", record.job_id)
+        # Before the upload too: once a member sees the grid, `/sweet-spots` and learned steps count it.
+        await self._remember_settle_points(record, result, screening)
         message = result_message(record, result, rendered, max_steps=await self._step_ceiling(record))
         await editor.finish(message)
         # Delivered: from here on a failure must not withdraw the result the user already has.
@@ -858,6 +902,18 @@ class JobService:
             await self.store.keep_cells(record.job_id, cells)
         except Exception:
             log.exception("job %s: could not keep its grid's cells", record.job_id, extra={"job_id": record.job_id})
+
+    async def _remember_settle_points(self, record: JobRecord, result: JobResult, screening: Screening) -> None:
+        """Where each row of a delivered step-ladder grid settled, into its server's memory (rows with a withheld
+        cell left out: they were measured on a tile). A failure here is logged; the member has the result."""
+        model = result.model or record.request.model
+        try:
+            rows = await asyncio.to_thread(remembered_rows, record.request, result.images, screening.withheld(result))
+            if rows and model:
+                settled = [SettledRow(index, row.scheduler, row.steps, settle_step(row)) for index, row in rows]
+                await self.store.remember_settle_points(record, model=model, rows=settled)
+        except Exception:
+            log.exception("job %s: could not remember where its grid settled", record.job_id)
 
     async def _step_ceiling(self, record: JobRecord) -> int:
         """The most steps the job's model may run in its server now: where the result's "more" button stops."""

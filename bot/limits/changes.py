@@ -82,6 +82,10 @@ def _normalise(field: str, value: Any, settings: Settings) -> Any:
         return _flagged_policy(field, value, settings)
     if field == "image_input":
         return _image_input(field, value, settings)
+    if field == "learned_steps":
+        if not isinstance(value, bool):
+            raise InvalidLimit(f"{SETTING} must be on (true) or off (false); got {echo(value)}.", field=field)
+        return value
     if field == "max_input_megapixels":
         return _megapixels(field, value, settings)
     if field == "max_upscale_size":

@@ -104,6 +104,7 @@ class ServerLimits:
     image_input: bool | None = None  # whether members may attach an image to start from (False: off here)
     max_input_megapixels: float | None = None  # the most pixels an attached image may have, in millions
     max_upscale_size: int | None = None  # the largest side of an Upscale result (None: the max image size)
+    learned_steps: bool | None = None  # /imagine without steps runs where this server's grids settle
 
     def with_changes(self, changes: dict[str, Any]) -> ServerLimits:
         return replace(self, **changes)
@@ -132,6 +133,7 @@ LIMIT_LABELS: dict[str, str] = {
     "image_input": "image input",
     "max_input_megapixels": "max input image",
     "max_upscale_size": "max upscale size",
+    "learned_steps": "learned steps",
 }
 
 
@@ -160,6 +162,8 @@ class EffectiveLimits:
     image_input: bool = True
     max_input_megapixels: float = MAX_INPUT_MEGAPIXELS
     max_upscale_size: int = MAX_SIZE
+    learned_steps: bool = False  # /imagine without steps: where this server's grids settle, once enough have
+    learned_steps_min_grids: int = 3  # the operator's N: never learned from fewer grids
 
     @classmethod
     def combine(
@@ -224,6 +228,8 @@ class EffectiveLimits:
             image_input=settings.image_input and server.image_input is not False,
             max_input_megapixels=min(server.max_input_megapixels or math.inf, settings.max_input_megapixels),
             max_upscale_size=_upscale_ceiling(server, settings, max_image_size=max_image_size),
+            learned_steps=settings.learned_steps if server.learned_steps is None else server.learned_steps,
+            learned_steps_min_grids=settings.learned_steps_min_grids,
         )
 
     def posts_flagged(self, *, age_restricted: bool) -> bool:

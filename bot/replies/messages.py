@@ -297,7 +297,8 @@ def result_message(
     if (len(files) == 1 or rendered.film_size) and not rendered.spoiler:
         embed.set_image(url=f"attachment://{files[0].filename}")
     view = result_view(record, max_steps, leave_out=rendered.withheld_cells)
-    return MessageUpdate(content=rendered.summary, embeds=(embed,), files=files, view=view)
+    content = " ".join(line for line in (record.steps_note, rendered.summary) if line) or None
+    return MessageUpdate(content=content, embeds=(embed,), files=files, view=view)
 
 
 def steps_ran_text(request: Request, result: JobResult) -> str:

@@ -11,12 +11,13 @@ from bot.storage.command_syncs import CommandSyncs
 from bot.storage.inputs import InputImages
 from bot.storage.ledger import Ledger
 from bot.storage.limit_store import LimitStorage
+from bot.storage.sweet_spots import SweetSpots
 from bot.storage.writer import DatabaseWriter
 
 
 class Database(DatabaseWriter):
     """The database: `ledger` holds the jobs, `server_limits` each server's own limits, `command_syncs` what
-    slash commands were last synced."""
+    slash commands were last synced, `sweet_spots` where each server's grids settled."""
 
     # Built on first use, after the writer set the path and engine they work through.
     @cached_property
@@ -40,6 +41,11 @@ class Database(DatabaseWriter):
     @cached_property
     def command_syncs(self) -> CommandSyncs:
         return CommandSyncs(self)
+
+    @cached_property
+    def sweet_spots(self) -> SweetSpots:
+        """Where each server's grids settled (`/sweet-spots`, learned steps)."""
+        return SweetSpots(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.job_requests import RequestOptions
 from bot.storage.inputs import InputImageMissing, InputImages
-from bot.storage.models import INPUT_NOTES, UNBUILT_OPTIONS
+from bot.storage.models import INPUT_NOTES, STEPS_NOTE, UNBUILT_OPTIONS
+from bot.storage.sweet_spots import SettledRow
 from inference.protocol import JobFailed, JobResult, Request
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class JobRecord:
     message_id: int | None = None
     options: RequestOptions | None = None
     notes: tuple[str, ...] = ()  # what was changed in its input image (shown with the result; kept in its params)
+    steps_note: str = ""  # where an /imagine's learned steps came from (said with the result; kept in its params)
 
 
 def options_to_params(options: RequestOptions) -> dict[str, Any]:
@@ -81,6 +83,7 @@ def record_of(job: JobRow, inputs: InputImages | None = None) -> JobRecord:
         message_id=job.message_id,
         options=options_of(job.params),
         notes=tuple(str(note) for note in job.params.get(INPUT_NOTES) or ()),
+        steps_note=str(job.params.get(STEPS_NOTE) or ""),
     )
 
 
@@ -96,8 +99,9 @@ class JobStore(Protocol):
     async def set_message(self, job_id: str, message_id: int) -> None:
         """Remember the message (the deferred interaction response) that shows the job."""
 
-    async def set_request(self, job_id: str, request: Request) -> None:
-        """The job is built for its model: `request` replaces the provisional one, and its options are dropped."""
+    async def set_request(self, job_id: str, request: Request, *, steps_note: str = "") -> None:
+        """The job is built for its model: `request` replaces the provisional one, and its options are dropped;
+        `steps_note` says where its steps came from."""
 
     async def mark_running(self, job_id: str) -> None:
         """The worker started the job (called once per bot run, not for the queue's retries)."""
@@ -118,6 +122,9 @@ class JobStore(Protocol):
     async def cell_image(self, job_id: str, index: int) -> bytes | None:
         """A grid's kept cell image, or None if it is not kept."""
 
+    async def remember_settle_points(self, job: JobRecord, *, model: str, rows: Sequence[SettledRow]) -> None:
+        """Where the rows of the job's finished grid settled: its server's memory of its sweet spots."""
+
 
 class MemoryJobStore:
     """A JobStore in a dict: buttons work until the process exits."""
@@ -126,6 +133,7 @@ class MemoryJobStore:
         self.jobs: dict[str, JobRecord] = {}
         self.status: dict[str, str] = {}
         self.cells: dict[tuple[str, int], bytes] = {}
+        self.settle_points: dict[str, tuple[SettledRow, ...]] = {}
 
     async def record(self, job: JobRecord) -> None:
         self.jobs[job.job_id] = job
@@ -137,8 +145,8 @@ class MemoryJobStore:
     async def set_message(self, job_id: str, message_id: int) -> None:
         self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], message_id=message_id)
 
-    async def set_request(self, job_id: str, request: Request) -> None:
-        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], request=request, options=None)
+    async def set_request(self, job_id: str, request: Request, *, steps_note: str = "") -> None:
+        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], request=request, options=None, steps_note=steps_note)
 
     async def mark_running(self, job_id: str) -> None:
         self.status[job_id] = "running"
@@ -161,6 +169,9 @@ class MemoryJobStore:
     async def cell_image(self, job_id: str, index: int) -> bytes | None:
         return self.cells.get((job_id, index))
 
+    async def remember_settle_points(self, job: JobRecord, *, model: str, rows: Sequence[SettledRow]) -> None:
+        self.settle_points[job.job_id] = tuple(rows)
+
 
 class DatabaseJobStore:
     """A JobStore on the job ledger: buttons resolve after a restart, every job has its row."""
@@ -182,6 +193,7 @@ class DatabaseJobStore:
             message_id=job.message_id,
             unbuilt_options=None if job.options is None else options_to_params(job.options),
             notes=job.notes,
+            steps_note=job.steps_note,
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -193,8 +205,8 @@ class DatabaseJobStore:
     async def set_message(self, job_id: str, message_id: int) -> None:
         await self.database.ledger.set_message(job_id, message_id=message_id)
 
-    async def set_request(self, job_id: str, request: Request) -> None:
-        await self.database.ledger.set_request(job_id, request)
+    async def set_request(self, job_id: str, request: Request, *, steps_note: str = "") -> None:
+        await self.database.ledger.set_request(job_id, request, steps_note=steps_note)
 
     async def mark_running(self, job_id: str) -> None:
         await self.database.ledger.mark_running(job_id)
@@ -213,3 +225,9 @@ class DatabaseJobStore:
 
     async def cell_image(self, job_id: str, index: int) -> bytes | None:
         return await asyncio.to_thread(self.database.cells.load, job_id, index)
+
+    async def remember_settle_points(self, job: JobRecord, *, model: str, rows: Sequence[SettledRow]) -> None:
+        request = job.request
+        await self.database.sweet_spots.record(
+            job.job_id, guild_id=job.guild_id, model=model, width=request.width, height=request.height, rows=rows
+        )

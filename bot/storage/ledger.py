@@ -25,6 +25,7 @@ from bot.storage.models import (
     FINISHED_STATUSES,
     INPUT_NOTES,
     JOB_KINDS,
+    STEPS_NOTE,
     UNBUILT_OPTIONS,
     UNFINISHED_STATUSES,
     JobRow,
@@ -159,13 +160,15 @@ class Ledger:
         parent_job_id: str | None = None,
         unbuilt_options: dict[str, Any] | None = None,
         notes: Sequence[str] = (),
+        steps_note: str = "",
     ) -> JobRow:
         """Record an accepted request as a queued job (before it is submitted to the queue).
 
         `origin` says what started it (the command, or a button action on `parent_job_id`'s result).
         With `unbuilt_options` (what the member typed, while no model was known), `request` is
         provisional: `set_request` replaces it once the job is built for its model. `notes` say what was
-        changed in its input image (kept in its params, so a restarted bot still says it with the result).
+        changed in its input image (kept in its params, so a restarted bot still says it with the result);
+        `steps_note` where its steps came from (kept the same way).
         """
         job_id = job_id or uuid.uuid4().hex
         if request.image:
@@ -178,6 +181,8 @@ class Ledger:
             params[UNBUILT_OPTIONS] = unbuilt_options
         if notes:
             params[INPUT_NOTES] = list(notes)
+        if steps_note:
+            params[STEPS_NOTE] = steps_note
         job = JobRow(
             id=job_id,
             guild_id=guild_id,
@@ -208,14 +213,18 @@ class Ledger:
 
         return await self.database.write(insert)
 
-    async def set_request(self, job_id: str, request: Request) -> bool:
-        """The job's request as built for its model, replacing the provisional one (and its unbuilt options).
-        False (and no change) if the job already finished."""
+    async def set_request(self, job_id: str, request: Request, *, steps_note: str = "") -> bool:
+        """The job's request as built for its model, replacing the provisional one (and its unbuilt options),
+        with where its steps came from. False (and no change) if the job already finished."""
 
         def change(job: JobRow) -> None:
             notes = job.params.get(INPUT_NOTES)
             job.command = command_of(request)
-            job.params = request_to_params(request) | ({INPUT_NOTES: notes} if notes else {})
+            job.params = (
+                request_to_params(request)
+                | ({INPUT_NOTES: notes} if notes else {})
+                | ({STEPS_NOTE: steps_note} if steps_note else {})
+            )
             job.set_kind_and_input(request, job.origin)
             job.scheduler = request.scheduler
             job.model = request.model or None

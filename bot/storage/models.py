@@ -1,4 +1,5 @@
-"""SQLAlchemy models: the job ledger, per-server limits and their audit trail, the last command sync.
+"""SQLAlchemy models: the job ledger, per-server limits and their audit trail, the last command sync, where
+grids settled.
 
 The schema is owned by Alembic (`migrations/`); a test checks these models match the migrations.
 """
@@ -11,7 +12,20 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
@@ -199,6 +213,8 @@ class GuildLimits(Base):
     image_input: Mapped[bool | None] = mapped_column(Boolean)  # False: members may not attach images here
     max_input_megapixels: Mapped[float | None] = mapped_column(Float)
     max_upscale_size: Mapped[int | None] = mapped_column(Integer)
+    # True: /imagine without steps runs where this server's grids settle (bot.storage.sweet_spots)
+    learned_steps: Mapped[bool | None] = mapped_column(Boolean)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -216,6 +232,30 @@ class LimitsChange(Base):
     old_value: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     new_value: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SettlePoint(Base):
+    """Where one row of a finished step-ladder grid settled (`bot.pictures.sweet_spot`): a server's memory of
+    its sweet spots, read by `/sweet-spots` and by `/imagine` under `learned_steps`. One row per grid row
+    (scheduler); `settle_step` NULL means the row had not settled by the ladder's last step count."""
+
+    __tablename__ = "settle_points"
+    __table_args__ = (
+        UniqueConstraint("job_id", "row_index"),  # a result delivered twice (recovery) is remembered once
+        Index("ix_settle_points_guild_model_scheduler", "guild_id", "model", "scheduler"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id"))
+    row_index: Mapped[int] = mapped_column(Integer)  # the grid row (0 = the top row)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(Text)
+    scheduler: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    ladder: Mapped[list[int]] = mapped_column(JSON)  # the row's step counts, ascending
+    settle_step: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class CommandSync(Base):
@@ -279,6 +319,9 @@ def png_size(png: bytes) -> tuple[int | None, int | None]:
 UNBUILT_OPTIONS = "unbuilt_options"
 # The params key that holds what was changed in the job's input image ("it was converted from CMYK to RGB").
 INPUT_NOTES = "input_notes"
+# The params key that holds where an /imagine's steps came from under `learned_steps` ("20 steps: where this
+# server's grids settle for Euler"), said with the result (a restarted bot still says it).
+STEPS_NOTE = "steps_note"
 
 
 def request_to_params(request: Request) -> dict[str, Any]:

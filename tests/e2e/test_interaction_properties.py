@@ -233,6 +233,7 @@ COMMANDS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         size=sizes,
     ),
     "usage": options(),
+    "sweet-spots": options(share=st.booleans()),
     "usage-server": options(period=st.sampled_from(["today", "7 days", "30 days", "all time"]) | any_text),
     "limits-set": options(
         max_steps=any_int,

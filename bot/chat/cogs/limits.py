@@ -81,6 +81,8 @@ def display_value(name: str, value: Any) -> str:
         return FLAGGED_POLICIES.get(value, str(value))
     if name == "image_input":
         return "on" if value else "off: members can't attach an image to start from"
+    if name == "learned_steps":
+        return "on: /imagine without steps runs where this server's grids settle" if value else "off"
     if name == "max_input_megapixels":
         return f"{value:g} megapixels"
     if isinstance(value, tuple):
@@ -215,6 +217,7 @@ class Limits(commands.Cog):
         image_input="Whether members may attach an image to start from (img2img); Vary and Upscale still work",
         max_input_megapixels="Most pixels an attached image may have, in millions (a 12 MP photo is 4000×3000)",
         max_upscale_size="Largest width or height of an Upscale ×2 result (default: the max image size)",
+        learned_steps="Whether /imagine without steps runs where this server's grids settle (see /sweet-spots)",
     )
     @app_commands.rename(**OPTION_NAMES)
     @app_commands.choices(default_scheduler=SCHEDULER_CHOICES, flagged_images=FLAGGED_CHOICES)
@@ -246,6 +249,7 @@ class Limits(commands.Cog):
         image_input: bool | None = None,
         max_input_megapixels: app_commands.Range[float, MIN_INPUT_MEGAPIXELS, None] | None = None,
         max_upscale_size: app_commands.Range[int, MIN_SIZE, None] | None = None,
+        learned_steps: bool | None = None,
     ) -> None:
         given = {
             "max_steps": max_steps,
@@ -266,6 +270,7 @@ class Limits(commands.Cog):
             "image_input": image_input,
             "max_input_megapixels": max_input_megapixels,
             "max_upscale_size": max_upscale_size,
+            "learned_steps": learned_steps,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         if not changes:

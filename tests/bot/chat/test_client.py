@@ -36,7 +36,7 @@ async def test_setup_hook_starts_the_queue_and_loads_every_command() -> None:
         assert cast(ScriptedQueue, bot.queue).started
         assert sorted(command.name for command in bot.tree.get_commands()) == [
             "compare-guidance", "compare-schedulers", "compare-steps", "compare-strength", "imagine", "limits",
-            "limits-reset", "limits-set", "usage", "usage-server",
+            "limits-reset", "limits-set", "sweet-spots", "usage", "usage-server",
         ]  # fmt: skip
         assert sorted(bot.extensions) == sorted(EXTENSIONS)
     finally:

@@ -9,7 +9,8 @@ from bot.errors import DuplicateRequest
 from bot.jobs.policy import DatabasePolicy, SettingsPolicy
 from bot.limits.server import LimitExceeded
 from bot.storage.database import Database
-from inference.protocol import GeneratedImage, GenerateRequest, JobResult
+from bot.storage.sweet_spots import SettledRow
+from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobResult
 
 GUILD, ALICE = 1000, 11
 SETTINGS = Settings(_env_file=None, default_steps=40, max_concurrent_jobs_per_user=1)  # type: ignore[call-arg]
@@ -73,3 +74,26 @@ async def test_an_img2img_request_is_a_duplicate_only_of_the_same_image(db: Data
         await policy.check(first, limits, guild_id=GUILD, user_id=ALICE)
     other = GenerateRequest("fox", seed=7, image=b"\x89PNG\r\n\x1a\n" + b"two", strength=0.5)
     await policy.check(other, limits, guild_id=GUILD, user_id=ALICE)
+
+
+async def test_a_repeat_of_a_seeded_imagine_with_learned_steps_is_still_a_duplicate(db: Database) -> None:
+    policy = DatabasePolicy(db, Settings(_env_file=None))  # type: ignore[call-arg]
+    limits = await policy.limits(GUILD)
+    note = "20 steps: where this server's grids settle for Euler (tiny, the middle of 3 grids)."
+    request = GenerateRequest("fox", seed=7, steps=20)
+    await db.ledger.record_job(request, user_id=ALICE, channel_id=5, guild_id=GUILD, steps_note=note)
+    with pytest.raises(DuplicateRequest):
+        await policy.check(request, limits, guild_id=GUILD, user_id=ALICE)
+
+
+async def test_the_sweet_spots_come_from_the_servers_memory_and_none_without_a_ledger(db: Database) -> None:
+    request = CompareStepsRequest("fox", steps=(5, 10, 20))
+    for _ in range(2):
+        job = await db.ledger.record_job(request, user_id=ALICE, channel_id=5, guild_id=GUILD)
+        rows = [SettledRow(0, "Euler", (5, 10, 20), 10)]
+        await db.sweet_spots.record(job.id, guild_id=GUILD, model="tiny", width=512, height=512, rows=rows)
+
+    spot = await DatabasePolicy(db, SETTINGS).sweet_spot(GUILD, "tiny", "Euler")
+    assert spot is not None and (spot.grids, spot.median) == (2, 10)
+    assert await DatabasePolicy(db, SETTINGS).sweet_spot(GUILD + 1, "tiny", "Euler") is None
+    assert await SettingsPolicy(SETTINGS).sweet_spot(GUILD, "tiny", "Euler") is None

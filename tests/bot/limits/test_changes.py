@@ -139,3 +139,9 @@ def test_none_resets_a_field() -> None:
 def test_an_unknown_setting_is_refused_with_the_list_of_settings() -> None:
     with pytest.raises(InvalidLimit, match=r"Unknown setting 'max_stepz'; the settings are: max_steps, default_steps"):
         validate_limit_change("max_stepz", 10, ServerLimits(), SETTINGS)
+
+
+def test_learned_steps_is_switched_on_or_off_and_nothing_else() -> None:
+    assert validate_limit_changes({"learned_steps": True}, ServerLimits(), SETTINGS) == {"learned_steps": True}
+    with pytest.raises(InvalidLimit, match=r"^learned_steps must be on \(true\) or off \(false\); got 'yes'\.$"):
+        validate_limit_changes({"learned_steps": "yes"}, ServerLimits(), SETTINGS)

@@ -214,3 +214,12 @@ def test_the_default_grid_rows_are_only_schedulers_the_server_allows() -> None:
     defaults = limits(allowed_schedulers=("Euler a", "Euler", "DDIM")).request_defaults(SD15)
     assert defaults.grid_schedulers == ("Euler a", "DDIM")
     assert defaults.max_grid_cells == SETTINGS.max_grid_cells
+
+
+def test_learned_steps_are_the_operators_default_until_a_server_chooses_and_the_operator_sets_n() -> None:
+    assert (limits().learned_steps, limits().learned_steps_min_grids) == (False, 3)
+    assert limits(learned_steps=True).learned_steps is True
+    operator_on = Settings(_env_file=None, learned_steps=True, learned_steps_min_grids=5)  # type: ignore[call-arg]
+    assert EffectiveLimits.combine(ServerLimits(), operator_on).learned_steps is True
+    assert EffectiveLimits.combine(ServerLimits(learned_steps=False), operator_on).learned_steps is False
+    assert EffectiveLimits.combine(ServerLimits(), operator_on).learned_steps_min_grids == 5

@@ -111,3 +111,15 @@ async def test_a_model_outside_the_registry_changes_nothing(db: Database) -> Non
     with pytest.raises(InvalidLimit, match="unknown model 'sdxl'"):
         await db.server_limits.set_limits(GUILD, ALICE, max_steps=20, allowed_models="sdxl")
     assert await db.server_limits.get_limits(GUILD) == ServerLimits()
+
+
+async def test_learned_steps_is_stored_and_audited_and_reset_to_the_operators(db: Database) -> None:
+    await db.server_limits.set_limits(GUILD, ALICE, learned_steps=True)
+    await db.server_limits.reset_limits(GUILD, BOB, ["learned_steps"])
+
+    history = await db.server_limits.limits_history(GUILD)
+    assert [(c.user_id, c.field, c.old_value, c.new_value) for c in history] == [
+        (BOB, "learned_steps", True, None),
+        (ALICE, "learned_steps", None, True),
+    ]
+    assert await db.server_limits.get_limits(GUILD) == ServerLimits()

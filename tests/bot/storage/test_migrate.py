@@ -29,7 +29,7 @@ from bot.storage.migrate import (
 from bot.storage.models import Base, JobRow
 
 REPO = Path(__file__).resolve().parents[3]
-TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs"}
+TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs", "settle_points"}
 
 
 def downgrade_database(path: Path | str, revision: str) -> None:
@@ -278,3 +278,32 @@ def test_0007_image_limits_gives_old_jobs_their_kind_and_input_and_downgrades(tm
         assert connection.execute("SELECT count(*) FROM jobs").fetchone() == (5,)
     assert not {"kind", "input_sha256", "input_width", "input_height", "input_bytes"} & columns
     assert not {"image_input", "max_input_megapixels", "max_upscale_size"} & limit_columns
+
+
+def test_settle_points_come_with_0009_and_go_with_its_downgrade(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    command.upgrade(alembic_config(sqlite_url(path)), "0008_postgres")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO jobs (id, channel_id, user_id, command, params, scheduler, images, steps_requested, "
+            "status, attempts, created_at, origin) VALUES ('grid', 5, 11, 'compare-steps', '{}', 'Euler', 2, 15, "
+            "'done', 1, '2026-03-14 12:00:00', 'compare-steps')"
+        )
+        connection.execute("INSERT INTO guild_limits (guild_id, max_steps) VALUES (1000, 40)")
+
+    upgrade_database(path)
+    assert schema_diff(path) == []
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO settle_points (job_id, row_index, guild_id, model, scheduler, width, height, ladder, "
+            "settle_step, created_at) VALUES ('grid', 0, 1000, 'tiny', 'Euler', 256, 256, '[5, 10]', 5, "
+            "'2026-03-14 12:00:00')"
+        )
+        assert connection.execute("SELECT max_steps, learned_steps FROM guild_limits").fetchone() == (40, None)
+
+    downgrade_database(path, "0008_postgres")
+    assert "settle_points" not in table_names(path)
+    with sqlite3.connect(path) as connection:
+        limit_columns = {row[1] for row in connection.execute("PRAGMA table_info(guild_limits)")}
+        assert connection.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
+    assert "learned_steps" not in limit_columns

@@ -27,7 +27,7 @@ from tests.bot.cli.stepgrid_process import one_error_line, stepgrid
 from tests.bot.fakes import ALICE, BOB, GUILD, plain_settings, record
 from tests.postgres_server import PostgresServer
 
-TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs"}
+TABLES = {"jobs", "guild_limits", "limits_changes", "command_syncs", "settle_points"}
 
 
 def tables(url: str) -> set[str]:
