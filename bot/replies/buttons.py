@@ -258,8 +258,8 @@ def _add_cell_menus(view: discord.ui.View, job_id: str, request: Request, leave_
 
 
 def cell_labels(request: Request) -> tuple[str, ...]:
-    """Each grid cell in lane order (row by row), named by its own settings: "20 steps",
-    "DPM++ 2M · 20 steps", "strength 0.6 · 30 steps", "CFG 7.5 · 30 steps", "with lcm · 4 steps", "seed 43 · 20 steps"."""
+    """Each grid cell in lane order (row by row), named by its own settings: "20 steps", "DPM++ 2M · 20 steps",
+    "strength 0.6 · 30 steps", "CFG 7.5 · 30 steps", "with lcm · 4 steps", "seed 43 · 20 steps"."""
     steps = tuple(counted(n, "step") for n in request.lane_steps)
     if isinstance(request, CompareSchedulersRequest):
         return tuple(f"{name} · {n}" for name, n in zip(request.lane_schedulers, steps, strict=True))
