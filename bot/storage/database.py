@@ -29,7 +29,7 @@ class Database(DatabaseWriter):
         super().__init__(path, settings, clock=clock, url=url)
         # Input images of unfinished jobs, beside the database file (the data folder; on PostgreSQL too).
         self.inputs = InputImages(self.path.parent / "inputs")
-        self.ledger = Ledger(self, self.inputs)
+        self.ledger = Ledger(self, self.inputs, owner=settings.bot_id if settings is not None else "stepgrid")
         self.server_limits = LimitStorage(self)
         self.command_syncs = CommandSyncs(self)
 

@@ -33,7 +33,9 @@ from inference.protocol import (
     validate_for_model,
 )
 from inference.queues.base import FairJobQueue, QueuedJob, WorkerStatus
+from inference.queues.lease import BotIdInUse, BotLease
 from inference.queues.wire import (
+    DEFAULT_BOT_ID,
     UNREADABLE_RESULT_MESSAGE,
     Keys,
     WireError,
@@ -146,14 +148,19 @@ class RedisJobQueue(FairJobQueue):
         url: str,
         *,
         max_length: int = 100,
-        bot_id: str = "stepgrid",
+        bot_id: str = DEFAULT_BOT_ID,
         keys: Keys | None = None,
         poll_seconds: float = 1.0,
         orphan_seconds: float = 60.0,
+        lease_seconds: float | None = None,
     ) -> None:
         super().__init__(config, max_length=max_length)
         self.url = check_redis_url(url)
         self.bot_id = bot_id
+        # With a lease (`stepgrid run`), this process holds its bot id on Redis (inference.queues.lease).
+        self.lease_seconds = lease_seconds
+        self.lease: BotLease | None = None
+        self._lease_problem: str | None = None
         self.keys = keys or Keys()
         self.poll_seconds = poll_seconds
         self.orphan_seconds = orphan_seconds
@@ -176,11 +183,22 @@ class RedisJobQueue(FairJobQueue):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._client = aioredis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=5)
+        if self.lease_seconds is not None:
+            self.lease = BotLease(self._client, self.bot_id, seconds=self.lease_seconds, keys=self.keys)
+            try:
+                await self.lease.acquire()  # BotIdInUse: a second live process with this id is refused at start
+            except (RedisError, OSError) as error:  # Redis down: jobs wait, and the lease is taken when it is back
+                log.warning(
+                    "bot id %r not held on Redis yet (%s); retrying", self.bot_id, redis_problem(self.url, error)
+                )
         self._tasks = [
             asyncio.create_task(self._forever("sweep", self._sweep_once), name="stepgrid-redis-sweep"),
             asyncio.create_task(self._forever("events", self._read_events_once), name="stepgrid-redis-events"),
             asyncio.create_task(self._forever("release", self._release_once), name="stepgrid-redis-release"),
         ]
+        if self.lease is not None:
+            lease = asyncio.create_task(self._forever("lease", self._lease_once), name="stepgrid-redis-lease")
+            self._tasks.append(lease)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -195,6 +213,9 @@ class RedisJobQueue(FairJobQueue):
         # Released jobs go on running on the agents; their results wait in Redis for the next start.
         self._answer_unfinished()
         if self._client is not None:
+            if self.lease is not None and not self.lease.lost:
+                with contextlib.suppress(RedisError, OSError):  # else it expires on its own
+                    await self.lease.release()
             await self._client.aclose()
 
     @property
@@ -212,6 +233,37 @@ class RedisJobQueue(FairJobQueue):
     @property
     def connection_problem(self) -> str | None:
         return self._connection_problem
+
+    @property
+    def unavailable(self) -> str | None:
+        return self._lease_problem
+
+    @property
+    def lease_lost(self) -> bool:
+        """This process no longer holds its bot id: other processes answer its jobs now; it must stop."""
+        return self.lease is not None and self.lease.lost
+
+    async def _lease_once(self) -> None:
+        assert self.lease is not None
+        if self.lease.lost:
+            return
+        if self.lease._renewed_at is None:
+            try:
+                await self.lease.acquire(wait_for_claim=0)
+            except BotIdInUse as error:
+                self._lease_problem = str(error)
+                self.lease.lost = True
+                log.error("%s", error)
+                return
+        elif not await self.lease.renew():
+            self._lease_problem = f"this process lost its bot id {self.bot_id!r} on Redis; restart it"
+            return
+        await asyncio.sleep(self.lease.seconds / 4)
+
+    def _may_answer(self) -> bool:
+        """Whether results may be handed to the bot now: without a lease always; with one only while it is surely
+        held (a process cut off from Redis for longer than its lease may have had its jobs taken over)."""
+        return self.lease is None or self.lease.fresh
 
     def workers(self) -> list[WorkerStatus]:
         return [
@@ -357,9 +409,10 @@ class RedisJobQueue(FairJobQueue):
         result, entry = await client.mget(keys.result(job.job_id), keys.released(job.job_id))
         if result is not None:  # finished while this bot was away (a restart): answer it now
             self._deliver(job.job_id, result)
-            return
+            if job.finished:
+                return
         self._released_at[job.job_id] = time.monotonic()
-        if entry is not None:  # released by this bot's previous run: still in its stream
+        if entry is not None or result is not None:  # released by this bot's previous run (or another's)
             return
         model = self._model_of[job.job_id]
         # The agent's own default may be another model: name the one this stream is for.
@@ -418,8 +471,8 @@ class RedisJobQueue(FairJobQueue):
 
     def _deliver(self, job_id: str, data: bytes) -> None:
         job = self._running.get(job_id)
-        if job is None or job.finished:
-            return
+        if job is None or job.finished or not self._may_answer():
+            return  # a result left for later stays in Redis: the sweep delivers it once the lease is renewed
         try:
             event = loads(data)
             if not isinstance(event, JobResult | JobFailed):
