@@ -52,7 +52,7 @@ async def test_a_restart_in_the_same_slot_takes_its_own_stale_lease_at_once(clie
 async def test_a_lease_held_by_a_live_process_on_another_host_is_not_taken(client: aioredis.Redis) -> None:
     keys = fresh_keys()
     await client.set(keys.bot_lease("bot-1"), f"pid {os.getpid()} on elsewhere.example (a1b2c3d4)", px=60_000)
-    with pytest.raises(BotIdInUse, match="elsewhere.example"):
+    with pytest.raises(BotIdInUse, match=r"elsewhere\.example"):
         await BotLease(client, "bot-1", seconds=30, keys=keys).acquire(wait_for_claim=0)
 
 
