@@ -9,6 +9,7 @@ Keys (all under one prefix, so that several deployments or test cases can share 
   <p>:agent:<agent>     an agent's heartbeat hash, with a TTL: what `stepgrid workers` reads
   <p>:dead              the dead-letter stream: jobs that stopped a worker on every delivery
   <p>:bot:models        the model names the bot knows, so an agent can refuse one it does not
+  <p>:fair:...          the fair order shared by every bot process (`inference.queues.shared_order`)
   <p>:bots              the ids of the bot processes that use this Redis (a set; `inference.queues.lease`)
   <p>:bot:<id>:lease    who holds a bot id now, with a TTL: a second live process with that id is refused,
                         and once it expires another process answers that bot's unfinished jobs
