@@ -30,7 +30,7 @@ from inference.protocol import (
     GenerateRequest,
     WorkerConfig,
 )
-from inference.queues.wire import check_redis_url
+from inference.queues.wire import DEFAULT_BOT_ID, check_bot_id, check_redis_url
 from inference.registry import ModelSpec, models_from_setting
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -184,6 +184,11 @@ class Settings(BaseSettings):
 
     # Set: GPU agents (`stepgrid worker`) on any hosts behind this Redis do the work; unset: one local worker.
     redis_url: str | None = Field(default=None, description="e.g. redis://HOST:6379/0")
+    # This bot process's name on Redis and in the ledger (docs/scaling.md): each process of a deployment has its
+    # own, the same after every restart (so that it finds its own jobs again), never two live at once.
+    bot_id: str = DEFAULT_BOT_ID
+    # How long a bot process that stopped answering keeps its id: after that another process answers its jobs.
+    bot_lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
 
     queue_max_length: int = Field(default=100, ge=1)
     worker_hang_seconds: float = Field(default=120.0, gt=0)
@@ -264,6 +269,8 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         """A malformed URL is named at start-up, not at the first job."""
         return check_redis_url(value) if value else None
+
+    _bot_id = field_validator("bot_id")(classmethod(lambda cls, value: check_bot_id(value)))
 
     @field_validator("database_url")
     @classmethod

@@ -21,6 +21,7 @@ from bot.errors import report_error
 from bot.jobs.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
 from bot.jobs.recovery import recover_jobs
 from bot.jobs.service import TOKEN_LIFETIME, JobService
+from bot.jobs.takeover import Takeover
 from bot.ops.http import EndpointUnavailable, OperatorEndpoint
 from bot.ops.metrics import Metrics
 from bot.replies.buttons import CellMenu, JobButton
@@ -32,6 +33,7 @@ from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable
 from inference.logs import configure_logging, report_fatal
 from inference.model_files import infos_before_loading
 from inference.queues.base import JobQueue, WorkerUnavailable
+from inference.queues.lease import BotIdInUse, BotLease
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class Stepgrid(commands.Bot):
         self._sync_commands = sync_commands
         self._ready_watch: asyncio.Task[None] | None = None
         self._queue_started = False
+        self._takeover: asyncio.Task[None] | None = None
         # Set by `stepgrid run`: stops the process (one line, exit 2) when there is no model to serve.
         self.stop_on_fatal: Callable[[Exception], None] | None = None
 
@@ -136,6 +139,10 @@ class Stepgrid(commands.Bot):
         if self.database is not None:
             # Jobs a crash left queued or running: logged in now, so their answers can be sent.
             await recover_jobs(self, self.database, self.jobs)
+            lease = getattr(self.queue, "lease", None)
+            if isinstance(lease, BotLease):  # several bot processes on one Redis: answer the jobs of dead ones
+                takeover = Takeover(self, self.database, self.jobs, lease, on_lost=self.stop_on_fatal)
+                self._takeover = asyncio.create_task(takeover.run(), name="stepgrid-takeover")
         if self._sync_commands:
             await self.sync_commands()
 
@@ -178,6 +185,8 @@ class Stepgrid(commands.Bot):
         """
         if self._ready_watch is not None and self._ready_watch is not asyncio.current_task():
             self._ready_watch.cancel()
+        if self._takeover is not None and self._takeover is not asyncio.current_task():
+            self._takeover.cancel()
         self.jobs.stop_accepting()
         try:
             if self._queue_started:
@@ -212,7 +221,13 @@ def default_queue(settings: Settings) -> JobQueue:
     if settings.redis_url:
         from inference.queues.redis import RedisJobQueue
 
-        return RedisJobQueue(settings.worker_config(), settings.redis_url, max_length=settings.queue_max_length)
+        return RedisJobQueue(
+            settings.worker_config(),
+            settings.redis_url,
+            max_length=settings.queue_max_length,
+            bot_id=settings.bot_id,
+            lease_seconds=settings.bot_lease_seconds,
+        )
 
     queue: JobQueue = LocalJobQueue(
         settings.worker_config(),
@@ -245,7 +260,9 @@ class NoModelToServe(Exception):
 
 
 # What keeps the bot (or `stepgrid sync`) from starting: one line for the operator, exit status 2.
-STARTUP_ERRORS = (TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable, DatabaseInUse, NoModelToServe)
+STARTUP_ERRORS = (
+    TokenError, DiscordUnreachable, DatabaseTooNew, DatabaseUnusable, DatabaseInUse, NoModelToServe, BotIdInUse,
+)  # fmt: skip
 
 
 def _token(settings: Settings) -> str:
@@ -270,7 +287,7 @@ async def _login(bot: Stepgrid, token: str) -> None:
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     token = _token(settings)
-    with bot_lock(settings):  # one bot per ledger, or both would answer its jobs
+    with bot_lock(settings, owner=("bot", settings.bot_id)):  # one process per bot id, or both would answer its jobs
         await _run_bot_on(settings, token, queue)
 
 

@@ -7,6 +7,7 @@ how to reach the user (the interaction's webhook while its token lives, else the
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -62,8 +63,10 @@ async def recover_jobs(
     *,
     max_attempts: int = MAX_ATTEMPTS,
     max_age: timedelta = MAX_AGE,
+    rows: Sequence[JobRow] | None = None,
 ) -> Recovered:
-    """Re-queue (oldest first) or fail every job left queued or running; their drivers answer them.
+    """Re-queue (oldest first) or fail every job left queued or running (this bot's, or `rows`: a dead bot's jobs
+    taken over); their drivers answer them.
 
     A job that was running (or delivering) may have had its result posted just before the bot died,
     with the ledger write after the upload lost, and any job of a database restored from a backup
@@ -75,7 +78,7 @@ async def recover_jobs(
     requeued: list[str] = []
     failed: list[str] = []
     delivered: list[str] = []
-    for job in await database.ledger.unfinished_jobs():
+    for job in rows if rows is not None else await database.ledger.unfinished_jobs():
         token_age = (now - job.created_at).total_seconds()
         try:
             record = record_of(job, database.inputs)

@@ -27,7 +27,7 @@ class Database(DatabaseWriter):
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self, self.inputs)
+        return Ledger(self, self.inputs, owner=self.settings.bot_id)
 
     @cached_property
     def cells(self) -> CellImages:

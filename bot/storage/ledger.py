@@ -141,9 +141,10 @@ class DayImages:
 class Ledger:
     """Jobs in the database: record, move through their statuses, and count what members used."""
 
-    def __init__(self, database: DatabaseWriter, inputs: InputImages | None = None) -> None:
+    def __init__(self, database: DatabaseWriter, inputs: InputImages | None = None, *, owner: str = "stepgrid") -> None:
         self.database = database
         self.inputs = inputs
+        self.owner = owner  # this bot process's id: the jobs it records are its own to answer
 
     async def record_job(
         self,
@@ -204,6 +205,7 @@ class Ledger:
             message_channel_id=channel_id if message_id is not None else None,
             origin=origin or command_of(request),
             parent_job_id=parent_job_id,
+            bot_id=self.owner,
         )
         job.set_kind_and_input(request, job.origin)
 
@@ -349,13 +351,31 @@ class Ledger:
             return await session.get(JobRow, job_id)
 
     async def unfinished_jobs(self) -> list[JobRow]:
-        """Jobs left queued or running (by a crash, at start-up), oldest first."""
+        """This bot's jobs left queued or running (by a crash, at start-up), oldest first."""
         statuses = [status.value for status in UNFINISHED_STATUSES]
         async with self.database.sessions() as session:
             rows = await session.scalars(
-                sa.select(JobRow).where(JobRow.status.in_(statuses)).order_by(JobRow.created_at, JobRow.id)
+                sa.select(JobRow)
+                .where(JobRow.status.in_(statuses), JobRow.bot_id == self.owner)
+                .order_by(JobRow.created_at, JobRow.id)
             )
             return list(rows)
+
+    async def adopt_jobs(self, dead_bot: str) -> list[JobRow]:
+        """Make a dead bot process's unfinished jobs this bot's (one UPDATE: each row moves once), oldest first."""
+        statuses = [status.value for status in UNFINISHED_STATUSES]
+
+        async def adopt(session: AsyncSession) -> list[JobRow]:
+            rows = await session.scalars(
+                sa.update(JobRow)
+                .where(JobRow.status.in_(statuses), JobRow.bot_id == dead_bot)
+                .values(bot_id=self.owner)
+                .returning(JobRow)
+                .execution_options(synchronize_session=False)
+            )
+            return sorted(rows, key=lambda row: (row.created_at, row.id))
+
+        return await self.database.write(adopt)
 
     async def steps_used_today(self, guild_id: int | None, user_id: int, *, now: datetime | None = None) -> int:
         """Steps counted against the member's daily quota since midnight UTC.

@@ -26,9 +26,10 @@ import sqlalchemy as sa
 from bot.config import Settings
 from bot.storage.migrate import DatabaseUnusable, check_database_file
 from bot.storage.postgres import SETTING, advisory_key, blocking_engine, shown, unusable
+from inference.queues.wire import DEFAULT_BOT_ID
 
-# The bot's id: one Stepgrid bot per database until jobs record which bot (or shard) owns them.
-BOT_ID = "stepgrid"
+# The default bot id (STEPGRID_BOT_ID): each bot process of a deployment has its own, and owns its jobs' rows.
+BOT_ID = DEFAULT_BOT_ID
 # A vanished host's lock is freed after about IDLE + INTERVAL x COUNT seconds (the server's keepalive probes).
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3
 

@@ -162,6 +162,10 @@ class JobRow(Base):
     input_height: Mapped[int | None] = mapped_column(Integer)
     input_bytes: Mapped[int | None] = mapped_column(Integer)
 
+    # The bot process that answers it (STEPGRID_BOT_ID): its own restart, or another process taking over its
+    # jobs once it is dead, moves exactly its rows (docs/scaling.md).
+    bot_id: Mapped[str] = mapped_column(Text, default="stepgrid", server_default="stepgrid")
+
     # What a restarted bot needs to answer: the interaction (valid for 15 minutes; the token is
     # cleared once the job finishes), else the channel.
     application_id: Mapped[int | None] = mapped_column(BigInteger)

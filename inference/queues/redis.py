@@ -25,6 +25,7 @@ from inference.protocol import (
     InvalidRequest,
     JobFailed,
     JobProgress,
+    JobQueued,
     JobResult,
     JobStarted,
     ModelInfo,
@@ -33,7 +34,10 @@ from inference.protocol import (
     validate_for_model,
 )
 from inference.queues.base import FairJobQueue, QueuedJob, WorkerStatus
+from inference.queues.lease import BotIdInUse, BotLease
+from inference.queues.shared_order import Released, SharedOrder
 from inference.queues.wire import (
+    DEFAULT_BOT_ID,
     UNREADABLE_RESULT_MESSAGE,
     Keys,
     WireError,
@@ -146,14 +150,19 @@ class RedisJobQueue(FairJobQueue):
         url: str,
         *,
         max_length: int = 100,
-        bot_id: str = "stepgrid",
+        bot_id: str = DEFAULT_BOT_ID,
         keys: Keys | None = None,
         poll_seconds: float = 1.0,
         orphan_seconds: float = 60.0,
+        lease_seconds: float | None = None,
     ) -> None:
         super().__init__(config, max_length=max_length)
         self.url = check_redis_url(url)
         self.bot_id = bot_id
+        # With a lease (`stepgrid run`), this process holds its bot id on Redis (inference.queues.lease).
+        self.lease_seconds = lease_seconds
+        self.lease: BotLease | None = None
+        self._lease_problem: str | None = None
         self.keys = keys or Keys()
         self.poll_seconds = poll_seconds
         self.orphan_seconds = orphan_seconds
@@ -161,7 +170,9 @@ class RedisJobQueue(FairJobQueue):
         self._client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._model_of: dict[str, str] = {}  # job -> the model stream it goes to
-        self._unreleased: set[str] = set()  # taken from the fair order, not yet in a stream
+        self._unreleased: set[str] = set()  # taken from this process's list, not yet handed to Redis
+        self._enqueued: set[str] = set()  # waiting in the shared fair order (inference.queues.shared_order)
+        self._order: SharedOrder | None = None
         self._released_at: dict[str, float] = {}
         self._model_seen: dict[str, float] = {}  # model -> when an agent serving it was last seen
         self._wake_release = asyncio.Event()
@@ -176,11 +187,23 @@ class RedisJobQueue(FairJobQueue):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._client = aioredis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=5)
+        self._order = SharedOrder(self._client, self.bot_id, self.keys)
+        if self.lease_seconds is not None:
+            self.lease = BotLease(self._client, self.bot_id, seconds=self.lease_seconds, keys=self.keys)
+            try:
+                await self.lease.acquire()  # BotIdInUse: a second live process with this id is refused at start
+            except (RedisError, OSError) as error:  # Redis down: jobs wait, and the lease is taken when it is back
+                log.warning(
+                    "bot id %r not held on Redis yet (%s); retrying", self.bot_id, redis_problem(self.url, error)
+                )
         self._tasks = [
             asyncio.create_task(self._forever("sweep", self._sweep_once), name="stepgrid-redis-sweep"),
             asyncio.create_task(self._forever("events", self._read_events_once), name="stepgrid-redis-events"),
             asyncio.create_task(self._forever("release", self._release_once), name="stepgrid-redis-release"),
         ]
+        if self.lease is not None:
+            lease = asyncio.create_task(self._forever("lease", self._lease_once), name="stepgrid-redis-lease")
+            self._tasks.append(lease)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -195,6 +218,9 @@ class RedisJobQueue(FairJobQueue):
         # Released jobs go on running on the agents; their results wait in Redis for the next start.
         self._answer_unfinished()
         if self._client is not None:
+            if self.lease is not None and not self.lease.lost:
+                with contextlib.suppress(RedisError, OSError):  # else it expires on its own
+                    await self.lease.release()
             await self._client.aclose()
 
     @property
@@ -212,6 +238,37 @@ class RedisJobQueue(FairJobQueue):
     @property
     def connection_problem(self) -> str | None:
         return self._connection_problem
+
+    @property
+    def unavailable(self) -> str | None:
+        return self._lease_problem
+
+    @property
+    def lease_lost(self) -> bool:
+        """This process no longer holds its bot id: other processes answer its jobs now; it must stop."""
+        return self.lease is not None and self.lease.lost
+
+    async def _lease_once(self) -> None:
+        assert self.lease is not None
+        if self.lease.lost:
+            return
+        if self.lease._renewed_at is None:
+            try:
+                await self.lease.acquire(wait_for_claim=0)
+            except BotIdInUse as error:
+                self._lease_problem = str(error)
+                self.lease.lost = True
+                log.error("%s", error)
+                return
+        elif not await self.lease.renew():
+            self._lease_problem = f"this process lost its bot id {self.bot_id!r} on Redis; restart it"
+            return
+        await asyncio.sleep(self.lease.seconds / 4)
+
+    def _may_answer(self) -> bool:
+        """Whether results may be handed to the bot now: without a lease always; with one only while it is surely
+        held (a process cut off from Redis for longer than its lease may have had its jobs taken over)."""
+        return self.lease is None or self.lease.fresh
 
     def workers(self) -> list[WorkerStatus]:
         return [
@@ -231,8 +288,20 @@ class RedisJobQueue(FairJobQueue):
         if job.job_id in self._unreleased:
             self._unreleased.discard(job.job_id)
             self._finish(job, JobFailed.cancellation(job.job_id))
+        elif job.job_id in self._enqueued:
+            self._background(self._withdraw_or_cancel(job))
         else:
             self._background(self._send_cancel(job.job_id))
+
+    async def _withdraw_or_cancel(self, job: QueuedJob) -> None:
+        """A job waiting in the shared order leaves it; one released meanwhile is cancelled on its agent."""
+        if self._order is not None and await self._order.withdraw(job.job_id):
+            self._enqueued.discard(job.job_id)
+            if not job.finished:
+                self._finish(job, JobFailed.cancellation(job.job_id))
+                self._update_positions()
+        else:
+            await self._send_cancel(job.job_id)
 
     def recorded(self, job_id: str) -> None:
         """Drop the job's result (150–660 KB) once the ledger has its outcome, rather than after an hour.
@@ -309,6 +378,9 @@ class RedisJobQueue(FairJobQueue):
         return {name: sum(agent.lanes for agent in agents) for name, agents in self._served().items()}
 
     def _dispatch(self) -> None:
+        """Hand the head of this process's fair order to the shared one in Redis while the agents have room for
+        it (counting this process's jobs handed over and not answered); the shared order (inference.queues.
+        shared_order) then releases by member across every bot process on this Redis."""
         if not self._ready.is_set() or self._closing or self._draining:
             return
         capacity = self._capacity()
@@ -326,48 +398,79 @@ class RedisJobQueue(FairJobQueue):
             if busy and busy + job.lane_count > capacity[model]:
                 blocked.add(model)  # later jobs for this model keep their place behind this one
                 continue
+            place = job.position
             self._start(job)
+            job.position = place  # until the shared order says where it stands
             self._model_of[job.job_id] = model
             self._unreleased.add(job.job_id)
             in_flight[model] = busy + job.lane_count
         self._update_positions()
-        if self._unreleased:
-            self._wake_release.set()
+        self._wake_release.set()  # a release too: other processes' answers free lanes
 
     async def _release_once(self) -> None:
         await self._wake_release.wait()
         self._wake_release.clear()
+        if self._closing or self._draining:
+            return
         client = self._redis()
         for job_id in sorted(self._unreleased, key=lambda j: self._jobs[j].seq if j in self._jobs else 0):
-            job = self._running.get(job_id)
-            if job is None or job_id not in self._unreleased:
+            running = self._running.get(job_id)
+            if running is None or job_id not in self._unreleased:
                 continue
-            # Released from here on: a fast agent's first notices can come back before XADD's reply
-            # does, and the events reader drops notices about jobs it thinks are unreleased.
+            # Handed over from here on: a fast release by another bot process can make an agent's first
+            # notices come back before the reply does, and the events reader drops notices of unreleased jobs.
             self._unreleased.discard(job_id)
             try:
-                await self._release(client, job)
+                await self._hand_over(client, running)
             except BaseException:
                 if job_id in self._running:
                     self._unreleased.add(job_id)
                 raise
+        assert self._order is not None
+        self._after_release(await self._order.release(self._capacity()))
 
-    async def _release(self, client: aioredis.Redis, job: QueuedJob) -> None:
+    async def _hand_over(self, client: aioredis.Redis, job: QueuedJob) -> None:
         keys = self.keys
         result, entry = await client.mget(keys.result(job.job_id), keys.released(job.job_id))
         if result is not None:  # finished while this bot was away (a restart): answer it now
             self._deliver(job.job_id, result)
-            return
-        self._released_at[job.job_id] = time.monotonic()
-        if entry is not None:  # released by this bot's previous run: still in its stream
+            if job.finished:
+                return
+        if entry is not None or result is not None:  # released by this bot's previous run (or another's)
+            self._released_at[job.job_id] = time.monotonic()
+            job.position = None
             return
         model = self._model_of[job.job_id]
         # The agent's own default may be another model: name the one this stream is for.
         request = job.request if job.request.model else dataclasses.replace(job.request, model=model)
-        fields = {"job": job.job_id, "bot": self.bot_id, "user": job.user_id, "request": dumps(request)}
-        entry = await client.xadd(keys.jobs(model), fields)  # type: ignore[arg-type]
-        await client.set(keys.released(job.job_id), f"{model} {entry.decode()}", ex=3600)
-        log.debug("job %s released to %s as %s", job.job_id, model, entry, extra={"job_id": job.job_id})
+        assert self._order is not None
+        state = await self._order.enqueue(
+            job.job_id, user_id=job.user_id, model=model, lanes=job.lane_count, request=dumps(request)
+        )
+        if state == "queued":
+            self._enqueued.add(job.job_id)
+            if job.job_id not in self._running:  # cancelled while it was being handed over
+                await self._withdraw_or_cancel(job)
+        else:  # released meanwhile by another process, or even answered: the sweep collects it
+            self._released_at[job.job_id] = time.monotonic()
+            job.position = None
+        log.debug("job %s in the shared order (%s)", job.job_id, state, extra={"job_id": job.job_id})
+
+    def _after_release(self, outcome: Released) -> None:
+        """This process's jobs that left the shared order were released (by any bot process); the others'
+        places are their places in the whole deployment's order."""
+        waiting = set(outcome.waiting)
+        now = time.monotonic()
+        for job_id in [job_id for job_id in self._enqueued if job_id not in waiting]:
+            self._enqueued.discard(job_id)
+            self._released_at.setdefault(job_id, now)
+            if (job := self._running.get(job_id)) is not None:
+                job.position = None
+        for place, job_id in enumerate(outcome.waiting, start=1):
+            job = self._running.get(job_id)
+            if job is not None and job_id in self._enqueued and job.position != place:
+                job.position = place
+                job.events.put_nowait(JobQueued(job_id, place))
 
     async def _send_cancel(self, job_id: str) -> None:
         for attempt in range(30):
@@ -399,6 +502,8 @@ class RedisJobQueue(FairJobQueue):
         job = self._running.get(job_id)
         if job is None or job_id in self._unreleased:
             return
+        self._enqueued.discard(job_id)  # an agent has it: released, by whichever bot process
+        job.position = None
         kind = fields[b"kind"]
         if kind == b"started":
             job.started_at = job.started_at or time.monotonic()
@@ -418,8 +523,8 @@ class RedisJobQueue(FairJobQueue):
 
     def _deliver(self, job_id: str, data: bytes) -> None:
         job = self._running.get(job_id)
-        if job is None or job.finished:
-            return
+        if job is None or job.finished or not self._may_answer():
+            return  # a result left for later stays in Redis: the sweep delivers it once the lease is renewed
         try:
             event = loads(data)
             if not isinstance(event, JobResult | JobFailed):
@@ -434,6 +539,7 @@ class RedisJobQueue(FairJobQueue):
             )
             event = JobFailed(job_id, UNREADABLE_RESULT_MESSAGE)
         self._unreleased.discard(job_id)
+        self._enqueued.discard(job_id)
         self._released_at.pop(job_id, None)
         self._model_of.pop(job_id, None)
         if job.cancel_requested and not (isinstance(event, JobFailed) and event.cancelled):
@@ -457,7 +563,7 @@ class RedisJobQueue(FairJobQueue):
         if released:
             await self._collect_results(client, released)
         self._refuse_orphans(now)
-        self._dispatch()
+        self._dispatch()  # and a release: other processes' answers free lanes this process's jobs wait for
         await asyncio.sleep(self.poll_seconds)
 
     async def _collect_results(self, client: aioredis.Redis, job_ids: list[str]) -> None:

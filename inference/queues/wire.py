@@ -9,6 +9,10 @@ Keys (all under one prefix, so that several deployments or test cases can share 
   <p>:agent:<agent>     an agent's heartbeat hash, with a TTL: what `stepgrid workers` reads
   <p>:dead              the dead-letter stream: jobs that stopped a worker on every delivery
   <p>:bot:models        the model names the bot knows, so an agent can refuse one it does not
+  <p>:fair:...          the fair order shared by every bot process (`inference.queues.shared_order`)
+  <p>:bots              the ids of the bot processes that use this Redis (a set; `inference.queues.lease`)
+  <p>:bot:<id>:lease    who holds a bot id now, with a TTL: a second live process with that id is refused,
+                        and once it expires another process answers that bot's unfinished jobs
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,6 +66,21 @@ UNREADABLE_RESULT_MESSAGE = (
     "The GPU worker answered in a form this bot can't read: they run different Stepgrid versions. "
     "The operator needs to upgrade the older one; then try again."
 )
+
+
+# The bot id of a deployment with one bot process (and of every deployment before there could be several).
+DEFAULT_BOT_ID = "stepgrid"
+_BOT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def check_bot_id(value: str) -> str:
+    """Return `value` if it can name a bot process (letters, digits, `_.-`, at most 63); ValueError saying why."""
+    if not _BOT_ID.fullmatch(value):
+        raise ValueError(
+            f"{value[:80]!r} can't name a bot process; use 1 to 63 letters, digits, '_', '.' or '-' "
+            "(starting with a letter or digit), the same after every restart, e.g. bot-1"
+        )
+    return value
 
 
 class BadRedisUrl(ValueError):
@@ -156,6 +176,13 @@ class Keys:
     @property
     def bot_models(self) -> str:
         return f"{self.prefix}:bot:models"
+
+    @property
+    def bots(self) -> str:
+        return f"{self.prefix}:bots"
+
+    def bot_lease(self, bot_id: str) -> str:
+        return f"{self.prefix}:bot:{bot_id}:lease"
 
 
 class WireError(ValueError):

@@ -221,6 +221,8 @@ BAD_SETTINGS = [
         {"STEPGRID_DATABASE_URL": "postgresql://db:5432"},
         "STEPGRID_DATABASE_URL is invalid: 'postgresql://db:5432' names no database",
     ),
+    ({"STEPGRID_BOT_ID": "bot 1"}, "STEPGRID_BOT_ID is invalid: 'bot 1' can't name a bot process; use 1 to 63"),
+    ({"STEPGRID_BOT_LEASE_SECONDS": "0.1"}, "STEPGRID_BOT_LEASE_SECONDS is invalid: Input should be greater than"),
 ]
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.config import Settings
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
 from inference.protocol import (
@@ -395,3 +396,36 @@ async def test_the_conversion_notes_of_an_input_image_are_kept_with_the_job(db: 
     await db.ledger.set_request(job.id, request)  # a held job built for its model keeps them
     stored = await db.ledger.get_job(job.id)
     assert stored is not None and record_of(stored, db.inputs).notes == notes
+
+
+async def test_each_bot_process_recovers_only_its_own_jobs_and_a_dead_ones_move_once(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """Two bot processes on one ledger (PostgreSQL in practice): rows belong to the bot id that took them."""
+    one, two = (backend.database(Settings(_env_file=None, bot_id=name), clock=clock) for name in ("bot-1", "bot-2"))  # type: ignore[call-arg]
+    await one.start()
+    await two.start()
+    try:
+        mine = await record(one)
+        clock.advance(seconds=1)
+        running = await record(one, user=BOB)
+        await one.ledger.mark_running(running.id)
+        finished = await record(one)
+        await one.ledger.mark_finished(finished.id, JobFailed(finished.id, "no"))
+        theirs = await record(two)
+        assert [job.id for job in await one.ledger.unfinished_jobs()] == [mine.id, running.id]
+        assert [job.id for job in await two.ledger.unfinished_jobs()] == [theirs.id]
+
+        adopted = await two.ledger.adopt_jobs("bot-1")  # bot-1 died; bot-2 won the claim on Redis
+        assert [(job.id, job.status, job.bot_id) for job in adopted] == [
+            (mine.id, "queued", "bot-2"),
+            (running.id, "running", "bot-2"),
+        ]
+        assert await two.ledger.adopt_jobs("bot-1") == [], "a row moves once"
+        assert await one.ledger.unfinished_jobs() == [], "bot-1's restart finds nothing of its own left"
+        assert {job.id for job in await two.ledger.unfinished_jobs()} == {mine.id, running.id, theirs.id}
+        stored = await one.ledger.get_job(finished.id)
+        assert stored is not None and stored.bot_id == "bot-1"
+    finally:
+        await one.close()
+        await two.close()
