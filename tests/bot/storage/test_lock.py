@@ -45,9 +45,9 @@ def test_the_lock_goes_with_its_holder_and_the_file_left_behind_blocks_nothing(t
 def test_a_lock_file_that_cant_be_opened_is_the_databases_problem_in_one_line(tmp_path: Path) -> None:
     database = tmp_path / "stepgrid.sqlite3"
     lock_path(database).mkdir()
-    with pytest.raises(DatabaseUnusable, match=r"its lock file .*stepgrid\.sqlite3\.lock can't be opened"):
-        with database_lock(database):
-            pass
+    unusable = pytest.raises(DatabaseUnusable, match=r"its lock file .*stepgrid\.sqlite3\.lock can't be opened")
+    with unusable, database_lock(database):
+        pass
 
 
 def test_without_a_database_url_the_bot_takes_the_files_lock(tmp_path: Path) -> None:
