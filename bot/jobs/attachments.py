@@ -4,6 +4,7 @@ member typed, with a size cap checked before the download and a timeout on it.""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import discord
 
@@ -23,7 +24,8 @@ async def read_attachment(
     big, slow or gone."""
     if attachment.size > max_bytes:
         raise InvalidOption(
-            f"That image is {attachment.size / 1e6:.1f} MB; at most {max_bytes / 1e6:.0f} MB. Send a smaller one."
+            f"That image is {_megabytes(attachment.size, up=True)} MB; at most {_megabytes(max_bytes)} MB. "
+            "Send a smaller one."
         )
     try:
         async with asyncio.timeout(read_timeout):
@@ -33,5 +35,12 @@ async def read_attachment(
     except (discord.HTTPException, discord.NotFound):
         raise InvalidOption("The image could not be fetched from Discord; attach it again.") from None
     if len(data) > max_bytes:
-        raise InvalidOption(f"That image is over {max_bytes / 1e6:.0f} MB. Send a smaller one.")
+        raise InvalidOption(f"That image is over {_megabytes(max_bytes)} MB. Send a smaller one.")
     return data
+
+
+def _megabytes(size: int, *, up: bool = False) -> str:
+    """`size` in MB to a tenth: an image's rounded up and the cap's down, so an image just over the cap never
+    reads as within it ("16.8 MB; at most 17 MB")."""
+    tenths = math.ceil(size / 1e5) if up else math.floor(size / 1e5)
+    return f"{tenths / 10:.1f}"

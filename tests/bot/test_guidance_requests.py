@@ -3,17 +3,11 @@ as columns (sorted; a ladder around the model's own when left out), step counts 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any, cast
-
 import pytest
 
-from bot.chat.client import Stepgrid
-from bot.chat.cogs.compare_guidance import CompareGuidance
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, guidance_ladder
 from inference.protocol import CompareGuidanceRequest
-from tests.bot.fakes import harness_with_counting_policy
 
 
 def test_left_out_the_columns_are_a_ladder_around_the_models_guidance_and_one_row_of_its_steps() -> None:
@@ -37,14 +31,3 @@ def test_typed_values_are_sorted_and_rows_come_from_the_step_list() -> None:
 def test_unreadable_guidance_values_say_how_to_write_them(text: str) -> None:
     with pytest.raises(InvalidOption, match=r"guidance values|No guidance values given"):
         build_request(RequestOptions("a fox", guidances=text, guidance_grid=True), RequestDefaults())
-
-
-async def test_the_cog_builds_a_guidance_grid_from_one_read_of_the_limits() -> None:
-    harness, policy = harness_with_counting_policy()
-    cog = CompareGuidance(cast(Stepgrid, SimpleNamespace(jobs=harness.service)))
-    callback: Any = CompareGuidance.compare_guidance.callback
-    await callback(cog, harness.interaction().as_interaction(), "a boat", guidance="5,2", steps="8", seed=1,
-                   scheduler="ddim")  # fmt: skip
-    (request,) = harness.queue.requests.values()
-    assert request == CompareGuidanceRequest("a boat", guidances=(2.0, 5.0), steps=(8,), scheduler="DDIM", seed=1)
-    assert policy.reads == 1

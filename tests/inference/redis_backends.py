@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from inference.protocol import WorkerConfig
+from inference.protocol import JobEvent, WorkerConfig
 from inference.queues.agent import AgentTimings, RedisAgent
 from inference.queues.local import LocalJobQueue
 from inference.queues.redis import RedisJobQueue
@@ -95,3 +96,27 @@ async def started_backend(
             yield Backend(kind, bot, [agent], keys)
         finally:
             await bot.close()
+
+
+async def collect(queue: RedisJobQueue, job_id: str) -> list[JobEvent]:
+    return [event async for event in queue.events(job_id)]
+
+
+async def until(condition: Callable[[], Awaitable[bool] | bool], what: str, seconds: float = 120.0) -> None:
+    """Poll `condition` until true; fail naming `what` after `seconds` (a hang guard, not a timing)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if not isinstance(value, bool):
+            value = await value
+        if value:
+            return
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def started_bot(config: WorkerConfig, url: str, keys: Keys) -> RedisJobQueue:
+    bot = redis_queue(config, url, keys)
+    await bot.start()
+    await bot.wait_ready()
+    return bot

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli.main import main
-from bot.config import Settings, cuda_device_count, unknown_settings
+from bot.config import cuda_device_count
 from bot.storage.lock import database_lock, lock_path
 from tests.bot.cli.stepgrid_process import one_error_line, stepgrid
 
@@ -253,22 +253,6 @@ def test_a_http_port_in_use_stops_run_with_one_line_before_discord_is_contacted(
     line = one_error_line(result)
     # Not "cannot reach Discord": the port was refused before the unreachable API base was tried.
     assert f"cannot serve the HTTP endpoint on 127.0.0.1:{port}" in line and "STEPGRID_HTTP_PORT" in line, line
-
-
-def test_a_misspelled_setting_in_the_environment_or_env_file_is_named_with_the_likely_one(tmp_path: Path) -> None:
-    env_file = tmp_path / ".env"
-    env_file.write_text("STEPGRID_HTTP_PROT=8080\nSTEPGRID_LOG_LEVEL=DEBUG\n")
-    environ = {"STEPGRID_MODEL": "tiny", "stepgrid_max_step": "20", "STEPGRID_COLOUR": "red", "HOME": "/root"}
-    assert unknown_settings(environ, env_file) == [
-        "STEPGRID_COLOUR is not a Stepgrid setting and is ignored; see .env.example for the settings",
-        "STEPGRID_HTTP_PROT is not a Stepgrid setting and is ignored; did you mean STEPGRID_HTTP_PORT?",
-        "stepgrid_max_step is not a Stepgrid setting and is ignored; did you mean STEPGRID_MAX_STEPS?",
-    ]
-
-
-def test_an_empty_http_port_turns_the_endpoint_off() -> None:
-    settings = Settings(_env_file=None, http_port="")  # type: ignore[call-arg]
-    assert settings.http_port is None and settings.http_bind == "127.0.0.1"
 
 
 @pytest.mark.parametrize(

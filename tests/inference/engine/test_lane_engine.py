@@ -32,7 +32,6 @@ from inference.protocol import (
     JobResult,
     ProgressBatch,
 )
-from inference.recent import Recent
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone
@@ -353,19 +352,6 @@ def test_admission_builds_a_scheduler_and_encodes_a_prompt_once_for_jobs_that_sh
     assert builds == [("DPM2", 4), ("DPM2", 2), ("DPM++ SDE", 4), ("DPM++ SDE", 4), ("DPM2", 4)]
     assert encodes == ["a fox", "a boat", "a fox"]  # the last at another size: SDXL's conditioning holds it
     assert len({e.job_id for e in engine.events if isinstance(e, JobResult)}) == 8
-
-
-def test_recent_keeps_the_last_used_keys() -> None:
-    kept: Recent[str] = Recent(2)
-    made: list[str] = []
-
-    def make(key: str) -> str:
-        made.append(key)
-        return key.upper()
-
-    for key in ["a", "b", "a", "c", "a", "b"]:
-        assert kept.get(key, lambda key=key: make(key)) == key.upper()
-    assert made == ["a", "b", "c", "b"]  # "a" was used again before "c" came, so "b" went first
 
 
 # --- /compare-schedulers and honest per-cell seconds ------------------------------------------

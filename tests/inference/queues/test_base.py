@@ -88,9 +88,13 @@ async def test_a_job_reports_start_progress_and_its_result(backend: Backend) -> 
 async def test_compare_steps_returns_one_image_per_step_count(backend: Backend) -> None:
     queue = backend.queue
     request = CompareStepsRequest("a boat", steps=(2, 4, 6), scheduler="DPM++ 2M", seed=3, **SMALL)
-    result = final(await collect(queue, queue.submit(request, user_id="u")))
+    events = await collect(queue, queue.submit(request, user_id="u"))
+    result = final(events)
     assert isinstance(result, JobResult)
     assert [image.steps for image in result.images] == [2, 4, 6]
+    assert {image.seed for image in result.images} == {3}
+    progress = [e for e in events if isinstance(e, JobProgress)]
+    assert progress[-1].job_step == progress[-1].job_total == 12
 
 
 async def test_a_result_of_more_than_2_mb_arrives_whole(backend: Backend) -> None:
@@ -175,5 +179,7 @@ async def test_a_hung_worker_is_killed_and_the_job_answered(crashy: Backend) -> 
     failure = final(events)
     assert isinstance(failure, JobFailed) and not failure.cancelled
     assert "times while running this job" in failure.message
+    if crashy.kind == "local":  # its supervisor killed and restarted the worker for each of the job's two attempts
+        assert "crashed 2 times while running this job" in failure.message
     healthy = final(await collect(queue, queue.submit(GenerateRequest("fox", steps=2, **SMALL), user_id="a")))
     assert isinstance(healthy, JobResult)

@@ -18,7 +18,6 @@ from PIL import Image
 from inference.protocol import (
     FEW_STEP_SCHEDULERS,
     SCHEDULER_NAMES,
-    CompareStepsRequest,
     GenerateRequest,
     JobEvent,
     JobFailed,
@@ -93,45 +92,12 @@ async def test_same_seed_same_bytes_and_batching_does_not_change_the_image(queue
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_compare_steps_returns_one_image_per_step_count(queue: LocalJobQueue) -> None:
-    request = CompareStepsRequest("a boat", steps=(2, 4, 6), scheduler="DPM++ 2M", seed=3, **SMALL)
-    events = await collect(queue, queue.submit(request, user_id="u"))
-    result = final(events)
-    assert isinstance(result, JobResult)
-    assert [image.steps for image in result.images] == [2, 4, 6]
-    assert {image.seed for image in result.images} == {3}
-    progress = [e for e in events if isinstance(e, JobProgress)]
-    assert progress[-1].job_step == progress[-1].job_total == 12
-
-
-@pytest.mark.asyncio(loop_scope="module")
 async def test_a_full_queue_is_refused_without_queueing(queue: LocalJobQueue) -> None:
     # Requests are validated once, by whoever builds them (bot.job_requests.checked), not here.
     small = LocalJobQueue(queue.config, max_length=1)  # never started: nothing leaves its queue
     small.submit(GenerateRequest("fox"), user_id="u")
     with pytest.raises(QueueFull, match=r"queue is full \(1 of 1 jobs waiting\)"):
         small.submit(GenerateRequest("fox"), user_id="v")
-
-
-@pytest.mark.asyncio
-async def test_users_are_served_fairly(tiny_config: WorkerConfig) -> None:
-    queue = LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=1))
-    started: list[str] = []
-
-    async def follow(user: str, job_id: str) -> None:
-        async for event in queue.events(job_id):
-            if isinstance(event, JobStarted):
-                started.append(user)
-
-    jobs = [("heavy", queue.submit(GenerateRequest(f"h{i}", steps=2, **SMALL), user_id="heavy")) for i in range(5)]
-    jobs.append(("light", queue.submit(GenerateRequest("l", steps=2, **SMALL), user_id="light")))
-    assert queue.position(jobs[-1][1]) == 2, "the light user's only job goes right after heavy's first"
-    await queue.start()
-    try:
-        await asyncio.gather(*(follow(user, job_id) for user, job_id in jobs))
-    finally:
-        await queue.close()
-    assert started == ["heavy", "light", "heavy", "heavy", "heavy", "heavy"]
 
 
 @pytest.mark.asyncio
@@ -210,17 +176,6 @@ async def test_out_of_memory_fails_the_batch_retries_each_job_alone_and_the_work
     assert [e.attempt for e in greedy_events if isinstance(e, JobStarted)] == [1, 2]
     assert isinstance(final(neighbour_events), JobResult)
     assert queue.restarts == 0
-
-
-@pytest.mark.asyncio
-async def test_a_hung_worker_is_killed_and_the_job_answered(tiny_config: WorkerConfig) -> None:
-    async with started_queue(LocalJobQueue(tiny_config, worker_target=crashy_worker_main, hang_seconds=6)) as queue:
-        hung = queue.submit(GenerateRequest("HANG forever", steps=3, **SMALL), user_id="a")
-        events = await collect(queue, hung)
-        assert queue.restarts == 2
-        assert isinstance(final(events), JobFailed)
-        healthy = final(await collect(queue, queue.submit(GenerateRequest("fox", steps=2, **SMALL), user_id="a")))
-        assert isinstance(healthy, JobResult)
 
 
 @pytest.mark.asyncio
