@@ -191,6 +191,7 @@ class RecordedRequest:
     token: str | None  # interaction/webhook token in the path, if any
     status: int = 0
     response: Any = None
+    at: float = field(default_factory=time.perf_counter)  # when the fake had read it (the load benchmark's clock)
 
     @property
     def ok(self) -> bool:
