@@ -198,9 +198,14 @@ async def run_load(args: argparse.Namespace, database: dict[str, Any], folder: P
             sends.append(asyncio.create_task(send(number)))
         handles = [await task for task in sends]
         load_end = time.monotonic()
-        for _, handle in handles:  # every one answered, or counted as not (below) after the fake's timeout
-            with contextlib.suppress(AssertionError):
-                await handle.wait_for(lambda r: r.ok and bool(r.files))
+        deadline = time.monotonic() + args.answer_timeout  # one deadline for all: the rest are counted below
+        for _, handle in handles:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(AssertionError, TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await handle.wait_for(lambda r: r.ok and bool(r.files))
     finally:
         if process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
