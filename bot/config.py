@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.sharding import ShardRange, checked_shard_count, parse_shard_ids
 from inference.clipping import echo
 from inference.protocol import (
     DEFAULT_SCHEDULER,
@@ -170,6 +171,11 @@ class Settings(BaseSettings):
     discord_api_base: str | None = Field(default=None, description="REST base URL, e.g. http://127.0.0.1:8080/api/v10")
     discord_gateway_url: str | None = Field(default=None, description="Gateway URL, e.g. ws://127.0.0.1:8080/gateway")
 
+    # Sharding (docs/scaling.md): the total number of shards across all processes, and this process's ones
+    # ("0-1", "0,2,4-7"; unset: all of them). Both unset: Discord's recommended count, all in this process.
+    shard_count: int | None = None
+    shard_ids: str | None = Field(default=None, description='e.g. "0-1" in one process, "2-3" in the other')
+
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     device: str = "auto"
     dtype: str = "auto"
@@ -271,6 +277,29 @@ class Settings(BaseSettings):
         return check_redis_url(value) if value else None
 
     _bot_id = field_validator("bot_id")(classmethod(lambda cls, value: check_bot_id(value)))
+
+    @field_validator("shard_count")
+    @classmethod
+    def _shard_count(cls, value: int | None) -> int | None:
+        return checked_shard_count(value)
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A range that names no shard of the count, or runs without a count, is named at start-up."""
+        if value is None or not value.strip():
+            return None
+        if "shard_count" not in info.data:  # the count itself was invalid: that is the line to show
+            return value
+        parse_shard_ids(value, info.data["shard_count"])
+        return value.strip()
+
+    def shards(self) -> ShardRange | None:
+        """This process's shards, or None: Discord chooses the count and this process runs them all."""
+        if self.shard_count is None:
+            return None
+        ids = parse_shard_ids(self.shard_ids, self.shard_count) if self.shard_ids else range(self.shard_count)
+        return ShardRange(self.shard_count, tuple(ids))
 
     @field_validator("database_url")
     @classmethod

@@ -3,6 +3,11 @@
 Recipe and payload shapes: /work/shared/FAKE_DISCORD.md. Everything the bot sends is recorded as a
 `RecordedRequest`; `FakeDiscord.invoke()` / `click()` inject interactions and return an `InteractionHandle`
 whose `wait_for*()` methods await what the bot sends for that interaction token.
+
+Shards: `GET /gateway/bot` recommends `shard_count` shards; a connection that IDENTIFYs with
+`shard: [id, count]` gets READY with that shard and the guilds Discord routes to it
+(`(guild_id >> 22) % count`), and every event of a guild goes out on its shard's connection (direct
+messages on shard 0), whichever bot process holds it.
 """
 
 from __future__ import annotations
@@ -186,6 +191,7 @@ class RecordedRequest:
     token: str | None  # interaction/webhook token in the path, if any
     status: int = 0
     response: Any = None
+    at: float = field(default_factory=time.perf_counter)  # when the fake had read it (the load benchmark's clock)
 
     @property
     def ok(self) -> bool:
@@ -283,10 +289,16 @@ class InteractionHandle:
         return await self.wait_for(lambda r: r.is_edit)
 
 
+def shard_of(guild_id: int | None, count: int) -> int:
+    """The shard Discord routes a guild's events to (direct messages: shard 0)."""
+    return 0 if guild_id is None else (guild_id >> 22) % count
+
+
 @dataclass
 class GatewayConnection:
     ws: web.WebSocketResponse
     path: str
+    shard: tuple[int, int] | None = None  # (id, count) from IDENTIFY; None: an unsharded client
     compressor: Any = None  # zlib compressobj when the client asked for zlib-stream
     session_id: str | None = None
     resumed: bool = False
@@ -337,6 +349,9 @@ class FakeDiscord:
         self._attachment_gates: dict[int, asyncio.Event] = {}
         self.connections: list[GatewayConnection] = []
         self.identify_count = 0
+        self.shard_count = 1  # what GET /gateway/bot recommends
+        self.max_concurrency = 16  # IDENTIFYs per 5 s Discord allows (a large bot's 16: tests don't wait)
+        self._session_shards: dict[str, tuple[int, int] | None] = {}
         self._sessions: dict[str, int] = {}  # session id -> last sequence number
         self._interactions: dict[str, _Interaction] = {}
         self._rate_limits: list[_RateLimit] = []
@@ -354,6 +369,7 @@ class FakeDiscord:
         app.router.add_get("/attachments/{aid}/{filename}", self._attachment)
         routes: list[tuple[str, str, Handler, bool]] = [
             ("GET", "/users/@me", self._users_me, True),
+            ("GET", "/gateway/bot", self._gateway_bot, True),
             ("GET", "/oauth2/applications/@me", self._application, True),
             ("GET", "/applications/{app}/commands", self._get_commands, True),
             ("PUT", "/applications/{app}/commands", self._sync_commands, True),
@@ -403,6 +419,12 @@ class FakeDiscord:
     # ---- builders and knobs ----------------------------------------------------------------------------
     def new_id(self) -> int:
         return next(self._ids)
+
+    def guild_id_on_shard(self, shard: int, count: int) -> int:
+        """A new guild id that Discord routes to `shard` of `count` ((id >> 22) % count == shard)."""
+        base = self.new_id()
+        moment = base >> 22
+        return ((moment + (shard - moment) % count) << 22) | (base & ((1 << 22) - 1))
 
     def add_guild(self, name: str, guild_id: int | None = None) -> FakeGuild:
         """A guild with @everyone and a #general text channel; add guilds before the bot connects."""
@@ -464,10 +486,36 @@ class FakeDiscord:
         live = [c for c in self.connections if c.session_id is not None and not c.ws.closed]
         return live[-1] if live else None
 
+    def live_shards(self) -> dict[int, GatewayConnection]:
+        """The identified (or resumed) connections that are open, by shard id."""
+        live = [c for c in self.connections if c.session_id is not None and not c.ws.closed and c.shard]
+        return {c.shard[0]: c for c in live if c.shard is not None}
+
+    async def wait_for_shards(self, count: int) -> dict[int, GatewayConnection]:
+        """Every shard 0..count-1 live (in whichever bot processes)."""
+
+        def all_live() -> dict[int, GatewayConnection] | None:
+            shards = self.live_shards()
+            return shards if set(shards) >= set(range(count)) else None
+
+        found: dict[int, GatewayConnection] = await self._wait(all_live, f"{count} shards to identify")
+        return found
+
+    def _shard_connection(self, guild_id: int | None) -> GatewayConnection | None:
+        """The live connection a guild's events go to: its shard's, or the one connection of an unsharded bot."""
+        live = self._live_connection()
+        if live is None or live.shard is None:
+            return live
+        return self.live_shards().get(shard_of(guild_id, live.shard[1]))
+
     # ---- gateway ---------------------------------------------------------------------------------------
     async def dispatch(self, event: str, data: Json) -> None:
-        """Send a dispatch (op 0) event to the bot on its live connection."""
-        await self._dispatch_on(await self.wait_until_ready(), event, data)
+        """Send a dispatch (op 0) event to the bot on the live connection of the event's guild's shard."""
+        guild_id = int(data["guild_id"]) if data.get("guild_id") else None
+        conn: GatewayConnection = await self._wait(
+            lambda: self._shard_connection(guild_id), f"the shard of guild {guild_id} to identify"
+        )
+        await self._dispatch_on(conn, event, data)
 
     async def _dispatch_on(self, conn: GatewayConnection, event: str, data: Json) -> None:
         assert conn.session_id is not None
@@ -509,6 +557,7 @@ class FakeDiscord:
                 await conn.send({"op": 9, "d": False})
                 return
             conn.session_id, conn.resumed = data["session_id"], True
+            conn.shard = self._session_shards.get(conn.session_id)
             await self._dispatch_on(conn, "RESUMED", {})
             await self._notify()
         elif op == 8:  # request guild members (only with the members intent)
@@ -522,15 +571,26 @@ class FakeDiscord:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
         self.identify_count += 1
+        shard = data.get("shard")
+        if shard is not None:
+            shard_id, count = int(shard[0]), int(shard[1])
+            if not 0 <= shard_id < count:
+                await conn.ws.close(code=4010, message=b"Invalid shard.")
+                return
+            conn.shard = (shard_id, count)
+        guilds = [g for g in self.guilds.values() if conn.shard is None or shard_of(g.id, conn.shard[1]) == shard_id]
         conn.session_id = secrets.token_hex(16)
         self._sessions[conn.session_id] = 0
+        self._session_shards[conn.session_id] = conn.shard
         ready = {"v": 10, "user": self.bot_user.payload(), "session_id": conn.session_id, "session_type": "normal",
                  "resume_gateway_url": f"ws://127.0.0.1:{self.port}/gateway-resume",
-                 "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+                 "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
                  "application": {"id": str(self.application_id), "flags": 0},
                  "private_channels": [], "relationships": [], "presences": []}  # fmt: skip
+        if conn.shard is not None:
+            ready["shard"] = list(conn.shard)
         await self._dispatch_on(conn, "READY", ready)
-        for guild in self.guilds.values():
+        for guild in guilds:
             await self._dispatch_on(conn, "GUILD_CREATE", guild.payload(self.bot_user))
         await self._notify()
 
@@ -860,6 +920,11 @@ class FakeDiscord:
 
     async def _users_me(self, request: web.Request, rec: RecordedRequest) -> Any:
         return self.bot_user.payload()
+
+    async def _gateway_bot(self, request: web.Request, rec: RecordedRequest) -> Any:
+        """The gateway URL and recommended shard count (what AutoSharded clients ask before connecting)."""
+        limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": self.max_concurrency}
+        return {"url": f"ws://127.0.0.1:{self.port}/gateway", "shards": self.shard_count, "session_start_limit": limit}
 
     async def _application(self, request: web.Request, rec: RecordedRequest) -> Any:
         return {"id": str(self.application_id), "name": self.bot_user.name, "description": "", "icon": None,

@@ -1,4 +1,4 @@
-"""The Stepgrid bot: a `commands.Bot` whose setup_hook starts the job queue, loads cogs and syncs."""
+"""The Stepgrid bot: a `commands.AutoShardedBot` whose setup_hook starts the job queue, loads cogs and syncs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 
 import aiohttp
@@ -64,8 +65,16 @@ class StepgridTree(app_commands.CommandTree["Stepgrid"]):
         return False  # an autocomplete from a DM: nothing to suggest
 
 
-class Stepgrid(commands.Bot):
-    """The bot. Everything it talks to can be injected, so tests can run it against fakes."""
+# Discord takes one IDENTIFY per 5 s in each of a bot's `max_concurrency` buckets (shard id % max_concurrency).
+IDENTIFY_INTERVAL = 5.0
+
+
+class Stepgrid(commands.AutoShardedBot):
+    """The bot. Everything it talks to can be injected, so tests can run it against fakes.
+
+    Sharded: with STEPGRID_SHARD_COUNT (and STEPGRID_SHARD_IDS) it runs those shards, so that several
+    processes can each run a range; without, Discord's recommended count, all in this process.
+    """
 
     def __init__(
         self,
@@ -87,6 +96,10 @@ class Stepgrid(commands.Bot):
         intents.guilds = True  # channels and permissions for interactions; no message content
         self.metrics = Metrics()
         options.setdefault("http_trace", self.metrics.discord_trace())
+        self.shard_range = settings.shards()
+        if self.shard_range is not None:
+            options.setdefault("shard_count", self.shard_range.count)
+            options.setdefault("shard_ids", list(self.shard_range.ids))
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -123,6 +136,8 @@ class Stepgrid(commands.Bot):
         self._ready_watch: asyncio.Task[None] | None = None
         self._queue_started = False
         self._takeover: asyncio.Task[None] | None = None
+        self._identify_concurrency: int | None = None
+        self._identified_at: dict[int, float] = {}  # rate-limit bucket -> when this process last identified in it
         # Set by `stepgrid run`: stops the process (one line, exit 2) when there is no model to serve.
         self.stop_on_fatal: Callable[[Exception], None] | None = None
 
@@ -137,8 +152,9 @@ class Stepgrid(commands.Bot):
         for extension in self._extensions:
             await self.load_extension(extension)
         if self.database is not None:
-            # Jobs a crash left queued or running: logged in now, so their answers can be sent.
-            await recover_jobs(self, self.database, self.jobs)
+            # Jobs a crash left queued or running: logged in now, so their answers can be sent. Only this
+            # process's servers: the other shards' processes recover theirs.
+            await recover_jobs(self, self.database, self.jobs, shards=self.shard_range)
             lease = getattr(self.queue, "lease", None)
             if isinstance(lease, BotLease):  # several bot processes on one Redis: answer the jobs of dead ones
                 takeover = Takeover(self, self.database, self.jobs, lease, on_lost=self.stop_on_fatal)
@@ -173,8 +189,39 @@ class Stepgrid(commands.Bot):
             log.info("synced %d commands globally (may take up to an hour to show)", len(synced))
         return True
 
+    async def launch_shards(self) -> None:
+        if self.shard_count is None and self.settings.discord_gateway_url:
+            # discord.py would connect to the URL /gateway/bot names; the operator's gateway setting comes first.
+            self.shard_count, _, _ = await self.http.get_bot_gateway()
+        await super().launch_shards()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait only as Discord requires: 5 s between two IDENTIFYs of one rate-limit bucket.
+
+        discord.py waits 5 s before every shard's but the first; a bot with `max_concurrency` 16 may
+        start 16 shards at once. A bucket this process has not identified in is not waited for.
+        """
+        if self._identify_concurrency is None:
+            try:
+                limits = await self.fetch_session_start_limits()
+                self._identify_concurrency = max(1, limits.max_concurrency)
+            except (discord.GatewayNotFound, discord.HTTPException, aiohttp.ClientError, OSError):
+                self._identify_concurrency = 1
+        bucket = (shard_id or 0) % self._identify_concurrency
+        last = self._identified_at.get(bucket)
+        if last is not None:
+            await asyncio.sleep(max(0.0, last + IDENTIFY_INTERVAL - time.monotonic()))
+        self._identified_at[bucket] = time.monotonic()
+
     async def on_ready(self) -> None:
-        log.info("connected as %s (%s) to %d server(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+        shards = str(self.shard_range) if self.shard_range is not None else f"{self.shard_count} shard(s)"
+        log.info(
+            "connected as %s (%s) to %d server(s) on %s",
+            self.user,
+            getattr(self.user, "id", "?"),
+            len(self.guilds),
+            shards,
+        )
 
     async def close(self) -> None:
         """Answer every job, then disconnect.
@@ -287,7 +334,8 @@ async def _login(bot: Stepgrid, token: str) -> None:
 async def run_bot(settings: Settings, *, queue: JobQueue | None = None) -> None:
     """Start the bot and its worker and run until disconnected. Raises TokenError on a bad token."""
     token = _token(settings)
-    with bot_lock(settings, owner=("bot", settings.bot_id)):  # one process per bot id, or both would answer its jobs
+    # One process per bot id, or both would answer its jobs; with shards, one process per shard.
+    with bot_lock(settings, owner=("bot", settings.bot_id), shards=settings.shards()):
         await _run_bot_on(settings, token, queue)
 
 

@@ -2,6 +2,10 @@
 
 A job accepted is a job answered, even across `kill -9`: the ledger row holds the full request and
 how to reach the user (the interaction's webhook while its token lives, else the channel).
+
+With shards in several processes (bot.sharding), a process recovers the jobs of the servers its
+shards own (and, on shard 0, those from direct messages, as Discord sends those there): the jobs of a
+process that died are its own to answer when it restarts, never a second process's as well.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     import discord
 
     from bot.jobs.service import JobService
+    from bot.sharding import ShardRange
     from bot.storage.database import Database
     from bot.storage.models import JobRow
 
@@ -64,9 +69,12 @@ async def recover_jobs(
     max_attempts: int = MAX_ATTEMPTS,
     max_age: timedelta = MAX_AGE,
     rows: Sequence[JobRow] | None = None,
+    shards: ShardRange | None = None,
 ) -> Recovered:
     """Re-queue (oldest first) or fail every job left queued or running (this bot's, or `rows`: a dead bot's jobs
     taken over); their drivers answer them.
+
+    With `shards`, only the jobs of the servers those shards own (None: this process runs every shard).
 
     A job that was running (or delivering) may have had its result posted just before the bot died,
     with the ledger write after the upload lost, and any job of a database restored from a backup
@@ -79,6 +87,8 @@ async def recover_jobs(
     failed: list[str] = []
     delivered: list[str] = []
     for job in rows if rows is not None else await database.ledger.unfinished_jobs():
+        if rows is None and shards is not None and not shards.owns(job.guild_id):
+            continue  # another shard's process recovers it (a dead bot's jobs taken over are all answered)
         token_age = (now - job.created_at).total_seconds()
         try:
             record = record_of(job, database.inputs)

@@ -19,8 +19,17 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
-from bot.ops.metrics import CONTENT_TYPE, LiveFigures, Metrics
-from bot.ops.status_page import HOURS, HourFigures, JobLine, ModelLine, StatusView, last_hours, status_html
+from bot.ops.metrics import CONTENT_TYPE, LiveFigures, Metrics, ShardFigures
+from bot.ops.status_page import (
+    HOURS,
+    HourFigures,
+    JobLine,
+    ModelLine,
+    ShardLine,
+    StatusView,
+    last_hours,
+    status_html,
+)
 from bot.storage.database import Database
 from bot.storage.models import JobRow, utcnow
 from inference.queues.base import JobQueue
@@ -111,11 +120,33 @@ class OperatorEndpoint:
             models_ready=len(self.queue.models),
             worker_restarts=sum(worker.restarts for worker in self.queue.workers()),
             ready=not self.why_not_ready(),
+            shards=self.shard_figures(),
+        )
+
+    def shard_figures(self) -> tuple[ShardFigures, ...]:
+        """The gateway shards this process runs, by id (none before it connects)."""
+        client = self.client
+        if not isinstance(client, discord.AutoShardedClient):
+            return ()
+        servers: dict[int | None, int] = {}
+        for guild in client.guilds:
+            servers[guild.shard_id] = servers.get(guild.shard_id, 0) + 1
+        return tuple(
+            ShardFigures(shard_id, not shard.is_closed(), shard.latency, servers.get(shard_id, 0))
+            for shard_id, shard in sorted(client.shards.items())
         )
 
     def connected(self) -> bool:
-        """Logged in to Discord with a live gateway connection."""
+        """Logged in to Discord with a live gateway connection (sharded: every shard of this process's open)."""
         client = self.client
+        if isinstance(client, discord.AutoShardedClient):
+            shards = client.shards.values()
+            return (
+                client.is_ready()
+                and not client.is_closed()
+                and bool(shards)
+                and all(not shard.is_closed() for shard in shards)
+            )
         return client.is_ready() and not client.is_closed() and client.ws is not None and client.ws.open
 
     def why_not_ready(self) -> list[str]:
@@ -180,6 +211,10 @@ class OperatorEndpoint:
             if self.connected()
             else "not connected to Discord"
         )
+        shards = [
+            ShardLine(s.shard_id, "connected" if s.connected else "closed", s.latency, s.servers)
+            for s in self.shard_figures()
+        ]
         models = [ModelLine(name, "ready", info.family) for name, info in self.queue.models.items()]
         models += [ModelLine(name, "unavailable", why.message) for name, why in self.queue.unavailable_models.items()]
         jobs: list[JobLine] = []
@@ -199,6 +234,7 @@ class OperatorEndpoint:
             jobs=jobs,
             hours=last_hours(now, {figures.hour: figures for figures in hours}),
             images_withheld=withheld,
+            shards=shards,
         )
 
     def _job_line(self, row: JobRow) -> JobLine:

@@ -29,6 +29,16 @@ LAG_TICK = 0.5  # seconds between two looks at the event loop
 
 
 @dataclass(frozen=True)
+class ShardFigures:
+    """One gateway shard this process runs: open or not, and its heartbeat round trip (inf before the first)."""
+
+    shard_id: int
+    connected: bool
+    latency: float  # seconds
+    servers: int
+
+
+@dataclass(frozen=True)
 class LiveFigures:
     """What the bot is doing right now, read at each scrape."""
 
@@ -37,6 +47,7 @@ class LiveFigures:
     models_ready: int
     worker_restarts: int
     ready: bool  # what /readyz says
+    shards: tuple[ShardFigures, ...] = ()
 
 
 class _LiveCollector(Collector):
@@ -60,6 +71,18 @@ class _LiveCollector(Collector):
             "stepgrid_worker_restarts", "GPU worker processes restarted after a crash or hang",
             value=figures.worker_restarts,
         )  # fmt: skip
+        connected = GaugeMetricFamily(
+            "stepgrid_shard_connected", "1 while this process's gateway shard is open, else 0", labels=["shard"]
+        )
+        latency = GaugeMetricFamily(
+            "stepgrid_shard_latency_seconds", "Heartbeat to acknowledgement on each gateway shard", labels=["shard"]
+        )
+        servers = GaugeMetricFamily("stepgrid_shard_servers", "Servers on each gateway shard", labels=["shard"])
+        for shard in figures.shards:
+            connected.add_metric([str(shard.shard_id)], int(shard.connected))
+            latency.add_metric([str(shard.shard_id)], shard.latency)
+            servers.add_metric([str(shard.shard_id)], shard.servers)
+        yield from (connected, latency, servers)
 
 
 def scheduler_label(scheduler: str) -> str:

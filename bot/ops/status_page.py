@@ -5,6 +5,7 @@ Pure functions of a `StatusView`; `bot.ops.http` gathers the view. Everything sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +48,16 @@ class HourFigures:
 
 
 @dataclass(frozen=True)
+class ShardLine:
+    """A gateway shard this process runs."""
+
+    shard_id: int
+    state: str  # "connected" or "closed"
+    latency: float  # seconds; inf before the first heartbeat is acknowledged
+    servers: int
+
+
+@dataclass(frozen=True)
 class StatusView:
     now: datetime
     discord: str
@@ -56,6 +67,7 @@ class StatusView:
     jobs: Sequence[JobLine]
     hours: Sequence[HourFigures]  # oldest first, HOURS of them
     images_withheld: int = 0  # flagged pictures not posted in their channel, last 24 hours
+    shards: Sequence[ShardLine] = ()  # the gateway shards this process runs
 
 
 def last_hours(now: datetime, known: dict[datetime, HourFigures]) -> list[HourFigures]:
@@ -161,6 +173,19 @@ def status_html(view: StatusView) -> str:
         ],
         "No worker yet.",
     )
+    shards = _table(
+        ("shard", "state", "latency", "servers"),
+        [
+            (
+                str(s.shard_id),
+                f'<span class="{"ready" if s.state == "connected" else "not-ready"}">{escape(s.state)}</span>',
+                f"{s.latency * 1000:.0f} ms" if math.isfinite(s.latency) else "not measured yet",
+                f"{s.servers:,}",
+            )
+            for s in view.shards
+        ],
+        "Not connected to Discord yet.",
+    )
     hours = [figures.hour for figures in view.hours]
     charts = "".join(
         f"<h3>{escape(title)}</h3>{bar_chart(title, values, hours, unit)}"
@@ -178,7 +203,7 @@ def status_html(view: StatusView) -> str:
         f"<style>{STYLE}</style></head><body>"
         f"<h1>Stepgrid: {state}</h1><p>{escape(view.discord)} · {_time(view.now)}</p>"
         f"<h2>Queued and running ({len(view.jobs)})</h2>{jobs}"
-        f"<h2>Models</h2>{models}<h2>Workers</h2>{workers}"
+        f"<h2>Models</h2>{models}<h2>Workers</h2>{workers}<h2>Shards ({len(view.shards)})</h2>{shards}"
         f"<h2>Last 24 hours (hours in UTC)</h2>"
         f"<p>Pictures withheld (flagged by the image checker): {view.images_withheld:,}</p>{charts}"
         f"<script>{SCRIPT}</script></body></html>"

@@ -17,6 +17,7 @@ from tests.bot.fakes import FakeClock, FakeInteraction, Recorder, ScriptedQueue
 
 async def make_bot() -> Stepgrid:
     bot = Stepgrid(Settings(_env_file=None), queue=ScriptedQueue(), sync_commands=False)  # type: ignore[call-arg]
+    await bot.__aenter__()  # as every start does (`async with bot`): an AutoShardedBot's close needs it
     await bot.setup_hook()
     return bot
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from bot.jobs.recovery import MAX_AGE, MAX_ATTEMPTS, recover_jobs, why_not_rerun
 from bot.jobs.service import JobService
+from bot.sharding import ShardRange
 from bot.storage.database import Database
 from bot.storage.inputs import InputImageMissing
 from bot.storage.job_store import JobRecord, record_of
@@ -229,3 +230,37 @@ async def test_an_img2img_job_whose_input_image_is_gone_is_answered_as_failed(db
     assert row is not None and row.status == "failed" and "send the image again" in (row.error or "")
     with pytest.raises(InputImageMissing):
         record_of(row, db.inputs)
+
+
+# --- shards: each process recovers its own servers' jobs ------------------------------------------
+
+
+async def test_a_process_recovers_only_the_jobs_of_servers_on_its_shards_and_dms_on_shard_0(db: Database) -> None:
+    count = 4
+    jobs_by_shard: dict[int | None, str] = {}
+    for shard in range(count):
+        guild = ((1_000_000 + shard) << 22) | 5  # (guild >> 22) % 4 == shard
+        job = await db.ledger.record_job(
+            GenerateRequest("a lighthouse"), user_id=ALICE, channel_id=CHANNEL, guild_id=guild
+        )
+        jobs_by_shard[shard] = job.id
+    direct = await db.ledger.record_job(
+        GenerateRequest("a lighthouse"), user_id=ALICE, channel_id=CHANNEL, guild_id=None
+    )
+
+    client = cast(discord.Client, FakeClient(Recorder(lambda: 0.0)))
+    first, second = RecordingJobs(), RecordingJobs()
+    await recover_jobs(client, db, cast(JobService, first), shards=ShardRange(count, (0, 1)))
+    await recover_jobs(client, db, cast(JobService, second), shards=ShardRange(count, (2, 3)))
+
+    assert {record.job_id for record, _ in first.resumed} == {jobs_by_shard[0], jobs_by_shard[1], direct.id}
+    assert {record.job_id for record, _ in second.resumed} == {jobs_by_shard[2], jobs_by_shard[3]}
+    assert not first.failed and not second.failed
+
+
+async def test_a_process_running_every_shard_recovers_every_job(db: Database) -> None:
+    for guild in (GUILD, None):
+        await db.ledger.record_job(GenerateRequest("a lighthouse"), user_id=ALICE, channel_id=CHANNEL, guild_id=guild)
+    jobs = RecordingJobs()
+    await recover(db, jobs)
+    assert len(jobs.resumed) == 2

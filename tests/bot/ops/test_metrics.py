@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.ops.metrics import LiveFigures, Metrics
+from bot.ops.metrics import LiveFigures, Metrics, ShardFigures
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
@@ -77,6 +77,17 @@ def test_live_figures_are_read_at_each_scrape() -> None:
     figures = LiveFigures(queued=0, running=2, models_ready=2, worker_restarts=1, ready=False)
     assert value(metrics, "stepgrid_queue_length") == 0 and value(metrics, "stepgrid_jobs_running") == 2
     assert value(metrics, "stepgrid_worker_restarts_total") == 1 and value(metrics, "stepgrid_ready") == 0
+
+
+def test_each_shard_shows_whether_it_is_connected_its_latency_and_its_servers() -> None:
+    metrics = Metrics()
+    shards = (ShardFigures(2, True, 0.041, 1250), ShardFigures(3, False, float("inf"), 1249))
+    figures = LiveFigures(queued=0, running=0, models_ready=1, worker_restarts=0, ready=False, shards=shards)
+    metrics.watch(lambda: figures)
+    assert value(metrics, "stepgrid_shard_connected", shard="2") == 1
+    assert value(metrics, "stepgrid_shard_connected", shard="3") == 0
+    assert value(metrics, "stepgrid_shard_latency_seconds", shard="2") == 0.041
+    assert value(metrics, "stepgrid_shard_servers", shard="3") == 1249
 
 
 async def test_a_blocked_event_loop_shows_as_lag() -> None:

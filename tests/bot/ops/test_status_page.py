@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 
 from bot.ops.http import _running_status
-from bot.ops.status_page import HourFigures, JobLine, ModelLine, StatusView, last_hours, status_html
+from bot.ops.status_page import HourFigures, JobLine, ModelLine, ShardLine, StatusView, last_hours, status_html
 from inference.queues.base import WorkerStatus
 
 NOW = datetime(2026, 12, 7, 17, 40, tzinfo=UTC)
@@ -50,3 +50,10 @@ def test_a_running_job_shows_its_steps_once_known() -> None:
     assert _running_status("running", (3, 10)) == "running · step 3/10"
     assert _running_status("running", None) == "running"
     assert _running_status("delivering", (10, 10)) == "delivering"
+
+
+def test_each_shard_of_the_process_shows_its_state_latency_and_servers() -> None:
+    page = status_html(view(shards=[ShardLine(0, "connected", 0.0412, 1250), ShardLine(1, "closed", float("inf"), 3)]))
+    assert "<h2>Shards (2)</h2>" in page
+    assert "<td>0</td>" in page and ">connected<" in page and "<td>41 ms</td>" in page and "<td>1,250</td>" in page
+    assert ">closed<" in page and "<td>not measured yet</td>" in page

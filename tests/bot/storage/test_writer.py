@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -127,3 +128,36 @@ async def test_a_failing_write_does_not_stop_the_writer(db: Database) -> None:
 
     job = await record(db)
     assert await db.ledger.get_job(job.id) is not None
+
+
+# --- group commit: writes waiting together share one transaction ---------------------------------------
+
+
+def count_commits(database: Database) -> list[int]:
+    """A list that grows by one at each transaction the database commits."""
+    commits: list[int] = []
+    event.listen(database.engine.sync_engine, "commit", lambda connection: commits.append(1))
+    return commits
+
+
+async def test_writes_waiting_together_are_committed_together(db: Database) -> None:
+    commits = count_commits(db)
+    jobs = await asyncio.gather(*(record(db, user=user) for user in range(40)))
+
+    assert {job.id for job in await all_jobs(db)} == {job.id for job in jobs}
+    assert len(commits) < 40 // 2, f"{len(commits)} commits for 40 writes queued at once"
+
+
+async def test_a_failing_write_in_a_group_fails_alone_and_the_others_are_committed(db: Database) -> None:
+    commits = count_commits(db)
+    outcomes = await asyncio.gather(
+        *(record(db, user=user) for user in range(10)),
+        db.ledger.mark_running("no-such-job"),
+        *(record(db, user=user) for user in range(10, 20)),
+        return_exceptions=True,
+    )
+
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert len(failures) == 1 and isinstance(failures[0], LedgerJobMissing)
+    assert len(await all_jobs(db)) == 20
+    assert len(commits) == 20  # the group was rolled back, then each write ran alone (the failing one commits nothing)
