@@ -497,6 +497,26 @@ def custom_ids(view: discord.ui.View) -> list[str]:
     return [cast(JobButton, item).item.custom_id or "" for item in view.children]
 
 
+class RecordingJobs:
+    """The two things recovery asks of the job service, recorded instead of done."""
+
+    def __init__(self, *, delivered: bool | None = False) -> None:
+        self.resumed: list[tuple[JobRecord, float]] = []
+        self.failed: list[tuple[JobRecord, str, float]] = []
+        self.delivered = delivered  # what reading a job's message finds
+        self.looked_at: list[str] = []
+
+    async def already_delivered(self, client: discord.Client, record: JobRecord, *, token_age: float) -> bool | None:
+        self.looked_at.append(record.job_id)
+        return self.delivered
+
+    def resume(self, client: discord.Client, record: JobRecord, *, token_age: float) -> None:
+        self.resumed.append((record, token_age))
+
+    def answer_failed(self, client: discord.Client, record: JobRecord, reason: str, *, token_age: float) -> None:
+        self.failed.append((record, reason, token_age))
+
+
 class FakeWallClock:
     """A wall clock (aware UTC datetimes) the test moves by hand."""
 

@@ -18,29 +18,9 @@ from bot.storage.inputs import InputImageMissing
 from bot.storage.job_store import JobRecord, record_of
 from bot.storage.models import JobRow
 from inference.protocol import GenerateRequest, HiresFix, JobResult
-from tests.bot.fakes import FakeClient, FakeWallClock, Harness, Recorder
+from tests.bot.fakes import FakeClient, FakeWallClock, Harness, Recorder, RecordingJobs
 
 CHANNEL, GUILD, ALICE = 500, 1000, 11
-
-
-class RecordingJobs:
-    """The two things recovery asks of the job service, recorded instead of done."""
-
-    def __init__(self, *, delivered: bool | None = False) -> None:
-        self.resumed: list[tuple[JobRecord, float]] = []
-        self.failed: list[tuple[JobRecord, str, float]] = []
-        self.delivered = delivered  # what reading a job's message finds
-        self.looked_at: list[str] = []
-
-    async def already_delivered(self, client: discord.Client, record: JobRecord, *, token_age: float) -> bool | None:
-        self.looked_at.append(record.job_id)
-        return self.delivered
-
-    def resume(self, client: discord.Client, record: JobRecord, *, token_age: float) -> None:
-        self.resumed.append((record, token_age))
-
-    def answer_failed(self, client: discord.Client, record: JobRecord, reason: str, *, token_age: float) -> None:
-        self.failed.append((record, reason, token_age))
 
 
 async def leftover(db: Database, *, steps: int = 20, running: bool = False) -> JobRow:

@@ -18,7 +18,7 @@ from bot.pictures.guidance_grid import (
 from bot.pictures.render import MARK, png_parameters
 from inference.parameters import infotext
 from inference.protocol import CompareGuidanceRequest, GeneratedImage
-from tests.bot.pictures.test_sweet_spot import picture, png
+from tests.inference.settling_pictures import picture, png
 
 SIDE = 128
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from bot.pictures.stop_early import render_stop_early_grid, stopped_cells
 from inference.protocol import CompareStepsRequest, GeneratedImage
-from tests.bot.pictures.test_sweet_spot import picture, png
+from tests.inference.settling_pictures import picture, png
 
 SIDE = 96
 REQUEST = CompareStepsRequest("a fox", steps=(2, 4, 8), scheduler="Euler", seed=3, width=SIDE, height=SIDE,

@@ -1,63 +1,21 @@
-"""The sweet-spot measure on constructed images: pure numpy/Pillow, no model."""
+"""Where a grid's rows settle and how that reads, on constructed images.
+
+The measure itself is tested in tests/inference/test_settling.py.
+"""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from bot.pictures.sweet_spot import (
     SETTLED_BELOW,
     RowChanges,
-    change_percent,
     format_change,
     measure_row,
     settle_index,
     summary,
 )
-
-
-def picture(shift: int = 0, size: int = 128, background: tuple[int, int, int] = (40, 90, 160)) -> Image.Image:
-    """A sky with a red square whose position moves by `shift` pixels."""
-    image = Image.new("RGB", (size, size), background)
-    ImageDraw.Draw(image).rectangle((30 + shift, 40, 70 + shift, 80), fill=(220, 40, 30))
-    return image
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def test_identical_images_change_by_zero() -> None:
-    assert change_percent(picture(), picture()) == 0.0
-
-
-def test_larger_differences_measure_larger_in_the_expected_order() -> None:
-    base = picture()
-    nudged, moved, recoloured = picture(shift=2), picture(shift=20), picture(background=(230, 230, 230))
-    changes = [change_percent(base, other) for other in (nudged, moved, recoloured)]
-    assert 0 < changes[0] < changes[1] < changes[2]
-
-
-def test_black_against_white_is_the_full_lightness_range() -> None:
-    black, white = Image.new("RGB", (32, 32), (0, 0, 0)), Image.new("RGB", (32, 32), (255, 255, 255))
-    assert change_percent(black, white) == pytest.approx(100, abs=0.01)
-
-
-def test_pixel_noise_counts_less_than_moving_the_subject() -> None:
-    rng = np.random.default_rng(0)
-    noisy = np.asarray(picture(), dtype=np.int16) + rng.integers(-25, 26, size=(128, 128, 3))
-    speckled = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    assert change_percent(picture(), speckled) < change_percent(picture(), picture(shift=20))
-
-
-def test_images_of_different_sizes_are_refused() -> None:
-    with pytest.raises(ValueError, match="different sizes"):
-        change_percent(picture(size=64), picture(size=128))
+from tests.inference.settling_pictures import picture, png
 
 
 @pytest.mark.parametrize(
