@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.engine.lane_engine import LaneEngine
-from inference.loading import load_model
+from inference.models.loading import load_model
 from inference.protocol import GenerateRequest
 
 CASES = ("first job", "new steps", "same steps, new prompt", "same steps and prompt")

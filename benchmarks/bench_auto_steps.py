@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.families import DenoiserBatch
-from inference.loading import load_model
+from inference.models.loading import load_model
 from inference.protocol import GenerateRequest, JobEvent, JobResult, ProgressBatch
 from inference.settling import SETTLED_BELOW, change_percent, check_every
 

@@ -38,7 +38,7 @@ from benchmarks.bench_overhead import run_overhead
 from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.imaging import encode_png
-from inference.loading import LoadedModel, load_model
+from inference.models.loading import LoadedModel, load_model
 from inference.protocol import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GRID_SCHEDULERS,

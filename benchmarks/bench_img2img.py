@@ -39,7 +39,7 @@ from benchmarks.bench_engine import CLOCKS, interleaved, psnr
 from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.imaging import encode_png
-from inference.loading import LoadedModel, load_model
+from inference.models.loading import LoadedModel, load_model
 from inference.protocol import (
     DEFAULT_COMPARE_STRENGTHS,
     CompareStrengthRequest,

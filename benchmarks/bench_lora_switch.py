@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inference.adapters import adapter_key
 from inference.families import DenoiserBatch
-from inference.loading import LoadedModel, load_model
+from inference.models.adapters import adapter_key
+from inference.models.loading import LoadedModel, load_model
 from inference.registry import LoraSpec, ModelSpec
 from tests.inference.loras import make_lora
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.engine.lanes import Lane
-from inference.loading import LoadedModel, load_model
+from inference.models.loading import LoadedModel, load_model
 from inference.protocol import GenerateRequest, JobEvent, JobProgress
 
 try:

@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import cpu_name
 from inference.engine.lane_engine import LaneEngine
-from inference.loading import load_model
+from inference.models.loading import load_model
+from inference.models.test_models import _sd_components
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobResult, SafetyVerdict, WorkerConfig
 from inference.safety import ImageChecker, load_checker
-from inference.test_models import _sd_components
 from tests.safety_checkers import save_tiny_classifier
 
 CPU = torch.device("cpu")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 
 
 def cpu_name() -> str:

@@ -1,6 +1,6 @@
 """What a model can do, decided from its pipeline's configs alone (standard library only): its family, sizes,
 defaults and the schedulers it can honestly run. The one table for both a loaded pipeline (`Family.info`) and a
-model folder before any weight loads (`inference.model_files.info_before_loading`), so the CLI and the bot refuse
+model folder before any weight loads (`inference.models.files.info_before_loading`), so the CLI and the bot refuse
 a model-specific option in the worker's own words without waiting minutes for the load."""
 
 from __future__ import annotations

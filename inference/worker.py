@@ -77,7 +77,7 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
             conn.send(event)
 
     from inference.engine.lane_engine import LaneEngine
-    from inference.loading import load_models
+    from inference.models.loading import load_models
 
     _wait_for_load_gate()
     started = time.perf_counter()

@@ -32,7 +32,7 @@ from bot.storage.job_store import DatabaseJobStore, JobStore
 from bot.storage.lock import DatabaseInUse, bot_lock
 from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable
 from inference.logs import configure_logging, report_fatal
-from inference.model_files import infos_before_loading
+from inference.models.files import infos_before_loading
 from inference.queues.base import JobQueue, WorkerUnavailable
 from inference.queues.lease import BotIdInUse, BotLease
 

@@ -27,7 +27,7 @@ from bot.errors import InvalidOption
 from bot.job_requests import AUTO, RequestDefaults, RequestOptions, build_request, checked, requested_loras
 from bot.limits.server import EffectiveLimits
 from bot.pictures.input_image import prepare_input_image
-from inference.model_files import info_before_loading, local_source_problem
+from inference.models.files import info_before_loading, local_source_problem
 from inference.parameters import PNG_KEY, grid_infotext, strength_grid_infotext
 from inference.protocol import (
     SIZE_MULTIPLE,

@@ -133,7 +133,7 @@ class JobService:
         known_models: Mapping[str, ModelInfo] | None = None,
     ) -> None:
         self.queue = queue
-        # What each model can do, read from its configs before it loads (inference.model_files): a job
+        # What each model can do, read from its configs before it loads (inference.models.files): a job
         # accepted while the models load is refused at once for what its model can't do, instead of later.
         self.known_models: Mapping[str, ModelInfo] = known_models or {}
         self.metrics = metrics if metrics is not None else Metrics()

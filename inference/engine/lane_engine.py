@@ -4,7 +4,7 @@ Every denoising run is a *lane* (its own scheduler instance, latents and seeded 
 engine iteration stacks the active lanes of one group into ONE denoiser call with per-sample
 timesteps (the model's family adapter builds that call), then steps each lane with its own
 scheduler. Lanes join and leave between iterations; models, LoRA sets and sizes take turns (a LoRA
-set is switched between calls with `set_adapters`, never reloaded: inference.adapters)."""
+set is switched between calls with `set_adapters`, never reloaded: inference.models.adapters)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inference.adapters import AdapterKey, adapter_key
 from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
 from inference.engine.film import (
     FILM_DECODE_BATCH,
@@ -37,7 +36,8 @@ from inference.engine.film import (
 from inference.engine.lanes import EngineJob, InputImage, Lane
 from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png, png_pixels
-from inference.loading import LoadedModel
+from inference.models.adapters import AdapterKey, adapter_key
+from inference.models.loading import LoadedModel
 from inference.parameters import auto_steps_note, image_infotext
 from inference.protocol import (
     GUIDANCE_INPUT,

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from inference.adapters import AdapterKey
 from inference.engine.batch_steps import BatchKind, Coefficients
 from inference.engine.film import FilmCapture
 from inference.families import Conditioning, EncodedImage
-from inference.loading import LoadedModel
+from inference.models.adapters import AdapterKey
+from inference.models.loading import LoadedModel
 from inference.protocol import (
     GeneratedImage,
     GenerateRequest,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.loading import LoadedModel, load_model
+from inference.models.loading import LoadedModel, load_model
 
 LoadTestModel = Callable[[str], LoadedModel]
 

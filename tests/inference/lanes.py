@@ -9,7 +9,7 @@ import torch
 
 from inference.engine.lane_engine import LaneEngine
 from inference.engine.lanes import Lane
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import JobEvent, JobResult, Request
 
 ENCODER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-png")  # shared: engines come and go

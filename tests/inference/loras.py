@@ -12,7 +12,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from inference.loading import load_model
+from inference.models.loading import load_model
 
 RANK = 4
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

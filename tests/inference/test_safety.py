@@ -14,7 +14,7 @@ import torch
 from transformers import CLIPConfig, CLIPImageProcessor
 
 from inference.imaging import png_pixels
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobProgress, SafetyVerdict, WorkerConfig
 from inference.safety import DEFAULT_CLASSIFIER, SafetyCheckerError, chosen_checker, load_checker
 from tests.inference.conftest import LoadTestModel

@@ -85,7 +85,7 @@ def broken_models(tiny: Path, tmp_path: Path) -> dict[str, tuple[str, str, str]]
 def test_a_model_that_fails_to_load_exits_2_with_one_line_saying_what_to_do(
     case: str, tmp_path: Path, model_cache_dir: Path
 ) -> None:
-    from inference.loading import ensure_test_model  # torch: only this test of the file needs it here
+    from inference.models.loading import ensure_test_model  # torch: only this test of the file needs it here
 
     model, reason, advice = broken_models(ensure_test_model("tiny", model_cache_dir), tmp_path)[case]
     result = stepgrid(
@@ -103,7 +103,7 @@ def test_a_model_that_fails_to_load_exits_2_with_one_line_saying_what_to_do(
 def test_models_exits_2_when_no_configured_model_loads(
     tmp_path: Path, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from inference.loading import ensure_test_model
+    from inference.models.loading import ensure_test_model
 
     broken_models(ensure_test_model("tiny", model_cache_dir), tmp_path)
     monkeypatch.setenv("STEPGRID_MODEL_CACHE_DIR", str(model_cache_dir))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference.engine.batch_steps import KINDS, plan_for
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import SCHEDULER_NAMES, CompareStepsRequest, GenerateRequest, Request
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from inference.engine.film import predicted_clean
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import GenerateRequest
 from tests.a1111 import parse_generation_parameters
 from tests.inference.conftest import LoadTestModel

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bot.pictures.render import png_parameters
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import CompareGuidanceRequest, GenerateRequest
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone

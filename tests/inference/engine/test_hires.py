@@ -13,7 +13,7 @@ import torch
 from diffusers import FluxImg2ImgPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.parameters import PNG_KEY
 from inference.protocol import GenerateRequest, HiresFix, img2img_steps
 from inference.schedulers import make_scheduler

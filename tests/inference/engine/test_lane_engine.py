@@ -20,7 +20,7 @@ from PIL import Image
 from bot.pictures.grids import grid_rows
 from bot.pictures.render import default_caption
 from inference.engine.lane_engine import LaneEngine, UnknownModel
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import (
     SCHEDULER_NAMES,
     CompareSchedulersRequest,

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.parameters import PNG_KEY
 from inference.protocol import CompareStrengthRequest, GenerateRequest, img2img_steps
 from tests.a1111 import parse_generation_parameters

@@ -11,7 +11,7 @@ import pytest
 from diffusers import FlowMatchHeunDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT, GenerateRequest, validate_for_model
 from inference.schedulers import FLOW_SCHEDULERS, make_scheduler
 from tests.inference.conftest import LoadTestModel

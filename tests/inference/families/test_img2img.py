@@ -15,7 +15,7 @@ from diffusers import (
     StableDiffusionXLImg2ImgPipeline,
 )
 
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import CompareStepsRequest, GenerateRequest, JobResult, img2img_steps
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference.families import family_for
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import DEFAULT_COMPARE_STEPS, GUIDANCE_INPUT, SCHEDULER_NAMES, GenerateRequest
 from inference.registry import ModelSpec
 from inference.schedulers import TCD_ETA, make_scheduler

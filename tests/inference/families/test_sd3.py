@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import GUIDANCE_CFG, GenerateRequest
 from inference.schedulers import FLOW_SCHEDULERS, make_scheduler
 from tests.inference.conftest import LoadTestModel

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from inference.families import family_for
-from inference.loading import LoadedModel
+from inference.models.loading import LoadedModel
 from inference.protocol import GUIDANCE_CFG, GenerateRequest
 from inference.registry import ModelSpec
 from inference.schedulers import TCD_ETA, make_scheduler

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.adapters import Adapters, adapter_key
-from inference.loading import LoadedModel, load_model
+from inference.models.adapters import Adapters, adapter_key
+from inference.models.loading import LoadedModel, load_model
 from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.loading import ModelLoadError, load_model, load_models
+from inference.models.loading import ModelLoadError, load_model, load_models
+from inference.models.test_models import ensure_test_model
 from inference.protocol import WorkerConfig
 from inference.registry import ModelSpec
-from inference.test_models import ensure_test_model
 
 
 def test_a_model_that_fails_to_load_is_reported_and_the_others_load(model_cache_dir: Path, tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.loading import load_model
-from inference.test_models import build_test_pipeline
+from inference.models.loading import load_model
+from inference.models.test_models import build_test_pipeline
 from tests.inference.conftest import LoadTestModel
 
 

@@ -15,14 +15,19 @@ from diffusers import (
     DiffusionPipeline,
 )
 
-from inference.adapters import Adapters
 from inference.families import Family, Pipeline, family_for, supported_pipelines
 from inference.family_rules import FAMILY_MODULES
-from inference.hub import why_the_hub_failed
-from inference.model_files import default_cache_dir, local_source_problem
+from inference.models.adapters import Adapters
+from inference.models.files import default_cache_dir, local_source_problem
+from inference.models.hub import why_the_hub_failed
+from inference.models.test_models import (
+    IN_MEMORY_TEST_MODELS,
+    TEST_MODEL_NATIVE_SIZE,
+    build_test_pipeline,
+    ensure_test_model,
+)
 from inference.protocol import ModelInfo, ModelUnavailable, WorkerConfig
 from inference.registry import ModelSpec, spec_for
-from inference.test_models import IN_MEMORY_TEST_MODELS, TEST_MODEL_NATIVE_SIZE, build_test_pipeline, ensure_test_model
 
 log = logging.getLogger(__name__)
 

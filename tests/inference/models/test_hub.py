@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.hub import why_the_hub_failed
+from inference.models.hub import why_the_hub_failed
 from tests.inference.fake_hub import empty_hub
 
 
