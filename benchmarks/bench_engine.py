@@ -49,9 +49,9 @@ from inference.protocol import (
     JobResult,
     ProgressBatch,
     Request,
-    parse_step_list,
 )
 from inference.schedulers import make_scheduler
+from inference.validation import parse_step_list
 
 FLOW_FAMILIES = ("flux", "sd3")
 

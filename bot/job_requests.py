@@ -44,9 +44,8 @@ from inference.protocol import (
     Request,
     lane_request,
     lane_strengths,
-    parse_step_list,
-    validate,
 )
+from inference.validation import parse_step_list, validate
 
 # The longest prompt (and negative prompt) the commands accept.
 MAX_PROMPT_CHARS = 1500

@@ -43,11 +43,11 @@ from inference.protocol import (
     JobResult,
     ModelInfo,
     Request,
-    validate_for_model,
 )
 from inference.queues.base import ModelsUnavailable, WorkerUnavailable
 from inference.queues.local import LocalJobQueue
 from inference.registry import TEST_MODEL_NAMES, ModelSpec, RegistryError, models_from_setting
+from inference.validation import validate_for_model
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
 

@@ -86,10 +86,9 @@ from inference.protocol import (
     JobStarted,
     ModelInfo,
     Request,
-    validate,
-    validate_for_model,
 )
 from inference.queues.base import JobQueue, QueueFull, WorkerUnavailable
+from inference.validation import validate, validate_for_model
 
 log = logging.getLogger(__name__)
 

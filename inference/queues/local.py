@@ -29,9 +29,9 @@ from inference.protocol import (
     WorkerConfig,
     WorkerFailed,
     WorkerReady,
-    validate_for_model,
 )
 from inference.queues.base import FairJobQueue, ModelsUnavailable, QueuedJob, WorkerStatus, WorkerUnavailable
+from inference.validation import validate_for_model
 from inference.worker import worker_main
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,6 @@ from inference.protocol import (
     ModelInfo,
     Request,
     WorkerConfig,
-    validate_for_model,
 )
 from inference.queues.base import FairJobQueue, QueuedJob, WorkerStatus
 from inference.queues.lease import BotIdInUse, BotLease
@@ -47,6 +46,7 @@ from inference.queues.wire import (
     loads,
     redis_problem,
 )
+from inference.validation import validate_for_model
 
 log = logging.getLogger(__name__)
 

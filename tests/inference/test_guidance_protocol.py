@@ -16,9 +16,8 @@ from inference.protocol import (
     InvalidRequest,
     LoraInfo,
     ModelInfo,
-    validate,
-    validate_for_model,
 )
+from inference.validation import validate, validate_for_model
 
 SD = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8)
 TURBO = dataclasses.replace(SD, name="sdxl-turbo", family="sdxl", default_steps=4, default_guidance=0.0)

@@ -12,8 +12,9 @@ from diffusers import FlowMatchHeunDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from inference.models.loading import LoadedModel
-from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT, GenerateRequest, validate_for_model
+from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT, GenerateRequest
 from inference.schedulers import FLOW_SCHEDULERS, make_scheduler
+from inference.validation import validate_for_model
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (
     assert_equals_plain_pipeline,

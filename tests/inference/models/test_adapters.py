@@ -19,18 +19,10 @@ from PIL import Image
 
 from inference.models.adapters import Adapters, adapter_key
 from inference.models.loading import LoadedModel, load_model
-from inference.protocol import (
-    CompareStepsRequest,
-    GenerateRequest,
-    InvalidRequest,
-    PlainRow,
-    UnknownLora,
-    row_requests,
-    validate,
-    validate_for_model,
-)
+from inference.protocol import CompareStepsRequest, GenerateRequest, InvalidRequest, PlainRow, UnknownLora, row_requests
 from inference.registry import LoraSpec, ModelSpec
 from inference.schedulers import make_scheduler
+from inference.validation import validate, validate_for_model
 from tests.a1111 import parse_generation_parameters
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone
 from tests.inference.loras import TinyLora, cut_off, make_lora
