@@ -31,8 +31,8 @@ class Eta:
 
 
 def rounded_seconds(seconds: float) -> int:
-    """Seconds rounded as people read an estimate: 7, 15, 40, 120 (2 min), 1500 (25 min), 4800 (1 h 20 min)."""
-    if seconds < 10:
+    """Seconds rounded as people read an estimate: 7, 12, 40, 120 (2 min), 1500 (25 min), 4800 (1 h 20 min)."""
+    if seconds < 20:
         return max(1, round(seconds))
     if seconds < 60:
         return min(60, 5 * round(seconds / 5))

@@ -112,7 +112,7 @@ def test_second_order_schedulers_call_the_denoiser_twice_a_step() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "rounded"),
-    [(0.2, 1), (7.4, 7), (12.4, 10), (13, 15), (58, 60), (90, 120), (119, 120), (1499, 1500), (4790, 4800)],
+    [(0.2, 1), (7.4, 7), (12.4, 12), (22.4, 20), (23, 25), (58, 60), (90, 120), (119, 120), (1499, 1500), (4790, 4800)],
 )
 def test_estimates_are_rounded_as_people_read_them(seconds: float, rounded: int) -> None:
     assert rounded_seconds(seconds) == rounded
