@@ -3,10 +3,15 @@ ETA without a measurement."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
-from inference.protocol import StepRate
+from inference.protocol import GenerateRequest, JobProgress, JobResult, StepRate, WorkerConfig
 from inference.queues.eta import RateBook, Work, calls_left, forecast, rounded_seconds
+from inference.queues.local import LocalJobQueue
+from tests.workers import started_queue
 
 
 def rate(lanes: int, seconds: float, *, model: str = "tiny", size: int = 256, device: str = "cpu") -> StepRate:
@@ -116,3 +121,45 @@ def test_second_order_schedulers_call_the_denoiser_twice_a_step() -> None:
 )
 def test_estimates_are_rounded_as_people_read_them(seconds: float, rounded: int) -> None:
     assert rounded_seconds(seconds) == rounded
+
+
+# --- accuracy on the real worker -----------------------------------------------------------------
+
+ACCURACY_STEPS = 24  # enough iterations that the rate, not one iteration's noise, decides
+
+
+async def run_batch(queue: LocalJobQueue, tag: str) -> list[tuple[float | None, float]]:
+    """Three one-image jobs submitted together (one busy batch); per job its ETA at its first progress
+    event and the time from that event to its result."""
+    requests = [GenerateRequest(f"a fox {tag} {i}", steps=ACCURACY_STEPS, scheduler="Euler", seed=i, width=64,
+                                height=64) for i in range(3)]  # fmt: skip
+    ids = [queue.submit(request, user_id=f"member {i}") for i, request in enumerate(requests)]
+    if tag == "learning":
+        assert [queue.estimate(job_id) for job_id in ids] == [None] * 3  # nothing measured yet: no ETA
+
+    async def follow(job_id: str) -> tuple[float | None, float]:
+        eta: float | None = None
+        seen_at = None
+        async for event in queue.events(job_id):
+            if isinstance(event, JobProgress) and seen_at is None:
+                seen_at = time.monotonic()
+                estimate = queue.estimate(job_id)
+                eta = None if estimate is None else estimate.left
+            if isinstance(event, JobResult):
+                assert seen_at is not None
+                return eta, time.monotonic() - seen_at
+        raise AssertionError(f"job {job_id} ended without a result")
+
+    return list(await asyncio.gather(*(follow(job_id) for job_id in ids)))
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_the_eta_of_a_job_in_a_busy_batch_is_within_30_percent_of_its_actual_time(
+    tiny_config: WorkerConfig,
+) -> None:
+    async with started_queue(LocalJobQueue(tiny_config, max_length=10, hang_seconds=300)) as queue:
+        await run_batch(queue, "learning")
+        measured = await run_batch(queue, "measured")  # the same load: the rate was learned just before
+    ratios = [eta / actual if eta is not None else None for eta, actual in measured]
+    assert ratios[-1] is not None and 0.7 <= ratios[-1] <= 1.3, f"ETA / actual per job: {ratios} ({measured})"
