@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import discord
 import pytest
@@ -22,7 +23,9 @@ from bot.ops.healthcheck import healthz_url
 from bot.ops.http import OperatorEndpoint
 from bot.ops.metrics import Metrics
 from bot.storage.database import Database
+from bot.storage.models import JobRow
 from inference.queues.base import WorkerStatus
+from inference.queues.eta import Eta
 from tests.bot.fakes import TURBO, ScriptedQueue
 from tests.test_install import healthcheck_command
 
@@ -163,3 +166,31 @@ async def test_with_the_endpoint_turned_off_the_images_health_check_fails_saying
 )
 def test_the_images_health_check_asks_where_the_bot_listens(bind: str, url: str) -> None:
     assert healthz_url({"STEPGRID_HTTP_PORT": "8080", "STEPGRID_HTTP_BIND": bind}) == url
+
+
+class EstimatingQueue(ScriptedQueue):
+    """A queue with one waiting and one running job, and estimates for both."""
+
+    def position(self, job_id: str) -> int | None:
+        return 2 if job_id == "waiting" else None
+
+    def estimate(self, job_id: str) -> Eta | None:
+        return {"waiting": Eta(left=95.0, starts_in=41.0), "running": Eta(left=12.3)}.get(job_id)
+
+
+def test_the_status_page_says_when_jobs_start_and_how_long_they_have_left() -> None:
+    queue = EstimatingQueue()
+    settings = Settings(_env_file=None, http_port=8080)  # type: ignore[call-arg]
+    client = discord.Client(intents=discord.Intents.none())
+    endpoint = OperatorEndpoint(client, settings, jobs=JobService(queue), queue=queue, metrics=Metrics(), database=None)
+    accepted = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def status(job_id: str, state: str) -> str:
+        row = JobRow(
+            id=job_id, command="imagine", model="tiny", status=state, guild_id=None, created_at=accepted, params={}
+        )
+        return endpoint._job_line(row).status
+
+    assert status("waiting", "queued") == "queued (#2) · starts in about 40 s"
+    assert status("running", "running") == "running · about 12 s left"
+    assert status("unmeasured", "running") == "running"  # no measurement yet: no ETA
