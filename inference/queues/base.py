@@ -278,7 +278,8 @@ class FairJobQueue(JobQueue):
         for lane, step in event.lane_steps or ((event.lane, event.step),):
             job.lane_done[lane] = step
         if event.rate is not None:
-            self.rates.record(event.rate)
+            if self.rates.record(event.rate):
+                self._forecast = None  # what could not be priced may be now: no waiting for the next interval
             job.rate = event.rate
         self._forecast_stale = True
         job.events.put_nowait(event)

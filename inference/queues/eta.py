@@ -49,12 +49,15 @@ class RateBook:
         self._seconds: dict[tuple[str, int, int, str], dict[int, float]] = {}
         self._device: dict[str, str] = {}  # per model, the device that last reported a rate for it
 
-    def record(self, rate: StepRate) -> None:
-        """Keep a rate the worker measured."""
+    def record(self, rate: StepRate) -> bool:
+        """Keep a rate the worker measured; True when it is the first for its key (new jobs may be priced now)."""
         if rate.lanes < 1 or not math.isfinite(rate.seconds) or rate.seconds <= 0:
-            return
-        self._seconds.setdefault((rate.model, rate.width, rate.height, rate.device), {})[rate.lanes] = rate.seconds
+            return False
+        known = self._seconds.setdefault((rate.model, rate.width, rate.height, rate.device), {})
+        new = rate.lanes not in known or self._device.get(rate.model) != rate.device
+        known[rate.lanes] = rate.seconds
         self._device[rate.model] = rate.device
+        return new
 
     def device_of(self, model: str) -> str | None:
         """The device that last ran `model`, or None if none has reported."""

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from inference.protocol import GenerateRequest, JobProgress, JobResult, StepRate, WorkerConfig
+from inference.protocol import GenerateRequest, JobProgress, JobQueued, JobResult, StepRate, WorkerConfig
+from inference.queues.base import FairJobQueue, QueuedJob
 from inference.queues.eta import RateBook, Work, calls_left, forecast, rounded_seconds
 from inference.queues.local import LocalJobQueue
 from tests.workers import started_queue
@@ -163,3 +164,44 @@ async def test_the_eta_of_a_job_in_a_busy_batch_is_within_30_percent_of_its_actu
         measured = await run_batch(queue, "measured")  # the same load: the rate was learned just before
     ratios = [eta / actual if eta is not None else None for eta, actual in measured]
     assert ratios[-1] is not None and 0.7 <= ratios[-1] <= 1.3, f"ETA / actual per job: {ratios} ({measured})"
+
+
+class OneAtATime(FairJobQueue):
+    """The shared queue base with a backend that runs one job at a time and does nothing with it: the test
+    hands the queue the progress a worker would send."""
+
+    def _dispatch(self) -> None:
+        if self._pending and not self._running:
+            self._start(self._pending[0])
+        self._update_positions()
+
+    def _cancel_running(self, job: QueuedJob) -> None:
+        return None
+
+    async def start(self) -> None:
+        self._ready.set()
+
+    async def wait_ready(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._answer_unfinished()
+
+
+@pytest.mark.asyncio
+async def test_a_waiting_job_hears_when_it_should_start_once_a_rate_is_measured() -> None:
+    queue = OneAtATime(WorkerConfig(model="tiny", max_batch_lanes=1))
+    await queue.start()
+    running = queue.submit(GenerateRequest("a fox", steps=10, width=64, height=64, model="tiny"), user_id="a")
+    waiting = queue.submit(GenerateRequest("a cat", steps=10, width=64, height=64, model="tiny"), user_id="b")
+    assert queue._jobs[waiting].events.get_nowait() == JobQueued(waiting, 1)
+    assert queue.estimate(running) is None and queue.estimate(waiting) is None  # nothing measured yet
+
+    rate = StepRate("tiny", 64, 64, 1, 0.5, "cpu")
+    queue._on_progress(queue._jobs[running], JobProgress(running, 0, 4, 10, 4, 10, rate=rate))
+    assert queue._jobs[waiting].events.get_nowait() == JobQueued(waiting, 1)  # told again: now with a start
+    started = queue.estimate(waiting)
+    assert started is not None and started.starts_in == pytest.approx(3.0, abs=0.5)  # 6 steps left at 0.5 s
+    assert started.left == pytest.approx(8.0, abs=0.5)
+    left = queue.estimate(running)
+    assert left is not None and left.starts_in is None and left.left == pytest.approx(3.0, abs=0.5)
