@@ -909,7 +909,7 @@ class SafetyVerdict:
 @dataclass(frozen=True)
 class StepRate:
     """What one engine iteration (one denoiser call and its lanes' scheduler steps) takes, as the worker
-    measured it while serving: the median wall time of its latest iterations of `lanes` lanes of one
+    measured it while serving: the mean wall time of its latest iterations of `lanes` lanes of one
     model and size on one device. The bot's ETAs are sums of these."""
 
     model: str

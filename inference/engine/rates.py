@@ -16,7 +16,7 @@ from collections import deque
 
 from inference.protocol import StepRate
 
-SAMPLES_KEPT = 15  # the median of the latest: a pause (GC, another process) moves it little
+SAMPLES_KEPT = 15  # the mean of the latest: regular slow iterations (previews, film decodes) are real cost
 
 RateShape = tuple[str, int, int, int]  # model, width, height, lanes
 
@@ -48,9 +48,9 @@ class IterationRates:
         self._open = None
 
     def rate(self, shape: RateShape) -> StepRate | None:
-        """The measured rate of `shape`, or None before its first steady iteration has ended."""
+        """The mean of `shape`'s latest periods, or None before its first steady iteration has ended."""
         samples = self._samples.get(shape)
         if not samples:
             return None
         model, width, height, lanes = shape
-        return StepRate(model, width, height, lanes, statistics.median(samples), self.device)
+        return StepRate(model, width, height, lanes, statistics.fmean(samples), self.device)
