@@ -584,6 +584,20 @@ class SafetyVerdict:
 
 
 @dataclass(frozen=True)
+class StepRate:
+    """What one engine iteration (one denoiser call and its lanes' scheduler steps) takes, as the worker
+    measured it while serving: the mean wall time of its latest iterations of `lanes` lanes of one
+    model and size on one device. The bot's ETAs are sums of these."""
+
+    model: str
+    width: int
+    height: int
+    lanes: int
+    seconds: float
+    device: str
+
+
+@dataclass(frozen=True)
 class JobProgress:
     """One denoising iteration of a job: at most one event per job per engine iteration.
 
@@ -599,6 +613,7 @@ class JobProgress:
     preview_png: bytes | None = None
     lane_steps: tuple[tuple[int, int], ...] = ()
     preview_verdict: SafetyVerdict | None = None  # None: no preview, or no checker
+    rate: StepRate | None = None  # the iteration's measured rate (None: its shape not measured yet)
 
 
 @dataclass(frozen=True)

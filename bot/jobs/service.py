@@ -706,6 +706,7 @@ class JobService:
             position = self.queue.position(job_id)
             if position is not None:
                 state.position = position
+            state.eta = self.queue.estimate(job_id)
             editor.push(progress_message(record, state))
             async for event in self.queue.events(job_id):
                 if isinstance(event, JobResult):
@@ -731,6 +732,7 @@ class JobService:
                 state.apply(event)
                 if isinstance(event, JobProgress):
                     self._steps[job_id] = (event.job_step, event.job_total)
+                state.eta = self.queue.estimate(job_id)
                 editor.push(progress_message(record, state))
             raise RuntimeError(f"the event stream of job {job_id} ended without a result")
         except asyncio.CancelledError:

@@ -19,6 +19,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
+from bot.formatting import eta_words
 from bot.ops.metrics import CONTENT_TYPE, LiveFigures, Metrics, ShardFigures
 from bot.ops.status_page import (
     HOURS,
@@ -242,6 +243,7 @@ class OperatorEndpoint:
         status = (
             f"queued (#{position})" if position is not None else _running_status(row.status, self.jobs.steps_of(row.id))
         )
+        status += eta_words(self.queue.estimate(row.id), waiting=position is not None)  # "" before a measurement
         guild = self.client.get_guild(row.guild_id) if row.guild_id is not None else None
         return JobLine(
             job_id=row.id,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.formatting import counted
+from bot.formatting import counted, eta_words
 from bot.pictures.film import downscale_note, film_animation, source_note
 from bot.pictures.grids import Grid, cell_lora_hashes, render_grid, render_strength_grid
 from bot.pictures.guidance_grid import render_guidance_result
@@ -39,6 +39,7 @@ from inference.protocol import (
     Request,
     lane_steps_run,
 )
+from inference.queues.eta import Eta
 
 if TYPE_CHECKING:
     from bot.storage.job_store import JobRecord
@@ -112,6 +113,7 @@ class ProgressState:
     previews_stopped: bool = False  # a flagged preview may not be shown here: no more previews for this job
     preview_spoiler: bool = False  # a flagged preview shown here goes as a spoiler
     steps_before: int = 0  # steps that ran in earlier attempts (the worker crashed and restarted)
+    eta: Eta | None = None  # the queue's estimate when this state was last shown (None: no measurement yet)
 
     @property
     def steps_seen(self) -> int:
@@ -155,10 +157,11 @@ def progress_text(request: Request, state: ProgressState) -> str:
         loading = " The model is still loading; your job runs as soon as it is ready." if state.loading else ""
         if state.position is None:
             return f"⏳ Queued…{loading}"
-        return f"⏳ Queued — position {state.position}.{loading}"
+        return f"⏳ Queued — position {state.position}{eta_words(state.eta, waiting=True)}.{loading}"
     retry = f" (attempt {state.attempt}, the worker restarted)" if state.attempt > 1 else ""
     if state.job_total <= 0:
         return f"🎨 Starting…{retry}"
+    left = eta_words(state.eta, waiting=False)
     if not isinstance(request, GenerateRequest):
         # The job's total is the sum over cells ("step 80/155" reads as a step count nobody asked
         # for): show the share of the work done and where the longest cell is. A cell that starts from
@@ -170,12 +173,12 @@ def progress_text(request: Request, state: ProgressState) -> str:
         percent = min(100, 100 * state.job_step // state.job_total)
         return (
             f"🎨 {progress_bar(state.job_step, state.job_total)} {percent}% · {done}/{cells} cells done"
-            f" · longest cell at step {state.lane_steps.get(longest, 0)}/{lane_steps[longest]}{retry}"
+            f" · longest cell at step {state.lane_steps.get(longest, 0)}/{lane_steps[longest]}{left}{retry}"
         )
     step = min((state.lane_steps.get(lane, 0) for lane in range(request.count)), default=0)
     images = f" · {request.count} images" if request.count > 1 else ""
     total = state.lane_total or request.steps  # of an img2img lane, the steps that run
-    return f"🎨 {progress_bar(step, total)} step {step}/{total}{images}{retry}"
+    return f"🎨 {progress_bar(step, total)} step {step}/{total}{images}{left}{retry}"
 
 
 def progress_message(record: JobRecord, state: ProgressState) -> MessageUpdate:

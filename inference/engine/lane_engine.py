@@ -34,6 +34,7 @@ from inference.engine.film import (
     to_frame,
 )
 from inference.engine.lanes import EngineJob, InputImage, Lane
+from inference.engine.rates import IterationRates
 from inference.families import Conditioning, DenoiserBatch
 from inference.imaging import encode_png, latent_preview_png, png_pixels
 from inference.models.adapters import AdapterKey, adapter_key
@@ -54,6 +55,7 @@ from inference.protocol import (
     ProgressBatch,
     Request,
     SafetyVerdict,
+    StepRate,
     input_image,
     lane_request,
     lane_strengths,
@@ -209,6 +211,8 @@ class LaneEngine:
         # its lanes' work: they are charged at the shape's next call instead (see `_timed`).
         self._shapes_run: set[CallShape] = set()
         self._first_calls: dict[CallShape, tuple[CallCost, list[tuple[Lane, float]]]] = {}
+        device = self.model.device
+        self.rates = IterationRates(torch.cuda.get_device_name(device) if self._cuda else device.type)
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -220,6 +224,7 @@ class LaneEngine:
     @torch.no_grad()
     def add_job(self, job_id: str, request: Request) -> None:
         """Turn a validated request into lanes; they start at the next iteration."""
+        self.rates.idle()  # encoding its prompt between two iterations is no iteration's time
         model = self.model_for(request.model)
         adapters = self._adapters_for(model, request)
         conditioning = self._conditioning(model, request, adapters, request.height, request.width)
@@ -398,6 +403,7 @@ class LaneEngine:
         job = self._jobs.pop(job_id, None) or self._encoding.get(job_id)
         if job is None or not self._claim_answer(job):
             return False
+        self.rates.idle()  # the time until the next iteration is partly this cancel's
         self._settle_first_calls([*job.first_pass, *job.all_lanes])
         self.emit(JobFailed(job_id, "Cancelled.", cancelled=True, gpu_seconds=job.gpu_seconds,
                             steps_run=job.steps_done))  # fmt: skip
@@ -438,7 +444,10 @@ class LaneEngine:
         """Run one UNet call over a batch of lanes and advance them; returns the lanes run."""
         lanes = self._next_batch()
         if not lanes:
+            self.rates.idle()
             return 0
+        started = self._clock()
+        self.rates.iteration_started(started)
         jobs = list({lane.job: None for lane in lanes})
         try:
             starting = [lane for lane in lanes if lane.awaiting_image]
@@ -450,8 +459,10 @@ class LaneEngine:
             ]
             if checking:
                 self._timed(checking, self._check_settled, "settle-check")
-            self._report_progress(lanes, jobs)
+            shape = (lanes[0].job.model.name, lanes[0].job.width, lanes[0].job.height, len(lanes))
             finished = [lane for lane in lanes if lane.done]
+            self.rates.iteration_ran(shape, started, steady=not starting and not finished)
+            self._report_progress(lanes, jobs)
             if finished:
                 self._finish(finished)
         except Exception as exc:
@@ -691,6 +702,7 @@ class LaneEngine:
         thread: a job's first progress event waits for its first preview and is sent from there
         (so the user's first progress shows one, as before); later ones ride on the next event."""
         now = time.perf_counter()
+        rate = self.rates.rate((lanes[0].job.model.name, lanes[0].job.width, lanes[0].job.height, len(lanes)))
         advanced: dict[EngineJob, list[tuple[int, int]]] = {job: [] for job in jobs}
         for lane in lanes:
             advanced[lane.job].append((lane.index, lane.progress_steps))
@@ -703,25 +715,34 @@ class LaneEngine:
                 job.last_preview_at = now
                 job.previewing = True
                 latents = max(job.lanes, key=lambda lane: lane.position).latents
-                future = self._encoder.submit(self._make_preview, job, latents, (job.height, job.width), lane_steps)
+                future = self._encoder.submit(
+                    self._make_preview, job, latents, (job.height, job.width), lane_steps, rate
+                )
                 self._encodes.add(future)
                 future.add_done_callback(self._encodes.discard)
             if job.previewing and not job.progress_sent:
                 continue  # its first event goes out with its first preview
             job.progress_sent = True
-            events.append(self._progress_event(job, lane_steps, preview))
+            events.append(self._progress_event(job, lane_steps, preview, rate))
         if events:
             self.emit(events[0] if len(events) == 1 else ProgressBatch(tuple(events)))
 
     @staticmethod
-    def _progress_event(job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None) -> JobProgress:
+    def _progress_event(
+        job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None, rate: StepRate | None
+    ) -> JobProgress:
         (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].ran
         verdict = job.preview_verdict if preview is not None else None
         return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
-                           lane_steps=tuple(lane_steps), preview_verdict=verdict)  # fmt: skip
+                           lane_steps=tuple(lane_steps), preview_verdict=verdict, rate=rate)  # fmt: skip
 
     def _make_preview(
-        self, job: EngineJob, latents: torch.Tensor, size: tuple[int, int], lane_steps: list[tuple[int, int]]
+        self,
+        job: EngineJob,
+        latents: torch.Tensor,
+        size: tuple[int, int],
+        lane_steps: list[tuple[int, int]],
+        rate: StepRate | None = None,
     ) -> None:
         """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
         png = None
@@ -733,7 +754,7 @@ class LaneEngine:
             log.exception("could not make a preview of job %s", job.job_id, extra={"job_id": job.job_id})
         if not job.progress_sent:
             job.progress_sent = True
-            self.emit(self._progress_event(job, lane_steps, png))
+            self.emit(self._progress_event(job, lane_steps, png, rate))
         else:
             job.preview_png = png
         job.previewing = False

@@ -21,13 +21,21 @@ from inference.protocol import (
     InvalidRequest,
     JobEvent,
     JobFailed,
+    JobProgress,
     JobQueued,
     JobResult,
     ModelInfo,
     ModelUnavailable,
     Request,
+    StepRate,
     WorkerConfig,
+    hires_steps_run,
+    lane_steps_run,
 )
+from inference.queues.eta import Eta, RateBook, Work, calls_left, forecast, rounded_seconds
+
+FORECAST_INTERVAL_S = 0.5  # a forecast replays the queue: at most this often, however many events arrive
+WAITING_REFRESH_S = 1.0  # waiting jobs hear of a new start estimate (a repeated JobQueued) at most this often
 
 
 class QueueFull(Exception):
@@ -124,6 +132,11 @@ class JobQueue(abc.ABC):
     def position(self, job_id: str) -> int | None:
         """1-based place among waiting jobs, or None when running or unknown."""
 
+    def estimate(self, job_id: str) -> Eta | None:
+        """When a waiting job starts and when a job's answer is due, from measured rates; None before
+        there is a measurement for it (or for a job ahead of it)."""
+        return None
+
     def recorded(self, job_id: str) -> None:
         """The bot recorded how the job ended: what was kept to answer it after a restart may go."""
         return None  # the local queue keeps nothing outside the bot's process
@@ -146,6 +159,9 @@ class QueuedJob:
     finished: bool = False
     cancel_requested: bool = False
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # set with its last event
+    lane_done: dict[int, int] = field(default_factory=dict)  # steps per lane, as its progress events say
+    rate: StepRate | None = None  # its latest iteration's measured rate (the device and batch it runs in)
+    shown_start: int | None = None  # the rounded start estimate its last JobQueued went out with
 
     @property
     def lane_count(self) -> int:
@@ -166,6 +182,11 @@ class FairJobQueue(JobQueue):
         self._ready = asyncio.Event()
         self._closing = False
         self._draining = False  # a planned stop: no job starts any more
+        self.rates = RateBook()  # in memory: learned again after a restart
+        self._forecast: dict[str, tuple[float | None, float]] | None = None  # monotonic (start, finish)
+        self._forecast_at = 0.0
+        self._forecast_stale = True
+        self._waiting_refreshed_at = 0.0
 
     @abc.abstractmethod
     def _dispatch(self) -> None:
@@ -239,6 +260,87 @@ class FairJobQueue(JobQueue):
         job = self._jobs.get(job_id)
         return job.position if job else None
 
+    # -- estimates ------------------------------------------------------------------------------
+
+    def estimate(self, job_id: str) -> Eta | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.finished or not self.ready:
+            return None
+        entry = self._forecast_now().get(job_id)
+        if entry is None:
+            return None
+        start, finish = entry
+        now = time.monotonic()
+        return Eta(max(0.0, finish - now), None if start is None else max(0.0, start - now))
+
+    def _on_progress(self, job: QueuedJob, event: JobProgress) -> None:
+        """Hand a running job its progress, and learn from it: its steps, and the worker's measured rate."""
+        for lane, step in event.lane_steps or ((event.lane, event.step),):
+            job.lane_done[lane] = step
+        if event.rate is not None:
+            if self.rates.record(event.rate):
+                self._forecast = None  # what could not be priced may be now: no waiting for the next interval
+            job.rate = event.rate
+        self._forecast_stale = True
+        job.events.put_nowait(event)
+        self._refresh_waiting()
+
+    def _eta_model(self, request: Request) -> str:
+        """The model a request runs on (its own, else the default)."""
+        return request.model or next(iter(self.models), "")
+
+    def _eta_engines(self) -> tuple[int, int]:
+        """(lanes that run at once, engines sharing them): the local worker's batch cap, one engine."""
+        return self.config.max_batch_lanes, 1
+
+    def _work(self, job: QueuedJob) -> Work | None:
+        """The job's work left as the forecast sees it; None for what it can't price (a hires pass: its
+        second size's rate is not known until it runs)."""
+        request = job.request
+        family = info.family if (info := self.models.get(self._eta_model(request))) else ""
+        if hires_steps_run(request, family):
+            return None
+        calls = calls_left(lane_steps_run(request, family), request.lane_schedulers, job.lane_done)
+        started = [job.lane_done.get(lane, 0) > 0 for lane in range(len(calls))]
+        device = job.rate.device if job.rate else None
+        model = self._eta_model(request)
+        return Work(job.job_id, model, request.width, request.height, calls, started, device, job.isolate)
+
+    def _forecast_now(self) -> dict[str, tuple[float | None, float]]:
+        now = time.monotonic()
+        if self._forecast is not None and not (self._forecast_stale and now - self._forecast_at >= FORECAST_INTERVAL_S):
+            return self._forecast
+        running = [work for job in self._running.values() if (work := self._work(job)) is not None]
+        waiting: list[Work] = []
+        for job in self._pending:
+            work = self._work(job)
+            if work is None:
+                break  # what waits behind it can't be priced either
+            waiting.append(work)
+        cap, engines = self._eta_engines()
+        times = forecast(running, waiting, self.rates, lanes_cap=cap, engines=engines)
+        self._forecast = {
+            job_id: (None if start is None else now + start, now + finish) for job_id, (start, finish) in times.items()
+        }
+        self._forecast_at, self._forecast_stale = now, False
+        return self._forecast
+
+    def _start_estimate(self, job: QueuedJob) -> int | None:
+        eta = self.estimate(job.job_id)
+        return None if eta is None or eta.starts_in is None else rounded_seconds(eta.starts_in)
+
+    def _refresh_waiting(self) -> None:
+        """Tell waiting jobs (a repeated JobQueued) when their start estimate, as people read it, changed."""
+        now = time.monotonic()
+        if not self._pending or now - self._waiting_refreshed_at < WAITING_REFRESH_S:
+            return
+        self._waiting_refreshed_at = now
+        for job in self._pending:
+            shown = self._start_estimate(job)
+            if shown != job.shown_start and job.position is not None:
+                job.shown_start = shown
+                job.events.put_nowait(JobQueued(job.job_id, job.position))
+
     # -- ordering -----------------------------------------------------------------------------
 
     def _fair_order(self) -> list[QueuedJob]:
@@ -258,11 +360,15 @@ class FairJobQueue(JobQueue):
         for place, job in enumerate(self._pending, start=1):
             if job.position != place:
                 job.position = place
+                job.shown_start = None
                 job.events.put_nowait(JobQueued(job.job_id, place))
+        self._forecast_stale = True
 
     def _start(self, job: QueuedJob) -> None:
         """Take `job` off the waiting list into the running set; its member goes to the back of the line."""
         self._pending.remove(job)
+        job.lane_done.clear()  # a retry starts its lanes again
+        self._forecast_stale = True
         if job.user_id in self._turns and not job.isolate:
             self._turns.remove(job.user_id)
             self._turns.append(job.user_id)
@@ -271,6 +377,7 @@ class FairJobQueue(JobQueue):
 
     def _finish(self, job: QueuedJob, event: JobResult | JobFailed) -> None:
         job.finished = True
+        self._forecast_stale = True
         self._running.pop(job.job_id, None)
         queue_seconds = (job.started_at or time.monotonic()) - job.submitted_at
         job.events.put_nowait(dataclasses.replace(event, queue_seconds=queue_seconds))

@@ -252,7 +252,7 @@ class LocalJobQueue(FairJobQueue):
             if job is None:
                 return
             if isinstance(message, JobProgress):
-                job.events.put_nowait(message)
+                self._on_progress(job, message)
                 return
             if isinstance(message, JobResult):
                 self._crashes = 0

@@ -360,6 +360,17 @@ class RedisJobQueue(FairJobQueue):
     def _resolve(self, request: Request) -> str:
         return request.model or self._default_model(self._served())
 
+    def _eta_model(self, request: Request) -> str:
+        return self._resolve(request)
+
+    def _eta_engines(self) -> tuple[int, int]:
+        """Every live agent's lanes, as if they shared the work evenly: a rough figure (the bot can't see
+        which agent runs what); one agent's batch cap when none is known."""
+        agents = [agent for agent in self.agents if agent.state == "ready"]
+        if not agents:
+            return self.config.max_batch_lanes, 1
+        return sum(agent.lanes for agent in agents), len(agents)
+
     def _check_model(self, request: Request) -> None:
         if not self._agents_known:  # start-up recovery runs before the first look at the agents
             super()._check_model(request)
@@ -515,7 +526,7 @@ class RedisJobQueue(FairJobQueue):
             except WireError:
                 return  # an agent of another version: its answer says so; a progress notice is not worth a line
             if isinstance(event, JobProgress):
-                job.events.put_nowait(event)
+                self._on_progress(job, event)
         elif kind == b"done":
             data = await client.get(self.keys.result(job_id))
             if data is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+from datetime import UTC, datetime
 
 import discord
 import pytest
@@ -16,7 +17,9 @@ from bot.jobs.service import JobService
 from bot.ops.http import OperatorEndpoint
 from bot.ops.metrics import Metrics
 from bot.storage.database import Database
+from bot.storage.models import JobRow
 from inference.queues.base import WorkerStatus
+from inference.queues.eta import Eta
 from tests.bot.fakes import TURBO, ScriptedQueue
 
 
@@ -90,3 +93,31 @@ async def test_readyz_and_metrics_are_not_ready_while_the_worker_restarts_or_red
     monkeypatch.setattr(ScriptedQueue, "connection_problem", property(lambda queue: problem))
     assert await readiness(endpoint) == (503, [problem])
     assert b"stepgrid_ready 0.0" in endpoint.metrics.exposition()
+
+
+class EstimatingQueue(ScriptedQueue):
+    """A queue with one waiting and one running job, and estimates for both."""
+
+    def position(self, job_id: str) -> int | None:
+        return 2 if job_id == "waiting" else None
+
+    def estimate(self, job_id: str) -> Eta | None:
+        return {"waiting": Eta(left=95.0, starts_in=41.0), "running": Eta(left=12.3)}.get(job_id)
+
+
+def test_the_status_page_says_when_jobs_start_and_how_long_they_have_left() -> None:
+    queue = EstimatingQueue()
+    settings = Settings(_env_file=None, http_port=8080)  # type: ignore[call-arg]
+    client = discord.Client(intents=discord.Intents.none())
+    endpoint = OperatorEndpoint(client, settings, jobs=JobService(queue), queue=queue, metrics=Metrics(), database=None)
+    accepted = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def status(job_id: str, state: str) -> str:
+        row = JobRow(
+            id=job_id, command="imagine", model="tiny", status=state, guild_id=None, created_at=accepted, params={}
+        )
+        return endpoint._job_line(row).status
+
+    assert status("waiting", "queued") == "queued (#2) · starts in about 40 s"
+    assert status("running", "running") == "running · about 12 s left"
+    assert status("unmeasured", "running") == "running"  # no measurement yet: no ETA

@@ -25,6 +25,7 @@ from bot.replies.messages import (
 from inference.imaging import encode_png
 from inference.parameters import image_infotext
 from inference.protocol import CompareSchedulersRequest, GeneratedImage, GenerateRequest, JobProgress, JobResult
+from inference.queues.eta import Eta
 from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, noise_png, png_of, record_for, result_for
 
@@ -35,6 +36,22 @@ JOB_ID = "0123456789abcdef0123456789abcdef"
 
 def test_progress_text_shows_the_queue_position() -> None:
     assert progress_text(IMAGINE, ProgressState(position=4)) == "⏳ Queued — position 4."
+
+
+def test_progress_text_says_when_a_waiting_job_starts_and_how_long_a_running_one_has_left() -> None:
+    waiting = ProgressState(position=2, eta=Eta(left=70.0, starts_in=42.0))
+    assert progress_text(IMAGINE, waiting) == "⏳ Queued — position 2 · starts in about 40 s."
+    running = ProgressState(started=True, lane_steps={0: 7}, job_step=7, job_total=20, eta=Eta(left=12.2))
+    assert progress_text(IMAGINE, running).endswith("step 7/20 · about 12 s left")
+    grid = ProgressState(started=True, lane_steps={0: 5}, job_step=27, job_total=35, eta=Eta(left=130.0))
+    assert "about 2 min left" in progress_text(COMPARE, grid)
+
+
+def test_progress_text_says_nothing_of_time_before_there_is_a_measurement() -> None:
+    assert "about" not in progress_text(IMAGINE, ProgressState(position=2))
+    assert "about" not in progress_text(
+        IMAGINE, ProgressState(started=True, lane_steps={0: 7}, job_step=7, job_total=20)
+    )
 
 
 def test_progress_text_shows_step_k_of_n() -> None:
