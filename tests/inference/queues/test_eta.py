@@ -126,14 +126,15 @@ def test_estimates_are_rounded_as_people_read_them(seconds: float, rounded: int)
 
 # --- accuracy on the real worker -----------------------------------------------------------------
 
-ACCURACY_STEPS = 24  # enough iterations that the rate, not one iteration's noise, decides
+ACCURACY_STEPS = 30  # enough iterations that the rate, not one iteration's noise, decides
+ACCURACY_SIZE = 256  # big enough that denoising, not per-event overhead, is most of a job's time
 
 
 async def run_batch(queue: LocalJobQueue, tag: str) -> list[tuple[float | None, float]]:
     """Three one-image jobs submitted together (one busy batch); per job its ETA at its first progress
     event and the time from that event to its result."""
-    requests = [GenerateRequest(f"a fox {tag} {i}", steps=ACCURACY_STEPS, scheduler="Euler", seed=i, width=64,
-                                height=64) for i in range(3)]  # fmt: skip
+    requests = [GenerateRequest(f"a fox {tag} {i}", steps=ACCURACY_STEPS, scheduler="Euler", seed=i,
+                                width=ACCURACY_SIZE, height=ACCURACY_SIZE) for i in range(3)]  # fmt: skip
     ids = [queue.submit(request, user_id=f"member {i}") for i, request in enumerate(requests)]
     if tag == "learning":
         assert [queue.estimate(job_id) for job_id in ids] == [None] * 3  # nothing measured yet: no ETA
