@@ -220,15 +220,8 @@ def _validate_grid(request: protocol.GridRequest) -> None:
             raise protocol.InvalidRequest(
                 f"A scheduler comparison needs at least {protocol.MIN_COMPARE_CELLS} step counts; got {columns}."
             )
-        cells = len(request.lane_steps)
-        if cells > protocol.MAX_COMPARE_CELLS:
-            raise protocol.InvalidRequest(
-                f"A comparison grid has at most {protocol.MAX_COMPARE_CELLS} cells; {rows} schedulers × {columns} step "
-                f"counts would be {cells}: give fewer of either."
-            )
-    if (steps_twice := _repeated(request.steps)) is not None:
-        steps = f"{steps_twice} step{'' if steps_twice == 1 else 's'}"
-        raise protocol.InvalidRequest(f"{steps} is in the list twice; give each step count once.")
+        _refuse_too_many_cells(len(request.lane_steps), f"{rows} schedulers × {columns} step counts")
+    _refuse_repeated_steps(request.steps)
     if isinstance(request, protocol.CompareStepsRequest) and request.without_loras is not None:
         _validate_lora_comparison(request)
 
@@ -249,12 +242,7 @@ def _validate_seed_rows(request: protocol.CompareStepsRequest) -> None:
     if request.stop_early:
         raise protocol.InvalidRequest("Choose one of seeds and stop_early: each draws rows of its own.")
     columns = len(request.steps)
-    if seeds * columns > protocol.MAX_COMPARE_CELLS:
-        raise protocol.InvalidRequest(
-            f"A comparison grid has at most {protocol.MAX_COMPARE_CELLS} cells; {seeds} seeds × {columns} "
-            f"step counts would "
-            f"be {seeds * columns}: give fewer of either."
-        )
+    _refuse_too_many_cells(seeds * columns, f"{seeds} seeds × {columns} step counts")
 
 
 def _validate_lora_comparison(request: protocol.CompareStepsRequest) -> None:
@@ -291,15 +279,8 @@ def _validate_strength_grid(request: protocol.CompareStrengthRequest) -> None:
         )
     if (twice := _repeated(request.strengths)) is not None:
         raise protocol.InvalidRequest(f"Strength {twice:g} is in the list twice; give each strength once.")
-    if (steps_twice := _repeated(request.steps)) is not None:
-        raise protocol.InvalidRequest(f"{steps_twice} steps is in the list twice; give each step count once.")
-    cells = len(request.lane_steps)
-    if cells > protocol.MAX_COMPARE_CELLS:
-        raise protocol.InvalidRequest(
-            f"A comparison grid has at most {protocol.MAX_COMPARE_CELLS} cells; {columns} strengths × {rows} "
-            f"step counts "
-            f"would be {cells}: give fewer of either."
-        )
+    _refuse_repeated_steps(request.steps)
+    _refuse_too_many_cells(len(request.lane_steps), f"{columns} strengths × {rows} step counts")
 
 
 def _validate_guidance_grid(request: protocol.CompareGuidanceRequest) -> None:
@@ -314,13 +295,24 @@ def _validate_guidance_grid(request: protocol.CompareGuidanceRequest) -> None:
         )
     if (twice := _repeated(request.guidances)) is not None:
         raise protocol.InvalidRequest(f"Guidance {twice:g} is in the list twice; give each value once.")
-    if (steps_twice := _repeated(request.steps)) is not None:
-        raise protocol.InvalidRequest(f"{steps_twice} steps is in the list twice; give each step count once.")
-    cells = columns * rows
-    if cells > protocol.MAX_COMPARE_CELLS:
-        shape = f"{columns} guidance values × {rows} step counts" if rows > 1 else f"{columns} guidance values"
+    _refuse_repeated_steps(request.steps)
+    shape = f"{columns} guidance values × {rows} step counts" if rows > 1 else f"{columns} guidance values"
+    _refuse_too_many_cells(columns * rows, shape, either=rows > 1)
+
+
+def _refuse_repeated_steps(steps: Sequence[int]) -> None:
+    if (twice := _repeated(steps)) is not None:
         raise protocol.InvalidRequest(
-            f"A comparison grid has at most {protocol.MAX_COMPARE_CELLS} cells; {shape} would be {cells}: give fewer."
+            f"{twice} step{'' if twice == 1 else 's'} is in the list twice; give each step count once."
+        )
+
+
+def _refuse_too_many_cells(cells: int, shape: str, *, either: bool = True) -> None:
+    """`shape`: what the cells are made of, "3 seeds × 5 step counts"."""
+    if cells > protocol.MAX_COMPARE_CELLS:
+        raise protocol.InvalidRequest(
+            f"A comparison grid has at most {protocol.MAX_COMPARE_CELLS} cells; {shape} would be {cells}: "
+            f"give fewer{' of either' if either else ''}."
         )
 
 
