@@ -53,7 +53,8 @@ MAX_PIXELS = 1536 * 1536  # 1024x1024 and 2048x1024 fit; 2048x2048 does not
 MIN_COUNT, MAX_COUNT = 1, 4
 MIN_COMPARE_CELLS, MAX_COMPARE_CELLS = 2, 12
 # Sweet spot over seeds: /compare-steps draws the ladder once per seed, a row each (1 = the one seed).
-MIN_COMPARE_SEEDS, MAX_COMPARE_SEEDS = 2, 8
+# A seed grid has a row per seed and at least two step counts, within the grids' cell cap.
+MIN_COMPARE_SEEDS, MAX_COMPARE_SEEDS = 2, MAX_COMPARE_CELLS // 2
 MIN_GRID_SCHEDULERS, MAX_GRID_SCHEDULERS = 2, 6
 # /compare-strength: the columns (strengths) and rows (step counts) of its grid. The default columns go from
 # a light touch (0.3: colours and shapes stay, surfaces change) to little more than the layout (0.9), in even

@@ -227,7 +227,7 @@ def _validate_grid(request: protocol.GridRequest) -> None:
 
 
 def _validate_seed_rows(request: protocol.CompareStepsRequest) -> None:
-    """`seeds`: 1 (one row), or 2 to 8 rows that fit the cell limit, with no other rows added."""
+    """`seeds`: 1 (one row), or 2 to 6 rows that fit the cell limit, with no other rows added."""
     seeds = request.seeds
     whole = isinstance(seeds, int) and not isinstance(seeds, bool)
     if not whole or not (seeds == 1 or protocol.MIN_COMPARE_SEEDS <= seeds <= protocol.MAX_COMPARE_SEEDS):

@@ -223,7 +223,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--seeds",
         type=_whole_number,
         default=None,
-        help="2 to 8: the ladder once per seed, a row each (--seed, then the next seeds), and where they settle: "
+        help="2 to 6: the ladder once per seed, a row each (--seed, then the next seeds), and where they settle: "
         "the median settle point and its spread",
     )
     compare.add_argument(

@@ -34,10 +34,10 @@ def test_one_seed_is_the_plain_grid() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"seeds": 9}, "seeds must be 2 to 8 (a row per seed); got 9."),
-        ({"seeds": 0}, "seeds must be 2 to 8 (a row per seed); got 0."),
-        ({"seeds": 10**9}, "seeds must be 2 to 8 (a row per seed); got 1000000000."),
-        ({"seeds": True}, "seeds must be 2 to 8 (a row per seed); got True."),
+        ({"seeds": 7}, "seeds must be 2 to 6 (a row per seed); got 7."),
+        ({"seeds": 0}, "seeds must be 2 to 6 (a row per seed); got 0."),
+        ({"seeds": 10**9}, "seeds must be 2 to 6 (a row per seed); got 1000000000."),
+        ({"seeds": True}, "seeds must be 2 to 6 (a row per seed); got True."),
         (
             {"seeds": 5},
             "A comparison grid has at most 12 cells; 5 seeds × 3 step counts would be 15: give fewer of either.",

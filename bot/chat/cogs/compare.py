@@ -32,7 +32,7 @@ class CompareSteps(commands.Cog):
         **shared.IMAGE_DESCRIPTIONS,
         lora_compare="Two rows: without the LoRA, then with it, over both their step ladders (needs a lora)",
         stop_early="Add a row: the longest run stopped at each step count (its predicted image there)",
-        seeds="Rows of seeds, 2 to 8 (this seed, then the next ones): is the sweet spot the same for every seed?",
+        seeds="Rows of seeds, 2 to 6 (this seed, then the next ones): is the sweet spot the same for every seed?",
     )
     @shared.drawing_command()
     async def compare_steps(

@@ -93,7 +93,7 @@ def test_compare_steps_with_seeds_writes_a_row_per_seed_and_says_where_they_sett
 @pytest.mark.parametrize(
     ("extra", "problem"),
     [
-        (["--seeds", "9"], "seeds must be 2 to 8 (a row per seed); got 9."),
+        (["--seeds", "7"], "seeds must be 2 to 6 (a row per seed); got 7."),
         (["--seeds", "3", "--stop-early"], "Choose one of seeds and stop_early: each draws rows of its own."),
         (["--seeds", "5", "--steps", "5,10,20"], "5 seeds × 3 step counts would be 15: give fewer of either."),
     ],
