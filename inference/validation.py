@@ -297,7 +297,7 @@ def _validate_guidance_grid(request: protocol.CompareGuidanceRequest) -> None:
         raise protocol.InvalidRequest(f"Guidance {twice:g} is in the list twice; give each value once.")
     _refuse_repeated_steps(request.steps)
     shape = f"{columns} guidance values × {rows} step counts" if rows > 1 else f"{columns} guidance values"
-    _refuse_too_many_cells(columns * rows, shape, either=rows > 1)
+    _refuse_too_many_cells(columns * rows, shape, either=False)
 
 
 def _refuse_repeated_steps(steps: Sequence[int]) -> None:

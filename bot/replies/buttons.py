@@ -271,6 +271,6 @@ def cell_labels(request: Request) -> tuple[str, ...]:
         names = ", ".join(name for name, _ in request.loras)
         rows = (f"without {names}",) * len(request.steps) + (f"with {names}",) * len(request.steps)
         return tuple(f"{row} · {n}" for row, n in zip(rows, steps, strict=True))
-    if isinstance(request, CompareStepsRequest) and request.seeds is not None:
+    if isinstance(request, CompareStepsRequest) and request.seeds > 1:
         return tuple(f"seed {seed} · {n}" for seed, n in zip(request.lane_seeds, steps, strict=True))
     return steps if isinstance(request, CompareStepsRequest) else ()

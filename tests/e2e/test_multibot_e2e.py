@@ -56,6 +56,10 @@ class TwoBotDiscord(FakeDiscord):
             return self.target
         return super()._live_connection()
 
+    def _shard_connection(self, guild_id: int | None) -> GatewayConnection | None:
+        # Both processes run shard 0 of 1 (an AutoShardedBot identifies with its shard even unsharded).
+        return self._live_connection()
+
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def fake() -> AsyncIterator[TwoBotDiscord]:
