@@ -22,12 +22,8 @@ from tests.fake_discord import FakeDiscord
 
 @pytest_asyncio.fixture
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "stepgrid.sqlite3", e2e_settings())
-    await database.start()
-    try:
+    async with Database(tmp_path / "stepgrid.sqlite3", e2e_settings()) as database:
         yield database
-    finally:
-        await database.close()
 
 
 def syncs(fake: FakeDiscord) -> list[str]:

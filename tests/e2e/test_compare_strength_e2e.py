@@ -16,7 +16,7 @@ from inference.protocol import CompareStepsRequest, CompareStrengthRequest, Work
 from inference.queues.local import LocalJobQueue
 from tests.a1111 import parse_generation_parameters
 from tests.e2e.helpers import e2e_settings, embed_fields, image_of, result_files, running_bot, wait_for_result
-from tests.fake_discord import FakeDiscord, attachment_option, running_fake
+from tests.fake_discord import FakeDiscord, attachment_option
 from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -26,12 +26,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
     async with started_queue(LocalJobQueue(tiny_config, max_length=20, hang_seconds=120)) as queue:
         yield queue
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard on a busy CPU, not a timing expectation
-        yield fake
 
 
 def photo(size: tuple[int, int] = (256, 256)) -> bytes:

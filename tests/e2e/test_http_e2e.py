@@ -29,7 +29,7 @@ from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
 from inference.worker import LOAD_GATE
 from tests.e2e.helpers import e2e_settings, running_bot, wait_for_result, worker_paused
-from tests.fake_discord import FakeDiscord, running_fake
+from tests.fake_discord import FakeDiscord
 from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -42,18 +42,6 @@ async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
     """One real worker running the tiny model for the whole module."""
     async with started_queue(LocalJobQueue(tiny_config, max_length=50, hang_seconds=120)) as queue:
         yield queue
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard for jobs on a busy CPU, not a timing expectation
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database(tmp_path / "stepgrid.sqlite3", e2e_settings()) as database:
-        yield database
 
 
 def free_port() -> int:

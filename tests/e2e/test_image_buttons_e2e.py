@@ -25,7 +25,7 @@ from tests.e2e.helpers import (
     running_bot,
     wait_for_result,
 )
-from tests.fake_discord import FakeDiscord, running_fake
+from tests.fake_discord import FakeDiscord
 from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -35,12 +35,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
     async with started_queue(LocalJobQueue(tiny_config, max_length=20, hang_seconds=120)) as queue:
         yield queue
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard on a busy CPU, not a timing expectation
-        yield fake
 
 
 async def test_v2_under_two_images_varies_the_second_image(fake: FakeDiscord, worker: LocalJobQueue) -> None:

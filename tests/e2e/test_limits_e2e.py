@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from inference.queues.local import LocalJobQueue
 from tests.e2e.helpers import (
     button,
     content,
-    e2e_settings,
     embed_fields,
     ephemeral_reply,
     image_of,
@@ -40,7 +38,6 @@ from tests.fake_discord import (
     FakeDiscord,
     FakeMember,
     InteractionHandle,
-    running_fake,
 )
 from tests.workers import started_queue
 
@@ -56,22 +53,6 @@ async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
         LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=1), max_length=50, hang_seconds=120)
     ) as queue:
         yield queue
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard, not a timing expectation
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "stepgrid.sqlite3", e2e_settings())
-    await database.start()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 # --- helpers -----------------------------------------------------------------------------------------

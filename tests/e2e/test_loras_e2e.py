@@ -77,19 +77,9 @@ async def worker(tiny_config: WorkerConfig, registry: str) -> AsyncIterator[Loca
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard for a busy CPU, not a timing expectation
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
 async def database(tmp_path: Path, registry: str) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "stepgrid.sqlite3", settings_for(registry))
-    await database.start()
-    try:
+    async with Database(tmp_path / "stepgrid.sqlite3", settings_for(registry)) as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def ephemeral_text(handle: InteractionHandle) -> str:

@@ -30,7 +30,7 @@ from tests.e2e.helpers import (
     running_bot,
     wait_for_result,
 )
-from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest, running_fake
+from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedRequest
 from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -67,19 +67,9 @@ async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard for a busy CPU, not a timing expectation
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "stepgrid.sqlite3", models_settings())
-    await database.start()
-    try:
+    async with Database(tmp_path / "stepgrid.sqlite3", models_settings()) as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def ephemeral_text(handle: InteractionHandle) -> str:

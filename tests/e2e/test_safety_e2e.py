@@ -25,14 +25,13 @@ from tests.e2e.helpers import (
     button,
     content,
     custom_ids,
-    e2e_settings,
     embed_fields,
     image_of,
     result_files,
     running_bot,
     wait_for_result,
 )
-from tests.fake_discord import FakeDiscord, InteractionHandle, running_fake
+from tests.fake_discord import FakeDiscord, InteractionHandle
 from tests.inference.redis_backends import redis_queue, started_agent
 from tests.redis_server import RedisServer, fresh_keys
 from tests.safety_checkers import save_tiny_classifier
@@ -50,22 +49,6 @@ async def worker(tiny_config: WorkerConfig, tmp_path_factory: pytest.TempPathFac
     config = WorkerConfig(model="tiny", cache_dir=tiny_config.cache_dir, safety_checker=str(checker))
     async with started_queue(LocalJobQueue(config, max_length=20, hang_seconds=120)) as queue:
         yield queue
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard, not a timing expectation
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "stepgrid.sqlite3", e2e_settings())
-    await database.start()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 def imagine_options(**overrides: Any) -> dict[str, Any]:

@@ -6,49 +6,19 @@ what the fake records, never on sleeps."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import sqlalchemy as sa
 
 from bot.pictures.render import png_parameters
 from bot.storage.database import Database
 from bot.storage.models import JobRow
-from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
-from tests.e2e.helpers import content, e2e_settings, embed_fields, image_of, refusal, running_bot, wait_for_result
-from tests.fake_discord import FakeDiscord, running_fake
-from tests.workers import started_queue
+from tests.e2e.helpers import content, embed_fields, image_of, refusal, running_bot, wait_for_result
+from tests.fake_discord import FakeDiscord
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
-    async with started_queue(
-        LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=8), max_length=50, hang_seconds=120)
-    ) as queue:
-        yield queue
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with running_fake(timeout=60.0) as fake:  # a hang guard, not a timing expectation
-        yield fake
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "stepgrid.sqlite3", e2e_settings())
-    await database.start()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def all_jobs(database: Database) -> list[JobRow]:

@@ -5,7 +5,6 @@ fake Discord records, never on sleeps."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,6 @@ import sqlalchemy as sa
 from bot.pictures.render import png_parameters
 from bot.storage.database import Database
 from bot.storage.models import SettlePoint
-from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
 from tests.e2e.helpers import (
     content,
@@ -30,21 +28,12 @@ from tests.e2e.helpers import (
     wait_for_result,
 )
 from tests.fake_discord import FakeDiscord, RecordedRequest, running_fake
-from tests.workers import started_queue
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 MIN_GRIDS = 2
 GRID = {"prompt": "a red fox", "steps": "2,4,8,16", "size": "256", "scheduler": "Euler", "seed": 1}
 IMAGINE = {"prompt": "a lighthouse", "size": "256", "scheduler": "Euler", "seed": 7}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def worker(tiny_config: WorkerConfig) -> AsyncIterator[LocalJobQueue]:
-    async with started_queue(
-        LocalJobQueue(dataclasses.replace(tiny_config, max_batch_lanes=8), max_length=50, hang_seconds=120)
-    ) as queue:
-        yield queue
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -55,12 +44,8 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(tmp_path / "stepgrid.sqlite3", e2e_settings(learned_steps_min_grids=MIN_GRIDS))
-    await database.start()
-    try:
+    async with Database(tmp_path / "stepgrid.sqlite3", e2e_settings(learned_steps_min_grids=MIN_GRIDS)) as database:
         yield database
-    finally:
-        await database.close()
 
 
 def description(reply: RecordedRequest) -> str:
