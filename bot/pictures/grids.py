@@ -11,7 +11,7 @@ from PIL import Image
 
 from bot.pictures.over_seeds import seeds_summary
 from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, png_parameters, steps_label
-from bot.pictures.sweet_spot import MEASURE_NOTE, RowChanges, change_percent, format_change, measure_row, summary
+from bot.pictures.sweet_spot import MEASURE_NOTE, RowChanges, format_change, measure_row, summary
 from inference.parameters import lora_hashes_in
 from inference.protocol import (
     CompareSchedulersRequest,
@@ -21,6 +21,7 @@ from inference.protocol import (
     GridRequest,
     row_requests,
 )
+from inference.settling import change_percent
 
 LEGEND = "Δ = change from the previous step count · framed: where the row settles"
 

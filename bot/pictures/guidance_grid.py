@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from bot.pictures.grids import Grid
 from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, png_parameters, steps_label
-from bot.pictures.sweet_spot import SETTLED_BELOW, changes_along, format_change, settle_index
+from bot.pictures.sweet_spot import changes_along, format_change, settle_index
 from inference.parameters import guidance_grid_infotext
 from inference.protocol import CompareGuidanceRequest, GeneratedImage
+from inference.settling import SETTLED_BELOW
 
 LEGEND = "Δ = change from the guidance value on the left · framed: where more guidance stops changing the image"
 # What the worker writes in a FLUX-dev cell's PNG text (Forge's name for its distilled guidance).

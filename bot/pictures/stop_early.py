@@ -12,9 +12,10 @@ from PIL import Image
 
 from bot.pictures.grids import Grid, grid_rows
 from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, steps_label
-from bot.pictures.sweet_spot import change_percent, format_change, summary
+from bot.pictures.sweet_spot import format_change, summary
 from inference.parameters import grid_infotext
 from inference.protocol import CompareStepsRequest, GeneratedImage
+from inference.settling import change_percent
 
 LEGEND = (
     "top: honest runs of that many steps · below: the longest run stopped there, its predicted clean image "

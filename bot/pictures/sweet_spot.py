@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from inference.protocol import ANCESTRAL_SCHEDULERS as ANCESTRAL
-from inference.settling import SAMPLE_SIDE as SAMPLE_SIDE
-from inference.settling import SETTLED_BELOW as SETTLED_BELOW
-from inference.settling import change_percent as change_percent
-from inference.settling import to_lab as to_lab
+from inference.settling import SETTLED_BELOW, change_percent
 
 
 def settle_index(changes: Sequence[float]) -> int | None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 
 from bot.pictures.sweet_spot import (
-    SETTLED_BELOW,
     RowChanges,
     format_change,
     measure_row,
     settle_index,
     summary,
 )
+from inference.settling import SETTLED_BELOW
 from tests.inference.settling_pictures import picture, png
 
 
