@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     # Set: the ledger lives on this PostgreSQL server (docs/scaling.md); unset: the SQLite file above.
     # Either way the data folder (database_path's folder) keeps accepted jobs' input images.
     database_url: str | None = Field(default=None, description="e.g. postgresql://stepgrid:PASSWORD@HOST:5432/stepgrid")
+    # On PostgreSQL: the most connections this process opens (the server's max_connections must cover every
+    # process's, and the tools'), and how long a read or write waits for one of them before the command is
+    # refused with "the database is busy" (docs/scaling.md).
+    database_pool_size: int = Field(default=20, ge=2, le=1000)
+    database_pool_timeout: float = Field(default=60.0, gt=0, le=3600.0)
 
     # Set: GPU agents (`stepgrid worker`) on any hosts behind this Redis do the work; unset: one local worker.
     redis_url: str | None = Field(default=None, description="e.g. redis://HOST:6379/0")

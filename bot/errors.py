@@ -84,6 +84,13 @@ class DuplicateRequest(UserFacingError):
         super().__init__("You already have this exact job queued or running; its result will appear in its message.")
 
 
+class DatabaseBusy(UserFacingError):
+    """Every database connection this process may open stayed busy for the pool's whole wait."""
+
+    def __init__(self) -> None:
+        super().__init__("The bot's database is too busy right now; try again in a minute.")
+
+
 class NotYourJob(UserFacingError):
     """Someone tried to cancel another member's job."""
 

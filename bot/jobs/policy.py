@@ -58,8 +58,9 @@ class DatabasePolicy:
         self.settings = settings
 
     async def limits(self, guild_id: int | None) -> EffectiveLimits:
-        """The limits that apply in this server (the operator's alone in DMs)."""
-        server = await self.database.server_limits.get_limits(guild_id) if guild_id is not None else None
+        """The limits that apply in this server (the operator's alone in DMs), from the limits snapshot: read
+        before a command is acknowledged, so most commands wait on no database here."""
+        server = await self.database.server_limits.current_limits(guild_id) if guild_id is not None else None
         return EffectiveLimits.combine(server, self.settings)
 
     async def check(self, request: Request, limits: EffectiveLimits, *, guild_id: int | None, user_id: int) -> None:

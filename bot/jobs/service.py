@@ -51,7 +51,14 @@ from bot.job_requests import (
 from bot.jobs.attachments import read_attachment
 from bot.jobs.learned_steps import learned_steps
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
-from bot.limits.checks import check_image_input, check_input_pixels, check_request, check_sizes, size_ceiling
+from bot.limits.checks import (
+    check_image_input,
+    check_input_pixels,
+    check_request,
+    check_request_alone,
+    check_sizes,
+    size_ceiling,
+)
 from bot.limits.server import EffectiveLimits, UnknownModel, choose_model
 from bot.ops.metrics import Metrics
 from bot.pictures.input_image import image_dimensions, prepare_input_image
@@ -343,17 +350,21 @@ class JobService:
         deferred: Deferred | None = None,
         steps_note: str = "",
     ) -> asyncio.Task[None]:
-        """Check and record `request`, defer the interaction, queue the job and drive it in a task.
+        """Check `request`, defer the interaction, record the job, queue it and drive it in a task.
 
-        The ledger row exists before the interaction is deferred, so a crash at any point leaves a
-        row that start-up recovery answers. Refusals found before the defer raise UserFacingError
-        with nothing answered, so they can still be ephemeral; a queue that refuses after the defer
-        marks the row failed, removes the "thinking…" message and raises too (the error handler
-        then answers in an ephemeral follow-up). `origin` is what started the job (the command or
-        a button action); `limits` are the server's, when the caller has already read them. With
-        `options` (no model known yet), `request` is provisional and the driver queues the job once
-        it is built for its model. `deferred`: the interaction was deferred already (before an attachment
-        was read), with that message. `steps_note`: where its learned steps came from, said with the result.
+        The interaction is acknowledged before anything waits on the ledger (Discord drops an interaction not
+        acknowledged within 3 s, and a busy ledger is slower than that): refusals that need no ledger (the
+        request's own limits against the server's, read from the limits snapshot; what its model can't do)
+        raise UserFacingError before the defer, with nothing answered, so they are ephemeral; refusals
+        that need the ledger (the member's jobs at a time, steps today, the same job already queued) come
+        after it: the "thinking…" message is removed and the error is raised (the error handler then
+        answers in an ephemeral follow-up, the same words). A queue that refuses after the row exists marks
+        it failed and is answered the same way. A crash between the defer and the row leaves only the
+        "thinking…" message, no job to answer. `origin` is what started the job (the command or a button
+        action); `limits` are the server's, when the caller has already read them. With `options` (no
+        model known yet), `request` is provisional and the driver queues the job once it is built for its
+        model. `deferred`: the interaction was deferred already (before an attachment was read), with that
+        message. `steps_note`: where its learned steps came from, said with the result.
         """
         if interaction.guild_id is None:
             raise ServerOnly()  # Discord hides the commands in DMs, but a crafted client can still send them
@@ -370,6 +381,11 @@ class JobService:
         # While the model loads (minutes with a compiled UNet) the job waits, its place shown; one accepted
         # with `options` is checked against its model once that is known.
         self._check_for_model(request)
+        check_request_alone(request, limits)
+        deferred_here = deferred is None  # else whoever deferred it removes the "thinking…" on a refusal
+        if deferred is None:
+            response = await interaction.response.defer(thinking=True)
+            deferred = Deferred(response.message_id if response is not None else None)
         record = JobRecord(
             job_id=new_job_id(),
             request=request,
@@ -380,28 +396,28 @@ class JobService:
             parent_job_id=parent_job_id,
             application_id=interaction.application_id,
             interaction_token=interaction.token,
+            message_id=deferred.message_id,
             options=options,
             notes=notes,
             steps_note=steps_note,
         )
         job_id = record.job_id
-        # One admission at a time per member: the limits count the member's jobs in the ledger, so
-        # the next request is checked only once this one is recorded (else a burst slips past them).
-        async with self._admission_lock(interaction.guild_id, interaction.user.id):
-            # A finished job the ledger could not record yet still counts as running there.
-            await self.record_pending_outcomes()
-            await self.policy.check(request, limits, guild_id=interaction.guild_id, user_id=interaction.user.id)
-            await self.store.record(record)
+        try:
+            # One admission at a time per member: the limits count the member's jobs in the ledger, so
+            # the next request is checked only once this one is recorded (else a burst slips past them).
+            async with self._admission_lock(interaction.guild_id, interaction.user.id):
+                # A finished job the ledger could not record yet still counts as running there.
+                await self.record_pending_outcomes()
+                await self.policy.check(request, limits, guild_id=interaction.guild_id, user_id=interaction.user.id)
+                await self.store.record(record)
+        except Exception:
+            if deferred_here:
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.delete_original_response()
+            raise
         # The row exists: every way out from here finishes it or hands it to a driver.
         deadline = self._clock() + self.token_lifetime
         try:
-            if deferred is None:
-                response = await interaction.response.defer(thinking=True)
-                message_id = response.message_id if response is not None else None
-            else:
-                message_id = deferred.message_id
-            if message_id is not None:
-                await self.store.set_message(job_id, message_id)
             if record.options is None:
                 self._submit(record)
         except UserFacingError as refusal:

@@ -213,6 +213,13 @@ def check_request(
 
     `active_jobs` counts the member's jobs queued or running, not including this one.
     """
+    check_request_alone(request, limits)
+    check_member_usage(request, limits, steps_used_today=steps_used_today, active_jobs=active_jobs, now=now)
+
+
+def check_request_alone(request: Request, limits: EffectiveLimits) -> None:
+    """The limits a request is over by itself (words, models, steps, grid cells, sizes, compute): what needs
+    no count of the member's jobs, so a command is refused for them before it is acknowledged."""
     if banned_word_in(request.prompt, limits.banned_words):
         # Never echo the list: it would publish it, and show how to get around it.
         raise LimitExceeded(
@@ -313,6 +320,12 @@ def check_request(
             asked=cost,
             allowed=budget,
         )
+
+
+def check_member_usage(
+    request: Request, limits: EffectiveLimits, *, steps_used_today: int, active_jobs: int, now: datetime | None = None
+) -> None:
+    """The member's jobs at a time and steps today (counted in the ledger), with this request."""
     if active_jobs >= limits.max_concurrent_jobs_per_user:
         allowed = limits.max_concurrent_jobs_per_user
         raise LimitExceeded(

@@ -1,8 +1,17 @@
-"""Each server's own limits in the database, and the audit trail of who changed them."""
+"""Each server's own limits in the database, and the audit trail of who changed them.
+
+Commands read their server's limits before they are acknowledged (Discord drops an interaction not
+answered within 3 s), so `current_limits` answers from a snapshot of every server's limits (one small
+table read at once), refreshed when it is older than SNAPSHOT_SECONDS; this process's own changes go into
+it at once. Another bot process's change to a server reaches this one within SNAPSHOT_SECONDS (servers are
+changed through the shard that owns them, so that is only after a shard moved).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -15,16 +24,38 @@ from bot.storage.models import GuildLimits, LimitsChange
 from bot.storage.writer import DatabaseWriter
 
 
+SNAPSHOT_SECONDS = 5.0  # how old the snapshot of every server's limits may be before it is read again
+
+
 class LimitStorage:
     """Read, change (validated, audited) and reset a server's limits."""
 
-    def __init__(self, database: DatabaseWriter) -> None:
+    def __init__(self, database: DatabaseWriter, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.database = database
+        self._clock = clock
+        self._snapshot: dict[int, ServerLimits] | None = None
+        self._snapshot_at = 0.0
+        self._changes = 0  # this process's changes so far: a snapshot read during one is not kept
+        self._reading = asyncio.Lock()
 
-    async def get_limits(self, guild_id: int) -> ServerLimits:
-        """The server's own limits (all None when it never set any)."""
-        async with self.database.sessions() as session:
-            return _server_limits(await session.get(GuildLimits, guild_id))
+    async def current_limits(self, guild_id: int) -> ServerLimits:
+        """The server's own limits from the snapshot (read again when older than SNAPSHOT_SECONDS)."""
+        if self._snapshot is None or self._clock() - self._snapshot_at >= SNAPSHOT_SECONDS:
+            async with self._reading:  # one read of the table however many commands arrive together
+                if self._snapshot is None or self._clock() - self._snapshot_at >= SNAPSHOT_SECONDS:
+                    await self._read_snapshot()
+        assert self._snapshot is not None
+        return self._snapshot.get(guild_id) or ServerLimits()
+
+    async def _read_snapshot(self) -> None:
+        while True:  # again if this process changed a server's limits meanwhile: what was read may predate it
+            changes, read_at = self._changes, self._clock()
+            async with self.database.sessions() as session:
+                rows = list(await session.scalars(sa.select(GuildLimits)))
+            if changes == self._changes:
+                self._snapshot = {row.guild_id: _server_limits(row) for row in rows}
+                self._snapshot_at = read_at
+                return
 
     async def set_limits(self, guild_id: int, user_id: int, **changes: Any) -> ServerLimits:
         """Validate and apply `/limits set` changes, one audit row per field that changed.
@@ -40,7 +71,11 @@ class LimitStorage:
             normalised = validate_limit_changes(changes, _server_limits(row), self.database.settings)
             return await _apply_limits(session, row, guild_id, user_id, normalised, now)
 
-        return await self.database.write(operation)
+        limits = await self.database.write(operation)
+        self._changes += 1
+        if self._snapshot is not None:
+            self._snapshot[guild_id] = limits
+        return limits
 
     async def reset_limits(self, guild_id: int, user_id: int, fields: Iterable[str] | None = None) -> ServerLimits:
         """Put `fields` (default: all) back to the operator's values; audited like `set_limits`."""

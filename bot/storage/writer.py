@@ -34,11 +34,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from bot.config import Settings
-from bot.errors import UserFacingError
+from bot.errors import DatabaseBusy, UserFacingError
 from bot.storage.migrate import check_revision, sqlite_url, upgrade_database
 from bot.storage.models import utcnow
 from bot.storage.postgres import check_server_revision, upgrade_server_database
@@ -83,8 +85,17 @@ class DatabaseWriter:
             self.engine: AsyncEngine = create_async_engine(sqlite_url(self.path, driver="aiosqlite"))
             event.listen(self.engine.sync_engine, "connect", _configure_connection)
         else:
-            # pre_ping: a connection the server dropped (a restart, a failover) is replaced, not used.
-            self.engine = create_async_engine(url, pool_pre_ping=True)
+            # pre_ping: a connection the server dropped (a restart, a failover) is replaced, not used. Sized from
+            # the settings: every command reads the ledger, and with more at once than connections they queue
+            # for one (up to the pool's timeout, then DatabaseBusy: one line, not "something went wrong").
+            self.engine = create_async_engine(
+                url,
+                pool_pre_ping=True,
+                poolclass=QueueingPool,
+                pool_size=self.settings.database_pool_size,
+                max_overflow=0,
+                pool_timeout=self.settings.database_pool_timeout,
+            )
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writes: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -174,6 +185,17 @@ class DatabaseWriter:
         else:
             if not item.done.cancelled():
                 item.done.set_result(result)
+
+
+class QueueingPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's asyncio pool, whose wait for a free connection that runs out is a DatabaseBusy refusal."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        try:
+            return super()._do_get()
+        except sqlalchemy.exc.TimeoutError:
+            log.warning("no free database connection within %.0f s (pool of %d)", self._timeout, self.size())
+            raise DatabaseBusy() from None
 
 
 def _configure_connection(dbapi_connection: Any, connection_record: Any) -> None:

@@ -29,6 +29,7 @@ from bot.limits.server import LimitExceeded, UnknownModel
 from bot.replies.buttons import JobButton
 from bot.storage.database import Database
 from bot.storage.job_store import MemoryJobStore, record_of
+from bot.storage.limit_store import LimitStorage
 from inference.protocol import (
     CompareStepsRequest,
     GenerateRequest,
@@ -123,30 +124,64 @@ async def test_a_full_queue_fails_the_recorded_job_and_removes_the_thinking_mess
     assert harness.service.active_jobs == frozenset()
 
 
-async def test_the_job_is_in_the_ledger_before_the_interaction_is_deferred(harness: Harness) -> None:
+async def test_the_interaction_is_deferred_before_the_ledger_is_read_or_written(db: Database) -> None:
+    # Discord drops an interaction not acknowledged within 3 s: nothing a busy ledger does may come first.
+    harness = database_harness(db)
+    db.server_limits = LimitStorage(db, clock=lambda: 0.0)  # a snapshot never stale here
+    await db.server_limits.current_limits(42)
+    order: list[str] = []
+    sessions, write = db.sessions, db.write
+
+    def reading() -> Any:
+        order.append("ledger read")
+        return sessions()
+
+    async def writing(operation: Any) -> Any:
+        order.append("ledger write")
+        return await write(operation)
+
+    db.sessions, db.write = reading, writing  # type: ignore[assignment, method-assign]
     interaction = harness.interaction()
-    seen_at_defer: list[tuple[dict[str, str], list[str]]] = []
     defer = interaction.response.defer
 
     async def recording_defer(**options: Any) -> SimpleNamespace:
-        seen_at_defer.append((dict(harness.store.status), list(harness.queue.requests)))
+        order.append("defer")
         return await defer(**options)
 
     interaction.response.defer = recording_defer  # type: ignore[method-assign]
     job_id, _, task = await harness.start(IMAGINE, interaction)
-    assert seen_at_defer == [({job_id: "queued"}, [])]  # recorded, not yet queued
-    stored = harness.store.jobs[job_id]
+    assert order[0] == "defer"
+    assert "ledger write" in order  # then recorded, with the interaction and its message, before it is queued
+    stored = await harness.store.get(job_id)
+    assert stored is not None
     assert (stored.interaction_token, stored.message_id) == (interaction.token, interaction.response.message_id)
     harness.queue.emit(result_for(job_id, IMAGINE))
     await task
 
 
-async def test_a_defer_that_fails_finishes_the_recorded_job_and_queues_nothing(harness: Harness) -> None:
+async def test_a_refusal_that_needs_the_ledger_comes_after_the_defer_and_removes_the_thinking_message(
+    db: Database,
+) -> None:
+    harness = database_harness(db)
+    await db.server_limits.set_limits(42, OWNER, max_concurrent_jobs_per_user=1)
+    first, _, task = await harness.start(IMAGINE)
+    interaction = harness.interaction()
+    with pytest.raises(LimitExceeded, match="^This server allows 1 job at a time per member; you already have 1 "):
+        await harness.service.start(
+            interaction.as_interaction(), dataclasses.replace(IMAGINE, seed=7), origin="imagine"
+        )
+    assert [call.kind for call in interaction.recorder.calls] == ["defer", "delete"]
+    assert list(harness.queue.requests) == [first]
+    harness.queue.emit(result_for(first, IMAGINE))
+    await task
+
+
+async def test_a_defer_that_fails_records_nothing_and_queues_nothing(harness: Harness) -> None:
     interaction = harness.interaction()
     interaction.response.expired = True
     with pytest.raises(discord.NotFound):
         await harness.service.start(interaction.as_interaction(), IMAGINE, origin="imagine")
-    assert list(harness.store.status.values()) == ["failed"]
+    assert harness.store.status == {}
     assert harness.queue.requests == {}
     assert harness.service.active_jobs == frozenset()
 
