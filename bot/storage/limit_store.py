@@ -23,7 +23,6 @@ from bot.limits.server import LIMIT_FIELDS, ServerLimits
 from bot.storage.models import GuildLimits, LimitsChange
 from bot.storage.writer import DatabaseWriter
 
-
 SNAPSHOT_SECONDS = 5.0  # how old the snapshot of every server's limits may be before it is read again
 
 
@@ -37,6 +36,11 @@ class LimitStorage:
         self._snapshot_at = 0.0
         self._changes = 0  # this process's changes so far: a snapshot read during one is not kept
         self._reading = asyncio.Lock()
+
+    async def get_limits(self, guild_id: int) -> ServerLimits:
+        """The server's own limits (all None when it never set any), read from the database now."""
+        async with self.database.sessions() as session:
+            return _server_limits(await session.get(GuildLimits, guild_id))
 
     async def current_limits(self, guild_id: int) -> ServerLimits:
         """The server's own limits from the snapshot (read again when older than SNAPSHOT_SECONDS)."""

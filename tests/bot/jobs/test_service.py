@@ -166,7 +166,7 @@ async def test_a_refusal_that_needs_the_ledger_comes_after_the_defer_and_removes
     await db.server_limits.set_limits(42, OWNER, max_concurrent_jobs_per_user=1)
     first, _, task = await harness.start(IMAGINE)
     interaction = harness.interaction()
-    with pytest.raises(LimitExceeded, match="^This server allows 1 job at a time per member; you already have 1 "):
+    with pytest.raises(LimitExceeded, match=r"^This server allows 1 job at a time per member; you already have 1 "):
         await harness.service.start(
             interaction.as_interaction(), dataclasses.replace(IMAGINE, seed=7), origin="imagine"
         )

@@ -9,6 +9,7 @@ import pytest
 from bot.config import Settings
 from bot.limits.server import InvalidLimit, ServerLimits
 from bot.storage.database import Database
+from bot.storage.limit_store import SNAPSHOT_SECONDS, LimitStorage
 from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, BOB, GUILD, OTHER_GUILD, REGISTRY
 from tests.bot.fakes import FakeWallClock as FakeClock
@@ -123,3 +124,23 @@ async def test_learned_steps_is_stored_and_audited_and_reset_to_the_operators(db
         (ALICE, "learned_steps", None, True),
     ]
     assert await db.server_limits.get_limits(GUILD) == ServerLimits()
+
+
+async def test_the_limits_snapshot_has_this_processs_changes_at_once_and_anothers_once_it_is_read_again(
+    db: Database, backend: Backend
+) -> None:
+    now = [0.0]
+    snapshot = LimitStorage(db, clock=lambda: now[0])
+    assert await snapshot.current_limits(GUILD) == ServerLimits()
+    await snapshot.set_limits(GUILD, ALICE, max_steps=20)
+    assert (await snapshot.current_limits(GUILD)).max_steps == 20  # its own change, at once
+    other = backend.database()  # another bot process on the same ledger
+    await other.start()
+    try:
+        await other.server_limits.set_limits(OTHER_GUILD, BOB, max_steps=12)
+    finally:
+        await other.close()
+    assert (await snapshot.current_limits(OTHER_GUILD)).max_steps is None  # not read again yet
+    now[0] += SNAPSHOT_SECONDS
+    assert (await snapshot.current_limits(OTHER_GUILD)).max_steps == 12
+    assert (await snapshot.current_limits(GUILD)).max_steps == 20

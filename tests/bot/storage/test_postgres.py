@@ -17,6 +17,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from bot.config import Settings
+from bot.errors import DatabaseBusy
 from bot.storage.database import Database
 from bot.storage.lock import BOT_ID
 from bot.storage.migrate import DatabaseTooNew, DatabaseUnusable, alembic_config
@@ -150,6 +152,50 @@ async def test_two_bot_processes_finishing_the_same_jobs_record_each_exactly_onc
     finally:
         await first.close()
         await second.close()
+
+
+def pooled(url: str, tmp_path: Path, *, size: int, timeout: float = 60.0) -> Database:
+    """A Database on `url` that opens at most `size` connections, waiting up to `timeout` s for one."""
+    settings = Settings(_env_file=None, database_pool_size=size, database_pool_timeout=timeout)  # type: ignore[call-arg]
+    return Database(tmp_path / "stepgrid.sqlite3", settings, url=url)
+
+
+async def test_more_ledger_reads_at_once_than_the_pool_holds_wait_for_a_connection_and_all_succeed(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    db = pooled(postgres_server.create_database(), tmp_path, size=2)
+    await db.start()
+    try:
+        await record(db, user=ALICE)
+        async with db.engine.connect() as held:  # one of the two connections busy all along
+            await held.execute(sa.text("SELECT 1"))
+            reads = await asyncio.gather(
+                *(db.ledger.active_jobs(GUILD, ALICE) for _ in range(40)),
+                *(db.ledger.steps_used_today(GUILD, ALICE) for _ in range(40)),
+                *(db.server_limits.get_limits(GUILD) for _ in range(40)),
+            )
+        assert [len(jobs) for jobs in reads[:40]] == [1] * 40  # type: ignore[arg-type]
+        assert reads[40:80] == [30] * 40
+        assert db.engine.pool.size() == 2
+    finally:
+        await db.close()
+
+
+async def test_a_command_that_finds_every_connection_busy_past_the_wait_is_refused_in_one_line(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    db = pooled(postgres_server.create_database(), tmp_path, size=2, timeout=0.2)
+    await db.start()
+    try:
+        async with db.engine.connect() as first, db.engine.connect() as second:
+            await first.execute(sa.text("SELECT 1"))
+            await second.execute(sa.text("SELECT 1"))
+            with pytest.raises(DatabaseBusy) as refused:
+                await db.ledger.active_jobs(GUILD, ALICE)
+        assert str(refused.value) == "The bot's database is too busy right now; try again in a minute."
+        assert await db.ledger.active_jobs(GUILD, ALICE) == []  # free again
+    finally:
+        await db.close()
 
 
 async def test_limit_changes_from_two_processes_keep_an_unbroken_audit_trail(
