@@ -169,7 +169,7 @@ async def run_load(args: argparse.Namespace, database: dict[str, Any], folder: P
         "discord_gateway_url": f"ws://127.0.0.1:{fake.port}/gateway",
         "shard_count": args.shards,
         "model": "tiny",
-        "max_batch_lanes": 1,
+        "max_batch_lanes": args.lanes,
         "http_port": port,
         "database_path": str(folder / "stepgrid.sqlite3"),
         **database,
@@ -252,7 +252,8 @@ def _summary(name: str, figures: dict[str, Any]) -> str:
         f"{figures['late']} late, {figures['lost']} lost, {figures['doubled']} doubled; "
         f"ack p50 {ack.get('p50')} ms p99 {ack.get('p99')} ms max {ack.get('max')} ms; "
         f"loop lag p50 {lag.get('p50')} ms p99 {lag.get('p99')} ms max {lag.get('max')} ms; "
-        f"db write p50 {write.get('p50')} ms p99 {write.get('p99')} ms ({write.get('count')} writes)"
+        f"db write p50 {write.get('p50')} ms p99 {write.get('p99')} ms ({write.get('count')} writes); "
+        f"load average {figures['load_average_before'][0]} before, {figures['load_average_after'][0]} after"
     )
 
 
@@ -266,9 +267,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "steps_per_job": args.steps,
         "step_seconds": args.step_seconds,
+        "max_batch_lanes": args.lanes,
         "runs": {},
     }
     for backend in args.databases:
+        load_before = os.getloadavg()  # the machine's, not the bot's: other work on it shows here
         with tempfile.TemporaryDirectory(prefix=f"stepgrid-load-{backend}-") as folder:
             if backend == "sqlite":
                 figures["runs"][backend] = await run_load(args, {}, Path(folder))
@@ -282,6 +285,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     figures["runs"][backend] = await run_load(args, {"database_url": url}, Path(folder))
                 finally:
                     server.stop()
+        figures["runs"][backend]["load_average_before"] = [round(value, 2) for value in load_before]
+        figures["runs"][backend]["load_average_after"] = [round(value, 2) for value in os.getloadavg()]
         print(_summary(backend, figures["runs"][backend]), flush=True)
     return figures
 
@@ -294,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the load lasts (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=4, help="steps per /imagine (default: %(default)s)")
     parser.add_argument("--step-seconds", type=float, default=0.005, help="the stand-in's seconds per step")
+    parser.add_argument(
+        "--lanes", type=int, default=1, help="STEPGRID_MAX_BATCH_LANES: jobs sent to the worker at once (%(default)s)"
+    )
     parser.add_argument("--databases", default="sqlite,postgresql", help="ledgers to run on (default: %(default)s)")
     parser.add_argument("--answer-timeout", type=float, default=180.0, help="how long to wait for any answer")
     parser.add_argument("--note", default="", help="what else ran on the machine, for the saved figures")

@@ -21,3 +21,4 @@ def test_the_load_benchmark_answers_every_interaction_once_and_reports_every_fig
     assert (run["lost"], run["doubled"], run["unknown_routes"]) == (0, 0, [])
     for figure in ("ack_ms", "event_loop_lag_ms", "database_write_ms"):
         assert {"count", "p50", "p99", "max"} <= set(run[figure]), figure
+    assert len(run["load_average_before"]) == len(run["load_average_after"]) == 3  # the machine's, with the figures
