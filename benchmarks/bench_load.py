@@ -11,7 +11,8 @@ the shard each belongs to, and records what the bot sends back.
 Measured, for SQLite and PostgreSQL (tests/postgres_server.py starts one on loopback):
 - time to acknowledge: from sending INTERACTION_CREATE to the bot's interaction callback (the defer),
   p50/p99/max; Discord drops an interaction not acknowledged within 3 s;
-- nothing lost or doubled: every interaction acknowledged once and answered with its one picture;
+- nothing lost or doubled: every interaction acknowledged once and answered with its one picture
+  (`refused`: answered in words instead, e.g. "the queue is full"; `lost`: not answered at all);
 - the bot's event-loop lag: a 50 ms timer in the bot process, how late it woke, during the load;
 - database write latency: each ledger write the bot awaited (its queue on the one writer task included).
 """
@@ -211,21 +212,26 @@ async def run_load(args: argparse.Namespace, database: dict[str, Any], folder: P
             os.kill(process.pid, signal.SIGTERM)
         await asyncio.to_thread(process.join, 60)
         await fake.stop()
-    acks, late, lost, doubled = [], 0, 0, 0
+    acks, late, lost, refused, doubled = [], 0, 0, 0, 0
     unanswered: list[str] = []  # what the bot said instead of a picture, a few of them
     for sent, handle in handles:
         callbacks = [r for r in handle.requests if r.is_callback and r.ok]
         pictures = [r for r in handle.requests if r.ok and any(f.filename.startswith("stepgrid-") for f in r.files)]
-        if not callbacks or not pictures:
-            lost += 1
-            said = [str(r.data.get("content") or r.data.get("embeds") or "")[:160] for r in handle.requests if r.ok]
-            if len(unanswered) < 5:
-                unanswered.append(" | ".join(said) or "nothing")
-            continue
+        if callbacks:  # acknowledged, whatever came after
+            ack = callbacks[0].at - sent
+            acks.append(ack)
+            late += int(ack > ACK_DEADLINE)
         doubled += int(len(callbacks) > 1 or len(pictures) > 1)
-        ack = callbacks[0].at - sent
-        acks.append(ack)
-        late += int(ack > ACK_DEADLINE)
+        if pictures:
+            continue
+        # No picture: refused in words the member sees (a private follow-up, e.g. the queue is full), or lost.
+        said = [str(r.data.get("content") or r.data.get("embeds") or "") for r in handle.requests if r.ok]
+        if callbacks and any(r.is_followup and r.ok and r.ephemeral for r in handle.requests):
+            refused += 1
+        else:
+            lost += 1
+        if len(unanswered) < 5:
+            unanswered.append(" | ".join(text[:160] for text in said if text) or "nothing")
     bot = json.loads(samples.read_text()) if samples.exists() else {"lags": [], "writes": []}
     in_load = [lag for when, lag in bot["lags"] if started <= when <= load_end]
     writes = [seconds for when, seconds in bot["writes"] if started <= when <= load_end]
@@ -235,6 +241,7 @@ async def run_load(args: argparse.Namespace, database: dict[str, Any], folder: P
         "acknowledged_within_3s": len(acks) - late,
         "late": late,
         "lost": lost,
+        "refused": refused,
         "doubled": doubled,
         "unknown_routes": unknown,
         "unanswered_samples": unanswered,
@@ -249,7 +256,7 @@ def _summary(name: str, figures: dict[str, Any]) -> str:
     ack, lag, write = figures["ack_ms"], figures["event_loop_lag_ms"], figures["database_write_ms"]
     return (
         f"{name}: {figures['interactions']} interactions in {figures['seconds_of_load']} s, "
-        f"{figures['late']} late, {figures['lost']} lost, {figures['doubled']} doubled; "
+        f"{figures['late']} late, {figures['lost']} lost, {figures['refused']} refused, {figures['doubled']} doubled; "
         f"ack p50 {ack.get('p50')} ms p99 {ack.get('p99')} ms max {ack.get('max')} ms; "
         f"loop lag p50 {lag.get('p50')} ms p99 {lag.get('p99')} ms max {lag.get('max')} ms; "
         f"db write p50 {write.get('p50')} ms p99 {write.get('p99')} ms ({write.get('count')} writes); "
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    failures = ("late", "lost", "doubled", "unknown_routes")
+    failures = ("late", "lost", "refused", "doubled", "unknown_routes")
     return 0 if not any(run[name] for run in figures["runs"].values() for name in failures) else 1
 
 

@@ -18,7 +18,7 @@ def test_the_load_benchmark_answers_every_interaction_once_and_reports_every_fig
     assert main(argv) == 0  # none late, lost or doubled
     run = json.loads(out.read_text())["runs"]["sqlite"]
     assert run["interactions"] == 10 and run["acknowledged_within_3s"] == 10
-    assert (run["lost"], run["doubled"], run["unknown_routes"]) == (0, 0, [])
+    assert (run["lost"], run["refused"], run["doubled"], run["unknown_routes"]) == (0, 0, 0, [])
     for figure in ("ack_ms", "event_loop_lag_ms", "database_write_ms"):
         assert {"count", "p50", "p99", "max"} <= set(run[figure]), figure
     assert len(run["load_average_before"]) == len(run["load_average_after"]) == 3  # the machine's, with the figures

@@ -228,6 +228,17 @@ async def refusal(handle: InteractionHandle) -> str:
     return content(await ephemeral_reply(handle)) or ""
 
 
+async def refusal_after_defer(handle: InteractionHandle) -> str:
+    """The words of a command refused once the ledger was read, after its defer (the member's jobs at a time,
+    steps today, the same job again): the "thinking…" message removed, the refusal in a private follow-up."""
+    callback = await handle.wait_for_callback()
+    assert callback.ok and callback.json["type"] == 5, f"expected a defer, got callback type {callback.json['type']}"
+    follow_up = await handle.wait_for(lambda r: r.is_followup and r.ok)
+    assert follow_up.ephemeral
+    assert any(r.method == "DELETE" and r.path.endswith("/messages/@original") for r in handle.requests)
+    return content(follow_up) or ""
+
+
 def content(request: RecordedRequest) -> str | None:
     value = request.data.get("content")
     return value if isinstance(value, str) else None

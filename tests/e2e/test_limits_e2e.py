@@ -27,6 +27,7 @@ from tests.e2e.helpers import (
     ephemeral_reply,
     image_of,
     refusal,
+    refusal_after_defer,
     result_files,
     running_bot,
     wait_for_progress,
@@ -203,7 +204,7 @@ async def test_a_daily_quota_runs_out_and_the_refusal_says_when_it_resets(
         await set_limits(fake, daily_steps=6)
         first = await fake.invoke("imagine", imagine(steps=4))
         await wait_for_result(first)
-        text = await refusal(await fake.invoke("imagine", imagine(steps=4)))
+        text = await refusal_after_defer(await fake.invoke("imagine", imagine(steps=4)))
         assert text.startswith("You have used 4 of your 6 daily steps; this request needs 4. Your quota resets in ")
         assert text.endswith("(00:00 UTC).")
         assert len(queue.submitted) == 1
@@ -229,7 +230,7 @@ async def test_result_buttons_stop_at_the_servers_ceiling_and_a_double_press_que
             pressed = await fake.click(result, button(result, "fewer"))
             assert (await pressed.wait_for_callback()).json["type"] == 5  # deferred: accepted
             again = await fake.click(result, button(result, "fewer"))
-            assert await refusal(again) == (
+            assert await refusal_after_defer(again) == (
                 "You already have this exact job queued or running; its result will appear in its message."
             )
         await wait_for_result(pressed)
