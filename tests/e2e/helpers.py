@@ -58,6 +58,7 @@ class SharedQueue(JobQueue):
         self._unfinished: set[str] = set()
         self._hold_next: asyncio.Event | None = None
         self._holds: dict[str, asyncio.Event] = {}
+        self._submits = asyncio.Event()  # set (and replaced) at every submit
 
     async def start(self) -> None:
         """The worker is already running."""
@@ -99,7 +100,16 @@ class SharedQueue(JobQueue):
         self._unfinished.add(job_id)
         if self._hold_next is not None:
             self._holds[job_id], self._hold_next = self._hold_next, None
+        self._submits.set()
+        self._submits = asyncio.Event()
         return job_id
+
+    async def wait_for_submitted(self, count: int) -> None:
+        """Until `count` jobs were submitted: each one recorded in the ledger before (the interaction's
+        acknowledgement comes before both)."""
+        async with asyncio.timeout(60.0):
+            while len([entry for entry in self.submitted if entry.job_id is not None]) < count:
+                await self._submits.wait()
 
     def hold_next_job(self) -> asyncio.Event:
         """Hold the event stream of the next submitted job after its first progress event until the event is set."""

@@ -132,10 +132,10 @@ async def test_the_status_page_shows_waiting_jobs_and_their_prompts_only_when_as
     for show_prompts in (False, True):
         port = free_port()
         settings = e2e_settings(http_port=port, status_show_prompts=show_prompts)
-        async with running_bot(fake, worker, settings=settings, database=database):
+        async with running_bot(fake, worker, settings=settings, database=database) as (_, queue):
             with worker_paused(worker):  # the job can't start, let alone finish, while the page is read
                 handle = await fake.invoke("imagine", {"prompt": "a <b>private</b> fox", "steps": 4, "size": "256"})
-                await handle.wait_for_callback()  # accepted: recorded in the ledger
+                await queue.wait_for_submitted(1)  # accepted: recorded in the ledger, then queued
                 _, page = await get(port, "/")
             assert "Queued and running (1)" in page and "imagine" in page
             assert ("a &lt;b&gt;private&lt;/b&gt; fox" in page) is show_prompts

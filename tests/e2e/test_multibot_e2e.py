@@ -129,8 +129,8 @@ async def test_two_bot_processes_on_one_redis_answer_every_job_once_when_one_is_
         own = await fake.invoke("imagine", {"prompt": "a boat", "steps": 3, "size": "256", "seed": 5},
                                 user=fake.member)  # fmt: skip
         await wait_for_progress(slow, "step ")
-        for handle in (slow, waiting):
-            await handle.wait_for_callback()  # accepted (deferred) by bot A before it dies
+        # Accepted by bot A before it dies: acknowledged, recorded, queued, its message first edited.
+        await waiting.wait_for(lambda r: r.is_edit and r.ok)
 
         await bots["bot-a"].kill(signal.SIGKILL)  # the bot alone: the agents and their workers go on
         await bots["bot-b"].wait_for_log("answers its 2 unfinished job(s)", within=fake.timeout)
