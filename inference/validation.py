@@ -277,9 +277,7 @@ def _validate_strength_grid(request: protocol.CompareStrengthRequest) -> None:
         raise protocol.InvalidRequest(
             f"A strength comparison takes 1 to {protocol.MAX_GRID_STEP_ROWS} step counts; got {rows}."
         )
-    if (twice := _repeated(request.strengths)) is not None:
-        raise protocol.InvalidRequest(f"Strength {twice:g} is in the list twice; give each strength once.")
-    _refuse_repeated_steps(request.steps)
+    _refuse_repeats(request.strengths, "Strength", "strength", request.steps)
     _refuse_too_many_cells(len(request.lane_steps), f"{columns} strengths × {rows} step counts")
 
 
@@ -293,11 +291,16 @@ def _validate_guidance_grid(request: protocol.CompareGuidanceRequest) -> None:
         raise protocol.InvalidRequest(
             f"A guidance comparison has 1 to {protocol.MAX_GUIDANCE_ROWS} step counts (rows); got {rows}."
         )
-    if (twice := _repeated(request.guidances)) is not None:
-        raise protocol.InvalidRequest(f"Guidance {twice:g} is in the list twice; give each value once.")
-    _refuse_repeated_steps(request.steps)
+    _refuse_repeats(request.guidances, "Guidance", "value", request.steps)
     shape = f"{columns} guidance values × {rows} step counts" if rows > 1 else f"{columns} guidance values"
     _refuse_too_many_cells(columns * rows, shape, either=False)
+
+
+def _refuse_repeats(values: Sequence[float], name: str, each: str, steps: Sequence[int]) -> None:
+    """A value grid's columns (strengths, guidance values) or its rows of step counts with an item given twice."""
+    if (twice := _repeated(values)) is not None:
+        raise protocol.InvalidRequest(f"{name} {twice:g} is in the list twice; give each {each} once.")
+    _refuse_repeated_steps(steps)
 
 
 def _refuse_repeated_steps(steps: Sequence[int]) -> None:
