@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_CHOICES = 25  # Discord shows at most 25 autocomplete choices
 
-# How the options /imagine and /compare-steps share read in Discord.
+# How the options the drawing commands share read in Discord (`drawing_command` describes those a command has).
 SHARED_DESCRIPTIONS = {
     "prompt": "What to draw",
     "negative_prompt": "What to keep out of the image",
