@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from inference.protocol import (
     CompareGuidanceRequest,
     CompareSchedulersRequest,
-    CompareStepsRequest,
     CompareStrengthRequest,
     GenerateRequest,
+    GridRequest,
     HiresFix,
     Request,
     lane_strengths,
@@ -177,9 +177,7 @@ def auto_steps_note(ran: int, most: int, *, settled: bool, sigma: float) -> str:
     return f"settled at {ran} of {most} steps; the predicted clean image at sigma {sigma:.2f}"
 
 
-def grid_infotext(
-    request: CompareStepsRequest | CompareSchedulersRequest, *, model: str, lora_hashes: Mapping[str, str] | None = None
-) -> str:
+def grid_infotext(request: GridRequest, *, model: str, lora_hashes: Mapping[str, str] | None = None) -> str:
     """A grid's `parameters`, as A1111 writes an X/Y/Z plot's: the first cell's parameters, then the
     axes ("X Type: Steps, X Values: \"5, 10, 20\"", and a scheduler grid's "Y Type: Sampler", a seeds
     grid's "Y Type: Seed")."""

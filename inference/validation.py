@@ -220,7 +220,7 @@ def _validate_grid(request: protocol.GridRequest) -> None:
             raise protocol.InvalidRequest(
                 f"A scheduler comparison needs at least {protocol.MIN_COMPARE_CELLS} step counts; got {columns}."
             )
-        _refuse_too_many_cells(len(request.lane_steps), f"{rows} schedulers × {columns} step counts")
+        _refuse_too_many_cells(len(request.lane_steps), grid_shape(request))
     _refuse_repeated_steps(request.steps)
     if isinstance(request, protocol.CompareStepsRequest) and request.without_loras is not None:
         _validate_lora_comparison(request)
@@ -242,7 +242,7 @@ def _validate_seed_rows(request: protocol.CompareStepsRequest) -> None:
     if request.stop_early:
         raise protocol.InvalidRequest("Choose one of seeds and stop_early: each draws rows of its own.")
     columns = len(request.steps)
-    _refuse_too_many_cells(seeds * columns, f"{seeds} seeds × {columns} step counts")
+    _refuse_too_many_cells(seeds * columns, grid_shape(request))
 
 
 def _validate_lora_comparison(request: protocol.CompareStepsRequest) -> None:
@@ -277,10 +277,8 @@ def _validate_strength_grid(request: protocol.CompareStrengthRequest) -> None:
         raise protocol.InvalidRequest(
             f"A strength comparison takes 1 to {protocol.MAX_GRID_STEP_ROWS} step counts; got {rows}."
         )
-    if (twice := _repeated(request.strengths)) is not None:
-        raise protocol.InvalidRequest(f"Strength {twice:g} is in the list twice; give each strength once.")
-    _refuse_repeated_steps(request.steps)
-    _refuse_too_many_cells(len(request.lane_steps), f"{columns} strengths × {rows} step counts")
+    _refuse_repeats(request.strengths, "Strength", "strength", request.steps)
+    _refuse_too_many_cells(len(request.lane_steps), grid_shape(request))
 
 
 def _validate_guidance_grid(request: protocol.CompareGuidanceRequest) -> None:
@@ -293,11 +291,15 @@ def _validate_guidance_grid(request: protocol.CompareGuidanceRequest) -> None:
         raise protocol.InvalidRequest(
             f"A guidance comparison has 1 to {protocol.MAX_GUIDANCE_ROWS} step counts (rows); got {rows}."
         )
-    if (twice := _repeated(request.guidances)) is not None:
-        raise protocol.InvalidRequest(f"Guidance {twice:g} is in the list twice; give each value once.")
-    _refuse_repeated_steps(request.steps)
-    shape = f"{columns} guidance values × {rows} step counts" if rows > 1 else f"{columns} guidance values"
-    _refuse_too_many_cells(columns * rows, shape, either=False)
+    _refuse_repeats(request.guidances, "Guidance", "value", request.steps)
+    _refuse_too_many_cells(columns * rows, grid_shape(request), either=False)
+
+
+def _refuse_repeats(values: Sequence[float], name: str, each: str, steps: Sequence[int]) -> None:
+    """A value grid's columns (strengths, guidance values) or its rows of step counts with an item given twice."""
+    if (twice := _repeated(values)) is not None:
+        raise protocol.InvalidRequest(f"{name} {twice:g} is in the list twice; give each {each} once.")
+    _refuse_repeated_steps(steps)
 
 
 def _refuse_repeated_steps(steps: Sequence[int]) -> None:
@@ -305,6 +307,26 @@ def _refuse_repeated_steps(steps: Sequence[int]) -> None:
         raise protocol.InvalidRequest(
             f"{twice} step{'' if twice == 1 else 's'} is in the list twice; give each step count once."
         )
+
+
+def grid_shape(request: protocol.Request) -> str:
+    """What a comparison grid's cells are made of, in words: "3 schedulers × 5 step counts", "5 seeds × 3 step
+    counts", "two rows, without and with the LoRA, × 4 step counts"; "" for a row of step counts or one image."""
+    if isinstance(request, protocol.GenerateRequest):
+        return ""
+    steps = f"{len(request.steps)} step counts"
+    if isinstance(request, protocol.CompareSchedulersRequest):
+        return f"{len(request.schedulers)} schedulers × {steps}"
+    if isinstance(request, protocol.CompareStrengthRequest):
+        return f"{len(request.strengths)} strengths × {steps}"
+    if isinstance(request, protocol.CompareGuidanceRequest):
+        values = f"{len(request.guidances)} guidance values"
+        return f"{values} × {steps}" if len(request.steps) > 1 else values
+    if isinstance(request, protocol.CompareStepsRequest) and request.without_loras is not None:
+        return f"two rows, without and with the LoRA, × {steps}"
+    if isinstance(request, protocol.CompareStepsRequest) and request.seeds > 1:
+        return f"{request.seeds} seeds × {steps}"
+    return ""
 
 
 def _refuse_too_many_cells(cells: int, shape: str, *, either: bool = True) -> None:

@@ -11,16 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 from bot.formatting import format_amount, format_duration
 from bot.limits.server import EffectiveLimits, LimitExceeded
-from inference.protocol import (
-    CompareGuidanceRequest,
-    CompareSchedulersRequest,
-    CompareStepsRequest,
-    CompareStrengthRequest,
-    GenerateRequest,
-    Request,
-    step_pixels,
-    total_steps,
-)
+from inference.protocol import CompareStepsRequest, GenerateRequest, Request, step_pixels, total_steps
+from inference.validation import grid_shape
 
 
 def next_quota_reset(now: datetime) -> datetime:
@@ -278,21 +270,9 @@ def check_request_alone(request: Request, limits: EffectiveLimits) -> None:
     grid = not isinstance(request, GenerateRequest)
     cells = len(request.lane_steps)
     if grid and cells > limits.max_grid_cells:
-        shape = ""
-        if isinstance(request, CompareSchedulersRequest):
-            shape = f" ({len(request.schedulers)} schedulers × {len(request.steps)} step counts): give fewer of either"
-        elif isinstance(request, CompareStrengthRequest):
-            shape = f" ({len(request.strengths)} strengths × {len(request.steps)} step counts): give fewer of either"
-        elif isinstance(request, CompareStepsRequest) and request.seeds > 1:
-            shape = f" ({request.seeds} seeds × {len(request.steps)} step counts): give fewer of either"
-        elif isinstance(request, CompareStepsRequest) and request.rows > 1:
-            shape = (
-                f" (two rows, without and with the LoRA, × {len(request.steps)} step counts): give fewer step counts"
-            )
-        elif isinstance(request, CompareGuidanceRequest):
-            shape = (
-                f" ({len(request.guidances)} guidance values × {len(request.steps)} step counts): give fewer of either"
-            )
+        lora_rows = isinstance(request, CompareStepsRequest) and request.without_loras is not None
+        advice = "give fewer step counts" if lora_rows else "give fewer of either"  # the rows are fixed
+        shape = f" ({words}): {advice}" if (words := grid_shape(request)) else ""
         raise LimitExceeded(
             f"This server allows grids of at most {limits.max_grid_cells} cells; you asked for {cells}{shape}.",
             limit="max_grid_cells",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from PIL import Image
 
@@ -32,6 +33,28 @@ class Grid:
     summary: str  # where each row settles, in words
 
 
+class GridFrame(TypedDict, total=False):
+    """What every grid renderer writes around the cells, whatever the grid: `facts` ("model · scheduler ·
+    seed 42") open the footer after the prompt, `device` names where the seconds were spent, and
+    `parameters` (A1111's text) go in the PNG chunk. Each is left out by default."""
+
+    facts: str | None
+    device: str | None
+    parameters: str | None
+
+
+def frame_title(prompt: str, frame: GridFrame) -> tuple[str, str] | None:
+    """The footer's opening (the prompt and the facts), where the frame has facts."""
+    facts = frame.get("facts")
+    return (prompt, facts) if facts else None
+
+
+def seconds_note(frame: GridFrame) -> str:
+    """What a cell's seconds are, and on which device where the frame names one."""
+    device = frame.get("device")
+    return f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+
+
 def cell_lora_hashes(images: Sequence[GeneratedImage]) -> dict[str, str]:
     """The short hash of every LoRA the cells ran with, from the `parameters` the worker wrote into
     each cell (the bot never sees the LoRA files): the grid's "Lora hashes"."""
@@ -55,22 +78,13 @@ def grid_rows(request: GridRequest, images: Sequence[GeneratedImage]) -> list[tu
     return rows
 
 
-def render_grid(
-    request: GridRequest,
-    images: Sequence[GeneratedImage],
-    *,
-    facts: str | None = None,
-    device: str | None = None,
-    parameters: str | None = None,
-) -> Grid:
+def render_grid(request: GridRequest, images: Sequence[GeneratedImage], **frame: Unpack[GridFrame]) -> Grid:
     """The grid's PNG (axis labels on a scheduler grid, per-cell seconds and Δ, the settled cells
-    framed, a footer saying what the numbers are, `parameters` in its PNG chunk) and the sweet-spot
-    sentence. With `facts` ("model · scheduler · seed 42") the footer opens with the prompt and them;
-    `device` names where the seconds were spent."""
+    framed, a footer saying what the numbers are and the `frame`) and the sweet-spot sentence."""
     if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
-        return render_lora_grid(request, images, facts=facts, device=device, parameters=parameters)
+        return render_lora_grid(request, images, **frame)
     if isinstance(request, CompareStepsRequest) and request.seeds > 1:
-        return render_seed_grid(request, images, facts=facts, device=device, parameters=parameters)
+        return render_seed_grid(request, images, **frame)
     rows = grid_rows(request, images)
     changes: dict[int, float] = {}
     marked = set()
@@ -91,18 +105,17 @@ def render_grid(
         if index in changes:
             parts.append(format_change(changes[index]))
         texts[id(image)] = " · ".join(parts)
-    seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
     png = grid_png(
         images,
         caption=lambda image: texts[id(image)],
-        title=(request.prompt, facts) if facts else None,
-        footer=f"{seconds_note}\n{LEGEND}"
+        title=frame_title(request.prompt, frame),
+        footer=f"{seconds_note(frame)}\n{LEGEND}"
         + (f" · from the image at strength {request.strength:g}" if request.image else ""),
         columns=len(request.steps) if scheduler_grid else None,
         row_labels=row_labels,
         column_labels=[steps_label(steps) for steps in request.steps] if scheduler_grid else (),
         marked=marked,
-        parameters=parameters,
+        parameters=frame.get("parameters"),
     )
     return Grid(png, summary([row for _, row in rows]))
 
@@ -120,27 +133,22 @@ def strength_caption(image: GeneratedImage) -> str:
 
 
 def render_strength_grid(
-    request: CompareStrengthRequest,
-    images: Sequence[GeneratedImage],
-    *,
-    facts: str | None = None,
-    device: str | None = None,
-    parameters: str | None = None,
+    request: CompareStrengthRequest, images: Sequence[GeneratedImage], **frame: Unpack[GridFrame]
 ) -> Grid:
     """A strength grid's PNG: a row per step count, a column per strength, every caption saying the steps that
     ran; and in words, each row's steps that ran and how far each cell moved from the input image."""
     captions = {id(image): strength_caption(image) for image in images}
-    seconds = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+    seconds = seconds_note(frame)
     if not all(" ran · " in captions[id(image)] for image in images):  # cells too narrow for their seconds
-        where = f" on {device}" if device else ""
+        where = f" on {device}" if (device := frame.get("device")) else ""
         seconds = f"{format_seconds(sum(image.seconds for image in images))} of batched compute{where}, all cells"
     png = grid_png(
         images,
         caption=lambda image: captions[id(image)],
-        title=(request.prompt, facts) if facts else None,
+        title=frame_title(request.prompt, frame),
         footer=f"{seconds}\n{STRENGTH_LEGEND}",
         columns=len(request.strengths),
-        parameters=parameters,
+        parameters=frame.get("parameters"),
     )
     return Grid(png, strength_summary(request, images))
 
@@ -196,27 +204,17 @@ def _row_words(row: RowChanges) -> str:
 
 
 def render_lora_grid(
-    request: CompareStepsRequest,
-    images: Sequence[GeneratedImage],
-    *,
-    facts: str | None = None,
-    device: str | None = None,
-    parameters: str | None = None,
+    request: CompareStepsRequest, images: Sequence[GeneratedImage], **frame: Unpack[GridFrame]
 ) -> Grid:
     """A LoRA comparison's grid: two rows (without, then with the LoRA) named with their scheduler and
     guidance, step counts over the columns, each cell's seconds and Δ, each row's settled cell framed."""
     rows = grid_rows(request, images)
-    png = rows_png(request, images, rows, lora_row_labels(request), facts=facts, device=device, parameters=parameters)
+    png = rows_png(request, images, rows, lora_row_labels(request), frame)
     return Grid(png, lora_summary(request, [row for _, row in rows]))
 
 
 def render_seed_grid(
-    request: CompareStepsRequest,
-    images: Sequence[GeneratedImage],
-    *,
-    facts: str | None = None,
-    device: str | None = None,
-    parameters: str | None = None,
+    request: CompareStepsRequest, images: Sequence[GeneratedImage], **frame: Unpack[GridFrame]
 ) -> Grid:
     """A sweet spot over seeds: a row per seed, named with it (any row is that seed's /imagine), step counts
     over the columns, each row's settled cell framed; in words, the median settle point and its spread."""
@@ -224,7 +222,7 @@ def render_seed_grid(
     labels = [f"seed {seed}" for seed in request.row_seeds]
     words = seeds_summary([row for _, row in rows], request.row_seeds)
     headline = words.removesuffix(f" {MEASURE_NOTE}")  # the picture's legend says what Δ and settled are
-    png = rows_png(request, images, rows, labels, facts=facts, device=device, parameters=parameters, note=headline)
+    png = rows_png(request, images, rows, labels, frame, note=headline)
     return Grid(png, words)
 
 
@@ -233,10 +231,8 @@ def rows_png(
     images: Sequence[GeneratedImage],
     rows: Sequence[tuple[int, RowChanges]],
     row_labels: Sequence[str],
+    frame: GridFrame,
     *,
-    facts: str | None = None,
-    device: str | None = None,
-    parameters: str | None = None,
     note: str = "",
 ) -> bytes:
     """A steps grid of several rows (LoRA comparison, seeds): the rows named, step counts over the columns,
@@ -251,15 +247,14 @@ def rows_png(
             texts[id(images[first + index])] = " · ".join(parts)
         if row.settled is not None:
             marked.add(first + row.order[row.settled])
-    seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
     return grid_png(
         images,
         caption=lambda image: texts[id(image)],
-        title=(request.prompt, facts) if facts else None,
-        footer="\n".join(line for line in (note, seconds_note, LEGEND) if line),
+        title=frame_title(request.prompt, frame),
+        footer="\n".join(line for line in (note, seconds_note(frame), LEGEND) if line),
         columns=len(request.steps),
         row_labels=row_labels,
         column_labels=[steps_label(steps) for steps in request.steps],
         marked=marked,
-        parameters=parameters,
+        parameters=frame.get("parameters"),
     )

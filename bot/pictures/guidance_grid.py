@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
-from bot.pictures.grids import Grid
-from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, png_parameters, steps_label
+from bot.pictures.grids import Grid, GridFrame, frame_title, seconds_note
+from bot.pictures.render import format_seconds, grid_png, png_parameters, steps_label
 from bot.pictures.sweet_spot import changes_along, format_change, settle_index
 from inference.parameters import guidance_grid_infotext
 from inference.protocol import CompareGuidanceRequest, GeneratedImage
@@ -72,16 +73,10 @@ def guidance_summary(rows: Sequence[GuidanceRow], *, distilled: bool = False) ->
 
 
 def render_guidance_grid(
-    request: CompareGuidanceRequest,
-    images: Sequence[GeneratedImage],
-    *,
-    facts: str | None = None,
-    device: str | None = None,
-    parameters: str | None = None,
+    request: CompareGuidanceRequest, images: Sequence[GeneratedImage], **frame: Unpack[GridFrame]
 ) -> Grid:
-    """The grid's PNG (guidance values on top, step counts on the left, per-cell
-    seconds and Δ, the settled cells framed, a footer saying what the numbers are, `parameters` in its
-    PNG chunk) and the sweet spot in words. `facts` and `device` as `bot.pictures.grids.render_grid`."""
+    """The grid's PNG (guidance values on top, step counts on the left, per-cell seconds and Δ, the
+    settled cells framed, a footer saying what the numbers are and the `frame`) and the sweet spot in words."""
     rows = guidance_rows(request, images)
     distilled = is_distilled(images)
     columns = len(request.guidances)
@@ -102,17 +97,16 @@ def render_guidance_grid(
         texts.append(" · ".join(parts))
     captions = {id(image): text for image, text in zip(images, texts, strict=True)}
     label = "distilled" if distilled else "guidance"
-    seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
     png = grid_png(
         images,
         caption=lambda image: captions[id(image)],
-        title=(request.prompt, facts) if facts else None,
-        footer=f"{seconds_note}\n{LEGEND}",
+        title=frame_title(request.prompt, frame),
+        footer=f"{seconds_note(frame)}\n{LEGEND}",
         columns=columns,
         row_labels=[steps_label(steps) for steps in request.steps],
         column_labels=[f"{label} {guidance:g}" for guidance in request.guidances],
         marked=marked,
-        parameters=parameters,
+        parameters=frame.get("parameters"),
     )
     return Grid(png, guidance_summary(rows, distilled=distilled))
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from bot.pictures.grids import Grid, grid_rows
-from bot.pictures.render import SECONDS_NOTE, format_seconds, grid_png, steps_label
+from bot.pictures.grids import Grid, GridFrame, frame_title, grid_rows, seconds_note
+from bot.pictures.render import format_seconds, grid_png, steps_label
 from bot.pictures.sweet_spot import format_change, summary
 from inference.parameters import grid_infotext
 from inference.protocol import CompareStepsRequest, GeneratedImage
@@ -88,13 +88,13 @@ def render_stop_early_grid(
     texts = [captions[id(image)] for image in top] + [caption for _, caption in stopped]
     marked = {order.index(row.order[row.settled])} if row.settled is not None else set()
     total = max(request.steps)
-    seconds_note = f"{SECONDS_NOTE} on {device}" if device else SECONDS_NOTE
+    frame: GridFrame = {"facts": facts, "device": device}
     by_cell = {id(cell): text for cell, text in zip(cells, texts, strict=True)}
     png = grid_png(
         cells,
         caption=lambda image: by_cell[id(image)],
-        title=(request.prompt, facts) if facts else None,
-        footer=f"{seconds_note}\n{LEGEND}",
+        title=frame_title(request.prompt, frame),
+        footer=f"{seconds_note(frame)}\n{LEGEND}",
         columns=len(top),
         row_labels=["N-step runs", f"{total}-step run stopped"],
         column_labels=[steps_label(image.steps) for image in top],

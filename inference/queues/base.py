@@ -24,6 +24,7 @@ from inference.protocol import (
     JobProgress,
     JobQueued,
     JobResult,
+    JobStarted,
     ModelInfo,
     ModelUnavailable,
     Request,
@@ -273,6 +274,12 @@ class FairJobQueue(JobQueue):
         now = time.monotonic()
         return Eta(max(0.0, finish - now), None if start is None else max(0.0, start - now))
 
+    def _on_started(self, job: QueuedJob, attempt: int) -> None:
+        """A worker began `job` (its `attempt`, counted from 1): its clock starts with the first one."""
+        job.attempts = attempt
+        job.started_at = job.started_at or time.monotonic()
+        job.events.put_nowait(JobStarted(job.job_id, attempt))
+
     def _on_progress(self, job: QueuedJob, event: JobProgress) -> None:
         """Hand a running job its progress, and learn from it: its steps, and the worker's measured rate."""
         for lane, step in event.lane_steps or ((event.lane, event.step),):
@@ -358,11 +365,15 @@ class FairJobQueue(JobQueue):
     def _update_positions(self) -> None:
         self._pending = self._fair_order()
         for place, job in enumerate(self._pending, start=1):
-            if job.position != place:
-                job.position = place
-                job.shown_start = None
-                job.events.put_nowait(JobQueued(job.job_id, place))
+            self._tell_place(job, place)
         self._forecast_stale = True
+
+    def _tell_place(self, job: QueuedJob, place: int) -> None:
+        """Tell a waiting job its place in line (1 = next), when it moved."""
+        if job.position != place:
+            job.position = place
+            job.shown_start = None
+            job.events.put_nowait(JobQueued(job.job_id, place))
 
     def _start(self, job: QueuedJob) -> None:
         """Take `job` off the waiting list into the running set; its member goes to the back of the line."""

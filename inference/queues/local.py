@@ -19,7 +19,6 @@ from inference.protocol import (
     JobFailed,
     JobProgress,
     JobResult,
-    JobStarted,
     ModelInfo,
     ModelUnavailable,
     ProgressBatch,
@@ -211,10 +210,8 @@ class LocalJobQueue(FairJobQueue):
             if self._running and (job.isolate or busy_lanes + job.lane_count > self.config.max_batch_lanes):
                 break
             self._start(job)
-            job.attempts += 1
-            job.started_at = job.started_at or time.monotonic()
+            self._on_started(job, job.attempts + 1)
             self._last_event_at = time.monotonic()
-            job.events.put_nowait(JobStarted(job.job_id, job.attempts))
             if not self._send(SubmitJob(job.job_id, job.request)):
                 break  # the worker is dying: its exit re-queues the running jobs
         self._update_positions()

@@ -25,9 +25,7 @@ from inference.protocol import (
     InvalidRequest,
     JobFailed,
     JobProgress,
-    JobQueued,
     JobResult,
-    JobStarted,
     ModelInfo,
     Request,
     WorkerConfig,
@@ -479,9 +477,8 @@ class RedisJobQueue(FairJobQueue):
                 job.position = None
         for place, job_id in enumerate(outcome.waiting, start=1):
             job = self._running.get(job_id)
-            if job is not None and job_id in self._enqueued and job.position != place:
-                job.position = place
-                job.events.put_nowait(JobQueued(job_id, place))
+            if job is not None and job_id in self._enqueued:
+                self._tell_place(job, place)
 
     async def _send_cancel(self, job_id: str) -> None:
         for attempt in range(30):
@@ -517,9 +514,7 @@ class RedisJobQueue(FairJobQueue):
         job.position = None
         kind = fields[b"kind"]
         if kind == b"started":
-            job.started_at = job.started_at or time.monotonic()
-            job.attempts = int(fields[b"attempt"])
-            job.events.put_nowait(JobStarted(job_id, job.attempts))
+            self._on_started(job, int(fields[b"attempt"]))
         elif kind == b"progress":
             try:
                 event = loads(fields[b"event"])

@@ -26,10 +26,7 @@ class CompareSteps(commands.Cog):
         name="compare-steps", description="Render one prompt and seed at several step counts, side by side."
     )
     @app_commands.describe(
-        **shared.SHARED_DESCRIPTIONS,
         steps="Step counts separated by commas, 2 to 12 of them (default: the model's ladder, e.g. 1,2,3,4,6,8)",
-        **shared.GRID_DESCRIPTIONS,
-        **shared.IMAGE_DESCRIPTIONS,
         lora_compare="Two rows: without the LoRA, then with it, over both their step ladders (needs a lora)",
         stop_early="Add a row: the longest run stopped at each step count (its predicted image there)",
         seeds="Rows of seeds, 2 to 6 (this seed, then the next ones): is the sweet spot the same for every seed?",

@@ -26,15 +26,8 @@ class CompareGuidance(commands.Cog):
         description="Render one prompt and seed at several guidance values (and step counts), as one grid.",
     )
     @app_commands.describe(
-        prompt=shared.SHARED_DESCRIPTIONS["prompt"],
-        negative_prompt=shared.SHARED_DESCRIPTIONS["negative_prompt"],
-        model=shared.SHARED_DESCRIPTIONS["model"],
-        scheduler=shared.SHARED_DESCRIPTIONS["scheduler"],
-        lora=shared.SHARED_DESCRIPTIONS["lora"],
-        lora_weight=shared.SHARED_DESCRIPTIONS["lora_weight"],
         guidance="Columns: guidance values separated by commas, e.g. 1,3,5,7.5 (default: a ladder around the model's)",
         steps="Rows: step counts separated by commas, 1 to 6 (default: the model's own steps)",
-        **shared.GRID_DESCRIPTIONS,
     )
     @shared.drawing_command()
     async def compare_guidance(

@@ -26,16 +26,8 @@ class CompareSchedulers(commands.Cog):
         description="Render one prompt and seed with several schedulers at several step counts, as one grid.",
     )
     @app_commands.describe(
-        prompt=shared.SHARED_DESCRIPTIONS["prompt"],
-        negative_prompt=shared.SHARED_DESCRIPTIONS["negative_prompt"],
-        model=shared.SHARED_DESCRIPTIONS["model"],
-        guidance=shared.SHARED_DESCRIPTIONS["guidance"],
-        lora=shared.SHARED_DESCRIPTIONS["lora"],
-        lora_weight=shared.SHARED_DESCRIPTIONS["lora_weight"],
         schedulers="Rows: 2 to 6 schedulers separated by commas (default: a varied set the model can run)",
         steps="Columns: step counts separated by commas (default: the model's ladder, trimmed to fit the grid)",
-        **shared.GRID_DESCRIPTIONS,
-        **shared.IMAGE_DESCRIPTIONS,
     )
     @shared.drawing_command(schedulers=True)
     async def compare_schedulers(

@@ -27,16 +27,8 @@ class CompareStrength(commands.Cog):
     )
     @app_commands.describe(
         image="The image every cell starts from: PNG, JPEG or WebP",
-        prompt=shared.SHARED_DESCRIPTIONS["prompt"],
         strengths="Columns, 0-1 (default 0.3,0.45,0.6,0.75,0.9: from a light touch to only the layout kept)",
         steps="Rows: step counts, comma-separated (default: the model's own). Of 30 steps at 0.6, the last 18 run",
-        scheduler=shared.SHARED_DESCRIPTIONS["scheduler"],
-        negative_prompt=shared.SHARED_DESCRIPTIONS["negative_prompt"],
-        model=shared.SHARED_DESCRIPTIONS["model"],
-        guidance=shared.SHARED_DESCRIPTIONS["guidance"],
-        lora=shared.SHARED_DESCRIPTIONS["lora"],
-        lora_weight=shared.SHARED_DESCRIPTIONS["lora_weight"],
-        seed=shared.GRID_DESCRIPTIONS["seed"],
     )
     @shared.drawing_command(size=False)
     async def compare_strength(

@@ -31,7 +31,6 @@ class Imagine(commands.Cog):
 
     @app_commands.command(name="imagine", description="Generate images from a prompt with Stable Diffusion.")
     @app_commands.describe(
-        **shared.SHARED_DESCRIPTIONS,
         steps="Denoising steps (default: the model's own; more is slower); with auto_steps, the most to run",
         auto_steps="Stop once the image settles (not with Euler a); at most steps, or the model's longest ladder",
         seed="Seed for a repeatable image (random when left out)",
@@ -43,7 +42,7 @@ class Imagine(commands.Cog):
             "With an image: how much to change it, 0 to 1 (default: the model's). Of 30 steps at 0.6, the last 18 run"
         ),
     )
-    @shared.drawing_command()
+    @shared.drawing_command(grid=False)
     async def imagine(
         self,
         interaction: discord.Interaction,

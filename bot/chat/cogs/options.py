@@ -5,6 +5,7 @@ Not an extension (no `setup`): cogs import it, so that no cog imports another.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_CHOICES = 25  # Discord shows at most 25 autocomplete choices
 
-# How the options /imagine and /compare-steps share read in Discord.
+# How the options the drawing commands share read in Discord (`drawing_command` describes those a command has).
 SHARED_DESCRIPTIONS = {
     "prompt": "What to draw",
     "negative_prompt": "What to keep out of the image",
@@ -78,9 +79,14 @@ def manage_server_only(command: Command) -> Command:
     return app_commands.default_permissions(manage_guild=True)(command)
 
 
-def drawing_command(*, schedulers: bool = False, size: bool = True) -> Callable[[Command], Command]:
-    """What every command that draws pictures shares: servers only, and autocomplete of the model, its
-    LoRAs, the scheduler (a grid's list of `schedulers`) and the size (unless the size is the image's)."""
+def drawing_command(*, grid: bool = True, schedulers: bool = False, size: bool = True) -> Callable[[Command], Command]:
+    """What every command that draws pictures shares: servers only, the shared description of each option it
+    has (a `grid`'s seed, size and input image too), and autocomplete of the model, its LoRAs, the scheduler
+    (a grid's list of `schedulers`) and the size (unless the size is the image's).
+
+    Put it under the command's own `app_commands.describe`: a description given there wins over the shared one.
+    """
+    shared = {**SHARED_DESCRIPTIONS, **GRID_DESCRIPTIONS, **IMAGE_DESCRIPTIONS} if grid else SHARED_DESCRIPTIONS
     completions: dict[str, Any] = {"lora": lora_autocomplete, "model": model_autocomplete}
     if schedulers:
         completions["schedulers"] = schedulers_autocomplete
@@ -90,7 +96,9 @@ def drawing_command(*, schedulers: bool = False, size: bool = True) -> Callable[
         completions["size"] = size_autocomplete
 
     def decorate(command: Command) -> Command:
-        return app_commands.guild_only()(app_commands.autocomplete(**completions)(command))
+        options = inspect.signature(command).parameters
+        described = app_commands.describe(**{name: text for name, text in shared.items() if name in options})
+        return app_commands.guild_only()(app_commands.autocomplete(**completions)(described(command)))
 
     return decorate
 

@@ -328,6 +328,16 @@ def test_a_strength_grid_with_too_many_cells_is_refused_naming_its_shape() -> No
     )
 
 
+def test_a_one_row_guidance_grid_over_the_cells_is_refused_naming_only_its_values() -> None:
+    from inference.protocol import CompareGuidanceRequest
+
+    request = CompareGuidanceRequest("a cat", guidances=(1.0, 3.0, 5.0, 7.5), steps=(20,))
+
+    assert str(refusal(request, limits(max_grid_cells=3))) == (
+        "This server allows grids of at most 3 cells; you asked for 4 (4 guidance values): give fewer of either."
+    )
+
+
 def test_a_strength_grid_row_over_the_servers_steps_is_refused() -> None:
     from inference.protocol import CompareStrengthRequest
 
