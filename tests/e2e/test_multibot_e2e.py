@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,27 @@ async def serving(fake: FakeDiscord, bot: BotProcess, name: str) -> None:
     await bot.wait_for_log(f"on shards {SHARDS[name]} of {COUNT}", within=fake.timeout)
 
 
+def worker_pids(logs: list[Path]) -> list[int]:
+    """The pids of the GPU workers the agents started (their logs name them)."""
+    found = [re.search(r"started GPU worker pid (\d+)", log.read_text()) for log in logs]
+    assert all(found), "an agent did not start its worker"
+    return [int(match.group(1)) for match in found if match is not None]
+
+
+@contextlib.contextmanager
+def workers_paused(pids: list[int]) -> Iterator[None]:
+    """Freeze the agents' workers (SIGSTOP): the jobs they run neither finish nor free a lane until the block ends.
+    The agents go on (their heartbeats say they live), well within their hang limit (120 s)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 # A hang guard: two bots, two agents, PostgreSQL, a takeover and two restarts on a shared 2-core machine.
 @pytest.mark.timeout(900)
 async def test_two_sharded_bot_processes_behind_redis_answer_every_job_once_when_one_is_killed_mid_job(
@@ -91,72 +113,83 @@ async def test_two_sharded_bot_processes_behind_redis_answer_every_job_once_when
     base.update(STEPGRID_REDIS_URL=redis_server.url, STEPGRID_DATABASE_URL=database_url, PYTHONPATH=str(REPOSITORY))
     base.update(STEPGRID_BOT_LEASE_SECONDS=LEASE_SECONDS, STEPGRID_SHARD_COUNT=str(COUNT))
     agents: list[asyncio.subprocess.Process] = []
+    agent_logs = [tmp_path / f"agent-{index}.log" for index in (1, 2)]
     bots: dict[str, BotProcess] = {}
-    twin: BotProcess | None = None
     for name, ids in SHARDS.items():
         (tmp_path / name).mkdir()
         env = {**base, "STEPGRID_BOT_ID": name, "STEPGRID_SHARD_IDS": ids}
         env["STEPGRID_DATABASE_PATH"] = str(tmp_path / name / "stepgrid.sqlite3")  # its data folder (inputs)
         bots[name] = BotProcess(env, tmp_path / name / "bot.log")
     a, b = bots["bot-a"], bots["bot-b"]
+    twin: BotProcess | None = None
+    paused: contextlib.ExitStack = contextlib.ExitStack()
+    deferred = asyncio.Event()
     try:
-        # The first agent builds the tiny model; the second agent and both bots start together after it.
-        agents.append(await start_agent(redis_server.url, "agent-1", base, tmp_path / "agent-1.log"))
-        await wait_ready_agents(client, 1, fake.timeout)
-        agents.append(await start_agent(redis_server.url, "agent-2", base, tmp_path / "agent-2.log"))
+        # Everything starts at once; the second agent builds the tiny model (seeded: the same one) in a folder of
+        # its own, so that the two never build into one folder together.
+        agents.append(await start_agent(redis_server.url, "agent-1", base, agent_logs[0]))
+        own_models = {**base, "STEPGRID_MODEL_CACHE_DIR": str(tmp_path / "agent-2-models")}
+        agents.append(await start_agent(redis_server.url, "agent-2", own_models, agent_logs[1]))
         await asyncio.gather(a.start(), b.start())
-        await asyncio.gather(serving(fake, a, "bot-a"), serving(fake, b, "bot-b"))
-        await wait_ready_agents(client, 2, fake.timeout)
-        assert {shard: shard_of(guild.id, COUNT) for shard, guild in enumerate((g0, g1, g2, g3))} == {
-            shard: shard for shard in range(COUNT)
-        }
 
         # A second process with a bot id in use (on a ledger of its own, so that no shard lock refuses it first)
         # is refused in one line by the id's lease on Redis.
+        await a.wait_for_log("bot id 'bot-a' held on Redis", within=fake.timeout)
         (tmp_path / "twin").mkdir()
         twin_env = {**a.env, "STEPGRID_DATABASE_PATH": str(tmp_path / "twin" / "stepgrid.sqlite3")}
         del twin_env["STEPGRID_DATABASE_URL"]
         twin = BotProcess(twin_env, tmp_path / "twin" / "bot.log")
         await twin.start()
 
-        # Each agent runs one slow job (A's from shard 0, B's from shard 2); A's job from shard 1 and B's from
-        # shard 3 wait behind them.
+        await asyncio.gather(serving(fake, a, "bot-a"), serving(fake, b, "bot-b"))
+        await wait_ready_agents(client, 2, fake.timeout)
+        assert sorted(fake.live_shards()) == list(range(COUNT))
+        assert [shard_of(guild.id, COUNT) for guild in (g0, g1, g2, g3)] == list(range(COUNT))
+        assert await twin.exited() == 2
+        assert any("runs as bot id 'bot-a'" in line for line in twin.lines), twin.lines[-3:]
+
+        # Each agent runs one slow job (A's from shard 0, B's from shard 2), frozen mid-run; A's job from shard 1
+        # and B's from shard 3 wait behind them.
         command, options = SLOW_IMAGE
         slow_a = await fake.invoke(command, {"prompt": "slow a", **options, "seed": 6}, guild=g0, user=m0)
         await wait_for_progress(slow_a, "step ")
         slow_b = await fake.invoke(command, {"prompt": "slow b", **options, "seed": 7}, guild=g2, user=m2)
         await wait_for_progress(slow_b, "step ")
+        paused.enter_context(workers_paused(worker_pids(agent_logs)))
         small = {"steps": 3, "size": "256"}
-        waiting_a = await fake.invoke("imagine", {"prompt": "a fox", **small, "seed": 4}, guild=g1, user=m1)
         waiting_b = await fake.invoke("imagine", {"prompt": "a boat", **small, "seed": 5}, guild=g3, user=m3)
-        for handle in (waiting_a, waiting_b):
-            await handle.wait_for_callback()  # accepted (deferred) before A dies
-        assert await twin.exited() == 2
-        assert any("runs as bot id 'bot-a'" in line for line in twin.lines), twin.lines[-3:]
+        await waiting_b.wait_for_callback()
+        # A's job waiting is killed at its worst moment: recorded in the ledger and deferred on Discord, A not yet
+        # told the defer's message id (Discord's answer held back), so the ledger has no message id for it.
+        deferred = fake.hold_answers(lambda r: r.is_callback)
+        waiting_a = await fake.invoke("imagine", {"prompt": "a fox", **small, "seed": 4}, guild=g1, user=m1)
+        await waiting_a.wait_for_callback()
 
-        rows = await asyncio.to_thread(ledger, database_url)  # both lanes busy: nothing starts or ends now
         await a.kill(signal.SIGKILL)  # the bot alone: the agents and their workers go on
-        assert sorted((guild, status) for guild, status, bot in rows.values() if bot == "bot-a") == sorted(
+        deferred.set()  # to no one: A is gone
+        rows = await asyncio.to_thread(ledger, database_url)
+        assert sorted((guild, status) for guild, status, _ in rows.values() if guild in (g0.id, g1.id)) == sorted(
             [(g0.id, "running"), (g1.id, "queued")]
         ), "one of A's jobs runs on an agent, the other waits, when A dies"
 
         # B takes A's jobs over once A's lease runs out, though their servers are on A's shards.
         await b.wait_for_log("answers its 2 unfinished job(s)", within=fake.timeout)
 
-        # B dies too, A's jobs still unfinished, and comes back at once: every job it holds is its own to answer,
-        # A's servers' included (their shards are not B's, but no other process will answer them).
+        # B dies too, every job unfinished, and comes back at once: it takes its own lease back, and every job of
+        # its id is its own to answer, A's servers' included (their shards are not B's, but no other process
+        # will answer them).
         await b.kill(signal.SIGKILL)
-        unfinished = {job for job, (_, status, _) in (await asyncio.to_thread(ledger, database_url)).items()
-                      if status != "done"}  # fmt: skip
-        adopted = {job for job, (guild, _, _) in rows.items() if guild in (g0.id, g1.id)}
-        assert adopted & unfinished, "some of A's jobs were still unfinished when B died"
+        rows = await asyncio.to_thread(ledger, database_url)
+        assert {status for _, status, _ in rows.values()} <= {"queued", "running"} and len(rows) == 4, rows
         await b.start()
+        await b.wait_for_log("bot id 'bot-b' held on Redis", within=fake.timeout)
+        await a.start()  # A again, with its own id (B holds its lease: A takes nothing of B's)
         await serving(fake, b, "bot-b")
-        recovered = {job for job in unfinished if any(f"job {job} " in line and "restart" in line for line in b.lines)}
-        assert recovered == unfinished, f"B's restart left {sorted(unfinished - recovered)} unanswered"
+        recovered = {job for job in rows if any(f"job {job} re-queued after a restart" in line for line in b.lines)}
+        assert recovered == set(rows), f"B's restart left {sorted(set(rows) - recovered)} unanswered"
+        paused.close()
 
-        # A again, with its own id: nothing of its own left to recover, and it serves a server on its shards.
-        await a.start()
+        # A finds nothing of its own left to recover, and serves a server on its shards.
         await serving(fake, a, "bot-a")
         assert not any("recovered" in line for line in a.lines), a.lines
         after = await fake.invoke("imagine", {"prompt": "a kite", **small, "seed": 8}, guild=g1, user=m1)
@@ -182,6 +215,8 @@ async def test_two_sharded_bot_processes_behind_redis_answer_every_job_once_when
             "every interaction got exactly one result"
         )
     finally:
+        deferred.set()
+        paused.close()
         for bot in [*bots.values(), *([twin] if twin is not None else [])]:
             with contextlib.suppress(ProcessLookupError, AssertionError):
                 await bot.kill(signal.SIGTERM)
