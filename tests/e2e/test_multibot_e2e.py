@@ -3,12 +3,14 @@
 
 Bot A runs shards 0-1 and bot B shards 2-3 (each its own STEPGRID_BOT_ID); the fake Discord speaks the shard
 handshake and sends each server's interactions to the connection of its shard. A server on every shard sends
-/imagine. Bot A is killed with -9 while one of its jobs runs on an agent and another waits: bot B notices A's
-lease running out, takes A's unfinished jobs over (once) and answers them on their interactions (over REST: the
-servers' shards are A's, which does not matter for a webhook). B is then killed too, with A's jobs still
-unfinished, and restarted at once: it takes its own lease back and answers every job it holds, the ones of A's
-servers included. A, restarted, finds nothing of its own left and answers a new command from one of its servers.
-Every interaction gets exactly one result. All real processes (redis-server, PostgreSQL, the bots, the agents and
+/imagine: each agent runs one slow job (A's, B's), frozen there (SIGSTOP on the agents' workers) so that nothing
+finishes while the bots die, and one job of each bot waits behind them. Bot A is killed with -9 at the worst
+moment for its waiting job (deferred on Discord, its message id not yet in the ledger). B notices A's lease
+running out and takes A's unfinished jobs over (once), though their servers are on A's shards. B is then killed
+too, every job unfinished, and restarted at once: it takes its own lease back and answers every job its id holds,
+A's servers' included, on their interactions (over REST: a webhook needs no gateway connection). A, restarted,
+finds nothing of its own left and answers a new command from one of its servers. Every interaction gets exactly
+one result, every job is recorded once. All real processes (redis-server, PostgreSQL, the bots, the agents and
 their workers) against the fake Discord; waits are on what the fake records, the ledger and the logs, never sleeps.
 """
 
