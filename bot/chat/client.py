@@ -152,10 +152,13 @@ class Stepgrid(commands.AutoShardedBot):
         for extension in self._extensions:
             await self.load_extension(extension)
         if self.database is not None:
-            # Jobs a crash left queued or running: logged in now, so their answers can be sent. Only this
-            # process's servers: the other shards' processes recover theirs.
-            await recover_jobs(self, self.database, self.jobs, shards=self.shard_range)
+            # Jobs a crash left queued or running: logged in now, so their answers can be sent. Processes that
+            # share a bot id (no Redis lease) split its jobs by shard: the other shards' processes recover theirs.
+            # A bot id held on Redis is this process's alone, so every job it holds is its own to answer, those
+            # taken over from a dead process whose servers are on other shards included.
             lease = getattr(self.queue, "lease", None)
+            shards = None if isinstance(lease, BotLease) else self.shard_range
+            await recover_jobs(self, self.database, self.jobs, shards=shards)
             if isinstance(lease, BotLease):  # several bot processes on one Redis: answer the jobs of dead ones
                 takeover = Takeover(self, self.database, self.jobs, lease, on_lost=self.stop_on_fatal)
                 self._takeover = asyncio.create_task(takeover.run(), name="stepgrid-takeover")

@@ -5,7 +5,10 @@ how to reach the user (the interaction's webhook while its token lives, else the
 
 With shards in several processes (bot.sharding), a process recovers the jobs of the servers its
 shards own (and, on shard 0, those from direct messages, as Discord sends those there): the jobs of a
-process that died are its own to answer when it restarts, never a second process's as well.
+process that died are its own to answer when it restarts, never a second process's as well. That split is
+for processes sharing one bot id (PostgreSQL without Redis); a process holding its bot id on Redis answers every
+job of its id, whatever its server's shard, as the jobs it took over from a dead process are its alone
+(bot.jobs.takeover).
 """
 
 from __future__ import annotations

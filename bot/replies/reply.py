@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import discord
 
@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # Webhook errors that mean the interaction token is dead.
 _DEAD_TOKEN_CODES = {10015, 50027, 10062}
+UNKNOWN_MESSAGE = 10008
+# What a webhook route takes for an interaction's first response when its message id is not known.
+ORIGINAL = "@original"
 
 
 class JobMessage:
@@ -70,6 +73,10 @@ class JobMessage:
     def _guild(self) -> discord.Guild | None:
         return self._client.get_guild(self._guild_id) if self._guild_id is not None else None
 
+    def _unreachable(self, error: discord.HTTPException) -> bool:
+        """Whether a webhook error means the interaction's message can't be reached any more (then: the channel)."""
+        return error.code in _DEAD_TOKEN_CODES
+
     async def _edit_original(self, update: MessageUpdate) -> None:
         raise NotImplementedError
 
@@ -86,7 +93,7 @@ class JobMessage:
                 await self._edit_original(update)
                 return
             except discord.HTTPException as error:
-                if error.code not in _DEAD_TOKEN_CODES:
+                if not self._unreachable(error):
                     raise
                 log.info("the interaction token of %r is dead; posting to the channel", self)
                 self._token_dead = True
@@ -103,7 +110,7 @@ class JobMessage:
                 await self._send_ephemeral(text)
                 return
             except discord.HTTPException as error:
-                if error.code not in _DEAD_TOKEN_CODES:
+                if not self._unreachable(error):
                     raise
                 self._token_dead = True
         if self._channel_message is not None:
@@ -178,18 +185,21 @@ class InteractionMessage(JobMessage):
 class StoredInteractionMessage(JobMessage):
     """The message of a job accepted before a restart, reached through the stored interaction webhook.
 
-    Without a stored token and message id (or once the token is too old) it posts to the channel.
+    Without a stored token (or once the token is too old) it posts to the channel. A token without a message id
+    (the bot died between its defer and the ledger's write of the message id) reaches the interaction's first
+    response as `@original`; if Discord knows no such message (the defer never got there either), the channel.
     """
 
     def __init__(
         self, client: discord.Client, record: JobRecord, *, deadline: float, clock: MonotonicClock,
     ) -> None:  # fmt: skip
-        usable = record.application_id is not None and record.interaction_token and record.message_id is not None
+        usable = record.application_id is not None and bool(record.interaction_token)
         super().__init__(
             client, owner_id=record.user_id, channel_id=record.channel_id, guild_id=record.guild_id,
             deadline=deadline if usable else float("-inf"), clock=clock,
         )  # fmt: skip
-        self._message_id = record.message_id or 0
+        # discord.py puts the id into the webhook route as it is: "@original" is the interaction's first response.
+        self._message_id = cast(int, record.message_id if record.message_id is not None else ORIGINAL)
         self._job_id = record.job_id
         self._webhook: discord.Webhook | None = None
         if usable:
@@ -200,6 +210,9 @@ class StoredInteractionMessage(JobMessage):
 
     def __repr__(self) -> str:
         return f"<stored interaction of job {self._job_id}>"
+
+    def _unreachable(self, error: discord.HTTPException) -> bool:
+        return super()._unreachable(error) or (self._message_id == ORIGINAL and error.code == UNKNOWN_MESSAGE)
 
     def _hook(self) -> discord.Webhook:
         if self._webhook is None:  # pragma: no cover - on_channel is True then
@@ -230,7 +243,7 @@ class StoredInteractionMessage(JobMessage):
         try:
             if not self.on_channel:
                 message = await self._hook().fetch_message(self._message_id)
-            elif self._message_id and self._channel_id is not None:
+            elif self._message_id != ORIGINAL and self._channel_id is not None:
                 message = await self._channel().fetch_message(self._message_id)
             else:
                 return None
