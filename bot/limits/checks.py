@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.formatting import format_amount, format_duration
 from bot.limits.server import EffectiveLimits, LimitExceeded
-from inference.protocol import (
+from inference.requests import (
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,

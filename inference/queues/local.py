@@ -13,17 +13,14 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from inference.model_info import ModelInfo, ModelUnavailable
 from inference.protocol import (
     CancelJob,
-    InvalidRequest,
     JobFailed,
     JobProgress,
     JobResult,
     JobStarted,
-    ModelInfo,
-    ModelUnavailable,
     ProgressBatch,
-    Request,
     Shutdown,
     SubmitJob,
     WorkerConfig,
@@ -31,6 +28,7 @@ from inference.protocol import (
     WorkerReady,
 )
 from inference.queues.base import FairJobQueue, ModelsUnavailable, QueuedJob, WorkerStatus, WorkerUnavailable
+from inference.requests import InvalidRequest, Request
 from inference.validation import validate_for_model
 from inference.worker import worker_main
 
