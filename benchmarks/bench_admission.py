@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.engine.lane_engine import LaneEngine
 from inference.models.loading import load_model
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 
 CASES = ("first job", "new steps", "same steps, new prompt", "same steps and prompt")
 

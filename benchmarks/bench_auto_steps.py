@@ -35,7 +35,8 @@ from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.families import DenoiserBatch
 from inference.models.loading import load_model
-from inference.protocol import GenerateRequest, JobEvent, JobResult, ProgressBatch
+from inference.protocol import JobEvent, JobResult, ProgressBatch
+from inference.requests import GenerateRequest
 from inference.settling import SETTLED_BELOW, change_percent, check_every
 
 PROMPTS = ("a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ramen, studio photo")

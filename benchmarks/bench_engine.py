@@ -39,15 +39,13 @@ from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.imaging import encode_png
 from inference.models.loading import LoadedModel, load_model
-from inference.protocol import (
+from inference.protocol import JobEvent, JobResult, ProgressBatch
+from inference.requests import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GRID_SCHEDULERS,
     CompareSchedulersRequest,
     CompareStepsRequest,
     GenerateRequest,
-    JobEvent,
-    JobResult,
-    ProgressBatch,
     Request,
 )
 from inference.schedulers import make_scheduler

@@ -40,13 +40,11 @@ from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.imaging import encode_png
 from inference.models.loading import LoadedModel, load_model
-from inference.protocol import (
+from inference.protocol import JobEvent, JobResult, ProgressBatch
+from inference.requests import (
     DEFAULT_COMPARE_STRENGTHS,
     CompareStrengthRequest,
     GenerateRequest,
-    JobEvent,
-    JobResult,
-    ProgressBatch,
     Request,
     img2img_steps,
 )

@@ -31,7 +31,8 @@ from benchmarks.machine import device_name
 from inference.engine.lane_engine import LaneEngine
 from inference.engine.lanes import Lane
 from inference.models.loading import LoadedModel, load_model
-from inference.protocol import GenerateRequest, JobEvent, JobProgress
+from inference.protocol import JobEvent, JobProgress
+from inference.requests import GenerateRequest
 
 try:
     from inference.protocol import ProgressBatch

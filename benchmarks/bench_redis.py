@@ -25,11 +25,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.sleepy_worker import sleepy_worker_main
-from inference.protocol import GenerateRequest, JobResult, WorkerConfig
+from inference.protocol import JobResult, WorkerConfig
 from inference.queues.agent import AgentTimings, RedisAgent
 from inference.queues.local import LocalJobQueue
 from inference.queues.redis import RedisJobQueue
 from inference.queues.wire import Keys
+from inference.requests import GenerateRequest
 from tests.redis_server import RedisServer
 
 CONFIG = WorkerConfig(model="tiny", max_batch_lanes=1, warmup=False)

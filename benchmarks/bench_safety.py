@@ -40,7 +40,8 @@ from benchmarks.machine import cpu_name
 from inference.engine.lane_engine import LaneEngine
 from inference.models.loading import load_model
 from inference.models.test_models import _sd_components
-from inference.protocol import CompareStepsRequest, GenerateRequest, JobResult, SafetyVerdict, WorkerConfig
+from inference.protocol import JobResult, SafetyVerdict, WorkerConfig
+from inference.requests import CompareStepsRequest, GenerateRequest
 from inference.safety import ImageChecker, load_checker
 from tests.safety_checkers import save_tiny_classifier
 

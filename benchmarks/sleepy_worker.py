@@ -10,19 +10,19 @@ import os
 import time
 from multiprocessing.connection import Connection
 
+from inference.model_info import ModelInfo
 from inference.protocol import (
-    SCHEDULER_NAMES,
     CancelJob,
     GeneratedImage,
     JobFailed,
     JobProgress,
     JobResult,
-    ModelInfo,
     Shutdown,
     SubmitJob,
     WorkerConfig,
     WorkerReady,
 )
+from inference.requests import SCHEDULER_NAMES
 
 MODEL = ModelInfo(
     name="tiny",

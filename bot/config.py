@@ -19,7 +19,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.sharding import ShardRange, checked_shard_count, parse_shard_ids
 from inference.clipping import echo
-from inference.protocol import (
+from inference.protocol import WorkerConfig
+from inference.queues.wire import DEFAULT_BOT_ID, check_bot_id, check_redis_url
+from inference.registry import ModelSpec, models_from_setting
+from inference.requests import (
     DEFAULT_SCHEDULER,
     MAX_COMPARE_CELLS,
     MAX_SIZE,
@@ -29,10 +32,7 @@ from inference.protocol import (
     MIN_STEPS,
     SCHEDULER_NAMES,
     GenerateRequest,
-    WorkerConfig,
 )
-from inference.queues.wire import DEFAULT_BOT_ID, check_bot_id, check_redis_url
-from inference.registry import ModelSpec, models_from_setting
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

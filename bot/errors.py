@@ -14,8 +14,9 @@ import discord
 from discord import app_commands
 
 from inference.clipping import clip, echo
-from inference.protocol import SAFETY_CHECKER_FAILED, InvalidRequest
+from inference.protocol import SAFETY_CHECKER_FAILED
 from inference.queues.base import QueueFull
+from inference.requests import InvalidRequest
 
 log = logging.getLogger(__name__)
 

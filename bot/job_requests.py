@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from bot.errors import InvalidOption
 from inference.clipping import MAX_ECHO, clip, echo
-from inference.protocol import (
+from inference.requests import (
     DEFAULT_COMPARE_GUIDANCE,
     DEFAULT_COMPARE_STEPS,
     DEFAULT_COMPARE_STRENGTHS,

@@ -10,20 +10,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.protocol import (
+from inference.model_info import GUIDANCE_CFG, GUIDANCE_IGNORED, GUIDANCE_INPUT, ModelInfo
+from inference.registry import ModelSpec
+from inference.requests import (
     DEFAULT_COMPARE_STEPS,
     DEFAULT_GUIDANCE,
     DEFAULT_HIRES_STRENGTH,
     DEFAULT_SCHEDULER,
     DEFAULT_STRENGTH,
     FEW_STEP_SCHEDULERS,
-    GUIDANCE_CFG,
-    GUIDANCE_IGNORED,
-    GUIDANCE_INPUT,
     SCHEDULER_NAMES,
-    ModelInfo,
 )
-from inference.registry import ModelSpec
 
 # diffusers pipeline class name -> family (a module under inference.families)
 FAMILY_MODULES: dict[str, str] = {

@@ -17,7 +17,7 @@ import re
 import struct
 from collections.abc import Mapping, Sequence
 
-from inference.protocol import (
+from inference.requests import (
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStrengthRequest,

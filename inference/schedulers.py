@@ -30,8 +30,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from inference.protocol import SCHEDULER_NAMES
 from inference.recent import Recent
+from inference.requests import SCHEDULER_NAMES
 
 Scheduler = Any  # a SchedulerMixin subclass: diffusers attaches its methods dynamically
 

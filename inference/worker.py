@@ -20,8 +20,6 @@ from inference.logs import configure_logging
 from inference.protocol import (
     INTERNAL_ERROR_MESSAGE,
     CancelJob,
-    GenerateRequest,
-    InvalidRequest,
     JobEvent,
     JobFailed,
     ProgressBatch,
@@ -31,6 +29,7 @@ from inference.protocol import (
     WorkerFailed,
     WorkerReady,
 )
+from inference.requests import GenerateRequest, InvalidRequest
 
 if TYPE_CHECKING:  # the bot imports this module to name the spawn target: keep torch out of it
     from inference.engine.lane_engine import LaneEngine
@@ -148,7 +147,9 @@ def warm_up(engine: LaneEngine, model: str = "") -> None:
 
 
 def _serve(conn: Connection, engine: LaneEngine, send: Callable[[JobEvent | ProgressBatch], None]) -> None:
-    from inference.engine.lane_engine import BatchError, UnknownModel, UnreadableImage
+    from inference.engine.admission import UnknownModel
+    from inference.engine.input_image import UnreadableImage
+    from inference.engine.lane_engine import BatchError
 
     def handle(message: object) -> bool:
         if isinstance(message, SubmitJob):

@@ -12,14 +12,15 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from bot.cli.generate import TINY_MODELS, generate_command
+from bot.cli.arguments import TINY_MODELS
+from bot.cli.generate import generate_command
 from bot.cli.models import models_command
 from bot.cli.safety import ALL_WITHHELD_EXIT
 from bot.config import Settings, unknown_settings
 from bot.job_requests import AUTO
 from inference.clipping import echo
 from inference.logs import report_fatal
-from inference.protocol import (
+from inference.requests import (
     DEFAULT_COMPARE_STRENGTHS,
     DEFAULT_GRID_SCHEDULERS,
     MAX_PIXELS,

@@ -8,17 +8,14 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from bot.cli.generate import TEST_MODEL_NOTE, TINY_MODELS, checked_hardware, quiet_worker
+from bot.cli.arguments import TINY_MODELS, checked_hardware
+from bot.cli.generate import quiet_worker
+from bot.cli.outputs import TEST_MODEL_NOTE
 from bot.config import Settings
 from bot.errors import InvalidOption
 from bot.limits.server import EffectiveLimits
-from inference.protocol import (
-    GUIDANCE_IGNORED,
-    GUIDANCE_INPUT,
-    SAFETY_CHECKER_FAILED,
-    ModelInfo,
-    WorkerReady,
-)
+from inference.model_info import GUIDANCE_IGNORED, GUIDANCE_INPUT, ModelInfo
+from inference.protocol import SAFETY_CHECKER_FAILED, WorkerReady
 from inference.queues.base import ModelsUnavailable, WorkerUnavailable
 from inference.queues.local import LocalJobQueue
 from inference.registry import ModelSpec

@@ -13,7 +13,8 @@ from bot.config import Settings
 from bot.errors import InvalidOption
 from bot.formatting import counted
 from bot.replies.screening import as_withheld
-from inference.protocol import DEFAULT_SAFETY_CLASSIFIER, GeneratedImage, GenerateRequest, JobResult, Request
+from inference.protocol import DEFAULT_SAFETY_CLASSIFIER, GeneratedImage, JobResult
+from inference.requests import GenerateRequest, Request
 
 # The exit status when the checker withheld every picture, so nothing was written (0: something was).
 ALL_WITHHELD_EXIT = 3

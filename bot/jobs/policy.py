@@ -14,7 +14,7 @@ from bot.limits.checks import check_request
 from bot.limits.server import EffectiveLimits
 from bot.storage.models import STEPS_NOTE, JobStatus, command_of, request_to_params
 from bot.storage.sweet_spots import SweetSpot
-from inference.protocol import Request
+from inference.requests import Request
 
 if TYPE_CHECKING:
     from bot.storage.database import Database

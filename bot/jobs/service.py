@@ -81,20 +81,10 @@ from bot.storage.job_store import JobRecord, JobStore, MemoryJobStore
 from bot.storage.models import command_of
 from bot.storage.sweet_spots import SettledRow
 from inference.logs import job_context
-from inference.protocol import (
-    MAX_PIXELS,
-    MAX_SIZE,
-    MAX_STEPS,
-    GenerateRequest,
-    InvalidRequest,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    JobStarted,
-    ModelInfo,
-    Request,
-)
+from inference.model_info import ModelInfo
+from inference.protocol import JobFailed, JobProgress, JobResult, JobStarted
 from inference.queues.base import JobQueue, QueueFull, WorkerUnavailable
+from inference.requests import MAX_PIXELS, MAX_SIZE, MAX_STEPS, GenerateRequest, InvalidRequest, Request
 from inference.validation import validate, validate_for_model
 
 log = logging.getLogger(__name__)

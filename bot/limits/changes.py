@@ -23,12 +23,7 @@ from bot.limits.server import (
     operator_upscale_size,
 )
 from inference.clipping import echo
-from inference.protocol import (
-    MIN_COMPARE_CELLS,
-    MIN_SIZE,
-    MIN_STEPS,
-    SCHEDULER_NAMES,
-)
+from inference.requests import MIN_COMPARE_CELLS, MIN_SIZE, MIN_STEPS, SCHEDULER_NAMES
 
 
 def validate_limit_changes(changes: dict[str, Any], current: ServerLimits, settings: Settings) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.formatting import format_amount, format_duration
 from bot.limits.server import EffectiveLimits, LimitExceeded
-from inference.protocol import CompareStepsRequest, GenerateRequest, Request, step_pixels, total_steps
+from inference.requests import CompareStepsRequest, GenerateRequest, Request, step_pixels, total_steps
 from inference.validation import grid_shape
 
 

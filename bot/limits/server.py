@@ -13,7 +13,9 @@ from typing import Any
 from bot.config import MAX_INPUT_MEGAPIXELS, Settings
 from bot.errors import InvalidOption, UserFacingError
 from bot.job_requests import RequestDefaults, RowDefaults
-from inference.protocol import (
+from inference.model_info import LoraInfo, ModelInfo, ModelUnavailable
+from inference.registry import ModelSpec
+from inference.requests import (
     DEFAULT_GRID_SCHEDULERS,
     FLOW_GRID_SCHEDULERS,
     MAX_SIZE,
@@ -23,11 +25,7 @@ from inference.protocol import (
     MIN_STEPS,
     SCHEDULER_NAMES,
     SIZE_MULTIPLE,
-    LoraInfo,
-    ModelInfo,
-    ModelUnavailable,
 )
-from inference.registry import ModelSpec
 
 MAX_BANNED_WORDS = 200
 

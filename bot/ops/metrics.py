@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from inference.protocol import SCHEDULER_NAMES
+from inference.requests import SCHEDULER_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from bot.pictures.over_seeds import seeds_summary
 from bot.pictures.render import SECONDS_NOTE, caption_fits, format_seconds, grid_png, png_parameters, steps_label
 from bot.pictures.sweet_spot import MEASURE_NOTE, RowChanges, format_change, measure_row, summary
 from inference.parameters import lora_hashes_in
-from inference.protocol import (
+from inference.protocol import GeneratedImage
+from inference.requests import (
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
-    GeneratedImage,
     GridRequest,
     row_requests,
 )

@@ -12,7 +12,8 @@ from bot.pictures.grids import Grid, GridFrame, frame_title, seconds_note
 from bot.pictures.render import format_seconds, grid_png, png_parameters, steps_label
 from bot.pictures.sweet_spot import changes_along, format_change, settle_index
 from inference.parameters import guidance_grid_infotext
-from inference.protocol import CompareGuidanceRequest, GeneratedImage
+from inference.protocol import GeneratedImage
+from inference.requests import CompareGuidanceRequest
 from inference.settling import SETTLED_BELOW
 
 LEGEND = "Δ = change from the guidance value on the left · framed: where more guidance stops changing the image"

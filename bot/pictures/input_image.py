@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bot.errors import InvalidOption
-from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE
+from inference.requests import MAX_PIXELS, MAX_SIZE, MIN_SIZE
 
 # Pillow's own bomb guard, set to what Stepgrid could ever take: a member's image is never expanded
 # past this many pixels (Pillow raises DecompressionBombError at twice the limit, warns above it).

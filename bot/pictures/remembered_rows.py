@@ -13,7 +13,8 @@ from collections.abc import Collection, Sequence
 
 from bot.pictures.grids import grid_rows
 from bot.pictures.sweet_spot import RowChanges
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GeneratedImage, Request
+from inference.protocol import GeneratedImage
+from inference.requests import CompareSchedulersRequest, CompareStepsRequest, Request
 
 
 def remembered_rows(

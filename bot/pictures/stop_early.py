@@ -14,7 +14,8 @@ from bot.pictures.grids import Grid, GridFrame, frame_title, grid_rows, seconds_
 from bot.pictures.render import format_seconds, grid_png, steps_label
 from bot.pictures.sweet_spot import format_change, summary
 from inference.parameters import grid_infotext
-from inference.protocol import CompareStepsRequest, GeneratedImage
+from inference.protocol import GeneratedImage
+from inference.requests import CompareStepsRequest
 from inference.settling import change_percent
 
 LEGEND = (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from inference.protocol import ANCESTRAL_SCHEDULERS as ANCESTRAL
+from inference.requests import ANCESTRAL_SCHEDULERS as ANCESTRAL
 from inference.settling import SETTLED_BELOW, change_percent
 
 

@@ -19,7 +19,7 @@ import discord
 from bot.errors import report_error
 from bot.formatting import counted
 from bot.job_requests import grid_cell, step_down, step_up
-from inference.protocol import (
+from inference.requests import (
     HIRES_SCALE,
     MAX_PIXELS,
     MAX_SIZE,

@@ -23,23 +23,18 @@ from bot.pictures.stop_early import render_stop_early_grid
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
 from inference.parameters import grid_infotext, strength_grid_infotext
-from inference.protocol import (
+from inference.protocol import GeneratedImage, JobFailed, JobProgress, JobQueued, JobResult, JobStarted
+from inference.queues.eta import Eta
+from inference.requests import (
     MAX_STEPS,
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
-    GeneratedImage,
     GenerateRequest,
-    JobFailed,
-    JobProgress,
-    JobQueued,
-    JobResult,
-    JobStarted,
     Request,
     lane_steps_run,
 )
-from inference.queues.eta import Eta
 
 if TYPE_CHECKING:
     from bot.storage.job_store import JobRecord

@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from inference.protocol import MAX_INPUT_IMAGE_BYTES
+from inference.requests import MAX_INPUT_IMAGE_BYTES
 
 log = logging.getLogger(__name__)
 

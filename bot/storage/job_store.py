@@ -13,7 +13,8 @@ from bot.job_requests import RequestOptions
 from bot.storage.inputs import InputImageMissing, InputImages
 from bot.storage.models import INPUT_NOTES, STEPS_NOTE, UNBUILT_OPTIONS
 from bot.storage.sweet_spots import SettledRow
-from inference.protocol import JobFailed, JobResult, Request
+from inference.protocol import JobFailed, JobResult
+from inference.requests import Request
 
 if TYPE_CHECKING:
     from bot.storage.database import Database

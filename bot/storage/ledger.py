@@ -36,7 +36,8 @@ from bot.storage.models import (
     request_to_params,
 )
 from bot.storage.writer import DatabaseWriter, RefusedWrite
-from inference.protocol import JobFailed, JobResult, Request, total_steps
+from inference.protocol import JobFailed, JobResult
+from inference.requests import Request, total_steps
 
 log = logging.getLogger(__name__)
 

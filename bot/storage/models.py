@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from inference.protocol import (
+from inference.requests import (
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,

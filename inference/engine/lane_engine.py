@@ -8,78 +8,31 @@ set is switched between calls with `set_adapters`, never reloaded: inference.mod
 
 from __future__ import annotations
 
-import copy
-import inspect
-import io
 import itertools
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import cache, partial
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows, plan_for
-from inference.engine.film import (
-    FILM_DECODE_BATCH,
-    FilmCapture,
-    noise_level,
-    predicted_clean,
-    step_noise_levels,
-    to_frame,
-)
-from inference.engine.lanes import EngineJob, InputImage, Lane
+from inference.engine.admission import Admission
+from inference.engine.answers import Emit
+from inference.engine.batch_steps import BatchKind, StepBatch, coefficient_rows
+from inference.engine.call_costs import CallCost, CallShape
+from inference.engine.compiled import BATCH_BUCKETS, CompiledDenoiser
+from inference.engine.film import FILM_DECODE_BATCH, noise_level, predicted_clean, to_frame
+from inference.engine.lanes import EngineJob, Lane
 from inference.engine.rates import IterationRates
 from inference.families import Conditioning, DenoiserBatch
-from inference.imaging import encode_png, latent_preview_png, png_pixels
-from inference.models.adapters import AdapterKey, adapter_key
+from inference.models.adapters import AdapterKey
 from inference.models.loading import LoadedModel
-from inference.parameters import auto_steps_note, image_infotext
-from inference.protocol import (
-    GUIDANCE_INPUT,
-    INTERNAL_ERROR_MESSAGE,
-    OUT_OF_MEMORY_MESSAGE,
-    CompareGuidanceRequest,
-    CompareStepsRequest,
-    GeneratedImage,
-    GenerateRequest,
-    JobEvent,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    ProgressBatch,
-    Request,
-    SafetyVerdict,
-    StepRate,
-    input_image,
-    lane_request,
-    lane_strengths,
-)
+from inference.protocol import INTERNAL_ERROR_MESSAGE, OUT_OF_MEMORY_MESSAGE
 from inference.recent import Recent
 from inference.safety import ImageChecker
-from inference.schedulers import Scheduler, seed_dependent, step_options
-from inference.settling import SettleWatch
-
-log = logging.getLogger(__name__)
-
-
-T = TypeVar("T")
-
-
-PREVIEW_INTERVAL_S = 1.5
-
-
-# Batch sizes (in lanes) a compiled denoiser is specialised for; a batch is padded up to the next one.
-BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
-
-
-CUDA_GRAPH_COMPILER = partial(torch.compile, mode="reduce-overhead", fullgraph=True)
-
+from inference.schedulers import Scheduler
 
 # Admission runs on the engine thread between two iterations, so every running lane waits for it. It
 # reuses what earlier jobs built: schedulers with their timesteps set (DPM2's `set_timesteps` alone
@@ -92,53 +45,6 @@ SCHEDULERS_KEPT = 64
 CONDITIONINGS_KEPT = 16
 
 
-@cache
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
-def _guidance_fields(job: EngineJob, lane: Lane) -> dict[str, Any]:
-    """A guidance grid's cell: its own guidance, written as FLUX-dev's distilled one on that model."""
-    request = job.request
-    if not isinstance(request, CompareGuidanceRequest):
-        return {}
-    distilled = job.model.family.name == "flux" and job.model.info.guidance_mode == GUIDANCE_INPUT
-    return {"guidance": request.lane_guidances[lane.index], "distilled": distilled}
-
-
-def _auto_fields(lane: Lane) -> dict[str, Any]:
-    """An auto lane's note in its PNG text (its "Steps" are the steps that ran)."""
-    if lane.auto is None:
-        return {}
-    settled = lane.settled_pixels is not None
-    return {"auto_note": auto_steps_note(lane.ran, lane.steps, settled=settled, sigma=lane.stopped_sigma)}
-
-
-class UnknownModel(LookupError):
-    """A request names a model this engine has not loaded."""
-
-
-class UnreadableImage(ValueError):
-    """A request's input image can't be decoded (the bot checks first: this is the worker's guard)."""
-
-
-# The worker's own guard against a decompression bomb, well above protocol.MAX_PIXELS.
-MAX_INPUT_PIXELS = 4 * 2048 * 2048
-
-
-def read_image(png: bytes) -> Image.Image:
-    """An input image's bytes as an RGB image; raises UnreadableImage."""
-    try:
-        with Image.open(io.BytesIO(png)) as image:
-            if image.width * image.height > MAX_INPUT_PIXELS:
-                raise UnreadableImage(f"The input image is {image.width}x{image.height}: too many pixels.")
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, UnreadableImage):
-            raise
-        raise UnreadableImage("The input image could not be read as an image.") from exc
-
-
 class BatchError(RuntimeError):
     """An engine iteration failed; its jobs were answered with a failure and removed."""
 
@@ -148,21 +54,7 @@ class BatchError(RuntimeError):
         self.out_of_memory = out_of_memory
 
 
-Emit = Callable[[JobEvent | ProgressBatch], None]
-# One batched call's shape: what it ran, the lanes' group (model, LoRAs, size), lanes and rows.
-CallShape = tuple[str, tuple[str, AdapterKey, int, int], int, int]
-CallCost = float | tuple[Any, Any]  # CPU seconds, or the CUDA events around the call
-
-
-def _charge(lane: Lane, cost: CallCost, share: float) -> None:
-    """Add `share` of a call's cost to what the lane cost."""
-    if isinstance(cost, tuple):
-        lane.gpu_spans.append((cost[0], cost[1], share))
-    else:
-        lane.cpu_seconds += cost * share
-
-
-class LaneEngine:
+class LaneEngine(Admission, CompiledDenoiser):
     """Continuous batching of denoising lanes over one or more loaded pipelines (the first is the
     default model); different models and sizes take turns.
 
@@ -221,209 +113,6 @@ class LaneEngine:
         """No lane is denoising (images may still be encoding)."""
         return not self._jobs
 
-    @torch.no_grad()
-    def add_job(self, job_id: str, request: Request) -> None:
-        """Turn a validated request into lanes; they start at the next iteration."""
-        self.rates.idle()  # encoding its prompt between two iterations is no iteration's time
-        model = self.model_for(request.model)
-        adapters = self._adapters_for(model, request)
-        conditioning = self._conditioning(model, request, adapters, request.height, request.width)
-        job = EngineJob(job_id, request, model, conditioning, next(self._order), adapters)
-        source = None
-        if png := input_image(request):
-            image = read_image(png)
-            if isinstance(request, GenerateRequest) and request.upscale_only:
-                # Upscale: the input image is the first pass; only the hires pass runs.
-                job.all_lanes = [self._placeholder_lane(job, i, seed) for i, seed in enumerate(request.lane_seeds)]
-                self._start_hires(job, [image] * request.count)
-                self._jobs[job_id] = job
-                return
-            source = InputImage(model.family.image_pixels(image, request.height, request.width))
-        job.hires_pending = isinstance(request, GenerateRequest) and request.hires is not None
-        strengths = lane_strengths(request)
-        lanes = zip(request.lane_steps, request.lane_seeds, request.lane_schedulers, strict=True)
-        job.all_lanes = [self._make_lane(job, i, *lane, source, strengths[i]) for i, lane in enumerate(lanes)]
-        if isinstance(request, CompareStepsRequest) and request.stop_early:
-            self._stop_early(job)
-        if isinstance(request, CompareGuidanceRequest):
-            for lane, guidance in zip(job.all_lanes, request.lane_guidances, strict=True):
-                lane.own_conditioning = self._conditioning(
-                    model, request, adapters, request.height, request.width, guidance
-                )
-        job.lanes = list(job.all_lanes)
-        self._jobs[job_id] = job
-
-    @staticmethod
-    def _stop_early(job: EngineJob) -> None:
-        """A stop-early grid: its longest cell's run also keeps its x0 at every shorter step count (film
-        frames of those steps only), stepping through its scheduler's own `step`, which reports x0."""
-        longest = max(job.all_lanes, key=lambda lane: lane.steps)
-        shorter = frozenset(lane.steps for lane in job.all_lanes if lane.steps < longest.steps)
-        longest.film = FilmCapture(keep=shorter)
-        longest.kind, longest.table = None, ()
-
-    def _conditioning(
-        self,
-        model: LoadedModel,
-        request: Request,
-        adapters: AdapterKey,
-        height: int,
-        width: int,
-        guidance: float | None = None,
-    ) -> Conditioning:
-        """The request's text conditioning with these LoRAs at this size, at the request's guidance
-        or `guidance` (kept for later jobs)."""
-        guidance = request.guidance if guidance is None else guidance
-        text = (request.prompt, request.negative_prompt, guidance, height, width)
-
-        def encode() -> Conditioning:
-            self._activate(model, adapters)  # a LoRA with text-encoder layers changes the conditioning
-            return model.family.encode(*text)
-
-        return self._conditionings.get((model.name, adapters, *text), encode)
-
-    def _placeholder_lane(self, job: EngineJob, index: int, seed: int) -> Lane:
-        """An Upscale's first pass: its input image, no steps run."""
-        scheduler = job.request.lane_schedulers[index]
-        lane = self._make_lane(job, index, 1, seed, scheduler, InputImage(torch.empty(0)), 1.0)
-        lane.timesteps, lane.ran, lane.awaiting_image = [], 0, False
-        return lane
-
-    def _start_hires(self, job: EngineJob, images: list[Image.Image]) -> None:
-        """Move a job on to its hires pass: each first-pass image resized in pixel space (Lanczos, as
-        A1111's "Lanczos" upscaler), then an img2img lane from it at the larger size, its own steps
-        and strength, the same seed and scheduler."""
-        request = job.request
-        assert isinstance(request, GenerateRequest) and request.hires is not None
-        hires = request.hires
-        job.first_pass, job.hires_pending = job.all_lanes, False
-        job.width, job.height = request.output_size
-        job.conditioning = self._conditioning(job.model, request, job.adapters, job.height, job.width)
-        family = job.model.family
-        lanes = []
-        for lane, image in zip(job.first_pass, images, strict=True):
-            upscaled = image.resize((job.width, job.height), Image.Resampling.LANCZOS)
-            source = InputImage(family.image_pixels(upscaled, job.height, job.width))
-            scheduler = request.lane_schedulers[lane.index]
-            lanes.append(self._make_lane(job, lane.index, hires.steps, lane.seed, scheduler, source, hires.strength))
-        job.all_lanes = lanes
-        job.lanes = list(lanes)
-
-    def model_for(self, name: str) -> LoadedModel:
-        """The loaded model of that name ("" = the default one)."""
-        if not name:
-            return self.model
-        try:
-            return self.models[name]
-        except KeyError:
-            raise UnknownModel(f"Unknown model {name!r}; this worker runs: {', '.join(self.models)}.") from None
-
-    @staticmethod
-    def _adapters_for(model: LoadedModel, request: Request) -> AdapterKey:
-        """The request's LoRAs as a group key; UnknownLora (an InvalidRequest) for one the model lacks."""
-        for name, _ in request.loras:
-            model.info.lora(name)
-        return adapter_key(request.loras)
-
-    @staticmethod
-    def _activate(model: LoadedModel, adapters: AdapterKey) -> None:
-        if model.adapters is not None:
-            model.adapters.activate(adapters)
-
-    def _make_lane(
-        self,
-        job: EngineJob,
-        index: int,
-        steps: int,
-        seed: int,
-        scheduler_name: str,
-        source: InputImage | None = None,
-        strength: float = 1.0,
-    ) -> Lane:
-        family = job.model.family
-        request = lane_request(job.request, index)  # a LoRA comparison's plain row: without the LoRAs
-        size = (job.height, job.width)
-        few_step = job.model.info.few_step_lora(request.loras) is not None
-        if seed_dependent(scheduler_name):  # one per seed: nothing to reuse
-            scheduler = family.new_scheduler(scheduler_name, steps, seed, *size, few_step=few_step)
-        else:
-            key = (job.model.name, scheduler_name, steps, *size, few_step)
-            ready = self._schedulers.get(
-                key, lambda: family.new_scheduler(scheduler_name, steps, seed, *size, few_step=few_step)
-            )
-            scheduler = copy.deepcopy(ready)  # never stepped: each lane steps its own copy
-        generator = torch.Generator("cpu").manual_seed(seed)
-        step_kwargs: dict[str, Any] = step_options(scheduler_name)  # TCD's eta
-        if _accepts(type(scheduler).step, "generator"):
-            step_kwargs["generator"] = generator
-        filmed = isinstance(request, GenerateRequest) and request.film
-        auto = isinstance(request, GenerateRequest) and request.auto_steps
-        # A film lane (and an auto one) steps through its scheduler's own `step`, whose output carries x0.
-        plan = plan_for(scheduler) if self.batched_steps and not filmed and not auto else None
-        start = 0
-        if source is None:
-            latents = family.initial_latents(scheduler, job.height, job.width, generator)
-        else:
-            # img2img: the lane starts part-way down its schedule; its latents (the encoded image,
-            # noised to that timestep) are made when it first runs, the VAE encode batched.
-            start = family.img2img_start(scheduler, steps, strength)
-            latents = torch.empty(0)
-            if plan is not None:
-                plan = (plan[0], plan[1][start:]) if start == 0 or plan[0].starts_anywhere else None
-        timesteps = list(scheduler.timesteps)[start:]
-        own_conditioning = own_adapters = None
-        if request is not job.request:
-            own_adapters = adapter_key(request.loras)
-            own_conditioning = self._conditioning(job.model, request, own_adapters, job.height, job.width)
-        return Lane(
-            job=job,
-            index=index,
-            steps=steps,
-            seed=seed,
-            scheduler=scheduler,
-            timesteps=timesteps,
-            latents=latents,
-            generator=generator,
-            step_kwargs=step_kwargs,
-            kind=plan[0] if plan else None,
-            table=plan[1] if plan else (),
-            film=FilmCapture() if filmed else None,
-            ran=steps - start // scheduler.order,
-            source=source,
-            awaiting_image=source is not None,
-            from_image=source is not None,
-            strength=strength,
-            own_conditioning=own_conditioning,
-            own_adapters=own_adapters,
-            auto=SettleWatch(steps) if auto else None,
-        )
-
-    def cancel(self, job_id: str) -> bool:
-        """Stop a job, even one whose images are being encoded; it is answered as cancelled."""
-        job = self._jobs.pop(job_id, None) or self._encoding.get(job_id)
-        if job is None or not self._claim_answer(job):
-            return False
-        self.rates.idle()  # the time until the next iteration is partly this cancel's
-        self._settle_first_calls([*job.first_pass, *job.all_lanes])
-        self.emit(JobFailed(job_id, "Cancelled.", cancelled=True, gpu_seconds=job.gpu_seconds,
-                            steps_run=job.steps_done))  # fmt: skip
-        return True
-
-    def _claim_answer(self, job: EngineJob) -> bool:
-        """True for the one caller allowed to answer this job (results race cancels and failures)."""
-        with self._lock:
-            if job.answered:
-                return False
-            job.answered = True
-            self._encoding.pop(job.job_id, None)
-            return True
-
-    def _fail(self, job: EngineJob, message: str, *, retryable: bool = False) -> None:
-        self._jobs.pop(job.job_id, None)
-        if self._claim_answer(job):
-            self.emit(JobFailed(job.job_id, message, retryable=retryable, gpu_seconds=job.gpu_seconds,
-                                steps_run=job.steps_done))  # fmt: skip
-
     # -- iteration ---------------------------------------------------------------------------
 
     def _next_batch(self) -> list[Lane]:
@@ -477,51 +166,6 @@ class LaneEngine:
                     self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
             raise BatchError([job.job_id for job in jobs], out_of_memory=out_of_memory) from exc
         return len(lanes)
-
-    def _timed(self, lanes: list[Lane], work: Callable[[list[Lane]], T], what: str) -> T:
-        """Run `work` on a batch of lanes and charge each lane its share of the time, by the rows it
-        adds to the batch (CUDA events: no host sync). A job's time is the sum of its lanes'.
-
-        The first call of a shape (`what` on this group and batch) also pays one-off costs: kernel
-        selection, memory growing, lazy set-up. Charged to the lanes in it, they would land on the
-        longest cell of a cold grid, alone in the first iterations ("50 steps · 20.4s" beside
-        "40 steps · 3.1s"), so its lanes are charged at the rate of the same shape's next call, or at
-        their own call's if they finish before there is one (`_settle_first_calls`)."""
-        rows = sum(lane.rows for lane in lanes)
-        cost: CallCost
-        if self._cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = work(lanes)
-            end.record()
-            cost = (start, end)
-        else:
-            started = self._clock()
-            out = work(lanes)
-            cost = self._clock() - started
-        shares = [(lane, lane.rows / rows) for lane in lanes]
-        shape = (what, lanes[0].job.group, len(lanes), rows)
-        if shape not in self._shapes_run:
-            self._shapes_run.add(shape)
-            self._first_calls[shape] = (cost, shares)
-            return out
-        _, waiting = self._first_calls.pop(shape, (cost, []))
-        for lane, share in [*waiting, *shares]:
-            _charge(lane, cost, share)
-        return out
-
-    def _settle_first_calls(self, lanes: list[Lane]) -> None:
-        """Lanes that finish while a first call they were in has had no second: charged that call's own time."""
-        done = set(map(id, lanes))
-        for shape, (cost, shares) in list(self._first_calls.items()):
-            for lane, share in shares:
-                if id(lane) in done:
-                    _charge(lane, cost, share)
-            left = [(lane, share) for lane, share in shares if id(lane) not in done]
-            if left:
-                self._first_calls[shape] = (cost, left)
-            else:
-                del self._first_calls[shape]
 
     @torch.no_grad()
     def _start_from_images(self, lanes: list[Lane]) -> None:
@@ -651,218 +295,6 @@ class LaneEngine:
             lane.gpu_spans.append((events[0], events[1], 1.0))
         else:
             lane.cpu_seconds += time.perf_counter() - started
-
-    def _denoiser_for(self, lanes: list[Lane]) -> tuple[Any, int]:
-        """The denoiser to call for this batch and how many rows (lanes plus padding) to give it."""
-        job = lanes[0].job
-        compiled = self._compiled_unet is not None and lanes[0].group == self._compiled_group
-        if compiled and job.model.family.supports_padding([lane.conditioning for lane in lanes]):
-            for bucket in self.batch_buckets:
-                if bucket >= len(lanes):
-                    return self._compiled_unet, bucket
-        return job.model.family.denoiser, len(lanes)
-
-    def compile_unet(
-        self,
-        height: int = 512,
-        width: int = 512,
-        compiler: Callable[[Any], Any] = CUDA_GRAPH_COMPILER,
-    ) -> float:
-        """torch.compile the default model's denoiser with CUDA graphs for one image size and a few
-        static batch sizes.
-
-        Every bucket is compiled now, during warm-up, so no user waits for a compile; batches are
-        padded up to their bucket. Other sizes and models run eagerly. Returns the seconds it took.
-        """
-        started = time.perf_counter()
-        torch._dynamo.config.automatic_dynamic_shapes = False  # a dynamic UNet compile takes "forever"
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(self.batch_buckets))
-        model = self.model
-        family = model.family
-        self._compiled_unet = compiler(family.denoiser)
-        self._compiled_group = (model.name, (), height, width)  # lanes without LoRAs only
-        conditioning = family.encode("", "", 7.5, height, width)
-        scheduler = family.new_scheduler("Euler", 2, 0, height, width)
-        generator = torch.Generator("cpu").manual_seed(0)
-        with torch.no_grad():
-            for bucket in self.batch_buckets:
-                latents = [family.initial_latents(scheduler, height, width, generator) for _ in range(bucket)]
-                timesteps = [scheduler.timesteps[0]] * bucket
-                for _ in range(3):  # compile, record the CUDA graph, replay it
-                    family.predict(
-                        self._compiled_unet, DenoiserBatch(latents, timesteps, [conditioning] * bucket, bucket)
-                    )
-            if model.device.type == "cuda":
-                torch.cuda.synchronize(model.device)
-        return time.perf_counter() - started
-
-    def _report_progress(self, lanes: list[Lane], jobs: list[EngineJob]) -> None:
-        """One progress event per job per iteration, with the steps of every lane it advanced, and
-        one message for all of them when several jobs advanced. Previews are made on an encoder
-        thread: a job's first progress event waits for its first preview and is sent from there
-        (so the user's first progress shows one, as before); later ones ride on the next event."""
-        now = time.perf_counter()
-        rate = self.rates.rate((lanes[0].job.model.name, lanes[0].job.width, lanes[0].job.height, len(lanes)))
-        advanced: dict[EngineJob, list[tuple[int, int]]] = {job: [] for job in jobs}
-        for lane in lanes:
-            advanced[lane.job].append((lane.index, lane.progress_steps))
-        events = []
-        for job, lane_steps in advanced.items():
-            preview = job.preview_png  # taken before a new preview is asked for, so none is overwritten
-            if preview is not None:
-                job.preview_png = None
-            if self.previews and not job.previewing and now - job.last_preview_at >= PREVIEW_INTERVAL_S:
-                job.last_preview_at = now
-                job.previewing = True
-                latents = max(job.lanes, key=lambda lane: lane.position).latents
-                future = self._encoder.submit(
-                    self._make_preview, job, latents, (job.height, job.width), lane_steps, rate
-                )
-                self._encodes.add(future)
-                future.add_done_callback(self._encodes.discard)
-            if job.previewing and not job.progress_sent:
-                continue  # its first event goes out with its first preview
-            job.progress_sent = True
-            events.append(self._progress_event(job, lane_steps, preview, rate))
-        if events:
-            self.emit(events[0] if len(events) == 1 else ProgressBatch(tuple(events)))
-
-    @staticmethod
-    def _progress_event(
-        job: EngineJob, lane_steps: list[tuple[int, int]], preview: bytes | None, rate: StepRate | None
-    ) -> JobProgress:
-        (index, step), total = lane_steps[0], job.all_lanes[lane_steps[0][0]].ran
-        verdict = job.preview_verdict if preview is not None else None
-        return JobProgress(job.job_id, index, step, total, job.steps_done, job.steps_total, preview,
-                           lane_steps=tuple(lane_steps), preview_verdict=verdict, rate=rate)  # fmt: skip
-
-    def _make_preview(
-        self,
-        job: EngineJob,
-        latents: torch.Tensor,
-        size: tuple[int, int],
-        lane_steps: list[tuple[int, int]],
-        rate: StepRate | None = None,
-    ) -> None:
-        """Encoder thread: the cheap latent preview (its device-to-host copy waits here, not in the loop)."""
-        png = None
-        try:
-            preview = latent_preview_png(job.model.family.preview_latents(latents, *size))  # the size they ran at
-            job.preview_verdict = self.verdicts([png_pixels(preview)])[0]
-            png = preview  # only once checked: a preview the checker failed on is not sent
-        except Exception:
-            log.exception("could not make a preview of job %s", job.job_id, extra={"job_id": job.job_id})
-        if not job.progress_sent:
-            job.progress_sent = True
-            self.emit(self._progress_event(job, lane_steps, png, rate))
-        else:
-            job.preview_png = png
-        job.previewing = False
-
-    @torch.no_grad()
-    def _finish(self, lanes: list[Lane]) -> None:
-        job = lanes[0].job  # one batch: one model and size
-        height, width = job.height, job.width
-        # Checked where decoded, in one batch with the lanes it checks: its cost is theirs.
-        images, verdicts = self._timed(
-            lanes, lambda done: self._decode_checked(done, job.model, height, width), "decode"
-        )
-        self._settle_first_calls(lanes)  # before their seconds are read
-        for lane, pixels, verdict in zip(lanes, images, verdicts, strict=True):
-            job = lane.job
-            if job.hires_pending:
-                job.lanes.remove(lane)
-                lane.latents = torch.empty(0)
-                lane.decoded = pixels
-                if not job.lanes:  # the first pass is done: the job moves on to its hires pass
-                    decoded = [Image.fromarray(first.decoded) for first in job.all_lanes if first.decoded is not None]
-                    self._start_hires(job, decoded)
-                continue
-            with self._lock:
-                job.lanes.remove(lane)
-                job.pending_encodes += 1
-                if not job.lanes:
-                    self._jobs.pop(job.job_id, None)
-                    if not job.answered:
-                        self._encoding[job.job_id] = job
-            future = self._encoder.submit(self._encode, job, lane, pixels, verdict)
-            self._encodes.add(future)
-            future.add_done_callback(self._encodes.discard)
-
-    def decode(self, latents: torch.Tensor, model: LoadedModel, height: int, width: int) -> np.ndarray:
-        """VAE-decode a batch of latents of one model and size to uint8 HxWx3 arrays."""
-        return model.family.decode(latents, height, width)
-
-    def verdicts(self, pictures: Sequence[np.ndarray] | np.ndarray) -> list[SafetyVerdict | None]:
-        """The checker's verdict on each decoded picture, in one batch on the models' device (None: no checker)."""
-        if self.checker is None:
-            return [None] * len(pictures)
-        return list(self.checker.check(pictures))
-
-    def _decode_checked(
-        self, lanes: list[Lane], model: LoadedModel, height: int, width: int
-    ) -> tuple[np.ndarray, list[SafetyVerdict | None]]:
-        fresh = [lane for lane in lanes if lane.settled_pixels is None]  # a settled auto lane's image is decoded
-        decoded = iter(self.decode(torch.cat([lane.latents for lane in fresh]), model, height, width) if fresh else ())
-        pixels = np.stack([next(decoded) if lane.settled_pixels is None else lane.settled_pixels for lane in lanes])
-        return pixels, self.verdicts(pixels)
-
-    def _encode(self, job: EngineJob, lane: Lane, pixels: np.ndarray, verdict: SafetyVerdict | None = None) -> None:
-        """Encoder thread: PNG-encode one image (with its A1111 parameters) and its film's frames;
-        the last image of a job emits its result."""
-        request = job.request
-        film = lane.film
-        first = job.first_pass[lane.index] if job.first_pass else None
-        parameters = image_infotext(
-            lane_request(request, lane.index),
-            seed=lane.seed,
-            steps=lane.ran if lane.auto else lane.steps if first is None or not first.timesteps else first.steps,
-            model=job.model.name,
-            scheduler=request.lane_schedulers[lane.index],
-            lora_hashes=job.model.adapters.hashes if job.model.adapters is not None else None,
-            strength=lane.strength if lane.from_image else None,
-            **_guidance_fields(job, lane),
-            **_auto_fields(lane),
-        )
-        try:
-            png = encode_png(Image.fromarray(pixels), parameters=parameters)
-            frames = tuple(encode_png(frame) for _, frame in sorted(film.frames.items())) if film else ()
-            seconds = lane.seconds + (
-                first.seconds if first else 0.0
-            )  # off the denoising thread: reading CUDA events waits
-        except Exception:
-            log.exception("could not encode an image of job %s", job.job_id, extra={"job_id": job.job_id})
-            self._fail(job, INTERNAL_ERROR_MESSAGE.format(ref=job.job_id[:8]))
-            return
-        frame_verdicts = tuple(v for _, v in sorted(film.verdicts.items())) if film else ()
-        frame_sigmas = step_noise_levels(lane.scheduler, lane.timesteps, lane.ran) if film else ()
-        image = GeneratedImage(
-            png, lane.seed, lane.steps, job.width, job.height, seconds, frames=frames,
-            frames_source=film.source if film else "", verdict=verdict, frame_verdicts=frame_verdicts,
-            frame_sigmas=frame_sigmas,
-            steps_ran=lane.ran if lane.from_image or lane.auto else None,
-            first_pass_steps=first.ran if first else 0,
-            strength=lane.strength,
-            auto_settled=None if lane.auto is None else lane.settled_pixels is not None,
-            stopped_sigma=lane.stopped_sigma,
-        )  # fmt: skip
-        with self._lock:
-            job.images[lane.index] = image
-            job.pending_encodes -= 1
-            if job.pending_encodes or job.lanes:
-                return
-        if not self._claim_answer(job):
-            return  # cancelled or failed meanwhile
-        self.emit(
-            JobResult(
-                job.job_id,
-                images=tuple(image for _, image in sorted(job.images.items())),
-                gpu_seconds=job.gpu_seconds,
-                prompt_truncated=job.conditioning.truncated,
-                is_test_model=job.model.is_test_model,
-                model=job.model.name,
-            )
-        )
 
     def run_until_idle(self) -> None:
         """Step until every lane is done and every image is encoded (benchmarks and tests)."""

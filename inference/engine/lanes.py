@@ -15,13 +15,8 @@ from inference.engine.film import FilmCapture
 from inference.families import Conditioning, EncodedImage
 from inference.models.adapters import AdapterKey
 from inference.models.loading import LoadedModel
-from inference.protocol import (
-    GeneratedImage,
-    GenerateRequest,
-    Request,
-    SafetyVerdict,
-    img2img_steps,
-)
+from inference.protocol import GeneratedImage, SafetyVerdict
+from inference.requests import GenerateRequest, Request, img2img_steps
 from inference.schedulers import Scheduler
 from inference.settling import SettleWatch
 

@@ -21,8 +21,9 @@ from PIL import Image
 
 from inference import family_rules
 from inference.family_rules import FAMILY_MODULES, FLOW_SCHEDULER_NAMES, Defaults, PipelineConfig
-from inference.protocol import ModelInfo, img2img_steps
+from inference.model_info import ModelInfo
 from inference.registry import ModelSpec
+from inference.requests import img2img_steps
 from inference.schedulers import FLOW_SCHEDULERS, Scheduler
 
 Pipeline = Any  # a diffusers pipeline: its components are attached dynamically

@@ -10,7 +10,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from inference import family_rules
 from inference.families import Conditioning, DenoiserBatch, EncodedImage, Family, guided_rows, to_uint8
-from inference.protocol import SCHEDULER_NAMES
+from inference.requests import SCHEDULER_NAMES
 from inference.schedulers import Scheduler, make_scheduler
 
 

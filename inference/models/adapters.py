@@ -22,8 +22,9 @@ import torch
 
 from inference.families import Family, Pipeline
 from inference.family_rules import FEW_STEP_LADDER
-from inference.protocol import MAX_LORAS, LoraInfo, ModelInfo, ModelUnavailable
+from inference.model_info import LoraInfo, ModelInfo, ModelUnavailable
 from inference.registry import LoraSpec
+from inference.requests import MAX_LORAS
 
 log = logging.getLogger(__name__)
 

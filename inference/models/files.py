@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.family_rules import PipelineConfig, model_info
-from inference.protocol import ModelInfo
+from inference.model_info import ModelInfo
 from inference.registry import ModelSpec
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")

@@ -17,6 +17,7 @@ from diffusers import (
 
 from inference.families import Family, Pipeline, family_for, supported_pipelines
 from inference.family_rules import FAMILY_MODULES
+from inference.model_info import ModelInfo, ModelUnavailable
 from inference.models.adapters import Adapters
 from inference.models.files import default_cache_dir, local_source_problem
 from inference.models.hub import why_the_hub_failed
@@ -26,7 +27,7 @@ from inference.models.test_models import (
     build_test_pipeline,
     ensure_test_model,
 )
-from inference.protocol import ModelInfo, ModelUnavailable, WorkerConfig
+from inference.protocol import WorkerConfig
 from inference.registry import ModelSpec, spec_for
 
 log = logging.getLogger(__name__)

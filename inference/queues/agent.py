@@ -28,7 +28,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from inference.protocol import GenerateRequest, JobFailed, JobProgress, JobResult, Request, WorkerConfig
+from inference.protocol import JobFailed, JobProgress, JobResult, WorkerConfig
 from inference.queues.base import QueuedJob
 from inference.queues.local import LocalJobQueue
 from inference.queues.wire import (
@@ -48,6 +48,7 @@ from inference.queues.wire import (
     loads,
     redis_problem,
 )
+from inference.requests import GenerateRequest, Request
 from inference.worker import worker_main
 
 log = logging.getLogger(__name__)

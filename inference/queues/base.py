@@ -16,24 +16,20 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from inference.model_info import ModelInfo, ModelUnavailable
 from inference.protocol import (
     TERMINAL_EVENTS,
-    InvalidRequest,
     JobEvent,
     JobFailed,
     JobProgress,
     JobQueued,
     JobResult,
     JobStarted,
-    ModelInfo,
-    ModelUnavailable,
-    Request,
     StepRate,
     WorkerConfig,
-    hires_steps_run,
-    lane_steps_run,
 )
 from inference.queues.eta import Eta, RateBook, Work, calls_left, forecast, rounded_seconds
+from inference.requests import InvalidRequest, Request, hires_steps_run, lane_steps_run
 
 FORECAST_INTERVAL_S = 0.5  # a forecast replays the queue: at most this often, however many events arrive
 WAITING_REFRESH_S = 1.0  # waiting jobs hear of a new start estimate (a repeated JobQueued) at most this often

@@ -13,16 +13,13 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from inference.model_info import ModelInfo, ModelUnavailable
 from inference.protocol import (
     CancelJob,
-    InvalidRequest,
     JobFailed,
     JobProgress,
     JobResult,
-    ModelInfo,
-    ModelUnavailable,
     ProgressBatch,
-    Request,
     Shutdown,
     SubmitJob,
     WorkerConfig,
@@ -30,6 +27,7 @@ from inference.protocol import (
     WorkerReady,
 )
 from inference.queues.base import FairJobQueue, ModelsUnavailable, QueuedJob, WorkerStatus, WorkerUnavailable
+from inference.requests import InvalidRequest, Request
 from inference.validation import validate_for_model
 from inference.worker import worker_main
 

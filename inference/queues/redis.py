@@ -21,15 +21,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from inference.protocol import (
-    InvalidRequest,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    ModelInfo,
-    Request,
-    WorkerConfig,
-)
+from inference.model_info import ModelInfo
+from inference.protocol import JobFailed, JobProgress, JobResult, WorkerConfig
 from inference.queues.base import FairJobQueue, QueuedJob, WorkerStatus
 from inference.queues.lease import BotIdInUse, BotLease
 from inference.queues.shared_order import Released, SharedOrder
@@ -44,6 +37,7 @@ from inference.queues.wire import (
     loads,
     redis_problem,
 )
+from inference.requests import InvalidRequest, Request
 from inference.validation import validate_for_model
 
 log = logging.getLogger(__name__)

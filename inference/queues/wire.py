@@ -38,7 +38,9 @@ from redis.exceptions import (
     ResponseError,
 )
 
+import inference.model_info
 import inference.protocol
+import inference.requests
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +198,19 @@ class UnknownWireType(WireError):
 # Data only, never code: a JSON tree in which a tuple is an array, a wire dataclass is
 # {"w": name, "f": {field: value}} and bytes are {"b": [offset, length]} into the blobs that follow
 # the JSON, so that PNGs travel as they are. Decoding builds only the dataclasses of
-# `inference.protocol` (WorkerConfig excepted: it reads the registry), by calling them.
+# `inference.requests`, `inference.model_info` and `inference.protocol` (WorkerConfig excepted: it reads
+# the registry), by calling them. A type is named by its class name alone, so moving one between these
+# modules keeps the wire as it was.
 _MAGIC = b"SGW1"
 _HEADER = struct.Struct(">4sI")
+_WIRE_MODULES = (inference.requests, inference.model_info, inference.protocol)
 _WIRE_TYPES: dict[str, type] = {
     name: value
-    for name, value in vars(inference.protocol).items()
+    for module in _WIRE_MODULES
+    for name, value in vars(module).items()
     if isinstance(value, type)
     and dataclasses.is_dataclass(value)
-    and value.__module__ == inference.protocol.__name__
+    and value.__module__ == module.__name__
     and name != "WorkerConfig"
 }
 

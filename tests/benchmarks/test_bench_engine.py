@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import bench_admission
 from benchmarks.bench_engine import interleaved, main
-from inference.protocol import FEW_STEP_SCHEDULERS, SCHEDULER_NAMES
+from inference.requests import FEW_STEP_SCHEDULERS, SCHEDULER_NAMES
 
 pytestmark = pytest.mark.slow
 

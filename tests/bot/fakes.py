@@ -27,21 +27,10 @@ from bot.replies.buttons import JobButton
 from bot.storage.database import Database
 from bot.storage.job_store import DatabaseJobStore, JobRecord, MemoryJobStore
 from bot.storage.models import JobRow
-from inference.protocol import (
-    GUIDANCE_INPUT,
-    TERMINAL_EVENTS,
-    CompareStepsRequest,
-    GeneratedImage,
-    GenerateRequest,
-    JobEvent,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    ModelInfo,
-    ModelUnavailable,
-    Request,
-)
+from inference.model_info import GUIDANCE_INPUT, ModelInfo, ModelUnavailable
+from inference.protocol import TERMINAL_EVENTS, GeneratedImage, JobEvent, JobFailed, JobProgress, JobResult
 from inference.queues.base import JobQueue, QueueFull
+from inference.requests import CompareStepsRequest, GenerateRequest, Request
 
 OWNER = 1001
 OTHER = 2002

@@ -11,8 +11,8 @@ import pytest
 from discord import app_commands
 
 from bot.errors import InvalidOption, QueueBusy, report_error, user_message
-from inference.protocol import InvalidRequest
 from inference.queues.base import QueueFull
+from inference.requests import InvalidRequest
 from tests.bot.fakes import FakeClock, FakeInteraction, Recorder
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, guidance_ladder
-from inference.protocol import CompareGuidanceRequest
+from inference.requests import CompareGuidanceRequest
 
 
 def test_left_out_the_columns_are_a_ladder_around_the_models_guidance_and_one_row_of_its_steps() -> None:

@@ -27,7 +27,7 @@ from bot.job_requests import (
     step_down,
     step_up,
 )
-from inference.protocol import (
+from inference.requests import (
     DEFAULT_GRID_SCHEDULERS,
     DEFAULT_SCHEDULER,
     MAX_STEPS,
@@ -334,7 +334,7 @@ IMAGE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_strength_grid_left_to_its_defaults_is_the_default_strengths_at_the_models_steps() -> None:
-    from inference.protocol import DEFAULT_COMPARE_STRENGTHS, CompareStrengthRequest
+    from inference.requests import DEFAULT_COMPARE_STRENGTHS, CompareStrengthRequest
 
     options = RequestOptions("a fox", seed=3, image=IMAGE, size="320x256", strength_grid=True)
     request = build_request(options, RequestDefaults(steps=25, scheduler="DDIM"))
@@ -351,7 +351,7 @@ def test_a_strength_grid_left_to_its_defaults_is_the_default_strengths_at_the_mo
 
 
 def test_strengths_and_step_rows_are_read_in_ascending_order() -> None:
-    from inference.protocol import CompareStrengthRequest
+    from inference.requests import CompareStrengthRequest
 
     options = RequestOptions("a fox", image=IMAGE, strengths="0.9, 0.3;0.6", compare_steps="30,10", strength_grid=True)
     request = build_request(options, RequestDefaults())

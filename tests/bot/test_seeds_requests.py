@@ -8,7 +8,7 @@ import pytest
 
 from bot.errors import InvalidOption
 from bot.job_requests import RequestDefaults, RequestOptions, build_request, checked, derive_request
-from inference.protocol import CompareStepsRequest, GenerateRequest
+from inference.requests import CompareStepsRequest, GenerateRequest
 
 
 def test_left_out_the_ladder_is_spread_so_every_seeds_row_fits_the_cell_limit() -> None:

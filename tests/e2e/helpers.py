@@ -16,19 +16,11 @@ from PIL import Image
 from bot.chat.client import Stepgrid
 from bot.config import Settings
 from bot.storage.database import Database
-from inference.protocol import (
-    TERMINAL_EVENTS,
-    JobEvent,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    JobStarted,
-    ModelInfo,
-    ModelUnavailable,
-    Request,
-)
+from inference.model_info import ModelInfo, ModelUnavailable
+from inference.protocol import TERMINAL_EVENTS, JobEvent, JobFailed, JobProgress, JobResult, JobStarted
 from inference.queues.base import JobQueue, WorkerStatus
 from inference.queues.local import LocalJobQueue
+from inference.requests import Request
 from tests.fake_discord import FakeDiscord, InteractionHandle, RecordedFile, RecordedRequest
 
 Json = dict[str, Any]

@@ -27,10 +27,9 @@ from inference.protocol import (
     JobQueued,
     JobResult,
     JobStarted,
-    Request,
-    total_steps,
 )
 from inference.queues.base import JobQueue
+from inference.requests import Request, total_steps
 from tests.fake_discord import FakeDiscord
 
 

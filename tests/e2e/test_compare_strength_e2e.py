@@ -12,8 +12,9 @@ import pytest_asyncio
 from PIL import Image
 
 from inference.parameters import PNG_KEY
-from inference.protocol import CompareStepsRequest, CompareStrengthRequest, WorkerConfig
+from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
+from inference.requests import CompareStepsRequest, CompareStrengthRequest
 from tests.a1111 import parse_generation_parameters
 from tests.e2e.helpers import e2e_settings, embed_fields, image_of, result_files, running_bot, wait_for_result
 from tests.fake_discord import FakeDiscord, attachment_option

@@ -13,8 +13,9 @@ from bot.storage.database import Database
 from bot.storage.inputs import sha256_of
 from bot.storage.job_store import MemoryJobStore
 from inference.parameters import PNG_KEY
-from inference.protocol import GenerateRequest, WorkerConfig
+from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
+from inference.requests import GenerateRequest
 from tests.e2e.helpers import (
     button,
     custom_ids,

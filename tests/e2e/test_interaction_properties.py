@@ -25,7 +25,7 @@ from bot.chat.client import Stepgrid
 from bot.config import Settings
 from bot.replies.buttons import ACTIONS
 from bot.storage.database import Database
-from inference.protocol import SCHEDULER_NAMES
+from inference.requests import SCHEDULER_NAMES
 from tests.e2e.helpers import custom_ids, result_files
 from tests.e2e.instant import instant_bot, instant_settings
 from tests.fake_discord import (

@@ -19,8 +19,9 @@ import pytest_asyncio
 
 from bot.config import Settings
 from bot.storage.database import Database
-from inference.protocol import PlainRow, WorkerConfig
+from inference.protocol import WorkerConfig
 from inference.queues.local import LocalJobQueue
+from inference.requests import PlainRow
 from tests.a1111 import parse_generation_parameters
 from tests.e2e.helpers import (
     content,

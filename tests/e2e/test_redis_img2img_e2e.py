@@ -12,8 +12,9 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from inference.protocol import GenerateRequest, JobResult, WorkerConfig
+from inference.protocol import JobResult, WorkerConfig
 from inference.queues.local import LocalJobQueue
+from inference.requests import GenerateRequest
 from tests.e2e.helpers import SharedQueue, embed_fields, image_of, result_files, running_bot, wait_for_result
 from tests.fake_discord import FakeDiscord, attachment_option, running_fake
 from tests.inference.redis_backends import Backend, started_backend

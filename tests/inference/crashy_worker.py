@@ -7,7 +7,8 @@ import signal
 import threading
 from multiprocessing.connection import Connection
 
-from inference.protocol import Request, WorkerConfig
+from inference.protocol import WorkerConfig
+from inference.requests import Request
 from inference.worker import worker_main
 
 

@@ -10,7 +10,8 @@ import torch
 from inference.engine.lane_engine import LaneEngine
 from inference.engine.lanes import Lane
 from inference.models.loading import LoadedModel
-from inference.protocol import JobEvent, JobResult, Request
+from inference.protocol import JobEvent, JobResult
+from inference.requests import Request
 
 ENCODER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-png")  # shared: engines come and go
 

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from inference.protocol import (
-    GUIDANCE_IGNORED,
-    GUIDANCE_INPUT,
-    SCHEDULER_NAMES,
-    CompareStrengthRequest,
-    GenerateRequest,
-    ModelInfo,
-)
+from inference.model_info import GUIDANCE_IGNORED, GUIDANCE_INPUT, ModelInfo
+from inference.requests import SCHEDULER_NAMES, CompareStrengthRequest, GenerateRequest
 
 GOOD = GenerateRequest("a lighthouse at dusk")
 

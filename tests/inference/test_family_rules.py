@@ -15,8 +15,9 @@ from inference.family_rules import (
     model_info,
     offered_schedulers,
 )
-from inference.protocol import FEW_STEP_SCHEDULERS, GUIDANCE_IGNORED, GUIDANCE_INPUT
+from inference.model_info import GUIDANCE_IGNORED, GUIDANCE_INPUT
 from inference.registry import ModelSpec
+from inference.requests import FEW_STEP_SCHEDULERS
 
 VAE = {"block_out_channels": [128, 256, 512, 512]}  # a scale of 8
 SD15 = PipelineConfig("StableDiffusionPipeline", "PNDMScheduler", {"sample_size": 64}, VAE)

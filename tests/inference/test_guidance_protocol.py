@@ -7,16 +7,8 @@ import dataclasses
 
 import pytest
 
-from inference.protocol import (
-    GUIDANCE_IGNORED,
-    GUIDANCE_INPUT,
-    SCHEDULER_NAMES,
-    CompareGuidanceRequest,
-    CompareStepsRequest,
-    InvalidRequest,
-    LoraInfo,
-    ModelInfo,
-)
+from inference.model_info import GUIDANCE_IGNORED, GUIDANCE_INPUT, LoraInfo, ModelInfo
+from inference.requests import SCHEDULER_NAMES, CompareGuidanceRequest, CompareStepsRequest, InvalidRequest
 from inference.validation import validate, validate_for_model
 
 SD = ModelInfo("sd15", "sd", SCHEDULER_NAMES, "Euler a", 30, 7.5, (5, 10), 512, 8)

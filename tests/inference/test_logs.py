@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from inference.logs import FORMAT_VARIABLE, LEVEL_VARIABLE, configure_logging, job_context
-from inference.protocol import GenerateRequest, JobFailed, Shutdown, SubmitJob, WorkerConfig, WorkerReady
+from inference.protocol import JobFailed, Shutdown, SubmitJob, WorkerConfig, WorkerReady
+from inference.requests import GenerateRequest
 from inference.worker import worker_main
 
 

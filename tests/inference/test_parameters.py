@@ -12,7 +12,7 @@ from inference.parameters import (
     infotext,
     lora_hashes_in,
 )
-from inference.protocol import CompareStepsRequest, GenerateRequest, HiresFix
+from inference.requests import CompareStepsRequest, GenerateRequest, HiresFix
 from tests.a1111 import parse_generation_parameters, piexif_user_comment, read_info_from_exif, read_user_comment
 
 
@@ -106,7 +106,7 @@ def test_an_img2img_image_carries_its_denoising_strength_and_a_hires_one_its_pas
 
 def test_a_strength_grid_carries_its_first_cell_and_the_denoising_axis_as_a1111s_xyz_plot_does() -> None:
     from inference.parameters import strength_grid_infotext
-    from inference.protocol import CompareStrengthRequest
+    from inference.requests import CompareStrengthRequest
 
     request = CompareStrengthRequest("fox", strengths=(0.3, 0.45, 0.6), steps=(10, 30), scheduler="Euler", seed=7,
                                      width=256, height=256, image=b"\x89PNG")  # fmt: skip
@@ -117,7 +117,7 @@ def test_a_strength_grid_carries_its_first_cell_and_the_denoising_axis_as_a1111s
 
 
 def test_a_cell_of_a_strength_grid_carries_its_own_strength() -> None:
-    from inference.protocol import CompareStrengthRequest
+    from inference.requests import CompareStrengthRequest
 
     request = CompareStrengthRequest("fox", strengths=(0.3, 0.6), image=b"\x89PNG")
     parsed = parse_generation_parameters(image_infotext(request, seed=1, steps=30, model="tiny", strength=0.6))

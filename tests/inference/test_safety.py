@@ -15,7 +15,8 @@ from transformers import CLIPConfig, CLIPImageProcessor
 
 from inference.imaging import png_pixels
 from inference.models.loading import LoadedModel
-from inference.protocol import CompareStepsRequest, GenerateRequest, JobProgress, SafetyVerdict, WorkerConfig
+from inference.protocol import JobProgress, SafetyVerdict, WorkerConfig
+from inference.requests import CompareStepsRequest, GenerateRequest
 from inference.safety import DEFAULT_CLASSIFIER, SafetyCheckerError, chosen_checker, load_checker
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler, KDPM2DiscreteScheduler, PNDMScheduler
 
-from inference.protocol import SCHEDULER_NAMES
+from inference.requests import SCHEDULER_NAMES
 from inference.schedulers import FLOW_SCHEDULERS, make_flow_scheduler, make_scheduler
 
 FLUX_DEV_CONFIG = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True).config

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from inference.parameters import grid_infotext
-from inference.protocol import MAX_SEED, CompareStepsRequest, InvalidRequest, PlainRow
+from inference.requests import MAX_SEED, CompareStepsRequest, InvalidRequest, PlainRow
 from inference.validation import validate
 
 GRID = CompareStepsRequest("a fox", steps=(5, 10, 20), seed=42, scheduler="Euler", seeds=3)

@@ -9,16 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference.protocol import (
+from inference.model_info import LoraInfo, ModelInfo, ModelUnavailable
+from inference.requests import (
     MAX_STEPS,
     SCHEDULER_NAMES,
     CompareStepsRequest,
     GenerateRequest,
     HiresFix,
     InvalidRequest,
-    LoraInfo,
-    ModelInfo,
-    ModelUnavailable,
 )
 from inference.validation import parse_step_list, validate, validate_for_model
 from tests.inference.protocol_samples import FLUX, FLUX_DEV, GOOD, PNG, SDXL_TURBO, strength_grid

@@ -15,18 +15,10 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from inference.protocol import (
-    CompareStepsRequest,
-    GenerateRequest,
-    InvalidRequest,
-    JobEvent,
-    JobFailed,
-    JobResult,
-    Request,
-    WorkerConfig,
-)
+from inference.protocol import JobEvent, JobFailed, JobResult, WorkerConfig
 from inference.queues.local import LocalJobQueue
 from inference.registry import ModelSpec
+from inference.requests import CompareStepsRequest, GenerateRequest, InvalidRequest, Request
 from tests.workers import started_queue
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.chat.cogs import options as shared
 from bot.job_requests import RequestOptions
-from inference.protocol import MAX_COMPARE_SEEDS, MIN_COMPARE_SEEDS
+from inference.requests import MAX_COMPARE_SEEDS, MIN_COMPARE_SEEDS
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid

@@ -10,14 +10,7 @@ from discord.ext import commands
 
 from bot.chat.cogs import options as shared
 from bot.job_requests import RequestOptions
-from inference.protocol import (
-    MAX_COUNT,
-    MAX_STEPS,
-    MAX_STRENGTH,
-    MIN_COUNT,
-    MIN_STEPS,
-    MIN_STRENGTH,
-)
+from inference.requests import MAX_COUNT, MAX_STEPS, MAX_STRENGTH, MIN_COUNT, MIN_STEPS, MIN_STRENGTH
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid

@@ -38,7 +38,7 @@ from bot.limits.server import (
     ServerLimits,
 )
 from bot.replies.messages import COLOUR
-from inference.protocol import MIN_COMPARE_CELLS, MIN_SIZE, MIN_STEPS, SCHEDULER_NAMES
+from inference.requests import MIN_COMPARE_CELLS, MIN_SIZE, MIN_STEPS, SCHEDULER_NAMES
 
 if TYPE_CHECKING:
     from bot.chat.client import Stepgrid

@@ -16,7 +16,8 @@ from discord import app_commands
 from bot.errors import UserFacingError
 from bot.job_requests import MAX_PROMPT_CHARS
 from bot.limits.server import EffectiveLimits
-from inference.protocol import (
+from inference.model_info import ModelInfo
+from inference.requests import (
     MAX_GUIDANCE,
     MAX_LORA_WEIGHT,
     MAX_SEED,
@@ -25,7 +26,6 @@ from inference.protocol import (
     MIN_LORA_WEIGHT,
     MIN_STRENGTH,
     SCHEDULER_NAMES,
-    ModelInfo,
 )
 
 if TYPE_CHECKING:

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import os
-import resource
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bot.cli.generate import OutputLost, cli_defaults, save_outputs, select_models
 from bot.cli.main import main
-from bot.config import Settings
-from bot.limits.server import EffectiveLimits
-from inference.protocol import MAX_PIXELS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, GenerateRequest
+from inference.requests import MAX_PIXELS, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE
 from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.cli.stepgrid_process import STEPGRID, one_error_line, stepgrid
-from tests.bot.fakes import TURBO, noise_png, result_for
+from tests.bot.cli.test_arguments import REGISTRY
 from tests.inference.config_folders import FLUX_SCHNELL, SD15, config_only_folder
 
 
@@ -106,19 +99,6 @@ def test_imagine_with_steps_auto_says_the_steps_that_ran_and_writes_them_in_the_
     parsed = parse_generation_parameters(Image.open(out).info["parameters"])
     assert parsed["Steps"] == str(ran)
     assert parsed["Auto steps"].startswith(f"settled at {ran} of 50 steps; the predicted clean image at sigma ")
-
-
-@pytest.mark.parametrize("name", ["fox.webp", "fox.gif", "FOX.GIF"])
-def test_the_film_is_written_at_the_path_asked_for_in_the_format_its_name_says(tmp_path: Path, name: str) -> None:
-    request = GenerateRequest("a fox", steps=5, width=384, height=384, film=True)
-    result = result_for("job", request)
-    frames = tuple(noise_png(384, 384) for _ in range(5))  # WebP would be smaller: the name decides
-    result = dataclasses.replace(result, images=(dataclasses.replace(result.images[0], frames=frames),))
-    paths, problem = save_outputs(request, result, tmp_path / "fox.png", tmp_path / name)
-    assert problem is None and paths == [tmp_path / "fox.png", tmp_path / name]
-    assert sorted(os.listdir(tmp_path)) == sorted(["fox.png", name]), "nothing else written"
-    film = Image.open(tmp_path / name)
-    assert (film.format, film.n_frames, film.width) == (Path(name).suffix[1:].upper(), 5, 384), "not shrunk"
 
 
 def test_a_film_path_that_is_not_an_animation_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -249,25 +229,6 @@ def test_a_registry_file_as_the_model_runs_its_first_model(
     assert "Euler, steps 2," in capsys.readouterr().out and out.is_file()
 
 
-REGISTRY = (
-    'models = [{name = "quick", source = "tiny-flux", steps = 2, max_steps = 8}, '
-    '{name = "sd", source = "tiny", compare_steps = [2, 4]}, {name = "gone", source = "./no/such/folder"}]'
-)
-
-
-def registry_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
-    return Settings(_env_file=None)  # type: ignore[call-arg]
-
-
-def test_model_names_from_the_registry_select_that_entry(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = registry_settings(monkeypatch)
-    assert [spec.source for spec in select_models("sd", settings)] == ["tiny"]
-    assert select_models(None, settings)[0].name == "quick"  # the registry's default
-    assert select_models("tiny-sdxl", settings)[0].source == "tiny-sdxl"  # a test model
-    assert select_models("owner/some-model", settings)[0].source == "owner/some-model"  # a hub id
-
-
 def test_a_registry_name_with_a_typo_exits_2_naming_the_configured_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -279,12 +240,6 @@ def test_a_registry_name_with_a_typo_exits_2_naming_the_configured_models(
         "choose one of the configured models (quick, sd,"
     )
     assert err.count("\n") == 1
-
-
-def test_the_cli_takes_its_defaults_from_where_the_bot_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = registry_settings(monkeypatch)
-    limits = EffectiveLimits.combine(None, settings)
-    assert cli_defaults(settings, settings.model_specs(), TURBO) == limits.request_defaults(TURBO)
 
 
 @pytest.mark.slow
@@ -307,38 +262,6 @@ def test_steps_over_a_registry_ceiling_exit_2_in_one_line(
     monkeypatch.setenv("STEPGRID_MODEL", REGISTRY)
     assert main(["imagine", "fox", "--model", "quick", "--steps", "12", "-o", str(tmp_path / "x.png")]) == 2
     assert "steps must be at most 8 for the model quick; got 12." in capsys.readouterr().err
-
-
-@contextlib.contextmanager
-def disk_full_after(size: int) -> Iterator[None]:
-    """Writes past `size` bytes fail (EFBIG) in this process, as on a disk that filled up mid-write."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
-def test_a_write_that_fails_midway_leaves_the_old_file_whole_and_no_partial_one(tmp_path: Path) -> None:
-    request = GenerateRequest("a fox", steps=2, width=256, height=256)
-    result = result_for("job", request, png=noise_png)
-    output = tmp_path / "fox.png"
-    output.write_bytes(b"the picture from yesterday")
-    with disk_full_after(4096), pytest.raises(OutputLost):  # the rescue copy in the temporary folder fails too
-        save_outputs(request, result, output)
-    assert os.listdir(tmp_path) == ["fox.png"], "no temporary file left behind"
-    assert output.read_bytes() == b"the picture from yesterday", "not truncated"
-    paths, problem = save_outputs(request, result, output)
-    assert problem is None and Image.open(paths[0]).size == (256, 256) and os.listdir(tmp_path) == ["fox.png"]
-
-
-def test_an_output_written_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
-    request = GenerateRequest("a fox", steps=2, width=256, height=256)
-    (tmp_path / "real.png").write_bytes(b"old")
-    (tmp_path / "link.png").symlink_to("real.png")
-    save_outputs(request, result_for("job", request), tmp_path / "link.png")
-    assert (tmp_path / "link.png").is_symlink() and Image.open(tmp_path / "real.png").size == (256, 256)
 
 
 @pytest.mark.parametrize("given", ["./juggernaut.safetensors", "juggernaut.safetensors", "."])
@@ -404,16 +327,6 @@ def test_a_grid_written_over_an_existing_file_says_so_and_names_the_device(
     assert main([*argv, "-o", str(out)]) == 0
     assert f"replaced the file already there: {out}." in capsys.readouterr().out
     assert Image.open(out).size[0] > 2 * 256 and os.listdir(tmp_path) == ["grid.png"]
-
-
-def test_a_few_step_lora_in_a_cli_prompt_brings_its_defaults_as_in_discord() -> None:
-    from tests.bot.limits.test_loras import WITH_LORAS
-
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    specs = settings.model_specs()
-    defaults = cli_defaults(settings, specs, WITH_LORAS, ["lightning"])
-    assert (defaults.steps, defaults.scheduler, defaults.guidance) == (4, "Euler", 0.0)
-    assert defaults == EffectiveLimits.combine(None, settings).request_defaults(WITH_LORAS, ["lightning"])
 
 
 def test_imagine_from_an_image_and_upscale_it_x2_through_the_real_worker(

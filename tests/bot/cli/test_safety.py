@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.cli.generate import output_paths, save_outputs
+from bot.cli.outputs import output_paths, save_outputs
 from bot.cli.safety import ALL_WITHHELD_EXIT, screen
-from inference.protocol import GenerateRequest, SafetyVerdict
+from inference.protocol import SafetyVerdict
+from inference.requests import GenerateRequest
 from tests.bot.cli.stepgrid_process import one_error_line, stepgrid
 from tests.bot.fakes import result_for
 

@@ -19,7 +19,7 @@ from bot.jobs.policy import SettingsPolicy
 from bot.limits.server import LimitExceeded
 from bot.storage.database import Database
 from bot.storage.job_store import record_of
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 from tests.bot.fakes import Harness, database_harness, http_error, png_of, result_for
 
 OPTIONS = RequestOptions("a lighthouse", size="256", steps=8)

@@ -13,7 +13,8 @@ from bot.job_requests import RequestOptions
 from bot.jobs.learned_steps import LearnedSteps, learned_steps
 from bot.jobs.policy import SettingsPolicy
 from bot.storage.sweet_spots import SettledRow, SweetSpot, sweet_spot
-from inference.protocol import CompareSchedulersRequest, GenerateRequest, JobFailed, SafetyVerdict
+from inference.protocol import JobFailed, SafetyVerdict
+from inference.requests import CompareSchedulersRequest, GenerateRequest
 from tests.bot.fakes import SD15, Harness, model_harness, result_for
 
 

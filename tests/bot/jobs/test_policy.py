@@ -10,7 +10,8 @@ from bot.jobs.policy import DatabasePolicy, SettingsPolicy
 from bot.limits.server import LimitExceeded
 from bot.storage.database import Database
 from bot.storage.sweet_spots import SettledRow
-from inference.protocol import CompareStepsRequest, GeneratedImage, GenerateRequest, JobResult
+from inference.protocol import GeneratedImage, JobResult
+from inference.requests import CompareStepsRequest, GenerateRequest
 
 GUILD, ALICE = 1000, 11
 SETTINGS = Settings(_env_file=None, default_steps=40, max_concurrent_jobs_per_user=1)  # type: ignore[call-arg]

@@ -17,7 +17,8 @@ from bot.storage.database import Database
 from bot.storage.inputs import InputImageMissing
 from bot.storage.job_store import JobRecord, record_of
 from bot.storage.models import JobRow
-from inference.protocol import GenerateRequest, HiresFix, JobResult
+from inference.protocol import JobResult
+from inference.requests import GenerateRequest, HiresFix
 from tests.bot.fakes import FakeClient, FakeWallClock, Harness, Recorder, RecordingJobs
 
 CHANNEL, GUILD, ALICE = 500, 1000, 11

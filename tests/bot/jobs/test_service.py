@@ -30,16 +30,9 @@ from bot.replies.buttons import JobButton
 from bot.storage.database import Database
 from bot.storage.job_store import MemoryJobStore, record_of
 from bot.storage.limit_store import LimitStorage
-from inference.protocol import (
-    CompareStepsRequest,
-    GenerateRequest,
-    JobFailed,
-    JobQueued,
-    JobResult,
-    JobStarted,
-    ModelUnavailable,
-    Request,
-)
+from inference.model_info import ModelUnavailable
+from inference.protocol import JobFailed, JobQueued, JobResult, JobStarted
+from inference.requests import CompareStepsRequest, GenerateRequest, Request
 from tests.bot.fakes import (
     COMPARE,
     FLUX,

@@ -14,7 +14,7 @@ from bot.limits.server import (
     LimitExceeded,
     ServerLimits,
 )
-from inference.protocol import Request
+from inference.requests import Request
 from tests.bot.fakes import REGISTRY
 
 SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]

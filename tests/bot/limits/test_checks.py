@@ -17,13 +17,7 @@ from bot.limits.server import (
     LimitExceeded,
     ServerLimits,
 )
-from inference.protocol import (
-    SCHEDULER_NAMES,
-    CompareStepsRequest,
-    GenerateRequest,
-    Request,
-    total_steps,
-)
+from inference.requests import SCHEDULER_NAMES, CompareStepsRequest, GenerateRequest, Request, total_steps
 from tests.bot.limits.shared import EVENING, SETTINGS, limits, prompts, refusal, sizes
 
 
@@ -300,7 +294,7 @@ def test_a_refusal_can_name_the_setting_another_way() -> None:
 
 
 def test_the_compute_cost_counts_the_steps_that_run_at_the_size_they_run() -> None:
-    from inference.protocol import GenerateRequest, HiresFix
+    from inference.requests import GenerateRequest, HiresFix
 
     png = b"\x89PNG\r\n\x1a\n"
     assert compute_cost(GenerateRequest("a fox", steps=30, width=512, height=512, image=png, strength=0.6)) == (
@@ -316,7 +310,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # the checks read only that there is an
 
 
 def test_a_strength_grid_with_too_many_cells_is_refused_naming_its_shape() -> None:
-    from inference.protocol import CompareStrengthRequest
+    from inference.requests import CompareStrengthRequest
 
     request = CompareStrengthRequest("a cat", strengths=(0.3, 0.5, 0.7, 0.9), steps=(10, 20), image=PNG)
 
@@ -329,7 +323,7 @@ def test_a_strength_grid_with_too_many_cells_is_refused_naming_its_shape() -> No
 
 
 def test_a_one_row_guidance_grid_over_the_cells_is_refused_naming_only_its_values() -> None:
-    from inference.protocol import CompareGuidanceRequest
+    from inference.requests import CompareGuidanceRequest
 
     request = CompareGuidanceRequest("a cat", guidances=(1.0, 3.0, 5.0, 7.5), steps=(20,))
 
@@ -339,7 +333,7 @@ def test_a_one_row_guidance_grid_over_the_cells_is_refused_naming_only_its_value
 
 
 def test_a_strength_grid_row_over_the_servers_steps_is_refused() -> None:
-    from inference.protocol import CompareStrengthRequest
+    from inference.requests import CompareStrengthRequest
 
     request = CompareStrengthRequest("a cat", strengths=(0.3, 0.6), steps=(20, 50), image=PNG)
 
@@ -347,7 +341,7 @@ def test_a_strength_grid_row_over_the_servers_steps_is_refused() -> None:
 
 
 def test_a_strength_grid_costs_only_the_steps_that_run_and_says_so() -> None:
-    from inference.protocol import CompareStrengthRequest
+    from inference.requests import CompareStrengthRequest
 
     # Of 30 steps at 0.3, 0.6 and 0.9: 9 + 18 + 27 = 54 steps run, not 90.
     request = CompareStrengthRequest("a cat", strengths=(0.3, 0.6, 0.9), steps=(30,), image=PNG)

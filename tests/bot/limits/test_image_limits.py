@@ -8,7 +8,7 @@ from bot.config import Settings
 from bot.limits.changes import validate_limit_changes
 from bot.limits.checks import check_image_input, check_input_pixels, check_request, check_sizes, size_ceiling
 from bot.limits.server import EffectiveLimits, InvalidLimit, LimitExceeded, ServerLimits
-from inference.protocol import GenerateRequest, HiresFix
+from inference.requests import GenerateRequest, HiresFix
 from tests.bot.limits.shared import SETTINGS, limits
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32

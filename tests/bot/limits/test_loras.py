@@ -9,7 +9,8 @@ import pytest
 from bot.config import Settings
 from bot.limits.changes import validate_limit_changes
 from bot.limits.server import EffectiveLimits, InvalidLimit, ServerLimits
-from inference.protocol import SCHEDULER_NAMES, GenerateRequest, LoraInfo
+from inference.model_info import LoraInfo
+from inference.requests import SCHEDULER_NAMES, GenerateRequest
 from tests.bot.fakes import SD15
 from tests.bot.limits.shared import SETTINGS, limits, refusal
 
@@ -61,7 +62,7 @@ def test_allowed_loras_are_the_operators_named_in_any_case_or_none() -> None:
 
 def test_lora_compare_gives_each_row_its_own_defaults_over_both_ladders() -> None:
     from bot.job_requests import RequestOptions, build_request
-    from inference.protocol import CompareStepsRequest, PlainRow
+    from inference.requests import CompareStepsRequest, PlainRow
 
     few = limits().request_defaults(WITH_LORAS, ["lightning"])
     options = RequestOptions("a fox", grid=True, lora="lightning", lora_compare=True, seed=1)
@@ -78,7 +79,7 @@ def test_lora_compare_gives_each_row_its_own_defaults_over_both_ladders() -> Non
 
 
 def test_a_lora_comparison_over_the_servers_cell_limit_is_refused_saying_it_has_two_rows() -> None:
-    from inference.protocol import CompareStepsRequest, PlainRow
+    from inference.requests import CompareStepsRequest, PlainRow
 
     request = CompareStepsRequest("a fox", steps=(1, 2, 4, 8), scheduler="Euler", guidance=0.0,
                                   loras=(("lightning", 1.0),), without_loras=PlainRow("Euler a", 7.5))  # fmt: skip

@@ -20,13 +20,8 @@ from bot.limits.server import (
     choose_model,
 )
 from bot.storage.models import GuildLimits
-from inference.protocol import (
-    SCHEDULER_NAMES,
-    CompareSchedulersRequest,
-    GenerateRequest,
-    ModelInfo,
-    ModelUnavailable,
-)
+from inference.model_info import ModelInfo, ModelUnavailable
+from inference.requests import SCHEDULER_NAMES, CompareSchedulersRequest, GenerateRequest
 from tests.bot.fakes import FLUX, SD15, TURBO
 from tests.bot.limits.shared import MODEL_SETTINGS, SETTINGS, limits, refusal
 

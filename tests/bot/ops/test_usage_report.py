@@ -24,7 +24,8 @@ from bot.ops.usage_report import (
 )
 from bot.pictures.render import CHART_COLOURS, CHART_SIZE
 from bot.storage.database import Database
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, JobFailed, Request
+from inference.protocol import JobFailed
+from inference.requests import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, Request
 from tests.bot.backends import Backend
 from tests.bot.fakes import FakeWallClock as FakeClock
 

@@ -13,7 +13,8 @@ import bot.pictures.grids
 from bot.pictures.grids import STRENGTH_LEGEND, render_grid, render_strength_grid, strength_caption, strength_summary
 from bot.pictures.render import cell_metrics
 from inference.parameters import PNG_KEY
-from inference.protocol import CompareStepsRequest, CompareStrengthRequest, GeneratedImage, img2img_steps
+from inference.protocol import GeneratedImage
+from inference.requests import CompareStepsRequest, CompareStrengthRequest, img2img_steps
 from tests.bot.fakes import png_of
 
 

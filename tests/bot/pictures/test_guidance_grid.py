@@ -17,7 +17,8 @@ from bot.pictures.guidance_grid import (
 )
 from bot.pictures.render import MARK, png_parameters
 from inference.parameters import infotext
-from inference.protocol import CompareGuidanceRequest, GeneratedImage
+from inference.protocol import GeneratedImage
+from inference.requests import CompareGuidanceRequest
 from tests.inference.settling_pictures import picture, png
 
 SIDE = 128

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot.pictures.remembered_rows import remembered_rows, settle_step
-from inference.protocol import (
+from inference.protocol import GeneratedImage
+from inference.requests import (
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
-    GeneratedImage,
     GenerateRequest,
     Request,
 )

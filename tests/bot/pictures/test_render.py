@@ -29,7 +29,8 @@ from bot.pictures.render import (
     steps_label,
     usage_chart_png,
 )
-from inference.protocol import CompareSchedulersRequest, CompareStepsRequest, GeneratedImage
+from inference.protocol import GeneratedImage
+from inference.requests import CompareSchedulersRequest, CompareStepsRequest
 from tests.a1111 import read_info_from_exif
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]

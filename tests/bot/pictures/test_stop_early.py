@@ -8,7 +8,8 @@ import io
 from PIL import Image
 
 from bot.pictures.stop_early import render_stop_early_grid, stopped_cells
-from inference.protocol import CompareStepsRequest, GeneratedImage
+from inference.protocol import GeneratedImage
+from inference.requests import CompareStepsRequest
 from tests.inference.settling_pictures import picture, png
 
 SIDE = 96

@@ -10,7 +10,7 @@ import discord
 import pytest
 
 from bot.replies.buttons import CUSTOM_ID_PATTERN, CellMenu, JobButton, cell_menu_id, custom_id, result_view
-from inference.protocol import (
+from inference.requests import (
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,

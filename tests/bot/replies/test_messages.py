@@ -24,8 +24,9 @@ from bot.replies.messages import (
 )
 from inference.imaging import encode_png
 from inference.parameters import image_infotext
-from inference.protocol import CompareSchedulersRequest, GeneratedImage, GenerateRequest, JobProgress, JobResult
+from inference.protocol import GeneratedImage, JobProgress, JobResult
 from inference.queues.eta import Eta
+from inference.requests import CompareSchedulersRequest, GenerateRequest
 from tests.a1111 import parse_generation_parameters, read_info_from_exif
 from tests.bot.fakes import COMPARE, IMAGINE, OWNER, custom_ids, noise_png, png_of, record_for, result_for
 
@@ -269,7 +270,7 @@ def test_a_scheduler_grid_result_says_where_each_row_settles_and_lists_its_rows(
 
 
 def test_a_strength_grid_result_says_what_ran_in_each_cell_and_carries_the_denoising_axis() -> None:
-    from inference.protocol import CompareStrengthRequest, img2img_steps
+    from inference.requests import CompareStrengthRequest, img2img_steps
 
     request = CompareStrengthRequest("a fox", strengths=(0.3, 0.6), steps=(10, 30), seed=5, width=256, height=256,
                                      image=png_of(256, 256))  # fmt: skip

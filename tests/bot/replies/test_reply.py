@@ -8,7 +8,7 @@ import discord
 
 from bot.replies.messages import MessageUpdate
 from bot.replies.reply import InteractionMessage, StoredInteractionMessage
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 from tests.bot.fakes import OWNER, FakeClient, FakeClock, FakeInteraction, Recorder, record_for
 
 UPDATE = MessageUpdate(content="step 3/20")

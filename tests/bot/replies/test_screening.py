@@ -11,7 +11,8 @@ from PIL import Image
 from bot.pictures.render import WITHHELD_BACKGROUND
 from bot.replies.messages import encode_result_files
 from bot.replies.screening import Screening
-from inference.protocol import CompareStepsRequest, SafetyVerdict
+from inference.protocol import SafetyVerdict
+from inference.requests import CompareStepsRequest
 from tests.bot.fakes import png_of, record_for, result_for
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 200, 20)]

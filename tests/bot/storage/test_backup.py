@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.storage.database import Database
 from bot.storage.lock import DatabaseInUse, database_lock
 from bot.storage.migrate import upgrade_database
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 
 
 def rows(path: Path) -> tuple[str, list[str]]:

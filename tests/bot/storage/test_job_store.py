@@ -9,14 +9,8 @@ import pytest
 
 from bot.storage.database import Database
 from bot.storage.job_store import DatabaseJobStore, JobRecord, JobStore, MemoryJobStore, record_of
-from inference.protocol import (
-    CompareSchedulersRequest,
-    CompareStepsRequest,
-    GenerateRequest,
-    JobFailed,
-    JobResult,
-    Request,
-)
+from inference.protocol import JobFailed, JobResult
+from inference.requests import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest, Request
 
 # Every field away from its default, so that a field the store drops or mangles shows.
 IMAGINE = GenerateRequest(

@@ -10,14 +10,8 @@ import pytest
 from bot.config import Settings
 from bot.storage.database import Database
 from bot.storage.ledger import LedgerJobMissing
-from inference.protocol import (
-    CompareSchedulersRequest,
-    CompareStepsRequest,
-    GeneratedImage,
-    GenerateRequest,
-    JobFailed,
-    JobResult,
-)
+from inference.protocol import GeneratedImage, JobFailed, JobResult
+from inference.requests import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest
 from tests.bot.backends import Backend
 from tests.bot.fakes import ALICE, BOB, CHANNEL, GUILD, OTHER_GUILD, all_jobs, record
 from tests.bot.fakes import FakeWallClock as FakeClock
@@ -344,7 +338,7 @@ def _png(width: int, height: int) -> bytes:
 async def test_each_job_records_its_kind_and_its_input_images_size_and_sha256(db: Database) -> None:
     import hashlib
 
-    from inference.protocol import HiresFix
+    from inference.requests import HiresFix
 
     png = _png(320, 256)
     requests = {

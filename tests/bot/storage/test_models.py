@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bot.storage.models import command_of, params_to_request, request_to_params
-from inference.protocol import (
+from inference.requests import (
     CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
@@ -82,7 +82,7 @@ def test_a_requests_loras_survive_the_json_the_ledger_stores() -> None:
 
 
 def test_a_strength_grid_is_its_own_command_and_comes_back_with_its_input_image() -> None:
-    from inference.protocol import CompareStrengthRequest
+    from inference.requests import CompareStrengthRequest
 
     image = b"\x89PNG\r\n\x1a\nstand-in"
     request = CompareStrengthRequest(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from bot.storage.database import Database
 from bot.storage.sweet_spots import SettledRow, SweetSpot, sweet_spot
-from inference.protocol import CompareSchedulersRequest
+from inference.requests import CompareSchedulersRequest
 from tests.bot.fakes import ALICE, CHANNEL, GUILD, OTHER_GUILD
 
 LADDER = (5, 10, 20, 30, 40)

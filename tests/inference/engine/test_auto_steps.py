@@ -12,7 +12,7 @@ from PIL import Image
 
 from inference.engine.lanes import Lane
 from inference.parameters import PNG_KEY
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone
 

@@ -9,7 +9,7 @@ import torch
 
 from inference.engine.batch_steps import KINDS, plan_for
 from inference.models.loading import LoadedModel
-from inference.protocol import SCHEDULER_NAMES, CompareStepsRequest, GenerateRequest, Request
+from inference.requests import SCHEDULER_NAMES, CompareStepsRequest, GenerateRequest, Request
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine

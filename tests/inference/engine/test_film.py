@@ -12,7 +12,7 @@ from PIL import Image
 
 from inference.engine.film import predicted_clean
 from inference.models.loading import LoadedModel
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 from tests.a1111 import parse_generation_parameters
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine

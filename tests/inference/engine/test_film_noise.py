@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inference.engine.film import step_noise_levels
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine
 

@@ -8,7 +8,7 @@ import pytest
 
 from bot.pictures.render import png_parameters
 from inference.models.loading import LoadedModel
-from inference.protocol import CompareGuidanceRequest, GenerateRequest
+from inference.requests import CompareGuidanceRequest, GenerateRequest
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone
 

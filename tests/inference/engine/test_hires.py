@@ -15,7 +15,7 @@ from PIL import Image
 
 from inference.models.loading import LoadedModel
 from inference.parameters import PNG_KEY
-from inference.protocol import GenerateRequest, HiresFix, img2img_steps
+from inference.requests import GenerateRequest, HiresFix, img2img_steps
 from inference.schedulers import make_scheduler
 from tests.a1111 import parse_generation_parameters
 from tests.inference.conftest import LoadTestModel

@@ -13,7 +13,7 @@ import torch
 from inference.engine.lanes import EngineJob, Lane
 from inference.families import Conditioning
 from inference.models.loading import LoadedModel
-from inference.protocol import CompareStepsRequest, GenerateRequest, HiresFix, Request
+from inference.requests import CompareStepsRequest, GenerateRequest, HiresFix, Request
 
 MODEL = cast(LoadedModel, SimpleNamespace(name="tiny", family=SimpleNamespace(flow=False)))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.pictures.render import png_parameters
-from inference.protocol import CompareStepsRequest, GenerateRequest
+from inference.requests import CompareStepsRequest, GenerateRequest
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.protocol import CompareStepsRequest, GenerateRequest
+from inference.requests import CompareStepsRequest, GenerateRequest
 from tests.inference.conftest import LoadTestModel
 from tests.inference.lanes import RecordingEngine, relative_error
 

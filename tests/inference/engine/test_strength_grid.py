@@ -10,7 +10,7 @@ from PIL import Image
 
 from inference.models.loading import LoadedModel
 from inference.parameters import PNG_KEY
-from inference.protocol import CompareStrengthRequest, GenerateRequest, img2img_steps
+from inference.requests import CompareStrengthRequest, GenerateRequest, img2img_steps
 from tests.a1111 import parse_generation_parameters
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import input_png

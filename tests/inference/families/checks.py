@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from inference.models.loading import LoadedModel
-from inference.protocol import CompareStepsRequest, GenerateRequest, Request
+from inference.requests import CompareStepsRequest, GenerateRequest, Request
 from inference.schedulers import Scheduler
 from tests.inference.lanes import RecordingEngine, relative_error, run_alone
 

@@ -11,8 +11,9 @@ import pytest
 from diffusers import FlowMatchHeunDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
+from inference.model_info import GUIDANCE_IGNORED, GUIDANCE_INPUT
 from inference.models.loading import LoadedModel
-from inference.protocol import GUIDANCE_IGNORED, GUIDANCE_INPUT, GenerateRequest
+from inference.requests import GenerateRequest
 from inference.schedulers import FLOW_SCHEDULERS, make_scheduler
 from inference.validation import validate_for_model
 from tests.inference.conftest import LoadTestModel
@@ -100,7 +101,7 @@ def test_schnell_and_dev_are_told_apart_by_the_transformer_config(schnell: Loade
 
 
 def test_a_scheduler_or_size_flux_cant_do_is_refused_with_what_it_can(schnell: LoadedModel) -> None:
-    from inference.protocol import InvalidRequest
+    from inference.requests import InvalidRequest
 
     with pytest.raises(InvalidRequest, match=r"can't run the scheduler 'DDIM'; choose one of: Euler, Heun, "):
         validate_for_model(GenerateRequest("fox", scheduler="DDIM"), schnell.info)

@@ -16,7 +16,8 @@ from diffusers import (
 )
 
 from inference.models.loading import LoadedModel
-from inference.protocol import CompareStepsRequest, GenerateRequest, JobResult, img2img_steps
+from inference.protocol import JobResult
+from inference.requests import CompareStepsRequest, GenerateRequest, img2img_steps
 from inference.schedulers import make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (
@@ -150,7 +151,7 @@ def test_a_compare_steps_grid_can_start_every_cell_from_an_image(models: dict[st
 
 
 def test_an_unreadable_input_image_is_refused_before_any_lane_is_made(models: dict[str, LoadedModel]) -> None:
-    from inference.engine.lane_engine import UnreadableImage
+    from inference.engine.input_image import UnreadableImage
 
     model = models["tiny"]
     engine = RecordingEngine(model)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from inference.families import family_for
+from inference.model_info import GUIDANCE_INPUT
 from inference.models.loading import LoadedModel
-from inference.protocol import DEFAULT_COMPARE_STEPS, GUIDANCE_INPUT, SCHEDULER_NAMES, GenerateRequest
 from inference.registry import ModelSpec
+from inference.requests import DEFAULT_COMPARE_STEPS, SCHEDULER_NAMES, GenerateRequest
 from inference.schedulers import TCD_ETA, make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (

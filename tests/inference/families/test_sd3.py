@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from inference.model_info import GUIDANCE_CFG
 from inference.models.loading import LoadedModel
-from inference.protocol import GUIDANCE_CFG, GenerateRequest
+from inference.requests import GenerateRequest
 from inference.schedulers import FLOW_SCHEDULERS, make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (

@@ -8,9 +8,10 @@ import dataclasses
 import pytest
 
 from inference.families import family_for
+from inference.model_info import GUIDANCE_CFG
 from inference.models.loading import LoadedModel
-from inference.protocol import GUIDANCE_CFG, GenerateRequest
 from inference.registry import ModelSpec
+from inference.requests import GenerateRequest
 from inference.schedulers import TCD_ETA, make_scheduler
 from tests.inference.conftest import LoadTestModel
 from tests.inference.families.checks import (

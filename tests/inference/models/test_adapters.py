@@ -17,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
+from inference.model_info import UnknownLora
 from inference.models.adapters import Adapters, adapter_key
 from inference.models.loading import LoadedModel, load_model
-from inference.protocol import CompareStepsRequest, GenerateRequest, InvalidRequest, PlainRow, UnknownLora, row_requests
 from inference.registry import LoraSpec, ModelSpec
+from inference.requests import CompareStepsRequest, GenerateRequest, InvalidRequest, PlainRow, row_requests
 from inference.schedulers import make_scheduler
 from inference.validation import validate, validate_for_model
 from tests.a1111 import parse_generation_parameters

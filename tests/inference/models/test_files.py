@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from inference.model_info import GUIDANCE_IGNORED
 from inference.models.files import info_before_loading, infos_before_loading
 from inference.models.loading import load_model
 from inference.models.test_models import ensure_test_model
-from inference.protocol import GUIDANCE_IGNORED
 from inference.registry import ModelSpec
 from tests.inference.config_folders import FLUX_SCHNELL, SD15, config_only_folder
 

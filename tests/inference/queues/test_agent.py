@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from inference.protocol import GenerateRequest, JobEvent, JobFailed, JobProgress, JobResult, JobStarted, WorkerConfig
+from inference.protocol import JobEvent, JobFailed, JobProgress, JobResult, JobStarted, WorkerConfig
 from inference.queues.wire import GROUP, UNREADABLE_JOB_MESSAGE, Keys, dumps, loads
+from inference.requests import GenerateRequest
 from tests.inference.crashy_worker import crashy_worker_main
 from tests.inference.redis_backends import collect, redis_queue, started_agent, started_bot, until
 from tests.redis_server import RedisServer, fresh_keys

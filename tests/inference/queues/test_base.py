@@ -17,18 +17,10 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from inference.protocol import (
-    CompareStepsRequest,
-    GenerateRequest,
-    JobEvent,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    JobStarted,
-    WorkerConfig,
-)
+from inference.protocol import JobEvent, JobFailed, JobProgress, JobResult, JobStarted, WorkerConfig
 from inference.queues.base import QueueFull
 from inference.queues.local import LocalJobQueue
+from inference.requests import CompareStepsRequest, GenerateRequest
 from tests.inference.crashy_worker import crashy_worker_main
 from tests.inference.redis_backends import BACKENDS, Backend, started_backend
 from tests.redis_server import RedisServer

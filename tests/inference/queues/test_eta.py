@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from inference.protocol import GenerateRequest, JobProgress, JobQueued, JobResult, StepRate, WorkerConfig
+from inference.protocol import JobProgress, JobQueued, JobResult, StepRate, WorkerConfig
 from inference.queues.base import FairJobQueue, QueuedJob
 from inference.queues.eta import RateBook, Work, calls_left, forecast, rounded_seconds
 from inference.queues.local import LocalJobQueue
+from inference.requests import GenerateRequest
 from tests.workers import started_queue
 
 

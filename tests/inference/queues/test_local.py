@@ -15,20 +15,10 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from inference.protocol import (
-    FEW_STEP_SCHEDULERS,
-    SCHEDULER_NAMES,
-    GenerateRequest,
-    JobEvent,
-    JobFailed,
-    JobProgress,
-    JobQueued,
-    JobResult,
-    JobStarted,
-    WorkerConfig,
-)
+from inference.protocol import JobEvent, JobFailed, JobProgress, JobQueued, JobResult, JobStarted, WorkerConfig
 from inference.queues.base import ModelsUnavailable, QueueFull, WorkerUnavailable
 from inference.queues.local import LocalJobQueue
+from inference.requests import FEW_STEP_SCHEDULERS, SCHEDULER_NAMES, GenerateRequest
 from tests.inference.crashy_worker import crashy_worker_main, dying_worker_main
 from tests.workers import started_queue
 

@@ -17,16 +17,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from inference.protocol import (
-    GenerateRequest,
-    InvalidRequest,
-    JobEvent,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    JobStarted,
-    WorkerConfig,
-)
+from inference.protocol import JobEvent, JobFailed, JobProgress, JobResult, JobStarted, WorkerConfig
 from inference.queues.base import QueuedJob
 from inference.queues.redis import RedisJobQueue
 from inference.queues.wire import (
@@ -34,6 +25,7 @@ from inference.queues.wire import (
     UNREADABLE_RESULT_MESSAGE,
     dumps,
 )
+from inference.requests import GenerateRequest, InvalidRequest
 from tests.inference.redis_backends import collect, redis_queue, started_agent, started_bot, until
 from tests.redis_server import RedisServer, fresh_keys
 

@@ -14,18 +14,10 @@ import struct
 
 import pytest
 
-from inference.protocol import (
-    CompareSchedulersRequest,
-    CompareStepsRequest,
-    GeneratedImage,
-    GenerateRequest,
-    JobFailed,
-    JobProgress,
-    JobResult,
-    ModelInfo,
-    WorkerConfig,
-)
+from inference.model_info import ModelInfo
+from inference.protocol import GeneratedImage, JobFailed, JobProgress, JobResult, WorkerConfig
 from inference.queues.wire import UnknownWireType, WireError, dumps, loads
+from inference.requests import CompareSchedulersRequest, CompareStepsRequest, GenerateRequest
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 
@@ -94,8 +86,8 @@ def test_pickles_are_refused_whatever_they_hold(data: bytes) -> None:
         {"w": "math", "f": {}},
         {"w": "os.system", "f": {}},
         {"w": "__class__", "f": {}},
-        {"w": "InvalidRequest", "f": {}},  # in inference.protocol, but an exception, not a wire dataclass
-        {"w": "registry", "f": {}},  # a module inference.protocol imports
+        {"w": "InvalidRequest", "f": {}},  # in inference.requests, but an exception, not a wire dataclass
+        {"w": "registry", "f": {}},  # a module inference.requests imports
         {"w": "UpscaleRequest", "f": {"prompt": "fox"}},  # a newer bot's request type
         {"w": "GenerateRequest", "f": {"prompt": "fox", "__class__": "x"}},
         {"w": "GenerateRequest", "f": {"prompt": "fox", "mask_blur": 4}},  # a newer bot's field

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from bot.chat.client import Stepgrid
 from bot.chat.cogs.compare import CompareSteps
-from inference.protocol import CompareStepsRequest
+from inference.requests import CompareStepsRequest
 from tests.bot.fakes import harness_with_counting_policy
 
 

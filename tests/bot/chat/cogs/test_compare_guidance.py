@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from bot.chat.client import Stepgrid
 from bot.chat.cogs.compare_guidance import CompareGuidance
-from inference.protocol import CompareGuidanceRequest
+from inference.requests import CompareGuidanceRequest
 from tests.bot.fakes import harness_with_counting_policy
 
 

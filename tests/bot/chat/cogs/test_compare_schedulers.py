@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from bot.chat.client import Stepgrid
 from bot.chat.cogs.compare_schedulers import CompareSchedulers
-from inference.protocol import CompareSchedulersRequest
+from inference.requests import CompareSchedulersRequest
 from tests.bot.fakes import harness_with_counting_policy
 
 

@@ -10,7 +10,7 @@ import discord
 
 from bot.chat.client import Stepgrid
 from bot.chat.cogs.compare_strength import CompareStrength
-from inference.protocol import CompareStrengthRequest
+from inference.requests import CompareStrengthRequest
 from tests.bot.fakes import harness_with_counting_policy, png_of
 
 

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from bot.chat.client import Stepgrid
 from bot.chat.cogs.imagine import Imagine
-from inference.protocol import GenerateRequest
+from inference.requests import GenerateRequest
 from tests.bot.fakes import harness_with_counting_policy
 
 
