@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
 from inference.model_info import ModelInfo, ModelUnavailable
@@ -36,19 +38,34 @@ log = logging.getLogger(__name__)
 MAX_STARTUP_CRASHES = 3
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT while a worker starts: the ignored disposition survives its exec, and Python then
-    installs no KeyboardInterrupt handler in it. Ctrl-C in a terminal signals the whole process group;
-    the bot (or CLI) stops its worker itself, instead of the worker dying mid-job with a traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+# The worker's imports (torch, diffusers, transformers: ~15 s of CPU) happen once, in a fork server that forks each
+# worker from then on: a worker restarted after a crash or a hang starts in a fork, not a fresh interpreter. The
+# server never touches the GPU (importing torch doesn't initialise CUDA), so its children may, as with spawn.
+PRELOAD = "inference.worker_preload"
+
+
+def _worker_context() -> ForkServerContext:
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([PRELOAD])  # read when this process's fork server starts, with its first worker
+    return context
+
+
+def run_worker(
+    target: Callable[[Connection, WorkerConfig], None],
+    environ: dict[str, str],
+    cwd: str,
+    conn: Connection,
+    config: WorkerConfig,
+) -> None:
+    """A worker process's entry point. It is forked from the fork server, which was started with the bot's first
+    worker: take the bot's environment and folder as of this start (a spawned process would have inherited them),
+    and ignore SIGINT: Ctrl-C in a terminal signals the whole process group, and the bot (or CLI) stops its worker
+    itself, instead of the worker dying mid-job with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    target(conn, config)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -282,7 +299,7 @@ class LocalJobQueue(FairJobQueue):
 
     async def _supervise(self) -> None:
         while not self._closing:
-            self._spawn()
+            await self._spawn()
             watchdog = asyncio.create_task(self._watch_for_hang())
             try:
                 await self._exited.wait()
@@ -314,16 +331,31 @@ class LocalJobQueue(FairJobQueue):
             )  # fmt: skip
             await asyncio.sleep(delay)
 
-    def _spawn(self) -> None:
-        context = mp.get_context("spawn")
+    async def _spawn(self) -> None:
+        context = _worker_context()
         parent_conn, child_conn = context.Pipe(duplex=True)
         self._generation += 1
         self._ready.clear()
         self._exited.clear()
-        process = context.Process(target=self._target, args=(child_conn, self.config), name="stepgrid-worker")
-        with _sigint_ignored():
-            process.start()
-        child_conn.close()  # so that the worker's death reads as EOF here
+        process = context.Process(
+            target=run_worker,
+            args=(self._target, dict(os.environ), os.getcwd(), child_conn, self.config),
+            name="stepgrid-worker",
+        )
+        # The first start waits while the fork server imports the worker's libraries: off the event loop.
+        starting = asyncio.ensure_future(asyncio.to_thread(process.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:  # closed while starting: no worker is left behind
+            with contextlib.suppress(Exception):
+                await starting
+            if process.pid is not None:
+                process.kill()
+                await asyncio.to_thread(process.join, 5)
+            parent_conn.close()
+            raise
+        finally:
+            child_conn.close()  # so that the worker's death reads as EOF here
         self._process, self._conn = process, parent_conn
         threading.Thread(
             target=self._read_pipe, args=(parent_conn, self._generation), name="stepgrid-pipe", daemon=True

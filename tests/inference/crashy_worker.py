@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 
-from inference.protocol import WorkerConfig
+from inference.protocol import WorkerConfig, WorkerFailed
 from inference.requests import Request
 from inference.worker import worker_main
 
@@ -42,3 +44,16 @@ def crashy_worker_main(conn: Connection, config: WorkerConfig) -> None:
 def dying_worker_main(conn: Connection, config: WorkerConfig) -> None:
     """A worker that dies before it is ever ready, as a broken CUDA install would."""
     os._exit(3)
+
+
+def telling_worker_main(conn: Connection, config: WorkerConfig) -> None:
+    """A worker that loads nothing and says, as why, what it started with: STEPGRID_TEST_PROBE, its folder,
+    whether SIGINT is ignored, whether torch was already imported, and its parent's pid."""
+    told = {
+        "probe": os.environ.get("STEPGRID_TEST_PROBE"),
+        "cwd": os.getcwd(),
+        "sigint_ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+        "torch_imported": "torch" in sys.modules,
+        "parent": os.getppid(),
+    }
+    conn.send(WorkerFailed(json.dumps(told)))

@@ -4,6 +4,7 @@ a model that can't load gets (no pipeline, a single-file checkpoint, a variant i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,14 +47,27 @@ def test_registry_defaults_override_the_familys(model_cache_dir: Path) -> None:
     assert (info.compare_steps, info.max_steps) == ((2, 4, 8), 12)
 
 
-def test_an_unsupported_pipeline_is_refused_with_the_families_stepgrid_runs(tmp_path: Path) -> None:
-    # An SDXL refiner folder: refused from its model_index.json, before diffusers loads any weight.
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+@pytest.mark.parametrize("pipeline", ["StableDiffusionXLImg2ImgPipeline", "NoSuchPipeline"])
+def test_an_unsupported_pipeline_is_refused_with_the_families_stepgrid_runs(tmp_path: Path, pipeline: str) -> None:
+    # An SDXL refiner folder, or a class diffusers lacks: refused from its model_index.json, before diffusers
+    # loads any weight.
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
     with pytest.raises(ModelLoadError) as error:
         load_model(str(tmp_path), cache_dir=tmp_path)
-    assert str(error.value).startswith(
-        f"Model '{tmp_path}' is a StableDiffusionXLImg2ImgPipeline; Stepgrid runs StableDiffusionPipeline, "
-    )
+    assert str(error.value).startswith(f"Model '{tmp_path}' is a {pipeline}; Stepgrid runs StableDiffusionPipeline, ")
+    assert str(error.value).endswith("give one of those (--model, STEPGRID_MODEL or a registry source).")
+
+
+def test_a_folder_missing_a_weights_file_says_to_save_or_download_it_again(
+    model_cache_dir: Path, tmp_path: Path
+) -> None:
+    folder = shutil.copytree(ensure_test_model("tiny", model_cache_dir), tmp_path / "no-weights")
+    (folder / "unet/diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(folder), cache_dir=model_cache_dir)
+    message = str(error.value)
+    assert f"Could not load model '{folder}' (Error no file named diffusion_pytorch_model.bin found" in message
+    assert "Save or download that folder again, whole, or give a hub id" in message and "\n" not in message
 
 
 def test_a_folder_without_model_index_json_is_told_to_be_no_pipeline_folder(tmp_path: Path) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from inference.protocol import JobEvent, JobFailed, JobProgress, JobQueued, JobR
 from inference.queues.base import ModelsUnavailable, QueueFull, WorkerUnavailable
 from inference.queues.local import LocalJobQueue
 from inference.requests import FEW_STEP_SCHEDULERS, SCHEDULER_NAMES, GenerateRequest
-from tests.inference.crashy_worker import crashy_worker_main, dying_worker_main
+from tests.inference.crashy_worker import crashy_worker_main, dying_worker_main, telling_worker_main
 from tests.workers import started_queue
 
 pytestmark = pytest.mark.slow
@@ -204,3 +206,28 @@ async def test_a_worker_that_keeps_dying_while_loading_is_given_up_with_a_clear_
     assert queue.restarts == 2
     [worker] = queue.workers()
     assert worker.state == "failed" and "exited 3 times" in worker.detail
+
+
+@pytest.mark.asyncio
+async def test_each_worker_is_forked_from_one_server_that_imported_torch_and_runs_with_the_bots_environment(
+    tiny_config: WorkerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The libraries are imported once, by the fork server; yet each worker starts with the environment and
+    folder the bot had when it started that worker (as a spawned one would), and Ctrl-C left to the bot."""
+    told = []
+    for start in ("first", "second"):
+        folder = tmp_path / start
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        monkeypatch.setenv("STEPGRID_TEST_PROBE", start)
+        queue = LocalJobQueue(tiny_config, worker_target=telling_worker_main)
+        await queue.start()
+        try:
+            with pytest.raises(ModelsUnavailable) as said:
+                await queue.wait_ready()
+        finally:
+            await queue.close()
+        told.append(json.loads(str(said.value)))
+    assert [(t["probe"], Path(t["cwd"])) for t in told] == [(s, (tmp_path / s).resolve()) for s in ("first", "second")]
+    assert all(t["sigint_ignored"] and t["torch_imported"] for t in told), told
+    assert told[0]["parent"] == told[1]["parent"] != os.getpid(), "both forked by the same server"
