@@ -97,9 +97,6 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> JobRecord | None:
         """The stored job, or None if unknown."""
 
-    async def set_message(self, job_id: str, message_id: int) -> None:
-        """Remember the message (the deferred interaction response) that shows the job."""
-
     async def set_request(self, job_id: str, request: Request, *, steps_note: str = "") -> None:
         """The job is built for its model: `request` replaces the provisional one, and its options are dropped;
         `steps_note` says where its steps came from."""
@@ -142,9 +139,6 @@ class MemoryJobStore:
 
     async def get(self, job_id: str) -> JobRecord | None:
         return self.jobs.get(job_id)
-
-    async def set_message(self, job_id: str, message_id: int) -> None:
-        self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], message_id=message_id)
 
     async def set_request(self, job_id: str, request: Request, *, steps_note: str = "") -> None:
         self.jobs[job_id] = dataclasses.replace(self.jobs[job_id], request=request, options=None, steps_note=steps_note)
@@ -202,9 +196,6 @@ class DatabaseJobStore:
         if row is None:
             return None
         return record_of(row, self.database.inputs)
-
-    async def set_message(self, job_id: str, message_id: int) -> None:
-        await self.database.ledger.set_message(job_id, message_id=message_id)
 
     async def set_request(self, job_id: str, request: Request, *, steps_note: str = "") -> None:
         await self.database.ledger.set_request(job_id, request, steps_note=steps_note)

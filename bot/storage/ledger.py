@@ -325,27 +325,6 @@ class Ledger:
             return await self._finish(job_id, JobStatus.CANCELLED, **figures)
         return await self._finish(job_id, JobStatus.FAILED, error=outcome.message, **figures)
 
-    async def set_message(
-        self,
-        job_id: str,
-        *,
-        message_id: int | None,
-        channel_id: int | None = None,
-        interaction_token: str | None = None,
-        application_id: int | None = None,
-    ) -> None:
-        """Remember the message that shows this job (and a newer interaction to answer through)."""
-
-        def change(job: JobRow) -> None:
-            job.message_id = message_id
-            job.message_channel_id = channel_id if channel_id is not None else job.channel_id
-            if interaction_token is not None:
-                job.interaction_token = interaction_token
-            if application_id is not None:
-                job.application_id = application_id
-
-        await self._update(job_id, change)
-
     async def get_job(self, job_id: str) -> JobRow | None:
         """The job with that id, or None."""
         async with self.database.sessions() as session:

@@ -560,7 +560,13 @@ def plain_settings() -> Settings:
 
 
 async def record(
-    db: Database, *, user: int = ALICE, guild: int | None = GUILD, steps: int = 30, count: int = 1
+    db: Database,
+    *,
+    user: int = ALICE,
+    guild: int | None = GUILD,
+    steps: int = 30,
+    count: int = 1,
+    message_id: int | None = None,
 ) -> JobRow:
     """An /imagine job accepted into the ledger, with the interaction a restarted bot would answer through."""
     return await db.ledger.record_job(
@@ -570,6 +576,7 @@ async def record(
         guild_id=guild,
         application_id=42,
         interaction_token="token-abc",
+        message_id=message_id,
     )
 
 

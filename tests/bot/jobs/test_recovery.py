@@ -24,9 +24,13 @@ from tests.bot.fakes import FakeClient, FakeWallClock, Harness, Recorder, Record
 CHANNEL, GUILD, ALICE = 500, 1000, 11
 
 
-async def leftover(db: Database, *, steps: int = 20, running: bool = False) -> JobRow:
+async def leftover(db: Database, *, steps: int = 20, running: bool = False, message_id: int | None = None) -> JobRow:
     job = await db.ledger.record_job(
-        GenerateRequest("a lighthouse", steps=steps), user_id=ALICE, channel_id=CHANNEL, guild_id=GUILD
+        GenerateRequest("a lighthouse", steps=steps),
+        user_id=ALICE,
+        channel_id=CHANNEL,
+        guild_id=GUILD,
+        message_id=message_id,
     )
     if running:
         await db.ledger.mark_running(job.id)
@@ -141,8 +145,7 @@ async def test_a_resumed_request_the_checks_now_refuse_is_answered_as_failed() -
 
 async def delivering(db: Database) -> JobRow:
     """A job whose result was being uploaded when the bot died: its message id and figures are recorded."""
-    job = await leftover(db, running=True)
-    await db.ledger.set_message(job.id, message_id=777, channel_id=CHANNEL)
+    job = await leftover(db, running=True, message_id=777)
     await db.ledger.mark_delivering(job.id, JobResult(job.id, (), gpu_seconds=1.0))
     stored = await db.ledger.get_job(job.id)
     assert stored is not None
@@ -170,8 +173,7 @@ async def test_a_job_whose_result_is_not_on_its_message_runs_again(db: Database,
 
 async def test_a_queued_job_whose_result_is_on_its_message_is_recorded_done_not_run_again(db: Database) -> None:
     # A database restored from a backup holds jobs as queued that were answered after the backup.
-    job = await leftover(db)
-    await db.ledger.set_message(job.id, message_id=777, channel_id=CHANNEL)
+    job = await leftover(db, message_id=777)
     jobs = RecordingJobs(delivered=True)
     recovered = await recover(db, jobs)
     assert jobs.looked_at == [job.id] and recovered.delivered == (job.id,) and jobs.resumed == []

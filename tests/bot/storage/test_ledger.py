@@ -43,8 +43,7 @@ async def test_a_recorded_job_rebuilds_its_exact_request(db: Database) -> None:
 
 
 async def test_a_job_row_holds_what_a_restarted_bot_needs_to_answer(db: Database, clock: FakeClock) -> None:
-    job = await record(db, count=2, steps=20)
-    await db.ledger.set_message(job.id, message_id=777, channel_id=CHANNEL)
+    job = await record(db, count=2, steps=20, message_id=777)
 
     stored = await db.ledger.get_job(job.id)
     assert stored is not None
