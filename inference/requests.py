@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import KW_ONLY, dataclass, field
+from typing import ClassVar, get_args
 
 from inference import registry
 
@@ -106,6 +107,7 @@ class ImageRequestBase:
     """What every request carries besides its steps, schedulers, guidance and strength: the prompt
     (positional), then by keyword the seed, size, negative prompt, model, LoRAs and input image."""
 
+    command: ClassVar[str]  # the command that asks for it ("imagine", "compare-steps"): the ledger's name for it
     prompt: str
     _: KW_ONLY
     seed: int = 0
@@ -132,6 +134,7 @@ class ImageRequestBase:
 class GenerateRequest(ImageRequestBase):
     """One `/imagine`: `count` images, image i seeded with `seed + i`."""
 
+    command: ClassVar[str] = "imagine"
     steps: int = 30
     scheduler: str = DEFAULT_SCHEDULER
     guidance: float = DEFAULT_GUIDANCE
@@ -184,6 +187,7 @@ class CompareStepsRequest(ImageRequestBase):
     """One `/compare-steps`: the same prompt and seed rendered once per step count. With `without_loras`
     (a LoRA comparison) two rows of those step counts: first without the LoRAs, then with them."""
 
+    command: ClassVar[str] = "compare-steps"
     steps: tuple[int, ...] = DEFAULT_COMPARE_STEPS
     scheduler: str = DEFAULT_SCHEDULER
     guidance: float = DEFAULT_GUIDANCE
@@ -227,6 +231,7 @@ class CompareSchedulersRequest(ImageRequestBase):
     """One `/compare-schedulers`: the same prompt and seed as a grid of rows = schedulers and
     columns = step counts; its lanes run row by row (every step count of the first scheduler first)."""
 
+    command: ClassVar[str] = "compare-schedulers"
     schedulers: tuple[str, ...] = DEFAULT_GRID_SCHEDULERS
     steps: tuple[int, ...] = (5, 20, 50)
     guidance: float = DEFAULT_GUIDANCE
@@ -252,6 +257,7 @@ class CompareStrengthRequest(ImageRequestBase):
     (rows); its lanes run row by row (every strength of the first step count first). Every lane is
     img2img, so the image is required."""
 
+    command: ClassVar[str] = "compare-strength"
     strengths: tuple[float, ...] = DEFAULT_COMPARE_STRENGTHS
     steps: tuple[int, ...] = (30,)  # the rows: each a schedule of that many steps
     scheduler: str = DEFAULT_SCHEDULER
@@ -276,6 +282,7 @@ class CompareGuidanceRequest(ImageRequestBase):
     rows = step counts (one row by default); its lanes run row by row (every guidance of the first
     step count first). On FLUX-dev the values are its distilled guidance (an input of the model)."""
 
+    command: ClassVar[str] = "compare-guidance"
     guidances: tuple[float, ...] = DEFAULT_COMPARE_GUIDANCE
     steps: tuple[int, ...] = (30,)
     scheduler: str = DEFAULT_SCHEDULER
@@ -303,6 +310,8 @@ Request = (
     GenerateRequest | CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest
 )
 GridRequest = CompareStepsRequest | CompareSchedulersRequest
+ComparisonRequest = CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest
+REQUEST_TYPES: tuple[type[Request], ...] = get_args(Request)
 
 
 def lane_strengths(request: Request) -> tuple[float, ...]:

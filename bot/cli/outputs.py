@@ -12,13 +12,11 @@ from collections.abc import Collection
 from pathlib import Path
 
 from bot.errors import InvalidOption
-from inference.parameters import grid_infotext, strength_grid_infotext
 from inference.protocol import JobResult
 from inference.requests import (
-    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
-    CompareStrengthRequest,
+    ComparisonRequest,
     GenerateRequest,
     Request,
 )
@@ -116,15 +114,10 @@ def output_paths(request: Request, output: Path, film: Path | None = None) -> li
     return [output] if film is None or not request.film else [output, film]
 
 
-def _grid_png(
-    request: CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest,
-    result: JobResult,
-    device: str | None,
-) -> bytes:
+def _grid_png(request: ComparisonRequest, result: JobResult, device: str | None) -> bytes:
     """A grid request's labelled PNG, titled with the prompt and the facts every cell shares."""
-    from bot.pictures.grids import cell_lora_hashes, render_grid, render_strength_grid
-    from bot.pictures.guidance_grid import render_guidance_result
-    from bot.pictures.stop_early import render_stop_early_grid
+    from bot.pictures.comparison import render_comparison
+    from bot.pictures.grids import cell_lora_hashes
 
     rows_named = isinstance(request, CompareSchedulersRequest) or (
         isinstance(request, CompareStepsRequest) and request.without_loras is not None
@@ -134,15 +127,10 @@ def _grid_png(
     facts = f"{result.model}{scheduler} · " + (f"{seeds} seeds" if seeds > 1 else f"seed {request.seed}")
     if result.is_test_model:
         facts += f" · {TEST_MODEL_NOTE}"
-    if isinstance(request, CompareStrengthRequest):
-        parameters = strength_grid_infotext(request, model=result.model)
-        return render_strength_grid(request, result.images, facts=facts, device=device, parameters=parameters).png
-    if isinstance(request, CompareGuidanceRequest):
-        return render_guidance_result(request, result.images, model=result.model, facts=facts, device=device).png
-    if isinstance(request, CompareStepsRequest) and request.stop_early:
-        return render_stop_early_grid(request, result.images, model=result.model, facts=facts, device=device).png
-    parameters = grid_infotext(request, model=result.model, lora_hashes=cell_lora_hashes(result.images))
-    return render_grid(request, result.images, facts=facts, device=device, parameters=parameters).png
+    hashes = cell_lora_hashes(result.images)
+    return render_comparison(
+        request, result.images, model=result.model, lora_hashes=hashes, facts=facts, device=device
+    ).png
 
 
 def write_file(path: Path, data: bytes) -> None:

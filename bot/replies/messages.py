@@ -15,24 +15,22 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.formatting import counted, eta_words
+from bot.pictures.comparison import render_comparison
 from bot.pictures.film import downscale_note, film_animation, source_note
-from bot.pictures.grids import Grid, cell_lora_hashes, render_grid, render_strength_grid
-from bot.pictures.guidance_grid import render_guidance_result
+from bot.pictures.grids import cell_lora_hashes
 from bot.pictures.render import fit_attachment, png_parameters
-from bot.pictures.stop_early import render_stop_early_grid
 from bot.replies.buttons import progress_view, result_view
 from bot.replies.screening import SPOILER_PREFIX, Screening, as_withheld, withheld_note
-from inference.parameters import grid_infotext, strength_grid_infotext
-from inference.protocol import GeneratedImage, JobFailed, JobProgress, JobQueued, JobResult, JobStarted
+from inference.protocol import JobFailed, JobProgress, JobQueued, JobResult, JobStarted
 from inference.queues.eta import Eta
 from inference.requests import (
     MAX_STEPS,
-    CompareGuidanceRequest,
     CompareSchedulersRequest,
     CompareStepsRequest,
     CompareStrengthRequest,
     GenerateRequest,
     Request,
+    guidance_values,
     lane_steps_run,
 )
 
@@ -214,7 +212,8 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     spoiler = screening.spoils(result)
     if not isinstance(request, GenerateRequest):
         cells = [as_withheld(image) if i in withheld else image for i, image in enumerate(result.images)]
-        grid = _render_grid(request, result, cells)
+        model = result.model or request.model
+        grid = render_comparison(request, cells, model=model, lora_hashes=cell_lora_hashes(result.images))
         data, extension = fit_attachment(grid.png, limit)
         notes = (withheld_note(len(withheld), grid=True) if withheld else "", grid.summary)
         grid_summary = " ".join(line for line in notes if line)
@@ -244,23 +243,6 @@ def _encode_files(record: JobRecord, result: JobResult, limit: int, screening: S
     if withheld:
         summary = " ".join(line for line in (withheld_note(len(withheld), grid=False), summary) if line)
     return RenderedResult(tuple(files), summary, film_size, withheld=len(withheld), spoiler=spoiler)
-
-
-def _render_grid(
-    request: CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest,
-    result: JobResult,
-    cells: list[GeneratedImage],
-) -> Grid:
-    model = result.model or request.model
-    if isinstance(request, CompareStrengthRequest):
-        return render_strength_grid(request, cells, parameters=strength_grid_infotext(request, model=model))
-    if isinstance(request, CompareStepsRequest) and request.stop_early:
-        return render_stop_early_grid(request, cells, model=model)
-    if isinstance(request, CompareGuidanceRequest):
-        # Whether the guidance is FLUX-dev's distilled one: the worker wrote it in the cells' own text.
-        return render_guidance_result(request, cells, model=model)
-    hashes = cell_lora_hashes(result.images)
-    return render_grid(request, cells, parameters=grid_infotext(request, model=model, lora_hashes=hashes))
 
 
 def result_message(
@@ -356,13 +338,7 @@ def _film_text(request: Request, result: JobResult, film_size: tuple[int, int] |
 
 def parameters_embed(request: Request, *, job_id: str | None = None, film: str = "") -> discord.Embed:
     """An embed listing every parameter of a request; a film job's "Steps film" says `film` when given."""
-    titles = {
-        CompareStepsRequest: "Compare steps",
-        CompareSchedulersRequest: "Compare schedulers",
-        CompareStrengthRequest: "Compare strength",
-        CompareGuidanceRequest: "Compare guidance",
-    }
-    title = titles.get(type(request), "Imagine")
+    title = request.command.replace("-", " ").capitalize()  # the command: "Imagine", "Compare steps"
     embed = discord.Embed(title=title, description=_clip(request.prompt, 4000), colour=COLOUR)
     if not isinstance(request, GenerateRequest):
         embed.add_field(name="Steps", value=", ".join(str(steps) for steps in request.steps))
@@ -388,8 +364,7 @@ def parameters_embed(request: Request, *, job_id: str | None = None, film: str =
     if isinstance(request, CompareStrengthRequest):
         embed.add_field(name="Strengths", value=", ".join(f"{strength:g}" for strength in request.strengths))
     if not (isinstance(request, CompareStepsRequest) and request.without_loras is not None):
-        guidance = request.guidances if isinstance(request, CompareGuidanceRequest) else (request.guidance,)
-        embed.add_field(name="Guidance", value=", ".join(f"{value:g}" for value in guidance))
+        embed.add_field(name="Guidance", value=", ".join(f"{value:g}" for value in guidance_values(request)))
     embed.add_field(name="Size", value=f"{request.width}×{request.height}")
     if isinstance(request, GenerateRequest):
         embed.add_field(name="Images", value=str(request.count))

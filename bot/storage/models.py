@@ -31,33 +31,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
-from inference.requests import (
-    CompareGuidanceRequest,
-    CompareSchedulersRequest,
-    CompareStepsRequest,
-    CompareStrengthRequest,
-    GenerateRequest,
-    HiresFix,
-    PlainRow,
-    Request,
-)
+from inference.requests import REQUEST_TYPES, GenerateRequest, HiresFix, PlainRow, Request
 
-COMMAND_IMAGINE = "imagine"
-COMMAND_COMPARE_STEPS = "compare-steps"
-COMMAND_COMPARE_SCHEDULERS = "compare-schedulers"
-COMMAND_COMPARE_STRENGTH = "compare-strength"
-COMMAND_COMPARE_GUIDANCE = "compare-guidance"
-COMMANDS = (
-    COMMAND_IMAGINE, COMMAND_COMPARE_STEPS, COMMAND_COMPARE_SCHEDULERS, COMMAND_COMPARE_STRENGTH,
-    COMMAND_COMPARE_GUIDANCE,
-)  # fmt: skip
-_REQUEST_TYPES: dict[str, type[Request]] = {
-    COMMAND_IMAGINE: GenerateRequest,
-    COMMAND_COMPARE_STEPS: CompareStepsRequest,
-    COMMAND_COMPARE_SCHEDULERS: CompareSchedulersRequest,
-    COMMAND_COMPARE_STRENGTH: CompareStrengthRequest,
-    COMMAND_COMPARE_GUIDANCE: CompareGuidanceRequest,
-}
+# The ledger's `command` of a job names its request's type: the command that asks for it.
+_REQUEST_TYPES: dict[str, type[Request]] = {cls.command: cls for cls in REQUEST_TYPES}
+COMMANDS = tuple(_REQUEST_TYPES)
 
 
 class JobStatus(enum.StrEnum):
@@ -286,7 +264,7 @@ def in_guild(guild_id: int | None) -> ColumnElement[bool]:
 
 def command_of(request: Request) -> str:
     """The ledger's command name for a request."""
-    return next(command for command, cls in _REQUEST_TYPES.items() if isinstance(request, cls))
+    return request.command
 
 
 KIND_TEXT2IMG = "text2img"

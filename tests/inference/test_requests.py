@@ -9,6 +9,7 @@ import pytest
 
 from inference.model_info import ModelInfo
 from inference.requests import (
+    REQUEST_TYPES,
     SCHEDULER_NAMES,
     CompareStepsRequest,
     GenerateRequest,
@@ -67,3 +68,14 @@ def test_a_strength_grid_runs_row_by_row_each_lane_at_its_strength() -> None:
     assert lane_steps_run(request) == (3, 6, 9, 9, 18, 27)
     assert total_steps(request) == 72 and step_pixels(request) == 72 * 512 * 512
     validate(request)
+
+
+def test_each_request_type_is_named_by_the_command_that_asks_for_it() -> None:
+    assert [kind.command for kind in REQUEST_TYPES] == [
+        "imagine",
+        "compare-steps",
+        "compare-schedulers",
+        "compare-strength",
+        "compare-guidance",
+    ]
+    assert "command" not in {f.name for f in dataclasses.fields(GenerateRequest)}, "a class fact, not a field"
