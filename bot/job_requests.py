@@ -44,6 +44,7 @@ from inference.requests import (
     Request,
     lane_request,
     lane_strengths,
+    recast,
 )
 from inference.validation import parse_step_list, validate
 
@@ -527,15 +528,11 @@ def grid_cell(request: Request, number: int) -> GenerateRequest:
     index = number - 1
     row = lane_request(request, index)
     guidance = request.lane_guidances[index] if isinstance(request, CompareGuidanceRequest) else row.guidance
-    return GenerateRequest(
-        request.prompt,
+    return recast(
+        request,
+        GenerateRequest,
         seed=request.lane_seeds[index],
-        width=request.width,
-        height=request.height,
-        negative_prompt=request.negative_prompt,
-        model=request.model,
         loras=row.loras,
-        image=request.image,
         steps=request.lane_steps[index],
         scheduler=request.lane_schedulers[index],
         guidance=guidance,
@@ -594,10 +591,9 @@ def derive_request(
         return dataclasses.replace(request, steps=steps, auto_steps=False)  # an auto job's buttons: fixed counts
     if action == "compare":
         # Everything but the step count carries over: the grid shows this very image among its cells.
-        left_out = ("steps", "without_loras", "stop_early", "seeds")
-        carried = [f.name for f in dataclasses.fields(CompareStepsRequest) if f.name not in left_out]
-        same = {name: getattr(request, name) for name in carried}
-        return CompareStepsRequest(**same, steps=compare_steps_around(request.steps, ladder, max_cells))
+        columns = compare_steps_around(request.steps, ladder, max_cells)
+        same = {"scheduler": request.scheduler, "guidance": request.guidance, "strength": request.strength}
+        return recast(request, CompareStepsRequest, steps=columns, **same)
     if action in VARY_STRENGTHS or action == "upscale":
         raise InvalidOption("That button starts from the result image: use `derive_from_image`.")
     if action == "film":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import KW_ONLY, dataclass, field
-from typing import ClassVar, get_args
+from typing import Any, ClassVar, TypeVar, get_args
 
 from inference import registry
 
@@ -312,6 +312,14 @@ Request = (
 GridRequest = CompareStepsRequest | CompareSchedulersRequest
 ComparisonRequest = CompareStepsRequest | CompareSchedulersRequest | CompareStrengthRequest | CompareGuidanceRequest
 REQUEST_TYPES: tuple[type[Request], ...] = get_args(Request)
+R = TypeVar("R", bound=ImageRequestBase)
+
+
+def recast(request: Request, kind: type[R], **fields: Any) -> R:
+    """The request as one of `kind`: what every request carries (prompt, seed, size, negative prompt, model,
+    LoRAs, input image), with `fields` (the new kind's own, or any of those changed)."""
+    shared = {f.name: getattr(request, f.name) for f in dataclasses.fields(ImageRequestBase)}
+    return kind(**(shared | fields))
 
 
 def lane_strengths(request: Request) -> tuple[float, ...]:

@@ -17,6 +17,7 @@ from inference.requests import (
     InvalidRequest,
     img2img_steps,
     lane_steps_run,
+    recast,
     step_pixels,
     total_steps,
 )
@@ -79,3 +80,10 @@ def test_each_request_type_is_named_by_the_command_that_asks_for_it() -> None:
         "compare-guidance",
     ]
     assert "command" not in {f.name for f in dataclasses.fields(GenerateRequest)}, "a class fact, not a field"
+
+
+def test_a_request_recast_as_another_kind_keeps_what_every_request_carries() -> None:
+    shared = {"width": 640, "height": 384, "negative_prompt": "blur", "model": "tiny", "loras": (("pixel", 0.8),)}
+    grid = CompareStepsRequest("fox", seed=7, image=PNG, **shared, steps=(4, 8), scheduler="DDIM", seeds=2)
+    cell = recast(grid, GenerateRequest, seed=8, steps=4)
+    assert cell == GenerateRequest("fox", seed=8, image=PNG, **shared, steps=4)
