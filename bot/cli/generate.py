@@ -23,7 +23,7 @@ from bot.cli.arguments import (
     request_from_args,
     select_models,
 )
-from bot.cli.outputs import TEST_MODEL_NOTE, OutputLost, output_paths, save_outputs
+from bot.cli.outputs import TEST_MODEL_NOTE, OutputLost, comparison_grid, output_paths, save_outputs
 from bot.cli.safety import ALL_WITHHELD_EXIT, cli_checker, screen
 from bot.config import Settings
 from bot.errors import InvalidOption
@@ -32,15 +32,7 @@ from inference.protocol import JobFailed, JobProgress, JobQueued, JobResult
 from inference.queues.base import ModelsUnavailable, WorkerUnavailable
 from inference.queues.local import LocalJobQueue
 from inference.registry import ModelSpec, RegistryError
-from inference.requests import (
-    CompareGuidanceRequest,
-    CompareSchedulersRequest,
-    CompareStepsRequest,
-    CompareStrengthRequest,
-    GenerateRequest,
-    InvalidRequest,
-    Request,
-)
+from inference.requests import GenerateRequest, InvalidRequest, Request
 
 
 class ProgressBar:
@@ -146,8 +138,10 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
     screened = screen(request, result, targets, settings.safety_threshold)
     result = screened.result  # a grid's flagged cells are neutral tiles now
     replaced = [path for path in targets if path.exists()]
+    grid = None if isinstance(request, GenerateRequest) else comparison_grid(request, result, device)
     try:
-        paths, problem = save_outputs(request, result, args.output, film, device=device, withheld=screened.withheld)
+        png = None if grid is None else grid.png
+        paths, problem = save_outputs(request, result, args.output, film, grid=png, withheld=screened.withheld)
     except OutputLost as error:
         print(f"stepgrid: {error}", file=sys.stderr)
         return 1
@@ -173,30 +167,8 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"replaced the file{'s' if len(replaced) > 1 else ''} already there: {', '.join(map(str, replaced))}.")
     if screened.line:
         print(screened.line)
-    if isinstance(request, CompareStepsRequest) and request.stop_early:
-        from bot.pictures.stop_early import stop_early_summary
-
-        print(stop_early_summary(request, result.images))
-    elif isinstance(request, CompareStepsRequest | CompareSchedulersRequest):
-        from bot.pictures.grids import grid_rows, lora_summary
-        from bot.pictures.over_seeds import seeds_summary
-        from bot.pictures.sweet_spot import summary
-
-        rows = [row for _, row in grid_rows(request, result.images)]
-        if isinstance(request, CompareStepsRequest) and request.without_loras is not None:
-            print(lora_summary(request, rows))
-        elif isinstance(request, CompareStepsRequest) and request.seeds > 1:
-            print(seeds_summary(rows, request.row_seeds))
-        else:
-            print(summary(rows))
-    if isinstance(request, CompareGuidanceRequest):
-        from bot.pictures.guidance_grid import guidance_rows, guidance_summary, is_distilled
-
-        print(guidance_summary(guidance_rows(request, result.images), distilled=is_distilled(result.images)))
-    if isinstance(request, CompareStrengthRequest):
-        from bot.pictures.grids import strength_summary
-
-        print(strength_summary(request, result.images))
+    if grid is not None:
+        print(grid.summary)
     return 0
 
 

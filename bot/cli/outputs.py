@@ -10,6 +10,7 @@ import stat
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.errors import InvalidOption
 from inference.protocol import JobResult
@@ -20,6 +21,9 @@ from inference.requests import (
     GenerateRequest,
     Request,
 )
+
+if TYPE_CHECKING:
+    from bot.pictures.grids import Grid
 
 TEST_MODEL_NOTE = "random-weight test model: its images are noise, not art"
 
@@ -56,14 +60,14 @@ def save_outputs(
     output: Path,
     film: Path | None = None,
     *,
-    device: str | None = None,
+    grid: bytes | None = None,
     withheld: Collection[int] = (),
 ) -> tuple[list[Path], str | None]:
-    """Write the image (or numbered images, or the labelled grid, and the film) where asked, but not the
-    images at the indexes `withheld` (nor their films); each file appears whole or not at all (see
-    `write_file`). If that fails after the render, write them to a new folder in the temporary directory
-    instead, so that a finished image is never lost. Returns the paths written and, when they were rescued,
-    why the asked-for place failed."""
+    """Write the image (or numbered images, or a comparison's `grid`, the PNG from `comparison_grid`, and the
+    film) where asked, but not the images at the indexes `withheld` (nor their films); each file appears whole
+    or not at all (see `write_file`). If that fails after the render, write them to a new folder in the
+    temporary directory instead, so that a finished image is never lost. Returns the paths written and, when
+    they were rescued, why the asked-for place failed."""
     from bot.pictures.film import film_file
     from bot.pictures.render import png_parameters
 
@@ -72,7 +76,9 @@ def save_outputs(
             return []  # every image withheld: no file, and no folder made for one
         output.parent.mkdir(parents=True, exist_ok=True)
         if not isinstance(request, GenerateRequest):
-            write_file(output, _grid_png(request, result, device))
+            if grid is None:
+                raise ValueError("a comparison's grid is rendered (comparison_grid) before it is saved")
+            write_file(output, grid)
             return [output]
         if len(result.images) == 1:
             image = result.images[0]
@@ -114,8 +120,8 @@ def output_paths(request: Request, output: Path, film: Path | None = None) -> li
     return [output] if film is None or not request.film else [output, film]
 
 
-def _grid_png(request: ComparisonRequest, result: JobResult, device: str | None) -> bytes:
-    """A grid request's labelled PNG, titled with the prompt and the facts every cell shares."""
+def comparison_grid(request: ComparisonRequest, result: JobResult, device: str | None) -> Grid:
+    """A grid request's labelled grid, titled with the prompt and the facts every cell shares, and its words."""
     from bot.pictures.comparison import render_comparison
     from bot.pictures.grids import cell_lora_hashes
 
@@ -128,9 +134,7 @@ def _grid_png(request: ComparisonRequest, result: JobResult, device: str | None)
     if result.is_test_model:
         facts += f" · {TEST_MODEL_NOTE}"
     hashes = cell_lora_hashes(result.images)
-    return render_comparison(
-        request, result.images, model=result.model, lora_hashes=hashes, facts=facts, device=device
-    ).png
+    return render_comparison(request, result.images, model=result.model, lora_hashes=hashes, facts=facts, device=device)
 
 
 def write_file(path: Path, data: bytes) -> None:

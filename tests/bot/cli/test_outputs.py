@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.cli.outputs import OutputLost, save_outputs
-from inference.requests import GenerateRequest
+from bot.cli.outputs import OutputLost, comparison_grid, save_outputs
+from inference.requests import CompareStepsRequest, GenerateRequest
 from tests.bot.fakes import noise_png, result_for
 
 
@@ -61,3 +61,15 @@ def test_an_output_written_through_a_symlink_keeps_the_link(tmp_path: Path) -> N
     (tmp_path / "link.png").symlink_to("real.png")
     save_outputs(request, result_for("job", request), tmp_path / "link.png")
     assert (tmp_path / "link.png").is_symlink() and Image.open(tmp_path / "real.png").size == (256, 256)
+
+
+def test_a_comparison_is_written_as_the_grid_rendered_once_with_its_words(tmp_path: Path) -> None:
+    request = CompareStepsRequest("a fox", steps=(2, 4), width=64, height=64)
+    result = result_for("job", request)
+    grid = comparison_grid(request, result, "cpu")
+    assert grid.summary.startswith("For this prompt and seed: "), "the words the CLI prints after the file"
+    paths, problem = save_outputs(request, result, tmp_path / "grid.png", grid=grid.png)
+    assert problem is None and paths == [tmp_path / "grid.png"]
+    assert (tmp_path / "grid.png").read_bytes() == grid.png
+    with pytest.raises(ValueError, match="comparison_grid"):
+        save_outputs(request, result, tmp_path / "again.png")
