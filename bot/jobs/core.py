@@ -3,7 +3,7 @@
 `JobService` (bot.jobs.service) is made of parts, one concern each: admission (bot.jobs.admission), the
 buttons (bot.jobs.button_actions) and driving a job to its answer (bot.jobs.driver). They share the
 running jobs' state kept here: the driver tasks, who cancelled what, the jobs held while the models load,
-and the outcomes the ledger could not record yet (tried again until it can).
+and how jobs ended, into the ledger (bot.jobs.outcomes).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import discord
 
 from bot.config import Settings
 from bot.job_requests import RequestDefaults, RequestOptions
+from bot.jobs.outcomes import Outcomes
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
 from bot.limits.server import EffectiveLimits, choose_model
 from bot.ops.metrics import Metrics
@@ -27,7 +28,6 @@ from bot.replies.reply import JobMessage
 from bot.replies.throttle import EDIT_INTERVAL, MonotonicClock, Sleep
 from bot.storage.job_store import JobRecord, JobStore, MemoryJobStore
 from inference.model_info import ModelInfo
-from inference.protocol import JobFailed, JobResult
 from inference.queues.base import JobQueue
 from inference.requests import Request
 
@@ -36,10 +36,6 @@ log = logging.getLogger(__name__)
 # Interaction tokens live 15 minutes; stop using ours a little before that so an upload in
 # flight doesn't die with it.
 TOKEN_LIFETIME = 14 * 60.0
-
-# A job's final ledger write that fails (a disk full for a moment) is tried again, waiting this long
-# between tries; after the last, it is tried again before each admission and at shutdown.
-LEDGER_RETRY_DELAYS = (0.5, 2.0, 5.0, 15.0, 30.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -80,9 +76,9 @@ class ServiceCore(abc.ABC):
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled_by: dict[str, int] = {}
         self._steps: dict[str, tuple[int, int]] = {}  # running jobs: (steps done, steps in all), for the status page
-        # Final outcomes the ledger could not record yet, by job id: retried until it can.
-        self._unrecorded: dict[str, JobResult | JobFailed] = {}
-        self._ledger_retry: asyncio.Task[None] | None = None
+        # How jobs ended, into the ledger (tried again while it refuses). The queue is told once an outcome is in,
+        # looked up then, not now: it may be replaced before any job starts.
+        self._outcomes = Outcomes(self.store, recorded=lambda job_id: self.queue.recorded(job_id), sleep=sleep)
         self._keep_queued = False
         self._accepting = True
         self._admission_locks: weakref.WeakValueDictionary[tuple[int | None, int], asyncio.Lock] = (
@@ -129,44 +125,7 @@ class ServiceCore(abc.ABC):
 
     async def record_pending_outcomes(self) -> None:
         """Try again to record the outcomes the ledger refused (a disk that was full for a moment)."""
-        for job_id, outcome in list(self._unrecorded.items()):
-            try:
-                await self.store.mark_finished(job_id, outcome)
-            except Exception:
-                log.warning(
-                    "the ledger still can't record how job %s ended", job_id, exc_info=True, extra={"job_id": job_id}
-                )
-                return
-            self._unrecorded.pop(job_id, None)
-            self.queue.recorded(job_id)
-            log.info("job %s: its outcome is recorded in the ledger now", job_id, extra={"job_id": job_id})
-
-    async def _record_outcome(self, job_id: str, outcome: JobResult | JobFailed) -> None:
-        """Record how a job ended; if the ledger refuses, keep it and try again in the background.
-
-        The member must not stay "running" in the ledger (it counts against their concurrent jobs),
-        and a job whose answer was sent must not look unfinished to the next start.
-        """
-        try:
-            await self.store.mark_finished(job_id, outcome)
-            self.queue.recorded(job_id)
-            return
-        except Exception:
-            if isinstance(outcome, JobResult):
-                log.exception("job %s was delivered but the ledger could not record its result; trying again", job_id)
-            else:
-                log.exception("job %s ended but the ledger could not record how; trying again", job_id)
-        self._unrecorded[job_id] = outcome
-        if self._ledger_retry is None or self._ledger_retry.done():
-            self._ledger_retry = asyncio.create_task(self._retry_ledger(), name="stepgrid-ledger-retry")
-
-    async def _retry_ledger(self) -> None:
-        for delay in LEDGER_RETRY_DELAYS:
-            await self._sleep(delay)
-            await self.record_pending_outcomes()
-            if not self._unrecorded:
-                return
-        log.error("the ledger could not record %d job outcome(s); trying again at the next job", len(self._unrecorded))
+        await self._outcomes.record_pending()
 
     # -- jobs accepted before the models were known ----------------------------------------------
 

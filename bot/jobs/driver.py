@@ -106,7 +106,7 @@ class Driving(ServiceCore):
             log.exception("job %s failed in the bot (ref %s)", job_id, reference)
             self.queue.cancel(job_id)
             await editor.stop()
-            if job_id not in self._unrecorded:
+            if job_id not in self._outcomes:
                 failure = JobFailed(job_id, f"bot error (ref {reference})", steps_run=state.steps_seen)
                 self._count(record, failure)
                 await self._quietly(self.store.mark_finished(job_id, failure))
@@ -202,8 +202,8 @@ class Driving(ServiceCore):
         await editor.finish(message)
         # Delivered: from here on a failure must not withdraw the result the user already has.
         self._count(record, result, model=result.model)
-        await self._record_outcome(record.job_id, result)
-        if record.job_id in self._unrecorded:
+        await self._outcomes.record(record.job_id, result)
+        if record.job_id in self._outcomes:
             return
         log.info("job %s done: %d image(s), %.2f GPU s", record.job_id, len(result.images), result.gpu_seconds)
 
@@ -256,7 +256,7 @@ class Driving(ServiceCore):
     ) -> None:
         await editor.stop()
         self._count(record, failure)
-        await self._record_outcome(record.job_id, failure)
+        await self._outcomes.record(record.job_id, failure)
         if failure.cancelled:
             cancelled_by = self._cancelled_by.get(record.job_id)
             # The owner who clicked Cancel was already told; anyone else hears it here.

@@ -111,8 +111,8 @@ class JobService(Admission, ButtonActions, Driving):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for helper in (self._ledger_retry, self._loading_watch):
-            if helper is not None:
-                helper.cancel()
-                await asyncio.gather(helper, return_exceptions=True)
+        await self._outcomes.stop_retrying()
+        if self._loading_watch is not None:
+            self._loading_watch.cancel()
+            await asyncio.gather(self._loading_watch, return_exceptions=True)
         await self.record_pending_outcomes()

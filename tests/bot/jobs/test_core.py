@@ -1,36 +1,25 @@
-"""The service's shared part (bot.jobs.core): outcomes the ledger refuses, defaults without known models."""
+"""The service's shared part (bot.jobs.core): the defaults without known models, the jobs counted as waiting."""
 
 from __future__ import annotations
 
-import pytest
-
-from bot.storage.job_store import MemoryJobStore
-from inference.protocol import JobFailed, JobResult
-from tests.bot.fakes import IMAGINE, Harness, result_for
-from tests.bot.jobs.service_helpers import start_command
-
-
-class FailingFinishStore(MemoryJobStore):
-    """A store whose ledger write for a finished job fails (a full disk, a locked file)."""
-
-    async def mark_finished(self, job_id: str, outcome: JobResult | JobFailed) -> None:
-        raise OSError("disk full")
-
-
-async def test_a_ledger_error_after_delivery_keeps_the_result(caplog: pytest.LogCaptureFixture) -> None:
-    harness = Harness()
-    harness.store = FailingFinishStore()
-    harness.service = harness.make_service()
-    job_id, interaction, task = await harness.start(IMAGINE)
-    harness.queue.emit(result_for(job_id, IMAGINE))
-    await task
-    final = interaction.recorder.calls[-1]
-    assert final.kind == "edit" and final.files[0][0] == "stepgrid-1234.png"
-    assert interaction.recorder.of("delete", "followup") == []
-    assert any("could not record its result" in record.getMessage() for record in caplog.records)
+from tests.bot.fakes import SD15, Harness, model_harness, result_for
+from tests.bot.jobs.service_helpers import ended, start_command, start_while_loading
 
 
 async def test_without_known_models_the_request_names_no_model(harness: Harness) -> None:
     # A worker that has not reported its models (or an old one): the worker's default runs it.
     request = await start_command(harness)
     assert request.model == "" and (request.steps, request.scheduler) == (30, "Euler a")
+
+
+async def test_jobs_held_while_the_models_load_count_as_waiting_until_they_are_answered() -> None:
+    harness = model_harness(loading=True)
+    _, first = await start_while_loading(harness, prompt="one")
+    _, second = await start_while_loading(harness, prompt="two")
+    assert harness.service.waiting_jobs() == 2 and len(harness.service.active_jobs) == 2
+    harness.queue.finish_loading(SD15)
+    job_ids = await harness.queue.wait_for_jobs(2)
+    for job_id, task in zip(job_ids, (first, second), strict=True):
+        harness.queue.emit(result_for(job_id, harness.queue.requests[job_id]))
+        await ended(task)
+    assert harness.service.waiting_jobs() == 0 and harness.service.active_jobs == frozenset()
