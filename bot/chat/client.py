@@ -19,9 +19,10 @@ from discord.ext import commands
 
 from bot.config import Settings, warn_unknown_settings
 from bot.errors import report_error
+from bot.jobs.core import TOKEN_LIFETIME
 from bot.jobs.policy import DatabasePolicy, RequestPolicy, SettingsPolicy
 from bot.jobs.recovery import recover_jobs
-from bot.jobs.service import TOKEN_LIFETIME, JobService
+from bot.jobs.service import JobService
 from bot.jobs.takeover import Takeover
 from bot.ops.http import EndpointUnavailable, OperatorEndpoint
 from bot.ops.metrics import Metrics

@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 from bot.limits.checks import day_start, next_quota_reset
 from bot.limits.server import EffectiveLimits
 from bot.pictures.render import usage_chart_png
-from bot.storage.ledger import KindTotal, Ledger
+from bot.storage.ledger import Ledger
 from bot.storage.migrate import DatabaseUnusable, check_database_file, read_only_uri
 from bot.storage.models import JobRow, LimitsChange
 from bot.storage.postgres import SETTING, blocking_engine, shown
+from bot.storage.usage import KindTotal
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from bot.ops.usage_report import (
     server_chart,
 )
 from bot.replies.messages import COLOUR
-from bot.storage.ledger import ServerUsage
+from bot.storage.usage import ServerUsage
 from inference.clipping import echo
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from bot.chat.cogs.usage import member_usage_embed, server_usage_embed
 from bot.ops.usage_report import MemberUsage
-from bot.storage.ledger import LoraTotal, ModelTotal, SchedulerTotal, ServerUsage, UserTotal
+from bot.storage.usage import LoraTotal, ModelTotal, SchedulerTotal, ServerUsage, UserTotal
 
 NOON = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 
@@ -72,7 +72,7 @@ def test_a_servers_usage_lists_the_lora_sets_its_jobs_used_and_none_without_any(
 
 
 def test_usage_is_split_by_kind_of_job_for_the_member_and_the_server() -> None:
-    from bot.storage.ledger import KindTotal
+    from bot.storage.usage import KindTotal
 
     kinds = (KindTotal("text2img", 3, 3, 90, 3.0), KindTotal("upscale", 1, 1, 8, 2.5))
     lines = ["text2img: 3 jobs, 3 images, 90 steps, 3.0 s", "upscale: 1 jobs, 1 images, 8 steps, 2.5 s"]
