@@ -10,8 +10,9 @@ import discord
 
 from bot.errors import InvalidOption, JobNotFound, NotYourJob, ServerOnly, send_ephemeral
 from bot.job_requests import derive_from_image, derive_request, grid_cell, one_of_images
+from bot.jobs.admission import Admission
 from bot.jobs.attachments import read_attachment
-from bot.jobs.core import Deferred, ServiceCore
+from bot.jobs.core import Deferred
 from bot.limits.checks import check_sizes
 from bot.pictures.input_image import prepare_input_image
 from bot.replies.buttons import IMAGE_ACTIONS
@@ -22,8 +23,8 @@ from inference.requests import GenerateRequest
 log = logging.getLogger(__name__)
 
 
-class ButtonActions(ServiceCore):
-    """Acts on a job's buttons (bot.replies.buttons draws them)."""
+class ButtonActions(Admission):
+    """Acts on a job's buttons (bot.replies.buttons draws them): each action starts a job through admission."""
 
     async def handle_button(
         self, interaction: discord.Interaction, action: str, job_id: str, number: int | None = None

@@ -13,13 +13,11 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
-import discord
-
 from bot.config import Settings
-from bot.job_requests import RequestDefaults, RequestOptions
+from bot.job_requests import RequestDefaults
 from bot.jobs.outcomes import Outcomes
 from bot.jobs.policy import RequestPolicy, SettingsPolicy
 from bot.limits.server import EffectiveLimits, choose_model
@@ -157,27 +155,7 @@ class ServiceCore(abc.ABC):
         except Exception:
             log.warning("could not tell the user about a failed job", exc_info=True)
 
-    # Each part calls the others through these: admission.py starts jobs, driver.py drives them.
-
-    @abc.abstractmethod
-    async def start(
-        self,
-        interaction: discord.Interaction,
-        request: Request,
-        *,
-        origin: str,
-        limits: EffectiveLimits | None = None,
-        parent_job_id: str | None = None,
-        options: RequestOptions | None = None,
-        notes: tuple[str, ...] = (),
-        deferred: Deferred | None = None,
-        steps_note: str = "",
-    ) -> asyncio.Task[None]: ...
-
-    @abc.abstractmethod
-    async def _deferred_first(
-        self, interaction: discord.Interaction, start: Callable[[Deferred], Awaitable[asyncio.Task[None]]]
-    ) -> asyncio.Task[None]: ...
+    # Admission and the driver call each other through these: admission.py starts jobs, driver.py drives them.
 
     @abc.abstractmethod
     async def _built(self, record: JobRecord) -> tuple[Request, str]: ...

@@ -21,7 +21,6 @@ import logging
 
 import discord
 
-from bot.jobs.admission import Admission
 from bot.jobs.button_actions import ButtonActions
 from bot.jobs.driver import Driving
 from bot.replies.messages import failure_text
@@ -36,7 +35,7 @@ from inference.validation import validate
 log = logging.getLogger(__name__)
 
 
-class JobService(Admission, ButtonActions, Driving):
+class JobService(ButtonActions, Driving):
     """Accepts requests from interactions and drives each job to its answer."""
 
     def resume(self, client: discord.Client, record: JobRecord, *, token_age: float) -> asyncio.Task[None]:
