@@ -85,7 +85,8 @@ async def test_commands_sent_while_the_worker_loads_run_with_their_models_defaul
         jobs = await asyncio.to_thread(job_settings, database)
         for job_id, *_ in jobs:  # logged once the ledger has the result
             await bot.wait_for_log(f"job {job_id} done", within=fake.timeout)
-        assert [settings for _, *settings in await asyncio.to_thread(job_settings, database)] == [
+        # Sorted by model: the two commands' rows are written after their acknowledgements, in either order.
+        assert sorted(settings for _, *settings in await asyncio.to_thread(job_settings, database)) == [
             ["flux", "Euler", "done"],  # FLUX's own scheduler, not the generic Euler a
             ["sd", "Euler a", "done"],
         ]
