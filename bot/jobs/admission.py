@@ -152,8 +152,7 @@ class Admission(ServiceCore):
         """
         if not self._accepting:
             raise Restarting()
-        response = await interaction.response.defer(thinking=True)
-        deferred = Deferred(response.message_id if response is not None else None)
+        deferred = await Deferred.of(interaction)
         try:
             return await start(deferred)
         except Exception:
@@ -240,8 +239,7 @@ class Admission(ServiceCore):
         check_request_alone(request, limits)
         deferred_here = deferred is None  # else whoever deferred it removes the "thinking…" on a refusal
         if deferred is None:
-            response = await interaction.response.defer(thinking=True)
-            deferred = Deferred(response.message_id if response is not None else None)
+            deferred = await Deferred.of(interaction)
         record = JobRecord(
             job_id=new_job_id(),
             request=request,

@@ -16,6 +16,8 @@ import weakref
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
+import discord
+
 from bot.config import Settings
 from bot.job_requests import RequestDefaults
 from bot.jobs.outcomes import Outcomes
@@ -38,9 +40,15 @@ TOKEN_LIFETIME = 14 * 60.0
 
 @dataclass(frozen=True)
 class Deferred:
-    """An interaction deferred before its job was recorded (an attachment was read first): its message."""
+    """An interaction acknowledged with "thinking…" (before its job is recorded): that message, the job's."""
 
     message_id: int | None
+
+    @classmethod
+    async def of(cls, interaction: discord.Interaction) -> Deferred:
+        """Defer `interaction` with "thinking…"."""
+        response = await interaction.response.defer(thinking=True)
+        return cls(response.message_id if response is not None else None)
 
 
 class ServiceCore(abc.ABC):

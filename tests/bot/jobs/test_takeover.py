@@ -9,7 +9,6 @@ runs out on Redis, which the test polls for. The live processes hold theirs for 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
@@ -28,24 +27,12 @@ from inference.queues.lease import BotIdInUse, BotLease
 from inference.queues.wire import Keys
 from tests.bot.backends import Backend
 from tests.bot.fakes import WAIT, FakeClient, FakeWallClock, Recorder, RecordingJobs, record
+from tests.inference.redis_backends import until
 from tests.redis_server import RedisServer, fresh_keys
 
 DEAD = "bot-1"
 LIVE_SECONDS = 30.0
 SHORT_SECONDS = 0.2  # a lease left to run out
-
-
-async def until(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Poll `condition` until true; fail naming `what` after a while (a hang guard, not a timing)."""
-    deadline = time.monotonic() + 10 * WAIT
-    while True:
-        value = condition()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @dataclass
